@@ -1,0 +1,24 @@
+//! The mesh-wide model of strait and its replication: identity and trust, the service catalog,
+//! the peer protocol between gateways (sans IO), link tokens, and the documents operators apply.
+//! Nothing here opens a socket or reads a clock: the gateway crate drives it.
+
+pub mod catalog;
+pub mod identity;
+pub mod link;
+pub mod pki;
+pub mod resource;
+pub mod session;
+pub mod tls;
+pub mod wire;
+
+/// Generated protocol types (see `proto/`).
+pub mod proto {
+    /// The gateway-to-gateway protocol.
+    pub mod peer {
+        tonic::include_proto!("strait.peer.v1");
+    }
+    /// The operator API of a gateway.
+    pub mod operator {
+        tonic::include_proto!("strait.operator.v1");
+    }
+}

@@ -1,0 +1,481 @@
+//! The mesh's certificates: the offline root, one intermediate issuer per cluster, and the
+//! short-lived leaves those issuers sign for gateways, workloads and operators.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer, PrivateKeyDer};
+use time::OffsetDateTime;
+
+use crate::identity::{ClusterName, SpiffeId, TrustDomain};
+
+/// How long a root lives unless told otherwise.
+pub const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// How long a cluster intermediate lives unless told otherwise.
+pub const ISSUER_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How long a workload or gateway leaf lives unless told otherwise.
+pub const LEAF_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Certificates start this far in the past, so small clock skew between clusters is harmless.
+const BACKDATE: Duration = Duration::from_secs(300);
+
+/// What went wrong with certificates, keys or their files.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {what}")]
+    Pem { path: PathBuf, what: String },
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("certificate signing request refused: {0}")]
+    Csr(String),
+    #[error("{0}")]
+    Identity(String),
+}
+
+/// A certificate chain (leaf first) and its private key, as PEM text.
+#[derive(Clone)]
+pub struct Credential {
+    pub chain_pem: String,
+    pub key_pem: String,
+}
+
+impl Credential {
+    /// The chain as DER certificates, leaf first.
+    pub fn chain(&self) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+        parse_certs(&self.chain_pem, Path::new("<credential>"))
+    }
+
+    /// The private key as DER.
+    pub fn key(&self) -> Result<PrivateKeyDer<'static>, PkiError> {
+        PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| PkiError::Pem {
+            path: PathBuf::from("<credential>"),
+            what: format!("no usable private key: {e}"),
+        })
+    }
+
+    /// Writes `NAME.crt` and `NAME.key` (owner-only) into a folder.
+    pub fn write(&self, dir: &Path, name: &str) -> Result<(), PkiError> {
+        write_file(&dir.join(format!("{name}.crt")), &self.chain_pem, false)?;
+        write_file(&dir.join(format!("{name}.key")), &self.key_pem, true)
+    }
+
+    /// Reads `NAME.crt` and `NAME.key` from a folder.
+    pub fn read(dir: &Path, name: &str) -> Result<Self, PkiError> {
+        Ok(Self {
+            chain_pem: read_file(&dir.join(format!("{name}.crt")))?,
+            key_pem: read_file(&dir.join(format!("{name}.key")))?,
+        })
+    }
+}
+
+/// Reads a text file, naming it in the error.
+pub fn read_file(path: &Path) -> Result<String, PkiError> {
+    fs::read_to_string(path).map_err(|source| PkiError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Writes a file, owner-only when it holds a secret; atomically (write then rename).
+pub fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), PkiError> {
+    let fail = |source| PkiError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(fail)?;
+    }
+    let temporary = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(if secret { 0o600 } else { 0o644 });
+        }
+        let mut file = options.open(&temporary).map_err(fail)?;
+        file.write_all(contents.as_bytes()).map_err(fail)?;
+        file.sync_all().map_err(fail)?;
+    }
+    fs::rename(&temporary, path).map_err(fail)
+}
+
+/// Parses every certificate of a PEM text.
+pub fn parse_certs(pem: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
+    let certs = certs.map_err(|e| PkiError::Pem {
+        path: path.to_owned(),
+        what: format!("bad certificate PEM: {e}"),
+    })?;
+    if certs.is_empty() {
+        return Err(PkiError::Pem {
+            path: path.to_owned(),
+            what: "no certificate in the file".into(),
+        });
+    }
+    Ok(certs)
+}
+
+fn key_pair(pem: &str, path: &Path) -> Result<KeyPair, PkiError> {
+    KeyPair::from_pem(pem).map_err(|e| PkiError::Pem {
+        path: path.to_owned(),
+        what: format!("bad private key: {e}"),
+    })
+}
+
+fn validity(params: &mut CertificateParams, lifetime: Duration) {
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - BACKDATE;
+    params.not_after = now + lifetime;
+}
+
+fn ca_params(common_name: &str, uri: String, path_len: Option<u8>) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, "strait");
+    name.push(DnType::CommonName, common_name);
+    params.distinguished_name = name;
+    params.is_ca = match path_len {
+        Some(n) => IsCa::Ca(BasicConstraints::Constrained(n)),
+        None => IsCa::Ca(BasicConstraints::Unconstrained),
+    };
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    if let Ok(uri) = uri.try_into() {
+        params.subject_alt_names = vec![SanType::URI(uri)];
+    }
+    params
+}
+
+/// The fingerprint of a certificate: `sha256:` and the hex digest of its DER.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+    format!("sha256:{}", hex::encode(digest.as_ref()))
+}
+
+/// The mesh's root of trust. Its key is kept offline; it signs cluster issuers only.
+pub struct Root {
+    pub trust_domain: TrustDomain,
+    pub cert_pem: String,
+    key: KeyPair,
+}
+
+impl Root {
+    /// Makes a new root for a trust domain.
+    pub fn generate(trust_domain: &TrustDomain, lifetime: Duration) -> Result<Self, PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = ca_params(
+            &format!("strait root {trust_domain}"),
+            format!("spiffe://{trust_domain}"),
+            Some(1),
+        );
+        validity(&mut params, lifetime);
+        let cert = params.self_signed(&key)?;
+        Ok(Self {
+            trust_domain: trust_domain.clone(),
+            cert_pem: cert.pem(),
+            key,
+        })
+    }
+
+    /// Loads a root from `root.crt` and `root.key` in a folder.
+    pub fn load(dir: &Path, trust_domain: TrustDomain) -> Result<Self, PkiError> {
+        let key_path = dir.join("root.key");
+        Ok(Self {
+            trust_domain,
+            cert_pem: read_file(&dir.join("root.crt"))?,
+            key: key_pair(&read_file(&key_path)?, &key_path)?,
+        })
+    }
+
+    /// Writes `root.crt` and `root.key` (owner-only) into a folder.
+    pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
+        write_file(&dir.join("root.crt"), &self.cert_pem, false)?;
+        write_file(&dir.join("root.key"), &self.key.serialize_pem(), true)
+    }
+
+    /// The root certificate as DER.
+    pub fn cert(&self) -> Result<CertificateDer<'static>, PkiError> {
+        Ok(parse_certs(&self.cert_pem, Path::new("root.crt"))?.remove(0))
+    }
+
+    fn issuer(&self) -> Result<Issuer<'static, &KeyPair>, PkiError> {
+        Ok(Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)?)
+    }
+
+    /// Signs the intermediate issuer of one cluster. Its SAN names the cluster, and verifiers
+    /// accept from it only identities of that cluster.
+    pub fn issue_cluster(
+        &self,
+        cluster: &ClusterName,
+        lifetime: Duration,
+    ) -> Result<ClusterIssuer, PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = ca_params(
+            &format!("strait issuer {cluster}"),
+            SpiffeId::cluster_uri(&self.trust_domain, cluster),
+            Some(0),
+        );
+        validity(&mut params, lifetime);
+        let cert = params.signed_by(&key, &self.issuer()?)?;
+        Ok(ClusterIssuer {
+            trust_domain: self.trust_domain.clone(),
+            cluster: cluster.clone(),
+            chain_pem: cert.pem(),
+            key,
+        })
+    }
+}
+
+/// A cluster's intermediate CA: signs the leaves of its own cluster's gateway, workloads and
+/// operators.
+pub struct ClusterIssuer {
+    pub trust_domain: TrustDomain,
+    pub cluster: ClusterName,
+    /// The intermediate certificate (PEM).
+    pub chain_pem: String,
+    key: KeyPair,
+}
+
+impl ClusterIssuer {
+    /// Loads `issuer.crt` and `issuer.key` from a folder.
+    pub fn load(
+        dir: &Path,
+        trust_domain: TrustDomain,
+        cluster: ClusterName,
+    ) -> Result<Self, PkiError> {
+        let key_path = dir.join("issuer.key");
+        Ok(Self {
+            trust_domain,
+            cluster,
+            chain_pem: read_file(&dir.join("issuer.crt"))?,
+            key: key_pair(&read_file(&key_path)?, &key_path)?,
+        })
+    }
+
+    /// Writes `issuer.crt` and `issuer.key` (owner-only) into a folder.
+    pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
+        write_file(&dir.join("issuer.crt"), &self.chain_pem, false)?;
+        write_file(&dir.join("issuer.key"), &self.key.serialize_pem(), true)
+    }
+
+    fn check_identity(&self, identity: &SpiffeId) -> Result<(), PkiError> {
+        if identity.trust_domain() != &self.trust_domain || identity.cluster() != &self.cluster {
+            return Err(PkiError::Identity(format!(
+                "the issuer of cluster {} in {} cannot sign {identity}",
+                self.cluster, self.trust_domain
+            )));
+        }
+        Ok(())
+    }
+
+    fn leaf_params(identity: &SpiffeId, lifetime: Duration) -> Result<CertificateParams, PkiError> {
+        let mut params = CertificateParams::default();
+        let mut name = DistinguishedName::new();
+        name.push(DnType::OrganizationName, "strait");
+        name.push(DnType::CommonName, identity.to_string());
+        params.distinguished_name = name;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let uri = identity
+            .to_string()
+            .try_into()
+            .map_err(|e| PkiError::Identity(format!("{identity}: {e}")))?;
+        params.subject_alt_names = vec![SanType::URI(uri)];
+        params.use_authority_key_identifier_extension = true;
+        validity(&mut params, lifetime);
+        Ok(params)
+    }
+
+    /// Generates a key and a leaf for an identity of this cluster.
+    pub fn issue(&self, identity: &SpiffeId, lifetime: Duration) -> Result<Credential, PkiError> {
+        self.check_identity(identity)?;
+        self.issue_unchecked(identity, lifetime)
+    }
+
+    /// Signs any identity: only for tests that need a forged certificate.
+    pub(crate) fn issue_unchecked(
+        &self,
+        identity: &SpiffeId,
+        lifetime: Duration,
+    ) -> Result<Credential, PkiError> {
+        let key = KeyPair::generate()?;
+        let cert = Self::leaf_params(identity, lifetime)?
+            .signed_by(&key, &Issuer::from_ca_cert_pem(&self.chain_pem, &self.key)?)?;
+        Ok(Credential {
+            chain_pem: format!("{}{}", cert.pem(), self.chain_pem),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Signs a certificate signing request for an identity the caller was authenticated as.
+    /// Only the CSR's public key is used: the identity comes from the issuer's caller, never from
+    /// the request. Returns the chain (leaf, intermediate) as PEM.
+    pub fn sign_csr(
+        &self,
+        csr_der: &[u8],
+        identity: &SpiffeId,
+        lifetime: Duration,
+    ) -> Result<String, PkiError> {
+        self.check_identity(identity)?;
+        let request =
+            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+                .map_err(|e| PkiError::Csr(e.to_string()))?;
+        let cert = Self::leaf_params(identity, lifetime)?.signed_by(
+            &request.public_key,
+            &Issuer::from_ca_cert_pem(&self.chain_pem, &self.key)?,
+        )?;
+        Ok(format!("{}{}", cert.pem(), self.chain_pem))
+    }
+}
+
+/// Makes a fresh key and a certificate signing request for it (the identity is decided by the
+/// issuer, not by the request). Returns (key PEM, CSR DER).
+pub fn new_csr() -> Result<(String, Vec<u8>), PkiError> {
+    let key = KeyPair::generate()?;
+    let csr = CertificateParams::default().serialize_request(&key)?;
+    Ok((key.serialize_pem(), csr.der().to_vec()))
+}
+
+/// The roots a cluster trusts: one normally, two while a root is being rotated.
+#[derive(Clone)]
+pub struct TrustBundle {
+    pub trust_domain: TrustDomain,
+    pem: String,
+    roots: Vec<CertificateDer<'static>>,
+}
+
+impl TrustBundle {
+    /// A bundle from the PEM text of one or more roots; `source` names it in errors.
+    pub fn from_pem(trust_domain: TrustDomain, pem: &str, source: &Path) -> Result<Self, PkiError> {
+        Ok(Self {
+            trust_domain,
+            roots: parse_certs(pem, source)?,
+            pem: pem.to_owned(),
+        })
+    }
+
+    /// Reads a PEM file of one or more roots.
+    pub fn read(path: &Path, trust_domain: TrustDomain) -> Result<Self, PkiError> {
+        Self::from_pem(trust_domain, &read_file(path)?, path)
+    }
+
+    /// The bundle as PEM text.
+    pub fn to_pem(&self) -> &str {
+        &self.pem
+    }
+
+    /// The root certificates.
+    pub fn roots(&self) -> &[CertificateDer<'static>] {
+        &self.roots
+    }
+
+    /// The fingerprints of the roots (`sha256:...`).
+    pub fn fingerprints(&self) -> Vec<String> {
+        self.roots.iter().map(fingerprint).collect()
+    }
+
+    /// Whether a root with this fingerprint is in the bundle.
+    pub fn contains_fingerprint(&self, wanted: &str) -> bool {
+        self.roots.iter().any(|root| fingerprint(root) == wanted)
+    }
+
+    /// The roots as a rustls store.
+    pub fn root_store(&self) -> Result<rustls::RootCertStore, PkiError> {
+        let mut store = rustls::RootCertStore::empty();
+        for root in &self.roots {
+            store.add(root.clone()).map_err(|e| PkiError::Pem {
+                path: PathBuf::from("<trust bundle>"),
+                what: format!("root not usable as a trust anchor: {e}"),
+            })?;
+        }
+        Ok(store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mesh() -> (Root, ClusterIssuer) {
+        let td = TrustDomain::new("example.mesh").unwrap();
+        let root = Root::generate(&td, ROOT_LIFETIME).unwrap();
+        let issuer = root
+            .issue_cluster(&ClusterName::new("west").unwrap(), ISSUER_LIFETIME)
+            .unwrap();
+        (root, issuer)
+    }
+
+    #[test]
+    fn an_issuer_signs_only_its_own_cluster() {
+        let (root, issuer) = mesh();
+        let own = SpiffeId::gateway(&root.trust_domain, &issuer.cluster);
+        assert!(issuer.issue(&own, LEAF_LIFETIME).is_ok());
+        let other = SpiffeId::gateway(&root.trust_domain, &ClusterName::new("east").unwrap());
+        let err = issuer.issue(&other, LEAF_LIFETIME).err().unwrap();
+        assert!(err.to_string().contains("cannot sign"), "{err}");
+    }
+
+    #[test]
+    fn a_csr_gets_the_identity_of_the_issuer_not_of_the_request() {
+        let (root, issuer) = mesh();
+        let (_key, csr) = new_csr().unwrap();
+        let id = SpiffeId::gateway(&root.trust_domain, &issuer.cluster);
+        let chain = issuer.sign_csr(&csr, &id, LEAF_LIFETIME).unwrap();
+        let certs = parse_certs(&chain, Path::new("x")).unwrap();
+        assert_eq!(certs.len(), 2, "leaf and intermediate");
+        let ids = crate::tls::identities_of(&certs[0]).unwrap();
+        assert_eq!(ids, vec![id]);
+        assert!(issuer.sign_csr(b"garbage", &ids[0], LEAF_LIFETIME).is_err());
+    }
+
+    #[test]
+    fn bundles_round_trip_through_pem_and_know_their_fingerprints() {
+        let (root, _) = mesh();
+        let bundle =
+            TrustBundle::from_pem(root.trust_domain.clone(), &root.cert_pem, Path::new("b"))
+                .unwrap();
+        let again = parse_certs(bundle.to_pem(), Path::new("bundle.pem")).unwrap();
+        assert_eq!(again, bundle.roots());
+        assert!(bundle.contains_fingerprint(&fingerprint(&root.cert().unwrap())));
+        assert!(!bundle.contains_fingerprint("sha256:00"));
+    }
+
+    #[test]
+    fn a_root_saved_and_loaded_still_signs() {
+        let (root, _) = mesh();
+        let dir = tempfile::tempdir().unwrap();
+        root.save(dir.path()).unwrap();
+        let loaded = Root::load(dir.path(), root.trust_domain.clone()).unwrap();
+        assert_eq!(loaded.cert_pem, root.cert_pem);
+        assert!(
+            loaded
+                .issue_cluster(&ClusterName::new("east").unwrap(), ISSUER_LIFETIME)
+                .is_ok()
+        );
+    }
+}

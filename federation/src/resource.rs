@@ -1,0 +1,438 @@
+//! Documents operators apply (`strait apply -f`): YAML in the Kubernetes style, parsed into typed
+//! values with unknown fields refused, then checked once. An error names the source, the
+//! document, the field and what was expected; a file is applied whole or not at all.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::catalog::{self, Endpoint, Port, Protocol, ServiceKey, ServiceSpec};
+use crate::identity::{Namespace, ServiceName};
+use crate::link::LinkSpec;
+
+/// The API version of strait's own documents.
+pub const API_VERSION: &str = "strait.dev/v1alpha1";
+
+/// One parsed and checked document.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resource {
+    /// A universal-mode service of this cluster.
+    Service { key: ServiceKey, spec: ServiceSpec },
+    /// A link to another cluster.
+    Link(LinkSpec),
+}
+
+impl Resource {
+    /// The kind, as written in documents.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Resource::Service { .. } => "Service",
+            Resource::Link(_) => "Link",
+        }
+    }
+}
+
+/// Where a document came from, for error messages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocumentPlace {
+    pub source: String,
+    /// 1-based index of the document in its file.
+    pub index: usize,
+    pub kind: Option<String>,
+    pub name: Option<String>,
+}
+
+impl fmt::Display for DocumentPlace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: document {}", self.source, self.index)?;
+        match (&self.kind, &self.name) {
+            (Some(kind), Some(name)) => write!(f, " ({kind} {name})"),
+            (Some(kind), None) => write!(f, " ({kind})"),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Why a set of documents was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DocumentError {
+    #[error("{file}: not valid YAML: {message}")]
+    Yaml { file: String, message: String },
+    #[error("{file}: no document in it")]
+    Empty { file: String },
+    #[error("{place}: {field}: {message}")]
+    Field {
+        place: DocumentPlace,
+        field: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Metadata {
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ServiceDocument {
+    #[serde(default)]
+    #[allow(dead_code)]
+    api_version: Option<String>,
+    #[allow(dead_code)]
+    kind: String,
+    metadata: Metadata,
+    spec: ServiceBody,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceBody {
+    #[serde(default)]
+    export: bool,
+    #[serde(default)]
+    ports: Vec<PortBody>,
+    #[serde(default)]
+    endpoints: Vec<EndpointBody>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PortBody {
+    #[serde(default)]
+    name: Option<String>,
+    port: u16,
+    #[serde(default = "default_protocol")]
+    protocol: Protocol,
+}
+
+fn default_protocol() -> Protocol {
+    Protocol::Tcp
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointBody {
+    address: SocketAddr,
+    #[serde(default)]
+    hostname: Option<String>,
+    #[serde(default = "yes")]
+    ready: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct LinkDocumentIn {
+    #[serde(default)]
+    #[allow(dead_code)]
+    api_version: Option<String>,
+    #[allow(dead_code)]
+    kind: String,
+    #[allow(dead_code)]
+    metadata: Metadata,
+    spec: LinkSpec,
+}
+
+fn typed<T: DeserializeOwned>(
+    value: serde_json::Value,
+    place: &DocumentPlace,
+) -> Result<T, DocumentError> {
+    serde_path_to_error::deserialize(value).map_err(|e| DocumentError::Field {
+        place: place.clone(),
+        field: match e.path().to_string().as_str() {
+            "." => "(document)".to_owned(),
+            path => path.to_owned(),
+        },
+        message: e.inner().to_string(),
+    })
+}
+
+fn field(
+    place: &DocumentPlace,
+    field: impl Into<String>,
+    message: impl Into<String>,
+) -> DocumentError {
+    DocumentError::Field {
+        place: place.clone(),
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Parses every document of a YAML text. `source` names it in errors (a file name).
+pub fn parse_documents(source: &str, text: &str) -> Result<Vec<Resource>, DocumentError> {
+    let documents: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(text).map_err(|e| DocumentError::Yaml {
+            file: source.to_owned(),
+            message: e.to_string(),
+        })?;
+    let documents: Vec<_> = documents.into_iter().filter(|d| !d.is_null()).collect();
+    if documents.is_empty() {
+        return Err(DocumentError::Empty {
+            file: source.to_owned(),
+        });
+    }
+    let mut resources = Vec::with_capacity(documents.len());
+    let mut seen = BTreeSet::new();
+    for (i, document) in documents.into_iter().enumerate() {
+        let mut place = DocumentPlace {
+            source: source.to_owned(),
+            index: i + 1,
+            kind: None,
+            name: None,
+        };
+        if !document.is_object() {
+            return Err(field(
+                &place,
+                "(document)",
+                "expected a mapping with kind, metadata and spec",
+            ));
+        }
+        let kind = document
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .map(str::to_owned);
+        let Some(kind) = kind else {
+            return Err(field(&place, "kind", "missing; expected Service or Link"));
+        };
+        place.kind = Some(kind.clone());
+        place.name = document
+            .pointer("/metadata/name")
+            .and_then(|n| n.as_str())
+            .map(|name| {
+                match document
+                    .pointer("/metadata/namespace")
+                    .and_then(|n| n.as_str())
+                {
+                    Some(ns) => format!("{ns}/{name}"),
+                    None => name.to_owned(),
+                }
+            });
+        if let Some(version) = document.get("apiVersion") {
+            if version.as_str() != Some(API_VERSION) && version.as_str() != Some("v1") {
+                return Err(field(
+                    &place,
+                    "apiVersion",
+                    format!("{version} is not known; expected {API_VERSION}"),
+                ));
+            }
+        }
+        let resource = match kind.as_str() {
+            "Service" => service(typed(document, &place)?, &place)?,
+            "Link" => {
+                let link: LinkDocumentIn = typed(document, &place)?;
+                if !link.spec.root_fingerprint.starts_with("sha256:") {
+                    return Err(field(
+                        &place,
+                        "spec.rootFingerprint",
+                        "expected sha256:<hex>",
+                    ));
+                }
+                if link.spec.gateway_address.is_empty() {
+                    return Err(field(&place, "spec.gatewayAddress", "expected host:port"));
+                }
+                Resource::Link(link.spec)
+            }
+            other => {
+                return Err(field(
+                    &place,
+                    "kind",
+                    format!("{other:?} is not a kind strait knows; expected Service or Link"),
+                ));
+            }
+        };
+        let identity = match &resource {
+            Resource::Service { key, .. } => format!("Service {key}"),
+            Resource::Link(spec) => format!("Link {}", spec.cluster),
+        };
+        if !seen.insert(identity.clone()) {
+            return Err(field(
+                &place,
+                "metadata.name",
+                format!("{identity} appears twice in the file"),
+            ));
+        }
+        resources.push(resource);
+    }
+    Ok(resources)
+}
+
+fn service(document: ServiceDocument, place: &DocumentPlace) -> Result<Resource, DocumentError> {
+    let name = ServiceName::new(document.metadata.name)
+        .map_err(|e| field(place, "metadata.name", e.to_string()))?;
+    let namespace = Namespace::new(
+        document
+            .metadata
+            .namespace
+            .unwrap_or_else(|| "default".into()),
+    )
+    .map_err(|e| field(place, "metadata.namespace", e.to_string()))?;
+    let body = document.spec;
+    if body.ports.len() > catalog::MAX_PORTS {
+        return Err(field(
+            place,
+            "spec.ports",
+            format!("at most {} ports", catalog::MAX_PORTS),
+        ));
+    }
+    if body.endpoints.len() > catalog::MAX_ENDPOINTS {
+        return Err(field(
+            place,
+            "spec.endpoints",
+            format!("at most {} endpoints", catalog::MAX_ENDPOINTS),
+        ));
+    }
+    if document.metadata.labels.len() > catalog::MAX_LABELS {
+        return Err(field(
+            place,
+            "metadata.labels",
+            format!("at most {} labels", catalog::MAX_LABELS),
+        ));
+    }
+    let mut ports = Vec::new();
+    let mut names = BTreeSet::new();
+    for (i, port) in body.ports.into_iter().enumerate() {
+        if port.port == 0 {
+            return Err(field(
+                place,
+                format!("spec.ports[{i}].port"),
+                "expected 1..65535, got 0",
+            ));
+        }
+        let name = port.name.unwrap_or_else(|| port.port.to_string());
+        if name.is_empty() || name.len() > 63 {
+            return Err(field(
+                place,
+                format!("spec.ports[{i}].name"),
+                "expected 1 to 63 characters",
+            ));
+        }
+        if !names.insert(name.clone()) {
+            return Err(field(
+                place,
+                format!("spec.ports[{i}].name"),
+                format!("port name {name:?} is used twice"),
+            ));
+        }
+        ports.push(Port {
+            name,
+            port: port.port,
+            protocol: port.protocol,
+        });
+    }
+    let mut endpoints = Vec::new();
+    for (i, endpoint) in body.endpoints.into_iter().enumerate() {
+        if let Some(hostname) = &endpoint.hostname
+            && crate::identity::ServiceName::new(hostname.as_str()).is_err()
+        {
+            return Err(field(
+                place,
+                format!("spec.endpoints[{i}].hostname"),
+                "expected a DNS label (lowercase letters, digits, '-')",
+            ));
+        }
+        endpoints.push(Endpoint {
+            address: endpoint.address,
+            hostname: endpoint.hostname,
+            ready: endpoint.ready,
+        });
+    }
+    Ok(Resource::Service {
+        key: ServiceKey { namespace, name },
+        spec: ServiceSpec {
+            export: body.export,
+            ports,
+            endpoints,
+            labels: document.metadata.labels,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const API: &str = "kind: Service
+metadata: {name: api, namespace: shop}
+spec:
+  export: true
+  ports: [{name: http, port: 8080, protocol: http}]
+  endpoints: [{address: 127.0.0.1:9001}]
+";
+
+    #[test]
+    fn the_documented_service_is_accepted() {
+        let resources = parse_documents("services.yaml", API).unwrap();
+        let [Resource::Service { key, spec }] = resources.as_slice() else {
+            panic!("{resources:?}");
+        };
+        assert_eq!(key.to_string(), "shop/api");
+        assert!(spec.export);
+        assert_eq!(spec.ports[0].protocol, Protocol::Http);
+        assert_eq!(spec.endpoints[0].address, "127.0.0.1:9001".parse().unwrap());
+    }
+
+    #[test]
+    fn several_documents_in_one_file_are_read() {
+        let text = format!("{API}---\n{}", API.replace("name: api", "name: web"));
+        assert_eq!(parse_documents("s.yaml", &text).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn an_error_names_file_document_field_and_expectation() {
+        let text = format!("{API}---\n{}", API.replace("port: 8080", "port: 70000"));
+        let err = parse_documents("services.yaml", &text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("services.yaml: document 2 (Service shop/api): spec.ports[0].port:"),
+            "{err}"
+        );
+        let err = parse_documents("s.yaml", &API.replace("export: true", "exprot: true"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("spec") && err.contains("exprot"), "{err}");
+        let err = parse_documents("s.yaml", &API.replace("127.0.0.1:9001", "nowhere"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("spec.endpoints[0].address"), "{err}");
+        let err = parse_documents("s.yaml", &API.replace("kind: Service", "kind: Gadget"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("Gadget") && err.contains("expected Service or Link"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_names_and_duplicates_are_refused() {
+        let err = parse_documents("s.yaml", &API.replace("name: api", "name: Api"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("metadata.name"), "{err}");
+        let twice = format!("{API}---\n{API}");
+        let err = parse_documents("s.yaml", &twice).unwrap_err().to_string();
+        assert!(err.contains("appears twice"), "{err}");
+        assert!(matches!(
+            parse_documents("s.yaml", "a: [b"),
+            Err(DocumentError::Yaml { .. })
+        ));
+        assert!(matches!(
+            parse_documents("s.yaml", ""),
+            Err(DocumentError::Empty { .. })
+        ));
+    }
+}

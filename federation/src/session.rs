@@ -1,0 +1,685 @@
+//! The peer session, sans IO: the handshake frames, then the catalog exchange between two
+//! gateways. Each side exports its log to the other and imports the other's: an initial snapshot
+//! or delta from where the importer stands, then deltas as the exporter changes, acknowledged by
+//! the importer, with keep-alives both ways. The gateway feeds frames and the time in and sends
+//! what the session queues; nothing here touches a socket or a clock.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+
+use crate::catalog::{
+    Changes, ExportLog, ImportedCatalog, Position, RecordError, ServiceKey, ServiceSpec,
+};
+use crate::identity::ClusterName;
+use crate::proto::peer::{self as wire, PeerFrame, RefusalCode, peer_frame::Body};
+use crate::wire::TARGET_FRAME;
+
+/// The protocol version spoken by this build.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Timers and bounds of a session.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Send a keep-alive when nothing was sent for this long.
+    pub keepalive: Duration,
+    /// Give the peer up when nothing was received for this long.
+    pub idle_timeout: Duration,
+    /// The most services one peer may hold in an update being assembled (and in its catalog).
+    pub max_services: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            keepalive: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(15),
+            max_services: 200_000,
+        }
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SessionError {
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("refused by the peer ({code:?}): {reason}")]
+    Refused { code: RefusalCode, reason: String },
+    #[error("nothing heard from the peer for {0:?}")]
+    Idle(Duration),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+}
+
+fn protocol(reason: impl Into<String>) -> SessionError {
+    SessionError::Protocol(reason.into())
+}
+
+fn frame(body: Body) -> PeerFrame {
+    PeerFrame { body: Some(body) }
+}
+
+/// The dialer's first frame.
+pub fn hello(local: &ClusterName, join_token: &str, resume: Position) -> PeerFrame {
+    frame(Body::Hello(wire::Hello {
+        protocol: PROTOCOL_VERSION,
+        cluster: local.to_string(),
+        join_token: join_token.to_owned(),
+        resume: Some(resume.to_wire()),
+    }))
+}
+
+/// The acceptor's answer to an accepted hello.
+pub fn welcome(local: &ClusterName, resume: Position) -> PeerFrame {
+    frame(Body::Welcome(wire::Welcome {
+        protocol: PROTOCOL_VERSION,
+        cluster: local.to_string(),
+        resume: Some(resume.to_wire()),
+    }))
+}
+
+/// A refusal, the last frame of a session.
+pub fn refusal(code: RefusalCode, reason: impl Into<String>) -> PeerFrame {
+    frame(Body::Refusal(wire::Refusal {
+        code: code as i32,
+        reason: reason.into(),
+    }))
+}
+
+/// A dialer's hello, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hello {
+    pub cluster: ClusterName,
+    pub join_token: String,
+    pub resume: Position,
+}
+
+/// An acceptor's welcome, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Welcome {
+    pub cluster: ClusterName,
+    pub resume: Position,
+}
+
+fn refused(r: wire::Refusal) -> SessionError {
+    SessionError::Refused {
+        code: RefusalCode::try_from(r.code).unwrap_or(RefusalCode::RefusalUnspecified),
+        reason: r.reason.chars().take(1024).collect(),
+    }
+}
+
+fn check_protocol(version: u32) -> Result<(), SessionError> {
+    if version != PROTOCOL_VERSION {
+        return Err(protocol(format!(
+            "peer speaks protocol {version}, this gateway speaks {PROTOCOL_VERSION}"
+        )));
+    }
+    Ok(())
+}
+
+fn cluster_of(text: &str) -> Result<ClusterName, SessionError> {
+    ClusterName::new(text).map_err(|e| protocol(e.to_string()))
+}
+
+/// Reads the dialer's first frame.
+pub fn parse_hello(first: PeerFrame) -> Result<Hello, SessionError> {
+    match first.body {
+        Some(Body::Hello(h)) => {
+            check_protocol(h.protocol)?;
+            if h.join_token.len() > 8192 {
+                return Err(protocol("join token longer than 8 KiB"));
+            }
+            Ok(Hello {
+                cluster: cluster_of(&h.cluster)?,
+                join_token: h.join_token,
+                resume: Position::from_wire(h.resume.as_ref()),
+            })
+        }
+        _ => Err(protocol("the first frame of a dialer must be a hello")),
+    }
+}
+
+/// Reads the acceptor's first frame.
+pub fn parse_welcome(first: PeerFrame) -> Result<Welcome, SessionError> {
+    match first.body {
+        Some(Body::Welcome(w)) => {
+            check_protocol(w.protocol)?;
+            Ok(Welcome {
+                cluster: cluster_of(&w.cluster)?,
+                resume: Position::from_wire(w.resume.as_ref()),
+            })
+        }
+        Some(Body::Refusal(r)) => Err(refused(r)),
+        _ => Err(protocol(
+            "the first frame of an acceptor must be a welcome or a refusal",
+        )),
+    }
+}
+
+/// Something the gateway should act on after a frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// An update from the peer was applied to its imported catalog.
+    Imported { changed: usize, position: Position },
+    /// The peer acknowledged our export up to a position.
+    Acked(Position),
+}
+
+#[derive(Debug)]
+struct Staging {
+    epoch: u64,
+    from: u64,
+    to: u64,
+    reset: bool,
+    upserts: Vec<(ServiceKey, ServiceSpec)>,
+    removals: Vec<ServiceKey>,
+}
+
+/// An established session with one peer (after hello and welcome).
+#[derive(Debug)]
+pub struct PeerSession {
+    config: SessionConfig,
+    /// How far our export has been sent to the peer.
+    sent: Position,
+    /// How far the peer acknowledged our export.
+    acked: Position,
+    staging: Option<Staging>,
+    last_sent: Instant,
+    last_received: Instant,
+    outbox: VecDeque<PeerFrame>,
+    frames_sent: u64,
+    updates_sent: u64,
+}
+
+impl PeerSession {
+    /// Starts the exchange: `peer_position` is where the peer stands in our export (from its
+    /// hello or welcome). Queues what the peer lacks.
+    pub fn new(
+        config: SessionConfig,
+        peer_position: Position,
+        export: &ExportLog,
+        now: Instant,
+    ) -> Self {
+        let mut session = Self {
+            config,
+            sent: peer_position,
+            acked: peer_position,
+            staging: None,
+            last_sent: now,
+            last_received: now,
+            outbox: VecDeque::new(),
+            frames_sent: 0,
+            updates_sent: 0,
+        };
+        session.sync(export);
+        session
+    }
+
+    /// How far the peer acknowledged our export.
+    pub fn acked(&self) -> Position {
+        self.acked
+    }
+
+    /// How far our export was sent.
+    pub fn sent(&self) -> Position {
+        self.sent
+    }
+
+    /// How many updates were queued to the peer so far.
+    pub fn updates_sent(&self) -> u64 {
+        self.updates_sent
+    }
+
+    /// Queues what changed in our export since it was last sent.
+    pub fn sync(&mut self, export: &ExportLog) {
+        let changes = export.changes_since(self.sent);
+        let head = export.head();
+        if changes.is_empty() && head == self.sent {
+            return;
+        }
+        self.queue_update(changes);
+        self.sent = head;
+    }
+
+    fn queue_update(&mut self, changes: Changes) {
+        let Changes {
+            reset,
+            from,
+            to,
+            upserts,
+            removals,
+        } = changes;
+        let header = wire::Update {
+            epoch: to.epoch,
+            from_version: if reset { 0 } else { from.version },
+            to_version: to.version,
+            reset,
+            complete: false,
+            upserts: Vec::new(),
+            removals: Vec::new(),
+        };
+        let mut current = header.clone();
+        let mut size = 0;
+        for (key, spec) in upserts {
+            let record = spec.to_wire(&key);
+            size += record.encoded_len() + 4;
+            current.upserts.push(record);
+            if size >= TARGET_FRAME {
+                self.outbox.push_back(frame(Body::Update(std::mem::replace(
+                    &mut current,
+                    header.clone(),
+                ))));
+                size = 0;
+            }
+        }
+        for key in removals {
+            let removal = wire::ServiceRef {
+                namespace: key.namespace.to_string(),
+                name: key.name.to_string(),
+            };
+            size += removal.encoded_len() + 4;
+            current.removals.push(removal);
+            if size >= TARGET_FRAME {
+                self.outbox.push_back(frame(Body::Update(std::mem::replace(
+                    &mut current,
+                    header.clone(),
+                ))));
+                size = 0;
+            }
+        }
+        current.complete = true;
+        self.outbox.push_back(frame(Body::Update(current)));
+        self.updates_sent += 1;
+    }
+
+    /// Handles one frame from the peer; `imported` is this peer's imported catalog.
+    pub fn handle_frame(
+        &mut self,
+        frame: PeerFrame,
+        now: Instant,
+        imported: &mut ImportedCatalog,
+    ) -> Result<Option<Event>, SessionError> {
+        self.last_received = now;
+        match frame.body {
+            Some(Body::Update(update)) => self.handle_update(update, imported),
+            Some(Body::Ack(ack)) => {
+                let position = Position::from_wire(ack.position.as_ref());
+                if position.epoch != self.sent.epoch || position.version > self.sent.version {
+                    return Err(protocol(format!(
+                        "acknowledged {position:?}, but only {:?} was sent",
+                        self.sent
+                    )));
+                }
+                self.acked = position;
+                Ok(Some(Event::Acked(position)))
+            }
+            Some(Body::KeepAlive(_)) => Ok(None),
+            Some(Body::Refusal(r)) => Err(refused(r)),
+            Some(Body::Hello(_)) | Some(Body::Welcome(_)) => {
+                Err(protocol("handshake frame after the handshake"))
+            }
+            None => Err(protocol("empty frame")),
+        }
+    }
+
+    fn handle_update(
+        &mut self,
+        update: wire::Update,
+        imported: &mut ImportedCatalog,
+    ) -> Result<Option<Event>, SessionError> {
+        let staging = match self.staging.take() {
+            Some(staging) => {
+                if (staging.epoch, staging.from, staging.to, staging.reset)
+                    != (
+                        update.epoch,
+                        update.from_version,
+                        update.to_version,
+                        update.reset,
+                    )
+                {
+                    return Err(protocol(
+                        "a part of an update does not match its first part",
+                    ));
+                }
+                staging
+            }
+            None => {
+                if update.epoch == 0 {
+                    return Err(protocol("update with epoch 0"));
+                }
+                if update.to_version < update.from_version {
+                    return Err(protocol("update goes back in version"));
+                }
+                let here = imported.position;
+                if !update.reset
+                    && (update.epoch != here.epoch || update.from_version != here.version)
+                {
+                    return Err(protocol(format!(
+                        "delta from {}@{} does not follow our position {}@{}",
+                        update.from_version, update.epoch, here.version, here.epoch
+                    )));
+                }
+                Staging {
+                    epoch: update.epoch,
+                    from: update.from_version,
+                    to: update.to_version,
+                    reset: update.reset,
+                    upserts: Vec::new(),
+                    removals: Vec::new(),
+                }
+            }
+        };
+        let mut staging = staging;
+        if staging.upserts.len()
+            + staging.removals.len()
+            + update.upserts.len()
+            + update.removals.len()
+            > self.config.max_services
+        {
+            return Err(protocol(format!(
+                "update holds more than {} services",
+                self.config.max_services
+            )));
+        }
+        for record in &update.upserts {
+            staging.upserts.push(ServiceSpec::from_wire(record)?);
+        }
+        for removal in &update.removals {
+            let record = wire::ServiceRecord {
+                namespace: removal.namespace.clone(),
+                name: removal.name.clone(),
+                ..Default::default()
+            };
+            staging.removals.push(ServiceSpec::from_wire(&record)?.0);
+        }
+        if !update.complete {
+            self.staging = Some(staging);
+            return Ok(None);
+        }
+        let position = Position {
+            epoch: staging.epoch,
+            version: staging.to,
+        };
+        let changed = imported.apply(Changes {
+            reset: staging.reset,
+            from: Position {
+                epoch: staging.epoch,
+                version: staging.from,
+            },
+            to: position,
+            upserts: staging.upserts,
+            removals: staging.removals,
+        });
+        if imported.services.len() > self.config.max_services {
+            imported.withdraw();
+            return Err(protocol(format!(
+                "peer exports more than {} services",
+                self.config.max_services
+            )));
+        }
+        self.outbox.push_back(frame(Body::Ack(wire::Ack {
+            position: Some(position.to_wire()),
+        })));
+        Ok(Some(Event::Imported { changed, position }))
+    }
+
+    /// The next frame to send, if any.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<PeerFrame> {
+        let next = self.outbox.pop_front()?;
+        self.last_sent = now;
+        self.frames_sent += 1;
+        Some(next)
+    }
+
+    /// When [`PeerSession::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Instant {
+        (self.last_sent + self.config.keepalive).min(self.last_received + self.config.idle_timeout)
+    }
+
+    /// Queues a keep-alive when one is due; fails when the peer has been silent too long.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), SessionError> {
+        if now >= self.last_received + self.config.idle_timeout {
+            return Err(SessionError::Idle(now - self.last_received));
+        }
+        if now >= self.last_sent + self.config.keepalive && self.outbox.is_empty() {
+            self.outbox
+                .push_back(frame(Body::KeepAlive(wire::KeepAlive {})));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Endpoint, Port, Protocol};
+    use crate::identity::{Namespace, ServiceName};
+    use std::collections::BTreeMap;
+
+    fn key(name: &str) -> ServiceKey {
+        ServiceKey {
+            namespace: Namespace::new("shop").unwrap(),
+            name: ServiceName::new(name).unwrap(),
+        }
+    }
+
+    fn spec(endpoints: usize) -> ServiceSpec {
+        ServiceSpec {
+            export: true,
+            ports: vec![Port {
+                name: "http".into(),
+                port: 8080,
+                protocol: Protocol::Http,
+            }],
+            endpoints: (0..endpoints)
+                .map(|i| Endpoint {
+                    address: format!("10.0.{}.{}:8080", i / 250, i % 250 + 1)
+                        .parse()
+                        .unwrap(),
+                    hostname: None,
+                    ready: true,
+                })
+                .collect(),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// Delivers every queued frame from one session to the other, returns how many.
+    fn pump(
+        from: &mut PeerSession,
+        to: &mut PeerSession,
+        into: &mut ImportedCatalog,
+        now: Instant,
+    ) -> usize {
+        let mut n = 0;
+        while let Some(f) = from.poll_transmit(now) {
+            let bytes = crate::wire::encode(&f);
+            let mut decoder = crate::wire::FrameDecoder::default();
+            decoder.extend(&bytes);
+            let f = decoder.next_frame().unwrap().unwrap();
+            to.handle_frame(f, now, into).unwrap();
+            n += 1;
+        }
+        n
+    }
+
+    #[test]
+    fn a_snapshot_then_deltas_bring_the_importer_level_and_are_acknowledged() {
+        let now = Instant::now();
+        let mut west = ExportLog::new(11);
+        let east = ExportLog::new(22);
+        west.set(&key("api"), Some(&spec(1)));
+        let mut at_west = PeerSession::new(SessionConfig::default(), Position::NONE, &west, now);
+        let mut at_east = PeerSession::new(SessionConfig::default(), Position::NONE, &east, now);
+        let mut east_imports = ImportedCatalog::default();
+        let mut west_imports = ImportedCatalog::default();
+        pump(&mut at_west, &mut at_east, &mut east_imports, now);
+        pump(&mut at_east, &mut at_west, &mut west_imports, now);
+        assert_eq!(east_imports.services.len(), 1);
+        assert_eq!(at_west.acked(), west.head());
+
+        west.set(&key("api"), None);
+        west.set(&key("web"), Some(&spec(2)));
+        at_west.sync(&west);
+        pump(&mut at_west, &mut at_east, &mut east_imports, now);
+        pump(&mut at_east, &mut at_west, &mut west_imports, now);
+        assert_eq!(
+            east_imports.services.keys().collect::<Vec<_>>(),
+            vec![&key("web")]
+        );
+        assert_eq!(east_imports.position, west.head());
+        assert_eq!(at_west.acked(), west.head());
+    }
+
+    #[test]
+    fn a_large_snapshot_is_split_and_applied_only_when_complete() {
+        let now = Instant::now();
+        let mut west = ExportLog::new(11);
+        for i in 0..3000 {
+            west.set(&key(&format!("s{i}")), Some(&spec(8)));
+        }
+        let mut at_west = PeerSession::new(SessionConfig::default(), Position::NONE, &west, now);
+        let mut at_east = PeerSession::new(
+            SessionConfig::default(),
+            Position::NONE,
+            &ExportLog::new(2),
+            now,
+        );
+        let mut imports = ImportedCatalog::default();
+        let mut parts = 0;
+        while let Some(f) = at_west.poll_transmit(now) {
+            assert!(crate::wire::encode(&f).len() < crate::wire::MAX_FRAME);
+            let complete = matches!(&f.body, Some(Body::Update(u)) if u.complete);
+            at_east.handle_frame(f, now, &mut imports).unwrap();
+            parts += 1;
+            assert_eq!(
+                imports.services.is_empty(),
+                !complete,
+                "nothing shows before the end"
+            );
+        }
+        assert!(parts > 1, "3000 services need several frames");
+        assert_eq!(imports.services.len(), 3000);
+    }
+
+    #[test]
+    fn a_delta_that_skips_a_version_is_a_protocol_error() {
+        let now = Instant::now();
+        let mut west = ExportLog::new(11);
+        west.set(&key("a"), Some(&spec(1)));
+        west.set(&key("b"), Some(&spec(1)));
+        let stale = Position {
+            epoch: 11,
+            version: 1,
+        };
+        let mut at_west = PeerSession::new(SessionConfig::default(), stale, &west, now);
+        let mut at_east = PeerSession::new(
+            SessionConfig::default(),
+            Position::NONE,
+            &ExportLog::new(2),
+            now,
+        );
+        let mut imports = ImportedCatalog::default(); // at version 0, not 1
+        let f = at_west.poll_transmit(now).unwrap();
+        let err = at_east.handle_frame(f, now, &mut imports).unwrap_err();
+        assert!(err.to_string().contains("does not follow"), "{err}");
+    }
+
+    #[test]
+    fn an_ack_for_what_was_never_sent_is_a_protocol_error() {
+        let now = Instant::now();
+        let west = ExportLog::new(11);
+        let mut at_west = PeerSession::new(SessionConfig::default(), Position::NONE, &west, now);
+        let ack = frame(Body::Ack(wire::Ack {
+            position: Some(
+                Position {
+                    epoch: 11,
+                    version: 99,
+                }
+                .to_wire(),
+            ),
+        }));
+        assert!(
+            at_west
+                .handle_frame(ack, now, &mut ImportedCatalog::default())
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn keepalives_go_out_when_quiet_and_silence_ends_the_session() {
+        let t0 = Instant::now();
+        let config = SessionConfig::default();
+        let mut s = PeerSession::new(config.clone(), Position::NONE, &ExportLog::new(1), t0);
+        while s.poll_transmit(t0).is_some() {}
+        let t1 = t0 + config.keepalive;
+        assert_eq!(s.poll_timeout(), t1);
+        s.handle_timeout(t1).unwrap();
+        assert!(matches!(
+            s.poll_transmit(t1).and_then(|f| f.body),
+            Some(Body::KeepAlive(_))
+        ));
+        let t2 = t0 + config.idle_timeout;
+        assert!(matches!(s.handle_timeout(t2), Err(SessionError::Idle(_))));
+    }
+
+    #[test]
+    fn a_peer_may_not_exceed_the_service_bound() {
+        let now = Instant::now();
+        let mut west = ExportLog::new(11);
+        for i in 0..20 {
+            west.set(&key(&format!("s{i}")), Some(&spec(1)));
+        }
+        let small = SessionConfig {
+            max_services: 10,
+            ..SessionConfig::default()
+        };
+        let mut at_west = PeerSession::new(SessionConfig::default(), Position::NONE, &west, now);
+        let mut at_east = PeerSession::new(small, Position::NONE, &ExportLog::new(2), now);
+        let f = at_west.poll_transmit(now).unwrap();
+        assert!(
+            at_east
+                .handle_frame(f, now, &mut ImportedCatalog::default())
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn handshake_frames_are_checked() {
+        let west = ClusterName::new("west").unwrap();
+        let h = parse_hello(hello(
+            &west,
+            "token",
+            Position {
+                epoch: 3,
+                version: 4,
+            },
+        ))
+        .unwrap();
+        assert_eq!(h.cluster, west);
+        assert_eq!(
+            h.resume,
+            Position {
+                epoch: 3,
+                version: 4
+            }
+        );
+        assert!(parse_hello(welcome(&west, Position::NONE)).is_err());
+        let refused =
+            parse_welcome(refusal(RefusalCode::RefusalTokenExpired, "expired")).unwrap_err();
+        assert!(matches!(
+            refused,
+            SessionError::Refused {
+                code: RefusalCode::RefusalTokenExpired,
+                ..
+            }
+        ));
+        let mut bad = hello(&west, "t", Position::NONE);
+        if let Some(Body::Hello(h)) = &mut bad.body {
+            h.cluster = "NOT A CLUSTER".into();
+        }
+        assert!(parse_hello(bad).is_err());
+    }
+}
