@@ -1,1 +1,473 @@
-fn main() {}
+//! `strait`: the one binary of the strait mesh. Runs gateways and drives them: trust, gateway
+//! set-up, apply/get/delete, link/unlink, and the demo.
+
+mod context;
+mod demo;
+mod output;
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+use strait_federation::identity::{AccountName, ClusterName, TrustDomain};
+use strait_federation::proto::operator::{
+    ApplyRequest, CreateLinkRequest, DeleteRequest, ListLinksRequest, ListServicesRequest,
+    UnlinkRequest,
+};
+use strait_gateway::config::GatewayConfig;
+use strait_gateway::init::{InitOptions, TrustDir, absolute, init_gateway};
+
+use crate::output::Format;
+
+/// strait: one service mesh over many clusters and clouds.
+#[derive(Parser)]
+#[command(name = "strait", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// The context (cluster) to talk to, from $STRAIT_CONFIG (default ~/.strait/config).
+    #[arg(long, global = true, env = "STRAIT_CONTEXT")]
+    context: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make and manage the mesh's trust root.
+    #[command(subcommand)]
+    Trust(TrustCommand),
+    /// Set up and run a cluster's east-west gateway.
+    #[command(subcommand)]
+    Gateway(GatewayCommand),
+    /// Apply documents (Service, Link) from files ("-" reads standard input).
+    Apply {
+        /// A YAML file of one or more documents; may be repeated.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Show services (local and imported) or links.
+    Get {
+        /// What to show: services or links.
+        resource: GetResource,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Delete a service or a link.
+    Delete {
+        /// What to delete: service or link.
+        kind: String,
+        /// Its name (the cluster's name for a link).
+        name: String,
+        /// The namespace of a service.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
+    /// Print a Link document that lets another cluster link to this one.
+    Link {
+        /// How long the join token stays valid for its first use (e.g. 30m, 24h).
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        ttl: Duration,
+        /// The address peers should dial, when not the gateway's advertised one.
+        #[arg(long)]
+        address: Option<String>,
+    },
+    /// Remove the peering with a cluster (both sides, when the peer is reachable).
+    Unlink {
+        /// The linked cluster's name.
+        cluster: String,
+    },
+    /// Start a whole two-cluster mesh on this machine (east and west, linked).
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum TrustCommand {
+    /// Make a new root for a trust domain.
+    Init {
+        /// The trust domain, such as example.mesh.
+        #[arg(long)]
+        trust_domain: String,
+        /// The folder to write root.crt, root.key, bundle.pem and trust.yaml into.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Sign a cluster's intermediate issuer, for a gateway set up where the root is not.
+    Issue {
+        /// The cluster's name.
+        #[arg(long)]
+        cluster: String,
+        /// The trust folder (with root.key).
+        #[arg(long)]
+        trust: PathBuf,
+        /// The gateway folder to write issuer.crt, issuer.key, bundle.pem and trust.yaml into.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum GatewayCommand {
+    /// Lay out a gateway folder and add a context for it.
+    Init(GatewayInit),
+    /// Run a gateway until SIGTERM or SIGINT.
+    Run {
+        /// The gateway.yaml written by `strait gateway init`.
+        #[arg(long)]
+        config: PathBuf,
+        /// Log format.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        log_format: String,
+    },
+}
+
+#[derive(Args)]
+struct GatewayInit {
+    /// The cluster's name (a DNS label).
+    #[arg(long)]
+    cluster: String,
+    /// The trust folder made by `strait trust init` (or copied by `strait trust issue`).
+    #[arg(long)]
+    trust: PathBuf,
+    /// The gateway folder to create.
+    #[arg(long)]
+    dir: PathBuf,
+    /// UDP address for peer gateways (QUIC).
+    #[arg(long)]
+    quic_addr: SocketAddr,
+    /// TCP address of the operator API.
+    #[arg(long)]
+    api_addr: SocketAddr,
+    /// TCP address of the admin HTTP server (health, readiness, metrics).
+    #[arg(long)]
+    admin_addr: SocketAddr,
+    /// The address other clusters dial, when not --quic-addr (a load balancer's).
+    #[arg(long)]
+    advertise_addr: Option<String>,
+    /// The operator identity's name for the CLI context.
+    #[arg(long, default_value = "admin")]
+    operator: String,
+    /// The context's name (default: the cluster's name).
+    #[arg(long)]
+    context_name: Option<String>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum GetResource {
+    #[value(alias = "service", alias = "svc")]
+    Services,
+    #[value(alias = "link")]
+    Links,
+}
+
+#[derive(Args)]
+struct OutputArg {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: Format,
+}
+
+/// Parses `90s`, `30m`, `24h`, `7d` or a number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 90s, 30m or 24h"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86400.0,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?}; use ms, s, m, h or d"
+            ));
+        }
+    };
+    if !seconds.is_finite() || seconds <= 0.0 {
+        return Err(format!("{text:?} must be positive"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRAIT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub(crate) async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let context = cli.context.as_deref();
+    match cli.command {
+        Command::Trust(TrustCommand::Init { trust_domain, dir }) => {
+            let trust_domain = TrustDomain::new(trust_domain).context("--trust-domain")?;
+            let made = TrustDir::create(&dir, trust_domain)?;
+            let bundle = made.bundle()?;
+            println!(
+                "trust root for {} written to {}",
+                made.trust_domain,
+                dir.display()
+            );
+            println!("root fingerprint: {}", bundle.fingerprints().join(", "));
+            println!("keep root.key offline; clusters need only bundle.pem and their issuer");
+        }
+        Command::Trust(TrustCommand::Issue {
+            cluster,
+            trust,
+            dir,
+        }) => {
+            let cluster = ClusterName::new(cluster).context("--cluster")?;
+            TrustDir::open(&trust)?.issue_cluster(&cluster, &dir)?;
+            println!("issuer for cluster {cluster} written to {}", dir.display());
+        }
+        Command::Gateway(GatewayCommand::Init(init)) => gateway_init(init)?,
+        Command::Gateway(GatewayCommand::Run { config, log_format }) => {
+            init_logs(&log_format);
+            let config = GatewayConfig::load(&config)?;
+            strait_gateway::run(config, shutdown_signal()).await?;
+        }
+        Command::Apply { files } => apply(context, files).await?,
+        Command::Get { resource, output } => get(context, resource, output.output).await?,
+        Command::Delete {
+            kind,
+            name,
+            namespace,
+        } => {
+            let (ctx, mut client) = context::connect(context).await?;
+            let deleted = client
+                .delete(DeleteRequest {
+                    kind: kind.clone(),
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner()
+                .deleted;
+            let what = if kind.starts_with("link") {
+                name
+            } else {
+                format!("{namespace}/{name}")
+            };
+            if !deleted {
+                bail!("{kind} {what} not found in cluster {}", ctx.cluster);
+            }
+            println!("{kind} {what} deleted");
+        }
+        Command::Link { ttl, address } => {
+            let (_, mut client) = context::connect(context).await?;
+            let document = client
+                .create_link(CreateLinkRequest {
+                    ttl_seconds: ttl.as_secs().max(1),
+                    address: address.unwrap_or_default(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner()
+                .document;
+            print!("{document}");
+        }
+        Command::Unlink { cluster } => {
+            let (ctx, mut client) = context::connect(context).await?;
+            let removed = client
+                .unlink(UnlinkRequest {
+                    cluster: cluster.clone(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner()
+                .removed;
+            if !removed {
+                bail!("cluster {} has no link with {cluster}", ctx.cluster);
+            }
+            println!("link between {} and {cluster} removed", ctx.cluster);
+        }
+        Command::Demo(args) => demo::run(args).await?,
+    }
+    Ok(())
+}
+
+/// A gRPC status as an error that reads well.
+fn status(status: tonic::Status) -> anyhow::Error {
+    anyhow!("{}", status.message())
+}
+
+fn gateway_init(init: GatewayInit) -> Result<()> {
+    let cluster = ClusterName::new(init.cluster).context("--cluster")?;
+    let operator = AccountName::new(init.operator).context("--operator")?;
+    let made = init_gateway(InitOptions {
+        cluster: cluster.clone(),
+        trust_dir: init.trust,
+        dir: init.dir,
+        quic_addr: init.quic_addr,
+        api_addr: init.api_addr,
+        admin_addr: init.admin_addr,
+        advertise_addr: init.advertise_addr,
+        operator,
+    })?;
+    let name = init.context_name.unwrap_or_else(|| cluster.to_string());
+    let path = context::add(context::Context {
+        name: name.clone(),
+        cluster: cluster.clone(),
+        trust_domain: made.config.trust_domain.clone(),
+        api_addr: made.config.api_addr.to_string(),
+        bundle: absolute(&made.bundle)?,
+        cert: absolute(&made.operator_cert)?,
+        key: absolute(&made.operator_key)?,
+    })?;
+    println!(
+        "gateway for cluster {cluster} written to {}",
+        made.config_path.display()
+    );
+    println!("context {name} added to {}", path.display());
+    println!(
+        "run it with: strait gateway run --config {}",
+        made.config_path.display()
+    );
+    Ok(())
+}
+
+async fn apply(context: Option<&str>, files: Vec<PathBuf>) -> Result<()> {
+    // Read every file first: a missing file fails before anything is applied.
+    let mut documents = Vec::new();
+    for file in files {
+        let (source, text) = if file.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading standard input")?;
+            ("<stdin>".to_owned(), text)
+        } else {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            (file.display().to_string(), text)
+        };
+        documents.push((source, text));
+    }
+    let (_, mut client) = context::connect(context).await?;
+    for (source, text) in documents {
+        let response = client
+            .apply(ApplyRequest {
+                source,
+                documents: text,
+            })
+            .await
+            .map_err(status)?
+            .into_inner();
+        for object in response.objects {
+            let name = if object.namespace.is_empty() {
+                object.name
+            } else {
+                format!("{}/{}", object.namespace, object.name)
+            };
+            println!("{}/{} {}", object.kind.to_lowercase(), name, object.result);
+        }
+    }
+    Ok(())
+}
+
+async fn get(context: Option<&str>, resource: GetResource, format: Format) -> Result<()> {
+    let (_, mut client) = context::connect(context).await?;
+    let text = match resource {
+        GetResource::Services => {
+            let services = client
+                .list_services(ListServicesRequest {})
+                .await
+                .map_err(status)?
+                .into_inner()
+                .services;
+            output::services(&services, format)?
+        }
+        GetResource::Links => {
+            let links = client
+                .list_links(ListLinksRequest {})
+                .await
+                .map_err(status)?
+                .into_inner()
+                .links;
+            output::links(&links, format)?
+        }
+    };
+    print!("{text}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_operators_write_them() {
+        assert_eq!(parse_duration("20s"), Ok(Duration::from_secs(20)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
+        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5y").is_err());
+        assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -45,7 +45,8 @@ impl Protocol {
         }
     }
 
-    fn as_str(self) -> &'static str {
+    /// The protocol as written in documents.
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Http => "http",
             Self::Http2 => "http2",

@@ -256,6 +256,26 @@ impl Redemptions {
         Ok(Admission::First)
     }
 
+    /// Whether a cluster holds an admitted, unrevoked token (it is a peer that dials us).
+    pub fn is_active(&self, peer: &ClusterName) -> bool {
+        self.entries
+            .values()
+            .any(|r| r.active && &r.cluster == peer)
+    }
+
+    /// The clusters that hold an admitted, unrevoked token.
+    pub fn active_clusters(&self) -> Vec<ClusterName> {
+        let mut clusters: Vec<_> = self
+            .entries
+            .values()
+            .filter(|r| r.active)
+            .map(|r| r.cluster.clone())
+            .collect();
+        clusters.sort();
+        clusters.dedup();
+        clusters
+    }
+
     /// Revokes every token a cluster redeemed (it was unlinked).
     pub fn revoke(&mut self, peer: &ClusterName) -> bool {
         let mut any = false;

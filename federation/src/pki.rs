@@ -404,6 +404,23 @@ impl TrustBundle {
         self.roots.iter().any(|root| fingerprint(root) == wanted)
     }
 
+    /// The fingerprint of the root that issued a certificate (the last of a PEM chain), found by
+    /// its subject; the first root when none matches.
+    pub fn fingerprint_of_issuer(&self, chain_pem: &str) -> Option<String> {
+        let chain = parse_certs(chain_pem, Path::new("<chain>")).ok()?;
+        let last = chain.last()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(last.as_ref()).ok()?;
+        let issuer = cert.issuer().as_raw();
+        self.roots
+            .iter()
+            .find(|root| {
+                x509_parser::parse_x509_certificate(root.as_ref())
+                    .is_ok_and(|(_, r)| r.subject().as_raw() == issuer)
+            })
+            .or(self.roots.first())
+            .map(fingerprint)
+    }
+
     /// The roots as a rustls store.
     pub fn root_store(&self) -> Result<rustls::RootCertStore, PkiError> {
         let mut store = rustls::RootCertStore::empty();

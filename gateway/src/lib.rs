@@ -1,1 +1,320 @@
-//! placeholder
+//! The strait east-west gateway: one per cluster. It holds the cluster's catalog and issuer,
+//! peers with other clusters' gateways over QUIC (catalog federation), serves the operator API
+//! (tonic over mutual TLS) and the admin HTTP endpoints (health, readiness, metrics).
+//!
+//! `run` wires the pieces; each lives in its own module:
+//! `peer` (QUIC peering), `api` (operator API), `admin` (HTTP), `store` (persisted state),
+//! `metrics`, `config` and `init` (files on disk).
+
+pub mod admin;
+pub mod api;
+pub mod config;
+pub mod init;
+pub mod metrics;
+pub mod peer;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use strait_federation::catalog::{Position, clusterset};
+use strait_federation::identity::{ClusterName, SpiffeId};
+use strait_federation::link::LinkKey;
+use strait_federation::pki::{ClusterIssuer, LEAF_LIFETIME, PkiError, TrustBundle, read_file};
+use strait_federation::tls::{CertStore, TlsError};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::GatewayConfig;
+use crate::metrics::Metrics;
+use crate::peer::PeerStatus;
+use crate::store::{State, StateFile};
+
+/// What can stop a gateway from starting or an operator action from completing.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("state file {path}: {message}")]
+    State { path: PathBuf, message: String },
+    #[error("{0} already exists; remove it or choose another folder")]
+    Exists(PathBuf),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {what} {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Locks a mutex; a panic elsewhere while holding it does not make the state unusable.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Seconds since the epoch.
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// What every task of a gateway shares.
+pub struct Shared {
+    pub config: GatewayConfig,
+    pub bundle: TrustBundle,
+    pub certs: CertStore,
+    pub issuer: ClusterIssuer,
+    pub link_key: LinkKey,
+    pub state: Mutex<State>,
+    state_file: StateFile,
+    /// Serializes writers of the state file, so an older snapshot never overwrites a newer one.
+    write_lock: Mutex<()>,
+    dirty: AtomicBool,
+    /// The head of this cluster's export log: peer sessions wake on it.
+    pub export_tx: watch::Sender<Position>,
+    /// Bumped whenever the clusterset view changes (imports or local services).
+    pub catalog_tx: watch::Sender<u64>,
+    pub peers: Mutex<BTreeMap<ClusterName, PeerStatus>>,
+    pub metrics: Metrics,
+    pub endpoint: quinn::Endpoint,
+    pub ready: AtomicBool,
+    pub shutdown: CancellationToken,
+}
+
+impl Shared {
+    /// Writes the state now (operator changes: acknowledged only once on disk).
+    pub async fn persist(self: &Arc<Self>) -> Result<(), GatewayError> {
+        let shared = self.clone();
+        tokio::task::spawn_blocking(move || shared.persist_blocking())
+            .await
+            .map_err(|e| GatewayError::Internal(e.to_string()))?
+    }
+
+    fn persist_blocking(&self) -> Result<(), GatewayError> {
+        let _writer = lock(&self.write_lock);
+        self.dirty.store(false, Ordering::SeqCst);
+        let encoded = StateFile::encode(&lock(&self.state))?;
+        self.state_file.write(&encoded)
+    }
+
+    /// Marks the state for the next periodic write (imports: frequent, cheap to redo).
+    pub fn mark_dirty(&self) {
+        self.dirty.store(true, Ordering::SeqCst);
+    }
+
+    /// Tells sessions that the export changed, and the catalog watchers that the view did.
+    pub fn export_changed(&self) {
+        let head = lock(&self.state).export.head();
+        self.export_tx.send_replace(head);
+        self.catalog_changed();
+    }
+
+    /// Tells catalog watchers that the clusterset view changed.
+    pub fn catalog_changed(&self) {
+        self.catalog_tx.send_modify(|n| *n += 1);
+    }
+
+    /// Refreshes gauges that are read from state rather than counted.
+    pub fn refresh_metrics(&self) {
+        let state = lock(&self.state);
+        self.metrics
+            .catalog_services
+            .with_label_values(&[self.config.cluster.as_str()])
+            .set(state.services.len() as i64);
+        for (cluster, imported) in &state.imports {
+            self.metrics
+                .catalog_services
+                .with_label_values(&[cluster.as_str()])
+                .set(imported.services.len() as i64);
+        }
+        let head = state.export.head();
+        drop(state);
+        for (cluster, status) in lock(&self.peers).iter() {
+            let peer = cluster.as_str();
+            self.metrics.set_peer_state(peer, status.state.as_str());
+            if let Some(connection) = &status.connection {
+                self.metrics
+                    .peer_rtt
+                    .with_label_values(&[peer])
+                    .set(connection.rtt().as_secs_f64());
+            }
+            let lag = if status.acked.epoch == head.epoch {
+                head.version.saturating_sub(status.acked.version)
+            } else {
+                head.version
+            };
+            self.metrics
+                .sync_lag
+                .with_label_values(&[peer])
+                .set(lag as i64);
+        }
+    }
+
+    /// The clusterset view.
+    pub fn clusterset(&self) -> Vec<strait_federation::catalog::ClustersetService> {
+        let state = lock(&self.state);
+        clusterset(&self.config.cluster, &state.services, state.imports.iter())
+    }
+}
+
+/// The UDP socket of the QUIC endpoint, with large buffers: with kernel defaults, bursts of
+/// catalog updates were dropped at the receive buffer.
+fn quic_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, GatewayError> {
+    let bind = |source| GatewayError::Bind {
+        what: "quicAddr",
+        addr,
+        source,
+    };
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
+        .map_err(bind)?;
+    let _ = socket.set_recv_buffer_size(16 << 20);
+    let _ = socket.set_send_buffer_size(16 << 20);
+    socket.bind(&addr.into()).map_err(bind)?;
+    Ok(socket.into())
+}
+
+/// Runs a gateway until `shutdown` completes; then closes peer connections and writes state.
+pub async fn run(
+    config: GatewayConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), GatewayError> {
+    strait_federation::tls::install_default_provider();
+    let bundle = TrustBundle::read(&config.file("bundle.pem"), config.trust_domain.clone())?;
+    let issuer = ClusterIssuer::load(
+        &config.state_dir,
+        config.trust_domain.clone(),
+        config.cluster.clone(),
+    )?;
+    let link_key_path = config.file("link.key");
+    let link_key = LinkKey::from_pem(&read_file(&link_key_path)?, &link_key_path)?;
+    let state_file = StateFile::in_dir(&config.state_dir);
+    let mut state = state_file.load()?;
+    let peers_known: Vec<ClusterName> = state
+        .imports
+        .keys()
+        .filter(|c| !state.links.contains_key(*c) && !state.redemptions.is_active(c))
+        .cloned()
+        .collect();
+    for gone in peers_known {
+        state.imports.remove(&gone);
+    }
+    let identity = SpiffeId::gateway(&config.trust_domain, &config.cluster);
+    let certs = CertStore::new(&issuer.issue(&identity, LEAF_LIFETIME)?)?;
+
+    let endpoint = peer::endpoint(&config, &bundle, &certs, quic_socket(config.quic_addr)?)?;
+    let api_listener = tokio::net::TcpListener::bind(config.api_addr)
+        .await
+        .map_err(|source| GatewayError::Bind {
+            what: "apiAddr",
+            addr: config.api_addr,
+            source,
+        })?;
+    let admin_listener = tokio::net::TcpListener::bind(config.admin_addr)
+        .await
+        .map_err(|source| GatewayError::Bind {
+            what: "adminAddr",
+            addr: config.admin_addr,
+            source,
+        })?;
+
+    let head = state.export.head();
+    let links: Vec<_> = state.links.values().cloned().collect();
+    let acceptor_peers = state.redemptions.active_clusters();
+    let shared = Arc::new(Shared {
+        metrics: Metrics::new(config.cluster.as_str()),
+        config,
+        bundle,
+        certs,
+        issuer,
+        link_key,
+        state: Mutex::new(state),
+        state_file,
+        write_lock: Mutex::new(()),
+        dirty: AtomicBool::new(false),
+        export_tx: watch::channel(head).0,
+        catalog_tx: watch::channel(0).0,
+        peers: Mutex::new(BTreeMap::new()),
+        endpoint,
+        ready: AtomicBool::new(false),
+        shutdown: CancellationToken::new(),
+    });
+    let now = Instant::now();
+    for cluster in acceptor_peers {
+        lock(&shared.peers).insert(cluster, PeerStatus::awaiting(now));
+    }
+    for link in links {
+        peer::start_dialer(&shared, link.spec, None);
+    }
+    tokio::spawn(peer::accept_loop(shared.clone()));
+    tokio::spawn(api::serve(shared.clone(), api_listener));
+    tokio::spawn(admin::serve(shared.clone(), admin_listener));
+    tokio::spawn(housekeeping(shared.clone()));
+    shared.refresh_metrics();
+    shared.ready.store(true, Ordering::SeqCst);
+    tracing::info!(
+        cluster = %shared.config.cluster,
+        quic = %shared.config.quic_addr,
+        api = %shared.config.api_addr,
+        admin = %shared.config.admin_addr,
+        "gateway ready"
+    );
+
+    tokio::select! {
+        () = shutdown => {}
+        () = shared.shutdown.cancelled() => {}
+    }
+    shared.ready.store(false, Ordering::SeqCst);
+    shared.shutdown.cancel();
+    shared.endpoint.close(0u32.into(), b"gateway shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(2), shared.endpoint.wait_idle()).await;
+    shared.persist().await?;
+    tracing::info!(cluster = %shared.config.cluster, "gateway stopped");
+    Ok(())
+}
+
+/// Periodic chores: withdraw peers past their grace period, write dirty state, renew the
+/// gateway's own certificate, refresh gauges.
+async fn housekeeping(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let identity = SpiffeId::gateway(&shared.config.trust_domain, &shared.config.cluster);
+    let mut renew_at = Instant::now() + LEAF_LIFETIME.mul_f64(0.7);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shared.shutdown.cancelled() => return,
+        }
+        peer::withdraw_expired(&shared, Instant::now());
+        if shared.dirty.load(Ordering::SeqCst)
+            && let Err(e) = shared.persist().await
+        {
+            tracing::error!(error = %e, "cannot write state");
+        }
+        if Instant::now() >= renew_at {
+            match shared.issuer.issue(&identity, LEAF_LIFETIME) {
+                Ok(credential) => match shared.certs.replace(&credential) {
+                    Ok(()) => {
+                        tracing::info!("gateway certificate renewed");
+                        renew_at = Instant::now() + LEAF_LIFETIME.mul_f64(0.7);
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot use renewed certificate"),
+                },
+                Err(e) => tracing::error!(error = %e, "cannot renew gateway certificate"),
+            }
+        }
+        shared.refresh_metrics();
+    }
+}

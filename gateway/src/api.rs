@@ -1,0 +1,516 @@
+//! The operator API (tonic, HTTP/2 over TCP with mutual TLS): only operator identities of this
+//! gateway's own cluster are served. Also the client the CLI uses to reach it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls_pki_types::ServerName;
+use strait_federation::catalog::ServiceKey;
+use strait_federation::identity::{ClusterName, Namespace, Role, ServiceName};
+use strait_federation::link::{DEFAULT_TOKEN_TTL_SECONDS, LinkDocument, LinkSpec, rfc3339};
+use strait_federation::pki::{Credential, TrustBundle};
+use strait_federation::proto::operator::operator_client::OperatorClient;
+use strait_federation::proto::operator::operator_server::{Operator, OperatorServer};
+use strait_federation::proto::operator::{
+    AppliedObject, ApplyRequest, ApplyResponse, CreateLinkRequest, CreateLinkResponse,
+    DeleteRequest, DeleteResponse, LinkView, ListLinksRequest, ListLinksResponse,
+    ListServicesRequest, ListServicesResponse, ServiceBackend, ServiceView, UnlinkRequest,
+    UnlinkResponse,
+};
+use strait_federation::resource::{Resource, parse_documents};
+use strait_federation::tls::{self, CertStore, PeerRule};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tonic::transport::server::Connected;
+use tonic::{Request, Response, Status};
+
+use crate::peer::{self, DialOutcome};
+use crate::store::LinkRecord;
+use crate::{Shared, lock, unix_now};
+
+/// ALPN of the operator API.
+const API_ALPN: &[u8] = b"h2";
+/// The largest file `apply` takes.
+const MAX_DOCUMENTS: usize = 4 << 20;
+/// How long `apply` of a Link waits for the first dial.
+const LINK_WAIT: Duration = Duration::from_secs(15);
+
+/// A TLS connection of the operator API.
+struct ApiStream(tokio_rustls::server::TlsStream<TcpStream>);
+
+impl Connected for ApiStream {
+    type ConnectInfo = ();
+    fn connect_info(&self) -> Self::ConnectInfo {}
+}
+
+impl AsyncRead for ApiStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ApiStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// Serves the operator API on a bound listener until the gateway stops.
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    let config = match tls::server_config(
+        &shared.bundle,
+        &shared.certs,
+        PeerRule::role_in(Role::Operator, shared.config.cluster.clone()),
+        &[API_ALPN],
+    ) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!(error = %e, "operator API cannot start");
+            shared.shutdown.cancel();
+            return;
+        }
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let (tx, rx) = tokio::sync::mpsc::channel::<ApiStream>(64);
+    let accept_shutdown = shared.shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = accept_shutdown.cancelled() => return,
+            };
+            let Ok((tcp, remote)) = accepted else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(peer::HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(ApiStream(stream)).await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::info!(remote = %remote, error = %e, "operator API: TLS refused")
+                    }
+                    Err(_) => {
+                        tracing::info!(remote = %remote, "operator API: TLS handshake timed out")
+                    }
+                }
+            });
+        }
+    });
+    let incoming = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|s| (Ok::<_, std::io::Error>(s), rx))
+    });
+    let shutdown = shared.shutdown.clone();
+    let result = tonic::transport::Server::builder()
+        .timeout(Duration::from_secs(60))
+        .add_service(OperatorServer::new(Api { shared }))
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "operator API stopped");
+    }
+}
+
+/// Connects to a gateway's operator API as an operator.
+pub async fn connect(
+    address: &str,
+    cluster: &ClusterName,
+    bundle: &TrustBundle,
+    credential: &Credential,
+) -> Result<OperatorClient<tonic::transport::Channel>, String> {
+    strait_federation::tls::install_default_provider();
+    let certs = CertStore::new(credential).map_err(|e| e.to_string())?;
+    let config = tls::client_config(
+        bundle,
+        &certs,
+        PeerRule::role_in(Role::Gateway, cluster.clone()),
+        &[API_ALPN],
+    )
+    .map_err(|e| e.to_string())?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let server_name = ServerName::try_from(cluster.to_string()).map_err(|e| e.to_string())?;
+    let target = address.to_owned();
+    let dial = tower::service_fn(move |_: tonic::transport::Uri| {
+        let connector = connector.clone();
+        let server_name = server_name.clone();
+        let target = target.clone();
+        async move {
+            let tcp = TcpStream::connect(&target).await?;
+            let stream = connector.connect(server_name, tcp).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| format!("bad API address {address}: {e}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .connect_with_connector(dial)
+        .await
+        .map_err(|e| {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(inner) = source {
+                text = format!("{text}: {inner}");
+                source = inner.source();
+            }
+            format!("cannot reach the operator API of cluster {cluster} at {address}: {text}")
+        })?;
+    Ok(OperatorClient::new(channel))
+}
+
+struct Api {
+    shared: Arc<Shared>,
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+impl Api {
+    /// Checks a Link before anything of its file is applied.
+    fn check_link(&self, source: &str, spec: &LinkSpec) -> Result<(), Status> {
+        let local = &self.shared.config.cluster;
+        let refuse = |message: String| {
+            Err(Status::failed_precondition(format!(
+                "{source}: Link {}: {message}",
+                spec.cluster
+            )))
+        };
+        if &spec.cluster == local {
+            return refuse(format!("cluster {local} cannot link to itself"));
+        }
+        if spec.trust_domain != self.shared.config.trust_domain {
+            return refuse(format!(
+                "the link is for trust domain {}, this cluster is in {}",
+                spec.trust_domain, self.shared.config.trust_domain
+            ));
+        }
+        if !self
+            .shared
+            .bundle
+            .contains_fingerprint(&spec.root_fingerprint)
+        {
+            return refuse(format!(
+                "its trust root {} is not in this cluster's trust bundle ({}): the clusters do not share a root",
+                spec.root_fingerprint,
+                self.shared.bundle.fingerprints().join(", ")
+            ));
+        }
+        if lock(&self.shared.state)
+            .redemptions
+            .is_active(&spec.cluster)
+        {
+            return refuse(format!(
+                "cluster {} already links to this cluster (it dials {local}); unlink it first",
+                spec.cluster
+            ));
+        }
+        Ok(())
+    }
+
+    async fn apply_link(&self, source: &str, spec: LinkSpec) -> Result<AppliedObject, Status> {
+        let cluster = spec.cluster.clone();
+        let previous = lock(&self.shared.state).links.get(&cluster).cloned();
+        let (tx, rx) = oneshot::channel();
+        peer::start_dialer(&self.shared, spec.clone(), Some(tx));
+        let outcome = tokio::time::timeout(LINK_WAIT, rx).await;
+        let mut result = if previous.is_some() {
+            "configured"
+        } else {
+            "created"
+        }
+        .to_owned();
+        match outcome {
+            Ok(Ok(DialOutcome::Connected)) => {}
+            Ok(Ok(DialOutcome::Refused(reason))) => {
+                match previous {
+                    Some(previous) => peer::start_dialer(&self.shared, previous.spec, None),
+                    None => {
+                        if let Some(status) = lock(&self.shared.peers).remove(&cluster) {
+                            status.stop.cancel();
+                        }
+                    }
+                }
+                return Err(Status::permission_denied(format!(
+                    "{source}: Link {cluster}: refused: {reason}"
+                )));
+            }
+            Ok(Ok(DialOutcome::Unreachable(reason))) => {
+                result = format!("{result} (not connected yet, retrying: {reason})");
+            }
+            Ok(Err(_)) | Err(_) => {
+                result = format!(
+                    "{result} (not connected yet after {}s, retrying)",
+                    LINK_WAIT.as_secs()
+                );
+            }
+        }
+        lock(&self.shared.state).links.insert(
+            cluster.clone(),
+            LinkRecord {
+                spec,
+                created: unix_now(),
+            },
+        );
+        self.shared.persist().await.map_err(internal)?;
+        Ok(AppliedObject {
+            kind: "Link".into(),
+            namespace: String::new(),
+            name: cluster.to_string(),
+            result,
+        })
+    }
+}
+
+fn service_key(namespace: &str, name: &str) -> Result<ServiceKey, Status> {
+    let namespace = if namespace.is_empty() {
+        "default"
+    } else {
+        namespace
+    };
+    Ok(ServiceKey {
+        namespace: Namespace::new(namespace)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?,
+        name: ServiceName::new(name).map_err(|e| Status::invalid_argument(e.to_string()))?,
+    })
+}
+
+#[tonic::async_trait]
+impl Operator for Api {
+    async fn apply(
+        &self,
+        request: Request<ApplyRequest>,
+    ) -> Result<Response<ApplyResponse>, Status> {
+        let request = request.into_inner();
+        if request.documents.len() > MAX_DOCUMENTS {
+            return Err(Status::invalid_argument(format!(
+                "{}: larger than {} bytes",
+                request.source, MAX_DOCUMENTS
+            )));
+        }
+        let resources = parse_documents(&request.source, &request.documents)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        for resource in &resources {
+            if let Resource::Link(spec) = resource {
+                self.check_link(&request.source, spec)?;
+            }
+        }
+        let mut objects = Vec::new();
+        let mut changed = false;
+        {
+            let mut state = lock(&self.shared.state);
+            for resource in &resources {
+                if let Resource::Service { key, spec } = resource {
+                    let result = state.put_service(key.clone(), spec.clone());
+                    changed |= result != "unchanged";
+                    objects.push(AppliedObject {
+                        kind: "Service".into(),
+                        namespace: key.namespace.to_string(),
+                        name: key.name.to_string(),
+                        result: result.into(),
+                    });
+                }
+            }
+        }
+        if changed {
+            self.shared.persist().await.map_err(internal)?;
+            self.shared.export_changed();
+        }
+        for resource in resources {
+            if let Resource::Link(spec) = resource {
+                objects.push(self.apply_link(&request.source, spec).await?);
+            }
+        }
+        Ok(Response::new(ApplyResponse { objects }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let request = request.into_inner();
+        let deleted = match request.kind.to_ascii_lowercase().as_str() {
+            "service" | "services" | "svc" => {
+                let key = service_key(&request.namespace, &request.name)?;
+                let deleted = lock(&self.shared.state).remove_service(&key);
+                if deleted {
+                    self.shared.persist().await.map_err(internal)?;
+                    self.shared.export_changed();
+                }
+                deleted
+            }
+            "link" | "links" => {
+                let cluster = ClusterName::new(request.name)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                peer::unlink(&self.shared, &cluster)
+                    .await
+                    .map_err(internal)?
+            }
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "cannot delete kind {other:?}; expected service or link"
+                )));
+            }
+        };
+        Ok(Response::new(DeleteResponse { deleted }))
+    }
+
+    async fn create_link(
+        &self,
+        request: Request<CreateLinkRequest>,
+    ) -> Result<Response<CreateLinkResponse>, Status> {
+        let request = request.into_inner();
+        let config = &self.shared.config;
+        let ttl = match request.ttl_seconds {
+            0 => DEFAULT_TOKEN_TTL_SECONDS,
+            ttl => ttl.min(30 * 24 * 3600),
+        };
+        let (token, claims) = self
+            .shared
+            .link_key
+            .issue(&config.cluster, &config.trust_domain, unix_now(), ttl)
+            .map_err(internal)?;
+        let root_fingerprint = self
+            .shared
+            .bundle
+            .fingerprint_of_issuer(&self.shared.issuer.chain_pem)
+            .ok_or_else(|| Status::internal("the trust bundle has no root"))?;
+        let address = if request.address.is_empty() {
+            config.advertised()
+        } else {
+            request.address
+        };
+        let document = LinkDocument::new(LinkSpec {
+            cluster: config.cluster.clone(),
+            trust_domain: config.trust_domain.clone(),
+            gateway_address: address,
+            root_fingerprint,
+            token,
+            expires: Some(rfc3339(claims.exp)),
+        });
+        let yaml = serde_saphyr::to_string(&document).map_err(internal)?;
+        Ok(Response::new(CreateLinkResponse { document: yaml }))
+    }
+
+    async fn unlink(
+        &self,
+        request: Request<UnlinkRequest>,
+    ) -> Result<Response<UnlinkResponse>, Status> {
+        let cluster = ClusterName::new(request.into_inner().cluster)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let removed = peer::unlink(&self.shared, &cluster)
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(UnlinkResponse { removed }))
+    }
+
+    async fn list_services(
+        &self,
+        _: Request<ListServicesRequest>,
+    ) -> Result<Response<ListServicesResponse>, Status> {
+        let services = self
+            .shared
+            .clusterset()
+            .into_iter()
+            .map(|service| {
+                let mut ports: Vec<String> = Vec::new();
+                for (_, spec) in &service.backends {
+                    for port in &spec.ports {
+                        let text = format!("{}/{}", port.port, port.protocol.as_str());
+                        if !ports.contains(&text) {
+                            ports.push(text);
+                        }
+                    }
+                }
+                ServiceView {
+                    namespace: service.key.namespace.to_string(),
+                    name: service.key.name.to_string(),
+                    exported: service.exported,
+                    clusters: service
+                        .backends
+                        .iter()
+                        .map(|(c, _)| c.to_string())
+                        .collect(),
+                    backends: service
+                        .backends
+                        .iter()
+                        .map(|(cluster, spec)| ServiceBackend {
+                            cluster: cluster.to_string(),
+                            endpoints: spec.endpoints.len() as u32,
+                            ready_endpoints: spec.endpoints.iter().filter(|e| e.ready).count()
+                                as u32,
+                        })
+                        .collect(),
+                    ports,
+                }
+            })
+            .collect();
+        Ok(Response::new(ListServicesResponse { services }))
+    }
+
+    async fn list_links(
+        &self,
+        _: Request<ListLinksRequest>,
+    ) -> Result<Response<ListLinksResponse>, Status> {
+        let (imports, head): (Vec<(ClusterName, u64, u64)>, u64) = {
+            let state = lock(&self.shared.state);
+            (
+                state
+                    .imports
+                    .iter()
+                    .map(|(c, i)| (c.clone(), i.services.len() as u64, i.position.version))
+                    .collect(),
+                state.export.head().version,
+            )
+        };
+        let peers = lock(&self.shared.peers);
+        let links = peers
+            .iter()
+            .map(|(cluster, status)| {
+                let (count, version) = imports
+                    .iter()
+                    .find(|(c, _, _)| c == cluster)
+                    .map_or((0, 0), |(_, n, v)| (*n, *v));
+                LinkView {
+                    cluster: cluster.to_string(),
+                    address: status.address.clone(),
+                    role: status.role.as_str().into(),
+                    state: status.state.as_str().into(),
+                    last_error: status.last_error.clone(),
+                    rtt_ms: status
+                        .connection
+                        .as_ref()
+                        .map_or(0.0, |c| c.rtt().as_secs_f64() * 1000.0),
+                    imported_services: count,
+                    imported_version: version,
+                    exported_version: head,
+                    acked_version: status.acked.version,
+                    since_unix: status
+                        .since
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                }
+            })
+            .collect();
+        Ok(Response::new(ListLinksResponse { links }))
+    }
+}

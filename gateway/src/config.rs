@@ -1,0 +1,176 @@
+//! The gateway's configuration file (`gateway.yaml`) and the folder it lives in, which
+//! `strait gateway init` lays out: the trust bundle, the cluster's issuer, the link-signing key,
+//! an operator credential and the persisted state.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use strait_federation::identity::{ClusterName, TrustDomain};
+
+use crate::GatewayError;
+
+/// The gateway configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub cluster: ClusterName,
+    pub trust_domain: TrustDomain,
+    /// UDP address of the QUIC endpoint for peer gateways.
+    pub quic_addr: SocketAddr,
+    /// The address other clusters dial, when it differs from `quicAddr` (a load balancer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise_addr: Option<String>,
+    /// TCP address of the operator API (mutual TLS).
+    pub api_addr: SocketAddr,
+    /// TCP address of the admin HTTP server (health, readiness, metrics).
+    pub admin_addr: SocketAddr,
+    /// Where keys and state live; relative paths are relative to the config file's folder.
+    #[serde(default = "here")]
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub peering: PeeringConfig,
+}
+
+fn here() -> PathBuf {
+    PathBuf::from(".")
+}
+
+/// Timers of the peering with other gateways.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeeringConfig {
+    /// Keep-alive interval on the control stream, in milliseconds.
+    #[serde(default = "default_keepalive")]
+    pub keepalive_ms: u64,
+    /// A peer silent for this long is disconnected, in milliseconds.
+    #[serde(default = "default_idle")]
+    pub idle_timeout_ms: u64,
+    /// How long a disconnected peer's services stay in the catalog, in milliseconds.
+    #[serde(default = "default_grace")]
+    pub grace_period_ms: u64,
+    /// Longest wait between two dials of an unreachable peer, in milliseconds.
+    #[serde(default = "default_backoff")]
+    pub max_backoff_ms: u64,
+}
+
+fn default_keepalive() -> u64 {
+    2_000
+}
+fn default_idle() -> u64 {
+    10_000
+}
+fn default_grace() -> u64 {
+    30_000
+}
+fn default_backoff() -> u64 {
+    5_000
+}
+
+impl Default for PeeringConfig {
+    fn default() -> Self {
+        Self {
+            keepalive_ms: default_keepalive(),
+            idle_timeout_ms: default_idle(),
+            grace_period_ms: default_grace(),
+            max_backoff_ms: default_backoff(),
+        }
+    }
+}
+
+impl PeeringConfig {
+    /// See [`PeeringConfig::keepalive_ms`].
+    pub fn keepalive(&self) -> Duration {
+        Duration::from_millis(self.keepalive_ms)
+    }
+    /// See [`PeeringConfig::idle_timeout_ms`].
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+    /// See [`PeeringConfig::grace_period_ms`].
+    pub fn grace_period(&self) -> Duration {
+        Duration::from_millis(self.grace_period_ms)
+    }
+    /// See [`PeeringConfig::max_backoff_ms`].
+    pub fn max_backoff(&self) -> Duration {
+        Duration::from_millis(self.max_backoff_ms)
+    }
+}
+
+impl GatewayConfig {
+    /// Reads and checks a configuration file; relative state paths are resolved against it.
+    pub fn load(path: &Path) -> Result<Self, GatewayError> {
+        let text = std::fs::read_to_string(path).map_err(|e| GatewayError::Config {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let mut config: GatewayConfig =
+            serde_saphyr::from_str(&text).map_err(|e| GatewayError::Config {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        if config.state_dir.is_relative() {
+            let base = path.parent().unwrap_or(Path::new("."));
+            config.state_dir = base.join(&config.state_dir);
+        }
+        let p = &config.peering;
+        if p.keepalive_ms == 0 || p.idle_timeout_ms <= p.keepalive_ms {
+            return Err(GatewayError::Config {
+                path: path.to_owned(),
+                message: "peering.idleTimeoutMs must be larger than peering.keepaliveMs (> 0)"
+                    .into(),
+            });
+        }
+        Ok(config)
+    }
+
+    /// The address put in Link documents.
+    pub fn advertised(&self) -> String {
+        self.advertise_addr
+            .clone()
+            .unwrap_or_else(|| self.quic_addr.to_string())
+    }
+
+    /// A file in the state folder.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.state_dir.join(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_file_is_read_with_defaults_and_relative_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.yaml");
+        std::fs::write(
+            &path,
+            "cluster: west\ntrustDomain: example.mesh\nquicAddr: 127.0.0.1:1\napiAddr: 127.0.0.1:2\nadminAddr: 127.0.0.1:3\n",
+        )
+        .unwrap();
+        let config = GatewayConfig::load(&path).unwrap();
+        assert_eq!(config.cluster.as_str(), "west");
+        assert_eq!(config.state_dir, dir.path().join("."));
+        assert_eq!(config.peering, PeeringConfig::default());
+        assert_eq!(config.advertised(), "127.0.0.1:1");
+    }
+
+    #[test]
+    fn a_bad_config_names_the_file_and_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.yaml");
+        std::fs::write(&path, "cluster: West\n").unwrap();
+        let err = GatewayConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("gateway.yaml"), "{err}");
+        std::fs::write(
+            &path,
+            "cluster: west\ntrustDomain: t\nquicAddr: 127.0.0.1:1\napiAddr: 127.0.0.1:2\nadminAddr: 127.0.0.1:3\nbogus: 1\n",
+        )
+        .unwrap();
+        let err = GatewayConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+}

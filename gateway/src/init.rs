@@ -1,0 +1,217 @@
+//! Laying out trust and gateway folders on disk: `strait trust init`, `strait trust issue` and
+//! `strait gateway init`.
+//!
+//! A trust folder holds `trust.yaml` (the trust domain), `root.crt`, `root.key` (keep offline)
+//! and `bundle.pem` (the roots clusters trust). A gateway folder holds `gateway.yaml`,
+//! `bundle.pem`, `issuer.crt`/`issuer.key` (the cluster's intermediate), `link.key` (signs join
+//! tokens), `operator.crt`/`operator.key` (a credential for the operator API) and `state.json`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use strait_federation::identity::{AccountName, ClusterName, SpiffeId, TrustDomain};
+use strait_federation::link::LinkKey;
+use strait_federation::pki::{self, ClusterIssuer, ISSUER_LIFETIME, Root, TrustBundle, write_file};
+
+use crate::GatewayError;
+use crate::config::{GatewayConfig, PeeringConfig};
+
+/// How long operator credentials made by `gateway init` live.
+const OPERATOR_LIFETIME: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TrustFile {
+    trust_domain: TrustDomain,
+}
+
+/// A trust folder made by `strait trust init`.
+pub struct TrustDir {
+    pub dir: PathBuf,
+    pub trust_domain: TrustDomain,
+}
+
+impl TrustDir {
+    /// Makes a new root in an empty (or new) folder.
+    pub fn create(dir: &Path, trust_domain: TrustDomain) -> Result<Self, GatewayError> {
+        if dir.join("root.key").exists() || dir.join("trust.yaml").exists() {
+            return Err(GatewayError::Exists(dir.to_owned()));
+        }
+        let root = Root::generate(&trust_domain, pki::ROOT_LIFETIME)?;
+        root.save(dir)?;
+        write_file(&dir.join("bundle.pem"), &root.cert_pem, false)?;
+        let file = TrustFile {
+            trust_domain: trust_domain.clone(),
+        };
+        write_file(&dir.join("trust.yaml"), &to_yaml(&file)?, false)?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            trust_domain,
+        })
+    }
+
+    /// Opens a trust folder.
+    pub fn open(dir: &Path) -> Result<Self, GatewayError> {
+        let path = dir.join("trust.yaml");
+        let text = pki::read_file(&path)?;
+        let file: TrustFile = serde_saphyr::from_str(&text).map_err(|e| GatewayError::Config {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            trust_domain: file.trust_domain,
+        })
+    }
+
+    /// The trust bundle (`bundle.pem`).
+    pub fn bundle(&self) -> Result<TrustBundle, GatewayError> {
+        Ok(TrustBundle::read(
+            &self.dir.join("bundle.pem"),
+            self.trust_domain.clone(),
+        )?)
+    }
+
+    /// The root (needs `root.key`).
+    pub fn root(&self) -> Result<Root, GatewayError> {
+        Ok(Root::load(&self.dir, self.trust_domain.clone())?)
+    }
+
+    /// Signs a cluster issuer and writes it, with the bundle and trust domain, into `out`:
+    /// what a cluster needs when the root stays elsewhere.
+    pub fn issue_cluster(&self, cluster: &ClusterName, out: &Path) -> Result<(), GatewayError> {
+        if out.join("issuer.key").exists() {
+            return Err(GatewayError::Exists(out.join("issuer.key")));
+        }
+        let issuer = self.root()?.issue_cluster(cluster, ISSUER_LIFETIME)?;
+        issuer.save(out)?;
+        write_file(&out.join("bundle.pem"), self.bundle()?.to_pem(), false)?;
+        let file = TrustFile {
+            trust_domain: self.trust_domain.clone(),
+        };
+        write_file(&out.join("trust.yaml"), &to_yaml(&file)?, false)?;
+        Ok(())
+    }
+}
+
+fn to_yaml<T: Serialize>(value: &T) -> Result<String, GatewayError> {
+    serde_saphyr::to_string(value).map_err(|e| GatewayError::Internal(e.to_string()))
+}
+
+/// What `strait gateway init` is given.
+pub struct InitOptions {
+    pub cluster: ClusterName,
+    pub trust_dir: PathBuf,
+    pub dir: PathBuf,
+    pub quic_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub advertise_addr: Option<String>,
+    pub operator: AccountName,
+}
+
+/// What `strait gateway init` made.
+pub struct Initialized {
+    pub config_path: PathBuf,
+    pub config: GatewayConfig,
+    /// The operator credential, for the CLI context.
+    pub operator_cert: PathBuf,
+    pub operator_key: PathBuf,
+    pub bundle: PathBuf,
+}
+
+/// Lays out a gateway folder. Uses the cluster issuer already in `dir` (from `strait trust
+/// issue`) when there is one, otherwise signs one with the root in the trust folder.
+pub fn init_gateway(options: InitOptions) -> Result<Initialized, GatewayError> {
+    let dir = absolute(&options.dir)?;
+    let config_path = dir.join("gateway.yaml");
+    if config_path.exists() {
+        return Err(GatewayError::Exists(config_path));
+    }
+    let trust = TrustDir::open(&options.trust_dir)?;
+    let issuer = if dir.join("issuer.key").exists() {
+        ClusterIssuer::load(&dir, trust.trust_domain.clone(), options.cluster.clone())?
+    } else {
+        let issuer = trust
+            .root()?
+            .issue_cluster(&options.cluster, ISSUER_LIFETIME)?;
+        issuer.save(&dir)?;
+        issuer
+    };
+    write_file(&dir.join("bundle.pem"), trust.bundle()?.to_pem(), false)?;
+    let link_key = LinkKey::generate()?;
+    write_file(&dir.join("link.key"), link_key.to_pem(), true)?;
+    let operator = SpiffeId::Operator {
+        trust_domain: trust.trust_domain.clone(),
+        cluster: options.cluster.clone(),
+        name: options.operator,
+    };
+    issuer
+        .issue(&operator, OPERATOR_LIFETIME)?
+        .write(&dir, "operator")?;
+    let config = GatewayConfig {
+        cluster: options.cluster,
+        trust_domain: trust.trust_domain,
+        quic_addr: options.quic_addr,
+        advertise_addr: options.advertise_addr,
+        api_addr: options.api_addr,
+        admin_addr: options.admin_addr,
+        state_dir: PathBuf::from("."),
+        peering: PeeringConfig::default(),
+    };
+    write_file(&config_path, &to_yaml(&config)?, false)?;
+    let config = GatewayConfig::load(&config_path)?;
+    Ok(Initialized {
+        config_path,
+        config,
+        operator_cert: dir.join("operator.crt"),
+        operator_key: dir.join("operator.key"),
+        bundle: dir.join("bundle.pem"),
+    })
+}
+
+/// A path made absolute against the working directory (contexts outlive the shell's folder).
+pub fn absolute(path: &Path) -> Result<PathBuf, GatewayError> {
+    std::path::absolute(path).map_err(|e| GatewayError::Config {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gateway_folder_is_laid_out_from_a_trust_folder_and_refuses_a_second_init() {
+        let dir = tempfile::tempdir().unwrap();
+        let trust = dir.path().join("trust");
+        TrustDir::create(&trust, TrustDomain::new("example.mesh").unwrap()).unwrap();
+        assert!(TrustDir::create(&trust, TrustDomain::new("example.mesh").unwrap()).is_err());
+        let options = || InitOptions {
+            cluster: ClusterName::new("west").unwrap(),
+            trust_dir: trust.clone(),
+            dir: dir.path().join("west"),
+            quic_addr: "127.0.0.1:1".parse().unwrap(),
+            api_addr: "127.0.0.1:2".parse().unwrap(),
+            admin_addr: "127.0.0.1:3".parse().unwrap(),
+            advertise_addr: None,
+            operator: AccountName::new("admin").unwrap(),
+        };
+        let made = init_gateway(options()).unwrap();
+        assert_eq!(made.config.cluster.as_str(), "west");
+        for file in [
+            "gateway.yaml",
+            "bundle.pem",
+            "issuer.crt",
+            "issuer.key",
+            "link.key",
+            "operator.crt",
+        ] {
+            assert!(dir.path().join("west").join(file).exists(), "{file}");
+        }
+        let err = init_gateway(options()).err().unwrap().to_string();
+        assert!(err.contains("already exists"), "{err}");
+    }
+}

@@ -1,0 +1,161 @@
+//! The gateway's Prometheus metrics: peers and their state, RTT, catalog sizes per cluster,
+//! updates sent and received, sync lag, refusals.
+
+use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+/// The metrics of one gateway.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// 1 for the state a peer is in, 0 for the others.
+    pub peer_state: IntGaugeVec,
+    /// Smoothed round-trip time to each connected peer.
+    pub peer_rtt: GaugeVec,
+    /// Services in the catalog, per cluster they come from (this cluster included).
+    pub catalog_services: IntGaugeVec,
+    /// Catalog updates sent to each peer.
+    pub updates_sent: IntCounterVec,
+    /// Catalog updates received from each peer and applied.
+    pub updates_received: IntCounterVec,
+    /// Services changed by updates received.
+    pub services_changed: IntCounterVec,
+    /// Versions of our export a peer has not acknowledged yet.
+    pub sync_lag: IntGaugeVec,
+    /// Sessions ended, by peer and reason.
+    pub sessions_ended: IntCounterVec,
+    /// Link attempts refused, by reason.
+    pub refusals: IntCounterVec,
+    /// Services withdrawn after a peer's grace period.
+    pub withdrawn: IntCounterVec,
+}
+
+/// The states a peer can be in, as `get links` shows them.
+pub const PEER_STATES: [&str; 4] = ["connecting", "connected", "disconnected", "refused"];
+
+impl Metrics {
+    /// Registers every metric of a gateway for `cluster`.
+    pub fn new(cluster: &str) -> Self {
+        let labels = [("cluster".to_owned(), cluster.to_owned())].into();
+        let registry = Registry::new_custom(Some("strait".into()), Some(labels))
+            .expect("constant registry prefix and label are valid");
+        let register = |metric: Box<dyn prometheus::core::Collector>| {
+            registry
+                .register(metric)
+                .expect("constant metric names are valid and registered once");
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let m = IntGaugeVec::new(Opts::new(name, help), labels).expect("constant metric");
+            register(Box::new(m.clone()));
+            m
+        };
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let m = IntCounterVec::new(Opts::new(name, help), labels).expect("constant metric");
+            register(Box::new(m.clone()));
+            m
+        };
+        let peer_rtt = GaugeVec::new(
+            Opts::new(
+                "peer_rtt_seconds",
+                "Smoothed QUIC round-trip time to a peer gateway.",
+            ),
+            &["peer"],
+        )
+        .expect("constant metric");
+        register(Box::new(peer_rtt.clone()));
+        Self {
+            peer_state: gauge(
+                "peer_state",
+                "1 for the state a linked peer gateway is in.",
+                &["peer", "state"],
+            ),
+            peer_rtt,
+            catalog_services: gauge(
+                "catalog_services",
+                "Services in this gateway's catalog, by the cluster that serves them.",
+                &["source_cluster"],
+            ),
+            updates_sent: counter(
+                "peer_updates_sent_total",
+                "Catalog updates (snapshots and deltas) sent to a peer.",
+                &["peer"],
+            ),
+            updates_received: counter(
+                "peer_updates_received_total",
+                "Catalog updates received from a peer and applied.",
+                &["peer"],
+            ),
+            services_changed: counter(
+                "peer_services_changed_total",
+                "Imported services changed by a peer's updates.",
+                &["peer"],
+            ),
+            sync_lag: gauge(
+                "peer_sync_lag_versions",
+                "Versions of this cluster's export that a peer has not acknowledged.",
+                &["peer"],
+            ),
+            sessions_ended: counter(
+                "peer_sessions_ended_total",
+                "Peer sessions that ended, by reason.",
+                &["peer", "reason"],
+            ),
+            refusals: counter(
+                "link_refusals_total",
+                "Link attempts refused by this gateway, by reason.",
+                &["reason"],
+            ),
+            withdrawn: counter(
+                "peer_services_withdrawn_total",
+                "Imported services withdrawn after a peer's grace period or an unlink.",
+                &["peer"],
+            ),
+            registry,
+        }
+    }
+
+    /// Sets the state gauge of a peer.
+    pub fn set_peer_state(&self, peer: &str, state: &str) {
+        for candidate in PEER_STATES {
+            self.peer_state
+                .with_label_values(&[peer, candidate])
+                .set(i64::from(candidate == state));
+        }
+    }
+
+    /// Forgets the series of a peer that was unlinked.
+    pub fn forget_peer(&self, peer: &str) {
+        for candidate in PEER_STATES {
+            let _ = self.peer_state.remove_label_values(&[peer, candidate]);
+        }
+        let _ = self.peer_rtt.remove_label_values(&[peer]);
+        let _ = self.sync_lag.remove_label_values(&[peer]);
+        let _ = self.catalog_services.remove_label_values(&[peer]);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_names_metrics_with_the_cluster_label() {
+        let metrics = Metrics::new("west");
+        metrics.set_peer_state("east", "connected");
+        metrics.catalog_services.with_label_values(&["west"]).set(3);
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"strait_peer_state{cluster="west",peer="east",state="connected"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"strait_catalog_services{cluster="west",source_cluster="west"} 3"#)
+        );
+    }
+}
