@@ -347,7 +347,18 @@ async fn run(cli: Cli) -> Result<()> {
 
 /// A gRPC status as an error that reads well.
 fn status(status: tonic::Status) -> anyhow::Error {
-    anyhow!("{}", status.message())
+    let mut text = status.message().to_owned();
+    let mut source = std::error::Error::source(&status);
+    while let Some(inner) = source {
+        text = format!("{text}: {inner}");
+        source = inner.source();
+    }
+    if status.code() == tonic::Code::Unavailable || status.code() == tonic::Code::Unknown {
+        text.push_str(
+            " (the gateway may have refused this context's operator certificate: it serves only operators of its own cluster)",
+        );
+    }
+    anyhow!(text)
 }
 
 fn gateway_init(init: GatewayInit) -> Result<()> {

@@ -264,6 +264,6 @@ mod tests {
         let text = services(&[api()], Format::Table).unwrap();
         let lines: Vec<_> = text.lines().collect();
         assert_eq!(lines.len(), 2);
-        assert_eq!(lines[0].find("NAME"), lines[1].find("api"));
+        assert_eq!(lines[0].find(" NAME ").map(|i| i + 1), lines[1].find("api"));
     }
 }

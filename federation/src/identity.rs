@@ -44,8 +44,34 @@ fn check_label(what: &'static str, value: &str, max: usize) -> Result<(), NameEr
     Ok(())
 }
 
+/// A DNS subdomain: labels joined by dots (Kubernetes service-account names are these).
+fn check_subdomain(what: &'static str, value: &str, max: usize) -> Result<(), NameError> {
+    if value.is_empty() || value.len() > max {
+        return Err(NameError::Length {
+            what,
+            value: value.to_owned(),
+            max,
+        });
+    }
+    for label in value.split('.') {
+        // Labels may start with a digit in a subdomain, but may not be empty.
+        let bad = || NameError::Characters {
+            what,
+            value: value.to_owned(),
+        };
+        if label.is_empty() {
+            return Err(bad());
+        }
+        check_label(what, &format!("a{label}"), 64).map_err(|_| bad())?;
+    }
+    Ok(())
+}
+
 macro_rules! label_type {
     ($(#[$doc:meta])* $name:ident, $what:literal, $max:literal) => {
+        label_type!($(#[$doc])* $name, $what, $max, check_label);
+    };
+    ($(#[$doc:meta])* $name:ident, $what:literal, $max:literal, $check:ident) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(String);
@@ -54,7 +80,7 @@ macro_rules! label_type {
             /// Checks and wraps a name.
             pub fn new(value: impl Into<String>) -> Result<Self, NameError> {
                 let value = value.into();
-                check_label($what, &value, $max)?;
+                $check($what, &value, $max)?;
                 Ok(Self(value))
             }
 
@@ -111,10 +137,11 @@ label_type!(
     63
 );
 label_type!(
-    /// A service account, or an operator's name.
+    /// A service account, or an operator's name (a DNS subdomain).
     AccountName,
     "account name",
-    253
+    253,
+    check_subdomain
 );
 
 /// The trust domain of a mesh, such as `example.mesh`: dot-separated DNS labels.
@@ -125,21 +152,7 @@ impl TrustDomain {
     /// Checks and wraps a trust domain.
     pub fn new(value: impl Into<String>) -> Result<Self, NameError> {
         let value = value.into();
-        if value.is_empty() || value.len() > 255 {
-            return Err(NameError::Length {
-                what: "trust domain",
-                value,
-                max: 255,
-            });
-        }
-        for label in value.split('.') {
-            // Trust domain labels may start with a digit (DNS allows it).
-            let probe = format!("a{label}");
-            check_label("trust domain", &probe, 64).map_err(|_| NameError::Characters {
-                what: "trust domain",
-                value: value.clone(),
-            })?;
-        }
+        check_subdomain("trust domain", &value, 255)?;
         Ok(Self(value))
     }
 
@@ -356,6 +369,16 @@ mod tests {
             let err = text.parse::<SpiffeId>().unwrap_err();
             assert!(matches!(err, NameError::Spiffe { .. }), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn service_accounts_may_be_dns_subdomains() {
+        let id: SpiffeId = "spiffe://td/cluster/west/ns/shop/sa/api.v2"
+            .parse()
+            .unwrap();
+        assert_eq!(id.to_string(), "spiffe://td/cluster/west/ns/shop/sa/api.v2");
+        assert!(AccountName::new("a..b").is_err());
+        assert!(AccountName::new(".a").is_err());
     }
 
     #[test]

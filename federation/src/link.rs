@@ -164,7 +164,12 @@ impl LinkKey {
 
     /// Checks the signature, audience, scope and issuer of a token; expiry is the ledger's
     /// business (it only matters at first use).
-    pub fn verify(&self, token: &str, local: &ClusterName) -> Result<JoinClaims, TokenError> {
+    pub fn verify(
+        &self,
+        token: &str,
+        local: &ClusterName,
+        trust_domain: &TrustDomain,
+    ) -> Result<JoinClaims, TokenError> {
         let mut validation = Validation::new(Algorithm::ES256);
         validation.validate_exp = false;
         validation.required_spec_claims.clear();
@@ -176,6 +181,12 @@ impl LinkKey {
             return Err(TokenError::Invalid(format!(
                 "scope {:?} is not link",
                 claims.scope
+            )));
+        }
+        if claims.td != trust_domain.as_str() {
+            return Err(TokenError::Invalid(format!(
+                "issued for trust domain {:?}, not {trust_domain}",
+                claims.td
             )));
         }
         if claims.iss != local.as_str() {
@@ -217,6 +228,7 @@ impl Redemptions {
         &mut self,
         key: &LinkKey,
         local: &ClusterName,
+        trust_domain: &TrustDomain,
         peer: &ClusterName,
         token: &str,
         now: u64,
@@ -224,7 +236,7 @@ impl Redemptions {
         if peer == local {
             return Err(TokenError::SelfLink);
         }
-        let claims = key.verify(token, local)?;
+        let claims = key.verify(token, local, trust_domain)?;
         if let Some(previous) = self.entries.get(&claims.jti) {
             if &previous.cluster != peer {
                 return Err(TokenError::Replayed {
@@ -357,12 +369,12 @@ mod tests {
         let mut ledger = Redemptions::default();
         let west = cluster("west");
         assert_eq!(
-            ledger.admit(&key, &west, &cluster("east"), &token, 1001),
+            ledger.admit(&key, &west, &td, &cluster("east"), &token, 1001),
             Ok(Admission::First)
         );
         // Coming back after the expiry is fine: expiry only bounds the first use.
         assert_eq!(
-            ledger.admit(&key, &west, &cluster("east"), &token, 5000),
+            ledger.admit(&key, &west, &td, &cluster("east"), &token, 5000),
             Ok(Admission::Returning)
         );
     }
@@ -374,10 +386,10 @@ mod tests {
         let mut ledger = Redemptions::default();
         let west = cluster("west");
         ledger
-            .admit(&key, &west, &cluster("east"), &token, 1001)
+            .admit(&key, &west, &td, &cluster("east"), &token, 1001)
             .unwrap();
         let err = ledger
-            .admit(&key, &west, &cluster("north"), &token, 1002)
+            .admit(&key, &west, &td, &cluster("north"), &token, 1002)
             .unwrap_err();
         assert!(
             matches!(err, TokenError::Replayed { ref by, .. } if by == "east"),
@@ -391,7 +403,7 @@ mod tests {
         let (key, td) = setup();
         let (token, _) = key.issue(&cluster("west"), &td, 1000, 60).unwrap();
         let err = Redemptions::default()
-            .admit(&key, &cluster("west"), &cluster("east"), &token, 1060)
+            .admit(&key, &cluster("west"), &td, &cluster("east"), &token, 1060)
             .unwrap_err();
         assert!(matches!(err, TokenError::Expired { .. }), "{err}");
         assert!(err.to_string().contains("1970-01-01T00:17:40Z"), "{err}");
@@ -405,12 +417,19 @@ mod tests {
         // Re-encode the claims with a later expiry, keeping the old signature.
         let claims = JoinClaims {
             exp: 9_999_999_999,
-            ..key.verify(&token, &cluster("west")).unwrap()
+            ..key.verify(&token, &cluster("west"), &td).unwrap()
         };
         parts[1] = base64_url_encode(&serde_json::to_vec(&claims).unwrap());
         let tampered = parts.join(".");
         let err = Redemptions::default()
-            .admit(&key, &cluster("west"), &cluster("east"), &tampered, 1001)
+            .admit(
+                &key,
+                &cluster("west"),
+                &td,
+                &cluster("east"),
+                &tampered,
+                1001,
+            )
             .unwrap_err();
         assert!(matches!(err, TokenError::Invalid(_)), "{err}");
     }
@@ -421,12 +440,26 @@ mod tests {
         let (other, _) = setup();
         let (token, _) = other.issue(&cluster("west"), &td, 1000, 60).unwrap();
         assert!(matches!(
-            Redemptions::default().admit(&key, &cluster("west"), &cluster("east"), &token, 1001),
+            Redemptions::default().admit(
+                &key,
+                &cluster("west"),
+                &td,
+                &cluster("east"),
+                &token,
+                1001
+            ),
             Err(TokenError::Invalid(_))
         ));
         let (token, _) = key.issue(&cluster("north"), &td, 1000, 60).unwrap();
         assert!(matches!(
-            Redemptions::default().admit(&key, &cluster("west"), &cluster("east"), &token, 1001),
+            Redemptions::default().admit(
+                &key,
+                &cluster("west"),
+                &td,
+                &cluster("east"),
+                &token,
+                1001
+            ),
             Err(TokenError::WrongCluster { .. })
         ));
     }
@@ -437,10 +470,10 @@ mod tests {
         let (token, _) = key.issue(&cluster("west"), &td, 1000, 60).unwrap();
         let mut ledger = Redemptions::default();
         let (west, east) = (cluster("west"), cluster("east"));
-        ledger.admit(&key, &west, &east, &token, 1001).unwrap();
+        ledger.admit(&key, &west, &td, &east, &token, 1001).unwrap();
         assert!(ledger.revoke(&east));
         assert!(matches!(
-            ledger.admit(&key, &west, &east, &token, 1002),
+            ledger.admit(&key, &west, &td, &east, &token, 1002),
             Err(TokenError::Revoked { .. })
         ));
     }

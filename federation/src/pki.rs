@@ -164,7 +164,27 @@ fn ca_params(common_name: &str, uri: String, path_len: Option<u8>) -> Certificat
     if let Ok(uri) = uri.try_into() {
         params.subject_alt_names = vec![SanType::URI(uri)];
     }
+    // Names alone cannot tell two roots of one trust domain apart (rotation): key ids can.
+    params.use_authority_key_identifier_extension = true;
     params
+}
+
+fn key_ids(cert: &CertificateDer<'_>) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+    use x509_parser::extensions::ParsedExtension;
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
+        return (None, None);
+    };
+    let (mut subject, mut authority) = (None, None);
+    for extension in parsed.extensions() {
+        match extension.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(id) => subject = Some(id.0.to_vec()),
+            ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                authority = aki.key_identifier.as_ref().map(|id| id.0.to_vec());
+            }
+            _ => {}
+        }
+    }
+    (subject, authority)
 }
 
 /// The fingerprint of a certificate: `sha256:` and the hex digest of its DER.
@@ -265,10 +285,25 @@ impl ClusterIssuer {
         cluster: ClusterName,
     ) -> Result<Self, PkiError> {
         let key_path = dir.join("issuer.key");
+        let cert_path = dir.join("issuer.crt");
+        let chain_pem = read_file(&cert_path)?;
+        let expected = SpiffeId::cluster_uri(&trust_domain, &cluster);
+        let uris = crate::tls::uris_of(&parse_certs(&chain_pem, &cert_path)?[0]);
+        if !uris.contains(&expected) {
+            return Err(PkiError::Pem {
+                path: cert_path,
+                what: format!(
+                    "this is the issuer of {}, not of cluster {cluster} ({expected})",
+                    uris.first()
+                        .and_then(|u| u.rsplit('/').next())
+                        .map_or_else(|| "no cluster".to_owned(), |c| format!("cluster {c}"))
+                ),
+            });
+        }
         Ok(Self {
             trust_domain,
             cluster,
-            chain_pem: read_file(&dir.join("issuer.crt"))?,
+            chain_pem,
             key: key_pair(&read_file(&key_path)?, &key_path)?,
         })
     }
@@ -405,19 +440,14 @@ impl TrustBundle {
     }
 
     /// The fingerprint of the root that issued a certificate (the last of a PEM chain), found by
-    /// its subject; the first root when none matches.
+    /// key identifier; `None` when no root of the bundle issued it.
     pub fn fingerprint_of_issuer(&self, chain_pem: &str) -> Option<String> {
         let chain = parse_certs(chain_pem, Path::new("<chain>")).ok()?;
-        let last = chain.last()?;
-        let (_, cert) = x509_parser::parse_x509_certificate(last.as_ref()).ok()?;
-        let issuer = cert.issuer().as_raw();
+        let (_, authority) = key_ids(chain.last()?);
+        let authority = authority?;
         self.roots
             .iter()
-            .find(|root| {
-                x509_parser::parse_x509_certificate(root.as_ref())
-                    .is_ok_and(|(_, r)| r.subject().as_raw() == issuer)
-            })
-            .or(self.roots.first())
+            .find(|root| key_ids(root).0.as_ref() == Some(&authority))
             .map(fingerprint)
     }
 
@@ -480,6 +510,35 @@ mod tests {
         assert_eq!(again, bundle.roots());
         assert!(bundle.contains_fingerprint(&fingerprint(&root.cert().unwrap())));
         assert!(!bundle.contains_fingerprint("sha256:00"));
+    }
+
+    #[test]
+    fn the_issuing_root_is_found_among_roots_of_the_same_name() {
+        let (old, issuer) = mesh();
+        let new = Root::generate(&old.trust_domain, ROOT_LIFETIME).unwrap();
+        let both = format!("{}{}", new.cert_pem, old.cert_pem);
+        let bundle =
+            TrustBundle::from_pem(old.trust_domain.clone(), &both, Path::new("b")).unwrap();
+        assert_eq!(
+            bundle.fingerprint_of_issuer(&issuer.chain_pem),
+            Some(fingerprint(&old.cert().unwrap()))
+        );
+        let alone =
+            TrustBundle::from_pem(old.trust_domain.clone(), &new.cert_pem, Path::new("b")).unwrap();
+        assert_eq!(alone.fingerprint_of_issuer(&issuer.chain_pem), None);
+    }
+
+    #[test]
+    fn an_issuer_of_another_cluster_is_not_loaded_as_ours() {
+        let (root, issuer) = mesh();
+        let dir = tempfile::tempdir().unwrap();
+        issuer.save(dir.path()).unwrap();
+        let east = ClusterName::new("east").unwrap();
+        let err = ClusterIssuer::load(dir.path(), root.trust_domain.clone(), east)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("issuer of cluster west"), "{err}");
     }
 
     #[test]

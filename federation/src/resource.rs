@@ -221,7 +221,7 @@ pub fn parse_documents(source: &str, text: &str) -> Result<Vec<Resource>, Docume
                 }
             });
         if let Some(version) = document.get("apiVersion") {
-            if version.as_str() != Some(API_VERSION) && version.as_str() != Some("v1") {
+            if version.as_str() != Some(API_VERSION) {
                 return Err(field(
                     &place,
                     "apiVersion",

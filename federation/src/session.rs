@@ -28,14 +28,20 @@ pub struct SessionConfig {
     pub idle_timeout: Duration,
     /// The most services one peer may hold in an update being assembled (and in its catalog).
     pub max_services: usize,
+    /// The most bytes of frames an update being assembled may take.
+    pub max_update_bytes: usize,
+    /// The most endpoints, summed over its services, one peer's catalog may hold.
+    pub max_endpoints: usize,
 }
 
 impl Default for SessionConfig {
     fn default() -> Self {
         Self {
-            keepalive: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(15),
+            keepalive: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(10),
             max_services: 200_000,
+            max_update_bytes: 256 << 20,
+            max_endpoints: 2_000_000,
         }
     }
 }
@@ -161,14 +167,20 @@ pub fn parse_welcome(first: PeerFrame) -> Result<Welcome, SessionError> {
 /// Something the gateway should act on after a frame.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// An update from the peer was applied to its imported catalog.
-    Imported { changed: usize, position: Position },
+    /// An update from the peer was applied to its imported catalog; `snapshot` when it
+    /// replaced everything rather than carrying a delta.
+    Imported {
+        changed: usize,
+        position: Position,
+        snapshot: bool,
+    },
     /// The peer acknowledged our export up to a position.
     Acked(Position),
 }
 
 #[derive(Debug)]
 struct Staging {
+    bytes: usize,
     epoch: u64,
     from: u64,
     to: u64,
@@ -362,6 +374,7 @@ impl PeerSession {
                     )));
                 }
                 Staging {
+                    bytes: 0,
                     epoch: update.epoch,
                     from: update.from_version,
                     to: update.to_version,
@@ -372,6 +385,13 @@ impl PeerSession {
             }
         };
         let mut staging = staging;
+        staging.bytes += update.encoded_len();
+        if staging.bytes > self.config.max_update_bytes {
+            return Err(protocol(format!(
+                "update larger than {} bytes",
+                self.config.max_update_bytes
+            )));
+        }
         if staging.upserts.len()
             + staging.removals.len()
             + update.upserts.len()
@@ -402,6 +422,7 @@ impl PeerSession {
             epoch: staging.epoch,
             version: staging.to,
         };
+        let snapshot = staging.reset;
         let changed = imported.apply(Changes {
             reset: staging.reset,
             from: Position {
@@ -412,17 +433,24 @@ impl PeerSession {
             upserts: staging.upserts,
             removals: staging.removals,
         });
-        if imported.services.len() > self.config.max_services {
+        let endpoints: usize = imported.services.values().map(|s| s.endpoints.len()).sum();
+        if imported.services.len() > self.config.max_services
+            || endpoints > self.config.max_endpoints
+        {
             imported.withdraw();
             return Err(protocol(format!(
-                "peer exports more than {} services",
-                self.config.max_services
+                "peer exports more than {} services or {} endpoints",
+                self.config.max_services, self.config.max_endpoints
             )));
         }
         self.outbox.push_back(frame(Body::Ack(wire::Ack {
             position: Some(position.to_wire()),
         })));
-        Ok(Some(Event::Imported { changed, position }))
+        Ok(Some(Event::Imported {
+            changed,
+            position,
+            snapshot,
+        }))
     }
 
     /// The next frame to send, if any.

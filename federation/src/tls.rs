@@ -58,7 +58,8 @@ pub fn identities_of(cert: &CertificateDer<'_>) -> Result<Vec<SpiffeId>, String>
     Ok(ids)
 }
 
-fn uris_of(cert: &CertificateDer<'_>) -> Vec<String> {
+/// The URI SANs of a certificate (none when it cannot be parsed).
+pub(crate) fn uris_of(cert: &CertificateDer<'_>) -> Vec<String> {
     let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
         return Vec::new();
     };

@@ -37,6 +37,8 @@ const API_ALPN: &[u8] = b"h2";
 const MAX_DOCUMENTS: usize = 4 << 20;
 /// How long `apply` of a Link waits for the first dial.
 const LINK_WAIT: Duration = Duration::from_secs(15);
+/// The longest a join token may wait for its first use.
+const MAX_TOKEN_TTL_SECONDS: u64 = 30 * 24 * 3600;
 
 /// A TLS connection of the operator API.
 struct ApiStream(tokio_rustls::server::TlsStream<TcpStream>);
@@ -314,7 +316,13 @@ impl Operator for Api {
                 self.check_link(&request.source, spec)?;
             }
         }
+        // Links first: when one is refused, the file's services are not applied either.
         let mut objects = Vec::new();
+        for resource in &resources {
+            if let Resource::Link(spec) = resource {
+                objects.push(self.apply_link(&request.source, spec.clone()).await?);
+            }
+        }
         let mut changed = false;
         {
             let mut state = lock(&self.shared.state);
@@ -334,11 +342,6 @@ impl Operator for Api {
         if changed {
             self.shared.persist().await.map_err(internal)?;
             self.shared.export_changed();
-        }
-        for resource in resources {
-            if let Resource::Link(spec) = resource {
-                objects.push(self.apply_link(&request.source, spec).await?);
-            }
         }
         Ok(Response::new(ApplyResponse { objects }))
     }
@@ -382,7 +385,13 @@ impl Operator for Api {
         let config = &self.shared.config;
         let ttl = match request.ttl_seconds {
             0 => DEFAULT_TOKEN_TTL_SECONDS,
-            ttl => ttl.min(30 * 24 * 3600),
+            ttl if ttl > MAX_TOKEN_TTL_SECONDS => {
+                return Err(Status::invalid_argument(format!(
+                    "a join token may live at most {} days",
+                    MAX_TOKEN_TTL_SECONDS / 86400
+                )));
+            }
+            ttl => ttl,
         };
         let (token, claims) = self
             .shared

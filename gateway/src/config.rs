@@ -115,6 +115,12 @@ impl GatewayConfig {
             config.state_dir = base.join(&config.state_dir);
         }
         let p = &config.peering;
+        if p.max_backoff_ms < 10 {
+            return Err(GatewayError::Config {
+                path: path.to_owned(),
+                message: "peering.maxBackoffMs must be at least 10".into(),
+            });
+        }
         if p.keepalive_ms == 0 || p.idle_timeout_ms <= p.keepalive_ms {
             return Err(GatewayError::Config {
                 path: path.to_owned(),

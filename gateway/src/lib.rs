@@ -150,6 +150,19 @@ impl Shared {
                     .peer_rtt
                     .with_label_values(&[peer])
                     .set(connection.rtt().as_secs_f64());
+                let stats = connection.stats();
+                self.metrics
+                    .peer_bytes
+                    .with_label_values(&[peer, "tx"])
+                    .set(stats.udp_tx.bytes as i64);
+                self.metrics
+                    .peer_bytes
+                    .with_label_values(&[peer, "rx"])
+                    .set(stats.udp_rx.bytes as i64);
+            } else {
+                let _ = self.metrics.peer_rtt.remove_label_values(&[peer]);
+                let _ = self.metrics.peer_bytes.remove_label_values(&[peer, "tx"]);
+                let _ = self.metrics.peer_bytes.remove_label_values(&[peer, "rx"]);
             }
             let lag = if status.acked.epoch == head.epoch {
                 head.version.saturating_sub(status.acked.version)

@@ -15,8 +15,10 @@ pub struct Metrics {
     pub catalog_services: IntGaugeVec,
     /// Catalog updates sent to each peer.
     pub updates_sent: IntCounterVec,
-    /// Catalog updates received from each peer and applied.
+    /// Catalog updates received from each peer and applied, by kind (snapshot or delta).
     pub updates_received: IntCounterVec,
+    /// UDP bytes sent to and received from each peer (QUIC connection statistics).
+    pub peer_bytes: IntGaugeVec,
     /// Services changed by updates received.
     pub services_changed: IntCounterVec,
     /// Versions of our export a peer has not acknowledged yet.
@@ -81,8 +83,13 @@ impl Metrics {
             ),
             updates_received: counter(
                 "peer_updates_received_total",
-                "Catalog updates received from a peer and applied.",
-                &["peer"],
+                "Catalog updates received from a peer and applied, by kind (snapshot or delta).",
+                &["peer", "kind"],
+            ),
+            peer_bytes: gauge(
+                "peer_udp_bytes",
+                "UDP bytes of the current QUIC connection with a peer, by direction (tx or rx).",
+                &["peer", "direction"],
             ),
             services_changed: counter(
                 "peer_services_changed_total",
@@ -129,6 +136,8 @@ impl Metrics {
         }
         let _ = self.peer_rtt.remove_label_values(&[peer]);
         let _ = self.sync_lag.remove_label_values(&[peer]);
+        let _ = self.peer_bytes.remove_label_values(&[peer, "tx"]);
+        let _ = self.peer_bytes.remove_label_values(&[peer, "rx"]);
         let _ = self.catalog_services.remove_label_values(&[peer]);
     }
 
@@ -150,12 +159,22 @@ mod tests {
         metrics.set_peer_state("east", "connected");
         metrics.catalog_services.with_label_values(&["west"]).set(3);
         let text = metrics.encode();
-        assert!(
-            text.contains(r#"strait_peer_state{cluster="west",peer="east",state="connected"} 1"#),
+        let line = |name: &str, labels: &[&str]| {
+            text.lines()
+                .find(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+                .map(|l| l.rsplit(' ').next().unwrap_or_default().to_owned())
+        };
+        let state = ["cluster=\"west\"", "peer=\"east\"", "state=\"connected\""];
+        assert_eq!(
+            line("strait_peer_state{", &state).as_deref(),
+            Some("1"),
             "{text}"
         );
-        assert!(
-            text.contains(r#"strait_catalog_services{cluster="west",source_cluster="west"} 3"#)
+        let catalog = ["cluster=\"west\"", "source_cluster=\"west\""];
+        assert_eq!(
+            line("strait_catalog_services{", &catalog).as_deref(),
+            Some("3"),
+            "{text}"
         );
     }
 }

@@ -295,6 +295,19 @@ pub enum DialOutcome {
     Unreachable(String),
 }
 
+/// A refusal code as a metric label: `token_expired`, `protocol`, ...
+fn refusal_label(code: RefusalCode) -> &'static str {
+    match code {
+        RefusalCode::RefusalUnspecified => "unspecified",
+        RefusalCode::RefusalTokenInvalid => "token_invalid",
+        RefusalCode::RefusalTokenExpired => "token_expired",
+        RefusalCode::RefusalTokenReplayed => "token_replayed",
+        RefusalCode::RefusalWrongCluster => "wrong_cluster",
+        RefusalCode::RefusalProtocol => "protocol",
+        RefusalCode::RefusalUnlinked => "unlinked",
+    }
+}
+
 fn permanent(code: RefusalCode) -> bool {
     matches!(
         code,
@@ -385,13 +398,19 @@ async fn dial_loop(
                     let _ = tx.send(DialOutcome::Refused(reason));
                     return;
                 }
+                if code == RefusalCode::RefusalUnlinked {
+                    // The peer unlinked us while we were apart: forget the link here as well.
+                    lock(&shared.peers).remove(&peer);
+                    forget_peer(&shared, &peer);
+                    return;
+                }
                 if permanent(code) {
                     return;
                 }
             }
             Err(e) if e.is_tls_failure() => {
                 let reason = format!(
-                    "the TLS handshake with cluster {peer}'s gateway failed ({e}): do both clusters share the trust root?"
+                    "the TLS handshake with cluster {peer}'s gateway failed ({e}): check that both clusters share the trust root and that the address reaches cluster {peer}'s gateway"
                 );
                 tracing::warn!(peer = %peer, reason = %reason, "link refused");
                 set_state(&shared, &peer, owner, LinkState::Refused, reason.clone());
@@ -570,6 +589,7 @@ async fn accept_one(
             state.redemptions.admit(
                 &shared.link_key,
                 local,
+                &shared.config.trust_domain,
                 &peer,
                 &hello.join_token,
                 unix_now(),
@@ -590,7 +610,7 @@ async fn accept_one(
         shared
             .metrics
             .refusals
-            .with_label_values(&[code.as_str_name()])
+            .with_label_values(&[refusal_label(code)])
             .inc();
         refuse(&mut send, &connection, code, &reason).await;
         return Err(PeerError::Session(SessionError::Refused { code, reason }));
@@ -674,6 +694,8 @@ async fn run_session_as(
             status.since = SystemTime::now();
             status.lost_at = None;
             status.connection = Some(connection.clone());
+            // Until the peer acknowledges more, it holds what it said it had.
+            status.acked = established.peer_position;
         }
     }
     tracing::info!(peer = %peer, remote = %connection.remote_address(), "peer connected");
@@ -805,15 +827,24 @@ async fn drive(
         let wake = tokio::time::Instant::from_std(session.poll_timeout());
         tokio::select! {
             frame = reader.next() => {
-                let frame = frame?;
+                let frame = match frame {
+                    Ok(frame) => frame,
+                    Err(e @ PeerError::Frame(_)) => {
+                        tracing::warn!(peer = %peer, error = %e, "dropping peer for a bad frame");
+                        refuse(&mut send, &connection, RefusalCode::RefusalProtocol, &e.to_string()).await;
+                        return Err(e);
+                    }
+                    Err(e) => return Err(e),
+                };
                 let event = {
                     let mut state = lock(&shared.state);
                     let imported = state.imports.entry(peer.clone()).or_default();
                     session.handle_frame(frame, Instant::now(), imported)
                 };
                 match event {
-                    Ok(Some(Event::Imported { changed, .. })) => {
-                        shared.metrics.updates_received.with_label_values(&[peer.as_str()]).inc();
+                    Ok(Some(Event::Imported { changed, snapshot, .. })) => {
+                        let kind = if snapshot { "snapshot" } else { "delta" };
+                        shared.metrics.updates_received.with_label_values(&[peer.as_str(), kind]).inc();
                         if changed > 0 {
                             shared.metrics.services_changed.with_label_values(&[peer.as_str()]).inc_by(changed as u64);
                             shared.mark_dirty();

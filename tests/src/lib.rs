@@ -1,1 +1,454 @@
-//! placeholder
+//! Whole-mesh test harness: a trust root in a temporary folder, gateways started as real
+//! `strait` processes on loopback ports, the CLI driven as an operator would, and waits on
+//! conditions with deadlines (never bare sleeps).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+/// The `strait` binary. `cargo test --workspace` builds it (the CLI package has integration
+/// tests of its own); when a run of this package alone finds none, it is built once here.
+pub fn strait_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(path) = std::env::var_os("STRAIT_BIN") {
+            return PathBuf::from(path);
+        }
+        // Test executables live in target/<profile>/deps; the binary in target/<profile>.
+        let exe = std::env::current_exe().expect("the test executable has a path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test executables live in target/<profile>/deps");
+        let bin = profile_dir.join("strait");
+        if !bin.exists() {
+            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args(["build", "-p", "strait-cli", "--bin", "strait"])
+                .args(if profile_dir.ends_with("release") {
+                    &["--release"][..]
+                } else {
+                    &[][..]
+                })
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building the strait binary failed");
+        }
+        bin
+    })
+}
+
+/// A free loopback port (UDP or TCP), as the OS hands them out.
+pub fn free_port(udp: bool) -> u16 {
+    if udp {
+        UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .map(|a| a.port())
+    } else {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .map(|a| a.port())
+    }
+    .expect("the OS hands out loopback ports")
+}
+
+/// Waits until `check` returns `Some`, or fails after `limit` with the last observation.
+pub fn wait_for<T>(
+    limit: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let last = match check() {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => "condition not met".to_owned(),
+            Err(e) => format!("{e:#}"),
+        };
+        if Instant::now() >= deadline {
+            bail!("{what}: not within {limit:?} (last: {last})");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A plain HTTP/1.0 GET on loopback: status code and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("not an HTTP answer: {text:?}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// One value of a Prometheus text exposition, matched by metric name and label fragments.
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .find(|l| labels.iter().all(|label| l.contains(label)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A gateway process and its addresses.
+pub struct Gateway {
+    pub cluster: String,
+    pub dir: PathBuf,
+    pub quic: SocketAddr,
+    pub api: SocketAddr,
+    pub admin: SocketAddr,
+    child: Option<Child>,
+    log: PathBuf,
+    runs: usize,
+}
+
+impl Gateway {
+    /// Starts the process and waits for `/readyz`.
+    pub fn start(&mut self, mesh: &Mesh) -> Result<()> {
+        self.runs += 1;
+        let log = std::fs::File::create(&self.log)?;
+        let child = Command::new(strait_bin())
+            .args(["gateway", "run", "--config"])
+            .arg(self.dir.join("gateway.yaml"))
+            .env("STRAIT_CONFIG", &mesh.config)
+            .env("STRAIT_LOG", "info,strait_gateway=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting strait gateway run")?;
+        self.child = Some(child);
+        let admin = self.admin;
+        wait_for(
+            Duration::from_secs(15),
+            &format!("gateway {} ready", self.cluster),
+            || {
+                Ok(http_get(admin, "/readyz")
+                    .ok()
+                    .filter(|(s, _)| *s == 200)
+                    .map(|_| ()))
+            },
+        )
+        .with_context(|| self.log_tail())
+    }
+
+    /// Stops the process with SIGTERM and checks that it exits 0.
+    pub fn stop(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        signal(&child, "TERM")?;
+        let status = wait_child(&mut child, Duration::from_secs(10))?;
+        if !status.success() {
+            bail!(
+                "gateway {} exited with {status} after SIGTERM\n{}",
+                self.cluster,
+                self.log_tail()
+            );
+        }
+        Ok(())
+    }
+
+    /// Kills the process at once (a crash, or a lost machine).
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// The admin `/metrics` text.
+    pub fn metrics(&self) -> Result<String> {
+        let (status, body) = http_get(self.admin, "/metrics")?;
+        if status != 200 {
+            bail!("/metrics answered {status}");
+        }
+        Ok(body)
+    }
+
+    /// The end of the gateway's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<_> = text.lines().collect();
+        format!(
+            "--- last lines of gateway {} log (run {}) ---\n{}",
+            self.cluster,
+            self.runs,
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        )
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn signal(child: &Child, name: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status()?;
+    if !status.success() {
+        bail!("kill -{name} failed");
+    }
+    Ok(())
+}
+
+fn wait_child(child: &mut Child, limit: Duration) -> Result<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("process {} did not exit within {limit:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A mesh under test: one trust root, gateways, a contexts file, all in a temporary folder.
+pub struct Mesh {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub trust: PathBuf,
+}
+
+/// The result of a CLI command.
+pub struct CliOutput {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    fn from(output: Output) -> Self {
+        Self {
+            ok: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// The output, or an error with stderr when the command failed.
+    pub fn success(self) -> Result<String> {
+        if self.ok {
+            Ok(self.stdout)
+        } else {
+            Err(anyhow!("command failed: {}", self.stderr.trim()))
+        }
+    }
+}
+
+impl Mesh {
+    /// A new mesh with a trust root for `example.mesh`.
+    pub fn new() -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("strait-test-").tempdir()?;
+        let mesh = Self {
+            config: dir.path().join("config"),
+            trust: dir.path().join("trust"),
+            dir,
+        };
+        mesh.cli(
+            &["trust", "init", "--trust-domain", "example.mesh", "--dir"],
+            &[&mesh.trust],
+        )
+        .success()?;
+        Ok(mesh)
+    }
+
+    /// Runs `strait ARGS PATHS` with this mesh's contexts file.
+    pub fn cli(&self, args: &[&str], paths: &[&Path]) -> CliOutput {
+        let output = Command::new(strait_bin())
+            .args(args)
+            .args(paths)
+            .env("STRAIT_CONFIG", &self.config)
+            .stdin(Stdio::null())
+            .output();
+        match output {
+            Ok(output) => CliOutput::from(output),
+            Err(e) => CliOutput {
+                ok: false,
+                stdout: String::new(),
+                stderr: format!("cannot run strait: {e}"),
+            },
+        }
+    }
+
+    /// `strait --context CLUSTER ARGS`.
+    pub fn ctl(&self, cluster: &str, args: &[&str]) -> CliOutput {
+        let mut all = vec!["--context", cluster];
+        all.extend_from_slice(args);
+        self.cli(&all, &[])
+    }
+
+    /// Initializes a gateway for `cluster` under this mesh's root (not started). `peering`
+    /// lines, when given, replace the default peering timers in its config.
+    pub fn gateway(&self, cluster: &str, peering: Option<&str>) -> Result<Gateway> {
+        self.gateway_under(cluster, &self.trust, peering)
+    }
+
+    /// Initializes a gateway under another trust folder.
+    pub fn gateway_under(
+        &self,
+        cluster: &str,
+        trust: &Path,
+        peering: Option<&str>,
+    ) -> Result<Gateway> {
+        let dir = self.dir.path().join(cluster);
+        let quic: SocketAddr = format!("127.0.0.1:{}", free_port(true)).parse()?;
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port(false)).parse()?;
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port(false)).parse()?;
+        self.cli(
+            &[
+                "gateway",
+                "init",
+                "--cluster",
+                cluster,
+                "--quic-addr",
+                &quic.to_string(),
+                "--api-addr",
+                &api.to_string(),
+                "--admin-addr",
+                &admin.to_string(),
+                "--trust",
+            ],
+            &[trust, Path::new("--dir"), &dir],
+        )
+        .success()?;
+        if let Some(peering) = peering {
+            let path = dir.join("gateway.yaml");
+            let text = std::fs::read_to_string(&path)?;
+            let kept: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.starts_with("peering:"))
+                .collect();
+            std::fs::write(&path, format!("{}\npeering:\n{peering}\n", kept.join("\n")))?;
+        }
+        Ok(Gateway {
+            cluster: cluster.into(),
+            log: self.dir.path().join(format!("{cluster}.log")),
+            dir,
+            quic,
+            api,
+            admin,
+            child: None,
+            runs: 0,
+        })
+    }
+
+    /// Writes a file in the mesh folder and returns its path.
+    pub fn file(&self, name: &str, text: &str) -> Result<PathBuf> {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    /// `strait --context CLUSTER apply -f` a YAML text.
+    pub fn apply(&self, cluster: &str, name: &str, yaml: &str) -> CliOutput {
+        match self.file(name, yaml) {
+            Ok(path) => self.cli(&["--context", cluster, "apply", "-f"], &[&path]),
+            Err(e) => CliOutput {
+                ok: false,
+                stdout: String::new(),
+                stderr: e.to_string(),
+            },
+        }
+    }
+
+    /// Links `dialer` to `target`: `strait --context TARGET link`, applied on DIALER.
+    pub fn link(&self, dialer: &str, target: &str) -> Result<String> {
+        let document = self.ctl(target, &["link"]).success()?;
+        self.apply(
+            dialer,
+            &format!("{target}-link-for-{dialer}.yaml"),
+            &document,
+        )
+        .success()
+    }
+
+    /// The services a cluster sees: (namespace/name, clusters serving it).
+    pub fn services(&self, cluster: &str) -> Result<Vec<(String, Vec<String>)>> {
+        let text = self
+            .ctl(cluster, &["get", "services", "-o", "json"])
+            .success()?;
+        let value: serde_json::Value = serde_json::from_str(&text)?;
+        let items = value["items"]
+            .as_array()
+            .ok_or_else(|| anyhow!("no items in {text}"))?;
+        Ok(items
+            .iter()
+            .map(|s| {
+                (
+                    format!(
+                        "{}/{}",
+                        s["namespace"].as_str().unwrap_or(""),
+                        s["name"].as_str().unwrap_or("")
+                    ),
+                    s["clusters"]
+                        .as_array()
+                        .map(|c| {
+                            c.iter()
+                                .filter_map(|v| v.as_str().map(str::to_owned))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                )
+            })
+            .collect())
+    }
+
+    /// The clusters serving one service in a cluster's view (empty when absent).
+    pub fn served_from(&self, cluster: &str, service: &str) -> Result<Vec<String>> {
+        Ok(self
+            .services(cluster)?
+            .into_iter()
+            .find(|(name, _)| name == service)
+            .map(|(_, clusters)| clusters)
+            .unwrap_or_default())
+    }
+
+    /// The state of a cluster's link with `peer` ("" when there is none).
+    pub fn link_state(&self, cluster: &str, peer: &str) -> Result<String> {
+        let text = self
+            .ctl(cluster, &["get", "links", "-o", "json"])
+            .success()?;
+        let value: serde_json::Value = serde_json::from_str(&text)?;
+        Ok(value["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["cluster"] == peer)
+            .and_then(|l| l["state"].as_str())
+            .unwrap_or("")
+            .to_owned())
+    }
+}
+
+/// A universal-mode Service document.
+pub fn service(namespace: &str, name: &str, export: bool, port: u16) -> String {
+    format!(
+        "kind: Service\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  export: {export}\n  ports: [{{name: http, port: {port}, protocol: http}}]\n  endpoints: [{{address: 127.0.0.1:9001}}]\n"
+    )
+}

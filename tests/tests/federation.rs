@@ -1,0 +1,476 @@
+//! Gateways as separate processes on loopback, linked with the CLI: catalogs federate, follow
+//! changes, survive restarts and refuse bad links and bad peers.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use strait_tests::{Mesh, metric, service, wait_for};
+
+const FAST: Option<&str> =
+    Some("  keepaliveMs: 300\n  idleTimeoutMs: 1200\n  gracePeriodMs: 1500\n  maxBackoffMs: 500");
+
+fn connected(mesh: &Mesh, cluster: &str, peer: &str) -> Result<()> {
+    wait_for(
+        Duration::from_secs(10),
+        &format!("{cluster}'s link with {peer} connected"),
+        || Ok((mesh.link_state(cluster, peer)? == "connected").then_some(())),
+    )
+}
+
+fn services_json(mesh: &Mesh, cluster: &str) -> Result<String> {
+    mesh.ctl(cluster, &["get", "services", "-o", "json"])
+        .success()
+}
+
+#[test]
+fn an_exported_service_reaches_a_linked_cluster_within_two_seconds_and_follows_changes()
+-> Result<()> {
+    let mesh = Mesh::new()?;
+    let mut west = mesh.gateway("west", None)?;
+    let mut east = mesh.gateway("east", None)?;
+    west.start(&mesh)?;
+    east.start(&mesh)?;
+    mesh.link("east", "west")?;
+    connected(&mesh, "east", "west")?;
+    connected(&mesh, "west", "east")?;
+
+    let started = Instant::now();
+    let documents = format!(
+        "{}---\n{}",
+        service("shop", "api", true, 8080),
+        service("shop", "ledger", false, 5432)
+    );
+    mesh.apply("west", "services.yaml", &documents).success()?;
+    wait_for(
+        Duration::from_secs(2),
+        "shop/api served from west in east's catalog",
+        || Ok((mesh.served_from("east", "shop/api")? == ["west"]).then_some(())),
+    )?;
+    let took = started.elapsed();
+    ensure!(took < Duration::from_secs(2), "took {took:?}");
+    ensure!(
+        mesh.served_from("east", "shop/ledger")?.is_empty(),
+        "an unexported service left west"
+    );
+
+    // An update propagates.
+    mesh.apply("west", "api-v2.yaml", &service("shop", "api", true, 9090))
+        .success()?;
+    wait_for(Duration::from_secs(2), "the new port in east", || {
+        Ok(services_json(&mesh, "east")?
+            .contains("9090/http")
+            .then_some(()))
+    })?;
+
+    // The other direction works on the same connection.
+    mesh.apply("east", "web.yaml", &service("shop", "web", true, 80))
+        .success()?;
+    wait_for(Duration::from_secs(2), "shop/web from east in west", || {
+        Ok((mesh.served_from("west", "shop/web")? == ["east"]).then_some(()))
+    })?;
+
+    // A removal propagates; the unexported service never left.
+    mesh.ctl("west", &["delete", "service", "api", "-n", "shop"])
+        .success()?;
+    wait_for(Duration::from_secs(2), "shop/api gone from east", || {
+        Ok(mesh
+            .served_from("east", "shop/api")?
+            .is_empty()
+            .then_some(()))
+    })?;
+    ensure!(mesh.served_from("east", "shop/ledger")?.is_empty());
+    ensure!(mesh.served_from("west", "shop/ledger")? == ["west"]);
+
+    let metrics = east.metrics()?;
+    ensure!(
+        metric(
+            &metrics,
+            "strait_peer_state",
+            &["peer=\"west\"", "state=\"connected\""]
+        ) == Some(1.0),
+        "{metrics}"
+    );
+    ensure!(
+        metric(
+            &metrics,
+            "strait_catalog_services",
+            &["source_cluster=\"east\""]
+        ) == Some(1.0),
+        "{metrics}"
+    );
+    ensure!(
+        metric(&metrics, "strait_peer_rtt_seconds", &["peer=\"west\""])
+            .is_some_and(|rtt| rtt > 0.0)
+    );
+    ensure!(
+        metric(
+            &metrics,
+            "strait_peer_sync_lag_versions",
+            &["peer=\"west\""]
+        )
+        .is_some(),
+        "{metrics}"
+    );
+
+    east.stop()?;
+    west.stop()?;
+    Ok(())
+}
+
+#[test]
+fn three_linked_clusters_see_one_service_served_from_two_of_them() -> Result<()> {
+    let mesh = Mesh::new()?;
+    let mut gateways = Vec::new();
+    for cluster in ["west", "north", "east"] {
+        let mut gateway = mesh.gateway(cluster, None)?;
+        gateway.start(&mesh)?;
+        gateways.push(gateway);
+    }
+    mesh.apply("west", "api.yaml", &service("shop", "api", true, 8080))
+        .success()?;
+    mesh.apply("north", "api.yaml", &service("shop", "api", true, 8080))
+        .success()?;
+    mesh.apply(
+        "north",
+        "search.yaml",
+        &service("shop", "search", true, 8080),
+    )
+    .success()?;
+    mesh.link("east", "west")?;
+    mesh.link("east", "north")?;
+    mesh.link("north", "west")?;
+    wait_for(Duration::from_secs(3), "shop/api from both in east", || {
+        Ok((mesh.served_from("east", "shop/api")? == ["north", "west"]).then_some(()))
+    })?;
+    wait_for(
+        Duration::from_secs(3),
+        "shop/api local first in west",
+        || Ok((mesh.served_from("west", "shop/api")? == ["west", "north"]).then_some(())),
+    )?;
+    wait_for(Duration::from_secs(3), "shop/search in west", || {
+        Ok((mesh.served_from("west", "shop/search")? == ["north"]).then_some(()))
+    })?;
+    ensure!(
+        mesh.services("east")?
+            .iter()
+            .filter(|(n, _)| n == "shop/api")
+            .count()
+            == 1
+    );
+    for gateway in &mut gateways {
+        gateway.stop()?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_restarted_gateway_resumes_from_its_acknowledged_version_and_converges() -> Result<()> {
+    let mesh = Mesh::new()?;
+    let mut west = mesh.gateway("west", FAST)?;
+    let mut east = mesh.gateway("east", FAST)?;
+    west.start(&mesh)?;
+    east.start(&mesh)?;
+    let documents: Vec<String> = (0..20)
+        .map(|i| service("shop", &format!("svc-{i}"), true, 8000 + i))
+        .collect();
+    mesh.apply("west", "many.yaml", &documents.join("---\n"))
+        .success()?;
+    mesh.link("east", "west")?;
+    wait_for(Duration::from_secs(3), "20 services in east", || {
+        Ok((mesh.services("east")?.len() == 20).then_some(()))
+    })?;
+
+    // The importer goes down; the exporter changes meanwhile.
+    east.stop()?;
+    mesh.apply("west", "new.yaml", &service("shop", "svc-new", true, 7000))
+        .success()?;
+    mesh.apply("west", "svc-1.yaml", &service("shop", "svc-1", true, 7001))
+        .success()?;
+    mesh.ctl("west", &["delete", "service", "svc-0", "-n", "shop"])
+        .success()?;
+    east.start(&mesh)?;
+    wait_for(
+        Duration::from_secs(3),
+        "east converged after its restart",
+        || {
+            let json = services_json(&mesh, "east")?;
+            Ok((json.contains("svc-new")
+                && !json.contains("\"svc-0\"")
+                && json.contains("7001/http"))
+            .then_some(()))
+        },
+    )?;
+    let metrics = east.metrics()?;
+    ensure!(
+        metric(
+            &metrics,
+            "strait_peer_updates_received_total",
+            &["peer=\"west\"", "kind=\"delta\""]
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "east resumed with a delta:\n{metrics}"
+    );
+    ensure!(
+        metric(
+            &metrics,
+            "strait_peer_updates_received_total",
+            &["peer=\"west\"", "kind=\"snapshot\""]
+        )
+        .is_none(),
+        "east was sent a snapshot instead of resuming:\n{metrics}"
+    );
+
+    // The exporter restarts too: its export log (and epoch) survive, so east still gets deltas.
+    west.stop()?;
+    west.start(&mesh)?;
+    mesh.apply(
+        "west",
+        "after.yaml",
+        &service("shop", "svc-after", true, 7002),
+    )
+    .success()?;
+    wait_for(Duration::from_secs(5), "svc-after in east", || {
+        Ok((mesh.served_from("east", "shop/svc-after")? == ["west"]).then_some(()))
+    })?;
+    let metrics = east.metrics()?;
+    ensure!(
+        metric(
+            &metrics,
+            "strait_peer_updates_received_total",
+            &["peer=\"west\"", "kind=\"snapshot\""]
+        )
+        .is_none(),
+        "a restarted exporter forced a snapshot:\n{metrics}"
+    );
+    ensure!(
+        mesh.services("east")?.len() == 21,
+        "{:?}",
+        mesh.services("east")?
+    );
+    Ok(())
+}
+
+#[test]
+fn a_lost_peers_services_are_withdrawn_after_the_grace_period_and_return_with_it() -> Result<()> {
+    let mesh = Mesh::new()?;
+    let mut west = mesh.gateway("west", FAST)?;
+    let mut east = mesh.gateway("east", FAST)?;
+    west.start(&mesh)?;
+    east.start(&mesh)?;
+    mesh.apply("west", "api.yaml", &service("shop", "api", true, 8080))
+        .success()?;
+    mesh.link("east", "west")?;
+    wait_for(Duration::from_secs(3), "shop/api in east", || {
+        Ok((mesh.served_from("east", "shop/api")? == ["west"]).then_some(()))
+    })?;
+    west.kill()?;
+    let lost = Instant::now();
+    // Within the grace period the services stay (fail static).
+    ensure!(mesh.served_from("east", "shop/api")? == ["west"]);
+    wait_for(
+        Duration::from_secs(8),
+        "shop/api withdrawn from east",
+        || {
+            Ok(mesh
+                .served_from("east", "shop/api")?
+                .is_empty()
+                .then_some(()))
+        },
+    )?;
+    ensure!(
+        lost.elapsed() >= Duration::from_millis(1500),
+        "withdrawn before the grace period"
+    );
+    ensure!(mesh.link_state("east", "west")? != "connected");
+    west.start(&mesh)?;
+    wait_for(Duration::from_secs(8), "shop/api back in east", || {
+        Ok((mesh.served_from("east", "shop/api")? == ["west"]).then_some(()))
+    })?;
+    Ok(())
+}
+
+#[test]
+fn unlink_removes_the_peering_and_its_services_on_both_sides() -> Result<()> {
+    let mesh = Mesh::new()?;
+    let mut west = mesh.gateway("west", None)?;
+    let mut east = mesh.gateway("east", None)?;
+    west.start(&mesh)?;
+    east.start(&mesh)?;
+    mesh.apply("west", "api.yaml", &service("shop", "api", true, 8080))
+        .success()?;
+    mesh.apply("east", "web.yaml", &service("shop", "web", true, 8080))
+        .success()?;
+    let document = mesh.ctl("west", &["link"]).success()?;
+    mesh.apply("east", "link.yaml", &document).success()?;
+    wait_for(Duration::from_secs(3), "catalogs exchanged", || {
+        Ok((mesh.served_from("east", "shop/api")? == ["west"]
+            && mesh.served_from("west", "shop/web")? == ["east"])
+        .then_some(()))
+    })?;
+    mesh.ctl("east", &["unlink", "west"]).success()?;
+    ensure!(mesh.link_state("east", "west")?.is_empty());
+    ensure!(mesh.served_from("east", "shop/api")?.is_empty());
+    wait_for(Duration::from_secs(3), "west forgot east", || {
+        Ok((mesh.link_state("west", "east")?.is_empty()
+            && mesh.served_from("west", "shop/web")?.is_empty())
+        .then_some(()))
+    })?;
+    // The token was revoked with the link.
+    let again = mesh.apply("east", "link.yaml", &document);
+    ensure!(
+        !again.ok && again.stderr.contains("revoked"),
+        "{}",
+        again.stderr
+    );
+    ensure!(
+        !mesh.ctl("east", &["unlink", "west"]).ok,
+        "unlinking twice says there is no link"
+    );
+    Ok(())
+}
+
+/// Replaces the claims part of a JWT in a Link document with different bytes.
+fn tamper(document: &str) -> String {
+    document
+        .lines()
+        .map(|line| {
+            let trimmed = line.trim_start();
+            if trimmed.starts_with("eyJ") || trimmed.starts_with("token: eyJ") {
+                let mut parts: Vec<String> = line.split('.').map(str::to_owned).collect();
+                if parts.len() == 3 {
+                    // Flip one character of the claims (still valid base64url).
+                    let claims = &mut parts[1];
+                    let last = claims.pop().unwrap_or('A');
+                    claims.push(if last == 'A' { 'B' } else { 'A' });
+                }
+                parts.join(".")
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn link_refusals_say_which_rule_was_broken() -> Result<()> {
+    let mesh = Mesh::new()?;
+    let other_trust = mesh.dir.path().join("other-trust");
+    mesh.cli(
+        &["trust", "init", "--trust-domain", "example.mesh", "--dir"],
+        &[&other_trust],
+    )
+    .success()?;
+    let mut west = mesh.gateway("west", None)?;
+    let mut east = mesh.gateway("east", None)?;
+    let mut north = mesh.gateway("north", None)?;
+    let mut south = mesh.gateway_under("south", &other_trust, None)?;
+    for gateway in [&mut west, &mut east, &mut north, &mut south] {
+        gateway.start(&mesh)?;
+    }
+    let refused = |cluster: &str, name: &str, document: &str, expected: &str| -> Result<()> {
+        let out = mesh.apply(cluster, name, document);
+        ensure!(!out.ok, "{name} on {cluster} was accepted");
+        ensure!(
+            out.stderr.contains(expected),
+            "{name} on {cluster}: expected {expected:?} in {:?}",
+            out.stderr
+        );
+        ensure!(
+            mesh.link_state(cluster, "west")?.is_empty(),
+            "a refused link was kept on {cluster}"
+        );
+        Ok(())
+    };
+    let document = mesh.ctl("west", &["link"]).success()?;
+
+    // A cluster under another root: caught by the fingerprint before dialing...
+    refused(
+        "south",
+        "other-root.yaml",
+        &document,
+        "is not in this cluster's trust bundle",
+    )?;
+    // ...and by TLS when the document claims the other root's fingerprint.
+    let south_root = strait_federation::pki::TrustBundle::read(
+        &other_trust.join("bundle.pem"),
+        strait_federation::identity::TrustDomain::new("example.mesh")?,
+    )?
+    .fingerprints()
+    .remove(0);
+    let west_root = strait_federation::pki::TrustBundle::read(
+        &mesh.trust.join("bundle.pem"),
+        strait_federation::identity::TrustDomain::new("example.mesh")?,
+    )?
+    .fingerprints()
+    .remove(0);
+    refused(
+        "south",
+        "forged-root.yaml",
+        &document.replace(&west_root, &south_root),
+        "TLS handshake",
+    )?;
+
+    refused("east", "tampered.yaml", &tamper(&document), "tampered")?;
+    refused("west", "self.yaml", &document, "cannot link to itself")?;
+
+    let short = mesh.ctl("west", &["link", "--ttl", "1s"]).success()?;
+    std::thread::sleep(Duration::from_millis(1100));
+    refused("east", "expired.yaml", &short, "expired at")?;
+
+    // First use binds the token to east; north replaying it is refused.
+    mesh.apply("east", "link.yaml", &document).success()?;
+    connected(&mesh, "east", "west")?;
+    refused(
+        "north",
+        "replayed.yaml",
+        &document,
+        "already redeemed by cluster east",
+    )?;
+
+    // The refusals are counted where they were decided.
+    let metrics = west.metrics()?;
+    for code in ["token_invalid", "token_expired", "token_replayed"] {
+        ensure!(
+            metric(
+                &metrics,
+                "strait_link_refusals_total",
+                &[&format!("reason=\"{code}\"")]
+            ) == Some(1.0),
+            "{code}:\n{metrics}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_bad_document_is_refused_with_file_document_and_field_and_nothing_is_applied() -> Result<()> {
+    let mesh = Mesh::new()?;
+    let mut west = mesh.gateway("west", None)?;
+    west.start(&mesh)?;
+    let documents = format!(
+        "{}---\n{}",
+        service("shop", "api", true, 8080),
+        service("shop", "web", true, 0)
+    );
+    let out = mesh.apply("west", "two.yaml", &documents);
+    ensure!(!out.ok);
+    ensure!(
+        out.stderr
+            .contains("two.yaml: document 2 (Service shop/web): spec.ports[0].port"),
+        "{}",
+        out.stderr
+    );
+    ensure!(
+        mesh.services("west")?.is_empty(),
+        "the good half of a refused file was applied"
+    );
+    // What was accepted survives a restart.
+    mesh.apply("west", "api.yaml", &service("shop", "api", true, 8080))
+        .success()?;
+    west.stop()?;
+    west.start(&mesh)?;
+    ensure!(mesh.served_from("west", "shop/api")? == ["west"]);
+    Ok(())
+}

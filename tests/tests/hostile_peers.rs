@@ -1,0 +1,185 @@
+//! Peers that misbehave: garbage, oversized frames, bad handshakes. Each is dropped, and the
+//! gateway's other peerings carry on.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, ensure};
+use quinn::crypto::rustls::QuicClientConfig;
+use strait_federation::catalog::Position;
+use strait_federation::identity::{ClusterName, Role, SpiffeId, TrustDomain};
+use strait_federation::pki::{ISSUER_LIFETIME, LEAF_LIFETIME, Root, TrustBundle};
+use strait_federation::proto::peer::peer_frame::Body;
+use strait_federation::session;
+use strait_federation::tls::{self, CertStore, PEER_ALPN, PeerRule};
+use strait_federation::wire::{FrameDecoder, encode};
+use strait_tests::{Mesh, metric, service, wait_for};
+
+/// A QUIC endpoint holding a genuine gateway certificate of cluster `rogue` under the mesh's root.
+fn rogue_endpoint(mesh: &Mesh) -> Result<(quinn::Endpoint, quinn::ClientConfig)> {
+    tls::install_default_provider();
+    let td = TrustDomain::new("example.mesh")?;
+    let root = Root::load(&mesh.trust, td.clone())?;
+    let rogue = ClusterName::new("rogue")?;
+    let issuer = root.issue_cluster(&rogue, ISSUER_LIFETIME)?;
+    let credential = issuer.issue(&SpiffeId::gateway(&td, &rogue), LEAF_LIFETIME)?;
+    let bundle = TrustBundle::read(&mesh.trust.join("bundle.pem"), td)?;
+    let tls = tls::client_config(
+        &bundle,
+        &CertStore::new(&credential)?,
+        PeerRule::role_in(Role::Gateway, ClusterName::new("west")?),
+        &[PEER_ALPN],
+    )?;
+    let client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    Ok((endpoint, client))
+}
+
+/// Sends `bytes` on a new control stream and waits for the gateway to close the connection.
+async fn closed_after(
+    endpoint: &quinn::Endpoint,
+    client: &quinn::ClientConfig,
+    to: SocketAddr,
+    bytes: &[u8],
+) -> Result<String> {
+    let connection = endpoint.connect_with(client.clone(), to, "west")?.await?;
+    let (mut send, mut recv) = connection.open_bi().await?;
+    send.write_all(bytes).await?;
+    let _ = send.finish();
+    // Whatever the gateway answers, it must end the connection promptly.
+    let answer = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1 << 20))
+        .await
+        .context("the gateway kept a misbehaving peer's stream open")?;
+    let reason = tokio::time::timeout(Duration::from_secs(5), connection.closed())
+        .await
+        .context("the gateway kept a misbehaving peer connected")?;
+    Ok(format!("{answer:?} / {reason}"))
+}
+
+#[test]
+fn a_peer_sending_garbage_or_oversized_frames_is_dropped_without_harming_the_others() -> Result<()>
+{
+    let mesh = Mesh::new()?;
+    let mut west = mesh.gateway("west", None)?;
+    let mut east = mesh.gateway("east", None)?;
+    west.start(&mesh)?;
+    east.start(&mesh)?;
+    mesh.link("east", "west")?;
+    mesh.apply("west", "api.yaml", &service("shop", "api", true, 8080))
+        .success()?;
+    wait_for(Duration::from_secs(3), "shop/api in east", || {
+        Ok((mesh.served_from("east", "shop/api")? == ["west"]).then_some(()))
+    })?;
+    let token_document = mesh.ctl("west", &["link"]).success()?;
+    let token = token_document
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("token:"))
+        .skip(1)
+        .next()
+        .map(|l| l.trim().to_owned())
+        .filter(|t| t.starts_with("eyJ"))
+        .ok_or_else(|| anyhow!("no token in {token_document}"))?;
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let (endpoint, client) = rogue_endpoint(&mesh)?;
+        // Not a frame at all.
+        closed_after(
+            &endpoint,
+            &client,
+            west.quic,
+            &[0, 0, 0, 7, 0xff, 0xfe, 0xfd, 0xfc, 0xfb, 0xfa, 0xf9],
+        )
+        .await?;
+        // A length far above the limit: refused before the body is buffered.
+        closed_after(&endpoint, &client, west.quic, &0xffff_fff0u32.to_be_bytes()).await?;
+        // A well-formed frame that is not a hello.
+        closed_after(
+            &endpoint,
+            &client,
+            west.quic,
+            &encode(&session::welcome(
+                &ClusterName::new("rogue")?,
+                Position::NONE,
+            )),
+        )
+        .await?;
+
+        // A genuine peer (valid token) that turns hostile after the handshake.
+        let connection = endpoint
+            .connect_with(client.clone(), west.quic, "west")?
+            .await?;
+        let (mut send, mut recv) = connection.open_bi().await?;
+        send.write_all(&encode(&session::hello(
+            &ClusterName::new("rogue")?,
+            &token,
+            Position::NONE,
+        )))
+        .await?;
+        let mut decoder = FrameDecoder::default();
+        let mut buffer = vec![0u8; 4096];
+        let first = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Some(frame) = decoder.next_frame()? {
+                    return Ok::<_, anyhow::Error>(frame);
+                }
+                let n = recv
+                    .read(&mut buffer)
+                    .await?
+                    .ok_or_else(|| anyhow!("stream closed"))?;
+                decoder.extend(&buffer[..n]);
+            }
+        })
+        .await??;
+        ensure!(
+            matches!(first.body, Some(Body::Welcome(_))),
+            "the rogue was not welcomed: {first:?}"
+        );
+        send.write_all(&(64u32 << 20).to_be_bytes()).await?;
+        send.write_all(&[0u8; 1024]).await?;
+        tokio::time::timeout(Duration::from_secs(5), connection.closed())
+            .await
+            .context("an oversized frame mid-session did not end the session")?;
+
+        // Bytes that are not QUIC at all, at the QUIC port.
+        let socket = UdpSocket::bind("127.0.0.1:0")?;
+        for size in [1usize, 20, 1200, 65000] {
+            socket.send_to(&vec![0x5a; size], west.quic)?;
+        }
+        endpoint.close(0u32.into(), b"done");
+        Ok::<_, anyhow::Error>(())
+    })?;
+
+    // The real peering never noticed.
+    ensure!(mesh.link_state("east", "west")? == "connected");
+    mesh.apply("west", "web.yaml", &service("shop", "web", true, 8080))
+        .success()?;
+    wait_for(
+        Duration::from_secs(2),
+        "shop/web in east after the attacks",
+        || Ok((mesh.served_from("east", "shop/web")? == ["west"]).then_some(())),
+    )?;
+    let metrics = west.metrics()?;
+    ensure!(
+        metric(
+            &metrics,
+            "strait_link_refusals_total",
+            &["reason=\"protocol\""]
+        )
+        .unwrap_or(0.0)
+            >= 3.0,
+        "{metrics}"
+    );
+    ensure!(
+        metric(
+            &metrics,
+            "strait_peer_sessions_ended_total",
+            &["peer=\"rogue\"", "reason=\"protocol\""]
+        ) == Some(1.0),
+        "{metrics}"
+    );
+    west.stop()?;
+    east.stop()?;
+    Ok(())
+}
