@@ -65,7 +65,7 @@ pub enum DocumentError {
     Empty { file: String },
     #[error("{place}: {field}: {message}")]
     Field {
-        place: DocumentPlace,
+        place: Box<DocumentPlace>,
         field: String,
         message: String,
     },
@@ -150,7 +150,7 @@ fn typed<T: DeserializeOwned>(
     place: &DocumentPlace,
 ) -> Result<T, DocumentError> {
     serde_path_to_error::deserialize(value).map_err(|e| DocumentError::Field {
-        place: place.clone(),
+        place: Box::new(place.clone()),
         field: match e.path().to_string().as_str() {
             "." => "(document)".to_owned(),
             path => path.to_owned(),
@@ -165,18 +165,34 @@ fn field(
     message: impl Into<String>,
 ) -> DocumentError {
     DocumentError::Field {
-        place: place.clone(),
+        place: Box::new(place.clone()),
         field: field.into(),
         message: message.into(),
     }
 }
 
+/// The most documents one file may hold. The parser's default (1,024) is too few for a bulk
+/// apply; callers bound the size of the text (the operator API takes at most 4 MiB).
+pub const MAX_DOCUMENTS: usize = 100_000;
+
+fn yaml_options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_documents = MAX_DOCUMENTS;
+    budget.max_nodes = 40 * MAX_DOCUMENTS;
+    budget.max_events = 80 * MAX_DOCUMENTS;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
+}
+
 /// Parses every document of a YAML text. `source` names it in errors (a file name).
 pub fn parse_documents(source: &str, text: &str) -> Result<Vec<Resource>, DocumentError> {
     let documents: Vec<serde_json::Value> =
-        serde_saphyr::from_multiple(text).map_err(|e| DocumentError::Yaml {
-            file: source.to_owned(),
-            message: e.to_string(),
+        serde_saphyr::from_multiple_with_options(text, yaml_options()).map_err(|e| {
+            DocumentError::Yaml {
+                file: source.to_owned(),
+                message: e.to_string(),
+            }
         })?;
     let documents: Vec<_> = documents.into_iter().filter(|d| !d.is_null()).collect();
     if documents.is_empty() {
@@ -220,14 +236,14 @@ pub fn parse_documents(source: &str, text: &str) -> Result<Vec<Resource>, Docume
                     None => name.to_owned(),
                 }
             });
-        if let Some(version) = document.get("apiVersion") {
-            if version.as_str() != Some(API_VERSION) {
-                return Err(field(
-                    &place,
-                    "apiVersion",
-                    format!("{version} is not known; expected {API_VERSION}"),
-                ));
-            }
+        if let Some(version) = document.get("apiVersion")
+            && version.as_str() != Some(API_VERSION)
+        {
+            return Err(field(
+                &place,
+                "apiVersion",
+                format!("{version} is not known; expected {API_VERSION}"),
+            ));
         }
         let resource = match kind.as_str() {
             "Service" => service(typed(document, &place)?, &place)?,
@@ -414,6 +430,19 @@ spec:
         assert!(
             err.contains("Gadget") && err.contains("expected Service or Link"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_bulk_file_of_ten_thousand_documents_is_read() {
+        let text: Vec<String> = (0..10_000)
+            .map(|i| API.replace("name: api", &format!("name: api-{i}")))
+            .collect();
+        assert_eq!(
+            parse_documents("bulk.yaml", &text.join("---\n"))
+                .unwrap()
+                .len(),
+            10_000
         );
     }
 

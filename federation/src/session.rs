@@ -181,6 +181,7 @@ pub enum Event {
 #[derive(Debug)]
 struct Staging {
     bytes: usize,
+    next_part: u32,
     epoch: u64,
     from: u64,
     to: u64,
@@ -271,18 +272,23 @@ impl PeerSession {
             complete: false,
             upserts: Vec::new(),
             removals: Vec::new(),
+            part: 0,
         };
         let mut current = header.clone();
         let mut size = 0;
+        let mut part = 0;
+        let mut flush = |current: &mut wire::Update, outbox: &mut VecDeque<PeerFrame>| {
+            let mut next = header.clone();
+            part += 1;
+            next.part = part;
+            outbox.push_back(frame(Body::Update(std::mem::replace(current, next))));
+        };
         for (key, spec) in upserts {
             let record = spec.to_wire(&key);
             size += record.encoded_len() + 4;
             current.upserts.push(record);
             if size >= TARGET_FRAME {
-                self.outbox.push_back(frame(Body::Update(std::mem::replace(
-                    &mut current,
-                    header.clone(),
-                ))));
+                flush(&mut current, &mut self.outbox);
                 size = 0;
             }
         }
@@ -294,10 +300,7 @@ impl PeerSession {
             size += removal.encoded_len() + 4;
             current.removals.push(removal);
             if size >= TARGET_FRAME {
-                self.outbox.push_back(frame(Body::Update(std::mem::replace(
-                    &mut current,
-                    header.clone(),
-                ))));
+                flush(&mut current, &mut self.outbox);
                 size = 0;
             }
         }
@@ -355,9 +358,21 @@ impl PeerSession {
                         "a part of an update does not match its first part",
                     ));
                 }
+                if update.part != staging.next_part {
+                    return Err(protocol(format!(
+                        "part {} of an update where part {} was due",
+                        update.part, staging.next_part
+                    )));
+                }
                 staging
             }
             None => {
+                if update.part != 0 {
+                    return Err(protocol(format!(
+                        "part {} of an update whose first part never came",
+                        update.part
+                    )));
+                }
                 if update.epoch == 0 {
                     return Err(protocol("update with epoch 0"));
                 }
@@ -375,6 +390,7 @@ impl PeerSession {
                 }
                 Staging {
                     bytes: 0,
+                    next_part: 0,
                     epoch: update.epoch,
                     from: update.from_version,
                     to: update.to_version,
@@ -385,6 +401,7 @@ impl PeerSession {
             }
         };
         let mut staging = staging;
+        staging.next_part += 1;
         staging.bytes += update.encoded_len();
         if staging.bytes > self.config.max_update_bytes {
             return Err(protocol(format!(

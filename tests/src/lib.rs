@@ -172,6 +172,25 @@ impl Gateway {
         Ok(())
     }
 
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Resident memory of the running process, in bytes (Linux).
+    pub fn rss_bytes(&self) -> Result<u64> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| anyhow!("gateway {} is not running", self.cluster))?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .ok_or_else(|| anyhow!("no VmRSS for process {pid}"))?;
+        Ok(kib * 1024)
+    }
+
     /// The admin `/metrics` text.
     pub fn metrics(&self) -> Result<String> {
         let (status, body) = http_get(self.admin, "/metrics")?;

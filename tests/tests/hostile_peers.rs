@@ -72,14 +72,11 @@ fn a_peer_sending_garbage_or_oversized_frames_is_dropped_without_harming_the_oth
         Ok((mesh.served_from("east", "shop/api")? == ["west"]).then_some(()))
     })?;
     let token_document = mesh.ctl("west", &["link"]).success()?;
-    let token = token_document
-        .lines()
-        .skip_while(|l| !l.trim_start().starts_with("token:"))
-        .skip(1)
-        .next()
-        .map(|l| l.trim().to_owned())
-        .filter(|t| t.starts_with("eyJ"))
-        .ok_or_else(|| anyhow!("no token in {token_document}"))?;
+    let document: serde_json::Value = serde_saphyr::from_str(&token_document)?;
+    let token = document["spec"]["token"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no spec.token in {token_document}"))?
+        .to_owned();
 
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {

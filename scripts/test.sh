@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Runs every check and test of strait on a fresh machine: installs what is missing (Debian
+# packages, Rust components), then checks formatting and lints, then runs the whole test suite.
+# CI runs this same script (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n==> %s\n' "$*"; }
+
+# --- What the tests need from the system -------------------------------------------------
+# procps: kill (tests stop gateways with SIGTERM); curl: the smoke checks and docs examples;
+# ca-certificates: cargo's registry over TLS on a bare image.
+debian_packages=(procps curl ca-certificates)
+
+missing=()
+for package in "${debian_packages[@]}"; do
+  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    say "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    say "missing Debian packages (${missing[*]}) and not root: tests that need them may fail"
+  fi
+fi
+
+if command -v rustup >/dev/null; then
+  for component in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$component" || {
+      say "installing Rust component $component"
+      rustup component add "$component"
+    }
+  done
+fi
+
+# --- Checks ------------------------------------------------------------------------------
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# --- Tests -------------------------------------------------------------------------------
+say "building tests"
+cargo test --workspace --locked --no-run
+
+say "running tests"
+cargo test --workspace --locked --no-fail-fast
