@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 use strait_federation::identity::{ClusterName, TrustDomain};
 use strait_federation::pki::{Credential, TrustBundle, read_file, write_file};
 use strait_federation::proto::operator::operator_client::OperatorClient;
+use strait_federation::proto::operator::{
+    LinkView, ListLinksRequest, ListServicesRequest, ServiceView,
+};
 
 /// One context.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,6 +117,26 @@ pub fn add(context: Context) -> Result<PathBuf> {
     file.upsert(context);
     file.save(&path)?;
     Ok(path)
+}
+
+/// The services a gateway knows (its own and imported).
+pub async fn list_services(client: &mut Client) -> Result<Vec<ServiceView>> {
+    Ok(client
+        .list_services(ListServicesRequest {})
+        .await
+        .map_err(crate::status)?
+        .into_inner()
+        .services)
+}
+
+/// A gateway's peerings.
+pub async fn list_links(client: &mut Client) -> Result<Vec<LinkView>> {
+    Ok(client
+        .list_links(ListLinksRequest {})
+        .await
+        .map_err(crate::status)?
+        .into_inner()
+        .links)
 }
 
 /// Connects to the operator API of a context's gateway.

@@ -9,9 +9,7 @@ use anyhow::{Result, anyhow, bail};
 use clap::Args;
 use serde_json::json;
 use strait_federation::identity::{AccountName, ClusterName, TrustDomain};
-use strait_federation::proto::operator::{
-    ApplyRequest, CreateLinkRequest, ListLinksRequest, ListServicesRequest,
-};
+use strait_federation::proto::operator::{ApplyRequest, CreateLinkRequest};
 use strait_gateway::config::GatewayConfig;
 use strait_gateway::init::{InitOptions, TrustDir, init_gateway};
 use tokio_util::sync::CancellationToken;
@@ -189,19 +187,10 @@ async fn drive(
     // Wait for both catalogs to hold the other cluster's exported services.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let east_view = east
-            .list_services(ListServicesRequest {})
-            .await
-            .map_err(|e| anyhow!("{}", e.message()))?
-            .into_inner();
-        let west_view = west
-            .list_services(ListServicesRequest {})
-            .await
-            .map_err(|e| anyhow!("{}", e.message()))?
-            .into_inner();
-        let federated = east_view.services.iter().any(|s| s.name == "orders")
+        let east_view = context::list_services(&mut east).await?;
+        let west_view = context::list_services(&mut west).await?;
+        let federated = east_view.iter().any(|s| s.name == "orders")
             && west_view
-                .services
                 .iter()
                 .any(|s| s.name == "api" && s.clusters.len() == 2);
         if federated {
@@ -220,20 +209,10 @@ async fn drive(
         );
     } else {
         say("strait demo: clusters east and west are up and linked over QUIC.\n");
-        let services = east
-            .list_services(ListServicesRequest {})
-            .await
-            .map_err(|e| anyhow!("{}", e.message()))?
-            .into_inner()
-            .services;
+        let services = context::list_services(&mut east).await?;
         say("The federated catalog, as east sees it:");
         say(&output::services(&services, Format::Table)?);
-        let links = east
-            .list_links(ListLinksRequest {})
-            .await
-            .map_err(|e| anyhow!("{}", e.message()))?
-            .into_inner()
-            .links;
+        let links = context::list_links(&mut east).await?;
         say("east's links:");
         say(&output::links(&links, Format::Table)?);
         say("Try this next (contexts east and west are in your STRAIT_CONFIG):");
@@ -262,18 +241,8 @@ async fn drive(
     }
 
     if json_output {
-        let links = east
-            .list_links(ListLinksRequest {})
-            .await
-            .map_err(|e| anyhow!("{}", e.message()))?
-            .into_inner()
-            .links;
-        let services = east
-            .list_services(ListServicesRequest {})
-            .await
-            .map_err(|e| anyhow!("{}", e.message()))?
-            .into_inner()
-            .services;
+        let links = context::list_links(&mut east).await?;
+        let services = context::list_services(&mut east).await?;
         let report = json!({
             "clusters": CLUSTERS,
             "links": links.iter().map(|l| json!({"from": "east", "to": l.cluster, "state": l.state})).collect::<Vec<_>>(),

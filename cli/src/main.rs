@@ -15,8 +15,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use strait_federation::identity::{AccountName, ClusterName, TrustDomain};
 use strait_federation::proto::operator::{
-    ApplyRequest, CreateLinkRequest, DeleteRequest, ListLinksRequest, ListServicesRequest,
-    UnlinkRequest,
+    ApplyRequest, CreateLinkRequest, DeleteRequest, UnlinkRequest,
 };
 use strait_gateway::config::GatewayConfig;
 use strait_gateway::init::{InitOptions, TrustDir, absolute, init_gateway};
@@ -346,7 +345,7 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 /// A gRPC status as an error that reads well.
-fn status(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn status(status: tonic::Status) -> anyhow::Error {
     let mut text = status.message().to_owned();
     let mut source = std::error::Error::source(&status);
     while let Some(inner) = source {
@@ -439,23 +438,9 @@ async fn get(context: Option<&str>, resource: GetResource, format: Format) -> Re
     let (_, mut client) = context::connect(context).await?;
     let text = match resource {
         GetResource::Services => {
-            let services = client
-                .list_services(ListServicesRequest {})
-                .await
-                .map_err(status)?
-                .into_inner()
-                .services;
-            output::services(&services, format)?
+            output::services(&context::list_services(&mut client).await?, format)?
         }
-        GetResource::Links => {
-            let links = client
-                .list_links(ListLinksRequest {})
-                .await
-                .map_err(status)?
-                .into_inner()
-                .links;
-            output::links(&links, format)?
-        }
+        GetResource::Links => output::links(&context::list_links(&mut client).await?, format)?,
     };
     print!("{text}");
     Ok(())

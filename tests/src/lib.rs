@@ -120,6 +120,9 @@ pub struct Gateway {
 impl Gateway {
     /// Starts the process and waits for `/readyz`.
     pub fn start(&mut self, mesh: &Mesh) -> Result<()> {
+        if self.child.is_some() {
+            bail!("gateway {} is already running", self.cluster);
+        }
         self.runs += 1;
         let log = std::fs::File::create(&self.log)?;
         let child = Command::new(strait_bin())
@@ -326,6 +329,28 @@ impl Mesh {
     /// lines, when given, replace the default peering timers in its config.
     pub fn gateway(&self, cluster: &str, peering: Option<&str>) -> Result<Gateway> {
         self.gateway_under(cluster, &self.trust, peering)
+    }
+
+    /// Initializes and starts a gateway for `cluster`.
+    pub fn start(&self, cluster: &str, peering: Option<&str>) -> Result<Gateway> {
+        let mut gateway = self.gateway(cluster, peering)?;
+        gateway.start(self)?;
+        Ok(gateway)
+    }
+
+    /// Waits until `cluster` sees `service` served from exactly `clusters` (none: absent).
+    pub fn wait_served(
+        &self,
+        cluster: &str,
+        service: &str,
+        clusters: &[&str],
+        limit: Duration,
+    ) -> Result<()> {
+        wait_for(
+            limit,
+            &format!("{service} served from {clusters:?} in {cluster}'s catalog"),
+            || Ok((self.served_from(cluster, service)? == clusters).then_some(())),
+        )
     }
 
     /// Initializes a gateway under another trust folder.

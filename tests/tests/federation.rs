@@ -26,10 +26,8 @@ fn services_json(mesh: &Mesh, cluster: &str) -> Result<String> {
 fn an_exported_service_reaches_a_linked_cluster_within_two_seconds_and_follows_changes()
 -> Result<()> {
     let mesh = Mesh::new()?;
-    let mut west = mesh.gateway("west", None)?;
-    let mut east = mesh.gateway("east", None)?;
-    west.start(&mesh)?;
-    east.start(&mesh)?;
+    let mut west = mesh.start("west", None)?;
+    let mut east = mesh.start("east", None)?;
     mesh.link("east", "west")?;
     connected(&mesh, "east", "west")?;
     connected(&mesh, "west", "east")?;
@@ -65,19 +63,12 @@ fn an_exported_service_reaches_a_linked_cluster_within_two_seconds_and_follows_c
     // The other direction works on the same connection.
     mesh.apply("east", "web.yaml", &service("shop", "web", true, 80))
         .success()?;
-    wait_for(Duration::from_secs(2), "shop/web from east in west", || {
-        Ok((mesh.served_from("west", "shop/web")? == ["east"]).then_some(()))
-    })?;
+    mesh.wait_served("west", "shop/web", &["east"], Duration::from_secs(2))?;
 
     // A removal propagates; the unexported service never left.
     mesh.ctl("west", &["delete", "service", "api", "-n", "shop"])
         .success()?;
-    wait_for(Duration::from_secs(2), "shop/api gone from east", || {
-        Ok(mesh
-            .served_from("east", "shop/api")?
-            .is_empty()
-            .then_some(()))
-    })?;
+    mesh.wait_served("east", "shop/api", &[], Duration::from_secs(2))?;
     ensure!(mesh.served_from("east", "shop/ledger")?.is_empty());
     ensure!(mesh.served_from("west", "shop/ledger")? == ["west"]);
 
@@ -139,17 +130,18 @@ fn three_linked_clusters_see_one_service_served_from_two_of_them() -> Result<()>
     mesh.link("east", "west")?;
     mesh.link("east", "north")?;
     mesh.link("north", "west")?;
-    wait_for(Duration::from_secs(3), "shop/api from both in east", || {
-        Ok((mesh.served_from("east", "shop/api")? == ["north", "west"]).then_some(()))
-    })?;
+    mesh.wait_served(
+        "east",
+        "shop/api",
+        &["north", "west"],
+        Duration::from_secs(3),
+    )?;
     wait_for(
         Duration::from_secs(3),
         "shop/api local first in west",
         || Ok((mesh.served_from("west", "shop/api")? == ["west", "north"]).then_some(())),
     )?;
-    wait_for(Duration::from_secs(3), "shop/search in west", || {
-        Ok((mesh.served_from("west", "shop/search")? == ["north"]).then_some(()))
-    })?;
+    mesh.wait_served("west", "shop/search", &["north"], Duration::from_secs(3))?;
     ensure!(
         mesh.services("east")?
             .iter()
@@ -166,10 +158,8 @@ fn three_linked_clusters_see_one_service_served_from_two_of_them() -> Result<()>
 #[test]
 fn a_restarted_gateway_resumes_from_its_acknowledged_version_and_converges() -> Result<()> {
     let mesh = Mesh::new()?;
-    let mut west = mesh.gateway("west", FAST)?;
-    let mut east = mesh.gateway("east", FAST)?;
-    west.start(&mesh)?;
-    east.start(&mesh)?;
+    let mut west = mesh.start("west", FAST)?;
+    let mut east = mesh.start("east", FAST)?;
     let documents: Vec<String> = (0..20)
         .map(|i| service("shop", &format!("svc-{i}"), true, 8000 + i))
         .collect();
@@ -230,9 +220,7 @@ fn a_restarted_gateway_resumes_from_its_acknowledged_version_and_converges() -> 
         &service("shop", "svc-after", true, 7002),
     )
     .success()?;
-    wait_for(Duration::from_secs(5), "svc-after in east", || {
-        Ok((mesh.served_from("east", "shop/svc-after")? == ["west"]).then_some(()))
-    })?;
+    mesh.wait_served("east", "shop/svc-after", &["west"], Duration::from_secs(5))?;
     let metrics = east.metrics()?;
     ensure!(
         metric(
@@ -254,49 +242,32 @@ fn a_restarted_gateway_resumes_from_its_acknowledged_version_and_converges() -> 
 #[test]
 fn a_lost_peers_services_are_withdrawn_after_the_grace_period_and_return_with_it() -> Result<()> {
     let mesh = Mesh::new()?;
-    let mut west = mesh.gateway("west", FAST)?;
-    let mut east = mesh.gateway("east", FAST)?;
-    west.start(&mesh)?;
-    east.start(&mesh)?;
+    let mut west = mesh.start("west", FAST)?;
+    let _east = mesh.start("east", FAST)?;
     mesh.apply("west", "api.yaml", &service("shop", "api", true, 8080))
         .success()?;
     mesh.link("east", "west")?;
-    wait_for(Duration::from_secs(3), "shop/api in east", || {
-        Ok((mesh.served_from("east", "shop/api")? == ["west"]).then_some(()))
-    })?;
+    mesh.wait_served("east", "shop/api", &["west"], Duration::from_secs(3))?;
     west.kill()?;
     let lost = Instant::now();
     // Within the grace period the services stay (fail static).
     ensure!(mesh.served_from("east", "shop/api")? == ["west"]);
-    wait_for(
-        Duration::from_secs(8),
-        "shop/api withdrawn from east",
-        || {
-            Ok(mesh
-                .served_from("east", "shop/api")?
-                .is_empty()
-                .then_some(()))
-        },
-    )?;
+    mesh.wait_served("east", "shop/api", &[], Duration::from_secs(8))?;
     ensure!(
         lost.elapsed() >= Duration::from_millis(1500),
         "withdrawn before the grace period"
     );
     ensure!(mesh.link_state("east", "west")? != "connected");
     west.start(&mesh)?;
-    wait_for(Duration::from_secs(8), "shop/api back in east", || {
-        Ok((mesh.served_from("east", "shop/api")? == ["west"]).then_some(()))
-    })?;
+    mesh.wait_served("east", "shop/api", &["west"], Duration::from_secs(8))?;
     Ok(())
 }
 
 #[test]
 fn unlink_removes_the_peering_and_its_services_on_both_sides() -> Result<()> {
     let mesh = Mesh::new()?;
-    let mut west = mesh.gateway("west", None)?;
-    let mut east = mesh.gateway("east", None)?;
-    west.start(&mesh)?;
-    east.start(&mesh)?;
+    let _west = mesh.start("west", None)?;
+    let _east = mesh.start("east", None)?;
     mesh.apply("west", "api.yaml", &service("shop", "api", true, 8080))
         .success()?;
     mesh.apply("east", "web.yaml", &service("shop", "web", true, 8080))
@@ -447,8 +418,7 @@ fn link_refusals_say_which_rule_was_broken() -> Result<()> {
 #[test]
 fn a_bad_document_is_refused_with_file_document_and_field_and_nothing_is_applied() -> Result<()> {
     let mesh = Mesh::new()?;
-    let mut west = mesh.gateway("west", None)?;
-    west.start(&mesh)?;
+    let mut west = mesh.start("west", None)?;
     let documents = format!(
         "{}---\n{}",
         service("shop", "api", true, 8080),

@@ -61,16 +61,12 @@ async fn closed_after(
 fn a_peer_sending_garbage_or_oversized_frames_is_dropped_without_harming_the_others() -> Result<()>
 {
     let mesh = Mesh::new()?;
-    let mut west = mesh.gateway("west", None)?;
-    let mut east = mesh.gateway("east", None)?;
-    west.start(&mesh)?;
-    east.start(&mesh)?;
+    let mut west = mesh.start("west", None)?;
+    let mut east = mesh.start("east", None)?;
     mesh.link("east", "west")?;
     mesh.apply("west", "api.yaml", &service("shop", "api", true, 8080))
         .success()?;
-    wait_for(Duration::from_secs(3), "shop/api in east", || {
-        Ok((mesh.served_from("east", "shop/api")? == ["west"]).then_some(()))
-    })?;
+    mesh.wait_served("east", "shop/api", &["west"], Duration::from_secs(3))?;
     let token_document = mesh.ctl("west", &["link"]).success()?;
     let document: serde_json::Value = serde_saphyr::from_str(&token_document)?;
     let token = document["spec"]["token"]
