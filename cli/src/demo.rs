@@ -213,9 +213,17 @@ async fn drive(
         say("The federated catalog, as east sees it:");
         say(&output::services(&services, Format::Table)?);
         let links = context::list_links(&mut east).await?;
+        let services = context::list_services(&mut west).await?;
+        say(
+            "The same catalog, as west sees it (shop/ledger-db is not exported: it stays in west):",
+        );
+        say(&output::services(&services, Format::Table)?);
         say("east's links:");
         say(&output::links(&links, Format::Table)?);
-        say("Try this next (contexts east and west are in your STRAIT_CONFIG):");
+        say(&format!(
+            "Try this next (contexts east and west were added to {}):",
+            context::path()?.display()
+        ));
         say("  strait --context east get services");
         say("  strait --context west get links -o json");
         for (config, _) in gateways {

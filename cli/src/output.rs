@@ -36,6 +36,9 @@ struct Backend {
 struct ServiceItem {
     namespace: String,
     name: String,
+    /// Whether this cluster runs an instance of its own.
+    local: bool,
+    /// Whether this cluster exports its own instance.
     exported: bool,
     /// The clusters serving the service, this one first.
     clusters: Vec<String>,
@@ -112,10 +115,10 @@ pub fn services(services: &[ServiceView], format: Format) -> Result<String> {
                     s.namespace.clone(),
                     s.name.clone(),
                     s.clusters.join(","),
-                    if s.exported {
-                        "yes".into()
-                    } else {
-                        "no".into()
+                    match (s.local, s.exported) {
+                        (false, _) => "-".into(),
+                        (true, true) => "yes".into(),
+                        (true, false) => "no".into(),
                     },
                     s.backends
                         .iter()
@@ -143,6 +146,7 @@ pub fn services(services: &[ServiceView], format: Format) -> Result<String> {
         .map(|s| ServiceItem {
             namespace: s.namespace.clone(),
             name: s.name.clone(),
+            local: s.local,
             exported: s.exported,
             clusters: s.clusters.clone(),
             backends: s
@@ -240,6 +244,7 @@ mod tests {
             namespace: "shop".into(),
             name: "api".into(),
             exported: true,
+            local: true,
             clusters: vec!["east".into(), "west".into()],
             backends: vec![],
             ports: vec!["8080/http".into()],

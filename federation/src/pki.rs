@@ -27,15 +27,15 @@ const BACKDATE: Duration = Duration::from_secs(300);
 /// What went wrong with certificates, keys or their files.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {error}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: {what}")]
     Pem { path: PathBuf, what: String },
@@ -85,17 +85,17 @@ impl Credential {
 
 /// Reads a text file, naming it in the error.
 pub fn read_file(path: &Path) -> Result<String, PkiError> {
-    fs::read_to_string(path).map_err(|source| PkiError::Read {
+    fs::read_to_string(path).map_err(|error| PkiError::Read {
         path: path.to_owned(),
-        source,
+        error,
     })
 }
 
 /// Writes a file, owner-only when it holds a secret; atomically (write then rename).
 pub fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), PkiError> {
-    let fail = |source| PkiError::Write {
+    let fail = |error| PkiError::Write {
         path: path.to_owned(),
-        source,
+        error,
     };
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(fail)?;

@@ -470,6 +470,10 @@ impl Operator for Api {
                         })
                         .collect(),
                     ports,
+                    local: service
+                        .backends
+                        .first()
+                        .is_some_and(|(cluster, _)| cluster == &self.shared.config.cluster),
                 }
             })
             .collect();

@@ -48,11 +48,11 @@ pub enum GatewayError {
     Pki(#[from] PkiError),
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("cannot listen on {what} {addr}: {source}")]
+    #[error("cannot listen on {what} {addr}: {error}")]
     Bind {
         what: &'static str,
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{0}")]
     Internal(String),
@@ -186,10 +186,10 @@ impl Shared {
 /// The UDP socket of the QUIC endpoint, with large buffers: with kernel defaults, bursts of
 /// catalog updates were dropped at the receive buffer.
 fn quic_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, GatewayError> {
-    let bind = |source| GatewayError::Bind {
+    let bind = |error| GatewayError::Bind {
         what: "quicAddr",
         addr,
-        source,
+        error,
     };
     let domain = socket2::Domain::for_address(addr);
     let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
@@ -231,17 +231,17 @@ pub async fn run(
     let endpoint = peer::endpoint(&config, &bundle, &certs, quic_socket(config.quic_addr)?)?;
     let api_listener = tokio::net::TcpListener::bind(config.api_addr)
         .await
-        .map_err(|source| GatewayError::Bind {
+        .map_err(|error| GatewayError::Bind {
             what: "apiAddr",
             addr: config.api_addr,
-            source,
+            error,
         })?;
     let admin_listener = tokio::net::TcpListener::bind(config.admin_addr)
         .await
-        .map_err(|source| GatewayError::Bind {
+        .map_err(|error| GatewayError::Bind {
             what: "adminAddr",
             addr: config.admin_addr,
-            source,
+            error,
         })?;
 
     let head = state.export.head();

@@ -257,10 +257,10 @@ pub fn endpoint(
         socket,
         Arc::new(quinn::TokioRuntime),
     )
-    .map_err(|source| GatewayError::Bind {
+    .map_err(|error| GatewayError::Bind {
         what: "quicAddr",
         addr: config.quic_addr,
-        source,
+        error,
     })
 }
 
@@ -631,10 +631,11 @@ async fn accept_one(
         let status = peers
             .entry(peer.clone())
             .or_insert_with(|| PeerStatus::awaiting(Instant::now()));
+        // Closing the old connection ends its session; its stop token is not cancelled, since
+        // that would tell the peer the link was removed.
         if let Some(old) = status.connection.take() {
             old.close(0u32.into(), b"replaced by a newer connection");
         }
-        status.stop.cancel();
         status.stop = stop.clone();
         status.owner = 0;
         status.role = PeerRole::Acceptor;

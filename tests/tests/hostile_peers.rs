@@ -66,7 +66,7 @@ fn a_peer_sending_garbage_or_oversized_frames_is_dropped_without_harming_the_oth
     mesh.link("east", "west")?;
     mesh.apply("west", "api.yaml", &service("shop", "api", true, 8080))
         .success()?;
-    mesh.wait_served("east", "shop/api", &["west"], Duration::from_secs(3))?;
+    mesh.wait_served("east", "shop/api", &["west"], Duration::from_secs(10))?;
     let token_document = mesh.ctl("west", &["link"]).success()?;
     let document: serde_json::Value = serde_saphyr::from_str(&token_document)?;
     let token = document["spec"]["token"]
@@ -149,7 +149,7 @@ fn a_peer_sending_garbage_or_oversized_frames_is_dropped_without_harming_the_oth
     mesh.apply("west", "web.yaml", &service("shop", "web", true, 8080))
         .success()?;
     wait_for(
-        Duration::from_secs(2),
+        Duration::from_secs(10),
         "shop/web in east after the attacks",
         || Ok((mesh.served_from("east", "shop/web")? == ["west"]).then_some(())),
     )?;
