@@ -691,6 +691,69 @@ mod tests {
         );
     }
 
+    /// Mutated frames from a real exchange: whatever the bytes, the decoder and the session
+    /// answer with a value or an error, never a panic, and a refused frame changes nothing.
+    #[test]
+    fn mutated_frames_never_panic_and_never_half_apply() {
+        let now = Instant::now();
+        let mut west = ExportLog::new(11);
+        for i in 0..40 {
+            west.set(&key(&format!("s{i}")), Some(&spec(i % 5 + 1)));
+        }
+        let mut exporter = PeerSession::new(SessionConfig::default(), Position::NONE, &west, now);
+        let mut frames = Vec::new();
+        while let Some(f) = exporter.poll_transmit(now) {
+            frames.push(crate::wire::encode(&f));
+        }
+        west.set(&key("s1"), None);
+        west.set(&key("new"), Some(&spec(2)));
+        exporter.sync(&west);
+        while let Some(f) = exporter.poll_transmit(now) {
+            frames.push(crate::wire::encode(&f));
+        }
+        frames.push(crate::wire::encode(&hello(
+            &ClusterName::new("west").unwrap(),
+            "t",
+            Position::NONE,
+        )));
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20_000 {
+            let mut bytes = frames[(next() % frames.len() as u64) as usize].clone();
+            for _ in 0..=(next() % 4) {
+                let at = (next() % bytes.len() as u64) as usize;
+                match next() % 3 {
+                    0 => bytes[at] ^= 1 << (next() % 8),
+                    1 => bytes[at] = next() as u8,
+                    _ => bytes.truncate(at.max(1)),
+                }
+            }
+            let mut decoder = crate::wire::FrameDecoder::default();
+            decoder.extend(&bytes);
+            let Ok(Some(frame)) = decoder.next_frame() else {
+                continue;
+            };
+            let _ = parse_hello(frame.clone());
+            let _ = parse_welcome(frame.clone());
+            let mut importer = PeerSession::new(
+                SessionConfig::default(),
+                Position::NONE,
+                &ExportLog::new(2),
+                now,
+            );
+            let mut imported = ImportedCatalog::default();
+            let before = imported.clone();
+            if importer.handle_frame(frame, now, &mut imported).is_err() {
+                assert_eq!(imported, before, "a refused frame changed the catalog");
+            }
+        }
+    }
+
     #[test]
     fn handshake_frames_are_checked() {
         let west = ClusterName::new("west").unwrap();

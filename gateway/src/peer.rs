@@ -399,9 +399,14 @@ async fn dial_loop(
                     return;
                 }
                 if code == RefusalCode::RefusalUnlinked {
-                    // The peer unlinked us while we were apart: forget the link here as well.
-                    lock(&shared.peers).remove(&peer);
-                    forget_peer(&shared, &peer);
+                    // The peer unlinked us while we were apart: forget the link here as well,
+                    // unless a newer Link for that cluster replaced this dialer meanwhile.
+                    let mut peers = lock(&shared.peers);
+                    if peers.get(&peer).is_some_and(|s| s.owner == owner) {
+                        peers.remove(&peer);
+                        drop(peers);
+                        forget_peer(&shared, &peer);
+                    }
                     return;
                 }
                 if permanent(code) {
