@@ -111,6 +111,25 @@ impl ContextFile {
     }
 }
 
+/// Removes the named contexts whose credentials lie under `dir` (a folder being deleted).
+pub fn remove_under(names: &[&str], dir: &Path) -> Result<()> {
+    let (path, mut file) = ContextFile::load()?;
+    let before = file.contexts.len();
+    file.contexts
+        .retain(|c| !(names.contains(&c.name.as_str()) && c.cert.starts_with(dir)));
+    if file.contexts.len() != before {
+        if file
+            .current_context
+            .as_ref()
+            .is_some_and(|current| !file.contexts.iter().any(|c| &c.name == current))
+        {
+            file.current_context = file.contexts.first().map(|c| c.name.clone());
+        }
+        file.save(&path)?;
+    }
+    Ok(())
+}
+
 /// Adds a context to the contexts file.
 pub fn add(context: Context) -> Result<PathBuf> {
     let (path, mut file) = ContextFile::load()?;

@@ -128,6 +128,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     }
     let result = drive(&args, &gateways, json_output, &say).await;
     stop.cancel();
+    if args.dir.is_none() {
+        // The demo's files go with its temporary folder: so do the contexts that point there.
+        if let Err(e) = context::remove_under(&CLUSTERS, &dir) {
+            eprintln!("cannot remove the demo's contexts: {e:#}");
+        }
+    }
     for (config, task) in gateways {
         match task.await {
             Ok(Ok(())) => {}

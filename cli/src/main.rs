@@ -51,6 +51,9 @@ enum Command {
     Get {
         /// What to show: services or links.
         resource: GetResource,
+        /// Only services of this namespace.
+        #[arg(short, long)]
+        namespace: Option<String>,
         #[command(flatten)]
         output: OutputArg,
     },
@@ -193,7 +196,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     if !seconds.is_finite() || seconds <= 0.0 {
         return Err(format!("{text:?} must be positive"));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is too long"))
 }
 
 fn init_logs(format: &str) {
@@ -284,7 +287,11 @@ async fn run(cli: Cli) -> Result<()> {
             strait_gateway::run(config, shutdown_signal()).await?;
         }
         Command::Apply { files } => apply(context, files).await?,
-        Command::Get { resource, output } => get(context, resource, output.output).await?,
+        Command::Get {
+            resource,
+            namespace,
+            output,
+        } => get(context, resource, namespace.as_deref(), output.output).await?,
         Command::Delete {
             kind,
             name,
@@ -352,7 +359,9 @@ pub(crate) fn status(status: tonic::Status) -> anyhow::Error {
         text = format!("{text}: {inner}");
         source = inner.source();
     }
-    if status.code() == tonic::Code::Unavailable || status.code() == tonic::Code::Unknown {
+    // In TLS 1.3 a refused client certificate surfaces only at the first call, as a transport
+    // error: say what it most likely means.
+    if text.contains("transport error") {
         text.push_str(
             " (the gateway may have refused this context's operator certificate: it serves only operators of its own cluster)",
         );
@@ -434,11 +443,20 @@ async fn apply(context: Option<&str>, files: Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-async fn get(context: Option<&str>, resource: GetResource, format: Format) -> Result<()> {
+async fn get(
+    context: Option<&str>,
+    resource: GetResource,
+    namespace: Option<&str>,
+    format: Format,
+) -> Result<()> {
     let (_, mut client) = context::connect(context).await?;
     let text = match resource {
         GetResource::Services => {
-            output::services(&context::list_services(&mut client).await?, format)?
+            let mut services = context::list_services(&mut client).await?;
+            if let Some(namespace) = namespace {
+                services.retain(|s| s.namespace == namespace);
+            }
+            output::services(&services, format)?
         }
         GetResource::Links => output::links(&context::list_links(&mut client).await?, format)?,
     };
@@ -459,6 +477,7 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5y").is_err());
         assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("99999999999999999999999d").is_err());
     }
 
     #[test]

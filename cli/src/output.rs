@@ -198,7 +198,7 @@ pub fn links(links: &[LinkView], format: Format) -> Result<String> {
                     },
                     l.imported_services.to_string(),
                     age(l.since_unix),
-                    l.last_error.clone(),
+                    l.last_error.chars().filter(|c| !c.is_control()).collect(),
                 ]
             })
             .collect();
@@ -210,7 +210,7 @@ pub fn links(links: &[LinkView], format: Format) -> Result<String> {
                 "ADDRESS",
                 "RTT",
                 "IMPORTED",
-                "AGE",
+                "SINCE",
                 "LAST ERROR",
             ],
             rows,

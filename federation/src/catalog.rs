@@ -98,6 +98,76 @@ pub const MAX_LABELS: usize = 64;
 /// See [`MAX_PORTS`].
 pub const MAX_TEXT: usize = 253;
 
+/// The longest name of a port.
+pub const MAX_PORT_NAME: usize = 63;
+
+impl ServiceSpec {
+    /// Checks the bounds every service keeps, whether applied here or received from a peer, so
+    /// a service this cluster accepts is never one its peers refuse. Returns the field and
+    /// what is wrong with it.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        let fail = |field: String, message: String| Err((field, message));
+        if self.ports.len() > MAX_PORTS {
+            return fail("spec.ports".into(), format!("at most {MAX_PORTS} ports"));
+        }
+        if self.endpoints.len() > MAX_ENDPOINTS {
+            return fail(
+                "spec.endpoints".into(),
+                format!("at most {MAX_ENDPOINTS} endpoints"),
+            );
+        }
+        if self.labels.len() > MAX_LABELS {
+            return fail(
+                "metadata.labels".into(),
+                format!("at most {MAX_LABELS} labels"),
+            );
+        }
+        let mut names = BTreeSet::new();
+        for (i, port) in self.ports.iter().enumerate() {
+            if port.port == 0 {
+                return fail(
+                    format!("spec.ports[{i}].port"),
+                    "expected 1..65535, got 0".into(),
+                );
+            }
+            if port.name.is_empty() || port.name.len() > MAX_PORT_NAME {
+                return fail(
+                    format!("spec.ports[{i}].name"),
+                    format!("expected 1 to {MAX_PORT_NAME} characters"),
+                );
+            }
+            if !names.insert(&port.name) {
+                return fail(
+                    format!("spec.ports[{i}].name"),
+                    format!("port name {:?} is used twice", port.name),
+                );
+            }
+        }
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            if let Some(hostname) = &endpoint.hostname
+                && ServiceName::new(hostname.as_str()).is_err()
+            {
+                return fail(
+                    format!("spec.endpoints[{i}].hostname"),
+                    "expected a DNS label (lowercase letters, digits, '-')".into(),
+                );
+            }
+        }
+        for (key, value) in &self.labels {
+            if key.is_empty() || key.len() > MAX_TEXT || value.len() > MAX_TEXT {
+                return fail(
+                    "metadata.labels".into(),
+                    format!(
+                        "label {:?}: keys must have 1 to {MAX_TEXT} characters and values at most {MAX_TEXT}",
+                        truncate(key)
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Why a service record from a peer was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("service record {service}: {reason}")]
@@ -156,14 +226,9 @@ impl ServiceSpec {
         let mut ports = Vec::with_capacity(record.ports.len());
         for port in &record.ports {
             let number = u16::try_from(port.port)
-                .ok()
-                .filter(|n| *n != 0)
-                .ok_or_else(|| fail(format!("port {} is not in 1..65535", port.port)))?;
+                .map_err(|_| fail(format!("port {} is not in 1..65535", port.port)))?;
             let protocol = Protocol::parse(&port.protocol)
                 .ok_or_else(|| fail(format!("unknown protocol {:?}", truncate(&port.protocol))))?;
-            if port.name.len() > MAX_TEXT {
-                return Err(fail("port name too long".into()));
-            }
             ports.push(Port {
                 name: port.name.clone(),
                 port: number,
@@ -178,29 +243,21 @@ impl ServiceSpec {
                     truncate(&endpoint.address)
                 ))
             })?;
-            if endpoint.hostname.len() > MAX_TEXT {
-                return Err(fail("endpoint hostname too long".into()));
-            }
             endpoints.push(Endpoint {
                 address,
                 hostname: Some(endpoint.hostname.clone()).filter(|h| !h.is_empty()),
                 ready: endpoint.ready,
             });
         }
-        for (k, v) in &record.labels {
-            if k.len() > MAX_TEXT || v.len() > MAX_TEXT {
-                return Err(fail("label too long".into()));
-            }
-        }
-        Ok((
-            key,
-            ServiceSpec {
-                export: true,
-                ports,
-                endpoints,
-                labels: record.labels.clone().into_iter().collect(),
-            },
-        ))
+        let spec = ServiceSpec {
+            export: true,
+            ports,
+            endpoints,
+            labels: record.labels.clone().into_iter().collect(),
+        };
+        spec.check()
+            .map_err(|(field, message)| fail(format!("{field}: {message}")))?;
+        Ok((key, spec))
     }
 }
 
@@ -361,6 +418,14 @@ impl ExportLog {
             entries: BTreeMap::new(),
             by_version: BTreeMap::new(),
         }
+    }
+
+    /// Starts a new incarnation keeping the content: importers of the old epoch get a
+    /// snapshot. Used after an unclean shutdown, when versions may have been sent to peers
+    /// that the saved log never recorded and must not be numbered again.
+    pub fn renew_epoch(&mut self, epoch: u64) {
+        self.epoch = epoch.max(1);
+        self.floor = self.version;
     }
 
     /// The latest position.
@@ -553,16 +618,6 @@ pub fn clusterset<'a>(
     merged.into_values().collect()
 }
 
-/// The distinct keys of a set of changes (for logs and metrics).
-pub fn keys_of(changes: &Changes) -> BTreeSet<&ServiceKey> {
-    changes
-        .upserts
-        .iter()
-        .map(|(k, _)| k)
-        .chain(changes.removals.iter())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -636,6 +691,27 @@ mod tests {
         let snapshot = log.changes_since(other_epoch);
         assert!(snapshot.reset);
         assert_eq!(snapshot.upserts.len(), 2);
+    }
+
+    #[test]
+    fn a_renewed_epoch_sends_importers_of_the_old_one_a_snapshot() {
+        let mut log = ExportLog::new(7);
+        log.set(&key("a", "b"), Some(&spec(80)));
+        let old = log.head();
+        log.renew_epoch(8);
+        let changes = log.changes_since(old);
+        assert!(changes.reset);
+        assert_eq!(changes.upserts.len(), 1);
+        assert!(log.changes_since(log.head()).is_empty());
+    }
+
+    #[test]
+    fn a_label_a_peer_would_refuse_is_refused_here_too() {
+        let mut long = spec(80);
+        long.labels.insert("team".into(), "x".repeat(MAX_TEXT + 1));
+        let (field, _) = long.check().unwrap_err();
+        assert_eq!(field, "metadata.labels");
+        assert!(ServiceSpec::from_wire(&long.to_wire(&key("shop", "api"))).is_err());
     }
 
     #[test]

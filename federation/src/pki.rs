@@ -100,7 +100,10 @@ pub fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), PkiEr
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(fail)?;
     }
-    let temporary = path.with_extension("tmp");
+    // One temporary file per target (issuer.crt and issuer.key must not share one).
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let temporary = path.with_file_name(name);
     {
         use std::io::Write;
         let mut options = fs::OpenOptions::new();
@@ -111,6 +114,15 @@ pub fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), PkiEr
             options.mode(if secret { 0o600 } else { 0o644 });
         }
         let mut file = options.open(&temporary).map_err(fail)?;
+        #[cfg(unix)]
+        {
+            // The mode above applies only when the file is created: a stale temporary file
+            // left by a crash keeps its own.
+            use std::os::unix::fs::PermissionsExt;
+            let mode = if secret { 0o600 } else { 0o644 };
+            file.set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(fail)?;
+        }
         file.write_all(contents.as_bytes()).map_err(fail)?;
         file.sync_all().map_err(fail)?;
     }

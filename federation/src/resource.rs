@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::catalog::{self, Endpoint, Port, Protocol, ServiceKey, ServiceSpec};
+use crate::catalog::{Endpoint, Port, Protocol, ServiceKey, ServiceSpec};
 use crate::identity::{Namespace, ServiceName};
 use crate::link::LinkSpec;
 
@@ -296,83 +296,34 @@ fn service(document: ServiceDocument, place: &DocumentPlace) -> Result<Resource,
     )
     .map_err(|e| field(place, "metadata.namespace", e.to_string()))?;
     let body = document.spec;
-    if body.ports.len() > catalog::MAX_PORTS {
-        return Err(field(
-            place,
-            "spec.ports",
-            format!("at most {} ports", catalog::MAX_PORTS),
-        ));
-    }
-    if body.endpoints.len() > catalog::MAX_ENDPOINTS {
-        return Err(field(
-            place,
-            "spec.endpoints",
-            format!("at most {} endpoints", catalog::MAX_ENDPOINTS),
-        ));
-    }
-    if document.metadata.labels.len() > catalog::MAX_LABELS {
-        return Err(field(
-            place,
-            "metadata.labels",
-            format!("at most {} labels", catalog::MAX_LABELS),
-        ));
-    }
-    let mut ports = Vec::new();
-    let mut names = BTreeSet::new();
-    for (i, port) in body.ports.into_iter().enumerate() {
-        if port.port == 0 {
-            return Err(field(
-                place,
-                format!("spec.ports[{i}].port"),
-                "expected 1..65535, got 0",
-            ));
-        }
-        let name = port.name.unwrap_or_else(|| port.port.to_string());
-        if name.is_empty() || name.len() > 63 {
-            return Err(field(
-                place,
-                format!("spec.ports[{i}].name"),
-                "expected 1 to 63 characters",
-            ));
-        }
-        if !names.insert(name.clone()) {
-            return Err(field(
-                place,
-                format!("spec.ports[{i}].name"),
-                format!("port name {name:?} is used twice"),
-            ));
-        }
-        ports.push(Port {
-            name,
-            port: port.port,
-            protocol: port.protocol,
-        });
-    }
-    let mut endpoints = Vec::new();
-    for (i, endpoint) in body.endpoints.into_iter().enumerate() {
-        if let Some(hostname) = &endpoint.hostname
-            && crate::identity::ServiceName::new(hostname.as_str()).is_err()
-        {
-            return Err(field(
-                place,
-                format!("spec.endpoints[{i}].hostname"),
-                "expected a DNS label (lowercase letters, digits, '-')",
-            ));
-        }
-        endpoints.push(Endpoint {
-            address: endpoint.address,
-            hostname: endpoint.hostname,
-            ready: endpoint.ready,
-        });
-    }
+    let spec = ServiceSpec {
+        export: body.export,
+        ports: body
+            .ports
+            .into_iter()
+            .map(|port| Port {
+                name: port.name.unwrap_or_else(|| port.port.to_string()),
+                port: port.port,
+                protocol: port.protocol,
+            })
+            .collect(),
+        endpoints: body
+            .endpoints
+            .into_iter()
+            .map(|endpoint| Endpoint {
+                address: endpoint.address,
+                hostname: endpoint.hostname,
+                ready: endpoint.ready,
+            })
+            .collect(),
+        labels: document.metadata.labels,
+    };
+    // The same bounds a peer applies to what it receives from us.
+    spec.check()
+        .map_err(|(name, message)| field(place, name, message))?;
     Ok(Resource::Service {
         key: ServiceKey { namespace, name },
-        spec: ServiceSpec {
-            export: body.export,
-            ports,
-            endpoints,
-            labels: document.metadata.labels,
-        },
+        spec,
     })
 }
 
@@ -444,6 +395,19 @@ spec:
                 .len(),
             10_000
         );
+    }
+
+    #[test]
+    fn a_label_too_long_for_peers_is_refused_at_apply() {
+        let long = API.replace(
+            "metadata: {name: api, namespace: shop}",
+            &format!(
+                "metadata: {{name: api, namespace: shop, labels: {{team: {}}}}}",
+                "x".repeat(300)
+            ),
+        );
+        let err = parse_documents("s.yaml", &long).unwrap_err().to_string();
+        assert!(err.contains("metadata.labels"), "{err}");
     }
 
     #[test]

@@ -202,7 +202,6 @@ pub struct PeerSession {
     last_sent: Instant,
     last_received: Instant,
     outbox: VecDeque<PeerFrame>,
-    frames_sent: u64,
     updates_sent: u64,
 }
 
@@ -223,7 +222,6 @@ impl PeerSession {
             last_sent: now,
             last_received: now,
             outbox: VecDeque::new(),
-            frames_sent: 0,
             updates_sent: 0,
         };
         session.sync(export);
@@ -435,6 +433,18 @@ impl PeerSession {
             self.staging = Some(staging);
             return Ok(None);
         }
+        // The catalog must still stand where the delta starts: nothing else may have changed it
+        // while the parts arrived.
+        let start = Position {
+            epoch: staging.epoch,
+            version: staging.from,
+        };
+        if !staging.reset && imported.position != start {
+            return Err(protocol(format!(
+                "delta from {}@{} completed, but our position moved to {}@{}",
+                start.version, start.epoch, imported.position.version, imported.position.epoch
+            )));
+        }
         let position = Position {
             epoch: staging.epoch,
             version: staging.to,
@@ -474,8 +484,12 @@ impl PeerSession {
     pub fn poll_transmit(&mut self, now: Instant) -> Option<PeerFrame> {
         let next = self.outbox.pop_front()?;
         self.last_sent = now;
-        self.frames_sent += 1;
         Some(next)
+    }
+
+    /// Whether frames wait to be sent.
+    pub fn has_pending(&self) -> bool {
+        !self.outbox.is_empty()
     }
 
     /// When [`PeerSession::handle_timeout`] must be called next.

@@ -45,17 +45,12 @@ pub enum TlsError {
 
 /// The SPIFFE identities in a certificate's URI SANs.
 pub fn identities_of(cert: &CertificateDer<'_>) -> Result<Vec<SpiffeId>, String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+    x509_parser::parse_x509_certificate(cert.as_ref())
         .map_err(|e| format!("unparsable certificate: {e}"))?;
-    let mut ids = Vec::new();
-    if let Ok(Some(san)) = parsed.subject_alternative_name() {
-        for name in &san.value.general_names {
-            if let GeneralName::URI(uri) = name {
-                ids.push(uri.parse::<SpiffeId>().map_err(|e| e.to_string())?);
-            }
-        }
-    }
-    Ok(ids)
+    uris_of(cert)
+        .iter()
+        .map(|uri| uri.parse::<SpiffeId>().map_err(|e| e.to_string()))
+        .collect()
 }
 
 /// The URI SANs of a certificate (none when it cannot be parsed).

@@ -89,9 +89,10 @@ fn small_spec(port: u16) -> ServiceSpec {
 /// A service whose record alone is larger than an update frame's target, so any update holding
 /// it is split into parts.
 fn big_spec() -> ServiceSpec {
-    let padding = "x".repeat(240);
+    // Host names stay DNS labels (at most 63 characters), so size comes from their number.
+    let padding = "x".repeat(50);
     ServiceSpec {
-        endpoints: (0..1100)
+        endpoints: (0..3500)
             .map(|i| Endpoint {
                 address: SocketAddr::from(([10, 1, (i / 250) as u8, (i % 250 + 1) as u8], 8080)),
                 hostname: Some(format!("pod-{i}{padding}")),
@@ -125,12 +126,13 @@ fn random_spec(rng: &mut Rng, big: bool) -> ServiceSpec {
         });
     }
     let count = if big {
-        1100 + rng.below(200)
+        3500 + rng.below(400)
     } else {
         rng.below(4)
     };
-    // Long host names are the cheapest way to a record larger than an update frame's target.
-    let padding = if big { "x".repeat(240) } else { String::new() };
+    // Many endpoints with long (but valid, at most 63 characters) host names make a record
+    // larger than an update frame's target.
+    let padding = if big { "x".repeat(50) } else { String::new() };
     let subnet = rng.below(2) as u8;
     let named = big || rng.chance(20);
     let ready = !rng.chance(10);

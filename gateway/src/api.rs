@@ -187,6 +187,14 @@ fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
 
+/// A change made in memory that could not be written: it stays in effect, and the periodic
+/// write retries it.
+fn unsaved(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!(
+        "the change is in effect but could not be saved ({e}); the gateway retries the write"
+    ))
+}
+
 impl Api {
     /// Checks a Link before anything of its file is applied.
     fn check_link(&self, source: &str, spec: &LinkSpec) -> Result<(), Status> {
@@ -229,11 +237,41 @@ impl Api {
         Ok(())
     }
 
-    async fn apply_link(&self, source: &str, spec: LinkSpec) -> Result<AppliedObject, Status> {
+    /// Applies one Link: the record is stored before the first dial (an unlink meanwhile
+    /// removes it for good), and put back as it was when the peer refuses. Returns the applied
+    /// object and what to restore should a later Link of the same file be refused.
+    async fn apply_link(
+        &self,
+        source: &str,
+        spec: LinkSpec,
+    ) -> Result<(AppliedObject, Option<Option<LinkRecord>>), Status> {
         let cluster = spec.cluster.clone();
-        let previous = lock(&self.shared.state).links.get(&cluster).cloned();
+        let applied = |result: String| AppliedObject {
+            kind: "Link".into(),
+            namespace: String::new(),
+            name: cluster.to_string(),
+            result,
+        };
+        let previous = {
+            let mut state = lock(&self.shared.state);
+            let previous = state.links.get(&cluster).cloned();
+            if previous.as_ref().is_some_and(|p| p.spec == spec) {
+                // kubectl habit: the same object again is "unchanged", and the live
+                // connection is left alone.
+                return Ok((applied("unchanged".into()), None));
+            }
+            state.links.insert(
+                cluster.clone(),
+                LinkRecord {
+                    spec: spec.clone(),
+                    created: unix_now(),
+                },
+            );
+            previous
+        };
+        self.shared.persist().await.map_err(unsaved)?;
         let (tx, rx) = oneshot::channel();
-        peer::start_dialer(&self.shared, spec.clone(), Some(tx));
+        peer::start_dialer(&self.shared, spec, Some(tx));
         let outcome = tokio::time::timeout(LINK_WAIT, rx).await;
         let mut result = if previous.is_some() {
             "configured"
@@ -244,14 +282,7 @@ impl Api {
         match outcome {
             Ok(Ok(DialOutcome::Connected)) => {}
             Ok(Ok(DialOutcome::Refused(reason))) => {
-                match previous {
-                    Some(previous) => peer::start_dialer(&self.shared, previous.spec, None),
-                    None => {
-                        if let Some(status) = lock(&self.shared.peers).remove(&cluster) {
-                            status.stop.cancel();
-                        }
-                    }
-                }
+                self.restore_link(&cluster, previous).await?;
                 return Err(Status::permission_denied(format!(
                     "{source}: Link {cluster}: refused: {reason}"
                 )));
@@ -260,26 +291,41 @@ impl Api {
                 result = format!("{result} (not connected yet, retrying: {reason})");
             }
             Ok(Err(_)) | Err(_) => {
+                if !lock(&self.shared.state).links.contains_key(&cluster) {
+                    return Err(Status::aborted(format!(
+                        "{source}: Link {cluster}: removed while it was being applied"
+                    )));
+                }
                 result = format!(
                     "{result} (not connected yet after {}s, retrying)",
                     LINK_WAIT.as_secs()
                 );
             }
         }
-        lock(&self.shared.state).links.insert(
-            cluster.clone(),
-            LinkRecord {
-                spec,
-                created: unix_now(),
-            },
-        );
-        self.shared.persist().await.map_err(internal)?;
-        Ok(AppliedObject {
-            kind: "Link".into(),
-            namespace: String::new(),
-            name: cluster.to_string(),
-            result,
-        })
+        Ok((applied(result), Some(previous)))
+    }
+
+    /// Puts a Link back as it was before this apply: the previous record (redialed), or none.
+    async fn restore_link(
+        &self,
+        cluster: &ClusterName,
+        previous: Option<LinkRecord>,
+    ) -> Result<(), Status> {
+        match previous {
+            Some(previous) => {
+                lock(&self.shared.state)
+                    .links
+                    .insert(cluster.clone(), previous.clone());
+                peer::start_dialer(&self.shared, previous.spec, None);
+                self.shared.persist().await.map_err(unsaved)?;
+            }
+            None => {
+                // A connected new link is undone the way an operator would: unlink, which
+                // tells the peer; a refused one only has its record to drop.
+                peer::unlink(&self.shared, cluster).await.map_err(unsaved)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -318,9 +364,23 @@ impl Operator for Api {
         }
         // Links first: when one is refused, the file's services are not applied either.
         let mut objects = Vec::new();
+        let mut undo = Vec::new();
         for resource in &resources {
             if let Resource::Link(spec) = resource {
-                objects.push(self.apply_link(&request.source, spec.clone()).await?);
+                match self.apply_link(&request.source, spec.clone()).await {
+                    Ok((object, restore)) => {
+                        objects.push(object);
+                        if let Some(previous) = restore {
+                            undo.push((spec.cluster.clone(), previous));
+                        }
+                    }
+                    Err(refused) => {
+                        for (cluster, previous) in undo.into_iter().rev() {
+                            self.restore_link(&cluster, previous).await?;
+                        }
+                        return Err(refused);
+                    }
+                }
             }
         }
         let mut changed = false;
@@ -340,8 +400,11 @@ impl Operator for Api {
             }
         }
         if changed {
-            self.shared.persist().await.map_err(internal)?;
+            // Sessions learn of the change only after it is on disk (or, when the write
+            // failed, after the error below: the gateway retries the write meanwhile).
+            let saved = self.shared.persist().await;
             self.shared.export_changed();
+            saved.map_err(unsaved)?;
         }
         Ok(Response::new(ApplyResponse { objects }))
     }
@@ -356,8 +419,9 @@ impl Operator for Api {
                 let key = service_key(&request.namespace, &request.name)?;
                 let deleted = lock(&self.shared.state).remove_service(&key);
                 if deleted {
-                    self.shared.persist().await.map_err(internal)?;
+                    let saved = self.shared.persist().await;
                     self.shared.export_changed();
+                    saved.map_err(unsaved)?;
                 }
                 deleted
             }

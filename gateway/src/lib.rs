@@ -106,8 +106,12 @@ impl Shared {
     fn persist_blocking(&self) -> Result<(), GatewayError> {
         let _writer = lock(&self.write_lock);
         self.dirty.store(false, Ordering::SeqCst);
-        let encoded = StateFile::encode(&lock(&self.state))?;
-        self.state_file.write(&encoded)
+        let written = StateFile::encode(&lock(&self.state)).and_then(|e| self.state_file.write(&e));
+        if written.is_err() {
+            // Try again at the next housekeeping tick.
+            self.dirty.store(true, Ordering::SeqCst);
+        }
+        written
     }
 
     /// Marks the state for the next periodic write (imports: frequent, cheap to redo).
@@ -216,6 +220,17 @@ pub async fn run(
     let link_key = LinkKey::from_pem(&read_file(&link_key_path)?, &link_key_path)?;
     let state_file = StateFile::in_dir(&config.state_dir);
     let mut state = state_file.load()?;
+    if state.running {
+        // A crash: changes may have been sent to peers after the last write. Numbering them
+        // again would let a peer at such a version miss the new ones, so start a new epoch:
+        // peers get one snapshot and are exact again.
+        tracing::warn!("the previous run did not stop cleanly: starting a new export epoch");
+        state
+            .export
+            .renew_epoch(strait_federation::link::random_u64());
+    }
+    state.running = true;
+    state_file.write(&StateFile::encode(&state)?)?;
     let peers_known: Vec<ClusterName> = state
         .imports
         .keys()
@@ -294,6 +309,7 @@ pub async fn run(
     shared.shutdown.cancel();
     shared.endpoint.close(0u32.into(), b"gateway shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(2), shared.endpoint.wait_idle()).await;
+    lock(&shared.state).running = false;
     shared.persist().await?;
     tracing::info!(cluster = %shared.config.cluster, "gateway stopped");
     Ok(())

@@ -17,7 +17,7 @@ use strait_federation::session::{
 };
 use strait_federation::tls::{self, CertStore, PEER_ALPN, PeerRule};
 use strait_federation::wire::{self, FrameDecoder, FrameError};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::GatewayConfig;
@@ -80,8 +80,11 @@ pub struct PeerStatus {
     pub acked: Position,
     /// Identifies the current session, so a replaced one cannot overwrite its successor.
     pub session: u64,
-    /// Cancelled when the peering is removed (unlink).
-    pub stop: CancellationToken,
+    /// Cancelled when the peering is removed here (unlink): the session tells the peer.
+    pub unlink: CancellationToken,
+    /// Cancelled when this dialer is replaced by a newer Link or the gateway stops: the session
+    /// ends quietly.
+    pub retire: CancellationToken,
     /// The dialer task that owns this status (0 for acceptors), so a replaced dialer cannot
     /// overwrite its successor's state.
     pub owner: u64,
@@ -102,7 +105,8 @@ impl PeerStatus {
             connection: None,
             acked: Position::NONE,
             session: 0,
-            stop: CancellationToken::new(),
+            unlink: CancellationToken::new(),
+            retire: CancellationToken::new(),
             owner: 0,
         }
     }
@@ -325,7 +329,8 @@ pub fn start_dialer(
     spec: LinkSpec,
     first: Option<oneshot::Sender<DialOutcome>>,
 ) {
-    let stop = shared.shutdown.child_token();
+    let retire = shared.shutdown.child_token();
+    let unlink = CancellationToken::new();
     let owner = NEXT_OWNER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let has_imports = lock(&shared.state).imports.contains_key(&spec.cluster);
     let previous = lock(&shared.peers).insert(
@@ -340,18 +345,20 @@ pub fn start_dialer(
             connection: None,
             acked: Position::NONE,
             session: 0,
-            stop: stop.clone(),
+            unlink: unlink.clone(),
+            retire: retire.clone(),
             owner,
         },
     );
     if let Some(previous) = previous {
         // Replaced by a newer Link for the same cluster: end the old dialer quietly.
-        previous.stop.cancel();
+        previous.retire.cancel();
         if let Some(connection) = previous.connection {
             connection.close(0u32.into(), b"link replaced");
         }
     }
-    tokio::spawn(dial_loop(shared.clone(), spec, stop, owner, first));
+    let tokens = Tokens { unlink, retire };
+    tokio::spawn(dial_loop(shared.clone(), spec, tokens, owner, first));
 }
 
 fn set_state(shared: &Shared, peer: &ClusterName, owner: u64, state: LinkState, error: String) {
@@ -366,10 +373,26 @@ fn set_state(shared: &Shared, peer: &ClusterName, owner: u64, state: LinkState, 
     }
 }
 
+/// The ways a session or a dialer is told to stop.
+#[derive(Clone)]
+struct Tokens {
+    unlink: CancellationToken,
+    retire: CancellationToken,
+}
+
+impl Tokens {
+    async fn stopped(&self) {
+        tokio::select! {
+            () = self.unlink.cancelled() => {}
+            () = self.retire.cancelled() => {}
+        }
+    }
+}
+
 async fn dial_loop(
     shared: Arc<Shared>,
     spec: LinkSpec,
-    stop: CancellationToken,
+    tokens: Tokens,
     owner: u64,
     mut first: Option<oneshot::Sender<DialOutcome>>,
 ) {
@@ -379,7 +402,7 @@ async fn dial_loop(
         set_state(&shared, &peer, owner, LinkState::Connecting, String::new());
         let attempt = tokio::select! {
             attempt = dial_once(&shared, &spec) => attempt,
-            () = stop.cancelled() => return,
+            () = tokens.stopped() => return,
         };
         match attempt {
             Ok(established) => {
@@ -387,7 +410,7 @@ async fn dial_loop(
                 if let Some(tx) = first.take() {
                     let _ = tx.send(DialOutcome::Connected);
                 }
-                if run_session(&shared, &peer, established, &stop, owner).await {
+                if run_session(&shared, &peer, established, &tokens, owner).await {
                     return;
                 }
             }
@@ -440,7 +463,7 @@ async fn dial_loop(
         }
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
-            () = stop.cancelled() => return,
+            () = tokens.stopped() => return,
         }
         backoff = (backoff * 2).min(shared.config.peering.max_backoff());
     }
@@ -503,8 +526,8 @@ pub async fn accept_loop(shared: Arc<Shared>) {
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             match accept_one(&shared, incoming).await {
-                Ok((peer, established, stop, session)) => {
-                    let _ = run_session_as(&shared, &peer, established, &stop, session).await;
+                Ok((peer, established, tokens, session)) => {
+                    let _ = run_session_as(&shared, &peer, established, &tokens, session).await;
                 }
                 Err(e) => {
                     tracing::info!(remote = %remote, error = %e, "peer connection refused or failed");
@@ -535,7 +558,7 @@ async fn refuse(
 async fn accept_one(
     shared: &Arc<Shared>,
     incoming: quinn::Incoming,
-) -> Result<(ClusterName, Established, CancellationToken, u64), PeerError> {
+) -> Result<(ClusterName, Established, Tokens, u64), PeerError> {
     let connection = deadline(HANDSHAKE_TIMEOUT, "QUIC handshake", async {
         incoming.await
     })
@@ -620,6 +643,27 @@ async fn accept_one(
         refuse(&mut send, &connection, code, &reason).await;
         return Err(PeerError::Session(SessionError::Refused { code, reason }));
     }
+    // Register the new session before reading where the peer stands: from here on the old
+    // session (if any) can no longer apply frames, so the position cannot move under us.
+    let (tokens, session) = {
+        let mut peers = lock(&shared.peers);
+        let status = peers
+            .entry(peer.clone())
+            .or_insert_with(|| PeerStatus::awaiting(Instant::now()));
+        // Closing the old connection ends its session quietly.
+        if let Some(old) = status.connection.take() {
+            old.close(0u32.into(), b"replaced by a newer connection");
+        }
+        status.owner = 0;
+        status.role = PeerRole::Acceptor;
+        status.address = connection.remote_address().to_string();
+        status.session += 1;
+        let tokens = Tokens {
+            unlink: status.unlink.clone(),
+            retire: shared.shutdown.child_token(),
+        };
+        (tokens, status.session)
+    };
     let resume = lock(&shared.state)
         .imports
         .get(&peer)
@@ -630,24 +674,6 @@ async fn accept_one(
         HANDSHAKE_TIMEOUT,
     )
     .await?;
-    let stop = CancellationToken::new();
-    let session = {
-        let mut peers = lock(&shared.peers);
-        let status = peers
-            .entry(peer.clone())
-            .or_insert_with(|| PeerStatus::awaiting(Instant::now()));
-        // Closing the old connection ends its session; its stop token is not cancelled, since
-        // that would tell the peer the link was removed.
-        if let Some(old) = status.connection.take() {
-            old.close(0u32.into(), b"replaced by a newer connection");
-        }
-        status.stop = stop.clone();
-        status.owner = 0;
-        status.role = PeerRole::Acceptor;
-        status.address = connection.remote_address().to_string();
-        status.session += 1;
-        status.session
-    };
     Ok((
         peer,
         Established {
@@ -656,7 +682,7 @@ async fn accept_one(
             reader,
             peer_position: hello.resume,
         },
-        stop,
+        tokens,
         session,
     ))
 }
@@ -666,7 +692,7 @@ async fn run_session(
     shared: &Arc<Shared>,
     peer: &ClusterName,
     established: Established,
-    stop: &CancellationToken,
+    tokens: &Tokens,
     owner: u64,
 ) -> bool {
     let session = {
@@ -679,14 +705,14 @@ async fn run_session(
             _ => return true,
         }
     };
-    run_session_as(shared, peer, established, stop, session).await
+    run_session_as(shared, peer, established, tokens, session).await
 }
 
 async fn run_session_as(
     shared: &Arc<Shared>,
     peer: &ClusterName,
     established: Established,
-    stop: &CancellationToken,
+    tokens: &Tokens,
     session_id: u64,
 ) -> bool {
     let connection = established.connection.clone();
@@ -705,7 +731,7 @@ async fn run_session_as(
         }
     }
     tracing::info!(peer = %peer, remote = %connection.remote_address(), "peer connected");
-    let result = drive(shared, peer, established, stop, session_id).await;
+    let result = drive(shared, peer, established, tokens, session_id).await;
     let reason = match &result {
         Ok(()) => "closed",
         Err(e) => e.reason(),
@@ -785,23 +811,57 @@ fn forget_peer(shared: &Shared, peer: &ClusterName) -> bool {
 pub async fn unlink(shared: &Arc<Shared>, peer: &ClusterName) -> Result<bool, GatewayError> {
     let status = lock(&shared.peers).remove(peer);
     if let Some(status) = &status {
-        status.stop.cancel();
+        status.unlink.cancel();
     }
     let existed = forget_peer(shared, peer) || status.is_some();
     shared.persist().await?;
     Ok(existed)
 }
 
+/// Writes frames to the control stream in order, with a deadline per frame, so that the
+/// session keeps reading while a write waits for the peer's flow-control window (two gateways
+/// sending each other large snapshots would otherwise both block writing). When the channel
+/// closes it finishes the stream.
+async fn write_frames(
+    mut send: quinn::SendStream,
+    mut frames: mpsc::Receiver<Vec<u8>>,
+    limit: Duration,
+) -> Result<(), PeerError> {
+    while let Some(bytes) = frames.recv().await {
+        deadline(limit, "writing a frame", send.write_all(&bytes)).await?;
+    }
+    let _ = send.finish();
+    // Give the last frames (a refusal) a moment to reach the peer.
+    let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+    Ok(())
+}
+
+/// Ends a session with a refusal frame: queued frames and the refusal go out first (for a
+/// bounded time), then the connection closes.
+async fn close_with(
+    frames: mpsc::Sender<Vec<u8>>,
+    writer: tokio::task::JoinHandle<Result<(), PeerError>>,
+    connection: &quinn::Connection,
+    code: RefusalCode,
+    reason: &str,
+) {
+    let refusal = wire::encode(&session::refusal(code, reason));
+    let _ = tokio::time::timeout(Duration::from_secs(2), frames.send(refusal)).await;
+    drop(frames);
+    let _ = tokio::time::timeout(Duration::from_secs(3), writer).await;
+    connection.close(1u32.into(), reason.as_bytes());
+}
+
 async fn drive(
     shared: &Arc<Shared>,
     peer: &ClusterName,
     established: Established,
-    stop: &CancellationToken,
+    tokens: &Tokens,
     session_id: u64,
 ) -> Result<(), PeerError> {
     let Established {
         connection,
-        mut send,
+        send,
         mut reader,
         peer_position,
     } = established;
@@ -818,11 +878,10 @@ async fn drive(
         Instant::now(),
     );
     let mut export = shared.export_tx.subscribe();
+    let (frames, queued) = mpsc::channel::<Vec<u8>>(32);
+    let mut writer = tokio::spawn(write_frames(send, queued, peering.idle_timeout()));
     let mut updates_counted = 0;
     loop {
-        while let Some(frame) = session.poll_transmit(Instant::now()) {
-            send_frame(&mut send, &frame, peering.idle_timeout()).await?;
-        }
         let sent = session.updates_sent();
         shared
             .metrics
@@ -831,29 +890,99 @@ async fn drive(
             .inc_by(sent - updates_counted);
         updates_counted = sent;
         let wake = tokio::time::Instant::from_std(session.poll_timeout());
-        tokio::select! {
-            frame = reader.next() => {
+        let pending = session.has_pending();
+        let step = tokio::select! {
+            biased;
+            () = tokens.unlink.cancelled() => Step::Unlinked,
+            () = tokens.retire.cancelled() => Step::Retired,
+            written = &mut writer => Step::WriterEnded(written),
+            frame = reader.next() => Step::Frame(frame),
+            permit = frames.reserve(), if pending => match permit {
+                Ok(permit) => {
+                    if let Some(frame) = session.poll_transmit(Instant::now()) {
+                        permit.send(wire::encode(&frame));
+                    }
+                    Step::Continue
+                }
+                Err(_) => Step::WriterEnded(Ok(Err(PeerError::Closed))),
+            },
+            changed = export.changed() => Step::ExportChanged(changed.is_ok()),
+            () = tokio::time::sleep_until(wake) => Step::Timer,
+        };
+        match step {
+            Step::Continue => {}
+            Step::Unlinked => {
+                let reason = format!("cluster {} removed the link", shared.config.cluster);
+                close_with(
+                    frames,
+                    writer,
+                    &connection,
+                    RefusalCode::RefusalUnlinked,
+                    &reason,
+                )
+                .await;
+                return Ok(());
+            }
+            Step::Retired => {
+                connection.close(0u32.into(), b"link replaced or gateway shutting down");
+                return Ok(());
+            }
+            Step::WriterEnded(written) => {
+                return match written {
+                    Ok(Ok(())) => Err(PeerError::Closed),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(PeerError::Gateway(GatewayError::Internal(e.to_string()))),
+                };
+            }
+            Step::ExportChanged(false) => return Ok(()),
+            Step::ExportChanged(true) => session.sync(&lock(&shared.state).export),
+            Step::Timer => session.handle_timeout(Instant::now())?,
+            Step::Frame(frame) => {
                 let frame = match frame {
                     Ok(frame) => frame,
                     Err(e @ PeerError::Frame(_)) => {
                         tracing::warn!(peer = %peer, error = %e, "dropping peer for a bad frame");
-                        refuse(&mut send, &connection, RefusalCode::RefusalProtocol, &e.to_string()).await;
+                        close_with(
+                            frames,
+                            writer,
+                            &connection,
+                            RefusalCode::RefusalProtocol,
+                            &e.to_string(),
+                        )
+                        .await;
                         return Err(e);
                     }
                     Err(e) => return Err(e),
                 };
+                // Peers before state, as everywhere. A session applies frames only while it is
+                // the peer's current session: once replaced or unlinked it changes nothing.
                 let event = {
+                    let peers = lock(&shared.peers);
+                    if peers.get(peer).is_none_or(|s| s.session != session_id) {
+                        return Ok(());
+                    }
                     let mut state = lock(&shared.state);
                     let imported = state.imports.entry(peer.clone()).or_default();
                     session.handle_frame(frame, Instant::now(), imported)
                 };
                 match event {
-                    Ok(Some(Event::Imported { changed, snapshot, .. })) => {
+                    Ok(Some(Event::Imported {
+                        changed, snapshot, ..
+                    })) => {
                         let kind = if snapshot { "snapshot" } else { "delta" };
-                        shared.metrics.updates_received.with_label_values(&[peer.as_str(), kind]).inc();
+                        shared
+                            .metrics
+                            .updates_received
+                            .with_label_values(&[peer.as_str(), kind])
+                            .inc();
+                        // The new position is worth saving even when no service changed.
+                        shared.mark_dirty();
                         if changed > 0 {
-                            shared.metrics.services_changed.with_label_values(&[peer.as_str()]).inc_by(changed as u64);
-                            shared.mark_dirty();
+                            shared
+                                .metrics
+                                .services_changed
+                                .with_label_values(&[peer.as_str()])
+                                .inc_by(changed as u64);
                             shared.catalog_changed();
                         }
                     }
@@ -868,51 +997,59 @@ async fn drive(
                     Err(e @ SessionError::Refused { .. }) => return Err(e.into()),
                     Err(e) => {
                         tracing::warn!(peer = %peer, error = %e, "dropping peer for a protocol violation");
-                        refuse(&mut send, &connection, RefusalCode::RefusalProtocol, &e.to_string()).await;
+                        close_with(
+                            frames,
+                            writer,
+                            &connection,
+                            RefusalCode::RefusalProtocol,
+                            &e.to_string(),
+                        )
+                        .await;
                         return Err(e.into());
                     }
                 }
-            }
-            changed = export.changed() => {
-                if changed.is_err() {
-                    return Ok(());
-                }
-                session.sync(&lock(&shared.state).export);
-            }
-            () = tokio::time::sleep_until(wake) => session.handle_timeout(Instant::now())?,
-            () = stop.cancelled() => {
-                refuse(&mut send, &connection, RefusalCode::RefusalUnlinked, &format!("cluster {} removed the link", shared.config.cluster)).await;
-                return Ok(());
-            }
-            () = shared.shutdown.cancelled() => {
-                connection.close(0u32.into(), b"gateway shutting down");
-                return Ok(());
             }
         }
     }
 }
 
-/// Withdraws the services of peers lost for longer than the grace period.
+/// What woke a session up.
+enum Step {
+    Continue,
+    Unlinked,
+    Retired,
+    WriterEnded(Result<Result<(), PeerError>, tokio::task::JoinError>),
+    Frame(Result<PeerFrame, PeerError>),
+    ExportChanged(bool),
+    Timer,
+}
+
+/// Withdraws the services of peers lost for longer than the grace period. The decision and the
+/// withdrawal happen under both locks (peers, then state), so a peer that reconnects meanwhile
+/// keeps what its new session brings.
 pub fn withdraw_expired(shared: &Shared, now: Instant) {
     let grace = shared.config.peering.grace_period();
-    let expired: Vec<ClusterName> = lock(&shared.peers)
-        .iter()
-        .filter(|(_, s)| {
-            s.connection.is_none() && s.lost_at.is_some_and(|t| now.duration_since(t) >= grace)
-        })
-        .map(|(c, _)| c.clone())
-        .collect();
-    if expired.is_empty() {
-        return;
-    }
     let mut withdrew = false;
     {
+        let mut peers = lock(&shared.peers);
         let mut state = lock(&shared.state);
-        for peer in &expired {
+        for (peer, status) in peers.iter_mut() {
+            let expired = status.connection.is_none()
+                && status
+                    .lost_at
+                    .is_some_and(|t| now.duration_since(t) >= grace);
+            if !expired {
+                continue;
+            }
+            status.lost_at = None;
             if let Some(imported) = state.imports.get_mut(peer)
                 && (!imported.services.is_empty() || imported.position != Position::NONE)
             {
-                tracing::warn!(peer = %peer, services = imported.services.len(), "peer lost past its grace period: services withdrawn");
+                tracing::warn!(
+                    peer = %peer,
+                    services = imported.services.len(),
+                    "peer lost past its grace period: services withdrawn"
+                );
                 shared
                     .metrics
                     .withdrawn
@@ -921,11 +1058,6 @@ pub fn withdraw_expired(shared: &Shared, now: Instant) {
                 imported.withdraw();
                 withdrew = true;
             }
-        }
-    }
-    for peer in &expired {
-        if let Some(status) = lock(&shared.peers).get_mut(peer) {
-            status.lost_at = None;
         }
     }
     if withdrew {

@@ -36,6 +36,10 @@ pub struct State {
     pub redemptions: Redemptions,
     #[serde(default)]
     pub imports: BTreeMap<ClusterName, ImportedCatalog>,
+    /// True while a gateway runs on this state; false once it stopped cleanly. Found true at
+    /// start, it means a crash: versions may have reached peers that this file never recorded.
+    #[serde(default)]
+    pub running: bool,
 }
 
 impl State {
@@ -47,6 +51,7 @@ impl State {
             links: BTreeMap::new(),
             redemptions: Redemptions::default(),
             imports: BTreeMap::new(),
+            running: false,
         }
     }
 
