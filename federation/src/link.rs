@@ -93,7 +93,9 @@ fn random_hex(bytes: usize) -> String {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or_default();
-        buf = nanos.to_be_bytes()[..bytes.min(16)].to_vec();
+        // The low bytes change; the high ones of a nanosecond count are nearly all zero.
+        let all = nanos.to_be_bytes();
+        buf = all[16 - bytes.min(16)..].to_vec();
     }
     hex::encode(buf)
 }

@@ -185,15 +185,77 @@ fn yaml_options() -> serde_saphyr::Options {
     options
 }
 
+/// Below this many documents a file is parsed on one thread.
+const PARALLEL_FROM: usize = 256;
+
+/// Where the documents of a YAML text start: a line beginning with `---` (followed by a space
+/// or nothing) at column 0 always starts a new document, even after a block scalar, so a text can
+/// be cut there and its pieces parsed on their own.
+fn document_starts(text: &str) -> Vec<usize> {
+    let mut starts = Vec::new();
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\n', '\r']);
+        if body == "---" || body.starts_with("--- ") || body.starts_with("---\t") {
+            starts.push(offset);
+        }
+        offset += line.len();
+    }
+    starts
+}
+
+/// Parses the YAML documents of a text, on several threads when it holds many (YAML parsing is
+/// most of the cost of a bulk apply). On any error the whole text is parsed again in one piece,
+/// so the error's line numbers are those of the file.
+fn yaml_documents(text: &str) -> Result<Vec<serde_json::Value>, serde_saphyr::Error> {
+    let whole = || serde_saphyr::from_multiple_with_options(text, yaml_options());
+    let starts = document_starts(text);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    if starts.len() < PARALLEL_FROM || threads < 2 {
+        return whole();
+    }
+    // Cut at document starts into one piece per thread; the first piece keeps what comes before
+    // the first marker (a document without one, or directives).
+    let per_piece = starts.len().div_ceil(threads);
+    let mut cuts: Vec<usize> = starts.iter().step_by(per_piece).copied().collect();
+    cuts[0] = 0;
+    cuts.push(text.len());
+    let pieces: Vec<&str> = cuts.windows(2).map(|w| &text[w[0]..w[1]]).collect();
+    let parsed: Vec<Option<Vec<serde_json::Value>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = pieces
+            .iter()
+            .map(|piece| {
+                scope.spawn(move || {
+                    serde_saphyr::from_multiple_with_options(piece, yaml_options()).ok()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().ok().flatten())
+            .collect()
+    });
+    let mut documents = Vec::new();
+    for piece in parsed {
+        match piece {
+            Some(values) => documents.extend(values),
+            None => return whole(),
+        }
+    }
+    if documents.len() > MAX_DOCUMENTS {
+        return whole();
+    }
+    Ok(documents)
+}
+
 /// Parses every document of a YAML text. `source` names it in errors (a file name).
 pub fn parse_documents(source: &str, text: &str) -> Result<Vec<Resource>, DocumentError> {
-    let documents: Vec<serde_json::Value> =
-        serde_saphyr::from_multiple_with_options(text, yaml_options()).map_err(|e| {
-            DocumentError::Yaml {
-                file: source.to_owned(),
-                message: e.to_string(),
-            }
-        })?;
+    let documents = yaml_documents(text).map_err(|e| DocumentError::Yaml {
+        file: source.to_owned(),
+        message: e.to_string(),
+    })?;
     let documents: Vec<_> = documents.into_iter().filter(|d| !d.is_null()).collect();
     if documents.is_empty() {
         return Err(DocumentError::Empty {
@@ -408,6 +470,44 @@ spec:
         );
         let err = parse_documents("s.yaml", &long).unwrap_err().to_string();
         assert!(err.contains("metadata.labels"), "{err}");
+    }
+
+    #[test]
+    fn a_large_file_parsed_in_pieces_reads_as_parsed_whole() {
+        // Some documents open with a marker line carrying a space, some hold a quoted "---".
+        let mut text = String::from("%YAML 1.2\n");
+        for i in 0..600 {
+            let doc = API.replace("name: api", &format!("name: api-{i}"));
+            if i % 7 == 0 {
+                let noted = doc.replace(
+                    "namespace: shop}",
+                    "namespace: shop, labels: {note: \"a --- b\"}}",
+                );
+                text.push_str(&format!("--- \n{noted}"));
+            } else {
+                text.push_str(&format!("---\n{doc}"));
+            }
+        }
+        let whole: Vec<serde_json::Value> =
+            serde_saphyr::from_multiple_with_options(&text, yaml_options()).unwrap();
+        let pieces = yaml_documents(&text).unwrap();
+        assert_eq!(pieces.len(), 600);
+        assert_eq!(pieces, whole);
+    }
+
+    #[test]
+    fn an_error_in_a_large_file_names_the_line_in_the_file() {
+        let docs: Vec<String> = (0..600)
+            .map(|i| API.replace("name: api", &format!("name: api-{i}")))
+            .collect();
+        let mut text = docs.join("---\n");
+        text.push_str("---\nkind: [broken\n");
+        let last = text.lines().count();
+        let err = parse_documents("bulk.yaml", &text).unwrap_err().to_string();
+        assert!(
+            (last - 1..=last + 1).any(|line| err.contains(&format!("line {line} "))),
+            "{err}"
+        );
     }
 
     #[test]

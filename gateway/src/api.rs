@@ -348,14 +348,22 @@ impl Operator for Api {
         &self,
         request: Request<ApplyRequest>,
     ) -> Result<Response<ApplyResponse>, Status> {
-        let request = request.into_inner();
+        let mut request = request.into_inner();
         if request.documents.len() > MAX_DOCUMENTS {
             return Err(Status::invalid_argument(format!(
                 "{}: larger than {} bytes",
                 request.source, MAX_DOCUMENTS
             )));
         }
-        let resources = parse_documents(&request.source, &request.documents)
+        // Parsing a bulk file takes CPU-time in the hundreds of milliseconds: off the runtime,
+        // so peer sessions are not held up meanwhile.
+        let (source, documents) = (
+            request.source.clone(),
+            std::mem::take(&mut request.documents),
+        );
+        let resources = tokio::task::spawn_blocking(move || parse_documents(&source, &documents))
+            .await
+            .map_err(internal)?
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         for resource in &resources {
             if let Resource::Link(spec) = resource {

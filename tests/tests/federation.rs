@@ -467,6 +467,8 @@ fn link_refusals_say_which_rule_was_broken() -> Result<()> {
     refused("west", "self.yaml", &document, "cannot link to itself")?;
 
     let short = mesh.ctl("west", &["link", "--ttl", "1s"]).success()?;
+    // What is awaited here is the passage of time itself: the token's expiry (one second after
+    // minting, in whole seconds) must be behind us before it is presented.
     std::thread::sleep(Duration::from_millis(1100));
     refused("east", "expired.yaml", &short, "expired at")?;
 
