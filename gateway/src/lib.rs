@@ -220,17 +220,6 @@ pub async fn run(
     let link_key = LinkKey::from_pem(&read_file(&link_key_path)?, &link_key_path)?;
     let state_file = StateFile::in_dir(&config.state_dir);
     let mut state = state_file.load()?;
-    if state.running {
-        // A crash: changes may have been sent to peers after the last write. Numbering them
-        // again would let a peer at such a version miss the new ones, so start a new epoch:
-        // peers get one snapshot and are exact again.
-        tracing::warn!("the previous run did not stop cleanly: starting a new export epoch");
-        state
-            .export
-            .renew_epoch(strait_federation::link::random_u64());
-    }
-    state.running = true;
-    state_file.write(&StateFile::encode(&state)?)?;
     let peers_known: Vec<ClusterName> = state
         .imports
         .keys()
@@ -259,6 +248,18 @@ pub async fn run(
             error,
         })?;
 
+    // Marked only once every socket is bound: a start that fails there changes nothing.
+    if state.running {
+        // A crash: changes may have been sent to peers after the last write. Numbering them
+        // again would let a peer at such a version miss the new ones, so start a new epoch:
+        // peers get one snapshot and are exact again.
+        tracing::warn!("the previous run did not stop cleanly: starting a new export epoch");
+        state
+            .export
+            .renew_epoch(strait_federation::link::random_u64());
+    }
+    state.running = true;
+    state_file.write(&StateFile::encode(&state)?)?;
     let head = state.export.head();
     let links: Vec<_> = state.links.values().cloned().collect();
     let acceptor_peers = state.redemptions.active_clusters();
