@@ -209,6 +209,11 @@ fn document_starts(text: &str) -> Vec<usize> {
 /// so the error's line numbers are those of the file.
 fn yaml_documents(text: &str) -> Result<Vec<serde_json::Value>, serde_saphyr::Error> {
     let whole = || serde_saphyr::from_multiple_with_options(text, yaml_options());
+    // Anchors, aliases and merge keys are budgeted per parse: counted over the whole file,
+    // not per piece, so such files are parsed whole.
+    if text.contains(['&', '*', '<']) {
+        return whole();
+    }
     let starts = document_starts(text);
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())

@@ -494,7 +494,12 @@ impl PeerSession {
 
     /// When [`PeerSession::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Instant {
-        (self.last_sent + self.config.keepalive).min(self.last_received + self.config.idle_timeout)
+        let idle = self.last_received + self.config.idle_timeout;
+        if self.has_pending() {
+            // Frames are waiting to be written: no keep-alive is due, only the idle deadline.
+            return idle;
+        }
+        (self.last_sent + self.config.keepalive).min(idle)
     }
 
     /// Queues a keep-alive when one is due; fails when the peer has been silent too long.
@@ -682,6 +687,18 @@ mod tests {
         ));
         let t2 = t0 + config.idle_timeout;
         assert!(matches!(s.handle_timeout(t2), Err(SessionError::Idle(_))));
+    }
+
+    #[test]
+    fn no_keepalive_wakeup_is_due_while_frames_wait_to_be_written() {
+        let t0 = Instant::now();
+        let config = SessionConfig::default();
+        let mut west = ExportLog::new(1);
+        west.set(&key("a"), Some(&spec(1)));
+        // The snapshot stays queued (a writer blocked on flow control does not take it).
+        let s = PeerSession::new(config.clone(), Position::NONE, &west, t0);
+        assert!(s.has_pending());
+        assert_eq!(s.poll_timeout(), t0 + config.idle_timeout);
     }
 
     #[test]

@@ -271,7 +271,11 @@ impl Api {
         };
         self.shared.persist().await.map_err(unsaved)?;
         let (tx, rx) = oneshot::channel();
-        peer::start_dialer(&self.shared, spec, Some(tx));
+        if !peer::start_dialer(&self.shared, spec, Some(tx)) {
+            return Err(Status::aborted(format!(
+                "{source}: Link {cluster}: removed while it was being applied"
+            )));
+        }
         let outcome = tokio::time::timeout(LINK_WAIT, rx).await;
         let mut result = if previous.is_some() {
             "configured"
@@ -282,7 +286,7 @@ impl Api {
         match outcome {
             Ok(Ok(DialOutcome::Connected)) => {}
             Ok(Ok(DialOutcome::Refused(reason))) => {
-                self.restore_link(&cluster, previous).await?;
+                self.restore_link(&cluster, previous, true).await?;
                 return Err(Status::permission_denied(format!(
                     "{source}: Link {cluster}: refused: {reason}"
                 )));
@@ -306,10 +310,12 @@ impl Api {
     }
 
     /// Puts a Link back as it was before this apply: the previous record (redialed), or none.
+    /// A link the peer refused is only dropped; one it admitted is unlinked, which it hears.
     async fn restore_link(
         &self,
         cluster: &ClusterName,
         previous: Option<LinkRecord>,
+        refused: bool,
     ) -> Result<(), Status> {
         match previous {
             Some(previous) => {
@@ -319,14 +325,47 @@ impl Api {
                 peer::start_dialer(&self.shared, previous.spec, None);
                 self.shared.persist().await.map_err(unsaved)?;
             }
+            None if refused => {
+                peer::discard(&self.shared, cluster)
+                    .await
+                    .map_err(unsaved)?;
+            }
             None => {
-                // A connected new link is undone the way an operator would: unlink, which
-                // tells the peer; a refused one only has its record to drop.
                 peer::unlink(&self.shared, cluster).await.map_err(unsaved)?;
             }
         }
         Ok(())
     }
+}
+
+/// Refuses an apply that would make this cluster export more than a peer accepts from one
+/// cluster (peers drop such a peering and would reconnect in a loop).
+fn check_export_totals(state: &crate::store::State, resources: &[Resource]) -> Result<(), String> {
+    let limits = strait_federation::session::SessionConfig::default();
+    let mut exported: std::collections::BTreeMap<&ServiceKey, usize> = state
+        .export
+        .services()
+        .map(|(key, spec)| (key, spec.endpoints.len()))
+        .collect();
+    for resource in resources {
+        if let Resource::Service { key, spec } = resource {
+            if spec.export {
+                exported.insert(key, spec.endpoints.len());
+            } else {
+                exported.remove(key);
+            }
+        }
+    }
+    let endpoints: usize = exported.values().sum();
+    if exported.len() > limits.max_services || endpoints > limits.max_endpoints {
+        return Err(format!(
+            "this would export {} services with {endpoints} endpoints; peers accept at most {} services and {} endpoints from one cluster",
+            exported.len(),
+            limits.max_services,
+            limits.max_endpoints
+        ));
+    }
+    Ok(())
 }
 
 fn service_key(namespace: &str, name: &str) -> Result<ServiceKey, Status> {
@@ -384,7 +423,7 @@ impl Operator for Api {
                     }
                     Err(refused) => {
                         for (cluster, previous) in undo.into_iter().rev() {
-                            self.restore_link(&cluster, previous).await?;
+                            self.restore_link(&cluster, previous, false).await?;
                         }
                         return Err(refused);
                     }
@@ -394,6 +433,9 @@ impl Operator for Api {
         let mut changed = false;
         {
             let mut state = lock(&self.shared.state);
+            check_export_totals(&state, &resources).map_err(|message| {
+                Status::failed_precondition(format!("{}: {message}", request.source))
+            })?;
             for resource in &resources {
                 if let Resource::Service { key, spec } = resource {
                     let result = state.put_service(key.clone(), spec.clone());

@@ -106,7 +106,9 @@ impl Shared {
     fn persist_blocking(&self) -> Result<(), GatewayError> {
         let _writer = lock(&self.write_lock);
         self.dirty.store(false, Ordering::SeqCst);
-        let written = StateFile::encode(&lock(&self.state)).and_then(|e| self.state_file.write(&e));
+        // Encode under the lock, write without it: sessions must not wait on the disk.
+        let encoded = StateFile::encode(&lock(&self.state));
+        let written = encoded.and_then(|e| self.state_file.write(&e));
         if written.is_err() {
             // Try again at the next housekeeping tick.
             self.dirty.store(true, Ordering::SeqCst);

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub services_changed: IntCounterVec,
     /// Versions of our export a peer has not acknowledged yet.
     pub sync_lag: IntGaugeVec,
+    /// Dials of linked peers, by outcome (connected, refused, failed).
+    pub dials: IntCounterVec,
     /// Sessions ended, by peer and reason.
     pub sessions_ended: IntCounterVec,
     /// Link attempts refused, by reason.
@@ -100,6 +102,11 @@ impl Metrics {
                 "peer_sync_lag_versions",
                 "Versions of this cluster's export that a peer has not acknowledged.",
                 &["peer"],
+            ),
+            dials: counter(
+                "peer_dials_total",
+                "Dials of a linked peer's gateway, by outcome (connected, refused, failed).",
+                &["peer", "outcome"],
             ),
             sessions_ended: counter(
                 "peer_sessions_ended_total",

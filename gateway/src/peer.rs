@@ -92,6 +92,13 @@ pub struct PeerStatus {
 
 static NEXT_OWNER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
+/// Session ids come from one counter, so an old session can never pass for a new one.
+static NEXT_SESSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_session() -> u64 {
+    NEXT_SESSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 impl PeerStatus {
     /// A peer that dials us, known from our ledger, not connected yet (after a restart).
     pub fn awaiting(now: Instant) -> Self {
@@ -323,17 +330,26 @@ fn permanent(code: RefusalCode) -> bool {
     )
 }
 
-/// Starts (or restarts) dialing the gateway of a Link; `first` hears how the first dial went.
+/// Starts (or restarts) dialing the gateway of a Link on record; `first` hears how the first
+/// dial went. Returns false, starting nothing, when the record is gone or holds another spec
+/// (an unlink or a newer apply got there first).
 pub fn start_dialer(
     shared: &Arc<Shared>,
     spec: LinkSpec,
     first: Option<oneshot::Sender<DialOutcome>>,
-) {
+) -> bool {
     let retire = shared.shutdown.child_token();
     let unlink = CancellationToken::new();
     let owner = NEXT_OWNER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let has_imports = lock(&shared.state).imports.contains_key(&spec.cluster);
-    let previous = lock(&shared.peers).insert(
+    let mut peers = lock(&shared.peers);
+    let has_imports = {
+        let state = lock(&shared.state);
+        if state.links.get(&spec.cluster).map(|r| &r.spec) != Some(&spec) {
+            return false;
+        }
+        state.imports.contains_key(&spec.cluster)
+    };
+    let previous = peers.insert(
         spec.cluster.clone(),
         PeerStatus {
             role: PeerRole::Dialer,
@@ -350,6 +366,7 @@ pub fn start_dialer(
             owner,
         },
     );
+    drop(peers);
     if let Some(previous) = previous {
         // Replaced by a newer Link for the same cluster: end the old dialer quietly.
         previous.retire.cancel();
@@ -359,6 +376,7 @@ pub fn start_dialer(
     }
     let tokens = Tokens { unlink, retire };
     tokio::spawn(dial_loop(shared.clone(), spec, tokens, owner, first));
+    true
 }
 
 fn set_state(shared: &Shared, peer: &ClusterName, owner: u64, state: LinkState, error: String) {
@@ -404,6 +422,17 @@ async fn dial_loop(
             attempt = dial_once(&shared, &spec) => attempt,
             () = tokens.stopped() => return,
         };
+        let outcome = match &attempt {
+            Ok(_) => "connected",
+            Err(PeerError::Session(SessionError::Refused { .. })) => "refused",
+            Err(e) if e.is_tls_failure() => "refused",
+            Err(_) => "failed",
+        };
+        shared
+            .metrics
+            .dials
+            .with_label_values(&[peer.as_str(), outcome])
+            .inc();
         match attempt {
             Ok(established) => {
                 backoff = Duration::from_millis(100);
@@ -417,8 +446,11 @@ async fn dial_loop(
             Err(PeerError::Session(SessionError::Refused { code, reason })) => {
                 tracing::warn!(peer = %peer, code = ?code, reason = %reason, "link refused by peer");
                 set_state(&shared, &peer, owner, LinkState::Refused, reason.clone());
-                if let Some(tx) = first.take() {
-                    let _ = tx.send(DialOutcome::Refused(reason));
+                // Stop only when `apply` still waits to hear it (it then undoes the link);
+                // once it stopped waiting, this dialer goes on as any other.
+                if let Some(tx) = first.take()
+                    && tx.send(DialOutcome::Refused(reason)).is_ok()
+                {
                     return;
                 }
                 if code == RefusalCode::RefusalUnlinked {
@@ -442,8 +474,9 @@ async fn dial_loop(
                 );
                 tracing::warn!(peer = %peer, reason = %reason, "link refused");
                 set_state(&shared, &peer, owner, LinkState::Refused, reason.clone());
-                if let Some(tx) = first.take() {
-                    let _ = tx.send(DialOutcome::Refused(reason));
+                if let Some(tx) = first.take()
+                    && tx.send(DialOutcome::Refused(reason)).is_ok()
+                {
                     return;
                 }
             }
@@ -645,35 +678,68 @@ async fn accept_one(
     }
     // Register the new session before reading where the peer stands: from here on the old
     // session (if any) can no longer apply frames, so the position cannot move under us.
-    let (tokens, session) = {
+    // Peers then state: an unlink that ran since the admission (it revoked the token) is seen.
+    let registered = {
         let mut peers = lock(&shared.peers);
-        let status = peers
-            .entry(peer.clone())
-            .or_insert_with(|| PeerStatus::awaiting(Instant::now()));
-        // Closing the old connection ends its session quietly.
-        if let Some(old) = status.connection.take() {
-            old.close(0u32.into(), b"replaced by a newer connection");
+        if !lock(&shared.state).redemptions.is_active(&peer) {
+            None
+        } else {
+            let status = peers
+                .entry(peer.clone())
+                .or_insert_with(|| PeerStatus::awaiting(Instant::now()));
+            // Closing the old connection ends its session quietly.
+            if let Some(old) = status.connection.take() {
+                old.close(0u32.into(), b"replaced by a newer connection");
+            }
+            status.owner = 0;
+            status.role = PeerRole::Acceptor;
+            status.state = LinkState::Connecting;
+            status.lost_at.get_or_insert_with(Instant::now);
+            status.address = connection.remote_address().to_string();
+            status.session = next_session();
+            let tokens = Tokens {
+                unlink: status.unlink.clone(),
+                retire: shared.shutdown.child_token(),
+            };
+            Some((tokens, status.session))
         }
-        status.owner = 0;
-        status.role = PeerRole::Acceptor;
-        status.address = connection.remote_address().to_string();
-        status.session += 1;
-        let tokens = Tokens {
-            unlink: status.unlink.clone(),
-            retire: shared.shutdown.child_token(),
-        };
-        (tokens, status.session)
+    };
+    let Some((tokens, session)) = registered else {
+        let reason = format!("cluster {local} removed the link");
+        refuse(
+            &mut send,
+            &connection,
+            RefusalCode::RefusalUnlinked,
+            &reason,
+        )
+        .await;
+        return Err(PeerError::Session(SessionError::Refused {
+            code: RefusalCode::RefusalUnlinked,
+            reason,
+        }));
     };
     let resume = lock(&shared.state)
         .imports
         .get(&peer)
         .map_or(Position::NONE, |i| i.position);
-    send_frame(
+    if let Err(e) = send_frame(
         &mut send,
         &session::welcome(local, resume),
         HANDSHAKE_TIMEOUT,
     )
-    .await?;
+    .await
+    {
+        // The new session never started: the peer counts as lost from now, so its services
+        // are withdrawn after the grace period unless it comes back.
+        if let Some(status) = lock(&shared.peers).get_mut(&peer)
+            && status.session == session
+        {
+            status.state = LinkState::Disconnected;
+            status.last_error = e.to_string();
+            status.lost_at = Some(Instant::now());
+        }
+        return Err(e);
+    }
     Ok((
         peer,
         Established {
@@ -699,11 +765,31 @@ async fn run_session(
         let mut peers = lock(&shared.peers);
         match peers.get_mut(peer) {
             Some(status) if status.owner == owner => {
-                status.session += 1;
-                status.session
+                status.session = next_session();
+                Some(status.session)
             }
-            _ => return true,
+            _ => None,
         }
+    };
+    let Some(session) = session else {
+        // Replaced by a newer dialer, or unlinked while the dial finished: an unlinked peer
+        // hears it on the connection just made.
+        if tokens.unlink.is_cancelled() {
+            let Established {
+                mut send,
+                connection,
+                ..
+            } = established;
+            let reason = format!("cluster {} removed the link", shared.config.cluster);
+            refuse(
+                &mut send,
+                &connection,
+                RefusalCode::RefusalUnlinked,
+                &reason,
+            )
+            .await;
+        }
+        return true;
     };
     run_session_as(shared, peer, established, tokens, session).await
 }
@@ -785,21 +871,24 @@ fn session_ended(
     }
 }
 
+/// Drops a peering's records from a locked state: its link or admitted tokens, and its
+/// imported services.
+fn forget_locked(shared: &Shared, state: &mut crate::store::State, peer: &ClusterName) -> bool {
+    let dialer = state.links.remove(peer).is_some();
+    let acceptor = state.redemptions.revoke(peer);
+    if let Some(imported) = state.imports.remove(peer) {
+        shared
+            .metrics
+            .withdrawn
+            .with_label_values(&[peer.as_str()])
+            .inc_by(imported.services.len() as u64);
+    }
+    dialer || acceptor
+}
+
 /// Drops every trace of a peering: its link or admitted tokens, and its imported services.
 fn forget_peer(shared: &Shared, peer: &ClusterName) -> bool {
-    let existed = {
-        let mut state = lock(&shared.state);
-        let dialer = state.links.remove(peer).is_some();
-        let acceptor = state.redemptions.revoke(peer);
-        if let Some(imported) = state.imports.remove(peer) {
-            shared
-                .metrics
-                .withdrawn
-                .with_label_values(&[peer.as_str()])
-                .inc_by(imported.services.len() as u64);
-        }
-        dialer || acceptor
-    };
+    let existed = forget_locked(shared, &mut lock(&shared.state), peer);
     shared.metrics.forget_peer(peer.as_str());
     shared.mark_dirty();
     shared.catalog_changed();
@@ -809,13 +898,61 @@ fn forget_peer(shared: &Shared, peer: &ClusterName) -> bool {
 /// Removes the peering with a cluster: tells the peer when it is connected, forgets its
 /// services now (not after a grace period), and revokes its token.
 pub async fn unlink(shared: &Arc<Shared>, peer: &ClusterName) -> Result<bool, GatewayError> {
-    let status = lock(&shared.peers).remove(peer);
-    if let Some(status) = &status {
-        status.unlink.cancel();
+    remove(shared, peer, true).await
+}
+
+/// Drops a Link its peer refused: like an unlink, but there is nobody to tell (the peer never
+/// admitted it).
+pub async fn discard(shared: &Arc<Shared>, peer: &ClusterName) -> Result<bool, GatewayError> {
+    remove(shared, peer, false).await
+}
+
+async fn remove(
+    shared: &Arc<Shared>,
+    peer: &ClusterName,
+    tell_idle: bool,
+) -> Result<bool, GatewayError> {
+    // One step under peers then state: no dial, accept or apply can slip in between the removal
+    // of the status and of the records. The session (if any) sees its token cancelled and tells
+    // the peer.
+    let (existed, notify) = {
+        let mut peers = lock(&shared.peers);
+        let status = peers.remove(peer);
+        if let Some(status) = &status {
+            status.unlink.cancel();
+        }
+        let mut state = lock(&shared.state);
+        let link = state.links.get(peer).map(|record| record.spec.clone());
+        let existed = forget_locked(shared, &mut state, peer) || status.is_some();
+        // A dialer without a live session (dialing, or between dials) has nobody to tell.
+        let idle_dialer = status
+            .as_ref()
+            .is_some_and(|s| s.role == PeerRole::Dialer && s.connection.is_none());
+        (existed, link.filter(|_| tell_idle && idle_dialer))
+    };
+    shared.metrics.forget_peer(peer.as_str());
+    shared.catalog_changed();
+    if let Some(spec) = notify {
+        tokio::spawn(notify_unlink(shared.clone(), spec));
     }
-    let existed = forget_peer(shared, peer) || status.is_some();
     shared.persist().await?;
     Ok(existed)
+}
+
+/// Tells the gateway of a link we removed while no session was up: one dial, then the
+/// refusal. Best effort: a peer that cannot be reached keeps the peering as disconnected.
+async fn notify_unlink(shared: Arc<Shared>, spec: LinkSpec) {
+    let dialed = tokio::time::timeout(2 * HANDSHAKE_TIMEOUT, dial_once(&shared, &spec)).await;
+    if let Ok(Ok(mut established)) = dialed {
+        let reason = format!("cluster {} removed the link", shared.config.cluster);
+        refuse(
+            &mut established.send,
+            &established.connection,
+            RefusalCode::RefusalUnlinked,
+            &reason,
+        )
+        .await;
+    }
 }
 
 /// Writes frames to the control stream in order, with a deadline per frame, so that the
@@ -959,11 +1096,26 @@ async fn drive(
                 let event = {
                     let peers = lock(&shared.peers);
                     if peers.get(peer).is_none_or(|s| s.session != session_id) {
-                        return Ok(());
+                        None
+                    } else {
+                        let mut state = lock(&shared.state);
+                        let imported = state.imports.entry(peer.clone()).or_default();
+                        Some(session.handle_frame(frame, Instant::now(), imported))
                     }
-                    let mut state = lock(&shared.state);
-                    let imported = state.imports.entry(peer.clone()).or_default();
-                    session.handle_frame(frame, Instant::now(), imported)
+                };
+                let Some(event) = event else {
+                    if tokens.unlink.is_cancelled() {
+                        let reason = format!("cluster {} removed the link", shared.config.cluster);
+                        close_with(
+                            frames,
+                            writer,
+                            &connection,
+                            RefusalCode::RefusalUnlinked,
+                            &reason,
+                        )
+                        .await;
+                    }
+                    return Ok(());
                 };
                 match event {
                     Ok(Some(Event::Imported {

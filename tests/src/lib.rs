@@ -11,8 +11,36 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
-/// The `strait` binary. `cargo test --workspace` builds it (the CLI package has integration
-/// tests of its own); when a run of this package alone finds none, it is built once here.
+/// The newest modification time of the sources the `strait` binary is built from.
+fn newest_source(root: &Path) -> Option<std::time::SystemTime> {
+    fn walk(dir: &Path, newest: &mut Option<std::time::SystemTime>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, newest);
+            } else if let Ok(modified) = entry.metadata().and_then(|m| m.modified()) {
+                *newest = (*newest).max(Some(modified));
+            }
+        }
+    }
+    let mut newest = None;
+    for dir in [
+        "federation/src",
+        "federation/proto",
+        "gateway/src",
+        "cli/src",
+    ] {
+        walk(&root.join(dir), &mut newest);
+    }
+    newest
+}
+
+/// The `strait` binary, rebuilt first when a source file is newer than it (so a run of this
+/// package alone never tests an old binary). `cargo build --workspace --bins` resolves
+/// features as the test build does, so it rebuilds only what changed.
 pub fn strait_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -26,9 +54,14 @@ pub fn strait_bin() -> &'static Path {
             .and_then(Path::parent)
             .expect("test executables live in target/<profile>/deps");
         let bin = profile_dir.join("strait");
-        if !bin.exists() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("the tests crate lives in the workspace");
+        let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+        if built.is_none() || newest_source(root) > built {
             let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .args(["build", "-p", "strait-cli", "--bin", "strait"])
+                .current_dir(root)
+                .args(["build", "--workspace", "--bins"])
                 .args(if profile_dir.ends_with("release") {
                     &["--release"][..]
                 } else {

@@ -526,3 +526,39 @@ fn a_bad_document_is_refused_with_file_document_and_field_and_nothing_is_applied
     ensure!(mesh.served_from("west", "shop/api")? == ["west"]);
     Ok(())
 }
+
+#[test]
+fn an_unlink_between_two_dials_still_reaches_the_peer() -> Result<()> {
+    // West restarts; east is waiting to redial (backoff) when it is unlinked. Whether east's
+    // next dial or a dedicated notice carries it, west must forget east.
+    let backoff = Some(
+        "  keepaliveMs: 500\n  idleTimeoutMs: 3000\n  gracePeriodMs: 30000\n  maxBackoffMs: 4000",
+    );
+    let mesh = Mesh::new()?;
+    let mut west = mesh.start("west", backoff)?;
+    let east = mesh.start("east", backoff)?;
+    mesh.apply("east", "web.yaml", &service("shop", "web", true, 8080))
+        .success()?;
+    mesh.link("east", "west")?;
+    mesh.wait_served("west", "shop/web", &["east"], Duration::from_secs(10))?;
+    west.stop()?;
+    // East is between dials (one failed already) when west returns and east is unlinked: the
+    // news reaches west through east's next dial or a dedicated notice, whichever comes first.
+    wait_for(Duration::from_secs(15), "a failed dial of east", || {
+        let failed = metric(
+            &east.metrics()?,
+            "strait_peer_dials_total",
+            &["peer=\"west\"", "outcome=\"failed\""],
+        );
+        Ok((failed.unwrap_or(0.0) >= 1.0).then_some(()))
+    })?;
+    west.start(&mesh)?;
+    mesh.ctl("east", &["unlink", "west"]).success()?;
+    wait_for(Duration::from_secs(15), "west forgot east", || {
+        Ok((mesh.link_state("west", "east")?.is_empty()
+            && mesh.served_from("west", "shop/web")?.is_empty())
+        .then_some(()))
+    })
+    .with_context(|| west.log_tail())?;
+    Ok(())
+}
