@@ -306,6 +306,11 @@ pub enum DialOutcome {
     Unreachable(String),
 }
 
+/// What a peer is told when this cluster removes the link.
+fn unlinked_reason(shared: &Shared) -> String {
+    format!("cluster {} removed the link", shared.config.cluster)
+}
+
 /// A refusal code as a metric label: `token_expired`, `protocol`, ...
 fn refusal_label(code: RefusalCode) -> &'static str {
     match code {
@@ -705,7 +710,7 @@ async fn accept_one(
         }
     };
     let Some((tokens, session)) = registered else {
-        let reason = format!("cluster {local} removed the link");
+        let reason = unlinked_reason(shared);
         refuse(
             &mut send,
             &connection,
@@ -780,7 +785,7 @@ async fn run_session(
                 connection,
                 ..
             } = established;
-            let reason = format!("cluster {} removed the link", shared.config.cluster);
+            let reason = unlinked_reason(shared);
             refuse(
                 &mut send,
                 &connection,
@@ -944,7 +949,7 @@ async fn remove(
 async fn notify_unlink(shared: Arc<Shared>, spec: LinkSpec) {
     let dialed = tokio::time::timeout(2 * HANDSHAKE_TIMEOUT, dial_once(&shared, &spec)).await;
     if let Ok(Ok(mut established)) = dialed {
-        let reason = format!("cluster {} removed the link", shared.config.cluster);
+        let reason = unlinked_reason(&shared);
         refuse(
             &mut established.send,
             &established.connection,
@@ -1049,7 +1054,7 @@ async fn drive(
         match step {
             Step::Continue => {}
             Step::Unlinked => {
-                let reason = format!("cluster {} removed the link", shared.config.cluster);
+                let reason = unlinked_reason(shared);
                 close_with(
                     frames,
                     writer,
@@ -1105,7 +1110,7 @@ async fn drive(
                 };
                 let Some(event) = event else {
                     if tokens.unlink.is_cancelled() {
-                        let reason = format!("cluster {} removed the link", shared.config.cluster);
+                        let reason = unlinked_reason(shared);
                         close_with(
                             frames,
                             writer,
