@@ -1110,15 +1110,9 @@ async fn drive(
                 };
                 let Some(event) = event else {
                     if tokens.unlink.is_cancelled() {
-                        let reason = unlinked_reason(shared);
-                        close_with(
-                            frames,
-                            writer,
-                            &connection,
-                            RefusalCode::RefusalUnlinked,
-                            &reason,
-                        )
-                        .await;
+                        // Unlinked meanwhile: the next turn (biased to the unlink token) tells
+                        // the peer and closes.
+                        continue;
                     }
                     return Ok(());
                 };
