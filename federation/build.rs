@@ -1,7 +1,11 @@
 //! Compiles the protocol definitions in `proto/` without needing `protoc` on the machine.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/peer.proto", "proto/operator.proto"];
+    let protos = [
+        "proto/peer.proto",
+        "proto/operator.proto",
+        "proto/workload.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -108,6 +108,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             api_addr: format!("127.0.0.1:{}", free_port(false)?).parse()?,
             admin_addr: format!("127.0.0.1:{}", free_port(false)?).parse()?,
             advertise_addr: None,
+            relay_addr: None,
             operator: AccountName::new("demo")?,
         })?;
         context::add(context::Context {

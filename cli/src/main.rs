@@ -4,6 +4,7 @@
 mod context;
 mod demo;
 mod output;
+mod sidecar;
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -81,6 +82,9 @@ enum Command {
         /// The linked cluster's name.
         cluster: String,
     },
+    /// Bootstrap and run a workload's sidecar.
+    #[command(subcommand)]
+    Sidecar(sidecar::SidecarCommand),
     /// Start a whole two-cluster mesh on this machine (east and west, linked).
     Demo(demo::DemoArgs),
 }
@@ -113,7 +117,7 @@ enum TrustCommand {
 #[derive(Subcommand)]
 enum GatewayCommand {
     /// Lay out a gateway folder and add a context for it.
-    Init(GatewayInit),
+    Init(Box<GatewayInit>),
     /// Run a gateway until SIGTERM or SIGINT.
     Run {
         /// The gateway.yaml written by `strait gateway init`.
@@ -148,6 +152,10 @@ struct GatewayInit {
     /// The address other clusters dial, when not --quic-addr (a load balancer's).
     #[arg(long)]
     advertise_addr: Option<String>,
+    /// TCP address where this cluster's sidecars open flows to other clusters (default: the
+    /// API address's host, any free port; sidecars learn it from the gateway).
+    #[arg(long)]
+    relay_addr: Option<SocketAddr>,
     /// The operator identity's name for the CLI context.
     #[arg(long, default_value = "admin")]
     operator: String,
@@ -172,7 +180,7 @@ struct OutputArg {
 }
 
 /// Parses `90s`, `30m`, `24h`, `7d` or a number of seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
         Some(i) => text.split_at(i),
@@ -199,7 +207,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is too long"))
 }
 
-fn init_logs(format: &str) {
+pub(crate) fn init_logs(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STRAIT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -280,7 +288,7 @@ async fn run(cli: Cli) -> Result<()> {
             TrustDir::open(&trust)?.issue_cluster(&cluster, &dir)?;
             println!("issuer for cluster {cluster} written to {}", dir.display());
         }
-        Command::Gateway(GatewayCommand::Init(init)) => gateway_init(init)?,
+        Command::Gateway(GatewayCommand::Init(init)) => gateway_init(*init)?,
         Command::Gateway(GatewayCommand::Run { config, log_format }) => {
             init_logs(&log_format);
             let config = GatewayConfig::load(&config)?;
@@ -346,6 +354,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             println!("link between {} and {cluster} removed", ctx.cluster);
         }
+        Command::Sidecar(command) => sidecar::run(context, command).await?,
         Command::Demo(args) => demo::run(args).await?,
     }
     Ok(())
@@ -380,6 +389,7 @@ fn gateway_init(init: GatewayInit) -> Result<()> {
         api_addr: init.api_addr,
         admin_addr: init.admin_addr,
         advertise_addr: init.advertise_addr,
+        relay_addr: init.relay_addr,
         operator,
     })?;
     let name = init.context_name.unwrap_or_else(|| cluster.to_string());

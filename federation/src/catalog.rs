@@ -35,7 +35,8 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    fn parse(text: &str) -> Option<Self> {
+    /// A protocol as written in documents.
+    pub fn parse(text: &str) -> Option<Self> {
         match text {
             "http" => Some(Self::Http),
             "http2" => Some(Self::Http2),

@@ -3,6 +3,7 @@
 //! Nothing here opens a socket or reads a clock: the gateway crate drives it.
 
 pub mod catalog;
+pub mod flow;
 pub mod identity;
 pub mod link;
 pub mod pki;
@@ -10,6 +11,7 @@ pub mod resource;
 pub mod session;
 pub mod tls;
 pub mod wire;
+pub mod workload;
 
 /// Generated protocol types (see `proto/`).
 pub mod proto {
@@ -20,5 +22,9 @@ pub mod proto {
     /// The operator API of a gateway.
     pub mod operator {
         tonic::include_proto!("strait.operator.v1");
+    }
+    /// The API a gateway serves to its sidecars.
+    pub mod workload {
+        tonic::include_proto!("strait.workload.v1");
     }
 }

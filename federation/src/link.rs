@@ -83,7 +83,7 @@ pub fn rfc3339(unix: u64) -> String {
         .unwrap_or_else(|| unix.to_string())
 }
 
-fn random_hex(bytes: usize) -> String {
+pub(crate) fn random_hex(bytes: usize) -> String {
     use ring::rand::SecureRandom;
     let mut buf = vec![0u8; bytes];
     // The system RNG failing is not recoverable in any useful way; fall back to the clock so a
@@ -105,11 +105,12 @@ pub fn random_u64() -> u64 {
     u64::from_str_radix(&random_hex(8), 16).unwrap_or(1).max(1)
 }
 
-/// The key with which a gateway signs its join tokens (ES256). It never leaves the gateway.
+/// The key with which a gateway signs its join tokens and its sidecars' bootstrap tokens
+/// (ES256). It never leaves the gateway.
 pub struct LinkKey {
     pem: String,
-    encoding: EncodingKey,
-    decoding: DecodingKey,
+    pub(crate) encoding: EncodingKey,
+    pub(crate) decoding: DecodingKey,
 }
 
 impl LinkKey {

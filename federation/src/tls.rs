@@ -255,9 +255,15 @@ struct MeshClientVerifier {
     bundle: TrustBundle,
     inner: Arc<dyn ClientCertVerifier>,
     rule: PeerRule,
+    /// Whether a client without a certificate is refused at the handshake.
+    mandatory: bool,
 }
 
 impl ClientCertVerifier for MeshClientVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         self.inner.root_hint_subjects()
     }
@@ -364,16 +370,42 @@ pub fn server_config(
     rule: PeerRule,
     alpn: &[&[u8]],
 ) -> Result<rustls::ServerConfig, TlsError> {
+    server_config_with(bundle, certs, rule, alpn, true)
+}
+
+/// A TLS 1.3 server configuration where a client certificate is optional, but one presented
+/// must fit `rule`. The server then decides per request what an anonymous client may do.
+pub fn server_config_optional_client(
+    bundle: &TrustBundle,
+    certs: &CertStore,
+    rule: PeerRule,
+    alpn: &[&[u8]],
+) -> Result<rustls::ServerConfig, TlsError> {
+    server_config_with(bundle, certs, rule, alpn, false)
+}
+
+fn server_config_with(
+    bundle: &TrustBundle,
+    certs: &CertStore,
+    rule: PeerRule,
+    alpn: &[&[u8]],
+    mandatory: bool,
+) -> Result<rustls::ServerConfig, TlsError> {
     let provider = provider();
-    let inner = WebPkiClientVerifier::builder_with_provider(
+    let builder = WebPkiClientVerifier::builder_with_provider(
         Arc::new(bundle.root_store()?),
         provider.clone(),
-    )
-    .build()?;
+    );
+    let inner = if mandatory {
+        builder.build()?
+    } else {
+        builder.allow_unauthenticated().build()?
+    };
     let verifier = MeshClientVerifier {
         bundle: bundle.clone(),
         inner,
         rule,
+        mandatory,
     };
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -390,6 +422,25 @@ pub fn client_config(
     rule: PeerRule,
     alpn: &[&[u8]],
 ) -> Result<rustls::ClientConfig, TlsError> {
+    client_config_with(bundle, Some(certs), rule, alpn)
+}
+
+/// A TLS 1.3 client configuration without a certificate of its own (a sidecar asking for its
+/// first one), accepting servers fitting `rule`.
+pub fn anonymous_client_config(
+    bundle: &TrustBundle,
+    rule: PeerRule,
+    alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig, TlsError> {
+    client_config_with(bundle, None, rule, alpn)
+}
+
+fn client_config_with(
+    bundle: &TrustBundle,
+    certs: Option<&CertStore>,
+    rule: PeerRule,
+    alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig, TlsError> {
     let provider = provider();
     let verifier = MeshServerVerifier {
         bundle: bundle.clone(),
@@ -397,11 +448,14 @@ pub fn client_config(
         rule,
         provider: provider.clone(),
     };
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_cert_resolver(Arc::new(certs.clone()));
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let mut config = match certs {
+        Some(certs) => config.with_client_cert_resolver(Arc::new(certs.clone())),
+        None => config.with_no_client_auth(),
+    };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }

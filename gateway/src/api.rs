@@ -1,5 +1,6 @@
-//! The operator API (tonic, HTTP/2 over TCP with mutual TLS): only operator identities of this
-//! gateway's own cluster are served. Also the client the CLI uses to reach it.
+//! The gateway's API (tonic, HTTP/2 over TLS): the operator API, served to operator identities of
+//! this gateway's own cluster, and the workload API for its sidecars (`workload`). Also the client
+//! the CLI uses to reach it.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -8,19 +9,22 @@ use std::time::Duration;
 
 use rustls_pki_types::ServerName;
 use strait_federation::catalog::ServiceKey;
-use strait_federation::identity::{ClusterName, Namespace, Role, ServiceName};
+use strait_federation::identity::{
+    AccountName, ClusterName, Namespace, Role, ServiceName, SpiffeId,
+};
 use strait_federation::link::{DEFAULT_TOKEN_TTL_SECONDS, LinkDocument, LinkSpec, rfc3339};
 use strait_federation::pki::{Credential, TrustBundle};
 use strait_federation::proto::operator::operator_client::OperatorClient;
 use strait_federation::proto::operator::operator_server::{Operator, OperatorServer};
 use strait_federation::proto::operator::{
     AppliedObject, ApplyRequest, ApplyResponse, CreateLinkRequest, CreateLinkResponse,
-    DeleteRequest, DeleteResponse, LinkView, ListLinksRequest, ListLinksResponse,
-    ListServicesRequest, ListServicesResponse, ServiceBackend, ServiceView, UnlinkRequest,
-    UnlinkResponse,
+    CreateWorkloadTokenRequest, CreateWorkloadTokenResponse, DeleteRequest, DeleteResponse,
+    LinkView, ListLinksRequest, ListLinksResponse, ListServicesRequest, ListServicesResponse,
+    ServiceBackend, ServiceView, UnlinkRequest, UnlinkResponse,
 };
 use strait_federation::resource::{Resource, parse_documents};
 use strait_federation::tls::{self, CertStore, PeerRule};
+use strait_federation::workload::DEFAULT_WORKLOAD_TOKEN_TTL_SECONDS;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -31,8 +35,8 @@ use crate::peer::{self, DialOutcome};
 use crate::store::LinkRecord;
 use crate::{Shared, lock, unix_now};
 
-/// ALPN of the operator API.
-const API_ALPN: &[u8] = b"h2";
+/// ALPN of the API.
+pub const API_ALPN: &[u8] = b"h2";
 /// The largest file `apply` takes.
 const MAX_DOCUMENTS: usize = 4 << 20;
 /// How long `apply` of a Link waits for the first dial.
@@ -40,12 +44,41 @@ const LINK_WAIT: Duration = Duration::from_secs(15);
 /// The longest a join token may wait for its first use.
 const MAX_TOKEN_TTL_SECONDS: u64 = 30 * 24 * 3600;
 
-/// A TLS connection of the operator API.
-struct ApiStream(tokio_rustls::server::TlsStream<TcpStream>);
+/// A TLS connection of the API, with the caller's identity when it presented a certificate.
+struct ApiStream(tokio_rustls::server::TlsStream<TcpStream>, Caller);
+
+/// Who called the API: the identity of the client certificate, if any.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Option<SpiffeId>);
+
+impl Caller {
+    /// The caller of a request (every request comes through [`ApiStream`]).
+    pub fn of<T>(request: &Request<T>) -> Option<&SpiffeId> {
+        request
+            .extensions()
+            .get::<Caller>()
+            .and_then(|caller| caller.0.as_ref())
+    }
+}
 
 impl Connected for ApiStream {
-    type ConnectInfo = ();
-    fn connect_info(&self) -> Self::ConnectInfo {}
+    type ConnectInfo = Caller;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.1.clone()
+    }
+}
+
+/// Serves operator calls to operators only: a workload's certificate, or none, is refused.
+fn operators_only(request: Request<()>) -> Result<Request<()>, Status> {
+    match Caller::of(&request) {
+        Some(id) if id.role() == Role::Operator => Ok(request),
+        Some(id) => Err(Status::permission_denied(format!(
+            "{id} is not an operator identity"
+        ))),
+        None => Err(Status::unauthenticated(
+            "the operator API needs an operator certificate",
+        )),
+    }
 }
 
 impl AsyncRead for ApiStream {
@@ -76,10 +109,16 @@ impl AsyncWrite for ApiStream {
 
 /// Serves the operator API on a bound listener until the gateway stops.
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
-    let config = match tls::server_config(
+    // A client certificate is optional so that a new sidecar can ask for its first one with a
+    // bootstrap token; every operator call requires an operator certificate (`operators_only`).
+    let rule = PeerRule {
+        roles: vec![Role::Operator, Role::Workload],
+        cluster: Some(shared.config.cluster.clone()),
+    };
+    let config = match tls::server_config_optional_client(
         &shared.bundle,
         &shared.certs,
-        PeerRule::role_in(Role::Operator, shared.config.cluster.clone()),
+        rule,
         &[API_ALPN],
     ) {
         Ok(config) => config,
@@ -106,7 +145,12 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
             tokio::spawn(async move {
                 match tokio::time::timeout(peer::HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let _ = tx.send(ApiStream(stream)).await;
+                        let caller = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|chain| tls::peer_identity(chain).ok());
+                        let _ = tx.send(ApiStream(stream, Caller(caller))).await;
                     }
                     Ok(Err(e)) => {
                         tracing::info!(remote = %remote, error = %e, "operator API: TLS refused")
@@ -124,7 +168,13 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     let shutdown = shared.shutdown.clone();
     let result = tonic::transport::Server::builder()
         .timeout(Duration::from_secs(60))
-        .add_service(OperatorServer::new(Api { shared }))
+        .add_service(OperatorServer::with_interceptor(
+            Api {
+                shared: shared.clone(),
+            },
+            operators_only,
+        ))
+        .add_service(crate::workload::server(shared))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await;
     if let Err(e) = result {
@@ -592,6 +642,44 @@ impl Operator for Api {
             })
             .collect();
         Ok(Response::new(ListServicesResponse { services }))
+    }
+
+    async fn create_workload_token(
+        &self,
+        request: Request<CreateWorkloadTokenRequest>,
+    ) -> Result<Response<CreateWorkloadTokenResponse>, Status> {
+        let request = request.into_inner();
+        let namespace = Namespace::new(request.namespace)
+            .map_err(|e| Status::invalid_argument(format!("namespace: {e}")))?;
+        let account = AccountName::new(request.service_account)
+            .map_err(|e| Status::invalid_argument(format!("service account: {e}")))?;
+        let ttl = match request.ttl_seconds {
+            0 => DEFAULT_WORKLOAD_TOKEN_TTL_SECONDS,
+            ttl => ttl,
+        };
+        let config = &self.shared.config;
+        let token = self
+            .shared
+            .link_key
+            .issue_workload(
+                &config.cluster,
+                &config.trust_domain,
+                &namespace,
+                &account,
+                unix_now(),
+                ttl,
+            )
+            .map_err(internal)?;
+        let identity = SpiffeId::Workload {
+            trust_domain: config.trust_domain.clone(),
+            cluster: config.cluster.clone(),
+            namespace,
+            service_account: account,
+        };
+        Ok(Response::new(CreateWorkloadTokenResponse {
+            token,
+            identity: identity.to_string(),
+        }))
     }
 
     async fn list_links(

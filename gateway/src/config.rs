@@ -26,11 +26,56 @@ pub struct GatewayConfig {
     pub api_addr: SocketAddr,
     /// TCP address of the admin HTTP server (health, readiness, metrics).
     pub admin_addr: SocketAddr,
+    /// TCP address where this cluster's sidecars open flows to other clusters. Unset: the API
+    /// address's host with a port chosen at start (sidecars learn it from the catalog stream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_addr: Option<SocketAddr>,
     /// Where keys and state live; relative paths are relative to the config file's folder.
     #[serde(default = "here")]
     pub state_dir: PathBuf,
     #[serde(default)]
     pub peering: PeeringConfig,
+    #[serde(default)]
+    pub workloads: WorkloadConfig,
+}
+
+/// How the gateway serves its sidecars.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadConfig {
+    /// Lifetime of the workload certificates it signs, in seconds (renewed at 70 %).
+    #[serde(default = "default_cert_ttl")]
+    pub cert_ttl_seconds: u64,
+    /// A registered endpoint lapses when its sidecar has not refreshed it for this long.
+    #[serde(default = "default_lease")]
+    pub lease_seconds: u64,
+}
+
+fn default_cert_ttl() -> u64 {
+    24 * 3600
+}
+fn default_lease() -> u64 {
+    15
+}
+
+impl Default for WorkloadConfig {
+    fn default() -> Self {
+        Self {
+            cert_ttl_seconds: default_cert_ttl(),
+            lease_seconds: default_lease(),
+        }
+    }
+}
+
+impl WorkloadConfig {
+    /// See [`WorkloadConfig::cert_ttl_seconds`].
+    pub fn cert_ttl(&self) -> Duration {
+        Duration::from_secs(self.cert_ttl_seconds)
+    }
+    /// See [`WorkloadConfig::lease_seconds`].
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_seconds)
+    }
 }
 
 fn here() -> PathBuf {
@@ -128,7 +173,21 @@ impl GatewayConfig {
                     .into(),
             });
         }
+        let w = &config.workloads;
+        if w.cert_ttl_seconds < 2 || w.lease_seconds < 2 {
+            return Err(GatewayError::Config {
+                path: path.to_owned(),
+                message: "workloads.certTtlSeconds and workloads.leaseSeconds must be at least 2"
+                    .into(),
+            });
+        }
         Ok(config)
+    }
+
+    /// The address of the relay for sidecars, before a port is chosen.
+    pub fn relay_bind(&self) -> SocketAddr {
+        self.relay_addr
+            .unwrap_or_else(|| SocketAddr::new(self.api_addr.ip(), 0))
     }
 
     /// The address put in Link documents.

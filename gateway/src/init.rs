@@ -15,7 +15,7 @@ use strait_federation::link::LinkKey;
 use strait_federation::pki::{self, ClusterIssuer, ISSUER_LIFETIME, Root, TrustBundle, write_file};
 
 use crate::GatewayError;
-use crate::config::{GatewayConfig, PeeringConfig};
+use crate::config::{GatewayConfig, PeeringConfig, WorkloadConfig};
 
 /// How long operator credentials made by `gateway init` live.
 const OPERATOR_LIFETIME: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
@@ -108,6 +108,7 @@ pub struct InitOptions {
     pub api_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub advertise_addr: Option<String>,
+    pub relay_addr: Option<SocketAddr>,
     pub operator: AccountName,
 }
 
@@ -157,8 +158,10 @@ pub fn init_gateway(options: InitOptions) -> Result<Initialized, GatewayError> {
         advertise_addr: options.advertise_addr,
         api_addr: options.api_addr,
         admin_addr: options.admin_addr,
+        relay_addr: options.relay_addr,
         state_dir: PathBuf::from("."),
         peering: PeeringConfig::default(),
+        workloads: WorkloadConfig::default(),
     };
     write_file(&config_path, &to_yaml(&config)?, false)?;
     let config = GatewayConfig::load(&config_path)?;
@@ -197,6 +200,7 @@ mod tests {
             api_addr: "127.0.0.1:2".parse().unwrap(),
             admin_addr: "127.0.0.1:3".parse().unwrap(),
             advertise_addr: None,
+            relay_addr: None,
             operator: AccountName::new("admin").unwrap(),
         };
         let made = init_gateway(options()).unwrap();

@@ -3,7 +3,8 @@
 //! (tonic over mutual TLS) and the admin HTTP endpoints (health, readiness, metrics).
 //!
 //! `run` wires the pieces; each lives in its own module:
-//! `peer` (QUIC peering), `api` (operator API), `admin` (HTTP), `store` (persisted state),
+//! `peer` (QUIC peering), `relay` (data flows between sidecars and peers), `api` (operator API),
+//! `workload` (the sidecars' API), `admin` (HTTP), `store` (persisted state),
 //! `metrics`, `config` and `init` (files on disk).
 
 pub mod admin;
@@ -12,7 +13,9 @@ pub mod config;
 pub mod init;
 pub mod metrics;
 pub mod peer;
+pub mod relay;
 pub mod store;
+pub mod workload;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -90,6 +93,8 @@ pub struct Shared {
     pub peers: Mutex<BTreeMap<ClusterName, PeerStatus>>,
     pub metrics: Metrics,
     pub endpoint: quinn::Endpoint,
+    /// Where this cluster's sidecars open flows to other clusters (bound).
+    pub relay_addr: SocketAddr,
     pub ready: AtomicBool,
     pub shutdown: CancellationToken,
 }
@@ -185,7 +190,8 @@ impl Shared {
     /// The clusterset view.
     pub fn clusterset(&self) -> Vec<strait_federation::catalog::ClustersetService> {
         let state = lock(&self.state);
-        clusterset(&self.config.cluster, &state.services, state.imports.iter())
+        let local = state.local_services();
+        clusterset(&self.config.cluster, &local, state.imports.iter())
     }
 }
 
@@ -242,6 +248,17 @@ pub async fn run(
             addr: config.api_addr,
             error,
         })?;
+    let relay_bind = config.relay_bind();
+    let relay_listener = tokio::net::TcpListener::bind(relay_bind)
+        .await
+        .map_err(|error| GatewayError::Bind {
+            what: "relayAddr",
+            addr: relay_bind,
+            error,
+        })?;
+    let relay_addr = relay_listener
+        .local_addr()
+        .map_err(|e| GatewayError::Internal(e.to_string()))?;
     let admin_listener = tokio::net::TcpListener::bind(config.admin_addr)
         .await
         .map_err(|error| GatewayError::Bind {
@@ -261,6 +278,12 @@ pub async fn run(
             .renew_epoch(strait_federation::link::random_u64());
     }
     state.running = true;
+    // Endpoints that sidecars registered in the last run are leases that did not survive it:
+    // withdraw them until the sidecars register again.
+    let keys: Vec<_> = state.export.services().map(|(k, _)| k.clone()).collect();
+    for key in keys {
+        state.republish(&key);
+    }
     state_file.write(&StateFile::encode(&state)?)?;
     let head = state.export.head();
     let links: Vec<_> = state.links.values().cloned().collect();
@@ -280,6 +303,7 @@ pub async fn run(
         catalog_tx: watch::channel(0).0,
         peers: Mutex::new(BTreeMap::new()),
         endpoint,
+        relay_addr,
         ready: AtomicBool::new(false),
         shutdown: CancellationToken::new(),
     });
@@ -292,6 +316,7 @@ pub async fn run(
     }
     tokio::spawn(peer::accept_loop(shared.clone()));
     tokio::spawn(api::serve(shared.clone(), api_listener));
+    tokio::spawn(relay::serve(shared.clone(), relay_listener));
     tokio::spawn(admin::serve(shared.clone(), admin_listener));
     tokio::spawn(housekeeping(shared.clone()));
     shared.refresh_metrics();
@@ -301,6 +326,7 @@ pub async fn run(
         quic = %shared.config.quic_addr,
         api = %shared.config.api_addr,
         admin = %shared.config.admin_addr,
+        relay = %shared.relay_addr,
         "gateway ready"
     );
 
@@ -330,6 +356,10 @@ async fn housekeeping(shared: Arc<Shared>) {
             () = shared.shutdown.cancelled() => return,
         }
         peer::withdraw_expired(&shared, Instant::now());
+        if lock(&shared.state).expire_registrations(Instant::now()) {
+            shared.mark_dirty();
+            shared.export_changed();
+        }
         if shared.dirty.load(Ordering::SeqCst)
             && let Err(e) = shared.persist().await
         {

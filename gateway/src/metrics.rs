@@ -1,7 +1,11 @@
 //! The gateway's Prometheus metrics: peers and their state, RTT, catalog sizes per cluster,
-//! updates sent and received, sync lag, refusals.
+//! updates sent and received, sync lag, refusals; relayed flows (count, bytes, duration, outcome)
+//! per peer and service.
 
-use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
 
 /// The metrics of one gateway.
 #[derive(Clone)]
@@ -31,6 +35,17 @@ pub struct Metrics {
     pub refusals: IntCounterVec,
     /// Services withdrawn after a peer's grace period.
     pub withdrawn: IntCounterVec,
+    /// Relayed flows, by direction (outbound: from this cluster's sidecars; inbound: from a
+    /// peer to this cluster's endpoints), peer, service and outcome.
+    pub flows: IntCounterVec,
+    /// Flows open now, by direction and peer.
+    pub open_flows: IntGaugeVec,
+    /// Bytes relayed, by direction, peer, service and way (tx: towards the peer).
+    pub flow_bytes: IntCounterVec,
+    /// How long relayed flows lasted.
+    pub flow_duration: HistogramVec,
+    /// Workload certificates signed.
+    pub workload_certificates: IntCounter,
 }
 
 /// The states a peer can be in, as `get links` shows them.
@@ -66,6 +81,24 @@ impl Metrics {
         )
         .expect("constant metric");
         register(Box::new(peer_rtt.clone()));
+        let flow_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "gateway_flow_duration_seconds",
+                "How long relayed flows lasted.",
+            )
+            .buckets(vec![
+                0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 7200.0,
+            ]),
+            &["direction", "peer", "namespace", "service"],
+        )
+        .expect("constant metric");
+        register(Box::new(flow_duration.clone()));
+        let workload_certificates = IntCounter::new(
+            "workload_certificates_total",
+            "Workload certificates signed for this cluster's sidecars.",
+        )
+        .expect("constant metric");
+        register(Box::new(workload_certificates.clone()));
         Self {
             peer_state: gauge(
                 "peer_state",
@@ -123,6 +156,23 @@ impl Metrics {
                 "Imported services withdrawn after a peer's grace period or an unlink.",
                 &["peer"],
             ),
+            flows: counter(
+                "gateway_flows_total",
+                "Flows relayed between this cluster's sidecars and peer gateways, by outcome.",
+                &["direction", "peer", "namespace", "service", "outcome"],
+            ),
+            open_flows: gauge(
+                "gateway_open_flows",
+                "Relayed flows open now.",
+                &["direction", "peer"],
+            ),
+            flow_bytes: counter(
+                "gateway_flow_bytes_total",
+                "Bytes relayed (tx: towards the peer gateway), counted when a flow ends.",
+                &["direction", "peer", "namespace", "service", "way"],
+            ),
+            flow_duration,
+            workload_certificates,
             registry,
         }
     }

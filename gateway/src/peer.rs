@@ -238,13 +238,17 @@ async fn send_frame(
     .await
 }
 
+/// Flows a peer may have open at once on its connection.
+const MAX_FLOWS: u32 = 4096;
+
 fn transport(config: &GatewayConfig) -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     let idle = quinn::IdleTimeout::try_from(config.peering.idle_timeout())
         .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(10_000)));
     transport.max_idle_timeout(Some(idle));
     transport.keep_alive_interval(Some(config.peering.keepalive()));
-    transport.max_concurrent_bidi_streams(16u32.into());
+    // One stream per relayed flow, plus the control stream.
+    transport.max_concurrent_bidi_streams(MAX_FLOWS.into());
     transport.max_concurrent_uni_streams(0u32.into());
     Arc::new(transport)
 }
@@ -822,6 +826,7 @@ async fn run_session_as(
         }
     }
     tracing::info!(peer = %peer, remote = %connection.remote_address(), "peer connected");
+    crate::relay::accept_flows(shared.clone(), peer.clone(), connection.clone());
     let result = drive(shared, peer, established, tokens, session_id).await;
     let reason = match &result {
         Ok(()) => "closed",

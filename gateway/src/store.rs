@@ -7,8 +7,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
 use strait_federation::catalog::{
-    ExportLog, ImportedCatalog, ServiceKey, ServiceSpec, map_as_list,
+    Endpoint, ExportLog, ImportedCatalog, MAX_ENDPOINTS, Port, ServiceKey, ServiceSpec, map_as_list,
 };
 use strait_federation::identity::ClusterName;
 use strait_federation::link::{LinkSpec, Redemptions, random_u64};
@@ -40,6 +42,20 @@ pub struct State {
     /// start, it means a crash: versions may have reached peers that this file never recorded.
     #[serde(default)]
     pub running: bool,
+    /// Endpoints registered by this cluster's sidecars: leases, never written (sidecars
+    /// register again within seconds of a restart).
+    #[serde(skip)]
+    pub registrations: BTreeMap<ServiceKey, BTreeMap<String, Registration>>,
+}
+
+/// One endpoint registered by a sidecar (universal mode).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registration {
+    pub ports: Vec<Port>,
+    pub endpoint: Endpoint,
+    pub export: bool,
+    /// When the lease lapses unless refreshed.
+    pub expires: Instant,
 }
 
 impl State {
@@ -52,7 +68,109 @@ impl State {
             redemptions: Redemptions::default(),
             imports: BTreeMap::new(),
             running: false,
+            registrations: BTreeMap::new(),
         }
+    }
+
+    /// A local service as the mesh sees it: the applied document (ports, export) with the
+    /// endpoints its sidecars registered added; a service only registered takes its ports and
+    /// export from its registrations.
+    pub fn effective(&self, key: &ServiceKey) -> Option<ServiceSpec> {
+        let registered = self.registrations.get(key).filter(|r| !r.is_empty());
+        let mut spec = match (self.services.get(key), registered) {
+            (Some(spec), _) => spec.clone(),
+            (None, Some(registered)) => {
+                let first = registered.values().next()?;
+                ServiceSpec {
+                    export: registered.values().any(|r| r.export),
+                    ports: first.ports.clone(),
+                    endpoints: Vec::new(),
+                    labels: BTreeMap::new(),
+                }
+            }
+            (None, None) => return None,
+        };
+        if let Some(registered) = registered {
+            for registration in registered.values() {
+                if spec.endpoints.len() >= MAX_ENDPOINTS {
+                    break;
+                }
+                if !spec
+                    .endpoints
+                    .iter()
+                    .any(|e| e.address == registration.endpoint.address)
+                {
+                    spec.endpoints.push(registration.endpoint.clone());
+                }
+            }
+        }
+        Some(spec)
+    }
+
+    /// Every local service as the mesh sees it (see [`State::effective`]).
+    pub fn local_services(&self) -> BTreeMap<ServiceKey, ServiceSpec> {
+        self.services
+            .keys()
+            .chain(self.registrations.keys())
+            .filter_map(|key| Some((key.clone(), self.effective(key)?)))
+            .collect()
+    }
+
+    /// Brings the export log in line with the effective service; whether it changed.
+    pub fn republish(&mut self, key: &ServiceKey) -> bool {
+        let spec = self.effective(key).filter(|s| s.export);
+        self.export.set(key, spec.as_ref()).is_some()
+    }
+
+    /// Adds or refreshes a sidecar's registration; whether the mesh's view changed.
+    pub fn register(
+        &mut self,
+        key: &ServiceKey,
+        instance: &str,
+        registration: Registration,
+    ) -> bool {
+        let registered = self.registrations.entry(key.clone()).or_default();
+        let changed = registered.get(instance).is_none_or(|old| {
+            old.ports != registration.ports
+                || old.endpoint != registration.endpoint
+                || old.export != registration.export
+        });
+        registered.insert(instance.to_owned(), registration);
+        if changed {
+            self.republish(key);
+        }
+        changed
+    }
+
+    /// Removes a sidecar's registration; whether it existed.
+    pub fn deregister(&mut self, key: &ServiceKey, instance: &str) -> bool {
+        let Some(registered) = self.registrations.get_mut(key) else {
+            return false;
+        };
+        let existed = registered.remove(instance).is_some();
+        if registered.is_empty() {
+            self.registrations.remove(key);
+        }
+        if existed {
+            self.republish(key);
+        }
+        existed
+    }
+
+    /// Drops lapsed registrations; whether any did.
+    pub fn expire_registrations(&mut self, now: Instant) -> bool {
+        let mut lapsed = Vec::new();
+        for (key, registered) in &self.registrations {
+            for (instance, registration) in registered {
+                if registration.expires <= now {
+                    lapsed.push((key.clone(), instance.clone()));
+                }
+            }
+        }
+        for (key, instance) in &lapsed {
+            self.deregister(key, instance);
+        }
+        !lapsed.is_empty()
     }
 
     /// Records a local service and its exported view; returns "created", "configured" or
@@ -63,15 +181,16 @@ impl State {
             Some(old) if *old == spec => "unchanged",
             Some(_) => "configured",
         };
-        self.export.set(&key, spec.export.then_some(&spec));
-        self.services.insert(key, spec);
+        self.services.insert(key.clone(), spec);
+        self.republish(&key);
         result
     }
 
-    /// Removes a local service; whether it existed.
+    /// Removes a local service (its registered endpoints stay); whether it existed.
     pub fn remove_service(&mut self, key: &ServiceKey) -> bool {
-        self.export.set(key, None);
-        self.services.remove(key).is_some()
+        let existed = self.services.remove(key).is_some();
+        self.republish(key);
+        existed
     }
 }
 
@@ -127,6 +246,7 @@ impl StateFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use strait_federation::resource::{Resource, parse_documents};
 
     #[test]
@@ -150,6 +270,48 @@ mod tests {
         );
         file.write(&StateFile::encode(&state).unwrap()).unwrap();
         assert_eq!(file.load().unwrap(), state);
+    }
+
+    #[test]
+    fn registered_endpoints_join_the_applied_service_and_lapse_with_their_lease() {
+        let mut state = State::new();
+        let docs = parse_documents(
+            "s.yaml",
+            "kind: Service\nmetadata: {name: api, namespace: shop}\nspec:\n  export: true\n  ports: [{port: 80, protocol: http}]\n",
+        )
+        .unwrap();
+        let Resource::Service { key, spec } = docs[0].clone() else {
+            panic!()
+        };
+        state.put_service(key.clone(), spec.clone());
+        let now = Instant::now();
+        let registration = |port: u16, expires: Instant| Registration {
+            ports: spec.ports.clone(),
+            endpoint: Endpoint {
+                address: ([127, 0, 0, 1], port).into(),
+                hostname: None,
+                ready: true,
+            },
+            export: true,
+            expires,
+        };
+        let head = state.export.head();
+        assert!(state.register(&key, "a", registration(1000, now + Duration::from_secs(1))));
+        assert!(state.register(&key, "b", registration(1001, now + Duration::from_secs(9))));
+        // A refresh of the same endpoint is not a change.
+        assert!(!state.register(&key, "a", registration(1000, now + Duration::from_secs(2))));
+        assert_eq!(state.export.head().version, head.version + 2);
+        assert_eq!(state.effective(&key).unwrap().endpoints.len(), 2);
+        assert!(state.expire_registrations(now + Duration::from_secs(3)));
+        let endpoints = state.effective(&key).unwrap().endpoints;
+        assert_eq!(endpoints.len(), 1);
+        assert_eq!(endpoints[0].address.port(), 1001);
+        // Removing the document keeps the service while a sidecar still registers it.
+        state.remove_service(&key);
+        assert_eq!(state.local_services().len(), 1);
+        assert!(state.deregister(&key, "b"));
+        assert!(state.local_services().is_empty());
+        assert!(state.export.services().next().is_none());
     }
 
     #[test]

@@ -1,4 +1,325 @@
-//! The strait workload sidecar: inbound and outbound proxy of one workload (mutual TLS,
-//! balancing, retries, timeouts, authorization, metrics), fed by its cluster's gateway.
-//! It arrives with the data plane; until then the crate is empty on purpose, so that the
-//! workspace already has the shape of the design.
+//! The strait sidecar: one per workload. It gets its workload identity from its cluster's
+//! gateway, follows the catalog the gateway streams, registers its endpoint (universal mode),
+//! and carries the app's traffic: `outbound` (HTTP proxy port, per-upstream TCP listeners,
+//! transparent interception) and `inbound` (mutual TLS from other sidecars, forwarded to the
+//! app), with balancing (`balance`), connections (`connect`) and metrics (`metrics`).
+//!
+//! `start` wires the pieces.
+
+pub mod admin;
+pub mod balance;
+pub mod config;
+pub mod connect;
+pub mod control;
+pub mod directory;
+pub mod inbound;
+pub mod metrics;
+pub mod outbound;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use strait_federation::identity::Role;
+use strait_federation::identity::{ClusterName, SpiffeId};
+use strait_federation::pki::{PkiError, TrustBundle};
+use strait_federation::tls::{self, CertStore, PeerRule, TlsError};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::balance::Balancer;
+use crate::config::SidecarConfig;
+use crate::connect::{HTTP_ALPN, Pool, TCP_ALPN, Target};
+use crate::directory::Directory;
+use crate::inbound::AppClients;
+use crate::metrics::Metrics;
+
+/// The header in which the inbound sidecar tells the app who called (the caller's SPIFFE
+/// identity from its mutual-TLS certificate). Set only by sidecars; a caller's own is dropped.
+pub const CLIENT_ID_HEADER: &str = "strait-client-id";
+
+/// How long the first certificate may take (the gateway may be starting too).
+const CERTIFY_DEADLINE: Duration = Duration::from_secs(30);
+
+/// What can stop a sidecar from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    #[error("{what}: {message}")]
+    Config { what: String, message: String },
+    #[error("gateway: {0}")]
+    Gateway(String),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {what} {addr}: {error}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+}
+
+/// What every task of a sidecar shares.
+pub struct Shared {
+    pub config: SidecarConfig,
+    pub cluster: ClusterName,
+    pub identity: SpiffeId,
+    pub certs: CertStore,
+    pub(crate) http_tls: Arc<rustls::ClientConfig>,
+    pub(crate) tcp_tls: Arc<rustls::ClientConfig>,
+    pub(crate) inbound_tls: Arc<rustls::ServerConfig>,
+    /// The catalog as last streamed by the gateway.
+    pub directory: watch::Sender<Arc<Directory>>,
+    balancer: Mutex<Balancer<Target>>,
+    pub(crate) pool: Pool,
+    pub metrics: Metrics,
+    pub(crate) app_clients: AppClients,
+    pub inbound_addr: SocketAddr,
+    /// The address registered for this endpoint.
+    pub advertise_addr: SocketAddr,
+    pub(crate) registered: AtomicBool,
+    pub shutdown: CancellationToken,
+}
+
+impl Shared {
+    /// The balancer's statistics (held briefly: never across an await).
+    pub(crate) fn balancer(&self) -> MutexGuard<'_, Balancer<Target>> {
+        self.balancer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The namespace and service this sidecar fronts, for inbound labels.
+    fn service_labels(&self) -> (String, String) {
+        let namespace = match &self.identity {
+            SpiffeId::Workload { namespace, .. } => namespace.to_string(),
+            _ => String::new(),
+        };
+        let service = self
+            .config
+            .service
+            .as_ref()
+            .map(|s| s.name.to_string())
+            .unwrap_or_default();
+        (namespace, service)
+    }
+
+    /// Certified, with a catalog, and registered when it fronts a service.
+    pub fn is_ready(&self) -> bool {
+        self.directory.borrow().version > 0
+            && (self.config.service.is_none() || self.registered.load(Ordering::SeqCst))
+    }
+}
+
+/// A running sidecar.
+pub struct Sidecar {
+    pub shared: Arc<Shared>,
+    pub inbound_addr: SocketAddr,
+    pub proxy_addr: Option<SocketAddr>,
+    pub admin_addr: Option<SocketAddr>,
+    /// The bound address of each upstream listener, in the order configured.
+    pub upstream_addrs: Vec<SocketAddr>,
+    pub transparent_addr: Option<SocketAddr>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Sidecar {
+    /// The workload identity this sidecar presents.
+    pub fn identity(&self) -> &SpiffeId {
+        &self.shared.identity
+    }
+
+    /// Waits until the sidecar is ready (see [`Shared::is_ready`]).
+    pub async fn ready(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.shared.is_ready() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.shared.is_ready()
+    }
+
+    /// Stops every listener, deregisters, and waits for the tasks to end.
+    pub async fn stop(self) {
+        self.shared.shutdown.cancel();
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+        }
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, SidecarError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|error| SidecarError::Bind { what, addr, error })
+}
+
+fn bound(listener: &TcpListener) -> SocketAddr {
+    listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+/// Starts a sidecar: certifies it (retrying while the gateway is unreachable, up to 30 s),
+/// binds its listeners and starts its tasks. It runs until [`Sidecar::stop`].
+pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
+    tls::install_default_provider();
+    let bootstrap = &config.bootstrap;
+    let bundle = TrustBundle::from_pem(
+        bootstrap.trust_domain.clone(),
+        &bootstrap.bundle,
+        Path::new("bootstrap document"),
+    )?;
+    let anonymous = control::channel(bootstrap, &bundle, None).await?;
+    let deadline = Instant::now() + CERTIFY_DEADLINE;
+    let mut backoff = Duration::from_millis(100);
+    let certified = loop {
+        match control::certify(anonymous.clone(), &bootstrap.token).await {
+            Ok(certified) => break certified,
+            Err(e) if Instant::now() + backoff < deadline && !is_refusal(&e) => {
+                tracing::warn!(error = %e, "cannot get a certificate yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let certs = CertStore::new(&certified.credential)?;
+    let channel = control::channel(bootstrap, &bundle, Some(&certs)).await?;
+
+    let inbound = bind("inbound", config.inbound_addr).await?;
+    let proxy = match config.proxy_addr {
+        Some(addr) => Some(bind("proxy", addr).await?),
+        None => None,
+    };
+    let admin = match config.admin_addr {
+        Some(addr) => Some(bind("admin", addr).await?),
+        None => None,
+    };
+    let transparent = match config.transparent_addr {
+        Some(addr) => Some(bind("transparent", addr).await?),
+        None => None,
+    };
+    let mut upstreams = Vec::new();
+    for upstream in &config.upstreams {
+        upstreams.push((
+            bind("upstream", upstream.listen).await?,
+            upstream.name.clone(),
+        ));
+    }
+    let inbound_addr = bound(&inbound);
+    let workloads = PeerRule::role(Role::Workload);
+    let client = |alpn: &[u8]| -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        let mut config = tls::client_config(&bundle, &certs, workloads.clone(), &[alpn])?;
+        config.resumption = rustls::client::Resumption::in_memory_sessions(256);
+        Ok(Arc::new(config))
+    };
+    let shared = Arc::new(Shared {
+        cluster: bootstrap.cluster.clone(),
+        identity: certified.identity,
+        http_tls: client(HTTP_ALPN)?,
+        tcp_tls: client(TCP_ALPN)?,
+        inbound_tls: Arc::new(tls::server_config(
+            &bundle,
+            &certs,
+            workloads.clone(),
+            &[HTTP_ALPN, TCP_ALPN],
+        )?),
+        certs,
+        directory: watch::channel(Arc::new(Directory::default())).0,
+        balancer: Mutex::new(Balancer::default()),
+        pool: Pool::default(),
+        metrics: Metrics::new(bootstrap.cluster.as_str()),
+        app_clients: AppClients::new(
+            config
+                .service
+                .as_ref()
+                .map(|s| s.ports.as_slice())
+                .unwrap_or_default(),
+        ),
+        inbound_addr,
+        advertise_addr: config.advertise_addr.unwrap_or(inbound_addr),
+        registered: AtomicBool::new(false),
+        shutdown: CancellationToken::new(),
+        config,
+    });
+    let mut tasks = vec![
+        tokio::spawn(control::renew(
+            shared.clone(),
+            channel.clone(),
+            certified.renew_at,
+        )),
+        tokio::spawn(control::watch(shared.clone(), channel.clone())),
+        tokio::spawn(inbound::serve(shared.clone(), inbound)),
+        tokio::spawn(forget_idle(shared.clone())),
+    ];
+    if let Some(service) = shared.config.service.clone() {
+        tasks.push(tokio::spawn(control::register(
+            shared.clone(),
+            channel.clone(),
+            service,
+        )));
+    }
+    let proxy_addr = proxy.as_ref().map(bound);
+    if let Some(proxy) = proxy {
+        tasks.push(tokio::spawn(outbound::serve_http_proxy(
+            shared.clone(),
+            proxy,
+        )));
+    }
+    let admin_addr = admin.as_ref().map(bound);
+    if let Some(admin) = admin {
+        tasks.push(tokio::spawn(admin::serve(shared.clone(), admin)));
+    }
+    let transparent_addr = transparent.as_ref().map(bound);
+    if let Some(transparent) = transparent {
+        tasks.push(tokio::spawn(outbound::serve_transparent(
+            shared.clone(),
+            transparent,
+        )));
+    }
+    let mut upstream_addrs = Vec::new();
+    for (listener, name) in upstreams {
+        upstream_addrs.push(bound(&listener));
+        tasks.push(tokio::spawn(outbound::serve_upstream(
+            shared.clone(),
+            listener,
+            name,
+        )));
+    }
+    tracing::info!(
+        identity = %shared.identity,
+        inbound = %inbound_addr,
+        proxy = ?proxy_addr,
+        "sidecar started"
+    );
+    Ok(Sidecar {
+        shared,
+        inbound_addr,
+        proxy_addr,
+        admin_addr,
+        upstream_addrs,
+        transparent_addr,
+        tasks,
+    })
+}
+
+/// A refusal (bad token, wrong cluster) will not change by retrying.
+fn is_refusal(error: &SidecarError) -> bool {
+    matches!(error, SidecarError::Gateway(message) if message.contains("bootstrap token") || message.contains("csr"))
+}
+
+/// Forgets balancer statistics of targets gone idle.
+async fn forget_idle(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => shared.balancer().forget_idle(Instant::now()),
+            () = shared.shutdown.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! `strait sidecar token` (a bootstrap document for a new sidecar) and `strait sidecar run`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Subcommand};
+use serde_json::json;
+use strait_federation::identity::ServiceName;
+use strait_federation::proto::operator::CreateWorkloadTokenRequest;
+use strait_federation::resource::API_VERSION;
+use strait_sidecar::config::{
+    AppPort, BOOTSTRAP_KIND, Bootstrap, ServiceConfig, SidecarConfig, Upstream,
+};
+
+use crate::context;
+
+#[derive(Subcommand)]
+pub enum SidecarCommand {
+    /// Print a bootstrap document with which a new sidecar joins this cluster as one workload
+    /// identity (the gateway's address, the trust bundle and a signed token; no private key).
+    Token(TokenArgs),
+    /// Run a sidecar until SIGTERM or SIGINT. Prints one JSON line with its bound addresses
+    /// once it is certified and listening.
+    Run(Box<RunArgs>),
+}
+
+#[derive(Args)]
+pub struct TokenArgs {
+    /// The workload's namespace.
+    #[arg(short, long)]
+    namespace: String,
+    /// The workload's service account.
+    #[arg(long = "service-account", visible_alias = "sa")]
+    service_account: String,
+    /// How long the token may be used to get a first certificate (e.g. 24h).
+    #[arg(long, default_value = "8760h", value_parser = crate::parse_duration)]
+    ttl: Duration,
+    /// The gateway address sidecars dial, when not the context's API address.
+    #[arg(long)]
+    gateway: Option<String>,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The bootstrap document from `strait sidecar token`.
+    #[arg(long)]
+    bootstrap: PathBuf,
+    /// The service this sidecar fronts; its endpoint is registered with the gateway.
+    #[arg(long)]
+    service: Option<String>,
+    /// A port of the service: `PORT/PROTOCOL=APP_ADDRESS` (e.g. `8080/http=127.0.0.1:9000`);
+    /// protocols http, http2, grpc, tcp. May be repeated.
+    #[arg(long = "port", requires = "service")]
+    ports: Vec<String>,
+    /// Export the service to linked clusters.
+    #[arg(long, requires = "service")]
+    export: bool,
+    /// This endpoint's pod or host name (for per-endpoint DNS names).
+    #[arg(long, requires = "service")]
+    hostname: Option<String>,
+    /// Where other sidecars reach this one (mutual TLS).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    inbound_addr: SocketAddr,
+    /// The address registered for this endpoint, when not the inbound address.
+    #[arg(long)]
+    advertise_addr: Option<SocketAddr>,
+    /// The app's HTTP proxy port (set `http_proxy` to it, or send requests with a mesh Host).
+    #[arg(long)]
+    proxy_addr: Option<SocketAddr>,
+    /// Health, readiness and Prometheus metrics.
+    #[arg(long)]
+    admin_addr: Option<SocketAddr>,
+    /// A TCP listener for one mesh name: `NAME:PORT=LISTEN` (e.g.
+    /// `db.shop:5432=127.0.0.1:15432`). May be repeated.
+    #[arg(long = "upstream")]
+    upstreams: Vec<String>,
+    /// Where iptables redirects the app's outbound connections (SO_ORIGINAL_DST).
+    #[arg(long)]
+    transparent_addr: Option<SocketAddr>,
+    /// How long a request may wait for its response headers.
+    #[arg(long, default_value = "15s", value_parser = crate::parse_duration)]
+    request_timeout: Duration,
+    /// How long connecting to an endpoint may take.
+    #[arg(long, default_value = "3s", value_parser = crate::parse_duration)]
+    connect_timeout: Duration,
+    /// Log format.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+/// Runs a `strait sidecar` command.
+pub async fn run(context: Option<&str>, command: SidecarCommand) -> Result<()> {
+    match command {
+        SidecarCommand::Token(args) => token(context, args).await,
+        SidecarCommand::Run(args) => run_sidecar(*args).await,
+    }
+}
+
+async fn token(context: Option<&str>, args: TokenArgs) -> Result<()> {
+    let (ctx, mut client) = context::connect(context).await?;
+    let response = client
+        .create_workload_token(CreateWorkloadTokenRequest {
+            namespace: args.namespace,
+            service_account: args.service_account,
+            ttl_seconds: args.ttl.as_secs().max(1),
+        })
+        .await
+        .map_err(crate::status)?
+        .into_inner();
+    let bootstrap = Bootstrap {
+        api_version: API_VERSION.into(),
+        kind: BOOTSTRAP_KIND.into(),
+        gateway: args.gateway.unwrap_or(ctx.api_addr.clone()),
+        cluster: ctx.cluster.clone(),
+        trust_domain: ctx.trust_domain.clone(),
+        identity: response.identity,
+        bundle: std::fs::read_to_string(&ctx.bundle)
+            .with_context(|| format!("reading {}", ctx.bundle.display()))?,
+        token: response.token,
+    };
+    print!("{}", serde_saphyr::to_string(&bootstrap)?);
+    Ok(())
+}
+
+/// Builds a sidecar configuration from `strait sidecar run` flags.
+fn config(args: &RunArgs) -> Result<SidecarConfig> {
+    let bootstrap = Bootstrap::load(&args.bootstrap)?;
+    let mut config = SidecarConfig::new(bootstrap);
+    if let Some(name) = &args.service {
+        let ports = args
+            .ports
+            .iter()
+            .map(|p| AppPort::parse(p).map_err(|e| anyhow::anyhow!("--port {p}: {e}")))
+            .collect::<Result<Vec<_>>>()?;
+        if ports.is_empty() {
+            bail!("--service {name} needs at least one --port");
+        }
+        config.service = Some(ServiceConfig {
+            name: ServiceName::new(name.clone()).context("--service")?,
+            ports,
+            export: args.export,
+            hostname: args.hostname.clone(),
+        });
+    }
+    config.upstreams = args
+        .upstreams
+        .iter()
+        .map(|u| Upstream::parse(u).map_err(|e| anyhow::anyhow!("--upstream {u}: {e}")))
+        .collect::<Result<Vec<_>>>()?;
+    config.inbound_addr = args.inbound_addr;
+    config.advertise_addr = args.advertise_addr;
+    config.proxy_addr = args.proxy_addr;
+    config.admin_addr = args.admin_addr;
+    config.transparent_addr = args.transparent_addr;
+    config.request_timeout = args.request_timeout;
+    config.connect_timeout = args.connect_timeout;
+    Ok(config)
+}
+
+async fn run_sidecar(args: RunArgs) -> Result<()> {
+    crate::init_logs(&args.log_format);
+    let sidecar = strait_sidecar::start(config(&args)?).await?;
+    println!(
+        "{}",
+        json!({
+            "event": "started",
+            "identity": sidecar.identity().to_string(),
+            "inbound": sidecar.inbound_addr.to_string(),
+            "proxy": sidecar.proxy_addr.map(|a| a.to_string()),
+            "admin": sidecar.admin_addr.map(|a| a.to_string()),
+            "transparent": sidecar.transparent_addr.map(|a| a.to_string()),
+            "upstreams": sidecar.upstream_addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        })
+    );
+    crate::shutdown_signal().await;
+    sidecar.stop().await;
+    Ok(())
+}

@@ -1,0 +1,335 @@
+//! The relay: flows between this cluster's sidecars and other clusters. A sidecar opens a TCP
+//! connection to the relay and names the service and cluster it wants (a flow header); the
+//! gateway opens one QUIC stream on the connection with that cluster's gateway, which picks a
+//! ready endpoint and connects to it. Each side answers whether the flow found an endpoint;
+//! then bytes are copied both ways. The bytes are the sidecars' own mutual TLS: gateways route
+//! and count flows but cannot read them, and the destination sees the real caller.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use strait_federation::flow::{self, FlowTarget};
+use strait_federation::identity::ClusterName;
+use strait_federation::proto::peer::FlowReply;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::peer::LinkState;
+use crate::{Shared, lock};
+
+/// How long a flow header may take to arrive.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long opening a stream, connecting to an endpoint, or the far end's answer may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Endpoints tried per flow before it is refused.
+const ENDPOINT_ATTEMPTS: usize = 3;
+/// Copy buffers per direction: large enough for bulk transfers to keep QUIC busy.
+const COPY_BUFFER: usize = 64 << 10;
+
+/// Which way a flow goes through this gateway.
+#[derive(Clone, Copy)]
+enum Direction {
+    /// From this cluster's sidecars to a peer.
+    Outbound,
+    /// From a peer to this cluster's endpoints.
+    Inbound,
+}
+
+impl Direction {
+    fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+}
+
+/// Counts a flow while it is open and records its outcome, bytes and duration.
+struct FlowRecord {
+    shared: Arc<Shared>,
+    direction: Direction,
+    peer: String,
+    namespace: String,
+    service: String,
+    started: Instant,
+    open: bool,
+}
+
+impl FlowRecord {
+    fn new(shared: &Arc<Shared>, direction: Direction, peer: &ClusterName) -> Self {
+        Self {
+            shared: shared.clone(),
+            direction,
+            peer: peer.to_string(),
+            namespace: String::new(),
+            service: String::new(),
+            started: Instant::now(),
+            open: false,
+        }
+    }
+
+    fn target(&mut self, target: &FlowTarget) {
+        self.namespace = target.service.namespace.to_string();
+        self.service = target.service.name.to_string();
+    }
+
+    fn opened(&mut self) {
+        self.open = true;
+        self.shared
+            .metrics
+            .open_flows
+            .with_label_values(&[self.direction.as_str(), &self.peer])
+            .inc();
+    }
+
+    fn finish(&mut self, outcome: &str, tx: u64, rx: u64) {
+        let m = &self.shared.metrics;
+        let labels = [
+            self.direction.as_str(),
+            self.peer.as_str(),
+            self.namespace.as_str(),
+            self.service.as_str(),
+        ];
+        m.flows
+            .with_label_values(&[labels[0], labels[1], labels[2], labels[3], outcome])
+            .inc();
+        if self.open {
+            self.open = false;
+            m.open_flows
+                .with_label_values(&[labels[0], labels[1]])
+                .dec();
+            for (way, bytes) in [("tx", tx), ("rx", rx)] {
+                m.flow_bytes
+                    .with_label_values(&[labels[0], labels[1], labels[2], labels[3], way])
+                    .inc_by(bytes);
+            }
+            m.flow_duration
+                .with_label_values(&labels)
+                .observe(self.started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+impl Drop for FlowRecord {
+    fn drop(&mut self) {
+        if self.open {
+            self.finish("error", 0, 0);
+        }
+    }
+}
+
+/// Accepts flows from this cluster's sidecars until the gateway stops.
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shared.shutdown.cancelled() => return,
+        };
+        match accepted {
+            Ok((tcp, _)) => {
+                tokio::spawn(outbound_flow(shared.clone(), tcp));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "relay: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn timed<T>(what: &str, future: impl Future<Output = T>) -> Result<T, String> {
+    tokio::time::timeout(OPEN_TIMEOUT, future)
+        .await
+        .map_err(|_| format!("{what} timed out"))
+}
+
+async fn answer(writer: &mut (impl AsyncWrite + Unpin), reply: &FlowReply) {
+    let _ = tokio::time::timeout(OPEN_TIMEOUT, flow::write_frame(writer, reply)).await;
+}
+
+/// A flow from one of this cluster's sidecars to another cluster.
+async fn outbound_flow(shared: Arc<Shared>, mut tcp: TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let target = match tokio::time::timeout(HEADER_TIMEOUT, flow::read_open(&mut tcp)).await {
+        Ok(Ok(target)) => target,
+        Ok(Err(e)) => {
+            answer(&mut tcp, &flow::refusal(e.to_string())).await;
+            return;
+        }
+        Err(_) => return,
+    };
+    let mut record = FlowRecord::new(&shared, Direction::Outbound, &target.cluster);
+    record.target(&target);
+    let local = shared.config.cluster.clone();
+    let opened = async {
+        if target.cluster == local {
+            return Err(format!(
+                "{} is this cluster: sidecars reach its endpoints directly",
+                target.cluster
+            ));
+        }
+        let connection = lock(&shared.peers)
+            .get(&target.cluster)
+            .filter(|status| status.state == LinkState::Connected)
+            .and_then(|status| status.connection.clone())
+            .ok_or_else(|| format!("cluster {} is not connected", target.cluster))?;
+        let (mut send, mut recv) = timed("opening a stream", connection.open_bi())
+            .await?
+            .map_err(|e| format!("opening a stream to {}: {e}", target.cluster))?;
+        let mut open = target.to_wire();
+        open.source_cluster = local.to_string();
+        timed(
+            "sending the flow header",
+            flow::write_frame(&mut send, &open),
+        )
+        .await?
+        .map_err(|e| format!("sending the flow header to {}: {e}", target.cluster))?;
+        timed(
+            "the answer of the peer gateway",
+            flow::read_reply(&mut recv),
+        )
+        .await?
+        .map_err(|e| format!("cluster {}: {e}", target.cluster))?;
+        Ok((send, recv))
+    };
+    match opened.await {
+        Ok((send, recv)) => {
+            answer(&mut tcp, &flow::accepted()).await;
+            record.opened();
+            let mut quic = tokio::io::join(recv, send);
+            relay(&mut record, &mut tcp, &mut quic).await;
+        }
+        Err(reason) => {
+            tracing::debug!(peer = %target.cluster, service = %target.service, reason = %reason, "flow refused");
+            answer(&mut tcp, &flow::refusal(reason)).await;
+            record.finish("refused", 0, 0);
+        }
+    }
+}
+
+/// Copies a flow both ways and records how it ended. `local` is the side in this cluster.
+async fn relay(
+    record: &mut FlowRecord,
+    local: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    peer: &mut (impl AsyncRead + AsyncWrite + Unpin),
+) {
+    match tokio::io::copy_bidirectional_with_sizes(local, peer, COPY_BUFFER, COPY_BUFFER).await {
+        Ok((tx, rx)) => record.finish("ok", tx, rx),
+        Err(e) => {
+            tracing::debug!(error = %e, "flow ended with an error");
+            record.finish("error", 0, 0);
+        }
+    }
+}
+
+/// Accepts the flows a peer opens on its connection, until the connection closes.
+pub fn accept_flows(shared: Arc<Shared>, peer: ClusterName, connection: quinn::Connection) {
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = connection.accept_bi() => accepted,
+                () = shared.shutdown.cancelled() => return,
+            };
+            let Ok((send, recv)) = accepted else {
+                return;
+            };
+            tokio::spawn(inbound_flow(shared.clone(), peer.clone(), send, recv));
+        }
+    });
+}
+
+/// A flow from a peer to one of this cluster's endpoints.
+async fn inbound_flow(
+    shared: Arc<Shared>,
+    peer: ClusterName,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let mut record = FlowRecord::new(&shared, Direction::Inbound, &peer);
+    let target = match tokio::time::timeout(HEADER_TIMEOUT, flow::read_open(&mut recv)).await {
+        Ok(Ok(target)) => target,
+        Ok(Err(e)) => {
+            answer(&mut send, &flow::refusal(e.to_string())).await;
+            record.finish("refused", 0, 0);
+            return;
+        }
+        Err(_) => {
+            record.finish("refused", 0, 0);
+            return;
+        }
+    };
+    record.target(&target);
+    match connect_endpoint(&shared, &target).await {
+        Ok(mut tcp) => {
+            answer(&mut send, &flow::accepted()).await;
+            record.opened();
+            let mut quic = tokio::io::join(recv, send);
+            relay(&mut record, &mut tcp, &mut quic).await;
+        }
+        Err(reason) => {
+            tracing::debug!(peer = %peer, service = %target.service, reason = %reason, "flow refused");
+            answer(&mut send, &flow::refusal(reason)).await;
+            record.finish("refused", 0, 0);
+        }
+    }
+}
+
+/// Connects to a ready endpoint of an exported service of this cluster, trying up to
+/// [`ENDPOINT_ATTEMPTS`] of them from a random start.
+async fn connect_endpoint(shared: &Shared, target: &FlowTarget) -> Result<TcpStream, String> {
+    if target.cluster != shared.config.cluster {
+        return Err(format!(
+            "this is cluster {}, not {}",
+            shared.config.cluster, target.cluster
+        ));
+    }
+    let candidates: Vec<_> = {
+        let state = lock(&shared.state);
+        let spec = state
+            .effective(&target.service)
+            .filter(|spec| spec.export)
+            .ok_or_else(|| {
+                format!(
+                    "{} is not exported by cluster {}",
+                    target.service, target.cluster
+                )
+            })?;
+        if !spec.ports.iter().any(|p| p.port == target.port) {
+            return Err(format!("{} has no port {}", target.service, target.port));
+        }
+        spec.endpoints
+            .iter()
+            .filter(|e| e.ready)
+            .filter(|e| {
+                target
+                    .hostname
+                    .as_ref()
+                    .is_none_or(|h| e.hostname.as_ref() == Some(h))
+            })
+            .map(|e| e.address)
+            .collect()
+    };
+    if candidates.is_empty() {
+        return Err(format!(
+            "no ready endpoint of {} in cluster {}",
+            target.service, target.cluster
+        ));
+    }
+    let start = strait_federation::link::random_u64() as usize % candidates.len();
+    let mut last = String::new();
+    for i in 0..candidates.len().min(ENDPOINT_ATTEMPTS) {
+        let address = candidates[(start + i) % candidates.len()];
+        match tokio::time::timeout(OPEN_TIMEOUT, TcpStream::connect(address)).await {
+            Ok(Ok(tcp)) => {
+                let _ = tcp.set_nodelay(true);
+                return Ok(tcp);
+            }
+            Ok(Err(e)) => last = format!("{address}: {e}"),
+            Err(_) => last = format!("{address}: connect timed out"),
+        }
+    }
+    Err(format!(
+        "no endpoint of {} in cluster {} accepted the flow (last: {last})",
+        target.service, target.cluster
+    ))
+}

@@ -1,0 +1,302 @@
+//! The workload API: how this cluster's sidecars get certified, register their endpoints
+//! (universal mode) and follow the catalog. Served on the API port beside the operator API.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use strait_federation::catalog::{Endpoint, Port, Protocol, ServiceKey, ServiceSpec};
+use strait_federation::identity::{Role, ServiceName, SpiffeId};
+use strait_federation::proto::workload::workload_server::{Workload, WorkloadServer};
+use strait_federation::proto::workload::{
+    Backend, CatalogView, CertifyRequest, CertifyResponse, DeregisterRequest, DeregisterResponse,
+    EndpointView, PortSpec, RegisterRequest, RegisterResponse, ServiceView, WatchRequest,
+};
+use tonic::{Request, Response, Status};
+
+use crate::api::Caller;
+use crate::store::Registration;
+use crate::{Shared, lock, unix_now};
+
+/// The largest CSR accepted.
+const MAX_CSR: usize = 16 << 10;
+/// Changes closer together than this reach sidecars as one view.
+const COALESCE: Duration = Duration::from_millis(50);
+
+/// The workload API service.
+pub fn server(shared: Arc<Shared>) -> WorkloadServer<WorkloadApi> {
+    WorkloadServer::new(WorkloadApi { shared })
+}
+
+/// Serves the sidecars of this gateway's cluster.
+pub struct WorkloadApi {
+    shared: Arc<Shared>,
+}
+
+/// The caller's workload identity; other callers are refused.
+fn workload<T>(request: &Request<T>) -> Result<SpiffeId, Status> {
+    match Caller::of(request) {
+        Some(id) if id.role() == Role::Workload => Ok(id.clone()),
+        Some(id) => Err(Status::permission_denied(format!(
+            "{id} is not a workload identity"
+        ))),
+        None => Err(Status::unauthenticated(
+            "this call needs the workload certificate from Certify",
+        )),
+    }
+}
+
+fn parse_ports(ports: &[PortSpec]) -> Result<Vec<Port>, Status> {
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let bad = |message: String| Status::invalid_argument(format!("ports[{i}]: {message}"));
+            let port = u16::try_from(p.port)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| bad(format!("port must be 1..65535, got {}", p.port)))?;
+            let protocol = Protocol::parse(&p.protocol).ok_or_else(|| {
+                bad(format!(
+                    "protocol must be http, http2, grpc or tcp, got {:?}",
+                    p.protocol
+                ))
+            })?;
+            Ok(Port {
+                name: p.name.clone(),
+                port,
+                protocol,
+            })
+        })
+        .collect()
+}
+
+fn port_specs(ports: &[Port]) -> Vec<PortSpec> {
+    ports
+        .iter()
+        .map(|p| PortSpec {
+            name: p.name.clone(),
+            port: u32::from(p.port),
+            protocol: p.protocol.as_str().into(),
+        })
+        .collect()
+}
+
+fn endpoint_views(spec: &ServiceSpec) -> Vec<EndpointView> {
+    spec.endpoints
+        .iter()
+        .map(|e| EndpointView {
+            address: e.address.to_string(),
+            hostname: e.hostname.clone().unwrap_or_default(),
+            ready: e.ready,
+        })
+        .collect()
+}
+
+impl WorkloadApi {
+    /// The catalog as the sidecars of this cluster see it.
+    fn view(&self, version: u64) -> CatalogView {
+        let services = self
+            .shared
+            .clusterset()
+            .into_iter()
+            .map(|service| {
+                let ports = service
+                    .backends
+                    .first()
+                    .map(|(_, spec)| port_specs(&spec.ports))
+                    .unwrap_or_default();
+                ServiceView {
+                    namespace: service.key.namespace.to_string(),
+                    name: service.key.name.to_string(),
+                    ports,
+                    backends: service
+                        .backends
+                        .iter()
+                        .map(|(cluster, spec)| Backend {
+                            cluster: cluster.to_string(),
+                            endpoints: endpoint_views(spec),
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        CatalogView {
+            cluster: self.shared.config.cluster.to_string(),
+            relay_address: self.shared.relay_addr.to_string(),
+            version,
+            services,
+        }
+    }
+}
+
+type ViewStream = Pin<Box<dyn Stream<Item = Result<CatalogView, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Workload for WorkloadApi {
+    async fn certify(
+        &self,
+        request: Request<CertifyRequest>,
+    ) -> Result<Response<CertifyResponse>, Status> {
+        let shared = &self.shared;
+        let renewing = Caller::of(&request)
+            .filter(|id| id.role() == Role::Workload)
+            .cloned();
+        let request = request.into_inner();
+        if request.csr.len() > MAX_CSR {
+            return Err(Status::invalid_argument(format!(
+                "csr: larger than {MAX_CSR} bytes"
+            )));
+        }
+        let identity = match renewing {
+            Some(identity) => identity,
+            None if request.token.is_empty() => {
+                return Err(Status::unauthenticated(
+                    "a first certificate needs a bootstrap token (`strait sidecar token`)",
+                ));
+            }
+            None => shared
+                .link_key
+                .verify_workload(
+                    &request.token,
+                    &shared.config.cluster,
+                    &shared.config.trust_domain,
+                    unix_now(),
+                )
+                .map_err(|e| Status::unauthenticated(format!("bootstrap token: {e}")))?,
+        };
+        let lifetime = shared.config.workloads.cert_ttl();
+        let chain_pem = shared
+            .issuer
+            .sign_csr(&request.csr, &identity, lifetime)
+            .map_err(|e| Status::invalid_argument(format!("csr: {e}")))?;
+        shared.metrics.workload_certificates.inc();
+        tracing::info!(identity = %identity, "workload certified");
+        Ok(Response::new(CertifyResponse {
+            chain_pem,
+            identity: identity.to_string(),
+            expires_unix: unix_now() + lifetime.as_secs(),
+        }))
+    }
+
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        let identity = workload(&request)?;
+        let SpiffeId::Workload { namespace, .. } = identity else {
+            return Err(Status::permission_denied("not a workload identity"));
+        };
+        let request = request.into_inner();
+        let key = ServiceKey {
+            namespace,
+            name: ServiceName::new(request.service.clone())
+                .map_err(|e| Status::invalid_argument(format!("service: {e}")))?,
+        };
+        let address = request
+            .address
+            .parse()
+            .map_err(|e| Status::invalid_argument(format!("address {:?}: {e}", request.address)))?;
+        if request.instance.is_empty() || request.instance.len() > 128 {
+            return Err(Status::invalid_argument("instance: 1 to 128 bytes"));
+        }
+        let ports = parse_ports(&request.ports)?;
+        let lease = self.shared.config.workloads.lease();
+        let registration = Registration {
+            ports: ports.clone(),
+            endpoint: Endpoint {
+                address,
+                hostname: (!request.hostname.is_empty()).then(|| request.hostname.clone()),
+                ready: request.ready,
+            },
+            export: request.export,
+            expires: Instant::now() + lease,
+        };
+        // The same bounds as an applied service: one a peer would refuse is refused here.
+        let check = ServiceSpec {
+            export: request.export,
+            ports,
+            endpoints: vec![registration.endpoint.clone()],
+            labels: Default::default(),
+        };
+        check
+            .check()
+            .map_err(|(field, message)| Status::invalid_argument(format!("{field}: {message}")))?;
+        let changed = lock(&self.shared.state).register(&key, &request.instance, registration);
+        if changed {
+            tracing::info!(service = %key, address = %address, ready = request.ready, "endpoint registered");
+            self.shared.mark_dirty();
+            self.shared.export_changed();
+        }
+        Ok(Response::new(RegisterResponse {
+            lease_seconds: lease.as_secs(),
+        }))
+    }
+
+    async fn deregister(
+        &self,
+        request: Request<DeregisterRequest>,
+    ) -> Result<Response<DeregisterResponse>, Status> {
+        let identity = workload(&request)?;
+        let SpiffeId::Workload { namespace, .. } = identity else {
+            return Err(Status::permission_denied("not a workload identity"));
+        };
+        let request = request.into_inner();
+        let key = ServiceKey {
+            namespace,
+            name: ServiceName::new(request.service)
+                .map_err(|e| Status::invalid_argument(format!("service: {e}")))?,
+        };
+        if lock(&self.shared.state).deregister(&key, &request.instance) {
+            tracing::info!(service = %key, "endpoint deregistered");
+            self.shared.mark_dirty();
+            self.shared.export_changed();
+        }
+        Ok(Response::new(DeregisterResponse {}))
+    }
+
+    type WatchStream = ViewStream;
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        workload(&request)?;
+        let api = WorkloadApi {
+            shared: self.shared.clone(),
+        };
+        let mut changes = self.shared.catalog_tx.subscribe();
+        let shutdown = self.shared.shutdown.clone();
+        let stream = async_stream(move |tx| async move {
+            let mut version = 1;
+            loop {
+                changes.borrow_and_update();
+                if tx.send(Ok(api.view(version))).await.is_err() {
+                    return;
+                }
+                version += 1;
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    () = shutdown.cancelled() => return,
+                    () = tx.closed() => return,
+                }
+                tokio::time::sleep(COALESCE).await;
+            }
+        });
+        Ok(Response::new(stream))
+    }
+}
+
+/// A stream fed by a task through a small channel: a slow sidecar holds at most two views.
+fn async_stream<F, Fut>(produce: F) -> ViewStream
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<CatalogView, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(produce(tx));
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}

@@ -1,0 +1,250 @@
+//! Choosing where a request goes: peak-EWMA latency with the power of two choices, over the
+//! targets a caller offers (this cluster's endpoints first; other clusters when none of those
+//! is usable). Targets that failed to connect are set aside for a backoff that grows with
+//! consecutive failures. No clock or randomness of its own: callers pass `now` and a random
+//! number, so the choices are tested exactly.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+/// How fast old latencies are forgotten.
+const DECAY: Duration = Duration::from_secs(10);
+/// The latency assumed for a target never measured (optimistic, so new targets get tried).
+const DEFAULT_RTT: Duration = Duration::from_millis(1);
+/// The first and the longest time a failing target is set aside.
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Targets unused for this long are forgotten.
+const FORGET: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone)]
+struct Stats {
+    /// Peak-EWMA of latency, in seconds.
+    ewma: f64,
+    updated: Instant,
+    pending: u32,
+    failures: u32,
+    failed_until: Option<Instant>,
+}
+
+impl Stats {
+    fn new(now: Instant) -> Self {
+        Self {
+            ewma: DEFAULT_RTT.as_secs_f64(),
+            updated: now,
+            pending: 0,
+            failures: 0,
+            failed_until: None,
+        }
+    }
+
+    /// The latency estimate decayed to `now`, times the requests in flight plus one.
+    fn cost(&self, now: Instant) -> f64 {
+        self.decayed(now) * f64::from(self.pending + 1)
+    }
+
+    fn decayed(&self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        let weight = (-elapsed / DECAY.as_secs_f64()).exp();
+        // Decays towards the default, so an endpoint that was slow long ago gets tried again.
+        self.ewma * weight + DEFAULT_RTT.as_secs_f64() * (1.0 - weight)
+    }
+
+    fn usable(&self, now: Instant) -> bool {
+        self.failed_until.is_none_or(|until| now >= until)
+    }
+}
+
+/// Latency and failure statistics per target.
+#[derive(Debug)]
+pub struct Balancer<T> {
+    stats: HashMap<T, Stats>,
+}
+
+impl<T> Default for Balancer<T> {
+    fn default() -> Self {
+        Self {
+            stats: HashMap::new(),
+        }
+    }
+}
+
+impl<T: Clone + Eq + Hash> Balancer<T> {
+    /// Whether a target may be chosen now (not backing off after failures).
+    pub fn usable(&self, target: &T, now: Instant) -> bool {
+        self.stats.get(target).is_none_or(|s| s.usable(now))
+    }
+
+    /// Picks one of `candidates` not backing off: of two chosen at random (from `random`), the
+    /// one with the lower cost. `None` when every candidate is backing off.
+    pub fn pick(&self, candidates: &[T], now: Instant, random: u64) -> Option<T> {
+        let usable: Vec<&T> = candidates.iter().filter(|t| self.usable(t, now)).collect();
+        match usable.len() {
+            0 => None,
+            1 => Some(usable[0].clone()),
+            n => {
+                let a = (random % n as u64) as usize;
+                let mut b = ((random >> 32) % (n as u64 - 1)) as usize;
+                if b >= a {
+                    b += 1;
+                }
+                let cost = |t: &T| self.stats.get(t).map_or(0.0, |s| s.cost(now));
+                Some(if cost(usable[b]) < cost(usable[a]) {
+                    usable[b].clone()
+                } else {
+                    usable[a].clone()
+                })
+            }
+        }
+    }
+
+    fn stats(&mut self, target: &T, now: Instant) -> &mut Stats {
+        self.stats
+            .entry(target.clone())
+            .or_insert_with(|| Stats::new(now))
+    }
+
+    /// A request to `target` starts.
+    pub fn start(&mut self, target: &T, now: Instant) {
+        self.stats(target, now).pending += 1;
+    }
+
+    /// A request to `target` ended after `latency` (to its response headers).
+    pub fn end(&mut self, target: &T, latency: Duration, now: Instant) {
+        let stats = self.stats(target, now);
+        stats.pending = stats.pending.saturating_sub(1);
+        let rtt = latency.as_secs_f64();
+        let current = stats.decayed(now);
+        // Peak: a slower sample is taken at once, faster ones only decay in.
+        stats.ewma = if rtt > current {
+            rtt
+        } else {
+            let elapsed = now.saturating_duration_since(stats.updated).as_secs_f64();
+            let weight = (-elapsed / DECAY.as_secs_f64()).exp();
+            current * weight + rtt * (1.0 - weight)
+        };
+        stats.updated = now;
+        stats.failures = 0;
+        stats.failed_until = None;
+    }
+
+    /// A request to `target` ended without a latency worth keeping (cancelled, or refused
+    /// after the connection was made).
+    pub fn abandon(&mut self, target: &T, now: Instant) {
+        let stats = self.stats(target, now);
+        stats.pending = stats.pending.saturating_sub(1);
+    }
+
+    /// Connecting to `target` failed: set it aside for a growing backoff.
+    pub fn fail(&mut self, target: &T, now: Instant) {
+        let stats = self.stats(target, now);
+        stats.failures = stats.failures.saturating_add(1);
+        let backoff = BACKOFF_MIN
+            .saturating_mul(1 << (stats.failures - 1).min(6))
+            .min(BACKOFF_MAX);
+        stats.failed_until = Some(now + backoff);
+    }
+
+    /// Forgets targets neither used nor failing for a while (endpoints that went away).
+    pub fn forget_idle(&mut self, now: Instant) {
+        self.stats.retain(|_, s| {
+            s.pending > 0
+                || now.saturating_duration_since(s.updated) < FORGET
+                || s.failed_until.is_some_and(|until| until > now)
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small deterministic generator, so every choice is reproducible.
+    fn randoms(seed: u64) -> impl Iterator<Item = u64> {
+        let mut x = seed;
+        std::iter::repeat_with(move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        })
+    }
+
+    #[test]
+    fn a_slow_endpoint_gets_little_traffic() {
+        let mut balancer = Balancer::default();
+        let now = Instant::now();
+        let targets = ["fast", "slow", "fast2"];
+        balancer.end(&"fast", Duration::from_millis(1), now);
+        balancer.end(&"fast2", Duration::from_millis(1), now);
+        balancer.end(&"slow", Duration::from_millis(50), now);
+        let mut counts = HashMap::new();
+        for random in randoms(7).take(3000) {
+            *counts
+                .entry(balancer.pick(&targets, now, random).unwrap())
+                .or_insert(0) += 1;
+        }
+        assert_eq!(counts.get("slow"), None, "{counts:?}");
+        assert!(
+            counts["fast"] > 1000 && counts["fast2"] > 1000,
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn requests_in_flight_spread_the_load() {
+        let mut balancer = Balancer::default();
+        let now = Instant::now();
+        for _ in 0..10 {
+            balancer.start(&"a", now);
+        }
+        let picks: Vec<_> = randoms(3)
+            .take(100)
+            .map(|r| balancer.pick(&["a", "b"], now, r).unwrap())
+            .collect();
+        assert!(picks.iter().all(|p| *p == "b"));
+    }
+
+    #[test]
+    fn a_failed_endpoint_is_avoided_then_tried_again_after_its_backoff() {
+        let mut balancer = Balancer::default();
+        let now = Instant::now();
+        balancer.fail(&"dead", now);
+        for random in randoms(11).take(100) {
+            assert_eq!(balancer.pick(&["dead", "live"], now, random), Some("live"));
+        }
+        assert_eq!(balancer.pick(&["dead"], now, 1), None);
+        let later = now + BACKOFF_MIN;
+        assert_eq!(balancer.pick(&["dead"], later, 1), Some("dead"));
+        // A second failure doubles the backoff; a success clears it.
+        balancer.fail(&"dead", later);
+        assert!(!balancer.usable(&"dead", later + BACKOFF_MIN));
+        assert!(balancer.usable(&"dead", later + BACKOFF_MIN * 2));
+        balancer.end(&"dead", Duration::from_millis(1), later + BACKOFF_MIN * 2);
+        balancer.fail(&"dead", later + BACKOFF_MIN * 2);
+        assert!(balancer.usable(&"dead", later + BACKOFF_MIN * 3));
+    }
+
+    #[test]
+    fn old_latency_decays_so_a_recovered_endpoint_is_used_again() {
+        let mut balancer = Balancer::default();
+        let now = Instant::now();
+        balancer.end(&"a", Duration::from_millis(500), now);
+        balancer.end(&"b", Duration::from_millis(2), now);
+        assert_eq!(balancer.pick(&["a", "b"], now, 0), Some("b"));
+        let later = now + DECAY * 10;
+        balancer.end(&"b", Duration::from_millis(2), later);
+        assert_eq!(balancer.pick(&["a", "b"], later, 0), Some("a"));
+    }
+
+    #[test]
+    fn forgotten_targets_are_only_the_idle_ones() {
+        let mut balancer = Balancer::default();
+        let now = Instant::now();
+        balancer.start(&"busy", now);
+        balancer.end(&"idle", Duration::from_millis(1), now);
+        balancer.forget_idle(now + FORGET);
+        assert_eq!(balancer.stats.len(), 1);
+    }
+}

@@ -1,0 +1,206 @@
+//! What a sidecar is told: its bootstrap document (which gateway, which trust, which token),
+//! the service it fronts and the app ports behind it, and where it listens.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use strait_federation::catalog::{Port, Protocol};
+use strait_federation::identity::{ClusterName, ServiceName, TrustDomain};
+
+use crate::SidecarError;
+
+/// The kind of a bootstrap document.
+pub const BOOTSTRAP_KIND: &str = "SidecarBootstrap";
+
+/// What a new sidecar needs to join its cluster (`strait sidecar token` writes it): the
+/// gateway's API address, the cluster and trust domain, the trust bundle, and a token that
+/// grants one workload identity. Holds no private key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Bootstrap {
+    pub api_version: String,
+    pub kind: String,
+    /// The gateway's API address (host:port).
+    pub gateway: String,
+    pub cluster: ClusterName,
+    pub trust_domain: TrustDomain,
+    /// The identity the token grants (informational).
+    pub identity: String,
+    /// The trust bundle, PEM.
+    pub bundle: String,
+    pub token: String,
+}
+
+impl Bootstrap {
+    /// Reads a bootstrap document.
+    pub fn load(path: &Path) -> Result<Self, SidecarError> {
+        let bad = |message: String| SidecarError::Config {
+            what: path.display().to_string(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let bootstrap: Bootstrap = serde_saphyr::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        if bootstrap.kind != BOOTSTRAP_KIND {
+            return Err(bad(format!(
+                "kind is {:?}, expected {BOOTSTRAP_KIND}",
+                bootstrap.kind
+            )));
+        }
+        Ok(bootstrap)
+    }
+}
+
+/// One port of the app behind the sidecar.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppPort {
+    /// The service port (what callers name).
+    pub port: Port,
+    /// Where the app listens (localhost).
+    pub target: SocketAddr,
+}
+
+impl AppPort {
+    /// Parses `PORT/PROTOCOL=ADDRESS` (`80/http=127.0.0.1:8080`); the port's name is its
+    /// protocol unless given as `NAME:PORT/PROTOCOL=ADDRESS`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (port, target) = text
+            .split_once('=')
+            .ok_or("expected PORT/PROTOCOL=ADDRESS, e.g. 80/http=127.0.0.1:8080")?;
+        let (port, protocol) = port.split_once('/').unwrap_or((port, "tcp"));
+        let (name, port) = match port.split_once(':') {
+            Some((name, port)) => (Some(name), port),
+            None => (None, port),
+        };
+        let number: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("port {port:?}: expected 1..65535"))?;
+        let protocol = Protocol::parse(protocol)
+            .ok_or_else(|| format!("protocol {protocol:?}: expected http, http2, grpc or tcp"))?;
+        let target = target
+            .parse()
+            .map_err(|e| format!("address {target:?}: {e}"))?;
+        Ok(Self {
+            port: Port {
+                name: name.unwrap_or(protocol.as_str()).to_owned(),
+                port: number,
+                protocol,
+            },
+            target,
+        })
+    }
+}
+
+/// The service a sidecar fronts and registers (universal mode).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    pub name: ServiceName,
+    pub ports: Vec<AppPort>,
+    /// Whether linked clusters may reach it.
+    pub export: bool,
+    /// The pod or host name of this endpoint.
+    pub hostname: Option<String>,
+}
+
+/// A local TCP listener that carries opaque TCP to one mesh name (universal mode).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upstream {
+    /// The name as callers would write it (`db.shop:5432`, `west.db.shop.svc.clusterset.local:5432`).
+    pub name: String,
+    pub listen: SocketAddr,
+}
+
+impl Upstream {
+    /// Parses `NAME:PORT=LISTEN` (`db.shop:5432=127.0.0.1:15432`).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (name, listen) = text
+            .split_once('=')
+            .ok_or("expected NAME:PORT=LISTEN, e.g. db.shop:5432=127.0.0.1:15432")?;
+        if !name.contains(':') {
+            return Err(format!("{name:?}: the port is missing (NAME:PORT)"));
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            listen: listen
+                .parse()
+                .map_err(|e| format!("address {listen:?}: {e}"))?,
+        })
+    }
+}
+
+/// Everything a sidecar runs with.
+#[derive(Debug, Clone)]
+pub struct SidecarConfig {
+    pub bootstrap: Bootstrap,
+    pub service: Option<ServiceConfig>,
+    /// mTLS from other sidecars (through gateways too).
+    pub inbound_addr: SocketAddr,
+    /// The address registered for this endpoint, when not the bound inbound address.
+    pub advertise_addr: Option<SocketAddr>,
+    /// The app's HTTP proxy port (`http_proxy`), if any.
+    pub proxy_addr: Option<SocketAddr>,
+    /// Health, readiness and metrics, if any.
+    pub admin_addr: Option<SocketAddr>,
+    pub upstreams: Vec<Upstream>,
+    /// Where iptables redirects the app's outbound connections, if anywhere.
+    pub transparent_addr: Option<SocketAddr>,
+    /// How long a request may wait for its response headers.
+    pub request_timeout: Duration,
+    /// How long connecting to an endpoint (or through the gateways) may take.
+    pub connect_timeout: Duration,
+}
+
+impl SidecarConfig {
+    /// A configuration with the defaults: listeners on loopback, ports chosen at start.
+    pub fn new(bootstrap: Bootstrap) -> Self {
+        Self {
+            bootstrap,
+            service: None,
+            inbound_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise_addr: None,
+            proxy_addr: None,
+            admin_addr: None,
+            upstreams: Vec::new(),
+            transparent_addr: None,
+            request_timeout: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_ports_and_upstreams_parse_and_bad_ones_say_why() {
+        let port = AppPort::parse("80/http=127.0.0.1:8080").unwrap();
+        assert_eq!(
+            (port.port.name.as_str(), port.port.port, port.port.protocol),
+            ("http", 80, Protocol::Http)
+        );
+        let grpc = AppPort::parse("rpc:9090/grpc=127.0.0.1:9091").unwrap();
+        assert_eq!(grpc.port.name, "rpc");
+        assert!(
+            AppPort::parse("80/ftp=127.0.0.1:1")
+                .unwrap_err()
+                .contains("ftp")
+        );
+        assert!(
+            AppPort::parse("0/http=127.0.0.1:1")
+                .unwrap_err()
+                .contains("1..65535")
+        );
+        assert!(AppPort::parse("80/http").unwrap_err().contains("expected"));
+        let upstream = Upstream::parse("db.shop:5432=127.0.0.1:15432").unwrap();
+        assert_eq!(upstream.name, "db.shop:5432");
+        assert!(
+            Upstream::parse("db.shop=127.0.0.1:1")
+                .unwrap_err()
+                .contains("port")
+        );
+    }
+}

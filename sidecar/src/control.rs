@@ -1,0 +1,245 @@
+//! The sidecar's side of the workload API: its first certificate (with the bootstrap token),
+//! renewal at 70 % of the certificate's life, registration of its endpoint (a lease refreshed
+//! with the app's readiness) and the catalog stream that keeps its [`Directory`] current.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rustls_pki_types::ServerName;
+use strait_federation::identity::{Role, SpiffeId};
+use strait_federation::pki::{Credential, TrustBundle, new_csr};
+use strait_federation::proto::workload::workload_client::WorkloadClient;
+use strait_federation::proto::workload::{
+    CertifyRequest, DeregisterRequest, PortSpec, RegisterRequest, WatchRequest,
+};
+use strait_federation::tls::{self, CertStore, PeerRule};
+use tokio::net::TcpStream;
+use tonic::transport::Channel;
+
+use crate::config::{Bootstrap, ServiceConfig};
+use crate::directory::Directory;
+use crate::{Shared, SidecarError};
+
+/// ALPN of the gateway's API.
+const API_ALPN: &[u8] = b"h2";
+/// Longest wait between two attempts to reach the gateway.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// A channel to the gateway's API: anonymous (for the first certificate) or presenting the
+/// workload certificate.
+pub async fn channel(
+    bootstrap: &Bootstrap,
+    bundle: &TrustBundle,
+    certs: Option<&CertStore>,
+) -> Result<Channel, SidecarError> {
+    let rule = PeerRule::role_in(Role::Gateway, bootstrap.cluster.clone());
+    let config = match certs {
+        Some(certs) => tls::client_config(bundle, certs, rule, &[API_ALPN])?,
+        None => tls::anonymous_client_config(bundle, rule, &[API_ALPN])?,
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let server_name = ServerName::try_from(bootstrap.cluster.to_string())
+        .map_err(|e| SidecarError::Gateway(e.to_string()))?;
+    let target = bootstrap.gateway.clone();
+    let dial = tower::service_fn(move |_: tonic::transport::Uri| {
+        let connector = connector.clone();
+        let server_name = server_name.clone();
+        let target = target.clone();
+        async move {
+            let tcp = TcpStream::connect(&target).await?;
+            let stream = connector.connect(server_name, tcp).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", bootstrap.gateway))
+        .map_err(|e| SidecarError::Gateway(format!("gateway address {}: {e}", bootstrap.gateway)))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(15));
+    // Lazy: the first call dials, and a lost connection is dialled again on the next call.
+    Ok(endpoint.connect_with_connector_lazy(dial))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// A credential signed by the gateway, and when to renew it.
+pub struct Certified {
+    pub credential: Credential,
+    pub identity: SpiffeId,
+    pub renew_at: Instant,
+}
+
+/// Asks the gateway to sign a fresh key: with the bootstrap token on an anonymous channel, or
+/// (renewal) on a channel presenting the current certificate.
+pub async fn certify(channel: Channel, token: &str) -> Result<Certified, SidecarError> {
+    let (key_pem, csr) = new_csr()?;
+    let response = WorkloadClient::new(channel)
+        .certify(CertifyRequest {
+            token: token.to_owned(),
+            csr,
+        })
+        .await
+        .map_err(|status| SidecarError::Gateway(format!("certify: {}", status.message())))?
+        .into_inner();
+    let identity = response.identity.parse::<SpiffeId>().map_err(|e| {
+        SidecarError::Gateway(format!("certify: identity {}: {e}", response.identity))
+    })?;
+    let life = response.expires_unix.saturating_sub(unix_now());
+    Ok(Certified {
+        credential: Credential {
+            chain_pem: response.chain_pem,
+            key_pem,
+        },
+        identity,
+        renew_at: Instant::now() + Duration::from_secs(life).mul_f64(0.7),
+    })
+}
+
+/// Renews the workload certificate before it expires, for as long as the sidecar runs.
+pub async fn renew(shared: Arc<Shared>, channel: Channel, mut renew_at: Instant) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(renew_at.into()) => {}
+            () = shared.shutdown.cancelled() => return,
+        }
+        match certify(channel.clone(), "").await {
+            Ok(certified) => match shared.certs.replace(&certified.credential) {
+                Ok(()) => {
+                    tracing::info!(identity = %certified.identity, "workload certificate renewed");
+                    shared.metrics.renewals.inc();
+                    renew_at = certified.renew_at;
+                    backoff = Duration::from_millis(200);
+                }
+                Err(e) => tracing::error!(error = %e, "cannot use the renewed certificate"),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "certificate renewal failed; retrying");
+                renew_at = Instant::now() + backoff;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Whether every app port accepts connections (the endpoint's readiness).
+async fn app_ready(service: &ServiceConfig) -> bool {
+    for port in &service.ports {
+        let probe =
+            tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(port.target)).await;
+        if !matches!(probe, Ok(Ok(_))) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Keeps this endpoint registered with its readiness, refreshing the lease at a third of its
+/// length; deregisters when the sidecar stops.
+pub async fn register(shared: Arc<Shared>, channel: Channel, service: ServiceConfig) {
+    let mut client = WorkloadClient::new(channel);
+    let instance = format!(
+        "{}-{}",
+        shared.inbound_addr,
+        strait_federation::link::random_u64()
+    );
+    let ports: Vec<PortSpec> = service
+        .ports
+        .iter()
+        .map(|p| PortSpec {
+            name: p.port.name.clone(),
+            port: u32::from(p.port.port),
+            protocol: p.port.protocol.as_str().into(),
+        })
+        .collect();
+    let mut every;
+    let mut was_ready = None;
+    loop {
+        let ready = app_ready(&service).await;
+        let request = RegisterRequest {
+            service: service.name.to_string(),
+            ports: ports.clone(),
+            address: shared.advertise_addr.to_string(),
+            hostname: service.hostname.clone().unwrap_or_default(),
+            ready,
+            export: service.export,
+            instance: instance.clone(),
+        };
+        match client.register(request).await {
+            Ok(response) => {
+                if was_ready != Some(ready) {
+                    tracing::info!(service = %service.name, ready, "endpoint registered");
+                    was_ready = Some(ready);
+                }
+                shared
+                    .registered
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                let lease = Duration::from_secs(response.into_inner().lease_seconds.max(2));
+                // An app not ready yet is probed every second, so it joins as soon as it is.
+                every = if ready {
+                    (lease / 3).min(Duration::from_secs(5))
+                } else {
+                    Duration::from_secs(1)
+                };
+            }
+            Err(status) => {
+                tracing::warn!(error = %status.message(), "registration failed; retrying");
+                every = Duration::from_secs(1);
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = shared.shutdown.cancelled() => break,
+        }
+    }
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.deregister(DeregisterRequest {
+            service: service.name.to_string(),
+            instance,
+        }),
+    )
+    .await;
+}
+
+/// Follows the catalog stream, reconnecting with backoff, and publishes each view.
+pub async fn watch(shared: Arc<Shared>, channel: Channel) {
+    let mut client = WorkloadClient::new(channel);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let streamed = async {
+            let mut stream = client
+                .watch(WatchRequest {})
+                .await
+                .map_err(|s| s.message().to_owned())?
+                .into_inner();
+            loop {
+                match stream.message().await {
+                    Ok(Some(view)) => {
+                        let directory = Directory::from_view(&view);
+                        shared.directory.send_replace(Arc::new(directory));
+                        backoff = Duration::from_millis(100);
+                    }
+                    Ok(None) => return Err("the gateway ended the catalog stream".to_owned()),
+                    Err(status) => return Err(status.message().to_owned()),
+                }
+            }
+        };
+        let error: Result<(), String> = tokio::select! {
+            result = streamed => result,
+            () = shared.shutdown.cancelled() => return,
+        };
+        if let Err(e) = error {
+            tracing::warn!(error = %e, "catalog stream lost; reconnecting (the last catalog stays in use)");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = shared.shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}

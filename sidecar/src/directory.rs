@@ -1,0 +1,358 @@
+//! The sidecar's view of the catalog, as its gateway streams it: which services exist, their
+//! ports, their endpoints in this cluster and the other clusters that serve them. It answers
+//! "where does this name go" without any I/O.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use strait_federation::catalog::{Port, Protocol, ServiceKey};
+use strait_federation::identity::{ClusterName, Namespace, ServiceName};
+use strait_federation::proto::workload::CatalogView;
+
+/// One endpoint of a service in this cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalEndpoint {
+    pub address: SocketAddr,
+    pub hostname: Option<String>,
+    pub ready: bool,
+}
+
+/// A service as this sidecar can reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceEntry {
+    pub key: ServiceKey,
+    pub ports: Vec<Port>,
+    /// Endpoints in this cluster (dialled directly).
+    pub local: Vec<LocalEndpoint>,
+    /// Other clusters serving it (reached through the gateways), with their endpoints'
+    /// hostnames for per-endpoint names.
+    pub remote: Vec<(ClusterName, Vec<String>)>,
+}
+
+impl ServiceEntry {
+    /// The port a request for `port` goes to: that port when the service has it; with no port
+    /// given (or the HTTP default, 80, that it lacks), its only port or its first HTTP port.
+    pub fn port(&self, port: Option<u16>) -> Option<&Port> {
+        if let Some(wanted) = port
+            && let Some(found) = self.ports.iter().find(|p| p.port == wanted)
+        {
+            return Some(found);
+        }
+        if port.is_some_and(|p| p != 80) {
+            return None;
+        }
+        if let [only] = self.ports.as_slice() {
+            return Some(only);
+        }
+        self.ports.iter().find(|p| p.protocol != Protocol::Tcp)
+    }
+}
+
+/// Where a name points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub service: ServiceKey,
+    /// Only this cluster (`<cluster>.<svc>.<ns>.svc.clusterset.local`, or this cluster for
+    /// `cluster.local` names).
+    pub cluster: Option<ClusterName>,
+    /// Only this endpoint (`<pod>.<cluster>.<svc>...`).
+    pub hostname: Option<String>,
+    /// The port written in the name, if any.
+    pub port: Option<u16>,
+}
+
+/// The catalog as one sidecar sees it.
+#[derive(Debug, Clone, Default)]
+pub struct Directory {
+    pub cluster: Option<ClusterName>,
+    /// The gateway's relay, for flows to other clusters.
+    pub relay: Option<SocketAddr>,
+    pub version: u64,
+    services: HashMap<ServiceKey, ServiceEntry>,
+    /// Endpoint addresses of this cluster, for transparently intercepted connections.
+    by_address: HashMap<SocketAddr, ServiceKey>,
+}
+
+fn parse_port(port: &strait_federation::proto::workload::PortSpec) -> Option<Port> {
+    Some(Port {
+        name: port.name.clone(),
+        port: u16::try_from(port.port).ok().filter(|p| *p != 0)?,
+        protocol: Protocol::parse(&port.protocol)?,
+    })
+}
+
+impl Directory {
+    /// Builds the view from what the gateway sent; entries that do not parse are skipped (the
+    /// gateway checked them, so this only guards against a newer gateway's additions).
+    pub fn from_view(view: &CatalogView) -> Self {
+        let cluster = ClusterName::new(view.cluster.clone()).ok();
+        let mut services = HashMap::new();
+        let mut by_address = HashMap::new();
+        for service in &view.services {
+            let (Ok(namespace), Ok(name)) = (
+                Namespace::new(service.namespace.clone()),
+                ServiceName::new(service.name.clone()),
+            ) else {
+                continue;
+            };
+            let key = ServiceKey { namespace, name };
+            let mut entry = ServiceEntry {
+                key: key.clone(),
+                ports: service.ports.iter().filter_map(parse_port).collect(),
+                local: Vec::new(),
+                remote: Vec::new(),
+            };
+            for backend in &service.backends {
+                let Ok(backend_cluster) = ClusterName::new(backend.cluster.clone()) else {
+                    continue;
+                };
+                if Some(&backend_cluster) == cluster.as_ref() {
+                    for endpoint in &backend.endpoints {
+                        if let Ok(address) = endpoint.address.parse() {
+                            by_address.insert(address, key.clone());
+                            entry.local.push(LocalEndpoint {
+                                address,
+                                hostname: (!endpoint.hostname.is_empty())
+                                    .then(|| endpoint.hostname.clone()),
+                                ready: endpoint.ready,
+                            });
+                        }
+                    }
+                } else if backend.endpoints.iter().any(|e| e.ready) {
+                    let hostnames = backend
+                        .endpoints
+                        .iter()
+                        .filter(|e| !e.hostname.is_empty())
+                        .map(|e| e.hostname.clone())
+                        .collect();
+                    entry.remote.push((backend_cluster, hostnames));
+                }
+            }
+            services.insert(key, entry);
+        }
+        Self {
+            cluster,
+            relay: view.relay_address.parse().ok(),
+            version: view.version,
+            services,
+            by_address,
+        }
+    }
+
+    /// The entry of a service.
+    pub fn service(&self, key: &ServiceKey) -> Option<&ServiceEntry> {
+        self.services.get(key)
+    }
+
+    /// The service whose local endpoint has this address (an intercepted connection's original
+    /// destination).
+    pub fn service_at(&self, address: &SocketAddr) -> Option<&ServiceEntry> {
+        self.by_address
+            .get(address)
+            .and_then(|key| self.services.get(key))
+    }
+
+    /// Where a host name (an HTTP authority or a name given on the command line) points:
+    /// `api.shop`, `api.shop.svc`, `api.shop.svc.clusterset.local` (every cluster),
+    /// `west.api.shop.svc.clusterset.local` (one cluster), `pod.west.api.shop.svc.clusterset.local`
+    /// (one endpoint), `api.shop.svc.cluster.local` (this cluster only); with an optional
+    /// `:port`.
+    pub fn resolve(&self, authority: &str) -> Option<Destination> {
+        let (host, port) = split_port(authority)?;
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let labels: Vec<&str> = host.split('.').collect();
+        let (names, scope) =
+            if let Some(rest) = labels.strip_suffix(&["svc", "clusterset", "local"]) {
+                (rest, Scope::Clusterset)
+            } else if let Some(rest) = labels.strip_suffix(&["svc", "cluster", "local"]) {
+                (rest, Scope::ThisCluster)
+            } else if let Some(rest) = labels.strip_suffix(&["svc"]) {
+                (rest, Scope::Short)
+            } else {
+                (labels.as_slice(), Scope::Short)
+            };
+        let (hostname, cluster, service, namespace) = match (names, scope) {
+            ([service, namespace], _) => (None, None, *service, *namespace),
+            ([cluster, service, namespace], Scope::Clusterset) => {
+                (None, Some(*cluster), *service, *namespace)
+            }
+            ([pod, cluster, service, namespace], Scope::Clusterset) => {
+                (Some(*pod), Some(*cluster), *service, *namespace)
+            }
+            _ => return None,
+        };
+        let key = ServiceKey {
+            namespace: Namespace::new(namespace).ok()?,
+            name: ServiceName::new(service).ok()?,
+        };
+        self.services.get(&key)?;
+        let cluster = match (cluster, scope) {
+            (Some(cluster), _) => Some(ClusterName::new(cluster).ok()?),
+            (None, Scope::ThisCluster) => self.cluster.clone(),
+            (None, _) => None,
+        };
+        Some(Destination {
+            service: key,
+            cluster,
+            hostname: hostname.map(str::to_owned),
+            port,
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Scope {
+    Clusterset,
+    ThisCluster,
+    Short,
+}
+
+/// Splits `host[:port]` (a bracketed IPv6 literal is not a mesh name: refused).
+fn split_port(authority: &str) -> Option<(&str, Option<u16>)> {
+    if authority.starts_with('[') {
+        return None;
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) => Some((host, Some(port.parse().ok()?))),
+        None => Some((authority, None)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strait_federation::proto::workload::{Backend, EndpointView, PortSpec, ServiceView};
+
+    fn view() -> CatalogView {
+        let endpoint = |address: &str, hostname: &str| EndpointView {
+            address: address.into(),
+            hostname: hostname.into(),
+            ready: true,
+        };
+        CatalogView {
+            cluster: "east".into(),
+            relay_address: "127.0.0.1:4000".into(),
+            version: 3,
+            services: vec![
+                ServiceView {
+                    namespace: "shop".into(),
+                    name: "api".into(),
+                    ports: vec![PortSpec {
+                        name: "http".into(),
+                        port: 8080,
+                        protocol: "http".into(),
+                    }],
+                    backends: vec![
+                        Backend {
+                            cluster: "east".into(),
+                            endpoints: vec![endpoint("127.0.0.1:5000", "api-0")],
+                        },
+                        Backend {
+                            cluster: "west".into(),
+                            endpoints: vec![endpoint("10.0.0.1:5000", "api-7")],
+                        },
+                    ],
+                },
+                ServiceView {
+                    namespace: "shop".into(),
+                    name: "db".into(),
+                    ports: vec![
+                        PortSpec {
+                            name: "sql".into(),
+                            port: 5432,
+                            protocol: "tcp".into(),
+                        },
+                        PortSpec {
+                            name: "admin".into(),
+                            port: 8081,
+                            protocol: "http".into(),
+                        },
+                    ],
+                    backends: vec![Backend {
+                        cluster: "west".into(),
+                        endpoints: vec![endpoint("10.0.0.2:5000", "")],
+                    }],
+                },
+            ],
+        }
+    }
+
+    fn key(name: &str) -> ServiceKey {
+        ServiceKey {
+            namespace: Namespace::new("shop").unwrap(),
+            name: ServiceName::new(name).unwrap(),
+        }
+    }
+
+    #[test]
+    fn every_name_form_resolves_to_its_service_and_scope() {
+        let directory = Directory::from_view(&view());
+        let at = |name: &str| directory.resolve(name);
+        for short in [
+            "api.shop",
+            "api.shop.svc",
+            "api.shop.svc.clusterset.local",
+            "API.Shop.svc.clusterset.local.",
+        ] {
+            let found = at(short).unwrap_or_else(|| panic!("{short}"));
+            assert_eq!(
+                (found.service, found.cluster),
+                (key("api"), None),
+                "{short}"
+            );
+        }
+        let pinned = at("west.api.shop.svc.clusterset.local:8080").unwrap();
+        assert_eq!(pinned.cluster.unwrap().as_str(), "west");
+        assert_eq!(pinned.port, Some(8080));
+        let pod = at("api-7.west.api.shop.svc.clusterset.local").unwrap();
+        assert_eq!(pod.hostname.as_deref(), Some("api-7"));
+        let here = at("api.shop.svc.cluster.local").unwrap();
+        assert_eq!(here.cluster.unwrap().as_str(), "east");
+    }
+
+    #[test]
+    fn names_outside_the_catalog_or_malformed_resolve_to_nothing() {
+        let directory = Directory::from_view(&view());
+        for name in [
+            "nothere.shop.svc.clusterset.local",
+            "example.com",
+            "api",
+            "a.b.c.d.e.f",
+            "api.shop:notaport",
+            "[::1]:80",
+            "west.api.shop.svc",
+        ] {
+            assert_eq!(directory.resolve(name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn local_endpoints_and_remote_clusters_are_told_apart() {
+        let directory = Directory::from_view(&view());
+        let api = directory.service(&key("api")).unwrap();
+        assert_eq!(api.local.len(), 1);
+        assert_eq!(api.remote[0].0.as_str(), "west");
+        let db = directory.service(&key("db")).unwrap();
+        assert!(db.local.is_empty());
+        assert_eq!(
+            directory
+                .service_at(&"127.0.0.1:5000".parse().unwrap())
+                .unwrap()
+                .key,
+            key("api")
+        );
+        assert_eq!(directory.relay, Some("127.0.0.1:4000".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_port_is_chosen_by_number_or_by_default() {
+        let directory = Directory::from_view(&view());
+        let api = directory.service(&key("api")).unwrap();
+        assert_eq!(api.port(None).unwrap().port, 8080);
+        assert_eq!(api.port(Some(80)).unwrap().port, 8080);
+        assert!(api.port(Some(9999)).is_none());
+        let db = directory.service(&key("db")).unwrap();
+        assert_eq!(db.port(Some(5432)).unwrap().port, 5432);
+        assert_eq!(db.port(None).unwrap().port, 8081);
+    }
+}

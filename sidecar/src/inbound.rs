@@ -1,0 +1,242 @@
+//! The inbound path: mutual TLS from other sidecars (directly or relayed by gateways), the
+//! caller's SPIFFE identity taken from its certificate, then HTTP requests forwarded to the app
+//! on localhost (HTTP/1.1 or, for http2 and grpc ports, HTTP/2 cleartext) with the identity in
+//! `strait-client-id`, or opaque TCP copied to the app's port.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use strait_federation::catalog::Protocol;
+use strait_federation::identity::SpiffeId;
+use strait_federation::tls;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::config::AppPort;
+use crate::connect::{Body, BoxError, HTTP_ALPN, TCP_ALPN};
+use crate::metrics::{Direction, Route};
+use crate::outbound::{error_response, strip_hop_by_hop};
+use crate::{CLIENT_ID_HEADER, Shared};
+
+/// How long a TLS handshake, or the port of a TCP connection, may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams one caller may have open on one connection.
+const MAX_STREAMS: u32 = 4096;
+
+/// A connector that always reaches one app port, whatever the request's authority says (the
+/// authority stays the name the caller wrote).
+type AppConnector =
+    tower::util::BoxCloneSyncService<hyper::Uri, TokioIo<TcpStream>, std::io::Error>;
+
+/// Pooled clients to the app's ports.
+pub struct AppClients {
+    clients: HashMap<u16, (AppPort, Client<AppConnector, Body>)>,
+}
+
+impl AppClients {
+    /// One client per app port: HTTP/1.1 for http ports, HTTP/2 cleartext for http2 and grpc.
+    pub fn new(ports: &[AppPort]) -> Self {
+        let clients = ports
+            .iter()
+            .filter(|p| p.port.protocol != Protocol::Tcp)
+            .map(|p| {
+                let target = p.target;
+                let connector = tower::util::BoxCloneSyncService::new(tower::service_fn(
+                    move |_: hyper::Uri| async move {
+                        let tcp = TcpStream::connect(target).await?;
+                        let _ = tcp.set_nodelay(true);
+                        Ok::<_, std::io::Error>(TokioIo::new(tcp))
+                    },
+                ));
+                let mut builder = Client::builder(TokioExecutor::new());
+                builder.pool_idle_timeout(Duration::from_secs(60));
+                if p.port.protocol != Protocol::Http {
+                    builder.http2_only(true);
+                }
+                (p.port.port, (p.clone(), builder.build(connector)))
+            })
+            .collect();
+        Self { clients }
+    }
+
+    /// The client for the port a request names, or the only HTTP port.
+    fn for_port(&self, port: Option<u16>) -> Option<&(AppPort, Client<AppConnector, Body>)> {
+        if let Some(port) = port
+            && let Some(found) = self.clients.get(&port)
+        {
+            return Some(found);
+        }
+        if self.clients.len() == 1 {
+            return self.clients.values().next();
+        }
+        None
+    }
+}
+
+/// Accepts mutual-TLS connections until the sidecar stops.
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(shared.inbound_tls.clone());
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shared.shutdown.cancelled() => return,
+        };
+        let Ok((tcp, remote)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let shared = shared.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::info!(remote = %remote, error = %e, "inbound TLS refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(remote = %remote, "inbound TLS handshake timed out");
+                    return;
+                }
+            };
+            let (_, session) = tls.get_ref();
+            let caller = session
+                .peer_certificates()
+                .and_then(|chain| tls::peer_identity(chain).ok());
+            let Some(caller) = caller else {
+                return;
+            };
+            match session.alpn_protocol() {
+                Some(HTTP_ALPN) => serve_http(shared, tls, caller).await,
+                Some(TCP_ALPN) => serve_tcp(shared, tls, caller).await,
+                _ => tracing::info!(remote = %remote, "inbound connection without a known ALPN"),
+            }
+        });
+    }
+}
+
+type InboundTls = tokio_rustls::server::TlsStream<TcpStream>;
+
+async fn serve_http(shared: Arc<Shared>, tls: InboundTls, caller: SpiffeId) {
+    let caller = Arc::new(caller);
+    let service = hyper::service::service_fn(move |request| {
+        let shared = shared.clone();
+        let caller = caller.clone();
+        async move { Ok::<_, Infallible>(to_app(shared, request, &caller).await) }
+    });
+    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .max_concurrent_streams(MAX_STREAMS)
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .serve_connection(TokioIo::new(tls), service)
+        .await;
+}
+
+/// The port written in an authority, if any.
+fn port_of(authority: Option<&hyper::http::uri::Authority>) -> Option<u16> {
+    authority.and_then(|a| a.port_u16())
+}
+
+/// Forwards one request from another sidecar to the app.
+async fn to_app(
+    shared: Arc<Shared>,
+    request: Request<hyper::body::Incoming>,
+    caller: &SpiffeId,
+) -> Response<Body> {
+    let started = Instant::now();
+    let (namespace, service) = shared.service_labels();
+    let route = Route {
+        direction: Direction::Inbound,
+        source_cluster: caller.cluster().as_str(),
+        destination_cluster: shared.cluster.as_str(),
+        namespace: &namespace,
+        service: &service,
+    };
+    let response = match shared
+        .app_clients
+        .for_port(port_of(request.uri().authority()))
+    {
+        None => error_response(
+            StatusCode::NOT_FOUND,
+            format!("this endpoint serves no HTTP port for {}", request.uri()),
+        ),
+        Some((port, client)) => {
+            let (mut parts, body) = request.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            if let Ok(id) = HeaderValue::from_str(&caller.to_string()) {
+                parts.headers.insert(CLIENT_ID_HEADER, id);
+            }
+            if port.port.protocol == Protocol::Http {
+                parts.version = hyper::Version::HTTP_11;
+                if let Some(authority) = parts.uri.authority()
+                    && let Ok(host) = HeaderValue::from_str(authority.as_str())
+                {
+                    parts.headers.insert(header::HOST, host);
+                }
+            }
+            let request =
+                Request::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed());
+            match client.request(request).await {
+                Ok(response) => {
+                    let (mut parts, body) = response.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed())
+                }
+                Err(e) => error_response(
+                    StatusCode::BAD_GATEWAY,
+                    format!("the app at {} failed: {e}", port.target),
+                ),
+            }
+        }
+    };
+    shared
+        .metrics
+        .request(&route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+async fn serve_tcp(shared: Arc<Shared>, mut tls: InboundTls, caller: SpiffeId) {
+    let mut port = [0u8; 2];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.read_exact(&mut port)).await {
+        Ok(Ok(_)) => {}
+        _ => return,
+    }
+    let port = u16::from_be_bytes(port);
+    let Some(target) = shared
+        .config
+        .service
+        .as_ref()
+        .and_then(|s| s.ports.iter().find(|p| p.port.port == port))
+        .map(|p| p.target)
+    else {
+        tracing::info!(caller = %caller, port, "inbound TCP for a port this endpoint does not serve");
+        return;
+    };
+    let Ok(Ok(mut app)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(target)).await
+    else {
+        tracing::info!(caller = %caller, app = %target, "the app refused a TCP connection");
+        return;
+    };
+    let _ = app.set_nodelay(true);
+    let (namespace, service) = shared.service_labels();
+    let route = Route {
+        direction: Direction::Inbound,
+        source_cluster: caller.cluster().as_str(),
+        destination_cluster: shared.cluster.as_str(),
+        namespace: &namespace,
+        service: &service,
+    };
+    shared.metrics.tcp_opened(&route);
+    let (received, sent) = tokio::io::copy_bidirectional(&mut tls, &mut app)
+        .await
+        .unwrap_or_default();
+    shared.metrics.tcp_closed(&route, sent, received);
+}

@@ -1,0 +1,192 @@
+//! The sidecar's golden metrics (Prometheus): requests and their latency, TCP connections and
+//! bytes, labelled by direction, source and destination cluster, namespace, service and status
+//! class.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Label names of every request and TCP metric.
+const LABELS: [&str; 5] = [
+    "direction",
+    "source_cluster",
+    "destination_cluster",
+    "namespace",
+    "service",
+];
+
+/// Latency buckets, in seconds: fine below 10 ms, where proxies live.
+const BUCKETS: [f64; 16] = [
+    0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 10.0,
+];
+
+/// Which side of the sidecar a request or connection is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// Who talks to whom, for labels.
+#[derive(Debug, Clone)]
+pub struct Route<'a> {
+    pub direction: Direction,
+    pub source_cluster: &'a str,
+    pub destination_cluster: &'a str,
+    pub namespace: &'a str,
+    pub service: &'a str,
+}
+
+impl Route<'_> {
+    fn labels(&self) -> [&str; 5] {
+        [
+            self.direction.as_str(),
+            self.source_cluster,
+            self.destination_cluster,
+            self.namespace,
+            self.service,
+        ]
+    }
+}
+
+/// The status class of an HTTP status: `2xx` .. `5xx`.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// The metrics of one sidecar.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub latency: HistogramVec,
+    pub tcp_connections: IntCounterVec,
+    pub tcp_open: IntGaugeVec,
+    pub tcp_bytes: IntCounterVec,
+    pub renewals: IntCounter,
+}
+
+impl Metrics {
+    /// Registers every metric of a sidecar of `cluster`.
+    pub fn new(cluster: &str) -> Self {
+        let labels = [("cluster".to_owned(), cluster.to_owned())].into();
+        let registry = Registry::new_custom(Some("strait".into()), Some(labels))
+            .expect("constant registry prefix and label are valid");
+        let register = |metric: Box<dyn prometheus::core::Collector>| {
+            registry
+                .register(metric)
+                .expect("constant metric names are valid and registered once");
+        };
+        let with = |extra: &[&'static str]| -> Vec<&'static str> {
+            LABELS.iter().chain(extra).copied().collect()
+        };
+        let requests = IntCounterVec::new(
+            Opts::new("requests_total", "HTTP requests, by status class."),
+            &with(&["status_class"]),
+        )
+        .expect("constant metric");
+        register(Box::new(requests.clone()));
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "request_duration_seconds",
+                "Time to the response headers, as the sidecar saw it.",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &with(&["status_class"]),
+        )
+        .expect("constant metric");
+        register(Box::new(latency.clone()));
+        let tcp_connections = IntCounterVec::new(
+            Opts::new("tcp_connections_total", "Opaque TCP connections proxied."),
+            &with(&[]),
+        )
+        .expect("constant metric");
+        register(Box::new(tcp_connections.clone()));
+        let tcp_open = IntGaugeVec::new(
+            Opts::new("tcp_open_connections", "Opaque TCP connections open now."),
+            &with(&[]),
+        )
+        .expect("constant metric");
+        register(Box::new(tcp_open.clone()));
+        let tcp_bytes = IntCounterVec::new(
+            Opts::new(
+                "tcp_bytes_total",
+                "Bytes of opaque TCP connections (counted when a connection ends), by way.",
+            ),
+            &with(&["way"]),
+        )
+        .expect("constant metric");
+        register(Box::new(tcp_bytes.clone()));
+        let renewals = IntCounter::new(
+            "certificate_renewals_total",
+            "Workload certificates renewed.",
+        )
+        .expect("constant metric");
+        register(Box::new(renewals.clone()));
+        Self {
+            registry,
+            requests,
+            latency,
+            tcp_connections,
+            tcp_open,
+            tcp_bytes,
+            renewals,
+        }
+    }
+
+    /// Records one HTTP request.
+    pub fn request(&self, route: &Route<'_>, status: u16, latency: Duration) {
+        let [a, b, c, d, e] = route.labels();
+        let labels = [a, b, c, d, e, status_class(status)];
+        self.requests.with_label_values(&labels).inc();
+        self.latency
+            .with_label_values(&labels)
+            .observe(latency.as_secs_f64());
+    }
+
+    /// Records a TCP connection opening.
+    pub fn tcp_opened(&self, route: &Route<'_>) {
+        self.tcp_connections
+            .with_label_values(&route.labels())
+            .inc();
+        self.tcp_open.with_label_values(&route.labels()).inc();
+    }
+
+    /// Records a TCP connection closing with the bytes it carried.
+    pub fn tcp_closed(&self, route: &Route<'_>, sent: u64, received: u64) {
+        self.tcp_open.with_label_values(&route.labels()).dec();
+        let [a, b, c, d, e] = route.labels();
+        self.tcp_bytes
+            .with_label_values(&[a, b, c, d, e, "sent"])
+            .inc_by(sent);
+        self.tcp_bytes
+            .with_label_values(&[a, b, c, d, e, "received"])
+            .inc_by(received);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

@@ -1,0 +1,477 @@
+//! The outbound path, top to bottom: the app's request arrives (HTTP proxy port, a per-upstream
+//! TCP listener, or a transparently redirected connection); the name is resolved in the
+//! catalog; a target is chosen (this cluster's endpoints first, by latency; other clusters
+//! through the gateway when none is usable); the request goes over the pooled mutual-TLS HTTP/2
+//! connection, or the bytes over a TLS connection of their own; failures to connect are retried
+//! on another target; the outcome is measured.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use strait_federation::catalog::Port;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::connect::{self, Body, BoxError, TCP_ALPN, Target};
+use crate::directory::{Destination, Directory, ServiceEntry};
+use crate::metrics::{Direction, Route};
+use crate::{CLIENT_ID_HEADER, Shared};
+
+/// Targets tried per request or connection before giving up.
+const MAX_ATTEMPTS: usize = 3;
+/// Header on responses the sidecar made itself, saying why.
+pub const PROXY_ERROR_HEADER: &str = "strait-proxy-error";
+
+/// Headers that belong to one hop and never cross a proxy.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers, and those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        // `te: trailers` is allowed (and needed by gRPC) on HTTP/2.
+        if name == "te"
+            && headers
+                .get(header::TE)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+        {
+            continue;
+        }
+        headers.remove(name);
+    }
+}
+
+/// A response the sidecar makes itself.
+pub fn error_response(status: StatusCode, message: String) -> Response<Body> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(format!("strait: {message}\n")))
+            .map_err(|never: Infallible| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    if let Ok(value) = HeaderValue::from_str(&message.replace(['\r', '\n'], " ")) {
+        response.headers_mut().insert(PROXY_ERROR_HEADER, value);
+    }
+    response
+}
+
+/// The targets of a destination in order of preference: this cluster's ready endpoints, then
+/// the other clusters serving it (or only the cluster the name pins).
+fn tiers(
+    directory: &Directory,
+    entry: &ServiceEntry,
+    dest: &Destination,
+    port: &Port,
+) -> [Vec<Target>; 2] {
+    let local_cluster = directory.cluster.as_ref();
+    let here_allowed = dest.cluster.is_none() || dest.cluster.as_ref() == local_cluster;
+    let local = if here_allowed {
+        entry
+            .local
+            .iter()
+            .filter(|e| e.ready)
+            .filter(|e| dest.hostname.is_none() || e.hostname == dest.hostname)
+            .map(|e| Target::Local(e.address))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let remote = entry
+        .remote
+        .iter()
+        .filter(|(cluster, _)| match &dest.cluster {
+            Some(pinned) => pinned == cluster && Some(pinned) != local_cluster,
+            None => true,
+        })
+        .filter(|(_, hostnames)| dest.hostname.as_ref().is_none_or(|h| hostnames.contains(h)))
+        .map(|(cluster, _)| Target::Remote {
+            cluster: cluster.clone(),
+            service: entry.key.clone(),
+            port: port.port,
+            hostname: dest.hostname.clone(),
+        })
+        .collect();
+    [local, remote]
+}
+
+/// Chooses the next target: the best usable one of the first tier that has any.
+fn choose(shared: &Shared, tiers: &[Vec<Target>; 2]) -> Option<Target> {
+    let balancer = shared.balancer();
+    let now = Instant::now();
+    tiers
+        .iter()
+        .find_map(|tier| balancer.pick(tier, now, strait_federation::link::random_u64()))
+}
+
+/// Serves the HTTP proxy port until the sidecar stops.
+pub async fn serve_http_proxy(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shared.shutdown.cancelled() => return,
+        };
+        let Ok((tcp, _)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(proxy_http(shared, request).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+/// The authority a request is for: the proxy-form URI's, else the Host header.
+fn authority_of<B>(request: &Request<B>) -> Option<String> {
+    request
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            request
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+}
+
+/// One request from the app, to wherever its name points.
+pub async fn proxy_http(
+    shared: Arc<Shared>,
+    request: Request<hyper::body::Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let Some(authority) = authority_of(&request) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "the request names no host (absolute URI or Host header)".into(),
+        );
+    };
+    let directory = shared.directory.borrow().clone();
+    let Some(dest) = directory.resolve(&authority) else {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            format!("{authority} is not a service in the mesh catalog"),
+        );
+    };
+    let Some(entry) = directory.service(&dest.service) else {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            format!("{authority}: no such service"),
+        );
+    };
+    let Some(port) = entry.port(dest.port) else {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            format!("{} has no port {:?}", dest.service, dest.port),
+        );
+    };
+    let tiers = tiers(&directory, entry, &dest, port);
+
+    let (mut parts, body) = request.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    // Only the destination's sidecar says who the caller is.
+    parts.headers.remove(CLIENT_ID_HEADER);
+    parts.headers.remove(header::HOST);
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    parts.uri = match Uri::builder()
+        .scheme("http")
+        .authority(authority.as_str())
+        .path_and_query(path)
+        .build()
+    {
+        Ok(uri) => uri,
+        Err(e) => {
+            return error_response(StatusCode::BAD_REQUEST, format!("bad request target: {e}"));
+        }
+    };
+    parts.version = Version::HTTP_2;
+    let mut request = Some(Request::from_parts(
+        parts,
+        body.map_err(|e| Box::new(e) as BoxError).boxed(),
+    ));
+
+    let local_cluster = shared.cluster.clone();
+    let attempt = async {
+        let mut last_error = String::from("no endpoint is ready");
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(target) = choose(&shared, &tiers) else {
+                break;
+            };
+            let Some(outgoing) = request.take() else {
+                break;
+            };
+            shared.balancer().start(&target, Instant::now());
+            let mut sender = match shared.pool.get(&shared, &target).await {
+                Ok(sender) => sender,
+                Err(e) => {
+                    tracing::debug!(target = ?target, error = %e, "cannot reach target");
+                    shared.balancer().fail(&target, Instant::now());
+                    shared.balancer().abandon(&target, Instant::now());
+                    last_error = e.to_string();
+                    request = Some(outgoing);
+                    continue;
+                }
+            };
+            let sent = Instant::now();
+            match sender.try_send_request(outgoing).await {
+                Ok(response) => {
+                    shared
+                        .balancer()
+                        .end(&target, sent.elapsed(), Instant::now());
+                    return Ok((target, response));
+                }
+                Err(mut e) => {
+                    shared.balancer().abandon(&target, Instant::now());
+                    shared.pool.evict(&target);
+                    last_error = e.error().to_string();
+                    match e.take_message() {
+                        // Never sent: safe to send elsewhere.
+                        Some(unsent) => {
+                            shared.balancer().fail(&target, Instant::now());
+                            request = Some(unsent);
+                        }
+                        None => return Err((StatusCode::BAD_GATEWAY, Some(target), last_error)),
+                    }
+                }
+            }
+        }
+        Err((StatusCode::SERVICE_UNAVAILABLE, None, last_error))
+    };
+    let outcome = match tokio::time::timeout(shared.config.request_timeout, attempt).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err((
+            StatusCode::GATEWAY_TIMEOUT,
+            None,
+            format!(
+                "no response from {} within {:?}",
+                dest.service, shared.config.request_timeout
+            ),
+        )),
+    };
+    let (response, destination_cluster) = match outcome {
+        Ok((target, response)) => {
+            let cluster = target.cluster(&local_cluster).clone();
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            (
+                Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed()),
+                cluster,
+            )
+        }
+        Err((status, target, message)) => {
+            let cluster =
+                target.map_or(local_cluster.clone(), |t| t.cluster(&local_cluster).clone());
+            (
+                error_response(status, format!("{}: {message}", dest.service)),
+                cluster,
+            )
+        }
+    };
+    shared.metrics.request(
+        &Route {
+            direction: Direction::Outbound,
+            source_cluster: local_cluster.as_str(),
+            destination_cluster: destination_cluster.as_str(),
+            namespace: dest.service.namespace.as_str(),
+            service: dest.service.name.as_str(),
+        },
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// Serves one per-upstream TCP listener until the sidecar stops.
+pub async fn serve_upstream(shared: Arc<Shared>, listener: TcpListener, name: String) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shared.shutdown.cancelled() => return,
+        };
+        let Ok((tcp, _)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let shared = shared.clone();
+        let name = name.clone();
+        tokio::spawn(async move {
+            if let Err(e) = proxy_tcp(&shared, tcp, &name).await {
+                tracing::info!(upstream = %name, error = %e, "TCP connection refused");
+            }
+        });
+    }
+}
+
+/// Carries one TCP connection of the app to the service `name` (`host:port`) points to.
+pub async fn proxy_tcp(shared: &Arc<Shared>, mut app: TcpStream, name: &str) -> Result<(), String> {
+    let _ = app.set_nodelay(true);
+    let directory = shared.directory.borrow().clone();
+    let dest = directory
+        .resolve(name)
+        .ok_or_else(|| format!("{name} is not a service in the mesh catalog"))?;
+    let entry = directory
+        .service(&dest.service)
+        .ok_or_else(|| format!("{name}: no such service"))?;
+    let port = entry
+        .port(dest.port)
+        .ok_or_else(|| format!("{} has no port {:?}", dest.service, dest.port))?
+        .clone();
+    let tiers = tiers(&directory, entry, &dest, &port);
+    let mut last = String::from("no endpoint is ready");
+    for _ in 0..MAX_ATTEMPTS {
+        let Some(target) = choose(shared, &tiers) else {
+            break;
+        };
+        let started = Instant::now();
+        let mut tls = match connect::dial(shared, &target, TCP_ALPN).await {
+            Ok(tls) => tls,
+            Err(e) => {
+                shared.balancer().fail(&target, Instant::now());
+                last = e.to_string();
+                continue;
+            }
+        };
+        shared
+            .balancer()
+            .end(&target, started.elapsed(), Instant::now());
+        if let Err(e) = tls.write_all(&port.port.to_be_bytes()).await {
+            last = e.to_string();
+            continue;
+        }
+        let cluster = target.cluster(&shared.cluster).clone();
+        let route = Route {
+            direction: Direction::Outbound,
+            source_cluster: shared.cluster.as_str(),
+            destination_cluster: cluster.as_str(),
+            namespace: dest.service.namespace.as_str(),
+            service: dest.service.name.as_str(),
+        };
+        shared.metrics.tcp_opened(&route);
+        let copied = tokio::io::copy_bidirectional(&mut app, &mut tls).await;
+        let (sent, received) = copied.unwrap_or_default();
+        shared.metrics.tcp_closed(&route, sent, received);
+        return Ok(());
+    }
+    Err(format!("{}: {last}", dest.service))
+}
+
+/// Serves the transparent listener (iptables REDIRECT): each connection goes to the mesh
+/// service whose endpoint it was addressed to, or straight to its original destination when
+/// that is not in the mesh.
+pub async fn serve_transparent(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shared.shutdown.cancelled() => return,
+        };
+        let Ok((tcp, _)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let original = match original_destination(&tcp) {
+                Ok(address) => address,
+                Err(e) => {
+                    tracing::info!(error = %e, "no original destination: not a redirected connection");
+                    return;
+                }
+            };
+            let service = shared
+                .directory
+                .borrow()
+                .service_at(&original)
+                .map(|entry| (entry.key.clone(), entry.ports.first().map(|p| p.port)));
+            let result = match service {
+                Some((key, Some(port))) => {
+                    let name = format!("{}.{}:{port}", key.name, key.namespace);
+                    proxy_tcp(&shared, tcp, &name).await
+                }
+                _ => passthrough(tcp, original).await,
+            };
+            if let Err(e) = result {
+                tracing::info!(destination = %original, error = %e, "redirected connection failed");
+            }
+        });
+    }
+}
+
+/// The destination a redirected connection was addressed to (SO_ORIGINAL_DST).
+fn original_destination(tcp: &TcpStream) -> std::io::Result<SocketAddr> {
+    let socket = socket2::SockRef::from(tcp);
+    let address = match tcp.local_addr()? {
+        SocketAddr::V4(_) => socket.original_dst_v4()?,
+        SocketAddr::V6(_) => socket.original_dst_v6()?,
+    };
+    address
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("original destination is not an IP address"))
+}
+
+/// Connects a redirected connection to its original destination, outside the mesh.
+async fn passthrough(mut app: TcpStream, original: SocketAddr) -> Result<(), String> {
+    let mut upstream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(original))
+        .await
+        .map_err(|_| format!("{original}: connect timed out"))?
+        .map_err(|e| format!("{original}: {e}"))?;
+    tokio::io::copy_bidirectional(&mut app, &mut upstream)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_stripped_but_te_trailers_stays() {
+        let mut headers = HeaderMap::new();
+        headers.insert("connection", HeaderValue::from_static("close, x-private"));
+        headers.insert("x-private", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("te", HeaderValue::from_static("trailers"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        let names: Vec<_> = headers.keys().map(|k| k.as_str().to_owned()).collect();
+        assert_eq!(names, ["te", "x-kept"]);
+    }
+}
