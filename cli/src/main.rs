@@ -87,6 +87,25 @@ enum Command {
     Sidecar(sidecar::SidecarCommand),
     /// Start a whole two-cluster mesh on this machine (east and west, linked).
     Demo(demo::DemoArgs),
+    /// Run one of the demo's sample apps (for tests and benchmarks). Prints its address as JSON.
+    #[command(hide = true)]
+    DemoApp {
+        /// Which app.
+        #[arg(long, value_enum)]
+        kind: demo::apps::AppKind,
+        /// The address to listen on.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// The cluster it says it runs in.
+        #[arg(long, default_value = "local")]
+        cluster: String,
+        /// The service it says it is (namespace/name).
+        #[arg(long, default_value = "shop/api")]
+        service: String,
+        /// The pod name it says it has.
+        #[arg(long, default_value = "app-0")]
+        pod: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -356,6 +375,27 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Sidecar(command) => sidecar::run(context, command).await?,
         Command::Demo(args) => demo::run(args).await?,
+        Command::DemoApp {
+            kind,
+            listen,
+            cluster,
+            service,
+            pod,
+        } => {
+            let stop = tokio_util::sync::CancellationToken::new();
+            let identity = demo::apps::AppIdentity {
+                service,
+                cluster,
+                pod,
+            };
+            let address = demo::apps::start(kind, listen, identity, stop.clone()).await?;
+            println!(
+                "{}",
+                serde_json::json!({"event": "started", "address": address.to_string()})
+            );
+            shutdown_signal().await;
+            stop.cancel();
+        }
     }
     Ok(())
 }
