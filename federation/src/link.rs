@@ -40,10 +40,10 @@ pub struct JoinClaims {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     #[error(
-        "the join token is invalid ({0}): it was tampered with or not issued by this cluster's gateway"
+        "the token is invalid ({0}): it was tampered with or not issued by this cluster's gateway"
     )]
     Invalid(String),
-    #[error("the join token was issued by cluster {issued_by}, not by {expected}")]
+    #[error("the token was issued by cluster {issued_by}, not by {expected}")]
     WrongCluster { issued_by: String, expected: String },
     #[error("the join token expired at {at}; mint a new Link document with `strait link`")]
     Expired { at: String },

@@ -67,9 +67,24 @@ impl LinkKey {
         validation.validate_exp = false;
         validation.required_spec_claims.clear();
         validation.set_audience(&[WORKLOAD_AUDIENCE]);
-        let claims = jsonwebtoken::decode::<WorkloadClaims>(token, &self.decoding, &validation)
-            .map_err(|e| TokenError::Invalid(e.to_string()))?
-            .claims;
+        let claims =
+            match jsonwebtoken::decode::<WorkloadClaims>(token, &self.decoding, &validation) {
+                Ok(data) => data.claims,
+                Err(e) => {
+                    // Say whose token it is when it names another cluster: the usual mistake is a
+                    // token carried to the wrong gateway, not a forgery.
+                    if let Ok(claims) =
+                        jsonwebtoken::dangerous::insecure_decode::<WorkloadClaims>(token)
+                        && claims.claims.iss != local.as_str()
+                    {
+                        return Err(TokenError::WrongCluster {
+                            issued_by: claims.claims.iss,
+                            expected: local.to_string(),
+                        });
+                    }
+                    return Err(TokenError::Invalid(e.to_string()));
+                }
+            };
         if claims.iss != local.as_str() {
             return Err(TokenError::WrongCluster {
                 issued_by: claims.iss,
@@ -144,6 +159,11 @@ mod tests {
         assert!(matches!(
             other.verify_workload(&token, &cluster, &td, 1001),
             Err(TokenError::Invalid(_))
+        ));
+        // West's gateway, handed east's token, says whose it is.
+        assert!(matches!(
+            other.verify_workload(&token, &west, &td, 1001),
+            Err(TokenError::WrongCluster { .. })
         ));
         // A join token is not a bootstrap token: its audience differs.
         let (join, _) = key.issue(&cluster, &td, 1000, 60).unwrap();

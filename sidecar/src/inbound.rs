@@ -38,6 +38,8 @@ type AppConnector =
 /// Pooled clients to the app's ports.
 pub struct AppClients {
     clients: HashMap<u16, (AppPort, Client<AppConnector, Body>)>,
+    /// HTTP ports in the order configured.
+    order: Vec<u16>,
 }
 
 impl AppClients {
@@ -63,20 +65,26 @@ impl AppClients {
                 (p.port.port, (p.clone(), builder.build(connector)))
             })
             .collect();
-        Self { clients }
+        let order = ports
+            .iter()
+            .filter(|p| p.port.protocol != Protocol::Tcp)
+            .map(|p| p.port.port)
+            .collect();
+        Self { clients, order }
     }
 
-    /// The client for the port a request names, or the only HTTP port.
+    /// The client for the port a request names; without a port (or with 80, the HTTP default
+    /// that the service lacks), the first HTTP port, as the caller's sidecar chose it.
     fn for_port(&self, port: Option<u16>) -> Option<&(AppPort, Client<AppConnector, Body>)> {
         if let Some(port) = port
             && let Some(found) = self.clients.get(&port)
         {
             return Some(found);
         }
-        if self.clients.len() == 1 {
-            return self.clients.values().next();
+        if port.is_some_and(|p| p != 80) {
+            return None;
         }
-        None
+        self.order.first().and_then(|p| self.clients.get(p))
     }
 }
 

@@ -11,6 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
+/// The demo's gRPC service (client side), which the sample app serves.
+pub mod demo {
+    tonic::include_proto!("strait.demo.v1");
+}
+
 /// The newest modification time of the sources the `strait` binary is built from.
 fn newest_source(root: &Path) -> Option<std::time::SystemTime> {
     fn walk(dir: &Path, newest: &mut Option<std::time::SystemTime>) {
@@ -31,7 +36,9 @@ fn newest_source(root: &Path) -> Option<std::time::SystemTime> {
         "federation/src",
         "federation/proto",
         "gateway/src",
+        "sidecar/src",
         "cli/src",
+        "cli/proto",
     ] {
         walk(&root.join(dir), &mut newest);
     }
@@ -111,21 +118,7 @@ pub fn wait_for<T>(
 
 /// A plain HTTP/1.0 GET on loopback: status code and body.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text)?;
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("not an HTTP answer: {text:?}"))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    http_get_host(addr, &addr.to_string(), path)
 }
 
 /// One value of a Prometheus text exposition, matched by metric name and label fragments.
@@ -528,4 +521,249 @@ pub fn service(namespace: &str, name: &str, export: bool, port: u16) -> String {
     format!(
         "kind: Service\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  export: {export}\n  ports: [{{name: http, port: {port}, protocol: http}}]\n  endpoints: [{{address: 127.0.0.1:9001}}]\n"
     )
+}
+
+/// A process started by a test (a sidecar or a sample app) that prints one JSON line when it
+/// is up: its addresses.
+pub struct Process {
+    pub name: String,
+    /// The JSON line it printed when it started.
+    pub started: serde_json::Value,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Process {
+    /// Starts `strait ARGS` and waits (up to 30 s) for its first line of standard output.
+    pub fn start(mesh: &Mesh, name: &str, args: &[String]) -> Result<Self> {
+        let log = mesh.dir.path().join(format!("{name}.log"));
+        let mut child = Command::new(strait_bin())
+            .args(args)
+            .env("STRAIT_CONFIG", &mesh.config)
+            .env("STRAIT_LOG", "info,strait_sidecar=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let mut reader = std::io::BufReader::new(stdout);
+            let _ = std::io::BufRead::read_line(&mut reader, &mut line);
+            let _ = tx.send(line);
+            // Keep draining so the process never blocks on a full pipe.
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        });
+        let mut process = Self {
+            name: name.into(),
+            started: serde_json::Value::Null,
+            child: Some(child),
+            log,
+        };
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .map_err(|_| anyhow!("{name} printed nothing within 30 s\n{}", process.log_tail()))?;
+        process.started = serde_json::from_str(&line)
+            .with_context(|| format!("{name} printed {line:?}\n{}", process.log_tail()))?;
+        Ok(process)
+    }
+
+    /// An address from the started line (`inbound`, `proxy`, `admin`, `address`...).
+    pub fn addr(&self, key: &str) -> Result<SocketAddr> {
+        self.started[key]
+            .as_str()
+            .ok_or_else(|| anyhow!("{} printed no {key}", self.name))?
+            .parse()
+            .with_context(|| format!("{}'s {key}", self.name))
+    }
+
+    /// The address of its n-th upstream listener.
+    pub fn upstream(&self, n: usize) -> Result<SocketAddr> {
+        self.started["upstreams"][n]
+            .as_str()
+            .ok_or_else(|| anyhow!("{} has no upstream {n}", self.name))?
+            .parse()
+            .map_err(Into::into)
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// A field of /proc/PID/status in bytes (VmRSS, VmHWM).
+    pub fn memory(&self, field: &str) -> Result<u64> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| anyhow!("{} is not running", self.name))?;
+        proc_memory(pid, field)
+    }
+
+    /// Kills the process at once.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Stops the process with SIGTERM and checks that it exits 0.
+    pub fn stop(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        signal(&child, "TERM")?;
+        let status = wait_child(&mut child, Duration::from_secs(10))?;
+        if !status.success() {
+            bail!("{} exited with {status}\n{}", self.name, self.log_tail());
+        }
+        Ok(())
+    }
+
+    /// The end of its log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<_> = text.lines().collect();
+        format!(
+            "--- last lines of {} log ---\n{}",
+            self.name,
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        )
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A field of /proc/PID/status, in bytes.
+pub fn proc_memory(pid: u32, field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow!("no {field} for process {pid}"))?;
+    Ok(kib * 1024)
+}
+
+impl Mesh {
+    /// Starts a sample app (`http`, `grpc` or `tcp`) that says it is `service` in `cluster`.
+    pub fn app(&self, kind: &str, cluster: &str, service: &str, pod: &str) -> Result<Process> {
+        let args: Vec<String> = [
+            "demo-app",
+            "--kind",
+            kind,
+            "--cluster",
+            cluster,
+            "--service",
+            service,
+            "--pod",
+            pod,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        Process::start(self, &format!("app-{pod}"), &args)
+    }
+
+    /// Mints a bootstrap document for `namespace/account` in `cluster` and runs a sidecar with
+    /// it and `args`; waits until its admin port says it is ready.
+    pub fn sidecar(
+        &self,
+        cluster: &str,
+        namespace: &str,
+        account: &str,
+        name: &str,
+        args: &[String],
+    ) -> Result<Process> {
+        let bootstrap = self
+            .ctl(
+                cluster,
+                &[
+                    "sidecar",
+                    "token",
+                    "-n",
+                    namespace,
+                    "--service-account",
+                    account,
+                ],
+            )
+            .success()?;
+        let path = self.file(&format!("{name}.bootstrap.yaml"), &bootstrap)?;
+        let mut all: Vec<String> = vec![
+            "sidecar".into(),
+            "run".into(),
+            "--bootstrap".into(),
+            path.display().to_string(),
+            "--admin-addr".into(),
+            "127.0.0.1:0".into(),
+        ];
+        all.extend_from_slice(args);
+        let sidecar = Process::start(self, name, &all)?;
+        let admin = sidecar.addr("admin")?;
+        wait_for(
+            Duration::from_secs(20),
+            &format!("sidecar {name} ready"),
+            || {
+                Ok(http_get(admin, "/readyz")
+                    .ok()
+                    .filter(|(s, _)| *s == 200)
+                    .map(|_| ()))
+            },
+        )
+        .with_context(|| sidecar.log_tail())?;
+        Ok(sidecar)
+    }
+}
+
+/// Sends `GET path` (HTTP/1.0, so the body ends with the connection) with a Host header to
+/// `addr` (a sidecar's proxy port, say); returns the status and the body.
+pub fn http_get_host(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("no HTTP status in {response:?}"))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+impl Gateway {
+    /// Sets the `workloads` section of the gateway's config (before it starts).
+    pub fn set_workloads(&self, yaml: &str) -> Result<()> {
+        let path = self.dir.join("gateway.yaml");
+        let text = std::fs::read_to_string(&path)?;
+        // Drop the section `gateway init` wrote (the key and its indented lines).
+        let mut kept = Vec::new();
+        let mut inside = false;
+        for line in text.lines() {
+            if line.starts_with("workloads:") {
+                inside = true;
+            } else if inside && !line.starts_with(' ') {
+                inside = false;
+            }
+            if !inside {
+                kept.push(line);
+            }
+        }
+        std::fs::write(&path, format!("{}\nworkloads:\n{yaml}\n", kept.join("\n")))?;
+        Ok(())
+    }
 }

@@ -1,0 +1,609 @@
+//! The data plane end to end: gateways, sidecars and sample apps as separate processes on
+//! loopback. Requests go app → sidecar → (gateway → QUIC → gateway) → sidecar → app over real
+//! sockets, with mutual TLS between the sidecars.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, ensure};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, StreamBody};
+use hyper::body::Frame;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use strait_tests::demo::OrderRequest;
+use strait_tests::demo::orders_client::OrdersClient;
+use strait_tests::{Gateway, Mesh, Process, http_get_host, metric, proc_memory, wait_for};
+
+const CALLER_EAST: &str = "spiffe://example.mesh/cluster/east/ns/shop/sa/web";
+
+/// Two gateways, east linked to west, with `workloads` settings when given.
+fn linked_pair(workloads: Option<&str>) -> Result<(Mesh, Gateway, Gateway)> {
+    let mesh = Mesh::new()?;
+    let mut west = mesh.gateway("west", None)?;
+    let mut east = mesh.gateway("east", None)?;
+    if let Some(workloads) = workloads {
+        west.set_workloads(workloads)?;
+        east.set_workloads(workloads)?;
+    }
+    west.start(&mesh)?;
+    east.start(&mesh)?;
+    mesh.link("east", "west")?;
+    for (cluster, peer) in [("east", "west"), ("west", "east")] {
+        wait_for(
+            Duration::from_secs(10),
+            &format!("{cluster} connected to {peer}"),
+            || Ok((mesh.link_state(cluster, peer)? == "connected").then_some(())),
+        )?;
+    }
+    Ok((mesh, east, west))
+}
+
+/// A service endpoint: sample apps behind a sidecar. `ports` are (app kind, port, protocol);
+/// one app process per kind serves every port of that kind.
+struct Endpoint {
+    apps: Vec<Process>,
+    sidecar: Process,
+}
+
+fn endpoint(
+    mesh: &Mesh,
+    cluster: &str,
+    service: &str,
+    pod: &str,
+    ports: &[(&str, u16, &str)],
+) -> Result<Endpoint> {
+    let mut apps: Vec<(String, Process)> = Vec::new();
+    let mut args = vec![
+        "--service".to_owned(),
+        service.to_owned(),
+        "--export".into(),
+        "--hostname".into(),
+        pod.to_owned(),
+    ];
+    for (kind, port, protocol) in ports {
+        if !apps.iter().any(|(k, _)| k == kind) {
+            let app = mesh.app(
+                kind,
+                cluster,
+                &format!("shop/{service}"),
+                &format!("{pod}-{kind}"),
+            )?;
+            apps.push((kind.to_string(), app));
+        }
+        let app = &apps
+            .iter()
+            .find(|(k, _)| k == kind)
+            .ok_or_else(|| anyhow!("app"))?
+            .1;
+        args.push("--port".into());
+        args.push(format!("{port}/{protocol}={}", app.addr("address")?));
+    }
+    let sidecar = mesh.sidecar(cluster, "shop", service, pod, &args)?;
+    Ok(Endpoint {
+        apps: apps.into_iter().map(|(_, p)| p).collect(),
+        sidecar,
+    })
+}
+
+/// A client sidecar (shop/web) with an HTTP proxy port and the given upstream listeners.
+fn client(mesh: &Mesh, cluster: &str, upstreams: &[&str]) -> Result<Process> {
+    let mut args = vec!["--proxy-addr".to_owned(), "127.0.0.1:0".into()];
+    for upstream in upstreams {
+        args.push("--upstream".into());
+        args.push(format!("{upstream}=127.0.0.1:0"));
+    }
+    mesh.sidecar(cluster, "shop", "web", &format!("web-{cluster}"), &args)
+}
+
+/// GET / of `host` through a proxy; the JSON the sample app answered.
+fn get_json(proxy: SocketAddr, host: &str) -> Result<Value> {
+    let (status, body) = http_get_host(proxy, host, "/")?;
+    ensure!(status == 200, "{host}: status {status}: {body}");
+    serde_json::from_str(&body).with_context(|| format!("{host}: {body}"))
+}
+
+/// Waits until `host` through `proxy` is served by `cluster`.
+fn wait_route(proxy: SocketAddr, host: &str, cluster: &str) -> Result<()> {
+    wait_for(
+        Duration::from_secs(20),
+        &format!("{host} served by {cluster}"),
+        || {
+            Ok(get_json(proxy, host)
+                .ok()
+                .filter(|v| v["cluster"] == cluster)
+                .map(|_| ()))
+        },
+    )
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn grpc(proxy: SocketAddr, authority: &str) -> Result<OrdersClient<tonic::transport::Channel>> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{proxy}"))?
+        .origin(format!("http://{authority}").parse()?)
+        .timeout(Duration::from_secs(20))
+        .connect_lazy();
+    Ok(OrdersClient::new(channel))
+}
+
+#[test]
+fn http1_http2_grpc_and_tcp_reach_local_and_remote_endpoints_with_the_callers_identity()
+-> Result<()> {
+    let (mesh, east_gateway, west_gateway) = linked_pair(None)?;
+    let ports = [
+        ("http", 8080, "http"),
+        ("http", 8081, "http2"),
+        ("grpc", 9090, "grpc"),
+        ("tcp", 5432, "tcp"),
+    ];
+    let _east = endpoint(&mesh, "east", "mix", "mix-east-0", &ports)?;
+    let west = endpoint(&mesh, "west", "mix", "mix-west-0", &ports)?;
+    let web = client(
+        &mesh,
+        "east",
+        &[
+            "mix.shop.svc.cluster.local:5432",
+            "west.mix.shop.svc.clusterset.local:5432",
+        ],
+    )?;
+    let proxy = web.addr("proxy")?;
+    wait_route(proxy, "west.mix.shop.svc.clusterset.local", "west")?;
+
+    // HTTP/1.1, here and there; the app sees the caller's identity, not a gateway's.
+    for (host, cluster) in [
+        ("mix.shop.svc.cluster.local", "east"),
+        ("west.mix.shop.svc.clusterset.local", "west"),
+        ("mix.shop", "east"),
+    ] {
+        let answer = get_json(proxy, host)?;
+        ensure!(answer["cluster"] == cluster, "{host}: {answer}");
+        ensure!(answer["caller"] == CALLER_EAST, "{host}: {answer}");
+        ensure!(answer["protocol"] == "HTTP/1.1", "{host}: {answer}");
+    }
+
+    runtime()?.block_on(async {
+        // HTTP/2 from the app (prior knowledge) to an http2 port: HTTP/2 all the way.
+        let tcp = tokio::net::TcpStream::connect(proxy).await?;
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(
+            TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await?;
+        tokio::spawn(connection);
+        for (authority, cluster) in [
+            ("mix.shop.svc.cluster.local:8081", "east"),
+            ("west.mix.shop.svc.clusterset.local:8081", "west"),
+        ] {
+            let request =
+                hyper::Request::get(format!("http://{authority}/h2")).body(Empty::<Bytes>::new())?;
+            let response = sender.send_request(request).await?;
+            ensure!(
+                response.status() == 200,
+                "{authority}: {}",
+                response.status()
+            );
+            let body = response.into_body().collect().await?.to_bytes();
+            let answer: Value = serde_json::from_slice(&body)?;
+            ensure!(answer["cluster"] == cluster, "{authority}: {answer}");
+            ensure!(answer["protocol"] == "HTTP/2.0", "{authority}: {answer}");
+            ensure!(answer["caller"] == CALLER_EAST, "{authority}: {answer}");
+        }
+
+        // gRPC, unary and server streaming.
+        for (authority, cluster) in [
+            ("mix.shop.svc.cluster.local:9090", "east"),
+            ("west.mix.shop.svc.clusterset.local:9090", "west"),
+        ] {
+            let mut orders = grpc(proxy, authority)?;
+            let placed = orders
+                .place(OrderRequest {
+                    item: "tea".into(),
+                    quantity: 1,
+                })
+                .await?
+                .into_inner();
+            ensure!(
+                placed.cluster == cluster && placed.caller == CALLER_EAST,
+                "{placed:?}"
+            );
+            let refused = orders
+                .place(OrderRequest::default())
+                .await
+                .expect_err("an empty item is refused by the app");
+            ensure!(
+                refused.code() == tonic::Code::InvalidArgument,
+                "{refused:?}"
+            );
+            let mut stream = orders
+                .track(OrderRequest {
+                    item: "tea".into(),
+                    quantity: 100,
+                })
+                .await?
+                .into_inner();
+            let mut sequences = Vec::new();
+            while let Some(reply) = stream.message().await? {
+                ensure!(reply.cluster == cluster, "{reply:?}");
+                sequences.push(reply.sequence);
+            }
+            ensure!(sequences == (1..=100).collect::<Vec<_>>(), "{sequences:?}");
+        }
+        anyhow::Ok(())
+    })?;
+
+    // Opaque TCP through the per-upstream listeners.
+    for n in 0..2 {
+        use std::io::{Read, Write};
+        let mut tcp = std::net::TcpStream::connect(web.upstream(n)?)?;
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let message = format!("ping {n} through the mesh\n");
+        tcp.write_all(message.as_bytes())?;
+        let mut echoed = vec![0u8; message.len()];
+        tcp.read_exact(&mut echoed)?;
+        ensure!(
+            echoed == message.as_bytes(),
+            "{:?}",
+            String::from_utf8_lossy(&echoed)
+        );
+    }
+
+    // The destination sidecar and both gateways measured it.
+    let west_admin = west.sidecar.addr("admin")?;
+    wait_for(Duration::from_secs(10), "west's inbound metrics", || {
+        let (_, text) = strait_tests::http_get(west_admin, "/metrics")?;
+        let http = metric(
+            &text,
+            "strait_requests_total",
+            &[
+                "direction=\"inbound\"",
+                "source_cluster=\"east\"",
+                "status_class=\"2xx\"",
+            ],
+        );
+        let tcp = metric(
+            &text,
+            "strait_tcp_connections_total",
+            &["direction=\"inbound\"", "source_cluster=\"east\""],
+        );
+        Ok((http.is_some_and(|n| n >= 5.0) && tcp == Some(1.0)).then_some(()))
+    })?;
+    wait_for(
+        Duration::from_secs(10),
+        "the gateways' flow metrics",
+        || {
+            let east = metric(
+                &east_gateway.metrics()?,
+                "strait_gateway_flows_total",
+                &[
+                    "direction=\"outbound\"",
+                    "peer=\"west\"",
+                    "service=\"mix\"",
+                    "outcome=\"ok\"",
+                ],
+            );
+            let west = metric(
+                &west_gateway.metrics()?,
+                "strait_gateway_open_flows",
+                &["direction=\"inbound\"", "peer=\"east\""],
+            );
+            Ok((east >= Some(1.0) && west >= Some(1.0)).then_some(()))
+        },
+    )?;
+    Ok(())
+}
+
+/// A body of `size` zero bytes in 64 KiB frames, made as it is sent.
+fn zeros(size: u64) -> http_body_util::combinators::BoxBody<Bytes, std::io::Error> {
+    let chunk = Bytes::from(vec![0u8; 64 << 10]);
+    StreamBody::new(futures::stream::unfold(size, move |left| {
+        let chunk = chunk.clone();
+        async move {
+            (left > 0).then(|| {
+                let n = left.min(chunk.len() as u64);
+                (Ok(Frame::data(chunk.slice(..n as usize))), left - n)
+            })
+        }
+    }))
+    .boxed()
+}
+
+#[test]
+fn a_100_mb_body_and_a_thousand_concurrent_requests_cross_one_gateway_pair() -> Result<()> {
+    let (mesh, east_gateway, west_gateway) = linked_pair(None)?;
+    let api = endpoint(
+        &mesh,
+        "west",
+        "api",
+        "api-west-0",
+        &[("http", 8080, "http")],
+    )?;
+    let web = client(&mesh, "east", &[])?;
+    let proxy = web.addr("proxy")?;
+    wait_route(proxy, "api.shop", "west")?;
+
+    let pids = [
+        ("east client sidecar", web.pid()),
+        ("east gateway", east_gateway.pid()),
+        ("west gateway", west_gateway.pid()),
+        ("west sidecar", api.sidecar.pid()),
+    ];
+    let before: Vec<u64> = pids
+        .iter()
+        .map(|(name, pid)| proc_memory(pid.ok_or_else(|| anyhow!("{name} not running"))?, "VmRSS"))
+        .collect::<Result<_>>()?;
+
+    const SIZE: u64 = 100 << 20;
+    runtime()?.block_on(async {
+        let client: Client<_, http_body_util::combinators::BoxBody<Bytes, std::io::Error>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        // Streamed both ways at once: the app echoes the body as it arrives.
+        let request = hyper::Request::post(format!("http://{proxy}/echo"))
+            .header(hyper::header::HOST, "api.shop.svc.clusterset.local")
+            .body(zeros(SIZE))?;
+        let started = Instant::now();
+        let response = client.request(request).await?;
+        ensure!(response.status() == 200, "{}", response.status());
+        let mut body = response.into_body();
+        let mut received = 0u64;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                ensure!(data.iter().all(|b| *b == 0), "corrupted bytes");
+                received += data.len() as u64;
+            }
+        }
+        ensure!(received == SIZE, "echoed {received} of {SIZE} bytes");
+        println!(
+            "100 MiB echoed across clusters in {:?} ({:.0} MB/s each way)",
+            started.elapsed(),
+            SIZE as f64 / started.elapsed().as_secs_f64() / 1e6
+        );
+
+        // 1,000 requests at once, all across the one gateway pair.
+        let empty: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let mut tasks = Vec::new();
+        for n in 0..1000 {
+            let empty = empty.clone();
+            tasks.push(tokio::spawn(async move {
+                let request = hyper::Request::get(format!("http://{proxy}/n/{n}"))
+                    .header(hyper::header::HOST, "api.shop.svc.clusterset.local")
+                    .body(Empty::new())?;
+                let response = empty.request(request).await?;
+                let status = response.status();
+                let body = response.into_body().collect().await?.to_bytes();
+                let answer: Value = serde_json::from_slice(&body)?;
+                ensure!(
+                    status == 200 && answer["cluster"] == "west",
+                    "{status}: {answer}"
+                );
+                anyhow::Ok(())
+            }));
+        }
+        let mut failures = Vec::new();
+        for task in tasks {
+            if let Err(e) = task.await? {
+                failures.push(e.to_string());
+            }
+        }
+        ensure!(
+            failures.is_empty(),
+            "{} of 1000 failed: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+        anyhow::Ok(())
+    })?;
+
+    for ((name, pid), rss) in pids.iter().zip(before) {
+        let pid = pid.ok_or_else(|| anyhow!("{name} not running"))?;
+        let peak = proc_memory(pid, "VmHWM")?;
+        println!("{name}: {} MiB before, peak {} MiB", rss >> 20, peak >> 20);
+        // 100 MiB went through each process; none may have held it.
+        ensure!(
+            peak < rss + (48 << 20),
+            "{name} peaked at {} MiB from {} MiB: the body was buffered",
+            peak >> 20,
+            rss >> 20
+        );
+    }
+    Ok(())
+}
+
+/// Sends `count` requests for `host` one after another; returns the cluster/pod of each answer
+/// (None for a failure).
+fn send_many(proxy: SocketAddr, host: &str, count: usize) -> Vec<Option<(String, String)>> {
+    (0..count)
+        .map(|_| {
+            get_json(proxy, host).ok().map(|v| {
+                (
+                    v["cluster"].as_str().unwrap_or_default().to_owned(),
+                    v["pod"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn an_endpoint_killed_mid_test_is_avoided() -> Result<()> {
+    let (mesh, _east_gateway, _west_gateway) = linked_pair(None)?;
+    let _first = endpoint(
+        &mesh,
+        "east",
+        "api",
+        "api-east-0",
+        &[("http", 8080, "http")],
+    )?;
+    let mut second = endpoint(
+        &mesh,
+        "east",
+        "api",
+        "api-east-1",
+        &[("http", 8080, "http")],
+    )?;
+    let web = client(&mesh, "east", &[])?;
+    let proxy = web.addr("proxy")?;
+    wait_for(Duration::from_secs(20), "both endpoints serving", || {
+        let pods: std::collections::BTreeSet<_> = send_many(proxy, "api.shop", 20)
+            .into_iter()
+            .flatten()
+            .map(|(_, pod)| pod)
+            .collect();
+        Ok((pods.len() == 2).then_some(()))
+    })?;
+
+    // The endpoint dies without deregistering: its lease still lists it for a while.
+    second.sidecar.kill()?;
+    for app in &mut second.apps {
+        app.kill()?;
+    }
+    let answers = send_many(proxy, "api.shop", 200);
+    let failures = answers.iter().filter(|a| a.is_none()).count();
+    ensure!(
+        failures <= 2,
+        "{failures} of 200 requests failed after the kill"
+    );
+    ensure!(
+        answers[10..]
+            .iter()
+            .all(|a| a.as_ref().is_some_and(|(_, pod)| pod == "api-east-0-http")),
+        "requests still went to the dead endpoint: {answers:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn when_a_clusters_endpoints_are_gone_traffic_fails_over_to_the_other_cluster_and_returns()
+-> Result<()> {
+    let (mesh, _east_gateway, _west_gateway) = linked_pair(None)?;
+    let mut local = endpoint(
+        &mesh,
+        "east",
+        "api",
+        "api-east-0",
+        &[("http", 8080, "http")],
+    )?;
+    let _remote = endpoint(
+        &mesh,
+        "west",
+        "api",
+        "api-west-0",
+        &[("http", 8080, "http")],
+    )?;
+    let web = client(&mesh, "east", &[])?;
+    let proxy = web.addr("proxy")?;
+    let host = "api.shop.svc.clusterset.local";
+    wait_route(proxy, "west.api.shop.svc.clusterset.local", "west")?;
+    // Local first.
+    let answers = send_many(proxy, host, 20);
+    ensure!(
+        answers
+            .iter()
+            .all(|a| a.as_ref().is_some_and(|(c, _)| c == "east")),
+        "{answers:?}"
+    );
+
+    local.sidecar.kill()?;
+    let answers = send_many(proxy, host, 100);
+    let failures = answers.iter().filter(|a| a.is_none()).count();
+    ensure!(failures <= 2, "{failures} of 100 failed over: {answers:?}");
+    ensure!(
+        answers[5..]
+            .iter()
+            .all(|a| a.as_ref().is_some_and(|(c, _)| c == "west")),
+        "traffic did not move to west: {answers:?}"
+    );
+
+    // A new local endpoint takes the traffic back.
+    let _back = endpoint(
+        &mesh,
+        "east",
+        "api",
+        "api-east-1",
+        &[("http", 8080, "http")],
+    )?;
+    wait_route(proxy, host, "east")?;
+    Ok(())
+}
+
+#[test]
+fn a_sidecar_whose_certificate_is_renewed_keeps_serving() -> Result<()> {
+    // Certificates of 4 s, renewed at 70 %: several renewals during the test.
+    let (mesh, _east_gateway, _west_gateway) =
+        linked_pair(Some("  certTtlSeconds: 4\n  leaseSeconds: 15"))?;
+    let server = endpoint(
+        &mesh,
+        "west",
+        "api",
+        "api-west-0",
+        &[("http", 8080, "http")],
+    )?;
+    let web = client(&mesh, "east", &[])?;
+    let proxy = web.addr("proxy")?;
+    wait_route(proxy, "api.shop", "west")?;
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_secs(9) {
+        let answer = get_json(proxy, "api.shop")?;
+        ensure!(answer["caller"] == CALLER_EAST, "{answer}");
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for sidecar in [&web, &server.sidecar] {
+        let (_, text) = strait_tests::http_get(sidecar.addr("admin")?, "/metrics")?;
+        let renewals = metric(&text, "strait_certificate_renewals_total", &[]).unwrap_or(0.0);
+        ensure!(renewals >= 2.0, "{}: {renewals} renewals", sidecar.name);
+    }
+    // Every certificate first issued has expired: new handshakes need the renewed ones.
+    let fresh = endpoint(
+        &mesh,
+        "east",
+        "api",
+        "api-east-0",
+        &[("http", 8080, "http")],
+    )?;
+    wait_route(proxy, "api.shop.svc.cluster.local", "east")?;
+    drop(fresh);
+    println!("{sent} requests across 9 s of renewals");
+    Ok(())
+}
+
+#[test]
+fn a_bootstrap_token_only_works_at_the_gateway_that_issued_it() -> Result<()> {
+    let (mesh, _east_gateway, west_gateway) = linked_pair(None)?;
+    let bootstrap = mesh
+        .ctl(
+            "east",
+            &["sidecar", "token", "-n", "shop", "--service-account", "web"],
+        )
+        .success()?;
+    // East's token presented to west's gateway.
+    let stolen = bootstrap
+        .lines()
+        .map(|l| {
+            if l.starts_with("gateway:") {
+                format!("gateway: {}", west_gateway.api)
+            } else if l.starts_with("cluster:") {
+                "cluster: west".to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let path = mesh.file("stolen.yaml", &stolen)?;
+    let output = mesh.cli(&["sidecar", "run", "--bootstrap"], &[&path]);
+    ensure!(!output.ok, "a sidecar joined west with east's token");
+    ensure!(
+        output.stderr.contains("bootstrap token") && output.stderr.contains("east"),
+        "{}",
+        output.stderr
+    );
+    Ok(())
+}
