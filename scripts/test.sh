@@ -8,9 +8,11 @@ cd "$(dirname "$0")/.."
 say() { printf '\n==> %s\n' "$*"; }
 
 # --- What the tests need from the system -------------------------------------------------
-# procps: kill (tests stop gateways with SIGTERM); curl: the smoke checks and docs examples;
-# ca-certificates: cargo's registry over TLS on a bare image.
-debian_packages=(procps curl ca-certificates)
+# procps: kill (tests stop gateways with SIGTERM); curl: the smoke checks, docs examples and
+# the transparent-interception test; ca-certificates: cargo's registry over TLS on a bare image;
+# iproute2, iptables, util-linux (setpriv): the transparent-interception test, which runs an app
+# in a network namespace of its own with an iptables redirect to its sidecar.
+debian_packages=(procps curl ca-certificates iproute2 iptables util-linux)
 
 missing=()
 for package in "${debian_packages[@]}"; do

@@ -139,18 +139,24 @@ pub async fn serve_http_proxy(shared: Arc<Shared>, listener: TcpListener) {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
-        let _ = tcp.set_nodelay(true);
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(proxy_http(shared, request).await) }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
-        });
+        tokio::spawn(serve_http_connection(shared.clone(), tcp, None));
     }
+}
+
+/// Serves the app's HTTP requests on one connection (HTTP/1.1 or HTTP/2 cleartext). A request
+/// whose host is not a mesh name goes to `fallback` (the service a redirected connection was
+/// addressed to), when there is one.
+async fn serve_http_connection(shared: Arc<Shared>, tcp: TcpStream, fallback: Option<String>) {
+    let _ = tcp.set_nodelay(true);
+    let fallback = Arc::new(fallback);
+    let service = hyper::service::service_fn(move |request| {
+        let shared = shared.clone();
+        let fallback = fallback.clone();
+        async move { Ok::<_, Infallible>(proxy_http(shared, request, fallback.as_deref()).await) }
+    });
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(tcp), service)
+        .await;
 }
 
 /// The authority a request is for: the proxy-form URI's, else the Host header.
@@ -172,15 +178,22 @@ fn authority_of<B>(request: &Request<B>) -> Option<String> {
 pub async fn proxy_http(
     shared: Arc<Shared>,
     request: Request<hyper::body::Incoming>,
+    fallback: Option<&str>,
 ) -> Response<Body> {
     let started = Instant::now();
-    let Some(authority) = authority_of(&request) else {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "the request names no host (absolute URI or Host header)".into(),
-        );
-    };
     let directory = shared.directory.borrow().clone();
+    let named = authority_of(&request);
+    let authority = match (named, fallback) {
+        (Some(named), _) if directory.resolve(&named).is_some() => named,
+        (_, Some(fallback)) => fallback.to_owned(),
+        (Some(named), None) => named,
+        (None, None) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "the request names no host (absolute URI or Host header)".into(),
+            );
+        }
+    };
     let Some(dest) = directory.resolve(&authority) else {
         return error_response(
             StatusCode::NOT_FOUND,
@@ -423,7 +436,12 @@ pub async fn serve_transparent(shared: Arc<Shared>, listener: TcpListener) {
             let result = match service {
                 Some((key, Some(port))) => {
                     let name = format!("{}.{}:{port}", key.name, key.namespace);
-                    proxy_tcp(&shared, tcp, &name).await
+                    if speaks_http(&tcp).await {
+                        serve_http_connection(shared, tcp, Some(name)).await;
+                        Ok(())
+                    } else {
+                        proxy_tcp(&shared, tcp, &name).await
+                    }
                 }
                 _ => passthrough(tcp, original).await,
             };
@@ -431,6 +449,37 @@ pub async fn serve_transparent(shared: Arc<Shared>, listener: TcpListener) {
                 tracing::info!(destination = %original, error = %e, "redirected connection failed");
             }
         });
+    }
+}
+
+/// How long a redirected connection may stay silent before it is taken for a protocol where
+/// the server speaks first (and proxied as TCP).
+const DETECT_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// Whether the app's first bytes are HTTP/1 (a method and a space) or the HTTP/2 preface.
+pub fn looks_like_http(first: &[u8]) -> bool {
+    const METHODS: [&[u8]; 9] = [
+        b"GET ",
+        b"POST ",
+        b"PUT ",
+        b"HEAD ",
+        b"DELETE ",
+        b"OPTIONS ",
+        b"PATCH ",
+        b"TRACE ",
+        b"PRI * HTTP/2",
+    ];
+    METHODS
+        .iter()
+        .any(|m| first.len() >= m.len().min(8) && first.starts_with(&m[..m.len().min(first.len())]))
+}
+
+/// Peeks at a redirected connection's first bytes, without consuming them.
+async fn speaks_http(tcp: &TcpStream) -> bool {
+    let mut first = [0u8; 16];
+    match tokio::time::timeout(DETECT_TIMEOUT, tcp.peek(&mut first)).await {
+        Ok(Ok(n)) => looks_like_http(&first[..n]),
+        _ => false,
     }
 }
 
@@ -461,6 +510,32 @@ async fn passthrough(mut app: TcpStream, original: SocketAddr) -> Result<(), Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_is_told_from_other_protocols_by_its_first_bytes() {
+        for http in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"POST /x HTTP/1.1",
+            b"DELETE /a HTTP/1.1",
+            b"PRI * HTTP/2.0\r\n\r\nSM",
+        ] {
+            assert!(looks_like_http(http), "{:?}", String::from_utf8_lossy(http));
+        }
+        for other in [
+            &b"\x16\x03\x01\x02\x00"[..],
+            b"SSH-2.0-OpenSSH",
+            b"\x00\x00\x00\x08\x04\xd2\x16\x2f",
+            b"GE",
+            b"",
+            b"GETX / HTTP/1.1",
+        ] {
+            assert!(
+                !looks_like_http(other),
+                "{:?}",
+                String::from_utf8_lossy(other)
+            );
+        }
+    }
 
     #[test]
     fn hop_by_hop_headers_are_stripped_but_te_trailers_stays() {

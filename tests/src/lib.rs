@@ -386,9 +386,21 @@ impl Mesh {
         trust: &Path,
         peering: Option<&str>,
     ) -> Result<Gateway> {
+        self.gateway_with_api(cluster, trust, peering, "127.0.0.1")
+    }
+
+    /// Initializes a gateway whose API listens on `api_host` (an address sidecars in another
+    /// network namespace can reach, say).
+    pub fn gateway_with_api(
+        &self,
+        cluster: &str,
+        trust: &Path,
+        peering: Option<&str>,
+        api_host: &str,
+    ) -> Result<Gateway> {
         let dir = self.dir.path().join(cluster);
         let quic: SocketAddr = format!("127.0.0.1:{}", free_port(true)).parse()?;
-        let api: SocketAddr = format!("127.0.0.1:{}", free_port(false)).parse()?;
+        let api: SocketAddr = format!("{api_host}:{}", free_port(false)).parse()?;
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port(false)).parse()?;
         self.cli(
             &[
@@ -536,8 +548,21 @@ pub struct Process {
 impl Process {
     /// Starts `strait ARGS` and waits (up to 30 s) for its first line of standard output.
     pub fn start(mesh: &Mesh, name: &str, args: &[String]) -> Result<Self> {
+        Self::start_in(mesh, name, &[], args)
+    }
+
+    /// Starts `PREFIX strait ARGS` (`ip netns exec NS`, say) like [`Process::start`].
+    pub fn start_in(mesh: &Mesh, name: &str, prefix: &[&str], args: &[String]) -> Result<Self> {
         let log = mesh.dir.path().join(format!("{name}.log"));
-        let mut child = Command::new(strait_bin())
+        let mut command = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(strait_bin());
+                command
+            }
+            None => Command::new(strait_bin()),
+        };
+        let mut child = command
             .args(args)
             .env("STRAIT_CONFIG", &mesh.config)
             .env("STRAIT_LOG", "info,strait_sidecar=debug")

@@ -1,0 +1,262 @@
+//! Transparent interception: an app in its own network namespace connects to an address, an
+//! iptables rule redirects the connection to its sidecar, and the sidecar carries it to the
+//! mesh service that address belongs to (or, outside the mesh, straight to it). Needs root,
+//! `ip`, `iptables`, `setpriv` and `curl`; says so and skips without them.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::Value;
+use strait_tests::{Mesh, Process, http_get, wait_for};
+
+/// Runs a command; fails with its output when it fails.
+fn run(program: &str, args: &[&str]) -> Result<String> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !output.status.success() {
+        bail!(
+            "{program} {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Why this machine cannot run the test, if it cannot.
+fn missing() -> Option<String> {
+    let uid = run("id", &["-u"]).ok()?;
+    if uid.trim() != "0" {
+        return Some("needs root for network namespaces and iptables".into());
+    }
+    for tool in ["ip", "iptables", "setpriv", "curl"] {
+        if run("sh", &["-c", &format!("command -v {tool}")]).is_err() {
+            return Some(format!("needs {tool}"));
+        }
+    }
+    None
+}
+
+/// A network namespace joined to this one by a veth pair; removed on drop.
+struct Namespace {
+    name: String,
+    host_veth: String,
+    host_ip: String,
+    inner_ip: String,
+}
+
+impl Namespace {
+    fn create() -> Result<Self> {
+        let id = std::process::id() % 10_000;
+        let subnet = 1 + id % 250;
+        let ns = Self {
+            name: format!("strait-tp-{id}"),
+            host_veth: format!("stp{id}h"),
+            host_ip: format!("10.231.{subnet}.1"),
+            inner_ip: format!("10.231.{subnet}.2"),
+        };
+        let inner_veth = format!("stp{id}n");
+        // A namespace left by an earlier, killed run goes first.
+        let _ = run("ip", &["netns", "del", &ns.name]);
+        let _ = run("ip", &["link", "del", &ns.host_veth]);
+        run("ip", &["netns", "add", &ns.name])?;
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &ns.host_veth,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &inner_veth,
+            ],
+        )?;
+        run("ip", &["link", "set", &inner_veth, "netns", &ns.name])?;
+        run(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{}/30", ns.host_ip),
+                "dev",
+                &ns.host_veth,
+            ],
+        )?;
+        run("ip", &["link", "set", &ns.host_veth, "up"])?;
+        ns.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/30", ns.inner_ip),
+            "dev",
+            &inner_veth,
+        ])?;
+        ns.exec(&["ip", "link", "set", &inner_veth, "up"])?;
+        ns.exec(&["ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    fn exec(&self, command: &[&str]) -> Result<String> {
+        let mut args = vec!["netns", "exec", &self.name];
+        args.extend_from_slice(command);
+        run("ip", &args)
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = run("ip", &["netns", "del", &self.name]);
+        let _ = run("ip", &["link", "del", &self.host_veth]);
+    }
+}
+
+#[test]
+fn a_redirected_connection_reaches_the_service_it_was_addressed_to() -> Result<()> {
+    if let Some(reason) = missing() {
+        println!("skipped: {reason}");
+        return Ok(());
+    }
+    let ns = Namespace::create()?;
+    let mesh = Mesh::new()?;
+    let mut gateway = mesh.gateway_with_api("east", &mesh.trust, None, &ns.host_ip)?;
+    gateway.start(&mesh)?;
+
+    // The service's sidecar and an app outside the mesh, reachable from the namespace.
+    let app = mesh.app("http", "east", "shop/api", "api-0")?;
+    let mut args: Vec<String> = ["--service", "api", "--export", "--inbound-addr"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.push(format!("{}:0", ns.host_ip));
+    args.push("--port".into());
+    args.push(format!("8080/http={}", app.addr("address")?));
+    let server = mesh.sidecar("east", "shop", "api", "api-0", &args)?;
+    let service_address = server.addr("inbound")?;
+    let outside = Process::start(
+        &mesh,
+        "outside",
+        &[
+            "demo-app".into(),
+            "--kind".into(),
+            "http".into(),
+            "--listen".into(),
+            format!("{}:0", ns.host_ip),
+            "--service".into(),
+            "none/outside".into(),
+        ],
+    )?;
+    let outside_address = outside.addr("address")?;
+
+    // The app's sidecar inside the namespace, with a transparent port.
+    let bootstrap = mesh
+        .ctl(
+            "east",
+            &[
+                "sidecar",
+                "token",
+                "-n",
+                "shop",
+                "--service-account",
+                "web",
+                "--gateway",
+                &gateway.api.to_string(),
+            ],
+        )
+        .success()?;
+    let path = mesh.file("web.bootstrap.yaml", &bootstrap)?;
+    let client = Process::start_in(
+        &mesh,
+        "web",
+        &["ip", "netns", "exec", &ns.name],
+        &[
+            "sidecar".into(),
+            "run".into(),
+            "--bootstrap".into(),
+            path.display().to_string(),
+            "--transparent-addr".into(),
+            "127.0.0.1:15001".into(),
+            "--admin-addr".into(),
+            format!("{}:0", ns.inner_ip),
+        ],
+    )?;
+    let admin: SocketAddr = client.addr("admin")?;
+    wait_for(
+        Duration::from_secs(20),
+        "the namespace's sidecar ready",
+        || {
+            Ok(http_get(admin, "/readyz")
+                .ok()
+                .filter(|(s, _)| *s == 200)
+                .map(|_| ()))
+        },
+    )
+    .with_context(|| client.log_tail())?;
+
+    // The app runs as nobody; its connections to the host side are redirected.
+    ns.exec(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-d",
+        &ns.host_ip,
+        "-m",
+        "owner",
+        "--uid-owner",
+        "65534",
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        "15001",
+    ])?;
+    let curl = |url: &str| -> Result<Value> {
+        let body = ns.exec(&[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            url,
+        ])?;
+        serde_json::from_str(&body).with_context(|| format!("{url}: {body}"))
+    };
+    // Addressed to the service's endpoint: carried by the sidecars, with the caller's identity.
+    let mut answer = Value::Null;
+    wait_for(
+        Duration::from_secs(20),
+        "the redirected request answered",
+        || {
+            answer = match curl(&format!("http://{service_address}/hello")) {
+                Ok(answer) => answer,
+                Err(_) => return Ok(None),
+            };
+            Ok(Some(()))
+        },
+    )
+    .with_context(|| client.log_tail())?;
+    ensure!(answer["path"] == "/hello", "{answer}");
+    ensure!(
+        answer["caller"] == "spiffe://example.mesh/cluster/east/ns/shop/sa/web",
+        "the service did not see the redirected app's identity: {answer}"
+    );
+    // Not in the mesh: straight through, as if there were no sidecar.
+    let answer = curl(&format!("http://{outside_address}/plain"))?;
+    ensure!(
+        answer["service"] == "none/outside" && answer["caller"].is_null(),
+        "{answer}"
+    );
+    Ok(())
+}
