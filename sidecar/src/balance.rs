@@ -56,6 +56,23 @@ impl Stats {
     }
 }
 
+/// A cheap random number for choices (not secrets): xorshift64*, seeded per thread from the
+/// system's generator, so a choice costs no system call.
+pub fn random() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(strait_federation::link::random_u64() | 1);
+    }
+    STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        state.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    })
+}
+
 /// Latency and failure statistics per target.
 #[derive(Debug)]
 pub struct Balancer<T> {

@@ -133,8 +133,17 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
 
 type InboundTls = tokio_rustls::server::TlsStream<TcpStream>;
 
+/// Who called, as the labels and the header to the app need it: worked out once per connection.
+struct CallerInfo {
+    cluster: String,
+    header: Option<HeaderValue>,
+}
+
 async fn serve_http(shared: Arc<Shared>, tls: InboundTls, caller: SpiffeId) {
-    let caller = Arc::new(caller);
+    let caller = Arc::new(CallerInfo {
+        cluster: caller.cluster().to_string(),
+        header: HeaderValue::from_str(&caller.to_string()).ok(),
+    });
     let service = hyper::service::service_fn(move |request| {
         let shared = shared.clone();
         let caller = caller.clone();
@@ -157,16 +166,16 @@ fn port_of(authority: Option<&hyper::http::uri::Authority>) -> Option<u16> {
 async fn to_app(
     shared: Arc<Shared>,
     request: Request<hyper::body::Incoming>,
-    caller: &SpiffeId,
+    caller: &CallerInfo,
 ) -> Response<Body> {
     let started = Instant::now();
-    let (namespace, service) = shared.service_labels();
+    let (namespace, service) = &shared.service_labels;
     let route = Route {
         direction: Direction::Inbound,
-        source_cluster: caller.cluster().as_str(),
+        source_cluster: &caller.cluster,
         destination_cluster: shared.cluster.as_str(),
-        namespace: &namespace,
-        service: &service,
+        namespace,
+        service,
     };
     let response = match shared
         .app_clients
@@ -179,9 +188,10 @@ async fn to_app(
         Some((port, client)) => {
             let (mut parts, body) = request.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            if let Ok(id) = HeaderValue::from_str(&caller.to_string()) {
-                parts.headers.insert(CLIENT_ID_HEADER, id);
-            }
+            match &caller.header {
+                Some(id) => parts.headers.insert(CLIENT_ID_HEADER, id.clone()),
+                None => parts.headers.remove(CLIENT_ID_HEADER),
+            };
             if port.port.protocol == Protocol::Http {
                 parts.version = hyper::Version::HTTP_11;
                 if let Some(authority) = parts.uri.authority()
@@ -234,13 +244,13 @@ async fn serve_tcp(shared: Arc<Shared>, mut tls: InboundTls, caller: SpiffeId) {
         return;
     };
     let _ = app.set_nodelay(true);
-    let (namespace, service) = shared.service_labels();
+    let (namespace, service) = &shared.service_labels;
     let route = Route {
         direction: Direction::Inbound,
         source_cluster: caller.cluster().as_str(),
         destination_cluster: shared.cluster.as_str(),
-        namespace: &namespace,
-        service: &service,
+        namespace,
+        service,
     };
     shared.metrics.tcp_opened(&route);
     let (received, sent) = tokio::io::copy_bidirectional(&mut tls, &mut app)

@@ -82,6 +82,8 @@ pub struct Shared {
     /// The address registered for this endpoint.
     pub advertise_addr: SocketAddr,
     pub(crate) registered: AtomicBool,
+    /// The namespace and service this sidecar fronts, for inbound labels.
+    pub(crate) service_labels: (String, String),
     pub shutdown: CancellationToken,
 }
 
@@ -91,20 +93,6 @@ impl Shared {
         self.balancer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The namespace and service this sidecar fronts, for inbound labels.
-    fn service_labels(&self) -> (String, String) {
-        let namespace = match &self.identity {
-            SpiffeId::Workload { namespace, .. } => namespace.to_string(),
-            _ => String::new(),
-        };
-        let service = self
-            .config
-            .service
-            .as_ref()
-            .map(|s| s.name.to_string())
-            .unwrap_or_default();
-        (namespace, service)
-    }
 
     /// Certified, with a catalog, and registered when it fronts a service.
     pub fn is_ready(&self) -> bool {
@@ -218,6 +206,17 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
         config.resumption = rustls::client::Resumption::in_memory_sessions(256);
         Ok(Arc::new(config))
     };
+    let service_labels = (
+        match &certified.identity {
+            SpiffeId::Workload { namespace, .. } => namespace.to_string(),
+            _ => String::new(),
+        },
+        config
+            .service
+            .as_ref()
+            .map(|s| s.name.to_string())
+            .unwrap_or_default(),
+    );
     let shared = Arc::new(Shared {
         cluster: bootstrap.cluster.clone(),
         identity: certified.identity,
@@ -244,6 +243,7 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
         inbound_addr,
         advertise_addr: config.advertise_addr.unwrap_or(inbound_addr),
         registered: AtomicBool::new(false),
+        service_labels,
         shutdown: CancellationToken::new(),
         config,
     });

@@ -125,7 +125,7 @@ fn choose(shared: &Shared, tiers: &[Vec<Target>; 2]) -> Option<Target> {
     let now = Instant::now();
     tiers
         .iter()
-        .find_map(|tier| balancer.pick(tier, now, strait_federation::link::random_u64()))
+        .find_map(|tier| balancer.pick(tier, now, crate::balance::random()))
 }
 
 /// Serves the HTTP proxy port until the sidecar stops.
