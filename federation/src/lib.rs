@@ -2,6 +2,7 @@
 //! the peer protocol between gateways (sans IO), link tokens, and the documents operators apply.
 //! Nothing here opens a socket or reads a clock: the gateway crate drives it.
 
+pub mod api;
 pub mod catalog;
 pub mod flow;
 pub mod identity;

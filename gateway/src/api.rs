@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use rustls_pki_types::ServerName;
+use strait_federation::api::{API_ALPN, Dial};
 use strait_federation::catalog::ServiceKey;
 use strait_federation::identity::{
     AccountName, ClusterName, Namespace, Role, ServiceName, SpiffeId,
@@ -35,8 +35,6 @@ use crate::peer::{self, DialOutcome};
 use crate::store::LinkRecord;
 use crate::{Shared, lock, unix_now};
 
-/// ALPN of the API.
-pub const API_ALPN: &[u8] = b"h2";
 /// The largest file `apply` takes.
 const MAX_DOCUMENTS: usize = 4 << 20;
 /// How long `apply` of a Link waits for the first dial.
@@ -191,41 +189,15 @@ pub async fn connect(
 ) -> Result<OperatorClient<tonic::transport::Channel>, String> {
     strait_federation::tls::install_default_provider();
     let certs = CertStore::new(credential).map_err(|e| e.to_string())?;
-    let config = tls::client_config(
+    let channel = strait_federation::api::channel(
+        address,
+        cluster,
         bundle,
-        &certs,
-        PeerRule::role_in(Role::Gateway, cluster.clone()),
-        &[API_ALPN],
+        Some(&certs),
+        Duration::from_secs(30),
+        Dial::Now,
     )
-    .map_err(|e| e.to_string())?;
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let server_name = ServerName::try_from(cluster.to_string()).map_err(|e| e.to_string())?;
-    let target = address.to_owned();
-    let dial = tower::service_fn(move |_: tonic::transport::Uri| {
-        let connector = connector.clone();
-        let server_name = server_name.clone();
-        let target = target.clone();
-        async move {
-            let tcp = TcpStream::connect(&target).await?;
-            let stream = connector.connect(server_name, tcp).await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-        }
-    });
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| format!("bad API address {address}: {e}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30))
-        .connect_with_connector(dial)
-        .await
-        .map_err(|e| {
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(inner) = source {
-                text = format!("{text}: {inner}");
-                source = inner.source();
-            }
-            format!("cannot reach the operator API of cluster {cluster} at {address}: {text}")
-        })?;
+    .await?;
     Ok(OperatorClient::new(channel))
 }
 

@@ -47,6 +47,18 @@ fn workload<T>(request: &Request<T>) -> Result<SpiffeId, Status> {
     }
 }
 
+/// A service of the caller's own namespace: a workload registers only there.
+fn own_service<T>(request: &Request<T>, name: &str) -> Result<ServiceKey, Status> {
+    let SpiffeId::Workload { namespace, .. } = workload(request)? else {
+        return Err(Status::permission_denied("not a workload identity"));
+    };
+    Ok(ServiceKey {
+        namespace,
+        name: ServiceName::new(name)
+            .map_err(|e| Status::invalid_argument(format!("service: {e}")))?,
+    })
+}
+
 fn parse_ports(ports: &[PortSpec]) -> Result<Vec<Port>, Status> {
     ports
         .iter()
@@ -184,16 +196,8 @@ impl Workload for WorkloadApi {
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
-        let identity = workload(&request)?;
-        let SpiffeId::Workload { namespace, .. } = identity else {
-            return Err(Status::permission_denied("not a workload identity"));
-        };
+        let key = own_service(&request, &request.get_ref().service)?;
         let request = request.into_inner();
-        let key = ServiceKey {
-            namespace,
-            name: ServiceName::new(request.service.clone())
-                .map_err(|e| Status::invalid_argument(format!("service: {e}")))?,
-        };
         let address = request
             .address
             .parse()
@@ -238,16 +242,8 @@ impl Workload for WorkloadApi {
         &self,
         request: Request<DeregisterRequest>,
     ) -> Result<Response<DeregisterResponse>, Status> {
-        let identity = workload(&request)?;
-        let SpiffeId::Workload { namespace, .. } = identity else {
-            return Err(Status::permission_denied("not a workload identity"));
-        };
+        let key = own_service(&request, &request.get_ref().service)?;
         let request = request.into_inner();
-        let key = ServiceKey {
-            namespace,
-            name: ServiceName::new(request.service)
-                .map_err(|e| Status::invalid_argument(format!("service: {e}")))?,
-        };
         if lock(&self.shared.state).deregister(&key, &request.instance) {
             tracing::info!(service = %key, "endpoint deregistered");
             self.shared.mark_dirty();

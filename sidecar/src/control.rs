@@ -5,14 +5,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rustls_pki_types::ServerName;
-use strait_federation::identity::{Role, SpiffeId};
+use strait_federation::api::Dial;
+use strait_federation::identity::SpiffeId;
 use strait_federation::pki::{Credential, TrustBundle, new_csr};
 use strait_federation::proto::workload::workload_client::WorkloadClient;
 use strait_federation::proto::workload::{
     CertifyRequest, DeregisterRequest, PortSpec, RegisterRequest, WatchRequest,
 };
-use strait_federation::tls::{self, CertStore, PeerRule};
+use strait_federation::tls::CertStore;
 use tokio::net::TcpStream;
 use tonic::transport::Channel;
 
@@ -20,43 +20,26 @@ use crate::config::{Bootstrap, ServiceConfig};
 use crate::directory::Directory;
 use crate::{Shared, SidecarError};
 
-/// ALPN of the gateway's API.
-const API_ALPN: &[u8] = b"h2";
 /// Longest wait between two attempts to reach the gateway.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// A channel to the gateway's API: anonymous (for the first certificate) or presenting the
-/// workload certificate.
+/// workload certificate. Lazy: it dials at the first call, and again after a lost connection.
 pub async fn channel(
     bootstrap: &Bootstrap,
     bundle: &TrustBundle,
     certs: Option<&CertStore>,
 ) -> Result<Channel, SidecarError> {
-    let rule = PeerRule::role_in(Role::Gateway, bootstrap.cluster.clone());
-    let config = match certs {
-        Some(certs) => tls::client_config(bundle, certs, rule, &[API_ALPN])?,
-        None => tls::anonymous_client_config(bundle, rule, &[API_ALPN])?,
-    };
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let server_name = ServerName::try_from(bootstrap.cluster.to_string())
-        .map_err(|e| SidecarError::Gateway(e.to_string()))?;
-    let target = bootstrap.gateway.clone();
-    let dial = tower::service_fn(move |_: tonic::transport::Uri| {
-        let connector = connector.clone();
-        let server_name = server_name.clone();
-        let target = target.clone();
-        async move {
-            let tcp = TcpStream::connect(&target).await?;
-            let stream = connector.connect(server_name, tcp).await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-        }
-    });
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", bootstrap.gateway))
-        .map_err(|e| SidecarError::Gateway(format!("gateway address {}: {e}", bootstrap.gateway)))?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(15));
-    // Lazy: the first call dials, and a lost connection is dialled again on the next call.
-    Ok(endpoint.connect_with_connector_lazy(dial))
+    strait_federation::api::channel(
+        &bootstrap.gateway,
+        &bootstrap.cluster,
+        bundle,
+        certs,
+        Duration::from_secs(15),
+        Dial::Lazily,
+    )
+    .await
+    .map_err(SidecarError::Gateway)
 }
 
 fn unix_now() -> u64 {

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,7 @@ use crate::config::AppPort;
 use crate::connect::{Body, BoxError, HTTP_ALPN, TCP_ALPN};
 use crate::metrics::{Direction, Route};
 use crate::outbound::{error_response, strip_hop_by_hop};
-use crate::{CLIENT_ID_HEADER, Shared};
+use crate::{CLIENT_ID_HEADER, Shared, accept_each};
 
 /// How long a TLS handshake, or the port of a TCP connection, may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -91,43 +92,42 @@ impl AppClients {
 /// Accepts mutual-TLS connections until the sidecar stops.
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     let acceptor = tokio_rustls::TlsAcceptor::from(shared.inbound_tls.clone());
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = shared.shutdown.cancelled() => return,
-        };
-        let Ok((tcp, remote)) = accepted else {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        let shared = shared.clone();
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::info!(remote = %remote, error = %e, "inbound TLS refused");
-                    return;
-                }
-                Err(_) => {
-                    tracing::info!(remote = %remote, "inbound TLS handshake timed out");
-                    return;
-                }
-            };
-            let (_, session) = tls.get_ref();
-            let caller = session
-                .peer_certificates()
-                .and_then(|chain| tls::peer_identity(chain).ok());
-            let Some(caller) = caller else {
-                return;
-            };
-            match session.alpn_protocol() {
-                Some(HTTP_ALPN) => serve_http(shared, tls, caller).await,
-                Some(TCP_ALPN) => serve_tcp(shared, tls, caller).await,
-                _ => tracing::info!(remote = %remote, "inbound connection without a known ALPN"),
-            }
-        });
+    let each = shared.clone();
+    accept_each(shared, listener, move |tcp, remote| {
+        accept(each.clone(), acceptor.clone(), tcp, remote)
+    })
+    .await;
+}
+
+/// One connection from another sidecar: TLS, then HTTP/2 or TCP by its ALPN.
+async fn accept(
+    shared: Arc<Shared>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+    remote: SocketAddr,
+) {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::info!(remote = %remote, error = %e, "inbound TLS refused");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(remote = %remote, "inbound TLS handshake timed out");
+            return;
+        }
+    };
+    let (_, session) = tls.get_ref();
+    let caller = session
+        .peer_certificates()
+        .and_then(|chain| tls::peer_identity(chain).ok());
+    let Some(caller) = caller else {
+        return;
+    };
+    match session.alpn_protocol() {
+        Some(HTTP_ALPN) => serve_http(shared, tls, caller).await,
+        Some(TCP_ALPN) => serve_tcp(shared, tls, caller).await,
+        _ => tracing::info!(remote = %remote, "inbound connection without a known ALPN"),
     }
 }
 

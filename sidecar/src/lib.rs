@@ -93,7 +93,6 @@ impl Shared {
         self.balancer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-
     /// Certified, with a catalog, and registered when it fronts a service.
     pub fn is_ready(&self) -> bool {
         self.directory.borrow().version > 0
@@ -136,6 +135,28 @@ impl Sidecar {
         self.shared.shutdown.cancel();
         for task in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+        }
+    }
+}
+
+/// Accepts connections until the sidecar stops, handing each to `handle` in a task of its own.
+pub(crate) async fn accept_each<F, Fut>(shared: Arc<Shared>, listener: TcpListener, handle: F)
+where
+    F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shared.shutdown.cancelled() => return,
+        };
+        match accepted {
+            Ok((tcp, remote)) => {
+                let _ = tcp.set_nodelay(true);
+                tokio::spawn(handle(tcp, remote));
+            }
+            // Out of file descriptors, say: give the process a moment.
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
 }

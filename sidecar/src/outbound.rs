@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::connect::{self, Body, BoxError, TCP_ALPN, Target};
 use crate::directory::{Destination, Directory, ServiceEntry};
 use crate::metrics::{Direction, Route};
-use crate::{CLIENT_ID_HEADER, Shared};
+use crate::{CLIENT_ID_HEADER, Shared, accept_each};
 
 /// Targets tried per request or connection before giving up.
 const MAX_ATTEMPTS: usize = 3;
@@ -130,24 +130,17 @@ fn choose(shared: &Shared, tiers: &[Vec<Target>; 2]) -> Option<Target> {
 
 /// Serves the HTTP proxy port until the sidecar stops.
 pub async fn serve_http_proxy(shared: Arc<Shared>, listener: TcpListener) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = shared.shutdown.cancelled() => return,
-        };
-        let Ok((tcp, _)) = accepted else {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
-        };
-        tokio::spawn(serve_http_connection(shared.clone(), tcp, None));
-    }
+    let each = shared.clone();
+    accept_each(shared, listener, move |tcp, _| {
+        serve_http_connection(each.clone(), tcp, None)
+    })
+    .await;
 }
 
 /// Serves the app's HTTP requests on one connection (HTTP/1.1 or HTTP/2 cleartext). A request
 /// whose host is not a mesh name goes to `fallback` (the service a redirected connection was
 /// addressed to), when there is one.
 async fn serve_http_connection(shared: Arc<Shared>, tcp: TcpStream, fallback: Option<String>) {
-    let _ = tcp.set_nodelay(true);
     let fallback = Arc::new(fallback);
     let service = hyper::service::service_fn(move |request| {
         let shared = shared.clone();
@@ -334,23 +327,17 @@ pub async fn proxy_http(
 
 /// Serves one per-upstream TCP listener until the sidecar stops.
 pub async fn serve_upstream(shared: Arc<Shared>, listener: TcpListener, name: String) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = shared.shutdown.cancelled() => return,
-        };
-        let Ok((tcp, _)) = accepted else {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
-        };
-        let shared = shared.clone();
+    let each = shared.clone();
+    accept_each(shared, listener, move |tcp, _| {
+        let shared = each.clone();
         let name = name.clone();
-        tokio::spawn(async move {
+        async move {
             if let Err(e) = proxy_tcp(&shared, tcp, &name).await {
                 tracing::info!(upstream = %name, error = %e, "TCP connection refused");
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
 /// Carries one TCP connection of the app to the service `name` (`host:port`) points to.
@@ -410,45 +397,41 @@ pub async fn proxy_tcp(shared: &Arc<Shared>, mut app: TcpStream, name: &str) -> 
 /// service whose endpoint it was addressed to, or straight to its original destination when
 /// that is not in the mesh.
 pub async fn serve_transparent(shared: Arc<Shared>, listener: TcpListener) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = shared.shutdown.cancelled() => return,
-        };
-        let Ok((tcp, _)) = accepted else {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let original = match original_destination(&tcp) {
-                Ok(address) => address,
-                Err(e) => {
-                    tracing::info!(error = %e, "no original destination: not a redirected connection");
-                    return;
-                }
-            };
-            let service = shared
-                .directory
-                .borrow()
-                .service_at(&original)
-                .map(|entry| (entry.key.clone(), entry.ports.first().map(|p| p.port)));
-            let result = match service {
-                Some((key, Some(port))) => {
-                    let name = format!("{}.{}:{port}", key.name, key.namespace);
-                    if speaks_http(&tcp).await {
-                        serve_http_connection(shared, tcp, Some(name)).await;
-                        Ok(())
-                    } else {
-                        proxy_tcp(&shared, tcp, &name).await
-                    }
-                }
-                _ => passthrough(tcp, original).await,
-            };
-            if let Err(e) = result {
-                tracing::info!(destination = %original, error = %e, "redirected connection failed");
+    let each = shared.clone();
+    accept_each(shared, listener, move |tcp, _| {
+        transparent(each.clone(), tcp)
+    })
+    .await;
+}
+
+/// One redirected connection.
+async fn transparent(shared: Arc<Shared>, tcp: TcpStream) {
+    let original = match original_destination(&tcp) {
+        Ok(address) => address,
+        Err(e) => {
+            tracing::info!(error = %e, "no original destination: not a redirected connection");
+            return;
+        }
+    };
+    let service = shared
+        .directory
+        .borrow()
+        .service_at(&original)
+        .map(|entry| (entry.key.clone(), entry.ports.first().map(|p| p.port)));
+    let result = match service {
+        Some((key, Some(port))) => {
+            let name = format!("{}.{}:{port}", key.name, key.namespace);
+            if speaks_http(&tcp).await {
+                serve_http_connection(shared, tcp, Some(name)).await;
+                Ok(())
+            } else {
+                proxy_tcp(&shared, tcp, &name).await
             }
-        });
+        }
+        _ => passthrough(tcp, original).await,
+    };
+    if let Err(e) = result {
+        tracing::info!(destination = %original, error = %e, "redirected connection failed");
     }
 }
 

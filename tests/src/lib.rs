@@ -194,10 +194,7 @@ impl Gateway {
 
     /// Kills the process at once (a crash, or a lost machine).
     pub fn kill(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.kill()?;
-            child.wait()?;
-        }
+        reap(self.child.take());
         Ok(())
     }
 
@@ -211,13 +208,7 @@ impl Gateway {
         let pid = self
             .pid()
             .ok_or_else(|| anyhow!("gateway {} is not running", self.cluster))?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .ok_or_else(|| anyhow!("no VmRSS for process {pid}"))?;
-        Ok(kib * 1024)
+        proc_memory(pid, "VmRSS")
     }
 
     /// The admin `/metrics` text.
@@ -231,23 +222,34 @@ impl Gateway {
 
     /// The end of the gateway's log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<_> = text.lines().collect();
-        format!(
-            "--- last lines of gateway {} log (run {}) ---\n{}",
-            self.cluster,
-            self.runs,
-            lines[lines.len().saturating_sub(30)..].join("\n")
+        log_tail(
+            &self.log,
+            &format!("gateway {} log (run {})", self.cluster, self.runs),
         )
     }
 }
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        reap(self.child.take());
+    }
+}
+
+/// The last 30 lines of a log, titled, for failure messages.
+fn log_tail(path: &Path, title: &str) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<_> = text.lines().collect();
+    format!(
+        "--- last lines of {title} ---\n{}",
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    )
+}
+
+/// Kills a child, if any, and waits for it.
+fn reap(child: Option<Child>) {
+    if let Some(mut child) = child {
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
@@ -628,10 +630,7 @@ impl Process {
 
     /// Kills the process at once.
     pub fn kill(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.kill()?;
-            child.wait()?;
-        }
+        reap(self.child.take());
         Ok(())
     }
 
@@ -650,22 +649,13 @@ impl Process {
 
     /// The end of its log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<_> = text.lines().collect();
-        format!(
-            "--- last lines of {} log ---\n{}",
-            self.name,
-            lines[lines.len().saturating_sub(30)..].join("\n")
-        )
+        log_tail(&self.log, &format!("{} log", self.name))
     }
 }
 
 impl Drop for Process {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        reap(self.child.take());
     }
 }
 

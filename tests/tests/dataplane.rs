@@ -87,6 +87,11 @@ fn endpoint(
     })
 }
 
+/// An endpoint of shop/api: the HTTP sample app on port 8080 behind its sidecar.
+fn api(mesh: &Mesh, cluster: &str, pod: &str) -> Result<Endpoint> {
+    endpoint(mesh, cluster, "api", pod, &[("http", 8080, "http")])
+}
+
 /// A client sidecar (shop/web) with an HTTP proxy port and the given upstream listeners.
 fn client(mesh: &Mesh, cluster: &str, upstreams: &[&str]) -> Result<Process> {
     let mut args = vec!["--proxy-addr".to_owned(), "127.0.0.1:0".into()];
@@ -317,13 +322,7 @@ fn zeros(size: u64) -> http_body_util::combinators::BoxBody<Bytes, std::io::Erro
 #[test]
 fn a_100_mb_body_and_a_thousand_concurrent_requests_cross_one_gateway_pair() -> Result<()> {
     let (mesh, east_gateway, west_gateway) = linked_pair(None)?;
-    let api = endpoint(
-        &mesh,
-        "west",
-        "api",
-        "api-west-0",
-        &[("http", 8080, "http")],
-    )?;
+    let api = api(&mesh, "west", "api-west-0")?;
     let web = client(&mesh, "east", &[])?;
     let proxy = web.addr("proxy")?;
     wait_route(proxy, "api.shop", "west")?;
@@ -433,20 +432,8 @@ fn send_many(proxy: SocketAddr, host: &str, count: usize) -> Vec<Option<(String,
 #[test]
 fn an_endpoint_killed_mid_test_is_avoided() -> Result<()> {
     let (mesh, _east_gateway, _west_gateway) = linked_pair(None)?;
-    let _first = endpoint(
-        &mesh,
-        "east",
-        "api",
-        "api-east-0",
-        &[("http", 8080, "http")],
-    )?;
-    let mut second = endpoint(
-        &mesh,
-        "east",
-        "api",
-        "api-east-1",
-        &[("http", 8080, "http")],
-    )?;
+    let _first = api(&mesh, "east", "api-east-0")?;
+    let mut second = api(&mesh, "east", "api-east-1")?;
     let web = client(&mesh, "east", &[])?;
     let proxy = web.addr("proxy")?;
     wait_for(Duration::from_secs(20), "both endpoints serving", || {
@@ -482,20 +469,8 @@ fn an_endpoint_killed_mid_test_is_avoided() -> Result<()> {
 fn when_a_clusters_endpoints_are_gone_traffic_fails_over_to_the_other_cluster_and_returns()
 -> Result<()> {
     let (mesh, _east_gateway, _west_gateway) = linked_pair(None)?;
-    let mut local = endpoint(
-        &mesh,
-        "east",
-        "api",
-        "api-east-0",
-        &[("http", 8080, "http")],
-    )?;
-    let _remote = endpoint(
-        &mesh,
-        "west",
-        "api",
-        "api-west-0",
-        &[("http", 8080, "http")],
-    )?;
+    let mut local = api(&mesh, "east", "api-east-0")?;
+    let _remote = api(&mesh, "west", "api-west-0")?;
     let web = client(&mesh, "east", &[])?;
     let proxy = web.addr("proxy")?;
     let host = "api.shop.svc.clusterset.local";
@@ -521,13 +496,7 @@ fn when_a_clusters_endpoints_are_gone_traffic_fails_over_to_the_other_cluster_an
     );
 
     // A new local endpoint takes the traffic back.
-    let _back = endpoint(
-        &mesh,
-        "east",
-        "api",
-        "api-east-1",
-        &[("http", 8080, "http")],
-    )?;
+    let _back = api(&mesh, "east", "api-east-1")?;
     wait_route(proxy, host, "east")?;
     Ok(())
 }
@@ -537,13 +506,7 @@ fn a_sidecar_whose_certificate_is_renewed_keeps_serving() -> Result<()> {
     // Certificates of 4 s, renewed at 70 %: several renewals during the test.
     let (mesh, _east_gateway, _west_gateway) =
         linked_pair(Some("  certTtlSeconds: 4\n  leaseSeconds: 15"))?;
-    let server = endpoint(
-        &mesh,
-        "west",
-        "api",
-        "api-west-0",
-        &[("http", 8080, "http")],
-    )?;
+    let server = api(&mesh, "west", "api-west-0")?;
     let web = client(&mesh, "east", &[])?;
     let proxy = web.addr("proxy")?;
     wait_route(proxy, "api.shop", "west")?;
@@ -561,13 +524,7 @@ fn a_sidecar_whose_certificate_is_renewed_keeps_serving() -> Result<()> {
         ensure!(renewals >= 2.0, "{}: {renewals} renewals", sidecar.name);
     }
     // Every certificate first issued has expired: new handshakes need the renewed ones.
-    let fresh = endpoint(
-        &mesh,
-        "east",
-        "api",
-        "api-east-0",
-        &[("http", 8080, "http")],
-    )?;
+    let fresh = api(&mesh, "east", "api-east-0")?;
     wait_route(proxy, "api.shop.svc.cluster.local", "east")?;
     drop(fresh);
     println!("{sent} requests across 9 s of renewals");
