@@ -430,6 +430,34 @@ fn send_many(proxy: SocketAddr, host: &str, count: usize) -> Vec<Option<(String,
 }
 
 #[test]
+fn a_request_without_an_answer_in_time_gets_a_gateway_timeout() -> Result<()> {
+    let (mesh, _east_gateway, _west_gateway) = linked_pair(None)?;
+    let _api = api(&mesh, "west", "api-west-0")?;
+    let web = mesh.sidecar(
+        "east",
+        "shop",
+        "web",
+        "web-east",
+        &["--proxy-addr", "127.0.0.1:0", "--request-timeout", "300ms"].map(String::from),
+    )?;
+    let proxy = web.addr("proxy")?;
+    wait_route(proxy, "api.shop", "west")?;
+    let started = Instant::now();
+    let (status, body) = http_get_host(proxy, "api.shop", "/delay/3000")?;
+    ensure!(status == 504, "{status}: {body}");
+    ensure!(body.contains("within"), "{body}");
+    ensure!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // The connection to the other cluster is still good for the next request.
+    let answer = get_json(proxy, "api.shop")?;
+    ensure!(answer["cluster"] == "west", "{answer}");
+    Ok(())
+}
+
+#[test]
 fn an_endpoint_killed_mid_test_is_avoided() -> Result<()> {
     let (mesh, _east_gateway, _west_gateway) = linked_pair(None)?;
     let _first = api(&mesh, "east", "api-east-0")?;

@@ -109,6 +109,13 @@ async fn http_app(
             }
         };
     }
+    if let Some(delay) = path
+        .strip_prefix("/delay/")
+        .and_then(|ms| ms.parse::<u64>().ok())
+    {
+        // A slow answer, for timeouts (at most a minute).
+        tokio::time::sleep(std::time::Duration::from_millis(delay.min(60_000))).await;
+    }
     let status = path
         .strip_prefix("/status/")
         .and_then(|s| s.parse::<u16>().ok())
