@@ -45,7 +45,9 @@ pub enum TokenError {
     Invalid(String),
     #[error("the token was issued by cluster {issued_by}, not by {expected}")]
     WrongCluster { issued_by: String, expected: String },
-    #[error("the join token expired at {at}; mint a new Link document with `strait link`")]
+    #[error(
+        "the token expired at {at}; mint a new one (`strait link` for a Link document, `strait sidecar token` for a sidecar)"
+    )]
     Expired { at: String },
     #[error("the join token {jti} was already redeemed by cluster {by}")]
     Replayed { jti: String, by: String },

@@ -129,13 +129,14 @@ impl State {
         instance: &str,
         registration: Registration,
     ) -> bool {
+        let before = self.effective(key);
         let registered = self.registrations.entry(key.clone()).or_default();
-        let changed = registered.get(instance).is_none_or(|old| {
-            old.ports != registration.ports
-                || old.endpoint != registration.endpoint
-                || old.export != registration.export
+        // A restarted sidecar registers under a new instance: its old lease goes at once.
+        registered.retain(|other, old| {
+            other == instance || old.endpoint.address != registration.endpoint.address
         });
         registered.insert(instance.to_owned(), registration);
+        let changed = self.effective(key) != before;
         if changed {
             self.republish(key);
         }
@@ -302,6 +303,10 @@ mod tests {
         assert!(!state.register(&key, "a", registration(1000, now + Duration::from_secs(2))));
         assert_eq!(state.export.head().version, head.version + 2);
         assert_eq!(state.effective(&key).unwrap().endpoints.len(), 2);
+        // A restarted sidecar (new instance, same address) replaces its old lease at once.
+        assert!(!state.register(&key, "a2", registration(1000, now + Duration::from_secs(1))));
+        assert_eq!(state.registrations[&key].len(), 2);
+        assert!(state.registrations[&key].contains_key("a2"));
         assert!(state.expire_registrations(now + Duration::from_secs(3)));
         let endpoints = state.effective(&key).unwrap().endpoints;
         assert_eq!(endpoints.len(), 1);

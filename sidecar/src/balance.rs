@@ -73,6 +73,57 @@ pub fn random() -> u64 {
     })
 }
 
+/// A request in flight to a target: counted in its load until it ends. Dropped without
+/// [`InFlight::end`] (a cancelled or failed request), it leaves no latency sample.
+pub struct InFlight<'a, T: Clone + Eq + Hash> {
+    balancer: &'a std::sync::Mutex<Balancer<T>>,
+    target: T,
+    started: Instant,
+    done: bool,
+}
+
+impl<'a, T: Clone + Eq + Hash> InFlight<'a, T> {
+    /// Counts a request to `target` from now.
+    pub fn start(balancer: &'a std::sync::Mutex<Balancer<T>>, target: T) -> Self {
+        let started = Instant::now();
+        lock(balancer).start(&target, started);
+        Self {
+            balancer,
+            target,
+            started,
+            done: false,
+        }
+    }
+
+    /// The request got its answer: its latency is a sample.
+    pub fn end(mut self) {
+        self.done = true;
+        let now = Instant::now();
+        lock(self.balancer).end(&self.target, now - self.started, now);
+    }
+
+    /// Connecting failed: the target is set aside for a backoff.
+    pub fn fail(mut self) {
+        self.done = true;
+        let now = Instant::now();
+        let mut balancer = lock(self.balancer);
+        balancer.abandon(&self.target, now);
+        balancer.fail(&self.target, now);
+    }
+}
+
+impl<T: Clone + Eq + Hash> Drop for InFlight<'_, T> {
+    fn drop(&mut self) {
+        if !self.done {
+            lock(self.balancer).abandon(&self.target, Instant::now());
+        }
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Latency and failure statistics per target.
 #[derive(Debug)]
 pub struct Balancer<T> {
@@ -253,6 +304,19 @@ mod tests {
         let later = now + DECAY * 10;
         balancer.end(&"b", Duration::from_millis(2), later);
         assert_eq!(balancer.pick(&["a", "b"], later, 0), Some("a"));
+    }
+
+    #[test]
+    fn a_request_dropped_in_flight_leaves_no_load_behind() {
+        let balancer = std::sync::Mutex::new(Balancer::default());
+        let now = Instant::now();
+        let cancelled = InFlight::start(&balancer, "a");
+        assert_eq!(lock(&balancer).stats["a"].pending, 1);
+        drop(cancelled);
+        assert_eq!(lock(&balancer).stats["a"].pending, 0);
+        InFlight::start(&balancer, "a").fail();
+        assert!(!lock(&balancer).usable(&"a", now));
+        assert_eq!(lock(&balancer).stats["a"].pending, 0);
     }
 
     #[test]

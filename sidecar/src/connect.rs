@@ -68,14 +68,15 @@ pub enum DialError {
     Http(String, String),
 }
 
+/// Runs one step of a dial within what is left of the dial's time.
 async fn timed<T>(
-    limit: Duration,
+    deadline: tokio::time::Instant,
     what: &str,
     future: impl Future<Output = Result<T, String>>,
 ) -> Result<T, String> {
-    tokio::time::timeout(limit, future)
+    tokio::time::timeout_at(deadline, future)
         .await
-        .map_err(|_| format!("{what}: timed out after {limit:?}"))?
+        .map_err(|_| format!("{what}: timed out"))?
 }
 
 /// Opens a mutual-TLS connection to a target with the given ALPN.
@@ -84,7 +85,8 @@ pub async fn dial(
     target: &Target,
     alpn: &'static [u8],
 ) -> Result<TlsStream<TcpStream>, DialError> {
-    let limit = shared.config.connect_timeout;
+    // The connect timeout bounds the whole dial: TCP, the relay's answer and TLS.
+    let limit = tokio::time::Instant::now() + shared.config.connect_timeout;
     let (tcp, name) = match target {
         Target::Local(address) => {
             let tcp = timed(limit, "connect", async {

@@ -66,7 +66,16 @@ pub async fn certify(channel: Channel, token: &str) -> Result<Certified, Sidecar
             csr,
         })
         .await
-        .map_err(|status| SidecarError::Gateway(format!("certify: {}", status.message())))?
+        .map_err(|status| {
+            let message = format!("certify: {}", status.message());
+            match status.code() {
+                // The token or the request is wrong: asking again will not help.
+                tonic::Code::Unauthenticated
+                | tonic::Code::PermissionDenied
+                | tonic::Code::InvalidArgument => SidecarError::Refused(message),
+                _ => SidecarError::Gateway(message),
+            }
+        })?
         .into_inner();
     let identity = response.identity.parse::<SpiffeId>().map_err(|e| {
         SidecarError::Gateway(format!("certify: identity {}: {e}", response.identity))
@@ -158,9 +167,10 @@ pub async fn register(shared: Arc<Shared>, channel: Channel, service: ServiceCon
                     tracing::info!(service = %service.name, ready, "endpoint registered");
                     was_ready = Some(ready);
                 }
+                // Ready once the mesh knows this endpoint as ready.
                 shared
                     .registered
-                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                    .store(ready, std::sync::atomic::Ordering::SeqCst);
                 let lease = Duration::from_secs(response.into_inner().lease_seconds.max(2));
                 // An app not ready yet is probed every second, so it joins as soon as it is.
                 every = if ready {
@@ -203,7 +213,15 @@ pub async fn watch(shared: Arc<Shared>, channel: Channel) {
             loop {
                 match stream.message().await {
                     Ok(Some(view)) => {
-                        let directory = Directory::from_view(&view);
+                        let mut directory = Directory::from_view(&view);
+                        // A relay bound to a wildcard address is reached at the gateway's
+                        // host, as the sidecar dials it.
+                        if let Some(relay) = directory.relay.as_mut()
+                            && relay.ip().is_unspecified()
+                            && let Some(host) = shared.gateway_ip
+                        {
+                            relay.set_ip(host);
+                        }
                         shared.directory.send_replace(Arc::new(directory));
                         backoff = Duration::from_millis(100);
                     }

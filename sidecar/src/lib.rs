@@ -51,6 +51,8 @@ pub enum SidecarError {
     Config { what: String, message: String },
     #[error("gateway: {0}")]
     Gateway(String),
+    #[error("the gateway refused: {0}")]
+    Refused(String),
     #[error(transparent)]
     Pki(#[from] PkiError),
     #[error(transparent)]
@@ -74,7 +76,7 @@ pub struct Shared {
     pub(crate) inbound_tls: Arc<rustls::ServerConfig>,
     /// The catalog as last streamed by the gateway.
     pub directory: watch::Sender<Arc<Directory>>,
-    balancer: Mutex<Balancer<Target>>,
+    pub(crate) balancer: Mutex<Balancer<Target>>,
     pub(crate) pool: Pool,
     pub metrics: Metrics,
     pub(crate) app_clients: AppClients,
@@ -82,6 +84,8 @@ pub struct Shared {
     /// The address registered for this endpoint.
     pub advertise_addr: SocketAddr,
     pub(crate) registered: AtomicBool,
+    /// The gateway's IP as the sidecar dials it (for a relay bound to a wildcard address).
+    pub(crate) gateway_ip: Option<std::net::IpAddr>,
     /// The namespace and service this sidecar fronts, for inbound labels.
     pub(crate) service_labels: (String, String),
     pub shutdown: CancellationToken,
@@ -189,7 +193,7 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
     let certified = loop {
         match control::certify(anonymous.clone(), &bootstrap.token).await {
             Ok(certified) => break certified,
-            Err(e) if Instant::now() + backoff < deadline && !is_refusal(&e) => {
+            Err(e @ SidecarError::Gateway(_)) if Instant::now() + backoff < deadline => {
                 tracing::warn!(error = %e, "cannot get a certificate yet; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -221,6 +225,14 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
         ));
     }
     let inbound_addr = bound(&inbound);
+    if inbound_addr.ip().is_unspecified() && config.advertise_addr.is_none() {
+        return Err(SidecarError::Config {
+            what: "--inbound-addr".into(),
+            message: format!(
+                "{inbound_addr} is a wildcard address that other sidecars cannot dial: give --advertise-addr too"
+            ),
+        });
+    }
     let workloads = PeerRule::role(Role::Workload);
     let client = |alpn: &[u8]| -> Result<Arc<rustls::ClientConfig>, TlsError> {
         let mut config = tls::client_config(&bundle, &certs, workloads.clone(), &[alpn])?;
@@ -264,6 +276,12 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
         inbound_addr,
         advertise_addr: config.advertise_addr.unwrap_or(inbound_addr),
         registered: AtomicBool::new(false),
+        gateway_ip: config
+            .bootstrap
+            .gateway
+            .parse::<SocketAddr>()
+            .ok()
+            .map(|a| a.ip()),
         service_labels,
         shutdown: CancellationToken::new(),
         config,
@@ -327,11 +345,6 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
         transparent_addr,
         tasks,
     })
-}
-
-/// A refusal (bad token, wrong cluster) will not change by retrying.
-fn is_refusal(error: &SidecarError) -> bool {
-    matches!(error, SidecarError::Gateway(message) if message.contains("bootstrap token") || message.contains("csr"))
 }
 
 /// Forgets balancer statistics of targets gone idle.

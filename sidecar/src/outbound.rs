@@ -19,6 +19,7 @@ use strait_federation::catalog::Port;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::balance::InFlight;
 use crate::connect::{self, Body, BoxError, TCP_ALPN, Target};
 use crate::directory::{Destination, Directory, ServiceEntry};
 use crate::metrics::{Direction, Route};
@@ -119,6 +120,14 @@ fn tiers(
     [local, remote]
 }
 
+/// Why a destination has no port to send to.
+fn no_port(dest: &Destination) -> String {
+    match dest.port {
+        Some(port) => format!("{} has no port {port}", dest.service),
+        None => format!("{} has no HTTP port: name one", dest.service),
+    }
+}
+
 /// Chooses the next target: the best usable one of the first tier that has any.
 fn choose(shared: &Shared, tiers: &[Vec<Target>; 2]) -> Option<Target> {
     let balancer = shared.balancer();
@@ -200,10 +209,7 @@ pub async fn proxy_http(
         );
     };
     let Some(port) = entry.port(dest.port) else {
-        return error_response(
-            StatusCode::NOT_FOUND,
-            format!("{} has no port {:?}", dest.service, dest.port),
-        );
+        return error_response(StatusCode::NOT_FOUND, no_port(&dest));
     };
     let tiers = tiers(&directory, entry, &dest, port);
 
@@ -244,34 +250,30 @@ pub async fn proxy_http(
             let Some(outgoing) = request.take() else {
                 break;
             };
-            shared.balancer().start(&target, Instant::now());
+            // Dropped with the request (timeout, caller gone), it leaves no load behind.
+            let in_flight = InFlight::start(&shared.balancer, target.clone());
             let mut sender = match shared.pool.get(&shared, &target).await {
                 Ok(sender) => sender,
                 Err(e) => {
                     tracing::debug!(target = ?target, error = %e, "cannot reach target");
-                    shared.balancer().fail(&target, Instant::now());
-                    shared.balancer().abandon(&target, Instant::now());
+                    in_flight.fail();
                     last_error = e.to_string();
                     request = Some(outgoing);
                     continue;
                 }
             };
-            let sent = Instant::now();
             match sender.try_send_request(outgoing).await {
                 Ok(response) => {
-                    shared
-                        .balancer()
-                        .end(&target, sent.elapsed(), Instant::now());
+                    in_flight.end();
                     return Ok((target, response));
                 }
                 Err(mut e) => {
-                    shared.balancer().abandon(&target, Instant::now());
                     shared.pool.evict(&target);
                     last_error = e.error().to_string();
                     match e.take_message() {
                         // Never sent: safe to send elsewhere.
                         Some(unsent) => {
-                            shared.balancer().fail(&target, Instant::now());
+                            in_flight.fail();
                             request = Some(unsent);
                         }
                         None => return Err((StatusCode::BAD_GATEWAY, Some(target), last_error)),
@@ -350,28 +352,24 @@ pub async fn proxy_tcp(shared: &Arc<Shared>, mut app: TcpStream, name: &str) -> 
     let entry = directory
         .service(&dest.service)
         .ok_or_else(|| format!("{name}: no such service"))?;
-    let port = entry
-        .port(dest.port)
-        .ok_or_else(|| format!("{} has no port {:?}", dest.service, dest.port))?
-        .clone();
+    let port = entry.port(dest.port).ok_or_else(|| no_port(&dest))?.clone();
     let tiers = tiers(&directory, entry, &dest, &port);
     let mut last = String::from("no endpoint is ready");
     for _ in 0..MAX_ATTEMPTS {
         let Some(target) = choose(shared, &tiers) else {
             break;
         };
-        let started = Instant::now();
+        // The connection time is this target's latency sample.
+        let in_flight = InFlight::start(&shared.balancer, target.clone());
         let mut tls = match connect::dial(shared, &target, TCP_ALPN).await {
             Ok(tls) => tls,
             Err(e) => {
-                shared.balancer().fail(&target, Instant::now());
+                in_flight.fail();
                 last = e.to_string();
                 continue;
             }
         };
-        shared
-            .balancer()
-            .end(&target, started.elapsed(), Instant::now());
+        in_flight.end();
         if let Err(e) = tls.write_all(&port.port.to_be_bytes()).await {
             last = e.to_string();
             continue;

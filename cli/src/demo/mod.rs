@@ -39,10 +39,19 @@ pub struct DemoArgs {
     duration: Option<Duration>,
     /// `table` prints for people; `json` prints a ready event first and a report at the end.
     #[arg(short, long, value_enum, default_value = "table")]
-    output: Format,
+    output: DemoOutput,
     /// Keep the mesh's files in this folder instead of a temporary one.
     #[arg(long)]
     dir: Option<PathBuf>,
+}
+
+/// What the demo prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DemoOutput {
+    /// Tables for people, with a live golden-metrics table.
+    Table,
+    /// A ready event line first, one JSON report at the end.
+    Json,
 }
 
 const CLUSTERS: [&str; 2] = ["east", "west"];
@@ -69,7 +78,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             temporary.path().to_owned()
         }
     };
-    let json_output = args.output == Format::Json;
+    let json_output = args.output == DemoOutput::Json;
     let say = |line: &str| {
         if !json_output {
             println!("{line}");
