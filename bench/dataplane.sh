@@ -197,8 +197,8 @@ if want strait || want bulk; then
 fi
 
 # From here on the run is bounded in time.
-T=$(mktemp -d "${TMPDIR:-/tmp}/strait-bench.XXXXXX")
-mkdir -p "$T/logs" "$T/tmp" "$T/pki"
+T=$(mktemp -d -t strait-bench.XXXXXX)
+mkdir -p "$T/logs" "$T/pki"
 (
     end=$((SECONDS + MAX_SECONDS))
     while ((SECONDS < end)); do
@@ -261,6 +261,15 @@ cpu_ticks() { # total utime+stime of the given PIDs, in clock ticks
     done
     echo "$sum"
 }
+machine_ticks() { # busy (user, nice, system, irq, softirq) and all ticks of the whole machine
+    awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat
+}
+CHILD_TICKS=0
+children_ticks() { # sets CHILD_TICKS: CPU of this shell's finished children (wrk, h2load), in ticks
+    times >"$T/times.txt" # not in a pipe or $(...): a subshell would report its own children
+    CHILD_TICKS=$(awk -v hz="$CLK_TCK" 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] }
+        printf "%d", t * hz }' "$T/times.txt")
+}
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 hwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 
@@ -290,7 +299,7 @@ wait_line() {
 # ---------------------------------------------------------------------------------------------
 # Results.
 VARIANTS=(direct strait-pair strait-cross envoy-pair haproxy-pair)
-declare -A STATUS RPS P50 P99 ERRS REQS CPU_US PROCS RATE_GOT NOTE
+declare -A STATUS RPS P50 P99 ERRS REQS CPU_US PROCS RATE_GOT NOTE OTHER
 declare -A MEM_IDLE MEM_LOAD MEM_PEAK PROC_CPU_US # key: variant/process
 declare -A BULK_STATUS BULK_MBS BULK_SECS BULK_CPU BULK_GOT BULK_ALL BULK_PROCS
 BULK_VARIANTS=(plain-tcp haproxy-tls-tunnel strait-gateways)
@@ -359,8 +368,11 @@ measure() {
         >"$T/logs/$v.warmup.txt" 2>&1 || true
 
     log "$v: wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s"
-    local c0=0 c1=0
+    local c0=0 c1=0 m0 m1 o0 o1
     declare -A t0=()
+    m0=$(machine_ticks)
+    children_ticks
+    o0=$(($(cpu_ticks "$NGINX_PID" "${pids[@]+"${pids[@]}"}") + CHILD_TICKS))
     for np in "${procs[@]}"; do t0[${np%%=*}]=$(cpu_ticks "${np#*=}"); done
     [[ ${#pids[@]} -gt 0 ]] && c0=$(cpu_ticks "${pids[@]}")
     out="$T/logs/$v.wrk.txt"
@@ -371,6 +383,12 @@ measure() {
         return 0
     fi
     [[ ${#pids[@]} -gt 0 ]] && c1=$(cpu_ticks "${pids[@]}")
+    children_ticks
+    o1=$(($(cpu_ticks "$NGINX_PID" "${pids[@]+"${pids[@]}"}") + CHILD_TICKS))
+    m1=$(machine_ticks)
+    OTHER[$v]=$(awk -v a="$m0" -v b="$m1" -v ours=$((o1 - o0)) 'BEGIN { split(a, x, " "); split(b, y, " ");
+        total = y[2] - x[2]; other = (y[1] - x[1]) - ours; if (other < 0) other = 0;
+        if (total > 0) printf "%.0f", 100 * other / total; else print 0 }')
     REQS[$v]=$(awk '/requests in/ { print $1 }' "$out")
     for np in "${procs[@]}"; do
         name=${np%%=*}
@@ -387,6 +405,9 @@ measure() {
     fi
     STATUS[$v]=ok
     [[ ${ERRS[$v]} -gt 0 ]] && STATUS[$v]="ok, ${ERRS[$v]} errors"
+    if ((OTHER[$v] > 10)); then
+        STATUS[$v]+=", skewed: ${OTHER[$v]}% of the machine's CPU went to other processes"
+    fi
     log "$v: ${RPS[$v]} req/s, p50 ${P50[$v]} ms, p99 ${P99[$v]} ms, errors ${ERRS[$v]}, CPU ${CPU_US[$v]:-n/a} us/req"
 }
 
@@ -416,9 +437,8 @@ if make_pki; then PKI_OK=1; else log "openssl could not make the benchmark certi
 # ---------------------------------------------------------------------------------------------
 # The backend.
 port; BACKEND_PORT=$PORT
-mkdir -p "$T/nginx" "$T/tmp/body"
-render "$SCRIPT_DIR/nginx.conf.in" "$T/nginx/nginx.conf" "DIR=$T/nginx" "PORT=$BACKEND_PORT"
 mkdir -p "$T/nginx/tmp"
+render "$SCRIPT_DIR/nginx.conf.in" "$T/nginx/nginx.conf" "DIR=$T/nginx" "PORT=$BACKEND_PORT"
 start nginx nginx -p "$T/nginx" -e "$T/nginx/nginx-error.log" -c "$T/nginx/nginx.conf"
 NGINX_PID=$LAST_PID
 if ! wait_http "http://127.0.0.1:$BACKEND_PORT/" backend 10; then
@@ -763,13 +783,15 @@ mib() { [[ -n ${1:-} && ${1:-0} != 0 ]] && awk -v k="$1" 'BEGIN { printf "%.1f",
     echo "      memory under load sampled during ${RATE} req/s for ${RATE_SECONDS}s (h2load --rps); proxies use $PROXY_THREADS worker threads"
     echo "strait: ${STRAIT_VERSION:-n/a} ($GIT_DESC)"
     echo
-    printf '%-14s %10s %9s %9s %9s %9s %8s %12s  %s\n' variant "req/s" "vs direct" "vs envoy" "p50 ms" "p99 ms" errors "CPU us/req" status
+    printf '%-14s %10s %9s %9s %8s %8s %7s %11s %8s  %s\n' variant "req/s" "vs direct" "vs envoy" "p50 ms" "p99 ms" errors "CPU us/req" "other %" status
     for v in "${VARIANTS[@]}"; do
-        printf '%-14s %10s %9s %9s %9s %9s %8s %12s  %s\n' "$v" "$(num "${RPS[$v]:-}")" \
+        printf '%-14s %10s %9s %9s %8s %8s %7s %11s %8s  %s\n' "$v" "$(num "${RPS[$v]:-}")" \
             "$(ratio "${RPS[$v]:-}" "${RPS[direct]:-}")" "$(ratio "${RPS[$v]:-}" "${RPS[envoy-pair]:-}")" \
             "$(num "${P50[$v]:-}")" "$(num "${P99[$v]:-}")" "$(num "${ERRS[$v]:-}")" \
-            "$(num "${CPU_US[$v]:-}")" "${STATUS[$v]}"
+            "$(num "${CPU_US[$v]:-}")" "$(num "${OTHER[$v]:-}")" "${STATUS[$v]}"
     done
+    echo "  (other % = share of the machine's CPU used by processes other than the load generator, the backend"
+    echo "   and the proxies measured, during the timed run: above a few per cent the figures are disturbed)"
     for v in "${VARIANTS[@]}"; do
         if [[ -n ${NOTE[$v]:-} ]]; then echo "  note $v: ${NOTE[$v]}"; fi
     done
@@ -812,11 +834,11 @@ jnum() { [[ -n ${1:-} && ${1:-} != "-" ]] && printf '%s' "$1" || printf null; }
     for v in "${VARIANTS[@]}"; do
         [[ $first == 1 ]] || printf ','
         first=0
-        printf '%s:{"status":%s,"rps":%s,"rps_vs_direct":%s,"rps_vs_envoy":%s,"p50_ms":%s,"p99_ms":%s,"requests":%s,"errors":%s,"cpu_us_per_request":%s,"rate_achieved_rps":%s,"note":%s,"processes":{' \
+        printf '%s:{"status":%s,"rps":%s,"rps_vs_direct":%s,"rps_vs_envoy":%s,"p50_ms":%s,"p99_ms":%s,"requests":%s,"errors":%s,"cpu_us_per_request":%s,"other_cpu_pct":%s,"rate_achieved_rps":%s,"note":%s,"processes":{' \
             "$(jstr "$v")" "$(jstr "${STATUS[$v]}")" "$(jnum "${RPS[$v]:-}")" \
             "$(jnum "$(ratio "${RPS[$v]:-}" "${RPS[direct]:-}")")" "$(jnum "$(ratio "${RPS[$v]:-}" "${RPS[envoy-pair]:-}")")" \
             "$(jnum "${P50[$v]:-}")" "$(jnum "${P99[$v]:-}")" "$(jnum "${REQS[$v]:-}")" "$(jnum "${ERRS[$v]:-}")" \
-            "$(jnum "${CPU_US[$v]:-}")" "$(jnum "${RATE_GOT[$v]:-}")" \
+            "$(jnum "${CPU_US[$v]:-}")" "$(jnum "${OTHER[$v]:-}")" "$(jnum "${RATE_GOT[$v]:-}")" \
             "$([[ -n ${NOTE[$v]:-} ]] && jstr "${NOTE[$v]}" || printf null)"
         pf=1
         for np in ${PROCS[$v]:-}; do
