@@ -12,7 +12,7 @@
 # BENCH_PROXY_THREADS (worker threads of Envoy and HAProxy, default: number of cores, which is
 # also what strait's runtime uses), BENCH_MAX_SECONDS (hard limit after the build, 600),
 # BENCH_PORT_BASE (first loopback port tried), STRAIT_BIN (use this binary, skip the build),
-# BENCH_NO_INSTALL=1 (never install), BENCH_KEEP=1 (keep the temporary folder and its logs),
+# BENCH_INSTALL_ONLY=1 (install the tools, run nothing), BENCH_NO_INSTALL=1 (never install), BENCH_KEEP=1 (keep the temporary folder and its logs),
 # BENCH_ONLY (space-separated subset of: direct strait envoy haproxy bulk).
 set -euo pipefail
 
@@ -171,6 +171,10 @@ HAVE_H2LOAD=1; need h2load nghttp2-client || HAVE_H2LOAD=0
 HAVE_HAPROXY=1; need haproxy haproxy || HAVE_HAPROXY=0
 HAVE_SOCAT=1; need socat socat || HAVE_SOCAT=0
 HAVE_ENVOY=1; need_envoy || HAVE_ENVOY=0
+if [[ ${BENCH_INSTALL_ONLY:-0} == 1 ]]; then
+    log "tools ready: h2load=$HAVE_H2LOAD haproxy=$HAVE_HAPROXY socat=$HAVE_SOCAT envoy=$HAVE_ENVOY"
+    exit 0
+fi
 
 # ---------------------------------------------------------------------------------------------
 # strait itself.

@@ -38,6 +38,11 @@ if command -v rustup >/dev/null; then
   done
 fi
 
+# The benchmark's tools (Envoy, HAProxy, nginx, wrk, h2load, socat), so that
+# `bench/dataplane.sh` runs on this machine afterwards; no test needs them.
+say "benchmark tools"
+BENCH_INSTALL_ONLY=1 bash bench/dataplane.sh || say "some benchmark tools could not be installed"
+
 # --- Checks ------------------------------------------------------------------------------
 say "cargo fmt --check"
 cargo fmt --all -- --check

@@ -162,6 +162,10 @@ fn config(args: &RunArgs) -> Result<SidecarConfig> {
 async fn run_sidecar(args: RunArgs) -> Result<()> {
     crate::init_logs(&args.log_format);
     let sidecar = strait_sidecar::start(config(&args)?).await?;
+    // One binary holds the gateway and the CLI too, and start-up code runs once: keep resident
+    // only the code the sidecar runs from now on.
+    let _ = sidecar.ready(std::time::Duration::from_secs(10)).await;
+    strait_sidecar::residence::trim_code();
     println!(
         "{}",
         json!({

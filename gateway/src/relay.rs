@@ -8,10 +8,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use strait_federation::flow::{self, FlowTarget};
 use strait_federation::identity::ClusterName;
 use strait_federation::proto::peer::FlowReply;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::peer::LinkState;
@@ -23,8 +24,8 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Endpoints tried per flow before it is refused.
 const ENDPOINT_ATTEMPTS: usize = 3;
-/// Copy buffers per direction: large enough for bulk transfers to keep QUIC busy.
-const COPY_BUFFER: usize = 64 << 10;
+/// How much is read from TCP at a time: large enough for bulk transfers to keep QUIC busy.
+const READ_BUFFER: usize = 256 << 10;
 
 /// Which way a flow goes through this gateway.
 #[derive(Clone, Copy)]
@@ -196,8 +197,7 @@ async fn outbound_flow(shared: Arc<Shared>, mut tcp: TcpStream) {
         Ok((send, recv)) => {
             answer(&mut tcp, &flow::accepted()).await;
             record.opened();
-            let mut quic = tokio::io::join(recv, send);
-            relay(&mut record, &mut tcp, &mut quic).await;
+            relay(&mut record, tcp, send, recv).await;
         }
         Err(reason) => {
             tracing::debug!(peer = %target.cluster, service = %target.service, reason = %reason, "flow refused");
@@ -207,17 +207,54 @@ async fn outbound_flow(shared: Arc<Shared>, mut tcp: TcpStream) {
     }
 }
 
-/// Copies a flow both ways and records how it ended. `local` is the side in this cluster.
+/// Copies a flow both ways and records how it ended (with the bytes moved, even when it
+/// ended with an error). Bytes from the TCP side become QUIC stream chunks without another
+/// copy; bytes from QUIC are gathered into large TCP writes.
 async fn relay(
     record: &mut FlowRecord,
-    local: &mut (impl AsyncRead + AsyncWrite + Unpin),
-    peer: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    tcp: TcpStream,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
 ) {
-    match tokio::io::copy_bidirectional_with_sizes(local, peer, COPY_BUFFER, COPY_BUFFER).await {
-        Ok((tx, rx)) => record.finish("ok", tx, rx),
+    let (mut tcp_read, mut tcp_write) = tcp.into_split();
+    let mut tx = 0u64;
+    let mut rx = 0u64;
+    let to_peer = async {
+        let mut buffer = BytesMut::new();
+        loop {
+            buffer.reserve(READ_BUFFER);
+            if tcp_read.read_buf(&mut buffer).await? == 0 {
+                let _ = send.finish();
+                return Ok::<_, std::io::Error>(());
+            }
+            tx += buffer.len() as u64;
+            send.write_chunk(buffer.split().freeze())
+                .await
+                .map_err(std::io::Error::other)?;
+        }
+    };
+    let from_peer = async {
+        // QUIC hands out packet-sized chunks: gathered into one buffer, they cost one write
+        // each instead of one per packet.
+        let mut buffer = vec![0u8; READ_BUFFER];
+        while let Some(n) = recv
+            .read(&mut buffer)
+            .await
+            .map_err(std::io::Error::other)?
+        {
+            rx += n as u64;
+            tcp_write.write_all(&buffer[..n]).await?;
+        }
+        tcp_write.shutdown().await
+    };
+    let outcome = tokio::try_join!(to_peer, from_peer);
+    match outcome {
+        Ok(_) => record.finish("ok", tx, rx),
         Err(e) => {
             tracing::debug!(error = %e, "flow ended with an error");
-            record.finish("error", 0, 0);
+            let _ = send.reset(0u32.into());
+            let _ = recv.stop(0u32.into());
+            record.finish("error", tx, rx);
         }
     }
 }
@@ -260,11 +297,10 @@ async fn inbound_flow(
     };
     record.target(&target);
     match connect_endpoint(&shared, &target).await {
-        Ok(mut tcp) => {
+        Ok(tcp) => {
             answer(&mut send, &flow::accepted()).await;
             record.opened();
-            let mut quic = tokio::io::join(recv, send);
-            relay(&mut record, &mut tcp, &mut quic).await;
+            relay(&mut record, tcp, send, recv).await;
         }
         Err(reason) => {
             tracing::debug!(peer = %peer, service = %target.service, reason = %reason, "flow refused");

@@ -15,6 +15,7 @@ pub mod directory;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
+pub mod residence;
 
 use std::net::SocketAddr;
 use std::path::Path;
