@@ -136,6 +136,8 @@ pub struct Gateway {
     pub cluster: String,
     pub dir: PathBuf,
     pub quic: SocketAddr,
+    /// Where this cluster's sidecars open flows to other clusters.
+    pub relay: SocketAddr,
     pub api: SocketAddr,
     pub admin: SocketAddr,
     child: Option<Child>,
@@ -403,6 +405,7 @@ impl Mesh {
         let dir = self.dir.path().join(cluster);
         let quic: SocketAddr = format!("127.0.0.1:{}", free_port(true)).parse()?;
         let api: SocketAddr = format!("{api_host}:{}", free_port(false)).parse()?;
+        let relay: SocketAddr = format!("127.0.0.1:{}", free_port(false)).parse()?;
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port(false)).parse()?;
         self.cli(
             &[
@@ -416,6 +419,8 @@ impl Mesh {
                 &api.to_string(),
                 "--admin-addr",
                 &admin.to_string(),
+                "--relay-addr",
+                &relay.to_string(),
                 "--trust",
             ],
             &[trust, Path::new("--dir"), &dir],
@@ -435,6 +440,7 @@ impl Mesh {
             log: self.dir.path().join(format!("{cluster}.log")),
             dir,
             quic,
+            relay,
             api,
             admin,
             child: None,

@@ -560,6 +560,84 @@ fn a_sidecar_whose_certificate_is_renewed_keeps_serving() -> Result<()> {
 }
 
 #[test]
+fn the_relay_refuses_malformed_and_unroutable_flows_and_keeps_relaying() -> Result<()> {
+    use std::io::{Read, Write};
+    use strait_federation::flow::{FlowTarget, MAX_FLOW_FRAME};
+    use strait_federation::proto::peer::FlowReply;
+
+    let (mesh, east_gateway, west_gateway) = linked_pair(None)?;
+    mesh.apply(
+        "west",
+        "ledger.yaml",
+        &strait_tests::service("shop", "ledger", false, 5432),
+    )
+    .success()?;
+    let _api = api(&mesh, "west", "api-west-0")?;
+    let web = client(&mesh, "east", &[])?;
+    let proxy = web.addr("proxy")?;
+    wait_route(proxy, "api.shop", "west")?;
+
+    // The relay's answer to `bytes`: the refusal it wrote before closing, if any.
+    let answer = |bytes: &[u8]| -> Result<Option<FlowReply>> {
+        let mut tcp = std::net::TcpStream::connect(east_gateway.relay)?;
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+        tcp.write_all(bytes)?;
+        let mut reply = Vec::new();
+        let _ = tcp.read_to_end(&mut reply);
+        if reply.len() < 2 {
+            return Ok(None);
+        }
+        Ok(Some(prost::Message::decode(&reply[2..])?))
+    };
+    let header = |cluster: &str, service: &str| -> Result<Vec<u8>> {
+        let open = FlowTarget {
+            cluster: strait_federation::identity::ClusterName::new(cluster)?,
+            service: strait_federation::catalog::ServiceKey {
+                namespace: strait_federation::identity::Namespace::new("shop")?,
+                name: strait_federation::identity::ServiceName::new(service)?,
+            },
+            port: 5432,
+            hostname: None,
+            source_cluster: None,
+        };
+        let body = prost::Message::encode_to_vec(&open.to_wire());
+        Ok([&(body.len() as u16).to_be_bytes()[..], &body].concat())
+    };
+    let refused = |reply: Option<FlowReply>, words: &str| -> Result<()> {
+        let reply =
+            reply.ok_or_else(|| anyhow!("no answer; expected a refusal saying {words:?}"))?;
+        ensure!(!reply.ok && reply.error.contains(words), "{reply:?}");
+        Ok(())
+    };
+    // A length beyond the limit, before any of it is read.
+    let oversized = ((MAX_FLOW_FRAME + 1) as u16).to_be_bytes();
+    refused(answer(&oversized)?, "larger than the limit")?;
+    // Not a header at all.
+    refused(answer(&[0, 4, 0xff, 0xff, 0xff, 0xff])?, "malformed")?;
+    // A header naming a service west does not export.
+    refused(answer(&header("west", "ledger")?)?, "not exported")?;
+    // A header for a cluster that is not linked, and one for this cluster.
+    refused(answer(&header("north", "api")?)?, "not connected")?;
+    refused(answer(&header("east", "api")?)?, "this cluster")?;
+    // Half a header, then silence: dropped without harm.
+    let _ = answer(&[0, 40, 1])?;
+
+    // Meanwhile real flows still cross, and both gateways are healthy.
+    ensure!(get_json(proxy, "api.shop")?["cluster"] == "west");
+    for gateway in [&east_gateway, &west_gateway] {
+        let (status, _) = strait_tests::http_get(gateway.admin, "/readyz")?;
+        ensure!(status == 200, "gateway {} not ready", gateway.cluster);
+    }
+    let refusals = metric(
+        &east_gateway.metrics()?,
+        "strait_gateway_flows_total",
+        &["direction=\"outbound\"", "outcome=\"refused\""],
+    );
+    ensure!(refusals >= Some(1.0), "refused flows were not counted");
+    Ok(())
+}
+
+#[test]
 fn a_bootstrap_token_only_works_at_the_gateway_that_issued_it() -> Result<()> {
     let (mesh, _east_gateway, west_gateway) = linked_pair(None)?;
     let bootstrap = mesh
