@@ -15,7 +15,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use x509_parser::extensions::GeneralName;
 
-use crate::identity::{ClusterName, Role, SpiffeId};
+use crate::identity::{ClusterName, Namespace, Role, SpiffeId};
 use crate::pki::{Credential, PkiError, TrustBundle};
 
 /// The ALPN of the gateway-to-gateway protocol.
@@ -87,6 +87,9 @@ pub struct PeerRule {
     pub roles: Vec<Role>,
     /// When set, only identities of this cluster.
     pub cluster: Option<ClusterName>,
+    /// When set, only workloads of this namespace (the namespace of the service being called:
+    /// a service is served by workloads of its own namespace, in every cluster).
+    pub namespace: Option<Namespace>,
 }
 
 impl PeerRule {
@@ -95,6 +98,16 @@ impl PeerRule {
         Self {
             roles: vec![role],
             cluster: None,
+            namespace: None,
+        }
+    }
+
+    /// Accept workloads of one namespace, from any cluster.
+    pub fn workloads_in(namespace: Namespace) -> Self {
+        Self {
+            roles: vec![Role::Workload],
+            cluster: None,
+            namespace: Some(namespace),
         }
     }
 
@@ -103,6 +116,7 @@ impl PeerRule {
         Self {
             roles: vec![role],
             cluster: Some(cluster),
+            namespace: None,
         }
     }
 }
@@ -158,6 +172,18 @@ fn check_identity(
             "{id} belongs to cluster {}; expected cluster {cluster}",
             id.cluster()
         )));
+    }
+    if let Some(namespace) = &rule.namespace {
+        match &id {
+            SpiffeId::Workload {
+                namespace: theirs, ..
+            } if theirs == namespace => {}
+            _ => {
+                return Err(refuse(format!(
+                    "{id} is not a workload of namespace {namespace}"
+                )));
+            }
+        }
     }
     let [intermediate] = intermediates else {
         return Err(refuse(format!(
@@ -617,6 +643,46 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("expected cluster north"), "{err}");
+    }
+
+    #[test]
+    fn a_caller_accepts_only_a_server_of_the_called_services_namespace() {
+        let m = mesh();
+        let workload = |cluster_name: &str, namespace: &str| {
+            let id = SpiffeId::Workload {
+                trust_domain: m.bundle.trust_domain.clone(),
+                cluster: cluster(cluster_name),
+                namespace: Namespace::new(namespace).unwrap(),
+                service_account: AccountName::new("app").unwrap(),
+            };
+            credential(&m.root, cluster_name, &id)
+        };
+        let caller = workload("east", "shop");
+        let shop = PeerRule::workloads_in(Namespace::new("shop").unwrap());
+        // The same namespace, in another cluster: accepted.
+        handshake(
+            &m.bundle,
+            &workload("west", "shop"),
+            PeerRule::role(Role::Workload),
+            &m.bundle,
+            &caller,
+            shop.clone(),
+        )
+        .unwrap();
+        // Any other workload answering for shop's service: refused.
+        let err = handshake(
+            &m.bundle,
+            &workload("west", "billing"),
+            PeerRule::role(Role::Workload),
+            &m.bundle,
+            &caller,
+            shop,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("not a workload of namespace shop"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -112,6 +112,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     let rule = PeerRule {
         roles: vec![Role::Operator, Role::Workload],
         cluster: Some(shared.config.cluster.clone()),
+        namespace: None,
     };
     let config = match tls::server_config_optional_client(
         &shared.bundle,

@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::ServerName;
 use strait_federation::catalog::ServiceKey;
 use strait_federation::flow::{self, FlowTarget};
-use strait_federation::identity::ClusterName;
+use strait_federation::identity::{ClusterName, Namespace};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
@@ -79,10 +79,12 @@ async fn timed<T>(
         .map_err(|_| format!("{what}: timed out"))?
 }
 
-/// Opens a mutual-TLS connection to a target with the given ALPN.
+/// Opens a mutual-TLS connection to a target with the given ALPN; the server must be a workload
+/// of `namespace` (the called service's).
 pub async fn dial(
     shared: &Shared,
     target: &Target,
+    namespace: &Namespace,
     alpn: &'static [u8],
 ) -> Result<TlsStream<TcpStream>, DialError> {
     // The connect timeout bounds the whole dial: TCP, the relay's answer and TLS.
@@ -130,11 +132,10 @@ pub async fn dial(
         }
     };
     let _ = tcp.set_nodelay(true);
-    let connector = tokio_rustls::TlsConnector::from(if alpn == HTTP_ALPN {
-        shared.http_tls.clone()
-    } else {
-        shared.tcp_tls.clone()
-    });
+    let config = shared
+        .client_tls(namespace, alpn)
+        .map_err(|e| DialError::Tls(name.clone(), e.to_string()))?;
+    let connector = tokio_rustls::TlsConnector::from(config);
     // The verifier checks the SPIFFE identity, not a DNS name.
     let server_name = ServerName::try_from("sidecar.strait").expect("a constant DNS name");
     timed(limit, "TLS handshake", async {
@@ -161,6 +162,7 @@ impl Pool {
         &self,
         shared: &Arc<Shared>,
         target: &Target,
+        namespace: &Namespace,
     ) -> Result<SendRequest<Body>, DialError> {
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
@@ -173,7 +175,7 @@ impl Pool {
             return Ok(sender.clone());
         }
         *current = None;
-        let tls = dial(shared, target, HTTP_ALPN).await?;
+        let tls = dial(shared, target, namespace, HTTP_ALPN).await?;
         let name = format!("{target:?}");
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(1 << 20)

@@ -23,8 +23,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
 use strait_federation::identity::Role;
-use strait_federation::identity::{ClusterName, SpiffeId};
+
+use strait_federation::identity::{ClusterName, Namespace, SpiffeId};
 use strait_federation::pki::{PkiError, TrustBundle};
 use strait_federation::tls::{self, CertStore, PeerRule, TlsError};
 use tokio::net::TcpListener;
@@ -66,14 +68,18 @@ pub enum SidecarError {
     },
 }
 
+/// A client TLS configuration, shared by every connection it opens.
+type ClientTls = Arc<rustls::ClientConfig>;
+
 /// What every task of a sidecar shares.
 pub struct Shared {
     pub config: SidecarConfig,
     pub cluster: ClusterName,
     pub identity: SpiffeId,
     pub certs: CertStore,
-    pub(crate) http_tls: Arc<rustls::ClientConfig>,
-    pub(crate) tcp_tls: Arc<rustls::ClientConfig>,
+    bundle: TrustBundle,
+    /// Client TLS configurations, per namespace called and ALPN.
+    client_tls: Mutex<HashMap<(Namespace, &'static [u8]), ClientTls>>,
     pub(crate) inbound_tls: Arc<rustls::ServerConfig>,
     /// The catalog as last streamed by the gateway.
     pub directory: watch::Sender<Arc<Directory>>,
@@ -96,6 +102,29 @@ impl Shared {
     /// The balancer's statistics (held briefly: never across an await).
     pub(crate) fn balancer(&self) -> MutexGuard<'_, Balancer<Target>> {
         self.balancer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The TLS configuration for calling a service of `namespace`: its server must be a
+    /// workload of that namespace (in any cluster), so no other workload can answer for it.
+    pub(crate) fn client_tls(
+        &self,
+        namespace: &Namespace,
+        alpn: &'static [u8],
+    ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        let mut configs = self.client_tls.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(config) = configs.get(&(namespace.clone(), alpn)) {
+            return Ok(config.clone());
+        }
+        let mut config = tls::client_config(
+            &self.bundle,
+            &self.certs,
+            PeerRule::workloads_in(namespace.clone()),
+            &[alpn],
+        )?;
+        config.resumption = rustls::client::Resumption::in_memory_sessions(256);
+        let config = Arc::new(config);
+        configs.insert((namespace.clone(), alpn), config.clone());
+        Ok(config)
     }
 
     /// Certified, with a catalog, and registered when it fronts a service.
@@ -235,11 +264,6 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
         });
     }
     let workloads = PeerRule::role(Role::Workload);
-    let client = |alpn: &[u8]| -> Result<Arc<rustls::ClientConfig>, TlsError> {
-        let mut config = tls::client_config(&bundle, &certs, workloads.clone(), &[alpn])?;
-        config.resumption = rustls::client::Resumption::in_memory_sessions(256);
-        Ok(Arc::new(config))
-    };
     let service_labels = (
         match &certified.identity {
             SpiffeId::Workload { namespace, .. } => namespace.to_string(),
@@ -254,8 +278,7 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
     let shared = Arc::new(Shared {
         cluster: bootstrap.cluster.clone(),
         identity: certified.identity,
-        http_tls: client(HTTP_ALPN)?,
-        tcp_tls: client(TCP_ALPN)?,
+        client_tls: Mutex::new(HashMap::new()),
         inbound_tls: Arc::new(tls::server_config(
             &bundle,
             &certs,
@@ -263,6 +286,7 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
             &[HTTP_ALPN, TCP_ALPN],
         )?),
         certs,
+        bundle,
         directory: watch::channel(Arc::new(Directory::default())).0,
         balancer: Mutex::new(Balancer::default()),
         pool: Pool::default(),

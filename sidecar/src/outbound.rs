@@ -252,7 +252,8 @@ pub async fn proxy_http(
             };
             // Dropped with the request (timeout, caller gone), it leaves no load behind.
             let in_flight = InFlight::start(&shared.balancer, target.clone());
-            let mut sender = match shared.pool.get(&shared, &target).await {
+            let namespace = &dest.service.namespace;
+            let mut sender = match shared.pool.get(&shared, &target, namespace).await {
                 Ok(sender) => sender,
                 Err(e) => {
                     tracing::debug!(target = ?target, error = %e, "cannot reach target");
@@ -361,7 +362,8 @@ pub async fn proxy_tcp(shared: &Arc<Shared>, mut app: TcpStream, name: &str) -> 
         };
         // The connection time is this target's latency sample.
         let in_flight = InFlight::start(&shared.balancer, target.clone());
-        let mut tls = match connect::dial(shared, &target, TCP_ALPN).await {
+        let namespace = &dest.service.namespace;
+        let mut tls = match connect::dial(shared, &target, namespace, TCP_ALPN).await {
             Ok(tls) => tls,
             Err(e) => {
                 in_flight.fail();
