@@ -184,23 +184,27 @@ pub async fn proxy_http(
 ) -> Response<Body> {
     let started = Instant::now();
     let directory = shared.directory.borrow().clone();
+    // The name the request carries, when it is a mesh name; else the redirected connection's
+    // service. Resolved once.
     let named = authority_of(&request);
-    let authority = match (named, fallback) {
-        (Some(named), _) if directory.resolve(&named).is_some() => named,
-        (_, Some(fallback)) => fallback.to_owned(),
-        (Some(named), None) => named,
+    let found = named
+        .as_deref()
+        .and_then(|name| Some((name.to_owned(), directory.resolve(name)?)))
+        .or_else(|| fallback.and_then(|name| Some((name.to_owned(), directory.resolve(name)?))));
+    let (authority, dest) = match (found, named) {
+        (Some(found), _) => found,
+        (None, Some(named)) => {
+            return error_response(
+                StatusCode::NOT_FOUND,
+                format!("{named} is not a service in the mesh catalog"),
+            );
+        }
         (None, None) => {
             return error_response(
                 StatusCode::BAD_REQUEST,
                 "the request names no host (absolute URI or Host header)".into(),
             );
         }
-    };
-    let Some(dest) = directory.resolve(&authority) else {
-        return error_response(
-            StatusCode::NOT_FOUND,
-            format!("{authority} is not a service in the mesh catalog"),
-        );
     };
     let Some(entry) = directory.service(&dest.service) else {
         return error_response(
