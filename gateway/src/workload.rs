@@ -26,12 +26,21 @@ const COALESCE: Duration = Duration::from_millis(50);
 
 /// The workload API service.
 pub fn server(shared: Arc<Shared>) -> WorkloadServer<WorkloadApi> {
-    WorkloadServer::new(WorkloadApi { shared })
+    WorkloadServer::new(WorkloadApi {
+        shared,
+        views: Arc::default(),
+    })
 }
 
+/// The services of the last view made, and the catalog change it was made for.
+type Views = std::sync::Mutex<Option<(u64, Arc<Vec<ServiceView>>)>>;
+
 /// Serves the sidecars of this gateway's cluster.
+#[derive(Clone)]
 pub struct WorkloadApi {
     shared: Arc<Shared>,
+    /// Made once per catalog change, whatever the number of sidecars watching.
+    views: Arc<Views>,
 }
 
 /// The caller's workload identity; other callers are refused.
@@ -107,10 +116,31 @@ fn endpoint_views(spec: &ServiceSpec) -> Vec<EndpointView> {
 }
 
 impl WorkloadApi {
-    /// The catalog as the sidecars of this cluster see it.
-    fn view(&self, version: u64) -> CatalogView {
-        let services = self
-            .shared
+    /// The catalog as the sidecars of this cluster see it, after catalog change `change`.
+    fn view(&self, change: u64, version: u64) -> CatalogView {
+        let cached = crate::lock(&self.views)
+            .as_ref()
+            .filter(|(made_for, _)| *made_for == change)
+            .map(|(_, services)| services.clone());
+        let services = match cached {
+            Some(services) => services,
+            None => {
+                let services = Arc::new(self.services());
+                *crate::lock(&self.views) = Some((change, services.clone()));
+                services
+            }
+        };
+        CatalogView {
+            cluster: self.shared.config.cluster.to_string(),
+            relay_address: self.shared.relay_addr.to_string(),
+            version,
+            services: services.as_ref().clone(),
+        }
+    }
+
+    /// The services of the clusterset view, as sidecars get them.
+    fn services(&self) -> Vec<ServiceView> {
+        self.shared
             .clusterset()
             .into_iter()
             .map(|service| {
@@ -133,13 +163,7 @@ impl WorkloadApi {
                         .collect(),
                 }
             })
-            .collect();
-        CatalogView {
-            cluster: self.shared.config.cluster.to_string(),
-            relay_address: self.shared.relay_addr.to_string(),
-            version,
-            services,
-        }
+            .collect()
     }
 }
 
@@ -259,16 +283,14 @@ impl Workload for WorkloadApi {
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         workload(&request)?;
-        let api = WorkloadApi {
-            shared: self.shared.clone(),
-        };
+        let api = self.clone();
         let mut changes = self.shared.catalog_tx.subscribe();
         let shutdown = self.shared.shutdown.clone();
         let stream = async_stream(move |tx| async move {
             let mut version = 1;
             loop {
-                changes.borrow_and_update();
-                if tx.send(Ok(api.view(version))).await.is_err() {
+                let change = *changes.borrow_and_update();
+                if tx.send(Ok(api.view(change, version))).await.is_err() {
                     return;
                 }
                 version += 1;

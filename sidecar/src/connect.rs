@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -25,6 +26,11 @@ use crate::Shared;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type on every hop.
 pub type Body = BoxBody<Bytes, BoxError>;
+
+/// A received body as the body type of every hop, streamed as it arrives.
+pub fn boxed(body: hyper::body::Incoming) -> Body {
+    body.map_err(|e| Box::new(e) as BoxError).boxed()
+}
 
 /// ALPN for HTTP between sidecars.
 pub const HTTP_ALPN: &[u8] = b"h2";
@@ -166,7 +172,11 @@ impl Pool {
     ) -> Result<SendRequest<Body>, DialError> {
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            slots.entry(target.clone()).or_default().clone()
+            // Looked up first: the target is cloned only when it gets a new slot.
+            match slots.get(target) {
+                Some(slot) => slot.clone(),
+                None => slots.entry(target.clone()).or_default().clone(),
+            }
         };
         let mut current = slot.lock().await;
         if let Some(sender) = current.as_ref()

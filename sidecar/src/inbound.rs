@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http_body_util::BodyExt;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
@@ -21,7 +20,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::AppPort;
-use crate::connect::{Body, BoxError, HTTP_ALPN, TCP_ALPN};
+use crate::connect::{self, Body, HTTP_ALPN, TCP_ALPN};
 use crate::metrics::{Direction, Route};
 use crate::outbound::{error_response, strip_hop_by_hop};
 use crate::{CLIENT_ID_HEADER, Shared, accept_each};
@@ -200,13 +199,12 @@ async fn to_app(
                     parts.headers.insert(header::HOST, host);
                 }
             }
-            let request =
-                Request::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed());
+            let request = Request::from_parts(parts, connect::boxed(body));
             match client.request(request).await {
                 Ok(response) => {
                     let (mut parts, body) = response.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
-                    Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed())
+                    Response::from_parts(parts, connect::boxed(body))
                 }
                 Err(e) => error_response(
                     StatusCode::BAD_GATEWAY,

@@ -20,7 +20,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::balance::InFlight;
-use crate::connect::{self, Body, BoxError, TCP_ALPN, Target};
+use crate::connect::{self, Body, TCP_ALPN, Target};
 use crate::directory::{Destination, Directory, ServiceEntry};
 use crate::metrics::{Direction, Route};
 use crate::{CLIENT_ID_HEADER, Shared, accept_each};
@@ -120,6 +120,28 @@ fn tiers(
     [local, remote]
 }
 
+/// Where a name goes: its destination, the port, and the targets in order of preference.
+struct Plan {
+    dest: Destination,
+    port: Port,
+    tiers: [Vec<Target>; 2],
+}
+
+/// Plans the way to a name: `None` when it is not a mesh name, an error when the service has
+/// no such port.
+fn plan(directory: &Directory, name: &str) -> Option<Result<Plan, String>> {
+    let dest = directory.resolve(name)?;
+    let entry = directory.service(&dest.service)?;
+    Some(match entry.port(dest.port) {
+        Some(port) => Ok(Plan {
+            tiers: tiers(directory, entry, &dest, port),
+            port: port.clone(),
+            dest,
+        }),
+        None => Err(no_port(&dest)),
+    })
+}
+
 /// Why a destination has no port to send to.
 fn no_port(dest: &Destination) -> String {
     match dest.port {
@@ -189,10 +211,11 @@ pub async fn proxy_http(
     let named = authority_of(&request);
     let found = named
         .as_deref()
-        .and_then(|name| Some((name.to_owned(), directory.resolve(name)?)))
-        .or_else(|| fallback.and_then(|name| Some((name.to_owned(), directory.resolve(name)?))));
-    let (authority, dest) = match (found, named) {
-        (Some(found), _) => found,
+        .and_then(|name| Some((name.to_owned(), plan(&directory, name)?)))
+        .or_else(|| fallback.and_then(|name| Some((name.to_owned(), plan(&directory, name)?))));
+    let (authority, Plan { dest, tiers, .. }) = match (found, named) {
+        (Some((authority, Ok(plan))), _) => (authority, plan),
+        (Some((_, Err(message))), _) => return error_response(StatusCode::NOT_FOUND, message),
         (None, Some(named)) => {
             return error_response(
                 StatusCode::NOT_FOUND,
@@ -206,16 +229,6 @@ pub async fn proxy_http(
             );
         }
     };
-    let Some(entry) = directory.service(&dest.service) else {
-        return error_response(
-            StatusCode::NOT_FOUND,
-            format!("{authority}: no such service"),
-        );
-    };
-    let Some(port) = entry.port(dest.port) else {
-        return error_response(StatusCode::NOT_FOUND, no_port(&dest));
-    };
-    let tiers = tiers(&directory, entry, &dest, port);
 
     let (mut parts, body) = request.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -239,10 +252,7 @@ pub async fn proxy_http(
         }
     };
     parts.version = Version::HTTP_2;
-    let mut request = Some(Request::from_parts(
-        parts,
-        body.map_err(|e| Box::new(e) as BoxError).boxed(),
-    ));
+    let mut request = Some(Request::from_parts(parts, connect::boxed(body)));
 
     let local_cluster = shared.cluster.clone();
     let attempt = async {
@@ -304,10 +314,7 @@ pub async fn proxy_http(
             let cluster = target.cluster(&local_cluster).clone();
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            (
-                Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed()),
-                cluster,
-            )
+            (Response::from_parts(parts, connect::boxed(body)), cluster)
         }
         Err((status, target, message)) => {
             let cluster =
@@ -349,16 +356,9 @@ pub async fn serve_upstream(shared: Arc<Shared>, listener: TcpListener, name: St
 
 /// Carries one TCP connection of the app to the service `name` (`host:port`) points to.
 pub async fn proxy_tcp(shared: &Arc<Shared>, mut app: TcpStream, name: &str) -> Result<(), String> {
-    let _ = app.set_nodelay(true);
     let directory = shared.directory.borrow().clone();
-    let dest = directory
-        .resolve(name)
-        .ok_or_else(|| format!("{name} is not a service in the mesh catalog"))?;
-    let entry = directory
-        .service(&dest.service)
-        .ok_or_else(|| format!("{name}: no such service"))?;
-    let port = entry.port(dest.port).ok_or_else(|| no_port(&dest))?.clone();
-    let tiers = tiers(&directory, entry, &dest, &port);
+    let Plan { dest, port, tiers } = plan(&directory, name)
+        .ok_or_else(|| format!("{name} is not a service in the mesh catalog"))??;
     let mut last = String::from("no endpoint is ready");
     for _ in 0..MAX_ATTEMPTS {
         let Some(target) = choose(shared, &tiers) else {
