@@ -175,6 +175,10 @@ struct GatewayInit {
     /// API address's host, any free port; sidecars learn it from the gateway).
     #[arg(long)]
     relay_addr: Option<SocketAddr>,
+    /// Where the gateway answers DNS for the clusterset zone (`<svc>.<ns>.svc.clusterset.local`),
+    /// on UDP and TCP. No DNS server when unset.
+    #[arg(long)]
+    dns_addr: Option<SocketAddr>,
     /// The operator identity's name for the CLI context.
     #[arg(long, default_value = "admin")]
     operator: String,
@@ -430,6 +434,7 @@ fn gateway_init(init: GatewayInit) -> Result<()> {
         admin_addr: init.admin_addr,
         advertise_addr: init.advertise_addr,
         relay_addr: init.relay_addr,
+        dns_addr: init.dns_addr,
         operator,
     })?;
     let name = init.context_name.unwrap_or_else(|| cluster.to_string());

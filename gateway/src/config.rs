@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use strait_federation::identity::{ClusterName, TrustDomain};
 
 use crate::GatewayError;
+use crate::dns::vip::CidrRange;
 
 /// The gateway configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,6 +38,88 @@ pub struct GatewayConfig {
     pub peering: PeeringConfig,
     #[serde(default)]
     pub workloads: WorkloadConfig,
+    /// The DNS server for the clusterset zone; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsConfig>,
+}
+
+/// The gateway's DNS server: authoritative for the clusterset zone, over UDP and TCP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Where it answers, on UDP and TCP.
+    pub addr: SocketAddr,
+    /// The zone it is authoritative for.
+    #[serde(default = "default_zone")]
+    pub zone: String,
+    /// TTL of answers and of negative answers, in seconds.
+    #[serde(default = "default_dns_ttl")]
+    pub ttl_seconds: u32,
+    /// The range virtual IPv4 addresses are taken from (never routed: sidecars intercept them).
+    #[serde(default = "default_vip_range")]
+    pub vip_range: String,
+    /// A range for virtual IPv6 addresses (AAAA records); none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip_range6: Option<String>,
+}
+
+fn default_zone() -> String {
+    "clusterset.local".into()
+}
+fn default_dns_ttl() -> u32 {
+    5
+}
+fn default_vip_range() -> String {
+    "240.240.0.0/16".into()
+}
+
+impl DnsConfig {
+    /// A DNS server on `addr` with every other setting at its default.
+    pub fn at(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            zone: default_zone(),
+            ttl_seconds: default_dns_ttl(),
+            vip_range: default_vip_range(),
+            vip_range6: None,
+        }
+    }
+
+    /// The checked ranges, or the field that is wrong and why.
+    pub fn ranges(&self) -> Result<(CidrRange, Option<CidrRange>), String> {
+        let v4 = CidrRange::parse(&self.vip_range).map_err(|e| format!("dns.vipRange: {e}"))?;
+        if v4.to_string().contains(':') {
+            return Err(format!(
+                "dns.vipRange: {} is not an IPv4 range",
+                self.vip_range
+            ));
+        }
+        let v6 = match &self.vip_range6 {
+            Some(text) => {
+                let range = CidrRange::parse(text).map_err(|e| format!("dns.vipRange6: {e}"))?;
+                if !range.to_string().contains(':') {
+                    return Err(format!("dns.vipRange6: {text} is not an IPv6 range"));
+                }
+                Some(range)
+            }
+            None => None,
+        };
+        Ok((v4, v6))
+    }
+
+    fn check(&self) -> Result<(), String> {
+        self.ranges()?;
+        if crate::dns::wire::encode_name(&self.zone).is_none_or(|z| z.len() < 2) {
+            return Err(format!(
+                "dns.zone: {:?} is not a domain name (labels of 1 to 63 characters)",
+                self.zone
+            ));
+        }
+        if self.ttl_seconds == 0 || self.ttl_seconds > 3600 {
+            return Err("dns.ttlSeconds: expected 1 to 3600".into());
+        }
+        Ok(())
+    }
 }
 
 /// How the gateway serves its sidecars.
@@ -180,6 +263,12 @@ impl GatewayConfig {
                 message: "workloads.certTtlSeconds and workloads.leaseSeconds must be at least 2"
                     .into(),
             });
+        }
+        if let Some(dns) = &config.dns {
+            dns.check().map_err(|message| GatewayError::Config {
+                path: path.to_owned(),
+                message,
+            })?;
         }
         Ok(config)
     }

@@ -15,7 +15,7 @@ use strait_federation::link::LinkKey;
 use strait_federation::pki::{self, ClusterIssuer, ISSUER_LIFETIME, Root, TrustBundle, write_file};
 
 use crate::GatewayError;
-use crate::config::{GatewayConfig, PeeringConfig, WorkloadConfig};
+use crate::config::{DnsConfig, GatewayConfig, PeeringConfig, WorkloadConfig};
 
 /// How long operator credentials made by `gateway init` live.
 const OPERATOR_LIFETIME: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
@@ -109,6 +109,8 @@ pub struct InitOptions {
     pub admin_addr: SocketAddr,
     pub advertise_addr: Option<String>,
     pub relay_addr: Option<SocketAddr>,
+    /// Where the DNS server for the clusterset zone answers (UDP and TCP); none when unset.
+    pub dns_addr: Option<SocketAddr>,
     pub operator: AccountName,
 }
 
@@ -162,6 +164,7 @@ pub fn init_gateway(options: InitOptions) -> Result<Initialized, GatewayError> {
         state_dir: PathBuf::from("."),
         peering: PeeringConfig::default(),
         workloads: WorkloadConfig::default(),
+        dns: options.dns_addr.map(DnsConfig::at),
     };
     write_file(&config_path, &to_yaml(&config)?, false)?;
     let config = GatewayConfig::load(&config_path)?;
@@ -201,6 +204,7 @@ mod tests {
             admin_addr: "127.0.0.1:3".parse().unwrap(),
             advertise_addr: None,
             relay_addr: None,
+            dns_addr: None,
             operator: AccountName::new("admin").unwrap(),
         };
         let made = init_gateway(options()).unwrap();

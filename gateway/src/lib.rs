@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod api;
 pub mod config;
+pub mod dns;
 pub mod init;
 pub mod metrics;
 pub mod peer;
@@ -90,6 +91,11 @@ pub struct Shared {
     pub export_tx: watch::Sender<Position>,
     /// Bumped whenever the clusterset view changes (imports or local services).
     pub catalog_tx: watch::Sender<u64>,
+    /// Bumped whenever what sidecars see changes: the catalog, or (with DNS) the names and
+    /// virtual addresses made from it.
+    pub views_tx: watch::Sender<u64>,
+    /// The DNS zone, rebuilt after every catalog change; `None` without a DNS server.
+    pub zone: watch::Sender<Option<Arc<dns::zone::Zone>>>,
     pub peers: Mutex<BTreeMap<ClusterName, PeerStatus>>,
     pub metrics: Metrics,
     pub endpoint: quinn::Endpoint,
@@ -136,6 +142,15 @@ impl Shared {
     /// Tells catalog watchers that the clusterset view changed.
     pub fn catalog_changed(&self) {
         self.catalog_tx.send_modify(|n| *n += 1);
+        if self.config.dns.is_none() {
+            // With DNS, sidecars hear of it once the zone (and its addresses) is rebuilt.
+            self.views_changed();
+        }
+    }
+
+    /// Tells the sidecars' watchers that their view changed.
+    pub fn views_changed(&self) {
+        self.views_tx.send_modify(|n| *n += 1);
     }
 
     /// Refreshes gauges that are read from state rather than counted.
@@ -259,6 +274,10 @@ pub async fn run(
     let relay_addr = relay_listener
         .local_addr()
         .map_err(|e| GatewayError::Internal(e.to_string()))?;
+    let dns = match &config.dns {
+        Some(dns_config) => Some((dns::bind(dns_config)?, dns::load_pool(&config, dns_config)?)),
+        None => None,
+    };
     let admin_listener = tokio::net::TcpListener::bind(config.admin_addr)
         .await
         .map_err(|error| GatewayError::Bind {
@@ -301,6 +320,8 @@ pub async fn run(
         dirty: AtomicBool::new(false),
         export_tx: watch::channel(head).0,
         catalog_tx: watch::channel(0).0,
+        views_tx: watch::channel(0).0,
+        zone: watch::channel(None).0,
         peers: Mutex::new(BTreeMap::new()),
         endpoint,
         relay_addr,
@@ -319,6 +340,14 @@ pub async fn run(
     tokio::spawn(relay::serve(shared.clone(), relay_listener));
     tokio::spawn(admin::serve(shared.clone(), admin_listener));
     tokio::spawn(housekeeping(shared.clone()));
+    let dns_addr = match dns {
+        Some((sockets, pool)) => {
+            let addr = sockets.local_addr();
+            dns::start(&shared, sockets, pool);
+            addr
+        }
+        None => None,
+    };
     shared.refresh_metrics();
     shared.ready.store(true, Ordering::SeqCst);
     tracing::info!(
@@ -327,6 +356,7 @@ pub async fn run(
         api = %shared.config.api_addr,
         admin = %shared.config.admin_addr,
         relay = %shared.relay_addr,
+        dns = ?dns_addr,
         "gateway ready"
     );
 

@@ -3,9 +3,12 @@
 //! per peer and service.
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::dns::Transport;
+use crate::dns::wire::Rcode;
 
 /// The metrics of one gateway.
 #[derive(Clone)]
@@ -46,7 +49,26 @@ pub struct Metrics {
     pub flow_duration: HistogramVec,
     /// Workload certificates signed.
     pub workload_certificates: IntCounter,
+    /// Names in the DNS zone (empty non-terminals included).
+    pub dns_names: IntGauge,
+    /// Names holding a virtual address (released ones kept for a while included).
+    pub dns_virtual_addresses: IntGauge,
+    /// DNS packets given no answer (responses, runts).
+    pub dns_dropped: IntCounter,
+    /// DNS answers, by transport and rcode: made once, so counting costs no label lookup.
+    dns_answers: Vec<IntCounter>,
 }
+
+/// The rcodes DNS answers are counted by.
+const DNS_RCODES: [Rcode; 7] = [
+    Rcode::NoError,
+    Rcode::FormErr,
+    Rcode::ServFail,
+    Rcode::NxDomain,
+    Rcode::NotImp,
+    Rcode::Refused,
+    Rcode::BadVers,
+];
 
 /// The states a peer can be in, as `get links` shows them.
 pub const PEER_STATES: [&str; 4] = ["connecting", "connected", "disconnected", "refused"];
@@ -99,7 +121,41 @@ impl Metrics {
         )
         .expect("constant metric");
         register(Box::new(workload_certificates.clone()));
+        let plain_gauge = |name: &str, help: &str| {
+            let m = IntGauge::new(name, help).expect("constant metric");
+            register(Box::new(m.clone()));
+            m
+        };
+        let dns_dropped = IntCounter::new(
+            "dns_dropped_total",
+            "DNS packets given no answer (responses, packets shorter than a header).",
+        )
+        .expect("constant metric");
+        register(Box::new(dns_dropped.clone()));
+        let answers = counter(
+            "dns_answers_total",
+            "DNS answers sent, by transport (udp, tcp) and rcode.",
+            &["transport", "rcode"],
+        );
+        let dns_answers = [Transport::Udp, Transport::Tcp]
+            .iter()
+            .flat_map(|t| {
+                DNS_RCODES
+                    .iter()
+                    .map(|r| answers.with_label_values(&[t.as_str(), r.as_str()]))
+            })
+            .collect();
         Self {
+            dns_names: plain_gauge(
+                "dns_names",
+                "Names in the clusterset DNS zone, empty non-terminals included.",
+            ),
+            dns_virtual_addresses: plain_gauge(
+                "dns_virtual_addresses",
+                "Names holding a virtual address, recently released ones included.",
+            ),
+            dns_dropped,
+            dns_answers,
             peer_state: gauge(
                 "peer_state",
                 "1 for the state a linked peer gateway is in.",
@@ -174,6 +230,18 @@ impl Metrics {
             flow_duration,
             workload_certificates,
             registry,
+        }
+    }
+
+    /// Counts one DNS answer.
+    pub fn count_dns(&self, transport: Transport, rcode: Rcode) {
+        let row = match transport {
+            Transport::Udp => 0,
+            Transport::Tcp => DNS_RCODES.len(),
+        };
+        let column = DNS_RCODES.iter().position(|r| *r == rcode).unwrap_or(0);
+        if let Some(counter) = self.dns_answers.get(row + column) {
+            counter.inc();
         }
     }
 

@@ -11,7 +11,8 @@ use strait_federation::identity::{Role, ServiceName, SpiffeId};
 use strait_federation::proto::workload::workload_server::{Workload, WorkloadServer};
 use strait_federation::proto::workload::{
     Backend, CatalogView, CertifyRequest, CertifyResponse, DeregisterRequest, DeregisterResponse,
-    EndpointView, PortSpec, RegisterRequest, RegisterResponse, ServiceView, WatchRequest,
+    EndpointView, PortSpec, RegisterRequest, RegisterResponse, ServiceView, VirtualAddress,
+    WatchRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -32,8 +33,15 @@ pub fn server(shared: Arc<Shared>) -> WorkloadServer<WorkloadApi> {
     })
 }
 
-/// The services of the last view made, and the catalog change it was made for.
-type Views = std::sync::Mutex<Option<(u64, Arc<Vec<ServiceView>>)>>;
+/// What the last view was made of, and the change it was made for.
+type Views = std::sync::Mutex<Option<(u64, Arc<ViewParts>)>>;
+
+/// The parts of a view that are the same for every sidecar.
+#[derive(Debug, Default)]
+struct ViewParts {
+    services: Vec<ServiceView>,
+    virtual_addresses: Vec<VirtualAddress>,
+}
 
 /// Serves the sidecars of this gateway's cluster.
 #[derive(Clone)]
@@ -121,21 +129,51 @@ impl WorkloadApi {
         let cached = crate::lock(&self.views)
             .as_ref()
             .filter(|(made_for, _)| *made_for == change)
-            .map(|(_, services)| services.clone());
-        let services = match cached {
-            Some(services) => services,
+            .map(|(_, parts)| parts.clone());
+        let parts = match cached {
+            Some(parts) => parts,
             None => {
-                let services = Arc::new(self.services());
-                *crate::lock(&self.views) = Some((change, services.clone()));
-                services
+                let parts = Arc::new(ViewParts {
+                    services: self.services(),
+                    virtual_addresses: self.virtual_addresses(),
+                });
+                *crate::lock(&self.views) = Some((change, parts.clone()));
+                parts
             }
         };
         CatalogView {
             cluster: self.shared.config.cluster.to_string(),
             relay_address: self.shared.relay_addr.to_string(),
             version,
-            services: services.as_ref().clone(),
+            services: parts.services.clone(),
+            virtual_addresses: parts.virtual_addresses.clone(),
         }
+    }
+
+    /// The virtual addresses of the DNS zone's names (none without DNS).
+    fn virtual_addresses(&self) -> Vec<VirtualAddress> {
+        let Some(zone) = self.shared.zone.borrow().clone() else {
+            return Vec::new();
+        };
+        let mut all = Vec::with_capacity(zone.virtual_names().len());
+        for name in zone.virtual_names() {
+            let addresses = std::iter::once(std::net::IpAddr::V4(name.vips.v4))
+                .chain(name.vips.v6.map(std::net::IpAddr::V6));
+            for address in addresses {
+                all.push(VirtualAddress {
+                    address: address.to_string(),
+                    namespace: name.service.namespace.to_string(),
+                    service: name.service.name.to_string(),
+                    cluster: name
+                        .cluster
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                    hostname: name.hostname.clone().unwrap_or_default(),
+                });
+            }
+        }
+        all
     }
 
     /// The services of the clusterset view, as sidecars get them.
@@ -284,7 +322,7 @@ impl Workload for WorkloadApi {
     ) -> Result<Response<Self::WatchStream>, Status> {
         workload(&request)?;
         let api = self.clone();
-        let mut changes = self.shared.catalog_tx.subscribe();
+        let mut changes = self.shared.views_tx.subscribe();
         let shutdown = self.shared.shutdown.clone();
         let stream = async_stream(move |tx| async move {
             let mut version = 1;

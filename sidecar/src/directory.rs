@@ -3,7 +3,7 @@
 //! "where does this name go" without any I/O.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use strait_federation::catalog::{Port, Protocol, ServiceKey};
 use strait_federation::identity::{ClusterName, Namespace, ServiceName};
@@ -71,6 +71,8 @@ pub struct Directory {
     services: HashMap<ServiceKey, ServiceEntry>,
     /// Endpoint addresses of this cluster, for transparently intercepted connections.
     by_address: HashMap<SocketAddr, ServiceKey>,
+    /// The virtual addresses the gateway's DNS hands out, and the names they stand for.
+    by_vip: HashMap<IpAddr, Destination>,
 }
 
 fn parse_port(port: &strait_federation::proto::workload::PortSpec) -> Option<Port> {
@@ -130,13 +132,41 @@ impl Directory {
             }
             services.insert(key, entry);
         }
+        let by_vip = view
+            .virtual_addresses
+            .iter()
+            .filter_map(|vip| {
+                let service = ServiceKey {
+                    namespace: Namespace::new(vip.namespace.clone()).ok()?,
+                    name: ServiceName::new(vip.service.clone()).ok()?,
+                };
+                services.contains_key(&service).then_some(())?;
+                let cluster = match vip.cluster.as_str() {
+                    "" => None,
+                    cluster => Some(ClusterName::new(cluster).ok()?),
+                };
+                let destination = Destination {
+                    service,
+                    cluster,
+                    hostname: (!vip.hostname.is_empty()).then(|| vip.hostname.clone()),
+                    port: None,
+                };
+                Some((vip.address.parse().ok()?, destination))
+            })
+            .collect();
         Self {
             cluster,
             relay: view.relay_address.parse().ok(),
             version: view.version,
             services,
             by_address,
+            by_vip,
         }
+    }
+
+    /// Whether an address is a virtual address of a mesh name.
+    pub fn is_virtual(&self, address: &IpAddr) -> bool {
+        self.by_vip.contains_key(address)
     }
 
     /// The entry of a service.
@@ -158,6 +188,9 @@ impl Directory {
     /// (one endpoint), `api.shop.svc.cluster.local` (this cluster only); with an optional
     /// `:port`.
     pub fn resolve(&self, authority: &str) -> Option<Destination> {
+        if let Some(destination) = self.resolve_virtual(authority) {
+            return Some(destination);
+        }
         let (host, port) = split_port(authority)?;
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         let labels: Vec<&str> = host.split('.').collect();
@@ -200,6 +233,29 @@ impl Directory {
     }
 }
 
+impl Directory {
+    /// Where a virtual address (`240.240.0.7`, `240.240.0.7:8080`, `[fd00::7]:80`) points.
+    fn resolve_virtual(&self, authority: &str) -> Option<Destination> {
+        if self.by_vip.is_empty() {
+            return None;
+        }
+        let (address, port) = match authority.parse::<SocketAddr>() {
+            Ok(socket) => (socket.ip(), Some(socket.port())),
+            Err(_) => (
+                authority
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse()
+                    .ok()?,
+                None,
+            ),
+        };
+        let mut destination = self.by_vip.get(&address)?.clone();
+        destination.port = port;
+        Some(destination)
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Scope {
     Clusterset,
@@ -221,7 +277,9 @@ fn split_port(authority: &str) -> Option<(&str, Option<u16>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use strait_federation::proto::workload::{Backend, EndpointView, PortSpec, ServiceView};
+    use strait_federation::proto::workload::{
+        Backend, EndpointView, PortSpec, ServiceView, VirtualAddress,
+    };
 
     fn view() -> CatalogView {
         let endpoint = |address: &str, hostname: &str| EndpointView {
@@ -274,7 +332,53 @@ mod tests {
                     }],
                 },
             ],
+            virtual_addresses: vec![
+                vip("240.240.0.1", "api", "", ""),
+                vip("fd00::1", "api", "", ""),
+                vip("240.240.0.2", "api", "west", ""),
+                vip("240.240.0.3", "api", "west", "api-7"),
+                vip("240.240.0.4", "gone", "", ""),
+            ],
         }
+    }
+
+    fn vip(address: &str, service: &str, cluster: &str, hostname: &str) -> VirtualAddress {
+        VirtualAddress {
+            address: address.into(),
+            namespace: "shop".into(),
+            service: service.into(),
+            cluster: cluster.into(),
+            hostname: hostname.into(),
+        }
+    }
+
+    #[test]
+    fn virtual_addresses_resolve_to_the_names_they_stand_for() {
+        let directory = Directory::from_view(&view());
+        let west = ClusterName::new("west").unwrap();
+        let cases = [
+            ("240.240.0.1:8080", None, None, Some(8080)),
+            ("240.240.0.1", None, None, None),
+            ("[fd00::1]:80", None, None, Some(80)),
+            ("[fd00::1]", None, None, None),
+            ("240.240.0.2:8080", Some(&west), None, Some(8080)),
+            ("240.240.0.3:8080", Some(&west), Some("api-7"), Some(8080)),
+        ];
+        for (authority, cluster, hostname, port) in cases {
+            let dest = directory
+                .resolve(authority)
+                .unwrap_or_else(|| panic!("{authority}"));
+            assert_eq!(dest.service, key("api"), "{authority}");
+            assert_eq!(dest.cluster.as_ref(), cluster, "{authority}");
+            assert_eq!(dest.hostname.as_deref(), hostname, "{authority}");
+            assert_eq!(dest.port, port, "{authority}");
+        }
+        assert!(directory.is_virtual(&"240.240.0.1".parse().unwrap()));
+        assert!(
+            !directory.is_virtual(&"240.240.0.4".parse().unwrap()),
+            "not in the catalog"
+        );
+        assert!(directory.resolve("240.240.0.9:80").is_none());
     }
 
     fn key(name: &str) -> ServiceKey {

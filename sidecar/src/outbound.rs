@@ -417,14 +417,20 @@ async fn transparent(shared: Arc<Shared>, tcp: TcpStream) {
             return;
         }
     };
-    let service = shared
-        .directory
-        .borrow()
-        .service_at(&original)
-        .map(|entry| (entry.key.clone(), entry.ports.first().map(|p| p.port)));
+    let service = {
+        let directory = shared.directory.borrow();
+        if directory.is_virtual(&original.ip()) {
+            // A name the gateway's DNS answered: the address stands for it, port and all.
+            Some(original.to_string())
+        } else {
+            directory.service_at(&original).and_then(|entry| {
+                let port = entry.ports.first()?.port;
+                Some(format!("{}.{}:{port}", entry.key.name, entry.key.namespace))
+            })
+        }
+    };
     let result = match service {
-        Some((key, Some(port))) => {
-            let name = format!("{}.{}:{port}", key.name, key.namespace);
+        Some(name) => {
             if speaks_http(&tcp).await {
                 serve_http_connection(shared, tcp, Some(name)).await;
                 Ok(())

@@ -68,6 +68,18 @@ fn free_port(udp: bool) -> Result<u16> {
     })
 }
 
+/// A port free on both UDP and TCP, for a DNS server.
+fn free_dns_port() -> Result<u16> {
+    for _ in 0..20 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let port = udp.local_addr()?.port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(anyhow::anyhow!("no port free on both UDP and TCP"))
+}
+
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> Result<()> {
     let temporary;
@@ -99,6 +111,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             admin_addr: format!("127.0.0.1:{}", free_port(false)?).parse()?,
             advertise_addr: None,
             relay_addr: None,
+            dns_addr: Some(format!("127.0.0.1:{}", free_dns_port()?).parse()?),
             operator: AccountName::new("demo")?,
         })?;
         context::add(context::Context {
@@ -439,6 +452,10 @@ async fn run_traffic(
         .iter()
         .filter_map(|w| Some((w.cluster, w.sidecar.proxy_addr?)))
         .collect();
+    let dns: BTreeMap<String, SocketAddr> = gateways
+        .iter()
+        .filter_map(|(config, _)| Some((config.cluster.to_string(), config.dns.as_ref()?.addr)))
+        .collect();
     for (source, other) in [("east", "west"), ("west", "east")] {
         wait_for_route(proxies[source], "api.shop.svc.cluster.local", source).await?;
         wait_for_route(
@@ -457,6 +474,7 @@ async fn run_traffic(
                 "event": "ready",
                 "clusters": CLUSTERS,
                 "proxies": proxies.iter().map(|(c, p)| (c.to_string(), json!(p.to_string()))).collect::<serde_json::Map<_, _>>(),
+                "dns": dns.iter().map(|(c, a)| (c.to_string(), json!(a.to_string()))).collect::<serde_json::Map<_, _>>(),
             })
         );
     } else {
@@ -487,6 +505,18 @@ async fn run_traffic(
                 "  echo hello | nc -q1 {} {}      # TCP to shop/ledger-db through west's sidecar",
                 ledger.sidecar.upstream_addrs[0].ip(),
                 ledger.sidecar.upstream_addrs[0].port()
+            ));
+        }
+        if let Some(addr) = dns.get("east") {
+            say(&format!(
+                "  dig @{} -p {} api.shop.svc.clusterset.local +short     # east's gateway DNS: a virtual IP",
+                addr.ip(),
+                addr.port()
+            ));
+            say(&format!(
+                "  dig @{} -p {} _http._tcp.west.api.shop.svc.clusterset.local SRV +short",
+                addr.ip(),
+                addr.port()
             ));
         }
         say("  strait --context east get services");
