@@ -11,8 +11,9 @@ say() { printf '\n==> %s\n' "$*"; }
 # procps: kill (tests stop gateways with SIGTERM); curl: the smoke checks, docs examples and
 # the transparent-interception test; ca-certificates: cargo's registry over TLS on a bare image;
 # iproute2, iptables, util-linux (setpriv): the transparent-interception test, which runs an app
-# in a network namespace of its own with an iptables redirect to its sidecar.
-debian_packages=(procps curl ca-certificates iproute2 iptables util-linux)
+# in a network namespace of its own with an iptables redirect to its sidecar; bind9-dnsutils
+# (dig): the DNS tests ask the gateway with a real client beside hickory's resolver.
+debian_packages=(procps curl ca-certificates iproute2 iptables util-linux bind9-dnsutils)
 
 missing=()
 for package in "${debian_packages[@]}"; do
