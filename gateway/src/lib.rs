@@ -347,7 +347,8 @@ pub async fn run(
             addr
         }
         None => None,
-    };
+    }
+    .map_or_else(|| "off".to_owned(), |addr| addr.to_string());
     shared.refresh_metrics();
     shared.ready.store(true, Ordering::SeqCst);
     tracing::info!(
@@ -356,7 +357,7 @@ pub async fn run(
         api = %shared.config.api_addr,
         admin = %shared.config.admin_addr,
         relay = %shared.relay_addr,
-        dns = ?dns_addr,
+        dns = %dns_addr,
         "gateway ready"
     );
 

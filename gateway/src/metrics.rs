@@ -60,10 +60,9 @@ pub struct Metrics {
 }
 
 /// The rcodes DNS answers are counted by.
-const DNS_RCODES: [Rcode; 7] = [
+const DNS_RCODES: [Rcode; 6] = [
     Rcode::NoError,
     Rcode::FormErr,
-    Rcode::ServFail,
     Rcode::NxDomain,
     Rcode::NotImp,
     Rcode::Refused,

@@ -140,6 +140,8 @@ pub struct Gateway {
     pub relay: SocketAddr,
     pub api: SocketAddr,
     pub admin: SocketAddr,
+    /// Where the gateway answers DNS (UDP and TCP).
+    pub dns: SocketAddr,
     child: Option<Child>,
     log: PathBuf,
     runs: usize,
@@ -407,6 +409,7 @@ impl Mesh {
         let api: SocketAddr = format!("{api_host}:{}", free_port(false)).parse()?;
         let relay: SocketAddr = format!("127.0.0.1:{}", free_port(false)).parse()?;
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port(false)).parse()?;
+        let dns: SocketAddr = format!("127.0.0.1:{}", free_dns_port()?).parse()?;
         self.cli(
             &[
                 "gateway",
@@ -421,6 +424,8 @@ impl Mesh {
                 &admin.to_string(),
                 "--relay-addr",
                 &relay.to_string(),
+                "--dns-addr",
+                &dns.to_string(),
                 "--trust",
             ],
             &[trust, Path::new("--dir"), &dir],
@@ -443,6 +448,7 @@ impl Mesh {
             relay,
             api,
             admin,
+            dns,
             child: None,
             runs: 0,
         })
@@ -766,16 +772,34 @@ pub fn http_get_host(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, S
     Ok((status, body))
 }
 
+/// A loopback port free on both UDP and TCP (a DNS server takes both).
+pub fn free_dns_port() -> Result<u16> {
+    for _ in 0..50 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let port = udp.local_addr()?.port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no loopback port free on both UDP and TCP")
+}
+
 impl Gateway {
     /// Sets the `workloads` section of the gateway's config (before it starts).
     pub fn set_workloads(&self, yaml: &str) -> Result<()> {
+        self.set_section("workloads", yaml)
+    }
+
+    /// Replaces a top-level section of the gateway's config (before it starts).
+    pub fn set_section(&self, key: &str, yaml: &str) -> Result<()> {
         let path = self.dir.join("gateway.yaml");
         let text = std::fs::read_to_string(&path)?;
         // Drop the section `gateway init` wrote (the key and its indented lines).
         let mut kept = Vec::new();
         let mut inside = false;
+        let heading = format!("{key}:");
         for line in text.lines() {
-            if line.starts_with("workloads:") {
+            if line.starts_with(&heading) {
                 inside = true;
             } else if inside && !line.starts_with(' ') {
                 inside = false;
@@ -784,7 +808,7 @@ impl Gateway {
                 kept.push(line);
             }
         }
-        std::fs::write(&path, format!("{}\nworkloads:\n{yaml}\n", kept.join("\n")))?;
+        std::fs::write(&path, format!("{}\n{heading}\n{yaml}\n", kept.join("\n")))?;
         Ok(())
     }
 }

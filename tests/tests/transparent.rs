@@ -1,7 +1,9 @@
 //! Transparent interception: an app in its own network namespace connects to an address, an
 //! iptables rule redirects the connection to its sidecar, and the sidecar carries it to the
-//! mesh service that address belongs to (or, outside the mesh, straight to it). Needs root,
-//! `ip`, `iptables`, `setpriv` and `curl`; says so and skips without them.
+//! mesh service that address belongs to (or, outside the mesh, straight to it). The address is
+//! an endpoint's, or a virtual address that the gateway's DNS gave the app's system resolver
+//! for a clusterset name. Needs root, `ip`, `iptables`, `setpriv` and `curl`; says so and
+//! skips without them.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -100,7 +102,26 @@ impl Namespace {
         ])?;
         ns.exec(&["ip", "link", "set", &inner_veth, "up"])?;
         ns.exec(&["ip", "link", "set", "lo", "up"])?;
+        // Virtual addresses need a route, or connect fails before iptables sees it.
+        ns.exec(&["ip", "route", "add", "default", "via", &ns.host_ip])?;
         Ok(ns)
+    }
+
+    /// Makes the namespace's system resolver ask `nameserver` (port 53), through files that
+    /// `ip netns exec` mounts over /etc; `.local` names must not go to multicast DNS.
+    fn set_resolver(&self, nameserver: &str) -> Result<()> {
+        let dir = self.etc();
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("resolv.conf"),
+            format!("nameserver {nameserver}\n"),
+        )?;
+        std::fs::write(dir.join("nsswitch.conf"), "hosts: files dns\n")?;
+        Ok(())
+    }
+
+    fn etc(&self) -> std::path::PathBuf {
+        std::path::Path::new("/etc/netns").join(&self.name)
     }
 
     fn exec(&self, command: &[&str]) -> Result<String> {
@@ -112,13 +133,14 @@ impl Namespace {
 
 impl Drop for Namespace {
     fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.etc());
         let _ = run("ip", &["netns", "del", &self.name]);
         let _ = run("ip", &["link", "del", &self.host_veth]);
     }
 }
 
 #[test]
-fn a_redirected_connection_reaches_the_service_it_was_addressed_to() -> Result<()> {
+fn a_redirected_connection_reaches_the_service_by_its_address_or_its_name() -> Result<()> {
     if let Some(reason) = missing() {
         println!("skipped: {reason}");
         return Ok(());
@@ -126,14 +148,25 @@ fn a_redirected_connection_reaches_the_service_it_was_addressed_to() -> Result<(
     let ns = Namespace::create()?;
     let mesh = Mesh::new()?;
     let mut gateway = mesh.gateway_with_api("east", &mesh.trust, None, &ns.host_ip)?;
+    // The gateway's DNS where the namespace's resolver looks: port 53 of the host side.
+    gateway.dns = format!("{}:53", ns.host_ip).parse()?;
+    gateway.set_section("dns", &format!("  addr: {}", gateway.dns))?;
+    ns.set_resolver(&ns.host_ip)?;
     gateway.start(&mesh)?;
 
     // The service's sidecar and an app outside the mesh, reachable from the namespace.
     let app = mesh.app("http", "east", "shop/api", "api-0")?;
-    let mut args: Vec<String> = ["--service", "api", "--export", "--inbound-addr"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut args: Vec<String> = [
+        "--service",
+        "api",
+        "--export",
+        "--hostname",
+        "api-0",
+        "--inbound-addr",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     args.push(format!("{}:0", ns.host_ip));
     args.push("--port".into());
     args.push(format!("8080/http={}", app.addr("address")?));
@@ -199,7 +232,27 @@ fn a_redirected_connection_reaches_the_service_it_was_addressed_to() -> Result<(
     )
     .with_context(|| client.log_tail())?;
 
-    // The app runs as nobody; its connections to the host side are redirected.
+    // The app runs as nobody; its connections to the host side and to virtual addresses are
+    // redirected.
+    ns.exec(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-d",
+        "240.240.0.0/16",
+        "-m",
+        "owner",
+        "--uid-owner",
+        "65534",
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        "15001",
+    ])?;
     ns.exec(&[
         "iptables",
         "-t",
@@ -258,5 +311,28 @@ fn a_redirected_connection_reaches_the_service_it_was_addressed_to() -> Result<(
         answer["service"] == "none/outside" && answer["caller"].is_null(),
         "{answer}"
     );
+    // By name: the system resolver asks the gateway, gets a virtual address, and the
+    // connection to it is carried to the service, with the same identity.
+    for url in [
+        "http://api.shop.svc.clusterset.local:8080/by-name",
+        "http://east.api.shop.svc.clusterset.local:8080/by-cluster",
+        "http://api-0.east.api.shop.svc.clusterset.local:8080/by-pod",
+    ] {
+        let mut answer = Value::Null;
+        wait_for(Duration::from_secs(20), url, || {
+            answer = match curl(url) {
+                Ok(answer) => answer,
+                Err(_) => return Ok(None),
+            };
+            Ok(Some(()))
+        })
+        .with_context(|| client.log_tail())?;
+        let path = url.rsplit('/').next().unwrap_or_default();
+        ensure!(answer["path"] == format!("/{path}"), "{url}: {answer}");
+        ensure!(
+            answer["caller"] == "spiffe://example.mesh/cluster/east/ns/shop/sa/web",
+            "{url}: {answer}"
+        );
+    }
     Ok(())
 }

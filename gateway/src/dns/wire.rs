@@ -27,12 +27,11 @@ pub mod rtype {
 /// The class of Internet records.
 pub const CLASS_IN: u16 = 1;
 
-/// Response codes (RFC 1035, RFC 6891 for BADVERS).
+/// Response codes this server sends (RFC 1035, RFC 6891 for BADVERS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rcode {
     NoError,
     FormErr,
-    ServFail,
     NxDomain,
     NotImp,
     Refused,
@@ -46,7 +45,6 @@ impl Rcode {
         match self {
             Self::NoError => 0,
             Self::FormErr => 1,
-            Self::ServFail => 2,
             Self::NxDomain => 3,
             Self::NotImp => 4,
             Self::Refused => 5,
@@ -59,7 +57,6 @@ impl Rcode {
         match self {
             Self::NoError => "noerror",
             Self::FormErr => "formerr",
-            Self::ServFail => "servfail",
             Self::NxDomain => "nxdomain",
             Self::NotImp => "notimp",
             Self::Refused => "refused",

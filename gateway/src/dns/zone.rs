@@ -39,6 +39,17 @@ pub struct ZoneSettings {
     pub origin: String,
     /// TTL of every answer, and of negative answers (the SOA minimum), in seconds.
     pub ttl: u32,
+    /// The server's own address, answered for the NS target `ns.dns.<origin>`.
+    pub server: Option<std::net::IpAddr>,
+}
+
+/// Whether a port name makes an SRV label: an IANA-style service name (RFC 6335).
+fn is_service_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 62
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// One version of the zone.
@@ -81,6 +92,13 @@ impl Zone {
             virtual_names: Vec::new(),
         };
         zone.nodes.insert(zone.origin.clone(), Node::default());
+        let primary = zone.primary.clone();
+        let node = zone.insert(primary);
+        match settings.server {
+            Some(std::net::IpAddr::V4(v4)) => node.v4 = Some(v4),
+            Some(std::net::IpAddr::V6(v6)) => node.v6 = Some(v6),
+            None => {}
+        }
         let mut live = Vec::new();
         for service in services {
             let backends: Vec<_> = service
@@ -106,7 +124,7 @@ impl Zone {
                     tracing::warn!(name = %dotted, "the virtual address range is full: name left out");
                     return;
                 };
-                for port in ports {
+                for port in ports.iter().filter(|p| is_service_name(&p.name)) {
                     if let Some(srv_name) = with_origin(&format!("_{}._tcp.{dotted}", port.name)) {
                         zone.insert(srv_name).srv.push((port.port, name.clone()));
                     }
@@ -393,6 +411,7 @@ mod tests {
         let settings = ZoneSettings {
             origin: "clusterset.local".into(),
             ttl: 5,
+            server: Some("127.0.0.1".parse().unwrap()),
         };
         Zone::build(&settings, 7, &cluster("east"), &services, &mut pool)
     }
@@ -556,7 +575,15 @@ mod tests {
         assert_eq!(record.serial, 7);
         assert_eq!(record.minimum, 5);
         let ns = ask(&zone, &query("clusterset.local", 2, None), Transport::Tcp);
-        assert!(matches!(ns.answers[0].data, RData::NS(_)));
+        let RData::NS(target) = &ns.answers[0].data else {
+            panic!()
+        };
+        let server = ask(
+            &zone,
+            &query(&target.0.to_string(), 1, None),
+            Transport::Udp,
+        );
+        assert!(matches!(server.answers[0].data, RData::A(a) if a.0.is_loopback()));
     }
 
     #[test]
@@ -578,6 +605,7 @@ mod tests {
         let settings = ZoneSettings {
             origin: "clusterset.local".into(),
             ttl: 5,
+            server: Some("127.0.0.1".parse().unwrap()),
         };
         let zone = Zone::build(&settings, 1, &cluster("east"), &services, &mut pool);
         let packet = query("_http._tcp.api.shop.svc.clusterset.local", 33, None);
