@@ -224,7 +224,8 @@ impl Zone {
     fn answer_question(&self, question: &wire::Question, mut writer: Writer<'_>) -> Rcode {
         let in_zone = question.label_count() >= self.origin_labels
             && question.suffix(question.label_count() - self.origin_labels) == &self.origin[..];
-        if question.qclass != wire::CLASS_IN || !in_zone {
+        let transfer = matches!(question.qtype, rtype::AXFR | rtype::IXFR);
+        if question.qclass != wire::CLASS_IN || !in_zone || transfer {
             return writer.finish(Flags {
                 authoritative: false,
                 rcode: Rcode::Refused,
@@ -520,6 +521,7 @@ mod tests {
                 false,
             ),
             ("example.com", 1, ResponseCode::Refused, false),
+            ("clusterset.local", 252, ResponseCode::Refused, false),
         ];
         for (name, qtype, code, has_soa) in cases {
             let message = ask(&zone, &query(name, qtype, Some(1232)), Transport::Udp);
