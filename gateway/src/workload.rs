@@ -147,6 +147,15 @@ impl WorkloadApi {
             version,
             services: parts.services.clone(),
             virtual_addresses: parts.virtual_addresses.clone(),
+            virtual_ranges: self
+                .shared
+                .config
+                .dns
+                .iter()
+                .flat_map(|dns| {
+                    std::iter::once(dns.vip_range.clone()).chain(dns.vip_range6.clone())
+                })
+                .collect(),
         }
     }
 

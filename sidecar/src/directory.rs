@@ -73,6 +73,29 @@ pub struct Directory {
     by_address: HashMap<SocketAddr, ServiceKey>,
     /// The virtual addresses the gateway's DNS hands out, and the names they stand for.
     by_vip: HashMap<IpAddr, Destination>,
+    /// The ranges they come from.
+    virtual_ranges: Vec<(IpAddr, u8)>,
+}
+
+/// Parses `address/prefix`.
+fn parse_range(text: &str) -> Option<(IpAddr, u8)> {
+    let (address, prefix) = text.split_once('/')?;
+    Some((address.parse().ok()?, prefix.parse().ok()?))
+}
+
+/// Whether `address` is in the range `(base, prefix)`.
+fn in_range(address: &IpAddr, (base, prefix): &(IpAddr, u8)) -> bool {
+    match (address, base) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            let shift = 32u32.saturating_sub(u32::from(*prefix));
+            u32::from(*a).checked_shr(shift) == u32::from(*b).checked_shr(shift)
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => {
+            let shift = 128u32.saturating_sub(u32::from(*prefix));
+            u128::from(*a).checked_shr(shift) == u128::from(*b).checked_shr(shift)
+        }
+        _ => false,
+    }
 }
 
 fn parse_port(port: &strait_federation::proto::workload::PortSpec) -> Option<Port> {
@@ -161,7 +184,19 @@ impl Directory {
             services,
             by_address,
             by_vip,
+            virtual_ranges: view
+                .virtual_ranges
+                .iter()
+                .filter_map(|r| parse_range(r))
+                .collect(),
         }
+    }
+
+    /// Whether an address is in a virtual range without standing for any name now (an answer
+    /// cached past the name's withdrawal): nothing listens there, so nothing to pass through.
+    pub fn is_stale_virtual(&self, address: &IpAddr) -> bool {
+        !self.by_vip.contains_key(address)
+            && self.virtual_ranges.iter().any(|r| in_range(address, r))
     }
 
     /// Whether an address is a virtual address of a mesh name.
@@ -339,6 +374,7 @@ mod tests {
                 vip("240.240.0.3", "api", "west", "api-7"),
                 vip("240.240.0.4", "gone", "", ""),
             ],
+            virtual_ranges: vec!["240.240.0.0/16".into(), "fd00::/112".into()],
         }
     }
 
@@ -379,6 +415,10 @@ mod tests {
             "not in the catalog"
         );
         assert!(directory.resolve("240.240.0.9:80").is_none());
+        assert!(directory.is_stale_virtual(&"240.240.0.9".parse().unwrap()));
+        assert!(!directory.is_stale_virtual(&"240.240.0.1".parse().unwrap()));
+        assert!(!directory.is_stale_virtual(&"240.241.0.1".parse().unwrap()));
+        assert!(directory.is_stale_virtual(&"fd00::9".parse().unwrap()));
     }
 
     fn key(name: &str) -> ServiceKey {

@@ -419,6 +419,10 @@ async fn transparent(shared: Arc<Shared>, tcp: TcpStream) {
     };
     let service = {
         let directory = shared.directory.borrow();
+        if directory.is_stale_virtual(&original.ip()) {
+            tracing::info!(destination = %original, "a virtual address that names nothing now (a stale DNS answer?): refused");
+            return;
+        }
         if directory.is_virtual(&original.ip()) {
             // A name the gateway's DNS answered: the address stands for it, port and all.
             Some(original.to_string())

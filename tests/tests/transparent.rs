@@ -334,5 +334,14 @@ fn a_redirected_connection_reaches_the_service_by_its_address_or_its_name() -> R
             "{url}: {answer}"
         );
     }
+    // A virtual address that names nothing (a stale answer) is refused at once, not dialled.
+    let started = std::time::Instant::now();
+    let stale = curl("http://240.240.255.254:8080/stale");
+    ensure!(stale.is_err(), "{stale:?}");
+    ensure!(
+        started.elapsed() < Duration::from_secs(3),
+        "a stale virtual address took {:?} to fail",
+        started.elapsed()
+    );
     Ok(())
 }
