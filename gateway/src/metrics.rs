@@ -55,6 +55,8 @@ pub struct Metrics {
     pub dns_virtual_addresses: IntGauge,
     /// DNS packets given no answer (responses, runts).
     pub dns_dropped: IntCounter,
+    /// How long the last rebuild of the DNS zone took.
+    pub dns_zone_build_seconds: prometheus::Gauge,
     /// DNS answers, by transport and rcode: made once, so counting costs no label lookup.
     dns_answers: Vec<IntCounter>,
 }
@@ -154,6 +156,15 @@ impl Metrics {
                 "Names holding a virtual address, recently released ones included.",
             ),
             dns_dropped,
+            dns_zone_build_seconds: {
+                let m = prometheus::Gauge::new(
+                    "dns_zone_build_seconds",
+                    "How long the last rebuild of the DNS zone from the catalog took.",
+                )
+                .expect("constant metric");
+                register(Box::new(m.clone()));
+                m
+            },
             dns_answers,
             peer_state: gauge(
                 "peer_state",

@@ -152,9 +152,14 @@ pub fn start(shared: &Arc<Shared>, sockets: Sockets, mut pool: VipPool) {
 
 /// Makes a zone from the catalog as it is now, publishes it, and writes the pool if it changed.
 fn rebuild(shared: &Arc<Shared>, settings: &ZoneSettings, serial: u32, pool: &mut VipPool) {
+    let started = std::time::Instant::now();
     let services = shared.clusterset();
     pool.set_now(unix_now());
     let zone = Zone::build(settings, serial, &shared.config.cluster, &services, pool);
+    shared
+        .metrics
+        .dns_zone_build_seconds
+        .set(started.elapsed().as_secs_f64());
     shared.metrics.dns_names.set(zone.len() as i64);
     shared.metrics.dns_virtual_addresses.set(pool.len() as i64);
     shared.zone.send_replace(Some(Arc::new(zone)));
