@@ -300,8 +300,11 @@ impl Zone {
         if !answered {
             self.negative(&mut writer);
         } else if question.qtype == rtype::SRV {
-            // The targets' addresses, so a client needs no second query.
-            for (_, target) in &node.srv {
+            // The targets' addresses, so a client needs no second query; each target once.
+            for (i, (_, target)) in node.srv.iter().enumerate() {
+                if node.srv[..i].iter().any(|(_, earlier)| earlier == target) {
+                    continue;
+                }
                 if let Some(target_node) = self.nodes.get(target) {
                     if let Some(v4) = target_node.v4 {
                         let owner = Owner::Name(target);
@@ -619,6 +622,7 @@ mod tests {
         let tcp = ask(&zone, &packet, Transport::Tcp);
         assert!(!tcp.metadata.truncation);
         assert_eq!(tcp.answers.len(), 60);
+        assert_eq!(tcp.additionals.len(), 1, "one target, its address once");
     }
 
     #[test]
