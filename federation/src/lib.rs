@@ -8,6 +8,7 @@ pub mod flow;
 pub mod identity;
 pub mod link;
 pub mod pki;
+pub mod policy;
 pub mod resource;
 pub mod session;
 pub mod tls;

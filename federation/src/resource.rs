@@ -145,7 +145,7 @@ struct LinkDocumentIn {
     spec: LinkSpec,
 }
 
-fn typed<T: DeserializeOwned>(
+pub(crate) fn typed<T: DeserializeOwned>(
     value: serde_json::Value,
     place: &DocumentPlace,
 ) -> Result<T, DocumentError> {
@@ -159,7 +159,7 @@ fn typed<T: DeserializeOwned>(
     })
 }
 
-fn field(
+pub(crate) fn field(
     place: &DocumentPlace,
     field: impl Into<String>,
     message: impl Into<String>,

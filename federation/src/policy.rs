@@ -1,0 +1,806 @@
+//! Mesh-wide policy, the part that needs no sockets: authorization rules in validated form and
+//! the decision for one request, and the replicated set of policies that every gateway
+//! converges on whatever the order in which changes reach it.
+//!
+//! Decisions follow the semantics operators know from Istio's AuthorizationPolicy: a request
+//! matching any `deny` policy of its service is denied; otherwise, if the service has `allow`
+//! policies, it must match one of them; a service without policies allows everything.
+//!
+//! Replication is last-writer-wins per policy: every change carries a [`Version`] (a hybrid
+//! logical clock stamp and the cluster that made it); a gateway keeps, for each policy, the
+//! entry with the highest version, deletions included (as tombstones). Merging is commutative,
+//! associative and idempotent, so gateways that exchanged the same entries hold the same set.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::{ClusterName, Namespace, ServiceName, SpiffeId};
+use crate::resource::{DocumentError, DocumentPlace, field, typed};
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+/// Who a rule is about; every field given must match (an empty list matches anything).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    pub clusters: Vec<ClusterName>,
+    pub namespaces: Vec<Namespace>,
+    pub service_accounts: Vec<String>,
+    /// Whole SPIFFE identities.
+    pub identities: Vec<String>,
+}
+
+/// What a rule is about, for HTTP requests; a rule with operations never matches raw TCP.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operation {
+    /// Upper-case methods.
+    pub methods: Vec<String>,
+    /// Exact paths, or prefixes written with a trailing `*` (`/admin/*`).
+    pub paths: Vec<String>,
+}
+
+/// One rule: any of its sources, and any of its operations (empty lists match anything).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    pub from: Vec<Source>,
+    pub to: Vec<Operation>,
+}
+
+/// A checked authorization policy of one namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Authorization {
+    pub namespace: Namespace,
+    pub name: String,
+    /// The service it protects; `None`: every service of the namespace.
+    pub target: Option<ServiceName>,
+    pub action: Action,
+    /// A policy without rules matches every request (deny-all, or allow-all).
+    pub rules: Vec<Rule>,
+}
+
+/// The request being decided.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The caller's verified identity; `None` for a caller without a mesh certificate.
+    pub caller: Option<&'a SpiffeId>,
+    /// Method and path, for HTTP; `None` for raw TCP.
+    pub http: Option<(&'a str, &'a str)>,
+}
+
+/// What to do with a request, and which policy said so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    /// Denied by this policy (`namespace/name`), or by the absence of a matching allow policy.
+    Deny {
+        by: String,
+    },
+}
+
+impl Source {
+    fn matches(&self, caller: Option<&SpiffeId>) -> bool {
+        let Some(SpiffeId::Workload {
+            cluster,
+            namespace,
+            service_account,
+            ..
+        }) = caller
+        else {
+            // Only workloads have a namespace and an account: anything else matches a source
+            // only when it asks for nothing.
+            return self.clusters.is_empty()
+                && self.namespaces.is_empty()
+                && self.service_accounts.is_empty()
+                && self.identities.is_empty();
+        };
+        (self.clusters.is_empty() || self.clusters.contains(cluster))
+            && (self.namespaces.is_empty() || self.namespaces.contains(namespace))
+            && (self.service_accounts.is_empty()
+                || self
+                    .service_accounts
+                    .iter()
+                    .any(|a| a == service_account.as_str()))
+            && (self.identities.is_empty() || {
+                let id = caller.map(ToString::to_string).unwrap_or_default();
+                self.identities.contains(&id)
+            })
+    }
+}
+
+impl Operation {
+    fn matches(&self, http: Option<(&str, &str)>) -> bool {
+        let Some((method, path)) = http else {
+            return false;
+        };
+        (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
+            && (self.paths.is_empty()
+                || self.paths.iter().any(|p| match p.strip_suffix('*') {
+                    Some(prefix) => path.starts_with(prefix),
+                    None => p == path,
+                }))
+    }
+}
+
+impl Rule {
+    fn matches(&self, request: &Request<'_>) -> bool {
+        (self.from.is_empty() || self.from.iter().any(|s| s.matches(request.caller)))
+            && (self.to.is_empty() || self.to.iter().any(|o| o.matches(request.http)))
+    }
+}
+
+impl Authorization {
+    /// Whether the policy applies to `service` of `namespace`.
+    pub fn protects(&self, namespace: &Namespace, service: &ServiceName) -> bool {
+        &self.namespace == namespace && self.target.as_ref().is_none_or(|t| t == service)
+    }
+
+    /// Whether the request matches the policy's rules.
+    pub fn matches(&self, request: &Request<'_>) -> bool {
+        self.rules.is_empty() || self.rules.iter().any(|r| r.matches(request))
+    }
+
+    fn label(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Decides a request to `service` of `namespace` under `policies` (those of other services
+/// are skipped).
+pub fn decide<'p>(
+    policies: impl IntoIterator<Item = &'p Authorization>,
+    namespace: &Namespace,
+    service: &ServiceName,
+    request: &Request<'_>,
+) -> Decision {
+    let mut allow_policies = false;
+    let mut allowed = false;
+    for policy in policies {
+        if !policy.protects(namespace, service) {
+            continue;
+        }
+        match policy.action {
+            Action::Deny if policy.matches(request) => {
+                return Decision::Deny { by: policy.label() };
+            }
+            Action::Deny => {}
+            Action::Allow => {
+                allow_policies = true;
+                allowed = allowed || policy.matches(request);
+            }
+        }
+    }
+    if allow_policies && !allowed {
+        Decision::Deny {
+            by: "no allow policy matched".into(),
+        }
+    } else {
+        Decision::Allow
+    }
+}
+
+/// The API version of policy documents.
+pub const POLICY_API_VERSION: &str = "policy.strait.dev/v1alpha1";
+
+/// An AuthorizationPolicy as written (Kubernetes style), before it is checked.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct AuthorizationDocument {
+    #[allow(dead_code)]
+    api_version: String,
+    #[allow(dead_code)]
+    kind: String,
+    metadata: PolicyMetadata,
+    spec: AuthorizationSpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyMetadata {
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct AuthorizationSpec {
+    #[serde(default)]
+    target_ref: Option<TargetRef>,
+    action: Action,
+    #[serde(default)]
+    rules: Vec<RuleDocument>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetRef {
+    kind: String,
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleDocument {
+    #[serde(default)]
+    from: Vec<SourceDocument>,
+    #[serde(default)]
+    to: Vec<OperationDocument>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct SourceDocument {
+    #[serde(default)]
+    clusters: Vec<String>,
+    #[serde(default)]
+    namespaces: Vec<String>,
+    #[serde(default)]
+    service_accounts: Vec<String>,
+    #[serde(default)]
+    identities: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OperationDocument {
+    #[serde(default)]
+    methods: Vec<String>,
+    #[serde(default)]
+    paths: Vec<String>,
+}
+
+/// The most rules, sources or values of one list a policy may hold: policies travel to every
+/// gateway and sidecar, so one document can never grow without bound.
+pub const MAX_LIST: usize = 256;
+
+/// Checks a list's length and each of its values, naming the offending field.
+fn checked<T, U>(
+    place: &DocumentPlace,
+    at: &str,
+    values: Vec<T>,
+    check: impl Fn(T, &str) -> Result<U, DocumentError>,
+) -> Result<Vec<U>, DocumentError> {
+    if values.len() > MAX_LIST {
+        return Err(field(place, at, format!("at most {MAX_LIST} entries")));
+    }
+    values
+        .into_iter()
+        .enumerate()
+        .map(|(i, value)| check(value, &format!("{at}[{i}]")))
+        .collect()
+}
+
+/// Parses and checks an AuthorizationPolicy document (a YAML document already read as a
+/// value). Errors name the document and the field.
+pub fn authorization(
+    document: serde_json::Value,
+    place: &DocumentPlace,
+) -> Result<Authorization, DocumentError> {
+    let document: AuthorizationDocument = typed(document, place)?;
+    if document.api_version != POLICY_API_VERSION {
+        return Err(field(
+            place,
+            "apiVersion",
+            format!(
+                "{:?} is not known; expected {POLICY_API_VERSION}",
+                document.api_version
+            ),
+        ));
+    }
+    let namespace = Namespace::new(
+        document
+            .metadata
+            .namespace
+            .unwrap_or_else(|| "default".into()),
+    )
+    .map_err(|e| field(place, "metadata.namespace", e.to_string()))?;
+    // Policy names are DNS labels, like the services they protect.
+    ServiceName::new(document.metadata.name.as_str())
+        .map_err(|e| field(place, "metadata.name", e.to_string()))?;
+    let target = match document.spec.target_ref {
+        None => None,
+        Some(target) if target.kind == "Service" => Some(
+            ServiceName::new(target.name)
+                .map_err(|e| field(place, "spec.targetRef.name", e.to_string()))?,
+        ),
+        Some(target) => {
+            return Err(field(
+                place,
+                "spec.targetRef.kind",
+                format!("{:?}: expected Service", target.kind),
+            ));
+        }
+    };
+    let rules = checked(place, "spec.rules", document.spec.rules, |rule, at| {
+        Ok(Rule {
+            from: checked(place, &format!("{at}.from"), rule.from, |source, at| {
+                Ok(Source {
+                    clusters: checked(
+                        place,
+                        &format!("{at}.clusters"),
+                        source.clusters,
+                        |c, at| ClusterName::new(c).map_err(|e| field(place, at, e.to_string())),
+                    )?,
+                    namespaces: checked(
+                        place,
+                        &format!("{at}.namespaces"),
+                        source.namespaces,
+                        |n, at| Namespace::new(n).map_err(|e| field(place, at, e.to_string())),
+                    )?,
+                    service_accounts: checked(
+                        place,
+                        &format!("{at}.serviceAccounts"),
+                        source.service_accounts,
+                        |a, at| {
+                            crate::identity::AccountName::new(a.as_str())
+                                .map_err(|e| field(place, at, e.to_string()))?;
+                            Ok(a)
+                        },
+                    )?,
+                    identities: checked(
+                        place,
+                        &format!("{at}.identities"),
+                        source.identities,
+                        |id, at| {
+                            id.parse::<SpiffeId>()
+                                .map_err(|e| field(place, at, e.to_string()))?;
+                            Ok(id)
+                        },
+                    )?,
+                })
+            })?,
+            to: checked(place, &format!("{at}.to"), rule.to, |operation, at| {
+                Ok(Operation {
+                    methods: checked(
+                        place,
+                        &format!("{at}.methods"),
+                        operation.methods,
+                        |m, at| {
+                            let valid = !m.is_empty()
+                                && m.len() <= 16
+                                && m.bytes().all(|b| b.is_ascii_uppercase());
+                            if valid {
+                                Ok(m)
+                            } else {
+                                Err(field(
+                                    place,
+                                    at,
+                                    format!("{m:?}: expected an upper-case HTTP method"),
+                                ))
+                            }
+                        },
+                    )?,
+                    paths: checked(place, &format!("{at}.paths"), operation.paths, |p, at| {
+                        let star = p.find('*');
+                        let valid = p.starts_with('/')
+                            && p.len() <= 1024
+                            && star.is_none_or(|i| i == p.len() - 1);
+                        if valid {
+                            Ok(p)
+                        } else {
+                            Err(field(
+                                place,
+                                at,
+                                format!(
+                                    "{p:?}: expected a path starting with '/', with at most a trailing '*'"
+                                ),
+                            ))
+                        }
+                    })?,
+                })
+            })?,
+        })
+    })?;
+    Ok(Authorization {
+        namespace,
+        name: document.metadata.name,
+        target,
+        action: document.spec.action,
+        rules,
+    })
+}
+
+/// The version of one change: a hybrid logical clock stamp, then the cluster that made it (so
+/// two changes made at the same stamp in two clusters still have an order).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Version {
+    pub stamp: u64,
+    pub origin: ClusterName,
+}
+
+/// A hybrid logical clock: stamps follow wall-clock milliseconds, yet always grow, and a
+/// gateway that saw a stamp from the future stamps its next change after it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Clock {
+    last: u64,
+}
+
+/// Stamps carry milliseconds in the high bits and a counter in the low 16.
+const COUNTER_BITS: u32 = 16;
+
+impl Clock {
+    /// A stamp for a change made now (`now_ms`: Unix milliseconds).
+    pub fn tick(&mut self, now_ms: u64) -> u64 {
+        let physical = now_ms << COUNTER_BITS;
+        self.last = physical.max(self.last + 1);
+        self.last
+    }
+
+    /// Takes note of a stamp received from a peer.
+    pub fn observe(&mut self, stamp: u64) {
+        self.last = self.last.max(stamp);
+    }
+}
+
+/// One policy's latest known state: its body, or a tombstone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry<T> {
+    pub version: Version,
+    /// `None`: deleted at `version`.
+    pub body: Option<T>,
+}
+
+/// The replicated set: for each key, the entry with the highest version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicySet<K: Ord, T> {
+    entries: BTreeMap<K, Entry<T>>,
+}
+
+impl<K: Ord, T> Default for PolicySet<K, T> {
+    fn default() -> Self {
+        Self {
+            entries: BTreeMap::new(),
+        }
+    }
+}
+
+impl<K: Ord + Clone, T: Clone + PartialEq> PolicySet<K, T> {
+    /// Merges one entry; whether it changed the set (then it is news for other peers).
+    pub fn merge(&mut self, key: K, entry: Entry<T>) -> bool {
+        match self.entries.get(&key) {
+            Some(held) if held.version >= entry.version => false,
+            _ => {
+                self.entries.insert(key, entry);
+                true
+            }
+        }
+    }
+
+    /// The live policies (tombstones left out).
+    pub fn live(&self) -> impl Iterator<Item = (&K, &T, &Version)> {
+        self.entries
+            .iter()
+            .filter_map(|(k, e)| Some((k, e.body.as_ref()?, &e.version)))
+    }
+
+    /// Every entry, tombstones included: what a peer that knows nothing needs.
+    pub fn entries(&self) -> impl Iterator<Item = (&K, &Entry<T>)> {
+        self.entries.iter()
+    }
+
+    /// The entries a peer lacks, given the versions it holds.
+    pub fn newer_than<'a>(
+        &'a self,
+        held: &'a BTreeMap<K, Version>,
+    ) -> impl Iterator<Item = (&'a K, &'a Entry<T>)> {
+        self.entries
+            .iter()
+            .filter(move |(k, e)| held.get(*k).is_none_or(|v| *v < e.version))
+    }
+
+    /// The version held for each key: what this gateway tells a peer it has.
+    pub fn digest(&self) -> BTreeMap<K, Version> {
+        self.entries
+            .iter()
+            .map(|(k, e)| (k.clone(), e.version.clone()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{AccountName, TrustDomain};
+
+    fn workload(cluster: &str, namespace: &str, account: &str) -> SpiffeId {
+        SpiffeId::Workload {
+            trust_domain: TrustDomain::new("example.mesh").unwrap(),
+            cluster: ClusterName::new(cluster).unwrap(),
+            namespace: Namespace::new(namespace).unwrap(),
+            service_account: AccountName::new(account).unwrap(),
+        }
+    }
+
+    fn policy(name: &str, action: Action, rules: Vec<Rule>) -> Authorization {
+        Authorization {
+            namespace: Namespace::new("shop").unwrap(),
+            name: name.into(),
+            target: Some(ServiceName::new("api").unwrap()),
+            action,
+            rules,
+        }
+    }
+
+    fn from_clusters(clusters: &[&str]) -> Rule {
+        Rule {
+            from: vec![Source {
+                clusters: clusters
+                    .iter()
+                    .map(|c| ClusterName::new(*c).unwrap())
+                    .collect(),
+                ..Source::default()
+            }],
+            to: vec![],
+        }
+    }
+
+    fn decide_for(
+        policies: &[Authorization],
+        caller: Option<&SpiffeId>,
+        http: Option<(&str, &str)>,
+    ) -> Decision {
+        decide(
+            policies,
+            &Namespace::new("shop").unwrap(),
+            &ServiceName::new("api").unwrap(),
+            &Request { caller, http },
+        )
+    }
+
+    #[test]
+    fn a_deny_by_cluster_refuses_that_cluster_only() {
+        let policies = [policy(
+            "no-west-to-api",
+            Action::Deny,
+            vec![from_clusters(&["west"])],
+        )];
+        let west = workload("west", "shop", "web");
+        let east = workload("east", "shop", "web");
+        assert_eq!(
+            decide_for(&policies, Some(&west), Some(("GET", "/"))),
+            Decision::Deny {
+                by: "shop/no-west-to-api".into()
+            }
+        );
+        assert_eq!(
+            decide_for(&policies, Some(&east), Some(("GET", "/"))),
+            Decision::Allow
+        );
+        assert_eq!(
+            decide_for(&policies, Some(&west), None),
+            Decision::Deny {
+                by: "shop/no-west-to-api".into()
+            },
+            "TCP too"
+        );
+    }
+
+    #[test]
+    fn allow_policies_admit_only_what_they_match() {
+        let only_reads = Rule {
+            from: vec![Source {
+                namespaces: vec![Namespace::new("shop").unwrap()],
+                ..Source::default()
+            }],
+            to: vec![Operation {
+                methods: vec!["GET".into()],
+                paths: vec!["/orders/*".into(), "/health".into()],
+            }],
+        };
+        let policies = [policy("reads", Action::Allow, vec![only_reads])];
+        let web = workload("east", "shop", "web");
+        let other = workload("east", "billing", "web");
+        let cases = [
+            (Some(&web), Some(("GET", "/orders/7")), true),
+            (Some(&web), Some(("GET", "/health")), true),
+            (Some(&web), Some(("GET", "/healthz")), false),
+            (Some(&web), Some(("POST", "/orders/7")), false),
+            (Some(&other), Some(("GET", "/orders/7")), false),
+            (Some(&web), None, false),
+            (None, Some(("GET", "/health")), false),
+        ];
+        for (caller, http, allowed) in cases {
+            assert_eq!(
+                decide_for(&policies, caller, http) == Decision::Allow,
+                allowed,
+                "{caller:?} {http:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn deny_wins_over_allow_and_other_services_are_untouched() {
+        let policies = [
+            policy("all", Action::Allow, vec![]),
+            policy("no-west", Action::Deny, vec![from_clusters(&["west"])]),
+        ];
+        let west = workload("west", "shop", "web");
+        assert!(matches!(
+            decide_for(&policies, Some(&west), None),
+            Decision::Deny { .. }
+        ));
+        let other_service = decide(
+            &policies,
+            &Namespace::new("shop").unwrap(),
+            &ServiceName::new("orders").unwrap(),
+            &Request {
+                caller: Some(&west),
+                http: None,
+            },
+        );
+        assert_eq!(other_service, Decision::Allow);
+    }
+
+    fn place() -> DocumentPlace {
+        DocumentPlace {
+            source: "policy.yaml".into(),
+            index: 1,
+            kind: Some("AuthorizationPolicy".into()),
+            name: Some("shop/no-west-to-api".into()),
+        }
+    }
+
+    fn parse(yaml: &str) -> Result<Authorization, DocumentError> {
+        let value: serde_json::Value = serde_saphyr::from_str(yaml).unwrap();
+        authorization(value, &place())
+    }
+
+    const NO_WEST_TO_API: &str = "apiVersion: policy.strait.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: no-west-to-api, namespace: shop}
+spec:
+  targetRef: {kind: Service, name: api}
+  action: deny
+  rules:
+    - from: [{clusters: [west]}]
+";
+
+    #[test]
+    fn the_contract_document_is_accepted() {
+        let parsed = parse(NO_WEST_TO_API).unwrap();
+        assert_eq!(
+            parsed,
+            policy(
+                "no-west-to-api",
+                Action::Deny,
+                vec![from_clusters(&["west"])]
+            )
+        );
+    }
+
+    #[test]
+    fn bad_documents_are_refused_naming_the_field() {
+        let cases = [
+            (
+                NO_WEST_TO_API.replace("action: deny", "action: deny\n  bogus: 1"),
+                "bogus",
+            ),
+            (
+                NO_WEST_TO_API.replace("action: deny", "action: maybe"),
+                "spec.action",
+            ),
+            (
+                NO_WEST_TO_API.replace("[west]", "[West]"),
+                "spec.rules[0].from[0].clusters[0]",
+            ),
+            (
+                NO_WEST_TO_API.replace("kind: Service", "kind: Pod"),
+                "spec.targetRef.kind",
+            ),
+            (NO_WEST_TO_API.replace("v1alpha1", "v9"), "apiVersion"),
+            (
+                NO_WEST_TO_API.replace(
+                    "[{clusters: [west]}]",
+                    "[{clusters: [west]}]\n      to: [{paths: [\"a*b\"]}]",
+                ),
+                "spec.rules[0].to[0].paths[0]",
+            ),
+        ];
+        for (yaml, field) in cases {
+            let err = parse(&yaml).unwrap_err().to_string();
+            assert!(err.contains(field), "{field}: {err}");
+            assert!(err.contains("policy.yaml: document 1"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_clock_always_grows_and_follows_what_it_saw() {
+        let mut clock = Clock::default();
+        let a = clock.tick(1_000);
+        let b = clock.tick(1_000);
+        let c = clock.tick(999);
+        assert!(a < b && b < c);
+        clock.observe(5_000 << COUNTER_BITS);
+        assert!(clock.tick(1_001) > 5_000 << COUNTER_BITS);
+    }
+
+    /// Three gateways receive the same changes in every order, with duplicates: they end with
+    /// the same set.
+    #[test]
+    fn merging_in_any_order_converges() {
+        let version = |stamp: u64, origin: &str| Version {
+            stamp,
+            origin: ClusterName::new(origin).unwrap(),
+        };
+        let changes: Vec<(&str, Entry<u32>)> = vec![
+            (
+                "a",
+                Entry {
+                    version: version(1, "east"),
+                    body: Some(1),
+                },
+            ),
+            (
+                "a",
+                Entry {
+                    version: version(3, "west"),
+                    body: Some(2),
+                },
+            ),
+            (
+                "a",
+                Entry {
+                    version: version(3, "east"),
+                    body: None,
+                },
+            ),
+            (
+                "b",
+                Entry {
+                    version: version(2, "west"),
+                    body: Some(5),
+                },
+            ),
+            (
+                "b",
+                Entry {
+                    version: version(2, "west"),
+                    body: Some(5),
+                },
+            ),
+            (
+                "c",
+                Entry {
+                    version: version(9, "north"),
+                    body: None,
+                },
+            ),
+        ];
+        let mut reference: Option<PolicySet<&str, u32>> = None;
+        // Every rotation and its reverse: enough orders to catch an order-dependent merge.
+        for start in 0..changes.len() {
+            for reverse in [false, true] {
+                let mut order: Vec<_> = changes[start..].iter().chain(&changes[..start]).collect();
+                if reverse {
+                    order.reverse();
+                }
+                let mut set = PolicySet::default();
+                for (key, entry) in order {
+                    set.merge(*key, entry.clone());
+                }
+                match &reference {
+                    None => reference = Some(set),
+                    Some(first) => assert_eq!(first, &set),
+                }
+            }
+        }
+        let set = reference.unwrap();
+        let live: Vec<_> = set.live().map(|(k, v, _)| (*k, *v)).collect();
+        assert_eq!(
+            live,
+            vec![("a", 2), ("b", 5)],
+            "west's later write wins over east's delete at the same stamp"
+        );
+        // A peer holding a's old version and nothing else lacks a's new one, b and c's tombstone.
+        let held = BTreeMap::from([("a", version(1, "east"))]);
+        let lacking: Vec<_> = set.newer_than(&held).map(|(k, _)| *k).collect();
+        assert_eq!(lacking, vec!["a", "b", "c"]);
+        assert!(set.newer_than(&set.digest()).next().is_none());
+    }
+}
