@@ -188,12 +188,28 @@ struct AuthorizationDocument {
     spec: AuthorizationSpec,
 }
 
+/// The metadata of every policy document.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PolicyMetadata {
+pub(super) struct PolicyMetadata {
     name: String,
     #[serde(default)]
     namespace: Option<String>,
+}
+
+impl PolicyMetadata {
+    /// The namespace (`default` when absent) and the name, a DNS label like the services
+    /// policies protect.
+    pub(super) fn checked(
+        self,
+        place: &DocumentPlace,
+    ) -> Result<(Namespace, String), DocumentError> {
+        let namespace = Namespace::new(self.namespace.unwrap_or_else(|| "default".into()))
+            .map_err(|e| field(place, "metadata.namespace", e.to_string()))?;
+        ServiceName::new(self.name.as_str())
+            .map_err(|e| field(place, "metadata.name", e.to_string()))?;
+        Ok((namespace, self.name))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -206,11 +222,31 @@ struct AuthorizationSpec {
     rules: Vec<RuleDocument>,
 }
 
+/// What a policy applies to: a Service of its namespace.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TargetRef {
+pub(super) struct TargetRef {
     kind: String,
     name: String,
+}
+
+impl TargetRef {
+    /// The service named, checked.
+    pub(super) fn service(
+        self,
+        place: &DocumentPlace,
+    ) -> Result<Option<ServiceName>, DocumentError> {
+        if self.kind != "Service" {
+            return Err(field(
+                place,
+                "spec.targetRef.kind",
+                format!("{:?}: expected Service", self.kind),
+            ));
+        }
+        ServiceName::new(self.name)
+            .map(Some)
+            .map_err(|e| field(place, "spec.targetRef.name", e.to_string()))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -282,29 +318,10 @@ pub fn authorization(
             ),
         ));
     }
-    let namespace = Namespace::new(
-        document
-            .metadata
-            .namespace
-            .unwrap_or_else(|| "default".into()),
-    )
-    .map_err(|e| field(place, "metadata.namespace", e.to_string()))?;
-    // Policy names are DNS labels, like the services they protect.
-    ServiceName::new(document.metadata.name.as_str())
-        .map_err(|e| field(place, "metadata.name", e.to_string()))?;
+    let (namespace, name) = document.metadata.checked(place)?;
     let target = match document.spec.target_ref {
         None => None,
-        Some(target) if target.kind == "Service" => Some(
-            ServiceName::new(target.name)
-                .map_err(|e| field(place, "spec.targetRef.name", e.to_string()))?,
-        ),
-        Some(target) => {
-            return Err(field(
-                place,
-                "spec.targetRef.kind",
-                format!("{:?}: expected Service", target.kind),
-            ));
-        }
+        Some(target) => target.service(place)?,
     };
     let rules = checked(place, "spec.rules", document.spec.rules, |rule, at| {
         Ok(Rule {
@@ -388,7 +405,7 @@ pub fn authorization(
     })?;
     Ok(Authorization {
         namespace,
-        name: document.metadata.name,
+        name,
         target,
         action: document.spec.action,
         rules,

@@ -1,0 +1,555 @@
+//! HTTPRoute: how requests to a service are matched (path, method, headers) and split by
+//! weight between services of its namespace or clusters of one service, with per-route
+//! timeouts and retries. The document, its checked form, and the choice for one request.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::POLICY_API_VERSION;
+use crate::identity::{ClusterName, Namespace, ServiceName};
+use crate::resource::{DocumentError, DocumentPlace, field, typed};
+
+/// How a rule matches a path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+}
+
+/// One way a request can match a rule: every part given must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Match {
+    pub path: Option<PathMatch>,
+    /// Upper case.
+    pub method: Option<String>,
+    /// Lower-case names and exact values.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Where a share of the matching requests goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backend {
+    /// A service of the route's namespace.
+    pub service: ServiceName,
+    /// Only this cluster's instances of it, when set.
+    pub cluster: Option<ClusterName>,
+    pub weight: u32,
+}
+
+/// Retries of one rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retries {
+    /// Retries after the first try (so at most `attempts + 1` tries).
+    pub attempts: u32,
+    /// Retry requests that are not idempotent too (POST, PATCH).
+    pub non_idempotent: bool,
+    /// Retries may add at most this share of the live traffic (percent).
+    pub budget_percent: u32,
+}
+
+/// One rule: any of its matches (none: every request), then the split.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteRule {
+    pub matches: Vec<Match>,
+    pub backends: Vec<Backend>,
+    /// The whole request, retries included.
+    pub timeout: Option<Duration>,
+    pub per_try_timeout: Option<Duration>,
+    pub retries: Option<Retries>,
+}
+
+/// A checked route of one service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    pub namespace: Namespace,
+    pub name: String,
+    pub service: ServiceName,
+    /// In order: the first rule that matches decides.
+    pub rules: Vec<RouteRule>,
+}
+
+impl Match {
+    fn matches<'h>(
+        &self,
+        method: &str,
+        path: &str,
+        header: &impl Fn(&str) -> Option<&'h str>,
+    ) -> bool {
+        let path_ok = match &self.path {
+            None => true,
+            Some(PathMatch::Exact(exact)) => path == exact,
+            // `/v2` matches `/v2` and `/v2/x`, not `/v20`.
+            Some(PathMatch::Prefix(prefix)) => {
+                let prefix = prefix.trim_end_matches('/');
+                prefix.is_empty()
+                    || path == prefix
+                    || path
+                        .strip_prefix(prefix)
+                        .is_some_and(|rest| rest.starts_with('/'))
+            }
+        };
+        path_ok
+            && self.method.as_deref().is_none_or(|m| m == method)
+            && self
+                .headers
+                .iter()
+                .all(|(name, value)| header(name) == Some(value.as_str()))
+    }
+}
+
+impl Route {
+    /// The rule and backend for a request: the first rule with a matching match, and a backend
+    /// chosen by weight with `random` (any `u64`, uniformly drawn). `None`: no rule matches
+    /// (the request goes to the service as if there were no route).
+    pub fn select<'h>(
+        &self,
+        method: &str,
+        path: &str,
+        header: impl Fn(&str) -> Option<&'h str>,
+        random: u64,
+    ) -> Option<(&RouteRule, &Backend)> {
+        let rule = self.rules.iter().find(|rule| {
+            rule.matches.is_empty()
+                || rule
+                    .matches
+                    .iter()
+                    .any(|m| m.matches(method, path, &header))
+        })?;
+        let total: u64 = rule.backends.iter().map(|b| u64::from(b.weight)).sum();
+        let mut point = random % total.max(1);
+        for backend in &rule.backends {
+            let weight = u64::from(backend.weight);
+            if point < weight {
+                return Some((rule, backend));
+            }
+            point -= weight;
+        }
+        None
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RouteDocument {
+    #[allow(dead_code)]
+    api_version: String,
+    #[allow(dead_code)]
+    kind: String,
+    metadata: super::authorization::PolicyMetadata,
+    spec: RouteSpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RouteSpec {
+    target_ref: super::authorization::TargetRef,
+    rules: Vec<RuleDocument>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RuleDocument {
+    #[serde(default)]
+    matches: Vec<MatchDocument>,
+    backend_refs: Vec<BackendDocument>,
+    #[serde(default)]
+    timeouts: Option<TimeoutsDocument>,
+    #[serde(default)]
+    retries: Option<RetriesDocument>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MatchDocument {
+    #[serde(default)]
+    path: Option<PathDocument>,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    headers: Vec<HeaderDocument>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PathDocument {
+    #[serde(rename = "type", default = "path_prefix")]
+    kind: String,
+    value: String,
+}
+
+fn path_prefix() -> String {
+    "PathPrefix".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeaderDocument {
+    name: String,
+    value: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackendDocument {
+    name: String,
+    #[serde(default)]
+    cluster: Option<String>,
+    #[serde(default = "one")]
+    weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct TimeoutsDocument {
+    #[serde(default)]
+    request: Option<String>,
+    #[serde(default)]
+    per_try: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RetriesDocument {
+    attempts: u32,
+    #[serde(default)]
+    non_idempotent: bool,
+    #[serde(default = "twenty")]
+    budget_percent: u32,
+}
+
+fn twenty() -> u32 {
+    20
+}
+
+/// The most rules, matches or backends of one list.
+const MAX_LIST: usize = 64;
+/// The most retries a rule may ask for.
+const MAX_RETRIES: u32 = 10;
+
+/// Parses `250ms`, `2s`, `1m`.
+fn duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(number),
+        "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number.checked_mul(60)?),
+        _ => return None,
+    };
+    (!duration.is_zero() && duration <= Duration::from_secs(3600)).then_some(duration)
+}
+
+fn bounded<T>(
+    place: &DocumentPlace,
+    at: &str,
+    list: &[T],
+    least: usize,
+) -> Result<(), DocumentError> {
+    if list.len() < least || list.len() > MAX_LIST {
+        return Err(field(
+            place,
+            at,
+            format!("expected {least} to {MAX_LIST} entries, got {}", list.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn rule(
+    place: &DocumentPlace,
+    at: &str,
+    document: RuleDocument,
+) -> Result<RouteRule, DocumentError> {
+    bounded(place, &format!("{at}.matches"), &document.matches, 0)?;
+    bounded(
+        place,
+        &format!("{at}.backendRefs"),
+        &document.backend_refs,
+        1,
+    )?;
+    let mut matches = Vec::with_capacity(document.matches.len());
+    for (i, m) in document.matches.into_iter().enumerate() {
+        let at = format!("{at}.matches[{i}]");
+        let path = match m.path {
+            None => None,
+            Some(path) => {
+                if !path.value.starts_with('/') || path.value.len() > 1024 {
+                    return Err(field(
+                        place,
+                        format!("{at}.path.value"),
+                        format!("{:?}: expected a path starting with '/'", path.value),
+                    ));
+                }
+                Some(match path.kind.as_str() {
+                    "Exact" => PathMatch::Exact(path.value),
+                    "PathPrefix" => PathMatch::Prefix(path.value),
+                    other => {
+                        return Err(field(
+                            place,
+                            format!("{at}.path.type"),
+                            format!("{other:?}: expected Exact or PathPrefix"),
+                        ));
+                    }
+                })
+            }
+        };
+        if let Some(method) = &m.method
+            && (method.is_empty()
+                || method.len() > 16
+                || !method.bytes().all(|b| b.is_ascii_uppercase()))
+        {
+            return Err(field(
+                place,
+                format!("{at}.method"),
+                format!("{method:?}: expected an upper-case HTTP method"),
+            ));
+        }
+        bounded(place, &format!("{at}.headers"), &m.headers, 0)?;
+        let mut headers = Vec::with_capacity(m.headers.len());
+        for (j, header) in m.headers.into_iter().enumerate() {
+            let name = header.name.to_ascii_lowercase();
+            let token = !name.is_empty()
+                && name.len() <= 128
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !token {
+                return Err(field(
+                    place,
+                    format!("{at}.headers[{j}].name"),
+                    format!("{:?}: expected a header name", header.name),
+                ));
+            }
+            headers.push((name, header.value));
+        }
+        matches.push(Match {
+            path,
+            method: m.method,
+            headers,
+        });
+    }
+    let mut backends = Vec::with_capacity(document.backend_refs.len());
+    for (i, backend) in document.backend_refs.into_iter().enumerate() {
+        let at = format!("{at}.backendRefs[{i}]");
+        backends.push(Backend {
+            service: ServiceName::new(backend.name)
+                .map_err(|e| field(place, format!("{at}.name"), e.to_string()))?,
+            cluster: backend
+                .cluster
+                .map(|c| {
+                    ClusterName::new(c)
+                        .map_err(|e| field(place, format!("{at}.cluster"), e.to_string()))
+                })
+                .transpose()?,
+            weight: backend.weight,
+        });
+    }
+    if backends.iter().all(|b| b.weight == 0) {
+        return Err(field(
+            place,
+            format!("{at}.backendRefs"),
+            "the weights add up to 0: no request could be sent",
+        ));
+    }
+    let timeouts = document.timeouts.unwrap_or(TimeoutsDocument {
+        request: None,
+        per_try: None,
+    });
+    let parse_duration = |value: Option<String>, name: &str| {
+        value
+            .map(|text| {
+                duration(&text).ok_or_else(|| {
+                    field(
+                        place,
+                        format!("{at}.timeouts.{name}"),
+                        format!("{text:?}: expected a duration like 250ms, 2s or 1m (at most 1h)"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let timeout = parse_duration(timeouts.request, "request")?;
+    let per_try_timeout = parse_duration(timeouts.per_try, "perTry")?;
+    let retries = match document.retries {
+        None => None,
+        Some(retries) => {
+            if retries.attempts > MAX_RETRIES {
+                return Err(field(
+                    place,
+                    format!("{at}.retries.attempts"),
+                    format!("at most {MAX_RETRIES}"),
+                ));
+            }
+            if retries.budget_percent > 100 {
+                return Err(field(
+                    place,
+                    format!("{at}.retries.budgetPercent"),
+                    "expected 0 to 100",
+                ));
+            }
+            Some(Retries {
+                attempts: retries.attempts,
+                non_idempotent: retries.non_idempotent,
+                budget_percent: retries.budget_percent,
+            })
+        }
+    };
+    Ok(RouteRule {
+        matches,
+        backends,
+        timeout,
+        per_try_timeout,
+        retries,
+    })
+}
+
+/// Parses and checks an HTTPRoute document. Errors name the document and the field.
+pub fn route(document: serde_json::Value, place: &DocumentPlace) -> Result<Route, DocumentError> {
+    let document: RouteDocument = typed(document, place)?;
+    if document.api_version != POLICY_API_VERSION {
+        return Err(field(
+            place,
+            "apiVersion",
+            format!(
+                "{:?} is not known; expected {POLICY_API_VERSION}",
+                document.api_version
+            ),
+        ));
+    }
+    let (namespace, name) = document.metadata.checked(place)?;
+    let service = document.spec.target_ref.service(place)?.ok_or_else(|| {
+        field(
+            place,
+            "spec.targetRef",
+            "a route needs the Service it routes",
+        )
+    })?;
+    bounded(place, "spec.rules", &document.spec.rules, 1)?;
+    let rules = document
+        .spec
+        .rules
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| rule(place, &format!("spec.rules[{i}]"), r))
+        .collect::<Result<_, _>>()?;
+    Ok(Route {
+        namespace,
+        name,
+        service,
+        rules,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPLIT: &str = "apiVersion: policy.strait.dev/v1alpha1
+kind: HTTPRoute
+metadata: {name: api-split, namespace: shop}
+spec:
+  targetRef: {kind: Service, name: api}
+  rules:
+    - matches: [{path: {type: PathPrefix, value: /v2}}, {headers: [{name: X-Canary, value: '1'}]}]
+      backendRefs: [{name: api-v2, weight: 90}, {name: api, cluster: west, weight: 10}]
+      timeouts: {request: 2s, perTry: 500ms}
+      retries: {attempts: 2}
+    - backendRefs: [{name: api}]
+";
+
+    fn place() -> DocumentPlace {
+        DocumentPlace {
+            source: "route.yaml".into(),
+            index: 1,
+            kind: Some("HTTPRoute".into()),
+            name: Some("shop/api-split".into()),
+        }
+    }
+
+    fn parse(yaml: &str) -> Result<Route, DocumentError> {
+        route(serde_saphyr::from_str(yaml).unwrap(), &place())
+    }
+
+    #[test]
+    fn a_split_route_is_parsed_with_its_timeouts_and_retries() {
+        let route = parse(SPLIT).unwrap();
+        assert_eq!(route.service.as_str(), "api");
+        let first = &route.rules[0];
+        assert_eq!(first.backends.len(), 2);
+        assert_eq!(first.timeout, Some(Duration::from_secs(2)));
+        assert_eq!(first.per_try_timeout, Some(Duration::from_millis(500)));
+        assert_eq!(first.retries.as_ref().unwrap().budget_percent, 20);
+        assert_eq!(
+            first.matches[1].headers,
+            vec![("x-canary".to_owned(), "1".to_owned())]
+        );
+    }
+
+    #[test]
+    fn bad_routes_are_refused_naming_the_field() {
+        let cases = [
+            (
+                SPLIT.replace("weight: 90", "weight: -1"),
+                "spec.rules[0].backendRefs[0].weight",
+            ),
+            (
+                SPLIT
+                    .replace("weight: 90", "weight: 0")
+                    .replace("weight: 10", "weight: 0"),
+                "spec.rules[0].backendRefs",
+            ),
+            (
+                SPLIT.replace("perTry: 500ms", "perTry: soon"),
+                "spec.rules[0].timeouts.perTry",
+            ),
+            (
+                SPLIT.replace("value: /v2", "value: v2"),
+                "spec.rules[0].matches[0].path.value",
+            ),
+            (
+                SPLIT.replace("attempts: 2", "attempts: 2, tries: 3"),
+                "tries",
+            ),
+            (
+                SPLIT.replace("attempts: 2", "attempts: 99"),
+                "spec.rules[0].retries.attempts",
+            ),
+            (
+                SPLIT.replace("cluster: west", "cluster: West"),
+                "spec.rules[0].backendRefs[1].cluster",
+            ),
+        ];
+        for (yaml, expected) in cases {
+            let err = parse(&yaml).unwrap_err().to_string();
+            assert!(err.contains(expected), "{expected}: {err}");
+            assert!(err.contains("route.yaml: document 1"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_first_matching_rule_decides_and_weights_split_its_requests() {
+        let route = parse(SPLIT).unwrap();
+        let no_headers = |_: &str| None;
+        let canary = |name: &str| (name == "x-canary").then_some("1");
+        // Over every draw modulo 100, the split is exactly 90/10.
+        let mut to_v2 = 0;
+        for random in 0..100u64 {
+            let (_, backend) = route
+                .select("GET", "/v2/items", no_headers, random)
+                .unwrap();
+            to_v2 += usize::from(backend.service.as_str() == "api-v2");
+        }
+        assert_eq!(to_v2, 90);
+        // Prefixes match whole segments; a header match is enough on its own.
+        let (rule, backend) = route.select("GET", "/v20", no_headers, 0).unwrap();
+        assert!(rule.matches.is_empty() && backend.service.as_str() == "api");
+        let (rule, _) = route.select("GET", "/other", canary, 0).unwrap();
+        assert_eq!(rule.backends.len(), 2);
+    }
+}
