@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod balance;
+pub mod budget;
 pub mod config;
 pub mod connect;
 pub mod control;
