@@ -43,6 +43,7 @@ fi
 # `bench/dataplane.sh` runs on this machine afterwards; no test needs them.
 say "benchmark tools"
 BENCH_INSTALL_ONLY=1 bash bench/dataplane.sh || say "some benchmark tools could not be installed"
+BENCH_INSTALL_ONLY=1 bash bench/dns.sh || say "some DNS benchmark tools could not be installed"
 
 # --- Checks ------------------------------------------------------------------------------
 say "cargo fmt --check"
