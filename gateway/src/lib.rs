@@ -159,7 +159,7 @@ impl Shared {
         self.metrics
             .catalog_services
             .with_label_values(&[self.config.cluster.as_str()])
-            .set(state.local_services().len() as i64);
+            .set(state.local_service_count() as i64);
         for (cluster, imported) in &state.imports {
             self.metrics
                 .catalog_services

@@ -107,6 +107,16 @@ impl State {
         Some(spec)
     }
 
+    /// How many services this cluster has, without copying them (a gauge reads it often).
+    pub fn local_service_count(&self) -> usize {
+        let registered_only = self
+            .registrations
+            .iter()
+            .filter(|(key, r)| !r.is_empty() && !self.services.contains_key(*key))
+            .count();
+        self.services.len() + registered_only
+    }
+
     /// Every local service as the mesh sees it (see [`State::effective`]).
     pub fn local_services(&self) -> BTreeMap<ServiceKey, ServiceSpec> {
         self.services
@@ -314,8 +324,10 @@ mod tests {
         // Removing the document keeps the service while a sidecar still registers it.
         state.remove_service(&key);
         assert_eq!(state.local_services().len(), 1);
+        assert_eq!(state.local_service_count(), 1);
         assert!(state.deregister(&key, "b"));
         assert!(state.local_services().is_empty());
+        assert_eq!(state.local_service_count(), 0);
         assert!(state.export.services().next().is_none());
     }
 

@@ -525,8 +525,9 @@ fn a_big_answer_stays_within_each_udp_limit_and_whole_over_tcp() {
         let packet = query(7, name, rtype::SRV, edns);
         assert_eq!(check(&packet), Some(Rcode::NoError));
         let udp = answer(&packet, Transport::Udp).1;
+        // Filled to within one SRV record (its target is never compressed) of the limit.
         assert!(
-            udp.len() <= limit && udp.len() > limit - 20,
+            udp.len() <= limit && udp.len() > limit - 64,
             "{edns:?}: {}",
             udp.len()
         );

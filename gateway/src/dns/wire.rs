@@ -310,8 +310,8 @@ pub struct Flags {
     pub rcode: Rcode,
 }
 
-/// Writes one answer message into a buffer, compressing every name against the question's,
-/// which always sits right after the header.
+/// Writes one answer message into a buffer, compressing owner names and the names in SOA and
+/// NS data against the question's, which always sits right after the header.
 pub struct Writer<'a> {
     out: &'a mut Vec<u8>,
     query: &'a Query,
@@ -406,7 +406,9 @@ impl<'a> Writer<'a> {
             Data::Srv { port, target } => {
                 self.out.extend_from_slice(&[0, 0, 0, 100]);
                 self.out.extend_from_slice(&port.to_be_bytes());
-                self.name(target);
+                // RFC 2782: the target is never compressed (resolvers that do not know SRV
+                // could not follow a pointer in it, RFC 3597).
+                self.out.extend_from_slice(target);
             }
             Data::Soa {
                 primary,
@@ -643,14 +645,16 @@ pub(crate) mod tests {
             authoritative: true,
             rcode: Rcode::NoError,
         });
-        // The SRV target is one pointer to the question's third label.
-        let srv_end = packet.len() + 2 + 10 + 6;
+        // The SRV target is written whole (RFC 2782), its owner is a pointer to the question.
+        let srv_data = packet.len() + 2 + 10 + 6;
+        let srv_end = srv_data + target.len();
+        assert_eq!(out[packet.len()..packet.len() + 2], 0xC00Cu16.to_be_bytes());
+        assert_eq!(out[srv_data..srv_end], target[..]);
+        // The other name is one label and a pointer to the question's third label.
         let pointer = (HEADER_LEN + 11) as u16 | 0xC000;
-        assert_eq!(out[srv_end..srv_end + 2], pointer.to_be_bytes());
-        // The other name is one label and a pointer.
-        assert_eq!(out[srv_end + 2], 4);
-        assert_eq!(&out[srv_end + 3..srv_end + 7], b"west");
-        assert_eq!(out[srv_end + 7..srv_end + 9], pointer.to_be_bytes());
+        assert_eq!(out[srv_end], 4);
+        assert_eq!(&out[srv_end + 1..srv_end + 5], b"west");
+        assert_eq!(out[srv_end + 5..srv_end + 7], pointer.to_be_bytes());
         assert_eq!(out[7], 1);
         assert_eq!(out[11], 1);
     }

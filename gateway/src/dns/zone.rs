@@ -631,7 +631,12 @@ mod tests {
         let packet = query("_http._tcp.api.shop.svc.clusterset.local", 33, None);
         let mut out = Vec::new();
         zone.answer(&packet, &mut out, Transport::Udp).unwrap();
-        // Header + question + SRV (owner pointer, 10, 6 + target pointer) + A (pointer, 10, 4).
-        assert_eq!(out.len(), packet.len() + (2 + 10 + 6 + 2) + (2 + 10 + 4));
+        // Header + question + SRV (owner pointer, 10, 6 + the target whole, as RFC 2782 wants)
+        // + A (owner pointer into the question, 10, 4).
+        let target = wire::encode_name("api.shop.svc.clusterset.local").unwrap();
+        assert_eq!(
+            out.len(),
+            packet.len() + (2 + 10 + 6 + target.len()) + (2 + 10 + 4)
+        );
     }
 }
