@@ -41,6 +41,21 @@ fn linked_pair(mesh: &Mesh) -> Result<(Gateway, Gateway)> {
     mesh.link("east", "west")?;
     mesh.apply("west", "west.yaml", WEST_SERVICES).success()?;
     mesh.wait_served("east", "shop/api", &["west"], Duration::from_secs(10))?;
+    // The zone is rebuilt a moment after the catalog changes: wait for the names too.
+    let runtime = runtime()?;
+    let resolver = resolver(east.dns, ProtocolConfig::Udp)?;
+    wait_for(
+        Duration::from_secs(10),
+        "east's DNS answering for west's api",
+        || {
+            let answer = runtime.block_on(ask(
+                &resolver,
+                "api-0.west.api.shop.svc.clusterset.local",
+                RecordType::A,
+            ));
+            Ok(in_vip_range(&answer).then_some(()))
+        },
+    )?;
     Ok((east, west))
 }
 
