@@ -33,57 +33,13 @@ MAX_SECONDS=${BENCH_MAX_SECONDS:-600}
 ONLY=" ${BENCH_ONLY:-direct strait envoy haproxy bulk} "
 CLK_TCK=$(getconf CLK_TCK)
 
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-want() { [[ $ONLY == *" $1 "* ]]; }
+# Shared helpers (logging, process bookkeeping and the cleanup trap, the watchdog, installing
+# tools, loopback ports, templates, CPU of finished children, JSON): see common.sh.
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$SCRIPT_DIR/common.sh"
 
 # ---------------------------------------------------------------------------------------------
-# Processes this script starts, and their cleanup.
-PIDS=()
-WATCHDOG=""
-T=""
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    if [[ -n $WATCHDOG ]]; then
-        kill "$WATCHDOG" 2>/dev/null || true
-    fi
-    stop_pids "${PIDS[@]}"
-    if [[ -n $T && -d $T ]]; then
-        if [[ ${BENCH_KEEP:-0} == 1 ]]; then
-            log "kept $T"
-        else
-            rm -rf "$T"
-        fi
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT TERM
-
-# stop_pids PID...: SIGTERM, up to 5 s of grace, then SIGKILL. Only PIDs this script started.
-stop_pids() {
-    local p alive i
-    for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
-    for i in $(seq 50); do
-        alive=0
-        for p in "$@"; do kill -0 "$p" 2>/dev/null && alive=1; done
-        [[ $alive == 0 ]] && break
-        sleep 0.1
-    done
-    for p in "$@"; do kill -KILL "$p" 2>/dev/null || true; done
-    for p in "$@"; do wait "$p" 2>/dev/null || true; done
-}
-
-# start NAME CMD...: runs CMD in the background, output in $T/logs/NAME.log; sets LAST_PID.
-LAST_PID=""
-start() {
-    local name=$1
-    shift
-    "$@" >"$T/logs/$name.log" 2>&1 &
-    LAST_PID=$!
-    PIDS+=("$LAST_PID")
-}
-
+# Processes this script starts (start, stop_pids and the cleanup are in common.sh).
 # stop PID...: stops these and forgets them.
 stop() {
     stop_pids "$@"
@@ -98,38 +54,7 @@ stop() {
 
 # ---------------------------------------------------------------------------------------------
 # Tools: install what is missing.
-APT_UPDATED=0
-apt_install() {
-    [[ ${BENCH_NO_INSTALL:-0} == 1 ]] && return 1
-    command -v apt-get >/dev/null || return 1
-    local sudo=()
-    if [[ $(id -u) != 0 ]]; then
-        command -v sudo >/dev/null || return 1
-        sudo=(sudo -n)
-    fi
-    if [[ $APT_UPDATED == 0 ]]; then
-        log "apt-get update"
-        "${sudo[@]}" apt-get update -qq >/dev/null 2>&1 || true
-        APT_UPDATED=1
-    fi
-    log "apt-get install -y $*"
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "$@" >/dev/null 2>&1
-}
-
-# need CMD PACKAGE...: true when CMD is there or one of the packages installs it.
-need() {
-    local cmd=$1 pkg
-    shift
-    command -v "$cmd" >/dev/null && return 0
-    for pkg in "$@"; do
-        apt_install "$pkg" || true
-        hash -r
-        command -v "$cmd" >/dev/null && return 0
-    done
-    log "cannot install $cmd (tried apt packages: $*)"
-    return 1
-}
-
+# apt_install and need are in common.sh; Envoy comes from pip.
 ENVOY=""
 find_envoy() {
     local py
@@ -203,16 +128,7 @@ fi
 # From here on the run is bounded in time.
 T=$(mktemp -d -t strait-bench.XXXXXX)
 mkdir -p "$T/logs" "$T/pki"
-(
-    end=$((SECONDS + MAX_SECONDS))
-    while ((SECONDS < end)); do
-        sleep 1
-        kill -0 $$ 2>/dev/null || exit 0
-    done
-    echo "[bench] time limit of ${MAX_SECONDS}s reached, stopping" >&2
-    kill -TERM $$
-) &
-WATCHDOG=$!
+start_watchdog
 RUN_START=$(date +%s)
 
 # How busy the machine is before we start (other builds or tests skew every figure).
@@ -231,29 +147,8 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 # Loopback ports: free TCP and UDP ports below the ephemeral range.
-USED_PORTS=" "
-refresh_used_ports() {
-    local hex
-    USED_PORTS=" "
-    while read -r hex; do USED_PORTS+="$((16#$hex)) "; done < <(
-        cat /proc/net/tcp /proc/net/tcp6 /proc/net/udp /proc/net/udp6 2>/dev/null |
-            awk '$2 ~ /:/ { n = split($2, a, ":"); print a[n] }')
-}
-NEXT_PORT=${BENCH_PORT_BASE:-$((20000 + RANDOM % 9000))}
-port() {
-    while [[ $USED_PORTS == *" $NEXT_PORT "* ]]; do NEXT_PORT=$((NEXT_PORT + 1)); done
-    PORT=$NEXT_PORT
-    NEXT_PORT=$((NEXT_PORT + 1))
-}
+# (port and render are in common.sh)
 refresh_used_ports
-
-# render TEMPLATE OUT KEY=VALUE...
-render() {
-    local tpl=$1 out=$2 kv args=()
-    shift 2
-    for kv in "$@"; do args+=(-e "s|@${kv%%=*}@|${kv#*=}|g"); done
-    sed "${args[@]}" "$tpl" >"$out"
-}
 
 # ---------------------------------------------------------------------------------------------
 # /proc readings.
@@ -268,12 +163,7 @@ cpu_ticks() { # total utime+stime of the given PIDs, in clock ticks
 machine_ticks() { # busy (user, nice, system, irq, softirq) and all ticks of the whole machine
     awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat
 }
-CHILD_TICKS=0
-children_ticks() { # sets CHILD_TICKS: CPU of this shell's finished children (wrk, h2load), in ticks
-    times >"$T/times.txt" # not in a pipe or $(...): a subshell would report its own children
-    CHILD_TICKS=$(awk -v hz="$CLK_TCK" 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] }
-        printf "%d", t * hz }' "$T/times.txt")
-}
+# children_ticks (CPU of wrk and h2load once they have finished) is in common.sh.
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 hwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 
@@ -764,14 +654,7 @@ fi
 # ---------------------------------------------------------------------------------------------
 # Summary.
 RUN_SECS=$(($(date +%s) - RUN_START))
-if GIT_REV=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null); then
-    GIT_DESC="commit ${GIT_REV:0:12}"
-    git -C "$ROOT" diff --quiet HEAD 2>/dev/null || GIT_DESC+=", work tree modified"
-else
-    GIT_REV=unknown
-    GIT_DESC="not a git checkout"
-fi
-num() { [[ -n ${1:-} ]] && echo "$1" || echo "-"; }
+describe_checkout
 ratio() { # ratio A B
     if [[ -n ${1:-} && -n ${2:-} ]]; then awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "-" }'; else echo "-"; fi
 }
@@ -827,9 +710,7 @@ mib() { [[ -n ${1:-} && ${1:-0} != 0 ]] && awk -v k="$1" 'BEGIN { printf "%.1f",
     echo "run took ${RUN_SECS}s after the build"
 } | tee "$T/summary.txt"
 
-# JSON (one line).
-jstr() { local s=${1//\\/\\\\}; s=${s//\"/\\\"}; printf '"%s"' "$s"; }
-jnum() { [[ -n ${1:-} && ${1:-} != "-" ]] && printf '%s' "$1" || printf null; }
+# JSON (one line; jstr and jnum are in common.sh).
 {
     printf '{"benchmark":"strait-dataplane","cores":%s,"settings":{"duration_s":%s,"warmup_s":%s,"connections":%s,"wrk_threads":%s,"rate_rps":%s,"rate_s":%s,"proxy_threads":%s,"bulk_bytes":%s,"bulk_runs":%s},"background_cpu_busy_pct":%s,' \
         "$NCPU" "$DURATION" "$WARMUP" "$CONNS" "$WRK_THREADS" "$RATE" "$RATE_SECONDS" "$PROXY_THREADS" "$BULK_BYTES" "$BULK_RUNS" "$BACKGROUND_BUSY"

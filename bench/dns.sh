@@ -45,95 +45,16 @@ ZONE=clusterset.local
 NS=bench
 DIG=(dig +noedns +nocookie +norec +time=2 +tries=1)
 
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-want() { [[ $ONLY == *" $1 "* ]]; }
+# Shared helpers (logging, process bookkeeping and the cleanup trap, the watchdog, installing
+# tools, loopback ports, templates, CPU of finished children, JSON): see common.sh.
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$SCRIPT_DIR/common.sh"
 
 # ---------------------------------------------------------------------------------------------
-# Processes this script starts, and their cleanup.
-PIDS=()
-WATCHDOG=""
-T=""
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    if [[ -n $WATCHDOG ]]; then
-        kill "$WATCHDOG" 2>/dev/null || true
-    fi
-    stop_pids "${PIDS[@]+"${PIDS[@]}"}"
-    if [[ -n $T && -d $T ]]; then
-        if [[ ${BENCH_KEEP:-0} == 1 ]]; then
-            log "kept $T"
-        else
-            rm -rf "$T"
-        fi
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT TERM
-
-# stop_pids PID...: SIGTERM, up to 5 s of grace, then SIGKILL. Only PIDs this script started
-# (NSD's server processes exit with their parent).
-stop_pids() {
-    local p alive
-    [[ $# == 0 ]] && return 0
-    for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
-    for _ in $(seq 50); do
-        alive=0
-        for p in "$@"; do kill -0 "$p" 2>/dev/null && alive=1; done
-        [[ $alive == 0 ]] && break
-        sleep 0.1
-    done
-    for p in "$@"; do kill -KILL "$p" 2>/dev/null || true; done
-    for p in "$@"; do wait "$p" 2>/dev/null || true; done
-}
-
-# start NAME CMD...: runs CMD in the background, output in $T/logs/NAME.log; sets LAST_PID.
-LAST_PID=""
-start() {
-    local name=$1
-    shift
-    "$@" >"$T/logs/$name.log" 2>&1 &
-    LAST_PID=$!
-    PIDS+=("$LAST_PID")
-}
-
-# ---------------------------------------------------------------------------------------------
-# Tools: install what is missing.
-APT_UPDATED=0
-apt_install() {
-    [[ ${BENCH_NO_INSTALL:-0} == 1 ]] && return 1
-    command -v apt-get >/dev/null || return 1
-    local sudo=()
-    if [[ $(id -u) != 0 ]]; then
-        command -v sudo >/dev/null || return 1
-        sudo=(sudo -n)
-    fi
-    if [[ $APT_UPDATED == 0 ]]; then
-        log "apt-get update"
-        "${sudo[@]}" apt-get update -qq >/dev/null 2>&1 || true
-        APT_UPDATED=1
-    fi
-    log "apt-get install -y $*"
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "$@" >/dev/null 2>&1
-}
-
-# need CMD PACKAGE...: true when CMD is there or one of the packages installs it. Daemons live
-# in sbin, which is not always on a non-root PATH.
-need() {
-    local cmd=$1 pkg
-    shift
-    PATH=$PATH:/usr/sbin:/sbin
-    command -v "$cmd" >/dev/null && return 0
-    for pkg in "$@"; do
-        apt_install "$pkg" || true
-        hash -r
-        command -v "$cmd" >/dev/null && return 0
-    done
-    log "cannot install $cmd (tried apt packages: $*)"
-    return 1
-}
-
+# Tools: install what is missing (apt_install and need are in common.sh). Daemons live in sbin,
+# which is not always on a non-root PATH; only this script looks there, so it is added here and
+# not in need.
+PATH=$PATH:/usr/sbin:/sbin
 need curl curl
 need awk gawk mawk
 need shuf coreutils
@@ -178,55 +99,19 @@ if [[ ! -x $STRAIT ]]; then
 fi
 STRAIT_VERSION=$("$STRAIT" --version 2>/dev/null | head -n 1 || true)
 # The checkout as it was built (others may commit while the benchmark runs).
-if GIT_REV=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null); then
-    GIT_DESC="commit ${GIT_REV:0:12}"
-    git -C "$ROOT" diff --quiet HEAD 2>/dev/null || GIT_DESC+=", work tree modified"
-else
-    GIT_REV=unknown
-    GIT_DESC="not a git checkout"
-fi
+describe_checkout
 [[ -n ${STRAIT_BIN:-} ]] && GIT_DESC="binary $STRAIT_BIN; checkout at $GIT_DESC"
 
 # From here on the run is bounded in time.
 T=$(mktemp -d -t strait-dns-bench.XXXXXX)
 mkdir -p "$T/logs" "$T/mixes" "$T/knot" "$T/nsd"
-(
-    end=$((SECONDS + MAX_SECONDS))
-    while ((SECONDS < end)); do
-        sleep 1
-        kill -0 $$ 2>/dev/null || exit 0
-    done
-    echo "[bench] time limit of ${MAX_SECONDS}s reached, stopping" >&2
-    kill -TERM $$
-) &
-WATCHDOG=$!
+start_watchdog
 RUN_START=$(date +%s)
 
 # ---------------------------------------------------------------------------------------------
 # Loopback ports: free TCP and UDP ports below the ephemeral range.
-USED_PORTS=" "
-refresh_used_ports() {
-    local hex
-    USED_PORTS=" "
-    while read -r hex; do USED_PORTS+="$((16#$hex)) "; done < <(
-        cat /proc/net/tcp /proc/net/tcp6 /proc/net/udp /proc/net/udp6 2>/dev/null |
-            awk '$2 ~ /:/ { n = split($2, a, ":"); print a[n] }')
-}
-NEXT_PORT=${BENCH_PORT_BASE:-$((20000 + RANDOM % 9000))}
-port() {
-    while [[ $USED_PORTS == *" $NEXT_PORT "* ]]; do NEXT_PORT=$((NEXT_PORT + 1)); done
-    PORT=$NEXT_PORT
-    NEXT_PORT=$((NEXT_PORT + 1))
-}
+# (port and render are in common.sh)
 refresh_used_ports
-
-# render TEMPLATE OUT KEY=VALUE...
-render() {
-    local tpl=$1 out=$2 kv args=()
-    shift 2
-    for kv in "$@"; do args+=(-e "s|@${kv%%=*}@|${kv#*=}|g"); done
-    sed "${args[@]}" "$tpl" >"$out"
-}
 
 # ---------------------------------------------------------------------------------------------
 # /proc readings.
@@ -296,12 +181,7 @@ others_ticks() {
                 sum += (p in before) ? now[p] - before[p] : now[p] }
             printf "%d", sum }' "$1" "$2"
 }
-CHILD_TICKS=0
-children_ticks() { # sets CHILD_TICKS: CPU of this shell's finished children (dnsperf), in ticks
-    times >"$T/times.txt" # not in a pipe or $(...): a subshell would report its own children
-    CHILD_TICKS=$(awk -v hz="$CLK_TCK" 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] }
-        printf "%d", t * hz }' "$T/times.txt")
-}
+# children_ticks (CPU of dnsperf once it has finished) is in common.sh.
 
 # How busy the machine is before we start (other builds or tests skew every figure).
 snapshot "$T/snap0"
@@ -702,7 +582,6 @@ done
 # ---------------------------------------------------------------------------------------------
 # Summary.
 RUN_SECS=$(($(date +%s) - RUN_START))
-num() { [[ -n ${1:-} ]] && echo "$1" || echo "-"; }
 ratio() { # ratio A B
     if [[ -n ${1:-} && -n ${2:-} ]]; then awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; else echo "-"; fi
 }
@@ -763,14 +642,12 @@ ALL_SERVERS=(strait knot nsd)
     echo "run took ${RUN_SECS}s after the build"
 } | tee "$T/summary.txt"
 
-# JSON (one line).
-jstr() { local s=${1//\\/\\\\}; s=${s//\"/\\\"}; printf '"%s"' "$s"; }
+# JSON (one line; jstr and jnum are in common.sh).
 runs_of() { # the CPU us/q of each round, comma-separated
     local r out=""
     for r in $(seq "$ROUNDS"); do out+="${out:+,}$(jnum "${CPU_US[$1#$r]:-}")"; done
     printf '%s' "$out"
 }
-jnum() { [[ -n ${1:-} && ${1:-} != "-" ]] && printf '%s' "$1" || printf null; }
 {
     printf '{"benchmark":"strait-dns","cores":%s,"settings":{"rounds":%s,"duration_s":%s,"warmup_s":%s,"idle_s":%s,"services":%s,"names":%s,"clients":%s,"outstanding":%s,"dnsperf_threads":%s,"workers":%s},"background_cpu_busy_pct":%s,' \
         "$NCPU" "$ROUNDS" "$DURATION" "$WARMUP" "$IDLE_SECONDS" "$SERVICES" "$WANT_NAMES" "$CLIENTS" "$OUTSTANDING" "$PERF_THREADS" "$WORKERS" "$BACKGROUND_BUSY"
