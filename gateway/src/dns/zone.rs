@@ -173,7 +173,11 @@ impl Zone {
         let mut at = 0;
         while at < name.len() && name[at..] != self.origin[..] {
             let next = at + 1 + usize::from(name[at]);
-            self.nodes.entry(name[next..].to_vec()).or_default();
+            if self.nodes.contains_key(&name[next..]) {
+                // Its ancestors were made with it.
+                break;
+            }
+            self.nodes.insert(name[next..].to_vec(), Node::default());
             at = next;
         }
         self.nodes.entry(name).or_default()
