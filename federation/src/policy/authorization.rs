@@ -546,18 +546,8 @@ mod tests {
         assert_eq!(other_service, Decision::Allow);
     }
 
-    fn place() -> DocumentPlace {
-        DocumentPlace {
-            source: "policy.yaml".into(),
-            index: 1,
-            kind: Some("AuthorizationPolicy".into()),
-            name: Some("shop/no-west-to-api".into()),
-        }
-    }
-
     fn parse(yaml: &str) -> Result<Authorization, DocumentError> {
-        let value: serde_json::Value = serde_saphyr::from_str(yaml).unwrap();
-        authorization(value, &place())
+        crate::policy::testing::parse_as("policy.yaml", authorization, yaml)
     }
 
     const NO_WEST_TO_API: &str = "apiVersion: policy.strait.dev/v1alpha1
@@ -611,10 +601,6 @@ spec:
                 "spec.rules[0].to[0].paths[0]",
             ),
         ];
-        for (yaml, field) in cases {
-            let err = parse(&yaml).unwrap_err().to_string();
-            assert!(err.contains(field), "{field}: {err}");
-            assert!(err.contains("policy.yaml: document 1"), "{err}");
-        }
+        crate::policy::testing::assert_refused("policy.yaml", authorization, &cases);
     }
 }

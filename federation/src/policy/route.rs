@@ -463,17 +463,8 @@ spec:
     - backendRefs: [{name: api}]
 ";
 
-    fn place() -> DocumentPlace {
-        DocumentPlace {
-            source: "route.yaml".into(),
-            index: 1,
-            kind: Some("HTTPRoute".into()),
-            name: Some("shop/api-split".into()),
-        }
-    }
-
     fn parse(yaml: &str) -> Result<Route, DocumentError> {
-        route(serde_saphyr::from_str(yaml).unwrap(), &place())
+        crate::policy::testing::parse_as("route.yaml", route, yaml)
     }
 
     #[test]
@@ -525,11 +516,7 @@ spec:
                 "spec.rules[0].backendRefs[1].cluster",
             ),
         ];
-        for (yaml, expected) in cases {
-            let err = parse(&yaml).unwrap_err().to_string();
-            assert!(err.contains(expected), "{expected}: {err}");
-            assert!(err.contains("route.yaml: document 1"), "{err}");
-        }
+        crate::policy::testing::assert_refused("route.yaml", route, &cases);
     }
 
     #[test]
