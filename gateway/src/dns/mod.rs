@@ -117,10 +117,8 @@ impl Sockets {
 
 /// Reads the virtual-address pool of a gateway, as the last run left it.
 pub fn load_pool(config: &GatewayConfig, dns: &DnsConfig) -> Result<VipPool, GatewayError> {
-    let (v4, v6) = dns.ranges().map_err(|message| GatewayError::Config {
-        path: config.file("gateway.yaml"),
-        message,
-    })?;
+    // Checked when the configuration was loaded: an error here is a bug, not a bad file.
+    let (v4, v6) = dns.ranges().map_err(GatewayError::Internal)?;
     let path = config.file("vips.json");
     match std::fs::read_to_string(&path) {
         Ok(text) => {
@@ -150,8 +148,8 @@ pub fn start(shared: &Arc<Shared>, sockets: Sockets, mut pool: VipPool) {
         server: Some(config.addr.ip()).filter(|ip| !ip.is_unspecified()),
     };
     let serial = unix_now() as u32;
-    rebuild(shared, &settings, serial, &mut pool);
-    tokio::spawn(keep_zone(shared.clone(), settings, serial, pool));
+    let unwritten = rebuild(shared, &settings, serial, &mut pool);
+    tokio::spawn(keep_zone(shared.clone(), settings, serial, pool, unwritten));
     for (i, socket) in sockets.udp.into_iter().enumerate() {
         let shared = shared.clone();
         let spawned = std::thread::Builder::new()
@@ -164,8 +162,14 @@ pub fn start(shared: &Arc<Shared>, sockets: Sockets, mut pool: VipPool) {
     tokio::spawn(serve_tcp(shared.clone(), sockets.tcp));
 }
 
-/// Makes a zone from the catalog as it is now, publishes it, and writes the pool if it changed.
-fn rebuild(shared: &Arc<Shared>, settings: &ZoneSettings, serial: u32, pool: &mut VipPool) {
+/// Makes a zone from the catalog as it is now and publishes it. Returns the pool's new
+/// assignments when they changed, to be written.
+fn rebuild(
+    shared: &Arc<Shared>,
+    settings: &ZoneSettings,
+    serial: u32,
+    pool: &mut VipPool,
+) -> Option<PoolFile> {
     let started = std::time::Instant::now();
     let services = shared.clusterset();
     pool.set_now(unix_now());
@@ -178,34 +182,41 @@ fn rebuild(shared: &Arc<Shared>, settings: &ZoneSettings, serial: u32, pool: &mu
     shared.metrics.dns_virtual_addresses.set(pool.len() as i64);
     shared.zone.send_replace(Some(Arc::new(zone)));
     shared.views_changed();
-    if pool.take_changed() {
-        let path = shared.config.file("vips.json");
-        let file = pool.to_file();
-        // Small and rare (names come and go with services): written in the background.
-        tokio::task::spawn_blocking(move || {
-            let written = serde_json::to_string(&file)
-                .map_err(|e| e.to_string())
-                .and_then(|text| {
-                    strait_federation::pki::write_file(&path, &text, false)
-                        .map_err(|e| e.to_string())
-                });
-            if let Err(error) = written {
-                tracing::error!(%error, "cannot write the virtual addresses");
-            }
-        });
+    pool.take_changed().then(|| pool.to_file())
+}
+
+/// Writes the pool's assignments, off the runtime's threads. Only `keep_zone` calls it, one
+/// write at a time: two writers would share the temporary file, and an older snapshot could
+/// land last.
+async fn write_pool(shared: &Shared, file: PoolFile) {
+    let path = shared.config.file("vips.json");
+    let written = tokio::task::spawn_blocking(move || {
+        let text = serde_json::to_string(&file).map_err(|e| e.to_string())?;
+        strait_federation::pki::write_file(&path, &text, false).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|written| written);
+    if let Err(error) = written {
+        tracing::error!(%error, "cannot write the virtual addresses");
     }
 }
 
-/// Rebuilds the zone after every catalog change, a few changes at a time.
+/// Rebuilds the zone after every catalog change, a few changes at a time, and keeps the
+/// virtual addresses on disk.
 async fn keep_zone(
     shared: Arc<Shared>,
     settings: ZoneSettings,
     mut serial: u32,
     mut pool: VipPool,
+    mut unwritten: Option<PoolFile>,
 ) {
     let mut changes = shared.catalog_tx.subscribe();
     changes.borrow_and_update();
     loop {
+        if let Some(file) = unwritten.take() {
+            write_pool(&shared, file).await;
+        }
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },
             () = shared.shutdown.cancelled() => return,
@@ -213,7 +224,7 @@ async fn keep_zone(
         tokio::time::sleep(COALESCE).await;
         changes.borrow_and_update();
         serial = serial.wrapping_add(1);
-        rebuild(&shared, &settings, serial, &mut pool);
+        unwritten = rebuild(&shared, &settings, serial, &mut pool);
     }
 }
 
