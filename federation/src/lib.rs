@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod catalog;
+pub mod cidr;
 pub mod flow;
 pub mod identity;
 pub mod link;

@@ -88,7 +88,7 @@ impl DnsConfig {
     /// The checked ranges, or the field that is wrong and why.
     pub fn ranges(&self) -> Result<(CidrRange, Option<CidrRange>), String> {
         let v4 = CidrRange::parse(&self.vip_range).map_err(|e| format!("dns.vipRange: {e}"))?;
-        if v4.to_string().contains(':') {
+        if v4.is_v6() {
             return Err(format!(
                 "dns.vipRange: {} is not an IPv4 range",
                 self.vip_range
@@ -97,7 +97,7 @@ impl DnsConfig {
         let v6 = match &self.vip_range6 {
             Some(text) => {
                 let range = CidrRange::parse(text).map_err(|e| format!("dns.vipRange6: {e}"))?;
-                if !range.to_string().contains(':') {
+                if !range.is_v6() {
                     return Err(format!("dns.vipRange6: {text} is not an IPv6 range"));
                 }
                 Some(range)

@@ -41,6 +41,7 @@ type Views = std::sync::Mutex<Option<(u64, Arc<ViewParts>)>>;
 struct ViewParts {
     services: Vec<ServiceView>,
     virtual_addresses: Vec<VirtualAddress>,
+    virtual_ranges: Vec<String>,
 }
 
 /// Serves the sidecars of this gateway's cluster.
@@ -136,6 +137,15 @@ impl WorkloadApi {
                 let parts = Arc::new(ViewParts {
                     services: self.services(),
                     virtual_addresses: self.virtual_addresses(),
+                    virtual_ranges: self
+                        .shared
+                        .config
+                        .dns
+                        .iter()
+                        .flat_map(|dns| {
+                            std::iter::once(dns.vip_range.clone()).chain(dns.vip_range6.clone())
+                        })
+                        .collect(),
                 });
                 *crate::lock(&self.views) = Some((change, parts.clone()));
                 parts
@@ -147,15 +157,7 @@ impl WorkloadApi {
             version,
             services: parts.services.clone(),
             virtual_addresses: parts.virtual_addresses.clone(),
-            virtual_ranges: self
-                .shared
-                .config
-                .dns
-                .iter()
-                .flat_map(|dns| {
-                    std::iter::once(dns.vip_range.clone()).chain(dns.vip_range6.clone())
-                })
-                .collect(),
+            virtual_ranges: parts.virtual_ranges.clone(),
         }
     }
 

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use strait_federation::catalog::{Port, Protocol, ServiceKey};
+use strait_federation::cidr::CidrRange;
 use strait_federation::identity::{ClusterName, Namespace, ServiceName};
 use strait_federation::proto::workload::CatalogView;
 
@@ -74,28 +75,7 @@ pub struct Directory {
     /// The virtual addresses the gateway's DNS hands out, and the names they stand for.
     by_vip: HashMap<IpAddr, Destination>,
     /// The ranges they come from.
-    virtual_ranges: Vec<(IpAddr, u8)>,
-}
-
-/// Parses `address/prefix`.
-fn parse_range(text: &str) -> Option<(IpAddr, u8)> {
-    let (address, prefix) = text.split_once('/')?;
-    Some((address.parse().ok()?, prefix.parse().ok()?))
-}
-
-/// Whether `address` is in the range `(base, prefix)`.
-fn in_range(address: &IpAddr, (base, prefix): &(IpAddr, u8)) -> bool {
-    match (address, base) {
-        (IpAddr::V4(a), IpAddr::V4(b)) => {
-            let shift = 32u32.saturating_sub(u32::from(*prefix));
-            u32::from(*a).checked_shr(shift) == u32::from(*b).checked_shr(shift)
-        }
-        (IpAddr::V6(a), IpAddr::V6(b)) => {
-            let shift = 128u32.saturating_sub(u32::from(*prefix));
-            u128::from(*a).checked_shr(shift) == u128::from(*b).checked_shr(shift)
-        }
-        _ => false,
-    }
+    virtual_ranges: Vec<CidrRange>,
 }
 
 fn parse_port(port: &strait_federation::proto::workload::PortSpec) -> Option<Port> {
@@ -187,7 +167,7 @@ impl Directory {
             virtual_ranges: view
                 .virtual_ranges
                 .iter()
-                .filter_map(|r| parse_range(r))
+                .filter_map(|r| CidrRange::parse(r).ok())
                 .collect(),
         }
     }
@@ -196,7 +176,7 @@ impl Directory {
     /// cached past the name's withdrawal): nothing listens there, so nothing to pass through.
     pub fn is_stale_virtual(&self, address: &IpAddr) -> bool {
         !self.by_vip.contains_key(address)
-            && self.virtual_ranges.iter().any(|r| in_range(address, r))
+            && self.virtual_ranges.iter().any(|r| r.contains(*address))
     }
 
     /// Whether an address is a virtual address of a mesh name.

@@ -15,104 +15,24 @@ pub const HOLD_SECONDS: u64 = 24 * 3600;
 /// Ranges larger than this many addresses are used only up to it.
 const MAX_SIZE: u64 = 1 << 24;
 
-/// An address range in CIDR form (`240.240.0.0/16`, `fd00:5354::/112`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CidrRange {
-    base: u128,
-    prefix: u8,
-    v6: bool,
+pub use strait_federation::cidr::CidrRange;
+
+/// How many addresses of a range are handed out: all but the first and the last, and at most
+/// [`MAX_SIZE`].
+fn usable(range: &CidrRange) -> u64 {
+    let size = if range.host_bits() >= 24 {
+        MAX_SIZE
+    } else {
+        1u64 << range.host_bits()
+    };
+    size - 2
 }
 
-impl CidrRange {
-    /// Parses `address/prefix`; the range must hold at least 4 addresses.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let (address, prefix) = text
-            .split_once('/')
-            .ok_or_else(|| format!("{text:?}: expected ADDRESS/PREFIX, like 240.240.0.0/16"))?;
-        let address: IpAddr = address
-            .parse()
-            .map_err(|_| format!("{text:?}: {address:?} is not an IP address"))?;
-        let prefix: u8 = prefix
-            .parse()
-            .map_err(|_| format!("{text:?}: {prefix:?} is not a prefix length"))?;
-        let (base, bits, v6) = match address {
-            IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32, false),
-            IpAddr::V6(v6) => (u128::from(v6), 128, true),
-        };
-        if prefix > bits - 2 {
-            return Err(format!(
-                "{text:?}: a prefix of at most /{} is needed (at least 4 addresses)",
-                bits - 2
-            ));
-        }
-        let host_bits = u32::from(bits - prefix);
-        let mask = if host_bits >= 128 {
-            u128::MAX
-        } else {
-            (1u128 << host_bits) - 1
-        };
-        if base & mask != 0 {
-            return Err(format!(
-                "{text:?}: host bits are set; the range starts at {}",
-                Self::render(base & !mask, v6)
-            ));
-        }
-        Ok(Self { base, prefix, v6 })
-    }
-
-    fn render(value: u128, v6: bool) -> IpAddr {
-        if v6 {
-            IpAddr::V6(Ipv6Addr::from(value))
-        } else {
-            IpAddr::V4(Ipv4Addr::from(value as u32))
-        }
-    }
-
-    /// How many addresses are handed out: all but the first and the last.
-    fn usable(&self) -> u64 {
-        let bits = if self.v6 { 128 } else { 32 };
-        let host_bits = u32::from(bits - self.prefix);
-        let size = if host_bits >= 24 {
-            MAX_SIZE
-        } else {
-            1u64 << host_bits
-        };
-        size - 2
-    }
-
-    /// The address at `index` (1-based within the range).
-    fn address(&self, index: u64) -> IpAddr {
-        Self::render(self.base + u128::from(index), self.v6)
-    }
-
-    /// The index of an address of this range, if it is a usable one.
-    fn index_of(&self, address: IpAddr) -> Option<u64> {
-        let value = match (address, self.v6) {
-            (IpAddr::V4(v4), false) => u128::from(u32::from(v4)),
-            (IpAddr::V6(v6), true) => u128::from(v6),
-            _ => return None,
-        };
-        let index = u64::try_from(value.checked_sub(self.base)?).ok()?;
-        (1..=self.usable()).contains(&index).then_some(index)
-    }
-
-    /// Whether an address is in the range at all.
-    pub fn contains(&self, address: IpAddr) -> bool {
-        let bits = if self.v6 { 128 } else { 32 };
-        let host_bits = u32::from(bits - self.prefix);
-        let value = match (address, self.v6) {
-            (IpAddr::V4(v4), false) => u128::from(u32::from(v4)),
-            (IpAddr::V6(v6), true) => u128::from(v6),
-            _ => return false,
-        };
-        host_bits >= 128 || value >> host_bits == self.base >> host_bits
-    }
-}
-
-impl std::fmt::Display for CidrRange {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", Self::render(self.base, self.v6), self.prefix)
-    }
+/// The index of an address among a range's usable ones.
+fn index_of(range: &CidrRange, address: IpAddr) -> Option<u64> {
+    range
+        .offset_of(address)
+        .filter(|index| (1..=usable(range)).contains(index))
 }
 
 /// The virtual addresses of one name.
@@ -180,7 +100,7 @@ fn stable_hash(name: &str, seed: u64) -> u64 {
 impl Taken {
     /// The first free index from the name's hash on, if any.
     fn probe(&self, range: &CidrRange, name: &str, seed: u64) -> Option<u64> {
-        let usable = range.usable();
+        let usable = usable(range);
         if self.0.len() as u64 >= usable {
             return None;
         }
@@ -210,14 +130,14 @@ impl VipPool {
     pub fn with_file(v4: CidrRange, v6: Option<CidrRange>, file: PoolFile) -> Self {
         let mut pool = Self::new(v4, v6);
         for entry in file.names {
-            let Some(index4) = v4.index_of(IpAddr::V4(entry.v4)) else {
+            let Some(index4) = index_of(&v4, IpAddr::V4(entry.v4)) else {
                 pool.changed = true;
                 continue;
             };
             let index6 = match (v6, entry.v6) {
-                (Some(range), Some(address)) => range
-                    .index_of(IpAddr::V6(address))
-                    .filter(|i| !pool.taken6.0.contains(i)),
+                (Some(range), Some(address)) => {
+                    index_of(&range, IpAddr::V6(address)).filter(|i| !pool.taken6.0.contains(i))
+                }
                 _ => None,
             };
             if pool.taken4.0.contains(&index4) || (v6.is_some() && index6.is_none()) {
@@ -279,12 +199,12 @@ impl VipPool {
     }
 
     fn vips(&self, assignment: &Assignment) -> Vips {
-        let v4 = match self.v4.address(assignment.v4) {
+        let v4 = match self.v4.nth(assignment.v4) {
             IpAddr::V4(v4) => v4,
             IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
         };
         let v6 = match (self.v6, assignment.v6) {
-            (Some(range), Some(index)) => match range.address(index) {
+            (Some(range), Some(index)) => match range.nth(index) {
                 IpAddr::V6(v6) => Some(v6),
                 IpAddr::V4(_) => None,
             },
@@ -394,22 +314,21 @@ mod tests {
     }
 
     #[test]
-    fn ranges_are_parsed_and_checked() {
-        assert_eq!(range("240.240.0.0/16").to_string(), "240.240.0.0/16");
-        assert_eq!(range("fd00:5354::/112").to_string(), "fd00:5354::/112");
-        for (bad, says) in [
-            ("240.240.0.0", "ADDRESS/PREFIX"),
-            ("240.240.0.1/16", "host bits"),
-            ("240.240.0.0/31", "at least 4"),
-            ("nope/16", "not an IP"),
-        ] {
-            let err = CidrRange::parse(bad).unwrap_err();
-            assert!(err.contains(says), "{bad}: {err}");
-        }
-        let r = range("10.9.0.0/30");
-        assert_eq!(r.usable(), 2);
-        assert!(r.contains("10.9.0.3".parse().unwrap()));
-        assert!(!r.contains("10.9.0.4".parse().unwrap()));
+    fn the_first_and_last_address_and_what_passes_the_cap_are_not_handed_out() {
+        assert_eq!(usable(&range("10.9.0.0/30")), 2);
+        assert_eq!(
+            index_of(&range("10.9.0.0/30"), "10.9.0.0".parse().unwrap()),
+            None
+        );
+        assert_eq!(
+            index_of(&range("10.9.0.0/30"), "10.9.0.3".parse().unwrap()),
+            None
+        );
+        assert_eq!(
+            index_of(&range("10.9.0.0/30"), "10.9.0.2".parse().unwrap()),
+            Some(2)
+        );
+        assert_eq!(usable(&range("10.0.0.0/8")), MAX_SIZE - 2);
     }
 
     #[test]
