@@ -346,10 +346,8 @@ fn malformed_oversized_and_stalled_queries_leave_the_server_answering() -> Resul
         assert!(n >= 12);
         answered += 1;
     }
-    assert!(
-        answered <= 2,
-        "runts and responses get nothing back ({answered})"
-    );
+    // The garbage and the pointer loop get FORMERR; runts and the response get nothing.
+    assert_eq!(answered, 2, "answers to five hostile packets");
     // TCP: one connection that never sends, one that announces 65535 bytes and stops, one
     // that sends a runt.
     let _idle = std::net::TcpStream::connect(east.dns)?;
