@@ -10,7 +10,7 @@ use strait_federation::identity::{ClusterName, TrustDomain};
 use strait_federation::pki::{Credential, TrustBundle, read_file, write_file};
 use strait_federation::proto::operator::operator_client::OperatorClient;
 use strait_federation::proto::operator::{
-    LinkView, ListLinksRequest, ListServicesRequest, ServiceView,
+    LinkView, ListLinksRequest, ListPoliciesRequest, ListServicesRequest, PolicyView, ServiceView,
 };
 
 /// One context.
@@ -146,6 +146,16 @@ pub async fn list_services(client: &mut Client) -> Result<Vec<ServiceView>> {
         .map_err(crate::status)?
         .into_inner()
         .services)
+}
+
+/// The mesh-wide policies a gateway holds.
+pub async fn list_policies(client: &mut Client) -> Result<Vec<PolicyView>> {
+    Ok(client
+        .list_policies(ListPoliciesRequest {})
+        .await
+        .map_err(crate::status)?
+        .into_inner()
+        .policies)
 }
 
 /// A gateway's peerings.

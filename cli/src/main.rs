@@ -42,15 +42,16 @@ enum Command {
     /// Set up and run a cluster's east-west gateway.
     #[command(subcommand)]
     Gateway(GatewayCommand),
-    /// Apply documents (Service, Link) from files ("-" reads standard input).
+    /// Apply documents (Service, Link, AuthorizationPolicy, HTTPRoute) from files ("-" reads
+    /// standard input). Policies reach every linked cluster.
     Apply {
         /// A YAML file of one or more documents; may be repeated.
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
     },
-    /// Show services (local and imported) or links.
+    /// Show services (local and imported), links, or the mesh-wide policies.
     Get {
-        /// What to show: services or links.
+        /// What to show: services, links or policies.
         resource: GetResource,
         /// Only services of this namespace.
         #[arg(short, long)]
@@ -58,15 +59,21 @@ enum Command {
         #[command(flatten)]
         output: OutputArg,
     },
-    /// Delete a service or a link.
+    /// Delete a service, a link or a policy, by kind and name or by the documents of files.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["kind", "files"])))]
     Delete {
-        /// What to delete: service or link.
-        kind: String,
+        /// What to delete: service, link, authorizationpolicy or httproute.
+        #[arg(requires = "name")]
+        kind: Option<String>,
         /// Its name (the cluster's name for a link).
-        name: String,
-        /// The namespace of a service.
+        name: Option<String>,
+        /// The namespace of a service or a policy.
         #[arg(short, long, default_value = "default")]
         namespace: String,
+        /// Delete what the documents of this file name ("-" reads standard input); may be
+        /// repeated.
+        #[arg(short = 'f', long = "filename", conflicts_with = "kind")]
+        files: Vec<PathBuf>,
     },
     /// Print a Link document that lets another cluster link to this one.
     Link {
@@ -193,6 +200,8 @@ enum GetResource {
     Services,
     #[value(alias = "link")]
     Links,
+    #[value(alias = "policy")]
+    Policies,
 }
 
 #[derive(Args)]
@@ -327,13 +336,19 @@ async fn run(cli: Cli) -> Result<()> {
             kind,
             name,
             namespace,
+            files,
         } => {
+            if !files.is_empty() {
+                return delete_files(context, files).await;
+            }
+            let (kind, name) = kind.zip(name).context("give KIND NAME, or -f FILE")?;
             let (ctx, mut client) = context::connect(context).await?;
             let deleted = client
                 .delete(DeleteRequest {
                     kind: kind.clone(),
                     namespace: namespace.clone(),
                     name: name.clone(),
+                    ..Default::default()
                 })
                 .await
                 .map_err(status)?
@@ -459,8 +474,9 @@ fn gateway_init(init: GatewayInit) -> Result<()> {
     Ok(())
 }
 
-async fn apply(context: Option<&str>, files: Vec<PathBuf>) -> Result<()> {
-    // Read every file first: a missing file fails before anything is applied.
+/// Reads every file given with -f (first, so that a missing file fails before anything is
+/// changed): each file's name for messages, and its text.
+fn read_files(files: Vec<PathBuf>) -> Result<Vec<(String, String)>> {
     let mut documents = Vec::new();
     for file in files {
         let (source, text) = if file.as_os_str() == "-" {
@@ -476,6 +492,21 @@ async fn apply(context: Option<&str>, files: Vec<PathBuf>) -> Result<()> {
         };
         documents.push((source, text));
     }
+    Ok(documents)
+}
+
+/// How `apply` and `delete -f` print an object: `kind/namespace/name result`.
+fn print_object(object: strait_federation::proto::operator::AppliedObject) {
+    let name = if object.namespace.is_empty() {
+        object.name
+    } else {
+        format!("{}/{}", object.namespace, object.name)
+    };
+    println!("{}/{} {}", object.kind.to_lowercase(), name, object.result);
+}
+
+async fn apply(context: Option<&str>, files: Vec<PathBuf>) -> Result<()> {
+    let documents = read_files(files)?;
     let (_, mut client) = context::connect(context).await?;
     for (source, text) in documents {
         let response = client
@@ -486,14 +517,35 @@ async fn apply(context: Option<&str>, files: Vec<PathBuf>) -> Result<()> {
             .await
             .map_err(status)?
             .into_inner();
-        for object in response.objects {
-            let name = if object.namespace.is_empty() {
-                object.name
-            } else {
-                format!("{}/{}", object.namespace, object.name)
-            };
-            println!("{}/{} {}", object.kind.to_lowercase(), name, object.result);
-        }
+        response.objects.into_iter().for_each(print_object);
+    }
+    Ok(())
+}
+
+/// `strait delete -f`: deletes what each file's documents name; fails when one named nothing.
+async fn delete_files(context: Option<&str>, files: Vec<PathBuf>) -> Result<()> {
+    let documents = read_files(files)?;
+    let (ctx, mut client) = context::connect(context).await?;
+    let mut missing = 0;
+    for (source, text) in documents {
+        let response = client
+            .delete(DeleteRequest {
+                source,
+                documents: text,
+                ..Default::default()
+            })
+            .await
+            .map_err(status)?
+            .into_inner();
+        missing += response
+            .objects
+            .iter()
+            .filter(|o| o.result != "deleted")
+            .count();
+        response.objects.into_iter().for_each(print_object);
+    }
+    if missing > 0 {
+        bail!("{missing} object(s) not found in cluster {}", ctx.cluster);
     }
     Ok(())
 }
@@ -514,6 +566,13 @@ async fn get(
             output::services(&services, format)?
         }
         GetResource::Links => output::links(&context::list_links(&mut client).await?, format)?,
+        GetResource::Policies => {
+            let mut policies = context::list_policies(&mut client).await?;
+            if let Some(namespace) = namespace {
+                policies.retain(|p| p.namespace == namespace);
+            }
+            output::policies(&policies, format)?
+        }
     };
     print!("{text}");
     Ok(())

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use anyhow::{Result, anyhow};
 use serde::Serialize;
-use strait_federation::proto::operator::{LinkView, ServiceView};
+use strait_federation::proto::operator::{LinkView, PolicyView, ServiceView};
 
 /// An output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -233,6 +233,60 @@ pub fn links(links: &[LinkView], format: Format) -> Result<String> {
         })
         .collect();
     render("LinkList", items, format)
+}
+
+/// When a policy version was stamped (Unix seconds): its clock keeps milliseconds above a
+/// 16-bit counter.
+fn stamped_at(stamp: u64) -> u64 {
+    (stamp >> 16) / 1000
+}
+
+/// Prints policies: each as its document, with a `status` saying its version and the cluster
+/// where it was applied.
+pub fn policies(policies: &[PolicyView], format: Format) -> Result<String> {
+    if format == Format::Table {
+        if policies.is_empty() {
+            return Ok("No policies.\n".into());
+        }
+        let rows = policies
+            .iter()
+            .map(|p| {
+                vec![
+                    p.kind.clone(),
+                    p.namespace.clone(),
+                    p.name.clone(),
+                    p.origin.clone(),
+                    p.stamp.to_string(),
+                    age(stamped_at(p.stamp)),
+                ]
+            })
+            .collect();
+        return Ok(table(
+            &["KIND", "NAMESPACE", "NAME", "ORIGIN", "VERSION", "AGE"],
+            rows,
+        ));
+    }
+    let items = policies
+        .iter()
+        .map(|p| {
+            let mut item: serde_json::Value = serde_json::from_str(&p.document)
+                .map_err(|e| anyhow!("the gateway sent an unreadable policy {}: {e}", p.name))?;
+            if let Some(object) = item.as_object_mut() {
+                object.insert(
+                    "status".into(),
+                    serde_json::json!({
+                        // A string, as Kubernetes writes resourceVersion: the stamp does not
+                        // fit the integers of JSON readers that use doubles.
+                        "version": p.stamp.to_string(),
+                        "origin": p.origin,
+                        "appliedAt": strait_federation::link::rfc3339(stamped_at(p.stamp)),
+                    }),
+                );
+            }
+            Ok(item)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    render("PolicyList", items, format)
 }
 
 #[cfg(test)]

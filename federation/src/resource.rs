@@ -12,9 +12,13 @@ use serde::de::DeserializeOwned;
 use crate::catalog::{Endpoint, Port, Protocol, ServiceKey, ServiceSpec};
 use crate::identity::{Namespace, ServiceName};
 use crate::link::LinkSpec;
+use crate::policy::{Policy, PolicyKey, PolicyKind};
 
 /// The API version of strait's own documents.
 pub const API_VERSION: &str = "strait.dev/v1alpha1";
+
+/// The kinds `apply` takes, for error messages.
+const KINDS: &str = "Service, Link (strait.dev/v1alpha1), AuthorizationPolicy or HTTPRoute (policy.strait.dev/v1alpha1)";
 
 /// One parsed and checked document.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +27,8 @@ pub enum Resource {
     Service { key: ServiceKey, spec: ServiceSpec },
     /// A link to another cluster.
     Link(LinkSpec),
+    /// A mesh-wide policy (`policy.strait.dev`), replicated to every linked cluster.
+    Policy { key: PolicyKey, policy: Policy },
 }
 
 impl Resource {
@@ -31,6 +37,7 @@ impl Resource {
         match self {
             Resource::Service { .. } => "Service",
             Resource::Link(_) => "Link",
+            Resource::Policy { key, .. } => key.kind.as_str(),
         }
     }
 }
@@ -288,7 +295,7 @@ pub fn parse_documents(source: &str, text: &str) -> Result<Vec<Resource>, Docume
             .and_then(|k| k.as_str())
             .map(str::to_owned);
         let Some(kind) = kind else {
-            return Err(field(&place, "kind", "missing; expected Service or Link"));
+            return Err(field(&place, "kind", format!("missing; expected {KINDS}")));
         };
         place.kind = Some(kind.clone());
         place.name = document
@@ -303,6 +310,19 @@ pub fn parse_documents(source: &str, text: &str) -> Result<Vec<Resource>, Docume
                     None => name.to_owned(),
                 }
             });
+        let policy_kind = PolicyKind::ALL.into_iter().find(|k| k.as_str() == kind);
+        if let Some(policy_kind) = policy_kind {
+            let (key, policy) = Policy::parse(policy_kind, document, &place)?;
+            if !seen.insert(key.to_string()) {
+                return Err(field(
+                    &place,
+                    "metadata.name",
+                    format!("{key} appears twice in the file"),
+                ));
+            }
+            resources.push(Resource::Policy { key, policy });
+            continue;
+        }
         if let Some(version) = document.get("apiVersion")
             && version.as_str() != Some(API_VERSION)
         {
@@ -332,13 +352,14 @@ pub fn parse_documents(source: &str, text: &str) -> Result<Vec<Resource>, Docume
                 return Err(field(
                     &place,
                     "kind",
-                    format!("{other:?} is not a kind strait knows; expected Service or Link"),
+                    format!("{other:?} is not a kind strait knows; expected {KINDS}"),
                 ));
             }
         };
         let identity = match &resource {
             Resource::Service { key, .. } => format!("Service {key}"),
             Resource::Link(spec) => format!("Link {}", spec.cluster),
+            Resource::Policy { key, .. } => key.to_string(),
         };
         if !seen.insert(identity.clone()) {
             return Err(field(
@@ -446,7 +467,7 @@ spec:
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("Gadget") && err.contains("expected Service or Link"),
+            err.contains("Gadget") && err.contains("expected Service, Link"),
             "{err}"
         );
     }
@@ -532,5 +553,50 @@ spec:
             parse_documents("s.yaml", ""),
             Err(DocumentError::Empty { .. })
         ));
+    }
+
+    /// The contract's document, and the two refusals the acceptance check makes: an unknown
+    /// field, and a route weight of -1. Each error names the file, the document and the field.
+    #[test]
+    fn policy_documents_are_read_beside_services_and_refused_by_field() {
+        let contract = "apiVersion: policy.strait.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: no-west-to-api, namespace: shop}
+spec:
+  targetRef: {kind: Service, name: api}
+  action: deny
+  rules:
+    - from: [{clusters: [west]}]
+";
+        let both = format!("{API}---\n{contract}");
+        let resources = parse_documents("mesh.yaml", &both).unwrap();
+        assert_eq!(resources.len(), 2);
+        let Resource::Policy { key, .. } = &resources[1] else {
+            panic!("a policy expected: {resources:?}")
+        };
+        assert_eq!(key.to_string(), "AuthorizationPolicy shop/no-west-to-api");
+
+        let unknown = contract.replace("action: deny", "action: deny\n  actoin: allow");
+        let err = parse_documents("p.yaml", &unknown).unwrap_err().to_string();
+        assert!(
+            err.starts_with("p.yaml: document 1 (AuthorizationPolicy shop/no-west-to-api): spec"),
+            "{err}"
+        );
+        assert!(err.contains("actoin"), "{err}");
+
+        let route = "apiVersion: policy.strait.dev/v1alpha1
+kind: HTTPRoute
+metadata: {name: api-split, namespace: shop}
+spec:
+  targetRef: {kind: Service, name: api}
+  rules:
+    - backendRefs: [{name: api, weight: -1}]
+";
+        let err = parse_documents("r.yaml", route).unwrap_err().to_string();
+        assert!(err.contains("spec.rules[0].backendRefs[0].weight"), "{err}");
+
+        let twice = format!("{contract}---\n{contract}");
+        let err = parse_documents("p.yaml", &twice).unwrap_err().to_string();
+        assert!(err.contains("appears twice"), "{err}");
     }
 }

@@ -13,6 +13,8 @@ use crate::catalog::{
     Changes, ExportLog, ImportedCatalog, Position, RecordError, ServiceKey, ServiceSpec,
 };
 use crate::identity::ClusterName;
+use crate::policy::PolicyStore;
+use crate::policy::exchange::{ExchangeError, PolicyBook, PolicyExchange, Received};
 use crate::proto::peer::{self as wire, PeerFrame, RefusalCode, peer_frame::Body};
 use crate::wire::TARGET_FRAME;
 
@@ -57,6 +59,8 @@ pub enum SessionError {
     Idle(Duration),
     #[error(transparent)]
     Record(#[from] RecordError),
+    #[error("protocol violation: {0}")]
+    Policy(#[from] ExchangeError),
 }
 
 fn protocol(reason: impl Into<String>) -> SessionError {
@@ -176,6 +180,15 @@ pub enum Event {
     },
     /// The peer acknowledged our export up to a position.
     Acked(Position),
+    /// A policy frame, for [`PeerSession::handle_policy`] (which needs the gateway's policies).
+    Policy(PolicyFrame),
+}
+
+/// A policy frame from the peer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PolicyFrame {
+    Digest(wire::PolicyDigest),
+    Entries(wire::PolicyEntries),
 }
 
 #[derive(Debug)]
@@ -203,6 +216,7 @@ pub struct PeerSession {
     last_received: Instant,
     outbox: VecDeque<PeerFrame>,
     updates_sent: u64,
+    policies: PolicyExchange,
 }
 
 impl PeerSession {
@@ -223,6 +237,7 @@ impl PeerSession {
             last_received: now,
             outbox: VecDeque::new(),
             updates_sent: 0,
+            policies: PolicyExchange::default(),
         };
         session.sync(export);
         session
@@ -241,6 +256,35 @@ impl PeerSession {
     /// How many updates were queued to the peer so far.
     pub fn updates_sent(&self) -> u64 {
         self.updates_sent
+    }
+
+    /// Starts the policy exchange: queues our digest (once per session, after the handshake).
+    pub fn start_policies(&mut self, set: &PolicyStore) {
+        self.outbox.extend(PolicyExchange::digest_frames(set));
+    }
+
+    /// Queues the policies the peer lacks (nothing until its digest came).
+    pub fn sync_policies(&mut self, set: &PolicyStore) {
+        self.outbox.extend(self.policies.outgoing(set));
+    }
+
+    /// Handles a policy frame: learns the peer's digest, or merges its entries into `book`;
+    /// then queues whatever the peer still lacks.
+    pub fn handle_policy(
+        &mut self,
+        frame: PolicyFrame,
+        book: &mut PolicyBook,
+        peer: &ClusterName,
+    ) -> Result<Received, SessionError> {
+        let received = match frame {
+            PolicyFrame::Digest(digest) => {
+                self.policies.on_digest(digest)?;
+                Received::default()
+            }
+            PolicyFrame::Entries(entries) => self.policies.on_entries(entries, book, peer)?,
+        };
+        self.sync_policies(&book.set);
+        Ok(received)
     }
 
     /// Queues what changed in our export since it was last sent.
@@ -329,6 +373,12 @@ impl PeerSession {
                 Ok(Some(Event::Acked(position)))
             }
             Some(Body::KeepAlive(_)) => Ok(None),
+            Some(Body::PolicyDigest(digest)) => {
+                Ok(Some(Event::Policy(PolicyFrame::Digest(digest))))
+            }
+            Some(Body::PolicyEntries(entries)) => {
+                Ok(Some(Event::Policy(PolicyFrame::Entries(entries))))
+            }
             Some(Body::Refusal(r)) => Err(refused(r)),
             Some(Body::Hello(_)) | Some(Body::Welcome(_)) => {
                 Err(protocol("handshake frame after the handshake"))

@@ -19,8 +19,9 @@ use strait_federation::proto::operator::operator_server::{Operator, OperatorServ
 use strait_federation::proto::operator::{
     AppliedObject, ApplyRequest, ApplyResponse, CreateLinkRequest, CreateLinkResponse,
     CreateWorkloadTokenRequest, CreateWorkloadTokenResponse, DeleteRequest, DeleteResponse,
-    LinkView, ListLinksRequest, ListLinksResponse, ListServicesRequest, ListServicesResponse,
-    ServiceBackend, ServiceView, UnlinkRequest, UnlinkResponse,
+    LinkView, ListLinksRequest, ListLinksResponse, ListPoliciesRequest, ListPoliciesResponse,
+    ListServicesRequest, ListServicesResponse, ServiceBackend, ServiceView, UnlinkRequest,
+    UnlinkResponse,
 };
 use strait_federation::resource::{Resource, parse_documents};
 use strait_federation::tls::{self, CertStore, PeerRule};
@@ -32,6 +33,7 @@ use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status};
 
 use crate::peer::{self, DialOutcome};
+use crate::policies;
 use crate::store::LinkRecord;
 use crate::{Shared, lock, unix_now};
 
@@ -404,6 +406,90 @@ fn service_key(namespace: &str, name: &str) -> Result<ServiceKey, Status> {
     })
 }
 
+impl Api {
+    /// Deletes every object a file's documents name (`strait delete -f`). The file is checked
+    /// whole first: a bad document deletes nothing.
+    async fn delete_documents(
+        &self,
+        source: String,
+        documents: String,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        if documents.len() > MAX_DOCUMENTS {
+            return Err(Status::invalid_argument(format!(
+                "{source}: larger than {MAX_DOCUMENTS} bytes"
+            )));
+        }
+        let resources = tokio::task::spawn_blocking(move || parse_documents(&source, &documents))
+            .await
+            .map_err(internal)?
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let object = |kind: &str, namespace: String, name: String, deleted: bool| AppliedObject {
+            kind: kind.to_owned(),
+            namespace,
+            name,
+            result: if deleted { "deleted" } else { "not found" }.into(),
+        };
+        let mut objects = Vec::new();
+        let (mut services_changed, mut policies_changed) = (false, false);
+        {
+            let mut state = lock(&self.shared.state);
+            for resource in &resources {
+                match resource {
+                    Resource::Service { key, .. } => {
+                        let deleted = state.remove_service(key);
+                        services_changed |= deleted;
+                        objects.push(object(
+                            "Service",
+                            key.namespace.to_string(),
+                            key.name.to_string(),
+                            deleted,
+                        ));
+                    }
+                    Resource::Policy { key, .. } => {
+                        let deleted =
+                            policies::delete(&mut state, &self.shared.config.cluster, key);
+                        policies_changed |= deleted;
+                        objects.push(object(
+                            key.kind.as_str(),
+                            key.namespace.to_string(),
+                            key.name.clone(),
+                            deleted,
+                        ));
+                    }
+                    Resource::Link(_) => {}
+                }
+            }
+        }
+        if services_changed || policies_changed {
+            let saved = self.shared.persist().await;
+            if services_changed {
+                self.shared.export_changed();
+            }
+            if policies_changed {
+                self.shared.policies_changed();
+            }
+            saved.map_err(unsaved)?;
+        }
+        for resource in &resources {
+            if let Resource::Link(spec) = resource {
+                let deleted = peer::unlink(&self.shared, &spec.cluster)
+                    .await
+                    .map_err(internal)?;
+                objects.push(object(
+                    "Link",
+                    String::new(),
+                    spec.cluster.to_string(),
+                    deleted,
+                ));
+            }
+        }
+        Ok(Response::new(DeleteResponse {
+            deleted: objects.iter().any(|o| o.result == "deleted"),
+            objects,
+        }))
+    }
+}
+
 #[tonic::async_trait]
 impl Operator for Api {
     async fn apply(
@@ -454,11 +540,14 @@ impl Operator for Api {
             }
         }
         let mut changed = false;
+        let policies_changed;
         {
             let mut state = lock(&self.shared.state);
-            check_export_totals(&state, &resources).map_err(|message| {
-                Status::failed_precondition(format!("{}: {message}", request.source))
-            })?;
+            check_export_totals(&state, &resources)
+                .and_then(|()| policies::check_capacity(&state, &resources))
+                .map_err(|message| {
+                    Status::failed_precondition(format!("{}: {message}", request.source))
+                })?;
             for resource in &resources {
                 if let Resource::Service { key, spec } = resource {
                     let result = state.put_service(key.clone(), spec.clone());
@@ -471,8 +560,23 @@ impl Operator for Api {
                     });
                 }
             }
+            policies_changed = policies::apply(
+                &mut state,
+                &self.shared.config.cluster,
+                &resources,
+                &mut objects,
+            )
+            .map_err(|e| Status::failed_precondition(format!("{}: {e}", request.source)))?;
         }
-        if changed {
+        if policies_changed {
+            // Like services: peers and sidecars hear of it once it is on disk.
+            let saved = self.shared.persist().await;
+            self.shared.policies_changed();
+            if changed {
+                self.shared.export_changed();
+            }
+            saved.map_err(unsaved)?;
+        } else if changed {
             // Sessions learn of the change only after it is on disk (or, when the write
             // failed, after the error below: the gateway retries the write meanwhile).
             let saved = self.shared.persist().await;
@@ -486,7 +590,14 @@ impl Operator for Api {
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
-        let request = request.into_inner();
+        let mut request = request.into_inner();
+        if !request.documents.is_empty() {
+            let (source, documents) = (
+                std::mem::take(&mut request.source),
+                std::mem::take(&mut request.documents),
+            );
+            return self.delete_documents(source, documents).await;
+        }
         let deleted = match request.kind.to_ascii_lowercase().as_str() {
             "service" | "services" | "svc" => {
                 let key = service_key(&request.namespace, &request.name)?;
@@ -506,12 +617,39 @@ impl Operator for Api {
                     .map_err(internal)?
             }
             other => {
-                return Err(Status::invalid_argument(format!(
-                    "cannot delete kind {other:?}; expected service or link"
-                )));
+                let Some(kind) = strait_federation::policy::PolicyKind::parse(other) else {
+                    return Err(Status::invalid_argument(format!(
+                        "cannot delete kind {other:?}; expected service, link, \
+                         authorizationpolicy or httproute"
+                    )));
+                };
+                let key = policies::key(kind, &request.namespace, &request.name)
+                    .map_err(Status::invalid_argument)?;
+                let deleted = policies::delete(
+                    &mut lock(&self.shared.state),
+                    &self.shared.config.cluster,
+                    &key,
+                );
+                if deleted {
+                    let saved = self.shared.persist().await;
+                    self.shared.policies_changed();
+                    saved.map_err(unsaved)?;
+                }
+                deleted
             }
         };
-        Ok(Response::new(DeleteResponse { deleted }))
+        Ok(Response::new(DeleteResponse {
+            deleted,
+            objects: Vec::new(),
+        }))
+    }
+
+    async fn list_policies(
+        &self,
+        _: Request<ListPoliciesRequest>,
+    ) -> Result<Response<ListPoliciesResponse>, Status> {
+        let policies = policies::views(&lock(&self.shared.state));
+        Ok(Response::new(ListPoliciesResponse { policies }))
     }
 
     async fn create_link(

@@ -14,6 +14,7 @@ pub mod dns;
 pub mod init;
 pub mod metrics;
 pub mod peer;
+pub mod policies;
 pub mod relay;
 pub mod store;
 pub mod workload;
@@ -67,6 +68,14 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Milliseconds since the epoch (policy versions follow them).
+pub(crate) fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
 /// Seconds since the epoch.
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
@@ -94,6 +103,9 @@ pub struct Shared {
     /// Bumped whenever what sidecars see changes: the catalog, or (with DNS) the names and
     /// virtual addresses made from it.
     pub views_tx: watch::Sender<u64>,
+    /// Bumped whenever the policy set changes (here or from a peer): peer sessions wake on it
+    /// and send their peer what it lacks.
+    pub policy_tx: watch::Sender<u64>,
     /// The DNS zone, rebuilt after every catalog change; `None` without a DNS server.
     pub zone: watch::Sender<Option<Arc<dns::zone::Zone>>>,
     pub peers: Mutex<BTreeMap<ClusterName, PeerStatus>>,
@@ -148,6 +160,12 @@ impl Shared {
         }
     }
 
+    /// Tells peer sessions and sidecars that the policy set changed.
+    pub fn policies_changed(&self) {
+        self.policy_tx.send_modify(|n| *n += 1);
+        self.views_changed();
+    }
+
     /// Tells the sidecars' watchers that their view changed.
     pub fn views_changed(&self) {
         self.views_tx.send_modify(|n| *n += 1);
@@ -166,8 +184,18 @@ impl Shared {
                 .with_label_values(&[cluster.as_str()])
                 .set(imported.services.len() as i64);
         }
+        let mut policies = std::collections::BTreeMap::new();
+        for (key, _, _) in state.policies.set.live() {
+            *policies.entry(key.kind).or_insert(0i64) += 1;
+        }
         let head = state.export.head();
         drop(state);
+        for kind in strait_federation::policy::PolicyKind::ALL {
+            self.metrics
+                .policies
+                .with_label_values(&[kind.as_str()])
+                .set(policies.get(&kind).copied().unwrap_or(0));
+        }
         for (cluster, status) in lock(&self.peers).iter() {
             let peer = cluster.as_str();
             self.metrics.set_peer_state(peer, status.state.as_str());
@@ -321,6 +349,7 @@ pub async fn run(
         export_tx: watch::channel(head).0,
         catalog_tx: watch::channel(0).0,
         views_tx: watch::channel(0).0,
+        policy_tx: watch::channel(0).0,
         zone: watch::channel(None).0,
         peers: Mutex::new(BTreeMap::new()),
         endpoint,

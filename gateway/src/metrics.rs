@@ -59,6 +59,10 @@ pub struct Metrics {
     pub dns_zone_build_seconds: prometheus::Gauge,
     /// DNS answers, by transport and rcode: made once, so counting costs no label lookup.
     dns_answers: Vec<IntCounter>,
+    /// Live policies held, by kind.
+    pub policies: IntGaugeVec,
+    /// Policy entries received from each peer, by result (applied, known, refused).
+    pub policy_entries: IntCounterVec,
 }
 
 /// The rcodes DNS answers are counted by.
@@ -147,6 +151,17 @@ impl Metrics {
             })
             .collect();
         Self {
+            policies: gauge(
+                "policies",
+                "Live mesh-wide policies this gateway holds, by kind.",
+                &["kind"],
+            ),
+            policy_entries: counter(
+                "peer_policy_entries_total",
+                "Policy entries received from a peer, by result: applied (news), known (this \
+                 gateway had it or newer) or refused (failed its checks here).",
+                &["peer", "result"],
+            ),
             dns_names: plain_gauge(
                 "dns_names",
                 "Names in the clusterset DNS zone, empty non-terminals included.",

@@ -1018,13 +1018,15 @@ async fn drive(
         idle_timeout: peering.idle_timeout(),
         ..SessionConfig::default()
     };
-    let mut session = PeerSession::new(
-        config,
-        peer_position,
-        &lock(&shared.state).export,
-        Instant::now(),
-    );
+    let mut session = {
+        let state = lock(&shared.state);
+        let mut session = PeerSession::new(config, peer_position, &state.export, Instant::now());
+        session.start_policies(&state.policies.set);
+        session
+    };
     let mut export = shared.export_tx.subscribe();
+    let mut policies = shared.policy_tx.subscribe();
+    policies.mark_unchanged();
     let (frames, queued) = mpsc::channel::<Vec<u8>>(32);
     let mut writer = tokio::spawn(write_frames(send, queued, peering.idle_timeout()));
     let mut updates_counted = 0;
@@ -1054,6 +1056,7 @@ async fn drive(
                 Err(_) => Step::WriterEnded(Ok(Err(PeerError::Closed))),
             },
             changed = export.changed() => Step::ExportChanged(changed.is_ok()),
+            changed = policies.changed() => Step::PoliciesChanged(changed.is_ok()),
             () = tokio::time::sleep_until(wake) => Step::Timer,
         };
         match step {
@@ -1083,6 +1086,10 @@ async fn drive(
             }
             Step::ExportChanged(false) => return Ok(()),
             Step::ExportChanged(true) => session.sync(&lock(&shared.state).export),
+            Step::PoliciesChanged(false) => return Ok(()),
+            Step::PoliciesChanged(true) => {
+                session.sync_policies(&lock(&shared.state).policies.set);
+            }
             Step::Timer => session.handle_timeout(Instant::now())?,
             Step::Frame(frame) => {
                 let frame = match frame {
@@ -1110,7 +1117,16 @@ async fn drive(
                     } else {
                         let mut state = lock(&shared.state);
                         let imported = state.imports.entry(peer.clone()).or_default();
-                        Some(session.handle_frame(frame, Instant::now(), imported))
+                        Some(
+                            session
+                                .handle_frame(frame, Instant::now(), imported)
+                                .and_then(|event| match event {
+                                    Some(Event::Policy(frame)) => session
+                                        .handle_policy(frame, &mut state.policies, peer)
+                                        .map(|received| Some(Received::Policies(received))),
+                                    other => Ok(other.map(Received::Catalog)),
+                                }),
+                        )
                     }
                 };
                 let Some(event) = event else {
@@ -1122,9 +1138,13 @@ async fn drive(
                     return Ok(());
                 };
                 match event {
-                    Ok(Some(Event::Imported {
+                    Ok(Some(Received::Policies(received))) => {
+                        policies_received(shared, peer, received);
+                    }
+                    Ok(Some(Received::Catalog(Event::Policy(_)))) => {}
+                    Ok(Some(Received::Catalog(Event::Imported {
                         changed, snapshot, ..
-                    })) => {
+                    }))) => {
                         let kind = if snapshot { "snapshot" } else { "delta" };
                         shared
                             .metrics
@@ -1142,7 +1162,7 @@ async fn drive(
                             shared.catalog_changed();
                         }
                     }
-                    Ok(Some(Event::Acked(position))) => {
+                    Ok(Some(Received::Catalog(Event::Acked(position)))) => {
                         if let Some(status) = lock(&shared.peers).get_mut(peer)
                             && status.session == session_id
                         {
@@ -1169,6 +1189,42 @@ async fn drive(
     }
 }
 
+/// What a frame from the peer brought.
+enum Received {
+    Catalog(Event),
+    Policies(strait_federation::policy::exchange::Received),
+}
+
+/// Takes note of policy entries a peer sent: counted, news saved and passed on to the other
+/// peers and the sidecars, refusals logged with the peer's name.
+fn policies_received(
+    shared: &Shared,
+    peer: &ClusterName,
+    received: strait_federation::policy::exchange::Received,
+) {
+    let count = |result: &str, n: usize| {
+        if n > 0 {
+            shared
+                .metrics
+                .policy_entries
+                .with_label_values(&[peer.as_str(), result])
+                .inc_by(n as u64);
+        }
+    };
+    count("applied", received.changed.len());
+    count("refused", received.refused.len());
+    for error in &received.refused {
+        tracing::warn!(peer = %peer, error = %error, "refused a policy from a peer");
+    }
+    if !received.changed.is_empty() {
+        for key in &received.changed {
+            tracing::info!(peer = %peer, policy = %key, "policy changed by a peer");
+        }
+        shared.mark_dirty();
+        shared.policies_changed();
+    }
+}
+
 /// What woke a session up.
 enum Step {
     Continue,
@@ -1177,6 +1233,7 @@ enum Step {
     WriterEnded(Result<Result<(), PeerError>, tokio::task::JoinError>),
     Frame(Result<PeerFrame, PeerError>),
     ExportChanged(bool),
+    PoliciesChanged(bool),
     Timer,
 }
 

@@ -15,6 +15,7 @@ use strait_federation::catalog::{
 use strait_federation::identity::ClusterName;
 use strait_federation::link::{LinkSpec, Redemptions, random_u64};
 use strait_federation::pki::write_file;
+use strait_federation::policy::exchange::PolicyBook;
 
 use crate::GatewayError;
 
@@ -42,6 +43,11 @@ pub struct State {
     /// start, it means a crash: versions may have reached peers that this file never recorded.
     #[serde(default)]
     pub running: bool,
+    /// The mesh-wide policies this gateway holds (applied here or received from peers), with
+    /// the clock that stamps changes made here. Kept across restarts: a gateway that comes back
+    /// while partitioned enforces what it last had.
+    #[serde(default)]
+    pub policies: PolicyBook,
     /// Endpoints registered by this cluster's sidecars: leases, never written (sidecars
     /// register again within seconds of a restart).
     #[serde(skip)]
@@ -68,6 +74,7 @@ impl State {
             redemptions: Redemptions::default(),
             imports: BTreeMap::new(),
             running: false,
+            policies: PolicyBook::default(),
             registrations: BTreeMap::new(),
         }
     }

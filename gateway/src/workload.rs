@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::Stream;
 use strait_federation::catalog::{Endpoint, Port, Protocol, ServiceKey, ServiceSpec};
-use strait_federation::identity::{Role, ServiceName, SpiffeId};
+use strait_federation::identity::{Namespace, Role, ServiceName, SpiffeId};
 use strait_federation::proto::workload::workload_server::{Workload, WorkloadServer};
 use strait_federation::proto::workload::{
     Backend, CatalogView, CertifyRequest, CertifyResponse, DeregisterRequest, DeregisterResponse,
@@ -17,6 +17,7 @@ use strait_federation::proto::workload::{
 use tonic::{Request, Response, Status};
 
 use crate::api::Caller;
+use crate::policies::SidecarPolicies;
 use crate::store::Registration;
 use crate::{Shared, lock, unix_now};
 
@@ -42,6 +43,7 @@ struct ViewParts {
     services: Vec<ServiceView>,
     virtual_addresses: Vec<VirtualAddress>,
     virtual_ranges: Vec<String>,
+    policies: SidecarPolicies,
 }
 
 /// Serves the sidecars of this gateway's cluster.
@@ -126,7 +128,7 @@ fn endpoint_views(spec: &ServiceSpec) -> Vec<EndpointView> {
 
 impl WorkloadApi {
     /// The catalog as the sidecars of this cluster see it, after catalog change `change`.
-    fn view(&self, change: u64, version: u64) -> CatalogView {
+    fn view(&self, change: u64, version: u64, namespace: Option<&Namespace>) -> CatalogView {
         let cached = crate::lock(&self.views)
             .as_ref()
             .filter(|(made_for, _)| *made_for == change)
@@ -146,6 +148,7 @@ impl WorkloadApi {
                             std::iter::once(dns.vip_range.clone()).chain(dns.vip_range6.clone())
                         })
                         .collect(),
+                    policies: SidecarPolicies::of(&crate::lock(&self.shared.state)),
                 });
                 *crate::lock(&self.views) = Some((change, parts.clone()));
                 parts
@@ -158,6 +161,9 @@ impl WorkloadApi {
             services: parts.services.clone(),
             virtual_addresses: parts.virtual_addresses.clone(),
             virtual_ranges: parts.virtual_ranges.clone(),
+            policies: namespace
+                .map(|ns| parts.policies.for_namespace(ns))
+                .unwrap_or_default(),
         }
     }
 
@@ -331,7 +337,10 @@ impl Workload for WorkloadApi {
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        workload(&request)?;
+        let namespace = match workload(&request)? {
+            SpiffeId::Workload { namespace, .. } => Some(namespace),
+            _ => None,
+        };
         let api = self.clone();
         let mut changes = self.shared.views_tx.subscribe();
         let shutdown = self.shared.shutdown.clone();
@@ -339,7 +348,11 @@ impl Workload for WorkloadApi {
             let mut version = 1;
             loop {
                 let change = *changes.borrow_and_update();
-                if tx.send(Ok(api.view(change, version))).await.is_err() {
+                if tx
+                    .send(Ok(api.view(change, version, namespace.as_ref())))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 version += 1;

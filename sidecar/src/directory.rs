@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
+use crate::policy::Policies;
 use strait_federation::catalog::{Port, Protocol, ServiceKey};
 use strait_federation::cidr::CidrRange;
 use strait_federation::identity::{ClusterName, Namespace, ServiceName};
@@ -76,6 +77,8 @@ pub struct Directory {
     by_vip: HashMap<IpAddr, Destination>,
     /// The ranges they come from.
     virtual_ranges: Vec<CidrRange>,
+    /// The mesh-wide policies that concern this sidecar.
+    pub policies: Policies,
 }
 
 fn parse_port(port: &strait_federation::proto::workload::PortSpec) -> Option<Port> {
@@ -169,6 +172,7 @@ impl Directory {
                 .iter()
                 .filter_map(|r| CidrRange::parse(r).ok())
                 .collect(),
+            policies: Policies::from_documents(&view.policies),
         }
     }
 
@@ -355,6 +359,7 @@ mod tests {
                 vip("240.240.0.4", "gone", "", ""),
             ],
             virtual_ranges: vec!["240.240.0.0/16".into(), "fd00::/112".into()],
+            policies: Vec::new(),
         }
     }
 

@@ -10,11 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::header::{self, HeaderValue};
-use hyper::{Request, Response, StatusCode};
+use hyper::{Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use strait_federation::catalog::Protocol;
 use strait_federation::identity::SpiffeId;
+use strait_federation::policy::authorization::{Decision, Request};
 use strait_federation::tls;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -134,14 +135,35 @@ type InboundTls = tokio_rustls::server::TlsStream<TcpStream>;
 
 /// Who called, as the labels and the header to the app need it: worked out once per connection.
 struct CallerInfo {
+    identity: SpiffeId,
     cluster: String,
     header: Option<HeaderValue>,
+}
+
+/// The policy that refuses a request (HTTP: method and path) or a connection (TCP) of `caller`
+/// to this sidecar's service, if one does.
+fn refused_by(shared: &Shared, caller: &SpiffeId, http: Option<(&str, &str)>) -> Option<String> {
+    let own = shared.own_service.as_ref()?;
+    let request = Request {
+        caller: Some(caller),
+        http,
+    };
+    match shared
+        .directory
+        .borrow()
+        .policies
+        .authorize(&own.namespace, &own.name, &request)
+    {
+        Decision::Allow => None,
+        Decision::Deny { by } => Some(by),
+    }
 }
 
 async fn serve_http(shared: Arc<Shared>, tls: InboundTls, caller: SpiffeId) {
     let caller = Arc::new(CallerInfo {
         cluster: caller.cluster().to_string(),
         header: HeaderValue::from_str(&caller.to_string()).ok(),
+        identity: caller,
     });
     let service = hyper::service::service_fn(move |request| {
         let shared = shared.clone();
@@ -164,7 +186,7 @@ fn port_of(authority: Option<&hyper::http::uri::Authority>) -> Option<u16> {
 /// Forwards one request from another sidecar to the app.
 async fn to_app(
     shared: Arc<Shared>,
-    request: Request<hyper::body::Incoming>,
+    request: hyper::Request<hyper::body::Incoming>,
     caller: &CallerInfo,
 ) -> Response<Body> {
     let started = Instant::now();
@@ -176,10 +198,27 @@ async fn to_app(
         namespace,
         service,
     };
+    let refused = refused_by(
+        &shared,
+        &caller.identity,
+        Some((request.method().as_str(), request.uri().path())),
+    );
     let response = match shared
         .app_clients
         .for_port(port_of(request.uri().authority()))
     {
+        _ if refused.is_some() => {
+            let by = refused.unwrap_or_default();
+            shared.metrics.denied(&route, "http", &by);
+            tracing::debug!(caller = %caller.identity, policy = %by, "request denied");
+            error_response(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{} may not call {namespace}/{service}: denied by {by}",
+                    caller.identity
+                ),
+            )
+        }
         None => error_response(
             StatusCode::NOT_FOUND,
             format!("this endpoint serves no HTTP port for {}", request.uri()),
@@ -199,7 +238,7 @@ async fn to_app(
                     parts.headers.insert(header::HOST, host);
                 }
             }
-            let request = Request::from_parts(parts, connect::boxed(body));
+            let request = hyper::Request::from_parts(parts, connect::boxed(body));
             match client.request(request).await {
                 Ok(response) => {
                     let (mut parts, body) = response.into_parts();
@@ -236,12 +275,6 @@ async fn serve_tcp(shared: Arc<Shared>, mut tls: InboundTls, caller: SpiffeId) {
         tracing::info!(caller = %caller, port, "inbound TCP for a port this endpoint does not serve");
         return;
     };
-    let Ok(Ok(mut app)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(target)).await
-    else {
-        tracing::info!(caller = %caller, app = %target, "the app refused a TCP connection");
-        return;
-    };
-    let _ = app.set_nodelay(true);
     let (namespace, service) = &shared.service_labels;
     let route = Route {
         direction: Direction::Inbound,
@@ -250,6 +283,18 @@ async fn serve_tcp(shared: Arc<Shared>, mut tls: InboundTls, caller: SpiffeId) {
         namespace,
         service,
     };
+    if let Some(by) = refused_by(&shared, &caller, None) {
+        shared.metrics.denied(&route, "tcp", &by);
+        tracing::info!(caller = %caller, policy = %by, "connection denied");
+        // Closed before the app is dialled: the caller sees a refused connection.
+        return;
+    }
+    let Ok(Ok(mut app)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(target)).await
+    else {
+        tracing::info!(caller = %caller, app = %target, "the app refused a TCP connection");
+        return;
+    };
+    let _ = app.set_nodelay(true);
     shared.metrics.tcp_opened(&route);
     let (received, sent) = tokio::io::copy_bidirectional(&mut tls, &mut app)
         .await

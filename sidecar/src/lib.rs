@@ -16,6 +16,7 @@ pub mod directory;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
+pub mod policy;
 pub mod residence;
 
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
+use strait_federation::catalog::ServiceKey;
 use strait_federation::identity::Role;
 
 use strait_federation::identity::{ClusterName, Namespace, SpiffeId};
@@ -96,6 +98,8 @@ pub struct Shared {
     pub(crate) gateway_ip: Option<std::net::IpAddr>,
     /// The namespace and service this sidecar fronts, for inbound labels.
     pub(crate) service_labels: (String, String),
+    /// The service this sidecar fronts, whose authorization policies it enforces.
+    pub(crate) own_service: Option<ServiceKey>,
     pub shutdown: CancellationToken,
 }
 
@@ -276,6 +280,13 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
             .map(|s| s.name.to_string())
             .unwrap_or_default(),
     );
+    let own_service = match (&certified.identity, &config.service) {
+        (SpiffeId::Workload { namespace, .. }, Some(service)) => Some(ServiceKey {
+            namespace: namespace.clone(),
+            name: service.name.clone(),
+        }),
+        _ => None,
+    };
     let shared = Arc::new(Shared {
         cluster: bootstrap.cluster.clone(),
         identity: certified.identity,
@@ -308,6 +319,7 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
             .parse::<SocketAddr>()
             .ok()
             .map(|a| a.ip()),
+        own_service,
         service_labels,
         shutdown: CancellationToken::new(),
         config,

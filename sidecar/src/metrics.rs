@@ -83,6 +83,8 @@ pub struct Metrics {
     pub tcp_open: IntGaugeVec,
     pub tcp_bytes: IntCounterVec,
     pub renewals: IntCounter,
+    /// Requests and connections refused by authorization, by the policy that refused them.
+    pub denied: IntCounterVec,
 }
 
 impl Metrics {
@@ -142,7 +144,18 @@ impl Metrics {
         )
         .expect("constant metric");
         register(Box::new(renewals.clone()));
+        let denied = IntCounterVec::new(
+            Opts::new(
+                "authorization_denied_total",
+                "Requests (HTTP: answered 403) and connections (TCP: closed) refused by an \
+                 authorization policy, by protocol and policy.",
+            ),
+            &with(&["protocol", "policy"]),
+        )
+        .expect("constant metric");
+        register(Box::new(denied.clone()));
         Self {
+            denied,
             registry,
             requests,
             latency,
@@ -161,6 +174,14 @@ impl Metrics {
         self.latency
             .with_label_values(&labels)
             .observe(latency.as_secs_f64());
+    }
+
+    /// Records a request or connection refused by `policy`.
+    pub fn denied(&self, route: &Route<'_>, protocol: &str, policy: &str) {
+        let [a, b, c, d, e] = route.labels();
+        self.denied
+            .with_label_values(&[a, b, c, d, e, protocol, policy])
+            .inc();
     }
 
     /// Records a TCP connection opening.

@@ -53,6 +53,12 @@ pub struct Entry<T> {
 /// The replicated set: for each key, the entry with the highest version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicySet<K: Ord, T> {
+    /// Written as a list of pairs: keys are structures, which JSON maps cannot hold.
+    #[serde(with = "crate::catalog::map_as_list")]
+    #[serde(bound(
+        serialize = "K: Serialize, T: Serialize",
+        deserialize = "K: Deserialize<'de>, T: Deserialize<'de>"
+    ))]
     entries: BTreeMap<K, Entry<T>>,
 }
 
@@ -76,6 +82,26 @@ impl<K: Ord + Clone, T: Clone + PartialEq> PolicySet<K, T> {
         }
     }
 
+    /// The entry held for a key, tombstone or not.
+    pub fn get(&self, key: &K) -> Option<&Entry<T>> {
+        self.entries.get(key)
+    }
+
+    /// How many entries the set holds, tombstones included.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the set holds no entry at all.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// How many live policies the set holds.
+    pub fn live_count(&self) -> usize {
+        self.entries.values().filter(|e| e.body.is_some()).count()
+    }
+
     /// The live policies (tombstones left out).
     pub fn live(&self) -> impl Iterator<Item = (&K, &T, &Version)> {
         self.entries
@@ -89,10 +115,10 @@ impl<K: Ord + Clone, T: Clone + PartialEq> PolicySet<K, T> {
     }
 
     /// The entries a peer lacks, given the versions it holds.
-    pub fn newer_than<'a>(
+    pub fn newer_than<'a, 'h>(
         &'a self,
-        held: &'a BTreeMap<K, Version>,
-    ) -> impl Iterator<Item = (&'a K, &'a Entry<T>)> {
+        held: &'h BTreeMap<K, Version>,
+    ) -> impl Iterator<Item = (&'a K, &'a Entry<T>)> + use<'a, 'h, K, T> {
         self.entries
             .iter()
             .filter(move |(k, e)| held.get(*k).is_none_or(|v| *v < e.version))

@@ -1,0 +1,201 @@
+//! The mesh-wide policies as this sidecar follows them: checked again from the documents the
+//! gateway streams (a sidecar trusts no document it did not check), and arranged so that a
+//! request's decision looks only at the policies that can concern it.
+
+use std::collections::HashMap;
+
+use strait_federation::catalog::ServiceKey;
+use strait_federation::identity::{Namespace, ServiceName};
+use strait_federation::policy::authorization::{self, Authorization, Decision, Request};
+use strait_federation::policy::route::Route;
+use strait_federation::policy::{Checked, Policy, PolicyKey, PolicyKind};
+use strait_federation::proto::workload::PolicyDocument;
+
+/// The authorization policies of one namespace.
+#[derive(Debug, Clone, Default)]
+struct NamespacePolicies {
+    /// Those without a target: every service of the namespace.
+    whole: Vec<Authorization>,
+    by_service: HashMap<ServiceName, Vec<Authorization>>,
+}
+
+/// The policies of one catalog view.
+#[derive(Debug, Clone, Default)]
+pub struct Policies {
+    /// Authorization policies by namespace, then by the service they protect.
+    authorization: HashMap<Namespace, NamespacePolicies>,
+    /// Routes by the service they route.
+    routes: HashMap<ServiceKey, Vec<Route>>,
+    /// How many documents were skipped for failing their checks.
+    pub refused: usize,
+}
+
+impl Policies {
+    /// Checks and sorts the documents of a view; one that fails its checks is skipped and
+    /// logged (the gateway checked it, so this only guards against a newer gateway's fields).
+    pub fn from_documents(documents: &[PolicyDocument]) -> Self {
+        let mut policies = Self::default();
+        for document in documents {
+            let key = PolicyKind::ALL
+                .into_iter()
+                .find(|k| k.as_str() == document.kind)
+                .zip(Namespace::new(document.namespace.as_str()).ok())
+                .map(|(kind, namespace)| PolicyKey {
+                    kind,
+                    namespace,
+                    name: document.name.clone(),
+                });
+            let checked = key
+                .as_ref()
+                .map(|key| Policy::from_json(key, &document.document, "policy from the gateway"));
+            match checked {
+                Some(Ok(policy)) => match policy.checked().clone() {
+                    Checked::Authorization(a) => {
+                        let namespace = policies
+                            .authorization
+                            .entry(a.namespace.clone())
+                            .or_default();
+                        match &a.target {
+                            None => namespace.whole.push(a),
+                            Some(service) => namespace
+                                .by_service
+                                .entry(service.clone())
+                                .or_default()
+                                .push(a),
+                        }
+                    }
+                    Checked::Route(r) => policies
+                        .routes
+                        .entry(ServiceKey {
+                            namespace: r.namespace.clone(),
+                            name: r.service.clone(),
+                        })
+                        .or_default()
+                        .push(r),
+                },
+                Some(Err(error)) => {
+                    tracing::warn!(error = %error, "skipping a policy that fails its checks");
+                    policies.refused += 1;
+                }
+                None => {
+                    tracing::warn!(kind = %document.kind, namespace = %document.namespace, "skipping a policy of an unknown kind");
+                    policies.refused += 1;
+                }
+            }
+        }
+        policies
+    }
+
+    /// The decision for a request to `service` of `namespace`: the namespace's policies and
+    /// the service's own, in Istio's order (a matching deny wins; then, if any allow policy
+    /// applies, one must match).
+    pub fn authorize(
+        &self,
+        namespace: &Namespace,
+        service: &ServiceName,
+        request: &Request<'_>,
+    ) -> Decision {
+        let Some(policies) = self.authorization.get(namespace) else {
+            return Decision::Allow;
+        };
+        let own = policies.by_service.get(service).into_iter().flatten();
+        authorization::decide(
+            policies.whole.iter().chain(own),
+            namespace,
+            service,
+            request,
+        )
+    }
+
+    /// The routes of a service, in the order their documents came.
+    pub fn routes(&self, service: &ServiceKey) -> &[Route] {
+        self.routes.get(service).map_or(&[], Vec::as_slice)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strait_federation::identity::SpiffeId;
+
+    fn document(name: &str, target: Option<&str>, action: &str, from: &str) -> PolicyDocument {
+        let mut spec = serde_json::json!({
+            "action": action,
+            "rules": [{"from": [{"clusters": [from]}]}],
+        });
+        if let Some(target) = target {
+            spec["targetRef"] = serde_json::json!({"kind": "Service", "name": target});
+        }
+        PolicyDocument {
+            kind: "AuthorizationPolicy".into(),
+            namespace: "shop".into(),
+            name: name.into(),
+            document: serde_json::json!({
+                "apiVersion": "policy.strait.dev/v1alpha1",
+                "kind": "AuthorizationPolicy",
+                "metadata": {"name": name, "namespace": "shop"},
+                "spec": spec,
+            })
+            .to_string(),
+            stamp: 1,
+            origin: "east".into(),
+        }
+    }
+
+    fn caller(cluster: &str) -> SpiffeId {
+        format!("spiffe://mesh.test/cluster/{cluster}/ns/shop/sa/web")
+            .parse()
+            .unwrap()
+    }
+
+    /// Namespace-wide and per-service policies both apply; another service's do not; a
+    /// document that fails its checks (or names another policy) is skipped and counted.
+    #[test]
+    fn a_request_is_decided_by_its_namespace_and_service_policies_only() {
+        let mut forged = document("allow-all", None, "allow", "east");
+        forged.name = "something-else".into();
+        let policies = Policies::from_documents(&[
+            document("no-west-to-api", Some("api"), "deny", "west"),
+            document("only-east", None, "allow", "east"),
+            document("no-east-to-cart", Some("cart"), "deny", "east"),
+            document("broken", None, "perhaps", "east"),
+            forged,
+        ]);
+        assert_eq!(policies.refused, 2);
+        let shop = Namespace::new("shop").unwrap();
+        let api = ServiceName::new("api").unwrap();
+        let cart = ServiceName::new("cart").unwrap();
+        let decide = |service: &ServiceName, cluster: &str| {
+            let caller = caller(cluster);
+            policies.authorize(
+                &shop,
+                service,
+                &Request {
+                    caller: Some(&caller),
+                    http: Some(("GET", "/")),
+                },
+            )
+        };
+        assert_eq!(decide(&api, "east"), Decision::Allow);
+        assert_eq!(
+            decide(&api, "west"),
+            Decision::Deny {
+                by: "shop/no-west-to-api".into()
+            }
+        );
+        assert_eq!(
+            decide(&cart, "east"),
+            Decision::Deny {
+                by: "shop/no-east-to-cart".into()
+            }
+        );
+        assert!(matches!(decide(&cart, "north"), Decision::Deny { .. }));
+        let other = Namespace::new("other").unwrap();
+        let caller = caller("west");
+        let request = Request {
+            caller: Some(&caller),
+            http: None,
+        };
+        assert_eq!(policies.authorize(&other, &api, &request), Decision::Allow);
+    }
+}
