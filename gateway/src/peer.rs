@@ -1139,7 +1139,14 @@ async fn drive(
                 };
                 match event {
                     Ok(Some(Received::Policies(received))) => {
-                        policies_received(shared, peer, received);
+                        if policies_received(shared, peer, received) {
+                            // On disk before anyone acts on it: a gateway that restarts
+                            // while partitioned must not hand its sidecars an older set.
+                            if let Err(e) = shared.persist().await {
+                                tracing::error!(error = %e, "cannot write policies received");
+                            }
+                            shared.policies_changed();
+                        }
                     }
                     Ok(Some(Received::Catalog(Event::Policy(_)))) => {}
                     Ok(Some(Received::Catalog(Event::Imported {
@@ -1195,13 +1202,13 @@ enum Received {
     Policies(strait_federation::policy::exchange::Received),
 }
 
-/// Takes note of policy entries a peer sent: counted, news saved and passed on to the other
-/// peers and the sidecars, refusals logged with the peer's name.
+/// Takes note of policy entries a peer sent: counted, refusals logged with the peer's name;
+/// whether any changed the set.
 fn policies_received(
     shared: &Shared,
     peer: &ClusterName,
     received: strait_federation::policy::exchange::Received,
-) {
+) -> bool {
     let count = |result: &str, n: usize| {
         if n > 0 {
             shared
@@ -1216,13 +1223,10 @@ fn policies_received(
     for error in &received.refused {
         tracing::warn!(peer = %peer, error = %error, "refused a policy from a peer");
     }
-    if !received.changed.is_empty() {
-        for key in &received.changed {
-            tracing::info!(peer = %peer, policy = %key, "policy changed by a peer");
-        }
-        shared.mark_dirty();
-        shared.policies_changed();
+    for key in &received.changed {
+        tracing::info!(peer = %peer, policy = %key, "policy changed by a peer");
     }
+    !received.changed.is_empty()
 }
 
 /// What woke a session up.

@@ -286,8 +286,29 @@ mod tests {
             ClusterName::new("east").unwrap(),
             ImportedCatalog::default(),
         );
+        let policy = parse_documents(
+            "p.yaml",
+            "apiVersion: policy.strait.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: deny-all, namespace: shop}\nspec: {action: deny}\n",
+        )
+        .unwrap();
+        let Resource::Policy { key, policy } = policy[0].clone() else {
+            panic!()
+        };
+        let east = ClusterName::new("east").unwrap();
+        state
+            .policies
+            .apply(key.clone(), policy, &east, 1_000)
+            .unwrap();
         file.write(&StateFile::encode(&state).unwrap()).unwrap();
-        assert_eq!(file.load().unwrap(), state);
+        let loaded = file.load().unwrap();
+        assert!(
+            loaded
+                .policies
+                .set
+                .get(&key)
+                .is_some_and(|e| e.body.is_some())
+        );
+        assert_eq!(loaded, state);
     }
 
     #[test]

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
+pub mod workloads;
+
 /// The demo's gRPC service (client side), which the sample app serves.
 pub mod demo {
     tonic::include_proto!("strait.demo.v1");

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, ensure};
+use anyhow::{Result, anyhow, ensure};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::Frame;
@@ -14,114 +14,10 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use strait_tests::demo::OrderRequest;
 use strait_tests::demo::orders_client::OrdersClient;
-use strait_tests::{Gateway, Mesh, Process, http_get_host, metric, proc_memory, wait_for};
+use strait_tests::workloads::{api, client, endpoint, get_json, linked_pair, wait_route};
+use strait_tests::{http_get_host, metric, proc_memory, wait_for};
 
 const CALLER_EAST: &str = "spiffe://example.mesh/cluster/east/ns/shop/sa/web";
-
-/// Two gateways, east linked to west, with `workloads` settings when given.
-fn linked_pair(workloads: Option<&str>) -> Result<(Mesh, Gateway, Gateway)> {
-    let mesh = Mesh::new()?;
-    let mut west = mesh.gateway("west", None)?;
-    let mut east = mesh.gateway("east", None)?;
-    if let Some(workloads) = workloads {
-        west.set_workloads(workloads)?;
-        east.set_workloads(workloads)?;
-    }
-    west.start(&mesh)?;
-    east.start(&mesh)?;
-    mesh.link("east", "west")?;
-    for (cluster, peer) in [("east", "west"), ("west", "east")] {
-        wait_for(
-            Duration::from_secs(10),
-            &format!("{cluster} connected to {peer}"),
-            || Ok((mesh.link_state(cluster, peer)? == "connected").then_some(())),
-        )?;
-    }
-    Ok((mesh, east, west))
-}
-
-/// A service endpoint: sample apps behind a sidecar. `ports` are (app kind, port, protocol);
-/// one app process per kind serves every port of that kind.
-struct Endpoint {
-    apps: Vec<Process>,
-    sidecar: Process,
-}
-
-fn endpoint(
-    mesh: &Mesh,
-    cluster: &str,
-    service: &str,
-    pod: &str,
-    ports: &[(&str, u16, &str)],
-) -> Result<Endpoint> {
-    let mut apps: Vec<(String, Process)> = Vec::new();
-    let mut args = vec![
-        "--service".to_owned(),
-        service.to_owned(),
-        "--export".into(),
-        "--hostname".into(),
-        pod.to_owned(),
-    ];
-    for (kind, port, protocol) in ports {
-        if !apps.iter().any(|(k, _)| k == kind) {
-            let app = mesh.app(
-                kind,
-                cluster,
-                &format!("shop/{service}"),
-                &format!("{pod}-{kind}"),
-            )?;
-            apps.push((kind.to_string(), app));
-        }
-        let app = &apps
-            .iter()
-            .find(|(k, _)| k == kind)
-            .ok_or_else(|| anyhow!("app"))?
-            .1;
-        args.push("--port".into());
-        args.push(format!("{port}/{protocol}={}", app.addr("address")?));
-    }
-    let sidecar = mesh.sidecar(cluster, "shop", service, pod, &args)?;
-    Ok(Endpoint {
-        apps: apps.into_iter().map(|(_, p)| p).collect(),
-        sidecar,
-    })
-}
-
-/// An endpoint of shop/api: the HTTP sample app on port 8080 behind its sidecar.
-fn api(mesh: &Mesh, cluster: &str, pod: &str) -> Result<Endpoint> {
-    endpoint(mesh, cluster, "api", pod, &[("http", 8080, "http")])
-}
-
-/// A client sidecar (shop/web) with an HTTP proxy port and the given upstream listeners.
-fn client(mesh: &Mesh, cluster: &str, upstreams: &[&str]) -> Result<Process> {
-    let mut args = vec!["--proxy-addr".to_owned(), "127.0.0.1:0".into()];
-    for upstream in upstreams {
-        args.push("--upstream".into());
-        args.push(format!("{upstream}=127.0.0.1:0"));
-    }
-    mesh.sidecar(cluster, "shop", "web", &format!("web-{cluster}"), &args)
-}
-
-/// GET / of `host` through a proxy; the JSON the sample app answered.
-fn get_json(proxy: SocketAddr, host: &str) -> Result<Value> {
-    let (status, body) = http_get_host(proxy, host, "/")?;
-    ensure!(status == 200, "{host}: status {status}: {body}");
-    serde_json::from_str(&body).with_context(|| format!("{host}: {body}"))
-}
-
-/// Waits until `host` through `proxy` is served by `cluster`.
-fn wait_route(proxy: SocketAddr, host: &str, cluster: &str) -> Result<()> {
-    wait_for(
-        Duration::from_secs(20),
-        &format!("{host} served by {cluster}"),
-        || {
-            Ok(get_json(proxy, host)
-                .ok()
-                .filter(|v| v["cluster"] == cluster)
-                .map(|_| ()))
-        },
-    )
-}
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()

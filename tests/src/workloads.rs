@@ -1,0 +1,116 @@
+//! The workloads whole-mesh tests share: a linked pair of gateways, service endpoints (sample
+//! apps behind their sidecar), client sidecars, and requests through a client's proxy port.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, ensure};
+use serde_json::Value;
+
+use crate::{Gateway, Mesh, Process, http_get_host, wait_for};
+
+/// Two gateways, east linked to west, with `workloads` settings when given.
+pub fn linked_pair(workloads: Option<&str>) -> Result<(Mesh, Gateway, Gateway)> {
+    let mesh = Mesh::new()?;
+    let mut west = mesh.gateway("west", None)?;
+    let mut east = mesh.gateway("east", None)?;
+    if let Some(workloads) = workloads {
+        west.set_workloads(workloads)?;
+        east.set_workloads(workloads)?;
+    }
+    west.start(&mesh)?;
+    east.start(&mesh)?;
+    mesh.link("east", "west")?;
+    for (cluster, peer) in [("east", "west"), ("west", "east")] {
+        wait_for(
+            Duration::from_secs(10),
+            &format!("{cluster} connected to {peer}"),
+            || Ok((mesh.link_state(cluster, peer)? == "connected").then_some(())),
+        )?;
+    }
+    Ok((mesh, east, west))
+}
+
+/// A service endpoint: sample apps behind a sidecar. `ports` are (app kind, port, protocol);
+/// one app process per kind serves every port of that kind.
+pub struct Endpoint {
+    pub apps: Vec<Process>,
+    pub sidecar: Process,
+}
+
+/// Starts an endpoint of shop/`service` in `cluster`: its sample apps, then its sidecar.
+pub fn endpoint(
+    mesh: &Mesh,
+    cluster: &str,
+    service: &str,
+    pod: &str,
+    ports: &[(&str, u16, &str)],
+) -> Result<Endpoint> {
+    let mut apps: Vec<(String, Process)> = Vec::new();
+    let mut args = vec![
+        "--service".to_owned(),
+        service.to_owned(),
+        "--export".into(),
+        "--hostname".into(),
+        pod.to_owned(),
+    ];
+    for (kind, port, protocol) in ports {
+        if !apps.iter().any(|(k, _)| k == kind) {
+            let app = mesh.app(
+                kind,
+                cluster,
+                &format!("shop/{service}"),
+                &format!("{pod}-{kind}"),
+            )?;
+            apps.push((kind.to_string(), app));
+        }
+        let app = &apps
+            .iter()
+            .find(|(k, _)| k == kind)
+            .ok_or_else(|| anyhow!("app"))?
+            .1;
+        args.push("--port".into());
+        args.push(format!("{port}/{protocol}={}", app.addr("address")?));
+    }
+    let sidecar = mesh.sidecar(cluster, "shop", service, pod, &args)?;
+    Ok(Endpoint {
+        apps: apps.into_iter().map(|(_, p)| p).collect(),
+        sidecar,
+    })
+}
+
+/// An endpoint of shop/api: the HTTP sample app on port 8080 behind its sidecar.
+pub fn api(mesh: &Mesh, cluster: &str, pod: &str) -> Result<Endpoint> {
+    endpoint(mesh, cluster, "api", pod, &[("http", 8080, "http")])
+}
+
+/// A client sidecar (shop/web) with an HTTP proxy port and the given upstream listeners.
+pub fn client(mesh: &Mesh, cluster: &str, upstreams: &[&str]) -> Result<Process> {
+    let mut args = vec!["--proxy-addr".to_owned(), "127.0.0.1:0".into()];
+    for upstream in upstreams {
+        args.push("--upstream".into());
+        args.push(format!("{upstream}=127.0.0.1:0"));
+    }
+    mesh.sidecar(cluster, "shop", "web", &format!("web-{cluster}"), &args)
+}
+
+/// GET / of `host` through a proxy; the JSON the sample app answered.
+pub fn get_json(proxy: SocketAddr, host: &str) -> Result<Value> {
+    let (status, body) = http_get_host(proxy, host, "/")?;
+    ensure!(status == 200, "{host}: status {status}: {body}");
+    serde_json::from_str(&body).with_context(|| format!("{host}: {body}"))
+}
+
+/// Waits until `host` through `proxy` is served by `cluster`.
+pub fn wait_route(proxy: SocketAddr, host: &str, cluster: &str) -> Result<()> {
+    wait_for(
+        Duration::from_secs(20),
+        &format!("{host} served by {cluster}"),
+        || {
+            Ok(get_json(proxy, host)
+                .ok()
+                .filter(|v| v["cluster"] == cluster)
+                .map(|_| ()))
+        },
+    )
+}

@@ -1,0 +1,311 @@
+//! Mesh-wide policy end to end: documents applied with the CLI in one cluster, replicated by
+//! real gateways over QUIC, and enforced by real sidecars in front of the sample apps.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use serde_json::Value;
+use strait_tests::workloads::{client, endpoint, get_json, linked_pair, wait_route};
+use strait_tests::{Gateway, Mesh, http_get_host, metric, wait_for};
+
+/// The acceptance check's document.
+const NO_WEST_TO_API: &str = "apiVersion: policy.strait.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: no-west-to-api, namespace: shop}
+spec:
+  targetRef: {kind: Service, name: api}
+  action: deny
+  rules:
+    - from: [{clusters: [west]}]
+";
+
+const API: &str = "api.shop.svc.clusterset.local";
+
+/// A policy's name, origin and version as `strait get policies -o json` shows them.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Listed {
+    kind: String,
+    name: String,
+    origin: String,
+    version: String,
+}
+
+fn policies(mesh: &Mesh, cluster: &str) -> Result<Vec<Listed>> {
+    let text = mesh
+        .ctl(cluster, &["get", "policies", "-o", "json"])
+        .success()?;
+    let list: Value = serde_json::from_str(&text).with_context(|| text.clone())?;
+    let items = list["items"].as_array().context("items")?;
+    let mut listed: Vec<Listed> = items
+        .iter()
+        .map(|item| Listed {
+            kind: item["kind"].as_str().unwrap_or_default().to_owned(),
+            name: item["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            origin: item["status"]["origin"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            version: item["status"]["version"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        })
+        .collect();
+    listed.sort();
+    Ok(listed)
+}
+
+/// The status through `proxy` of GET / at `host`, and the body.
+fn status(proxy: SocketAddr, host: &str) -> (u16, String) {
+    http_get_host(proxy, host, "/").unwrap_or((0, String::new()))
+}
+
+/// Waits until GET / at `host` through `proxy` answers `want`; how long it took.
+fn wait_status(proxy: SocketAddr, host: &str, want: u16, limit: Duration) -> Result<Duration> {
+    let started = Instant::now();
+    wait_for(limit, &format!("{host} answering {want}"), || {
+        Ok((status(proxy, host).0 == want).then_some(()))
+    })?;
+    Ok(started.elapsed())
+}
+
+/// Sends a line through a TCP upstream listener; whether it came back.
+fn tcp_echoes(upstream: SocketAddr) -> bool {
+    let attempt = || -> std::io::Result<bool> {
+        let mut tcp = std::net::TcpStream::connect(upstream)?;
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+        tcp.write_all(b"ping\n")?;
+        let mut echoed = [0u8; 5];
+        tcp.read_exact(&mut echoed)?;
+        Ok(&echoed == b"ping\n")
+    };
+    attempt().unwrap_or(false)
+}
+
+#[test]
+fn a_deny_applied_in_east_is_enforced_in_west_held_while_partitioned_and_lifted_by_delete()
+-> Result<()> {
+    let (mesh, _east_gateway, mut west_gateway) = linked_pair(None)?;
+    let ports = [("http", 8080, "http"), ("tcp", 5432, "tcp")];
+    let api_east = endpoint(&mesh, "east", "api", "api-east-0", &ports)?;
+    let api_west = endpoint(&mesh, "west", "api", "api-west-0", &ports)?;
+    let web_east = client(&mesh, "east", &[])?;
+    let web_west = client(&mesh, "west", &["api.shop.svc.cluster.local:5432"])?;
+    let (east_proxy, west_proxy) = (web_east.addr("proxy")?, web_west.addr("proxy")?);
+    wait_route(west_proxy, API, "west")?;
+    wait_route(east_proxy, API, "east")?;
+    wait_route(east_proxy, &format!("west.{API}"), "west")?;
+    ensure!(tcp_echoes(web_west.upstream(0)?), "TCP before the policy");
+
+    // A bad document is refused whole, naming the field; nothing reaches the mesh.
+    let bad = mesh.apply(
+        "east",
+        "bad.yaml",
+        &NO_WEST_TO_API.replace("action: deny", "action: deny\n  actoin: allow"),
+    );
+    ensure!(!bad.ok, "a document with an unknown field was accepted");
+    ensure!(
+        bad.stderr.contains("bad.yaml: document 1") && bad.stderr.contains("spec.actoin"),
+        "{}",
+        bad.stderr
+    );
+    ensure!(policies(&mesh, "east")?.is_empty());
+
+    let applied = mesh
+        .apply("east", "no-west.yaml", NO_WEST_TO_API)
+        .success()?;
+    ensure!(applied.contains("no-west-to-api created"), "{applied}");
+    // West's client reaches west's api directly, sidecar to sidecar: the policy applied in
+    // east must have reached west's gateway and, from it, west's sidecar.
+    let took = wait_status(west_proxy, API, 403, Duration::from_secs(5))?;
+    println!("deny enforced in west {took:?} after apply in east");
+    let (_, body) = status(west_proxy, API);
+    ensure!(body.contains("shop/no-west-to-api"), "{body}");
+    // East's callers are not concerned, here or in west.
+    ensure!(get_json(east_proxy, API)?["cluster"] == "east");
+    ensure!(get_json(east_proxy, &format!("west.{API}"))?["cluster"] == "west");
+    // Opaque TCP from west is refused (closed before the app is dialled).
+    ensure!(!tcp_echoes(web_west.upstream(0)?), "TCP got through a deny");
+
+    // Both gateways list it, with the same version, made in east.
+    let at_west = policies(&mesh, "west")?;
+    ensure!(at_west.len() == 1, "{at_west:?}");
+    ensure!(at_west[0].name == "no-west-to-api" && at_west[0].origin == "east");
+    ensure!(!at_west[0].version.is_empty());
+    ensure!(policies(&mesh, "east")? == at_west);
+
+    // The destination sidecar counted both refusals by the policy's name.
+    let admin = api_west.sidecar.addr("admin")?;
+    let text = http_get_host(admin, "localhost", "/metrics")?.1;
+    for protocol in ["http", "tcp"] {
+        let denied = metric(
+            &text,
+            "strait_authorization_denied_total",
+            &[
+                &format!("protocol=\"{protocol}\""),
+                "policy=\"shop/no-west-to-api\"",
+                "source_cluster=\"west\"",
+            ],
+        );
+        ensure!(denied >= Some(1.0), "{protocol}: {denied:?}");
+    }
+
+    // Fail static: with west's gateway gone, west's sidecars keep enforcing what they had.
+    west_gateway.kill()?;
+    for _ in 0..5 {
+        ensure!(status(west_proxy, API).0 == 403, "the deny lapsed");
+    }
+    west_gateway.start(&mesh)?;
+    ensure!(
+        status(west_proxy, API).0 == 403,
+        "the deny lapsed on restart"
+    );
+    let restarted = policies(&mesh, "west")?;
+    ensure!(
+        restarted == at_west,
+        "west's gateway restarted without the policy: {restarted:?}, not {at_west:?}"
+    );
+
+    // East may take the old connection for alive until its idle timeout: wait until west,
+    // which knows it restarted, has east's new session.
+    wait_for(Duration::from_secs(20), "east linked to west again", || {
+        Ok((mesh.link_state("west", "east")? == "connected").then_some(()))
+    })?;
+
+    // Deleted in east, lifted in west within 5 s.
+    let path = mesh.file("no-west.yaml", NO_WEST_TO_API)?;
+    let deleted = mesh
+        .cli(&["--context", "east", "delete", "-f"], &[&path])
+        .success()?;
+    ensure!(deleted.contains("no-west-to-api deleted"), "{deleted}");
+    let took = wait_status(west_proxy, API, 200, Duration::from_secs(5))?;
+    println!("deny lifted in west {took:?} after delete in east");
+    ensure!(tcp_echoes(web_west.upstream(0)?), "TCP after the delete");
+    ensure!(policies(&mesh, "west")?.is_empty());
+    // Deleting again names what was not there and fails.
+    let again = mesh.cli(&["--context", "east", "delete", "-f"], &[&path]);
+    ensure!(
+        !again.ok && again.stdout.contains("not found"),
+        "{}",
+        again.stdout
+    );
+    drop(api_east);
+    Ok(())
+}
+
+#[test]
+fn an_allow_policy_admits_only_its_callers_methods_and_paths() -> Result<()> {
+    let (mesh, _east_gateway, _west_gateway) = linked_pair(None)?;
+    let _api = endpoint(
+        &mesh,
+        "east",
+        "api",
+        "api-east-0",
+        &[("http", 8080, "http")],
+    )?;
+    let web_east = client(&mesh, "east", &[])?;
+    let web_west = client(&mesh, "west", &[])?;
+    let (east_proxy, west_proxy) = (web_east.addr("proxy")?, web_west.addr("proxy")?);
+    wait_route(east_proxy, API, "east")?;
+    wait_route(west_proxy, API, "east")?;
+    // Only web of west may call, and only GET under /public/; everyone else is refused.
+    mesh.apply(
+        "west",
+        "allow.yaml",
+        "apiVersion: policy.strait.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: public-from-west, namespace: shop}
+spec:
+  targetRef: {kind: Service, name: api}
+  action: allow
+  rules:
+    - from: [{clusters: [west], serviceAccounts: [web]}]
+      to: [{methods: [GET], paths: [/public/*]}]
+",
+    )
+    .success()?;
+    wait_status(east_proxy, API, 403, Duration::from_secs(5))?;
+    let (code, _) = http_get_host(west_proxy, API, "/public/menu")?;
+    ensure!(code == 200, "west GET /public/menu: {code}");
+    let (code, _) = http_get_host(west_proxy, API, "/private")?;
+    ensure!(code == 403, "west GET /private: {code}");
+    let (code, _) = http_get_host(east_proxy, API, "/public/menu")?;
+    ensure!(code == 403, "east GET /public/menu: {code}");
+    Ok(())
+}
+
+/// Three gateways, north and east both linked to west (the hub). A change applied at one end
+/// crosses the hub; with the hub down, both ends change on their own, go on enforcing what
+/// they have, and all three converge once it is back.
+#[test]
+fn policies_converge_across_three_gateways_after_a_partition_heals() -> Result<()> {
+    let mesh = Mesh::new()?;
+    let mut gateways: Vec<Gateway> = Vec::new();
+    for cluster in ["west", "east", "north"] {
+        gateways.push(mesh.start(cluster, None)?);
+    }
+    mesh.link("east", "west")?;
+    mesh.link("north", "west")?;
+    let policy = |name: &str, cluster: &str| {
+        NO_WEST_TO_API
+            .replace("no-west-to-api", name)
+            .replace("[west]", &format!("[{cluster}]"))
+    };
+    let all_equal = |want: usize| -> Result<Option<Vec<Listed>>> {
+        let sets: Vec<_> = ["east", "west", "north"]
+            .iter()
+            .map(|c| policies(&mesh, c))
+            .collect::<Result<_>>()?;
+        Ok((sets[0].len() == want && sets.iter().all(|s| *s == sets[0])).then(|| sets[0].clone()))
+    };
+
+    let started = Instant::now();
+    mesh.apply("east", "a.yaml", &policy("a", "south"))
+        .success()?;
+    let first = wait_for(Duration::from_secs(5), "a everywhere", || all_equal(1))?;
+    println!("a policy reached three gateways in {:?}", started.elapsed());
+    ensure!(first[0].origin == "east");
+
+    // The hub goes down: east and north are cut off from each other.
+    gateways[0].kill()?;
+    mesh.apply("east", "b.yaml", &policy("b", "south"))
+        .success()?;
+    mesh.apply("north", "c.yaml", &policy("c", "south"))
+        .success()?;
+    let path = mesh.file("a.yaml", &policy("a", "south"))?;
+    mesh.cli(&["--context", "north", "delete", "-f"], &[&path])
+        .success()?;
+    // Each side holds its own view meanwhile.
+    let names = |cluster: &str| -> Result<Vec<String>> {
+        Ok(policies(&mesh, cluster)?
+            .into_iter()
+            .map(|p| p.name)
+            .collect())
+    };
+    ensure!(names("east")? == ["a", "b"], "{:?}", names("east")?);
+    ensure!(names("north")? == ["c"], "{:?}", names("north")?);
+
+    let healed = Instant::now();
+    gateways[0].start(&mesh)?;
+    let converged = wait_for(Duration::from_secs(15), "one set after the heal", || {
+        all_equal(2)
+    })?;
+    println!(
+        "three gateways converged {:?} after the hub came back",
+        healed.elapsed()
+    );
+    let names: Vec<_> = converged
+        .iter()
+        .map(|p| (p.name.as_str(), p.origin.as_str()))
+        .collect();
+    ensure!(
+        names == [("b", "east"), ("c", "north")],
+        "north's later delete of a wins everywhere: {converged:?}"
+    );
+    Ok(())
+}
