@@ -112,6 +112,9 @@ enum Command {
         /// The pod name it says it has.
         #[arg(long, default_value = "app-0")]
         pod: String,
+        /// Answer every HTTP request with this status (a broken app).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(100..600))]
+        broken: Option<u16>,
     },
 }
 
@@ -400,12 +403,14 @@ async fn run(cli: Cli) -> Result<()> {
             cluster,
             service,
             pod,
+            broken,
         } => {
             let stop = tokio_util::sync::CancellationToken::new();
             let identity = demo::apps::AppIdentity {
                 service,
                 cluster,
                 pod,
+                broken: broken.and_then(|s| hyper::StatusCode::from_u16(s).ok()),
             };
             let address = demo::apps::start(kind, listen, identity, stop.clone()).await?;
             println!(

@@ -1,7 +1,9 @@
 //! Choosing where a request goes: peak-EWMA latency with the power of two choices, over the
 //! targets a caller offers (this cluster's endpoints first; other clusters when none of those
-//! is usable). Targets that failed to connect are set aside for a backoff that grows with
-//! consecutive failures. No clock or randomness of its own: callers pass `now` and a random
+//! is usable). Targets that failed to connect, or answered with gateway errors (502, 503,
+//! 504) several times in a row, are set aside (ejected) for a backoff that grows with
+//! consecutive failures: the circuit opens for that endpoint, and traffic goes to the others,
+//! or to other clusters when none is left. No clock or randomness of its own: callers pass `now` and a random
 //! number, so the choices are tested exactly.
 
 use std::collections::HashMap;
@@ -15,6 +17,9 @@ const DEFAULT_RTT: Duration = Duration::from_millis(1);
 /// The first and the longest time a failing target is set aside.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Gateway errors in a row that eject a target (Envoy's consecutive gateway failures,
+/// Linkerd's failure accrual).
+pub const CONSECUTIVE_ERRORS: u32 = 5;
 /// Targets unused for this long are forgotten.
 const FORGET: Duration = Duration::from_secs(300);
 
@@ -26,6 +31,8 @@ struct Stats {
     pending: u32,
     failures: u32,
     failed_until: Option<Instant>,
+    /// Gateway errors answered in a row.
+    errors_in_a_row: u32,
 }
 
 impl Stats {
@@ -36,6 +43,7 @@ impl Stats {
             pending: 0,
             failures: 0,
             failed_until: None,
+            errors_in_a_row: 0,
         }
     }
 
@@ -100,6 +108,14 @@ impl<'a, T: Clone + Eq + Hash> InFlight<'a, T> {
         self.done = true;
         let now = Instant::now();
         lock(self.balancer).end(&self.target, now - self.started, now);
+    }
+
+    /// The answer was a gateway error: its latency is a sample, and enough of them in a row
+    /// eject the target.
+    pub fn end_with_error(mut self) {
+        self.done = true;
+        let now = Instant::now();
+        lock(self.balancer).end_with_error(&self.target, now - self.started, now);
     }
 
     /// Connecting failed: the target is set aside for a backoff.
@@ -180,6 +196,25 @@ impl<T: Clone + Eq + Hash> Balancer<T> {
 
     /// A request to `target` ended after `latency` (to its response headers).
     pub fn end(&mut self, target: &T, latency: Duration, now: Instant) {
+        let stats = self.sample(target, latency, now);
+        stats.failures = 0;
+        stats.failed_until = None;
+        stats.errors_in_a_row = 0;
+    }
+
+    /// A request to `target` got a gateway error after `latency`: after
+    /// [`CONSECUTIVE_ERRORS`] in a row the target is ejected for a growing backoff.
+    pub fn end_with_error(&mut self, target: &T, latency: Duration, now: Instant) {
+        let stats = self.sample(target, latency, now);
+        stats.errors_in_a_row += 1;
+        if stats.errors_in_a_row >= CONSECUTIVE_ERRORS {
+            stats.errors_in_a_row = 0;
+            self.fail(target, now);
+        }
+    }
+
+    /// Takes a latency sample of a request that ended.
+    fn sample(&mut self, target: &T, latency: Duration, now: Instant) -> &mut Stats {
         let stats = self.stats(target, now);
         stats.pending = stats.pending.saturating_sub(1);
         let rtt = latency.as_secs_f64();
@@ -193,8 +228,7 @@ impl<T: Clone + Eq + Hash> Balancer<T> {
             current * weight + rtt * (1.0 - weight)
         };
         stats.updated = now;
-        stats.failures = 0;
-        stats.failed_until = None;
+        stats
     }
 
     /// A request to `target` ended without a latency worth keeping (cancelled, or refused
@@ -327,5 +361,42 @@ mod tests {
         balancer.end(&"idle", Duration::from_millis(1), now);
         balancer.forget_idle(now + FORGET);
         assert_eq!(balancer.stats.len(), 1);
+    }
+
+    /// An endpoint that answers gateway errors fast would win every latency comparison: five
+    /// in a row eject it, for longer each time, and one success brings it back to normal.
+    #[test]
+    fn an_endpoint_answering_gateway_errors_is_ejected_then_readmitted() {
+        let start = Instant::now();
+        let mut balancer = Balancer::default();
+        let (good, bad) = ("good", "bad");
+        balancer.end(&good, Duration::from_millis(5), start);
+        for i in 0..CONSECUTIVE_ERRORS - 1 {
+            balancer.end_with_error(&bad, Duration::from_micros(100), start);
+            assert!(
+                balancer.usable(&bad, start),
+                "ejected after {} errors",
+                i + 1
+            );
+        }
+        balancer.end_with_error(&bad, Duration::from_micros(100), start);
+        assert!(!balancer.usable(&bad, start));
+        for random in randoms(7).take(50) {
+            assert_eq!(balancer.pick(&[good, bad], start, random), Some(good));
+        }
+        // Back after the first backoff; five more errors eject it for twice as long.
+        let later = start + BACKOFF_MIN;
+        assert!(balancer.usable(&bad, later));
+        for _ in 0..CONSECUTIVE_ERRORS {
+            balancer.end_with_error(&bad, Duration::from_micros(100), later);
+        }
+        assert!(!balancer.usable(&bad, later + BACKOFF_MIN));
+        assert!(balancer.usable(&bad, later + 2 * BACKOFF_MIN));
+        // A success clears the count: four errors after it do not eject.
+        balancer.end(&bad, Duration::from_millis(1), later + 2 * BACKOFF_MIN);
+        for _ in 0..CONSECUTIVE_ERRORS - 1 {
+            balancer.end_with_error(&bad, Duration::from_micros(100), later + 2 * BACKOFF_MIN);
+        }
+        assert!(balancer.usable(&bad, later + 2 * BACKOFF_MIN));
     }
 }

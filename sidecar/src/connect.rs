@@ -27,6 +27,13 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type on every hop.
 pub type Body = BoxBody<Bytes, BoxError>;
 
+/// A body of bytes already at hand.
+pub fn full(bytes: Bytes) -> Body {
+    http_body_util::Full::new(bytes)
+        .map_err(|never: std::convert::Infallible| match never {})
+        .boxed()
+}
+
 /// A received body as the body type of every hop, streamed as it arrives.
 pub fn boxed(body: hyper::body::Incoming) -> Body {
     body.map_err(|e| Box::new(e) as BoxError).boxed()

@@ -18,6 +18,8 @@ pub mod metrics;
 pub mod outbound;
 pub mod policy;
 pub mod residence;
+pub mod retry;
+pub mod routing;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -88,6 +90,8 @@ pub struct Shared {
     pub directory: watch::Sender<Arc<Directory>>,
     pub(crate) balancer: Mutex<Balancer<Target>>,
     pub(crate) pool: Pool,
+    /// Retry budgets, one per route rule that retries.
+    pub(crate) budgets: retry::Budgets,
     pub metrics: Metrics,
     pub(crate) app_clients: AppClients,
     pub inbound_addr: SocketAddr,
@@ -302,6 +306,7 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
         directory: watch::channel(Arc::new(Directory::default())).0,
         balancer: Mutex::new(Balancer::default()),
         pool: Pool::default(),
+        budgets: retry::Budgets::default(),
         metrics: Metrics::new(bootstrap.cluster.as_str()),
         app_clients: AppClients::new(
             config

@@ -85,6 +85,8 @@ pub struct Metrics {
     pub renewals: IntCounter,
     /// Requests and connections refused by authorization, by the policy that refused them.
     pub denied: IntCounterVec,
+    /// Retries of outbound requests, by outcome (sent, or refused by the budget).
+    pub retries: IntCounterVec,
 }
 
 impl Metrics {
@@ -154,8 +156,19 @@ impl Metrics {
         )
         .expect("constant metric");
         register(Box::new(denied.clone()));
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "retries_total",
+                "Outbound requests sent again under a route's retries, by outcome: sent, or \
+                 budget_exhausted (the retry budget refused it).",
+            ),
+            &with(&["outcome"]),
+        )
+        .expect("constant metric");
+        register(Box::new(retries.clone()));
         Self {
             denied,
+            retries,
             registry,
             requests,
             latency,
@@ -181,6 +194,14 @@ impl Metrics {
         let [a, b, c, d, e] = route.labels();
         self.denied
             .with_label_values(&[a, b, c, d, e, protocol, policy])
+            .inc();
+    }
+
+    /// Records a retry, or one the budget refused.
+    pub fn retry(&self, route: &Route<'_>, outcome: &str) {
+        let [a, b, c, d, e] = route.labels();
+        self.retries
+            .with_label_values(&[a, b, c, d, e, outcome])
             .inc();
     }
 

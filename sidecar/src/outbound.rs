@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use strait_federation::catalog::Port;
+use strait_federation::identity::{ClusterName, Namespace};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -23,6 +23,8 @@ use crate::balance::InFlight;
 use crate::connect::{self, Body, TCP_ALPN, Target};
 use crate::directory::{Destination, Directory, ServiceEntry};
 use crate::metrics::{Direction, Route};
+use crate::retry::{self, Kept};
+use crate::routing;
 use crate::{CLIENT_ID_HEADER, Shared, accept_each};
 
 /// Targets tried per request or connection before giving up.
@@ -69,11 +71,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// A response the sidecar makes itself.
 pub fn error_response(status: StatusCode, message: String) -> Response<Body> {
-    let mut response = Response::new(
-        Full::new(Bytes::from(format!("strait: {message}\n")))
-            .map_err(|never: Infallible| match never {})
-            .boxed(),
-    );
+    let mut response = Response::new(connect::full(Bytes::from(format!("strait: {message}\n"))));
     *response.status_mut() = status;
     if let Ok(value) = HeaderValue::from_str(&message.replace(['\r', '\n'], " ")) {
         response.headers_mut().insert(PROXY_ERROR_HEADER, value);
@@ -131,15 +129,24 @@ struct Plan {
 /// no such port.
 fn plan(directory: &Directory, name: &str) -> Option<Result<Plan, String>> {
     let dest = directory.resolve(name)?;
-    let entry = directory.service(&dest.service)?;
-    Some(match entry.port(dest.port) {
+    directory.service(&dest.service)?;
+    Some(plan_destination(directory, dest))
+}
+
+/// Plans the way to a destination (a route's backend, say); an error when the catalog lacks
+/// its service or the port.
+fn plan_destination(directory: &Directory, dest: Destination) -> Result<Plan, String> {
+    let Some(entry) = directory.service(&dest.service) else {
+        return Err(format!("{} is not in the mesh catalog", dest.service));
+    };
+    match entry.port(dest.port) {
         Some(port) => Ok(Plan {
             tiers: tiers(directory, entry, &dest, port),
             port: port.clone(),
             dest,
         }),
         None => Err(no_port(&dest)),
-    })
+    }
 }
 
 /// Why a destination has no port to send to.
@@ -229,12 +236,40 @@ pub async fn proxy_http(
             );
         }
     };
+    // A route of the service may send the request elsewhere, edit it, and retry it.
+    let routed = routing::select(
+        &directory,
+        &dest,
+        request.method().as_str(),
+        request.uri().path(),
+        request.headers(),
+        crate::balance::random(),
+    );
+    let (dest, tiers) = match &routed {
+        Some(routed) => {
+            let to = routed.destination(&dest);
+            match plan_destination(&directory, to) {
+                Ok(Plan { dest, tiers, .. }) => (dest, tiers),
+                Err(message) => {
+                    return error_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("route {}: {message}", routed.route.name),
+                    );
+                }
+            }
+        }
+        None => (dest, tiers),
+    };
+    let rule = routed.as_ref().map(|r| r.rule);
 
     let (mut parts, body) = request.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     // Only the destination's sidecar says who the caller is.
     parts.headers.remove(CLIENT_ID_HEADER);
     parts.headers.remove(header::HOST);
+    if let Some(rule) = rule {
+        routing::edit(&mut parts.headers, &rule.request_headers);
+    }
     let path = parts
         .uri
         .path_and_query()
@@ -252,61 +287,98 @@ pub async fn proxy_http(
         }
     };
     parts.version = Version::HTTP_2;
-    let mut request = Some(Request::from_parts(parts, connect::boxed(body)));
+    // Retries: only with a route that asks for them, for a request that may be sent twice and
+    // is small enough to keep.
+    let retries = routed.as_ref().and_then(|routed| {
+        let retries = routed.rule.retries.as_ref()?;
+        (retries.non_idempotent || retry::idempotent(&parts.method)).then(|| {
+            (
+                routed.budget_key(),
+                retries.attempts,
+                retries.budget_percent,
+            )
+        })
+    });
+    let request = hyper::Request::from_parts(parts, body);
+    let kept = match &retries {
+        Some(_) => retry::Replay::keep(request).await,
+        None => {
+            let (parts, body) = request.into_parts();
+            Ok(Kept::Once(Request::from_parts(parts, connect::boxed(body))))
+        }
+    };
+    let mut kept = match kept {
+        Ok(kept) => kept,
+        Err(message) => return error_response(StatusCode::BAD_REQUEST, message),
+    };
+    let per_try = rule.and_then(|r| r.per_try_timeout);
+    let overall = rule
+        .and_then(|r| r.timeout)
+        .unwrap_or(shared.config.request_timeout);
 
     let local_cluster = shared.cluster.clone();
-    let attempt = async {
-        let mut last_error = String::from("no endpoint is ready");
-        for _ in 0..MAX_ATTEMPTS {
-            let Some(target) = choose(&shared, &tiers) else {
-                break;
-            };
-            let Some(outgoing) = request.take() else {
-                break;
-            };
-            // Dropped with the request (timeout, caller gone), it leaves no load behind.
-            let in_flight = InFlight::start(&shared.balancer, target.clone());
-            let namespace = &dest.service.namespace;
-            let mut sender = match shared.pool.get(&shared, &target, namespace).await {
-                Ok(sender) => sender,
-                Err(e) => {
-                    tracing::debug!(target = ?target, error = %e, "cannot reach target");
-                    in_flight.fail();
-                    last_error = e.to_string();
-                    request = Some(outgoing);
-                    continue;
-                }
-            };
-            match sender.try_send_request(outgoing).await {
-                Ok(response) => {
-                    in_flight.end();
-                    return Ok((target, response));
-                }
-                Err(mut e) => {
-                    shared.pool.evict(&target);
-                    last_error = e.error().to_string();
-                    match e.take_message() {
-                        // Never sent: safe to send elsewhere.
-                        Some(unsent) => {
-                            in_flight.fail();
-                            request = Some(unsent);
-                        }
-                        None => return Err((StatusCode::BAD_GATEWAY, Some(target), last_error)),
-                    }
-                }
-            }
-        }
-        Err((StatusCode::SERVICE_UNAVAILABLE, None, last_error))
+    let namespace = &dest.service.namespace;
+    let labels = Route {
+        direction: Direction::Outbound,
+        source_cluster: local_cluster.as_str(),
+        destination_cluster: local_cluster.as_str(),
+        namespace: dest.service.namespace.as_str(),
+        service: dest.service.name.as_str(),
     };
-    let outcome = match tokio::time::timeout(shared.config.request_timeout, attempt).await {
+    if let Some((key, _, percent)) = &retries {
+        shared.budgets.record_request(key, *percent, Instant::now());
+    }
+    let attempt = async {
+        let mut retried = 0;
+        loop {
+            let outgoing = match &mut kept {
+                Kept::Replay(replay) => replay.request(),
+                Kept::Once(_) => {
+                    let taken = std::mem::replace(
+                        &mut kept,
+                        Kept::Once(Request::new(connect::full(Bytes::new()))),
+                    );
+                    let Kept::Once(request) = taken else {
+                        unreachable!("matched as Once just above")
+                    };
+                    request
+                }
+            };
+            let sent = send(&shared, &tiers, namespace, outgoing);
+            let result = match per_try {
+                Some(limit) => tokio::time::timeout(limit, sent).await.unwrap_or_else(|_| {
+                    Err((
+                        StatusCode::GATEWAY_TIMEOUT,
+                        None,
+                        format!("no response within the per-try timeout of {limit:?}"),
+                    ))
+                }),
+                None => sent.await,
+            };
+            let failed = match &result {
+                Ok((_, response)) => retry::retryable(response.status()),
+                Err(_) => true,
+            };
+            let Some((key, attempts, percent)) = retries.as_ref().filter(|_| failed) else {
+                return result;
+            };
+            if retried >= *attempts || !matches!(kept, Kept::Replay(_)) {
+                return result;
+            }
+            if !shared.budgets.try_retry(key, *percent, Instant::now()) {
+                shared.metrics.retry(&labels, "budget_exhausted");
+                return result;
+            }
+            shared.metrics.retry(&labels, "sent");
+            retried += 1;
+        }
+    };
+    let outcome = match tokio::time::timeout(overall, attempt).await {
         Ok(outcome) => outcome,
         Err(_) => Err((
             StatusCode::GATEWAY_TIMEOUT,
             None,
-            format!(
-                "no response from {} within {:?}",
-                dest.service, shared.config.request_timeout
-            ),
+            format!("no response from {} within {overall:?}", dest.service),
         )),
     };
     let (response, destination_cluster) = match outcome {
@@ -314,11 +386,13 @@ pub async fn proxy_http(
             let cluster = target.cluster(&local_cluster).clone();
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            if let Some(rule) = rule {
+                routing::edit(&mut parts.headers, &rule.response_headers);
+            }
             (Response::from_parts(parts, connect::boxed(body)), cluster)
         }
         Err((status, target, message)) => {
-            let cluster =
-                target.map_or(local_cluster.clone(), |t| t.cluster(&local_cluster).clone());
+            let cluster = target.unwrap_or_else(|| local_cluster.clone());
             (
                 error_response(status, format!("{}: {message}", dest.service)),
                 cluster,
@@ -327,16 +401,75 @@ pub async fn proxy_http(
     };
     shared.metrics.request(
         &Route {
-            direction: Direction::Outbound,
-            source_cluster: local_cluster.as_str(),
             destination_cluster: destination_cluster.as_str(),
-            namespace: dest.service.namespace.as_str(),
-            service: dest.service.name.as_str(),
+            ..labels
         },
         response.status().as_u16(),
         started.elapsed(),
     );
     response
+}
+
+/// Why a request got no response: the status to answer, the cluster that failed it (when one
+/// was reached), and what happened.
+type Failure = (StatusCode, Option<ClusterName>, String);
+
+/// A request's one try: sent to the best target, and to the next ones while it could not be
+/// sent at all (no connection, or refused before the server read it).
+async fn send(
+    shared: &Arc<Shared>,
+    tiers: &[Vec<Target>; 2],
+    namespace: &Namespace,
+    request: Request<Body>,
+) -> Result<(Target, Response<hyper::body::Incoming>), Failure> {
+    let mut request = Some(request);
+    let mut last_error = String::from("no endpoint is ready");
+    for _ in 0..MAX_ATTEMPTS {
+        let Some(target) = choose(shared, tiers) else {
+            break;
+        };
+        let Some(outgoing) = request.take() else {
+            break;
+        };
+        // Dropped with the request (timeout, caller gone), it leaves no load behind.
+        let in_flight = InFlight::start(&shared.balancer, target.clone());
+        let mut sender = match shared.pool.get(shared, &target, namespace).await {
+            Ok(sender) => sender,
+            Err(e) => {
+                tracing::debug!(target = ?target, error = %e, "cannot reach target");
+                in_flight.fail();
+                last_error = e.to_string();
+                request = Some(outgoing);
+                continue;
+            }
+        };
+        match sender.try_send_request(outgoing).await {
+            Ok(response) => {
+                if retry::retryable(response.status()) {
+                    in_flight.end_with_error();
+                } else {
+                    in_flight.end();
+                }
+                return Ok((target, response));
+            }
+            Err(mut e) => {
+                shared.pool.evict(&target);
+                last_error = e.error().to_string();
+                match e.take_message() {
+                    // Never sent: safe to send elsewhere.
+                    Some(unsent) => {
+                        in_flight.fail();
+                        request = Some(unsent);
+                    }
+                    None => {
+                        let cluster = target.cluster(&shared.cluster).clone();
+                        return Err((StatusCode::BAD_GATEWAY, Some(cluster), last_error));
+                    }
+                }
+            }
+        }
+    }
+    Err((StatusCode::SERVICE_UNAVAILABLE, None, last_error))
 }
 
 /// Serves one per-upstream TCP listener until the sidecar stops.

@@ -687,6 +687,18 @@ pub fn proc_memory(pid: u32, field: &str) -> Result<u64> {
 impl Mesh {
     /// Starts a sample app (`http`, `grpc` or `tcp`) that says it is `service` in `cluster`.
     pub fn app(&self, kind: &str, cluster: &str, service: &str, pod: &str) -> Result<Process> {
+        self.app_with(kind, cluster, service, pod, &[])
+    }
+
+    /// Starts a sample app with more arguments (`--broken 503`, say).
+    pub fn app_with(
+        &self,
+        kind: &str,
+        cluster: &str,
+        service: &str,
+        pod: &str,
+        extra: &[&str],
+    ) -> Result<Process> {
         let args: Vec<String> = [
             "demo-app",
             "--kind",
@@ -699,6 +711,7 @@ impl Mesh {
             pod,
         ]
         .iter()
+        .chain(extra)
         .map(|s| s.to_string())
         .collect();
         Process::start(self, &format!("app-{pod}"), &args)

@@ -46,6 +46,18 @@ pub fn endpoint(
     pod: &str,
     ports: &[(&str, u16, &str)],
 ) -> Result<Endpoint> {
+    endpoint_with(mesh, cluster, service, pod, ports, &[])
+}
+
+/// Starts an endpoint whose apps get `app_args` too (`--broken 503`, say).
+pub fn endpoint_with(
+    mesh: &Mesh,
+    cluster: &str,
+    service: &str,
+    pod: &str,
+    ports: &[(&str, u16, &str)],
+    app_args: &[&str],
+) -> Result<Endpoint> {
     let mut apps: Vec<(String, Process)> = Vec::new();
     let mut args = vec![
         "--service".to_owned(),
@@ -56,11 +68,12 @@ pub fn endpoint(
     ];
     for (kind, port, protocol) in ports {
         if !apps.iter().any(|(k, _)| k == kind) {
-            let app = mesh.app(
+            let app = mesh.app_with(
                 kind,
                 cluster,
                 &format!("shop/{service}"),
                 &format!("{pod}-{kind}"),
+                app_args,
             )?;
             apps.push((kind.to_string(), app));
         }

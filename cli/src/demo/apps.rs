@@ -43,6 +43,8 @@ pub struct AppIdentity {
     pub service: String,
     pub cluster: String,
     pub pod: String,
+    /// Answer every HTTP request with this status (a broken app, for failure tests).
+    pub broken: Option<StatusCode>,
 }
 
 /// The largest body `/bytes/N` makes (1 GiB).
@@ -116,11 +118,12 @@ async fn http_app(
         // A slow answer, for timeouts (at most a minute).
         tokio::time::sleep(std::time::Duration::from_millis(delay.min(60_000))).await;
     }
-    let status = path
-        .strip_prefix("/status/")
-        .and_then(|s| s.parse::<u16>().ok())
-        .and_then(|s| StatusCode::from_u16(s).ok())
-        .unwrap_or(StatusCode::OK);
+    let status = identity.broken.unwrap_or_else(|| {
+        path.strip_prefix("/status/")
+            .and_then(|s| s.parse::<u16>().ok())
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::OK)
+    });
     let body = json!({
         "service": identity.service,
         "cluster": identity.cluster,
@@ -128,6 +131,13 @@ async fn http_app(
         "caller": caller_of(&request),
         "path": path,
         "protocol": format!("{:?}", request.version()),
+        // The request's own headers (x-*), to show what the mesh changed on the way.
+        "headers": request
+            .headers()
+            .iter()
+            .filter(|(name, _)| name.as_str().starts_with("x-"))
+            .map(|(name, value)| (name.to_string(), json!(value.to_str().unwrap_or_default())))
+            .collect::<serde_json::Map<_, _>>(),
     });
     let mut response = Response::new(full(format!("{body}\n")));
     *response.status_mut() = status;

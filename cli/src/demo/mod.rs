@@ -221,6 +221,7 @@ async fn start_workload(
                 service: format!("shop/{name}"),
                 cluster: spec.cluster.into(),
                 pod: pod.clone(),
+                broken: None,
             },
             stop.clone(),
         )

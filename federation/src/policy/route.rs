@@ -48,11 +48,32 @@ pub struct Retries {
     pub budget_percent: u32,
 }
 
+/// Changes to the headers of a request or a response: set (replace), add (append), remove.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeaderEdits {
+    /// Lower-case names and their values.
+    pub set: Vec<(String, String)>,
+    pub add: Vec<(String, String)>,
+    /// Lower-case names.
+    pub remove: Vec<String>,
+}
+
+impl HeaderEdits {
+    /// Whether there is nothing to change.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
 /// One rule: any of its matches (none: every request), then the split.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteRule {
     pub matches: Vec<Match>,
     pub backends: Vec<Backend>,
+    /// Made to the request before it is sent (to every backend).
+    pub request_headers: HeaderEdits,
+    /// Made to the response before the caller gets it.
+    pub response_headers: HeaderEdits,
     /// The whole request, retries included.
     pub timeout: Option<Duration>,
     pub per_try_timeout: Option<Duration>,
@@ -157,6 +178,31 @@ struct RuleDocument {
     timeouts: Option<TimeoutsDocument>,
     #[serde(default)]
     retries: Option<RetriesDocument>,
+    #[serde(default)]
+    filters: Vec<FilterDocument>,
+}
+
+/// A filter, in the Gateway API's shape: its type, and the field of that type's name.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct FilterDocument {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    request_header_modifier: Option<HeaderModifierDocument>,
+    #[serde(default)]
+    response_header_modifier: Option<HeaderModifierDocument>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeaderModifierDocument {
+    #[serde(default)]
+    set: Vec<HeaderDocument>,
+    #[serde(default)]
+    add: Vec<HeaderDocument>,
+    #[serde(default)]
+    remove: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -261,6 +307,118 @@ fn bounded<T>(
     Ok(())
 }
 
+/// A header name, lower-cased: an HTTP token.
+fn header_name(place: &DocumentPlace, at: &str, name: &str) -> Result<String, DocumentError> {
+    let lower = name.to_ascii_lowercase();
+    let token = !lower.is_empty()
+        && lower.len() <= 128
+        && lower
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !token {
+        return Err(field(
+            place,
+            at,
+            format!("{name:?}: expected a header name"),
+        ));
+    }
+    Ok(lower)
+}
+
+/// Headers a route may not change: those that carry the connection, the routing or the
+/// caller's identity (only the destination's sidecar sets that one).
+const PROTECTED_HEADERS: [&str; 8] = [
+    "host",
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "content-length",
+    "strait-client-id",
+];
+
+/// The header edits of a rule's filters: (request, response).
+fn filters(
+    place: &DocumentPlace,
+    at: &str,
+    documents: Vec<FilterDocument>,
+) -> Result<(HeaderEdits, HeaderEdits), DocumentError> {
+    bounded(place, &format!("{at}.filters"), &documents, 0)?;
+    let mut request = HeaderEdits::default();
+    let mut response = HeaderEdits::default();
+    for (i, filter) in documents.into_iter().enumerate() {
+        let at = format!("{at}.filters[{i}]");
+        let (modifier, edits, field_name) = match filter.kind.as_str() {
+            "RequestHeaderModifier" => (
+                filter.request_header_modifier,
+                &mut request,
+                "requestHeaderModifier",
+            ),
+            "ResponseHeaderModifier" => (
+                filter.response_header_modifier,
+                &mut response,
+                "responseHeaderModifier",
+            ),
+            other => {
+                return Err(field(
+                    place,
+                    format!("{at}.type"),
+                    format!("{other:?}: expected RequestHeaderModifier or ResponseHeaderModifier"),
+                ));
+            }
+        };
+        let Some(modifier) = modifier else {
+            return Err(field(
+                place,
+                format!("{at}.{field_name}"),
+                format!("missing: a {} filter needs it", filter.kind),
+            ));
+        };
+        let at = format!("{at}.{field_name}");
+        let name = |name: &str, at: String| -> Result<String, DocumentError> {
+            let name = header_name(place, &at, name)?;
+            if PROTECTED_HEADERS.contains(&name.as_str()) {
+                return Err(field(
+                    place,
+                    at,
+                    format!("{name:?} may not be changed by a route"),
+                ));
+            }
+            Ok(name)
+        };
+        let pairs = |list: Vec<HeaderDocument>, at: String| {
+            bounded(place, &at, &list, 0)?;
+            list.into_iter()
+                .enumerate()
+                .map(|(j, h)| {
+                    let valid = h.value.len() <= 4096
+                        && h.value
+                            .bytes()
+                            .all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
+                    if !valid {
+                        return Err(field(
+                            place,
+                            format!("{at}[{j}].value"),
+                            "expected visible ASCII, at most 4096 bytes",
+                        ));
+                    }
+                    Ok((name(&h.name, format!("{at}[{j}].name"))?, h.value))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        edits.set.extend(pairs(modifier.set, format!("{at}.set"))?);
+        edits.add.extend(pairs(modifier.add, format!("{at}.add"))?);
+        bounded(place, &format!("{at}.remove"), &modifier.remove, 0)?;
+        for (j, removed) in modifier.remove.iter().enumerate() {
+            edits
+                .remove
+                .push(name(removed, format!("{at}.remove[{j}]"))?);
+        }
+    }
+    Ok((request, response))
+}
+
 fn rule(
     place: &DocumentPlace,
     at: &str,
@@ -313,19 +471,7 @@ fn rule(
         bounded(place, &format!("{at}.headers"), &m.headers, 0)?;
         let mut headers = Vec::with_capacity(m.headers.len());
         for (j, header) in m.headers.into_iter().enumerate() {
-            let name = header.name.to_ascii_lowercase();
-            let token = !name.is_empty()
-                && name.len() <= 128
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            if !token {
-                return Err(field(
-                    place,
-                    format!("{at}.headers[{j}].name"),
-                    format!("{:?}: expected a header name", header.name),
-                ));
-            }
+            let name = header_name(place, &format!("{at}.headers[{j}].name"), &header.name)?;
             headers.push((name, header.value));
         }
         matches.push(Match {
@@ -357,6 +503,7 @@ fn rule(
             "the weights add up to 0: no request could be sent",
         ));
     }
+    let (request_headers, response_headers) = filters(place, at, document.filters)?;
     let timeouts = document.timeouts.unwrap_or(TimeoutsDocument {
         request: None,
         per_try: None,
@@ -403,6 +550,8 @@ fn rule(
     Ok(RouteRule {
         matches,
         backends,
+        request_headers,
+        response_headers,
         timeout,
         per_try_timeout,
         retries,
@@ -460,6 +609,11 @@ spec:
       backendRefs: [{name: api-v2, weight: 90}, {name: api, cluster: west, weight: 10}]
       timeouts: {request: 2s, perTry: 500ms}
       retries: {attempts: 2}
+      filters:
+        - type: RequestHeaderModifier
+          requestHeaderModifier: {set: [{name: X-Route, value: v2}], remove: [X-Debug]}
+        - type: ResponseHeaderModifier
+          responseHeaderModifier: {add: [{name: X-Served-By, value: canary}]}
     - backendRefs: [{name: api}]
 ";
 
@@ -480,6 +634,16 @@ spec:
             first.matches[1].headers,
             vec![("x-canary".to_owned(), "1".to_owned())]
         );
+        assert_eq!(
+            first.request_headers.set,
+            vec![("x-route".to_owned(), "v2".to_owned())]
+        );
+        assert_eq!(first.request_headers.remove, vec!["x-debug".to_owned()]);
+        assert_eq!(
+            first.response_headers.add,
+            vec![("x-served-by".to_owned(), "canary".to_owned())]
+        );
+        assert!(route.rules[1].request_headers.is_empty());
     }
 
     #[test]
@@ -514,6 +678,22 @@ spec:
             (
                 SPLIT.replace("cluster: west", "cluster: West"),
                 "spec.rules[0].backendRefs[1].cluster",
+            ),
+            (
+                SPLIT.replace("name: X-Route", "name: Host"),
+                "spec.rules[0].filters[0].requestHeaderModifier.set[0].name",
+            ),
+            (
+                SPLIT.replace("remove: [X-Debug]", "remove: [strait-client-id]"),
+                "spec.rules[0].filters[0].requestHeaderModifier.remove[0]",
+            ),
+            (
+                SPLIT.replace("type: ResponseHeaderModifier", "type: RequestMirror"),
+                "spec.rules[0].filters[1].type",
+            ),
+            (
+                SPLIT.replace("value: canary", "value: \"a\\nb\""),
+                "spec.rules[0].filters[1].responseHeaderModifier.add[0].value",
             ),
         ];
         crate::policy::testing::assert_refused("route.yaml", route, &cases);

@@ -1,0 +1,127 @@
+//! Retries on the outbound path: which requests may be sent again (idempotent methods, or
+//! those a route marks), the copy of a small request kept to send again, what counts as a
+//! failure worth retrying, and the retry budgets, one per route rule, that keep retries to a
+//! share of the live traffic so they cannot multiply an outage.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Incoming};
+use hyper::header::HeaderMap;
+use hyper::{Method, Request, StatusCode, Uri, Version};
+
+use crate::budget::RetryBudget;
+use crate::connect::{self, Body};
+
+/// The largest request body kept to send again; a larger request is sent once.
+pub const MAX_REPLAY_BODY: u64 = 64 << 10;
+/// Retries allowed per second whatever the traffic, so a quiet service can still retry.
+const FLOOR_PER_SECOND: u32 = 10;
+/// The window over which a budget counts requests and retries.
+const WINDOW: Duration = Duration::from_secs(10);
+
+/// Whether a method may be sent twice without changing the outcome (RFC 9110, 9.2.2).
+pub fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Whether a response says that another try (likely at another endpoint) may do better.
+pub fn retryable(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    )
+}
+
+/// A request as the retry layer holds it.
+pub enum Kept {
+    /// Small enough to keep: it can be sent again.
+    Replay(Replay),
+    /// Sent once, streamed.
+    Once(Request<Body>),
+}
+
+/// A request kept whole so that it can be sent again.
+pub struct Replay {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Replay {
+    /// Reads the request's body when it is known to be small; otherwise gives the request back
+    /// untouched, to be sent once. Fails when the app's body breaks off.
+    pub async fn keep(request: Request<Incoming>) -> Result<Kept, String> {
+        let small = request
+            .body()
+            .size_hint()
+            .upper()
+            .is_some_and(|upper| upper <= MAX_REPLAY_BODY);
+        if !small {
+            let (parts, body) = request.into_parts();
+            return Ok(Kept::Once(Request::from_parts(parts, connect::boxed(body))));
+        }
+        let (parts, body) = request.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| format!("the request body broke off: {e}"))?;
+        Ok(Kept::Replay(Replay {
+            method: parts.method,
+            uri: parts.uri,
+            version: parts.version,
+            headers: parts.headers,
+            body: body.to_bytes(),
+        }))
+    }
+
+    /// One more copy of the request.
+    pub fn request(&self) -> Request<Body> {
+        let mut request = Request::new(connect::full(self.body.clone()));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
+}
+
+/// The retry budgets of one sidecar, one per route rule that retries.
+#[derive(Default)]
+pub struct Budgets {
+    budgets: Mutex<HashMap<String, RetryBudget>>,
+}
+
+impl Budgets {
+    fn with<T>(
+        &self,
+        key: &str,
+        percent: u32,
+        now: Instant,
+        f: impl FnOnce(&mut RetryBudget) -> T,
+    ) -> T {
+        let mut budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
+        let budget = budgets
+            .entry(key.to_owned())
+            .or_insert_with(|| RetryBudget::new(percent, FLOOR_PER_SECOND, WINDOW, now));
+        f(budget)
+    }
+
+    /// Counts a first try under the rule `key`.
+    pub fn record_request(&self, key: &str, percent: u32, now: Instant) {
+        self.with(key, percent, now, |b| b.record_request(now));
+    }
+
+    /// Whether a retry under the rule `key` fits its budget (then it is counted).
+    pub fn try_retry(&self, key: &str, percent: u32, now: Instant) -> bool {
+        self.with(key, percent, now, |b| b.try_retry(now))
+    }
+}
