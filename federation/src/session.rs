@@ -268,20 +268,23 @@ impl PeerSession {
         self.outbox.extend(self.policies.outgoing(set));
     }
 
-    /// Handles a policy frame: learns the peer's digest, or merges its entries into `book`;
-    /// then queues whatever the peer still lacks.
+    /// Handles a policy frame: learns the peer's digest, or merges its entries into `book`
+    /// (`now_ms`: Unix milliseconds); then queues whatever the peer still lacks.
     pub fn handle_policy(
         &mut self,
         frame: PolicyFrame,
         book: &mut PolicyBook,
         peer: &ClusterName,
+        now_ms: u64,
     ) -> Result<Received, SessionError> {
         let received = match frame {
             PolicyFrame::Digest(digest) => {
                 self.policies.on_digest(digest)?;
                 Received::default()
             }
-            PolicyFrame::Entries(entries) => self.policies.on_entries(entries, book, peer)?,
+            PolicyFrame::Entries(entries) => {
+                self.policies.on_entries(entries, book, peer, now_ms)?
+            }
         };
         self.sync_policies(&book.set);
         Ok(received)

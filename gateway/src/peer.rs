@@ -1122,7 +1122,12 @@ async fn drive(
                                 .handle_frame(frame, Instant::now(), imported)
                                 .and_then(|event| match event {
                                     Some(Event::Policy(frame)) => session
-                                        .handle_policy(frame, &mut state.policies, peer)
+                                        .handle_policy(
+                                            frame,
+                                            &mut state.policies,
+                                            peer,
+                                            crate::unix_now_ms(),
+                                        )
                                         .map(|received| Some(Received::Policies(received))),
                                     other => Ok(other.map(Received::Catalog)),
                                 }),
@@ -1219,6 +1224,7 @@ fn policies_received(
         }
     };
     count("applied", received.changed.len());
+    count("known", received.known);
     count("refused", received.refused.len());
     for error in &received.refused {
         tracing::warn!(peer = %peer, error = %error, "refused a policy from a peer");

@@ -46,12 +46,24 @@ pub struct State {
     /// The mesh-wide policies this gateway holds (applied here or received from peers), with
     /// the clock that stamps changes made here. Kept across restarts: a gateway that comes back
     /// while partitioned enforces what it last had.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "stored_policies")]
     pub policies: PolicyBook,
     /// Endpoints registered by this cluster's sidecars: leases, never written (sidecars
     /// register again within seconds of a restart).
     #[serde(skip)]
     pub registrations: BTreeMap<ServiceKey, BTreeMap<String, Registration>>,
+}
+
+/// Reads the stored policies, leaving out (and logging) those that no longer pass their checks.
+fn stored_policies<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<PolicyBook, D::Error> {
+    let stored = serde_json::Value::deserialize(deserializer)?;
+    let (book, skipped) = PolicyBook::from_stored(stored);
+    for reason in skipped {
+        tracing::warn!(reason = %reason, "a stored policy was left out");
+    }
+    Ok(book)
 }
 
 /// One endpoint registered by a sidecar (universal mode).
@@ -309,6 +321,16 @@ mod tests {
                 .is_some_and(|e| e.body.is_some())
         );
         assert_eq!(loaded, state);
+
+        // A stored policy that no longer passes its checks is left out; the rest loads.
+        let text = StateFile::encode(&state)
+            .unwrap()
+            .replace("\"deny\"", "\"perhaps\"");
+        assert!(text.contains("perhaps"));
+        file.write(&text).unwrap();
+        let loaded = file.load().unwrap();
+        assert!(loaded.policies.set.is_empty());
+        assert_eq!(loaded.services, state.services);
     }
 
     #[test]

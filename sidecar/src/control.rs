@@ -199,9 +199,14 @@ pub async fn register(shared: Arc<Shared>, channel: Channel, service: ServiceCon
     .await;
 }
 
+/// The largest catalog view a sidecar takes.
+const MAX_VIEW_BYTES: usize = 256 << 20;
+
 /// Follows the catalog stream, reconnecting with backoff, and publishes each view.
 pub async fn watch(shared: Arc<Shared>, channel: Channel) {
-    let mut client = WorkloadClient::new(channel);
+    // A view holds the whole catalog and the namespace's policies (up to 64 KiB each): far
+    // beyond the default limit of 4 MiB in a large mesh.
+    let mut client = WorkloadClient::new(channel).max_decoding_message_size(MAX_VIEW_BYTES);
     let mut backoff = Duration::from_millis(100);
     loop {
         let streamed = async {

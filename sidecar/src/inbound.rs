@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::header::{self, HeaderValue};
-use hyper::{Response, StatusCode};
+use hyper::{Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use strait_federation::catalog::Protocol;
 use strait_federation::identity::SpiffeId;
 use strait_federation::policy::authorization::{Decision, Request};
+use strait_federation::policy::path;
 use strait_federation::tls;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -140,9 +141,63 @@ struct CallerInfo {
     header: Option<HeaderValue>,
 }
 
-/// The policy that refuses a request (HTTP: method and path) or a connection (TCP) of `caller`
-/// to this sidecar's service, if one does.
+/// The answer to a request that may not reach the app: its path is too ambiguous to
+/// authorize (400), the sidecar has no policy from its gateway yet (503), or a policy denies
+/// the caller (403, counted). A path that merely needs normalizing is rewritten, so the app
+/// is sent the path that was authorized.
+fn gate(
+    shared: &Shared,
+    caller: &CallerInfo,
+    route: &Route<'_>,
+    request: &mut hyper::Request<hyper::body::Incoming>,
+) -> Option<Response<Body>> {
+    let normal = match path::normalize(request.uri().path()) {
+        Ok(normal) => normal.into_owned(),
+        Err(e) => return Some(error_response(StatusCode::BAD_REQUEST, e.to_string())),
+    };
+    if normal != request.uri().path() {
+        let mut parts = request.uri().clone().into_parts();
+        let query = request
+            .uri()
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        parts.path_and_query = format!("{normal}{query}").parse().ok();
+        match Uri::from_parts(parts) {
+            Ok(uri) => *request.uri_mut() = uri,
+            Err(e) => return Some(error_response(StatusCode::BAD_REQUEST, e.to_string())),
+        }
+    }
+    if shared.directory.borrow().version == 0 {
+        // Retryable: the first view comes within moments of the sidecar starting.
+        return Some(error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this sidecar has no policy from its gateway yet".into(),
+        ));
+    }
+    let by = refused_by(
+        shared,
+        &caller.identity,
+        Some((request.method().as_str(), &normal)),
+    )?;
+    shared.metrics.denied(route, "http", &by);
+    tracing::debug!(caller = %caller.identity, policy = %by, "request denied");
+    Some(error_response(
+        StatusCode::FORBIDDEN,
+        format!(
+            "{} may not call {}/{}: denied by {by}",
+            caller.identity, route.namespace, route.service
+        ),
+    ))
+}
+
+/// The policy that refuses a request (HTTP: method and a normalized path) or a connection
+/// (TCP) of `caller` to this sidecar's service, if one does. A sidecar that has no view from
+/// its gateway yet refuses everything: it cannot know the policies.
 fn refused_by(shared: &Shared, caller: &SpiffeId, http: Option<(&str, &str)>) -> Option<String> {
+    if shared.directory.borrow().version == 0 {
+        return Some("(no policy from the gateway yet)".into());
+    }
     let own = shared.own_service.as_ref()?;
     let request = Request {
         caller: Some(caller),
@@ -183,10 +238,10 @@ fn port_of(authority: Option<&hyper::http::uri::Authority>) -> Option<u16> {
     authority.and_then(|a| a.port_u16())
 }
 
-/// Forwards one request from another sidecar to the app.
+/// One request from another sidecar: checked at the gate, then forwarded to the app.
 async fn to_app(
     shared: Arc<Shared>,
-    request: hyper::Request<hyper::body::Incoming>,
+    mut request: hyper::Request<hyper::body::Incoming>,
     caller: &CallerInfo,
 ) -> Response<Body> {
     let started = Instant::now();
@@ -198,64 +253,57 @@ async fn to_app(
         namespace,
         service,
     };
-    let refused = refused_by(
-        &shared,
-        &caller.identity,
-        Some((request.method().as_str(), request.uri().path())),
-    );
-    let response = match shared
-        .app_clients
-        .for_port(port_of(request.uri().authority()))
-    {
-        _ if refused.is_some() => {
-            let by = refused.unwrap_or_default();
-            shared.metrics.denied(&route, "http", &by);
-            tracing::debug!(caller = %caller.identity, policy = %by, "request denied");
-            error_response(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "{} may not call {namespace}/{service}: denied by {by}",
-                    caller.identity
-                ),
-            )
-        }
-        None => error_response(
-            StatusCode::NOT_FOUND,
-            format!("this endpoint serves no HTTP port for {}", request.uri()),
-        ),
-        Some((port, client)) => {
-            let (mut parts, body) = request.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            match &caller.header {
-                Some(id) => parts.headers.insert(CLIENT_ID_HEADER, id.clone()),
-                None => parts.headers.remove(CLIENT_ID_HEADER),
-            };
-            if port.port.protocol == Protocol::Http {
-                parts.version = hyper::Version::HTTP_11;
-                if let Some(authority) = parts.uri.authority()
-                    && let Ok(host) = HeaderValue::from_str(authority.as_str())
-                {
-                    parts.headers.insert(header::HOST, host);
-                }
-            }
-            let request = hyper::Request::from_parts(parts, connect::boxed(body));
-            match client.request(request).await {
-                Ok(response) => {
-                    let (mut parts, body) = response.into_parts();
-                    strip_hop_by_hop(&mut parts.headers);
-                    Response::from_parts(parts, connect::boxed(body))
-                }
-                Err(e) => error_response(
-                    StatusCode::BAD_GATEWAY,
-                    format!("the app at {} failed: {e}", port.target),
-                ),
-            }
-        }
+    let response = match gate(&shared, caller, &route, &mut request) {
+        Some(refusal) => refusal,
+        None => forward(&shared, request, caller).await,
     };
     shared
         .metrics
         .request(&route, response.status().as_u16(), started.elapsed());
     response
+}
+
+/// Sends a request to the app's port it names, with the caller's identity in its header.
+async fn forward(
+    shared: &Shared,
+    request: hyper::Request<hyper::body::Incoming>,
+    caller: &CallerInfo,
+) -> Response<Body> {
+    let Some((port, client)) = shared
+        .app_clients
+        .for_port(port_of(request.uri().authority()))
+    else {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            format!("this endpoint serves no HTTP port for {}", request.uri()),
+        );
+    };
+    let (mut parts, body) = request.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    match &caller.header {
+        Some(id) => parts.headers.insert(CLIENT_ID_HEADER, id.clone()),
+        None => parts.headers.remove(CLIENT_ID_HEADER),
+    };
+    if port.port.protocol == Protocol::Http {
+        parts.version = hyper::Version::HTTP_11;
+        if let Some(authority) = parts.uri.authority()
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(header::HOST, host);
+        }
+    }
+    let request = hyper::Request::from_parts(parts, connect::boxed(body));
+    match client.request(request).await {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, connect::boxed(body))
+        }
+        Err(e) => error_response(
+            StatusCode::BAD_GATEWAY,
+            format!("the app at {} failed: {e}", port.target),
+        ),
+    }
 }
 
 async fn serve_tcp(shared: Arc<Shared>, mut tls: InboundTls, caller: SpiffeId) {

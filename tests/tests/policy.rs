@@ -236,6 +236,19 @@ spec:
     ensure!(code == 403, "west GET /private: {code}");
     let (code, _) = http_get_host(east_proxy, API, "/public/menu")?;
     ensure!(code == 403, "east GET /public/menu: {code}");
+    // Paths are judged, and sent to the app, normalized: no way around the rule by spelling.
+    let (code, body) = http_get_host(west_proxy, API, "/public/../private")?;
+    ensure!(code == 403, "west GET /public/../private: {code} {body}");
+    let (code, body) = http_get_host(west_proxy, API, "//%70ublic/./menu")?;
+    ensure!(code == 200, "west GET //%70ublic/./menu: {code} {body}");
+    let seen: serde_json::Value = serde_json::from_str(&body)?;
+    ensure!(
+        seen["path"] == "/public/menu",
+        "the app saw {}",
+        seen["path"]
+    );
+    let (code, _) = http_get_host(west_proxy, API, "/public%2F..%2Fprivate")?;
+    ensure!(code == 400, "an escaped slash: {code}");
     Ok(())
 }
 

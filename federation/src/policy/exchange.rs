@@ -15,7 +15,6 @@ use super::replication::{Clock, Entry, Version};
 use super::{Policy, PolicyKey, PolicyKind, PolicyStore};
 use crate::identity::{ClusterName, Namespace};
 use crate::proto::peer::{self as wire, PeerFrame, peer_frame::Body};
-use crate::resource::DocumentError;
 use crate::wire::TARGET_FRAME;
 
 /// The most policies (deletions included) a gateway holds or a peer may announce.
@@ -55,6 +54,34 @@ pub enum BookError {
 }
 
 impl PolicyBook {
+    /// Reads a stored book entry by entry: one that no longer passes its checks (written by
+    /// another strait version, or edited by hand) is left out and reported, never the reason
+    /// a gateway cannot start. Peers that hold it send it again if they accept it.
+    pub fn from_stored(stored: serde_json::Value) -> (PolicyBook, Vec<String>) {
+        let mut book = PolicyBook {
+            set: PolicyStore::default(),
+            clock: stored
+                .get("clock")
+                .and_then(|c| serde_json::from_value(c.clone()).ok())
+                .unwrap_or_default(),
+        };
+        let mut skipped = Vec::new();
+        let entries = stored
+            .pointer("/set/entries")
+            .and_then(|e| e.as_array())
+            .cloned()
+            .unwrap_or_default();
+        for (i, pair) in entries.into_iter().enumerate() {
+            match serde_json::from_value::<(PolicyKey, Entry<Policy>)>(pair) {
+                Ok((key, entry)) => {
+                    book.set.merge(key, entry);
+                }
+                Err(e) => skipped.push(format!("stored policy {}: {e}", i + 1)),
+            }
+        }
+        (book, skipped)
+    }
+
     /// Applies a policy made here at `now_ms` (Unix milliseconds). An unchanged document keeps
     /// its version, so applying a file again sends nothing across the mesh.
     pub fn apply(
@@ -124,9 +151,12 @@ pub enum ExchangeError {
 pub struct Received {
     /// Policies whose entry changed here (news for other peers and for sidecars).
     pub changed: Vec<PolicyKey>,
-    /// Entries whose document this gateway would not accept (a newer strait's field, say). They
-    /// are skipped, not fatal: the rest of the mesh still converges.
-    pub refused: Vec<DocumentError>,
+    /// Entries this gateway held already, or held newer.
+    pub known: usize,
+    /// Entries this gateway would not take, and why: a document that fails its checks (a newer
+    /// strait's field, say), a kind it does not know, a stamp from too far in the future, a
+    /// full set. They are skipped, not fatal: the rest of the mesh still converges.
+    pub refused: Vec<String>,
 }
 
 /// One session's side of the policy exchange.
@@ -148,25 +178,36 @@ fn version_to_wire(key: &PolicyKey, version: &Version) -> wire::PolicyVersion {
     }
 }
 
+/// A version from the wire: `None` for a kind this gateway does not know (a newer peer's),
+/// which is skipped rather than fatal.
 fn version_from_wire(
     version: Option<&wire::PolicyVersion>,
-) -> Result<(PolicyKey, Version), ExchangeError> {
+) -> Result<Option<(PolicyKey, Version)>, ExchangeError> {
     let version = version.ok_or(ExchangeError::NoVersion)?;
     let bad = |field: &'static str, value: &str| ExchangeError::BadKey {
         field,
         value: value.chars().take(80).collect(),
     };
-    let kind = PolicyKind::ALL
+    let is_name = |text: &str| {
+        !text.is_empty() && text.len() <= 64 && text.bytes().all(|b| b.is_ascii_alphanumeric())
+    };
+    let Some(kind) = PolicyKind::ALL
         .into_iter()
         .find(|k| k.as_str() == version.kind)
-        .ok_or_else(|| bad("kind", &version.kind))?;
+    else {
+        return if is_name(&version.kind) {
+            Ok(None)
+        } else {
+            Err(bad("kind", &version.kind))
+        };
+    };
     let namespace = Namespace::new(version.namespace.as_str())
         .map_err(|_| bad("namespace", &version.namespace))?;
     crate::identity::ServiceName::new(version.name.as_str())
         .map_err(|_| bad("name", &version.name))?;
     let origin =
         ClusterName::new(version.origin.as_str()).map_err(|_| bad("origin", &version.origin))?;
-    Ok((
+    Ok(Some((
         PolicyKey {
             kind,
             namespace,
@@ -176,7 +217,7 @@ fn version_from_wire(
             stamp: version.stamp,
             origin,
         },
-    ))
+    )))
 }
 
 fn frame(body: Body) -> PeerFrame {
@@ -218,8 +259,9 @@ impl PolicyExchange {
             return Err(ExchangeError::DigestTooLarge);
         }
         for version in &digest.versions {
-            let (key, version) = version_from_wire(Some(version))?;
-            self.partial.insert(key, version);
+            if let Some((key, version)) = version_from_wire(Some(version))? {
+                self.partial.insert(key, version);
+            }
         }
         if digest.complete {
             self.peer_holds = Some(std::mem::take(&mut self.partial));
@@ -258,18 +300,34 @@ impl PolicyExchange {
         frames
     }
 
-    /// Merges a batch of entries from `peer` into `book`. An entry whose key or version is
-    /// malformed ends the session; one whose document fails its checks is skipped and reported.
+    /// Merges a batch of entries from `peer` into `book` at `now_ms` (Unix milliseconds). An
+    /// entry whose key or version is malformed ends the session; one this gateway will not take
+    /// is skipped and reported.
     pub fn on_entries(
         &mut self,
         entries: wire::PolicyEntries,
         book: &mut PolicyBook,
         peer: &ClusterName,
+        now_ms: u64,
     ) -> Result<Received, ExchangeError> {
         let mut received = Received::default();
         let source = format!("policy from peer {peer}");
+        let latest = Clock::latest_acceptable(now_ms);
         for entry in entries.entries {
-            let (key, version) = version_from_wire(entry.version.as_ref())?;
+            let Some((key, version)) = version_from_wire(entry.version.as_ref())? else {
+                let kind = entry.version.map(|v| v.kind).unwrap_or_default();
+                received
+                    .refused
+                    .push(format!("{source}: kind {kind:?} is not known here"));
+                continue;
+            };
+            if version.stamp > latest {
+                received.refused.push(format!(
+                    "{source}: {key} is stamped more than {} s ahead of this gateway's clock",
+                    super::replication::MAX_SKEW_MS / 1000
+                ));
+                continue;
+            }
             // Whatever becomes of it here, the peer holds this version.
             if let Some(held) = self.peer_holds.as_mut() {
                 let newer = held.get(&key).is_none_or(|v| *v < version);
@@ -278,9 +336,13 @@ impl PolicyExchange {
                 }
             }
             if book.set.get(&key).is_some_and(|e| e.version >= version) {
+                received.known += 1;
                 continue;
             }
             if book.set.get(&key).is_none() && book.set.len() >= MAX_POLICIES {
+                received.refused.push(format!(
+                    "{source}: {key} does not fit: this gateway holds {MAX_POLICIES} policies"
+                ));
                 continue;
             }
             let body = if entry.document.is_empty() {
@@ -289,7 +351,7 @@ impl PolicyExchange {
                 match Policy::from_json(&key, &entry.document, &source) {
                     Ok(policy) => Some(policy),
                     Err(e) => {
-                        received.refused.push(e);
+                        received.refused.push(e.to_string());
                         continue;
                     }
                 }
@@ -307,6 +369,9 @@ impl PolicyExchange {
 mod tests {
     use super::*;
     use crate::resource::DocumentPlace;
+
+    /// The time the tests' gateways live at.
+    const NOW_MS: u64 = 1_000_000;
 
     fn cluster(name: &str) -> ClusterName {
         ClusterName::new(name).unwrap()
@@ -350,7 +415,7 @@ mod tests {
             match frame.body {
                 Some(Body::PolicyDigest(d)) => exchange.on_digest(d).unwrap(),
                 Some(Body::PolicyEntries(e)) => {
-                    let received = exchange.on_entries(e, &mut to.book, from).unwrap();
+                    let received = exchange.on_entries(e, &mut to.book, from, NOW_MS).unwrap();
                     assert!(received.refused.is_empty(), "{:?}", received.refused);
                     changed.extend(received.changed);
                 }
@@ -512,7 +577,7 @@ mod tests {
             ],
         };
         let received = exchange
-            .on_entries(entries, &mut book, &cluster("east"))
+            .on_entries(entries, &mut book, &cluster("east"), NOW_MS)
             .unwrap();
         assert!(received.changed.is_empty());
         assert_eq!(received.refused.len(), 2);
@@ -526,19 +591,68 @@ mod tests {
         );
         assert_eq!(book.set.len(), 0);
 
-        let malformed = wire::PolicyEntries {
+        // A kind from a newer strait is skipped; a kind that is not even a name is a
+        // protocol violation.
+        let of_kind = |kind: &str| wire::PolicyEntries {
             entries: vec![wire::PolicyEntry {
                 version: Some(wire::PolicyVersion {
-                    kind: "Secret".into(),
-                    ..Default::default()
+                    kind: kind.into(),
+                    ..version_to_wire(&key, &good_version)
                 }),
                 document: String::new(),
             }],
         };
+        let received = exchange
+            .on_entries(
+                of_kind("RateLimitPolicy"),
+                &mut book,
+                &cluster("east"),
+                NOW_MS,
+            )
+            .unwrap();
+        assert!(
+            received.refused[0].contains("not known here"),
+            "{received:?}"
+        );
         assert!(matches!(
-            exchange.on_entries(malformed, &mut book, &cluster("east")),
+            exchange.on_entries(of_kind("Se cret!"), &mut book, &cluster("east"), NOW_MS),
             Err(ExchangeError::BadKey { field: "kind", .. })
         ));
+    }
+
+    /// A stamp from far in the future would win over every change made anywhere, and could
+    /// wrap the clock: it is refused, and the clock is untouched.
+    #[test]
+    fn a_stamp_from_far_in_the_future_is_refused() {
+        let mut book = PolicyBook::default();
+        let mut exchange = PolicyExchange::default();
+        let (key, p) = policy("a", "west");
+        for stamp in [u64::MAX, Clock::latest_acceptable(NOW_MS) + 1] {
+            let entries = wire::PolicyEntries {
+                entries: vec![wire::PolicyEntry {
+                    version: Some(version_to_wire(
+                        &key,
+                        &Version {
+                            stamp,
+                            origin: cluster("east"),
+                        },
+                    )),
+                    document: p.to_json(),
+                }],
+            };
+            let received = exchange
+                .on_entries(entries, &mut book, &cluster("east"), NOW_MS)
+                .unwrap();
+            assert!(received.refused[0].contains("ahead"), "{received:?}");
+        }
+        assert!(book.set.is_empty());
+        let west = cluster("west");
+        book.apply(key.clone(), p, &west, NOW_MS).unwrap();
+        assert!(book.set.get(&key).unwrap().version.stamp < Clock::latest_acceptable(NOW_MS));
+        // Even a clock at the end of time does not wrap.
+        let mut clock = Clock::default();
+        clock.observe(u64::MAX);
+        assert_eq!(clock.tick(NOW_MS), u64::MAX);
     }
 
     #[test]
@@ -568,7 +682,7 @@ mod tests {
             let Some(Body::PolicyEntries(e)) = frame.body else {
                 panic!("entries expected")
             };
-            receiving.on_entries(e, &mut other, &east).unwrap();
+            receiving.on_entries(e, &mut other, &east, NOW_MS).unwrap();
         }
         assert_eq!(other.set, book.set);
     }

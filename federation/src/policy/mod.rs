@@ -18,6 +18,7 @@ use crate::resource::{DocumentError, DocumentPlace, field};
 
 pub mod authorization;
 pub mod exchange;
+pub mod path;
 pub mod replication;
 pub mod route;
 

@@ -27,13 +27,24 @@ pub struct Clock {
 
 /// Stamps carry milliseconds in the high bits and a counter in the low 16.
 const COUNTER_BITS: u32 = 16;
+/// How far ahead of this gateway's clock a peer's stamp may be (an hour).
+pub const MAX_SKEW_MS: u64 = 3_600_000;
 
 impl Clock {
     /// A stamp for a change made now (`now_ms`: Unix milliseconds).
     pub fn tick(&mut self, now_ms: u64) -> u64 {
-        let physical = now_ms << COUNTER_BITS;
-        self.last = physical.max(self.last + 1);
+        let physical = now_ms.saturating_mul(1 << COUNTER_BITS);
+        self.last = physical.max(self.last.saturating_add(1));
         self.last
+    }
+
+    /// The latest stamp a gateway accepts from a peer at `now_ms`: one from further in the
+    /// future (a peer's clock far ahead, or a forged stamp) would win over every change made
+    /// anywhere until the real clocks caught up.
+    pub fn latest_acceptable(now_ms: u64) -> u64 {
+        now_ms
+            .saturating_add(MAX_SKEW_MS)
+            .saturating_mul(1 << COUNTER_BITS)
     }
 
     /// Takes note of a stamp received from a peer.
