@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/peer.proto",
         "proto/operator.proto",
         "proto/workload.proto",
+        "proto/authorizer.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -30,4 +30,8 @@ pub mod proto {
     pub mod workload {
         tonic::include_proto!("strait.workload.v1");
     }
+    /// The external authorizer that `action: external` policies consult.
+    pub mod authorizer {
+        tonic::include_proto!("strait.authorizer.v1");
+    }
 }

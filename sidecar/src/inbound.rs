@@ -17,10 +17,12 @@ use strait_federation::catalog::Protocol;
 use strait_federation::identity::SpiffeId;
 use strait_federation::policy::authorization::{Decision, Request};
 use strait_federation::policy::path;
+use strait_federation::proto::authorizer::CheckRequest;
 use strait_federation::tls;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::authorizer::{self, Verdict};
 use crate::config::AppPort;
 use crate::connect::{self, Body, HTTP_ALPN, TCP_ALPN};
 use crate::metrics::{Direction, Route};
@@ -141,11 +143,95 @@ struct CallerInfo {
     header: Option<HeaderValue>,
 }
 
+/// What an external authorizer is told about an HTTP request.
+struct HttpFacts<'a> {
+    method: &'a str,
+    path: &'a str,
+    query: &'a str,
+    headers: &'a hyper::HeaderMap,
+}
+
+/// A refusal: the policy that refused (a metric label), and what the caller is told.
+struct Refusal {
+    policy: String,
+    message: String,
+}
+
+/// Asks the external authorizers of the policies a request (or, without `http`, a TCP
+/// connection) matches, in order; the refusal, if one refuses or fails closed.
+async fn ask_externals(
+    shared: &Shared,
+    caller: &SpiffeId,
+    route: &Route<'_>,
+    http: Option<HttpFacts<'_>>,
+) -> Option<Refusal> {
+    let own = shared.own_service.as_ref()?;
+    let directory = shared.directory.borrow().clone();
+    let request = Request {
+        caller: Some(caller),
+        http: http.as_ref().map(|h| (h.method, h.path)),
+    };
+    for policy in directory
+        .policies
+        .externals(&own.namespace, &own.name, &request)
+    {
+        let label = format!("{}/{}", policy.namespace, policy.name);
+        let check = CheckRequest {
+            caller: caller.to_string(),
+            source_cluster: caller.cluster().to_string(),
+            namespace: own.namespace.to_string(),
+            service: own.name.to_string(),
+            destination_cluster: shared.cluster.to_string(),
+            protocol: if http.is_some() { "http" } else { "tcp" }.into(),
+            method: http
+                .as_ref()
+                .map(|h| h.method.to_owned())
+                .unwrap_or_default(),
+            path: http.as_ref().map(|h| h.path.to_owned()).unwrap_or_default(),
+            query: http
+                .as_ref()
+                .map(|h| h.query.to_owned())
+                .unwrap_or_default(),
+            headers: http
+                .as_ref()
+                .map(|h| authorizer::headers(h.headers))
+                .unwrap_or_default(),
+            policy: String::new(),
+        };
+        let fail_open = policy.external.as_ref().is_some_and(|e| e.fail_open);
+        match shared.authorizers.check(policy, check).await {
+            Verdict::Allow => shared.metrics.external_check(route, &label, "allow"),
+            Verdict::Deny(reason) => {
+                shared.metrics.external_check(route, &label, "deny");
+                return Some(Refusal {
+                    message: format!("denied by the authorizer of {label}: {reason}"),
+                    policy: label,
+                });
+            }
+            Verdict::Unavailable(why) if fail_open => {
+                shared
+                    .metrics
+                    .external_check(route, &label, "error_allowed");
+                tracing::warn!(policy = %label, error = %why, "external authorizer unavailable: failing open");
+            }
+            Verdict::Unavailable(why) => {
+                shared.metrics.external_check(route, &label, "error_denied");
+                tracing::warn!(policy = %label, error = %why, "external authorizer unavailable: failing closed");
+                return Some(Refusal {
+                    message: format!("{label} failed closed: {why}"),
+                    policy: label,
+                });
+            }
+        }
+    }
+    None
+}
+
 /// The answer to a request that may not reach the app: its path is too ambiguous to
-/// authorize (400), the sidecar has no policy from its gateway yet (503), or a policy denies
-/// the caller (403, counted). A path that merely needs normalizing is rewritten, so the app
-/// is sent the path that was authorized.
-fn gate(
+/// authorize (400), the sidecar has no policy from its gateway yet (503), an external
+/// authorizer or a policy denies the caller (403, counted). A path that merely needs
+/// normalizing is rewritten, so the app is sent the path that was authorized.
+async fn gate(
     shared: &Shared,
     caller: &CallerInfo,
     route: &Route<'_>,
@@ -175,18 +261,27 @@ fn gate(
             "this sidecar has no policy from its gateway yet".into(),
         ));
     }
-    let by = refused_by(
-        shared,
-        &caller.identity,
-        Some((request.method().as_str(), &normal)),
-    )?;
-    shared.metrics.denied(route, "http", &by);
-    tracing::debug!(caller = %caller.identity, policy = %by, "request denied");
+    let facts = HttpFacts {
+        method: request.method().as_str(),
+        path: &normal,
+        query: request.uri().query().unwrap_or_default(),
+        headers: request.headers(),
+    };
+    let refusal = match ask_externals(shared, &caller.identity, route, Some(facts)).await {
+        Some(refusal) => refusal,
+        None => refused_by(
+            shared,
+            &caller.identity,
+            Some((request.method().as_str(), &normal)),
+        )?,
+    };
+    shared.metrics.denied(route, "http", &refusal.policy);
+    tracing::debug!(caller = %caller.identity, policy = %refusal.policy, "request denied");
     Some(error_response(
         StatusCode::FORBIDDEN,
         format!(
-            "{} may not call {}/{}: denied by {by}",
-            caller.identity, route.namespace, route.service
+            "{} may not call {}/{}: {}",
+            caller.identity, route.namespace, route.service, refusal.message
         ),
     ))
 }
@@ -194,9 +289,12 @@ fn gate(
 /// The policy that refuses a request (HTTP: method and a normalized path) or a connection
 /// (TCP) of `caller` to this sidecar's service, if one does. A sidecar that has no view from
 /// its gateway yet refuses everything: it cannot know the policies.
-fn refused_by(shared: &Shared, caller: &SpiffeId, http: Option<(&str, &str)>) -> Option<String> {
+fn refused_by(shared: &Shared, caller: &SpiffeId, http: Option<(&str, &str)>) -> Option<Refusal> {
     if shared.directory.borrow().version == 0 {
-        return Some("(no policy from the gateway yet)".into());
+        return Some(Refusal {
+            policy: "(none yet)".into(),
+            message: "this sidecar has no policy from its gateway yet".into(),
+        });
     }
     let own = shared.own_service.as_ref()?;
     let request = Request {
@@ -210,7 +308,10 @@ fn refused_by(shared: &Shared, caller: &SpiffeId, http: Option<(&str, &str)>) ->
         .authorize(&own.namespace, &own.name, &request)
     {
         Decision::Allow => None,
-        Decision::Deny { by } => Some(by),
+        Decision::Deny { by } => Some(Refusal {
+            message: format!("denied by {by}"),
+            policy: by,
+        }),
     }
 }
 
@@ -253,7 +354,7 @@ async fn to_app(
         namespace,
         service,
     };
-    let response = match gate(&shared, caller, &route, &mut request) {
+    let response = match gate(&shared, caller, &route, &mut request).await {
         Some(refusal) => refusal,
         None => forward(&shared, request, caller).await,
     };
@@ -331,9 +432,13 @@ async fn serve_tcp(shared: Arc<Shared>, mut tls: InboundTls, caller: SpiffeId) {
         namespace,
         service,
     };
-    if let Some(by) = refused_by(&shared, &caller, None) {
-        shared.metrics.denied(&route, "tcp", &by);
-        tracing::info!(caller = %caller, policy = %by, "connection denied");
+    let refused = match ask_externals(&shared, &caller, &route, None).await {
+        Some(refusal) => Some(refusal),
+        None => refused_by(&shared, &caller, None),
+    };
+    if let Some(refusal) = refused {
+        shared.metrics.denied(&route, "tcp", &refusal.policy);
+        tracing::info!(caller = %caller, policy = %refusal.policy, reason = %refusal.message, "connection denied");
         // Closed before the app is dialled: the caller sees a refused connection.
         return;
     }

@@ -7,6 +7,7 @@
 //! `start` wires the pieces.
 
 pub mod admin;
+pub mod authorizer;
 pub mod balance;
 pub mod budget;
 pub mod config;
@@ -92,6 +93,8 @@ pub struct Shared {
     pub(crate) pool: Pool,
     /// Retry budgets, one per route rule that retries.
     pub(crate) budgets: retry::Budgets,
+    /// Clients of the external authorizers that policies name.
+    pub(crate) authorizers: authorizer::Authorizers,
     pub metrics: Metrics,
     pub(crate) app_clients: AppClients,
     pub inbound_addr: SocketAddr,
@@ -307,6 +310,7 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
         balancer: Mutex::new(Balancer::default()),
         pool: Pool::default(),
         budgets: retry::Budgets::default(),
+        authorizers: authorizer::Authorizers::default(),
         metrics: Metrics::new(bootstrap.cluster.as_str()),
         app_clients: AppClients::new(
             config

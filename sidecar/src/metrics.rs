@@ -87,6 +87,8 @@ pub struct Metrics {
     pub denied: IntCounterVec,
     /// Retries of outbound requests, by outcome (sent, or refused by the budget).
     pub retries: IntCounterVec,
+    /// Checks by external authorizers, by policy and result.
+    pub external_checks: IntCounterVec,
 }
 
 impl Metrics {
@@ -166,7 +168,18 @@ impl Metrics {
         )
         .expect("constant metric");
         register(Box::new(retries.clone()));
+        let external_checks = IntCounterVec::new(
+            Opts::new(
+                "external_checks_total",
+                "Requests and connections an external authorizer was asked about, by policy and \
+                 result: allow, deny, error_allowed (failed open) or error_denied (failed closed).",
+            ),
+            &with(&["policy", "result"]),
+        )
+        .expect("constant metric");
+        register(Box::new(external_checks.clone()));
         Self {
+            external_checks,
             denied,
             retries,
             registry,
@@ -194,6 +207,14 @@ impl Metrics {
         let [a, b, c, d, e] = route.labels();
         self.denied
             .with_label_values(&[a, b, c, d, e, protocol, policy])
+            .inc();
+    }
+
+    /// Records an external authorizer's check.
+    pub fn external_check(&self, route: &Route<'_>, policy: &str, result: &str) {
+        let [a, b, c, d, e] = route.labels();
+        self.external_checks
+            .with_label_values(&[a, b, c, d, e, policy, result])
             .inc();
     }
 

@@ -107,6 +107,26 @@ impl Policies {
         )
     }
 
+    /// The `external` policies a request to `service` of `namespace` matches: their
+    /// authorizers must allow it first.
+    pub fn externals(
+        &self,
+        namespace: &Namespace,
+        service: &ServiceName,
+        request: &Request<'_>,
+    ) -> Vec<&Authorization> {
+        let Some(policies) = self.authorization.get(namespace) else {
+            return Vec::new();
+        };
+        let own = policies.by_service.get(service).into_iter().flatten();
+        authorization::externals(
+            policies.whole.iter().chain(own),
+            namespace,
+            service,
+            request,
+        )
+    }
+
     /// The routes of a service, in the order their documents came.
     pub fn routes(&self, service: &ServiceKey) -> &[Route] {
         self.routes.get(service).map_or(&[], Vec::as_slice)

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
-use strait_tests::workloads::{client, endpoint, get_json, linked_pair, wait_route};
+use strait_federation::proto::authorizer::authorizer_server::{Authorizer, AuthorizerServer};
+use strait_federation::proto::authorizer::{CheckRequest, CheckResponse};
+use strait_tests::workloads::{client, endpoint, get, get_json, linked_pair, wait_route};
 use strait_tests::{Gateway, Mesh, http_get_host, metric, wait_for};
 
 /// The acceptance check's document.
@@ -320,5 +322,117 @@ fn policies_converge_across_three_gateways_after_a_partition_heals() -> Result<(
         names == [("b", "east"), ("c", "north")],
         "north's later delete of a wins everywhere: {converged:?}"
     );
+    Ok(())
+}
+
+/// The operator's authorizer for the test: allows a request that carries `x-ticket: ok`,
+/// and takes two seconds over `/slow`.
+struct TicketAuthorizer;
+
+#[tonic::async_trait]
+impl Authorizer for TicketAuthorizer {
+    async fn check(
+        &self,
+        request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        let request = request.into_inner();
+        if request.path == "/slow" {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        let allow = request.headers.get("x-ticket").map(String::as_str) == Some("ok");
+        Ok(tonic::Response::new(CheckResponse {
+            allow,
+            reason: if allow {
+                String::new()
+            } else {
+                format!("no ticket for {} {}", request.method, request.path)
+            },
+        }))
+    }
+}
+
+fn external_policy(address: SocketAddr, fail_open: bool) -> String {
+    format!(
+        "apiVersion: policy.strait.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: tickets, namespace: shop}}
+spec:
+  targetRef: {{kind: Service, name: api}}
+  action: external
+  external: {{address: '{address}', timeout: 300ms, failOpen: {fail_open}}}
+"
+    )
+}
+
+#[test]
+fn an_external_authorizer_decides_and_its_policy_fails_open_or_closed() -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let address = listener.local_addr()?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = runtime.spawn({
+        let stop = stop.clone();
+        tonic::transport::Server::builder()
+            .add_service(AuthorizerServer::new(TicketAuthorizer))
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                stop.cancelled_owned(),
+            )
+    });
+
+    let (mesh, _east_gateway, _west_gateway) = linked_pair(None)?;
+    let api_east = endpoint(
+        &mesh,
+        "east",
+        "api",
+        "api-east-0",
+        &[("http", 8080, "http")],
+    )?;
+    let web = client(&mesh, "east", &[])?;
+    let proxy = web.addr("proxy")?;
+    wait_route(proxy, API, "east")?;
+    mesh.apply("east", "tickets.yaml", &external_policy(address, false))
+        .success()?;
+    wait_status(proxy, API, 403, Duration::from_secs(5))?;
+    let denied = get(proxy, API, "/orders", &[])?;
+    ensure!(
+        denied.body.contains("no ticket for GET /orders"),
+        "{}",
+        denied.body
+    );
+    ensure!(get(proxy, API, "/orders", &[("X-Ticket", "ok")])?.status == 200);
+
+    // Too slow: the policy's 300 ms pass, and it fails closed.
+    let started = Instant::now();
+    let slow = get(proxy, API, "/slow", &[("X-Ticket", "ok")])?;
+    ensure!(slow.status == 403, "{} {}", slow.status, slow.body);
+    ensure!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Gone: still closed; then the same policy set to fail open lets requests through.
+    stop.cancel();
+    runtime.block_on(server)??;
+    let gone = get(proxy, API, "/orders", &[("X-Ticket", "ok")])?;
+    ensure!(gone.status == 403, "{} {}", gone.status, gone.body);
+    ensure!(gone.body.contains("failed closed"), "{}", gone.body);
+    mesh.apply("east", "tickets.yaml", &external_policy(address, true))
+        .success()?;
+    wait_status(proxy, API, 200, Duration::from_secs(5))?;
+
+    let text = http_get_host(api_east.sidecar.addr("admin")?, "localhost", "/metrics")?.1;
+    for result in ["allow", "deny", "error_denied", "error_allowed"] {
+        let count = metric(
+            &text,
+            "strait_external_checks_total",
+            &["policy=\"shop/tickets\"", &format!("result=\"{result}\"")],
+        );
+        ensure!(count >= Some(1.0), "{result}: {count:?}");
+    }
     Ok(())
 }

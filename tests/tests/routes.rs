@@ -2,68 +2,14 @@
 //! and rewrites, retries that move a request off a failing endpoint, the retry budget that stops
 //! a retry storm, and route timeouts. Real gateways, sidecars and sample apps on loopback.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, ensure};
-use serde_json::Value;
-use strait_tests::workloads::{api, client, endpoint, endpoint_with, linked_pair, wait_route};
+use anyhow::{Result, ensure};
+use strait_tests::workloads::{api, client, endpoint, endpoint_with, get, linked_pair, wait_route};
 use strait_tests::{http_get_host, metric, wait_for};
 
 const API: &str = "api.shop.svc.clusterset.local";
-
-/// An answer: status, response headers (lower-case names) and body.
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Answer {
-    fn json(&self) -> Result<Value> {
-        serde_json::from_str(&self.body).with_context(|| format!("{}: {}", self.status, self.body))
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// GET `path` at `host` through `proxy` with extra request headers (HTTP/1.0).
-fn get(proxy: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> Result<Answer> {
-    let mut stream = TcpStream::connect_timeout(&proxy, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-    let mut head = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n");
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("no end of headers in {response:?}"))?;
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("no status in {head:?}"))?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Ok(Answer {
-        status,
-        headers,
-        body: body.to_owned(),
-    })
-}
 
 #[test]
 fn a_route_splits_by_weight_between_clusters_and_sends_canaries_to_another_service() -> Result<()> {

@@ -1,8 +1,10 @@
 //! AuthorizationPolicy: the document, its checked form, and the decision for one request.
 //!
-//! Decisions follow the semantics operators know from Istio's AuthorizationPolicy: a request
-//! matching any `deny` policy of its service is denied; otherwise, if the service has `allow`
-//! policies, it must match one of them; a service without policies allows everything.
+//! Decisions follow the semantics operators know from Istio's AuthorizationPolicy: first, each
+//! matching `external` policy asks the operator's authorizer (the sidecar does that, it needs a
+//! socket); then a request matching any `deny` policy of its service is denied; otherwise, if
+//! the service has `allow` policies, it must match one of them; a service without policies
+//! allows everything.
 
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +18,19 @@ use crate::resource::{DocumentError, DocumentPlace, field, typed};
 pub enum Action {
     Allow,
     Deny,
+    /// Ask the external authorizer the policy names.
+    External,
+}
+
+/// The external authorizer of an `external` policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct External {
+    /// `host:port` of its gRPC service (HTTP/2 cleartext).
+    pub address: String,
+    /// How long a check may take.
+    pub timeout: std::time::Duration,
+    /// Allow the request when the authorizer cannot answer in time (else deny it).
+    pub fail_open: bool,
 }
 
 /// Who a rule is about; every field given must match (an empty list matches anything).
@@ -54,6 +69,8 @@ pub struct Authorization {
     pub action: Action,
     /// A policy without rules matches every request (deny-all, or allow-all).
     pub rules: Vec<Rule>,
+    /// For `external` policies: the authorizer to ask.
+    pub external: Option<External>,
 }
 
 /// The request being decided.
@@ -157,6 +174,8 @@ pub fn decide<'p>(
             continue;
         }
         match policy.action {
+            // Asked by the sidecar before this decision (see `externals`).
+            Action::External => {}
             Action::Deny if policy.matches(request) => {
                 return Decision::Deny { by: policy.label() };
             }
@@ -174,6 +193,22 @@ pub fn decide<'p>(
     } else {
         Decision::Allow
     }
+}
+
+/// The `external` policies of `service` that a request matches: each authorizer must allow it
+/// before the other policies are looked at.
+pub fn externals<'p>(
+    policies: impl IntoIterator<Item = &'p Authorization>,
+    namespace: &Namespace,
+    service: &ServiceName,
+    request: &Request<'_>,
+) -> Vec<&'p Authorization> {
+    policies
+        .into_iter()
+        .filter(|p| {
+            p.action == Action::External && p.protects(namespace, service) && p.matches(request)
+        })
+        .collect()
 }
 
 /// An AuthorizationPolicy as written (Kubernetes style), before it is checked.
@@ -220,6 +255,84 @@ struct AuthorizationSpec {
     action: Action,
     #[serde(default)]
     rules: Vec<RuleDocument>,
+    #[serde(default)]
+    external: Option<ExternalDocument>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ExternalDocument {
+    address: String,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    fail_open: bool,
+}
+
+/// How long a check may take when the policy does not say.
+const DEFAULT_EXTERNAL_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
+/// The longest a policy may let a check take.
+const MAX_EXTERNAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Checks the `external` block against the action.
+fn external(
+    place: &DocumentPlace,
+    action: Action,
+    document: Option<ExternalDocument>,
+) -> Result<Option<External>, DocumentError> {
+    let document = match (action, document) {
+        (Action::External, Some(document)) => document,
+        (Action::External, None) => {
+            return Err(field(
+                place,
+                "spec.external",
+                "missing: an external policy names its authorizer (address, timeout, failOpen)",
+            ));
+        }
+        (_, Some(_)) => {
+            return Err(field(
+                place,
+                "spec.external",
+                "only a policy with action: external names an authorizer",
+            ));
+        }
+        (_, None) => return Ok(None),
+    };
+    let valid_address = document
+        .address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| {
+            !host.is_empty()
+                && host.len() <= 253
+                && port.parse::<u16>().is_ok_and(|p| p != 0)
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        });
+    if !valid_address {
+        return Err(field(
+            place,
+            "spec.external.address",
+            format!("{:?}: expected host:port", document.address),
+        ));
+    }
+    let timeout = match document.timeout {
+        None => DEFAULT_EXTERNAL_TIMEOUT,
+        Some(text) => super::route::duration(&text)
+            .filter(|t| *t <= MAX_EXTERNAL_TIMEOUT)
+            .ok_or_else(|| {
+                field(
+                    place,
+                    "spec.external.timeout",
+                    format!("{text:?}: expected a duration like 200ms or 2s, at most 10s"),
+                )
+            })?,
+    };
+    Ok(Some(External {
+        address: document.address,
+        timeout,
+        fail_open: document.fail_open,
+    }))
 }
 
 /// What a policy applies to: a Service of its namespace.
@@ -403,12 +516,14 @@ pub fn authorization(
             })?,
         })
     })?;
+    let external = external(place, document.spec.action, document.spec.external)?;
     Ok(Authorization {
         namespace,
         name,
         target,
         action: document.spec.action,
         rules,
+        external,
     })
 }
 
@@ -433,6 +548,7 @@ mod tests {
             target: Some(ServiceName::new("api").unwrap()),
             action,
             rules,
+            external: None,
         }
     }
 
@@ -600,7 +716,72 @@ spec:
                 ),
                 "spec.rules[0].to[0].paths[0]",
             ),
+            (
+                NO_WEST_TO_API.replace("action: deny", "action: external"),
+                "spec.external",
+            ),
+            (
+                NO_WEST_TO_API.replace(
+                    "action: deny",
+                    "action: deny\n  external: {address: 127.0.0.1:9191}",
+                ),
+                "spec.external",
+            ),
+            (
+                EXTERNAL.replace("127.0.0.1:9191", "127.0.0.1"),
+                "spec.external.address",
+            ),
+            (
+                EXTERNAL.replace("timeout: 150ms", "timeout: 1h"),
+                "spec.external.timeout",
+            ),
         ];
         crate::policy::testing::assert_refused("policy.yaml", authorization, &cases);
+    }
+
+    const EXTERNAL: &str = "apiVersion: policy.strait.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: tickets, namespace: shop}
+spec:
+  targetRef: {kind: Service, name: api}
+  action: external
+  external: {address: 127.0.0.1:9191, timeout: 150ms, failOpen: true}
+  rules:
+    - to: [{paths: [/orders/*]}]
+";
+
+    /// An external policy is left out of the local decision; it is listed for the requests its
+    /// rules match, for the sidecar to ask its authorizer.
+    #[test]
+    fn external_policies_are_asked_only_for_the_requests_they_match() {
+        let external = parse(EXTERNAL).unwrap();
+        assert_eq!(
+            external.external,
+            Some(External {
+                address: "127.0.0.1:9191".into(),
+                timeout: std::time::Duration::from_millis(150),
+                fail_open: true,
+            })
+        );
+        let deny_west = parse(NO_WEST_TO_API).unwrap();
+        let policies = [external, deny_west];
+        let (shop, api) = (
+            Namespace::new("shop").unwrap(),
+            ServiceName::new("api").unwrap(),
+        );
+        let east = workload("east", "shop", "web");
+        let request = |path| Request {
+            caller: Some(&east),
+            http: Some(("GET", path)),
+        };
+        assert_eq!(
+            externals(&policies, &shop, &api, &request("/orders/7")).len(),
+            1
+        );
+        assert!(externals(&policies, &shop, &api, &request("/menu")).is_empty());
+        assert_eq!(
+            decide(&policies, &shop, &api, &request("/orders/7")),
+            Decision::Allow
+        );
     }
 }

@@ -278,7 +278,7 @@ const MAX_LIST: usize = 64;
 const MAX_RETRIES: u32 = 10;
 
 /// Parses `250ms`, `2s`, `1m`.
-fn duration(text: &str) -> Option<Duration> {
+pub(super) fn duration(text: &str) -> Option<Duration> {
     let split = text.find(|c: char| !c.is_ascii_digit())?;
     let (number, unit) = text.split_at(split);
     let number: u64 = number.parse().ok()?;
