@@ -107,11 +107,12 @@ pub fn views(state: &State) -> Vec<PolicyView> {
         .collect()
 }
 
-/// Every live policy as sidecars get it, split by what each sidecar needs: authorization
-/// policies by namespace (a sidecar enforces those of its own namespace), routes for all.
+/// Every live policy as sidecars get it, split by what each sidecar needs: the policies
+/// enforced inbound (authorization, rate limits) by namespace, as a sidecar enforces those of
+/// its own namespace; routes, followed outbound, for all.
 #[derive(Debug, Default)]
 pub struct SidecarPolicies {
-    pub authorization: std::collections::BTreeMap<Namespace, Vec<PolicyDocument>>,
+    pub inbound: std::collections::BTreeMap<Namespace, Vec<PolicyDocument>>,
     pub routes: Vec<PolicyDocument>,
 }
 
@@ -122,8 +123,8 @@ impl SidecarPolicies {
         for (key, policy, version) in state.policies.set.live() {
             let document = document(key, policy, version);
             match policy.checked() {
-                Checked::Authorization(_) => out
-                    .authorization
+                Checked::Authorization(_) | Checked::RateLimit(_) => out
+                    .inbound
                     .entry(key.namespace.clone())
                     .or_default()
                     .push(document),
@@ -135,7 +136,7 @@ impl SidecarPolicies {
 
     /// What a sidecar of `namespace` gets.
     pub fn for_namespace(&self, namespace: &Namespace) -> Vec<PolicyDocument> {
-        self.authorization
+        self.inbound
             .get(namespace)
             .into_iter()
             .flatten()

@@ -27,6 +27,7 @@ use crate::config::AppPort;
 use crate::connect::{self, Body, HTTP_ALPN, TCP_ALPN};
 use crate::metrics::{Direction, Route};
 use crate::outbound::{error_response, strip_hop_by_hop};
+use crate::ratelimit::Limited;
 use crate::{CLIENT_ID_HEADER, Shared, accept_each};
 
 /// How long a TLS handshake, or the port of a TCP connection, may take.
@@ -269,11 +270,26 @@ async fn gate(
     };
     let refusal = match ask_externals(shared, &caller.identity, route, Some(facts)).await {
         Some(refusal) => refusal,
-        None => refused_by(
+        None => match refused_by(
             shared,
             &caller.identity,
             Some((request.method().as_str(), &normal)),
-        )?,
+        ) {
+            Some(refusal) => refusal,
+            None => {
+                let limited = over_limit(shared, &caller.identity)?;
+                shared.metrics.rate_limited(route, "http", &limited.policy);
+                let mut response = error_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("over the rate limit of {}", limited.policy),
+                );
+                let seconds = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+                return Some(response);
+            }
+        },
     };
     shared.metrics.denied(route, "http", &refusal.policy);
     tracing::debug!(caller = %caller.identity, policy = %refusal.policy, "request denied");
@@ -284,6 +300,17 @@ async fn gate(
             caller.identity, route.namespace, route.service, refusal.message
         ),
     ))
+}
+
+/// The rate limit a request or connection of `caller` is over, if any (a token is taken from
+/// every limit otherwise).
+fn over_limit(shared: &Shared, caller: &SpiffeId) -> Option<Limited> {
+    let own = shared.own_service.as_ref()?;
+    let directory = shared.directory.borrow().clone();
+    shared
+        .limiter
+        .admit(directory.policies.rate_limits(own), caller, Instant::now())
+        .err()
 }
 
 /// The policy that refuses a request (HTTP: method and a normalized path) or a connection
@@ -436,6 +463,13 @@ async fn serve_tcp(shared: Arc<Shared>, mut tls: InboundTls, caller: SpiffeId) {
         Some(refusal) => Some(refusal),
         None => refused_by(&shared, &caller, None),
     };
+    if refused.is_none()
+        && let Some(limited) = over_limit(&shared, &caller)
+    {
+        shared.metrics.rate_limited(&route, "tcp", &limited.policy);
+        tracing::debug!(caller = %caller, policy = %limited.policy, "connection over the rate limit");
+        return;
+    }
     if let Some(refusal) = refused {
         shared.metrics.denied(&route, "tcp", &refusal.policy);
         tracing::info!(caller = %caller, policy = %refusal.policy, reason = %refusal.message, "connection denied");

@@ -18,6 +18,7 @@ pub mod inbound;
 pub mod metrics;
 pub mod outbound;
 pub mod policy;
+pub mod ratelimit;
 pub mod residence;
 pub mod retry;
 pub mod routing;
@@ -95,6 +96,8 @@ pub struct Shared {
     pub(crate) budgets: retry::Budgets,
     /// Clients of the external authorizers that policies name.
     pub(crate) authorizers: authorizer::Authorizers,
+    /// Token buckets of the rate limits this sidecar enforces.
+    pub(crate) limiter: ratelimit::Limiter,
     pub metrics: Metrics,
     pub(crate) app_clients: AppClients,
     pub inbound_addr: SocketAddr,
@@ -311,6 +314,7 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
         pool: Pool::default(),
         budgets: retry::Budgets::default(),
         authorizers: authorizer::Authorizers::default(),
+        limiter: ratelimit::Limiter::default(),
         metrics: Metrics::new(bootstrap.cluster.as_str()),
         app_clients: AppClients::new(
             config

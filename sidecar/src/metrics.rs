@@ -89,6 +89,8 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     /// Checks by external authorizers, by policy and result.
     pub external_checks: IntCounterVec,
+    /// Requests (HTTP: answered 429) and connections (TCP: closed) over a rate limit.
+    pub rate_limited: IntCounterVec,
 }
 
 impl Metrics {
@@ -178,7 +180,18 @@ impl Metrics {
         )
         .expect("constant metric");
         register(Box::new(external_checks.clone()));
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "rate_limited_total",
+                "Requests (HTTP: answered 429) and connections (TCP: closed) over a rate limit, \
+                 by protocol and policy.",
+            ),
+            &with(&["protocol", "policy"]),
+        )
+        .expect("constant metric");
+        register(Box::new(rate_limited.clone()));
         Self {
+            rate_limited,
             external_checks,
             denied,
             retries,
@@ -206,6 +219,14 @@ impl Metrics {
     pub fn denied(&self, route: &Route<'_>, protocol: &str, policy: &str) {
         let [a, b, c, d, e] = route.labels();
         self.denied
+            .with_label_values(&[a, b, c, d, e, protocol, policy])
+            .inc();
+    }
+
+    /// Records a request or connection over a rate limit.
+    pub fn rate_limited(&self, route: &Route<'_>, protocol: &str, policy: &str) {
+        let [a, b, c, d, e] = route.labels();
+        self.rate_limited
             .with_label_values(&[a, b, c, d, e, protocol, policy])
             .inc();
     }

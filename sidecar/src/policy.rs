@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use strait_federation::catalog::ServiceKey;
 use strait_federation::identity::{Namespace, ServiceName};
 use strait_federation::policy::authorization::{self, Authorization, Decision, Request};
+use strait_federation::policy::ratelimit::RateLimit;
 use strait_federation::policy::route::Route;
 use strait_federation::policy::{Checked, Policy, PolicyKey, PolicyKind};
 use strait_federation::proto::workload::PolicyDocument;
@@ -26,6 +27,8 @@ pub struct Policies {
     authorization: HashMap<Namespace, NamespacePolicies>,
     /// Routes by the service they route.
     routes: HashMap<ServiceKey, Vec<Route>>,
+    /// Rate limits by the service they limit.
+    rate_limits: HashMap<ServiceKey, Vec<RateLimit>>,
     /// How many documents were skipped for failing their checks.
     pub refused: usize,
 }
@@ -64,6 +67,14 @@ impl Policies {
                                 .push(a),
                         }
                     }
+                    Checked::RateLimit(limit) => policies
+                        .rate_limits
+                        .entry(ServiceKey {
+                            namespace: limit.namespace.clone(),
+                            name: limit.service.clone(),
+                        })
+                        .or_default()
+                        .push(limit),
                     Checked::Route(r) => policies
                         .routes
                         .entry(ServiceKey {
@@ -125,6 +136,11 @@ impl Policies {
             service,
             request,
         )
+    }
+
+    /// The rate limits of a service.
+    pub fn rate_limits(&self, service: &ServiceKey) -> &[RateLimit] {
+        self.rate_limits.get(service).map_or(&[], Vec::as_slice)
     }
 
     /// The routes of a service, in the order their documents came.

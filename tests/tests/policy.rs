@@ -436,3 +436,64 @@ fn an_external_authorizer_decides_and_its_policy_fails_open_or_closed() -> Resul
     }
     Ok(())
 }
+
+#[test]
+fn a_rate_limit_gives_each_caller_its_own_bucket_and_overrides_some() -> Result<()> {
+    let (mesh, _east_gateway, _west_gateway) = linked_pair(None)?;
+    let api_east = endpoint(
+        &mesh,
+        "east",
+        "api",
+        "api-east-0",
+        &[("http", 8080, "http")],
+    )?;
+    let web = client(&mesh, "east", &[])?;
+    let batch = mesh.sidecar(
+        "east",
+        "shop",
+        "batch",
+        "batch-east",
+        &["--proxy-addr".to_owned(), "127.0.0.1:0".into()],
+    )?;
+    let (web_proxy, batch_proxy) = (web.addr("proxy")?, batch.addr("proxy")?);
+    wait_route(web_proxy, API, "east")?;
+    wait_route(batch_proxy, API, "east")?;
+    mesh.apply(
+        "west",
+        "limits.yaml",
+        "apiVersion: policy.strait.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: api-limits, namespace: shop}
+spec:
+  targetRef: {kind: Service, name: api}
+  limit: {requests: 5, per: 1m}
+  overrides:
+    - from: {serviceAccounts: [batch]}
+      limit: {requests: 2, per: 1m}
+",
+    )
+    .success()?;
+    // web spends its five (some perhaps before the policy arrived), then is refused.
+    wait_status(web_proxy, API, 429, Duration::from_secs(5))?;
+    let limited = get(web_proxy, API, "/", &[])?;
+    ensure!(limited.status == 429, "{}", limited.status);
+    let retry_after: u64 = limited
+        .header("retry-after")
+        .context("Retry-After")?
+        .parse()?;
+    ensure!((1..=12).contains(&retry_after), "Retry-After {retry_after}");
+    // batch has its own bucket, of two.
+    let answers: Vec<u16> = (0..4)
+        .map(|_| get(batch_proxy, API, "/", &[]).map_or(0, |a| a.status))
+        .collect();
+    ensure!(answers == [200, 200, 429, 429], "batch: {answers:?}");
+
+    let text = http_get_host(api_east.sidecar.addr("admin")?, "localhost", "/metrics")?.1;
+    let counted = metric(
+        &text,
+        "strait_rate_limited_total",
+        &["protocol=\"http\"", "policy=\"shop/api-limits\""],
+    );
+    ensure!(counted >= Some(3.0), "{counted:?}");
+    Ok(())
+}

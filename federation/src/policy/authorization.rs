@@ -93,7 +93,8 @@ pub enum Decision {
 }
 
 impl Source {
-    fn matches(&self, caller: Option<&SpiffeId>) -> bool {
+    /// Whether a caller is one this source names.
+    pub fn matches(&self, caller: Option<&SpiffeId>) -> bool {
         let Some(SpiffeId::Workload {
             cluster,
             namespace,
@@ -373,7 +374,7 @@ struct RuleDocument {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct SourceDocument {
+pub(super) struct SourceDocument {
     #[serde(default)]
     clusters: Vec<String>,
     #[serde(default)]
@@ -414,6 +415,48 @@ fn checked<T, U>(
         .collect()
 }
 
+/// Checks one source of a rule (also the `from` of a rate limit's override).
+pub(super) fn source_of(
+    place: &DocumentPlace,
+    at: &str,
+    source: SourceDocument,
+) -> Result<Source, DocumentError> {
+    Ok(Source {
+        clusters: checked(
+            place,
+            &format!("{at}.clusters"),
+            source.clusters,
+            |c, at| ClusterName::new(c).map_err(|e| field(place, at, e.to_string())),
+        )?,
+        namespaces: checked(
+            place,
+            &format!("{at}.namespaces"),
+            source.namespaces,
+            |n, at| Namespace::new(n).map_err(|e| field(place, at, e.to_string())),
+        )?,
+        service_accounts: checked(
+            place,
+            &format!("{at}.serviceAccounts"),
+            source.service_accounts,
+            |a, at| {
+                crate::identity::AccountName::new(a.as_str())
+                    .map_err(|e| field(place, at, e.to_string()))?;
+                Ok(a)
+            },
+        )?,
+        identities: checked(
+            place,
+            &format!("{at}.identities"),
+            source.identities,
+            |id, at| {
+                id.parse::<SpiffeId>()
+                    .map_err(|e| field(place, at, e.to_string()))?;
+                Ok(id)
+            },
+        )?,
+    })
+}
+
 /// Parses and checks an AuthorizationPolicy document (a YAML document already read as a
 /// value). Errors name the document and the field.
 pub fn authorization(
@@ -439,40 +482,7 @@ pub fn authorization(
     let rules = checked(place, "spec.rules", document.spec.rules, |rule, at| {
         Ok(Rule {
             from: checked(place, &format!("{at}.from"), rule.from, |source, at| {
-                Ok(Source {
-                    clusters: checked(
-                        place,
-                        &format!("{at}.clusters"),
-                        source.clusters,
-                        |c, at| ClusterName::new(c).map_err(|e| field(place, at, e.to_string())),
-                    )?,
-                    namespaces: checked(
-                        place,
-                        &format!("{at}.namespaces"),
-                        source.namespaces,
-                        |n, at| Namespace::new(n).map_err(|e| field(place, at, e.to_string())),
-                    )?,
-                    service_accounts: checked(
-                        place,
-                        &format!("{at}.serviceAccounts"),
-                        source.service_accounts,
-                        |a, at| {
-                            crate::identity::AccountName::new(a.as_str())
-                                .map_err(|e| field(place, at, e.to_string()))?;
-                            Ok(a)
-                        },
-                    )?,
-                    identities: checked(
-                        place,
-                        &format!("{at}.identities"),
-                        source.identities,
-                        |id, at| {
-                            id.parse::<SpiffeId>()
-                                .map_err(|e| field(place, at, e.to_string()))?;
-                            Ok(id)
-                        },
-                    )?,
-                })
+                source_of(place, at, source)
             })?,
             to: checked(place, &format!("{at}.to"), rule.to, |operation, at| {
                 Ok(Operation {

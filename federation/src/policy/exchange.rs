@@ -603,12 +603,7 @@ mod tests {
             }],
         };
         let received = exchange
-            .on_entries(
-                of_kind("RateLimitPolicy"),
-                &mut book,
-                &cluster("east"),
-                NOW_MS,
-            )
+            .on_entries(of_kind("FuturePolicy"), &mut book, &cluster("east"), NOW_MS)
             .unwrap();
         assert!(
             received.refused[0].contains("not known here"),

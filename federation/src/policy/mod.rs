@@ -19,6 +19,7 @@ use crate::resource::{DocumentError, DocumentPlace, field};
 pub mod authorization;
 pub mod exchange;
 pub mod path;
+pub mod ratelimit;
 pub mod replication;
 pub mod route;
 
@@ -31,17 +32,23 @@ pub enum PolicyKind {
     AuthorizationPolicy,
     #[serde(rename = "HTTPRoute")]
     HttpRoute,
+    RateLimitPolicy,
 }
 
 impl PolicyKind {
     /// Every kind, in the order `strait get policies` lists them.
-    pub const ALL: [PolicyKind; 2] = [PolicyKind::AuthorizationPolicy, PolicyKind::HttpRoute];
+    pub const ALL: [PolicyKind; 3] = [
+        PolicyKind::AuthorizationPolicy,
+        PolicyKind::HttpRoute,
+        PolicyKind::RateLimitPolicy,
+    ];
 
     /// The kind as documents write it.
     pub fn as_str(self) -> &'static str {
         match self {
             PolicyKind::AuthorizationPolicy => "AuthorizationPolicy",
             PolicyKind::HttpRoute => "HTTPRoute",
+            PolicyKind::RateLimitPolicy => "RateLimitPolicy",
         }
     }
 
@@ -84,6 +91,7 @@ impl fmt::Display for PolicyKey {
 pub enum Checked {
     Authorization(authorization::Authorization),
     Route(route::Route),
+    RateLimit(ratelimit::RateLimit),
 }
 
 /// One checked policy document, kept with the document as written.
@@ -140,6 +148,15 @@ impl Policy {
                     name: route.name.clone(),
                 };
                 (key, Checked::Route(route))
+            }
+            PolicyKind::RateLimitPolicy => {
+                let limit = ratelimit::rate_limit(document.clone(), place)?;
+                let key = PolicyKey {
+                    kind,
+                    namespace: limit.namespace.clone(),
+                    name: limit.name.clone(),
+                };
+                (key, Checked::RateLimit(limit))
             }
         };
         Ok((key, Policy { document, checked }))
