@@ -18,6 +18,9 @@ use crate::policy::exchange::{ExchangeError, PolicyBook, PolicyExchange, Receive
 use crate::proto::peer::{self as wire, PeerFrame, RefusalCode, peer_frame::Body};
 use crate::wire::TARGET_FRAME;
 
+/// The most quota counts in one frame.
+pub const MAX_QUOTA_COUNTS: usize = 4_096;
+
 /// The protocol version spoken by this build.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -182,6 +185,8 @@ pub enum Event {
     Acked(Position),
     /// A policy frame, for [`PeerSession::handle_policy`] (which needs the gateway's policies).
     Policy(PolicyFrame),
+    /// Quota counts, for the gateway's quota book.
+    Quota(wire::QuotaUsage),
 }
 
 /// A policy frame from the peer.
@@ -290,6 +295,16 @@ impl PeerSession {
         Ok(received)
     }
 
+    /// Queues quota counts that grew, in frames of a bounded size.
+    pub fn queue_quota(&mut self, counts: Vec<wire::QuotaCount>) {
+        for chunk in counts.chunks(MAX_QUOTA_COUNTS) {
+            self.outbox
+                .push_back(frame(Body::QuotaUsage(wire::QuotaUsage {
+                    counts: chunk.to_vec(),
+                })));
+        }
+    }
+
     /// Queues what changed in our export since it was last sent.
     pub fn sync(&mut self, export: &ExportLog) {
         let changes = export.changes_since(self.sent);
@@ -376,6 +391,14 @@ impl PeerSession {
                 Ok(Some(Event::Acked(position)))
             }
             Some(Body::KeepAlive(_)) => Ok(None),
+            Some(Body::QuotaUsage(usage)) => {
+                if usage.counts.len() > MAX_QUOTA_COUNTS {
+                    return Err(protocol(format!(
+                        "quota usage with more than {MAX_QUOTA_COUNTS} counts"
+                    )));
+                }
+                Ok(Some(Event::Quota(usage)))
+            }
             Some(Body::PolicyDigest(digest)) => {
                 Ok(Some(Event::Policy(PolicyFrame::Digest(digest))))
             }

@@ -106,6 +106,10 @@ pub struct Shared {
     /// Bumped whenever the policy set changes (here or from a peer): peer sessions wake on it
     /// and send their peer what it lacks.
     pub policy_tx: watch::Sender<u64>,
+    /// Requests admitted against mesh-wide Quotas, per budget, window and cluster.
+    pub quotas: Mutex<strait_federation::policy::quota::QuotaBook>,
+    /// Bumped whenever a quota count grows: peer sessions send what grew.
+    pub quota_tx: watch::Sender<u64>,
     /// The DNS zone, rebuilt after every catalog change; `None` without a DNS server.
     pub zone: watch::Sender<Option<Arc<dns::zone::Zone>>>,
     pub peers: Mutex<BTreeMap<ClusterName, PeerStatus>>,
@@ -350,6 +354,8 @@ pub async fn run(
         catalog_tx: watch::channel(0).0,
         views_tx: watch::channel(0).0,
         policy_tx: watch::channel(0).0,
+        quotas: Mutex::new(Default::default()),
+        quota_tx: watch::channel(0).0,
         zone: watch::channel(None).0,
         peers: Mutex::new(BTreeMap::new()),
         endpoint,
@@ -416,6 +422,7 @@ async fn housekeeping(shared: Arc<Shared>) {
             () = shared.shutdown.cancelled() => return,
         }
         peer::withdraw_expired(&shared, Instant::now());
+        policies::expire_quota_windows(&shared);
         if lock(&shared.state).expire_registrations(Instant::now()) {
             shared.mark_dirty();
             shared.export_changed();

@@ -1027,6 +1027,10 @@ async fn drive(
     let mut export = shared.export_tx.subscribe();
     let mut policies = shared.policy_tx.subscribe();
     policies.mark_unchanged();
+    let mut quotas = shared.quota_tx.subscribe();
+    // Everything counted so far in the windows in force, then what grows.
+    let (counts, mut quota_sent) = crate::policies::quota_counts_for(shared, peer, 0);
+    session.queue_quota(counts);
     let (frames, queued) = mpsc::channel::<Vec<u8>>(32);
     let mut writer = tokio::spawn(write_frames(send, queued, peering.idle_timeout()));
     let mut updates_counted = 0;
@@ -1057,6 +1061,7 @@ async fn drive(
             },
             changed = export.changed() => Step::ExportChanged(changed.is_ok()),
             changed = policies.changed() => Step::PoliciesChanged(changed.is_ok()),
+            changed = quotas.changed() => Step::QuotasChanged(changed.is_ok()),
             () = tokio::time::sleep_until(wake) => Step::Timer,
         };
         match step {
@@ -1086,7 +1091,13 @@ async fn drive(
             }
             Step::ExportChanged(false) => return Ok(()),
             Step::ExportChanged(true) => session.sync(&lock(&shared.state).export),
-            Step::PoliciesChanged(false) => return Ok(()),
+            Step::PoliciesChanged(false) | Step::QuotasChanged(false) => return Ok(()),
+            Step::QuotasChanged(true) => {
+                let (counts, sequence) =
+                    crate::policies::quota_counts_for(shared, peer, quota_sent);
+                quota_sent = sequence;
+                session.queue_quota(counts);
+            }
             Step::PoliciesChanged(true) => {
                 session.sync_policies(&lock(&shared.state).policies.set);
             }
@@ -1154,6 +1165,11 @@ async fn drive(
                         }
                     }
                     Ok(Some(Received::Catalog(Event::Policy(_)))) => {}
+                    Ok(Some(Received::Catalog(Event::Quota(usage)))) => {
+                        if crate::policies::merge_quota_usage(shared, usage) {
+                            shared.quota_tx.send_modify(|n| *n += 1);
+                        }
+                    }
                     Ok(Some(Received::Catalog(Event::Imported {
                         changed, snapshot, ..
                     }))) => {
@@ -1244,6 +1260,7 @@ enum Step {
     Frame(Result<PeerFrame, PeerError>),
     ExportChanged(bool),
     PoliciesChanged(bool),
+    QuotasChanged(bool),
     Timer,
 }
 

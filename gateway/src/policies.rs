@@ -4,14 +4,17 @@
 
 use strait_federation::identity::{ClusterName, Namespace};
 use strait_federation::policy::exchange::{BookError, MAX_POLICIES};
+use strait_federation::policy::quota::{Quota, Spend};
 use strait_federation::policy::replication::Version;
 use strait_federation::policy::{Checked, Policy, PolicyKey, PolicyKind};
 use strait_federation::proto::operator::{AppliedObject, PolicyView};
+use strait_federation::proto::peer::{QuotaCount, QuotaUsage};
 use strait_federation::proto::workload::PolicyDocument;
+use strait_federation::proto::workload::{Spent, UsageReply, UsageReport};
 use strait_federation::resource::Resource;
 
 use crate::store::State;
-use crate::unix_now_ms;
+use crate::{Shared, lock, unix_now_ms};
 
 /// Refuses a file whose new policies would take the set past its bound, before anything of the
 /// file is applied.
@@ -123,7 +126,7 @@ impl SidecarPolicies {
         for (key, policy, version) in state.policies.set.live() {
             let document = document(key, policy, version);
             match policy.checked() {
-                Checked::Authorization(_) | Checked::RateLimit(_) => out
+                Checked::Authorization(_) | Checked::RateLimit(_) | Checked::Quota(_) => out
                     .inbound
                     .entry(key.namespace.clone())
                     .or_default()
@@ -144,4 +147,122 @@ impl SidecarPolicies {
             .cloned()
             .collect()
     }
+}
+
+/// The live Quotas of a service.
+pub fn quotas_of(state: &State, namespace: &Namespace, service: &str) -> Vec<Quota> {
+    state
+        .policies
+        .set
+        .live()
+        .filter_map(|(_, policy, _)| match policy.checked() {
+            Checked::Quota(q) if &q.namespace == namespace && q.service.as_str() == service => {
+                Some(q.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Takes a sidecar's report of what it admitted against its service's Quotas, and answers with
+/// every budget's total across the mesh for the windows in force.
+pub fn report_usage(shared: &Shared, namespace: &Namespace, report: UsageReport) -> UsageReply {
+    let quotas = quotas_of(&lock(&shared.state), namespace, &report.service);
+    let now = unix_now_ms();
+    let mut grew = false;
+    let mut book = lock(&shared.quotas);
+    for spent in report.spent.into_iter().take(MAX_REPORTED) {
+        // Only counts for this service's quotas, in the window in force or the one before.
+        let Some(quota) = quotas.iter().find(|q| q.label() == spent.quota) else {
+            continue;
+        };
+        let current = quota.window(now);
+        if spent.count == 0 || spent.window > current || spent.window + 1 < current {
+            continue;
+        }
+        let spend = Spend {
+            quota: spent.quota,
+            who: spent.who.chars().take(MAX_WHO).collect(),
+            window: spent.window,
+        };
+        book.add_local(&shared.config.cluster, spend, spent.count);
+        grew = true;
+    }
+    let mut totals = Vec::new();
+    for quota in &quotas {
+        let label = quota.label();
+        for (spend, total) in book.totals_of(&label, quota.window(now)) {
+            totals.push(Spent {
+                quota: spend.quota.clone(),
+                who: spend.who.clone(),
+                window: spend.window,
+                count: total,
+            });
+        }
+    }
+    drop(book);
+    if grew {
+        shared.quota_tx.send_modify(|n| *n += 1);
+    }
+    UsageReply { totals }
+}
+
+/// The most counts one report may carry.
+const MAX_REPORTED: usize = 10_000;
+/// The longest `who` a count may name (a SPIFFE identity fits).
+const MAX_WHO: usize = 512;
+
+/// Forgets the counts of windows that ended.
+pub fn expire_quota_windows(shared: &Shared) {
+    let now = unix_now_ms();
+    let windows: std::collections::HashMap<String, u64> = lock(&shared.state)
+        .policies
+        .set
+        .live()
+        .filter_map(|(_, policy, _)| match policy.checked() {
+            Checked::Quota(q) => Some((q.label(), q.window(now))),
+            _ => None,
+        })
+        .collect();
+    lock(&shared.quotas).expire(|label| windows.get(label).copied());
+}
+
+/// Takes quota counts from a peer; whether any grew (then other peers and the sidecars must
+/// hear of it). A count naming an invalid cluster is skipped.
+pub fn merge_quota_usage(shared: &Shared, usage: QuotaUsage) -> bool {
+    let mut book = lock(&shared.quotas);
+    let mut grew = false;
+    for count in usage.counts {
+        let Ok(origin) = ClusterName::new(count.origin.as_str()) else {
+            continue;
+        };
+        if count.quota.len() > 2 * 64 + 1 || count.who.len() > MAX_WHO {
+            continue;
+        }
+        let spend = Spend {
+            quota: count.quota,
+            who: count.who,
+            window: count.window,
+        };
+        grew |= book.merge(&origin, spend, count.count);
+    }
+    grew
+}
+
+/// The counts that grew since `after`, for a peer (those of its own cluster left out: it
+/// knows them best), and the sequence number to send from next time.
+pub fn quota_counts_for(shared: &Shared, peer: &ClusterName, after: u64) -> (Vec<QuotaCount>, u64) {
+    let (grown, sequence) = lock(&shared.quotas).changed_since(after);
+    let counts = grown
+        .into_iter()
+        .filter(|(_, origin, _)| origin != peer)
+        .map(|(spend, origin, count)| QuotaCount {
+            quota: spend.quota,
+            who: spend.who,
+            window: spend.window,
+            origin: origin.to_string(),
+            count,
+        })
+        .collect();
+    (counts, sequence)
 }

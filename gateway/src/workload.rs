@@ -20,6 +20,7 @@ use crate::api::Caller;
 use crate::policies::SidecarPolicies;
 use crate::store::Registration;
 use crate::{Shared, lock, unix_now};
+use strait_federation::proto::workload::{UsageReply, UsageReport};
 
 /// The largest CSR accepted.
 const MAX_CSR: usize = 16 << 10;
@@ -315,6 +316,17 @@ impl Workload for WorkloadApi {
         Ok(Response::new(RegisterResponse {
             lease_seconds: lease.as_secs(),
         }))
+    }
+
+    async fn report_usage(
+        &self,
+        request: Request<UsageReport>,
+    ) -> Result<Response<UsageReply>, Status> {
+        let SpiffeId::Workload { namespace, .. } = workload(&request)? else {
+            return Err(Status::permission_denied("only workloads report usage"));
+        };
+        let reply = crate::policies::report_usage(&self.shared, &namespace, request.into_inner());
+        Ok(Response::new(reply))
     }
 
     async fn deregister(

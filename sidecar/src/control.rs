@@ -227,6 +227,9 @@ pub async fn watch(shared: Arc<Shared>, channel: Channel) {
                         {
                             relay.set_ip(host);
                         }
+                        shared
+                            .metrics
+                            .policies_held(&view.policies, directory.policies.refused);
                         shared.directory.send_replace(Arc::new(directory));
                         backoff = Duration::from_millis(100);
                     }

@@ -281,7 +281,7 @@ async fn gate(
                 shared.metrics.rate_limited(route, "http", &limited.policy);
                 let mut response = error_response(
                     StatusCode::TOO_MANY_REQUESTS,
-                    format!("over the rate limit of {}", limited.policy),
+                    format!("over the limit of {}", limited.policy),
                 );
                 let seconds = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
                 response
@@ -302,15 +302,26 @@ async fn gate(
     ))
 }
 
-/// The rate limit a request or connection of `caller` is over, if any (a token is taken from
-/// every limit otherwise).
+/// The rate limit or mesh-wide quota a request or connection of `caller` is over, if any
+/// (otherwise it is counted against every one).
 fn over_limit(shared: &Shared, caller: &SpiffeId) -> Option<Limited> {
     let own = shared.own_service.as_ref()?;
     let directory = shared.directory.borrow().clone();
+    if let Err(limited) =
+        shared
+            .limiter
+            .admit(directory.policies.rate_limits(own), caller, Instant::now())
+    {
+        return Some(limited);
+    }
     shared
-        .limiter
-        .admit(directory.policies.rate_limits(own), caller, Instant::now())
+        .quota
+        .admit(directory.policies.quotas(own), caller, crate::unix_ms())
         .err()
+        .map(|exhausted| Limited {
+            policy: exhausted.quota,
+            retry_after: exhausted.retry_after,
+        })
 }
 
 /// The policy that refuses a request (HTTP: method and a normalized path) or a connection

@@ -18,6 +18,7 @@ pub mod inbound;
 pub mod metrics;
 pub mod outbound;
 pub mod policy;
+pub mod quota;
 pub mod ratelimit;
 pub mod residence;
 pub mod retry;
@@ -75,6 +76,13 @@ pub enum SidecarError {
     },
 }
 
+/// Unix milliseconds (quota windows follow them).
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// A client TLS configuration, shared by every connection it opens.
 type ClientTls = Arc<rustls::ClientConfig>;
 
@@ -98,6 +106,8 @@ pub struct Shared {
     pub(crate) authorizers: authorizer::Authorizers,
     /// Token buckets of the rate limits this sidecar enforces.
     pub(crate) limiter: ratelimit::Limiter,
+    /// This endpoint's counts against mesh-wide quotas.
+    pub(crate) quota: quota::Ledger,
     pub metrics: Metrics,
     pub(crate) app_clients: AppClients,
     pub inbound_addr: SocketAddr,
@@ -315,6 +325,7 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
         budgets: retry::Budgets::default(),
         authorizers: authorizer::Authorizers::default(),
         limiter: ratelimit::Limiter::default(),
+        quota: quota::Ledger::default(),
         metrics: Metrics::new(bootstrap.cluster.as_str()),
         app_clients: AppClients::new(
             config
@@ -344,6 +355,7 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
             certified.renew_at,
         )),
         tokio::spawn(control::watch(shared.clone(), channel.clone())),
+        tokio::spawn(quota::report(shared.clone(), channel.clone())),
         tokio::spawn(inbound::serve(shared.clone(), inbound)),
         tokio::spawn(forget_idle(shared.clone())),
     ];

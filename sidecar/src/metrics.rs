@@ -91,6 +91,8 @@ pub struct Metrics {
     pub external_checks: IntCounterVec,
     /// Requests (HTTP: answered 429) and connections (TCP: closed) over a rate limit.
     pub rate_limited: IntCounterVec,
+    /// Policies in the last view from the gateway, by kind ("refused": failed their checks).
+    pub policies: IntGaugeVec,
 }
 
 impl Metrics {
@@ -183,14 +185,25 @@ impl Metrics {
         let rate_limited = IntCounterVec::new(
             Opts::new(
                 "rate_limited_total",
-                "Requests (HTTP: answered 429) and connections (TCP: closed) over a rate limit, \
-                 by protocol and policy.",
+                "Requests (HTTP: answered 429) and connections (TCP: closed) over a rate limit \
+                 or a mesh-wide quota, by protocol and policy.",
             ),
             &with(&["protocol", "policy"]),
         )
         .expect("constant metric");
         register(Box::new(rate_limited.clone()));
+        let policies = IntGaugeVec::new(
+            Opts::new(
+                "policies",
+                "Policies in the sidecar's last view from its gateway, by kind; kind=\"refused\" \
+                 counts those that failed their checks here.",
+            ),
+            &["kind"],
+        )
+        .expect("constant metric");
+        register(Box::new(policies.clone()));
         Self {
+            policies,
             rate_limited,
             external_checks,
             denied,
@@ -221,6 +234,23 @@ impl Metrics {
         self.denied
             .with_label_values(&[a, b, c, d, e, protocol, policy])
             .inc();
+    }
+
+    /// Sets the policy counts of a new view.
+    pub fn policies_held(
+        &self,
+        documents: &[strait_federation::proto::workload::PolicyDocument],
+        refused: usize,
+    ) {
+        for kind in strait_federation::policy::PolicyKind::ALL {
+            let count = documents.iter().filter(|d| d.kind == kind.as_str()).count();
+            self.policies
+                .with_label_values(&[kind.as_str()])
+                .set(count as i64);
+        }
+        self.policies
+            .with_label_values(&["refused"])
+            .set(refused as i64);
     }
 
     /// Records a request or connection over a rate limit.

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use strait_federation::catalog::ServiceKey;
 use strait_federation::identity::{Namespace, ServiceName};
 use strait_federation::policy::authorization::{self, Authorization, Decision, Request};
+use strait_federation::policy::quota::Quota;
 use strait_federation::policy::ratelimit::RateLimit;
 use strait_federation::policy::route::Route;
 use strait_federation::policy::{Checked, Policy, PolicyKey, PolicyKind};
@@ -29,6 +30,8 @@ pub struct Policies {
     routes: HashMap<ServiceKey, Vec<Route>>,
     /// Rate limits by the service they limit.
     rate_limits: HashMap<ServiceKey, Vec<RateLimit>>,
+    /// Quotas by the service they hold.
+    quotas: HashMap<ServiceKey, Vec<Quota>>,
     /// How many documents were skipped for failing their checks.
     pub refused: usize,
 }
@@ -67,6 +70,14 @@ impl Policies {
                                 .push(a),
                         }
                     }
+                    Checked::Quota(quota) => policies
+                        .quotas
+                        .entry(ServiceKey {
+                            namespace: quota.namespace.clone(),
+                            name: quota.service.clone(),
+                        })
+                        .or_default()
+                        .push(quota),
                     Checked::RateLimit(limit) => policies
                         .rate_limits
                         .entry(ServiceKey {
@@ -136,6 +147,11 @@ impl Policies {
             service,
             request,
         )
+    }
+
+    /// The mesh-wide quotas of a service.
+    pub fn quotas(&self, service: &ServiceKey) -> &[Quota] {
+        self.quotas.get(service).map_or(&[], Vec::as_slice)
     }
 
     /// The rate limits of a service.

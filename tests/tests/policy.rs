@@ -497,3 +497,105 @@ spec:
     ensure!(counted >= Some(3.0), "{counted:?}");
     Ok(())
 }
+
+/// Waits until an endpoint's sidecar holds `count` policies of `kind`.
+fn wait_policies(admin: SocketAddr, kind: &str, count: f64) -> Result<()> {
+    wait_for(
+        Duration::from_secs(5),
+        &format!("{count} {kind} at {admin}"),
+        || {
+            let text = http_get_host(admin, "localhost", "/metrics")?.1;
+            let held = metric(&text, "strait_policies", &[&format!("kind=\"{kind}\"")]);
+            Ok((held == Some(count)).then_some(()))
+        },
+    )
+}
+
+/// The same service account calls `api` in both clusters, each through its own cluster's
+/// endpoint, paced at a known rate: together they get the quota, not the quota each, within
+/// the documented bound (total rate × (2 × report interval + a peer hop)).
+#[test]
+fn a_mesh_wide_quota_holds_across_two_clusters_within_its_bound() -> Result<()> {
+    let (mesh, _east_gateway, _west_gateway) = linked_pair(None)?;
+    let api_east = endpoint(
+        &mesh,
+        "east",
+        "api",
+        "api-east-0",
+        &[("http", 8080, "http")],
+    )?;
+    let api_west = endpoint(
+        &mesh,
+        "west",
+        "api",
+        "api-west-0",
+        &[("http", 8080, "http")],
+    )?;
+    let web_east = client(&mesh, "east", &[])?;
+    let web_west = client(&mesh, "west", &[])?;
+    let proxies = [web_east.addr("proxy")?, web_west.addr("proxy")?];
+    wait_route(proxies[0], API, "east")?;
+    wait_route(proxies[1], API, "west")?;
+    // Hour-long windows, so the test never straddles one (and waits if it would).
+    let into_hour = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        % 3600;
+    if into_hour > 3600 - 20 {
+        std::thread::sleep(Duration::from_secs(3600 - into_hour + 1));
+    }
+    const LIMIT: u32 = 40;
+    mesh.apply(
+        "east",
+        "quota.yaml",
+        &format!(
+            "apiVersion: policy.strait.dev/v1alpha1
+kind: Quota
+metadata: {{name: web-per-hour, namespace: shop}}
+spec:
+  targetRef: {{kind: Service, name: api}}
+  limit: {{requests: {LIMIT}, per: 1h}}
+  key: serviceAccount
+"
+        ),
+    )
+    .success()?;
+    wait_policies(api_east.sidecar.addr("admin")?, "Quota", 1.0)?;
+    wait_policies(api_west.sidecar.addr("admin")?, "Quota", 1.0)?;
+
+    // 80 requests a second in all, alternating clusters, until both are refused for a while.
+    let pace = Duration::from_millis(12);
+    let rate = 1.0 / pace.as_secs_f64();
+    let mut admitted = [0u32; 2];
+    let mut refused_in_a_row = 0;
+    for i in 0..400 {
+        let side = i % 2;
+        let started = Instant::now();
+        let status = get(proxies[side], API, "/", &[])?.status;
+        match status {
+            200 => {
+                admitted[side] += 1;
+                refused_in_a_row = 0;
+            }
+            429 => refused_in_a_row += 1,
+            other => anyhow::bail!("unexpected {other}"),
+        }
+        if refused_in_a_row >= 20 {
+            break;
+        }
+        std::thread::sleep(pace.saturating_sub(started.elapsed()));
+    }
+    let total = admitted[0] + admitted[1];
+    let bound = (rate * (2.0 * 0.1 + 0.1)).ceil() as u32;
+    println!(
+        "quota of {LIMIT}: {total} admitted (east {}, west {}) at {rate:.0} req/s; bound {LIMIT} + {bound}",
+        admitted[0], admitted[1]
+    );
+    ensure!(total >= LIMIT, "only {total} of {LIMIT} admitted");
+    ensure!(
+        total <= LIMIT + bound,
+        "{total} admitted: beyond {LIMIT} + {bound}"
+    );
+    ensure!(admitted[0] > 0 && admitted[1] > 0, "{admitted:?}");
+    Ok(())
+}

@@ -19,6 +19,7 @@ use crate::resource::{DocumentError, DocumentPlace, field};
 pub mod authorization;
 pub mod exchange;
 pub mod path;
+pub mod quota;
 pub mod ratelimit;
 pub mod replication;
 pub mod route;
@@ -33,14 +34,16 @@ pub enum PolicyKind {
     #[serde(rename = "HTTPRoute")]
     HttpRoute,
     RateLimitPolicy,
+    Quota,
 }
 
 impl PolicyKind {
     /// Every kind, in the order `strait get policies` lists them.
-    pub const ALL: [PolicyKind; 3] = [
+    pub const ALL: [PolicyKind; 4] = [
         PolicyKind::AuthorizationPolicy,
         PolicyKind::HttpRoute,
         PolicyKind::RateLimitPolicy,
+        PolicyKind::Quota,
     ];
 
     /// The kind as documents write it.
@@ -49,6 +52,7 @@ impl PolicyKind {
             PolicyKind::AuthorizationPolicy => "AuthorizationPolicy",
             PolicyKind::HttpRoute => "HTTPRoute",
             PolicyKind::RateLimitPolicy => "RateLimitPolicy",
+            PolicyKind::Quota => "Quota",
         }
     }
 
@@ -92,6 +96,7 @@ pub enum Checked {
     Authorization(authorization::Authorization),
     Route(route::Route),
     RateLimit(ratelimit::RateLimit),
+    Quota(quota::Quota),
 }
 
 /// One checked policy document, kept with the document as written.
@@ -157,6 +162,15 @@ impl Policy {
                     name: limit.name.clone(),
                 };
                 (key, Checked::RateLimit(limit))
+            }
+            PolicyKind::Quota => {
+                let quota = quota::quota(document.clone(), place)?;
+                let key = PolicyKey {
+                    kind,
+                    namespace: quota.namespace.clone(),
+                    name: quota.name.clone(),
+                };
+                (key, Checked::Quota(quota))
             }
         };
         Ok((key, Policy { document, checked }))

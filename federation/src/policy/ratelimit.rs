@@ -141,6 +141,19 @@ struct OverrideDocument {
 /// The longest window a limit may count over.
 const MAX_PER: Duration = Duration::from_secs(24 * 3600);
 
+/// Parses the period of a limit: `250ms`, `1s`, `1m`, and also `1h` and `1d`.
+pub(super) fn period(text: &str) -> Option<Duration> {
+    super::route::duration(text).or_else(|| {
+        let (number, unit) = text.split_at(text.len().saturating_sub(1));
+        let number: u64 = number.parse().ok()?;
+        match unit {
+            "h" => Some(Duration::from_secs(number.checked_mul(3600)?)),
+            "d" => Some(Duration::from_secs(number.checked_mul(86_400)?)),
+            _ => None,
+        }
+    })
+}
+
 /// Checks a limit: at least one request, over 1 ms to a day.
 pub(super) fn limit(
     place: &DocumentPlace,
@@ -154,17 +167,7 @@ pub(super) fn limit(
             "expected at least 1 (to refuse everything, use an AuthorizationPolicy)",
         ));
     }
-    let per = super::route::duration(&document.per)
-        .or_else(|| {
-            // Also `1h` and `1d`, which limits often use.
-            let (number, unit) = document.per.split_at(document.per.len().saturating_sub(1));
-            let number: u64 = number.parse().ok()?;
-            match unit {
-                "h" => Some(Duration::from_secs(number.checked_mul(3600)?)),
-                "d" => Some(Duration::from_secs(number.checked_mul(86_400)?)),
-                _ => None,
-            }
-        })
+    let per = period(&document.per)
         .filter(|per| !per.is_zero() && *per <= MAX_PER)
         .ok_or_else(|| {
             field(
