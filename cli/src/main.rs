@@ -42,7 +42,7 @@ enum Command {
     /// Set up and run a cluster's east-west gateway.
     #[command(subcommand)]
     Gateway(GatewayCommand),
-    /// Apply documents (Service, Link, AuthorizationPolicy, HTTPRoute, RateLimitPolicy) from files ("-" reads
+    /// Apply documents (Service, Link, AuthorizationPolicy, HTTPRoute, RateLimitPolicy, Quota) from files ("-" reads
     /// standard input). Policies reach every linked cluster.
     Apply {
         /// A YAML file of one or more documents; may be repeated.
@@ -62,7 +62,7 @@ enum Command {
     /// Delete a service, a link or a policy, by kind and name or by the documents of files.
     #[command(group(clap::ArgGroup::new("what").required(true).args(["kind", "files"])))]
     Delete {
-        /// What to delete: service, link, authorizationpolicy, httproute or ratelimitpolicy.
+        /// What to delete: service, link, authorizationpolicy, httproute, ratelimitpolicy or quota.
         #[arg(requires = "name")]
         kind: Option<String>,
         /// Its name (the cluster's name for a link).
@@ -189,6 +189,16 @@ struct GatewayInit {
     /// on UDP and TCP. No DNS server when unset.
     #[arg(long)]
     dns_addr: Option<SocketAddr>,
+    /// The cloud the cluster runs in (aws, gcp, azure...): with --region, sidecars of linked
+    /// clusters prefer closer clusters when they fail over.
+    #[arg(long, default_value = "")]
+    cloud: String,
+    /// The cloud region the cluster runs in (us-east-1...).
+    #[arg(long, default_value = "")]
+    region: String,
+    /// The zone the cluster runs in (us-east-1a...).
+    #[arg(long, default_value = "")]
+    zone: String,
     /// The operator identity's name for the CLI context.
     #[arg(long, default_value = "admin")]
     operator: String,
@@ -455,6 +465,8 @@ fn gateway_init(init: GatewayInit) -> Result<()> {
         advertise_addr: init.advertise_addr,
         relay_addr: init.relay_addr,
         dns_addr: init.dns_addr,
+        location: strait_federation::location::Location::new(&init.cloud, &init.region, &init.zone)
+            .map_err(|e| anyhow::anyhow!("--cloud/--region/--zone: {e}"))?,
         operator,
     })?;
     let name = init.context_name.unwrap_or_else(|| cluster.to_string());

@@ -8,6 +8,7 @@ pub mod cidr;
 pub mod flow;
 pub mod identity;
 pub mod link;
+pub mod location;
 pub mod pki;
 pub mod policy;
 pub mod resource;

@@ -13,6 +13,7 @@ use crate::catalog::{
     Changes, ExportLog, ImportedCatalog, Position, RecordError, ServiceKey, ServiceSpec,
 };
 use crate::identity::ClusterName;
+use crate::location::Location;
 use crate::policy::PolicyStore;
 use crate::policy::exchange::{ExchangeError, PolicyBook, PolicyExchange, Received};
 use crate::proto::peer::{self as wire, PeerFrame, RefusalCode, peer_frame::Body};
@@ -76,21 +77,53 @@ fn frame(body: Body) -> PeerFrame {
 
 /// The dialer's first frame.
 pub fn hello(local: &ClusterName, join_token: &str, resume: Position) -> PeerFrame {
+    hello_from(local, &Location::default(), join_token, resume)
+}
+
+/// The dialer's first frame, saying where its cluster runs.
+pub fn hello_from(
+    local: &ClusterName,
+    location: &Location,
+    join_token: &str,
+    resume: Position,
+) -> PeerFrame {
     frame(Body::Hello(wire::Hello {
         protocol: PROTOCOL_VERSION,
         cluster: local.to_string(),
         join_token: join_token.to_owned(),
         resume: Some(resume.to_wire()),
+        location: Some(location_to_wire(location)),
     }))
 }
 
 /// The acceptor's answer to an accepted hello.
 pub fn welcome(local: &ClusterName, resume: Position) -> PeerFrame {
+    welcome_from(local, &Location::default(), resume)
+}
+
+/// The acceptor's answer, saying where its cluster runs.
+pub fn welcome_from(local: &ClusterName, location: &Location, resume: Position) -> PeerFrame {
     frame(Body::Welcome(wire::Welcome {
         protocol: PROTOCOL_VERSION,
         cluster: local.to_string(),
         resume: Some(resume.to_wire()),
+        location: Some(location_to_wire(location)),
     }))
+}
+
+fn location_to_wire(location: &Location) -> wire::Location {
+    wire::Location {
+        cloud: location.cloud.clone(),
+        region: location.region.clone(),
+        zone: location.zone.clone(),
+    }
+}
+
+/// A peer's location; one that does not parse is taken as unknown (it only orders failover).
+fn location_from_wire(location: Option<&wire::Location>) -> Location {
+    location
+        .and_then(|l| Location::new(&l.cloud, &l.region, &l.zone).ok())
+        .unwrap_or_default()
 }
 
 /// A refusal, the last frame of a session.
@@ -107,6 +140,7 @@ pub struct Hello {
     pub cluster: ClusterName,
     pub join_token: String,
     pub resume: Position,
+    pub location: Location,
 }
 
 /// An acceptor's welcome, checked.
@@ -114,6 +148,7 @@ pub struct Hello {
 pub struct Welcome {
     pub cluster: ClusterName,
     pub resume: Position,
+    pub location: Location,
 }
 
 fn refused(r: wire::Refusal) -> SessionError {
@@ -148,6 +183,7 @@ pub fn parse_hello(first: PeerFrame) -> Result<Hello, SessionError> {
                 cluster: cluster_of(&h.cluster)?,
                 join_token: h.join_token,
                 resume: Position::from_wire(h.resume.as_ref()),
+                location: location_from_wire(h.location.as_ref()),
             })
         }
         _ => Err(protocol("the first frame of a dialer must be a hello")),
@@ -162,6 +198,7 @@ pub fn parse_welcome(first: PeerFrame) -> Result<Welcome, SessionError> {
             Ok(Welcome {
                 cluster: cluster_of(&w.cluster)?,
                 resume: Position::from_wire(w.resume.as_ref()),
+                location: location_from_wire(w.location.as_ref()),
             })
         }
         Some(Body::Refusal(r)) => Err(refused(r)),

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use strait_federation::identity::{ClusterName, TrustDomain};
+use strait_federation::location::Location;
 
 use crate::GatewayError;
 use crate::dns::vip::CidrRange;
@@ -41,6 +42,10 @@ pub struct GatewayConfig {
     /// The DNS server for the clusterset zone; off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsConfig>,
+    /// Where this cluster runs (cloud, region, zone): peers learn it when they link, and their
+    /// sidecars prefer closer clusters when they fail over.
+    #[serde(default, skip_serializing_if = "Location::is_unknown")]
+    pub location: Location,
 }
 
 /// The gateway's DNS server: authoritative for the clusterset zone, over UDP and TCP.

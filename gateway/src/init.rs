@@ -111,6 +111,8 @@ pub struct InitOptions {
     pub relay_addr: Option<SocketAddr>,
     /// Where the DNS server for the clusterset zone answers (UDP and TCP); none when unset.
     pub dns_addr: Option<SocketAddr>,
+    /// Where the cluster runs (cloud, region, zone), when known.
+    pub location: strait_federation::location::Location,
     pub operator: AccountName,
 }
 
@@ -165,6 +167,7 @@ pub fn init_gateway(options: InitOptions) -> Result<Initialized, GatewayError> {
         peering: PeeringConfig::default(),
         workloads: WorkloadConfig::default(),
         dns: options.dns_addr.map(DnsConfig::at),
+        location: options.location,
     };
     write_file(&config_path, &to_yaml(&config)?, false)?;
     let config = GatewayConfig::load(&config_path)?;
@@ -205,6 +208,7 @@ mod tests {
             advertise_addr: None,
             relay_addr: None,
             dns_addr: None,
+            location: Default::default(),
             operator: AccountName::new("admin").unwrap(),
         };
         let made = init_gateway(options()).unwrap();

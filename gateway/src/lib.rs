@@ -106,6 +106,8 @@ pub struct Shared {
     /// Bumped whenever the policy set changes (here or from a peer): peer sessions wake on it
     /// and send their peer what it lacks.
     pub policy_tx: watch::Sender<u64>,
+    /// Where each linked cluster runs, as its gateway said when it last connected.
+    pub locations: Mutex<BTreeMap<ClusterName, strait_federation::location::Location>>,
     /// Requests admitted against mesh-wide Quotas, per budget, window and cluster.
     pub quotas: Mutex<strait_federation::policy::quota::QuotaBook>,
     /// Bumped whenever a quota count grows: peer sessions send what grew.
@@ -355,6 +357,7 @@ pub async fn run(
         views_tx: watch::channel(0).0,
         policy_tx: watch::channel(0).0,
         quotas: Mutex::new(Default::default()),
+        locations: Mutex::new(BTreeMap::new()),
         quota_tx: watch::channel(0).0,
         zone: watch::channel(None).0,
         peers: Mutex::new(BTreeMap::new()),

@@ -300,6 +300,8 @@ struct Established {
     reader: FrameReader,
     /// Where the peer stands in our export.
     peer_position: Position,
+    /// Where the peer's cluster runs.
+    peer_location: strait_federation::location::Location,
 }
 
 /// What happened to the first dial of a Link just applied.
@@ -536,7 +538,12 @@ async fn dial_once(shared: &Shared, spec: &LinkSpec) -> Result<Established, Peer
         .imports
         .get(&spec.cluster)
         .map_or(Position::NONE, |i| i.position);
-    let hello = session::hello(&shared.config.cluster, &spec.token, resume);
+    let hello = session::hello_from(
+        &shared.config.cluster,
+        &shared.config.location,
+        &spec.token,
+        resume,
+    );
     send_frame(&mut send, &hello, HANDSHAKE_TIMEOUT).await?;
     let mut reader = FrameReader::new(recv);
     let welcome = parse_welcome(
@@ -553,6 +560,7 @@ async fn dial_once(shared: &Shared, spec: &LinkSpec) -> Result<Established, Peer
         send,
         reader,
         peer_position: welcome.resume,
+        peer_location: welcome.location,
     })
 }
 
@@ -733,7 +741,7 @@ async fn accept_one(
         .map_or(Position::NONE, |i| i.position);
     if let Err(e) = send_frame(
         &mut send,
-        &session::welcome(local, resume),
+        &session::welcome_from(local, &shared.config.location, resume),
         HANDSHAKE_TIMEOUT,
     )
     .await
@@ -756,6 +764,7 @@ async fn accept_one(
             send,
             reader,
             peer_position: hello.resume,
+            peer_location: hello.location,
         },
         tokens,
         session,
@@ -825,7 +834,12 @@ async fn run_session_as(
             status.acked = established.peer_position;
         }
     }
-    tracing::info!(peer = %peer, remote = %connection.remote_address(), "peer connected");
+    tracing::info!(peer = %peer, remote = %connection.remote_address(), location = %established.peer_location, "peer connected");
+    let moved = lock(&shared.locations).insert(peer.clone(), established.peer_location.clone())
+        != Some(established.peer_location.clone());
+    if moved {
+        shared.views_changed();
+    }
     crate::relay::accept_flows(shared.clone(), peer.clone(), connection.clone());
     let result = drive(shared, peer, established, tokens, session_id).await;
     let reason = match &result {
@@ -1011,6 +1025,7 @@ async fn drive(
         send,
         mut reader,
         peer_position,
+        ..
     } = established;
     let peering = &shared.config.peering;
     let config = SessionConfig {

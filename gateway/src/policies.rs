@@ -176,8 +176,9 @@ pub fn report_usage(shared: &Shared, namespace: &Namespace, report: UsageReport)
         let Some(quota) = quotas.iter().find(|q| q.label() == spent.quota) else {
             continue;
         };
+        // A window ahead is taken too: the sidecar's clock may run a little ahead of ours.
         let current = quota.window(now);
-        if spent.count == 0 || spent.window > current || spent.window + 1 < current {
+        if spent.count == 0 || spent.window > current + 1 || spent.window + 1 < current {
             continue;
         }
         let spend = Spend {

@@ -165,6 +165,9 @@ impl WorkloadApi {
             policies: namespace
                 .map(|ns| parts.policies.for_namespace(ns))
                 .unwrap_or_default(),
+            cloud: self.shared.config.location.cloud.clone(),
+            region: self.shared.config.location.region.clone(),
+            zone: self.shared.config.location.zone.clone(),
         }
     }
 
@@ -196,6 +199,7 @@ impl WorkloadApi {
 
     /// The services of the clusterset view, as sidecars get them.
     fn services(&self) -> Vec<ServiceView> {
+        let locations = crate::lock(&self.shared.locations).clone();
         self.shared
             .clusterset()
             .into_iter()
@@ -212,9 +216,19 @@ impl WorkloadApi {
                     backends: service
                         .backends
                         .iter()
-                        .map(|(cluster, spec)| Backend {
-                            cluster: cluster.to_string(),
-                            endpoints: endpoint_views(spec),
+                        .map(|(cluster, spec)| {
+                            let location = if *cluster == self.shared.config.cluster {
+                                self.shared.config.location.clone()
+                            } else {
+                                locations.get(cluster).cloned().unwrap_or_default()
+                            };
+                            Backend {
+                                cluster: cluster.to_string(),
+                                endpoints: endpoint_views(spec),
+                                cloud: location.cloud,
+                                region: location.region,
+                                zone: location.zone,
+                            }
                         })
                         .collect(),
                 }

@@ -9,6 +9,7 @@ use crate::policy::Policies;
 use strait_federation::catalog::{Port, Protocol, ServiceKey};
 use strait_federation::cidr::CidrRange;
 use strait_federation::identity::{ClusterName, Namespace, ServiceName};
+use strait_federation::location::Location;
 use strait_federation::proto::workload::CatalogView;
 
 /// One endpoint of a service in this cluster.
@@ -27,8 +28,8 @@ pub struct ServiceEntry {
     /// Endpoints in this cluster (dialled directly).
     pub local: Vec<LocalEndpoint>,
     /// Other clusters serving it (reached through the gateways), with their endpoints'
-    /// hostnames for per-endpoint names.
-    pub remote: Vec<(ClusterName, Vec<String>)>,
+    /// hostnames for per-endpoint names, and where they run.
+    pub remote: Vec<(ClusterName, Vec<String>, Location)>,
 }
 
 impl ServiceEntry {
@@ -79,6 +80,8 @@ pub struct Directory {
     virtual_ranges: Vec<CidrRange>,
     /// The mesh-wide policies that concern this sidecar.
     pub policies: Policies,
+    /// Where this cluster runs.
+    pub location: Location,
 }
 
 fn parse_port(port: &strait_federation::proto::workload::PortSpec) -> Option<Port> {
@@ -133,7 +136,9 @@ impl Directory {
                         .filter(|e| !e.hostname.is_empty())
                         .map(|e| e.hostname.clone())
                         .collect();
-                    entry.remote.push((backend_cluster, hostnames));
+                    let location = Location::new(&backend.cloud, &backend.region, &backend.zone)
+                        .unwrap_or_default();
+                    entry.remote.push((backend_cluster, hostnames, location));
                 }
             }
             services.insert(key, entry);
@@ -173,6 +178,7 @@ impl Directory {
                 .filter_map(|r| CidrRange::parse(r).ok())
                 .collect(),
             policies: Policies::from_documents(&view.policies),
+            location: Location::new(&view.cloud, &view.region, &view.zone).unwrap_or_default(),
         }
     }
 
@@ -323,10 +329,12 @@ mod tests {
                         Backend {
                             cluster: "east".into(),
                             endpoints: vec![endpoint("127.0.0.1:5000", "api-0")],
+                            ..Default::default()
                         },
                         Backend {
                             cluster: "west".into(),
                             endpoints: vec![endpoint("10.0.0.1:5000", "api-7")],
+                            ..Default::default()
                         },
                     ],
                 },
@@ -348,6 +356,7 @@ mod tests {
                     backends: vec![Backend {
                         cluster: "west".into(),
                         endpoints: vec![endpoint("10.0.0.2:5000", "")],
+                        ..Default::default()
                     }],
                 },
             ],
@@ -360,6 +369,7 @@ mod tests {
             ],
             virtual_ranges: vec!["240.240.0.0/16".into(), "fd00::/112".into()],
             policies: Vec::new(),
+            ..Default::default()
         }
     }
 

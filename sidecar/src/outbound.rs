@@ -16,6 +16,7 @@ use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use strait_federation::catalog::Port;
 use strait_federation::identity::{ClusterName, Namespace};
+use strait_federation::location::Closeness;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -79,14 +80,14 @@ pub fn error_response(status: StatusCode, message: String) -> Response<Body> {
     response
 }
 
+/// Targets in order of preference: this cluster's ready endpoints; then other clusters of the
+/// same region; of the same cloud; and the rest of the mesh. The first tier with a usable
+/// target takes the request.
+type Tiers = [Vec<Target>; 4];
+
 /// The targets of a destination in order of preference: this cluster's ready endpoints, then
-/// the other clusters serving it (or only the cluster the name pins).
-fn tiers(
-    directory: &Directory,
-    entry: &ServiceEntry,
-    dest: &Destination,
-    port: &Port,
-) -> [Vec<Target>; 2] {
+/// the other clusters serving it by closeness (or only the cluster the name pins).
+fn tiers(directory: &Directory, entry: &ServiceEntry, dest: &Destination, port: &Port) -> Tiers {
     let local_cluster = directory.cluster.as_ref();
     let here_allowed = dest.cluster.is_none() || dest.cluster.as_ref() == local_cluster;
     let local = if here_allowed {
@@ -100,29 +101,36 @@ fn tiers(
     } else {
         Vec::new()
     };
+    let mut tiers: Tiers = [local, Vec::new(), Vec::new(), Vec::new()];
     let remote = entry
         .remote
         .iter()
-        .filter(|(cluster, _)| match &dest.cluster {
+        .filter(|(cluster, _, _)| match &dest.cluster {
             Some(pinned) => pinned == cluster && Some(pinned) != local_cluster,
             None => true,
         })
-        .filter(|(_, hostnames)| dest.hostname.as_ref().is_none_or(|h| hostnames.contains(h)))
-        .map(|(cluster, _)| Target::Remote {
+        .filter(|(_, hostnames, _)| dest.hostname.as_ref().is_none_or(|h| hostnames.contains(h)));
+    for (cluster, _, location) in remote {
+        let tier = match directory.location.closeness(location) {
+            Closeness::SameRegion => 1,
+            Closeness::SameCloud => 2,
+            Closeness::Elsewhere => 3,
+        };
+        tiers[tier].push(Target::Remote {
             cluster: cluster.clone(),
             service: entry.key.clone(),
             port: port.port,
             hostname: dest.hostname.clone(),
-        })
-        .collect();
-    [local, remote]
+        });
+    }
+    tiers
 }
 
 /// Where a name goes: its destination, the port, and the targets in order of preference.
 struct Plan {
     dest: Destination,
     port: Port,
-    tiers: [Vec<Target>; 2],
+    tiers: Tiers,
 }
 
 /// Plans the way to a name: `None` when it is not a mesh name, an error when the service has
@@ -158,7 +166,7 @@ fn no_port(dest: &Destination) -> String {
 }
 
 /// Chooses the next target: the best usable one of the first tier that has any.
-fn choose(shared: &Shared, tiers: &[Vec<Target>; 2]) -> Option<Target> {
+fn choose(shared: &Shared, tiers: &Tiers) -> Option<Target> {
     let balancer = shared.balancer();
     let now = Instant::now();
     tiers
@@ -378,7 +386,7 @@ pub async fn proxy_http(
         Err(_) => Err((
             StatusCode::GATEWAY_TIMEOUT,
             None,
-            format!("no response from {} within {overall:?}", dest.service),
+            format!("no response within {overall:?}"),
         )),
     };
     let (response, destination_cluster) = match outcome {
@@ -418,7 +426,7 @@ type Failure = (StatusCode, Option<ClusterName>, String);
 /// sent at all (no connection, or refused before the server read it).
 async fn send(
     shared: &Arc<Shared>,
-    tiers: &[Vec<Target>; 2],
+    tiers: &Tiers,
     namespace: &Namespace,
     request: Request<Body>,
 ) -> Result<(Target, Response<hyper::body::Incoming>), Failure> {

@@ -566,3 +566,48 @@ fn a_bootstrap_token_only_works_at_the_gateway_that_issued_it() -> Result<()> {
     );
     Ok(())
 }
+
+/// East's clients fail over to a cluster of their own region first, and to another cloud only
+/// when that one has nothing left.
+#[test]
+fn failover_prefers_a_cluster_of_the_same_region_before_another_cloud() -> Result<()> {
+    let mesh = strait_tests::Mesh::new()?;
+    let mut gateways = Vec::new();
+    for (cluster, cloud, region) in [
+        ("east", "aws", "us-east-1"),
+        ("south", "aws", "us-east-1"),
+        ("west", "gcp", "us-east1"),
+    ] {
+        let mut gateway = mesh.gateway(cluster, None)?;
+        gateway.set_section("location", &format!("  cloud: {cloud}\n  region: {region}"))?;
+        gateway.start(&mesh)?;
+        gateways.push(gateway);
+    }
+    mesh.link("east", "south")?;
+    mesh.link("east", "west")?;
+    let _far = api(&mesh, "west", "api-west-0")?;
+    let mut near = api(&mesh, "south", "api-south-0")?;
+    let web = client(&mesh, "east", &[])?;
+    let proxy = web.addr("proxy")?;
+    let host = "api.shop.svc.clusterset.local";
+    wait_route(proxy, "west.api.shop.svc.clusterset.local", "west")?;
+    wait_route(proxy, host, "south")?;
+    // West answers fast too, yet every request goes to the same region.
+    let answers = send_many(proxy, host, 40);
+    ensure!(
+        answers
+            .iter()
+            .all(|a| a.as_ref().is_some_and(|(c, _)| c == "south")),
+        "{answers:?}"
+    );
+    near.sidecar.kill()?;
+    wait_route(proxy, host, "west")?;
+    let answers = send_many(proxy, host, 20);
+    ensure!(
+        answers
+            .iter()
+            .all(|a| a.as_ref().is_some_and(|(c, _)| c == "west")),
+        "{answers:?}"
+    );
+    Ok(())
+}

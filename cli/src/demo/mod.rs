@@ -112,6 +112,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             advertise_addr: None,
             relay_addr: None,
             dns_addr: Some(format!("127.0.0.1:{}", free_dns_port()?).parse()?),
+            location: Default::default(),
             operator: AccountName::new("demo")?,
         })?;
         context::add(context::Context {
