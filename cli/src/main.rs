@@ -42,7 +42,7 @@ enum Command {
     /// Set up and run a cluster's east-west gateway.
     #[command(subcommand)]
     Gateway(GatewayCommand),
-    /// Apply documents (Service, Link, AuthorizationPolicy, HTTPRoute, RateLimitPolicy, Quota) from files ("-" reads
+    /// Apply documents (Service, Link, AuthorizationPolicy, HTTPRoute, RateLimitPolicy, Quota, RequestAuthentication) from files ("-" reads
     /// standard input). Policies reach every linked cluster.
     Apply {
         /// A YAML file of one or more documents; may be repeated.
@@ -62,7 +62,7 @@ enum Command {
     /// Delete a service, a link or a policy, by kind and name or by the documents of files.
     #[command(group(clap::ArgGroup::new("what").required(true).args(["kind", "files"])))]
     Delete {
-        /// What to delete: service, link, authorizationpolicy, httproute, ratelimitpolicy or quota.
+        /// What to delete: service, link, authorizationpolicy, httproute, ratelimitpolicy, quota or requestauthentication.
         #[arg(requires = "name")]
         kind: Option<String>,
         /// Its name (the cluster's name for a link).

@@ -620,7 +620,7 @@ impl Operator for Api {
                 let Some(kind) = strait_federation::policy::PolicyKind::parse(other) else {
                     return Err(Status::invalid_argument(format!(
                         "cannot delete kind {other:?}; expected service, link, \
-                         authorizationpolicy, httproute, ratelimitpolicy or quota"
+                         authorizationpolicy, httproute, ratelimitpolicy, quota or requestauthentication"
                     )));
                 };
                 let key = policies::key(kind, &request.namespace, &request.name)

@@ -126,7 +126,10 @@ impl SidecarPolicies {
         for (key, policy, version) in state.policies.set.live() {
             let document = document(key, policy, version);
             match policy.checked() {
-                Checked::Authorization(_) | Checked::RateLimit(_) | Checked::Quota(_) => out
+                Checked::Authorization(_)
+                | Checked::RateLimit(_)
+                | Checked::Quota(_)
+                | Checked::Authentication(_) => out
                     .inbound
                     .entry(key.namespace.clone())
                     .or_default()

@@ -15,6 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use strait_federation::catalog::Protocol;
 use strait_federation::identity::SpiffeId;
+use strait_federation::policy::authentication::{self, RequestPrincipal};
 use strait_federation::policy::authorization::{Decision, Request};
 use strait_federation::policy::path;
 use strait_federation::proto::authorizer::CheckRequest;
@@ -150,6 +151,8 @@ struct HttpFacts<'a> {
     path: &'a str,
     query: &'a str,
     headers: &'a hyper::HeaderMap,
+    /// Who the request's valid JWT says the caller is.
+    principal: Option<&'a RequestPrincipal>,
 }
 
 /// A refusal: the policy that refused (a metric label), and what the caller is told.
@@ -171,6 +174,7 @@ async fn ask_externals(
     let request = Request {
         caller: Some(caller),
         http: http.as_ref().map(|h| (h.method, h.path)),
+        principal: http.as_ref().and_then(|h| h.principal),
     };
     for policy in directory
         .policies
@@ -262,11 +266,27 @@ async fn gate(
             "this sidecar has no policy from its gateway yet".into(),
         ));
     }
+    let principal = match authenticate(shared, request.headers()) {
+        Ok(principal) => principal,
+        Err(reason) => {
+            shared.metrics.denied(route, "http", "(invalid JWT)");
+            let mut response = error_response(
+                StatusCode::UNAUTHORIZED,
+                format!("the request's JWT is not valid: {reason}"),
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+            return Some(response);
+        }
+    };
     let facts = HttpFacts {
         method: request.method().as_str(),
         path: &normal,
         query: request.uri().query().unwrap_or_default(),
         headers: request.headers(),
+        principal: principal.as_ref(),
     };
     let refusal = match ask_externals(shared, &caller.identity, route, Some(facts)).await {
         Some(refusal) => refusal,
@@ -274,6 +294,7 @@ async fn gate(
             shared,
             &caller.identity,
             Some((request.method().as_str(), &normal)),
+            principal.as_ref(),
         ) {
             Some(refusal) => refusal,
             None => {
@@ -302,6 +323,37 @@ async fn gate(
     ))
 }
 
+/// The request principal of a request's bearer token, when a RequestAuthentication applies to
+/// this service: `Ok(None)` without a token (authorization decides whether that is enough),
+/// an error for a token that fails its check.
+fn authenticate(
+    shared: &Shared,
+    headers: &hyper::HeaderMap,
+) -> Result<Option<RequestPrincipal>, String> {
+    let Some(own) = shared.own_service.as_ref() else {
+        return Ok(None);
+    };
+    let directory = shared.directory.borrow().clone();
+    let policies = directory
+        .policies
+        .authentications(&own.namespace, &own.name);
+    if policies.is_empty() {
+        return Ok(None);
+    }
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .ok_or("the Authorization header is not a bearer token")?;
+    authentication::verify(policies, token.trim()).map(Some)
+}
+
 /// The rate limit or mesh-wide quota a request or connection of `caller` is over, if any
 /// (otherwise it is counted against every one).
 fn over_limit(shared: &Shared, caller: &SpiffeId) -> Option<Limited> {
@@ -327,7 +379,12 @@ fn over_limit(shared: &Shared, caller: &SpiffeId) -> Option<Limited> {
 /// The policy that refuses a request (HTTP: method and a normalized path) or a connection
 /// (TCP) of `caller` to this sidecar's service, if one does. A sidecar that has no view from
 /// its gateway yet refuses everything: it cannot know the policies.
-fn refused_by(shared: &Shared, caller: &SpiffeId, http: Option<(&str, &str)>) -> Option<Refusal> {
+fn refused_by(
+    shared: &Shared,
+    caller: &SpiffeId,
+    http: Option<(&str, &str)>,
+    principal: Option<&RequestPrincipal>,
+) -> Option<Refusal> {
     if shared.directory.borrow().version == 0 {
         return Some(Refusal {
             policy: "(none yet)".into(),
@@ -338,6 +395,7 @@ fn refused_by(shared: &Shared, caller: &SpiffeId, http: Option<(&str, &str)>) ->
     let request = Request {
         caller: Some(caller),
         http,
+        principal,
     };
     match shared
         .directory
@@ -472,7 +530,7 @@ async fn serve_tcp(shared: Arc<Shared>, mut tls: InboundTls, caller: SpiffeId) {
     };
     let refused = match ask_externals(&shared, &caller, &route, None).await {
         Some(refusal) => Some(refusal),
-        None => refused_by(&shared, &caller, None),
+        None => refused_by(&shared, &caller, None, None),
     };
     if refused.is_none()
         && let Some(limited) = over_limit(&shared, &caller)

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use strait_federation::catalog::ServiceKey;
 use strait_federation::identity::{Namespace, ServiceName};
+use strait_federation::policy::authentication::Authentication;
 use strait_federation::policy::authorization::{self, Authorization, Decision, Request};
 use strait_federation::policy::quota::Quota;
 use strait_federation::policy::ratelimit::RateLimit;
@@ -32,6 +33,8 @@ pub struct Policies {
     rate_limits: HashMap<ServiceKey, Vec<RateLimit>>,
     /// Quotas by the service they hold.
     quotas: HashMap<ServiceKey, Vec<Quota>>,
+    /// The namespace's RequestAuthentications.
+    authentications: Vec<Authentication>,
     /// How many documents were skipped for failing their checks.
     pub refused: usize,
 }
@@ -69,6 +72,9 @@ impl Policies {
                                 .or_default()
                                 .push(a),
                         }
+                    }
+                    Checked::Authentication(authentication) => {
+                        policies.authentications.push(authentication)
                     }
                     Checked::Quota(quota) => policies
                         .quotas
@@ -149,6 +155,18 @@ impl Policies {
         )
     }
 
+    /// The RequestAuthentications that apply to `service` of `namespace`.
+    pub fn authentications(
+        &self,
+        namespace: &Namespace,
+        service: &ServiceName,
+    ) -> Vec<&Authentication> {
+        self.authentications
+            .iter()
+            .filter(|a| &a.namespace == namespace && a.target.as_ref().is_none_or(|t| t == service))
+            .collect()
+    }
+
     /// The mesh-wide quotas of a service.
     pub fn quotas(&self, service: &ServiceKey) -> &[Quota] {
         self.quotas.get(service).map_or(&[], Vec::as_slice)
@@ -225,6 +243,7 @@ mod tests {
                 &Request {
                     caller: Some(&caller),
                     http: Some(("GET", "/")),
+                    principal: None,
                 },
             )
         };
@@ -247,6 +266,7 @@ mod tests {
         let request = Request {
             caller: Some(&caller),
             http: None,
+            principal: None,
         };
         assert_eq!(policies.authorize(&other, &api, &request), Decision::Allow);
     }

@@ -599,3 +599,129 @@ spec:
     ensure!(admitted[0] > 0 && admitted[1] > 0, "{admitted:?}");
     Ok(())
 }
+
+/// An issuer for the test: an EC key, its JWKS, and tokens it signs.
+struct Issuer {
+    key: jsonwebtoken::EncodingKey,
+    jwks: String,
+}
+
+impl Issuer {
+    fn new() -> Result<Self> {
+        let pair = rcgen::KeyPair::generate()?;
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes())?;
+        let mut jwk =
+            jsonwebtoken::jwk::Jwk::from_encoding_key(&key, jsonwebtoken::Algorithm::ES256)?;
+        jwk.common.key_id = Some("k1".into());
+        let jwks = serde_json::json!({ "keys": [jwk] }).to_string();
+        Ok(Self { key, jwks })
+    }
+
+    fn token(&self, subject: &str, groups: &[&str], valid_for: i64) -> Result<String> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs() as i64;
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some("k1".into());
+        let claims = serde_json::json!({
+            "iss": "https://id.example",
+            "sub": subject,
+            "aud": "shop-api",
+            "exp": now + valid_for,
+            "groups": groups,
+        });
+        Ok(jsonwebtoken::encode(&header, &claims, &self.key)?)
+    }
+}
+
+#[test]
+fn a_jwt_is_checked_at_the_inbound_sidecar_and_its_claims_authorize() -> Result<()> {
+    let issuer = Issuer::new()?;
+    let forger = Issuer::new()?;
+    let (mesh, _east_gateway, _west_gateway) = linked_pair(None)?;
+    let _api = endpoint(
+        &mesh,
+        "east",
+        "api",
+        "api-east-0",
+        &[("http", 8080, "http")],
+    )?;
+    let web = client(&mesh, "west", &[])?;
+    let proxy = web.addr("proxy")?;
+    wait_route(proxy, API, "east")?;
+    // Applied in west, enforced in east: a token of the issuer, and for /admin the admin group.
+    mesh.apply(
+        "west",
+        "jwt.yaml",
+        &format!(
+            "apiVersion: policy.strait.dev/v1alpha1
+kind: RequestAuthentication
+metadata: {{name: api-jwt, namespace: shop}}
+spec:
+  targetRef: {{kind: Service, name: api}}
+  jwtRules:
+    - issuer: https://id.example
+      audiences: [shop-api]
+      jwks: '{jwks}'
+---
+apiVersion: policy.strait.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: api-users, namespace: shop}}
+spec:
+  targetRef: {{kind: Service, name: api}}
+  action: allow
+  rules:
+    - from: [{{requestPrincipals: ['https://id.example/*']}}]
+      to: [{{paths: [/orders/*]}}]
+    - from: [{{requestPrincipals: ['*'], claims: {{groups: [admin]}}}}]
+",
+            jwks = issuer.jwks
+        ),
+    )
+    .success()?;
+    wait_status(proxy, API, 403, Duration::from_secs(5))?;
+    let bearer = |token: &str| format!("Bearer {token}");
+    let alice = issuer.token("alice", &["staff"], 300)?;
+    let root = issuer.token("root", &["admin"], 300)?;
+    let cases = [
+        ("no token", "/orders/1", None, 403),
+        ("alice's orders", "/orders/1", Some(bearer(&alice)), 200),
+        ("alice is no admin", "/admin", Some(bearer(&alice)), 403),
+        ("an admin", "/admin", Some(bearer(&root)), 200),
+        (
+            "a forged token",
+            "/orders/1",
+            Some(bearer(&forger.token("alice", &["admin"], 300)?)),
+            401,
+        ),
+        (
+            "an expired token",
+            "/orders/1",
+            Some(bearer(&issuer.token("alice", &["staff"], -600)?)),
+            401,
+        ),
+        (
+            "not a token",
+            "/orders/1",
+            Some("Bearer nonsense".into()),
+            401,
+        ),
+    ];
+    for (what, path, authorization, want) in cases {
+        let headers: Vec<(&str, &str)> = authorization
+            .as_deref()
+            .map(|a| vec![("Authorization", a)])
+            .unwrap_or_default();
+        let answer = get(proxy, API, path, &headers)?;
+        ensure!(
+            answer.status == want,
+            "{what}: {} (want {want}): {}",
+            answer.status,
+            answer.body
+        );
+        if want == 401 {
+            ensure!(answer.header("www-authenticate").is_some(), "{what}");
+        }
+    }
+    Ok(())
+}

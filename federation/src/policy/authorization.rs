@@ -41,6 +41,12 @@ pub struct Source {
     pub service_accounts: Vec<String>,
     /// Whole SPIFFE identities.
     pub identities: Vec<String>,
+    /// Request principals (`<iss>/<sub>` of a valid JWT), exact or with a trailing `*`; `*`
+    /// alone: any valid token.
+    pub request_principals: Vec<String>,
+    /// Claims of the request's JWT: each named claim must hold one of the values (a string
+    /// claim equal to one, or a list claim containing one).
+    pub claims: Vec<(String, Vec<String>)>,
 }
 
 /// What a rule is about, for HTTP requests; a rule with operations never matches raw TCP.
@@ -80,6 +86,8 @@ pub struct Request<'a> {
     pub caller: Option<&'a SpiffeId>,
     /// Method and path, for HTTP; `None` for raw TCP.
     pub http: Option<(&'a str, &'a str)>,
+    /// Who the request's valid JWT says the caller is, if it carried one.
+    pub principal: Option<&'a super::authentication::RequestPrincipal>,
 }
 
 /// What to do with a request, and which policy said so.
@@ -123,6 +131,41 @@ impl Source {
     }
 }
 
+impl Source {
+    /// Whether a request matches: its caller, and its JWT when the source asks for one.
+    fn matches_request(&self, request: &Request<'_>) -> bool {
+        if !self.matches(request.caller) {
+            return false;
+        }
+        if self.request_principals.is_empty() && self.claims.is_empty() {
+            return true;
+        }
+        let Some(principal) = request.principal else {
+            return false;
+        };
+        let principal_ok = self.request_principals.is_empty()
+            || self
+                .request_principals
+                .iter()
+                .any(|p| match p.strip_suffix('*') {
+                    Some(prefix) => principal.principal.starts_with(prefix),
+                    None => *p == principal.principal,
+                });
+        principal_ok
+            && self
+                .claims
+                .iter()
+                .all(|(name, values)| match principal.claims.get(name) {
+                    Some(serde_json::Value::String(s)) => values.contains(s),
+                    Some(serde_json::Value::Array(items)) => items
+                        .iter()
+                        .filter_map(|i| i.as_str())
+                        .any(|i| values.iter().any(|v| v == i)),
+                    _ => false,
+                })
+    }
+}
+
 impl Operation {
     fn matches(&self, http: Option<(&str, &str)>) -> bool {
         let Some((method, path)) = http else {
@@ -139,7 +182,7 @@ impl Operation {
 
 impl Rule {
     fn matches(&self, request: &Request<'_>) -> bool {
-        (self.from.is_empty() || self.from.iter().any(|s| s.matches(request.caller)))
+        (self.from.is_empty() || self.from.iter().any(|s| s.matches_request(request)))
             && (self.to.is_empty() || self.to.iter().any(|o| o.matches(request.http)))
     }
 }
@@ -383,6 +426,10 @@ pub(super) struct SourceDocument {
     service_accounts: Vec<String>,
     #[serde(default)]
     identities: Vec<String>,
+    #[serde(default)]
+    request_principals: Vec<String>,
+    #[serde(default)]
+    claims: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -454,6 +501,44 @@ pub(super) fn source_of(
                 Ok(id)
             },
         )?,
+        request_principals: checked(
+            place,
+            &format!("{at}.requestPrincipals"),
+            source.request_principals,
+            |p, at| {
+                if p.is_empty() || p.len() > 1024 {
+                    return Err(field(
+                        place,
+                        at,
+                        "expected <iss>/<sub>, a prefix with *, or *",
+                    ));
+                }
+                Ok(p)
+            },
+        )?,
+        claims: {
+            if source.claims.len() > MAX_LIST {
+                return Err(field(
+                    place,
+                    format!("{at}.claims"),
+                    format!("at most {MAX_LIST} claims"),
+                ));
+            }
+            source
+                .claims
+                .into_iter()
+                .map(|(name, values)| {
+                    if name.is_empty() || values.is_empty() || values.len() > MAX_LIST {
+                        return Err(field(
+                            place,
+                            format!("{at}.claims.{name}"),
+                            "expected a claim name and 1 to 256 values",
+                        ));
+                    }
+                    Ok((name, values))
+                })
+                .collect::<Result<_, _>>()?
+        },
     })
 }
 
@@ -584,7 +669,11 @@ mod tests {
             policies,
             &Namespace::new("shop").unwrap(),
             &ServiceName::new("api").unwrap(),
-            &Request { caller, http },
+            &Request {
+                caller,
+                http,
+                principal: None,
+            },
         )
     }
 
@@ -667,6 +756,7 @@ mod tests {
             &Request {
                 caller: Some(&west),
                 http: None,
+                principal: None,
             },
         );
         assert_eq!(other_service, Decision::Allow);
@@ -783,6 +873,7 @@ spec:
         let request = |path| Request {
             caller: Some(&east),
             http: Some(("GET", path)),
+            principal: None,
         };
         assert_eq!(
             externals(&policies, &shop, &api, &request("/orders/7")).len(),

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::identity::Namespace;
 use crate::resource::{DocumentError, DocumentPlace, field};
 
+pub mod authentication;
 pub mod authorization;
 pub mod exchange;
 pub mod path;
@@ -35,15 +36,17 @@ pub enum PolicyKind {
     HttpRoute,
     RateLimitPolicy,
     Quota,
+    RequestAuthentication,
 }
 
 impl PolicyKind {
     /// Every kind, in the order `strait get policies` lists them.
-    pub const ALL: [PolicyKind; 4] = [
+    pub const ALL: [PolicyKind; 5] = [
         PolicyKind::AuthorizationPolicy,
         PolicyKind::HttpRoute,
         PolicyKind::RateLimitPolicy,
         PolicyKind::Quota,
+        PolicyKind::RequestAuthentication,
     ];
 
     /// The kind as documents write it.
@@ -53,6 +56,7 @@ impl PolicyKind {
             PolicyKind::HttpRoute => "HTTPRoute",
             PolicyKind::RateLimitPolicy => "RateLimitPolicy",
             PolicyKind::Quota => "Quota",
+            PolicyKind::RequestAuthentication => "RequestAuthentication",
         }
     }
 
@@ -97,6 +101,7 @@ pub enum Checked {
     Route(route::Route),
     RateLimit(ratelimit::RateLimit),
     Quota(quota::Quota),
+    Authentication(authentication::Authentication),
 }
 
 /// One checked policy document, kept with the document as written.
@@ -171,6 +176,15 @@ impl Policy {
                     name: quota.name.clone(),
                 };
                 (key, Checked::Quota(quota))
+            }
+            PolicyKind::RequestAuthentication => {
+                let authentication = authentication::authentication(document.clone(), place)?;
+                let key = PolicyKey {
+                    kind,
+                    namespace: authentication.namespace.clone(),
+                    name: authentication.name.clone(),
+                };
+                (key, Checked::Authentication(authentication))
             }
         };
         Ok((key, Policy { document, checked }))
