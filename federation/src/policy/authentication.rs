@@ -9,7 +9,6 @@ use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
-use super::POLICY_API_VERSION;
 use super::authorization::{PolicyMetadata, TargetRef};
 use crate::identity::{Namespace, ServiceName};
 use crate::resource::{DocumentError, DocumentPlace, field, typed};
@@ -134,16 +133,7 @@ pub fn authentication(
     place: &DocumentPlace,
 ) -> Result<Authentication, DocumentError> {
     let document: AuthenticationDocument = typed(document, place)?;
-    if document.api_version != POLICY_API_VERSION {
-        return Err(field(
-            place,
-            "apiVersion",
-            format!(
-                "{:?} is not known; expected {POLICY_API_VERSION}",
-                document.api_version
-            ),
-        ));
-    }
+    super::check_api_version(&document.api_version, place)?;
     let (namespace, name) = document.metadata.checked(place)?;
     let target = match document.spec.target_ref {
         None => None,

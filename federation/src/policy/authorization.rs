@@ -8,7 +8,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::POLICY_API_VERSION;
 use crate::identity::{ClusterName, Namespace, ServiceName, SpiffeId};
 use crate::resource::{DocumentError, DocumentPlace, field, typed};
 
@@ -388,6 +387,15 @@ pub(super) struct TargetRef {
 }
 
 impl TargetRef {
+    /// The service named, for kinds that always apply to one service.
+    pub(super) fn required_service(
+        self,
+        place: &DocumentPlace,
+    ) -> Result<ServiceName, DocumentError> {
+        self.service(place)?
+            .ok_or_else(|| field(place, "spec.targetRef", "expected a Service"))
+    }
+
     /// The service named, checked.
     pub(super) fn service(
         self,
@@ -549,16 +557,7 @@ pub fn authorization(
     place: &DocumentPlace,
 ) -> Result<Authorization, DocumentError> {
     let document: AuthorizationDocument = typed(document, place)?;
-    if document.api_version != POLICY_API_VERSION {
-        return Err(field(
-            place,
-            "apiVersion",
-            format!(
-                "{:?} is not known; expected {POLICY_API_VERSION}",
-                document.api_version
-            ),
-        ));
-    }
+    super::check_api_version(&document.api_version, place)?;
     let (namespace, name) = document.metadata.checked(place)?;
     let target = match document.spec.target_ref {
         None => None,

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::POLICY_API_VERSION;
 use super::authorization::{PolicyMetadata, TargetRef};
 use crate::identity::{ClusterName, Namespace, ServiceName, SpiffeId};
 use crate::resource::{DocumentError, DocumentPlace, field, typed};
@@ -219,22 +218,9 @@ const MAX_PER: Duration = Duration::from_secs(24 * 3600);
 /// Parses and checks a Quota document. Errors name the document and the field.
 pub fn quota(document: serde_json::Value, place: &DocumentPlace) -> Result<Quota, DocumentError> {
     let document: QuotaDocument = typed(document, place)?;
-    if document.api_version != POLICY_API_VERSION {
-        return Err(field(
-            place,
-            "apiVersion",
-            format!(
-                "{:?} is not known; expected {POLICY_API_VERSION}",
-                document.api_version
-            ),
-        ));
-    }
+    super::check_api_version(&document.api_version, place)?;
     let (namespace, name) = document.metadata.checked(place)?;
-    let service = document
-        .spec
-        .target_ref
-        .service(place)?
-        .ok_or_else(|| field(place, "spec.targetRef", "expected a Service"))?;
+    let service = document.spec.target_ref.required_service(place)?;
     let limit = document.spec.limit;
     if limit.requests == 0 {
         return Err(field(

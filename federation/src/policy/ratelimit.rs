@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::POLICY_API_VERSION;
 use super::authorization::{
     MAX_LIST, PolicyMetadata, Source, SourceDocument, TargetRef, source_of,
 };
@@ -196,22 +195,9 @@ pub fn rate_limit(
     place: &DocumentPlace,
 ) -> Result<RateLimit, DocumentError> {
     let document: RateLimitDocument = typed(document, place)?;
-    if document.api_version != POLICY_API_VERSION {
-        return Err(field(
-            place,
-            "apiVersion",
-            format!(
-                "{:?} is not known; expected {POLICY_API_VERSION}",
-                document.api_version
-            ),
-        ));
-    }
+    super::check_api_version(&document.api_version, place)?;
     let (namespace, name) = document.metadata.checked(place)?;
-    let service = document
-        .spec
-        .target_ref
-        .service(place)?
-        .ok_or_else(|| field(place, "spec.targetRef", "expected a Service"))?;
+    let service = document.spec.target_ref.required_service(place)?;
     let default = limit(place, "spec.limit", document.spec.limit)?;
     if document.spec.overrides.len() > MAX_LIST {
         return Err(field(

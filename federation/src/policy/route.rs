@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::POLICY_API_VERSION;
 use crate::identity::{ClusterName, Namespace, ServiceName};
 use crate::resource::{DocumentError, DocumentPlace, field, typed};
 
@@ -561,16 +560,7 @@ fn rule(
 /// Parses and checks an HTTPRoute document. Errors name the document and the field.
 pub fn route(document: serde_json::Value, place: &DocumentPlace) -> Result<Route, DocumentError> {
     let document: RouteDocument = typed(document, place)?;
-    if document.api_version != POLICY_API_VERSION {
-        return Err(field(
-            place,
-            "apiVersion",
-            format!(
-                "{:?} is not known; expected {POLICY_API_VERSION}",
-                document.api_version
-            ),
-        ));
-    }
+    super::check_api_version(&document.api_version, place)?;
     let (namespace, name) = document.metadata.checked(place)?;
     let service = document.spec.target_ref.service(place)?.ok_or_else(|| {
         field(
