@@ -9,7 +9,7 @@ use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use strait_federation::proto::authorizer::authorizer_server::{Authorizer, AuthorizerServer};
 use strait_federation::proto::authorizer::{CheckRequest, CheckResponse};
-use strait_tests::workloads::{client, endpoint, get, get_json, linked_pair, wait_route};
+use strait_tests::workloads::{api, client, endpoint, get, get_json, linked_pair, wait_route};
 use strait_tests::{Gateway, Mesh, http_get_host, metric, wait_for};
 
 /// The acceptance check's document.
@@ -203,13 +203,7 @@ fn a_deny_applied_in_east_is_enforced_in_west_held_while_partitioned_and_lifted_
 #[test]
 fn an_allow_policy_admits_only_its_callers_methods_and_paths() -> Result<()> {
     let (mesh, _east_gateway, _west_gateway) = linked_pair(None)?;
-    let _api = endpoint(
-        &mesh,
-        "east",
-        "api",
-        "api-east-0",
-        &[("http", 8080, "http")],
-    )?;
+    let _api = api(&mesh, "east", "api-east-0")?;
     let web_east = client(&mesh, "east", &[])?;
     let web_west = client(&mesh, "west", &[])?;
     let (east_proxy, west_proxy) = (web_east.addr("proxy")?, web_west.addr("proxy")?);
@@ -384,13 +378,7 @@ fn an_external_authorizer_decides_and_its_policy_fails_open_or_closed() -> Resul
     });
 
     let (mesh, _east_gateway, _west_gateway) = linked_pair(None)?;
-    let api_east = endpoint(
-        &mesh,
-        "east",
-        "api",
-        "api-east-0",
-        &[("http", 8080, "http")],
-    )?;
+    let api_east = api(&mesh, "east", "api-east-0")?;
     let web = client(&mesh, "east", &[])?;
     let proxy = web.addr("proxy")?;
     wait_route(proxy, API, "east")?;
@@ -440,13 +428,7 @@ fn an_external_authorizer_decides_and_its_policy_fails_open_or_closed() -> Resul
 #[test]
 fn a_rate_limit_gives_each_caller_its_own_bucket_and_overrides_some() -> Result<()> {
     let (mesh, _east_gateway, _west_gateway) = linked_pair(None)?;
-    let api_east = endpoint(
-        &mesh,
-        "east",
-        "api",
-        "api-east-0",
-        &[("http", 8080, "http")],
-    )?;
+    let api_east = api(&mesh, "east", "api-east-0")?;
     let web = client(&mesh, "east", &[])?;
     let batch = mesh.sidecar(
         "east",
@@ -517,20 +499,8 @@ fn wait_policies(admin: SocketAddr, kind: &str, count: f64) -> Result<()> {
 #[test]
 fn a_mesh_wide_quota_holds_across_two_clusters_within_its_bound() -> Result<()> {
     let (mesh, _east_gateway, _west_gateway) = linked_pair(None)?;
-    let api_east = endpoint(
-        &mesh,
-        "east",
-        "api",
-        "api-east-0",
-        &[("http", 8080, "http")],
-    )?;
-    let api_west = endpoint(
-        &mesh,
-        "west",
-        "api",
-        "api-west-0",
-        &[("http", 8080, "http")],
-    )?;
+    let api_east = api(&mesh, "east", "api-east-0")?;
+    let api_west = api(&mesh, "west", "api-west-0")?;
     let web_east = client(&mesh, "east", &[])?;
     let web_west = client(&mesh, "west", &[])?;
     let proxies = [web_east.addr("proxy")?, web_west.addr("proxy")?];
@@ -639,13 +609,7 @@ fn a_jwt_is_checked_at_the_inbound_sidecar_and_its_claims_authorize() -> Result<
     let issuer = Issuer::new()?;
     let forger = Issuer::new()?;
     let (mesh, _east_gateway, _west_gateway) = linked_pair(None)?;
-    let _api = endpoint(
-        &mesh,
-        "east",
-        "api",
-        "api-east-0",
-        &[("http", 8080, "http")],
-    )?;
+    let _api = api(&mesh, "east", "api-east-0")?;
     let web = client(&mesh, "west", &[])?;
     let proxy = web.addr("proxy")?;
     wait_route(proxy, API, "east")?;
