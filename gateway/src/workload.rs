@@ -20,7 +20,7 @@ use crate::api::Caller;
 use crate::policies::SidecarPolicies;
 use crate::store::Registration;
 use crate::{Shared, lock, unix_now};
-use strait_federation::proto::workload::{UsageReply, UsageReport};
+use strait_federation::proto::workload::{ClusterLocation, UsageReply, UsageReport};
 
 /// The largest CSR accepted.
 const MAX_CSR: usize = 16 << 10;
@@ -168,6 +168,15 @@ impl WorkloadApi {
             cloud: self.shared.config.location.cloud.clone(),
             region: self.shared.config.location.region.clone(),
             zone: self.shared.config.location.zone.clone(),
+            cluster_locations: crate::lock(&self.shared.locations)
+                .iter()
+                .map(|(cluster, location)| ClusterLocation {
+                    cluster: cluster.to_string(),
+                    cloud: location.cloud.clone(),
+                    region: location.region.clone(),
+                    zone: location.zone.clone(),
+                })
+                .collect(),
         }
     }
 

@@ -82,6 +82,8 @@ pub struct Directory {
     pub policies: Policies,
     /// Where this cluster runs.
     pub location: Location,
+    /// Where the other linked clusters run, as their gateways said.
+    pub cluster_locations: HashMap<ClusterName, Location>,
 }
 
 fn parse_port(port: &strait_federation::proto::workload::PortSpec) -> Option<Port> {
@@ -179,7 +181,25 @@ impl Directory {
                 .collect(),
             policies: Policies::from_documents(&view.policies),
             location: Location::new(&view.cloud, &view.region, &view.zone).unwrap_or_default(),
+            cluster_locations: view
+                .cluster_locations
+                .iter()
+                .filter_map(|c| {
+                    Some((
+                        ClusterName::new(c.cluster.as_str()).ok()?,
+                        Location::new(&c.cloud, &c.region, &c.zone).ok()?,
+                    ))
+                })
+                .collect(),
         }
+    }
+
+    /// Where a cluster runs, this one included, when its gateway said.
+    pub fn location_of(&self, cluster: &ClusterName) -> Option<&Location> {
+        if self.cluster.as_ref() == Some(cluster) {
+            return Some(&self.location);
+        }
+        self.cluster_locations.get(cluster)
     }
 
     /// Whether an address is in a virtual range without standing for any name now (an answer

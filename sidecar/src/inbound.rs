@@ -175,6 +175,7 @@ async fn ask_externals(
         caller: Some(caller),
         http: http.as_ref().map(|h| (h.method, h.path)),
         principal: http.as_ref().and_then(|h| h.principal),
+        caller_location: directory.location_of(caller.cluster()),
     };
     for policy in directory
         .policies
@@ -340,17 +341,19 @@ fn authenticate(
     if policies.is_empty() {
         return Ok(None);
     }
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = match (values.next(), values.next()) {
+        (None, _) => return Ok(None),
+        (Some(value), None) => value,
+        (Some(_), Some(_)) => return Err("more than one Authorization header".into()),
+    };
+    // The scheme is case-insensitive; another scheme (Basic) is no bearer token at all.
+    let Some((scheme, token)) = value.to_str().ok().and_then(|v| v.split_once(' ')) else {
         return Ok(None);
     };
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .ok_or("the Authorization header is not a bearer token")?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(None);
+    }
     authentication::verify(policies, token.trim()).map(Some)
 }
 
@@ -392,14 +395,14 @@ fn refused_by(
         });
     }
     let own = shared.own_service.as_ref()?;
+    let directory = shared.directory.borrow().clone();
     let request = Request {
         caller: Some(caller),
         http,
         principal,
+        caller_location: directory.location_of(caller.cluster()),
     };
-    match shared
-        .directory
-        .borrow()
+    match directory
         .policies
         .authorize(&own.namespace, &own.name, &request)
     {

@@ -244,6 +244,7 @@ mod tests {
                     caller: Some(&caller),
                     http: Some(("GET", "/")),
                     principal: None,
+                    caller_location: None,
                 },
             )
         };
@@ -267,6 +268,7 @@ mod tests {
             caller: Some(&caller),
             http: None,
             principal: None,
+            caller_location: None,
         };
         assert_eq!(policies.authorize(&other, &api, &request), Decision::Allow);
     }

@@ -62,36 +62,59 @@ pub fn verify<'p>(
     token: &str,
 ) -> Result<RequestPrincipal, String> {
     let header = jsonwebtoken::decode_header(token).map_err(|e| format!("not a JWT: {e}"))?;
-    let mut last = String::from("no rule accepts its issuer");
+    let mut tried = 0;
+    let mut last = String::new();
     for rule in policies.into_iter().flat_map(|p| &p.rules) {
-        let keys = rule.keys.keys.iter().filter(|k| match &header.kid {
-            Some(kid) => k.common.key_id.as_deref() == Some(kid.as_str()),
-            None => true,
+        // The key the token names; keys without an id are tried too, as Envoy does. A key that
+        // says its algorithm is only used with that one.
+        let keys = rule.keys.keys.iter().filter(|k| {
+            let id_fits = match (&header.kid, &k.common.key_id) {
+                (Some(kid), Some(id)) => kid == id,
+                _ => true,
+            };
+            let alg_fits = k
+                .common
+                .key_algorithm
+                .is_none_or(|a| Algorithm::try_from(a).is_ok_and(|a| a == header.alg));
+            id_fits && alg_fits
         });
         for key in keys {
             let Ok(decoding) = DecodingKey::from_jwk(key) else {
                 continue;
             };
+            tried += 1;
             let mut validation = Validation::new(header.alg);
             validation.set_issuer(&[&rule.issuer]);
             validation.leeway = LEEWAY_SECONDS;
-            validation.set_required_spec_claims(&["exp", "iss"]);
+            validation.validate_nbf = true;
             if rule.audiences.is_empty() {
+                validation.set_required_spec_claims(&["exp", "iss", "sub"]);
                 validation.validate_aud = false;
             } else {
+                validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
                 validation.set_audience(&rule.audiences);
             }
             match jsonwebtoken::decode::<serde_json::Value>(token, &decoding, &validation) {
                 Ok(data) => {
-                    let subject = data.claims["sub"].as_str().unwrap_or_default();
+                    let Some(subject) = data.claims["sub"].as_str().filter(|s| !s.is_empty())
+                    else {
+                        last = "the token has no subject".into();
+                        continue;
+                    };
                     return Ok(RequestPrincipal {
                         principal: format!("{}/{subject}", rule.issuer),
                         claims: data.claims,
                     });
                 }
-                Err(e) => last = e.to_string(),
+                Err(e) => last = format!("{} ({})", e, rule.issuer),
             }
         }
+    }
+    if tried == 0 {
+        return Err(match header.kid {
+            Some(kid) => format!("no accepted key has the id {kid:?} for {:?}", header.alg),
+            None => format!("no accepted key is for {:?}", header.alg),
+        });
     }
     Err(last)
 }
@@ -163,9 +186,9 @@ pub fn authentication(
                 format!("expected at most {MAX_LIST} non-empty audiences"),
             ));
         }
-        let jwks = match rule.jwks {
-            serde_json::Value::String(text) => serde_json::from_str(&text),
-            value => serde_json::from_value::<JwkSet>(value),
+        let jwks = match &rule.jwks {
+            serde_json::Value::String(text) => serde_json::from_str(text),
+            value => serde_json::from_value::<JwkSet>(value.clone()),
         };
         let keys: JwkSet =
             jwks.map_err(|e| field(place, format!("{at}.jwks"), format!("not a JWKS: {e}")))?;
@@ -175,6 +198,27 @@ pub fn authentication(
                 format!("{at}.jwks"),
                 format!("expected 1 to {MAX_LIST} keys"),
             ));
+        }
+        let raw_keys = match &rule.jwks {
+            serde_json::Value::String(text) => serde_json::from_str(text).unwrap_or_default(),
+            value => value.clone(),
+        };
+        for (j, raw) in raw_keys["keys"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            if ["d", "p", "q", "dp", "dq", "qi"]
+                .iter()
+                .any(|f| raw.get(f).is_some())
+            {
+                return Err(field(
+                    place,
+                    format!("{at}.jwks.keys[{j}]"),
+                    "holds a private key, which would travel to every cluster: give the public part only",
+                ));
+            }
         }
         for (j, key) in keys.keys.iter().enumerate() {
             if matches!(key.algorithm, AlgorithmParameters::OctetKey(_)) {
@@ -297,6 +341,30 @@ mod tests {
                 token(&good, "k1", claims("https://id.test", "api", now() - 600)),
             ),
             ("garbage", "not.a.token".to_owned()),
+            (
+                "no audience",
+                token(
+                    &good,
+                    "k1",
+                    serde_json::json!({"iss": "https://id.test", "sub": "alice", "exp": now() + 60}),
+                ),
+            ),
+            (
+                "no subject",
+                token(
+                    &good,
+                    "k1",
+                    serde_json::json!({"iss": "https://id.test", "aud": "api", "exp": now() + 60}),
+                ),
+            ),
+            (
+                "not valid yet",
+                token(
+                    &good,
+                    "k1",
+                    serde_json::json!({"iss": "https://id.test", "sub": "a", "aud": "api", "exp": now() + 600, "nbf": now() + 300}),
+                ),
+            ),
         ] {
             assert!(verify(&policies, &bad).is_err(), "{what} passed");
         }
@@ -323,6 +391,21 @@ mod tests {
             .unwrap_err()
             .to_string()
         };
+        // A key with an unknown id is named in the refusal (what a rotation looks like).
+        let good = issuer("k1");
+        let rotated = token(
+            &good,
+            "k2",
+            serde_json::json!({"iss": "https://id.test", "sub": "a", "aud": "api", "exp": now() + 60}),
+        );
+        let reason = verify(&[policy(&good.jwks)], &rotated).unwrap_err();
+        assert!(reason.contains("\"k2\""), "{reason}");
+        // A private key is refused: the document travels to every cluster.
+        let pair = rcgen::KeyPair::generate().unwrap();
+        let mut private = good.jwks.clone();
+        private["keys"][0]["d"] = serde_json::json!(hex::encode(&pair.serialize_der()[..8]));
+        let refused = with(private);
+        assert!(refused.contains("private key"), "{refused}");
         let secret = with(serde_json::json!({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}));
         assert!(secret.contains("spec.jwtRules[0].jwks.keys[0]"), "{secret}");
         let broken = with(serde_json::json!("{not json"));

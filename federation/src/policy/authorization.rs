@@ -46,6 +46,8 @@ pub struct Source {
     /// Claims of the request's JWT: each named claim must hold one of the values (a string
     /// claim equal to one, or a list claim containing one).
     pub claims: Vec<(String, Vec<String>)>,
+    /// Where the caller's cluster runs: `cloud`, `cloud/region` or `cloud/region/zone`.
+    pub locations: Vec<String>,
 }
 
 /// What a rule is about, for HTTP requests; a rule with operations never matches raw TCP.
@@ -87,6 +89,8 @@ pub struct Request<'a> {
     pub http: Option<(&'a str, &'a str)>,
     /// Who the request's valid JWT says the caller is, if it carried one.
     pub principal: Option<&'a super::authentication::RequestPrincipal>,
+    /// Where the caller's cluster runs, when known.
+    pub caller_location: Option<&'a crate::location::Location>,
 }
 
 /// What to do with a request, and which policy said so.
@@ -135,6 +139,23 @@ impl Source {
     fn matches_request(&self, request: &Request<'_>) -> bool {
         if !self.matches(request.caller) {
             return false;
+        }
+        if !self.locations.is_empty() {
+            // `aws` matches aws/…; `aws/us-east-1` that region; a location never matches an
+            // unknown one.
+            let Some(location) = request.caller_location.filter(|l| !l.is_unknown()) else {
+                return false;
+            };
+            let at = location.to_string();
+            let within = self.locations.iter().any(|wanted| {
+                at == *wanted
+                    || at
+                        .strip_prefix(wanted.as_str())
+                        .is_some_and(|r| r.starts_with('/'))
+            });
+            if !within {
+                return false;
+            }
         }
         if self.request_principals.is_empty() && self.claims.is_empty() {
             return true;
@@ -438,6 +459,8 @@ pub(super) struct SourceDocument {
     request_principals: Vec<String>,
     #[serde(default)]
     claims: std::collections::BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    locations: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -507,6 +530,31 @@ pub(super) fn source_of(
                 id.parse::<SpiffeId>()
                     .map_err(|e| field(place, at, e.to_string()))?;
                 Ok(id)
+            },
+        )?,
+        locations: checked(
+            place,
+            &format!("{at}.locations"),
+            source.locations,
+            |l, at| {
+                let parts: Vec<&str> = l.split('/').collect();
+                let valid = (1..=3).contains(&parts.len())
+                    && crate::location::Location::new(
+                        parts[0],
+                        parts.get(1).copied().unwrap_or_default(),
+                        parts.get(2).copied().unwrap_or_default(),
+                    )
+                    .is_ok()
+                    && parts.iter().all(|p| !p.is_empty());
+                if valid {
+                    Ok(l)
+                } else {
+                    Err(field(
+                        place,
+                        at,
+                        format!("{l:?}: expected cloud, cloud/region or cloud/region/zone"),
+                    ))
+                }
             },
         )?,
         request_principals: checked(
@@ -672,6 +720,7 @@ mod tests {
                 caller,
                 http,
                 principal: None,
+                caller_location: None,
             },
         )
     }
@@ -756,6 +805,7 @@ mod tests {
                 caller: Some(&west),
                 http: None,
                 principal: None,
+                caller_location: None,
             },
         );
         assert_eq!(other_service, Decision::Allow);
@@ -849,6 +899,32 @@ spec:
     - to: [{paths: [/orders/*]}]
 ";
 
+    /// A source's locations match the caller cluster's cloud, region or zone; an unknown
+    /// location matches none.
+    #[test]
+    fn locations_match_by_cloud_region_or_zone() {
+        let source = Source {
+            locations: vec!["aws/us-east-1".into(), "gcp".into()],
+            ..Source::default()
+        };
+        let east = workload("east", "shop", "web");
+        let at =
+            |cloud: &str, region: &str| crate::location::Location::new(cloud, region, "").unwrap();
+        let matches = |location: Option<&crate::location::Location>| {
+            source.matches_request(&Request {
+                caller: Some(&east),
+                http: None,
+                principal: None,
+                caller_location: location,
+            })
+        };
+        assert!(matches(Some(&at("aws", "us-east-1"))));
+        assert!(matches(Some(&at("gcp", "europe-west1"))));
+        assert!(!matches(Some(&at("aws", "us-east-10"))));
+        assert!(!matches(Some(&at("azure", "eastus"))));
+        assert!(!matches(None));
+    }
+
     /// An external policy is left out of the local decision; it is listed for the requests its
     /// rules match, for the sidecar to ask its authorizer.
     #[test]
@@ -873,6 +949,7 @@ spec:
             caller: Some(&east),
             http: Some(("GET", path)),
             principal: None,
+            caller_location: None,
         };
         assert_eq!(
             externals(&policies, &shop, &api, &request("/orders/7")).len(),

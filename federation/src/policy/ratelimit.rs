@@ -209,10 +209,19 @@ pub fn rate_limit(
     let mut overrides = Vec::with_capacity(document.spec.overrides.len());
     for (i, entry) in document.spec.overrides.into_iter().enumerate() {
         let at = format!("spec.overrides[{i}]");
-        overrides.push((
-            source_of(place, &format!("{at}.from"), entry.from)?,
-            limit(place, &format!("{at}.limit"), entry.limit)?,
-        ));
+        let from = source_of(place, &format!("{at}.from"), entry.from)?;
+        if !from.request_principals.is_empty()
+            || !from.claims.is_empty()
+            || !from.locations.is_empty()
+        {
+            return Err(field(
+                place,
+                format!("{at}.from"),
+                "an override matches the caller's identity only (clusters, namespaces, \
+                 serviceAccounts, identities)",
+            ));
+        }
+        overrides.push((from, limit(place, &format!("{at}.limit"), entry.limit)?));
     }
     Ok(RateLimit {
         namespace,
