@@ -49,6 +49,8 @@ pub async fn channel(
         let target = target.clone();
         async move {
             let tcp = TcpStream::connect(&target).await?;
+            // Small gRPC frames: without this, Nagle and delayed ACKs hold each call ~40 ms.
+            tcp.set_nodelay(true)?;
             let stream = connector.connect(server_name, tcp).await?;
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
         }

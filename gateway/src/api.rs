@@ -141,6 +141,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
             let Ok((tcp, remote)) = accepted else {
                 continue;
             };
+            let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
