@@ -84,18 +84,30 @@ pub fn strait_bin() -> &'static Path {
     })
 }
 
-/// A free loopback port (UDP or TCP), as the OS hands them out.
+/// A free loopback port (UDP or TCP) below the OS's ephemeral range. A port the OS hands out
+/// for port 0 is free only until it is handed out again, to any outgoing connection: a gateway
+/// that binds it a moment later can find it taken. Ports chosen at random from 20000-32767
+/// (checked free here) are never given to outgoing connections.
 pub fn free_port(udp: bool) -> u16 {
-    if udp {
-        UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .map(|a| a.port())
-    } else {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .map(|a| a.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(2_654_435_761)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    for _ in 0..1_000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed).wrapping_add(seed);
+        let port = 20_000 + (n.wrapping_mul(7_919) % 12_768) as u16;
+        let free = if udp {
+            UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        } else {
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        };
+        if free {
+            return port;
+        }
     }
-    .expect("the OS hands out loopback ports")
+    panic!("no free loopback port in 20000-32767")
 }
 
 /// Waits until `check` returns `Some`, or fails after `limit` with the last observation.
