@@ -3,6 +3,7 @@
 //! on localhost (HTTP/1.1 or, for http2 and grpc ports, HTTP/2 cleartext) with the identity in
 //! `strait-client-id`, or opaque TCP copied to the app's port.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::authorizer::{self, Verdict};
 use crate::config::AppPort;
 use crate::connect::{self, Body, HTTP_ALPN, TCP_ALPN};
+use crate::directory::Directory;
 use crate::metrics::{Direction, Route};
 use crate::outbound::{error_response, strip_hop_by_hop};
 use crate::ratelimit::Limited;
@@ -165,12 +167,12 @@ struct Refusal {
 /// connection) matches, in order; the refusal, if one refuses or fails closed.
 async fn ask_externals(
     shared: &Shared,
+    directory: &Directory,
     caller: &SpiffeId,
     route: &Route<'_>,
     http: Option<HttpFacts<'_>>,
 ) -> Option<Refusal> {
     let own = shared.own_service.as_ref()?;
-    let directory = shared.directory.borrow().clone();
     let request = Request {
         caller: Some(caller),
         http: http.as_ref().map(|h| (h.method, h.path)),
@@ -243,11 +245,12 @@ async fn gate(
     route: &Route<'_>,
     request: &mut hyper::Request<hyper::body::Incoming>,
 ) -> Option<Response<Body>> {
-    let normal = match path::normalize(request.uri().path()) {
-        Ok(normal) => normal.into_owned(),
+    let rewritten = match path::normalize(request.uri().path()) {
+        Ok(Cow::Borrowed(_)) => None,
+        Ok(Cow::Owned(normal)) => Some(normal),
         Err(e) => return Some(error_response(StatusCode::BAD_REQUEST, e.to_string())),
     };
-    if normal != request.uri().path() {
+    if let Some(normal) = rewritten {
         let mut parts = request.uri().clone().into_parts();
         let query = request
             .uri()
@@ -260,14 +263,17 @@ async fn gate(
             Err(e) => return Some(error_response(StatusCode::BAD_REQUEST, e.to_string())),
         }
     }
-    if shared.directory.borrow().version == 0 {
+    // One view decides the whole request, however many checks it takes.
+    let directory = shared.directory.borrow().clone();
+    if directory.version == 0 {
         // Retryable: the first view comes within moments of the sidecar starting.
         return Some(error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "this sidecar has no policy from its gateway yet".into(),
         ));
     }
-    let principal = match authenticate(shared, request.headers()) {
+    let normal = request.uri().path();
+    let principal = match authenticate(shared, &directory, request.headers()) {
         Ok(principal) => principal,
         Err(reason) => {
             shared.metrics.denied(route, "http", "(invalid JWT)");
@@ -284,35 +290,37 @@ async fn gate(
     };
     let facts = HttpFacts {
         method: request.method().as_str(),
-        path: &normal,
+        path: normal,
         query: request.uri().query().unwrap_or_default(),
         headers: request.headers(),
         principal: principal.as_ref(),
     };
-    let refusal = match ask_externals(shared, &caller.identity, route, Some(facts)).await {
-        Some(refusal) => refusal,
-        None => match refused_by(
-            shared,
-            &caller.identity,
-            Some((request.method().as_str(), &normal)),
-            principal.as_ref(),
-        ) {
+    let refusal =
+        match ask_externals(shared, &directory, &caller.identity, route, Some(facts)).await {
             Some(refusal) => refusal,
-            None => {
-                let limited = over_limit(shared, &caller.identity)?;
-                shared.metrics.rate_limited(route, "http", &limited.policy);
-                let mut response = error_response(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    format!("over the limit of {}", limited.policy),
-                );
-                let seconds = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-                return Some(response);
-            }
-        },
-    };
+            None => match refused_by(
+                shared,
+                &directory,
+                &caller.identity,
+                Some((request.method().as_str(), normal)),
+                principal.as_ref(),
+            ) {
+                Some(refusal) => refusal,
+                None => {
+                    let limited = over_limit(shared, &directory, &caller.identity)?;
+                    shared.metrics.rate_limited(route, "http", &limited.policy);
+                    let mut response = error_response(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        format!("over the limit of {}", limited.policy),
+                    );
+                    let seconds = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+                    return Some(response);
+                }
+            },
+        };
     shared.metrics.denied(route, "http", &refusal.policy);
     tracing::debug!(caller = %caller.identity, policy = %refusal.policy, "request denied");
     Some(error_response(
@@ -329,12 +337,12 @@ async fn gate(
 /// an error for a token that fails its check.
 fn authenticate(
     shared: &Shared,
+    directory: &Directory,
     headers: &hyper::HeaderMap,
 ) -> Result<Option<RequestPrincipal>, String> {
     let Some(own) = shared.own_service.as_ref() else {
         return Ok(None);
     };
-    let directory = shared.directory.borrow().clone();
     let policies = directory
         .policies
         .authentications(&own.namespace, &own.name);
@@ -359,9 +367,8 @@ fn authenticate(
 
 /// The rate limit or mesh-wide quota a request or connection of `caller` is over, if any
 /// (otherwise it is counted against every one).
-fn over_limit(shared: &Shared, caller: &SpiffeId) -> Option<Limited> {
+fn over_limit(shared: &Shared, directory: &Directory, caller: &SpiffeId) -> Option<Limited> {
     let own = shared.own_service.as_ref()?;
-    let directory = shared.directory.borrow().clone();
     if let Err(limited) =
         shared
             .limiter
@@ -384,18 +391,18 @@ fn over_limit(shared: &Shared, caller: &SpiffeId) -> Option<Limited> {
 /// its gateway yet refuses everything: it cannot know the policies.
 fn refused_by(
     shared: &Shared,
+    directory: &Directory,
     caller: &SpiffeId,
     http: Option<(&str, &str)>,
     principal: Option<&RequestPrincipal>,
 ) -> Option<Refusal> {
-    if shared.directory.borrow().version == 0 {
+    if directory.version == 0 {
         return Some(Refusal {
             policy: "(none yet)".into(),
             message: "this sidecar has no policy from its gateway yet".into(),
         });
     }
     let own = shared.own_service.as_ref()?;
-    let directory = shared.directory.borrow().clone();
     let request = Request {
         caller: Some(caller),
         http,
@@ -531,12 +538,13 @@ async fn serve_tcp(shared: Arc<Shared>, mut tls: InboundTls, caller: SpiffeId) {
         namespace,
         service,
     };
-    let refused = match ask_externals(&shared, &caller, &route, None).await {
+    let directory = shared.directory.borrow().clone();
+    let refused = match ask_externals(&shared, &directory, &caller, &route, None).await {
         Some(refusal) => Some(refusal),
-        None => refused_by(&shared, &caller, None, None),
+        None => refused_by(&shared, &directory, &caller, None, None),
     };
     if refused.is_none()
-        && let Some(limited) = over_limit(&shared, &caller)
+        && let Some(limited) = over_limit(&shared, &directory, &caller)
     {
         shared.metrics.rate_limited(&route, "tcp", &limited.policy);
         tracing::debug!(caller = %caller, policy = %limited.policy, "connection over the rate limit");
