@@ -41,8 +41,11 @@ pub fn boxed(body: hyper::body::Incoming) -> Body {
 
 /// ALPN for HTTP between sidecars.
 pub const HTTP_ALPN: &[u8] = b"h2";
-/// ALPN for opaque TCP between sidecars; the client then sends the service port (2 bytes).
-pub const TCP_ALPN: &[u8] = b"strait-tcp/1";
+/// ALPN for opaque TCP between sidecars; the client then sends the service port (2 bytes, big
+/// endian) and one byte of flags (see [`READY_FLAG`]).
+pub const TCP_ALPN: &[u8] = b"strait-tcp/2";
+/// The flag of a TCP connection's preamble that says the calling workload is ready.
+pub const READY_FLAG: u8 = 1;
 
 /// Where a request or connection is sent.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -31,7 +31,7 @@ use crate::directory::Directory;
 use crate::metrics::{Direction, Route};
 use crate::outbound::{error_response, strip_hop_by_hop};
 use crate::ratelimit::Limited;
-use crate::{CLIENT_ID_HEADER, Shared, accept_each};
+use crate::{CALLER_READY_HEADER, CLIENT_ID_HEADER, Shared, accept_each};
 
 /// How long a TLS handshake, or the port of a TCP connection, may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -157,6 +157,13 @@ struct HttpFacts<'a> {
     principal: Option<&'a RequestPrincipal>,
 }
 
+/// What a caller's sidecar says of it, request by request (HTTP) or once (TCP).
+#[derive(Debug, Clone, Copy)]
+struct CallerState {
+    /// The calling workload is ready, as registered with its gateway.
+    ready: bool,
+}
+
 /// A refusal: the policy that refused (a metric label), and what the caller is told.
 struct Refusal {
     policy: String,
@@ -169,6 +176,7 @@ async fn ask_externals(
     shared: &Shared,
     directory: &Directory,
     caller: &SpiffeId,
+    state: CallerState,
     route: &Route<'_>,
     http: Option<HttpFacts<'_>>,
 ) -> Option<Refusal> {
@@ -178,6 +186,7 @@ async fn ask_externals(
         http: http.as_ref().map(|h| (h.method, h.path)),
         principal: http.as_ref().and_then(|h| h.principal),
         caller_location: directory.location_of(caller.cluster()),
+        caller_healthy: state.ready,
     };
     for policy in directory
         .policies
@@ -205,6 +214,7 @@ async fn ask_externals(
                 .map(|h| authorizer::headers(h.headers))
                 .unwrap_or_default(),
             policy: String::new(),
+            caller_ready: state.ready,
         };
         let fail_open = policy.external.as_ref().is_some_and(|e| e.fail_open);
         match shared.authorizers.check(policy, check).await {
@@ -288,6 +298,12 @@ async fn gate(
             return Some(response);
         }
     };
+    let state = CallerState {
+        ready: request
+            .headers()
+            .get(CALLER_READY_HEADER)
+            .is_some_and(|v| v.as_bytes() == b"true"),
+    };
     let facts = HttpFacts {
         method: request.method().as_str(),
         path: normal,
@@ -295,32 +311,41 @@ async fn gate(
         headers: request.headers(),
         principal: principal.as_ref(),
     };
-    let refusal =
-        match ask_externals(shared, &directory, &caller.identity, route, Some(facts)).await {
+    let refusal = match ask_externals(
+        shared,
+        &directory,
+        &caller.identity,
+        state,
+        route,
+        Some(facts),
+    )
+    .await
+    {
+        Some(refusal) => refusal,
+        None => match refused_by(
+            shared,
+            &directory,
+            &caller.identity,
+            state,
+            Some((request.method().as_str(), normal)),
+            principal.as_ref(),
+        ) {
             Some(refusal) => refusal,
-            None => match refused_by(
-                shared,
-                &directory,
-                &caller.identity,
-                Some((request.method().as_str(), normal)),
-                principal.as_ref(),
-            ) {
-                Some(refusal) => refusal,
-                None => {
-                    let limited = over_limit(shared, &directory, &caller.identity)?;
-                    shared.metrics.rate_limited(route, "http", &limited.policy);
-                    let mut response = error_response(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        format!("over the limit of {}", limited.policy),
-                    );
-                    let seconds = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
-                    response
-                        .headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-                    return Some(response);
-                }
-            },
-        };
+            None => {
+                let limited = over_limit(shared, &directory, &caller.identity)?;
+                shared.metrics.rate_limited(route, "http", &limited.policy);
+                let mut response = error_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("over the limit of {}", limited.policy),
+                );
+                let seconds = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+                return Some(response);
+            }
+        },
+    };
     shared.metrics.denied(route, "http", &refusal.policy);
     tracing::debug!(caller = %caller.identity, policy = %refusal.policy, "request denied");
     Some(error_response(
@@ -393,6 +418,7 @@ fn refused_by(
     shared: &Shared,
     directory: &Directory,
     caller: &SpiffeId,
+    state: CallerState,
     http: Option<(&str, &str)>,
     principal: Option<&RequestPrincipal>,
 ) -> Option<Refusal> {
@@ -408,6 +434,7 @@ fn refused_by(
         http,
         principal,
         caller_location: directory.location_of(caller.cluster()),
+        caller_healthy: state.ready,
     };
     match directory
         .policies
@@ -487,6 +514,8 @@ async fn forward(
     };
     let (mut parts, body) = request.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    // Said to this sidecar, not to the app.
+    parts.headers.remove(CALLER_READY_HEADER);
     match &caller.header {
         Some(id) => parts.headers.insert(CLIENT_ID_HEADER, id.clone()),
         None => parts.headers.remove(CLIENT_ID_HEADER),
@@ -514,12 +543,16 @@ async fn forward(
 }
 
 async fn serve_tcp(shared: Arc<Shared>, mut tls: InboundTls, caller: SpiffeId) {
-    let mut port = [0u8; 2];
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.read_exact(&mut port)).await {
+    let mut preamble = [0u8; 3];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.read_exact(&mut preamble)).await {
         Ok(Ok(_)) => {}
         _ => return,
     }
-    let port = u16::from_be_bytes(port);
+    let [high, low, flags] = preamble;
+    let port = u16::from_be_bytes([high, low]);
+    let state = CallerState {
+        ready: flags & connect::READY_FLAG != 0,
+    };
     let Some(target) = shared
         .config
         .service
@@ -539,9 +572,9 @@ async fn serve_tcp(shared: Arc<Shared>, mut tls: InboundTls, caller: SpiffeId) {
         service,
     };
     let directory = shared.directory.borrow().clone();
-    let refused = match ask_externals(&shared, &directory, &caller, &route, None).await {
+    let refused = match ask_externals(&shared, &directory, &caller, state, &route, None).await {
         Some(refusal) => Some(refusal),
-        None => refused_by(&shared, &directory, &caller, None, None),
+        None => refused_by(&shared, &directory, &caller, state, None, None),
     };
     if refused.is_none()
         && let Some(limited) = over_limit(&shared, &directory, &caller)

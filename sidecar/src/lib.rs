@@ -51,6 +51,9 @@ use crate::metrics::Metrics;
 /// The header in which the inbound sidecar tells the app who called (the caller's SPIFFE
 /// identity from its mutual-TLS certificate). Set only by sidecars; a caller's own is dropped.
 pub const CLIENT_ID_HEADER: &str = "strait-client-id";
+/// The header in which a caller's sidecar tells the destination's whether the calling workload
+/// is ready (`true` or `false`); whatever the app wrote there is replaced.
+pub const CALLER_READY_HEADER: &str = "strait-caller-ready";
 
 /// How long the first certificate may take (the gateway may be starting too).
 const CERTIFY_DEADLINE: Duration = Duration::from_secs(30);

@@ -26,7 +26,7 @@ use crate::directory::{Destination, Directory, ServiceEntry};
 use crate::metrics::{Direction, Route};
 use crate::retry::{self, Kept};
 use crate::routing;
-use crate::{CLIENT_ID_HEADER, Shared, accept_each};
+use crate::{CALLER_READY_HEADER, CLIENT_ID_HEADER, Shared, accept_each};
 
 /// Targets tried per request or connection before giving up.
 const MAX_ATTEMPTS: usize = 3;
@@ -272,8 +272,13 @@ pub async fn proxy_http(
 
     let (mut parts, body) = request.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    // Only the destination's sidecar says who the caller is.
+    // Only the destination's sidecar says who the caller is, and only this one whether it
+    // is ready.
     parts.headers.remove(CLIENT_ID_HEADER);
+    parts.headers.insert(
+        CALLER_READY_HEADER,
+        HeaderValue::from_static(if shared.is_ready() { "true" } else { "false" }),
+    );
     parts.headers.remove(header::HOST);
     if let Some(rule) = rule {
         routing::edit(&mut parts.headers, &rule.request_headers);
@@ -517,7 +522,13 @@ pub async fn proxy_tcp(shared: &Arc<Shared>, mut app: TcpStream, name: &str) -> 
             }
         };
         in_flight.end();
-        if let Err(e) = tls.write_all(&port.port.to_be_bytes()).await {
+        let [high, low] = port.port.to_be_bytes();
+        let flags = if shared.is_ready() {
+            connect::READY_FLAG
+        } else {
+            0
+        };
+        if let Err(e) = tls.write_all(&[high, low, flags]).await {
             last = e.to_string();
             continue;
         }

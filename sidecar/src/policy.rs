@@ -245,6 +245,7 @@ mod tests {
                     http: Some(("GET", "/")),
                     principal: None,
                     caller_location: None,
+                    caller_healthy: true,
                 },
             )
         };
@@ -269,6 +270,7 @@ mod tests {
             http: None,
             principal: None,
             caller_location: None,
+            caller_healthy: true,
         };
         assert_eq!(policies.authorize(&other, &api, &request), Decision::Allow);
     }

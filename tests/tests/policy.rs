@@ -689,3 +689,87 @@ spec:
     }
     Ok(())
 }
+
+/// `healthy: true` admits a caller only while the mesh knows it as ready: its sidecar says so
+/// with every request and connection, from what it registered with its gateway. When the
+/// caller's app stops answering its probe, its calls are refused (HTTP and TCP); once the app
+/// is back, they are admitted again.
+#[test]
+fn a_caller_is_admitted_only_while_it_is_ready() -> Result<()> {
+    let (mesh, _east_gateway, _west_gateway) = linked_pair(None)?;
+    let ports = [("http", 8080, "http"), ("tcp", 5432, "tcp")];
+    let _api = endpoint(&mesh, "east", "api", "api-east-0", &ports)?;
+    // shop/web in west: a caller that is itself a service, with an app the mesh probes.
+    let mut web_app = mesh.app("http", "west", "shop/web", "web-west-0")?;
+    let web_address = web_app.addr("address")?;
+    let web = mesh.sidecar(
+        "west",
+        "shop",
+        "web",
+        "web-west-0",
+        &[
+            "--service".into(),
+            "web".into(),
+            "--port".into(),
+            format!("8080/http={web_address}"),
+            "--proxy-addr".into(),
+            "127.0.0.1:0".into(),
+            "--upstream".into(),
+            "api.shop.svc.clusterset.local:5432=127.0.0.1:0".into(),
+        ],
+    )?;
+    let proxy = web.addr("proxy")?;
+    wait_route(proxy, API, "east")?;
+    mesh.apply(
+        "east",
+        "ready-only.yaml",
+        "apiVersion: policy.strait.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: ready-callers, namespace: shop}
+spec:
+  targetRef: {kind: Service, name: api}
+  action: allow
+  rules:
+    - from: [{namespaces: [shop], healthy: true}]
+",
+    )
+    .success()?;
+    // The policy is in force (the gateway's own view shows it) and the ready caller passes;
+    // a header the app writes cannot claim readiness for it either way.
+    wait_for(Duration::from_secs(10), "the policy in west", || {
+        Ok((!policies(&mesh, "west")?.is_empty()).then_some(()))
+    })?;
+    let answer = get(proxy, API, "/", &[("strait-caller-ready", "false")])?;
+    ensure!(answer.status == 200, "a ready caller: {}", answer.status);
+    ensure!(tcp_echoes(web.upstream(0)?), "TCP from a ready caller");
+
+    // The app stops: its sidecar registers it as not ready, and says so.
+    web_app.kill()?;
+    let took = wait_status(proxy, API, 403, Duration::from_secs(15))?;
+    println!("an unready caller refused {took:?} after its app stopped");
+    let answer = get(proxy, API, "/", &[("strait-caller-ready", "true")])?;
+    ensure!(
+        answer.status == 403,
+        "an unready caller forged readiness: {}",
+        answer.status
+    );
+    ensure!(
+        answer.body.contains("shop/ready-callers") || answer.body.contains("no allow policy"),
+        "{}",
+        answer.body
+    );
+    ensure!(!tcp_echoes(web.upstream(0)?), "TCP from an unready caller");
+
+    // Back on its address, the app is probed ready again and the caller admitted.
+    let _web_app = mesh.app_with(
+        "http",
+        "west",
+        "shop/web",
+        "web-west-0",
+        &["--listen", &web_address.to_string()],
+    )?;
+    let took = wait_status(proxy, API, 200, Duration::from_secs(15))?;
+    println!("the caller admitted again {took:?} after its app came back");
+    ensure!(tcp_echoes(web.upstream(0)?), "TCP once ready again");
+    Ok(())
+}

@@ -48,6 +48,9 @@ pub struct Source {
     pub claims: Vec<(String, Vec<String>)>,
     /// Where the caller's cluster runs: `cloud`, `cloud/region` or `cloud/region/zone`.
     pub locations: Vec<String>,
+    /// Whether the calling workload must be ready (`true`) or not ready (`false`) as the mesh
+    /// knows it; `None`: either.
+    pub healthy: Option<bool>,
 }
 
 /// What a rule is about, for HTTP requests; a rule with operations never matches raw TCP.
@@ -91,6 +94,9 @@ pub struct Request<'a> {
     pub principal: Option<&'a super::authentication::RequestPrincipal>,
     /// Where the caller's cluster runs, when known.
     pub caller_location: Option<&'a crate::location::Location>,
+    /// Whether the calling workload is ready, as its own sidecar (registered with the mesh)
+    /// says; `false` when no sidecar said so.
+    pub caller_healthy: bool,
 }
 
 /// What to do with a request, and which policy said so.
@@ -138,6 +144,12 @@ impl Source {
     /// Whether a request matches: its caller, and its JWT when the source asks for one.
     fn matches_request(&self, request: &Request<'_>) -> bool {
         if !self.matches(request.caller) {
+            return false;
+        }
+        if self
+            .healthy
+            .is_some_and(|wanted| wanted != request.caller_healthy)
+        {
             return false;
         }
         if !self.locations.is_empty() {
@@ -461,6 +473,8 @@ pub(super) struct SourceDocument {
     claims: std::collections::BTreeMap<String, Vec<String>>,
     #[serde(default)]
     locations: Vec<String>,
+    #[serde(default)]
+    healthy: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -500,6 +514,7 @@ pub(super) fn source_of(
     source: SourceDocument,
 ) -> Result<Source, DocumentError> {
     Ok(Source {
+        healthy: source.healthy,
         clusters: checked(
             place,
             &format!("{at}.clusters"),
@@ -721,6 +736,7 @@ mod tests {
                 http,
                 principal: None,
                 caller_location: None,
+                caller_healthy: true,
             },
         )
     }
@@ -806,6 +822,7 @@ mod tests {
                 http: None,
                 principal: None,
                 caller_location: None,
+                caller_healthy: true,
             },
         );
         assert_eq!(other_service, Decision::Allow);
@@ -916,6 +933,7 @@ spec:
                 http: None,
                 principal: None,
                 caller_location: location,
+                caller_healthy: true,
             })
         };
         assert!(matches(Some(&at("aws", "us-east-1"))));
@@ -923,6 +941,60 @@ spec:
         assert!(!matches(Some(&at("aws", "us-east-10"))));
         assert!(!matches(Some(&at("azure", "eastus"))));
         assert!(!matches(None));
+    }
+
+    /// `healthy: true` admits only callers whose sidecar says they are ready; `false` only
+    /// the others; a policy that does not ask admits both.
+    #[test]
+    fn a_healthy_source_matches_callers_by_their_readiness() {
+        let only_ready = parse(
+            "apiVersion: policy.strait.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: only-ready, namespace: shop}
+spec:
+  targetRef: {kind: Service, name: api}
+  action: allow
+  rules:
+    - from: [{namespaces: [shop], healthy: true}]
+",
+        )
+        .unwrap();
+        assert_eq!(only_ready.rules[0].from[0].healthy, Some(true));
+        let east = workload("east", "shop", "web");
+        let decide_when = |policies: &[Authorization], healthy| {
+            decide(
+                policies,
+                &Namespace::new("shop").unwrap(),
+                &ServiceName::new("api").unwrap(),
+                &Request {
+                    caller: Some(&east),
+                    http: Some(("GET", "/")),
+                    principal: None,
+                    caller_location: None,
+                    caller_healthy: healthy,
+                },
+            )
+        };
+        let only_ready = [only_ready];
+        assert_eq!(decide_when(&only_ready, true), Decision::Allow);
+        assert!(matches!(
+            decide_when(&only_ready, false),
+            Decision::Deny { .. }
+        ));
+        let mut unready = only_ready[0].clone();
+        unready.rules[0].from[0].healthy = Some(false);
+        unready.action = Action::Deny;
+        assert!(matches!(
+            decide_when(&[unready.clone()], false),
+            Decision::Deny { .. }
+        ));
+        assert_eq!(decide_when(&[unready], true), Decision::Allow);
+        let either = [policy(
+            "anyone",
+            Action::Allow,
+            vec![from_clusters(&["east"])],
+        )];
+        assert_eq!(decide_when(&either, false), Decision::Allow);
     }
 
     /// An external policy is left out of the local decision; it is listed for the requests its
@@ -950,6 +1022,7 @@ spec:
             http: Some(("GET", path)),
             principal: None,
             caller_location: None,
+            caller_healthy: true,
         };
         assert_eq!(
             externals(&policies, &shop, &api, &request("/orders/7")).len(),

@@ -213,6 +213,7 @@ pub fn rate_limit(
         if !from.request_principals.is_empty()
             || !from.claims.is_empty()
             || !from.locations.is_empty()
+            || from.healthy.is_some()
         {
             return Err(field(
                 place,

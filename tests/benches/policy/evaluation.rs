@@ -147,12 +147,14 @@ pub fn evaluate() -> Result<Evaluation> {
         http: Some(("GET", "/orders/42")),
         principal: None,
         caller_location: None,
+        caller_healthy: true,
     };
     let denied = Request {
         caller: Some(&stranger),
         http: Some(("GET", "/orders/42")),
         principal: None,
         caller_location: None,
+        caller_healthy: true,
     };
     let decide = |policies: &Policies, request: &Request<'_>, expected: bool| -> Result<PerCall> {
         let allows = policies.authorize(&shop, &api, request) == Decision::Allow;
