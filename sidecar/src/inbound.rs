@@ -250,7 +250,7 @@ async fn ask_externals(
 /// authorizer or a policy denies the caller (403, counted). A path that merely needs
 /// normalizing is rewritten, so the app is sent the path that was authorized.
 async fn gate(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     caller: &CallerInfo,
     route: &Route<'_>,
     request: &mut hyper::Request<hyper::body::Incoming>,
@@ -283,7 +283,7 @@ async fn gate(
         ));
     }
     let normal = request.uri().path();
-    let principal = match authenticate(shared, &directory, request.headers()) {
+    let principal = match authenticate(shared, &directory, request.headers()).await {
         Ok(principal) => principal,
         Err(reason) => {
             shared.metrics.denied(route, "http", "(invalid JWT)");
@@ -359,9 +359,10 @@ async fn gate(
 
 /// The request principal of a request's bearer token, when a RequestAuthentication applies to
 /// this service: `Ok(None)` without a token (authorization decides whether that is enough),
-/// an error for a token that fails its check.
-fn authenticate(
-    shared: &Shared,
+/// an error for a token that fails its check. Keys named by `jwksUri` are fetched first when
+/// this sidecar has none yet, or none with the token's key id.
+async fn authenticate(
+    shared: &Arc<Shared>,
     directory: &Directory,
     headers: &hyper::HeaderMap,
 ) -> Result<Option<RequestPrincipal>, String> {
@@ -387,7 +388,19 @@ fn authenticate(
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Ok(None);
     }
-    authentication::verify(policies, token.trim()).map(Some)
+    let token = token.trim();
+    let kid = authentication::key_id(token);
+    let mut fetched = HashMap::new();
+    // Collected first: an opaque iterator held across an await would make the future not Send.
+    let uris: Vec<&str> = authentication::key_uris(policies.iter().copied()).collect();
+    for uri in uris {
+        if !fetched.contains_key(uri)
+            && let Some(keys) = shared.key_sets.keys(shared, uri, kid.as_deref()).await
+        {
+            fetched.insert(uri, keys);
+        }
+    }
+    authentication::verify(policies, token, |uri| fetched.get(uri).map(|k| &**k)).map(Some)
 }
 
 /// The rate limit or mesh-wide quota a request or connection of `caller` is over, if any

@@ -15,6 +15,7 @@ pub mod connect;
 pub mod control;
 pub mod directory;
 pub mod inbound;
+pub mod jwks;
 pub mod metrics;
 pub mod outbound;
 pub mod policy;
@@ -111,6 +112,8 @@ pub struct Shared {
     pub(crate) limiter: ratelimit::Limiter,
     /// This endpoint's counts against mesh-wide quotas.
     pub(crate) quota: quota::Ledger,
+    /// Key sets fetched for RequestAuthentications' `jwksUri`.
+    pub(crate) key_sets: jwks::KeySets,
     pub metrics: Metrics,
     pub(crate) app_clients: AppClients,
     pub inbound_addr: SocketAddr,
@@ -329,6 +332,7 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
         authorizers: authorizer::Authorizers::default(),
         limiter: ratelimit::Limiter::default(),
         quota: quota::Ledger::default(),
+        key_sets: jwks::KeySets::default(),
         metrics: Metrics::new(bootstrap.cluster.as_str()),
         app_clients: AppClients::new(
             config
@@ -361,6 +365,7 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
         tokio::spawn(quota::report(shared.clone(), channel.clone())),
         tokio::spawn(inbound::serve(shared.clone(), inbound)),
         tokio::spawn(forget_idle(shared.clone())),
+        tokio::spawn(jwks::refresh(shared.clone())),
     ];
     if let Some(service) = shared.config.service.clone() {
         tasks.push(tokio::spawn(control::register(

@@ -93,6 +93,8 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     /// Policies in the last view from the gateway, by kind ("refused": failed their checks).
     pub policies: IntGaugeVec,
+    /// Fetches of issuers' key sets (`jwksUri`), by result.
+    pub key_set_fetches: IntCounterVec,
 }
 
 impl Metrics {
@@ -202,7 +204,18 @@ impl Metrics {
         )
         .expect("constant metric");
         register(Box::new(policies.clone()));
+        let key_set_fetches = IntCounterVec::new(
+            Opts::new(
+                "jwks_fetches_total",
+                "Fetches of issuers' key sets from the jwksUri of RequestAuthentications, by \
+                 result: ok or error (the last good set is kept).",
+            ),
+            &["result"],
+        )
+        .expect("constant metric");
+        register(Box::new(key_set_fetches.clone()));
         Self {
+            key_set_fetches,
             policies,
             rate_limited,
             external_checks,
@@ -259,6 +272,11 @@ impl Metrics {
         self.rate_limited
             .with_label_values(&[a, b, c, d, e, protocol, policy])
             .inc();
+    }
+
+    /// Records a fetch of a key set.
+    pub fn key_set_fetch(&self, result: &str) {
+        self.key_set_fetches.with_label_values(&[result]).inc();
     }
 
     /// Records an external authorizer's check.

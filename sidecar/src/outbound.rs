@@ -191,7 +191,10 @@ async fn serve_http_connection(shared: Arc<Shared>, tcp: TcpStream, fallback: Op
     let service = hyper::service::service_fn(move |request| {
         let shared = shared.clone();
         let fallback = fallback.clone();
-        async move { Ok::<_, Infallible>(proxy_http(shared, request, fallback.as_deref()).await) }
+        async move {
+            let request = request.map(connect::boxed);
+            Ok::<_, Infallible>(proxy_http(shared, request, fallback.as_deref()).await)
+        }
     });
     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
         .serve_connection(TokioIo::new(tcp), service)
@@ -213,10 +216,11 @@ fn authority_of<B>(request: &Request<B>) -> Option<String> {
         })
 }
 
-/// One request from the app, to wherever its name points.
+/// One request from the app (or from the sidecar itself, fetching keys), to wherever its name
+/// points.
 pub async fn proxy_http(
     shared: Arc<Shared>,
-    request: Request<hyper::body::Incoming>,
+    request: Request<Body>,
     fallback: Option<&str>,
 ) -> Response<Body> {
     let started = Instant::now();
@@ -315,10 +319,7 @@ pub async fn proxy_http(
     let request = hyper::Request::from_parts(parts, body);
     let kept = match &retries {
         Some(_) => retry::Replay::keep(request).await,
-        None => {
-            let (parts, body) = request.into_parts();
-            Ok(Kept::Once(Request::from_parts(parts, connect::boxed(body))))
-        }
+        None => Ok(Kept::Once(request)),
     };
     let mut kept = match kept {
         Ok(kept) => kept,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
 use hyper::header::HeaderMap;
 use hyper::{Method, Request, StatusCode, Uri, Version};
 
@@ -59,7 +59,7 @@ pub struct Replay {
 impl Replay {
     /// Reads the request's body when it is known to be small; otherwise gives the request back
     /// untouched, to be sent once. Fails when the app's body breaks off.
-    pub async fn keep(request: Request<Incoming>) -> Result<Kept, String> {
+    pub async fn keep(request: Request<Body>) -> Result<Kept, String> {
         let small = request
             .body()
             .size_hint()
@@ -67,7 +67,7 @@ impl Replay {
             .is_some_and(|upper| upper <= MAX_REPLAY_BODY);
         if !small {
             let (parts, body) = request.into_parts();
-            return Ok(Kept::Once(Request::from_parts(parts, connect::boxed(body))));
+            return Ok(Kept::Once(Request::from_parts(parts, body)));
         }
         let (parts, body) = request.into_parts();
         let body = body

@@ -9,7 +9,9 @@ use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use strait_federation::proto::authorizer::authorizer_server::{Authorizer, AuthorizerServer};
 use strait_federation::proto::authorizer::{CheckRequest, CheckResponse};
-use strait_tests::workloads::{api, client, endpoint, get, get_json, linked_pair, wait_route};
+use strait_tests::workloads::{
+    Answer, api, client, endpoint, get, get_json, linked_pair, wait_route,
+};
 use strait_tests::{Gateway, Mesh, http_get_host, metric, wait_for};
 
 /// The acceptance check's document.
@@ -573,18 +575,27 @@ spec:
 /// An issuer for the test: an EC key, its JWKS, and tokens it signs.
 struct Issuer {
     key: jsonwebtoken::EncodingKey,
+    kid: String,
     jwks: String,
 }
 
 impl Issuer {
     fn new() -> Result<Self> {
+        Self::with_key_id("k1")
+    }
+
+    fn with_key_id(kid: &str) -> Result<Self> {
         let pair = rcgen::KeyPair::generate()?;
         let key = jsonwebtoken::EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes())?;
         let mut jwk =
             jsonwebtoken::jwk::Jwk::from_encoding_key(&key, jsonwebtoken::Algorithm::ES256)?;
-        jwk.common.key_id = Some("k1".into());
+        jwk.common.key_id = Some(kid.into());
         let jwks = serde_json::json!({ "keys": [jwk] }).to_string();
-        Ok(Self { key, jwks })
+        Ok(Self {
+            key,
+            kid: kid.into(),
+            jwks,
+        })
     }
 
     fn token(&self, subject: &str, groups: &[&str], valid_for: i64) -> Result<String> {
@@ -592,7 +603,7 @@ impl Issuer {
             .duration_since(std::time::UNIX_EPOCH)?
             .as_secs() as i64;
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-        header.kid = Some("k1".into());
+        header.kid = Some(self.kid.clone());
         let claims = serde_json::json!({
             "iss": "https://id.example",
             "sub": subject,
@@ -771,5 +782,181 @@ spec:
     let took = wait_status(proxy, API, 200, Duration::from_secs(15))?;
     println!("the caller admitted again {took:?} after its app came back");
     ensure!(tcp_echoes(web.upstream(0)?), "TCP once ready again");
+    Ok(())
+}
+
+/// An issuer's key server for the test: answers every request with the status and JSON it is
+/// set to (HTTP/1.1, one request per connection), and counts the requests.
+struct KeyServer {
+    address: SocketAddr,
+    answer: std::sync::Arc<std::sync::Mutex<(u16, String)>>,
+    served: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl KeyServer {
+    fn start(jwks: &str) -> Result<Self> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let address = listener.local_addr()?;
+        let answer = std::sync::Arc::new(std::sync::Mutex::new((200, jwks.to_owned())));
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (shared_answer, counter) = (answer.clone(), served.clone());
+        // Lives as long as the test process; each connection is served and closed.
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read_exact(&mut byte).is_ok() {
+                    head.push(byte[0]);
+                }
+                // A readiness probe connects and closes without a request: not counted.
+                if !head.ends_with(b"\r\n\r\n") {
+                    continue;
+                }
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (status, body) = shared_answer
+                    .lock()
+                    .map(|a| a.clone())
+                    .unwrap_or((500, String::new()));
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Ok(Self {
+            address,
+            answer,
+            served,
+        })
+    }
+
+    fn set(&self, status: u16, body: &str) {
+        if let Ok(mut answer) = self.answer.lock() {
+            *answer = (status, body.to_owned());
+        }
+    }
+
+    fn served(&self) -> usize {
+        self.served.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Keys fetched from a URL served inside the mesh (`jwksUri`): the issuer's key server runs in
+/// west behind its sidecar; api's sidecar in east fetches it through the gateways. A rotated key
+/// is fetched again when a token names it; a key server that fails leaves the last keys in use.
+#[test]
+fn keys_are_fetched_from_a_mesh_service_and_follow_a_rotation() -> Result<()> {
+    let (first, second) = (Issuer::with_key_id("k1")?, Issuer::with_key_id("k2")?);
+    let keys = KeyServer::start(&first.jwks)?;
+    let (mesh, _east_gateway, _west_gateway) = linked_pair(None)?;
+    let api_east = api(&mesh, "east", "api-east-0")?;
+    let _key_sidecar = mesh.sidecar(
+        "west",
+        "auth",
+        "keys",
+        "keys-west-0",
+        &[
+            "--service".into(),
+            "keys".into(),
+            "--export".into(),
+            "--port".into(),
+            format!("8080/http={}", keys.address),
+        ],
+    )?;
+    let web = client(&mesh, "east", &[])?;
+    let proxy = web.addr("proxy")?;
+    wait_route(proxy, API, "east")?;
+    wait_for(Duration::from_secs(20), "keys served from west", || {
+        Ok((mesh.served_from("east", "auth/keys")? == ["west"]).then_some(()))
+    })?;
+    mesh.apply(
+        "east",
+        "jwks-uri.yaml",
+        "apiVersion: policy.strait.dev/v1alpha1
+kind: RequestAuthentication
+metadata: {name: api-jwt, namespace: shop}
+spec:
+  targetRef: {kind: Service, name: api}
+  jwtRules:
+    - issuer: https://id.example
+      audiences: [shop-api]
+      jwksUri: http://keys.auth.svc.clusterset.local:8080/jwks.json
+---
+apiVersion: policy.strait.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: api-users, namespace: shop}
+spec:
+  targetRef: {kind: Service, name: api}
+  action: allow
+  rules:
+    - from: [{requestPrincipals: ['https://id.example/*']}]
+",
+    )
+    .success()?;
+    wait_status(proxy, API, 403, Duration::from_secs(5))?;
+    let call = |issuer: &Issuer| -> Result<Answer> {
+        let token = format!("Bearer {}", issuer.token("alice", &[], 300)?);
+        get(proxy, API, "/", &[("Authorization", &token)])
+    };
+    let answer = call(&first)?;
+    ensure!(
+        answer.status == 200,
+        "the first key: {} {}",
+        answer.status,
+        answer.body
+    );
+    ensure!(keys.served() >= 1, "the key server was never asked");
+
+    // The issuer rotates to k2: the first token naming it makes the sidecar fetch again (at
+    // most every 10 s), and k1 is no longer accepted.
+    keys.set(200, &second.jwks);
+    let started = Instant::now();
+    wait_for(Duration::from_secs(20), "the rotated key accepted", || {
+        Ok((call(&second)?.status == 200).then_some(()))
+    })?;
+    println!(
+        "rotated key accepted {:?} after the rotation",
+        started.elapsed()
+    );
+    let answer = call(&first)?;
+    ensure!(
+        answer.status == 401,
+        "the retired key: {} {}",
+        answer.status,
+        answer.body
+    );
+
+    // The key server fails: the sidecar keeps the keys it has (fail static) and counts the
+    // failed fetch, which a token naming an unknown key brings about.
+    keys.set(503, "unavailable");
+    let unknown = Issuer::with_key_id("k3")?;
+    let before = keys.served();
+    wait_for(
+        Duration::from_secs(20),
+        "a fetch of the failing key server",
+        || {
+            let _ = call(&unknown)?;
+            Ok((keys.served() > before).then_some(()))
+        },
+    )?;
+    let answer = call(&second)?;
+    ensure!(
+        answer.status == 200,
+        "the kept key: {} {}",
+        answer.status,
+        answer.body
+    );
+    let text = http_get_host(api_east.sidecar.addr("admin")?, "localhost", "/metrics")?.1;
+    ensure!(
+        metric(&text, "strait_jwks_fetches_total", &["result=\"error\""]) >= Some(1.0),
+        "no failed fetch counted: {}",
+        text.lines()
+            .filter(|l| l.contains("jwks"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     Ok(())
 }

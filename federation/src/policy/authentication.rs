@@ -2,16 +2,28 @@
 //! issuer's public keys as a JWKS), and the check of one token. As in Istio: a request with a
 //! token that fails the check is refused (401); one without a token goes on without a request
 //! principal, and AuthorizationPolicy rules (`requestPrincipals`, `claims`) decide whether
-//! that is enough. Keys travel with the policy to every gateway and sidecar, so only public
-//! keys are taken (RSA, EC, EdDSA), never shared secrets.
+//! that is enough. An issuer's public keys (RSA, EC, EdDSA; never shared secrets) either
+//! travel with the policy to every gateway and sidecar (`jwks`), or are fetched by each sidecar
+//! from a URL served inside the mesh (`jwksUri`).
 
-use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+use jsonwebtoken::jwk::AlgorithmParameters;
+/// An issuer's key set (JWKS), as fetched or given inline.
+pub use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
 use super::authorization::{PolicyMetadata, TargetRef};
 use crate::identity::{Namespace, ServiceName};
 use crate::resource::{DocumentError, DocumentPlace, field, typed};
+
+/// Where an issuer's public keys come from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum KeySource {
+    /// Given in the policy.
+    Inline(JwkSet),
+    /// Fetched by each sidecar from this `http://` URL of a mesh service.
+    Uri(String),
+}
 
 /// One accepted issuer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -20,14 +32,19 @@ pub struct JwtRule {
     /// The token must name one of these in `aud`; empty: any audience.
     pub audiences: Vec<String>,
     /// The issuer's public keys.
-    pub keys: JwkSet,
+    pub keys: KeySource,
 }
 
 impl PartialEq for JwtRule {
     fn eq(&self, other: &Self) -> bool {
-        self.issuer == other.issuer
-            && self.audiences == other.audiences
-            && serde_json::to_value(&self.keys).ok() == serde_json::to_value(&other.keys).ok()
+        let keys_equal = match (&self.keys, &other.keys) {
+            (KeySource::Inline(a), KeySource::Inline(b)) => {
+                serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
+            }
+            (KeySource::Uri(a), KeySource::Uri(b)) => a == b,
+            _ => false,
+        };
+        self.issuer == other.issuer && self.audiences == other.audiences && keys_equal
     }
 }
 
@@ -55,19 +72,49 @@ pub struct RequestPrincipal {
 /// How long a token may have expired and still pass (clock skew between issuer and mesh).
 const LEEWAY_SECONDS: u64 = 30;
 
+/// The URLs the rules of `policies` fetch their keys from.
+pub fn key_uris<'p>(
+    policies: impl IntoIterator<Item = &'p Authentication>,
+) -> impl Iterator<Item = &'p str> {
+    policies
+        .into_iter()
+        .flat_map(|p| &p.rules)
+        .filter_map(|rule| match &rule.keys {
+            KeySource::Uri(uri) => Some(uri.as_str()),
+            KeySource::Inline(_) => None,
+        })
+}
+
+/// The key id a token's header names, if it is a JWT at all.
+pub fn key_id(token: &str) -> Option<String> {
+    jsonwebtoken::decode_header(token).ok()?.kid
+}
+
 /// Checks a token against the rules of every policy given; the principal it proves, or why it
-/// proves nothing.
-pub fn verify<'p>(
+/// proves nothing. `fetched` gives the key set last fetched from a `jwksUri` (`None`: none yet).
+pub fn verify<'p, 'k>(
     policies: impl IntoIterator<Item = &'p Authentication>,
     token: &str,
+    fetched: impl Fn(&str) -> Option<&'k JwkSet>,
 ) -> Result<RequestPrincipal, String> {
     let header = jsonwebtoken::decode_header(token).map_err(|e| format!("not a JWT: {e}"))?;
     let mut tried = 0;
     let mut last = String::new();
+    let mut unfetched = Vec::new();
     for rule in policies.into_iter().flat_map(|p| &p.rules) {
+        let set = match &rule.keys {
+            KeySource::Inline(set) => set,
+            KeySource::Uri(uri) => match fetched(uri) {
+                Some(set) => set,
+                None => {
+                    unfetched.push(uri.as_str());
+                    continue;
+                }
+            },
+        };
         // The key the token names; keys without an id are tried too, as Envoy does. A key that
         // says its algorithm is only used with that one.
-        let keys = rule.keys.keys.iter().filter(|k| {
+        let keys = set.keys.iter().filter(|k| {
             let id_fits = match (&header.kid, &k.common.key_id) {
                 (Some(kid), Some(id)) => kid == id,
                 _ => true,
@@ -111,6 +158,9 @@ pub fn verify<'p>(
         }
     }
     if tried == 0 {
+        if let Some(uri) = unfetched.first() {
+            return Err(format!("the keys of {uri} could not be fetched yet"));
+        }
         return Err(match header.kid {
             Some(kid) => format!("no accepted key has the id {kid:?} for {:?}", header.alg),
             None => format!("no accepted key is for {:?}", header.alg),
@@ -138,13 +188,17 @@ struct AuthenticationSpec {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct JwtRuleDocument {
     issuer: String,
     #[serde(default)]
     audiences: Vec<String>,
     /// The JWKS, as an object or as its JSON text.
-    jwks: serde_json::Value,
+    #[serde(default)]
+    jwks: Option<serde_json::Value>,
+    /// Or where to fetch it.
+    #[serde(default)]
+    jwks_uri: Option<String>,
 }
 
 /// The most issuers, audiences or keys of one policy.
@@ -186,65 +240,22 @@ pub fn authentication(
                 format!("expected at most {MAX_LIST} non-empty audiences"),
             ));
         }
-        let jwks = match &rule.jwks {
-            serde_json::Value::String(text) => serde_json::from_str(text),
-            value => serde_json::from_value::<JwkSet>(value.clone()),
+        let keys = match (rule.jwks, rule.jwks_uri) {
+            (Some(jwks), None) => KeySource::Inline(
+                public_keys(&jwks)
+                    .map_err(|(at_key, e)| field(place, format!("{at}.jwks{at_key}"), e))?,
+            ),
+            (None, Some(uri)) => KeySource::Uri(
+                mesh_url(&uri).map_err(|e| field(place, format!("{at}.jwksUri"), e))?,
+            ),
+            _ => {
+                return Err(field(
+                    place,
+                    at,
+                    "expected exactly one of jwks (the key set) and jwksUri (where to fetch it)",
+                ));
+            }
         };
-        let keys: JwkSet =
-            jwks.map_err(|e| field(place, format!("{at}.jwks"), format!("not a JWKS: {e}")))?;
-        if keys.keys.is_empty() || keys.keys.len() > MAX_LIST {
-            return Err(field(
-                place,
-                format!("{at}.jwks"),
-                format!("expected 1 to {MAX_LIST} keys"),
-            ));
-        }
-        let raw_keys = match &rule.jwks {
-            serde_json::Value::String(text) => serde_json::from_str(text).unwrap_or_default(),
-            value => value.clone(),
-        };
-        for (j, raw) in raw_keys["keys"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .enumerate()
-        {
-            if ["d", "p", "q", "dp", "dq", "qi"]
-                .iter()
-                .any(|f| raw.get(f).is_some())
-            {
-                return Err(field(
-                    place,
-                    format!("{at}.jwks.keys[{j}]"),
-                    "holds a private key, which would travel to every cluster: give the public part only",
-                ));
-            }
-        }
-        for (j, key) in keys.keys.iter().enumerate() {
-            if matches!(key.algorithm, AlgorithmParameters::OctetKey(_)) {
-                return Err(field(
-                    place,
-                    format!("{at}.jwks.keys[{j}]"),
-                    "a shared secret (kty oct) would travel to every cluster: use a public key (RSA, EC or OKP)",
-                ));
-            }
-            if let Some(alg) = key.common.key_algorithm
-                && Algorithm::try_from(alg).is_err()
-            {
-                return Err(field(
-                    place,
-                    format!("{at}.jwks.keys[{j}].alg"),
-                    "not a signature algorithm",
-                ));
-            }
-            DecodingKey::from_jwk(key).map_err(|e| {
-                field(
-                    place,
-                    format!("{at}.jwks.keys[{j}]"),
-                    format!("not a usable key: {e}"),
-                )
-            })?;
-        }
         rules.push(JwtRule {
             issuer: rule.issuer,
             audiences: rule.audiences,
@@ -257,6 +268,83 @@ pub fn authentication(
         target,
         rules,
     })
+}
+
+/// The most bytes of a fetched key set, and of a `jwksUri`.
+pub const MAX_JWKS_BYTES: usize = 256 * 1024;
+
+/// Checks a JWKS (an object, or its JSON text): 1 to 16 public keys, each usable, with a
+/// signature algorithm if it names one. An error says where (`""`, `.keys[1]`, `.keys[1].alg`)
+/// and what is wrong. Used for inline key sets and for fetched ones alike.
+pub fn public_keys(jwks: &serde_json::Value) -> Result<JwkSet, (String, String)> {
+    let raw = match jwks {
+        serde_json::Value::String(text) => {
+            serde_json::from_str(text).map_err(|e| (String::new(), format!("not a JWKS: {e}")))?
+        }
+        value => value.clone(),
+    };
+    // Private parts are looked for in the raw JSON: the typed key drops fields it does not know.
+    for (j, key) in raw["keys"].as_array().into_iter().flatten().enumerate() {
+        if ["d", "p", "q", "dp", "dq", "qi"]
+            .iter()
+            .any(|f| key.get(f).is_some())
+        {
+            return Err((
+                format!(".keys[{j}]"),
+                "holds a private key, which would travel to every cluster: give the public part only"
+                    .into(),
+            ));
+        }
+    }
+    let keys: JwkSet =
+        serde_json::from_value(raw).map_err(|e| (String::new(), format!("not a JWKS: {e}")))?;
+    if keys.keys.is_empty() || keys.keys.len() > MAX_LIST {
+        return Err((String::new(), format!("expected 1 to {MAX_LIST} keys")));
+    }
+    for (j, key) in keys.keys.iter().enumerate() {
+        if matches!(key.algorithm, AlgorithmParameters::OctetKey(_)) {
+            return Err((
+                format!(".keys[{j}]"),
+                "a shared secret (kty oct) would travel to every cluster: use a public key (RSA, EC or OKP)"
+                    .into(),
+            ));
+        }
+        if let Some(alg) = key.common.key_algorithm
+            && Algorithm::try_from(alg).is_err()
+        {
+            return Err((
+                format!(".keys[{j}].alg"),
+                "not a signature algorithm".into(),
+            ));
+        }
+        DecodingKey::from_jwk(key)
+            .map_err(|e| (format!(".keys[{j}]"), format!("not a usable key: {e}")))?;
+    }
+    Ok(keys)
+}
+
+/// Checks a `jwksUri`: `http://` and a name of a mesh service (`…svc.clusterset.local` or
+/// `…svc.cluster.local`, with a port if it is not 80), then a path. The sidecar fetches it over
+/// the mesh's mutual TLS, so the scheme is plain `http`.
+fn mesh_url(uri: &str) -> Result<String, String> {
+    let expected = || {
+        format!(
+            "{uri:?}: expected a URL served inside the mesh, such as \
+             http://keys.auth.svc.clusterset.local/jwks.json"
+        )
+    };
+    if uri.len() > 2048 {
+        return Err(format!("at most 2048 characters, not {}", uri.len()));
+    }
+    let parsed: tonic::codegen::http::Uri = uri.parse().map_err(|_| expected())?;
+    let host = parsed.host().unwrap_or_default().trim_end_matches('.');
+    let in_mesh = [".svc.clusterset.local", ".svc.cluster.local"]
+        .iter()
+        .any(|zone| host.ends_with(zone));
+    if parsed.scheme_str() != Some("http") || !in_mesh || parsed.path().is_empty() {
+        return Err(expected());
+    }
+    Ok(uri.to_owned())
 }
 
 #[cfg(test)]
@@ -320,7 +408,7 @@ mod tests {
         let policies = [policy(&good.jwks)];
         let claims = |iss: &str, aud: &str, exp: u64| serde_json::json!({"iss": iss, "sub": "alice", "aud": aud, "exp": exp, "groups": ["admin"]});
         let valid = token(&good, "k1", claims("https://id.test", "api", now() + 60));
-        let principal = verify(&policies, &valid).unwrap();
+        let principal = verify(&policies, &valid, |_| None).unwrap();
         assert_eq!(principal.principal, "https://id.test/alice");
         assert_eq!(principal.claims["groups"][0], "admin");
         for (what, bad) in [
@@ -366,7 +454,7 @@ mod tests {
                 ),
             ),
         ] {
-            assert!(verify(&policies, &bad).is_err(), "{what} passed");
+            assert!(verify(&policies, &bad, |_| None).is_err(), "{what} passed");
         }
     }
 
@@ -398,7 +486,7 @@ mod tests {
             "k2",
             serde_json::json!({"iss": "https://id.test", "sub": "a", "aud": "api", "exp": now() + 60}),
         );
-        let reason = verify(&[policy(&good.jwks)], &rotated).unwrap_err();
+        let reason = verify(&[policy(&good.jwks)], &rotated, |_| None).unwrap_err();
         assert!(reason.contains("\"k2\""), "{reason}");
         // A private key is refused: the document travels to every cluster.
         let pair = rcgen::KeyPair::generate().unwrap();
@@ -419,5 +507,72 @@ mod tests {
             "spec": {"jwtRules": [{"issuer": "https://id.test", "jwks": text}]},
         });
         assert!(authentication(document, &place).is_ok());
+    }
+
+    /// A rule may name where to fetch its keys instead: a URL of a mesh service. Tokens are
+    /// then checked against the set the sidecar fetched, and refused, saying why, before it has
+    /// one.
+    #[test]
+    fn keys_can_be_fetched_from_a_url_of_the_mesh() {
+        let place = DocumentPlace {
+            source: "jwt.yaml".into(),
+            index: 1,
+            kind: None,
+            name: None,
+        };
+        let with = |rule: serde_json::Value| {
+            authentication(
+                serde_json::json!({
+                    "apiVersion": "policy.strait.dev/v1alpha1",
+                    "kind": "RequestAuthentication",
+                    "metadata": {"name": "api-jwt", "namespace": "shop"},
+                    "spec": {"jwtRules": [rule]},
+                }),
+                &place,
+            )
+        };
+        const URI: &str = "http://keys.auth.svc.clusterset.local:8080/jwks.json";
+        let policy =
+            with(serde_json::json!({"issuer": "https://id.test", "jwksUri": URI})).unwrap();
+        assert_eq!(
+            key_uris(std::slice::from_ref(&policy)).collect::<Vec<_>>(),
+            [URI]
+        );
+        let good = issuer("k1");
+        let valid = token(
+            &good,
+            "k1",
+            serde_json::json!({"iss": "https://id.test", "sub": "alice", "exp": now() + 60}),
+        );
+        assert_eq!(key_id(&valid).as_deref(), Some("k1"));
+        let reason = verify(std::slice::from_ref(&policy), &valid, |_| None).unwrap_err();
+        assert!(reason.contains("could not be fetched yet"), "{reason}");
+        let fetched = public_keys(&good.jwks).unwrap();
+        let principal = verify(std::slice::from_ref(&policy), &valid, |uri| {
+            (uri == URI).then_some(&fetched)
+        })
+        .unwrap();
+        assert_eq!(principal.principal, "https://id.test/alice");
+        for (rule, wrong) in [
+            (
+                serde_json::json!({"issuer": "i", "jwksUri": "https://keys.auth.svc.clusterset.local/k"}),
+                "jwksUri",
+            ),
+            (
+                serde_json::json!({"issuer": "i", "jwksUri": "http://id.example.com/jwks.json"}),
+                "served inside the mesh",
+            ),
+            (serde_json::json!({"issuer": "i"}), "exactly one of jwks"),
+            (
+                serde_json::json!({"issuer": "i", "jwksUri": URI, "jwks": good.jwks}),
+                "exactly one of jwks",
+            ),
+        ] {
+            let refused = with(rule).unwrap_err().to_string();
+            assert!(
+                refused.contains(wrong) && refused.contains("spec.jwtRules[0]"),
+                "{refused}"
+            );
+        }
     }
 }
