@@ -42,7 +42,7 @@ enum Command {
     /// Set up and run a cluster's east-west gateway.
     #[command(subcommand)]
     Gateway(GatewayCommand),
-    /// Apply documents (Service, Link, AuthorizationPolicy, HTTPRoute, RateLimitPolicy, Quota, RequestAuthentication) from files ("-" reads
+    /// Apply documents (Service, Link, AuthorizationPolicy, HTTPRoute, RateLimitPolicy, Quota, RequestAuthentication, FailoverPolicy) from files ("-" reads
     /// standard input). Policies reach every linked cluster.
     Apply {
         /// A YAML file of one or more documents; may be repeated.

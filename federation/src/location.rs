@@ -63,6 +63,33 @@ impl Location {
     pub fn is_unknown(&self) -> bool {
         self.cloud.is_empty() && self.region.is_empty() && self.zone.is_empty()
     }
+
+    /// Whether this location is within `pattern`: `cloud`, `cloud/region` or
+    /// `cloud/region/zone` (`aws` holds every AWS location). An unknown location is within none.
+    pub fn within(&self, pattern: &str) -> bool {
+        let mut parts = pattern.split('/');
+        let mut wanted = [parts.next(), parts.next(), parts.next()].into_iter();
+        !self.is_unknown()
+            && [&self.cloud, &self.region, &self.zone]
+                .into_iter()
+                .zip(&mut wanted)
+                .all(|(have, want)| want.is_none_or(|w| w == have))
+            && parts.next().is_none()
+    }
+
+    /// Whether `pattern` is a location pattern: `cloud`, `cloud/region` or
+    /// `cloud/region/zone`, each part a label as [`Location::new`] takes it.
+    pub fn valid_pattern(pattern: &str) -> bool {
+        let parts: Vec<&str> = pattern.split('/').collect();
+        (1..=3).contains(&parts.len())
+            && parts.iter().all(|p| !p.is_empty())
+            && Location::new(
+                parts[0],
+                parts.get(1).copied().unwrap_or_default(),
+                parts.get(2).copied().unwrap_or_default(),
+            )
+            .is_ok()
+    }
 }
 
 impl fmt::Display for Location {
@@ -113,5 +140,27 @@ mod tests {
         assert!(Location::new("AWS", "", "").is_err());
         assert!(Location::new("", "us-east-1", "").is_err());
         assert_eq!(here.to_string(), "aws/us-east-1/us-east-1a");
+    }
+
+    #[test]
+    fn a_location_is_within_its_cloud_region_and_zone_only() {
+        let here = Location::new("aws", "us-east-1", "us-east-1a").unwrap();
+        for pattern in ["aws", "aws/us-east-1", "aws/us-east-1/us-east-1a"] {
+            assert!(here.within(pattern), "{pattern}");
+        }
+        for pattern in [
+            "gcp",
+            "aws/us-east-10",
+            "aws/us-east",
+            "aws/us-east-1/us-east-1b",
+            "aws/us-east-1/us-east-1a/x",
+        ] {
+            assert!(!here.within(pattern), "{pattern}");
+        }
+        assert!(!Location::default().within("aws"));
+        assert!(Location::valid_pattern("gcp/europe-west1"));
+        for bad in ["", "gcp//x", "a/b/c/d", "AWS", "/us-east-1"] {
+            assert!(!Location::valid_pattern(bad), "{bad:?}");
+        }
     }
 }

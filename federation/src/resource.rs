@@ -18,7 +18,7 @@ use crate::policy::{Policy, PolicyKey, PolicyKind};
 pub const API_VERSION: &str = "strait.dev/v1alpha1";
 
 /// The kinds `apply` takes, for error messages.
-const KINDS: &str = "Service, Link (strait.dev/v1alpha1), AuthorizationPolicy, HTTPRoute, RateLimitPolicy, Quota or RequestAuthentication (policy.strait.dev/v1alpha1)";
+const KINDS: &str = "Service, Link (strait.dev/v1alpha1), AuthorizationPolicy, HTTPRoute, RateLimitPolicy, Quota, RequestAuthentication or FailoverPolicy (policy.strait.dev/v1alpha1)";
 
 /// One parsed and checked document.
 #[derive(Debug, Clone, PartialEq)]

@@ -112,11 +112,11 @@ pub fn views(state: &State) -> Vec<PolicyView> {
 
 /// Every live policy as sidecars get it, split by what each sidecar needs: the policies
 /// enforced inbound (authorization, rate limits) by namespace, as a sidecar enforces those of
-/// its own namespace; routes, followed outbound, for all.
+/// its own namespace; routes and failover orders, followed outbound, for all.
 #[derive(Debug, Default)]
 pub struct SidecarPolicies {
     pub inbound: std::collections::BTreeMap<Namespace, Vec<PolicyDocument>>,
-    pub routes: Vec<PolicyDocument>,
+    pub outbound: Vec<PolicyDocument>,
 }
 
 impl SidecarPolicies {
@@ -134,7 +134,7 @@ impl SidecarPolicies {
                     .entry(key.namespace.clone())
                     .or_default()
                     .push(document),
-                Checked::Route(_) => out.routes.push(document),
+                Checked::Route(_) | Checked::Failover(_) => out.outbound.push(document),
             }
         }
         out
@@ -146,7 +146,7 @@ impl SidecarPolicies {
             .get(namespace)
             .into_iter()
             .flatten()
-            .chain(&self.routes)
+            .chain(&self.outbound)
             .cloned()
             .collect()
     }

@@ -16,7 +16,8 @@ use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use strait_federation::catalog::Port;
 use strait_federation::identity::{ClusterName, Namespace};
-use strait_federation::location::Closeness;
+use strait_federation::location::Location;
+use strait_federation::policy::failover::{DEFAULT_TIERS, Failover, default_rank};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -80,28 +81,45 @@ pub fn error_response(status: StatusCode, message: String) -> Response<Body> {
     response
 }
 
-/// Targets in order of preference: this cluster's ready endpoints; then other clusters of the
-/// same region; of the same cloud; and the rest of the mesh. The first tier with a usable
-/// target takes the request.
-type Tiers = [Vec<Target>; 4];
+/// Targets in order of preference. By default: this cluster's ready endpoints; then other
+/// clusters of the same region; of the same cloud; and the rest of the mesh. A FailoverPolicy
+/// of the service gives its own order. The first tier with a usable target takes the request.
+type Tiers = Vec<Vec<Target>>;
 
-/// The targets of a destination in order of preference: this cluster's ready endpoints, then
-/// the other clusters serving it by closeness (or only the cluster the name pins).
+/// The targets of a destination in order of preference: by the service's FailoverPolicy, or
+/// this cluster's ready endpoints and then the other clusters serving it by closeness. A name
+/// that pins a cluster goes only there, whatever the order says.
 fn tiers(directory: &Directory, entry: &ServiceEntry, dest: &Destination, port: &Port) -> Tiers {
     let local_cluster = directory.cluster.as_ref();
     let here_allowed = dest.cluster.is_none() || dest.cluster.as_ref() == local_cluster;
-    let local = if here_allowed {
-        entry
+    let failover = directory
+        .policies
+        .failover(&entry.key)
+        .filter(|_| dest.cluster.is_none());
+    // The tier of a cluster; `None`: not tried.
+    let rank = |cluster: &ClusterName, location: &Location| match (failover, local_cluster) {
+        (Some(failover), Some(here)) => failover.rank(here, &directory.location, cluster, location),
+        (_, Some(here)) => Some(default_rank(here, &directory.location, cluster, location)),
+        // Before a view names this cluster: everything is elsewhere.
+        (_, None) => Some(DEFAULT_TIERS - 1),
+    };
+    let mut tiers: Tiers = vec![Vec::new(); failover.map_or(DEFAULT_TIERS, Failover::tiers)];
+    let mut place = |tier: Option<usize>, target: Target| {
+        if let Some(tier) = tier.and_then(|t| tiers.get_mut(t)) {
+            tier.push(target);
+        }
+    };
+    if here_allowed && let Some(here) = local_cluster {
+        let tier = rank(here, &directory.location);
+        for endpoint in entry
             .local
             .iter()
             .filter(|e| e.ready)
             .filter(|e| dest.hostname.is_none() || e.hostname == dest.hostname)
-            .map(|e| Target::Local(e.address))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let mut tiers: Tiers = [local, Vec::new(), Vec::new(), Vec::new()];
+        {
+            place(tier, Target::Local(endpoint.address));
+        }
+    }
     let remote = entry
         .remote
         .iter()
@@ -111,17 +129,15 @@ fn tiers(directory: &Directory, entry: &ServiceEntry, dest: &Destination, port: 
         })
         .filter(|(_, hostnames, _)| dest.hostname.as_ref().is_none_or(|h| hostnames.contains(h)));
     for (cluster, _, location) in remote {
-        let tier = match directory.location.closeness(location) {
-            Closeness::SameRegion => 1,
-            Closeness::SameCloud => 2,
-            Closeness::Elsewhere => 3,
-        };
-        tiers[tier].push(Target::Remote {
-            cluster: cluster.clone(),
-            service: entry.key.clone(),
-            port: port.port,
-            hostname: dest.hostname.clone(),
-        });
+        place(
+            rank(cluster, location),
+            Target::Remote {
+                cluster: cluster.clone(),
+                service: entry.key.clone(),
+                port: port.port,
+                hostname: dest.hostname.clone(),
+            },
+        );
     }
     tiers
 }

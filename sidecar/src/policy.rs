@@ -8,6 +8,7 @@ use strait_federation::catalog::ServiceKey;
 use strait_federation::identity::{Namespace, ServiceName};
 use strait_federation::policy::authentication::Authentication;
 use strait_federation::policy::authorization::{self, Authorization, Decision, Request};
+use strait_federation::policy::failover::Failover;
 use strait_federation::policy::quota::Quota;
 use strait_federation::policy::ratelimit::RateLimit;
 use strait_federation::policy::route::Route;
@@ -33,6 +34,8 @@ pub struct Policies {
     rate_limits: HashMap<ServiceKey, Vec<RateLimit>>,
     /// Quotas by the service they hold.
     quotas: HashMap<ServiceKey, Vec<Quota>>,
+    /// The failover order of each service that has one (the first policy by name).
+    failovers: HashMap<ServiceKey, Failover>,
     /// The namespace's RequestAuthentications.
     authentications: Vec<Authentication>,
     /// How many documents were skipped for failing their checks.
@@ -92,6 +95,18 @@ impl Policies {
                         })
                         .or_default()
                         .push(limit),
+                    Checked::Failover(failover) => {
+                        let service = ServiceKey {
+                            namespace: failover.namespace.clone(),
+                            name: failover.service.clone(),
+                        };
+                        match policies.failovers.get(&service) {
+                            Some(kept) if kept.name <= failover.name => {}
+                            _ => {
+                                policies.failovers.insert(service, failover);
+                            }
+                        }
+                    }
                     Checked::Route(r) => policies
                         .routes
                         .entry(ServiceKey {
@@ -175,6 +190,11 @@ impl Policies {
     /// The rate limits of a service.
     pub fn rate_limits(&self, service: &ServiceKey) -> &[RateLimit] {
         self.rate_limits.get(service).map_or(&[], Vec::as_slice)
+    }
+
+    /// The failover order of a service, if a policy gives one.
+    pub fn failover(&self, service: &ServiceKey) -> Option<&Failover> {
+        self.failovers.get(service)
     }
 
     /// The routes of a service, in the order their documents came.

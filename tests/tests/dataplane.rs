@@ -567,10 +567,37 @@ fn a_bootstrap_token_only_works_at_the_gateway_that_issued_it() -> Result<()> {
     Ok(())
 }
 
+/// Whether every one of `count` requests through `proxy` was answered by `cluster`.
+fn all_served_by(proxy: SocketAddr, host: &str, count: usize, cluster: &str) -> Result<()> {
+    let answers = send_many(proxy, host, count);
+    ensure!(
+        answers
+            .iter()
+            .all(|a| a.as_ref().is_some_and(|(c, _)| c == cluster)),
+        "not all from {cluster}: {answers:?}"
+    );
+    Ok(())
+}
+
+/// A FailoverPolicy for shop/api with the given tiers and `unlisted`.
+fn failover_policy(order: &str, unlisted: &str) -> String {
+    format!(
+        "apiVersion: policy.strait.dev/v1alpha1
+kind: FailoverPolicy
+metadata: {{name: api-failover, namespace: shop}}
+spec:
+  targetRef: {{kind: Service, name: api}}
+  order: {order}
+  unlisted: {unlisted}
+"
+    )
+}
+
 /// East's clients fail over to a cluster of their own region first, and to another cloud only
-/// when that one has nothing left.
+/// when that one has nothing left; a FailoverPolicy (applied in another cluster) replaces that
+/// order for its service, and can leave clusters out altogether.
 #[test]
-fn failover_prefers_a_cluster_of_the_same_region_before_another_cloud() -> Result<()> {
+fn failover_prefers_the_same_region_unless_a_failover_policy_orders_otherwise() -> Result<()> {
     let mesh = strait_tests::Mesh::new()?;
     let mut gateways = Vec::new();
     for (cluster, cloud, region) in [
@@ -593,21 +620,41 @@ fn failover_prefers_a_cluster_of_the_same_region_before_another_cloud() -> Resul
     wait_route(proxy, "west.api.shop.svc.clusterset.local", "west")?;
     wait_route(proxy, host, "south")?;
     // West answers fast too, yet every request goes to the same region.
-    let answers = send_many(proxy, host, 40);
-    ensure!(
-        answers
-            .iter()
-            .all(|a| a.as_ref().is_some_and(|(c, _)| c == "south")),
-        "{answers:?}"
-    );
-    near.sidecar.kill()?;
+    all_served_by(proxy, host, 40, "south")?;
+
+    // Applied in west, followed by east's client: the other cloud first, nothing else.
+    mesh.apply(
+        "west",
+        "failover.yaml",
+        &failover_policy("[{locations: [gcp]}]", "never"),
+    )
+    .success()?;
     wait_route(proxy, host, "west")?;
-    let answers = send_many(proxy, host, 20);
-    ensure!(
-        answers
-            .iter()
-            .all(|a| a.as_ref().is_some_and(|(c, _)| c == "west")),
-        "{answers:?}"
-    );
+    all_served_by(proxy, host, 40, "west")?;
+    // A name that pins a cluster still reaches it.
+    ensure!(get_json(proxy, "south.api.shop.svc.clusterset.local")?["cluster"] == "south");
+
+    // The region only: with south's endpoint gone, west is never tried.
+    mesh.apply(
+        "west",
+        "failover.yaml",
+        &failover_policy("[{scope: region}]", "never"),
+    )
+    .success()?;
+    wait_route(proxy, host, "south")?;
+    near.sidecar.kill()?;
+    wait_for(Duration::from_secs(20), "api unavailable from east", || {
+        Ok((http_get_host(proxy, host, "/")?.0 == 503).then_some(()))
+    })?;
+
+    // Without the policy, the default order falls through to the other cloud.
+    let path = mesh.file(
+        "failover.yaml",
+        &failover_policy("[{scope: region}]", "never"),
+    )?;
+    mesh.cli(&["--context", "west", "delete", "-f"], &[&path])
+        .success()?;
+    wait_route(proxy, host, "west")?;
+    all_served_by(proxy, host, 20, "west")?;
     Ok(())
 }

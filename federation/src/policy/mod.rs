@@ -3,11 +3,11 @@
 //! every gateway converges on whatever the order in which changes reach it.
 //!
 //! `authorization` holds AuthorizationPolicy (documents and decisions), `route` HTTPRoute
-//! (matches, weighted splits, timeouts, retries), `replication` the versions and the
-//! last-writer-wins set, `exchange` how two gateways bring each other's sets up to date. This
-//! module ties the kinds together: a [`Policy`] is one checked document of any kind, kept with
-//! the document as written so that it can travel (to peers, to sidecars, to `strait get`) and be
-//! checked again wherever it arrives.
+//! (matches, weighted splits, timeouts, retries), `failover` FailoverPolicy (the order of a
+//! service's clusters), `replication` the versions and the last-writer-wins set, `exchange`
+//! how two gateways bring each other's sets up to date. This module ties the kinds together: a
+//! [`Policy`] is one checked document of any kind, kept with the document as written so that it
+//! can travel (to peers, to sidecars, to `strait get`) and be checked again wherever it arrives.
 
 use std::fmt;
 
@@ -19,6 +19,7 @@ use crate::resource::{DocumentError, DocumentPlace, field};
 pub mod authentication;
 pub mod authorization;
 pub mod exchange;
+pub mod failover;
 pub mod path;
 pub mod quota;
 pub mod ratelimit;
@@ -49,16 +50,18 @@ pub enum PolicyKind {
     RateLimitPolicy,
     Quota,
     RequestAuthentication,
+    FailoverPolicy,
 }
 
 impl PolicyKind {
     /// Every kind, in the order `strait get policies` lists them.
-    pub const ALL: [PolicyKind; 5] = [
+    pub const ALL: [PolicyKind; 6] = [
         PolicyKind::AuthorizationPolicy,
         PolicyKind::HttpRoute,
         PolicyKind::RateLimitPolicy,
         PolicyKind::Quota,
         PolicyKind::RequestAuthentication,
+        PolicyKind::FailoverPolicy,
     ];
 
     /// The kind as documents write it.
@@ -69,6 +72,7 @@ impl PolicyKind {
             PolicyKind::RateLimitPolicy => "RateLimitPolicy",
             PolicyKind::Quota => "Quota",
             PolicyKind::RequestAuthentication => "RequestAuthentication",
+            PolicyKind::FailoverPolicy => "FailoverPolicy",
         }
     }
 
@@ -114,6 +118,7 @@ pub enum Checked {
     RateLimit(ratelimit::RateLimit),
     Quota(quota::Quota),
     Authentication(authentication::Authentication),
+    Failover(failover::Failover),
 }
 
 /// One checked policy document, kept with the document as written.
@@ -197,6 +202,15 @@ impl Policy {
                     name: authentication.name.clone(),
                 };
                 (key, Checked::Authentication(authentication))
+            }
+            PolicyKind::FailoverPolicy => {
+                let failover = failover::failover(document.clone(), place)?;
+                let key = PolicyKey {
+                    kind,
+                    namespace: failover.namespace.clone(),
+                    name: failover.name.clone(),
+                };
+                (key, Checked::Failover(failover))
             }
         };
         Ok((key, Policy { document, checked }))
