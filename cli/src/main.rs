@@ -8,7 +8,7 @@ mod sidecar;
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -507,9 +507,29 @@ fn read_files(files: Vec<PathBuf>) -> Result<Vec<(String, String)>> {
                 .with_context(|| format!("cannot read {}", file.display()))?;
             (file.display().to_string(), text)
         };
+        // A key set's file is named relative to the policy's file (standard input: the
+        // working folder).
+        let beside = file
+            .parent()
+            .filter(|_| file.as_os_str() != "-")
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let text = strait_federation::resource::inline_key_files(&source, &text, |path| {
+            read_key_file(&beside.join(path))
+        })?;
         documents.push((source, text));
     }
     Ok(documents)
+}
+
+/// Reads a JWKS file named by a RequestAuthentication's `jwksFile`.
+fn read_key_file(path: &Path) -> Result<String, String> {
+    let limit = strait_federation::policy::authentication::MAX_JWKS_BYTES as u64;
+    let size = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+    if size > limit {
+        return Err(format!("{size} bytes; a key set may have at most {limit}"));
+    }
+    std::fs::read_to_string(path).map_err(|e| e.to_string())
 }
 
 /// How `apply` and `delete -f` print an object: `kind/namespace/name result`.

@@ -262,6 +262,72 @@ fn yaml_documents(text: &str) -> Result<Vec<serde_json::Value>, serde_saphyr::Er
     Ok(documents)
 }
 
+/// Replaces the `jwksFile` of each RequestAuthentication rule with the key set that file holds
+/// (as `jwks`): key sets travel with the policy to every cluster, so a file is read where the
+/// policy is applied, by `read` (the CLI reads it beside the policy's file). The text to send:
+/// unchanged when no document names a file, else every document as JSON (which is YAML).
+pub fn inline_key_files(
+    source: &str,
+    text: &str,
+    read: impl Fn(&str) -> Result<String, String>,
+) -> Result<String, DocumentError> {
+    if !text.contains("jwksFile") {
+        return Ok(text.to_owned());
+    }
+    let documents = yaml_documents(text).map_err(|e| DocumentError::Yaml {
+        file: source.to_owned(),
+        message: e.to_string(),
+    })?;
+    let mut documents: Vec<_> = documents.into_iter().filter(|d| !d.is_null()).collect();
+    for (i, document) in documents.iter_mut().enumerate() {
+        if document.get("kind").and_then(|k| k.as_str()) != Some("RequestAuthentication") {
+            continue;
+        }
+        let place = DocumentPlace {
+            source: source.to_owned(),
+            index: i + 1,
+            kind: Some("RequestAuthentication".into()),
+            name: None,
+        };
+        let Some(rules) = document
+            .pointer_mut("/spec/jwtRules")
+            .and_then(|r| r.as_array_mut())
+        else {
+            continue;
+        };
+        for (j, rule) in rules.iter_mut().enumerate() {
+            let Some(rule) = rule.as_object_mut() else {
+                continue;
+            };
+            let Some(path) = rule.remove("jwksFile") else {
+                continue;
+            };
+            let at = format!("spec.jwtRules[{j}].jwksFile");
+            let Some(path) = path.as_str() else {
+                return Err(field(&place, at, "expected the path of a JWKS file"));
+            };
+            if rule.contains_key("jwks") || rule.contains_key("jwksUri") {
+                return Err(field(
+                    &place,
+                    at,
+                    "expected only one of jwks, jwksUri and jwksFile",
+                ));
+            }
+            let keys = read(path).map_err(|e| field(&place, &at, format!("{path}: {e}")))?;
+            let keys: serde_json::Value = serde_json::from_str(&keys)
+                .map_err(|e| field(&place, &at, format!("{path}: not JSON: {e}")))?;
+            rule.insert("jwks".into(), keys);
+        }
+    }
+    let texts: Result<Vec<String>, _> = documents.iter().map(serde_json::to_string).collect();
+    texts
+        .map(|texts| texts.join("\n---\n"))
+        .map_err(|e| DocumentError::Yaml {
+            file: source.to_owned(),
+            message: e.to_string(),
+        })
+}
+
 /// Parses every document of a YAML text. `source` names it in errors (a file name).
 pub fn parse_documents(source: &str, text: &str) -> Result<Vec<Resource>, DocumentError> {
     let documents = yaml_documents(text).map_err(|e| DocumentError::Yaml {
@@ -426,6 +492,49 @@ spec:
   ports: [{name: http, port: 8080, protocol: http}]
   endpoints: [{address: 127.0.0.1:9001}]
 ";
+
+    /// A rule's `jwksFile` becomes its `jwks`, read through the caller's reader; a file that
+    /// cannot be read or is not JSON is refused naming the rule; other texts pass unchanged.
+    #[test]
+    fn a_key_file_is_read_into_the_policy_where_it_is_applied() {
+        const KEYS: &str = r#"{"keys": [{"kty": "EC", "crv": "P-256", "x": "a", "y": "b"}]}"#;
+        let policy = "apiVersion: policy.strait.dev/v1alpha1
+kind: RequestAuthentication
+metadata: {name: api-jwt, namespace: shop}
+spec:
+  jwtRules:
+    - {issuer: https://id.test, jwksFile: keys.json}
+";
+        let text = format!("{API}---\n{policy}");
+        let read = |path: &str| match path {
+            "keys.json" => Ok(KEYS.to_owned()),
+            "broken.json" => Ok("{not json".to_owned()),
+            other => Err(format!("no file {other}")),
+        };
+        let inlined = inline_key_files("jwt.yaml", &text, read).unwrap();
+        let documents = yaml_documents(&inlined).unwrap();
+        assert_eq!(documents.len(), 2);
+        assert_eq!(documents[0], yaml_documents(API).unwrap()[0]);
+        let rule = &documents[1]["spec"]["jwtRules"][0];
+        assert_eq!(rule["jwks"]["keys"][0]["crv"], "P-256");
+        assert!(rule.get("jwksFile").is_none());
+        for (file, wrong) in [
+            ("missing.json", "missing.json: no file missing.json"),
+            ("broken.json", "broken.json: not JSON"),
+        ] {
+            let text = text.replace("keys.json", file);
+            let err = inline_key_files("jwt.yaml", &text, read)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("jwt.yaml: document 2")
+                    && err.contains("spec.jwtRules[0].jwksFile")
+                    && err.contains(wrong),
+                "{err}"
+            );
+        }
+        assert_eq!(inline_key_files("services.yaml", API, read).unwrap(), API);
+    }
 
     #[test]
     fn the_documented_service_is_accepted() {

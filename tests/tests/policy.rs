@@ -625,36 +625,43 @@ fn a_jwt_is_checked_at_the_inbound_sidecar_and_its_claims_authorize() -> Result<
     let proxy = web.addr("proxy")?;
     wait_route(proxy, API, "east")?;
     // Applied in west, enforced in east: a token of the issuer, and for /admin the admin group.
+    // The issuer's keys are in a file beside the policy's, read by `strait apply`.
+    mesh.file("keys.json", &issuer.jwks)?;
     mesh.apply(
         "west",
         "jwt.yaml",
-        &format!(
-            "apiVersion: policy.strait.dev/v1alpha1
+        "apiVersion: policy.strait.dev/v1alpha1
 kind: RequestAuthentication
-metadata: {{name: api-jwt, namespace: shop}}
+metadata: {name: api-jwt, namespace: shop}
 spec:
-  targetRef: {{kind: Service, name: api}}
+  targetRef: {kind: Service, name: api}
   jwtRules:
     - issuer: https://id.example
       audiences: [shop-api]
-      jwks: '{jwks}'
+      jwksFile: keys.json
 ---
 apiVersion: policy.strait.dev/v1alpha1
 kind: AuthorizationPolicy
-metadata: {{name: api-users, namespace: shop}}
+metadata: {name: api-users, namespace: shop}
 spec:
-  targetRef: {{kind: Service, name: api}}
+  targetRef: {kind: Service, name: api}
   action: allow
   rules:
-    - from: [{{requestPrincipals: ['https://id.example/*']}}]
-      to: [{{paths: [/orders/*]}}]
-    - from: [{{requestPrincipals: ['*'], claims: {{groups: [admin]}}}}]
+    - from: [{requestPrincipals: ['https://id.example/*']}]
+      to: [{paths: [/orders/*]}]
+    - from: [{requestPrincipals: ['*'], claims: {groups: [admin]}}]
 ",
-            jwks = issuer.jwks
-        ),
     )
     .success()?;
     wait_status(proxy, API, 403, Duration::from_secs(5))?;
+    // The cluster holds the keys themselves, not the name of a file it cannot read.
+    let listed = mesh
+        .ctl("east", &["get", "policies", "-o", "json"])
+        .success()?;
+    ensure!(
+        listed.contains("\"jwks\"") && !listed.contains("jwksFile"),
+        "{listed}"
+    );
     let bearer = |token: &str| format!("Bearer {token}");
     let alice = issuer.token("alice", &["staff"], 300)?;
     let root = issuer.token("root", &["admin"], 300)?;
