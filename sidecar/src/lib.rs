@@ -17,6 +17,7 @@ pub mod directory;
 pub mod inbound;
 pub mod jwks;
 pub mod metrics;
+pub mod mirror;
 pub mod outbound;
 pub mod policy;
 pub mod quota;
@@ -114,6 +115,8 @@ pub struct Shared {
     pub(crate) quota: quota::Ledger,
     /// Key sets fetched for RequestAuthentications' `jwksUri`.
     pub(crate) key_sets: jwks::KeySets,
+    /// Room for copies of mirrored requests in flight.
+    pub(crate) mirrors: Arc<tokio::sync::Semaphore>,
     pub metrics: Metrics,
     pub(crate) app_clients: AppClients,
     pub inbound_addr: SocketAddr,
@@ -333,6 +336,7 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
         limiter: ratelimit::Limiter::default(),
         quota: quota::Ledger::default(),
         key_sets: jwks::KeySets::default(),
+        mirrors: Arc::new(tokio::sync::Semaphore::new(mirror::MAX_IN_FLIGHT)),
         metrics: Metrics::new(bootstrap.cluster.as_str()),
         app_clients: AppClients::new(
             config

@@ -95,6 +95,8 @@ pub struct Metrics {
     pub policies: IntGaugeVec,
     /// Fetches of issuers' key sets (`jwksUri`), by result.
     pub key_set_fetches: IntCounterVec,
+    /// Copies of requests sent to a route's mirror, by result.
+    pub mirrors: IntCounterVec,
 }
 
 impl Metrics {
@@ -214,7 +216,19 @@ impl Metrics {
         )
         .expect("constant metric");
         register(Box::new(key_set_fetches.clone()));
+        let mirrors = IntCounterVec::new(
+            Opts::new(
+                "mirrored_requests_total",
+                "Copies of requests sent to a route's mirror, by result: sent (answered, \
+                 whatever the status), failed (no answer in time, or no such service) or \
+                 skipped (a body too large to keep, or too many copies in flight).",
+            ),
+            &with(&["result"]),
+        )
+        .expect("constant metric");
+        register(Box::new(mirrors.clone()));
         Self {
+            mirrors,
             key_set_fetches,
             policies,
             rate_limited,
@@ -271,6 +285,14 @@ impl Metrics {
         let [a, b, c, d, e] = route.labels();
         self.rate_limited
             .with_label_values(&[a, b, c, d, e, protocol, policy])
+            .inc();
+    }
+
+    /// Records a copy of a mirrored request.
+    pub fn mirror(&self, route: &Route<'_>, result: &str) {
+        let [a, b, c, d, e] = route.labels();
+        self.mirrors
+            .with_label_values(&[a, b, c, d, e, result])
             .inc();
     }
 

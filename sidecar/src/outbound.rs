@@ -25,6 +25,7 @@ use crate::balance::InFlight;
 use crate::connect::{self, Body, TCP_ALPN, Target};
 use crate::directory::{Destination, Directory, ServiceEntry};
 use crate::metrics::{Direction, Route};
+use crate::mirror;
 use crate::retry::{self, Kept};
 use crate::routing;
 use crate::{CALLER_READY_HEADER, CLIENT_ID_HEADER, Shared, accept_each};
@@ -84,7 +85,7 @@ pub fn error_response(status: StatusCode, message: String) -> Response<Body> {
 /// Targets in order of preference. By default: this cluster's ready endpoints; then other
 /// clusters of the same region; of the same cloud; and the rest of the mesh. A FailoverPolicy
 /// of the service gives its own order. The first tier with a usable target takes the request.
-type Tiers = Vec<Vec<Target>>;
+pub(crate) type Tiers = Vec<Vec<Target>>;
 
 /// The targets of a destination in order of preference: by the service's FailoverPolicy, or
 /// this cluster's ready endpoints and then the other clusters serving it by closeness. A name
@@ -143,10 +144,10 @@ fn tiers(directory: &Directory, entry: &ServiceEntry, dest: &Destination, port: 
 }
 
 /// Where a name goes: its destination, the port, and the targets in order of preference.
-struct Plan {
+pub(crate) struct Plan {
     dest: Destination,
     port: Port,
-    tiers: Tiers,
+    pub(crate) tiers: Tiers,
 }
 
 /// Plans the way to a name: `None` when it is not a mesh name, an error when the service has
@@ -159,7 +160,7 @@ fn plan(directory: &Directory, name: &str) -> Option<Result<Plan, String>> {
 
 /// Plans the way to a destination (a route's backend, say); an error when the catalog lacks
 /// its service or the port.
-fn plan_destination(directory: &Directory, dest: Destination) -> Result<Plan, String> {
+pub(crate) fn plan_destination(directory: &Directory, dest: Destination) -> Result<Plan, String> {
     let Some(entry) = directory.service(&dest.service) else {
         return Err(format!("{} is not in the mesh catalog", dest.service));
     };
@@ -332,10 +333,14 @@ pub async fn proxy_http(
             )
         })
     });
+    // The rule's mirror, when this request is one of the share it copies.
+    let mirror = rule
+        .and_then(|r| r.mirror.as_ref())
+        .filter(|m| mirror::chosen(m, crate::balance::random()));
     let request = hyper::Request::from_parts(parts, body);
-    let kept = match &retries {
-        Some(_) => retry::Replay::keep(request).await,
-        None => Ok(Kept::Once(request)),
+    let kept = match (&retries, mirror) {
+        (None, None) => Ok(Kept::Once(request)),
+        _ => retry::Replay::keep(request).await,
     };
     let mut kept = match kept {
         Ok(kept) => kept,
@@ -345,6 +350,17 @@ pub async fn proxy_http(
     let overall = rule
         .and_then(|r| r.timeout)
         .unwrap_or(shared.config.request_timeout);
+    if let Some(mirror) = mirror {
+        mirror::send_copy(
+            &shared,
+            &directory,
+            &dest.service.namespace,
+            dest.port,
+            mirror,
+            &kept,
+            overall,
+        );
+    }
 
     let local_cluster = shared.cluster.clone();
     let namespace = &dest.service.namespace;
@@ -446,7 +462,7 @@ type Failure = (StatusCode, Option<ClusterName>, String);
 
 /// A request's one try: sent to the best target, and to the next ones while it could not be
 /// sent at all (no connection, or refused before the server read it).
-async fn send(
+pub(crate) async fn send(
     shared: &Arc<Shared>,
     tiers: &Tiers,
     namespace: &Namespace,

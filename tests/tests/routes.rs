@@ -240,3 +240,84 @@ spec:
     ensure!(answer.status == 200, "{}", answer.status);
     Ok(())
 }
+
+/// A rule's RequestMirror sends a copy of each request to another service (here in another
+/// cluster, and broken); the caller gets the primary's answers only, and the copies are counted.
+#[test]
+fn a_mirror_gets_a_copy_of_each_request_without_touching_the_answers() -> Result<()> {
+    let (mesh, _east_gateway, _west_gateway) = linked_pair(None)?;
+    let _api = api(&mesh, "east", "api-east-0")?;
+    let shadow = endpoint_with(
+        &mesh,
+        "west",
+        "api-shadow",
+        "api-shadow-0",
+        &[("http", 8080, "http")],
+        &["--broken", "500"],
+    )?;
+    let web = client(&mesh, "east", &[])?;
+    let proxy = web.addr("proxy")?;
+    wait_route(proxy, API, "east")?;
+    wait_for(Duration::from_secs(20), "api-shadow reachable", || {
+        Ok(
+            (http_get_host(proxy, "api-shadow.shop.svc.clusterset.local", "/")?.0 == 500)
+                .then_some(()),
+        )
+    })?;
+    mesh.apply(
+        "east",
+        "mirror.yaml",
+        "apiVersion: policy.strait.dev/v1alpha1
+kind: HTTPRoute
+metadata: {name: api-shadowed, namespace: shop}
+spec:
+  targetRef: {kind: Service, name: api}
+  rules:
+    - backendRefs: [{name: api}]
+      filters:
+        - type: RequestMirror
+          requestMirror: {backendRef: {name: api-shadow}}
+",
+    )
+    .success()?;
+    let shadow_admin = shadow.sidecar.addr("admin")?;
+    let before = inbound(shadow_admin, "5xx")?;
+    wait_for(Duration::from_secs(10), "the mirror in force", || {
+        let answer = get(proxy, API, "/", &[])?;
+        ensure!(
+            answer.status == 200,
+            "the primary answered {}",
+            answer.status
+        );
+        Ok((inbound(shadow_admin, "5xx")? > before).then_some(()))
+    })?;
+
+    const REQUESTS: usize = 40;
+    let start = inbound(shadow_admin, "5xx")?;
+    for _ in 0..REQUESTS {
+        let answer = get(proxy, API, "/orders", &[])?;
+        ensure!(
+            answer.status == 200,
+            "the primary answered {}",
+            answer.status
+        );
+        ensure!(answer.json()?["cluster"] == "east", "{}", answer.body);
+    }
+    // Copies are sent beside the requests, not before their answers: wait for the last ones.
+    wait_for(Duration::from_secs(10), "every copy at the mirror", || {
+        Ok((inbound(shadow_admin, "5xx")? >= start + REQUESTS as f64).then_some(()))
+    })?;
+    let text = http_get_host(web.addr("admin")?, "localhost", "/metrics")?.1;
+    let sent = metric(
+        &text,
+        "strait_mirrored_requests_total",
+        &[
+            "result=\"sent\"",
+            "service=\"api-shadow\"",
+            "destination_cluster=\"west\"",
+        ],
+    )
+    .unwrap_or(0.0);
+    ensure!(sent >= REQUESTS as f64, "{sent} copies counted as sent");
+    Ok(())
+}

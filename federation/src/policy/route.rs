@@ -1,6 +1,7 @@
 //! HTTPRoute: how requests to a service are matched (path, method, headers) and split by
 //! weight between services of its namespace or clusters of one service, with per-route
-//! timeouts and retries. The document, its checked form, and the choice for one request.
+//! timeouts, retries and a mirror. The document, its checked form, and the choice for one
+//! request.
 
 use std::time::Duration;
 
@@ -64,6 +65,17 @@ impl HeaderEdits {
     }
 }
 
+/// A copy of a share of a rule's requests, sent to another service and its answer dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mirror {
+    /// A service of the route's namespace.
+    pub service: ServiceName,
+    /// Only this cluster's instances of it, when set.
+    pub cluster: Option<ClusterName>,
+    /// The share of the rule's requests copied, 1 to 100.
+    pub percent: u32,
+}
+
 /// One rule: any of its matches (none: every request), then the split.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteRule {
@@ -77,6 +89,8 @@ pub struct RouteRule {
     pub timeout: Option<Duration>,
     pub per_try_timeout: Option<Duration>,
     pub retries: Option<Retries>,
+    /// Where a copy of the requests goes, if anywhere.
+    pub mirror: Option<Mirror>,
 }
 
 /// A checked route of one service.
@@ -191,6 +205,28 @@ struct FilterDocument {
     request_header_modifier: Option<HeaderModifierDocument>,
     #[serde(default)]
     response_header_modifier: Option<HeaderModifierDocument>,
+    #[serde(default)]
+    request_mirror: Option<MirrorDocument>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct MirrorDocument {
+    backend_ref: MirrorRefDocument,
+    #[serde(default = "hundred")]
+    percent: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MirrorRefDocument {
+    name: String,
+    #[serde(default)]
+    cluster: Option<String>,
+}
+
+fn hundred() -> u32 {
+    100
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -337,17 +373,83 @@ const PROTECTED_HEADERS: [&str; 8] = [
     "strait-client-id",
 ];
 
-/// The header edits of a rule's filters: (request, response).
+/// What a rule's filters do: header edits of the request and of the response, and a mirror.
+type Filters = (HeaderEdits, HeaderEdits, Option<Mirror>);
+
+/// Checks a RequestMirror filter's mirror: a service of the namespace, maybe one cluster, and a
+/// share of 1 to 100 percent.
+fn mirror(
+    place: &DocumentPlace,
+    at: &str,
+    document: MirrorDocument,
+) -> Result<Mirror, DocumentError> {
+    if !(1..=100).contains(&document.percent) {
+        return Err(field(
+            place,
+            format!("{at}.percent"),
+            format!("{}: expected 1 to 100", document.percent),
+        ));
+    }
+    Ok(Mirror {
+        service: ServiceName::new(document.backend_ref.name)
+            .map_err(|e| field(place, format!("{at}.backendRef.name"), e.to_string()))?,
+        cluster: document
+            .backend_ref
+            .cluster
+            .map(|c| {
+                ClusterName::new(c)
+                    .map_err(|e| field(place, format!("{at}.backendRef.cluster"), e.to_string()))
+            })
+            .transpose()?,
+        percent: document.percent,
+    })
+}
+
+/// What a rule's filters do.
 fn filters(
     place: &DocumentPlace,
     at: &str,
     documents: Vec<FilterDocument>,
-) -> Result<(HeaderEdits, HeaderEdits), DocumentError> {
+) -> Result<Filters, DocumentError> {
     bounded(place, &format!("{at}.filters"), &documents, 0)?;
     let mut request = HeaderEdits::default();
     let mut response = HeaderEdits::default();
+    let mut mirrored = None;
     for (i, filter) in documents.into_iter().enumerate() {
         let at = format!("{at}.filters[{i}]");
+        if filter.kind == "RequestMirror" {
+            if filter.request_header_modifier.is_some() || filter.response_header_modifier.is_some()
+            {
+                return Err(field(
+                    place,
+                    at,
+                    "a RequestMirror filter holds requestMirror only",
+                ));
+            }
+            let Some(document) = filter.request_mirror else {
+                return Err(field(
+                    place,
+                    format!("{at}.requestMirror"),
+                    "missing: a RequestMirror filter needs it",
+                ));
+            };
+            if mirrored.is_some() {
+                return Err(field(
+                    place,
+                    at,
+                    "a rule has at most one RequestMirror filter",
+                ));
+            }
+            mirrored = Some(mirror(place, &format!("{at}.requestMirror"), document)?);
+            continue;
+        }
+        if filter.request_mirror.is_some() {
+            return Err(field(
+                place,
+                format!("{at}.requestMirror"),
+                format!("only a RequestMirror filter holds it, not {}", filter.kind),
+            ));
+        }
         let (modifier, edits, field_name) = match filter.kind.as_str() {
             "RequestHeaderModifier" => (
                 filter.request_header_modifier,
@@ -363,7 +465,9 @@ fn filters(
                 return Err(field(
                     place,
                     format!("{at}.type"),
-                    format!("{other:?}: expected RequestHeaderModifier or ResponseHeaderModifier"),
+                    format!(
+                        "{other:?}: expected RequestHeaderModifier, ResponseHeaderModifier or RequestMirror"
+                    ),
                 ));
             }
         };
@@ -415,7 +519,7 @@ fn filters(
                 .push(name(removed, format!("{at}.remove[{j}]"))?);
         }
     }
-    Ok((request, response))
+    Ok((request, response, mirrored))
 }
 
 fn rule(
@@ -502,7 +606,7 @@ fn rule(
             "the weights add up to 0: no request could be sent",
         ));
     }
-    let (request_headers, response_headers) = filters(place, at, document.filters)?;
+    let (request_headers, response_headers, mirror) = filters(place, at, document.filters)?;
     let timeouts = document.timeouts.unwrap_or(TimeoutsDocument {
         request: None,
         per_try: None,
@@ -554,6 +658,7 @@ fn rule(
         timeout,
         per_try_timeout,
         retries,
+        mirror,
     })
 }
 
@@ -606,6 +711,28 @@ spec:
           responseHeaderModifier: {add: [{name: X-Served-By, value: canary}]}
     - backendRefs: [{name: api}]
 ";
+
+    /// Filters to append to SPLIT's last rule: a mirror of a tenth of its requests.
+    const MIRROR: &str = "      filters:
+        - type: RequestMirror
+          requestMirror: {backendRef: {name: api-shadow, cluster: west}, percent: 10}
+";
+
+    #[test]
+    fn a_rule_may_mirror_a_share_of_its_requests_to_another_service() {
+        let route = parse(&format!("{SPLIT}{MIRROR}")).unwrap();
+        assert_eq!(route.rules[0].mirror, None);
+        assert_eq!(
+            route.rules[1].mirror,
+            Some(Mirror {
+                service: ServiceName::new("api-shadow").unwrap(),
+                cluster: Some(ClusterName::new("west").unwrap()),
+                percent: 10,
+            })
+        );
+        let every = parse(&format!("{SPLIT}{MIRROR}").replace(", percent: 10", "")).unwrap();
+        assert_eq!(every.rules[1].mirror.as_ref().unwrap().percent, 100);
+    }
 
     fn parse(yaml: &str) -> Result<Route, DocumentError> {
         crate::policy::testing::parse_as("route.yaml", route, yaml)
@@ -678,8 +805,27 @@ spec:
                 "spec.rules[0].filters[0].requestHeaderModifier.remove[0]",
             ),
             (
-                SPLIT.replace("type: ResponseHeaderModifier", "type: RequestMirror"),
+                SPLIT.replace("type: ResponseHeaderModifier", "type: URLRewrite"),
                 "spec.rules[0].filters[1].type",
+            ),
+            (
+                SPLIT.replace("type: ResponseHeaderModifier", "type: RequestMirror"),
+                "spec.rules[0].filters[1]: a RequestMirror filter holds requestMirror only",
+            ),
+            (
+                format!("{SPLIT}{MIRROR}").replace("percent: 10", "percent: 0"),
+                "spec.rules[1].filters[0].requestMirror.percent",
+            ),
+            (
+                format!("{SPLIT}{MIRROR}").replace("name: api-shadow", "name: Shadow"),
+                "spec.rules[1].filters[0].requestMirror.backendRef.name",
+            ),
+            (
+                format!(
+                    "{SPLIT}{MIRROR}{}",
+                    MIRROR.lines().skip(1).collect::<Vec<_>>().join("\n")
+                ),
+                "spec.rules[1].filters[1]: a rule has at most one RequestMirror filter",
             ),
             (
                 SPLIT.replace("value: canary", "value: \"a\\nb\""),
