@@ -33,6 +33,11 @@ impl RetryBudget {
         }
     }
 
+    /// Follows a changed share, keeping what the window has counted.
+    pub fn set_percent(&mut self, percent: u32) {
+        self.ratio = f64::from(percent.min(100)) / 100.0;
+    }
+
     fn bucket(&mut self, now: Instant) -> &mut (u64, u64, u64) {
         let number = (now.saturating_duration_since(self.start).as_nanos()
             / self.bucket_length.as_nanos().max(1)) as u64;

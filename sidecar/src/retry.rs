@@ -94,7 +94,8 @@ impl Replay {
     }
 }
 
-/// The retry budgets of one sidecar, one per route rule that retries.
+/// The retry budgets of one sidecar, one per route rule that retries, each following the
+/// rule's current `budgetPercent`.
 #[derive(Default)]
 pub struct Budgets {
     budgets: Mutex<HashMap<String, RetryBudget>>,
@@ -112,6 +113,8 @@ impl Budgets {
         let budget = budgets
             .entry(key.to_owned())
             .or_insert_with(|| RetryBudget::new(percent, FLOOR_PER_SECOND, WINDOW, now));
+        // The route may have been applied again with another share.
+        budget.set_percent(percent);
         f(budget)
     }
 
@@ -123,5 +126,33 @@ impl Budgets {
     /// Whether a retry under the rule `key` fits its budget (then it is counted).
     pub fn try_retry(&self, key: &str, percent: u32, now: Instant) -> bool {
         self.with(key, percent, now, |b| b.try_retry(now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A route applied again with another `budgetPercent` changes the budget at once, without
+    /// forgetting the traffic it counted.
+    #[test]
+    fn a_budget_follows_its_rules_changed_percent() {
+        let budgets = Budgets::default();
+        let now = Instant::now();
+        for _ in 0..1000 {
+            budgets.record_request("shop/api#0", 0, now);
+        }
+        let allowed = |percent| {
+            (0..10_000)
+                .take_while(|_| budgets.try_retry("shop/api#0", percent, now))
+                .count()
+        };
+        let floor_only = allowed(0);
+        assert!(floor_only < 1000, "{floor_only}");
+        let with_share = allowed(50);
+        assert!(
+            (400..=600).contains(&with_share),
+            "{with_share} more retries at 50 % of 1000 requests"
+        );
     }
 }
