@@ -86,18 +86,24 @@ pub fn strait_bin() -> &'static Path {
 
 /// A free loopback port (UDP or TCP) below the OS's ephemeral range. A port the OS hands out
 /// for port 0 is free only until it is handed out again, to any outgoing connection: a gateway
-/// that binds it a moment later can find it taken. Ports chosen at random from 20000-32767
-/// (checked free here) are never given to outgoing connections.
+/// that binds it a moment later can find it taken. Ports from 20000-32767 (checked free here)
+/// are never given to outgoing connections. Within one test process no port is handed out
+/// twice (until 12,768 have been): the tests running side by side pick ports before their
+/// gateways bind them, so a check that a port is free cannot tell them apart.
 pub fn free_port(udp: bool) -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let seed = std::process::id().wrapping_mul(2_654_435_761)
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    // One random start per process, then consecutive numbers.
+    static SEED: OnceLock<u64> = OnceLock::new();
+    let seed = *SEED.get_or_init(|| {
+        u64::from(std::process::id()).wrapping_mul(2_654_435_761)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::from(d.subsec_nanos()))
+    }) % PORT_RANGE;
     for _ in 0..1_000 {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed).wrapping_add(seed);
-        let port = 20_000 + (n.wrapping_mul(7_919) % 12_768) as u16;
+        let port = spread_port(seed + NEXT.fetch_add(1, Ordering::Relaxed));
         let free = if udp {
             UdpSocket::bind(("127.0.0.1", port)).is_ok()
         } else {
@@ -108,6 +114,15 @@ pub fn free_port(udp: bool) -> u16 {
         }
     }
     panic!("no free loopback port in 20000-32767")
+}
+
+/// How many ports [`free_port`] chooses from.
+const PORT_RANGE: u64 = 12_768;
+
+/// The n-th port of the test range: 12,768 consecutive `n` give 12,768 different ports, spread
+/// over the range (7,919 is prime to 12,768).
+fn spread_port(n: u64) -> u16 {
+    20_000 + ((n % PORT_RANGE) * 7_919 % PORT_RANGE) as u16
 }
 
 /// Waits until `check` returns `Some`, or fails after `limit` with the last observation.
@@ -801,9 +816,10 @@ pub fn http_get_host(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, S
 
 /// A loopback port free on both UDP and TCP (a DNS server takes both).
 pub fn free_dns_port() -> Result<u16> {
+    // From the test range, like every other port: an ephemeral one may be taken by an
+    // outgoing connection before the gateway binds it.
     for _ in 0..50 {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
-        let port = udp.local_addr()?.port();
+        let port = free_port(true);
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return Ok(port);
         }
@@ -837,5 +853,21 @@ impl Gateway {
         }
         std::fs::write(&path, format!("{}\n{heading}\n{yaml}\n", kept.join("\n")))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Tests running side by side in one process never get the same port, wherever the
+    /// process's sequence starts (its seed is below the range).
+    #[test]
+    fn consecutive_picks_never_repeat_a_port() {
+        for start in [0, 1, 5_000, super::PORT_RANGE - 1] {
+            let ports: std::collections::HashSet<u16> = (0..super::PORT_RANGE)
+                .map(|i| super::spread_port(start + i))
+                .collect();
+            assert_eq!(ports.len() as u64, super::PORT_RANGE, "from {start}");
+            assert!(ports.iter().all(|p| (20_000..32_768).contains(p)));
+        }
     }
 }
