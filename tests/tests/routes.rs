@@ -135,8 +135,11 @@ fn retries_move_requests_off_a_failing_endpoint_and_the_budget_stops_a_retry_sto
     let web = client(&mesh, "east", &[])?;
     let proxy = web.addr("proxy")?;
     wait_route(proxy, API, "east")?;
+    // The balancer sends the broken endpoint requests only while it is not ejected (five
+    // 503s in a row eject it, for a backoff that grows to 30 s), and only when its latency
+    // estimate is no worse than the healthy one's: under load that can take a while.
     wait_for(
-        Duration::from_secs(10),
+        Duration::from_secs(35),
         "the broken endpoint in use",
         || {
             Ok(get(proxy, API, "/", &[])
