@@ -133,10 +133,10 @@ impl Source {
                     .service_accounts
                     .iter()
                     .any(|a| a == service_account.as_str()))
-            && (self.identities.is_empty() || {
-                let id = caller.map(ToString::to_string).unwrap_or_default();
-                self.identities.contains(&id)
-            })
+            && (self.identities.is_empty()
+                || caller.is_some_and(|caller| {
+                    self.identities.iter().any(|id| caller.is_written_as(id))
+                }))
     }
 }
 
@@ -155,17 +155,10 @@ impl Source {
         if !self.locations.is_empty() {
             // `aws` matches aws/…; `aws/us-east-1` that region; a location never matches an
             // unknown one.
-            let Some(location) = request.caller_location.filter(|l| !l.is_unknown()) else {
+            let Some(location) = request.caller_location else {
                 return false;
             };
-            let at = location.to_string();
-            let within = self.locations.iter().any(|wanted| {
-                at == *wanted
-                    || at
-                        .strip_prefix(wanted.as_str())
-                        .is_some_and(|r| r.starts_with('/'))
-            });
-            if !within {
+            if !self.locations.iter().any(|wanted| location.within(wanted)) {
                 return false;
             }
         }
@@ -552,16 +545,7 @@ pub(super) fn source_of(
             &format!("{at}.locations"),
             source.locations,
             |l, at| {
-                let parts: Vec<&str> = l.split('/').collect();
-                let valid = (1..=3).contains(&parts.len())
-                    && crate::location::Location::new(
-                        parts[0],
-                        parts.get(1).copied().unwrap_or_default(),
-                        parts.get(2).copied().unwrap_or_default(),
-                    )
-                    .is_ok()
-                    && parts.iter().all(|p| !p.is_empty());
-                if valid {
+                if crate::location::Location::valid_pattern(&l) {
                     Ok(l)
                 } else {
                     Err(field(
