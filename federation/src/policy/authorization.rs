@@ -67,6 +67,10 @@ pub struct Operation {
 pub struct Rule {
     pub from: Vec<Source>,
     pub to: Vec<Operation>,
+    /// Its sources are those of the rule before it (a caller given many paths, rule by rule):
+    /// a request checks them once. Worked out when the policy is checked.
+    #[serde(default)]
+    pub same_sources_as_previous: bool,
 }
 
 /// A checked authorization policy of one namespace.
@@ -206,9 +210,12 @@ impl Operation {
 }
 
 impl Rule {
-    fn matches(&self, request: &Request<'_>) -> bool {
-        (self.from.is_empty() || self.from.iter().any(|s| s.matches_request(request)))
-            && (self.to.is_empty() || self.to.iter().any(|o| o.matches(request.http)))
+    fn sources_match(&self, request: &Request<'_>) -> bool {
+        self.from.is_empty() || self.from.iter().any(|s| s.matches_request(request))
+    }
+
+    fn operations_match(&self, request: &Request<'_>) -> bool {
+        self.to.is_empty() || self.to.iter().any(|o| o.matches(request.http))
     }
 }
 
@@ -218,9 +225,25 @@ impl Authorization {
         &self.namespace == namespace && self.target.as_ref().is_none_or(|t| t == service)
     }
 
-    /// Whether the request matches the policy's rules.
+    /// Whether the request matches the policy's rules: any rule, its sources and its
+    /// operations. Sources shared with the rule before are not checked again.
     pub fn matches(&self, request: &Request<'_>) -> bool {
-        self.rules.is_empty() || self.rules.iter().any(|r| r.matches(request))
+        if self.rules.is_empty() {
+            return true;
+        }
+        let mut previous = false;
+        for rule in &self.rules {
+            let sources = if rule.same_sources_as_previous {
+                previous
+            } else {
+                rule.sources_match(request)
+            };
+            previous = sources;
+            if sources && rule.operations_match(request) {
+                return true;
+            }
+        }
+        false
     }
 
     fn label(&self) -> String {
@@ -655,8 +678,13 @@ pub fn authorization(
                     })?,
                 })
             })?,
+            same_sources_as_previous: false,
         })
     })?;
+    let mut rules = rules;
+    for i in 1..rules.len() {
+        rules[i].same_sources_as_previous = rules[i].from == rules[i - 1].from;
+    }
     let external = external(place, document.spec.action, document.spec.external)?;
     Ok(Authorization {
         namespace,
@@ -702,7 +730,7 @@ mod tests {
                     .collect(),
                 ..Source::default()
             }],
-            to: vec![],
+            ..Rule::default()
         }
     }
 
@@ -764,6 +792,7 @@ mod tests {
                 methods: vec!["GET".into()],
                 paths: vec!["/orders/*".into(), "/health".into()],
             }],
+            ..Rule::default()
         };
         let policies = [policy("reads", Action::Allow, vec![only_reads])];
         let web = workload("east", "shop", "web");
@@ -979,6 +1008,58 @@ spec:
             vec![from_clusters(&["east"])],
         )];
         assert_eq!(decide_when(&either, false), Decision::Allow);
+    }
+
+    /// Rules that give one caller many paths, rule by rule, check the caller once a request;
+    /// the decision is the same as checking every rule in full.
+    #[test]
+    fn rules_sharing_their_sources_decide_as_if_each_were_checked() {
+        let policy = parse(
+            "apiVersion: policy.strait.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: web-paths, namespace: shop}
+spec:
+  targetRef: {kind: Service, name: api}
+  action: allow
+  rules:
+    - from: [{serviceAccounts: [web]}]
+      to: [{paths: [/a]}]
+    - from: [{serviceAccounts: [web]}]
+      to: [{paths: [/b]}]
+    - from: [{serviceAccounts: [admin]}]
+      to: [{paths: [/c]}]
+    - from: [{serviceAccounts: [admin]}]
+      to: [{paths: [/d]}]
+",
+        )
+        .unwrap();
+        let shared: Vec<bool> = policy
+            .rules
+            .iter()
+            .map(|r| r.same_sources_as_previous)
+            .collect();
+        assert_eq!(shared, [false, true, false, true]);
+        let mut unshared = policy.clone();
+        unshared
+            .rules
+            .iter_mut()
+            .for_each(|r| r.same_sources_as_previous = false);
+        for account in ["web", "admin", "other"] {
+            let caller = workload("east", "shop", account);
+            for path in ["/a", "/b", "/c", "/d", "/e"] {
+                let request = Request {
+                    caller: Some(&caller),
+                    http: Some(("GET", path)),
+                    principal: None,
+                    caller_location: None,
+                    caller_healthy: true,
+                };
+                let expected = (account == "web" && ["/a", "/b"].contains(&path))
+                    || (account == "admin" && ["/c", "/d"].contains(&path));
+                assert_eq!(policy.matches(&request), expected, "{account} {path}");
+                assert_eq!(unshared.matches(&request), expected, "{account} {path}");
+            }
+        }
     }
 
     /// An external policy is left out of the local decision; it is listed for the requests its
