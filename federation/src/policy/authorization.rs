@@ -38,8 +38,8 @@ pub struct Source {
     pub clusters: Vec<ClusterName>,
     pub namespaces: Vec<Namespace>,
     pub service_accounts: Vec<String>,
-    /// Whole SPIFFE identities.
-    pub identities: Vec<String>,
+    /// Whole SPIFFE identities (parsed when checked, so a request compares them part by part).
+    pub identities: Vec<SpiffeId>,
     /// Request principals (`<iss>/<sub>` of a valid JWT), exact or with a trailing `*`; `*`
     /// alone: any valid token.
     pub request_principals: Vec<String>,
@@ -137,10 +137,7 @@ impl Source {
                     .service_accounts
                     .iter()
                     .any(|a| a == service_account.as_str()))
-            && (self.identities.is_empty()
-                || caller.is_some_and(|caller| {
-                    self.identities.iter().any(|id| caller.is_written_as(id))
-                }))
+            && (self.identities.is_empty() || caller.is_some_and(|c| self.identities.contains(c)))
     }
 }
 
@@ -559,8 +556,7 @@ pub(super) fn source_of(
             source.identities,
             |id, at| {
                 id.parse::<SpiffeId>()
-                    .map_err(|e| field(place, at, e.to_string()))?;
-                Ok(id)
+                    .map_err(|e| field(place, at, e.to_string()))
             },
         )?,
         locations: checked(
@@ -1008,6 +1004,58 @@ spec:
             vec![from_clusters(&["east"])],
         )];
         assert_eq!(decide_when(&either, false), Decision::Allow);
+    }
+
+    /// A source naming whole identities matches exactly those workloads; a malformed one is
+    /// refused when the policy is checked.
+    #[test]
+    fn a_source_naming_identities_matches_those_workloads_only() {
+        let yaml = "apiVersion: policy.strait.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: web-only, namespace: shop}
+spec:
+  targetRef: {kind: Service, name: api}
+  action: allow
+  rules:
+    - from: [{identities: [spiffe://mesh.test/cluster/east/ns/shop/sa/web]}]
+";
+        let policy = parse(yaml).unwrap();
+        let decide_for_caller = |caller: &SpiffeId| {
+            decide(
+                std::slice::from_ref(&policy),
+                &Namespace::new("shop").unwrap(),
+                &ServiceName::new("api").unwrap(),
+                &Request {
+                    caller: Some(caller),
+                    http: None,
+                    principal: None,
+                    caller_location: None,
+                    caller_healthy: true,
+                },
+            )
+        };
+        let web: SpiffeId = "spiffe://mesh.test/cluster/east/ns/shop/sa/web"
+            .parse()
+            .unwrap();
+        assert_eq!(decide_for_caller(&web), Decision::Allow);
+        for other in [
+            "spiffe://mesh.test/cluster/west/ns/shop/sa/web",
+            "spiffe://mesh.test/cluster/east/ns/shop/sa/web2",
+            "spiffe://other.test/cluster/east/ns/shop/sa/web",
+        ] {
+            let other: SpiffeId = other.parse().unwrap();
+            assert!(
+                matches!(decide_for_caller(&other), Decision::Deny { .. }),
+                "{other}"
+            );
+        }
+        let refused = parse(&yaml.replace("spiffe://mesh.test", "https://mesh.test"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("spec.rules[0].from[0].identities[0]"),
+            "{refused}"
+        );
     }
 
     /// Rules that give one caller many paths, rule by rule, check the caller once a request;
