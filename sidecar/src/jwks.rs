@@ -144,23 +144,22 @@ async fn fetch(shared: Arc<Shared>, uri: String) -> Result<JwkSet, String> {
     let response = outbound::proxy_http(shared, request, None).await;
     let status = response.status();
     let mut body = response.into_body();
-    let mut bytes = Vec::new();
+    let mut received = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| format!("the key set's body: {e}"))?;
         if let Ok(data) = frame.into_data() {
-            if bytes.len() + data.len() > MAX_JWKS_BYTES {
+            if received.len() + data.len() > MAX_JWKS_BYTES {
                 return Err(format!("the key set is over {MAX_JWKS_BYTES} bytes"));
             }
-            bytes.extend_from_slice(&data);
+            received.extend_from_slice(&data);
         }
     }
-    let body = bytes;
     if status != StatusCode::OK {
-        let said = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+        let said = String::from_utf8_lossy(&received[..received.len().min(200)]).into_owned();
         return Err(format!("answered {status}: {}", said.trim()));
     }
     let value: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))?;
+        serde_json::from_slice(&received).map_err(|e| format!("not JSON: {e}"))?;
     authentication::public_keys(&value).map_err(|(at, e)| format!("jwks{at}: {e}"))
 }
 
