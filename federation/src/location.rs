@@ -67,14 +67,12 @@ impl Location {
     /// Whether this location is within `pattern`: `cloud`, `cloud/region` or
     /// `cloud/region/zone` (`aws` holds every AWS location). An unknown location is within none.
     pub fn within(&self, pattern: &str) -> bool {
-        let mut parts = pattern.split('/');
-        let mut wanted = [parts.next(), parts.next(), parts.next()].into_iter();
+        let wanted = pattern.split('/');
         !self.is_unknown()
-            && [&self.cloud, &self.region, &self.zone]
-                .into_iter()
-                .zip(&mut wanted)
-                .all(|(have, want)| want.is_none_or(|w| w == have))
-            && parts.next().is_none()
+            && wanted.clone().count() <= 3
+            && wanted
+                .zip([&self.cloud, &self.region, &self.zone])
+                .all(|(want, have)| want == have)
     }
 
     /// Whether `pattern` is a location pattern: `cloud`, `cloud/region` or

@@ -5,6 +5,11 @@
 
 use std::time::{Duration, Instant};
 
+/// Retries allowed per request for a budget of `percent` % (at most 100).
+fn ratio(percent: u32) -> f64 {
+    f64::from(percent.min(100)) / 100.0
+}
+
 /// Buckets of the sliding window.
 const BUCKETS: usize = 10;
 
@@ -25,7 +30,7 @@ impl RetryBudget {
     /// A budget of `percent` % of requests plus `floor_per_second`, over `window`.
     pub fn new(percent: u32, floor_per_second: u32, window: Duration, now: Instant) -> Self {
         Self {
-            ratio: f64::from(percent.min(100)) / 100.0,
+            ratio: ratio(percent),
             floor_per_second,
             bucket_length: (window / BUCKETS as u32).max(Duration::from_millis(1)),
             buckets: [(u64::MAX, 0, 0); BUCKETS],
@@ -35,7 +40,7 @@ impl RetryBudget {
 
     /// Follows a changed share, keeping what the window has counted.
     pub fn set_percent(&mut self, percent: u32) {
-        self.ratio = f64::from(percent.min(100)) / 100.0;
+        self.ratio = ratio(percent);
     }
 
     fn bucket(&mut self, now: Instant) -> &mut (u64, u64, u64) {

@@ -389,10 +389,15 @@ async fn authenticate(
         return Ok(None);
     }
     let token = token.trim();
-    let kid = authentication::key_id(token);
     let mut fetched = HashMap::new();
     // Collected first: an opaque iterator held across an await would make the future not Send.
     let uris: Vec<&str> = authentication::key_uris(policies.iter().copied()).collect();
+    // Read only when a key set may need fetching: verifying reads the header again anyway.
+    let kid = if uris.is_empty() {
+        None
+    } else {
+        authentication::key_id(token)
+    };
     for uri in uris {
         if !fetched.contains_key(uri)
             && let Some(keys) = shared.key_sets.keys(shared, uri, kid.as_deref()).await

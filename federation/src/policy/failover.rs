@@ -106,13 +106,13 @@ impl Failover {
             Tier::Clusters(names) => names.contains(cluster),
             Tier::Locations(patterns) => patterns.iter().any(|p| at.within(p)),
         };
-        match self.order.iter().position(holds) {
-            Some(tier) => Some(tier),
-            None => match self.unlisted {
+        self.order
+            .iter()
+            .position(holds)
+            .or_else(|| match self.unlisted {
                 Unlisted::Last => Some(self.order.len() + default_rank(here, here_at, cluster, at)),
                 Unlisted::Never => None,
-            },
-        }
+            })
     }
 }
 

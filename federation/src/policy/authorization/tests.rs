@@ -36,23 +36,33 @@ fn from_clusters(clusters: &[&str]) -> Rule {
     }
 }
 
+/// A request of `caller`: ready, without a token, from a cluster whose location is unknown.
+fn request<'a>(caller: Option<&'a SpiffeId>, http: Option<(&'a str, &'a str)>) -> Request<'a> {
+    Request {
+        caller,
+        http,
+        principal: None,
+        caller_location: None,
+        caller_healthy: true,
+    }
+}
+
+/// The decision for `request` to shop/api.
+fn decide_api(policies: &[Authorization], request: &Request<'_>) -> Decision {
+    decide(
+        policies,
+        &Namespace::new("shop").unwrap(),
+        &ServiceName::new("api").unwrap(),
+        request,
+    )
+}
+
 fn decide_for(
     policies: &[Authorization],
     caller: Option<&SpiffeId>,
     http: Option<(&str, &str)>,
 ) -> Decision {
-    decide(
-        policies,
-        &Namespace::new("shop").unwrap(),
-        &ServiceName::new("api").unwrap(),
-        &Request {
-            caller,
-            http,
-            principal: None,
-            caller_location: None,
-            caller_healthy: true,
-        },
-    )
+    decide_api(policies, &request(caller, http))
 }
 
 #[test]
@@ -132,13 +142,7 @@ fn deny_wins_over_allow_and_other_services_are_untouched() {
         &policies,
         &Namespace::new("shop").unwrap(),
         &ServiceName::new("orders").unwrap(),
-        &Request {
-            caller: Some(&west),
-            http: None,
-            principal: None,
-            caller_location: None,
-            caller_healthy: true,
-        },
+        &request(Some(&west), None),
     );
     assert_eq!(other_service, Decision::Allow);
 }
@@ -243,11 +247,8 @@ fn locations_match_by_cloud_region_or_zone() {
     let at = |cloud: &str, region: &str| crate::location::Location::new(cloud, region, "").unwrap();
     let matches = |location: Option<&crate::location::Location>| {
         source.matches_request(&Request {
-            caller: Some(&east),
-            http: None,
-            principal: None,
             caller_location: location,
-            caller_healthy: true,
+            ..request(Some(&east), None)
         })
     };
     assert!(matches(Some(&at("aws", "us-east-1"))));
@@ -276,16 +277,11 @@ spec:
     assert_eq!(only_ready.rules[0].from[0].healthy, Some(true));
     let east = workload("east", "shop", "web");
     let decide_when = |policies: &[Authorization], healthy| {
-        decide(
+        decide_api(
             policies,
-            &Namespace::new("shop").unwrap(),
-            &ServiceName::new("api").unwrap(),
             &Request {
-                caller: Some(&east),
-                http: Some(("GET", "/")),
-                principal: None,
-                caller_location: None,
                 caller_healthy: healthy,
+                ..request(Some(&east), Some(("GET", "/")))
             },
         )
     };
@@ -325,20 +321,8 @@ spec:
     - from: [{identities: [spiffe://mesh.test/cluster/east/ns/shop/sa/web]}]
 ";
     let policy = parse(yaml).unwrap();
-    let decide_for_caller = |caller: &SpiffeId| {
-        decide(
-            std::slice::from_ref(&policy),
-            &Namespace::new("shop").unwrap(),
-            &ServiceName::new("api").unwrap(),
-            &Request {
-                caller: Some(caller),
-                http: None,
-                principal: None,
-                caller_location: None,
-                caller_healthy: true,
-            },
-        )
-    };
+    let decide_for_caller =
+        |caller: &SpiffeId| decide_for(std::slice::from_ref(&policy), Some(caller), None);
     let web: SpiffeId = "spiffe://mesh.test/cluster/east/ns/shop/sa/web"
         .parse()
         .unwrap();
@@ -400,13 +384,7 @@ spec:
     for account in ["web", "admin", "other"] {
         let caller = workload("east", "shop", account);
         for path in ["/a", "/b", "/c", "/d", "/e"] {
-            let request = Request {
-                caller: Some(&caller),
-                http: Some(("GET", path)),
-                principal: None,
-                caller_location: None,
-                caller_healthy: true,
-            };
+            let request = request(Some(&caller), Some(("GET", path)));
             let expected = (account == "web" && ["/a", "/b"].contains(&path))
                 || (account == "admin" && ["/c", "/d"].contains(&path));
             assert_eq!(policy.matches(&request), expected, "{account} {path}");
@@ -435,13 +413,7 @@ fn external_policies_are_asked_only_for_the_requests_they_match() {
         ServiceName::new("api").unwrap(),
     );
     let east = workload("east", "shop", "web");
-    let request = |path| Request {
-        caller: Some(&east),
-        http: Some(("GET", path)),
-        principal: None,
-        caller_location: None,
-        caller_healthy: true,
-    };
+    let request = |path| request(Some(&east), Some(("GET", path)));
     assert_eq!(
         externals(&policies, &shop, &api, &request("/orders/7")).len(),
         1
