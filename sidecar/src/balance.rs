@@ -52,11 +52,12 @@ impl Stats {
         self.decayed(now) * f64::from(self.pending + 1)
     }
 
+    /// The estimate decays towards zero while no sample comes in, so a target that was slow
+    /// once gets tried again, however fast its rivals are: decaying towards a fixed floor
+    /// (1 ms, say) would starve it for good behind a rival that answers faster than the floor.
     fn decayed(&self, now: Instant) -> f64 {
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        let weight = (-elapsed / DECAY.as_secs_f64()).exp();
-        // Decays towards the default, so an endpoint that was slow long ago gets tried again.
-        self.ewma * weight + DEFAULT_RTT.as_secs_f64() * (1.0 - weight)
+        self.ewma * (-elapsed / DECAY.as_secs_f64()).exp()
     }
 
     fn usable(&self, now: Instant) -> bool {
@@ -101,6 +102,13 @@ impl<'a, T: Clone + Eq + Hash> InFlight<'a, T> {
             started,
             done: false,
         }
+    }
+
+    /// The connection is ready and the request goes out: its latency counts from here, so
+    /// the handshake of a new connection is not held against the target for the next 10 s
+    /// (a connection is made once; its requests are what the choice is about).
+    pub fn sending(&mut self) {
+        self.started = Instant::now();
     }
 
     /// The request got its answer: its latency is a sample.
@@ -398,5 +406,27 @@ mod tests {
             balancer.end_with_error(&bad, Duration::from_micros(100), later + 2 * BACKOFF_MIN);
         }
         assert!(balancer.usable(&bad, later + 2 * BACKOFF_MIN));
+    }
+
+    /// A target measured slower once is not starved behind a rival faster than any fixed
+    /// floor: its estimate decays until it is tried again, and a fast answer keeps it in use.
+    #[test]
+    fn a_target_slow_once_is_tried_again_behind_a_sub_millisecond_rival() {
+        let mut balancer = Balancer::default();
+        let start = Instant::now();
+        balancer.end(&"once-slow", Duration::from_millis(20), start);
+        let mut tried = None;
+        for (step, random) in randoms(5).take(1200).enumerate() {
+            let now = start + Duration::from_millis(100) * step as u32;
+            let picked = balancer.pick(&["once-slow", "fast"], now, random).unwrap();
+            balancer.end(&picked, Duration::from_micros(300), now);
+            if picked == "once-slow" {
+                tried = Some(now - start);
+                break;
+            }
+        }
+        let tried = tried.expect("the once-slow target was never tried again in 120 s");
+        // 20 ms decays below 0.3 ms after 10 s * ln(20 / 0.3), about 42 s.
+        assert!(tried < Duration::from_secs(45), "{tried:?}");
     }
 }

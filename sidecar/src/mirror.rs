@@ -68,7 +68,7 @@ pub fn send_copy(
     tokio::spawn(async move {
         let _permit = permit;
         let sent =
-            tokio::time::timeout(limit, send(&shared, &tiers, &service.namespace, copy)).await;
+            tokio::time::timeout(limit, send(&shared, &tiers, &[], &service.namespace, copy)).await;
         match sent {
             // Answered, whatever the status: the copy was delivered. Its body is dropped.
             Ok(Ok((target, _))) => {

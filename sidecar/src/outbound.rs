@@ -182,13 +182,33 @@ fn no_port(dest: &Destination) -> String {
     }
 }
 
-/// Chooses the next target: the best usable one of the first tier that has any.
-fn choose(shared: &Shared, tiers: &Tiers) -> Option<Target> {
+/// Chooses the next target: the best usable one of the first tier that has any, leaving out
+/// the targets in `avoid` (those that already failed this request) while another is usable,
+/// so a retry goes elsewhere, to another cluster if need be, as Envoy's `previous_hosts`
+/// retry predicate does. When only avoided targets are left, one of them is tried again.
+fn choose(shared: &Shared, tiers: &Tiers, avoid: &[Target]) -> Option<Target> {
     let balancer = shared.balancer();
     let now = Instant::now();
-    tiers
-        .iter()
-        .find_map(|tier| balancer.pick(tier, now, crate::balance::random()))
+    let fresh = || {
+        tiers.iter().find_map(|tier| {
+            let others: Vec<Target> = tier
+                .iter()
+                .filter(|t| !avoid.contains(t))
+                .cloned()
+                .collect();
+            balancer.pick(&others, now, crate::balance::random())
+        })
+    };
+    let any = || {
+        tiers
+            .iter()
+            .find_map(|tier| balancer.pick(tier, now, crate::balance::random()))
+    };
+    if avoid.is_empty() {
+        any()
+    } else {
+        fresh().or_else(any)
+    }
 }
 
 /// Serves the HTTP proxy port until the sidecar stops.
@@ -376,6 +396,7 @@ pub async fn proxy_http(
     }
     let attempt = async {
         let mut retried = 0;
+        let mut failed_targets = Vec::new();
         loop {
             let outgoing = match &mut kept {
                 Kept::Replay(replay) => replay.request(),
@@ -390,7 +411,7 @@ pub async fn proxy_http(
                     request
                 }
             };
-            let sent = send(&shared, &tiers, namespace, outgoing);
+            let sent = send(&shared, &tiers, &failed_targets, namespace, outgoing);
             let result = match per_try {
                 Some(limit) => tokio::time::timeout(limit, sent).await.unwrap_or_else(|_| {
                     Err((
@@ -402,7 +423,13 @@ pub async fn proxy_http(
                 None => sent.await,
             };
             let failed = match &result {
-                Ok((_, response)) => retry::retryable(response.status()),
+                Ok((target, response)) => {
+                    let failed = retry::retryable(response.status());
+                    if failed {
+                        failed_targets.push(target.clone());
+                    }
+                    failed
+                }
                 Err(_) => true,
             };
             let Some((key, attempts, percent)) = retries.as_ref().filter(|_| failed) else {
@@ -460,25 +487,27 @@ pub async fn proxy_http(
 /// was reached), and what happened.
 type Failure = (StatusCode, Option<ClusterName>, String);
 
-/// A request's one try: sent to the best target, and to the next ones while it could not be
+/// A request's one try: sent to the best target (other than those in `avoid`, which already
+/// failed this request, while another is usable), and to the next ones while it could not be
 /// sent at all (no connection, or refused before the server read it).
 pub(crate) async fn send(
     shared: &Arc<Shared>,
     tiers: &Tiers,
+    avoid: &[Target],
     namespace: &Namespace,
     request: Request<Body>,
 ) -> Result<(Target, Response<hyper::body::Incoming>), Failure> {
     let mut request = Some(request);
     let mut last_error = String::from("no endpoint is ready");
     for _ in 0..MAX_ATTEMPTS {
-        let Some(target) = choose(shared, tiers) else {
+        let Some(target) = choose(shared, tiers, avoid) else {
             break;
         };
         let Some(outgoing) = request.take() else {
             break;
         };
         // Dropped with the request (timeout, caller gone), it leaves no load behind.
-        let in_flight = InFlight::start(&shared.balancer, target.clone());
+        let mut in_flight = InFlight::start(&shared.balancer, target.clone());
         let mut sender = match shared.pool.get(shared, &target, namespace).await {
             Ok(sender) => sender,
             Err(e) => {
@@ -489,6 +518,7 @@ pub(crate) async fn send(
                 continue;
             }
         };
+        in_flight.sending();
         match sender.try_send_request(outgoing).await {
             Ok(response) => {
                 if retry::retryable(response.status()) {
@@ -540,7 +570,7 @@ pub async fn proxy_tcp(shared: &Arc<Shared>, mut app: TcpStream, name: &str) -> 
         .ok_or_else(|| format!("{name} is not a service in the mesh catalog"))??;
     let mut last = String::from("no endpoint is ready");
     for _ in 0..MAX_ATTEMPTS {
-        let Some(target) = choose(shared, &tiers) else {
+        let Some(target) = choose(shared, &tiers, &[]) else {
             break;
         };
         // The connection time is this target's latency sample.

@@ -135,24 +135,23 @@ fn retries_move_requests_off_a_failing_endpoint_and_the_budget_stops_a_retry_sto
     let web = client(&mesh, "east", &[])?;
     let proxy = web.addr("proxy")?;
     wait_route(proxy, API, "east")?;
-    // The balancer sends the broken endpoint requests only while it is not ejected (five
-    // 503s in a row eject it, for a backoff that grows to 30 s), and only when its latency
-    // estimate is no worse than the healthy one's: under load that can take a while.
+    // Without retries, the broken endpoint's answers reach the caller. The balancer sends it
+    // requests only when its latency estimate is no worse than the healthy one's, which an
+    // estimate decaying towards zero makes a matter of seconds, and not while it is ejected
+    // (five 503s in a row eject it, for a backoff that grows to 30 s).
+    let mut sent = 0;
     wait_for(
         Duration::from_secs(35),
-        "the broken endpoint in use",
+        "a 503 from the broken endpoint",
         || {
+            sent += 1;
             Ok(get(proxy, API, "/", &[])
                 .ok()
                 .filter(|a| a.status == 503)
                 .map(|_| ()))
         },
     )?;
-    let failures = (0..40)
-        .filter(|_| get(proxy, API, "/", &[]).map_or(true, |a| a.status != 200))
-        .count();
-    ensure!(failures > 0, "no request met the broken endpoint");
-    println!("without retries: {failures} of 40 failed");
+    println!("without retries: the broken endpoint answered request {sent}");
 
     mesh.apply(
         "east",
@@ -170,7 +169,8 @@ spec:
     )
     .success()?;
     let web_admin = web.addr("admin")?;
-    wait_for(Duration::from_secs(5), "a retry", || {
+    // The first request that meets the broken endpoint once it is back from an ejection.
+    wait_for(Duration::from_secs(35), "a retry", || {
         let _ = get(proxy, API, "/", &[])?;
         Ok((retries(web_admin, "sent")? > 0.0).then_some(()))
     })?;
