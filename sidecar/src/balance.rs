@@ -191,6 +191,33 @@ impl<T: Clone + Eq + Hash> Balancer<T> {
         }
     }
 
+    /// Picks from the first tier that has a usable target, leaving out the targets in
+    /// `avoid` (those that already failed this request) while another is usable in any tier,
+    /// so a retry goes elsewhere, to another cluster if need be, as Envoy's `previous_hosts`
+    /// retry predicate does. When only avoided targets are usable, one of them is tried again.
+    pub fn pick_in_tiers(
+        &self,
+        tiers: &[Vec<T>],
+        avoid: &[T],
+        now: Instant,
+        mut random: impl FnMut() -> u64,
+    ) -> Option<T> {
+        let mut pick_first = |leave_out: &[T]| {
+            tiers.iter().find_map(|tier| {
+                if leave_out.is_empty() {
+                    return self.pick(tier, now, random());
+                }
+                let others: Vec<T> = tier
+                    .iter()
+                    .filter(|t| !leave_out.contains(t))
+                    .cloned()
+                    .collect();
+                self.pick(&others, now, random())
+            })
+        };
+        pick_first(avoid).or_else(|| pick_first(&[]))
+    }
+
     fn stats(&mut self, target: &T, now: Instant) -> &mut Stats {
         self.stats
             .entry(target.clone())
@@ -428,5 +455,36 @@ mod tests {
         let tried = tried.expect("the once-slow target was never tried again in 120 s");
         // 20 ms decays below 0.3 ms after 10 s * ln(20 / 0.3), about 42 s.
         assert!(tried < Duration::from_secs(45), "{tried:?}");
+    }
+
+    #[test]
+    fn a_retry_leaves_out_the_targets_that_failed_it_while_another_is_usable() {
+        let mut balancer = Balancer::default();
+        let now = Instant::now();
+        // "fast" wins every comparison; it answered this request with an error.
+        balancer.end(&"fast", Duration::from_micros(100), now);
+        balancer.end(&"slow", Duration::from_millis(5), now);
+        let tiers = vec![vec!["fast", "slow"], vec!["remote"]];
+        let mut random = randoms(9);
+        let mut next = || random.next().unwrap_or(1);
+        assert_eq!(
+            balancer.pick_in_tiers(&tiers, &[], now, &mut next),
+            Some("fast")
+        );
+        assert_eq!(
+            balancer.pick_in_tiers(&tiers, &["fast"], now, &mut next),
+            Some("slow")
+        );
+        // Every local target failed it: the next tier.
+        assert_eq!(
+            balancer.pick_in_tiers(&tiers, &["fast", "slow"], now, &mut next),
+            Some("remote")
+        );
+        // Nothing else is usable: a failed target is tried again rather than none.
+        balancer.fail(&"remote", now);
+        assert_eq!(
+            balancer.pick_in_tiers(&tiers, &["fast", "slow"], now, &mut next),
+            Some("fast")
+        );
     }
 }

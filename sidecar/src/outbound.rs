@@ -182,33 +182,12 @@ fn no_port(dest: &Destination) -> String {
     }
 }
 
-/// Chooses the next target: the best usable one of the first tier that has any, leaving out
-/// the targets in `avoid` (those that already failed this request) while another is usable,
-/// so a retry goes elsewhere, to another cluster if need be, as Envoy's `previous_hosts`
-/// retry predicate does. When only avoided targets are left, one of them is tried again.
+/// Chooses the next target (see [`crate::balance::Balancer::pick_in_tiers`]), leaving out those in `avoid`
+/// while another is usable.
 fn choose(shared: &Shared, tiers: &Tiers, avoid: &[Target]) -> Option<Target> {
-    let balancer = shared.balancer();
-    let now = Instant::now();
-    let fresh = || {
-        tiers.iter().find_map(|tier| {
-            let others: Vec<Target> = tier
-                .iter()
-                .filter(|t| !avoid.contains(t))
-                .cloned()
-                .collect();
-            balancer.pick(&others, now, crate::balance::random())
-        })
-    };
-    let any = || {
-        tiers
-            .iter()
-            .find_map(|tier| balancer.pick(tier, now, crate::balance::random()))
-    };
-    if avoid.is_empty() {
-        any()
-    } else {
-        fresh().or_else(any)
-    }
+    shared
+        .balancer()
+        .pick_in_tiers(tiers, avoid, Instant::now(), crate::balance::random)
 }
 
 /// Serves the HTTP proxy port until the sidecar stops.
