@@ -73,8 +73,22 @@ macro_rules! label_type {
     };
     ($(#[$doc:meta])* $name:ident, $what:literal, $max:literal, $check:ident) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[derive(Debug, Clone, Eq, PartialOrd, Ord)]
         pub struct $name(String);
+
+        impl std::hash::Hash for $name {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                self.0.hash(state)
+            }
+        }
+
+        /// Compared inline (see [`crate::text`]): policy decisions compare names per rule.
+        impl PartialEq for $name {
+            #[inline]
+            fn eq(&self, other: &Self) -> bool {
+                crate::text::same(&self.0, &other.0)
+            }
+        }
 
         impl $name {
             /// Checks and wraps a name.

@@ -13,6 +13,7 @@ pub mod pki;
 pub mod policy;
 pub mod resource;
 pub mod session;
+pub mod text;
 pub mod tls;
 pub mod wire;
 pub mod workload;
