@@ -218,7 +218,8 @@ pub async fn watch(shared: Arc<Shared>, channel: Channel) {
             loop {
                 match stream.message().await {
                     Ok(Some(view)) => {
-                        let mut directory = Directory::from_view(&view);
+                        let previous = shared.directory.borrow().clone();
+                        let mut directory = Directory::from_view(&view, Some(&previous));
                         // A relay bound to a wildcard address is reached at the gateway's
                         // host, as the sidecar dials it.
                         if let Some(relay) = directory.relay.as_mut()

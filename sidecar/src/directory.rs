@@ -4,8 +4,9 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
-use crate::policy::Policies;
+use crate::policy::{self, Policies};
 use strait_federation::catalog::{Port, Protocol, ServiceKey};
 use strait_federation::cidr::CidrRange;
 use strait_federation::identity::{ClusterName, Namespace, ServiceName};
@@ -78,8 +79,9 @@ pub struct Directory {
     by_vip: HashMap<IpAddr, Destination>,
     /// The ranges they come from.
     virtual_ranges: Vec<CidrRange>,
-    /// The mesh-wide policies that concern this sidecar.
-    pub policies: Policies,
+    /// The mesh-wide policies that concern this sidecar (shared with the previous view's
+    /// directory when they did not change).
+    pub policies: Arc<Policies>,
     /// Where this cluster runs.
     pub location: Location,
     /// Where the other linked clusters run, as their gateways said.
@@ -96,8 +98,9 @@ fn parse_port(port: &strait_federation::proto::workload::PortSpec) -> Option<Por
 
 impl Directory {
     /// Builds the view from what the gateway sent; entries that do not parse are skipped (the
-    /// gateway checked them, so this only guards against a newer gateway's additions).
-    pub fn from_view(view: &CatalogView) -> Self {
+    /// gateway checked them, so this only guards against a newer gateway's additions). The
+    /// policy table of `previous` is kept when the view's policies are the same.
+    pub fn from_view(view: &CatalogView, previous: Option<&Directory>) -> Self {
         let cluster = ClusterName::new(view.cluster.clone()).ok();
         let mut services = HashMap::new();
         let mut by_address = HashMap::new();
@@ -179,7 +182,15 @@ impl Directory {
                 .iter()
                 .filter_map(|r| CidrRange::parse(r).ok())
                 .collect(),
-            policies: Policies::from_documents(&view.policies),
+            policies: {
+                let fingerprint = policy::fingerprint(&view.policies);
+                match previous {
+                    Some(previous) if previous.policies.fingerprint == fingerprint => {
+                        previous.policies.clone()
+                    }
+                    _ => Arc::new(Policies::build(&view.policies, fingerprint)),
+                }
+            },
             location: Location::new(&view.cloud, &view.region, &view.zone).unwrap_or_default(),
             cluster_locations: view
                 .cluster_locations
@@ -322,8 +333,10 @@ fn split_port(authority: &str) -> Option<(&str, Option<u16>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strait_federation::identity::SpiffeId;
+    use strait_federation::policy::authorization::{Decision, Request};
     use strait_federation::proto::workload::{
-        Backend, EndpointView, PortSpec, ServiceView, VirtualAddress,
+        Backend, EndpointView, PolicyDocument, PortSpec, ServiceView, VirtualAddress,
     };
 
     fn view() -> CatalogView {
@@ -405,7 +418,7 @@ mod tests {
 
     #[test]
     fn virtual_addresses_resolve_to_the_names_they_stand_for() {
-        let directory = Directory::from_view(&view());
+        let directory = Directory::from_view(&view(), None);
         let west = ClusterName::new("west").unwrap();
         let cases = [
             ("240.240.0.1:8080", None, None, Some(8080)),
@@ -445,7 +458,7 @@ mod tests {
 
     #[test]
     fn every_name_form_resolves_to_its_service_and_scope() {
-        let directory = Directory::from_view(&view());
+        let directory = Directory::from_view(&view(), None);
         let at = |name: &str| directory.resolve(name);
         for short in [
             "api.shop",
@@ -471,7 +484,7 @@ mod tests {
 
     #[test]
     fn names_outside_the_catalog_or_malformed_resolve_to_nothing() {
-        let directory = Directory::from_view(&view());
+        let directory = Directory::from_view(&view(), None);
         for name in [
             "nothere.shop.svc.clusterset.local",
             "example.com",
@@ -487,7 +500,7 @@ mod tests {
 
     #[test]
     fn local_endpoints_and_remote_clusters_are_told_apart() {
-        let directory = Directory::from_view(&view());
+        let directory = Directory::from_view(&view(), None);
         let api = directory.service(&key("api")).unwrap();
         assert_eq!(api.local.len(), 1);
         assert_eq!(api.remote[0].0.as_str(), "west");
@@ -505,7 +518,7 @@ mod tests {
 
     #[test]
     fn a_port_is_chosen_by_number_or_by_default() {
-        let directory = Directory::from_view(&view());
+        let directory = Directory::from_view(&view(), None);
         let api = directory.service(&key("api")).unwrap();
         assert_eq!(api.port(None).unwrap().port, 8080);
         assert_eq!(api.port(Some(80)).unwrap().port, 8080);
@@ -513,5 +526,58 @@ mod tests {
         let db = directory.service(&key("db")).unwrap();
         assert_eq!(db.port(Some(5432)).unwrap().port, 5432);
         assert_eq!(db.port(None).unwrap().port, 8081);
+    }
+
+    /// A new view keeps the previous policy table while its documents are the same (a catalog
+    /// change), and builds a new one when any of them changed, here only by its version.
+    #[test]
+    fn an_unchanged_policy_set_keeps_its_table_across_views() {
+        let deny = |stamp: u64| {
+            PolicyDocument {
+            kind: "AuthorizationPolicy".into(),
+            namespace: "shop".into(),
+            name: "no-west".into(),
+            document: r#"{"apiVersion":"policy.strait.dev/v1alpha1","kind":"AuthorizationPolicy","metadata":{"name":"no-west","namespace":"shop"},"spec":{"targetRef":{"kind":"Service","name":"api"},"action":"deny","rules":[{"from":[{"clusters":["west"]}]}]}}"#.into(),
+            stamp,
+            origin: "east".into(),
+        }
+        };
+        let mut first_view = view();
+        first_view.policies = vec![deny(1)];
+        let first = Directory::from_view(&first_view, None);
+        assert_eq!(first.policies.refused, 0);
+        let west: SpiffeId = "spiffe://mesh.test/cluster/west/ns/shop/sa/web"
+            .parse()
+            .unwrap();
+        let decide = |d: &Directory| {
+            d.policies.authorize(
+                &Namespace::new("shop").unwrap(),
+                &ServiceName::new("api").unwrap(),
+                &Request {
+                    caller: Some(&west),
+                    http: None,
+                    principal: None,
+                    caller_location: None,
+                    caller_healthy: true,
+                },
+            )
+        };
+        assert!(matches!(decide(&first), Decision::Deny { .. }));
+
+        let mut catalog_change = first_view.clone();
+        catalog_change.version += 1;
+        catalog_change.services.pop();
+        let second = Directory::from_view(&catalog_change, Some(&first));
+        assert!(Arc::ptr_eq(&first.policies, &second.policies));
+
+        let mut new_version = catalog_change.clone();
+        new_version.policies = vec![deny(2)];
+        let third = Directory::from_view(&new_version, Some(&second));
+        assert!(!Arc::ptr_eq(&second.policies, &third.policies));
+        assert!(matches!(decide(&third), Decision::Deny { .. }));
+
+        new_version.policies.clear();
+        let fourth = Directory::from_view(&new_version, Some(&third));
+        assert_eq!(decide(&fourth), Decision::Allow);
     }
 }

@@ -40,13 +40,45 @@ pub struct Policies {
     authentications: Vec<Authentication>,
     /// How many documents were skipped for failing their checks.
     pub refused: usize,
+    /// What the table was built from (see [`fingerprint`]).
+    pub fingerprint: u64,
+}
+
+/// A fingerprint of a view's policy documents: every field of each, in order. A view whose
+/// fingerprint is the previous one's keeps the previous table: building it costs about 15 µs
+/// a rule (150 ms at 10,000), hashing the documents a few ms, and most views change only the
+/// catalog.
+pub fn fingerprint(documents: &[PolicyDocument]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    documents.len().hash(&mut hasher);
+    for document in documents {
+        let PolicyDocument {
+            kind,
+            namespace,
+            name,
+            document,
+            stamp,
+            origin,
+        } = document;
+        (kind, namespace, name, document, stamp, origin).hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 impl Policies {
     /// Checks and sorts the documents of a view; one that fails its checks is skipped and
     /// logged (the gateway checked it, so this only guards against a newer gateway's fields).
     pub fn from_documents(documents: &[PolicyDocument]) -> Self {
-        let mut policies = Self::default();
+        Self::build(documents, fingerprint(documents))
+    }
+
+    /// [`Policies::from_documents`] when the documents' fingerprint is known.
+    pub(crate) fn build(documents: &[PolicyDocument], fingerprint: u64) -> Self {
+        let mut policies = Self {
+            fingerprint,
+            ..Self::default()
+        };
         for document in documents {
             let key = PolicyKind::ALL
                 .into_iter()

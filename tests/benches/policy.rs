@@ -252,7 +252,9 @@ fn report_evaluation(evaluation: &evaluation::Evaluation, other_cpu: f64) {
         evaluation.at_hundred_ns,
         evaluation.at_hundred_ns / EVALUATION_TARGET_NS
     );
-    println!("  building the table (Policies::from_documents), as a sidecar does for every view:");
+    println!(
+        "  building the table (Policies::from_documents), as a sidecar does for every view whose policies changed:"
+    );
     for row in &evaluation.builds {
         println!(
             "  {:58} {:>9.2} ms ({:>8.2}-{:>8.2}) {:>9.0} allocs",
