@@ -194,8 +194,14 @@ impl Shared {
         for (key, _, _) in state.policies.set.live() {
             *policies.entry(key.kind).or_insert(0i64) += 1;
         }
+        let tombstones = state
+            .policies
+            .set
+            .len()
+            .saturating_sub(state.policies.set.live_count());
         let head = state.export.head();
         drop(state);
+        self.metrics.policy_tombstones.set(tombstones as i64);
         for kind in strait_federation::policy::PolicyKind::ALL {
             self.metrics
                 .policies

@@ -61,6 +61,8 @@ pub struct Metrics {
     dns_answers: Vec<IntCounter>,
     /// Live policies held, by kind.
     pub policies: IntGaugeVec,
+    /// Deleted policies held as tombstones (they count towards the bound on entries).
+    pub policy_tombstones: IntGauge,
     /// Policy entries received from each peer, by result (applied, known, refused).
     pub policy_entries: IntCounterVec,
 }
@@ -155,6 +157,11 @@ impl Metrics {
                 "policies",
                 "Live mesh-wide policies this gateway holds, by kind.",
                 &["kind"],
+            ),
+            policy_tombstones: plain_gauge(
+                "policy_tombstones",
+                "Deleted policies this gateway holds as tombstones; with the live ones they \
+                 count towards the bound of 50,000 entries.",
             ),
             policy_entries: counter(
                 "peer_policy_entries_total",

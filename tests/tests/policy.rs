@@ -94,7 +94,7 @@ fn tcp_echoes(upstream: SocketAddr) -> bool {
 #[test]
 fn a_deny_applied_in_east_is_enforced_in_west_held_while_partitioned_and_lifted_by_delete()
 -> Result<()> {
-    let (mesh, _east_gateway, mut west_gateway) = linked_pair(None)?;
+    let (mesh, east_gateway, mut west_gateway) = linked_pair(None)?;
     let ports = [("http", 8080, "http"), ("tcp", 5432, "tcp")];
     let api_east = endpoint(&mesh, "east", "api", "api-east-0", &ports)?;
     let api_west = endpoint(&mesh, "west", "api", "api-west-0", &ports)?;
@@ -191,6 +191,13 @@ fn a_deny_applied_in_east_is_enforced_in_west_held_while_partitioned_and_lifted_
     println!("deny lifted in west {took:?} after delete in east");
     ensure!(tcp_echoes(web_west.upstream(0)?), "TCP after the delete");
     ensure!(policies(&mesh, "west")?.is_empty());
+    // The deletion is held as a tombstone in both clusters, and shown.
+    for gateway in [&east_gateway, &west_gateway] {
+        wait_for(Duration::from_secs(5), "one tombstone shown", || {
+            let text = http_get_host(gateway.admin, "localhost", "/metrics")?.1;
+            Ok((metric(&text, "strait_policy_tombstones", &[]) == Some(1.0)).then_some(()))
+        })?;
+    }
     // Deleting again names what was not there and fails.
     let again = mesh.cli(&["--context", "east", "delete", "-f"], &[&path]);
     ensure!(
