@@ -186,6 +186,10 @@ pub struct PeeringConfig {
     /// Longest wait between two dials of an unreachable peer, in milliseconds.
     #[serde(default = "default_backoff")]
     pub max_backoff_ms: u64,
+    /// How long a deleted policy's tombstone is kept, in milliseconds; 0: for good. A peer
+    /// away for longer that still holds the policy brings it back when it returns.
+    #[serde(default = "default_tombstone_retention")]
+    pub tombstone_retention_ms: u64,
 }
 
 fn default_keepalive() -> u64 {
@@ -200,6 +204,10 @@ fn default_grace() -> u64 {
 fn default_backoff() -> u64 {
     5_000
 }
+/// Seven days: longer than any partition a peer is expected to come back from unchanged.
+fn default_tombstone_retention() -> u64 {
+    7 * 24 * 3_600_000
+}
 
 impl Default for PeeringConfig {
     fn default() -> Self {
@@ -208,6 +216,7 @@ impl Default for PeeringConfig {
             idle_timeout_ms: default_idle(),
             grace_period_ms: default_grace(),
             max_backoff_ms: default_backoff(),
+            tombstone_retention_ms: default_tombstone_retention(),
         }
     }
 }

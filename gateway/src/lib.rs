@@ -283,6 +283,7 @@ pub async fn run(
     let link_key = LinkKey::from_pem(&read_file(&link_key_path)?, &link_key_path)?;
     let state_file = StateFile::in_dir(&config.state_dir);
     let mut state = state_file.load()?;
+    state.policies.tombstone_retention_ms = config.peering.tombstone_retention_ms;
     let peers_known: Vec<ClusterName> = state
         .imports
         .keys()
@@ -425,6 +426,10 @@ async fn housekeeping(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let identity = SpiffeId::gateway(&shared.config.trust_domain, &shared.config.cluster);
     let mut renew_at = Instant::now() + LEAF_LIFETIME.mul_f64(0.7);
+    // Tombstones are looked at a few times per retention, at most once a minute.
+    let compact_every = Duration::from_millis(shared.config.peering.tombstone_retention_ms / 4)
+        .clamp(Duration::from_millis(250), Duration::from_secs(60));
+    let mut compact_at = Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -432,6 +437,10 @@ async fn housekeeping(shared: Arc<Shared>) {
         }
         peer::withdraw_expired(&shared, Instant::now());
         policies::expire_quota_windows(&shared);
+        if Instant::now() >= compact_at {
+            compact_at = Instant::now() + compact_every;
+            policies::compact_tombstones(&shared);
+        }
         if lock(&shared.state).expire_registrations(Instant::now()) {
             shared.mark_dirty();
             shared.export_changed();

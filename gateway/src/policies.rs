@@ -231,6 +231,20 @@ pub fn expire_quota_windows(shared: &Shared) {
     lock(&shared.quotas).expire(|label| windows.get(label).copied());
 }
 
+/// Drops the tombstones past the retention (`peering.tombstoneRetentionMs`), and writes the
+/// state when any went. Nothing is sent: peers drop theirs by the same clock, and refuse the
+/// old tombstones a peer with a longer retention still offers.
+pub fn compact_tombstones(shared: &Shared) {
+    let dropped = lock(&shared.state).policies.compact(unix_now_ms());
+    if dropped > 0 {
+        tracing::info!(
+            dropped,
+            "tombstones of deleted policies dropped after their retention"
+        );
+        shared.mark_dirty();
+    }
+}
+
 /// Takes quota counts from a peer; whether any grew (then other peers and the sidecars must
 /// hear of it). A count naming an invalid cluster is skipped.
 pub fn merge_quota_usage(shared: &Shared, usage: QuotaUsage) -> bool {

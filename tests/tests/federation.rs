@@ -562,3 +562,96 @@ fn an_unlink_between_two_dials_still_reaches_the_peer() -> Result<()> {
     .with_context(|| west.log_tail())?;
     Ok(())
 }
+
+/// The tombstones a gateway holds, from its metrics.
+fn tombstones(gateway: &strait_tests::Gateway) -> Result<f64> {
+    let text = strait_tests::http_get_host(gateway.admin, "localhost", "/metrics")?.1;
+    metric(&text, "strait_policy_tombstones", &[]).context("no strait_policy_tombstones gauge")
+}
+
+/// The names of the policies a cluster lists.
+fn policy_names(mesh: &Mesh, cluster: &str) -> Result<Vec<String>> {
+    let text = mesh
+        .ctl(cluster, &["get", "policies", "-o", "json"])
+        .success()?;
+    let list: serde_json::Value = serde_json::from_str(&text).with_context(|| text.clone())?;
+    Ok(list["items"]
+        .as_array()
+        .context("items")?
+        .iter()
+        .filter_map(|item| item["metadata"]["name"].as_str().map(str::to_owned))
+        .collect())
+}
+
+/// With a short retention, a deleted policy's tombstone leaves both gateways once it is past
+/// it; the gateway that restarts brings nothing back, and the name can be applied again.
+#[test]
+fn a_deleted_policys_tombstone_goes_after_its_retention_and_nothing_comes_back() -> Result<()> {
+    const RETENTION: Option<&str> = Some("  tombstoneRetentionMs: 4000");
+    const DENY: &str = "apiVersion: policy.strait.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: no-west-to-api, namespace: shop}
+spec:
+  targetRef: {kind: Service, name: api}
+  action: deny
+  rules:
+    - from: [{clusters: [west]}]
+";
+    let mesh = Mesh::new()?;
+    let mut west = mesh.start("west", RETENTION)?;
+    let east = mesh.start("east", RETENTION)?;
+    mesh.link("east", "west")?;
+    connected(&mesh, "east", "west")?;
+    connected(&mesh, "west", "east")?;
+    let west_holds = |wanted: bool| {
+        wait_for(
+            Duration::from_secs(5),
+            &format!("west holding the policy: {wanted}"),
+            || {
+                let held = policy_names(&mesh, "west")?
+                    .iter()
+                    .any(|n| n == "no-west-to-api");
+                Ok((held == wanted).then_some(()))
+            },
+        )
+    };
+    mesh.apply("east", "deny.yaml", DENY).success()?;
+    west_holds(true)?;
+
+    let path = mesh.file("deny.yaml", DENY)?;
+    mesh.cli(&["--context", "east", "delete", "-f"], &[&path])
+        .success()?;
+    let deleted = Instant::now();
+    west_holds(false)?;
+    ensure!(
+        tombstones(&east)? == 1.0,
+        "east holds no tombstone after the delete"
+    );
+    wait_for(Duration::from_secs(10), "no tombstone left", || {
+        Ok((tombstones(&east)? == 0.0 && tombstones(&west)? == 0.0).then_some(()))
+    })?;
+    let took = deleted.elapsed();
+    println!("tombstones gone from both gateways {took:?} after the delete");
+    ensure!(
+        took >= Duration::from_millis(3_500),
+        "dropped after {took:?}, before the 4 s retention"
+    );
+
+    // West restarts from its state file: the policy stays deleted in both clusters.
+    west.stop()?;
+    west.start(&mesh)?;
+    connected(&mesh, "west", "east")?;
+    connected(&mesh, "east", "west")?;
+    std::thread::sleep(Duration::from_secs(1));
+    for cluster in ["east", "west"] {
+        let names = policy_names(&mesh, cluster)?;
+        ensure!(names.is_empty(), "{cluster} lists {names:?}");
+    }
+    ensure!(tombstones(&east)? == 0.0 && tombstones(&west)? == 0.0);
+
+    // The name is free to apply again, and reaches west.
+    let again = mesh.apply("east", "deny.yaml", DENY).success()?;
+    ensure!(again.contains("created"), "{again}");
+    west_holds(true)?;
+    Ok(())
+}

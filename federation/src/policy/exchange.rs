@@ -25,6 +25,10 @@ pub const MAX_POLICIES: usize = 50_000;
 pub struct PolicyBook {
     pub set: PolicyStore,
     pub clock: Clock,
+    /// How long a deleted policy's tombstone is kept, in milliseconds (by its stamp); 0: for
+    /// good. Set from the gateway's configuration, never stored.
+    #[serde(skip)]
+    pub tombstone_retention_ms: u64,
 }
 
 /// What a local apply did, as kubectl says it.
@@ -64,6 +68,7 @@ impl PolicyBook {
                 .get("clock")
                 .and_then(|c| serde_json::from_value(c.clone()).ok())
                 .unwrap_or_default(),
+            tombstone_retention_ms: 0,
         };
         let mut skipped = Vec::new();
         let entries = stored
@@ -80,6 +85,20 @@ impl PolicyBook {
             }
         }
         (book, skipped)
+    }
+
+    /// The stamp before which tombstones are dropped at `now_ms`; `None` while kept for good.
+    pub fn tombstone_horizon(&self, now_ms: u64) -> Option<u64> {
+        (self.tombstone_retention_ms > 0)
+            .then(|| Clock::stamp_at(now_ms.saturating_sub(self.tombstone_retention_ms)))
+    }
+
+    /// Drops the tombstones older than the retention at `now_ms`; how many. A peer that was
+    /// away for longer and still holds such a policy live brings it back when it returns: that
+    /// is the price of a bounded set, as with Cassandra's `gc_grace_seconds`.
+    pub fn compact(&mut self, now_ms: u64) -> usize {
+        self.tombstone_horizon(now_ms)
+            .map_or(0, |horizon| self.set.drop_tombstones_before(horizon))
     }
 
     /// Applies a policy made here at `now_ms` (Unix milliseconds). An unchanged document keeps
@@ -336,6 +355,17 @@ impl PolicyExchange {
                 }
             }
             if book.set.get(&key).is_some_and(|e| e.version >= version) {
+                received.known += 1;
+                continue;
+            }
+            // A tombstone past the retention, of a policy not held here: this gateway dropped
+            // it already (or would at once), and taking it back would only grow the set.
+            if entry.document.is_empty()
+                && book.set.get(&key).is_none()
+                && book
+                    .tombstone_horizon(now_ms)
+                    .is_some_and(|horizon| version.stamp < horizon)
+            {
                 received.known += 1;
                 continue;
             }
@@ -648,6 +678,60 @@ mod tests {
         let mut clock = Clock::default();
         clock.observe(u64::MAX);
         assert_eq!(clock.tick(NOW_MS), u64::MAX);
+    }
+
+    /// Tombstones older than the retention are dropped, live entries stay however old, and
+    /// a peer that still holds a dropped tombstone cannot hand it back; a recent one it can.
+    #[test]
+    fn tombstones_past_the_retention_are_dropped_and_not_taken_back() {
+        const DAY_MS: u64 = 86_400_000;
+        let east = cluster("east");
+        let mut book = PolicyBook {
+            tombstone_retention_ms: 7 * DAY_MS,
+            ..PolicyBook::default()
+        };
+        let (old_live, p_old) = policy("old-live", "west");
+        let (old_gone, p_gone) = policy("old-gone", "west");
+        let (new_gone, p_new) = policy("new-gone", "west");
+        book.apply(old_live.clone(), p_old, &east, NOW_MS).unwrap();
+        book.apply(old_gone.clone(), p_gone, &east, NOW_MS).unwrap();
+        book.delete(&old_gone, &east, NOW_MS + 1);
+        let later = NOW_MS + 8 * DAY_MS;
+        book.apply(new_gone.clone(), p_new, &east, later).unwrap();
+        book.delete(&new_gone, &east, later + 1);
+        let held = book.set.clone();
+
+        assert_eq!(book.compact(later + 2), 1);
+        assert!(book.set.get(&old_gone).is_none());
+        assert!(book.set.get(&new_gone).is_some_and(|e| e.body.is_none()));
+        assert!(book.set.get(&old_live).is_some_and(|e| e.body.is_some()));
+        assert_eq!(book.compact(later + 3), 0);
+
+        // A peer that kept everything sends the set back in full.
+        let mut exchange = PolicyExchange::default();
+        let entries = wire::PolicyEntries {
+            entries: held
+                .entries()
+                .map(|(key, entry)| wire::PolicyEntry {
+                    version: Some(version_to_wire(key, &entry.version)),
+                    document: entry.body.as_ref().map(Policy::to_json).unwrap_or_default(),
+                })
+                .collect(),
+        };
+        let received = exchange
+            .on_entries(entries, &mut book, &cluster("west"), later + 3)
+            .unwrap();
+        assert!(received.changed.is_empty(), "{received:?}");
+        assert_eq!(received.known, 3);
+        assert!(book.set.get(&old_gone).is_none());
+
+        // Kept for good when the retention is 0.
+        let mut forever = PolicyBook {
+            set: held,
+            ..PolicyBook::default()
+        };
+        assert_eq!(forever.compact(u64::MAX / 2), 0);
+        assert_eq!(forever.set.len(), 3);
     }
 
     #[test]

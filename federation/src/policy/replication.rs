@@ -42,9 +42,12 @@ impl Clock {
     /// future (a peer's clock far ahead, or a forged stamp) would win over every change made
     /// anywhere until the real clocks caught up.
     pub fn latest_acceptable(now_ms: u64) -> u64 {
-        now_ms
-            .saturating_add(MAX_SKEW_MS)
-            .saturating_mul(1 << COUNTER_BITS)
+        Self::stamp_at(now_ms.saturating_add(MAX_SKEW_MS))
+    }
+
+    /// The lowest stamp a change made at `now_ms` can have.
+    pub fn stamp_at(now_ms: u64) -> u64 {
+        now_ms.saturating_mul(1 << COUNTER_BITS)
     }
 
     /// Takes note of a stamp received from a peer.
@@ -106,6 +109,14 @@ impl<K: Ord + Clone, T: Clone + PartialEq> PolicySet<K, T> {
     /// Whether the set holds no entry at all.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Drops the tombstones stamped before `stamp` (live entries stay, however old); how many.
+    pub fn drop_tombstones_before(&mut self, stamp: u64) -> usize {
+        let before = self.entries.len();
+        self.entries
+            .retain(|_, e| e.body.is_some() || e.version.stamp >= stamp);
+        before - self.entries.len()
     }
 
     /// How many live policies the set holds.
