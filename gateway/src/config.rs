@@ -270,6 +270,18 @@ impl GatewayConfig {
                     .into(),
             });
         }
+        if p.tombstone_retention_ms != 0 && p.tombstone_retention_ms < p.idle_timeout_ms {
+            // Shorter than a peer may be silent before it counts as lost: a deletion could go
+            // before a connected peer heard of it.
+            return Err(GatewayError::Config {
+                path: path.to_owned(),
+                message: format!(
+                    "peering.tombstoneRetentionMs must be 0 (kept for good) or at least \
+                     peering.idleTimeoutMs ({} ms), got {}",
+                    p.idle_timeout_ms, p.tombstone_retention_ms
+                ),
+            });
+        }
         let w = &config.workloads;
         if w.cert_ttl_seconds < 2 || w.lease_seconds < 2 {
             return Err(GatewayError::Config {
@@ -340,5 +352,15 @@ mod tests {
         .unwrap();
         let err = GatewayConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains("bogus"), "{err}");
+        std::fs::write(
+            &path,
+            "cluster: west\ntrustDomain: t\nquicAddr: 127.0.0.1:1\napiAddr: 127.0.0.1:2\nadminAddr: 127.0.0.1:3\npeering: {tombstoneRetentionMs: 500}\n",
+        )
+        .unwrap();
+        let err = GatewayConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("gateway.yaml") && err.contains("peering.tombstoneRetentionMs"),
+            "{err}"
+        );
     }
 }
