@@ -587,7 +587,8 @@ fn policy_names(mesh: &Mesh, cluster: &str) -> Result<Vec<String>> {
 /// it; the gateway that restarts brings nothing back, and the name can be applied again.
 #[test]
 fn a_deleted_policys_tombstone_goes_after_its_retention_and_nothing_comes_back() -> Result<()> {
-    const RETENTION: Option<&str> = Some("  tombstoneRetentionMs: 4000");
+    const RETENTION: Option<&str> =
+        Some("  keepaliveMs: 500\n  idleTimeoutMs: 3000\n  tombstoneRetentionMs: 4000");
     const DENY: &str = "apiVersion: policy.strait.dev/v1alpha1
 kind: AuthorizationPolicy
 metadata: {name: no-west-to-api, namespace: shop}
