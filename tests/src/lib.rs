@@ -150,6 +150,17 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     http_get_host(addr, &addr.to_string(), path)
 }
 
+/// The policy document of the acceptance check: a deny of every caller from cluster west.
+pub const NO_WEST_TO_API: &str = "apiVersion: policy.strait.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: no-west-to-api, namespace: shop}
+spec:
+  targetRef: {kind: Service, name: api}
+  action: deny
+  rules:
+    - from: [{clusters: [west]}]
+";
+
 /// One value of a Prometheus text exposition, matched by metric name and label fragments.
 pub fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
     text.lines()

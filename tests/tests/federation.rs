@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use strait_tests::{Mesh, metric, service, wait_for};
+use strait_tests::{Mesh, NO_WEST_TO_API, metric, service, wait_for};
 
 const FAST: Option<&str> =
     Some("  keepaliveMs: 500\n  idleTimeoutMs: 3000\n  gracePeriodMs: 2000\n  maxBackoffMs: 500");
@@ -589,15 +589,6 @@ fn policy_names(mesh: &Mesh, cluster: &str) -> Result<Vec<String>> {
 fn a_deleted_policys_tombstone_goes_after_its_retention_and_nothing_comes_back() -> Result<()> {
     const RETENTION: Option<&str> =
         Some("  keepaliveMs: 500\n  idleTimeoutMs: 3000\n  tombstoneRetentionMs: 4000");
-    const DENY: &str = "apiVersion: policy.strait.dev/v1alpha1
-kind: AuthorizationPolicy
-metadata: {name: no-west-to-api, namespace: shop}
-spec:
-  targetRef: {kind: Service, name: api}
-  action: deny
-  rules:
-    - from: [{clusters: [west]}]
-";
     let mesh = Mesh::new()?;
     let mut west = mesh.start("west", RETENTION)?;
     let east = mesh.start("east", RETENTION)?;
@@ -616,10 +607,10 @@ spec:
             },
         )
     };
-    mesh.apply("east", "deny.yaml", DENY).success()?;
+    mesh.apply("east", "deny.yaml", NO_WEST_TO_API).success()?;
     west_holds(true)?;
 
-    let path = mesh.file("deny.yaml", DENY)?;
+    let path = mesh.file("deny.yaml", NO_WEST_TO_API)?;
     mesh.cli(&["--context", "east", "delete", "-f"], &[&path])
         .success()?;
     let deleted = Instant::now();
@@ -651,7 +642,7 @@ spec:
     ensure!(tombstones(&east)? == 0.0 && tombstones(&west)? == 0.0);
 
     // The name is free to apply again, and reaches west.
-    let again = mesh.apply("east", "deny.yaml", DENY).success()?;
+    let again = mesh.apply("east", "deny.yaml", NO_WEST_TO_API).success()?;
     ensure!(again.contains("created"), "{again}");
     west_holds(true)?;
     Ok(())

@@ -12,18 +12,7 @@ use strait_federation::proto::authorizer::{CheckRequest, CheckResponse};
 use strait_tests::workloads::{
     Answer, api, client, endpoint, get, get_json, linked_pair, wait_route,
 };
-use strait_tests::{Gateway, Mesh, http_get_host, metric, wait_for};
-
-/// The acceptance check's document.
-const NO_WEST_TO_API: &str = "apiVersion: policy.strait.dev/v1alpha1
-kind: AuthorizationPolicy
-metadata: {name: no-west-to-api, namespace: shop}
-spec:
-  targetRef: {kind: Service, name: api}
-  action: deny
-  rules:
-    - from: [{clusters: [west]}]
-";
+use strait_tests::{Gateway, Mesh, NO_WEST_TO_API, http_get_host, metric, wait_for};
 
 const API: &str = "api.shop.svc.clusterset.local";
 
