@@ -528,19 +528,22 @@ mod tests {
         assert_eq!(db.port(None).unwrap().port, 8081);
     }
 
+    const DENY_WEST: &str = r#"{"apiVersion": "policy.strait.dev/v1alpha1",
+        "kind": "AuthorizationPolicy", "metadata": {"name": "no-west", "namespace": "shop"},
+        "spec": {"targetRef": {"kind": "Service", "name": "api"}, "action": "deny",
+        "rules": [{"from": [{"clusters": ["west"]}]}]}}"#;
+
     /// A new view keeps the previous policy table while its documents are the same (a catalog
     /// change), and builds a new one when any of them changed, here only by its version.
     #[test]
     fn an_unchanged_policy_set_keeps_its_table_across_views() {
-        let deny = |stamp: u64| {
-            PolicyDocument {
+        let deny = |stamp: u64| PolicyDocument {
             kind: "AuthorizationPolicy".into(),
             namespace: "shop".into(),
             name: "no-west".into(),
-            document: r#"{"apiVersion":"policy.strait.dev/v1alpha1","kind":"AuthorizationPolicy","metadata":{"name":"no-west","namespace":"shop"},"spec":{"targetRef":{"kind":"Service","name":"api"},"action":"deny","rules":[{"from":[{"clusters":["west"]}]}]}}"#.into(),
+            document: DENY_WEST.into(),
             stamp,
             origin: "east".into(),
-        }
         };
         let mut first_view = view();
         first_view.policies = vec![deny(1)];

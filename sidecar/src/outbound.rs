@@ -182,8 +182,8 @@ fn no_port(dest: &Destination) -> String {
     }
 }
 
-/// Chooses the next target (see [`crate::balance::Balancer::pick_in_tiers`]), leaving out those in `avoid`
-/// while another is usable.
+/// Chooses the next target (see [`crate::balance::Balancer::pick_in_tiers`]), leaving out
+/// those in `avoid` while another is usable.
 fn choose(shared: &Shared, tiers: &Tiers, avoid: &[Target]) -> Option<Target> {
     shared
         .balancer()

@@ -116,7 +116,8 @@ pub enum Decision {
 
 impl Source {
     /// Whether a caller is one this source names.
-    // Inlined into the rule loop: as a call it cost 14 % more per decision at 100 rules.
+    // Inlined into the rule loop: left to the compiler it became a call per rule, and 100
+    // rules failing at their sources were measured 25-45 % slower.
     #[inline(always)]
     pub fn matches(&self, caller: Option<&SpiffeId>) -> bool {
         let Some(SpiffeId::Workload {
