@@ -412,21 +412,28 @@ async fn authenticate(
 /// (otherwise it is counted against every one).
 fn over_limit(shared: &Shared, directory: &Directory, caller: &SpiffeId) -> Option<Limited> {
     let own = shared.own_service.as_ref()?;
-    if let Err(limited) =
-        shared
+    let taken =
+        match shared
             .limiter
             .admit(directory.policies.rate_limits(own), caller, Instant::now())
-    {
-        return Some(limited);
-    }
-    shared
+        {
+            Ok(taken) => taken,
+            Err(limited) => return Some(limited),
+        };
+    match shared
         .quota
         .admit(directory.policies.quotas(own), caller, crate::unix_ms())
-        .err()
-        .map(|exhausted| Limited {
-            policy: exhausted.quota,
-            retry_after: exhausted.retry_after,
-        })
+    {
+        Ok(()) => None,
+        Err(exhausted) => {
+            // Refused by the quota: the rate limits' tokens go back.
+            shared.limiter.give_back(taken);
+            Some(Limited {
+                policy: exhausted.quota,
+                retry_after: exhausted.retry_after,
+            })
+        }
+    }
 }
 
 /// The policy that refuses a request (HTTP: method and a normalized path) or a connection

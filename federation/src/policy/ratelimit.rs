@@ -79,13 +79,24 @@ impl TokenBucket {
 
     /// Takes a token; when there is none, how long until there is one.
     pub fn take(&mut self, limit: &Limit, now: Instant) -> Result<(), Duration> {
+        self.ready(limit, now)?;
+        self.tokens -= 1.0;
+        Ok(())
+    }
+
+    /// Whether a token can be taken at `now`, taking none; when not, how long until one can.
+    pub fn ready(&mut self, limit: &Limit, now: Instant) -> Result<(), Duration> {
         self.refill(limit, now);
         if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
             return Ok(());
         }
         let rate = f64::from(limit.requests) / limit.per.as_secs_f64();
         Err(Duration::from_secs_f64((1.0 - self.tokens) / rate))
+    }
+
+    /// Returns a token taken for a request that was refused afterwards.
+    pub fn give_back(&mut self, limit: &Limit) {
+        self.tokens = (self.tokens + 1.0).min(f64::from(limit.burst));
     }
 
     /// Whether the bucket is full at `now` (then forgetting it changes nothing).
