@@ -390,19 +390,36 @@ fn mirror(
             format!("{}: expected 1 to 100", document.percent),
         ));
     }
+    let backend = document.backend_ref;
+    let (service, cluster) = service_ref(
+        place,
+        &format!("{at}.backendRef"),
+        backend.name,
+        backend.cluster,
+    )?;
     Ok(Mirror {
-        service: ServiceName::new(document.backend_ref.name)
-            .map_err(|e| field(place, format!("{at}.backendRef.name"), e.to_string()))?,
-        cluster: document
-            .backend_ref
-            .cluster
-            .map(|c| {
-                ClusterName::new(c)
-                    .map_err(|e| field(place, format!("{at}.backendRef.cluster"), e.to_string()))
-            })
-            .transpose()?,
+        service,
+        cluster,
         percent: document.percent,
     })
+}
+
+/// A reference to a service of the route's namespace, in one cluster or any (`at`: where the
+/// reference is, for errors).
+fn service_ref(
+    place: &DocumentPlace,
+    at: &str,
+    name: String,
+    cluster: Option<String>,
+) -> Result<(ServiceName, Option<ClusterName>), DocumentError> {
+    let service =
+        ServiceName::new(name).map_err(|e| field(place, format!("{at}.name"), e.to_string()))?;
+    let cluster = cluster
+        .map(|c| {
+            ClusterName::new(c).map_err(|e| field(place, format!("{at}.cluster"), e.to_string()))
+        })
+        .transpose()?;
+    Ok((service, cluster))
 }
 
 /// What a rule's filters do.
@@ -586,16 +603,10 @@ fn rule(
     let mut backends = Vec::with_capacity(document.backend_refs.len());
     for (i, backend) in document.backend_refs.into_iter().enumerate() {
         let at = format!("{at}.backendRefs[{i}]");
+        let (service, cluster) = service_ref(place, &at, backend.name, backend.cluster)?;
         backends.push(Backend {
-            service: ServiceName::new(backend.name)
-                .map_err(|e| field(place, format!("{at}.name"), e.to_string()))?,
-            cluster: backend
-                .cluster
-                .map(|c| {
-                    ClusterName::new(c)
-                        .map_err(|e| field(place, format!("{at}.cluster"), e.to_string()))
-                })
-                .transpose()?,
+            service,
+            cluster,
             weight: backend.weight,
         });
     }
