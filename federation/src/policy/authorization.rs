@@ -147,7 +147,6 @@ impl Source {
 
 impl Source {
     /// Whether a request matches: its caller, and its JWT when the source asks for one.
-    #[inline]
     fn matches_request(&self, request: &Request<'_>) -> bool {
         if !self.matches(request.caller) {
             return false;
@@ -198,7 +197,6 @@ impl Source {
 }
 
 impl Operation {
-    #[inline]
     fn matches(&self, http: Option<(&str, &str)>) -> bool {
         let Some((method, path)) = http else {
             return false;
@@ -213,12 +211,10 @@ impl Operation {
 }
 
 impl Rule {
-    #[inline]
     fn sources_match(&self, request: &Request<'_>) -> bool {
         self.from.is_empty() || self.from.iter().any(|s| s.matches_request(request))
     }
 
-    #[inline]
     fn operations_match(&self, request: &Request<'_>) -> bool {
         self.to.is_empty() || self.to.iter().any(|o| o.matches(request.http))
     }
