@@ -12,27 +12,44 @@ pub struct CidrRange {
     v6: bool,
 }
 
+/// Why a range did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("{text:?}: expected ADDRESS/PREFIX, like 240.240.0.0/16")]
+    Shape { text: String },
+    #[error("{text:?}: {address:?} is not an IP address")]
+    Address { text: String, address: String },
+    #[error("{text:?}: {prefix:?} is not a prefix length")]
+    Prefix { text: String, prefix: String },
+    #[error("{text:?}: a prefix of at most /{max} is needed (at least 4 addresses)")]
+    TooNarrow { text: String, max: u8 },
+    #[error("{text:?}: host bits are set; the range starts at {start}")]
+    HostBits { text: String, start: IpAddr },
+}
+
 impl CidrRange {
     /// Parses `address/prefix`; the range must hold at least 4 addresses.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let (address, prefix) = text
-            .split_once('/')
-            .ok_or_else(|| format!("{text:?}: expected ADDRESS/PREFIX, like 240.240.0.0/16"))?;
-        let address: IpAddr = address
-            .parse()
-            .map_err(|_| format!("{text:?}: {address:?} is not an IP address"))?;
-        let prefix: u8 = prefix
-            .parse()
-            .map_err(|_| format!("{text:?}: {prefix:?} is not a prefix length"))?;
+    pub fn parse(text: &str) -> Result<Self, CidrError> {
+        let (address, prefix) = text.split_once('/').ok_or_else(|| CidrError::Shape {
+            text: text.to_owned(),
+        })?;
+        let address: IpAddr = address.parse().map_err(|_| CidrError::Address {
+            text: text.to_owned(),
+            address: address.to_owned(),
+        })?;
+        let prefix: u8 = prefix.parse().map_err(|_| CidrError::Prefix {
+            text: text.to_owned(),
+            prefix: prefix.to_owned(),
+        })?;
         let (base, bits, v6) = match address {
             IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32, false),
             IpAddr::V6(v6) => (u128::from(v6), 128, true),
         };
         if prefix > bits - 2 {
-            return Err(format!(
-                "{text:?}: a prefix of at most /{} is needed (at least 4 addresses)",
-                bits - 2
-            ));
+            return Err(CidrError::TooNarrow {
+                text: text.to_owned(),
+                max: bits - 2,
+            });
         }
         let host_bits = u32::from(bits - prefix);
         let mask = if host_bits >= 128 {
@@ -41,10 +58,10 @@ impl CidrRange {
             (1u128 << host_bits) - 1
         };
         if base & mask != 0 {
-            return Err(format!(
-                "{text:?}: host bits are set; the range starts at {}",
-                Self::render(base & !mask, v6)
-            ));
+            return Err(CidrError::HostBits {
+                text: text.to_owned(),
+                start: Self::render(base & !mask, v6),
+            });
         }
         Ok(Self { base, prefix, v6 })
     }
@@ -123,7 +140,7 @@ mod tests {
             ("240.240.0.0/31", "at least 4"),
             ("nope/16", "not an IP"),
         ] {
-            let err = CidrRange::parse(bad).unwrap_err();
+            let err = CidrRange::parse(bad).unwrap_err().to_string();
             assert!(err.contains(says), "{bad}: {err}");
         }
         let r = range("10.9.0.0/30");

@@ -4,7 +4,6 @@
 //! answer only the sidecars' own TLS bytes follow.
 
 use prost::Message;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::catalog::ServiceKey;
 use crate::identity::{ClusterName, Namespace, ServiceName};
@@ -102,46 +101,47 @@ impl FlowTarget {
     }
 }
 
-/// Writes one header or answer: a 2-byte length, then the protobuf message.
-pub async fn write_frame<W: AsyncWrite + Unpin>(
-    writer: &mut W,
-    message: &impl Message,
-) -> std::io::Result<()> {
+/// One header or answer as bytes: a 2-byte length, then the protobuf message.
+pub fn encode_frame(message: &impl Message) -> Vec<u8> {
     let body = message.encode_to_vec();
     let mut out = Vec::with_capacity(2 + body.len());
     out.extend_from_slice(&(body.len() as u16).to_be_bytes());
     out.extend_from_slice(&body);
-    writer.write_all(&out).await?;
-    writer.flush().await
+    out
 }
 
-/// Reads one header or answer, refusing lengths above [`MAX_FLOW_FRAME`] before buffering them.
-pub async fn read_frame<R: AsyncRead + Unpin, M: Message + Default>(
-    reader: &mut R,
-) -> Result<M, FlowError> {
-    let mut len = [0u8; 2];
-    reader.read_exact(&mut len).await?;
-    let len = usize::from(u16::from_be_bytes(len));
+/// The length a frame's 2-byte prefix announces, refused above [`MAX_FLOW_FRAME`] before
+/// anything is buffered.
+pub fn frame_length(prefix: [u8; 2]) -> Result<usize, FlowError> {
+    let len = usize::from(u16::from_be_bytes(prefix));
     if len > MAX_FLOW_FRAME {
         return Err(FlowError::TooLarge(len));
     }
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).await?;
-    M::decode(body.as_slice()).map_err(|e| FlowError::Malformed(e.to_string()))
+    Ok(len)
 }
 
-/// Reads a flow header and checks it.
-pub async fn read_open<R: AsyncRead + Unpin>(reader: &mut R) -> Result<FlowTarget, FlowError> {
-    let open: FlowOpen = read_frame(reader).await?;
-    FlowTarget::from_wire(&open)
+/// Decodes a frame's body.
+pub fn decode_frame<M: Message + Default>(body: &[u8]) -> Result<M, FlowError> {
+    M::decode(body).map_err(|e| FlowError::Malformed(e.to_string()))
 }
 
-/// Reads the answer to a flow header: `Ok` when the far end has an endpoint.
-pub async fn read_reply<R: AsyncRead + Unpin>(reader: &mut R) -> Result<(), String> {
-    match read_frame::<_, FlowReply>(reader).await {
-        Ok(reply) if reply.ok => Ok(()),
-        Ok(reply) => Err(reply.error),
-        Err(e) => Err(e.to_string()),
+/// Why the far end of a flow did not take it.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FlowRefused {
+    /// The far end's own reason, as it sent it.
+    #[error("{0}")]
+    Refused(String),
+    /// The answer itself could not be read.
+    #[error("{0}")]
+    Answer(String),
+}
+
+/// What an answer says: `Ok` when the far end has an endpoint.
+pub fn outcome(reply: FlowReply) -> Result<(), FlowRefused> {
+    if reply.ok {
+        Ok(())
+    } else {
+        Err(FlowRefused::Refused(reply.error))
     }
 }
 
@@ -178,49 +178,44 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_header_round_trips_through_a_byte_stream() {
-        let mut bytes = Vec::new();
-        write_frame(&mut bytes, &target().to_wire()).await.unwrap();
-        write_frame(&mut bytes, &accepted()).await.unwrap();
-        let mut reader = bytes.as_slice();
-        assert_eq!(read_open(&mut reader).await.unwrap(), target());
-        assert_eq!(read_reply(&mut reader).await, Ok(()));
+    #[test]
+    fn a_header_round_trips_through_its_bytes() {
+        let bytes = encode_frame(&target().to_wire());
+        let len = frame_length([bytes[0], bytes[1]]).unwrap();
+        assert_eq!(len, bytes.len() - 2);
+        let open: FlowOpen = decode_frame(&bytes[2..]).unwrap();
+        assert_eq!(FlowTarget::from_wire(&open).unwrap(), target());
     }
 
-    #[tokio::test]
-    async fn an_oversized_header_is_refused_before_it_is_read() {
-        let bytes = [0xff, 0xff, 1, 2, 3];
-        let error = read_open(&mut &bytes[..]).await.unwrap_err();
-        assert!(matches!(error, FlowError::TooLarge(65535)), "{error}");
+    #[test]
+    fn an_oversized_length_is_refused() {
+        assert!(matches!(
+            frame_length([0xff, 0xff]),
+            Err(FlowError::TooLarge(65535))
+        ));
     }
 
-    #[tokio::test]
-    async fn a_header_with_a_bad_name_or_port_names_the_field() {
+    #[test]
+    fn a_header_with_a_bad_name_or_port_names_the_field() {
         let mut open = target().to_wire();
         open.namespace = "Not_A_Label".into();
-        let mut bytes = Vec::new();
-        write_frame(&mut bytes, &open).await.unwrap();
-        let error = read_open(&mut bytes.as_slice()).await.unwrap_err();
+        let error = FlowTarget::from_wire(&open).unwrap_err();
         assert!(error.to_string().contains("namespace"), "{error}");
 
         let mut open = target().to_wire();
         open.port = 70000;
-        let mut bytes = Vec::new();
-        write_frame(&mut bytes, &open).await.unwrap();
-        let error = read_open(&mut bytes.as_slice()).await.unwrap_err();
+        let error = FlowTarget::from_wire(&open).unwrap_err();
         assert!(error.to_string().contains("port"), "{error}");
     }
 
-    #[tokio::test]
-    async fn a_refusal_carries_the_far_ends_reason() {
-        let mut bytes = Vec::new();
-        write_frame(&mut bytes, &refusal("no ready endpoint of shop/api"))
-            .await
-            .unwrap();
+    #[test]
+    fn a_refusal_carries_the_far_ends_reason() {
+        assert_eq!(outcome(accepted()), Ok(()));
         assert_eq!(
-            read_reply(&mut bytes.as_slice()).await,
-            Err("no ready endpoint of shop/api".into())
+            outcome(refusal("no ready endpoint of shop/api"))
+                .unwrap_err()
+                .to_string(),
+            "no ready endpoint of shop/api"
         );
     }
 }

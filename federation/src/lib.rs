@@ -1,11 +1,20 @@
 //! The mesh-wide model of strait and its replication: identity and trust, the service catalog,
-//! the peer protocol between gateways (sans IO), link tokens, and the documents operators apply.
-//! Nothing here opens a socket or reads a clock: the gateway crate drives it.
+//! the peer protocol between gateways (handshake and session), link tokens, policy, and the
+//! documents operators apply.
+//!
+//! Sans IO, as quinn-proto and rustls are: nothing here opens a socket, reads or writes a file,
+//! reads a clock or draws a random number. Types take the time (`now`) and random values (token
+//! ids, epochs) as arguments and return decisions and frames; `strait-io`, the gateway and the
+//! sidecar own the sockets, files, timers and tasks. Check it with
+//! `grep -rnE 'tokio::net|std::fs|TcpStream|SystemTime::now|thread_rng|OsRng|getrandom|SystemRandom' federation/src`:
+//! it finds test modules only. The one exception is key generation (`pki`, `link`): rcgen and
+//! ring draw a new private key from the operating system inside their own calls.
 
-pub mod api;
 pub mod catalog;
+pub mod certificate;
 pub mod cidr;
 pub mod flow;
+pub mod handshake;
 pub mod identity;
 pub mod link;
 pub mod location;

@@ -85,26 +85,9 @@ pub fn rfc3339(unix: u64) -> String {
         .unwrap_or_else(|| unix.to_string())
 }
 
-pub(crate) fn random_hex(bytes: usize) -> String {
-    use ring::rand::SecureRandom;
-    let mut buf = vec![0u8; bytes];
-    // The system RNG failing is not recoverable in any useful way; fall back to the clock so a
-    // token id is still unique in practice.
-    if ring::rand::SystemRandom::new().fill(&mut buf).is_err() {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        // The low bytes change; the high ones of a nanosecond count are nearly all zero.
-        let all = nanos.to_be_bytes();
-        buf = all[16 - bytes.min(16)..].to_vec();
-    }
-    hex::encode(buf)
-}
-
-/// A random 64-bit number (epochs of export logs).
-pub fn random_u64() -> u64 {
-    u64::from_str_radix(&random_hex(8), 16).unwrap_or(1).max(1)
+/// A token id as text: 32 hex digits.
+pub(crate) fn token_id_text(token_id: u128) -> String {
+    format!("{token_id:032x}")
 }
 
 /// The key with which a gateway signs its join tokens and its sidecars' bootstrap tokens
@@ -145,20 +128,22 @@ impl LinkKey {
         &self.pem
     }
 
-    /// Mints a join token for linking to `cluster`.
+    /// Mints a join token for linking to `cluster`, issued at `now` (unix seconds) with a
+    /// unique `token_id` (the caller draws it at random).
     pub fn issue(
         &self,
         cluster: &ClusterName,
         trust_domain: &TrustDomain,
         now: u64,
         ttl_seconds: u64,
+        token_id: u128,
     ) -> Result<(String, JoinClaims), TokenError> {
         let claims = JoinClaims {
             iss: cluster.to_string(),
             aud: TOKEN_AUDIENCE.into(),
             td: trust_domain.to_string(),
             scope: TOKEN_SCOPE.into(),
-            jti: random_hex(16),
+            jti: token_id_text(token_id),
             iat: now,
             exp: now + ttl_seconds,
         };
@@ -370,7 +355,7 @@ mod tests {
     #[test]
     fn a_token_is_admitted_once_and_its_cluster_may_return() {
         let (key, td) = setup();
-        let (token, _) = key.issue(&cluster("west"), &td, 1000, 60).unwrap();
+        let (token, _) = key.issue(&cluster("west"), &td, 1000, 60, 1).unwrap();
         let mut ledger = Redemptions::default();
         let west = cluster("west");
         assert_eq!(
@@ -387,7 +372,7 @@ mod tests {
     #[test]
     fn a_replayed_token_names_who_redeemed_it() {
         let (key, td) = setup();
-        let (token, _) = key.issue(&cluster("west"), &td, 1000, 60).unwrap();
+        let (token, _) = key.issue(&cluster("west"), &td, 1000, 60, 2).unwrap();
         let mut ledger = Redemptions::default();
         let west = cluster("west");
         ledger
@@ -406,7 +391,7 @@ mod tests {
     #[test]
     fn an_expired_token_is_refused_at_first_use() {
         let (key, td) = setup();
-        let (token, _) = key.issue(&cluster("west"), &td, 1000, 60).unwrap();
+        let (token, _) = key.issue(&cluster("west"), &td, 1000, 60, 3).unwrap();
         let err = Redemptions::default()
             .admit(&key, &cluster("west"), &td, &cluster("east"), &token, 1060)
             .unwrap_err();
@@ -417,7 +402,7 @@ mod tests {
     #[test]
     fn a_tampered_token_is_refused() {
         let (key, td) = setup();
-        let (token, _) = key.issue(&cluster("west"), &td, 1000, 60).unwrap();
+        let (token, _) = key.issue(&cluster("west"), &td, 1000, 60, 4).unwrap();
         let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
         // Re-encode the claims with a later expiry, keeping the old signature.
         let claims = JoinClaims {
@@ -443,7 +428,7 @@ mod tests {
     fn another_gateways_token_is_refused() {
         let (key, td) = setup();
         let (other, _) = setup();
-        let (token, _) = other.issue(&cluster("west"), &td, 1000, 60).unwrap();
+        let (token, _) = other.issue(&cluster("west"), &td, 1000, 60, 5).unwrap();
         assert!(matches!(
             Redemptions::default().admit(
                 &key,
@@ -455,7 +440,7 @@ mod tests {
             ),
             Err(TokenError::Invalid(_))
         ));
-        let (token, _) = key.issue(&cluster("north"), &td, 1000, 60).unwrap();
+        let (token, _) = key.issue(&cluster("north"), &td, 1000, 60, 6).unwrap();
         assert!(matches!(
             Redemptions::default().admit(
                 &key,
@@ -472,7 +457,7 @@ mod tests {
     #[test]
     fn unlinking_revokes_the_token() {
         let (key, td) = setup();
-        let (token, _) = key.issue(&cluster("west"), &td, 1000, 60).unwrap();
+        let (token, _) = key.issue(&cluster("west"), &td, 1000, 60, 7).unwrap();
         let mut ledger = Redemptions::default();
         let (west, east) = (cluster("west"), cluster("east"));
         ledger.admit(&key, &west, &td, &east, &token, 1001).unwrap();

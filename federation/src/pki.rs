@@ -1,9 +1,9 @@
 //! The mesh's certificates: the offline root, one intermediate issuer per cluster, and the
-//! short-lived leaves those issuers sign for gateways, workloads and operators.
+//! short-lived leaves those issuers sign for gateways, workloads and operators. Certificates are
+//! dated from the `now` they are given; keeping them in files is the IO shell's business.
 
-use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
@@ -24,7 +24,8 @@ pub const LEAF_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// Certificates start this far in the past, so small clock skew between clusters is harmless.
 const BACKDATE: Duration = Duration::from_secs(300);
 
-/// What went wrong with certificates, keys or their files.
+/// What went wrong with certificates, keys or the files that hold them (`Read` and `Write` are
+/// the IO shell's failures, named here so that every caller meets one error type).
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     #[error("cannot read {path}: {error}")]
@@ -67,66 +68,6 @@ impl Credential {
             what: format!("no usable private key: {e}"),
         })
     }
-
-    /// Writes `NAME.crt` and `NAME.key` (owner-only) into a folder.
-    pub fn write(&self, dir: &Path, name: &str) -> Result<(), PkiError> {
-        write_file(&dir.join(format!("{name}.crt")), &self.chain_pem, false)?;
-        write_file(&dir.join(format!("{name}.key")), &self.key_pem, true)
-    }
-
-    /// Reads `NAME.crt` and `NAME.key` from a folder.
-    pub fn read(dir: &Path, name: &str) -> Result<Self, PkiError> {
-        Ok(Self {
-            chain_pem: read_file(&dir.join(format!("{name}.crt")))?,
-            key_pem: read_file(&dir.join(format!("{name}.key")))?,
-        })
-    }
-}
-
-/// Reads a text file, naming it in the error.
-pub fn read_file(path: &Path) -> Result<String, PkiError> {
-    fs::read_to_string(path).map_err(|error| PkiError::Read {
-        path: path.to_owned(),
-        error,
-    })
-}
-
-/// Writes a file, owner-only when it holds a secret; atomically (write then rename).
-pub fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), PkiError> {
-    let fail = |error| PkiError::Write {
-        path: path.to_owned(),
-        error,
-    };
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).map_err(fail)?;
-    }
-    // One temporary file per target (issuer.crt and issuer.key must not share one).
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    let temporary = path.with_file_name(name);
-    {
-        use std::io::Write;
-        let mut options = fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(if secret { 0o600 } else { 0o644 });
-        }
-        let mut file = options.open(&temporary).map_err(fail)?;
-        #[cfg(unix)]
-        {
-            // The mode above applies only when the file is created: a stale temporary file
-            // left by a crash keeps its own.
-            use std::os::unix::fs::PermissionsExt;
-            let mode = if secret { 0o600 } else { 0o644 };
-            file.set_permissions(std::fs::Permissions::from_mode(mode))
-                .map_err(fail)?;
-        }
-        file.write_all(contents.as_bytes()).map_err(fail)?;
-        file.sync_all().map_err(fail)?;
-    }
-    fs::rename(&temporary, path).map_err(fail)
 }
 
 /// Parses every certificate of a PEM text.
@@ -152,8 +93,8 @@ fn key_pair(pem: &str, path: &Path) -> Result<KeyPair, PkiError> {
     })
 }
 
-fn validity(params: &mut CertificateParams, lifetime: Duration) {
-    let now = OffsetDateTime::now_utc();
+fn validity(params: &mut CertificateParams, lifetime: Duration, now: SystemTime) {
+    let now = OffsetDateTime::from(now);
     params.not_before = now - BACKDATE;
     params.not_after = now + lifetime;
 }
@@ -213,15 +154,19 @@ pub struct Root {
 }
 
 impl Root {
-    /// Makes a new root for a trust domain.
-    pub fn generate(trust_domain: &TrustDomain, lifetime: Duration) -> Result<Self, PkiError> {
+    /// Makes a new root for a trust domain, valid from `now` for `lifetime`.
+    pub fn generate(
+        trust_domain: &TrustDomain,
+        lifetime: Duration,
+        now: SystemTime,
+    ) -> Result<Self, PkiError> {
         let key = KeyPair::generate()?;
         let mut params = ca_params(
             &format!("strait root {trust_domain}"),
             format!("spiffe://{trust_domain}"),
             Some(1),
         );
-        validity(&mut params, lifetime);
+        validity(&mut params, lifetime, now);
         let cert = params.self_signed(&key)?;
         Ok(Self {
             trust_domain: trust_domain.clone(),
@@ -230,20 +175,23 @@ impl Root {
         })
     }
 
-    /// Loads a root from `root.crt` and `root.key` in a folder.
-    pub fn load(dir: &Path, trust_domain: TrustDomain) -> Result<Self, PkiError> {
-        let key_path = dir.join("root.key");
+    /// A root from its certificate and key as PEM text; `key_path` names the key in errors.
+    pub fn from_pem(
+        trust_domain: TrustDomain,
+        cert_pem: String,
+        key_pem: &str,
+        key_path: &Path,
+    ) -> Result<Self, PkiError> {
         Ok(Self {
             trust_domain,
-            cert_pem: read_file(&dir.join("root.crt"))?,
-            key: key_pair(&read_file(&key_path)?, &key_path)?,
+            cert_pem,
+            key: key_pair(key_pem, key_path)?,
         })
     }
 
-    /// Writes `root.crt` and `root.key` (owner-only) into a folder.
-    pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
-        write_file(&dir.join("root.crt"), &self.cert_pem, false)?;
-        write_file(&dir.join("root.key"), &self.key.serialize_pem(), true)
+    /// The private key as PEM (to keep it, owner-only, offline).
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
     }
 
     /// The root certificate as DER.
@@ -261,6 +209,7 @@ impl Root {
         &self,
         cluster: &ClusterName,
         lifetime: Duration,
+        now: SystemTime,
     ) -> Result<ClusterIssuer, PkiError> {
         let key = KeyPair::generate()?;
         let mut params = ca_params(
@@ -268,7 +217,7 @@ impl Root {
             SpiffeId::cluster_uri(&self.trust_domain, cluster),
             Some(0),
         );
-        validity(&mut params, lifetime);
+        validity(&mut params, lifetime, now);
         let cert = params.signed_by(&key, &self.issuer()?)?;
         Ok(ClusterIssuer {
             trust_domain: self.trust_domain.clone(),
@@ -290,20 +239,21 @@ pub struct ClusterIssuer {
 }
 
 impl ClusterIssuer {
-    /// Loads `issuer.crt` and `issuer.key` from a folder.
-    pub fn load(
-        dir: &Path,
+    /// An issuer from its chain and key as PEM text, checked to be the issuer of `cluster`;
+    /// the paths name the two in errors.
+    pub fn from_pem(
         trust_domain: TrustDomain,
         cluster: ClusterName,
+        chain_pem: String,
+        cert_path: &Path,
+        key_pem: &str,
+        key_path: &Path,
     ) -> Result<Self, PkiError> {
-        let key_path = dir.join("issuer.key");
-        let cert_path = dir.join("issuer.crt");
-        let chain_pem = read_file(&cert_path)?;
         let expected = SpiffeId::cluster_uri(&trust_domain, &cluster);
-        let uris = crate::tls::uris_of(&parse_certs(&chain_pem, &cert_path)?[0]);
+        let uris = crate::certificate::uris_of(&parse_certs(&chain_pem, cert_path)?[0]);
         if !uris.contains(&expected) {
             return Err(PkiError::Pem {
-                path: cert_path,
+                path: cert_path.to_owned(),
                 what: format!(
                     "this is the issuer of {}, not of cluster {cluster} ({expected})",
                     uris.first()
@@ -316,14 +266,13 @@ impl ClusterIssuer {
             trust_domain,
             cluster,
             chain_pem,
-            key: key_pair(&read_file(&key_path)?, &key_path)?,
+            key: key_pair(key_pem, key_path)?,
         })
     }
 
-    /// Writes `issuer.crt` and `issuer.key` (owner-only) into a folder.
-    pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
-        write_file(&dir.join("issuer.crt"), &self.chain_pem, false)?;
-        write_file(&dir.join("issuer.key"), &self.key.serialize_pem(), true)
+    /// The private key as PEM (to keep it, owner-only).
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
     }
 
     fn check_identity(&self, identity: &SpiffeId) -> Result<(), PkiError> {
@@ -336,7 +285,11 @@ impl ClusterIssuer {
         Ok(())
     }
 
-    fn leaf_params(identity: &SpiffeId, lifetime: Duration) -> Result<CertificateParams, PkiError> {
+    fn leaf_params(
+        identity: &SpiffeId,
+        lifetime: Duration,
+        now: SystemTime,
+    ) -> Result<CertificateParams, PkiError> {
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
         name.push(DnType::OrganizationName, "strait");
@@ -354,14 +307,19 @@ impl ClusterIssuer {
             .map_err(|e| PkiError::Identity(format!("{identity}: {e}")))?;
         params.subject_alt_names = vec![SanType::URI(uri)];
         params.use_authority_key_identifier_extension = true;
-        validity(&mut params, lifetime);
+        validity(&mut params, lifetime, now);
         Ok(params)
     }
 
-    /// Generates a key and a leaf for an identity of this cluster.
-    pub fn issue(&self, identity: &SpiffeId, lifetime: Duration) -> Result<Credential, PkiError> {
+    /// Generates a key and a leaf for an identity of this cluster, valid from `now`.
+    pub fn issue(
+        &self,
+        identity: &SpiffeId,
+        lifetime: Duration,
+        now: SystemTime,
+    ) -> Result<Credential, PkiError> {
         self.check_identity(identity)?;
-        self.issue_unchecked(identity, lifetime)
+        self.issue_unchecked(identity, lifetime, now)
     }
 
     /// Signs any identity: only for tests that need a forged certificate.
@@ -369,9 +327,10 @@ impl ClusterIssuer {
         &self,
         identity: &SpiffeId,
         lifetime: Duration,
+        now: SystemTime,
     ) -> Result<Credential, PkiError> {
         let key = KeyPair::generate()?;
-        let cert = Self::leaf_params(identity, lifetime)?
+        let cert = Self::leaf_params(identity, lifetime, now)?
             .signed_by(&key, &Issuer::from_ca_cert_pem(&self.chain_pem, &self.key)?)?;
         Ok(Credential {
             chain_pem: format!("{}{}", cert.pem(), self.chain_pem),
@@ -387,12 +346,13 @@ impl ClusterIssuer {
         csr_der: &[u8],
         identity: &SpiffeId,
         lifetime: Duration,
+        now: SystemTime,
     ) -> Result<String, PkiError> {
         self.check_identity(identity)?;
         let request =
             CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
                 .map_err(|e| PkiError::Csr(e.to_string()))?;
-        let cert = Self::leaf_params(identity, lifetime)?.signed_by(
+        let cert = Self::leaf_params(identity, lifetime, now)?.signed_by(
             &request.public_key,
             &Issuer::from_ca_cert_pem(&self.chain_pem, &self.key)?,
         )?;
@@ -424,11 +384,6 @@ impl TrustBundle {
             roots: parse_certs(pem, source)?,
             pem: pem.to_owned(),
         })
-    }
-
-    /// Reads a PEM file of one or more roots.
-    pub fn read(path: &Path, trust_domain: TrustDomain) -> Result<Self, PkiError> {
-        Self::from_pem(trust_domain, &read_file(path)?, path)
     }
 
     /// The bundle as PEM text.
@@ -482,9 +437,13 @@ mod tests {
 
     fn mesh() -> (Root, ClusterIssuer) {
         let td = TrustDomain::new("example.mesh").unwrap();
-        let root = Root::generate(&td, ROOT_LIFETIME).unwrap();
+        let root = Root::generate(&td, ROOT_LIFETIME, SystemTime::now()).unwrap();
         let issuer = root
-            .issue_cluster(&ClusterName::new("west").unwrap(), ISSUER_LIFETIME)
+            .issue_cluster(
+                &ClusterName::new("west").unwrap(),
+                ISSUER_LIFETIME,
+                SystemTime::now(),
+            )
             .unwrap();
         (root, issuer)
     }
@@ -493,9 +452,12 @@ mod tests {
     fn an_issuer_signs_only_its_own_cluster() {
         let (root, issuer) = mesh();
         let own = SpiffeId::gateway(&root.trust_domain, &issuer.cluster);
-        assert!(issuer.issue(&own, LEAF_LIFETIME).is_ok());
+        assert!(issuer.issue(&own, LEAF_LIFETIME, SystemTime::now()).is_ok());
         let other = SpiffeId::gateway(&root.trust_domain, &ClusterName::new("east").unwrap());
-        let err = issuer.issue(&other, LEAF_LIFETIME).err().unwrap();
+        let err = issuer
+            .issue(&other, LEAF_LIFETIME, SystemTime::now())
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("cannot sign"), "{err}");
     }
 
@@ -504,12 +466,18 @@ mod tests {
         let (root, issuer) = mesh();
         let (_key, csr) = new_csr().unwrap();
         let id = SpiffeId::gateway(&root.trust_domain, &issuer.cluster);
-        let chain = issuer.sign_csr(&csr, &id, LEAF_LIFETIME).unwrap();
+        let chain = issuer
+            .sign_csr(&csr, &id, LEAF_LIFETIME, SystemTime::now())
+            .unwrap();
         let certs = parse_certs(&chain, Path::new("x")).unwrap();
         assert_eq!(certs.len(), 2, "leaf and intermediate");
-        let ids = crate::tls::identities_of(&certs[0]).unwrap();
+        let ids = crate::certificate::identities_of(&certs[0]).unwrap();
         assert_eq!(ids, vec![id]);
-        assert!(issuer.sign_csr(b"garbage", &ids[0], LEAF_LIFETIME).is_err());
+        assert!(
+            issuer
+                .sign_csr(b"garbage", &ids[0], LEAF_LIFETIME, SystemTime::now())
+                .is_err()
+        );
     }
 
     #[test]
@@ -527,7 +495,7 @@ mod tests {
     #[test]
     fn the_issuing_root_is_found_among_roots_of_the_same_name() {
         let (old, issuer) = mesh();
-        let new = Root::generate(&old.trust_domain, ROOT_LIFETIME).unwrap();
+        let new = Root::generate(&old.trust_domain, ROOT_LIFETIME, SystemTime::now()).unwrap();
         let both = format!("{}{}", new.cert_pem, old.cert_pem);
         let bundle =
             TrustBundle::from_pem(old.trust_domain.clone(), &both, Path::new("b")).unwrap();
@@ -541,28 +509,41 @@ mod tests {
     }
 
     #[test]
-    fn an_issuer_of_another_cluster_is_not_loaded_as_ours() {
+    fn an_issuer_of_another_cluster_is_not_taken_as_ours() {
         let (root, issuer) = mesh();
-        let dir = tempfile::tempdir().unwrap();
-        issuer.save(dir.path()).unwrap();
         let east = ClusterName::new("east").unwrap();
-        let err = ClusterIssuer::load(dir.path(), root.trust_domain.clone(), east)
-            .err()
-            .unwrap()
-            .to_string();
+        let err = ClusterIssuer::from_pem(
+            root.trust_domain.clone(),
+            east,
+            issuer.chain_pem.clone(),
+            Path::new("issuer.crt"),
+            &issuer.key_pem(),
+            Path::new("issuer.key"),
+        )
+        .err()
+        .unwrap()
+        .to_string();
         assert!(err.contains("issuer of cluster west"), "{err}");
     }
 
     #[test]
-    fn a_root_saved_and_loaded_still_signs() {
+    fn a_root_rebuilt_from_its_pem_still_signs() {
         let (root, _) = mesh();
-        let dir = tempfile::tempdir().unwrap();
-        root.save(dir.path()).unwrap();
-        let loaded = Root::load(dir.path(), root.trust_domain.clone()).unwrap();
+        let loaded = Root::from_pem(
+            root.trust_domain.clone(),
+            root.cert_pem.clone(),
+            &root.key_pem(),
+            Path::new("root.key"),
+        )
+        .unwrap();
         assert_eq!(loaded.cert_pem, root.cert_pem);
         assert!(
             loaded
-                .issue_cluster(&ClusterName::new("east").unwrap(), ISSUER_LIFETIME)
+                .issue_cluster(
+                    &ClusterName::new("east").unwrap(),
+                    ISSUER_LIFETIME,
+                    SystemTime::now()
+                )
                 .is_ok()
         );
     }

@@ -13,7 +13,6 @@ use crate::catalog::{
     Changes, ExportLog, ImportedCatalog, Position, RecordError, ServiceKey, ServiceSpec,
 };
 use crate::identity::ClusterName;
-use crate::location::Location;
 use crate::policy::PolicyStore;
 use crate::policy::exchange::{ExchangeError, PolicyBook, PolicyExchange, Received};
 use crate::proto::peer::{self as wire, PeerFrame, RefusalCode, peer_frame::Body};
@@ -75,57 +74,6 @@ fn frame(body: Body) -> PeerFrame {
     PeerFrame { body: Some(body) }
 }
 
-/// The dialer's first frame.
-pub fn hello(local: &ClusterName, join_token: &str, resume: Position) -> PeerFrame {
-    hello_from(local, &Location::default(), join_token, resume)
-}
-
-/// The dialer's first frame, saying where its cluster runs.
-pub fn hello_from(
-    local: &ClusterName,
-    location: &Location,
-    join_token: &str,
-    resume: Position,
-) -> PeerFrame {
-    frame(Body::Hello(wire::Hello {
-        protocol: PROTOCOL_VERSION,
-        cluster: local.to_string(),
-        join_token: join_token.to_owned(),
-        resume: Some(resume.to_wire()),
-        location: Some(location_to_wire(location)),
-    }))
-}
-
-/// The acceptor's answer to an accepted hello.
-pub fn welcome(local: &ClusterName, resume: Position) -> PeerFrame {
-    welcome_from(local, &Location::default(), resume)
-}
-
-/// The acceptor's answer, saying where its cluster runs.
-pub fn welcome_from(local: &ClusterName, location: &Location, resume: Position) -> PeerFrame {
-    frame(Body::Welcome(wire::Welcome {
-        protocol: PROTOCOL_VERSION,
-        cluster: local.to_string(),
-        resume: Some(resume.to_wire()),
-        location: Some(location_to_wire(location)),
-    }))
-}
-
-fn location_to_wire(location: &Location) -> wire::Location {
-    wire::Location {
-        cloud: location.cloud.clone(),
-        region: location.region.clone(),
-        zone: location.zone.clone(),
-    }
-}
-
-/// A peer's location; one that does not parse is taken as unknown (it only orders failover).
-fn location_from_wire(location: Option<&wire::Location>) -> Location {
-    location
-        .and_then(|l| Location::new(&l.cloud, &l.region, &l.zone).ok())
-        .unwrap_or_default()
-}
-
 /// A refusal, the last frame of a session.
 pub fn refusal(code: RefusalCode, reason: impl Into<String>) -> PeerFrame {
     frame(Body::Refusal(wire::Refusal {
@@ -134,77 +82,10 @@ pub fn refusal(code: RefusalCode, reason: impl Into<String>) -> PeerFrame {
     }))
 }
 
-/// A dialer's hello, checked.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Hello {
-    pub cluster: ClusterName,
-    pub join_token: String,
-    pub resume: Position,
-    pub location: Location,
-}
-
-/// An acceptor's welcome, checked.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Welcome {
-    pub cluster: ClusterName,
-    pub resume: Position,
-    pub location: Location,
-}
-
-fn refused(r: wire::Refusal) -> SessionError {
+pub(crate) fn refused(r: wire::Refusal) -> SessionError {
     SessionError::Refused {
         code: RefusalCode::try_from(r.code).unwrap_or(RefusalCode::RefusalUnspecified),
         reason: r.reason.chars().take(1024).collect(),
-    }
-}
-
-fn check_protocol(version: u32) -> Result<(), SessionError> {
-    if version != PROTOCOL_VERSION {
-        return Err(protocol(format!(
-            "peer speaks protocol {version}, this gateway speaks {PROTOCOL_VERSION}"
-        )));
-    }
-    Ok(())
-}
-
-fn cluster_of(text: &str) -> Result<ClusterName, SessionError> {
-    ClusterName::new(text).map_err(|e| protocol(e.to_string()))
-}
-
-/// Reads the dialer's first frame.
-pub fn parse_hello(first: PeerFrame) -> Result<Hello, SessionError> {
-    match first.body {
-        Some(Body::Hello(h)) => {
-            check_protocol(h.protocol)?;
-            if h.join_token.len() > 8192 {
-                return Err(protocol("join token longer than 8 KiB"));
-            }
-            Ok(Hello {
-                cluster: cluster_of(&h.cluster)?,
-                join_token: h.join_token,
-                resume: Position::from_wire(h.resume.as_ref()),
-                location: location_from_wire(h.location.as_ref()),
-            })
-        }
-        _ => Err(protocol("the first frame of a dialer must be a hello")),
-    }
-}
-
-/// Reads the acceptor's first frame.
-pub fn parse_welcome(first: PeerFrame) -> Result<Welcome, SessionError> {
-    match first.body {
-        Some(Body::Welcome(w)) => {
-            check_protocol(w.protocol)?;
-            Ok(Welcome {
-                cluster: cluster_of(&w.cluster)?,
-                resume: Position::from_wire(w.resume.as_ref()),
-                location: location_from_wire(w.location.as_ref()),
-            })
-        }
-        Some(Body::Refusal(r)) => Err(refused(r)),
-        _ => Err(protocol(
-            "the first frame of an acceptor must be a welcome or a refusal",
-        )),
     }
 }
 
@@ -632,6 +513,7 @@ impl PeerSession {
 mod tests {
     use super::*;
     use crate::catalog::{Endpoint, Port, Protocol};
+    use crate::handshake::{hello, parse_hello, parse_welcome};
     use crate::identity::{Namespace, ServiceName};
     use std::collections::BTreeMap;
 
@@ -896,42 +778,5 @@ mod tests {
                 assert_eq!(imported, before, "a refused frame changed the catalog");
             }
         }
-    }
-
-    #[test]
-    fn handshake_frames_are_checked() {
-        let west = ClusterName::new("west").unwrap();
-        let h = parse_hello(hello(
-            &west,
-            "token",
-            Position {
-                epoch: 3,
-                version: 4,
-            },
-        ))
-        .unwrap();
-        assert_eq!(h.cluster, west);
-        assert_eq!(
-            h.resume,
-            Position {
-                epoch: 3,
-                version: 4
-            }
-        );
-        assert!(parse_hello(welcome(&west, Position::NONE)).is_err());
-        let refused =
-            parse_welcome(refusal(RefusalCode::RefusalTokenExpired, "expired")).unwrap_err();
-        assert!(matches!(
-            refused,
-            SessionError::Refused {
-                code: RefusalCode::RefusalTokenExpired,
-                ..
-            }
-        ));
-        let mut bad = hello(&west, "t", Position::NONE);
-        if let Some(Body::Hello(h)) = &mut bad.body {
-            h.cluster = "NOT A CLUSTER".into();
-        }
-        assert!(parse_hello(bad).is_err());
     }
 }

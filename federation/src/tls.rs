@@ -13,13 +13,16 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use x509_parser::extensions::GeneralName;
 
+use crate::certificate::{peer_identity, uris_of};
 use crate::identity::{ClusterName, Namespace, Role, SpiffeId};
 use crate::pki::{Credential, PkiError, TrustBundle};
 
 /// The ALPN of the gateway-to-gateway protocol.
 pub const PEER_ALPN: &[u8] = b"strait/1";
+
+/// The ALPN of a gateway's API (gRPC).
+pub const API_ALPN: &[u8] = b"h2";
 
 /// The one crypto provider of strait (ring).
 pub fn provider() -> Arc<CryptoProvider> {
@@ -41,43 +44,6 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("client verifier: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
-}
-
-/// The SPIFFE identities in a certificate's URI SANs.
-pub fn identities_of(cert: &CertificateDer<'_>) -> Result<Vec<SpiffeId>, String> {
-    x509_parser::parse_x509_certificate(cert.as_ref())
-        .map_err(|e| format!("unparsable certificate: {e}"))?;
-    uris_of(cert)
-        .iter()
-        .map(|uri| uri.parse::<SpiffeId>().map_err(|e| e.to_string()))
-        .collect()
-}
-
-/// The URI SANs of a certificate (none when it cannot be parsed).
-pub(crate) fn uris_of(cert: &CertificateDer<'_>) -> Vec<String> {
-    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
-        return Vec::new();
-    };
-    let mut uris = Vec::new();
-    if let Ok(Some(san)) = parsed.subject_alternative_name() {
-        for name in &san.value.general_names {
-            if let GeneralName::URI(uri) = name {
-                uris.push((*uri).to_owned());
-            }
-        }
-    }
-    uris
-}
-
-/// The one SPIFFE identity of a peer's leaf certificate.
-pub fn peer_identity(chain: &[CertificateDer<'_>]) -> Result<SpiffeId, String> {
-    let leaf = chain.first().ok_or("the peer sent no certificate")?;
-    let mut ids = identities_of(leaf)?;
-    match ids.len() {
-        1 => Ok(ids.remove(0)),
-        0 => Err("the peer's certificate has no SPIFFE identity".into()),
-        _ => Err("the peer's certificate has more than one SPIFFE identity".into()),
-    }
 }
 
 /// Which peers a configuration accepts.
@@ -147,7 +113,7 @@ fn check_identity(
     end_entity: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
 ) -> Result<SpiffeId, rustls::Error> {
-    let id = peer_identity(std::slice::from_ref(end_entity)).map_err(refuse)?;
+    let id = peer_identity(std::slice::from_ref(end_entity)).map_err(|e| refuse(e.to_string()))?;
     if id.trust_domain() != &bundle.trust_domain {
         return Err(refuse(format!(
             "{id} is not in trust domain {}",
@@ -488,6 +454,8 @@ fn client_config_with(
 
 #[cfg(test)]
 mod tests {
+    use std::time::SystemTime;
+
     use super::*;
     use crate::identity::{AccountName, Namespace, TrustDomain};
     use crate::pki::{ISSUER_LIFETIME, LEAF_LIFETIME, Root};
@@ -500,7 +468,7 @@ mod tests {
 
     fn mesh() -> Mesh {
         let td = TrustDomain::new("example.mesh").unwrap();
-        let root = Root::generate(&td, crate::pki::ROOT_LIFETIME).unwrap();
+        let root = Root::generate(&td, crate::pki::ROOT_LIFETIME, SystemTime::now()).unwrap();
         let bundle = TrustBundle::from_pem(td, &root.cert_pem, Path::new("root")).unwrap();
         Mesh { bundle, root }
     }
@@ -511,9 +479,9 @@ mod tests {
 
     fn credential(root: &Root, issuer_cluster: &str, id: &SpiffeId) -> Credential {
         let issuer = root
-            .issue_cluster(&cluster(issuer_cluster), ISSUER_LIFETIME)
+            .issue_cluster(&cluster(issuer_cluster), ISSUER_LIFETIME, SystemTime::now())
             .unwrap();
-        issuer.issue(id, LEAF_LIFETIME).unwrap()
+        issuer.issue(id, LEAF_LIFETIME, SystemTime::now()).unwrap()
     }
 
     /// Runs a real TLS handshake in memory and returns the server's verdict on the client and
@@ -693,10 +661,10 @@ mod tests {
         // West's issuer signs a leaf claiming east's gateway identity.
         let west_issuer = m
             .root
-            .issue_cluster(&cluster("west"), ISSUER_LIFETIME)
+            .issue_cluster(&cluster("west"), ISSUER_LIFETIME, SystemTime::now())
             .unwrap();
         let forged = west_issuer
-            .issue_unchecked(&gateway(&m, "east"), LEAF_LIFETIME)
+            .issue_unchecked(&gateway(&m, "east"), LEAF_LIFETIME, SystemTime::now())
             .unwrap();
         assert!(
             handshake(
@@ -714,7 +682,12 @@ mod tests {
     #[test]
     fn a_bundle_with_two_roots_accepts_peers_of_either() {
         let old = mesh();
-        let new_root = Root::generate(&old.bundle.trust_domain, crate::pki::ROOT_LIFETIME).unwrap();
+        let new_root = Root::generate(
+            &old.bundle.trust_domain,
+            crate::pki::ROOT_LIFETIME,
+            SystemTime::now(),
+        )
+        .unwrap();
         let both = TrustBundle::from_pem(
             old.bundle.trust_domain.clone(),
             &format!("{}{}", old.root.cert_pem, new_root.cert_pem),

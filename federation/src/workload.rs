@@ -6,7 +6,7 @@ use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{AccountName, ClusterName, Namespace, SpiffeId, TrustDomain};
-use crate::link::{LinkKey, TokenError, random_hex, rfc3339};
+use crate::link::{LinkKey, TokenError, rfc3339, token_id_text};
 
 /// The `aud` of every bootstrap token.
 pub const WORKLOAD_AUDIENCE: &str = "strait-workload";
@@ -30,7 +30,9 @@ pub struct WorkloadClaims {
 }
 
 impl LinkKey {
-    /// Mints a bootstrap token for one workload identity of `cluster`.
+    /// Mints a bootstrap token for one workload identity of `cluster`, issued at `now` (unix
+    /// seconds) with a unique `token_id` (the caller draws it at random).
+    #[allow(clippy::too_many_arguments)]
     pub fn issue_workload(
         &self,
         cluster: &ClusterName,
@@ -39,6 +41,7 @@ impl LinkKey {
         service_account: &AccountName,
         now: u64,
         ttl_seconds: u64,
+        token_id: u128,
     ) -> Result<String, TokenError> {
         let claims = WorkloadClaims {
             iss: cluster.to_string(),
@@ -46,7 +49,7 @@ impl LinkKey {
             td: trust_domain.to_string(),
             ns: namespace.to_string(),
             sa: service_account.to_string(),
-            jti: random_hex(16),
+            jti: token_id_text(token_id),
             iat: now,
             exp: now + ttl_seconds,
         };
@@ -130,7 +133,7 @@ mod tests {
         let key = LinkKey::generate().unwrap();
         let (cluster, td, ns, sa) = names();
         let token = key
-            .issue_workload(&cluster, &td, &ns, &sa, 1000, 60)
+            .issue_workload(&cluster, &td, &ns, &sa, 1000, 60, 7)
             .unwrap();
         let id = key.verify_workload(&token, &cluster, &td, 1030).unwrap();
         assert_eq!(
@@ -144,7 +147,7 @@ mod tests {
         let key = LinkKey::generate().unwrap();
         let (cluster, td, ns, sa) = names();
         let token = key
-            .issue_workload(&cluster, &td, &ns, &sa, 1000, 60)
+            .issue_workload(&cluster, &td, &ns, &sa, 1000, 60, 7)
             .unwrap();
         assert!(matches!(
             key.verify_workload(&token, &cluster, &td, 1060),
@@ -166,7 +169,7 @@ mod tests {
             Err(TokenError::WrongCluster { .. })
         ));
         // A join token is not a bootstrap token: its audience differs.
-        let (join, _) = key.issue(&cluster, &td, 1000, 60).unwrap();
+        let (join, _) = key.issue(&cluster, &td, 1000, 60, 8).unwrap();
         assert!(matches!(
             key.verify_workload(&join, &cluster, &td, 1001),
             Err(TokenError::Invalid(_))

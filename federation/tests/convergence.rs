@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 use strait_federation::catalog::{
     Endpoint, ExportLog, ImportedCatalog, Port, Position, Protocol, ServiceKey, ServiceSpec,
 };
+use strait_federation::handshake;
 use strait_federation::identity::{ClusterName, Namespace, ServiceName};
 use strait_federation::proto::peer::{PeerFrame, peer_frame::Body};
-use strait_federation::session::{self, Event, PeerSession, SessionConfig, SessionError};
+use strait_federation::session::{Event, PeerSession, SessionConfig, SessionError};
 use strait_federation::wire::{self, FrameDecoder};
 
 /// xorshift64*: small, and the same on every platform, so a seed replays exactly.
@@ -386,14 +387,14 @@ impl Sim {
     /// acceptor's welcome where it stands in the dialer's; each session starts from there.
     fn connect(&mut self, pair: usize) {
         let [a, b] = self.pairs[pair];
-        let hello = session::parse_hello(through_the_wire(&session::hello(
+        let hello = handshake::parse_hello(through_the_wire(&handshake::hello(
             &cluster(a),
             "join-token",
             self.gateways[a].imports[b].position,
         )))
         .unwrap_or_else(|e| panic!("{}: hello refused: {e}", self.context()));
         assert_eq!(hello.cluster, cluster(a));
-        let welcome = session::parse_welcome(through_the_wire(&session::welcome(
+        let welcome = handshake::parse_welcome(through_the_wire(&handshake::welcome(
             &cluster(b),
             self.gateways[b].imports[a].position,
         )))
@@ -1115,7 +1116,7 @@ fn a_reconnect_resumes_with_a_delta_not_a_snapshot() {
     west.set(&key("s20"), Some(&small_spec(9020)));
 
     // East dials again and says where it stands.
-    let hello = session::parse_hello(through_the_wire(&session::hello(
+    let hello = handshake::parse_hello(through_the_wire(&handshake::hello(
         &cluster(1),
         "join-token",
         east_imports.position,

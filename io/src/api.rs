@@ -4,16 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls_pki_types::InvalidDnsNameError;
 use rustls_pki_types::ServerName;
+use strait_federation::identity::{ClusterName, Role};
+use strait_federation::pki::TrustBundle;
+use strait_federation::tls::{self, API_ALPN, CertStore, PeerRule, TlsError};
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
-
-use crate::identity::{ClusterName, Role};
-use crate::pki::TrustBundle;
-use crate::tls::{self, CertStore, PeerRule, TlsError};
-
-/// ALPN of a gateway's API.
-pub const API_ALPN: &[u8] = b"h2";
 
 /// How a channel is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +19,41 @@ pub enum Dial {
     Now,
     /// Connect at the first call, and again after a lost connection (long-lived clients).
     Lazily,
+}
+
+/// Why a channel to a gateway's API could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("{0}")]
+    ServerName(#[from] InvalidDnsNameError),
+    #[error("bad API address {address}: {source}")]
+    Address {
+        address: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// `causes` is the error and its sources as one line, as operators read it.
+    #[error("cannot reach the API of cluster {cluster} at {address}: {causes}")]
+    Unreachable {
+        cluster: ClusterName,
+        address: String,
+        causes: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// An error and its sources, joined by `: `.
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text = format!("{text}: {inner}");
+        source = inner.source();
+    }
+    text
 }
 
 /// A gRPC channel to the API of `cluster`'s gateway at `address`, presenting `certs` (none: a
@@ -33,15 +65,14 @@ pub async fn channel(
     certs: Option<&CertStore>,
     timeout: Duration,
     dial: Dial,
-) -> Result<Channel, String> {
+) -> Result<Channel, ApiError> {
     let rule = PeerRule::role_in(Role::Gateway, cluster.clone());
     let config = match certs {
         Some(certs) => tls::client_config(bundle, certs, rule, &[API_ALPN]),
         None => tls::anonymous_client_config(bundle, rule, &[API_ALPN]),
-    }
-    .map_err(|e: TlsError| e.to_string())?;
+    }?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let server_name = ServerName::try_from(cluster.to_string()).map_err(|e| e.to_string())?;
+    let server_name = ServerName::try_from(cluster.to_string())?;
     let target = address.to_owned();
     let connect = tower::service_fn(move |_: tonic::transport::Uri| {
         let connector = connector.clone();
@@ -56,19 +87,22 @@ pub async fn channel(
         }
     });
     let endpoint = Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| format!("bad API address {address}: {e}"))?
+        .map_err(|source| ApiError::Address {
+            address: address.to_owned(),
+            source,
+        })?
         .connect_timeout(Duration::from_secs(5))
         .timeout(timeout);
     match dial {
         Dial::Lazily => Ok(endpoint.connect_with_connector_lazy(connect)),
-        Dial::Now => endpoint.connect_with_connector(connect).await.map_err(|e| {
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(inner) = source {
-                text = format!("{text}: {inner}");
-                source = inner.source();
-            }
-            format!("cannot reach the API of cluster {cluster} at {address}: {text}")
-        }),
+        Dial::Now => endpoint
+            .connect_with_connector(connect)
+            .await
+            .map_err(|source| ApiError::Unreachable {
+                cluster: cluster.clone(),
+                address: address.to_owned(),
+                causes: causes(&source),
+                source,
+            }),
     }
 }

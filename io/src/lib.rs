@@ -1,0 +1,17 @@
+//! The IO shell around `strait-federation`, as quinn is around quinn-proto: everything that
+//! touches a socket, a file, the clock or the operating system's randomness on behalf of
+//! federation's sans-IO types, shared by the gateway, the sidecar and the CLI.
+//!
+//! - [`api`]: dialing a gateway's gRPC API over TLS;
+//! - [`flow`]: reading and writing a relayed flow's header on a byte stream;
+//! - [`files`] and [`pki`]: text files written atomically, and the trust material kept in them;
+//! - [`clock`] and [`random`]: the wall clock and random numbers federation is handed;
+//! - [`admin`]: the admin HTTP server (`/healthz`, `/readyz`, `/metrics`) of every process.
+
+pub mod admin;
+pub mod api;
+pub mod clock;
+pub mod files;
+pub mod flow;
+pub mod pki;
+pub mod random;
