@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use strait_federation::identity::{ClusterName, TrustDomain};
-use strait_federation::pki::{Credential, TrustBundle, read_file, write_file};
+use strait_federation::pki::Credential;
 use strait_federation::proto::operator::operator_client::OperatorClient;
 use strait_federation::proto::operator::{
     LinkView, ListLinksRequest, ListPoliciesRequest, ListServicesRequest, PolicyView, ServiceView,
 };
+use strait_io::files::{read_file, write_file};
 
 /// One context.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -172,7 +173,7 @@ pub async fn list_links(client: &mut Client) -> Result<Vec<LinkView>> {
 pub async fn connect(name: Option<&str>) -> Result<(Context, Client)> {
     let (path, file) = ContextFile::load()?;
     let context = file.select(name, &path)?;
-    let bundle = TrustBundle::read(&context.bundle, context.trust_domain.clone())?;
+    let bundle = strait_io::pki::read_bundle(&context.bundle, context.trust_domain.clone())?;
     let credential = Credential {
         chain_pem: read_file(&context.cert)?,
         key_pem: read_file(&context.key)?,

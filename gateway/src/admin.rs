@@ -1,46 +1,19 @@
-//! The admin HTTP server of a gateway: `/healthz` (the process answers), `/readyz` (listening on
-//! every port and serving), `/metrics` (Prometheus text).
+//! What a gateway's admin server reports: ready once it listens on every port and serves; its
+//! metrics with the gauges read from state refreshed first. The server is `strait_io::admin`.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use tokio::net::TcpListener;
+use strait_io::admin::Probes;
 
 use crate::Shared;
 
-/// Serves the admin endpoints on a bound listener until the gateway stops.
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
-    let shutdown = shared.shutdown.clone();
-    let router = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
-        .with_state(shared);
-    let result = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "admin server stopped");
+impl Probes for Shared {
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
     }
-}
 
-async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    if shared.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    fn metrics(&self) -> String {
+        self.refresh_metrics();
+        self.metrics.encode()
     }
-}
-
-async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    shared.refresh_metrics();
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        shared.metrics.encode(),
-    )
 }

@@ -11,7 +11,7 @@ use strait_federation::identity::{ClusterName, TrustDomain};
 use strait_federation::location::Location;
 
 use crate::GatewayError;
-use crate::dns::vip::CidrRange;
+use strait_federation::cidr::{CidrError, CidrRange};
 
 /// The gateway configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,40 +91,58 @@ impl DnsConfig {
     }
 
     /// The checked ranges, or the field that is wrong and why.
-    pub fn ranges(&self) -> Result<(CidrRange, Option<CidrRange>), String> {
-        let v4 = CidrRange::parse(&self.vip_range).map_err(|e| format!("dns.vipRange: {e}"))?;
-        if v4.is_v6() {
-            return Err(format!(
-                "dns.vipRange: {} is not an IPv4 range",
-                self.vip_range
-            ));
-        }
-        let v6 = match &self.vip_range6 {
-            Some(text) => {
-                let range = CidrRange::parse(text).map_err(|e| format!("dns.vipRange6: {e}"))?;
-                if !range.is_v6() {
-                    return Err(format!("dns.vipRange6: {text} is not an IPv6 range"));
-                }
-                Some(range)
+    pub fn ranges(&self) -> Result<(CidrRange, Option<CidrRange>), FieldError> {
+        let range = |field, text: &str, v6: bool| {
+            let range =
+                CidrRange::parse(text).map_err(|source| FieldError::Range { field, source })?;
+            if range.is_v6() != v6 {
+                return Err(FieldError::Family {
+                    field,
+                    text: text.to_owned(),
+                    family: if v6 { "IPv6" } else { "IPv4" },
+                });
             }
+            Ok(range)
+        };
+        let v4 = range("dns.vipRange", &self.vip_range, false)?;
+        let v6 = match &self.vip_range6 {
+            Some(text) => Some(range("dns.vipRange6", text, true)?),
             None => None,
         };
         Ok((v4, v6))
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), FieldError> {
         self.ranges()?;
         if crate::dns::wire::encode_name(&self.zone).is_none_or(|z| z.len() < 2) {
-            return Err(format!(
-                "dns.zone: {:?} is not a domain name (labels of 1 to 63 characters)",
-                self.zone
-            ));
+            return Err(FieldError::Zone(self.zone.clone()));
         }
         if self.ttl_seconds == 0 || self.ttl_seconds > 3600 {
-            return Err("dns.ttlSeconds: expected 1 to 3600".into());
+            return Err(FieldError::Ttl);
         }
         Ok(())
     }
+}
+
+/// A field of the `dns:` block that does not hold what it must.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FieldError {
+    #[error("{field}: {source}")]
+    Range {
+        field: &'static str,
+        #[source]
+        source: CidrError,
+    },
+    #[error("{field}: {text} is not an {family} range")]
+    Family {
+        field: &'static str,
+        text: String,
+        family: &'static str,
+    },
+    #[error("dns.zone: {0:?} is not a domain name (labels of 1 to 63 characters)")]
+    Zone(String),
+    #[error("dns.ttlSeconds: expected 1 to 3600")]
+    Ttl,
 }
 
 /// How the gateway serves its sidecars.
@@ -291,9 +309,9 @@ impl GatewayConfig {
             });
         }
         if let Some(dns) = &config.dns {
-            dns.check().map_err(|message| GatewayError::Config {
+            dns.check().map_err(|e| GatewayError::Config {
                 path: path.to_owned(),
-                message,
+                message: e.to_string(),
             })?;
         }
         Ok(config)

@@ -10,9 +10,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use std::time::SystemTime;
 use strait_federation::identity::{AccountName, ClusterName, SpiffeId, TrustDomain};
 use strait_federation::link::LinkKey;
-use strait_federation::pki::{self, ClusterIssuer, ISSUER_LIFETIME, Root, TrustBundle, write_file};
+
+use strait_federation::pki::{self, ISSUER_LIFETIME, Root, TrustBundle};
+use strait_io::files::{read_file, write_file};
+use strait_io::pki as stored;
 
 use crate::GatewayError;
 use crate::config::{DnsConfig, GatewayConfig, PeeringConfig, WorkloadConfig};
@@ -38,8 +42,8 @@ impl TrustDir {
         if dir.join("root.key").exists() || dir.join("trust.yaml").exists() {
             return Err(GatewayError::Exists(dir.to_owned()));
         }
-        let root = Root::generate(&trust_domain, pki::ROOT_LIFETIME)?;
-        root.save(dir)?;
+        let root = Root::generate(&trust_domain, pki::ROOT_LIFETIME, SystemTime::now())?;
+        stored::save_root(&root, dir)?;
         write_file(&dir.join("bundle.pem"), &root.cert_pem, false)?;
         let file = TrustFile {
             trust_domain: trust_domain.clone(),
@@ -54,7 +58,7 @@ impl TrustDir {
     /// Opens a trust folder.
     pub fn open(dir: &Path) -> Result<Self, GatewayError> {
         let path = dir.join("trust.yaml");
-        let text = pki::read_file(&path)?;
+        let text = read_file(&path)?;
         let file: TrustFile = serde_saphyr::from_str(&text).map_err(|e| GatewayError::Config {
             path: path.clone(),
             message: e.to_string(),
@@ -67,7 +71,7 @@ impl TrustDir {
 
     /// The trust bundle (`bundle.pem`).
     pub fn bundle(&self) -> Result<TrustBundle, GatewayError> {
-        Ok(TrustBundle::read(
+        Ok(stored::read_bundle(
             &self.dir.join("bundle.pem"),
             self.trust_domain.clone(),
         )?)
@@ -75,7 +79,7 @@ impl TrustDir {
 
     /// The root (needs `root.key`).
     pub fn root(&self) -> Result<Root, GatewayError> {
-        Ok(Root::load(&self.dir, self.trust_domain.clone())?)
+        Ok(stored::load_root(&self.dir, self.trust_domain.clone())?)
     }
 
     /// Signs a cluster issuer and writes it, with the bundle and trust domain, into `out`:
@@ -84,8 +88,10 @@ impl TrustDir {
         if out.join("issuer.key").exists() {
             return Err(GatewayError::Exists(out.join("issuer.key")));
         }
-        let issuer = self.root()?.issue_cluster(cluster, ISSUER_LIFETIME)?;
-        issuer.save(out)?;
+        let issuer = self
+            .root()?
+            .issue_cluster(cluster, ISSUER_LIFETIME, SystemTime::now())?;
+        stored::save_issuer(&issuer, out)?;
         write_file(&out.join("bundle.pem"), self.bundle()?.to_pem(), false)?;
         let file = TrustFile {
             trust_domain: self.trust_domain.clone(),
@@ -96,7 +102,7 @@ impl TrustDir {
 }
 
 fn to_yaml<T: Serialize>(value: &T) -> Result<String, GatewayError> {
-    serde_saphyr::to_string(value).map_err(|e| GatewayError::Internal(e.to_string()))
+    Ok(serde_saphyr::to_string(value)?)
 }
 
 /// What `strait gateway init` is given.
@@ -136,12 +142,13 @@ pub fn init_gateway(options: InitOptions) -> Result<Initialized, GatewayError> {
     }
     let trust = TrustDir::open(&options.trust_dir)?;
     let issuer = if dir.join("issuer.key").exists() {
-        ClusterIssuer::load(&dir, trust.trust_domain.clone(), options.cluster.clone())?
+        stored::load_issuer(&dir, trust.trust_domain.clone(), options.cluster.clone())?
     } else {
-        let issuer = trust
-            .root()?
-            .issue_cluster(&options.cluster, ISSUER_LIFETIME)?;
-        issuer.save(&dir)?;
+        let issuer =
+            trust
+                .root()?
+                .issue_cluster(&options.cluster, ISSUER_LIFETIME, SystemTime::now())?;
+        stored::save_issuer(&issuer, &dir)?;
         issuer
     };
     write_file(&dir.join("bundle.pem"), trust.bundle()?.to_pem(), false)?;
@@ -152,9 +159,8 @@ pub fn init_gateway(options: InitOptions) -> Result<Initialized, GatewayError> {
         cluster: options.cluster.clone(),
         name: options.operator,
     };
-    issuer
-        .issue(&operator, OPERATOR_LIFETIME)?
-        .write(&dir, "operator")?;
+    let credential = issuer.issue(&operator, OPERATOR_LIFETIME, SystemTime::now())?;
+    stored::write_credential(&credential, &dir, "operator")?;
     let config = GatewayConfig {
         cluster: options.cluster,
         trust_domain: trust.trust_domain,

@@ -14,10 +14,10 @@ pub mod dns;
 pub mod init;
 pub mod metrics;
 pub mod peer;
+pub mod peering;
 pub mod policies;
 pub mod relay;
 pub mod store;
-pub mod workload;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -25,19 +25,21 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use strait_federation::catalog::{Position, clusterset};
 use strait_federation::identity::{ClusterName, SpiffeId};
 use strait_federation::link::LinkKey;
-use strait_federation::pki::{ClusterIssuer, LEAF_LIFETIME, PkiError, TrustBundle, read_file};
+use strait_federation::pki::{ClusterIssuer, LEAF_LIFETIME, PkiError, TrustBundle};
 use strait_federation::tls::{CertStore, TlsError};
+use strait_io::files::read_file;
+use strait_io::pki as stored;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::GatewayConfig;
 use crate::metrics::Metrics;
-use crate::peer::PeerStatus;
+use crate::peering::PeerStatus;
 use crate::store::{State, StateFile};
 
 /// What can stop a gateway from starting or an operator action from completing.
@@ -60,7 +62,17 @@ pub enum GatewayError {
         error: std::io::Error,
     },
     #[error("{0}")]
-    Internal(String),
+    Task(#[from] tokio::task::JoinError),
+    #[error("{0}")]
+    Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{0}")]
+    Yaml(#[from] serde_saphyr::SerializeError),
+    #[error("{0}")]
+    LocalAddr(#[source] std::io::Error),
+    #[error(transparent)]
+    Field(#[from] config::FieldError),
 }
 
 /// Locks a mutex; a panic elsewhere while holding it does not make the state unusable.
@@ -68,21 +80,7 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Milliseconds since the epoch (policy versions follow them).
-pub(crate) fn unix_now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
-}
-
-/// Seconds since the epoch.
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
+pub(crate) use strait_io::clock::{unix_now, unix_now_ms};
 
 /// What every task of a gateway shares.
 pub struct Shared {
@@ -127,9 +125,7 @@ impl Shared {
     /// Writes the state now (operator changes: acknowledged only once on disk).
     pub async fn persist(self: &Arc<Self>) -> Result<(), GatewayError> {
         let shared = self.clone();
-        tokio::task::spawn_blocking(move || shared.persist_blocking())
-            .await
-            .map_err(|e| GatewayError::Internal(e.to_string()))?
+        tokio::task::spawn_blocking(move || shared.persist_blocking()).await?
     }
 
     fn persist_blocking(&self) -> Result<(), GatewayError> {
@@ -273,8 +269,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GatewayError> {
     strait_federation::tls::install_default_provider();
-    let bundle = TrustBundle::read(&config.file("bundle.pem"), config.trust_domain.clone())?;
-    let issuer = ClusterIssuer::load(
+    let bundle = stored::read_bundle(&config.file("bundle.pem"), config.trust_domain.clone())?;
+    let issuer = stored::load_issuer(
         &config.state_dir,
         config.trust_domain.clone(),
         config.cluster.clone(),
@@ -294,7 +290,7 @@ pub async fn run(
         state.imports.remove(&gone);
     }
     let identity = SpiffeId::gateway(&config.trust_domain, &config.cluster);
-    let certs = CertStore::new(&issuer.issue(&identity, LEAF_LIFETIME)?)?;
+    let certs = CertStore::new(&issuer.issue(&identity, LEAF_LIFETIME, SystemTime::now())?)?;
 
     let endpoint = peer::endpoint(&config, &bundle, &certs, quic_socket(config.quic_addr)?)?;
     let api_listener = tokio::net::TcpListener::bind(config.api_addr)
@@ -314,7 +310,7 @@ pub async fn run(
         })?;
     let relay_addr = relay_listener
         .local_addr()
-        .map_err(|e| GatewayError::Internal(e.to_string()))?;
+        .map_err(GatewayError::LocalAddr)?;
     let dns = match &config.dns {
         Some(dns_config) => Some((dns::bind(dns_config)?, dns::load_pool(&config, dns_config)?)),
         None => None,
@@ -333,9 +329,7 @@ pub async fn run(
         // again would let a peer at such a version miss the new ones, so start a new epoch:
         // peers get one snapshot and are exact again.
         tracing::warn!("the previous run did not stop cleanly: starting a new export epoch");
-        state
-            .export
-            .renew_epoch(strait_federation::link::random_u64());
+        state.export.renew_epoch(strait_io::random::random_u64());
     }
     state.running = true;
     // Endpoints that sidecars registered in the last run are leases that did not survive it:
@@ -383,7 +377,12 @@ pub async fn run(
     tokio::spawn(peer::accept_loop(shared.clone()));
     tokio::spawn(api::serve(shared.clone(), api_listener));
     tokio::spawn(relay::serve(shared.clone(), relay_listener));
-    tokio::spawn(admin::serve(shared.clone(), admin_listener));
+    tokio::spawn(strait_io::admin::serve(
+        shared.clone(),
+        admin_listener,
+        shared.shutdown.clone(),
+        "gateway",
+    ));
     tokio::spawn(housekeeping(shared.clone()));
     let dns_addr = match dns {
         Some((sockets, pool)) => {
@@ -451,7 +450,10 @@ async fn housekeeping(shared: Arc<Shared>) {
             tracing::error!(error = %e, "cannot write state");
         }
         if Instant::now() >= renew_at {
-            match shared.issuer.issue(&identity, LEAF_LIFETIME) {
+            match shared
+                .issuer
+                .issue(&identity, LEAF_LIFETIME, SystemTime::now())
+            {
                 Ok(credential) => match shared.certs.replace(&credential) {
                     Ok(()) => {
                         tracing::info!("gateway certificate renewed");

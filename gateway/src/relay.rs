@@ -9,13 +9,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use strait_federation::flow::{self, FlowTarget};
+use strait_federation::catalog::ServiceKey;
+use strait_federation::flow::{self, FlowRefused, FlowTarget};
 use strait_federation::identity::ClusterName;
 use strait_federation::proto::peer::FlowReply;
+use strait_io::flow::{read_open, read_reply, write_frame};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::peer::LinkState;
+use crate::peering::LinkState;
 use crate::{Shared, lock};
 
 /// How long a flow header may take to arrive.
@@ -138,20 +140,73 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-async fn timed<T>(what: &str, future: impl Future<Output = T>) -> Result<T, String> {
+/// Why a flow could not be opened; the text is the refusal the sidecar (or peer) reads.
+#[derive(Debug, thiserror::Error)]
+enum FlowError {
+    #[error("{0} is this cluster: sidecars reach its endpoints directly")]
+    ThisCluster(ClusterName),
+    #[error("cluster {0} is not connected")]
+    NotConnected(ClusterName),
+    #[error("{0} timed out")]
+    TimedOut(&'static str),
+    #[error("opening a stream to {cluster}: {source}")]
+    Stream {
+        cluster: ClusterName,
+        #[source]
+        source: quinn::ConnectionError,
+    },
+    #[error("sending the flow header to {cluster}: {source}")]
+    Header {
+        cluster: ClusterName,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cluster {cluster}: {source}")]
+    Refused {
+        cluster: ClusterName,
+        #[source]
+        source: FlowRefused,
+    },
+    #[error("this is cluster {local}, not {wanted}")]
+    OtherCluster {
+        local: ClusterName,
+        wanted: ClusterName,
+    },
+    #[error("{service} is not exported by cluster {cluster}")]
+    NotExported {
+        service: ServiceKey,
+        cluster: ClusterName,
+    },
+    #[error("{service} has no port {port}")]
+    NoPort { service: ServiceKey, port: u16 },
+    #[error("no ready endpoint of {service} in cluster {cluster}")]
+    NoEndpoint {
+        service: ServiceKey,
+        cluster: ClusterName,
+    },
+    /// `last` is the last endpoint tried and why it failed.
+    #[error("no endpoint of {service} in cluster {cluster} accepted the flow (last: {last})")]
+    Unreachable {
+        service: ServiceKey,
+        cluster: ClusterName,
+        last: String,
+    },
+}
+
+async fn timed<T>(what: &'static str, future: impl Future<Output = T>) -> Result<T, FlowError> {
     tokio::time::timeout(OPEN_TIMEOUT, future)
         .await
-        .map_err(|_| format!("{what} timed out"))
+        .map_err(|_| FlowError::TimedOut(what))
 }
 
 async fn answer(writer: &mut (impl AsyncWrite + Unpin), reply: &FlowReply) {
-    let _ = tokio::time::timeout(OPEN_TIMEOUT, flow::write_frame(writer, reply)).await;
+    let _ = tokio::time::timeout(OPEN_TIMEOUT, write_frame(writer, reply)).await;
 }
 
 /// A flow from one of this cluster's sidecars to another cluster.
 async fn outbound_flow(shared: Arc<Shared>, mut tcp: TcpStream) {
     let _ = tcp.set_nodelay(true);
-    let target = match tokio::time::timeout(HEADER_TIMEOUT, flow::read_open(&mut tcp)).await {
+    let target = match tokio::time::timeout(HEADER_TIMEOUT, read_open(&mut tcp)).await {
         Ok(Ok(target)) => target,
         Ok(Err(e)) => {
             answer(&mut tcp, &flow::refusal(e.to_string())).await;
@@ -164,33 +219,33 @@ async fn outbound_flow(shared: Arc<Shared>, mut tcp: TcpStream) {
     let local = shared.config.cluster.clone();
     let opened = async {
         if target.cluster == local {
-            return Err(format!(
-                "{} is this cluster: sidecars reach its endpoints directly",
-                target.cluster
-            ));
+            return Err(FlowError::ThisCluster(target.cluster.clone()));
         }
         let connection = lock(&shared.peers)
             .get(&target.cluster)
             .filter(|status| status.state == LinkState::Connected)
             .and_then(|status| status.connection.clone())
-            .ok_or_else(|| format!("cluster {} is not connected", target.cluster))?;
+            .ok_or_else(|| FlowError::NotConnected(target.cluster.clone()))?;
         let (mut send, mut recv) = timed("opening a stream", connection.open_bi())
             .await?
-            .map_err(|e| format!("opening a stream to {}: {e}", target.cluster))?;
+            .map_err(|source| FlowError::Stream {
+                cluster: target.cluster.clone(),
+                source,
+            })?;
         let mut open = target.to_wire();
         open.source_cluster = local.to_string();
-        timed(
-            "sending the flow header",
-            flow::write_frame(&mut send, &open),
-        )
-        .await?
-        .map_err(|e| format!("sending the flow header to {}: {e}", target.cluster))?;
-        timed(
-            "the answer of the peer gateway",
-            flow::read_reply(&mut recv),
-        )
-        .await?
-        .map_err(|e| format!("cluster {}: {e}", target.cluster))?;
+        timed("sending the flow header", write_frame(&mut send, &open))
+            .await?
+            .map_err(|source| FlowError::Header {
+                cluster: target.cluster.clone(),
+                source,
+            })?;
+        timed("the answer of the peer gateway", read_reply(&mut recv))
+            .await?
+            .map_err(|source| FlowError::Refused {
+                cluster: target.cluster.clone(),
+                source,
+            })?;
         Ok((send, recv))
     };
     match opened.await {
@@ -201,7 +256,7 @@ async fn outbound_flow(shared: Arc<Shared>, mut tcp: TcpStream) {
         }
         Err(reason) => {
             tracing::debug!(peer = %target.cluster, service = %target.service, reason = %reason, "flow refused");
-            answer(&mut tcp, &flow::refusal(reason)).await;
+            answer(&mut tcp, &flow::refusal(reason.to_string())).await;
             record.finish("refused", 0, 0);
         }
     }
@@ -283,7 +338,7 @@ async fn inbound_flow(
     mut recv: quinn::RecvStream,
 ) {
     let mut record = FlowRecord::new(&shared, Direction::Inbound, &peer);
-    let target = match tokio::time::timeout(HEADER_TIMEOUT, flow::read_open(&mut recv)).await {
+    let target = match tokio::time::timeout(HEADER_TIMEOUT, read_open(&mut recv)).await {
         Ok(Ok(target)) => target,
         Ok(Err(e)) => {
             answer(&mut send, &flow::refusal(e.to_string())).await;
@@ -304,7 +359,7 @@ async fn inbound_flow(
         }
         Err(reason) => {
             tracing::debug!(peer = %peer, service = %target.service, reason = %reason, "flow refused");
-            answer(&mut send, &flow::refusal(reason)).await;
+            answer(&mut send, &flow::refusal(reason.to_string())).await;
             record.finish("refused", 0, 0);
         }
     }
@@ -312,26 +367,27 @@ async fn inbound_flow(
 
 /// Connects to a ready endpoint of an exported service of this cluster, trying up to
 /// [`ENDPOINT_ATTEMPTS`] of them from a random start.
-async fn connect_endpoint(shared: &Shared, target: &FlowTarget) -> Result<TcpStream, String> {
+async fn connect_endpoint(shared: &Shared, target: &FlowTarget) -> Result<TcpStream, FlowError> {
     if target.cluster != shared.config.cluster {
-        return Err(format!(
-            "this is cluster {}, not {}",
-            shared.config.cluster, target.cluster
-        ));
+        return Err(FlowError::OtherCluster {
+            local: shared.config.cluster.clone(),
+            wanted: target.cluster.clone(),
+        });
     }
     let candidates: Vec<_> = {
         let state = lock(&shared.state);
         let spec = state
             .effective(&target.service)
             .filter(|spec| spec.export)
-            .ok_or_else(|| {
-                format!(
-                    "{} is not exported by cluster {}",
-                    target.service, target.cluster
-                )
+            .ok_or_else(|| FlowError::NotExported {
+                service: target.service.clone(),
+                cluster: target.cluster.clone(),
             })?;
         if !spec.ports.iter().any(|p| p.port == target.port) {
-            return Err(format!("{} has no port {}", target.service, target.port));
+            return Err(FlowError::NoPort {
+                service: target.service.clone(),
+                port: target.port,
+            });
         }
         spec.endpoints
             .iter()
@@ -346,12 +402,12 @@ async fn connect_endpoint(shared: &Shared, target: &FlowTarget) -> Result<TcpStr
             .collect()
     };
     if candidates.is_empty() {
-        return Err(format!(
-            "no ready endpoint of {} in cluster {}",
-            target.service, target.cluster
-        ));
+        return Err(FlowError::NoEndpoint {
+            service: target.service.clone(),
+            cluster: target.cluster.clone(),
+        });
     }
-    let start = strait_federation::link::random_u64() as usize % candidates.len();
+    let start = strait_io::random::random_u64() as usize % candidates.len();
     let mut last = String::new();
     for i in 0..candidates.len().min(ENDPOINT_ATTEMPTS) {
         let address = candidates[(start + i) % candidates.len()];
@@ -364,8 +420,9 @@ async fn connect_endpoint(shared: &Shared, target: &FlowTarget) -> Result<TcpStr
             Err(_) => last = format!("{address}: connect timed out"),
         }
     }
-    Err(format!(
-        "no endpoint of {} in cluster {} accepted the flow (last: {last})",
-        target.service, target.cluster
-    ))
+    Err(FlowError::Unreachable {
+        service: target.service.clone(),
+        cluster: target.cluster.clone(),
+        last,
+    })
 }

@@ -13,9 +13,10 @@ use strait_federation::catalog::{
     Endpoint, ExportLog, ImportedCatalog, MAX_ENDPOINTS, Port, ServiceKey, ServiceSpec, map_as_list,
 };
 use strait_federation::identity::ClusterName;
-use strait_federation::link::{LinkSpec, Redemptions, random_u64};
-use strait_federation::pki::write_file;
+use strait_federation::link::{LinkSpec, Redemptions};
 use strait_federation::policy::exchange::PolicyBook;
+use strait_io::files::write_file;
+use strait_io::random::random_u64;
 
 use crate::GatewayError;
 
@@ -264,7 +265,7 @@ impl StateFile {
 
     /// Serializes a state (call under the lock, write outside it).
     pub fn encode(state: &State) -> Result<String, GatewayError> {
-        serde_json::to_string(state).map_err(|e| GatewayError::Internal(e.to_string()))
+        Ok(serde_json::to_string(state)?)
     }
 
     /// Writes serialized state atomically.

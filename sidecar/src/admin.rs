@@ -1,44 +1,17 @@
-//! The admin HTTP server of a sidecar: `/healthz`, `/readyz` (certified, catalog received, and
-//! the endpoint registered when it fronts a service), `/metrics` (Prometheus text).
+//! What a sidecar's admin server reports: ready once certified, with the catalog received and
+//! its endpoint registered when it fronts a service; its metrics. The server is
+//! `strait_io::admin`.
 
-use std::sync::Arc;
-
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use tokio::net::TcpListener;
+use strait_io::admin::Probes;
 
 use crate::Shared;
 
-/// Serves the admin endpoints until the sidecar stops.
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
-    let shutdown = shared.shutdown.clone();
-    let router = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
-        .with_state(shared);
-    let result = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "sidecar admin server stopped");
+impl Probes for Shared {
+    fn ready(&self) -> bool {
+        self.is_ready()
     }
-}
 
-async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    if shared.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    fn metrics(&self) -> String {
+        self.metrics.encode()
     }
-}
-
-async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        shared.metrics.encode(),
-    )
 }

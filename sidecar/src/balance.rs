@@ -70,7 +70,7 @@ impl Stats {
 pub fn random() -> u64 {
     use std::cell::Cell;
     thread_local! {
-        static STATE: Cell<u64> = Cell::new(strait_federation::link::random_u64() | 1);
+        static STATE: Cell<u64> = Cell::new(strait_io::random::random_u64() | 1);
     }
     STATE.with(|state| {
         let mut x = state.get();

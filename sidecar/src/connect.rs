@@ -15,7 +15,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::ServerName;
 use strait_federation::catalog::ServiceKey;
-use strait_federation::flow::{self, FlowTarget};
+use strait_federation::flow::FlowTarget;
 use strait_federation::identity::{ClusterName, Namespace};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -136,10 +136,12 @@ pub async fn dial(
                 let mut tcp = TcpStream::connect(relay)
                     .await
                     .map_err(|e| format!("relay {relay}: {e}"))?;
-                flow::write_frame(&mut tcp, &header.to_wire())
+                strait_io::flow::write_frame(&mut tcp, &header.to_wire())
                     .await
                     .map_err(|e| e.to_string())?;
-                flow::read_reply(&mut tcp).await?;
+                strait_io::flow::read_reply(&mut tcp)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 Ok(tcp)
             })
             .await

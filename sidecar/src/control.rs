@@ -3,9 +3,8 @@
 //! with the app's readiness) and the catalog stream that keeps its [`Directory`] current.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use strait_federation::api::Dial;
 use strait_federation::identity::SpiffeId;
 use strait_federation::pki::{Credential, TrustBundle, new_csr};
 use strait_federation::proto::workload::workload_client::WorkloadClient;
@@ -13,6 +12,8 @@ use strait_federation::proto::workload::{
     CertifyRequest, DeregisterRequest, PortSpec, RegisterRequest, WatchRequest,
 };
 use strait_federation::tls::CertStore;
+use strait_io::api::Dial;
+use strait_io::clock::unix_now;
 use tokio::net::TcpStream;
 use tonic::transport::Channel;
 
@@ -30,7 +31,7 @@ pub async fn channel(
     bundle: &TrustBundle,
     certs: Option<&CertStore>,
 ) -> Result<Channel, SidecarError> {
-    strait_federation::api::channel(
+    strait_io::api::channel(
         &bootstrap.gateway,
         &bootstrap.cluster,
         bundle,
@@ -39,14 +40,7 @@ pub async fn channel(
         Dial::Lazily,
     )
     .await
-    .map_err(SidecarError::Gateway)
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
+    .map_err(SidecarError::from)
 }
 
 /// A credential signed by the gateway, and when to renew it.
@@ -137,7 +131,7 @@ pub async fn register(shared: Arc<Shared>, channel: Channel, service: ServiceCon
     let instance = format!(
         "{}-{}",
         shared.inbound_addr,
-        strait_federation::link::random_u64()
+        strait_io::random::random_u64()
     );
     let ports: Vec<PortSpec> = service
         .ports

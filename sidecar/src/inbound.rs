@@ -15,12 +15,12 @@ use hyper::{Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use strait_federation::catalog::Protocol;
+use strait_federation::certificate;
 use strait_federation::identity::SpiffeId;
 use strait_federation::policy::authentication::{self, RequestPrincipal};
 use strait_federation::policy::authorization::{Decision, Request};
 use strait_federation::policy::path;
 use strait_federation::proto::authorizer::CheckRequest;
-use strait_federation::tls;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -127,7 +127,7 @@ async fn accept(
     let (_, session) = tls.get_ref();
     let caller = session
         .peer_certificates()
-        .and_then(|chain| tls::peer_identity(chain).ok());
+        .and_then(|chain| certificate::peer_identity(chain).ok());
     let Some(caller) = caller else {
         return;
     };

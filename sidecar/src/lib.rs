@@ -67,6 +67,8 @@ pub enum SidecarError {
     Config { what: String, message: String },
     #[error("gateway: {0}")]
     Gateway(String),
+    #[error("gateway: {0}")]
+    Api(#[from] strait_io::api::ApiError),
     #[error("the gateway refused: {0}")]
     Refused(String),
     #[error(transparent)]
@@ -387,7 +389,12 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
     }
     let admin_addr = admin.as_ref().map(bound);
     if let Some(admin) = admin {
-        tasks.push(tokio::spawn(admin::serve(shared.clone(), admin)));
+        tasks.push(tokio::spawn(strait_io::admin::serve(
+            shared.clone(),
+            admin,
+            shared.shutdown.clone(),
+            "sidecar",
+        )));
     }
     let transparent_addr = transparent.as_ref().map(bound);
     if let Some(transparent) = transparent {

@@ -444,13 +444,13 @@ fn link_refusals_say_which_rule_was_broken() -> Result<()> {
         "is not in this cluster's trust bundle",
     )?;
     // ...and by TLS when the document claims the other root's fingerprint.
-    let south_root = strait_federation::pki::TrustBundle::read(
+    let south_root = strait_io::pki::read_bundle(
         &other_trust.join("bundle.pem"),
         strait_federation::identity::TrustDomain::new("example.mesh")?,
     )?
     .fingerprints()
     .remove(0);
-    let west_root = strait_federation::pki::TrustBundle::read(
+    let west_root = strait_io::pki::read_bundle(
         &mesh.trust.join("bundle.pem"),
         strait_federation::identity::TrustDomain::new("example.mesh")?,
     )?

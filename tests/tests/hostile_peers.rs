@@ -3,15 +3,15 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, anyhow, ensure};
 use quinn::crypto::rustls::QuicClientConfig;
 use strait_federation::catalog::Position;
+use strait_federation::handshake;
 use strait_federation::identity::{ClusterName, Role, SpiffeId, TrustDomain};
-use strait_federation::pki::{ISSUER_LIFETIME, LEAF_LIFETIME, Root, TrustBundle};
+use strait_federation::pki::{ISSUER_LIFETIME, LEAF_LIFETIME};
 use strait_federation::proto::peer::peer_frame::Body;
-use strait_federation::session;
 use strait_federation::tls::{self, CertStore, PEER_ALPN, PeerRule};
 use strait_federation::wire::{FrameDecoder, encode};
 use strait_tests::{Mesh, metric, service, wait_for};
@@ -20,11 +20,15 @@ use strait_tests::{Mesh, metric, service, wait_for};
 fn rogue_endpoint(mesh: &Mesh) -> Result<(quinn::Endpoint, quinn::ClientConfig)> {
     tls::install_default_provider();
     let td = TrustDomain::new("example.mesh")?;
-    let root = Root::load(&mesh.trust, td.clone())?;
+    let root = strait_io::pki::load_root(&mesh.trust, td.clone())?;
     let rogue = ClusterName::new("rogue")?;
-    let issuer = root.issue_cluster(&rogue, ISSUER_LIFETIME)?;
-    let credential = issuer.issue(&SpiffeId::gateway(&td, &rogue), LEAF_LIFETIME)?;
-    let bundle = TrustBundle::read(&mesh.trust.join("bundle.pem"), td)?;
+    let issuer = root.issue_cluster(&rogue, ISSUER_LIFETIME, SystemTime::now())?;
+    let credential = issuer.issue(
+        &SpiffeId::gateway(&td, &rogue),
+        LEAF_LIFETIME,
+        SystemTime::now(),
+    )?;
+    let bundle = strait_io::pki::read_bundle(&mesh.trust.join("bundle.pem"), td)?;
     let tls = tls::client_config(
         &bundle,
         &CertStore::new(&credential)?,
@@ -92,7 +96,7 @@ fn a_peer_sending_garbage_or_oversized_frames_is_dropped_without_harming_the_oth
             &endpoint,
             &client,
             west.quic,
-            &encode(&session::welcome(
+            &encode(&handshake::welcome(
                 &ClusterName::new("rogue")?,
                 Position::NONE,
             )),
@@ -104,7 +108,7 @@ fn a_peer_sending_garbage_or_oversized_frames_is_dropped_without_harming_the_oth
             .connect_with(client.clone(), west.quic, "west")?
             .await?;
         let (mut send, mut recv) = connection.open_bi().await?;
-        send.write_all(&encode(&session::hello(
+        send.write_all(&encode(&handshake::hello(
             &ClusterName::new("rogue")?,
             &token,
             Position::NONE,

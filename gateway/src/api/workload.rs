@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::Stream;
 use strait_federation::catalog::{Endpoint, Port, Protocol, ServiceKey, ServiceSpec};
@@ -16,7 +16,7 @@ use strait_federation::proto::workload::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::api::Caller;
+use super::caller::Caller;
 use crate::policies::SidecarPolicies;
 use crate::store::Registration;
 use crate::{Shared, lock, unix_now};
@@ -284,7 +284,7 @@ impl Workload for WorkloadApi {
         let lifetime = shared.config.workloads.cert_ttl();
         let chain_pem = shared
             .issuer
-            .sign_csr(&request.csr, &identity, lifetime)
+            .sign_csr(&request.csr, &identity, lifetime, SystemTime::now())
             .map_err(|e| Status::invalid_argument(format!("csr: {e}")))?;
         shared.metrics.workload_certificates.inc();
         tracing::info!(identity = %identity, "workload certified");

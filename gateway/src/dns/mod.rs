@@ -118,7 +118,7 @@ impl Sockets {
 /// Reads the virtual-address pool of a gateway, as the last run left it.
 pub fn load_pool(config: &GatewayConfig, dns: &DnsConfig) -> Result<VipPool, GatewayError> {
     // Checked when the configuration was loaded: an error here is a bug, not a bad file.
-    let (v4, v6) = dns.ranges().map_err(GatewayError::Internal)?;
+    let (v4, v6) = dns.ranges()?;
     let path = config.file("vips.json");
     match std::fs::read_to_string(&path) {
         Ok(text) => {
@@ -190,12 +190,12 @@ fn rebuild(
 /// land last.
 async fn write_pool(shared: &Shared, file: PoolFile) {
     let path = shared.config.file("vips.json");
-    let written = tokio::task::spawn_blocking(move || {
-        let text = serde_json::to_string(&file).map_err(|e| e.to_string())?;
-        strait_federation::pki::write_file(&path, &text, false).map_err(|e| e.to_string())
+    let written = tokio::task::spawn_blocking(move || -> Result<(), GatewayError> {
+        let text = serde_json::to_string(&file)?;
+        Ok(strait_io::files::write_file(&path, &text, false)?)
     })
     .await
-    .map_err(|e| e.to_string())
+    .map_err(GatewayError::from)
     .and_then(|written| written);
     if let Err(error) = written {
         tracing::error!(%error, "cannot write the virtual addresses");

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
-use strait_federation::api::API_ALPN;
 use strait_federation::identity::{ClusterName, Role, TrustDomain};
-use strait_federation::pki::{Credential, TrustBundle, read_file};
+use strait_federation::pki::{Credential, TrustBundle};
 use strait_federation::proto::operator::operator_client::OperatorClient;
 use strait_federation::proto::operator::{ApplyRequest, DeleteRequest, ListLinksRequest};
+use strait_federation::tls::API_ALPN;
 use strait_federation::tls::{CertStore, PeerRule};
+use strait_io::files::read_file;
 use strait_tests::{Gateway, Mesh, metric, wait_for};
 
 use crate::{BULK, BULK_PER_FILE, CpuSample, SAMPLES, bulk_key, probe_yaml};
@@ -239,7 +240,7 @@ impl Operator {
                 .map(str::to_owned)
                 .ok_or_else(|| anyhow!("context {cluster} has no {field}"))
         };
-        let bundle = TrustBundle::read(
+        let bundle = strait_io::pki::read_bundle(
             std::path::Path::new(&text("bundle")?),
             TrustDomain::new(text("trustDomain")?)?,
         )?;

@@ -1,0 +1,122 @@
+//! The gateway's API (tonic, HTTP/2 over TLS): the operator API ([`operator`]), served to
+//! operator identities of this gateway's own cluster, and the workload API ([`workload`]) for
+//! its sidecars, on one listener. Also the client the CLI uses to reach it.
+
+mod caller;
+pub mod operator;
+pub mod workload;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use strait_federation::certificate;
+use strait_federation::identity::{ClusterName, Role};
+use strait_federation::pki::{Credential, TrustBundle};
+use strait_federation::proto::operator::operator_client::OperatorClient;
+use strait_federation::proto::operator::operator_server::OperatorServer;
+use strait_federation::tls::{self, API_ALPN, CertStore, PeerRule};
+use strait_io::api::{ApiError, Dial};
+use tokio::net::TcpListener;
+
+pub use caller::Caller;
+use caller::{ApiStream, operators_only};
+use operator::OperatorApi;
+
+use crate::Shared;
+use crate::peer::HANDSHAKE_TIMEOUT;
+
+/// Serves the operator API on a bound listener until the gateway stops.
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    // A client certificate is optional so that a new sidecar can ask for its first one with a
+    // bootstrap token; every operator call requires an operator certificate (`operators_only`).
+    let rule = PeerRule {
+        roles: vec![Role::Operator, Role::Workload],
+        cluster: Some(shared.config.cluster.clone()),
+        namespace: None,
+    };
+    let config = match tls::server_config_optional_client(
+        &shared.bundle,
+        &shared.certs,
+        rule,
+        &[API_ALPN],
+    ) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!(error = %e, "operator API cannot start");
+            shared.shutdown.cancel();
+            return;
+        }
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let (tx, rx) = tokio::sync::mpsc::channel::<ApiStream>(64);
+    let accept_shutdown = shared.shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = accept_shutdown.cancelled() => return,
+            };
+            let Ok((tcp, remote)) = accepted else {
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let caller = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|chain| certificate::peer_identity(chain).ok());
+                        let _ = tx.send(ApiStream(stream, Caller(caller))).await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::info!(remote = %remote, error = %e, "operator API: TLS refused")
+                    }
+                    Err(_) => {
+                        tracing::info!(remote = %remote, "operator API: TLS handshake timed out")
+                    }
+                }
+            });
+        }
+    });
+    let incoming = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|s| (Ok::<_, std::io::Error>(s), rx))
+    });
+    let shutdown = shared.shutdown.clone();
+    let result = tonic::transport::Server::builder()
+        .timeout(Duration::from_secs(60))
+        .add_service(OperatorServer::with_interceptor(
+            OperatorApi::new(shared.clone()),
+            operators_only,
+        ))
+        .add_service(workload::server(shared))
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "operator API stopped");
+    }
+}
+
+/// Connects to a gateway's operator API as an operator.
+pub async fn connect(
+    address: &str,
+    cluster: &ClusterName,
+    bundle: &TrustBundle,
+    credential: &Credential,
+) -> Result<OperatorClient<tonic::transport::Channel>, ApiError> {
+    strait_federation::tls::install_default_provider();
+    let certs = CertStore::new(credential)?;
+    let channel = strait_io::api::channel(
+        address,
+        cluster,
+        bundle,
+        Some(&certs),
+        Duration::from_secs(30),
+        Dial::Now,
+    )
+    .await?;
+    Ok(OperatorClient::new(channel))
+}

@@ -1,0 +1,685 @@
+//! The operator API: apply and delete documents, links and unlinks, tokens for sidecars, and
+//! what `get` shows. Every call comes from an operator identity of this cluster.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use strait_federation::catalog::ServiceKey;
+use strait_federation::identity::{AccountName, ClusterName, Namespace, ServiceName, SpiffeId};
+use strait_federation::link::{DEFAULT_TOKEN_TTL_SECONDS, LinkDocument, LinkSpec, rfc3339};
+use strait_federation::proto::operator::operator_server::Operator;
+use strait_federation::proto::operator::{
+    AppliedObject, ApplyRequest, ApplyResponse, CreateLinkRequest, CreateLinkResponse,
+    CreateWorkloadTokenRequest, CreateWorkloadTokenResponse, DeleteRequest, DeleteResponse,
+    LinkView, ListLinksRequest, ListLinksResponse, ListPoliciesRequest, ListPoliciesResponse,
+    ListServicesRequest, ListServicesResponse, ServiceBackend, ServiceView, UnlinkRequest,
+    UnlinkResponse,
+};
+use strait_federation::resource::{Resource, parse_documents};
+use strait_federation::workload::DEFAULT_WORKLOAD_TOKEN_TTL_SECONDS;
+use tokio::sync::oneshot;
+use tonic::{Request, Response, Status};
+
+use crate::peer::{self, DialOutcome};
+use crate::policies;
+use crate::store::LinkRecord;
+use crate::{Shared, lock, unix_now};
+
+/// The largest file `apply` takes.
+const MAX_DOCUMENTS: usize = 4 << 20;
+/// How long `apply` of a Link waits for the first dial.
+const LINK_WAIT: Duration = Duration::from_secs(15);
+/// The longest a join token may wait for its first use.
+const MAX_TOKEN_TTL_SECONDS: u64 = 30 * 24 * 3600;
+
+/// The operator API of one gateway.
+pub struct OperatorApi {
+    shared: Arc<Shared>,
+}
+
+impl OperatorApi {
+    /// The API over a gateway's shared state.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+/// A change made in memory that could not be written: it stays in effect, and the periodic
+/// write retries it.
+fn unsaved(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!(
+        "the change is in effect but could not be saved ({e}); the gateway retries the write"
+    ))
+}
+
+impl OperatorApi {
+    /// Checks a Link before anything of its file is applied.
+    fn check_link(&self, source: &str, spec: &LinkSpec) -> Result<(), Status> {
+        let local = &self.shared.config.cluster;
+        let refuse = |message: String| {
+            Err(Status::failed_precondition(format!(
+                "{source}: Link {}: {message}",
+                spec.cluster
+            )))
+        };
+        if &spec.cluster == local {
+            return refuse(format!("cluster {local} cannot link to itself"));
+        }
+        if spec.trust_domain != self.shared.config.trust_domain {
+            return refuse(format!(
+                "the link is for trust domain {}, this cluster is in {}",
+                spec.trust_domain, self.shared.config.trust_domain
+            ));
+        }
+        if !self
+            .shared
+            .bundle
+            .contains_fingerprint(&spec.root_fingerprint)
+        {
+            return refuse(format!(
+                "its trust root {} is not in this cluster's trust bundle ({}): the clusters do not share a root",
+                spec.root_fingerprint,
+                self.shared.bundle.fingerprints().join(", ")
+            ));
+        }
+        if lock(&self.shared.state)
+            .redemptions
+            .is_active(&spec.cluster)
+        {
+            return refuse(format!(
+                "cluster {} already links to this cluster (it dials {local}); unlink it first",
+                spec.cluster
+            ));
+        }
+        Ok(())
+    }
+
+    /// Applies one Link: the record is stored before the first dial (an unlink meanwhile
+    /// removes it for good), and put back as it was when the peer refuses. Returns the applied
+    /// object and what to restore should a later Link of the same file be refused.
+    async fn apply_link(
+        &self,
+        source: &str,
+        spec: LinkSpec,
+    ) -> Result<(AppliedObject, Option<Option<LinkRecord>>), Status> {
+        let cluster = spec.cluster.clone();
+        let applied = |result: String| AppliedObject {
+            kind: "Link".into(),
+            namespace: String::new(),
+            name: cluster.to_string(),
+            result,
+        };
+        let previous = {
+            let mut state = lock(&self.shared.state);
+            let previous = state.links.get(&cluster).cloned();
+            if previous.as_ref().is_some_and(|p| p.spec == spec) {
+                // kubectl habit: the same object again is "unchanged", and the live
+                // connection is left alone.
+                return Ok((applied("unchanged".into()), None));
+            }
+            state.links.insert(
+                cluster.clone(),
+                LinkRecord {
+                    spec: spec.clone(),
+                    created: unix_now(),
+                },
+            );
+            previous
+        };
+        self.shared.persist().await.map_err(unsaved)?;
+        let (tx, rx) = oneshot::channel();
+        if !peer::start_dialer(&self.shared, spec, Some(tx)) {
+            return Err(Status::aborted(format!(
+                "{source}: Link {cluster}: removed while it was being applied"
+            )));
+        }
+        let outcome = tokio::time::timeout(LINK_WAIT, rx).await;
+        let mut result = if previous.is_some() {
+            "configured"
+        } else {
+            "created"
+        }
+        .to_owned();
+        match outcome {
+            Ok(Ok(DialOutcome::Connected)) => {}
+            Ok(Ok(DialOutcome::Refused(reason))) => {
+                self.restore_link(&cluster, previous, true).await?;
+                return Err(Status::permission_denied(format!(
+                    "{source}: Link {cluster}: refused: {reason}"
+                )));
+            }
+            Ok(Ok(DialOutcome::Unreachable(reason))) => {
+                result = format!("{result} (not connected yet, retrying: {reason})");
+            }
+            Ok(Err(_)) | Err(_) => {
+                if !lock(&self.shared.state).links.contains_key(&cluster) {
+                    return Err(Status::aborted(format!(
+                        "{source}: Link {cluster}: removed while it was being applied"
+                    )));
+                }
+                result = format!(
+                    "{result} (not connected yet after {}s, retrying)",
+                    LINK_WAIT.as_secs()
+                );
+            }
+        }
+        Ok((applied(result), Some(previous)))
+    }
+
+    /// Puts a Link back as it was before this apply: the previous record (redialed), or none.
+    /// A link the peer refused is only dropped; one it admitted is unlinked, which it hears.
+    async fn restore_link(
+        &self,
+        cluster: &ClusterName,
+        previous: Option<LinkRecord>,
+        refused: bool,
+    ) -> Result<(), Status> {
+        match previous {
+            Some(previous) => {
+                lock(&self.shared.state)
+                    .links
+                    .insert(cluster.clone(), previous.clone());
+                peer::start_dialer(&self.shared, previous.spec, None);
+                self.shared.persist().await.map_err(unsaved)?;
+            }
+            None if refused => {
+                peer::discard(&self.shared, cluster)
+                    .await
+                    .map_err(unsaved)?;
+            }
+            None => {
+                peer::unlink(&self.shared, cluster).await.map_err(unsaved)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Refuses an apply that would make this cluster export more than a peer accepts from one
+/// cluster (peers drop such a peering and would reconnect in a loop).
+fn check_export_totals(state: &crate::store::State, resources: &[Resource]) -> Result<(), String> {
+    let limits = strait_federation::session::SessionConfig::default();
+    let mut exported: std::collections::BTreeMap<&ServiceKey, usize> = state
+        .export
+        .services()
+        .map(|(key, spec)| (key, spec.endpoints.len()))
+        .collect();
+    for resource in resources {
+        if let Resource::Service { key, spec } = resource {
+            if spec.export {
+                exported.insert(key, spec.endpoints.len());
+            } else {
+                exported.remove(key);
+            }
+        }
+    }
+    let endpoints: usize = exported.values().sum();
+    if exported.len() > limits.max_services || endpoints > limits.max_endpoints {
+        return Err(format!(
+            "this would export {} services with {endpoints} endpoints; peers accept at most {} services and {} endpoints from one cluster",
+            exported.len(),
+            limits.max_services,
+            limits.max_endpoints
+        ));
+    }
+    Ok(())
+}
+
+fn service_key(namespace: &str, name: &str) -> Result<ServiceKey, Status> {
+    let namespace = if namespace.is_empty() {
+        "default"
+    } else {
+        namespace
+    };
+    Ok(ServiceKey {
+        namespace: Namespace::new(namespace)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?,
+        name: ServiceName::new(name).map_err(|e| Status::invalid_argument(e.to_string()))?,
+    })
+}
+
+impl OperatorApi {
+    /// Deletes every object a file's documents name (`strait delete -f`). The file is checked
+    /// whole first: a bad document deletes nothing.
+    async fn delete_documents(
+        &self,
+        source: String,
+        documents: String,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        if documents.len() > MAX_DOCUMENTS {
+            return Err(Status::invalid_argument(format!(
+                "{source}: larger than {MAX_DOCUMENTS} bytes"
+            )));
+        }
+        let resources = tokio::task::spawn_blocking(move || parse_documents(&source, &documents))
+            .await
+            .map_err(internal)?
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let object = |kind: &str, namespace: String, name: String, deleted: bool| AppliedObject {
+            kind: kind.to_owned(),
+            namespace,
+            name,
+            result: if deleted { "deleted" } else { "not found" }.into(),
+        };
+        let mut objects = Vec::new();
+        let (mut services_changed, mut policies_changed) = (false, false);
+        {
+            let mut state = lock(&self.shared.state);
+            for resource in &resources {
+                match resource {
+                    Resource::Service { key, .. } => {
+                        let deleted = state.remove_service(key);
+                        services_changed |= deleted;
+                        objects.push(object(
+                            "Service",
+                            key.namespace.to_string(),
+                            key.name.to_string(),
+                            deleted,
+                        ));
+                    }
+                    Resource::Policy { key, .. } => {
+                        let deleted =
+                            policies::delete(&mut state, &self.shared.config.cluster, key);
+                        policies_changed |= deleted;
+                        objects.push(object(
+                            key.kind.as_str(),
+                            key.namespace.to_string(),
+                            key.name.clone(),
+                            deleted,
+                        ));
+                    }
+                    Resource::Link(_) => {}
+                }
+            }
+        }
+        if services_changed || policies_changed {
+            let saved = self.shared.persist().await;
+            if services_changed {
+                self.shared.export_changed();
+            }
+            if policies_changed {
+                self.shared.policies_changed();
+            }
+            saved.map_err(unsaved)?;
+        }
+        for resource in &resources {
+            if let Resource::Link(spec) = resource {
+                let deleted = peer::unlink(&self.shared, &spec.cluster)
+                    .await
+                    .map_err(internal)?;
+                objects.push(object(
+                    "Link",
+                    String::new(),
+                    spec.cluster.to_string(),
+                    deleted,
+                ));
+            }
+        }
+        Ok(Response::new(DeleteResponse {
+            deleted: objects.iter().any(|o| o.result == "deleted"),
+            objects,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Operator for OperatorApi {
+    async fn apply(
+        &self,
+        request: Request<ApplyRequest>,
+    ) -> Result<Response<ApplyResponse>, Status> {
+        let mut request = request.into_inner();
+        if request.documents.len() > MAX_DOCUMENTS {
+            return Err(Status::invalid_argument(format!(
+                "{}: larger than {} bytes",
+                request.source, MAX_DOCUMENTS
+            )));
+        }
+        // Parsing a bulk file takes CPU-time in the hundreds of milliseconds: off the runtime,
+        // so peer sessions are not held up meanwhile.
+        let (source, documents) = (
+            request.source.clone(),
+            std::mem::take(&mut request.documents),
+        );
+        let resources = tokio::task::spawn_blocking(move || parse_documents(&source, &documents))
+            .await
+            .map_err(internal)?
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        for resource in &resources {
+            if let Resource::Link(spec) = resource {
+                self.check_link(&request.source, spec)?;
+            }
+        }
+        // Links first: when one is refused, the file's services are not applied either.
+        let mut objects = Vec::new();
+        let mut undo = Vec::new();
+        for resource in &resources {
+            if let Resource::Link(spec) = resource {
+                match self.apply_link(&request.source, spec.clone()).await {
+                    Ok((object, restore)) => {
+                        objects.push(object);
+                        if let Some(previous) = restore {
+                            undo.push((spec.cluster.clone(), previous));
+                        }
+                    }
+                    Err(refused) => {
+                        for (cluster, previous) in undo.into_iter().rev() {
+                            self.restore_link(&cluster, previous, false).await?;
+                        }
+                        return Err(refused);
+                    }
+                }
+            }
+        }
+        let mut changed = false;
+        let policies_changed;
+        {
+            let mut state = lock(&self.shared.state);
+            check_export_totals(&state, &resources)
+                .and_then(|()| policies::check_capacity(&state, &resources))
+                .map_err(|message| {
+                    Status::failed_precondition(format!("{}: {message}", request.source))
+                })?;
+            for resource in &resources {
+                if let Resource::Service { key, spec } = resource {
+                    let result = state.put_service(key.clone(), spec.clone());
+                    changed |= result != "unchanged";
+                    objects.push(AppliedObject {
+                        kind: "Service".into(),
+                        namespace: key.namespace.to_string(),
+                        name: key.name.to_string(),
+                        result: result.into(),
+                    });
+                }
+            }
+            policies_changed = policies::apply(
+                &mut state,
+                &self.shared.config.cluster,
+                &resources,
+                &mut objects,
+            )
+            .map_err(|e| Status::failed_precondition(format!("{}: {e}", request.source)))?;
+        }
+        if policies_changed {
+            // Like services: peers and sidecars hear of it once it is on disk.
+            let saved = self.shared.persist().await;
+            self.shared.policies_changed();
+            if changed {
+                self.shared.export_changed();
+            }
+            saved.map_err(unsaved)?;
+        } else if changed {
+            // Sessions learn of the change only after it is on disk (or, when the write
+            // failed, after the error below: the gateway retries the write meanwhile).
+            let saved = self.shared.persist().await;
+            self.shared.export_changed();
+            saved.map_err(unsaved)?;
+        }
+        Ok(Response::new(ApplyResponse { objects }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let mut request = request.into_inner();
+        if !request.documents.is_empty() {
+            let (source, documents) = (
+                std::mem::take(&mut request.source),
+                std::mem::take(&mut request.documents),
+            );
+            return self.delete_documents(source, documents).await;
+        }
+        let deleted = match request.kind.to_ascii_lowercase().as_str() {
+            "service" | "services" | "svc" => {
+                let key = service_key(&request.namespace, &request.name)?;
+                let deleted = lock(&self.shared.state).remove_service(&key);
+                if deleted {
+                    let saved = self.shared.persist().await;
+                    self.shared.export_changed();
+                    saved.map_err(unsaved)?;
+                }
+                deleted
+            }
+            "link" | "links" => {
+                let cluster = ClusterName::new(request.name)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                peer::unlink(&self.shared, &cluster)
+                    .await
+                    .map_err(internal)?
+            }
+            other => {
+                let Some(kind) = strait_federation::policy::PolicyKind::parse(other) else {
+                    return Err(Status::invalid_argument(format!(
+                        "cannot delete kind {other:?}; expected service, link, \
+                         authorizationpolicy, httproute, ratelimitpolicy, quota or requestauthentication"
+                    )));
+                };
+                let key = policies::key(kind, &request.namespace, &request.name)
+                    .map_err(Status::invalid_argument)?;
+                let deleted = policies::delete(
+                    &mut lock(&self.shared.state),
+                    &self.shared.config.cluster,
+                    &key,
+                );
+                if deleted {
+                    let saved = self.shared.persist().await;
+                    self.shared.policies_changed();
+                    saved.map_err(unsaved)?;
+                }
+                deleted
+            }
+        };
+        Ok(Response::new(DeleteResponse {
+            deleted,
+            objects: Vec::new(),
+        }))
+    }
+
+    async fn list_policies(
+        &self,
+        _: Request<ListPoliciesRequest>,
+    ) -> Result<Response<ListPoliciesResponse>, Status> {
+        let policies = policies::views(&lock(&self.shared.state));
+        Ok(Response::new(ListPoliciesResponse { policies }))
+    }
+
+    async fn create_link(
+        &self,
+        request: Request<CreateLinkRequest>,
+    ) -> Result<Response<CreateLinkResponse>, Status> {
+        let request = request.into_inner();
+        let config = &self.shared.config;
+        let ttl = match request.ttl_seconds {
+            0 => DEFAULT_TOKEN_TTL_SECONDS,
+            ttl if ttl > MAX_TOKEN_TTL_SECONDS => {
+                return Err(Status::invalid_argument(format!(
+                    "a join token may live at most {} days",
+                    MAX_TOKEN_TTL_SECONDS / 86400
+                )));
+            }
+            ttl => ttl,
+        };
+        let (token, claims) = self
+            .shared
+            .link_key
+            .issue(
+                &config.cluster,
+                &config.trust_domain,
+                unix_now(),
+                ttl,
+                strait_io::random::random_u128(),
+            )
+            .map_err(internal)?;
+        let root_fingerprint = self
+            .shared
+            .bundle
+            .fingerprint_of_issuer(&self.shared.issuer.chain_pem)
+            .ok_or_else(|| Status::internal("the trust bundle has no root"))?;
+        let address = if request.address.is_empty() {
+            config.advertised()
+        } else {
+            request.address
+        };
+        let document = LinkDocument::new(LinkSpec {
+            cluster: config.cluster.clone(),
+            trust_domain: config.trust_domain.clone(),
+            gateway_address: address,
+            root_fingerprint,
+            token,
+            expires: Some(rfc3339(claims.exp)),
+        });
+        let yaml = serde_saphyr::to_string(&document).map_err(internal)?;
+        Ok(Response::new(CreateLinkResponse { document: yaml }))
+    }
+
+    async fn unlink(
+        &self,
+        request: Request<UnlinkRequest>,
+    ) -> Result<Response<UnlinkResponse>, Status> {
+        let cluster = ClusterName::new(request.into_inner().cluster)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let removed = peer::unlink(&self.shared, &cluster)
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(UnlinkResponse { removed }))
+    }
+
+    async fn list_services(
+        &self,
+        _: Request<ListServicesRequest>,
+    ) -> Result<Response<ListServicesResponse>, Status> {
+        let services = self
+            .shared
+            .clusterset()
+            .into_iter()
+            .map(|service| {
+                let mut ports: Vec<String> = Vec::new();
+                for (_, spec) in &service.backends {
+                    for port in &spec.ports {
+                        let text = format!("{}/{}", port.port, port.protocol.as_str());
+                        if !ports.contains(&text) {
+                            ports.push(text);
+                        }
+                    }
+                }
+                ServiceView {
+                    namespace: service.key.namespace.to_string(),
+                    name: service.key.name.to_string(),
+                    exported: service.exported,
+                    clusters: service
+                        .backends
+                        .iter()
+                        .map(|(c, _)| c.to_string())
+                        .collect(),
+                    backends: service
+                        .backends
+                        .iter()
+                        .map(|(cluster, spec)| ServiceBackend {
+                            cluster: cluster.to_string(),
+                            endpoints: spec.endpoints.len() as u32,
+                            ready_endpoints: spec.endpoints.iter().filter(|e| e.ready).count()
+                                as u32,
+                        })
+                        .collect(),
+                    ports,
+                    local: service
+                        .backends
+                        .first()
+                        .is_some_and(|(cluster, _)| cluster == &self.shared.config.cluster),
+                }
+            })
+            .collect();
+        Ok(Response::new(ListServicesResponse { services }))
+    }
+
+    async fn create_workload_token(
+        &self,
+        request: Request<CreateWorkloadTokenRequest>,
+    ) -> Result<Response<CreateWorkloadTokenResponse>, Status> {
+        let request = request.into_inner();
+        let namespace = Namespace::new(request.namespace)
+            .map_err(|e| Status::invalid_argument(format!("namespace: {e}")))?;
+        let account = AccountName::new(request.service_account)
+            .map_err(|e| Status::invalid_argument(format!("service account: {e}")))?;
+        let ttl = match request.ttl_seconds {
+            0 => DEFAULT_WORKLOAD_TOKEN_TTL_SECONDS,
+            ttl => ttl,
+        };
+        let config = &self.shared.config;
+        let token = self
+            .shared
+            .link_key
+            .issue_workload(
+                &config.cluster,
+                &config.trust_domain,
+                &namespace,
+                &account,
+                unix_now(),
+                ttl,
+                strait_io::random::random_u128(),
+            )
+            .map_err(internal)?;
+        let identity = SpiffeId::Workload {
+            trust_domain: config.trust_domain.clone(),
+            cluster: config.cluster.clone(),
+            namespace,
+            service_account: account,
+        };
+        Ok(Response::new(CreateWorkloadTokenResponse {
+            token,
+            identity: identity.to_string(),
+        }))
+    }
+
+    async fn list_links(
+        &self,
+        _: Request<ListLinksRequest>,
+    ) -> Result<Response<ListLinksResponse>, Status> {
+        let (imports, head): (Vec<(ClusterName, u64, u64)>, u64) = {
+            let state = lock(&self.shared.state);
+            (
+                state
+                    .imports
+                    .iter()
+                    .map(|(c, i)| (c.clone(), i.services.len() as u64, i.position.version))
+                    .collect(),
+                state.export.head().version,
+            )
+        };
+        let peers = lock(&self.shared.peers);
+        let links = peers
+            .iter()
+            .map(|(cluster, status)| {
+                let (count, version) = imports
+                    .iter()
+                    .find(|(c, _, _)| c == cluster)
+                    .map_or((0, 0), |(_, n, v)| (*n, *v));
+                LinkView {
+                    cluster: cluster.to_string(),
+                    address: status.address.clone(),
+                    role: status.role.as_str().into(),
+                    state: status.state.as_str().into(),
+                    last_error: status.last_error.clone(),
+                    rtt_ms: status
+                        .connection
+                        .as_ref()
+                        .map_or(0.0, |c| c.rtt().as_secs_f64() * 1000.0),
+                    imported_services: count,
+                    imported_version: version,
+                    exported_version: head,
+                    acked_version: status.acked.version,
+                    since_unix: status
+                        .since
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                }
+            })
+            .collect();
+        Ok(Response::new(ListLinksResponse { links }))
+    }
+}

@@ -1,0 +1,184 @@
+//! Accepting peer gateways that dial this one: the handshake as the acceptor (certificate,
+//! hello, join token against the ledger), registering the session, and the welcome.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rustls_pki_types::CertificateDer;
+use strait_federation::catalog::Position;
+use strait_federation::certificate;
+use strait_federation::handshake::{AcceptorHandshake, HelloRefused, refusal_label};
+use strait_federation::identity::ClusterName;
+use strait_federation::link::Admission;
+use strait_federation::proto::peer::RefusalCode;
+use strait_io::clock;
+
+use super::drive::{Established, Tokens, next_session, run_session_as};
+use super::endpoint::{FrameReader, HANDSHAKE_TIMEOUT, refuse, send_frame};
+use super::error::{PeerError, deadline};
+use crate::peering::{LinkState, PeerRole, PeerStatus};
+use crate::{Shared, lock};
+
+/// Accepts peer connections until the gateway stops.
+pub async fn accept_loop(shared: Arc<Shared>) {
+    loop {
+        let incoming = tokio::select! {
+            incoming = shared.endpoint.accept() => incoming,
+            () = shared.shutdown.cancelled() => return,
+        };
+        let Some(incoming) = incoming else { return };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match accept_one(&shared, incoming).await {
+                Ok((peer, established, tokens, session)) => {
+                    let _ = run_session_as(&shared, &peer, established, &tokens, session).await;
+                }
+                Err(e) => {
+                    tracing::info!(remote = %remote, error = %e, "peer connection refused or failed");
+                }
+            }
+        });
+    }
+}
+
+async fn accept_one(
+    shared: &Arc<Shared>,
+    incoming: quinn::Incoming,
+) -> Result<(ClusterName, Established, Tokens, u64), PeerError> {
+    let connection = deadline(HANDSHAKE_TIMEOUT, "QUIC handshake", async {
+        incoming.await
+    })
+    .await?;
+    let chain = connection
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .ok_or(PeerError::NoCertificate)?;
+    let identity = certificate::peer_identity(&chain)?;
+    let (mut send, recv) = deadline(
+        HANDSHAKE_TIMEOUT,
+        "accepting the control stream",
+        connection.accept_bi(),
+    )
+    .await?;
+    let mut reader = FrameReader::new(recv);
+    let handshake = AcceptorHandshake {
+        local: &shared.config.cluster,
+        location: &shared.config.location,
+        trust_domain: &shared.config.trust_domain,
+        key: &shared.link_key,
+    };
+    let first = match deadline(HANDSHAKE_TIMEOUT, "waiting for the hello", reader.next()).await {
+        Ok(first) => first,
+        Err(e) => {
+            let code = RefusalCode::RefusalProtocol;
+            shared
+                .metrics
+                .refusals
+                .with_label_values(&[refusal_label(code)])
+                .inc();
+            refuse(&mut send, &connection, code, &e.to_string()).await;
+            return Err(e);
+        }
+    };
+    // The Link check and the admission under one lock: an apply or unlink cannot slip between.
+    let decision = {
+        let mut state = lock(&shared.state);
+        let state = &mut *state;
+        let dials_peer = state.links.contains_key(identity.cluster());
+        handshake.handle_hello(
+            first,
+            identity.cluster(),
+            dials_peer,
+            &mut state.redemptions,
+            clock::unix_now(),
+        )
+    };
+    let hello = match decision {
+        Ok(admitted) => {
+            if admitted.admission == Admission::First {
+                tracing::info!(peer = %admitted.hello.cluster, "new peering admitted");
+                shared.persist().await?;
+            }
+            admitted.hello
+        }
+        Err(refused) => {
+            let refusal = refused.refusal();
+            if let HelloRefused::Refused(refusal) = &refused {
+                tracing::warn!(peer = %identity.cluster(), reason = %refusal.reason, "link refused");
+            }
+            shared
+                .metrics
+                .refusals
+                .with_label_values(&[refusal_label(refusal.code)])
+                .inc();
+            refuse(&mut send, &connection, refusal.code, &refusal.reason).await;
+            return Err(PeerError::Session(refused.into_error()));
+        }
+    };
+    let peer = hello.cluster.clone();
+    // Register the new session before reading where the peer stands: from here on the old
+    // session (if any) can no longer apply frames, so the position cannot move under us.
+    // Peers then state: an unlink that ran since the admission (it revoked the token) is seen.
+    let registered = {
+        let mut peers = lock(&shared.peers);
+        let confirmed = handshake.confirm(&lock(&shared.state).redemptions, &peer);
+        if let Err(refusal) = confirmed {
+            Err(refusal)
+        } else {
+            let status = peers
+                .entry(peer.clone())
+                .or_insert_with(|| PeerStatus::awaiting(Instant::now()));
+            // Closing the old connection ends its session quietly.
+            if let Some(old) = status.connection.take() {
+                old.close(0u32.into(), b"replaced by a newer connection");
+            }
+            status.owner = 0;
+            status.role = PeerRole::Acceptor;
+            status.state = LinkState::Connecting;
+            status.lost_at.get_or_insert_with(Instant::now);
+            status.address = connection.remote_address().to_string();
+            status.session = next_session();
+            let tokens = Tokens {
+                unlink: status.unlink.clone(),
+                retire: shared.shutdown.child_token(),
+            };
+            Ok((tokens, status.session))
+        }
+    };
+    let (tokens, session) = match registered {
+        Ok(registered) => registered,
+        Err(refusal) => {
+            refuse(&mut send, &connection, refusal.code, &refusal.reason).await;
+            return Err(PeerError::Session(refusal.into_error()));
+        }
+    };
+    let resume = lock(&shared.state)
+        .imports
+        .get(&peer)
+        .map_or(Position::NONE, |i| i.position);
+    if let Err(e) = send_frame(&mut send, &handshake.welcome(resume), HANDSHAKE_TIMEOUT).await {
+        // The new session never started: the peer counts as lost from now, so its services
+        // are withdrawn after the grace period unless it comes back.
+        if let Some(status) = lock(&shared.peers).get_mut(&peer)
+            && status.session == session
+        {
+            status.state = LinkState::Disconnected;
+            status.last_error = e.to_string();
+            status.lost_at = Some(Instant::now());
+        }
+        return Err(e);
+    }
+    Ok((
+        peer,
+        Established {
+            connection,
+            send,
+            reader,
+            peer_position: hello.resume,
+            peer_location: hello.location,
+        },
+        tokens,
+        session,
+    ))
+}

@@ -1,0 +1,139 @@
+//! The QUIC endpoint of a gateway and the control stream's frames: transport settings, the
+//! server and client TLS of the peer protocol, whole frames read through the bounded decoder,
+//! frames written with a deadline, and a refusal sent before a connection closes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use strait_federation::identity::{ClusterName, Role};
+use strait_federation::proto::peer::{PeerFrame, RefusalCode};
+use strait_federation::session;
+use strait_federation::tls::{self, CertStore, PEER_ALPN, PeerRule};
+use strait_federation::wire::{self, FrameDecoder};
+
+use super::error::{PeerError, deadline};
+use crate::config::GatewayConfig;
+use crate::{GatewayError, Shared};
+
+/// The longest wait for a QUIC handshake, a stream, or the first frame of a peer.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads whole frames from a stream, never buffering more than the frame being read.
+pub struct FrameReader {
+    recv: quinn::RecvStream,
+    decoder: FrameDecoder,
+    buffer: Vec<u8>,
+}
+
+impl FrameReader {
+    /// Wraps the receiving half of a control stream.
+    pub fn new(recv: quinn::RecvStream) -> Self {
+        Self {
+            recv,
+            decoder: FrameDecoder::default(),
+            buffer: vec![0; 64 << 10],
+        }
+    }
+
+    /// The next frame. Cancel-safe: bytes read are kept in the decoder.
+    pub async fn next(&mut self) -> Result<PeerFrame, PeerError> {
+        loop {
+            if let Some(frame) = self.decoder.next_frame()? {
+                return Ok(frame);
+            }
+            let wanted = self.decoder.wanted()?.min(self.buffer.len());
+            match self.recv.read(&mut self.buffer[..wanted]).await? {
+                Some(n) => self.decoder.extend(&self.buffer[..n]),
+                None => return Err(PeerError::Closed),
+            }
+        }
+    }
+}
+
+pub(super) async fn send_frame(
+    send: &mut quinn::SendStream,
+    frame: &PeerFrame,
+    limit: Duration,
+) -> Result<(), PeerError> {
+    deadline(
+        limit,
+        "writing a frame",
+        send.write_all(&wire::encode(frame)),
+    )
+    .await
+}
+
+/// Flows a peer may have open at once on its connection.
+const MAX_FLOWS: u32 = 4096;
+
+fn transport(config: &GatewayConfig) -> Arc<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    let idle = quinn::IdleTimeout::try_from(config.peering.idle_timeout())
+        .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::from_u32(10_000)));
+    transport.max_idle_timeout(Some(idle));
+    transport.keep_alive_interval(Some(config.peering.keepalive()));
+    // One stream per relayed flow, plus the control stream.
+    transport.max_concurrent_bidi_streams(MAX_FLOWS.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    Arc::new(transport)
+}
+
+/// The QUIC endpoint of a gateway: accepts peer gateways of any cluster under the trust root
+/// (the join token decides who may peer) and dials with the same socket.
+pub fn endpoint(
+    config: &GatewayConfig,
+    bundle: &strait_federation::pki::TrustBundle,
+    certs: &CertStore,
+    socket: std::net::UdpSocket,
+) -> Result<quinn::Endpoint, GatewayError> {
+    let tls = tls::server_config(bundle, certs, PeerRule::role(Role::Gateway), &[PEER_ALPN])?;
+    let crypto = QuicServerConfig::try_from(tls)?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(transport(config));
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|error| GatewayError::Bind {
+        what: "quicAddr",
+        addr: config.quic_addr,
+        error,
+    })
+}
+
+pub(super) fn client_config(
+    shared: &Shared,
+    peer: &ClusterName,
+) -> Result<quinn::ClientConfig, GatewayError> {
+    let tls = tls::client_config(
+        &shared.bundle,
+        &shared.certs,
+        PeerRule::role_in(Role::Gateway, peer.clone()),
+        &[PEER_ALPN],
+    )?;
+    let crypto = QuicClientConfig::try_from(tls)?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    client.transport_config(transport(&shared.config));
+    Ok(client)
+}
+
+pub(super) async fn refuse(
+    send: &mut quinn::SendStream,
+    connection: &quinn::Connection,
+    code: RefusalCode,
+    reason: &str,
+) {
+    let _ = send_frame(
+        send,
+        &session::refusal(code, reason),
+        Duration::from_secs(2),
+    )
+    .await;
+    let _ = send.finish();
+    // Give the refusal a moment to leave before the connection closes.
+    let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+    connection.close(1u32.into(), reason.as_bytes());
+}

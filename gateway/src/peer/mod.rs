@@ -1,0 +1,25 @@
+//! Peering with other clusters' gateways over QUIC. The rooms only move bytes and timers; the
+//! decisions are federation's sans-IO [`handshake`](strait_federation::handshake) and
+//! [`session`](strait_federation::session):
+//! - [`endpoint`]: the QUIC endpoint, TLS, and the control stream's frames;
+//! - [`dial`]: the dialer of each applied Link;
+//! - [`accept`]: the acceptor that admits join tokens;
+//! - [`drive`]: the loop that runs a session over the control stream;
+//! - [`records`] and [`removal`]: unlinks, and lost peers' services withdrawn.
+//!
+//! Every wait on a peer has a deadline; every byte from a peer goes through the bounded frame
+//! decoder. Lock order everywhere: `peers`, then `state`.
+
+mod accept;
+mod dial;
+mod drive;
+pub mod endpoint;
+mod error;
+mod records;
+mod removal;
+
+pub use accept::accept_loop;
+pub use dial::{DialOutcome, start_dialer};
+pub use endpoint::{FrameReader, HANDSHAKE_TIMEOUT, endpoint};
+pub use error::PeerError;
+pub use removal::{discard, unlink, withdraw_expired};

@@ -1,0 +1,92 @@
+//! What the gateway knows of each peering right now: which side it is, its state as `get links`
+//! shows it, the live connection and how far the peer acknowledged our export. The peer driver
+//! writes it; the relay, the operator API and the metrics read it.
+
+use std::time::{Instant, SystemTime};
+
+use strait_federation::catalog::Position;
+use tokio_util::sync::CancellationToken;
+
+/// Which side of a peering this gateway is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerRole {
+    /// This gateway dials the peer (a Link document was applied here).
+    Dialer,
+    /// The peer dials this gateway (it redeemed one of our join tokens).
+    Acceptor,
+}
+
+impl PeerRole {
+    /// As shown by `get links`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerRole::Dialer => "dialer",
+            PeerRole::Acceptor => "acceptor",
+        }
+    }
+}
+
+/// The state of a peering, as `get links` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    Connecting,
+    Connected,
+    Disconnected,
+    Refused,
+}
+
+impl LinkState {
+    /// As shown by `get links` and in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Connecting => "connecting",
+            LinkState::Connected => "connected",
+            LinkState::Disconnected => "disconnected",
+            LinkState::Refused => "refused",
+        }
+    }
+}
+
+/// What the gateway knows of one peer right now.
+#[derive(Debug)]
+pub struct PeerStatus {
+    pub role: PeerRole,
+    pub address: String,
+    pub state: LinkState,
+    pub last_error: String,
+    pub since: SystemTime,
+    /// When the peer was lost; its services are withdrawn a grace period later.
+    pub lost_at: Option<Instant>,
+    pub connection: Option<quinn::Connection>,
+    pub acked: Position,
+    /// Identifies the current session, so a replaced one cannot overwrite its successor.
+    pub session: u64,
+    /// Cancelled when the peering is removed here (unlink): the session tells the peer.
+    pub unlink: CancellationToken,
+    /// Cancelled when this dialer is replaced by a newer Link or the gateway stops: the session
+    /// ends quietly.
+    pub retire: CancellationToken,
+    /// The dialer task that owns this status (0 for acceptors), so a replaced dialer cannot
+    /// overwrite its successor's state.
+    pub owner: u64,
+}
+
+impl PeerStatus {
+    /// A peer that dials us, known from our ledger, not connected yet (after a restart).
+    pub fn awaiting(now: Instant) -> Self {
+        Self {
+            role: PeerRole::Acceptor,
+            address: String::new(),
+            state: LinkState::Disconnected,
+            last_error: String::new(),
+            since: SystemTime::now(),
+            lost_at: Some(now),
+            connection: None,
+            acked: Position::NONE,
+            session: 0,
+            unlink: CancellationToken::new(),
+            retire: CancellationToken::new(),
+            owner: 0,
+        }
+    }
+}
