@@ -5,6 +5,7 @@
 pub mod api;
 pub mod catalog;
 pub mod cidr;
+pub mod document;
 pub mod flow;
 pub mod identity;
 pub mod link;

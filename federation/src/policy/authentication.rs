@@ -13,8 +13,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
 use super::authorization::{PolicyMetadata, TargetRef};
+use crate::document::{DocumentError, DocumentPlace, field, typed};
 use crate::identity::{Namespace, ServiceName};
-use crate::resource::{DocumentError, DocumentPlace, field, typed};
 
 /// Where an issuer's public keys come from.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -8,8 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::document::{DocumentError, DocumentPlace, field, typed};
 use crate::identity::{ClusterName, Namespace, ServiceName, SpiffeId};
-use crate::resource::{DocumentError, DocumentPlace, field, typed};
 use crate::text;
 
 /// Allow or deny.

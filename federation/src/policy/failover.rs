@@ -8,9 +8,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::authorization::{PolicyMetadata, TargetRef};
+use crate::document::{DocumentError, DocumentPlace, field, typed};
 use crate::identity::{ClusterName, Namespace, ServiceName};
 use crate::location::{Closeness, Location};
-use crate::resource::{DocumentError, DocumentPlace, field, typed};
 
 /// A part of the mesh relative to the caller's cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

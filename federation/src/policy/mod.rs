@@ -13,8 +13,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::document::{DocumentError, DocumentPlace, field};
 use crate::identity::Namespace;
-use crate::resource::{DocumentError, DocumentPlace, field};
 
 pub mod authentication;
 pub mod authorization;
@@ -296,7 +296,7 @@ impl<'de> Deserialize<'de> for Policy {
 /// checking that bad documents are refused naming the field.
 #[cfg(test)]
 pub(crate) mod testing {
-    use crate::resource::{DocumentError, DocumentPlace};
+    use crate::document::{DocumentError, DocumentPlace};
 
     /// A kind's parser.
     pub type Parser<T> = fn(serde_json::Value, &DocumentPlace) -> Result<T, DocumentError>;

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use super::authorization::{
     MAX_LIST, PolicyMetadata, Source, SourceDocument, TargetRef, source_of,
 };
+use crate::document::{DocumentError, DocumentPlace, field, typed};
 use crate::identity::{Namespace, ServiceName, SpiffeId};
-use crate::resource::{DocumentError, DocumentPlace, field, typed};
 
 /// A rate: `requests` per `per`, with bursts of up to `burst`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::document::{DocumentError, DocumentPlace, field, typed};
 use crate::identity::{ClusterName, Namespace, ServiceName};
-use crate::resource::{DocumentError, DocumentPlace, field, typed};
 
 /// How a rule matches a path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
