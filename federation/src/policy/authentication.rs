@@ -12,7 +12,7 @@ pub use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
-use super::authorization::{PolicyMetadata, TargetRef};
+use super::common::{PolicyMetadata, TargetRef};
 use crate::document::{DocumentError, DocumentPlace, field, typed};
 use crate::identity::{Namespace, ServiceName};
 

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::authorization::{PolicyMetadata, TargetRef};
+use super::common::{PolicyMetadata, TargetRef};
 use crate::document::{DocumentError, DocumentPlace, field, typed};
 use crate::identity::{ClusterName, Namespace, ServiceName};
 use crate::location::{Closeness, Location};

@@ -18,6 +18,7 @@ use crate::identity::Namespace;
 
 pub mod authentication;
 pub mod authorization;
+pub mod common;
 pub mod exchange;
 pub mod failover;
 pub mod path;

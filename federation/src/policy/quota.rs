@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::authorization::{PolicyMetadata, TargetRef};
+use super::common::{PolicyMetadata, TargetRef};
 use crate::document::{DocumentError, DocumentPlace, field, typed};
 use crate::identity::{ClusterName, Namespace, ServiceName, SpiffeId};
 

@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::authorization::{
-    MAX_LIST, PolicyMetadata, Source, SourceDocument, TargetRef, source_of,
-};
+use super::common::{MAX_LIST, PolicyMetadata, Source, SourceDocument, TargetRef, source_of};
 use crate::document::{DocumentError, DocumentPlace, field, typed};
 use crate::identity::{Namespace, ServiceName, SpiffeId};
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::common::{PolicyMetadata, TargetRef};
 use crate::document::{DocumentError, DocumentPlace, field, typed};
 use crate::identity::{ClusterName, Namespace, ServiceName};
 
@@ -170,14 +171,14 @@ struct RouteDocument {
     api_version: String,
     #[allow(dead_code)]
     kind: String,
-    metadata: super::authorization::PolicyMetadata,
+    metadata: PolicyMetadata,
     spec: RouteSpec,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RouteSpec {
-    target_ref: super::authorization::TargetRef,
+    target_ref: TargetRef,
     rules: Vec<RuleDocument>,
 }
 
