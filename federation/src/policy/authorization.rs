@@ -8,7 +8,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::common::{PolicyMetadata, Source, SourceDocument, TargetRef, checked, source_of};
+use super::common::{
+    PolicyMetadata, Source, SourceDocument, TargetRef, checked, duration, source_of,
+};
 use crate::document::{DocumentError, DocumentPlace, field, typed};
 use crate::identity::{Namespace, ServiceName, SpiffeId};
 use crate::text;
@@ -336,7 +338,7 @@ fn external(
     }
     let timeout = match document.timeout {
         None => DEFAULT_EXTERNAL_TIMEOUT,
-        Some(text) => super::route::duration(&text)
+        Some(text) => duration(&text)
             .filter(|t| *t <= MAX_EXTERNAL_TIMEOUT)
             .ok_or_else(|| {
                 field(

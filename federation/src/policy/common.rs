@@ -2,6 +2,8 @@
 //! a rule or an override names, and the bounds and durations their documents are checked
 //! against. Each kind imports from here, never from another kind.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::document::{DocumentError, DocumentPlace, field};
@@ -256,5 +258,32 @@ pub(super) fn source_of(
                 })
                 .collect::<Result<_, _>>()?
         },
+    })
+}
+
+/// Parses `250ms`, `2s`, `1m`.
+pub(super) fn duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(number),
+        "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number.checked_mul(60)?),
+        _ => return None,
+    };
+    (!duration.is_zero() && duration <= Duration::from_secs(3600)).then_some(duration)
+}
+
+/// Parses the period of a limit: `250ms`, `1s`, `1m`, and also `1h` and `1d`.
+pub(super) fn period(text: &str) -> Option<Duration> {
+    duration(text).or_else(|| {
+        let (number, unit) = text.split_at(text.len().saturating_sub(1));
+        let number: u64 = number.parse().ok()?;
+        match unit {
+            "h" => Some(Duration::from_secs(number.checked_mul(3600)?)),
+            "d" => Some(Duration::from_secs(number.checked_mul(86_400)?)),
+            _ => None,
+        }
     })
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::common::{PolicyMetadata, TargetRef};
+use super::common::{PolicyMetadata, TargetRef, period};
 use crate::document::{DocumentError, DocumentPlace, field, typed};
 use crate::identity::{ClusterName, Namespace, ServiceName, SpiffeId};
 
@@ -229,7 +229,7 @@ pub fn quota(document: serde_json::Value, place: &DocumentPlace) -> Result<Quota
             "expected at least 1 (to refuse everything, use an AuthorizationPolicy)",
         ));
     }
-    let per = super::ratelimit::period(&limit.per)
+    let per = period(&limit.per)
         .filter(|per| (MIN_PER..=MAX_PER).contains(per))
         .ok_or_else(|| {
             field(

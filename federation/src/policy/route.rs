@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::common::{PolicyMetadata, TargetRef};
+use super::common::{PolicyMetadata, TargetRef, duration};
 use crate::document::{DocumentError, DocumentPlace, field, typed};
 use crate::identity::{ClusterName, Namespace, ServiceName};
 
@@ -312,20 +312,6 @@ fn twenty() -> u32 {
 const MAX_LIST: usize = 64;
 /// The most retries a rule may ask for.
 const MAX_RETRIES: u32 = 10;
-
-/// Parses `250ms`, `2s`, `1m`.
-pub(super) fn duration(text: &str) -> Option<Duration> {
-    let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().ok()?;
-    let duration = match unit {
-        "ms" => Duration::from_millis(number),
-        "s" => Duration::from_secs(number),
-        "m" => Duration::from_secs(number.checked_mul(60)?),
-        _ => return None,
-    };
-    (!duration.is_zero() && duration <= Duration::from_secs(3600)).then_some(duration)
-}
 
 fn bounded<T>(
     place: &DocumentPlace,
