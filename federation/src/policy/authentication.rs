@@ -12,7 +12,7 @@ pub use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
-use super::common::{PolicyMetadata, TargetRef};
+use super::common::{PolicyMetadata, TargetRef, check_api_version};
 use crate::document::{DocumentError, DocumentPlace, field, typed};
 use crate::identity::{Namespace, ServiceName};
 
@@ -210,7 +210,7 @@ pub fn authentication(
     place: &DocumentPlace,
 ) -> Result<Authentication, DocumentError> {
     let document: AuthenticationDocument = typed(document, place)?;
-    super::check_api_version(&document.api_version, place)?;
+    check_api_version(&document.api_version, place)?;
     let (namespace, name) = document.metadata.checked(place)?;
     let target = match document.spec.target_ref {
         None => None,

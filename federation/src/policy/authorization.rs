@@ -9,7 +9,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    PolicyMetadata, Source, SourceDocument, TargetRef, checked, duration, source_of,
+    PolicyMetadata, Source, SourceDocument, TargetRef, check_api_version, checked, duration,
+    source_of,
 };
 use crate::document::{DocumentError, DocumentPlace, field, typed};
 use crate::identity::{Namespace, ServiceName, SpiffeId};
@@ -380,7 +381,7 @@ pub fn authorization(
     place: &DocumentPlace,
 ) -> Result<Authorization, DocumentError> {
     let document: AuthorizationDocument = typed(document, place)?;
-    super::check_api_version(&document.api_version, place)?;
+    check_api_version(&document.api_version, place)?;
     let (namespace, name) = document.metadata.checked(place)?;
     let target = match document.spec.target_ref {
         None => None,

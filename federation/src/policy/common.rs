@@ -10,6 +10,21 @@ use crate::document::{DocumentError, DocumentPlace, field};
 use crate::identity::{ClusterName, Namespace, ServiceName, SpiffeId};
 use crate::text;
 
+/// The API version of policy documents.
+pub const POLICY_API_VERSION: &str = "policy.strait.dev/v1alpha1";
+
+/// Refuses a policy document of another API version, naming the field.
+pub(super) fn check_api_version(version: &str, place: &DocumentPlace) -> Result<(), DocumentError> {
+    if version != POLICY_API_VERSION {
+        return Err(field(
+            place,
+            "apiVersion",
+            format!("{version:?} is not known; expected {POLICY_API_VERSION}"),
+        ));
+    }
+    Ok(())
+}
+
 /// The metadata of every policy document.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

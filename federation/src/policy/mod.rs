@@ -27,21 +27,6 @@ pub mod ratelimit;
 pub mod replication;
 pub mod route;
 
-/// The API version of policy documents.
-pub const POLICY_API_VERSION: &str = "policy.strait.dev/v1alpha1";
-
-/// Refuses a policy document of another API version, naming the field.
-fn check_api_version(version: &str, place: &DocumentPlace) -> Result<(), DocumentError> {
-    if version != POLICY_API_VERSION {
-        return Err(field(
-            place,
-            "apiVersion",
-            format!("{version:?} is not known; expected {POLICY_API_VERSION}"),
-        ));
-    }
-    Ok(())
-}
-
 /// The kinds of policy documents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum PolicyKind {

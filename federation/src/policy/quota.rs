@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::common::{PolicyMetadata, TargetRef, period};
+use super::common::{PolicyMetadata, TargetRef, check_api_version, period};
 use crate::document::{DocumentError, DocumentPlace, field, typed};
 use crate::identity::{ClusterName, Namespace, ServiceName, SpiffeId};
 
@@ -218,7 +218,7 @@ const MAX_PER: Duration = Duration::from_secs(24 * 3600);
 /// Parses and checks a Quota document. Errors name the document and the field.
 pub fn quota(document: serde_json::Value, place: &DocumentPlace) -> Result<Quota, DocumentError> {
     let document: QuotaDocument = typed(document, place)?;
-    super::check_api_version(&document.api_version, place)?;
+    check_api_version(&document.api_version, place)?;
     let (namespace, name) = document.metadata.checked(place)?;
     let service = document.spec.target_ref.required_service(place)?;
     let limit = document.spec.limit;

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    MAX_LIST, PolicyMetadata, Source, SourceDocument, TargetRef, period, source_of,
+    MAX_LIST, PolicyMetadata, Source, SourceDocument, TargetRef, check_api_version, period,
+    source_of,
 };
 use crate::document::{DocumentError, DocumentPlace, field, typed};
 use crate::identity::{Namespace, ServiceName, SpiffeId};
@@ -193,7 +194,7 @@ pub fn rate_limit(
     place: &DocumentPlace,
 ) -> Result<RateLimit, DocumentError> {
     let document: RateLimitDocument = typed(document, place)?;
-    super::check_api_version(&document.api_version, place)?;
+    check_api_version(&document.api_version, place)?;
     let (namespace, name) = document.metadata.checked(place)?;
     let service = document.spec.target_ref.required_service(place)?;
     let default = limit(place, "spec.limit", document.spec.limit)?;

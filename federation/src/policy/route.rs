@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::common::{PolicyMetadata, TargetRef, duration};
+use super::common::{PolicyMetadata, TargetRef, check_api_version, duration};
 use crate::document::{DocumentError, DocumentPlace, field, typed};
 use crate::identity::{ClusterName, Namespace, ServiceName};
 
@@ -663,7 +663,7 @@ fn rule(
 /// Parses and checks an HTTPRoute document. Errors name the document and the field.
 pub fn route(document: serde_json::Value, place: &DocumentPlace) -> Result<Route, DocumentError> {
     let document: RouteDocument = typed(document, place)?;
-    super::check_api_version(&document.api_version, place)?;
+    check_api_version(&document.api_version, place)?;
     let (namespace, name) = document.metadata.checked(place)?;
     let service = document.spec.target_ref.service(place)?.ok_or_else(|| {
         field(
