@@ -12,7 +12,7 @@ pub use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
-use super::common::{PolicyMetadata, TargetRef, check_api_version};
+use super::common::{PolicyMetadata, RequestPrincipal, TargetRef, check_api_version};
 use crate::document::{DocumentError, DocumentPlace, field, typed};
 use crate::identity::{Namespace, ServiceName};
 
@@ -58,15 +58,6 @@ pub struct Authentication {
     /// The service it applies to; `None`: every service of the namespace.
     pub target: Option<ServiceName>,
     pub rules: Vec<JwtRule>,
-}
-
-/// Who a valid token says the caller is.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RequestPrincipal {
-    /// `<iss>/<sub>`, as Istio writes request principals.
-    pub principal: String,
-    /// Every claim of the token.
-    pub claims: serde_json::Value,
 }
 
 /// How long a token may have expired and still pass (clock skew between issuer and mesh).

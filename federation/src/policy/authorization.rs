@@ -9,8 +9,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    PolicyMetadata, Source, SourceDocument, TargetRef, check_api_version, checked, duration,
-    source_of,
+    PolicyMetadata, RequestPrincipal, Source, SourceDocument, TargetRef, check_api_version,
+    checked, duration, source_of,
 };
 use crate::document::{DocumentError, DocumentPlace, field, typed};
 use crate::identity::{Namespace, ServiceName, SpiffeId};
@@ -79,7 +79,7 @@ pub struct Request<'a> {
     /// Method and path, for HTTP; `None` for raw TCP.
     pub http: Option<(&'a str, &'a str)>,
     /// Who the request's valid JWT says the caller is, if it carried one.
-    pub principal: Option<&'a super::authentication::RequestPrincipal>,
+    pub principal: Option<&'a RequestPrincipal>,
     /// Where the caller's cluster runs, when known.
     pub caller_location: Option<&'a crate::location::Location>,
     /// Whether the calling workload is ready, as its own sidecar (registered with the mesh)

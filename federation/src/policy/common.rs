@@ -1,6 +1,7 @@
-//! What the policy kinds share: the metadata and target of every policy document, the sources
-//! a rule or an override names, and the bounds and durations their documents are checked
-//! against. Each kind imports from here, never from another kind.
+//! What the policy kinds share: the API version, metadata and target of every policy document,
+//! the sources a rule or an override names, the request principal a token gives, and the bounds
+//! and durations their documents are checked against. Each kind imports from here, never from
+//! another kind.
 
 use std::time::Duration;
 
@@ -135,6 +136,15 @@ impl Source {
                     .any(|a| text::same(a, service_account.as_str())))
             && (self.identities.is_empty() || caller.is_some_and(|c| self.identities.contains(c)))
     }
+}
+
+/// Who a valid token says the caller is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestPrincipal {
+    /// `<iss>/<sub>`, as Istio writes request principals.
+    pub principal: String,
+    /// Every claim of the token.
+    pub claims: serde_json::Value,
 }
 
 /// A source as written, before it is checked.
