@@ -5,7 +5,8 @@
 //! `authorization` holds AuthorizationPolicy (documents and decisions), `route` HTTPRoute
 //! (matches, weighted splits, timeouts, retries), `failover` FailoverPolicy (the order of a
 //! service's clusters), `replication` the versions and the last-writer-wins set, `exchange`
-//! how two gateways bring each other's sets up to date. This module ties the kinds together: a
+//! how two gateways bring each other's sets up to date, `common` the schema and checks the kinds
+//! share (each kind imports it, never another kind). This module ties the kinds together: a
 //! [`Policy`] is one checked document of any kind, kept with the document as written so that it
 //! can travel (to peers, to sidecars, to `strait get`) and be checked again wherever it arrives.
 
