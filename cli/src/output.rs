@@ -65,7 +65,7 @@ struct LinkItem {
 
 fn render<T: Serialize>(kind: &'static str, items: Vec<T>, format: Format) -> Result<String> {
     let list = List {
-        api_version: strait_federation::resource::API_VERSION,
+        api_version: strait_federation::document::API_VERSION,
         kind,
         items,
     };

@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 use serde_json::json;
+use strait_federation::document::API_VERSION;
 use strait_federation::identity::ServiceName;
 use strait_federation::proto::operator::CreateWorkloadTokenRequest;
-use strait_federation::resource::API_VERSION;
 use strait_sidecar::config::{
     AppPort, BOOTSTRAP_KIND, Bootstrap, ServiceConfig, SidecarConfig, Upstream,
 };

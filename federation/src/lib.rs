@@ -13,6 +13,7 @@
 pub mod catalog;
 pub mod certificate;
 pub mod cidr;
+pub mod document;
 pub mod flow;
 pub mod handshake;
 pub mod identity;

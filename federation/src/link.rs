@@ -327,7 +327,7 @@ impl LinkDocument {
     /// A document for a spec.
     pub fn new(spec: LinkSpec) -> Self {
         Self {
-            api_version: crate::resource::API_VERSION,
+            api_version: crate::document::API_VERSION,
             kind: "Link",
             metadata: LinkMetadata {
                 name: spec.cluster.to_string(),

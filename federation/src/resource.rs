@@ -1,21 +1,19 @@
 //! Documents operators apply (`strait apply -f`): YAML in the Kubernetes style, parsed into typed
 //! values with unknown fields refused, then checked once. An error names the source, the
-//! document, the field and what was expected; a file is applied whole or not at all.
+//! document, the field and what was expected; a file is applied whole or not at all. This module
+//! reads files and hands each document to its kind (a Service here, `link`, `policy`); what the
+//! kinds share (places, errors, typed reading) is in `document`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::net::SocketAddr;
 
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 
 use crate::catalog::{Endpoint, Port, Protocol, ServiceKey, ServiceSpec};
+use crate::document::{API_VERSION, DocumentError, DocumentPlace, field, typed};
 use crate::identity::{Namespace, ServiceName};
 use crate::link::LinkSpec;
 use crate::policy::{Policy, PolicyKey, PolicyKind};
-
-/// The API version of strait's own documents.
-pub const API_VERSION: &str = "strait.dev/v1alpha1";
 
 /// The kinds `apply` takes, for error messages.
 const KINDS: &str = "Service, Link (strait.dev/v1alpha1), AuthorizationPolicy, HTTPRoute, RateLimitPolicy, Quota, RequestAuthentication or FailoverPolicy (policy.strait.dev/v1alpha1)";
@@ -40,42 +38,6 @@ impl Resource {
             Resource::Policy { key, .. } => key.kind.as_str(),
         }
     }
-}
-
-/// Where a document came from, for error messages.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DocumentPlace {
-    pub source: String,
-    /// 1-based index of the document in its file.
-    pub index: usize,
-    pub kind: Option<String>,
-    pub name: Option<String>,
-}
-
-impl fmt::Display for DocumentPlace {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: document {}", self.source, self.index)?;
-        match (&self.kind, &self.name) {
-            (Some(kind), Some(name)) => write!(f, " ({kind} {name})"),
-            (Some(kind), None) => write!(f, " ({kind})"),
-            _ => Ok(()),
-        }
-    }
-}
-
-/// Why a set of documents was refused.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum DocumentError {
-    #[error("{file}: not valid YAML: {message}")]
-    Yaml { file: String, message: String },
-    #[error("{file}: no document in it")]
-    Empty { file: String },
-    #[error("{place}: {field}: {message}")]
-    Field {
-        place: Box<DocumentPlace>,
-        field: String,
-        message: String,
-    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,32 +112,6 @@ struct LinkDocumentIn {
     #[allow(dead_code)]
     metadata: Metadata,
     spec: LinkSpec,
-}
-
-pub(crate) fn typed<T: DeserializeOwned>(
-    value: serde_json::Value,
-    place: &DocumentPlace,
-) -> Result<T, DocumentError> {
-    serde_path_to_error::deserialize(value).map_err(|e| DocumentError::Field {
-        place: Box::new(place.clone()),
-        field: match e.path().to_string().as_str() {
-            "." => "(document)".to_owned(),
-            path => path.to_owned(),
-        },
-        message: e.inner().to_string(),
-    })
-}
-
-pub(crate) fn field(
-    place: &DocumentPlace,
-    field: impl Into<String>,
-    message: impl Into<String>,
-) -> DocumentError {
-    DocumentError::Field {
-        place: Box::new(place.clone()),
-        field: field.into(),
-        message: message.into(),
-    }
 }
 
 /// The most documents one file may hold. The parser's default (1,024) is too few for a bulk

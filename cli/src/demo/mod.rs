@@ -203,7 +203,7 @@ async fn start_workload(
         })?
         .into_inner();
     let bootstrap = Bootstrap {
-        api_version: strait_federation::resource::API_VERSION.into(),
+        api_version: strait_federation::document::API_VERSION.into(),
         kind: BOOTSTRAP_KIND.into(),
         gateway: api_addr.to_owned(),
         cluster: ClusterName::new(spec.cluster)?,

@@ -12,9 +12,9 @@ pub use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
-use super::authorization::{PolicyMetadata, TargetRef};
+use super::common::{PolicyMetadata, RequestPrincipal, TargetRef, check_api_version};
+use crate::document::{DocumentError, DocumentPlace, field, typed};
 use crate::identity::{Namespace, ServiceName};
-use crate::resource::{DocumentError, DocumentPlace, field, typed};
 
 /// Where an issuer's public keys come from.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,15 +58,6 @@ pub struct Authentication {
     /// The service it applies to; `None`: every service of the namespace.
     pub target: Option<ServiceName>,
     pub rules: Vec<JwtRule>,
-}
-
-/// Who a valid token says the caller is.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RequestPrincipal {
-    /// `<iss>/<sub>`, as Istio writes request principals.
-    pub principal: String,
-    /// Every claim of the token.
-    pub claims: serde_json::Value,
 }
 
 /// How long a token may have expired and still pass (clock skew between issuer and mesh).
@@ -210,7 +201,7 @@ pub fn authentication(
     place: &DocumentPlace,
 ) -> Result<Authentication, DocumentError> {
     let document: AuthenticationDocument = typed(document, place)?;
-    super::check_api_version(&document.api_version, place)?;
+    check_api_version(&document.api_version, place)?;
     let (namespace, name) = document.metadata.checked(place)?;
     let target = match document.spec.target_ref {
         None => None,

@@ -398,7 +398,7 @@ impl PolicyExchange {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::DocumentPlace;
+    use crate::document::DocumentPlace;
 
     /// The time the tests' gateways live at.
     const NOW_MS: u64 = 1_000_000;

@@ -7,10 +7,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::authorization::{PolicyMetadata, TargetRef};
+use super::common::{PolicyMetadata, TargetRef, check_api_version};
+use crate::document::{DocumentError, DocumentPlace, field, typed};
 use crate::identity::{ClusterName, Namespace, ServiceName};
 use crate::location::{Closeness, Location};
-use crate::resource::{DocumentError, DocumentPlace, field, typed};
 
 /// A part of the mesh relative to the caller's cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,7 +157,7 @@ pub fn failover(
     place: &DocumentPlace,
 ) -> Result<Failover, DocumentError> {
     let document: FailoverDocument = typed(document, place)?;
-    super::check_api_version(&document.api_version, place)?;
+    check_api_version(&document.api_version, place)?;
     let (namespace, name) = document.metadata.checked(place)?;
     let service = document.spec.target_ref.required_service(place)?;
     if document.spec.order.is_empty() || document.spec.order.len() > MAX_TIERS {

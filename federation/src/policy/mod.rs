@@ -5,7 +5,8 @@
 //! `authorization` holds AuthorizationPolicy (documents and decisions), `route` HTTPRoute
 //! (matches, weighted splits, timeouts, retries), `failover` FailoverPolicy (the order of a
 //! service's clusters), `replication` the versions and the last-writer-wins set, `exchange`
-//! how two gateways bring each other's sets up to date. This module ties the kinds together: a
+//! how two gateways bring each other's sets up to date, `common` the schema and checks the kinds
+//! share (each kind imports it, never another kind). This module ties the kinds together: a
 //! [`Policy`] is one checked document of any kind, kept with the document as written so that it
 //! can travel (to peers, to sidecars, to `strait get`) and be checked again wherever it arrives.
 
@@ -13,11 +14,12 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::document::{DocumentError, DocumentPlace, field};
 use crate::identity::Namespace;
-use crate::resource::{DocumentError, DocumentPlace, field};
 
 pub mod authentication;
 pub mod authorization;
+pub mod common;
 pub mod exchange;
 pub mod failover;
 pub mod path;
@@ -25,21 +27,6 @@ pub mod quota;
 pub mod ratelimit;
 pub mod replication;
 pub mod route;
-
-/// The API version of policy documents.
-pub const POLICY_API_VERSION: &str = "policy.strait.dev/v1alpha1";
-
-/// Refuses a policy document of another API version, naming the field.
-fn check_api_version(version: &str, place: &DocumentPlace) -> Result<(), DocumentError> {
-    if version != POLICY_API_VERSION {
-        return Err(field(
-            place,
-            "apiVersion",
-            format!("{version:?} is not known; expected {POLICY_API_VERSION}"),
-        ));
-    }
-    Ok(())
-}
 
 /// The kinds of policy documents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -296,7 +283,7 @@ impl<'de> Deserialize<'de> for Policy {
 /// checking that bad documents are refused naming the field.
 #[cfg(test)]
 pub(crate) mod testing {
-    use crate::resource::{DocumentError, DocumentPlace};
+    use crate::document::{DocumentError, DocumentPlace};
 
     /// A kind's parser.
     pub type Parser<T> = fn(serde_json::Value, &DocumentPlace) -> Result<T, DocumentError>;

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::authorization::{PolicyMetadata, TargetRef};
+use super::common::{PolicyMetadata, TargetRef, check_api_version, period};
+use crate::document::{DocumentError, DocumentPlace, field, typed};
 use crate::identity::{ClusterName, Namespace, ServiceName, SpiffeId};
-use crate::resource::{DocumentError, DocumentPlace, field, typed};
 
 /// Who shares a budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,7 +218,7 @@ const MAX_PER: Duration = Duration::from_secs(24 * 3600);
 /// Parses and checks a Quota document. Errors name the document and the field.
 pub fn quota(document: serde_json::Value, place: &DocumentPlace) -> Result<Quota, DocumentError> {
     let document: QuotaDocument = typed(document, place)?;
-    super::check_api_version(&document.api_version, place)?;
+    check_api_version(&document.api_version, place)?;
     let (namespace, name) = document.metadata.checked(place)?;
     let service = document.spec.target_ref.required_service(place)?;
     let limit = document.spec.limit;
@@ -229,7 +229,7 @@ pub fn quota(document: serde_json::Value, place: &DocumentPlace) -> Result<Quota
             "expected at least 1 (to refuse everything, use an AuthorizationPolicy)",
         ));
     }
-    let per = super::ratelimit::period(&limit.per)
+    let per = period(&limit.per)
         .filter(|per| (MIN_PER..=MAX_PER).contains(per))
         .ok_or_else(|| {
             field(

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::authorization::{
-    MAX_LIST, PolicyMetadata, Source, SourceDocument, TargetRef, source_of,
+use super::common::{
+    MAX_LIST, PolicyMetadata, Source, SourceDocument, TargetRef, check_api_version, period,
+    source_of,
 };
+use crate::document::{DocumentError, DocumentPlace, field, typed};
 use crate::identity::{Namespace, ServiceName, SpiffeId};
-use crate::resource::{DocumentError, DocumentPlace, field, typed};
 
 /// A rate: `requests` per `per`, with bursts of up to `burst`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,19 +152,6 @@ struct OverrideDocument {
 /// The longest window a limit may count over.
 const MAX_PER: Duration = Duration::from_secs(24 * 3600);
 
-/// Parses the period of a limit: `250ms`, `1s`, `1m`, and also `1h` and `1d`.
-pub(super) fn period(text: &str) -> Option<Duration> {
-    super::route::duration(text).or_else(|| {
-        let (number, unit) = text.split_at(text.len().saturating_sub(1));
-        let number: u64 = number.parse().ok()?;
-        match unit {
-            "h" => Some(Duration::from_secs(number.checked_mul(3600)?)),
-            "d" => Some(Duration::from_secs(number.checked_mul(86_400)?)),
-            _ => None,
-        }
-    })
-}
-
 /// Checks a limit: at least one request, over 1 ms to a day.
 pub(super) fn limit(
     place: &DocumentPlace,
@@ -206,7 +194,7 @@ pub fn rate_limit(
     place: &DocumentPlace,
 ) -> Result<RateLimit, DocumentError> {
     let document: RateLimitDocument = typed(document, place)?;
-    super::check_api_version(&document.api_version, place)?;
+    check_api_version(&document.api_version, place)?;
     let (namespace, name) = document.metadata.checked(place)?;
     let service = document.spec.target_ref.required_service(place)?;
     let default = limit(place, "spec.limit", document.spec.limit)?;

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::common::{PolicyMetadata, TargetRef, check_api_version, duration};
+use crate::document::{DocumentError, DocumentPlace, field, typed};
 use crate::identity::{ClusterName, Namespace, ServiceName};
-use crate::resource::{DocumentError, DocumentPlace, field, typed};
 
 /// How a rule matches a path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,14 +171,14 @@ struct RouteDocument {
     api_version: String,
     #[allow(dead_code)]
     kind: String,
-    metadata: super::authorization::PolicyMetadata,
+    metadata: PolicyMetadata,
     spec: RouteSpec,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RouteSpec {
-    target_ref: super::authorization::TargetRef,
+    target_ref: TargetRef,
     rules: Vec<RuleDocument>,
 }
 
@@ -311,20 +312,6 @@ fn twenty() -> u32 {
 const MAX_LIST: usize = 64;
 /// The most retries a rule may ask for.
 const MAX_RETRIES: u32 = 10;
-
-/// Parses `250ms`, `2s`, `1m`.
-pub(super) fn duration(text: &str) -> Option<Duration> {
-    let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().ok()?;
-    let duration = match unit {
-        "ms" => Duration::from_millis(number),
-        "s" => Duration::from_secs(number),
-        "m" => Duration::from_secs(number.checked_mul(60)?),
-        _ => return None,
-    };
-    (!duration.is_zero() && duration <= Duration::from_secs(3600)).then_some(duration)
-}
 
 fn bounded<T>(
     place: &DocumentPlace,
@@ -676,7 +663,7 @@ fn rule(
 /// Parses and checks an HTTPRoute document. Errors name the document and the field.
 pub fn route(document: serde_json::Value, place: &DocumentPlace) -> Result<Route, DocumentError> {
     let document: RouteDocument = typed(document, place)?;
-    super::check_api_version(&document.api_version, place)?;
+    check_api_version(&document.api_version, place)?;
     let (namespace, name) = document.metadata.checked(place)?;
     let service = document.spec.target_ref.service(place)?.ok_or_else(|| {
         field(

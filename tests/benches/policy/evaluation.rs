@@ -7,7 +7,8 @@ use std::hint::black_box;
 
 use anyhow::{Result, bail};
 use strait_federation::identity::{Namespace, ServiceName, SpiffeId};
-use strait_federation::policy::authorization::{Decision, MAX_LIST, Request};
+use strait_federation::policy::authorization::{Decision, Request};
+use strait_federation::policy::common::MAX_LIST;
 use strait_federation::policy::path;
 use strait_federation::proto::workload::PolicyDocument;
 use strait_sidecar::policy::Policies;

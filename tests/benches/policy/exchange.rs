@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
 use strait_federation::catalog::{ExportLog, ImportedCatalog, Position};
+use strait_federation::document::DocumentPlace;
 use strait_federation::identity::ClusterName;
 use strait_federation::policy::exchange::PolicyBook;
 use strait_federation::policy::{Policy, PolicyKey, PolicyKind};
-use strait_federation::resource::DocumentPlace;
 use strait_federation::session::{Event, PeerSession, SessionConfig};
 use strait_federation::wire::{self, FrameDecoder};
 use strait_io::files::write_file;

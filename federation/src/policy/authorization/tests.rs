@@ -1,7 +1,7 @@
 //! Tests of the authorization module.
 
 use super::*;
-use crate::identity::{AccountName, TrustDomain};
+use crate::identity::{AccountName, ClusterName, TrustDomain};
 
 fn workload(cluster: &str, namespace: &str, account: &str) -> SpiffeId {
     SpiffeId::Workload {
