@@ -6,6 +6,25 @@ use std::fmt;
 
 use serde::de::DeserializeOwned;
 
+/// What applying an object did, as kubectl says it: services, Links and policies alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+impl Applied {
+    /// The word `strait apply` prints.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Applied::Created => "created",
+            Applied::Configured => "configured",
+            Applied::Unchanged => "unchanged",
+        }
+    }
+}
+
 /// The API version of strait's own documents.
 pub const API_VERSION: &str = "strait.dev/v1alpha1";
 

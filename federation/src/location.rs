@@ -23,22 +23,32 @@ pub enum Closeness {
     Elsewhere,
 }
 
+/// Why the parts of a location were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LocationError {
+    #[error("{what} {value:?}: expected a lower-case label (a-z, 0-9, -) of at most 63 characters")]
+    Label { what: &'static str, value: String },
+    #[error("a region needs its cloud")]
+    RegionWithoutCloud,
+}
+
 impl Location {
     /// Checks the parts: each empty or a lower-case label of at most 63 characters.
-    pub fn new(cloud: &str, region: &str, zone: &str) -> Result<Self, String> {
+    pub fn new(cloud: &str, region: &str, zone: &str) -> Result<Self, LocationError> {
         for (what, value) in [("cloud", cloud), ("region", region), ("zone", zone)] {
             let valid = value.len() <= 63
                 && value
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
             if !valid {
-                return Err(format!(
-                    "{what} {value:?}: expected a lower-case label (a-z, 0-9, -) of at most 63 characters"
-                ));
+                return Err(LocationError::Label {
+                    what,
+                    value: value.to_owned(),
+                });
             }
         }
         if !region.is_empty() && cloud.is_empty() {
-            return Err("a region needs its cloud".into());
+            return Err(LocationError::RegionWithoutCloud);
         }
         Ok(Self {
             cloud: cloud.into(),

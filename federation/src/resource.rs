@@ -202,10 +202,10 @@ fn yaml_documents(text: &str) -> Result<Vec<serde_json::Value>, serde_saphyr::Er
 /// (as `jwks`): key sets travel with the policy to every cluster, so a file is read where the
 /// policy is applied, by `read` (the CLI reads it beside the policy's file). The text to send:
 /// unchanged when no document names a file, else every document as JSON (which is YAML).
-pub fn inline_key_files(
+pub fn inline_key_files<E: std::fmt::Display>(
     source: &str,
     text: &str,
-    read: impl Fn(&str) -> Result<String, String>,
+    read: impl Fn(&str) -> Result<String, E>,
 ) -> Result<String, DocumentError> {
     if !text.contains("jwksFile") {
         return Ok(text.to_owned());

@@ -2,7 +2,7 @@
 //! (the operator API), and showing the set to operators and sidecars. The set itself lives in
 //! the persisted state; peer sessions (`peer`) exchange it with linked gateways.
 
-use strait_federation::identity::{ClusterName, Namespace};
+use strait_federation::identity::{ClusterName, NameError, Namespace};
 use strait_federation::policy::exchange::{BookError, MAX_POLICIES};
 use strait_federation::policy::quota::{Quota, Spend};
 use strait_federation::policy::replication::Version;
@@ -13,12 +13,14 @@ use strait_federation::proto::workload::PolicyDocument;
 use strait_federation::proto::workload::{Spent, UsageReply, UsageReport};
 use strait_federation::resource::Resource;
 
+use strait_federation::document::Applied;
+
 use crate::store::State;
 use crate::{Shared, lock, unix_now_ms};
 
 /// Refuses a file whose new policies would take the set past its bound, before anything of the
 /// file is applied.
-pub fn check_capacity(state: &State, resources: &[Resource]) -> Result<(), String> {
+pub fn check_capacity(state: &State, resources: &[Resource]) -> Result<(), BookError> {
     let new = resources
         .iter()
         .filter(|r| match r {
@@ -27,7 +29,7 @@ pub fn check_capacity(state: &State, resources: &[Resource]) -> Result<(), Strin
         })
         .count();
     if state.policies.set.len() + new > MAX_POLICIES {
-        return Err(BookError::Full.to_string());
+        return Err(BookError::Full);
     }
     Ok(())
 }
@@ -47,7 +49,7 @@ pub fn apply(
         let result = state
             .policies
             .apply(key.clone(), policy.clone(), cluster, unix_now_ms())?;
-        changed |= result != strait_federation::policy::exchange::Applied::Unchanged;
+        changed |= result != Applied::Unchanged;
         objects.push(AppliedObject {
             kind: key.kind.to_string(),
             namespace: key.namespace.to_string(),
@@ -64,13 +66,12 @@ pub fn delete(state: &mut State, cluster: &ClusterName, key: &PolicyKey) -> bool
 }
 
 /// The key a delete command names.
-pub fn key(kind: PolicyKind, namespace: &str, name: &str) -> Result<PolicyKey, String> {
+pub fn key(kind: PolicyKind, namespace: &str, name: &str) -> Result<PolicyKey, NameError> {
     let namespace = Namespace::new(if namespace.is_empty() {
         "default"
     } else {
         namespace
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     Ok(PolicyKey {
         kind,
         namespace,

@@ -12,6 +12,7 @@ use std::time::Instant;
 use strait_federation::catalog::{
     Endpoint, ExportLog, ImportedCatalog, MAX_ENDPOINTS, Port, ServiceKey, ServiceSpec, map_as_list,
 };
+use strait_federation::document::Applied;
 use strait_federation::identity::ClusterName;
 use strait_federation::link::{LinkSpec, Redemptions};
 use strait_federation::policy::exchange::PolicyBook;
@@ -204,13 +205,12 @@ impl State {
         !lapsed.is_empty()
     }
 
-    /// Records a local service and its exported view; returns "created", "configured" or
-    /// "unchanged" as kubectl says.
-    pub fn put_service(&mut self, key: ServiceKey, spec: ServiceSpec) -> &'static str {
+    /// Records a local service and its exported view; says what changed, as kubectl does.
+    pub fn put_service(&mut self, key: ServiceKey, spec: ServiceSpec) -> Applied {
         let result = match self.services.get(&key) {
-            None => "created",
-            Some(old) if *old == spec => "unchanged",
-            Some(_) => "configured",
+            None => Applied::Created,
+            Some(old) if *old == spec => Applied::Unchanged,
+            Some(_) => Applied::Configured,
         };
         self.services.insert(key.clone(), spec);
         self.republish(&key);
@@ -293,8 +293,11 @@ mod tests {
         let Resource::Service { key, spec } = docs[0].clone() else {
             panic!()
         };
-        assert_eq!(state.put_service(key.clone(), spec.clone()), "created");
-        assert_eq!(state.put_service(key.clone(), spec), "unchanged");
+        assert_eq!(
+            state.put_service(key.clone(), spec.clone()),
+            Applied::Created
+        );
+        assert_eq!(state.put_service(key.clone(), spec), Applied::Unchanged);
         state.imports.insert(
             ClusterName::new("east").unwrap(),
             ImportedCatalog::default(),

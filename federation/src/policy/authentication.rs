@@ -81,16 +81,37 @@ pub fn key_id(token: &str) -> Option<String> {
     jsonwebtoken::decode_header(token).ok()?.kid
 }
 
+/// Why a token proves no principal.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenRejected {
+    #[error("not a JWT: {0}")]
+    NotJwt(#[source] jsonwebtoken::errors::Error),
+    #[error("the keys of {0} could not be fetched yet")]
+    KeysNotFetched(String),
+    #[error("no accepted key has the id {kid:?} for {alg:?}")]
+    NoKeyWithId { kid: String, alg: Algorithm },
+    #[error("no accepted key is for {0:?}")]
+    NoKeyFor(Algorithm),
+    #[error("the token has no subject")]
+    NoSubject,
+    #[error("{source} ({issuer})")]
+    Invalid {
+        issuer: String,
+        #[source]
+        source: jsonwebtoken::errors::Error,
+    },
+}
+
 /// Checks a token against the rules of every policy given; the principal it proves, or why it
 /// proves nothing. `fetched` gives the key set last fetched from a `jwksUri` (`None`: none yet).
 pub fn verify<'p, 'k>(
     policies: impl IntoIterator<Item = &'p Authentication>,
     token: &str,
     fetched: impl Fn(&str) -> Option<&'k JwkSet>,
-) -> Result<RequestPrincipal, String> {
-    let header = jsonwebtoken::decode_header(token).map_err(|e| format!("not a JWT: {e}"))?;
-    let mut tried = 0;
-    let mut last = String::new();
+) -> Result<RequestPrincipal, TokenRejected> {
+    let header = jsonwebtoken::decode_header(token).map_err(TokenRejected::NotJwt)?;
+    // Why the last key tried refused the token (set once a key was tried).
+    let mut last = None;
     let mut unfetched = Vec::new();
     for rule in policies.into_iter().flat_map(|p| &p.rules) {
         let set = match &rule.keys {
@@ -120,7 +141,6 @@ pub fn verify<'p, 'k>(
             let Ok(decoding) = DecodingKey::from_jwk(key) else {
                 continue;
             };
-            tried += 1;
             let mut validation = Validation::new(header.alg);
             validation.set_issuer(&[&rule.issuer]);
             validation.leeway = LEEWAY_SECONDS;
@@ -136,7 +156,7 @@ pub fn verify<'p, 'k>(
                 Ok(data) => {
                     let Some(subject) = data.claims["sub"].as_str().filter(|s| !s.is_empty())
                     else {
-                        last = "the token has no subject".into();
+                        last = Some(TokenRejected::NoSubject);
                         continue;
                     };
                     return Ok(RequestPrincipal {
@@ -144,20 +164,28 @@ pub fn verify<'p, 'k>(
                         claims: data.claims,
                     });
                 }
-                Err(e) => last = format!("{} ({})", e, rule.issuer),
+                Err(source) => {
+                    last = Some(TokenRejected::Invalid {
+                        issuer: rule.issuer.clone(),
+                        source,
+                    })
+                }
             }
         }
     }
-    if tried == 0 {
-        if let Some(uri) = unfetched.first() {
-            return Err(format!("the keys of {uri} could not be fetched yet"));
-        }
-        return Err(match header.kid {
-            Some(kid) => format!("no accepted key has the id {kid:?} for {:?}", header.alg),
-            None => format!("no accepted key is for {:?}", header.alg),
-        });
+    if let Some(last) = last {
+        return Err(last);
     }
-    Err(last)
+    if let Some(uri) = unfetched.first() {
+        return Err(TokenRejected::KeysNotFetched((*uri).to_owned()));
+    }
+    Err(match header.kid {
+        Some(kid) => TokenRejected::NoKeyWithId {
+            kid,
+            alg: header.alg,
+        },
+        None => TokenRejected::NoKeyFor(header.alg),
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -237,7 +265,7 @@ pub fn authentication(
                     .map_err(|(at_key, e)| field(place, format!("{at}.jwks{at_key}"), e))?,
             ),
             (None, Some(uri)) => KeySource::Uri(
-                mesh_url(&uri).map_err(|e| field(place, format!("{at}.jwksUri"), e))?,
+                mesh_url(&uri).map_err(|e| field(place, format!("{at}.jwksUri"), e.to_string()))?,
             ),
             _ => {
                 return Err(field(
@@ -314,18 +342,24 @@ pub fn public_keys(jwks: &serde_json::Value) -> Result<JwkSet, (String, String)>
     Ok(keys)
 }
 
+/// Why a `jwksUri` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyUrlError {
+    #[error("at most 2048 characters, not {0}")]
+    TooLong(usize),
+    #[error(
+        "{0:?}: expected a URL served inside the mesh, such as http://keys.auth.svc.clusterset.local/jwks.json"
+    )]
+    NotInMesh(String),
+}
+
 /// Checks a `jwksUri`: `http://` and a name of a mesh service (`…svc.clusterset.local` or
 /// `…svc.cluster.local`, with a port if it is not 80), then a path. The sidecar fetches it over
 /// the mesh's mutual TLS, so the scheme is plain `http`.
-fn mesh_url(uri: &str) -> Result<String, String> {
-    let expected = || {
-        format!(
-            "{uri:?}: expected a URL served inside the mesh, such as \
-             http://keys.auth.svc.clusterset.local/jwks.json"
-        )
-    };
+fn mesh_url(uri: &str) -> Result<String, KeyUrlError> {
+    let expected = || KeyUrlError::NotInMesh(uri.to_owned());
     if uri.len() > 2048 {
-        return Err(format!("at most 2048 characters, not {}", uri.len()));
+        return Err(KeyUrlError::TooLong(uri.len()));
     }
     let parsed: tonic::codegen::http::Uri = uri.parse().map_err(|_| expected())?;
     let host = parsed.host().unwrap_or_default().trim_end_matches('.');
@@ -477,7 +511,9 @@ mod tests {
             "k2",
             serde_json::json!({"iss": "https://id.test", "sub": "a", "aud": "api", "exp": now() + 60}),
         );
-        let reason = verify(&[policy(&good.jwks)], &rotated, |_| None).unwrap_err();
+        let reason = verify(&[policy(&good.jwks)], &rotated, |_| None)
+            .unwrap_err()
+            .to_string();
         assert!(reason.contains("\"k2\""), "{reason}");
         // A private key is refused: the document travels to every cluster.
         let pair = rcgen::KeyPair::generate().unwrap();
@@ -536,7 +572,9 @@ mod tests {
             serde_json::json!({"iss": "https://id.test", "sub": "alice", "exp": now() + 60}),
         );
         assert_eq!(key_id(&valid).as_deref(), Some("k1"));
-        let reason = verify(std::slice::from_ref(&policy), &valid, |_| None).unwrap_err();
+        let reason = verify(std::slice::from_ref(&policy), &valid, |_| None)
+            .unwrap_err()
+            .to_string();
         assert!(reason.contains("could not be fetched yet"), "{reason}");
         let fetched = public_keys(&good.jwks).unwrap();
         let principal = verify(std::slice::from_ref(&policy), &valid, |uri| {

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::replication::{Clock, Entry, Version};
 use super::{Policy, PolicyKey, PolicyKind, PolicyStore};
+use crate::document::Applied;
 use crate::identity::{ClusterName, Namespace};
 use crate::proto::peer::{self as wire, PeerFrame, peer_frame::Body};
 use crate::wire::TARGET_FRAME;
@@ -29,25 +30,6 @@ pub struct PolicyBook {
     /// good. Set from the gateway's configuration, never stored.
     #[serde(skip)]
     pub tombstone_retention_ms: u64,
-}
-
-/// What a local apply did, as kubectl says it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Applied {
-    Created,
-    Configured,
-    Unchanged,
-}
-
-impl Applied {
-    /// The word `strait apply` prints.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Applied::Created => "created",
-            Applied::Configured => "configured",
-            Applied::Unchanged => "unchanged",
-        }
-    }
 }
 
 /// Why a local change was refused.

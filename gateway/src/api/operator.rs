@@ -5,8 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use strait_federation::catalog::ServiceKey;
+use strait_federation::document::Applied;
 use strait_federation::identity::{AccountName, ClusterName, Namespace, ServiceName, SpiffeId};
 use strait_federation::link::{DEFAULT_TOKEN_TTL_SECONDS, LinkDocument, LinkSpec, rfc3339};
+use strait_federation::policy::exchange::BookError;
 use strait_federation::proto::operator::operator_server::Operator;
 use strait_federation::proto::operator::{
     AppliedObject, ApplyRequest, ApplyResponse, CreateLinkRequest, CreateLinkResponse,
@@ -119,7 +121,7 @@ impl OperatorApi {
             if previous.as_ref().is_some_and(|p| p.spec == spec) {
                 // kubectl habit: the same object again is "unchanged", and the live
                 // connection is left alone.
-                return Ok((applied("unchanged".into()), None));
+                return Ok((applied(Applied::Unchanged.as_str().into()), None));
             }
             state.links.insert(
                 cluster.clone(),
@@ -139,10 +141,11 @@ impl OperatorApi {
         }
         let outcome = tokio::time::timeout(LINK_WAIT, rx).await;
         let mut result = if previous.is_some() {
-            "configured"
+            Applied::Configured
         } else {
-            "created"
+            Applied::Created
         }
+        .as_str()
         .to_owned();
         match outcome {
             Ok(Ok(DialOutcome::Connected)) => {}
@@ -199,9 +202,28 @@ impl OperatorApi {
     }
 }
 
+/// Why a file cannot be applied as a whole, checked before anything of it is.
+#[derive(Debug, thiserror::Error)]
+enum CapacityError {
+    #[error(
+        "this would export {services} services with {endpoints} endpoints; peers accept at most {max_services} services and {max_endpoints} endpoints from one cluster"
+    )]
+    Export {
+        services: usize,
+        endpoints: usize,
+        max_services: usize,
+        max_endpoints: usize,
+    },
+    #[error(transparent)]
+    Policies(#[from] BookError),
+}
+
 /// Refuses an apply that would make this cluster export more than a peer accepts from one
 /// cluster (peers drop such a peering and would reconnect in a loop).
-fn check_export_totals(state: &crate::store::State, resources: &[Resource]) -> Result<(), String> {
+fn check_export_totals(
+    state: &crate::store::State,
+    resources: &[Resource],
+) -> Result<(), CapacityError> {
     let limits = strait_federation::session::SessionConfig::default();
     let mut exported: std::collections::BTreeMap<&ServiceKey, usize> = state
         .export
@@ -219,12 +241,12 @@ fn check_export_totals(state: &crate::store::State, resources: &[Resource]) -> R
     }
     let endpoints: usize = exported.values().sum();
     if exported.len() > limits.max_services || endpoints > limits.max_endpoints {
-        return Err(format!(
-            "this would export {} services with {endpoints} endpoints; peers accept at most {} services and {} endpoints from one cluster",
-            exported.len(),
-            limits.max_services,
-            limits.max_endpoints
-        ));
+        return Err(CapacityError::Export {
+            services: exported.len(),
+            endpoints,
+            max_services: limits.max_services,
+            max_endpoints: limits.max_endpoints,
+        });
     }
     Ok(())
 }
@@ -380,19 +402,19 @@ impl Operator for OperatorApi {
         {
             let mut state = lock(&self.shared.state);
             check_export_totals(&state, &resources)
-                .and_then(|()| policies::check_capacity(&state, &resources))
+                .and_then(|()| Ok(policies::check_capacity(&state, &resources)?))
                 .map_err(|message| {
                     Status::failed_precondition(format!("{}: {message}", request.source))
                 })?;
             for resource in &resources {
                 if let Resource::Service { key, spec } = resource {
                     let result = state.put_service(key.clone(), spec.clone());
-                    changed |= result != "unchanged";
+                    changed |= result != Applied::Unchanged;
                     objects.push(AppliedObject {
                         kind: "Service".into(),
                         namespace: key.namespace.to_string(),
                         name: key.name.to_string(),
-                        result: result.into(),
+                        result: result.as_str().into(),
                     });
                 }
             }
@@ -460,7 +482,7 @@ impl Operator for OperatorApi {
                     )));
                 };
                 let key = policies::key(kind, &request.namespace, &request.name)
-                    .map_err(Status::invalid_argument)?;
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
                 let deleted = policies::delete(
                     &mut lock(&self.shared.state),
                     &self.shared.config.cluster,
