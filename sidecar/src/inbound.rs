@@ -28,8 +28,8 @@ use crate::authorizer::{self, Verdict};
 use crate::config::AppPort;
 use crate::connect::{self, Body, HTTP_ALPN, TCP_ALPN};
 use crate::directory::Directory;
+use crate::http::{error_response, strip_hop_by_hop};
 use crate::metrics::{Direction, Route};
-use crate::outbound::{error_response, strip_hop_by_hop};
 use crate::ratelimit::Limited;
 use crate::{CALLER_READY_HEADER, CLIENT_ID_HEADER, Shared, accept_each};
 

@@ -14,6 +14,7 @@ pub mod config;
 pub mod connect;
 pub mod control;
 pub mod directory;
+pub mod http;
 pub mod inbound;
 pub mod jwks;
 pub mod metrics;

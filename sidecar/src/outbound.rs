@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use strait_federation::catalog::Port;
@@ -24,6 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::balance::InFlight;
 use crate::connect::{self, Body, TCP_ALPN, Target};
 use crate::directory::{Destination, Directory, ServiceEntry};
+use crate::http::{error_response, strip_hop_by_hop};
 use crate::metrics::{Direction, Route};
 use crate::mirror;
 use crate::retry::{self, Kept};
@@ -32,56 +33,6 @@ use crate::{CALLER_READY_HEADER, CLIENT_ID_HEADER, Shared, accept_each};
 
 /// Targets tried per request or connection before giving up.
 const MAX_ATTEMPTS: usize = 3;
-/// Header on responses the sidecar made itself, saying why.
-pub const PROXY_ERROR_HEADER: &str = "strait-proxy-error";
-
-/// Headers that belong to one hop and never cross a proxy.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "te",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// Removes hop-by-hop headers, and those the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        // `te: trailers` is allowed (and needed by gRPC) on HTTP/2.
-        if name == "te"
-            && headers
-                .get(header::TE)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
-        {
-            continue;
-        }
-        headers.remove(name);
-    }
-}
-
-/// A response the sidecar makes itself.
-pub fn error_response(status: StatusCode, message: String) -> Response<Body> {
-    let mut response = Response::new(connect::full(Bytes::from(format!("strait: {message}\n"))));
-    *response.status_mut() = status;
-    if let Ok(value) = HeaderValue::from_str(&message.replace(['\r', '\n'], " ")) {
-        response.headers_mut().insert(PROXY_ERROR_HEADER, value);
-    }
-    response
-}
-
 /// Targets in order of preference. By default: this cluster's ready endpoints; then other
 /// clusters of the same region; of the same cloud; and the rest of the mesh. A FailoverPolicy
 /// of the service gives its own order. The first tier with a usable target takes the request.
@@ -726,18 +677,5 @@ mod tests {
                 String::from_utf8_lossy(other)
             );
         }
-    }
-
-    #[test]
-    fn hop_by_hop_headers_are_stripped_but_te_trailers_stays() {
-        let mut headers = HeaderMap::new();
-        headers.insert("connection", HeaderValue::from_static("close, x-private"));
-        headers.insert("x-private", HeaderValue::from_static("1"));
-        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        headers.insert("te", HeaderValue::from_static("trailers"));
-        headers.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut headers);
-        let names: Vec<_> = headers.keys().map(|k| k.as_str().to_owned()).collect();
-        assert_eq!(names, ["te", "x-kept"]);
     }
 }
