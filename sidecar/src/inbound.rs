@@ -357,6 +357,16 @@ async fn gate(
     ))
 }
 
+/// Why a request's bearer token is not accepted.
+#[derive(Debug, thiserror::Error)]
+enum TokenError {
+    #[error("more than one Authorization header")]
+    TwoHeaders,
+    /// The token fails its RequestAuthentication's check (the check says why, as text).
+    #[error("{0}")]
+    Invalid(String),
+}
+
 /// The request principal of a request's bearer token, when a RequestAuthentication applies to
 /// this service: `Ok(None)` without a token (authorization decides whether that is enough),
 /// an error for a token that fails its check. Keys named by `jwksUri` are fetched first when
@@ -365,7 +375,7 @@ async fn authenticate(
     shared: &Arc<Shared>,
     directory: &Directory,
     headers: &hyper::HeaderMap,
-) -> Result<Option<RequestPrincipal>, String> {
+) -> Result<Option<RequestPrincipal>, TokenError> {
     let Some(own) = shared.own_service.as_ref() else {
         return Ok(None);
     };
@@ -379,7 +389,7 @@ async fn authenticate(
     let value = match (values.next(), values.next()) {
         (None, _) => return Ok(None),
         (Some(value), None) => value,
-        (Some(_), Some(_)) => return Err("more than one Authorization header".into()),
+        (Some(_), Some(_)) => return Err(TokenError::TwoHeaders),
     };
     // The scheme is case-insensitive; another scheme (Basic) is no bearer token at all.
     let Some((scheme, token)) = value.to_str().ok().and_then(|v| v.split_once(' ')) else {
@@ -405,7 +415,9 @@ async fn authenticate(
             fetched.insert(uri, keys);
         }
     }
-    authentication::verify(policies, token, |uri| fetched.get(uri).map(|k| &**k)).map(Some)
+    authentication::verify(policies, token, |uri| fetched.get(uri).map(|k| &**k))
+        .map(Some)
+        .map_err(TokenError::Invalid)
 }
 
 /// The rate limit or mesh-wide quota a request or connection of `caller` is over, if any

@@ -294,7 +294,7 @@ pub async fn proxy_http(
     };
     let mut kept = match kept {
         Ok(kept) => kept,
-        Err(message) => return error_response(StatusCode::BAD_REQUEST, message),
+        Err(error) => return error_response(StatusCode::BAD_REQUEST, error.to_string()),
     };
     let per_try = rule.and_then(|r| r.per_try_timeout);
     let overall = rule
