@@ -7,6 +7,7 @@
 //! `start` wires the pieces.
 
 pub mod admin;
+pub mod attempt;
 pub mod authorizer;
 pub mod balance;
 pub mod budget;
@@ -20,6 +21,7 @@ pub mod jwks;
 pub mod metrics;
 pub mod mirror;
 pub mod outbound;
+pub mod plan;
 pub mod policy;
 pub mod quota;
 pub mod ratelimit;
@@ -433,3 +435,6 @@ async fn forget_idle(shared: Arc<Shared>) {
         }
     }
 }
+
+#[cfg(test)]
+mod testing;

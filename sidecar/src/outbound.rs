@@ -14,132 +14,19 @@ use bytes::Bytes;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use strait_federation::catalog::Port;
-use strait_federation::identity::{ClusterName, Namespace};
-use strait_federation::location::Location;
-use strait_federation::policy::failover::{DEFAULT_TIERS, Failover, default_rank};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::attempt::{MAX_ATTEMPTS, send};
 use crate::balance::InFlight;
-use crate::connect::{self, Body, TCP_ALPN, Target};
-use crate::directory::{Destination, Directory, ServiceEntry};
+use crate::connect::{self, Body, TCP_ALPN};
 use crate::http::{error_response, strip_hop_by_hop};
 use crate::metrics::{Direction, Route};
 use crate::mirror;
+use crate::plan::{Plan, choose, plan, plan_destination};
 use crate::retry::{self, Kept};
 use crate::routing;
 use crate::{CALLER_READY_HEADER, CLIENT_ID_HEADER, Shared, accept_each};
-
-/// Targets tried per request or connection before giving up.
-const MAX_ATTEMPTS: usize = 3;
-/// Targets in order of preference. By default: this cluster's ready endpoints; then other
-/// clusters of the same region; of the same cloud; and the rest of the mesh. A FailoverPolicy
-/// of the service gives its own order. The first tier with a usable target takes the request.
-pub(crate) type Tiers = Vec<Vec<Target>>;
-
-/// The targets of a destination in order of preference: by the service's FailoverPolicy, or
-/// this cluster's ready endpoints and then the other clusters serving it by closeness. A name
-/// that pins a cluster goes only there, whatever the order says.
-fn tiers(directory: &Directory, entry: &ServiceEntry, dest: &Destination, port: &Port) -> Tiers {
-    let local_cluster = directory.cluster.as_ref();
-    let here_allowed = dest.cluster.is_none() || dest.cluster.as_ref() == local_cluster;
-    let failover = directory
-        .policies
-        .failover(&entry.key)
-        .filter(|_| dest.cluster.is_none());
-    // The tier of a cluster; `None`: not tried.
-    let rank = |cluster: &ClusterName, location: &Location| match (failover, local_cluster) {
-        (Some(failover), Some(here)) => failover.rank(here, &directory.location, cluster, location),
-        (_, Some(here)) => Some(default_rank(here, &directory.location, cluster, location)),
-        // Before a view names this cluster: everything is elsewhere.
-        (_, None) => Some(DEFAULT_TIERS - 1),
-    };
-    let mut tiers: Tiers = vec![Vec::new(); failover.map_or(DEFAULT_TIERS, Failover::tiers)];
-    let mut place = |tier: Option<usize>, target: Target| {
-        if let Some(tier) = tier.and_then(|t| tiers.get_mut(t)) {
-            tier.push(target);
-        }
-    };
-    if here_allowed && let Some(here) = local_cluster {
-        let tier = rank(here, &directory.location);
-        for endpoint in entry
-            .local
-            .iter()
-            .filter(|e| e.ready)
-            .filter(|e| dest.hostname.is_none() || e.hostname == dest.hostname)
-        {
-            place(tier, Target::Local(endpoint.address));
-        }
-    }
-    let remote = entry
-        .remote
-        .iter()
-        .filter(|(cluster, _, _)| match &dest.cluster {
-            Some(pinned) => pinned == cluster && Some(pinned) != local_cluster,
-            None => true,
-        })
-        .filter(|(_, hostnames, _)| dest.hostname.as_ref().is_none_or(|h| hostnames.contains(h)));
-    for (cluster, _, location) in remote {
-        place(
-            rank(cluster, location),
-            Target::Remote {
-                cluster: cluster.clone(),
-                service: entry.key.clone(),
-                port: port.port,
-                hostname: dest.hostname.clone(),
-            },
-        );
-    }
-    tiers
-}
-
-/// Where a name goes: its destination, the port, and the targets in order of preference.
-pub(crate) struct Plan {
-    dest: Destination,
-    port: Port,
-    pub(crate) tiers: Tiers,
-}
-
-/// Plans the way to a name: `None` when it is not a mesh name, an error when the service has
-/// no such port.
-fn plan(directory: &Directory, name: &str) -> Option<Result<Plan, String>> {
-    let dest = directory.resolve(name)?;
-    directory.service(&dest.service)?;
-    Some(plan_destination(directory, dest))
-}
-
-/// Plans the way to a destination (a route's backend, say); an error when the catalog lacks
-/// its service or the port.
-pub(crate) fn plan_destination(directory: &Directory, dest: Destination) -> Result<Plan, String> {
-    let Some(entry) = directory.service(&dest.service) else {
-        return Err(format!("{} is not in the mesh catalog", dest.service));
-    };
-    match entry.port(dest.port) {
-        Some(port) => Ok(Plan {
-            tiers: tiers(directory, entry, &dest, port),
-            port: port.clone(),
-            dest,
-        }),
-        None => Err(no_port(&dest)),
-    }
-}
-
-/// Why a destination has no port to send to.
-fn no_port(dest: &Destination) -> String {
-    match dest.port {
-        Some(port) => format!("{} has no port {port}", dest.service),
-        None => format!("{} has no HTTP port: name one", dest.service),
-    }
-}
-
-/// Chooses the next target (see [`crate::balance::Balancer::pick_in_tiers`]), leaving out
-/// those in `avoid` while another is usable.
-fn choose(shared: &Shared, tiers: &Tiers, avoid: &[Target]) -> Option<Target> {
-    shared
-        .balancer()
-        .pick_in_tiers(tiers, avoid, Instant::now(), crate::balance::random)
-}
 
 /// Serves the HTTP proxy port until the sidecar stops.
 pub async fn serve_http_proxy(shared: Arc<Shared>, listener: TcpListener) {
@@ -201,7 +88,9 @@ pub async fn proxy_http(
         .or_else(|| fallback.and_then(|name| Some((name.to_owned(), plan(&directory, name)?))));
     let (authority, Plan { dest, tiers, .. }) = match (found, named) {
         (Some((authority, Ok(plan))), _) => (authority, plan),
-        (Some((_, Err(message))), _) => return error_response(StatusCode::NOT_FOUND, message),
+        (Some((_, Err(error))), _) => {
+            return error_response(StatusCode::NOT_FOUND, error.to_string());
+        }
         (None, Some(named)) => {
             return error_response(
                 StatusCode::NOT_FOUND,
@@ -229,10 +118,10 @@ pub async fn proxy_http(
             let to = routed.destination(&dest);
             match plan_destination(&directory, to) {
                 Ok(Plan { dest, tiers, .. }) => (dest, tiers),
-                Err(message) => {
+                Err(error) => {
                     return error_response(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        format!("route {}: {message}", routed.route.name),
+                        format!("route {}: {error}", routed.route.name),
                     );
                 }
             }
@@ -341,7 +230,11 @@ pub async fn proxy_http(
                     request
                 }
             };
-            let sent = send(&shared, &tiers, &failed_targets, namespace, outgoing);
+            let sent = async {
+                send(&shared, &tiers, &failed_targets, namespace, outgoing)
+                    .await
+                    .map_err(|e| (e.status(), e.cluster().cloned(), e.to_string()))
+            };
             let result = match per_try {
                 Some(limit) => tokio::time::timeout(limit, sent).await.unwrap_or_else(|_| {
                     Err((
@@ -413,71 +306,6 @@ pub async fn proxy_http(
     response
 }
 
-/// Why a request got no response: the status to answer, the cluster that failed it (when one
-/// was reached), and what happened.
-type Failure = (StatusCode, Option<ClusterName>, String);
-
-/// A request's one try: sent to the best target (other than those in `avoid`, which already
-/// failed this request, while another is usable), and to the next ones while it could not be
-/// sent at all (no connection, or refused before the server read it).
-pub(crate) async fn send(
-    shared: &Arc<Shared>,
-    tiers: &Tiers,
-    avoid: &[Target],
-    namespace: &Namespace,
-    request: Request<Body>,
-) -> Result<(Target, Response<hyper::body::Incoming>), Failure> {
-    let mut request = Some(request);
-    let mut last_error = String::from("no endpoint is ready");
-    for _ in 0..MAX_ATTEMPTS {
-        let Some(target) = choose(shared, tiers, avoid) else {
-            break;
-        };
-        let Some(outgoing) = request.take() else {
-            break;
-        };
-        // Dropped with the request (timeout, caller gone), it leaves no load behind.
-        let mut in_flight = InFlight::start(&shared.balancer, target.clone());
-        let mut sender = match shared.pool.get(shared, &target, namespace).await {
-            Ok(sender) => sender,
-            Err(e) => {
-                tracing::debug!(target = ?target, error = %e, "cannot reach target");
-                in_flight.fail();
-                last_error = e.to_string();
-                request = Some(outgoing);
-                continue;
-            }
-        };
-        in_flight.sending();
-        match sender.try_send_request(outgoing).await {
-            Ok(response) => {
-                if retry::retryable(response.status()) {
-                    in_flight.end_with_error();
-                } else {
-                    in_flight.end();
-                }
-                return Ok((target, response));
-            }
-            Err(mut e) => {
-                shared.pool.evict(&target);
-                last_error = e.error().to_string();
-                match e.take_message() {
-                    // Never sent: safe to send elsewhere.
-                    Some(unsent) => {
-                        in_flight.fail();
-                        request = Some(unsent);
-                    }
-                    None => {
-                        let cluster = target.cluster(&shared.cluster).clone();
-                        return Err((StatusCode::BAD_GATEWAY, Some(cluster), last_error));
-                    }
-                }
-            }
-        }
-    }
-    Err((StatusCode::SERVICE_UNAVAILABLE, None, last_error))
-}
-
 /// Serves one per-upstream TCP listener until the sidecar stops.
 pub async fn serve_upstream(shared: Arc<Shared>, listener: TcpListener, name: String) {
     let each = shared.clone();
@@ -497,7 +325,8 @@ pub async fn serve_upstream(shared: Arc<Shared>, listener: TcpListener, name: St
 pub async fn proxy_tcp(shared: &Arc<Shared>, mut app: TcpStream, name: &str) -> Result<(), String> {
     let directory = shared.directory.borrow().clone();
     let Plan { dest, port, tiers } = plan(&directory, name)
-        .ok_or_else(|| format!("{name} is not a service in the mesh catalog"))??;
+        .ok_or_else(|| format!("{name} is not a service in the mesh catalog"))?
+        .map_err(|e| e.to_string())?;
     let mut last = String::from("no endpoint is ready");
     for _ in 0..MAX_ATTEMPTS {
         let Some(target) = choose(shared, &tiers, &[]) else {
