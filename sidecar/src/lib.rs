@@ -2,7 +2,8 @@
 //! gateway, follows the catalog the gateway streams, registers its endpoint (universal mode),
 //! and carries the app's traffic: `outbound` (HTTP proxy port, per-upstream TCP listeners,
 //! transparent interception) and `inbound` (mutual TLS from other sidecars, forwarded to the
-//! app), with balancing (`balance`), connections (`connect`) and metrics (`metrics`).
+//! app), with planning (`plan`), balancing (`balance`), connections (`connect`) and metrics
+//! (`metrics`).
 //!
 //! `start` wires the pieces.
 
