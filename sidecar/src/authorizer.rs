@@ -26,6 +26,15 @@ pub enum Verdict {
     Unavailable(String),
 }
 
+/// An authorizer address that makes no gRPC endpoint.
+#[derive(Debug, thiserror::Error)]
+#[error("authorizer address {address}: {error}")]
+pub struct AddressError {
+    address: String,
+    #[source]
+    error: tonic::transport::Error,
+}
+
 /// Clients of the authorizers this sidecar has asked.
 #[derive(Default)]
 pub struct Authorizers {
@@ -37,13 +46,16 @@ impl Authorizers {
         &self,
         address: &str,
         timeout: Duration,
-    ) -> Result<AuthorizerClient<Channel>, String> {
+    ) -> Result<AuthorizerClient<Channel>, AddressError> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(client) = clients.get(address) {
             return Ok(client.clone());
         }
         let channel = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| format!("authorizer address {address}: {e}"))?
+            .map_err(|error| AddressError {
+                address: address.to_owned(),
+                error,
+            })?
             .connect_timeout(timeout)
             .tcp_nodelay(true)
             .connect_lazy();
@@ -60,7 +72,7 @@ impl Authorizers {
         request.policy = format!("{}/{}", policy.namespace, policy.name);
         let mut client = match self.client(&external.address, external.timeout) {
             Ok(client) => client,
-            Err(e) => return Verdict::Unavailable(e),
+            Err(e) => return Verdict::Unavailable(e.to_string()),
         };
         let mut call = tonic::Request::new(request);
         call.set_timeout(external.timeout);

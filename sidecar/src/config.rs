@@ -52,6 +52,35 @@ impl Bootstrap {
     }
 }
 
+/// Why an app port (`--port`) or an upstream (`--upstream`) does not parse.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error("expected PORT/PROTOCOL=ADDRESS, e.g. 80/http=127.0.0.1:8080")]
+    AppPortForm,
+    #[error("port {0:?}: expected 1..65535")]
+    Port(String),
+    #[error("protocol {0:?}: expected http, http2, grpc or tcp")]
+    Protocol(String),
+    #[error("address {text:?}: {error}")]
+    Address {
+        text: String,
+        #[source]
+        error: std::net::AddrParseError,
+    },
+    #[error("expected NAME:PORT=LISTEN, e.g. db.shop:5432=127.0.0.1:15432")]
+    UpstreamForm,
+    #[error("{0:?}: the port is missing (NAME:PORT)")]
+    NoPort(String),
+}
+
+/// Parses a socket address, naming it when it does not parse.
+fn address(text: &str) -> Result<SocketAddr, ParseError> {
+    text.parse().map_err(|error| ParseError::Address {
+        text: text.to_owned(),
+        error,
+    })
+}
+
 /// One port of the app behind the sidecar.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppPort {
@@ -64,10 +93,8 @@ pub struct AppPort {
 impl AppPort {
     /// Parses `PORT/PROTOCOL=ADDRESS` (`80/http=127.0.0.1:8080`); the port's name is its
     /// protocol unless given as `NAME:PORT/PROTOCOL=ADDRESS`.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let (port, target) = text
-            .split_once('=')
-            .ok_or("expected PORT/PROTOCOL=ADDRESS, e.g. 80/http=127.0.0.1:8080")?;
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
+        let (port, target) = text.split_once('=').ok_or(ParseError::AppPortForm)?;
         let (port, protocol) = port.split_once('/').unwrap_or((port, "tcp"));
         let (name, port) = match port.split_once(':') {
             Some((name, port)) => (Some(name), port),
@@ -77,12 +104,10 @@ impl AppPort {
             .parse()
             .ok()
             .filter(|p| *p != 0)
-            .ok_or_else(|| format!("port {port:?}: expected 1..65535"))?;
-        let protocol = Protocol::parse(protocol)
-            .ok_or_else(|| format!("protocol {protocol:?}: expected http, http2, grpc or tcp"))?;
-        let target = target
-            .parse()
-            .map_err(|e| format!("address {target:?}: {e}"))?;
+            .ok_or_else(|| ParseError::Port(port.to_owned()))?;
+        let protocol =
+            Protocol::parse(protocol).ok_or_else(|| ParseError::Protocol(protocol.to_owned()))?;
+        let target = address(target)?;
         Ok(Self {
             port: Port {
                 name: name.unwrap_or(protocol.as_str()).to_owned(),
@@ -115,18 +140,14 @@ pub struct Upstream {
 
 impl Upstream {
     /// Parses `NAME:PORT=LISTEN` (`db.shop:5432=127.0.0.1:15432`).
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let (name, listen) = text
-            .split_once('=')
-            .ok_or("expected NAME:PORT=LISTEN, e.g. db.shop:5432=127.0.0.1:15432")?;
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
+        let (name, listen) = text.split_once('=').ok_or(ParseError::UpstreamForm)?;
         if !name.contains(':') {
-            return Err(format!("{name:?}: the port is missing (NAME:PORT)"));
+            return Err(ParseError::NoPort(name.to_owned()));
         }
         Ok(Self {
             name: name.to_owned(),
-            listen: listen
-                .parse()
-                .map_err(|e| format!("address {listen:?}: {e}"))?,
+            listen: address(listen)?,
         })
     }
 }
@@ -184,23 +205,33 @@ mod tests {
         );
         let grpc = AppPort::parse("rpc:9090/grpc=127.0.0.1:9091").unwrap();
         assert_eq!(grpc.port.name, "rpc");
-        assert!(
-            AppPort::parse("80/ftp=127.0.0.1:1")
-                .unwrap_err()
-                .contains("ftp")
-        );
-        assert!(
-            AppPort::parse("0/http=127.0.0.1:1")
-                .unwrap_err()
-                .contains("1..65535")
-        );
-        assert!(AppPort::parse("80/http").unwrap_err().contains("expected"));
         let upstream = Upstream::parse("db.shop:5432=127.0.0.1:15432").unwrap();
         assert_eq!(upstream.name, "db.shop:5432");
-        assert!(
-            Upstream::parse("db.shop=127.0.0.1:1")
-                .unwrap_err()
-                .contains("port")
+        let app_port = |text| AppPort::parse(text).unwrap_err().to_string();
+        assert_eq!(
+            app_port("80/ftp=127.0.0.1:1"),
+            r#"protocol "ftp": expected http, http2, grpc or tcp"#
+        );
+        assert_eq!(
+            app_port("0/http=127.0.0.1:1"),
+            r#"port "0": expected 1..65535"#
+        );
+        assert_eq!(
+            app_port("80/http"),
+            "expected PORT/PROTOCOL=ADDRESS, e.g. 80/http=127.0.0.1:8080"
+        );
+        assert_eq!(
+            app_port("80/http=localhost:80"),
+            r#"address "localhost:80": invalid socket address syntax"#
+        );
+        let upstream = |text| Upstream::parse(text).unwrap_err().to_string();
+        assert_eq!(
+            upstream("db.shop=127.0.0.1:1"),
+            r#""db.shop": the port is missing (NAME:PORT)"#
+        );
+        assert_eq!(
+            upstream("db.shop:5432"),
+            "expected NAME:PORT=LISTEN, e.g. db.shop:5432=127.0.0.1:15432"
         );
     }
 }

@@ -15,8 +15,9 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::ServerName;
 use strait_federation::catalog::ServiceKey;
-use strait_federation::flow::FlowTarget;
+use strait_federation::flow::{FlowRefused, FlowTarget};
 use strait_federation::identity::{ClusterName, Namespace};
+use strait_federation::tls::TlsError;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
@@ -74,25 +75,86 @@ impl Target {
 /// Why a target could not be reached.
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
-    #[error("connecting to {0}: {1}")]
-    Connect(String, String),
+    /// No TCP connection to an endpoint of this cluster.
+    #[error("connecting to {address}: {error}")]
+    Connect {
+        address: SocketAddr,
+        #[source]
+        error: StepError<std::io::Error>,
+    },
+    /// The gateway's relay did not open a flow to the other cluster.
     #[error("through the gateway: {0}")]
-    Refused(String),
-    #[error("TLS with {0}: {1}")]
-    Tls(String, String),
-    #[error("HTTP/2 with {0}: {1}")]
-    Http(String, String),
+    Refused(#[source] StepError<RelayError>),
+    /// No TLS configuration for the called namespace.
+    #[error("TLS with {name}: {error}")]
+    TlsConfig {
+        name: String,
+        #[source]
+        error: TlsError,
+    },
+    /// The TLS handshake failed.
+    #[error("TLS with {name}: {error}")]
+    Tls {
+        name: String,
+        #[source]
+        error: StepError<std::io::Error>,
+    },
+    /// The HTTP/2 handshake failed.
+    #[error("HTTP/2 with {name}: {error}")]
+    Http {
+        name: String,
+        #[source]
+        error: hyper::Error,
+    },
+}
+
+/// Why the gateway's relay did not open a flow.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The catalog has not named the relay yet.
+    #[error("the gateway named no relay yet")]
+    NoRelay,
+    /// No TCP connection to the relay.
+    #[error("relay {relay}: {error}")]
+    Connect {
+        relay: SocketAddr,
+        #[source]
+        error: std::io::Error,
+    },
+    /// The flow's header could not be written.
+    #[error("{0}")]
+    Header(#[source] std::io::Error),
+    /// The relay refused the flow, or its answer could not be read.
+    #[error("{0}")]
+    Refused(#[from] FlowRefused),
+}
+
+/// Why one step of a dial failed: on its own, or out of the dial's time.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError<E> {
+    /// The step (named) did not finish within what was left of the dial's time.
+    #[error("{0}: timed out")]
+    TimedOut(&'static str),
+    #[error(transparent)]
+    Failed(E),
+}
+
+impl<E> From<E> for StepError<E> {
+    fn from(error: E) -> Self {
+        StepError::Failed(error)
+    }
 }
 
 /// Runs one step of a dial within what is left of the dial's time.
-async fn timed<T>(
+async fn timed<T, E>(
     deadline: tokio::time::Instant,
-    what: &str,
-    future: impl Future<Output = Result<T, String>>,
-) -> Result<T, String> {
-    tokio::time::timeout_at(deadline, future)
-        .await
-        .map_err(|_| format!("{what}: timed out"))?
+    what: &'static str,
+    future: impl Future<Output = Result<T, E>>,
+) -> Result<T, StepError<E>> {
+    match tokio::time::timeout_at(deadline, future).await {
+        Ok(result) => result.map_err(StepError::Failed),
+        Err(_) => Err(StepError::TimedOut(what)),
+    }
 }
 
 /// Opens a mutual-TLS connection to a target with the given ALPN; the server must be a workload
@@ -107,11 +169,12 @@ pub async fn dial(
     let limit = tokio::time::Instant::now() + shared.config.connect_timeout;
     let (tcp, name) = match target {
         Target::Local(address) => {
-            let tcp = timed(limit, "connect", async {
-                TcpStream::connect(address).await.map_err(|e| e.to_string())
-            })
-            .await
-            .map_err(|e| DialError::Connect(address.to_string(), e))?;
+            let tcp = timed(limit, "connect", TcpStream::connect(address))
+                .await
+                .map_err(|error| DialError::Connect {
+                    address: *address,
+                    error,
+                })?;
             (tcp, address.to_string())
         }
         Target::Remote {
@@ -124,7 +187,7 @@ pub async fn dial(
                 .directory
                 .borrow()
                 .relay
-                .ok_or_else(|| DialError::Refused("the gateway named no relay yet".into()))?;
+                .ok_or_else(|| DialError::Refused(RelayError::NoRelay.into()))?;
             let header = FlowTarget {
                 cluster: cluster.clone(),
                 service: service.clone(),
@@ -135,14 +198,12 @@ pub async fn dial(
             let tcp = timed(limit, "the gateway relay", async {
                 let mut tcp = TcpStream::connect(relay)
                     .await
-                    .map_err(|e| format!("relay {relay}: {e}"))?;
+                    .map_err(|error| RelayError::Connect { relay, error })?;
                 strait_io::flow::write_frame(&mut tcp, &header.to_wire())
                     .await
-                    .map_err(|e| e.to_string())?;
-                strait_io::flow::read_reply(&mut tcp)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok(tcp)
+                    .map_err(RelayError::Header)?;
+                strait_io::flow::read_reply(&mut tcp).await?;
+                Ok::<_, RelayError>(tcp)
             })
             .await
             .map_err(DialError::Refused)?;
@@ -152,18 +213,16 @@ pub async fn dial(
     let _ = tcp.set_nodelay(true);
     let config = shared
         .client_tls(namespace, alpn)
-        .map_err(|e| DialError::Tls(name.clone(), e.to_string()))?;
+        .map_err(|error| DialError::TlsConfig {
+            name: name.clone(),
+            error,
+        })?;
     let connector = tokio_rustls::TlsConnector::from(config);
     // The verifier checks the SPIFFE identity, not a DNS name.
     let server_name = ServerName::try_from("sidecar.strait").expect("a constant DNS name");
-    timed(limit, "TLS handshake", async {
-        connector
-            .connect(server_name, tcp)
-            .await
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| DialError::Tls(name, e))
+    timed(limit, "TLS handshake", connector.connect(server_name, tcp))
+        .await
+        .map_err(|error| DialError::Tls { name, error })
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<SendRequest<Body>>>>;
@@ -208,7 +267,10 @@ impl Pool {
             .timer(hyper_util::rt::TokioTimer::new())
             .handshake(TokioIo::new(tls))
             .await
-            .map_err(|e| DialError::Http(name.clone(), e.to_string()))?;
+            .map_err(|error| DialError::Http {
+                name: name.clone(),
+                error,
+            })?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(target = %name, error = %e, "HTTP/2 connection ended");
@@ -224,5 +286,56 @@ impl Pool {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(target);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_dial_names_the_target_and_the_step_that_failed() {
+        let address: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let cases = [
+            (
+                DialError::Connect {
+                    address,
+                    error: refused.into(),
+                },
+                "connecting to 127.0.0.1:5000: refused",
+            ),
+            (
+                DialError::Connect {
+                    address,
+                    error: StepError::TimedOut("connect"),
+                },
+                "connecting to 127.0.0.1:5000: connect: timed out",
+            ),
+            (
+                DialError::Refused(RelayError::NoRelay.into()),
+                "through the gateway: the gateway named no relay yet",
+            ),
+            (
+                DialError::Refused(StepError::TimedOut("the gateway relay")),
+                "through the gateway: the gateway relay: timed out",
+            ),
+            (
+                DialError::Refused(
+                    RelayError::Refused(FlowRefused::Refused("no such service".into())).into(),
+                ),
+                "through the gateway: no such service",
+            ),
+            (
+                DialError::Tls {
+                    name: "shop/db in cluster west".into(),
+                    error: StepError::TimedOut("TLS handshake"),
+                },
+                "TLS with shop/db in cluster west: TLS handshake: timed out",
+            ),
+        ];
+        for (error, message) in cases {
+            assert_eq!(error.to_string(), message);
+        }
     }
 }

@@ -196,6 +196,15 @@ pub async fn register(shared: Arc<Shared>, channel: Channel, service: ServiceCon
 /// The largest catalog view a sidecar takes.
 const MAX_VIEW_BYTES: usize = 256 << 20;
 
+/// Why the catalog stream was lost.
+#[derive(Debug, thiserror::Error)]
+enum StreamLost {
+    #[error("the gateway ended the catalog stream")]
+    Ended,
+    #[error("{}", .0.message())]
+    Failed(#[source] Box<tonic::Status>),
+}
+
 /// Follows the catalog stream, reconnecting with backoff, and publishes each view.
 pub async fn watch(shared: Arc<Shared>, channel: Channel) {
     // A view holds the whole catalog and the namespace's policies (up to 64 KiB each): far
@@ -207,7 +216,7 @@ pub async fn watch(shared: Arc<Shared>, channel: Channel) {
             let mut stream = client
                 .watch(WatchRequest {})
                 .await
-                .map_err(|s| s.message().to_owned())?
+                .map_err(|status| StreamLost::Failed(Box::new(status)))?
                 .into_inner();
             loop {
                 match stream.message().await {
@@ -228,12 +237,12 @@ pub async fn watch(shared: Arc<Shared>, channel: Channel) {
                         shared.directory.send_replace(Arc::new(directory));
                         backoff = Duration::from_millis(100);
                     }
-                    Ok(None) => return Err("the gateway ended the catalog stream".to_owned()),
-                    Err(status) => return Err(status.message().to_owned()),
+                    Ok(None) => return Err(StreamLost::Ended),
+                    Err(status) => return Err(StreamLost::Failed(Box::new(status))),
                 }
             }
         };
-        let error: Result<(), String> = tokio::select! {
+        let error: Result<(), StreamLost> = tokio::select! {
             result = streamed => result,
             () = shared.shutdown.cancelled() => return,
         };
@@ -245,5 +254,23 @@ pub async fn watch(shared: Arc<Shared>, channel: Channel) {
             () = shared.shutdown.cancelled() => return,
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_catalog_stream_says_what_the_gateway_said() {
+        assert_eq!(
+            StreamLost::Ended.to_string(),
+            "the gateway ended the catalog stream"
+        );
+        let status = tonic::Status::unavailable("the gateway is shutting down");
+        assert_eq!(
+            StreamLost::Failed(Box::new(status)).to_string(),
+            "the gateway is shutting down"
+        );
     }
 }

@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use strait_federation::catalog::Protocol;
 use strait_federation::certificate;
 use strait_federation::identity::SpiffeId;
-use strait_federation::policy::authentication;
+use strait_federation::policy::authentication::{self, TokenRejected};
 use strait_federation::policy::authorization::{Decision, Request};
 use strait_federation::policy::common::RequestPrincipal;
 use strait_federation::policy::path;
@@ -29,8 +29,8 @@ use crate::authorizer::{self, Verdict};
 use crate::config::AppPort;
 use crate::connect::{self, Body, HTTP_ALPN, TCP_ALPN};
 use crate::directory::Directory;
+use crate::http::{error_response, strip_hop_by_hop};
 use crate::metrics::{Direction, Route};
-use crate::outbound::{error_response, strip_hop_by_hop};
 use crate::ratelimit::Limited;
 use crate::{CALLER_READY_HEADER, CLIENT_ID_HEADER, Shared, accept_each};
 
@@ -358,6 +358,16 @@ async fn gate(
     ))
 }
 
+/// Why a request's bearer token is not accepted.
+#[derive(Debug, thiserror::Error)]
+enum TokenError {
+    #[error("more than one Authorization header")]
+    TwoHeaders,
+    /// The token fails its RequestAuthentication's check.
+    #[error("{0}")]
+    Invalid(#[from] TokenRejected),
+}
+
 /// The request principal of a request's bearer token, when a RequestAuthentication applies to
 /// this service: `Ok(None)` without a token (authorization decides whether that is enough),
 /// an error for a token that fails its check. Keys named by `jwksUri` are fetched first when
@@ -366,7 +376,7 @@ async fn authenticate(
     shared: &Arc<Shared>,
     directory: &Directory,
     headers: &hyper::HeaderMap,
-) -> Result<Option<RequestPrincipal>, String> {
+) -> Result<Option<RequestPrincipal>, TokenError> {
     let Some(own) = shared.own_service.as_ref() else {
         return Ok(None);
     };
@@ -380,7 +390,7 @@ async fn authenticate(
     let value = match (values.next(), values.next()) {
         (None, _) => return Ok(None),
         (Some(value), None) => value,
-        (Some(_), Some(_)) => return Err("more than one Authorization header".into()),
+        (Some(_), Some(_)) => return Err(TokenError::TwoHeaders),
     };
     // The scheme is case-insensitive; another scheme (Basic) is no bearer token at all.
     let Some((scheme, token)) = value.to_str().ok().and_then(|v| v.split_once(' ')) else {
@@ -406,7 +416,9 @@ async fn authenticate(
             fetched.insert(uri, keys);
         }
     }
-    authentication::verify(policies, token, |uri| fetched.get(uri).map(|k| &**k)).map(Some)
+    authentication::verify(policies, token, |uri| fetched.get(uri).map(|k| &**k))
+        .map(Some)
+        .map_err(TokenError::from)
 }
 
 /// The rate limit or mesh-wide quota a request or connection of `caller` is over, if any

@@ -13,6 +13,7 @@ use http_body_util::BodyExt;
 use hyper::{Request, StatusCode, header};
 use strait_federation::policy::authentication::{self, JwkSet, MAX_JWKS_BYTES};
 
+use crate::connect::BoxError;
 use crate::{Shared, connect, outbound};
 
 /// How often a key set in use is fetched again.
@@ -113,7 +114,7 @@ async fn fetch_into(shared: Arc<Shared>, uri: String, entry: Arc<Entry>) {
 async fn fetch_and_keep(shared: Arc<Shared>, uri: String, entry: Arc<Entry>) {
     let fetched = tokio::time::timeout(FETCH_TIMEOUT, fetch(shared.clone(), uri.clone()))
         .await
-        .unwrap_or_else(|_| Err(format!("no key set within {FETCH_TIMEOUT:?}")));
+        .unwrap_or(Err(FetchError::TimedOut));
     let mut state = entry.state();
     match fetched {
         Ok(keys) => {
@@ -135,32 +136,57 @@ async fn fetch_and_keep(shared: Arc<Shared>, uri: String, entry: Arc<Entry>) {
     }
 }
 
+/// Why a key set could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The URL does not make a request.
+    #[error(transparent)]
+    Request(hyper::http::Error),
+    #[error("the key set's body: {0}")]
+    Body(#[source] BoxError),
+    #[error("the key set is over {} bytes", MAX_JWKS_BYTES)]
+    TooLarge,
+    /// Any status but 200, with the start of what was said.
+    #[error("answered {status}: {said}")]
+    Answered { status: StatusCode, said: String },
+    #[error("not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    /// JSON, but not a set of public keys: where in the document, and what is wrong there.
+    #[error("jwks{at}: {problem}")]
+    NotKeys { at: String, problem: String },
+    #[error("no key set within {:?}", FETCH_TIMEOUT)]
+    TimedOut,
+}
+
 /// One GET of a key set through the mesh: 200, at most [`MAX_JWKS_BYTES`], public keys only.
-async fn fetch(shared: Arc<Shared>, uri: String) -> Result<JwkSet, String> {
+async fn fetch(shared: Arc<Shared>, uri: String) -> Result<JwkSet, FetchError> {
     let request = Request::get(uri.as_str())
         .header(header::ACCEPT, "application/json")
         .body(connect::full(Bytes::new()))
-        .map_err(|e| e.to_string())?;
+        .map_err(FetchError::Request)?;
     let response = outbound::proxy_http(shared, request, None).await;
     let status = response.status();
     let mut body = response.into_body();
     let mut received = Vec::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| format!("the key set's body: {e}"))?;
+        let frame = frame.map_err(FetchError::Body)?;
         if let Ok(data) = frame.into_data() {
             if received.len() + data.len() > MAX_JWKS_BYTES {
-                return Err(format!("the key set is over {MAX_JWKS_BYTES} bytes"));
+                return Err(FetchError::TooLarge);
             }
             received.extend_from_slice(&data);
         }
     }
     if status != StatusCode::OK {
-        let said = String::from_utf8_lossy(&received[..received.len().min(200)]).into_owned();
-        return Err(format!("answered {status}: {}", said.trim()));
+        let said = String::from_utf8_lossy(&received[..received.len().min(200)]);
+        return Err(FetchError::Answered {
+            status,
+            said: said.trim().to_owned(),
+        });
     }
     let value: serde_json::Value =
-        serde_json::from_slice(&received).map_err(|e| format!("not JSON: {e}"))?;
-    authentication::public_keys(&value).map_err(|(at, e)| format!("jwks{at}: {e}"))
+        serde_json::from_slice(&received).map_err(FetchError::NotJson)?;
+    authentication::public_keys(&value).map_err(|(at, problem)| FetchError::NotKeys { at, problem })
 }
 
 /// Keeps the key sets of the sidecar's policies fetched: each new URL at once, each one in use
@@ -204,5 +230,29 @@ pub async fn refresh(shared: Arc<Shared>) {
             _ = tick.tick() => {}
             () = shared.shutdown.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_fetch_says_why_as_it_always_has() {
+        assert_eq!(
+            FetchError::TooLarge.to_string(),
+            format!("the key set is over {MAX_JWKS_BYTES} bytes")
+        );
+        assert_eq!(FetchError::TimedOut.to_string(), "no key set within 3s");
+        let answered = FetchError::Answered {
+            status: StatusCode::NOT_FOUND,
+            said: "no such page".into(),
+        };
+        assert_eq!(answered.to_string(), "answered 404 Not Found: no such page");
+        let not_keys = FetchError::NotKeys {
+            at: ".keys[0]".into(),
+            problem: "not a public key".into(),
+        };
+        assert_eq!(not_keys.to_string(), "jwks.keys[0]: not a public key");
     }
 }

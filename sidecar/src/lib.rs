@@ -2,11 +2,13 @@
 //! gateway, follows the catalog the gateway streams, registers its endpoint (universal mode),
 //! and carries the app's traffic: `outbound` (HTTP proxy port, per-upstream TCP listeners,
 //! transparent interception) and `inbound` (mutual TLS from other sidecars, forwarded to the
-//! app), with balancing (`balance`), connections (`connect`) and metrics (`metrics`).
+//! app), with planning (`plan`), balancing (`balance`), connections (`connect`) and metrics
+//! (`metrics`).
 //!
 //! `start` wires the pieces.
 
 pub mod admin;
+pub mod attempt;
 pub mod authorizer;
 pub mod balance;
 pub mod budget;
@@ -14,11 +16,13 @@ pub mod config;
 pub mod connect;
 pub mod control;
 pub mod directory;
+pub mod http;
 pub mod inbound;
 pub mod jwks;
 pub mod metrics;
 pub mod mirror;
 pub mod outbound;
+pub mod plan;
 pub mod policy;
 pub mod quota;
 pub mod ratelimit;
@@ -439,3 +443,6 @@ async fn forget_idle(shared: Arc<Shared>) {
         }
     }
 }
+
+#[cfg(test)]
+mod testing;

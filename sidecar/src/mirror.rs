@@ -13,9 +13,10 @@ use strait_federation::identity::Namespace;
 use strait_federation::policy::route::Mirror;
 
 use crate::Shared;
+use crate::attempt::send;
 use crate::directory::{Destination, Directory};
 use crate::metrics::{Direction, Route};
-use crate::outbound::{Plan, plan_destination, send};
+use crate::plan::{Plan, plan_destination};
 use crate::retry::Kept;
 
 /// The most copies one sidecar has in flight; beyond it copies are skipped.

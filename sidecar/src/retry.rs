@@ -14,7 +14,7 @@ use hyper::header::HeaderMap;
 use hyper::{Method, Request, StatusCode, Uri, Version};
 
 use crate::budget::RetryBudget;
-use crate::connect::{self, Body};
+use crate::connect::{self, Body, BoxError};
 
 /// The largest request body kept to send again; a larger request is sent once.
 pub const MAX_REPLAY_BODY: u64 = 64 << 10;
@@ -47,6 +47,11 @@ pub enum Kept {
     Once(Request<Body>),
 }
 
+/// Why a request could not be kept: the app's body broke off while it was read.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body broke off: {0}")]
+pub struct BrokenBody(#[source] BoxError);
+
 /// A request kept whole so that it can be sent again.
 pub struct Replay {
     method: Method,
@@ -59,7 +64,7 @@ pub struct Replay {
 impl Replay {
     /// Reads the request's body when it is known to be small; otherwise gives the request back
     /// untouched, to be sent once. Fails when the app's body breaks off.
-    pub async fn keep(request: Request<Body>) -> Result<Kept, String> {
+    pub async fn keep(request: Request<Body>) -> Result<Kept, BrokenBody> {
         let small = request
             .body()
             .size_hint()
@@ -70,10 +75,7 @@ impl Replay {
             return Ok(Kept::Once(Request::from_parts(parts, body)));
         }
         let (parts, body) = request.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|e| format!("the request body broke off: {e}"))?;
+        let body = body.collect().await.map_err(BrokenBody)?;
         Ok(Kept::Replay(Replay {
             method: parts.method,
             uri: parts.uri,
@@ -131,7 +133,62 @@ impl Budgets {
 
 #[cfg(test)]
 mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use http_body_util::BodyExt as _;
+    use hyper::body::{Frame, SizeHint};
+
     use super::*;
+
+    /// A body of a known small size that breaks off before its first byte.
+    struct BreaksOff;
+
+    impl hyper::body::Body for BreaksOff {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(Some(Err("connection reset".into())))
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(3)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_small_request_is_kept_whole_and_a_large_one_sent_once() {
+        let mut small = Request::new(connect::full(Bytes::from_static(b"order")));
+        *small.method_mut() = Method::PUT;
+        let Ok(Kept::Replay(replay)) = Replay::keep(small).await else {
+            panic!("a small body is kept");
+        };
+        for _ in 0..2 {
+            let copy = replay.request();
+            assert_eq!(copy.method(), Method::PUT);
+            let body = copy.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, "order");
+        }
+        let large = Bytes::from(vec![0; MAX_REPLAY_BODY as usize + 1]);
+        let large = Request::new(connect::full(large));
+        assert!(matches!(Replay::keep(large).await, Ok(Kept::Once(_))));
+    }
+
+    #[tokio::test]
+    async fn a_body_that_breaks_off_while_kept_says_so() {
+        let request = Request::new(BreaksOff.boxed());
+        let Err(error) = Replay::keep(request).await else {
+            panic!("kept a broken body");
+        };
+        assert_eq!(
+            error.to_string(),
+            "the request body broke off: connection reset"
+        );
+    }
 
     /// A route applied again with another `budgetPercent` changes the budget at once, without
     /// forgetting the traffic it counted.

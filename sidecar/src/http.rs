@@ -1,0 +1,87 @@
+//! HTTP pieces both proxy directions use: the hop-by-hop headers that never cross a proxy, and
+//! the responses the sidecar makes itself.
+
+use bytes::Bytes;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Response, StatusCode};
+
+use crate::connect::{self, Body};
+
+/// Header on responses the sidecar made itself, saying why.
+pub const PROXY_ERROR_HEADER: &str = "strait-proxy-error";
+
+/// Headers that belong to one hop and never cross a proxy.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers, and those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        // `te: trailers` is allowed (and needed by gRPC) on HTTP/2.
+        if name == "te"
+            && headers
+                .get(header::TE)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+        {
+            continue;
+        }
+        headers.remove(name);
+    }
+}
+
+/// A response the sidecar makes itself.
+pub fn error_response(status: StatusCode, message: String) -> Response<Body> {
+    let mut response = Response::new(connect::full(Bytes::from(format!("strait: {message}\n"))));
+    *response.status_mut() = status;
+    if let Ok(value) = HeaderValue::from_str(&message.replace(['\r', '\n'], " ")) {
+        response.headers_mut().insert(PROXY_ERROR_HEADER, value);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_stripped_but_te_trailers_stays() {
+        let mut headers = HeaderMap::new();
+        headers.insert("connection", HeaderValue::from_static("close, x-private"));
+        headers.insert("x-private", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("te", HeaderValue::from_static("trailers"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        let names: Vec<_> = headers.keys().map(|k| k.as_str().to_owned()).collect();
+        assert_eq!(names, ["te", "x-kept"]);
+    }
+
+    #[tokio::test]
+    async fn the_sidecars_own_response_says_why_in_its_body_and_on_one_header_line() {
+        let response = error_response(StatusCode::BAD_GATEWAY, "the app\r\nfailed".into());
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(response.headers()[PROXY_ERROR_HEADER], "the app  failed");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "strait: the app\r\nfailed\n");
+    }
+}
