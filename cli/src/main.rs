@@ -224,8 +224,21 @@ struct OutputArg {
     output: Format,
 }
 
+/// Why a duration argument was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DurationError {
+    #[error("{0:?} is not a duration such as 90s, 30m or 24h")]
+    NotANumber(String),
+    #[error("{text:?}: unknown unit {unit:?}; use ms, s, m, h or d")]
+    Unit { text: String, unit: String },
+    #[error("{0:?} must be positive")]
+    NotPositive(String),
+    #[error("{0:?} is too long")]
+    TooLong(String),
+}
+
 /// Parses `90s`, `30m`, `24h`, `7d` or a number of seconds.
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let text = text.trim();
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
         Some(i) => text.split_at(i),
@@ -233,7 +246,7 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     };
     let value: f64 = number
         .parse()
-        .map_err(|_| format!("{text:?} is not a duration such as 90s, 30m or 24h"))?;
+        .map_err(|_| DurationError::NotANumber(text.to_owned()))?;
     let seconds = match unit {
         "ms" => value / 1000.0,
         "s" => value,
@@ -241,15 +254,16 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => value * 3600.0,
         "d" => value * 86400.0,
         _ => {
-            return Err(format!(
-                "{text:?}: unknown unit {unit:?}; use ms, s, m, h or d"
-            ));
+            return Err(DurationError::Unit {
+                text: text.to_owned(),
+                unit: unit.to_owned(),
+            });
         }
     };
     if !seconds.is_finite() || seconds <= 0.0 {
-        return Err(format!("{text:?} must be positive"));
+        return Err(DurationError::NotPositive(text.to_owned()));
     }
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is too long"))
+    Duration::try_from_secs_f64(seconds).map_err(|_| DurationError::TooLong(text.to_owned()))
 }
 
 pub(crate) fn init_logs(format: &str) {
@@ -303,10 +317,27 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, as `{:#}` prints them, without a cause that a message
+/// before it already quotes: typed errors name their source and also print its text.
+fn report(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -522,14 +553,23 @@ fn read_files(files: Vec<PathBuf>) -> Result<Vec<(String, String)>> {
     Ok(documents)
 }
 
+/// Why a `jwksFile` could not be read (the caller names the file).
+#[derive(Debug, thiserror::Error)]
+enum KeyFileError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{size} bytes; a key set may have at most {limit}")]
+    TooLarge { size: u64, limit: u64 },
+}
+
 /// Reads a JWKS file named by a RequestAuthentication's `jwksFile`.
-fn read_key_file(path: &Path) -> Result<String, String> {
+fn read_key_file(path: &Path) -> Result<String, KeyFileError> {
     let limit = strait_federation::policy::authentication::MAX_JWKS_BYTES as u64;
-    let size = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+    let size = std::fs::metadata(path)?.len();
     if size > limit {
-        return Err(format!("{size} bytes; a key set may have at most {limit}"));
+        return Err(KeyFileError::TooLarge { size, limit });
     }
-    std::fs::read_to_string(path).map_err(|e| e.to_string())
+    Ok(std::fs::read_to_string(path)?)
 }
 
 /// How `apply` and `delete -f` print an object: `kind/namespace/name result`.
@@ -622,6 +662,10 @@ mod tests {
     #[test]
     fn durations_read_as_operators_write_them() {
         assert_eq!(parse_duration("20s"), Ok(Duration::from_secs(20)));
+        assert_eq!(
+            parse_duration("5y").unwrap_err().to_string(),
+            "\"5y\": unknown unit \"y\"; use ms, s, m, h or d"
+        );
         assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
         assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
         assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
@@ -629,6 +673,18 @@ mod tests {
         assert!(parse_duration("5y").is_err());
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("99999999999999999999999d").is_err());
+    }
+
+    /// Typed errors print their source's text and also name it as their source: the report
+    /// says each cause once, and still shows the context and the causes no message quotes.
+    #[test]
+    fn an_error_report_says_each_cause_once() {
+        let io = std::io::Error::other("connection refused");
+        let typed = KeyFileError::Io(io);
+        let error = anyhow::Error::new(typed).context("keys.json");
+        assert_eq!(report(&error), "keys.json: connection refused");
+        let plain = anyhow::anyhow!("inner").context("outer").context("top");
+        assert_eq!(report(&plain), "top: outer: inner");
     }
 
     #[test]
