@@ -2,8 +2,7 @@
 //! `strait` processes on loopback ports, the CLI driven as an operator would, and waits on
 //! conditions with deadlines (never bare sleeps).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -11,7 +10,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
+mod child;
+mod http;
 pub mod workloads;
+
+pub use child::proc_memory;
+use child::{log_tail, reap, signal, wait_child};
+pub use http::{http_get, http_get_host, metric};
 
 /// The demo's gRPC service (client side), which the sample app serves.
 pub mod demo {
@@ -145,11 +150,6 @@ pub fn wait_for<T>(
     }
 }
 
-/// A plain HTTP/1.0 GET on loopback: status code and body.
-pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    http_get_host(addr, &addr.to_string(), path)
-}
-
 /// The policy document of the acceptance check: a deny of every caller from cluster west.
 pub const NO_WEST_TO_API: &str = "apiVersion: policy.strait.dev/v1alpha1
 kind: AuthorizationPolicy
@@ -160,16 +160,6 @@ spec:
   rules:
     - from: [{clusters: [west]}]
 ";
-
-/// One value of a Prometheus text exposition, matched by metric name and label fragments.
-pub fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-        .find(|l| labels.iter().all(|label| l.contains(label)))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 /// A gateway process and its addresses.
 pub struct Gateway {
@@ -280,48 +270,6 @@ impl Drop for Gateway {
 }
 
 /// The last 30 lines of a log, titled, for failure messages.
-fn log_tail(path: &Path, title: &str) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<_> = text.lines().collect();
-    format!(
-        "--- last lines of {title} ---\n{}",
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    )
-}
-
-/// Kills a child, if any, and waits for it.
-fn reap(child: Option<Child>) {
-    if let Some(mut child) = child {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-fn signal(child: &Child, name: &str) -> Result<()> {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(child.id().to_string())
-        .status()?;
-    if !status.success() {
-        bail!("kill -{name} failed");
-    }
-    Ok(())
-}
-
-fn wait_child(child: &mut Child, limit: Duration) -> Result<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            bail!("process {} did not exit within {limit:?}", child.id());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// A mesh under test: one trust root, gateways, a contexts file, all in a temporary folder.
 pub struct Mesh {
     pub dir: tempfile::TempDir,
@@ -711,17 +659,6 @@ impl Drop for Process {
     }
 }
 
-/// A field of /proc/PID/status, in bytes.
-pub fn proc_memory(pid: u32, field: &str) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow!("no {field} for process {pid}"))?;
-    Ok(kib * 1024)
-}
-
 impl Mesh {
     /// Starts a sample app (`http`, `grpc` or `tcp`) that says it is `service` in `cluster`.
     pub fn app(&self, kind: &str, cluster: &str, service: &str, pod: &str) -> Result<Process> {
@@ -803,26 +740,6 @@ impl Mesh {
         .with_context(|| sidecar.log_tail())?;
         Ok(sidecar)
     }
-}
-
-/// Sends `GET path` (HTTP/1.0, so the body ends with the connection) with a Host header to
-/// `addr` (a sidecar's proxy port, say); returns the status and the body.
-pub fn http_get_host(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("no HTTP status in {response:?}"))?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
 }
 
 /// A loopback port free on both UDP and TCP (a DNS server takes both).
