@@ -7,7 +7,7 @@
 //! ids, epochs) as arguments and return decisions and frames; `strait-io`, the gateway and the
 //! sidecar own the sockets, files, timers and tasks. Check it with
 //! `grep -rnE 'tokio::net|std::fs|TcpStream|SystemTime::now|thread_rng|OsRng|getrandom|SystemRandom' federation/src`:
-//! it finds test modules only. The one exception is key generation (`pki`, `link`): rcgen and
+//! it finds test modules only (`tests/tests/architecture.rs` checks it with every test run). The one exception is key generation (`pki`, `link`): rcgen and
 //! ring draw a new private key from the operating system inside their own calls.
 
 pub mod catalog;

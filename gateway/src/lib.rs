@@ -3,9 +3,10 @@
 //! (tonic over mutual TLS) and the admin HTTP endpoints (health, readiness, metrics).
 //!
 //! `run` wires the pieces; each lives in its own module:
-//! `peer` (QUIC peering), `relay` (data flows between sidecars and peers), `api` (operator API),
-//! `workload` (the sidecars' API), `admin` (HTTP), `store` (persisted state),
-//! `metrics`, `config` and `init` (files on disk).
+//! `peer` (QUIC peering around federation's handshake and session), `peering` (the state of
+//! each peering), `relay` (data flows between sidecars and peers), `api` (the operator API and
+//! the sidecars' workload API), `policies`, `dns`, `admin` (what the admin HTTP server
+//! reports), `store` (persisted state), `metrics`, `config` and `init` (files on disk).
 
 pub mod admin;
 pub mod api;

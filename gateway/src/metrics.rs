@@ -7,8 +7,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::dns::Transport;
 use crate::dns::wire::Rcode;
+use crate::dns::wire::Transport;
 
 /// The metrics of one gateway.
 #[derive(Clone)]

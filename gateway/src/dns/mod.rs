@@ -19,6 +19,8 @@
 
 pub mod vip;
 pub mod wire;
+
+pub use wire::Transport;
 pub mod zone;
 
 use std::net::SocketAddr;
@@ -44,23 +46,6 @@ const TCP_IDLE: Duration = Duration::from_secs(10);
 const TCP_IO: Duration = Duration::from_secs(5);
 /// The largest UDP datagram read (a query is far smaller; longer ones are cut and refused).
 const MAX_UDP_QUERY: usize = 4096;
-
-/// How a query arrived: it decides the size limit of the answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    Udp,
-    Tcp,
-}
-
-impl Transport {
-    /// The label used in metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Udp => "udp",
-            Self::Tcp => "tcp",
-        }
-    }
-}
 
 /// The DNS server's sockets, bound before the gateway reports ready.
 pub struct Sockets {

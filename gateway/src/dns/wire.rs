@@ -528,6 +528,23 @@ pub fn encode_name(dotted: &str) -> Option<Vec<u8>> {
     (wire.len() <= MAX_NAME).then_some(wire)
 }
 
+/// How a query arrived: it decides the size limit of the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    /// The label used in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

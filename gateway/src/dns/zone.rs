@@ -8,9 +8,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use strait_federation::catalog::ClustersetService;
 use strait_federation::identity::ClusterName;
 
-use super::Transport;
 use super::vip::{VipPool, Vips};
-use super::wire::{self, Data, Flags, Owner, Rcode, Section, Writer, rtype};
+use super::wire::{self, Data, Flags, Owner, Rcode, Section, Transport, Writer, rtype};
 
 /// What a name of the zone answers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

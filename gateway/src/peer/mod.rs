@@ -13,13 +13,13 @@
 mod accept;
 mod dial;
 mod drive;
-pub mod endpoint;
+mod endpoint;
 mod error;
 mod records;
 mod removal;
 
 pub use accept::accept_loop;
 pub use dial::{DialOutcome, start_dialer};
-pub use endpoint::{FrameReader, HANDSHAKE_TIMEOUT, endpoint};
+pub use endpoint::{HANDSHAKE_TIMEOUT, endpoint};
 pub use error::PeerError;
 pub use removal::{discard, unlink, withdraw_expired};
