@@ -30,15 +30,7 @@ use crate::identity::{ClusterName, TrustDomain};
 use crate::link::{Admission, LinkKey, Redemptions};
 use crate::location::Location;
 use crate::proto::peer::{self as wire, PeerFrame, RefusalCode, peer_frame::Body};
-use crate::session::{PROTOCOL_VERSION, SessionError, refusal, refused};
-
-fn protocol(reason: impl Into<String>) -> SessionError {
-    SessionError::Protocol(reason.into())
-}
-
-fn frame(body: Body) -> PeerFrame {
-    PeerFrame { body: Some(body) }
-}
+use crate::session::{PROTOCOL_VERSION, SessionError, frame, protocol, refusal, refused};
 
 /// The dialer's first frame.
 pub fn hello(local: &ClusterName, join_token: &str, resume: Position) -> PeerFrame {

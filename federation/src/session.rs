@@ -66,11 +66,13 @@ pub enum SessionError {
     Policy(#[from] ExchangeError),
 }
 
-fn protocol(reason: impl Into<String>) -> SessionError {
+/// A protocol violation with its reason.
+pub(crate) fn protocol(reason: impl Into<String>) -> SessionError {
     SessionError::Protocol(reason.into())
 }
 
-fn frame(body: Body) -> PeerFrame {
+/// A frame of one body.
+pub(crate) fn frame(body: Body) -> PeerFrame {
     PeerFrame { body: Some(body) }
 }
 
@@ -82,6 +84,7 @@ pub fn refusal(code: RefusalCode, reason: impl Into<String>) -> PeerFrame {
     }))
 }
 
+/// A refusal received, as the error it ends the session with.
 pub(crate) fn refused(r: wire::Refusal) -> SessionError {
     SessionError::Refused {
         code: RefusalCode::try_from(r.code).unwrap_or(RefusalCode::RefusalUnspecified),
@@ -126,7 +129,28 @@ struct Staging {
     removals: Vec<ServiceKey>,
 }
 
-/// An established session with one peer (after hello and welcome).
+/// An established session with one peer (after the [`handshake`](crate::handshake)).
+///
+/// # Calling contract
+///
+/// The caller owns the socket, the timers and the locks; the session owns the protocol. One
+/// session per control stream, driven by one task:
+/// - [`new`](Self::new) with the position the peer said it holds of our export (from its hello
+///   or welcome) and our export log: the session queues what the peer lacks; then
+///   [`start_policies`](Self::start_policies) with the policy set;
+/// - each frame read from the stream goes to [`handle_frame`](Self::handle_frame) (with the
+///   peer's imported catalog, under the gateway's lock); an [`Event::Policy`] it returns goes
+///   on to [`handle_policy`](Self::handle_policy), an error ends the session;
+/// - when our export, our policies or our quota counts change: [`sync`](Self::sync),
+///   [`sync_policies`](Self::sync_policies), [`queue_quota`](Self::queue_quota);
+/// - while [`has_pending`](Self::has_pending), write what
+///   [`poll_transmit`](Self::poll_transmit) returns, in order;
+/// - wake at [`poll_timeout`](Self::poll_timeout) and call
+///   [`handle_timeout`](Self::handle_timeout): it queues keep-alives and ends an idle session.
+///
+/// Time: every method that needs it takes `now` (a monotonic `Instant` the caller reads);
+/// policy versions take the caller's wall-clock milliseconds. Nothing here sleeps or reads a
+/// clock, so tests drive it with made-up instants.
 #[derive(Debug)]
 pub struct PeerSession {
     config: SessionConfig,

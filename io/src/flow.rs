@@ -50,16 +50,18 @@ mod tests {
     use strait_federation::flow::{accepted, refusal};
     use strait_federation::identity::{ClusterName, Namespace, ServiceName};
 
+    /// A flow to any endpoint: no hostname, and no source cluster (as a sidecar sends it).
     fn target() -> FlowTarget {
+        let name = |text: &str| ServiceName::new(text).unwrap();
         FlowTarget {
-            cluster: ClusterName::new("west").unwrap(),
+            cluster: ClusterName::new("east").unwrap(),
             service: ServiceKey {
-                namespace: Namespace::new("shop").unwrap(),
-                name: ServiceName::new("api").unwrap(),
+                namespace: Namespace::new("payments").unwrap(),
+                name: name("ledger"),
             },
-            port: 80,
-            hostname: Some("api-0".into()),
-            source_cluster: Some(ClusterName::new("east").unwrap()),
+            port: 8443,
+            hostname: None,
+            source_cluster: None,
         }
     }
 
