@@ -123,9 +123,7 @@ async fn accept_one(
     let registered = {
         let mut peers = lock(&shared.peers);
         let confirmed = handshake.confirm(&lock(&shared.state).redemptions, &peer);
-        if let Err(refusal) = confirmed {
-            Err(refusal)
-        } else {
+        confirmed.map(|()| {
             let status = peers
                 .entry(peer.clone())
                 .or_insert_with(|| PeerStatus::awaiting(Instant::now()));
@@ -143,8 +141,8 @@ async fn accept_one(
                 unlink: status.unlink.clone(),
                 retire: shared.shutdown.child_token(),
             };
-            Ok((tokens, status.session))
-        }
+            (tokens, status.session)
+        })
     };
     let (tokens, session) = match registered {
         Ok(registered) => registered,

@@ -102,3 +102,44 @@ pub(super) async fn deadline<T, E: Into<PeerError>>(
         Err(_) => Err(PeerError::Timeout(limit, what)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use strait_federation::handshake::Refusal;
+    use strait_federation::identity::ClusterName;
+    use strait_federation::proto::peer::RefusalCode;
+
+    use super::*;
+
+    /// The dialer's loop decides on `PeerError::Session(Refused)`: a refusal read during the
+    /// handshake must arrive as that, not as some other error.
+    #[test]
+    fn a_refusal_in_the_handshake_is_a_session_refusal_to_the_dialer() {
+        let west = ClusterName::new("west").unwrap();
+        let refusal = Refusal::unlinked(&west);
+        let error = PeerError::from(HandshakeError::Session(refusal.clone().into_error()));
+        assert!(matches!(
+            error,
+            PeerError::Session(SessionError::Refused {
+                code: RefusalCode::RefusalUnlinked,
+                ..
+            })
+        ));
+        assert_eq!(error.reason(), "refused");
+        assert!(!error.is_tls_failure());
+    }
+
+    #[test]
+    fn a_gateway_of_another_cluster_keeps_the_message_operators_know() {
+        let error = PeerError::from(HandshakeError::WrongPeer {
+            address: "west.example:4433".into(),
+            said: ClusterName::new("north").unwrap(),
+            expected: ClusterName::new("west").unwrap(),
+        });
+        assert_eq!(
+            error.to_string(),
+            "the gateway at west.example:4433 says it is cluster north, not west"
+        );
+        assert_eq!(error.reason(), "other");
+    }
+}
