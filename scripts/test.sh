@@ -45,6 +45,13 @@ say "benchmark tools"
 BENCH_INSTALL_ONLY=1 bash bench/dataplane.sh || say "some benchmark tools could not be installed"
 BENCH_INSTALL_ONLY=1 bash bench/dns.sh || say "some DNS benchmark tools could not be installed"
 
+# A real Kubernetes control plane (etcd, kube-apiserver and kube-controller-manager v1.20.2)
+# for the Kubernetes-mode tests. Built once from Debian's source package (about 4 minutes on 2
+# cores, needs root for apt-get) and cached in ~/.cache/strait/kube-v1.20.2, outside the
+# checkout; later runs reuse it. Without it those tests say so and skip.
+say "Kubernetes control plane"
+bash scripts/kube-control-plane.sh build || say "the Kubernetes control plane could not be built: Kubernetes-mode tests will skip"
+
 # --- Checks ------------------------------------------------------------------------------
 say "cargo fmt --check"
 cargo fmt --all -- --check

@@ -205,6 +205,10 @@ struct GatewayInit {
     /// The context's name (default: the cluster's name).
     #[arg(long)]
     context_name: Option<String>,
+    /// Kubernetes mode: the kubeconfig of the cluster this gateway watches (its Services,
+    /// EndpointSlices and ServiceExports are exported; ServiceImports are written back).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -499,6 +503,7 @@ fn gateway_init(init: GatewayInit) -> Result<()> {
         location: strait_federation::location::Location::new(&init.cloud, &init.region, &init.zone)
             .map_err(|e| anyhow::anyhow!("--cloud/--region/--zone: {e}"))?,
         operator,
+        kubeconfig: init.kubeconfig,
     })?;
     let name = init.context_name.unwrap_or_else(|| cluster.to_string());
     let path = context::add(context::Context {

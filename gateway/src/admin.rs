@@ -8,8 +8,14 @@ use strait_io::admin::Probes;
 use crate::Shared;
 
 impl Probes for Shared {
-    fn ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+    fn ready(&self) -> Result<(), String> {
+        if !self.ready.load(Ordering::SeqCst) {
+            return Err("starting or stopping".into());
+        }
+        match self.kubernetes.problem() {
+            Some(problem) => Err(problem),
+            None => Ok(()),
+        }
     }
 
     fn metrics(&self) -> String {

@@ -46,6 +46,27 @@ pub struct GatewayConfig {
     /// sidecars prefer closer clusters when they fail over.
     #[serde(default, skip_serializing_if = "Location::is_unknown")]
     pub location: Location,
+    /// Kubernetes mode: the gateway is a controller of this cluster's API. Universal mode
+    /// (files and `strait apply`) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesConfig>,
+}
+
+/// How the gateway reaches its cluster's Kubernetes API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// A kubeconfig file (its current context); absent: the pod's service-account config.
+    /// Relative paths are relative to the config file's folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The gateway's own namespace: its Links, their Secrets, its Lease and its state.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+}
+
+fn default_namespace() -> String {
+    "strait-system".into()
 }
 
 /// The gateway's DNS server: authoritative for the clusterset zone, over UDP and TCP.
@@ -270,9 +291,17 @@ impl GatewayConfig {
                 path: path.to_owned(),
                 message: e.to_string(),
             })?;
+        let base = path.parent().unwrap_or(Path::new(".")).to_owned();
         if config.state_dir.is_relative() {
-            let base = path.parent().unwrap_or(Path::new("."));
             config.state_dir = base.join(&config.state_dir);
+        }
+        if let Some(kubeconfig) = config
+            .kubernetes
+            .as_mut()
+            .and_then(|k| k.kubeconfig.as_mut())
+            .filter(|p| p.is_relative())
+        {
+            *kubeconfig = base.join(&*kubeconfig);
         }
         let p = &config.peering;
         if p.max_backoff_ms < 10 {

@@ -19,7 +19,7 @@ use strait_io::files::{read_file, write_file};
 use strait_io::pki as stored;
 
 use crate::GatewayError;
-use crate::config::{DnsConfig, GatewayConfig, PeeringConfig, WorkloadConfig};
+use crate::config::{DnsConfig, GatewayConfig, KubernetesConfig, PeeringConfig, WorkloadConfig};
 
 /// How long operator credentials made by `gateway init` live.
 const OPERATOR_LIFETIME: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
@@ -120,6 +120,8 @@ pub struct InitOptions {
     /// Where the cluster runs (cloud, region, zone), when known.
     pub location: strait_federation::location::Location,
     pub operator: AccountName,
+    /// Kubernetes mode: the kubeconfig of the cluster the gateway watches.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// What `strait gateway init` made.
@@ -174,6 +176,15 @@ pub fn init_gateway(options: InitOptions) -> Result<Initialized, GatewayError> {
         workloads: WorkloadConfig::default(),
         dns: options.dns_addr.map(DnsConfig::at),
         location: options.location,
+        kubernetes: options
+            .kubeconfig
+            .map(|kubeconfig| -> Result<_, GatewayError> {
+                Ok(KubernetesConfig {
+                    kubeconfig: Some(absolute(&kubeconfig)?),
+                    namespace: "strait-system".into(),
+                })
+            })
+            .transpose()?,
     };
     write_file(&config_path, &to_yaml(&config)?, false)?;
     let config = GatewayConfig::load(&config_path)?;
@@ -216,6 +227,7 @@ mod tests {
             dns_addr: None,
             location: Default::default(),
             operator: AccountName::new("admin").unwrap(),
+            kubeconfig: None,
         };
         let made = init_gateway(options()).unwrap();
         assert_eq!(made.config.cluster.as_str(), "west");

@@ -13,6 +13,7 @@ pub mod api;
 pub mod config;
 pub mod dns;
 pub mod init;
+pub mod kubernetes;
 pub mod metrics;
 pub mod peer;
 pub mod peering;
@@ -74,6 +75,8 @@ pub enum GatewayError {
     LocalAddr(#[source] std::io::Error),
     #[error(transparent)]
     Field(#[from] config::FieldError),
+    #[error(transparent)]
+    Kubernetes(#[from] kubernetes::KubernetesError),
 }
 
 /// Locks a mutex; a panic elsewhere while holding it does not make the state unusable.
@@ -119,6 +122,8 @@ pub struct Shared {
     /// Where this cluster's sidecars open flows to other clusters (bound).
     pub relay_addr: SocketAddr,
     pub ready: AtomicBool,
+    /// What fails in Kubernetes mode (empty otherwise): readiness waits on it.
+    pub kubernetes: Arc<kubernetes::Health>,
     pub shutdown: CancellationToken,
 }
 
@@ -316,6 +321,10 @@ pub async fn run(
         Some(dns_config) => Some((dns::bind(dns_config)?, dns::load_pool(&config, dns_config)?)),
         None => None,
     };
+    let kube_client = match &config.kubernetes {
+        Some(kubernetes) => Some(kubernetes::client(kubernetes).await?),
+        None => None,
+    };
     let admin_listener = tokio::net::TcpListener::bind(config.admin_addr)
         .await
         .map_err(|error| GatewayError::Bind {
@@ -366,6 +375,7 @@ pub async fn run(
         endpoint,
         relay_addr,
         ready: AtomicBool::new(false),
+        kubernetes: Arc::new(kubernetes::Health::default()),
         shutdown: CancellationToken::new(),
     });
     let now = Instant::now();
@@ -385,6 +395,9 @@ pub async fn run(
         "gateway",
     ));
     tokio::spawn(housekeeping(shared.clone()));
+    if let Some(client) = kube_client {
+        kubernetes::start(&shared, client);
+    }
     let dns_addr = match dns {
         Some((sockets, pool)) => {
             let addr = sockets.local_addr();

@@ -65,6 +65,8 @@ pub struct Metrics {
     pub policy_tombstones: IntGauge,
     /// Policy entries received from each peer, by result (applied, known, refused).
     pub policy_entries: IntCounterVec,
+    /// Writes to the Kubernetes API in Kubernetes mode, by resource.
+    pub kubernetes_writes: IntCounterVec,
 }
 
 /// The rcodes DNS answers are counted by.
@@ -162,6 +164,13 @@ impl Metrics {
                 "policy_tombstones",
                 "Deleted policies this gateway holds as tombstones; with the live ones they \
                  count towards the bound of 50,000 entries.",
+            ),
+            kubernetes_writes: counter(
+                "kubernetes_writes_total",
+                "Writes to the cluster's Kubernetes API (Kubernetes mode), by resource: \
+                 serviceimports, serviceimports/status, endpointslices, serviceexports/status, \
+                 deletes.",
+                &["resource"],
             ),
             policy_entries: counter(
                 "peer_policy_entries_total",

@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 /// What a process tells its admin server.
 pub trait Probes: Send + Sync + 'static {
-    /// Whether the process is ready for traffic.
-    fn ready(&self) -> bool;
+    /// Whether the process is ready for traffic; why not when it is not.
+    fn ready(&self) -> Result<(), String>;
     /// The process's metrics in the Prometheus text format.
     fn metrics(&self) -> String;
 }
@@ -41,10 +41,12 @@ pub async fn serve(
 }
 
 async fn ready(State(probes): State<Arc<dyn Probes>>) -> impl IntoResponse {
-    if probes.ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    match probes.ready() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        ),
     }
 }
 
@@ -66,8 +68,12 @@ mod tests {
     struct Switch(AtomicBool);
 
     impl Probes for Switch {
-        fn ready(&self) -> bool {
-            self.0.load(Ordering::SeqCst)
+        fn ready(&self) -> Result<(), String> {
+            if self.0.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err("switched off".into())
+            }
         }
         fn metrics(&self) -> String {
             "strait_up 1\n".into()
@@ -92,7 +98,12 @@ mod tests {
         let server = tokio::spawn(serve(switch.clone(), listener, shutdown.clone(), "test"));
 
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
-        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
+        let not_ready = get(addr, "/readyz").await;
+        assert!(not_ready.starts_with("HTTP/1.1 503"), "{not_ready}");
+        assert!(
+            not_ready.ends_with("not ready: switched off\n"),
+            "{not_ready}"
+        );
         switch.0.store(true, Ordering::SeqCst);
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
         let metrics = get(addr, "/metrics").await;

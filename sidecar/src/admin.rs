@@ -7,8 +7,12 @@ use strait_io::admin::Probes;
 use crate::Shared;
 
 impl Probes for Shared {
-    fn ready(&self) -> bool {
-        self.is_ready()
+    fn ready(&self) -> Result<(), String> {
+        if self.is_ready() {
+            Ok(())
+        } else {
+            Err("waiting for a certificate, the catalog or the app".into())
+        }
     }
 
     fn metrics(&self) -> String {

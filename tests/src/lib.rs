@@ -12,6 +12,7 @@ use anyhow::{Context, Result, anyhow, bail};
 
 mod child;
 mod http;
+pub mod kube;
 pub mod workloads;
 
 pub use child::proc_memory;
@@ -392,6 +393,30 @@ impl Mesh {
         peering: Option<&str>,
         api_host: &str,
     ) -> Result<Gateway> {
+        self.gateway_with(cluster, trust, peering, api_host, &[])
+    }
+
+    /// Initializes a gateway in Kubernetes mode, watching the cluster of `kubeconfig`.
+    pub fn kubernetes_gateway(&self, cluster: &str, kubeconfig: &Path) -> Result<Gateway> {
+        let kubeconfig = kubeconfig.to_string_lossy().into_owned();
+        self.gateway_with(
+            cluster,
+            &self.trust,
+            None,
+            "127.0.0.1",
+            &["--kubeconfig", &kubeconfig],
+        )
+    }
+
+    /// Initializes a gateway with more `gateway init` arguments.
+    pub fn gateway_with(
+        &self,
+        cluster: &str,
+        trust: &Path,
+        peering: Option<&str>,
+        api_host: &str,
+        extra: &[&str],
+    ) -> Result<Gateway> {
         let dir = self.dir.path().join(cluster);
         let quic: SocketAddr = format!("127.0.0.1:{}", free_port(true)).parse()?;
         let api: SocketAddr = format!("{api_host}:{}", free_port(false)).parse()?;
@@ -414,8 +439,11 @@ impl Mesh {
                 &relay.to_string(),
                 "--dns-addr",
                 &dns.to_string(),
-                "--trust",
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .chain(["--trust"])
+            .collect::<Vec<_>>(),
             &[trust, Path::new("--dir"), &dir],
         )
         .success()?;

@@ -114,6 +114,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             dns_addr: Some(format!("127.0.0.1:{}", free_dns_port()?).parse()?),
             location: Default::default(),
             operator: AccountName::new("demo")?,
+            kubeconfig: None,
         })?;
         context::add(context::Context {
             name: name.into(),

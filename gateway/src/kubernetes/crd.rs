@@ -1,0 +1,148 @@
+//! The custom resources a gateway reads and writes: the Multi-Cluster Services API's
+//! `ServiceExport` and `ServiceImport` (`multicluster.x-k8s.io/v1alpha1`, the MCS API's own
+//! shape, so other MCS tools read them). `deploy/crds/` holds the CRDs these types generate; a
+//! test fails when the two differ (`STRAIT_WRITE_CRDS=1` rewrites the files).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Marks the Service of the same namespace and name for export to the clusterset.
+#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "multicluster.x-k8s.io",
+    version = "v1alpha1",
+    kind = "ServiceExport",
+    namespaced,
+    status = "ServiceExportStatus",
+    shortname = "svcex"
+)]
+pub struct ServiceExportSpec {}
+
+/// What the exporting gateway says of an export: `Valid`, and `Conflict` between clusters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ServiceExportStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// A service of the clusterset as this cluster sees it: its ports, the virtual address its
+/// clusterset name answers with, and the clusters that export it.
+#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "multicluster.x-k8s.io",
+    version = "v1alpha1",
+    kind = "ServiceImport",
+    namespaced,
+    status = "ServiceImportStatus",
+    shortname = "svcim"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceImportSpec {
+    /// The clusterset address (`ClusterSetIP`); empty for `Headless`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<String>,
+    /// `ClusterSetIP` or `Headless`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub ports: Vec<ServicePort>,
+}
+
+/// One port of an imported service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `TCP` (strait carries TCP only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
+    pub port: i32,
+}
+
+/// The clusters that export an imported service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ServiceImportStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<ClusterStatus>,
+}
+
+/// One exporting cluster.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ClusterStatus {
+    pub cluster: String,
+}
+
+/// Every CRD strait installs, with the file it lives in under `deploy/crds/`.
+pub fn all() -> Vec<(
+    &'static str,
+    k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+)> {
+    use kube::CustomResourceExt;
+    vec![
+        (
+            "serviceexports.multicluster.x-k8s.io.yaml",
+            ServiceExport::crd(),
+        ),
+        (
+            "serviceimports.multicluster.x-k8s.io.yaml",
+            ServiceImport::crd(),
+        ),
+    ]
+}
+
+/// A CRD as the YAML file `kubectl apply -f` takes.
+pub fn to_yaml(
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> String {
+    let header = "# Generated from gateway/src/kubernetes/crd.rs: do not edit by hand\n# (STRAIT_WRITE_CRDS=1 cargo test -p strait-gateway crds rewrites it).\n";
+    format!(
+        "{header}{}",
+        serde_saphyr::to_string(crd).unwrap_or_default()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_crds_in_deploy_are_the_ones_the_types_generate() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds");
+        let write = std::env::var_os("STRAIT_WRITE_CRDS").is_some();
+        let mut stale = Vec::new();
+        for (file, crd) in all() {
+            let path = dir.join(file);
+            let wanted = to_yaml(&crd);
+            if write {
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(&path, &wanted).unwrap();
+            } else if std::fs::read_to_string(&path).ok().as_deref() != Some(wanted.as_str()) {
+                stale.push(file);
+            }
+        }
+        assert!(
+            stale.is_empty(),
+            "deploy/crds/ differs from the types for {stale:?}: run STRAIT_WRITE_CRDS=1 cargo test -p strait-gateway crds"
+        );
+    }
+
+    #[test]
+    fn a_service_import_reads_the_mcs_shape() {
+        let import: ServiceImport = serde_json::from_value(serde_json::json!({
+            "apiVersion": "multicluster.x-k8s.io/v1alpha1",
+            "kind": "ServiceImport",
+            "metadata": {"name": "api", "namespace": "shop"},
+            "spec": {"ips": ["240.240.0.1"], "type": "ClusterSetIP",
+                     "ports": [{"name": "http", "protocol": "TCP", "port": 8080}]},
+            "status": {"clusters": [{"cluster": "west"}]},
+        }))
+        .unwrap();
+        assert_eq!(import.spec.kind, "ClusterSetIP");
+        assert_eq!(import.spec.ports[0].port, 8080);
+        assert_eq!(import.status.unwrap().clusters[0].cluster, "west");
+    }
+}

@@ -1,0 +1,140 @@
+//! Kubernetes mode: with a `kubernetes:` block in `gateway.yaml` the gateway is a controller of
+//! its cluster's API (kube-rs watchers and reflectors, server-side apply). It exports what the
+//! cluster's ServiceExports name ([`export`]) and writes what other clusters export as MCS
+//! ServiceImports and EndpointSlices ([`import`]). The federation code is the same as in
+//! universal mode: only where the local catalog comes from, and where imports are shown,
+//! change. See docs/kubernetes.md.
+
+pub mod crd;
+pub mod export;
+pub mod import;
+pub mod slices;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::Client;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use crate::config::KubernetesConfig;
+use crate::{Shared, lock};
+
+/// The field manager of everything the gateway writes.
+pub const FIELD_MANAGER: &str = "strait.dev";
+
+/// Why the gateway cannot reach or use its cluster's API right now, by what failed; empty when
+/// all is well. `/readyz` answers 503 with these reasons while any is set.
+#[derive(Debug, Default)]
+pub struct Health {
+    problems: Mutex<BTreeMap<&'static str, String>>,
+}
+
+impl Health {
+    /// Records a failure of one part (`services`, `imports`, ...).
+    pub fn fail(&self, what: &'static str, reason: String) {
+        let mut problems = lock(&self.problems);
+        if problems.get(what) != Some(&reason) {
+            tracing::warn!(part = what, reason = %reason, "Kubernetes API");
+            problems.insert(what, reason);
+        }
+    }
+
+    /// Clears a part's failure once it works again.
+    pub fn clear(&self, what: &'static str) {
+        if lock(&self.problems).remove(what).is_some() {
+            tracing::info!(part = what, "Kubernetes API answers again");
+        }
+    }
+
+    /// The reasons, one line, when something fails.
+    pub fn problem(&self) -> Option<String> {
+        let problems = lock(&self.problems);
+        (!problems.is_empty()).then(|| {
+            problems
+                .iter()
+                .map(|(what, reason)| format!("kubernetes {what}: {reason}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
+}
+
+/// An API error as operators read it: a refusal names the verb and resource that RBAC lacks.
+pub fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        let part = inner.to_string();
+        if !text.contains(&part) {
+            text = format!("{text}: {part}");
+        }
+        source = inner.source();
+    }
+    text
+}
+
+/// Why Kubernetes mode could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum KubernetesError {
+    #[error("kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: std::path::PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("in-cluster config: {0}")]
+    InCluster(#[from] kube::config::InClusterError),
+    #[error("Kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+}
+
+/// A client of the cluster's API, from the kubeconfig or the pod's service account.
+pub async fn client(config: &KubernetesConfig) -> Result<Client, KubernetesError> {
+    let config = match &config.kubeconfig {
+        Some(path) => {
+            let file =
+                Kubeconfig::read_from(path).map_err(|source| KubernetesError::Kubeconfig {
+                    path: path.clone(),
+                    source,
+                })?;
+            kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                .await
+                .map_err(|source| KubernetesError::Kubeconfig {
+                    path: path.clone(),
+                    source,
+                })?
+        }
+        None => kube::Config::incluster()?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+/// Starts the controllers; they run until the gateway stops. The gateway serves from its last
+/// state while the API cannot be reached, and `/readyz` says why.
+pub fn start(shared: &Arc<Shared>, client: Client) {
+    let health = shared.kubernetes.clone();
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        // The EndpointSlice version is chosen by discovery, which needs the API: wait for it.
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match client.apiserver_version().await {
+                Ok(_) => {
+                    health.clear("api");
+                    break;
+                }
+                Err(e) => health.fail("api", describe(&e)),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = shared.shutdown.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+        let slices = slices::served(&client).await;
+        tracing::info!(endpointslices = %slices.api_version, "Kubernetes mode");
+        tokio::spawn(export::run(shared.clone(), client.clone(), health.clone()));
+        tokio::spawn(import::run(shared, client, slices, health));
+    });
+}

@@ -1,0 +1,261 @@
+//! Kubernetes mode against real API servers (kube-apiserver 1.20.2 on loopback, two clusters):
+//! a ServiceExport in one cluster becomes a ServiceImport and EndpointSlices in the other within
+//! 2 s, and goes as fast; a ServiceExport that cannot be exported says why in its status.
+//! Skipped, saying so, where the control plane is not built (scripts/test.sh builds it).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
+use kube::{Client, ResourceExt};
+use strait_gateway::kubernetes::crd::{ServiceExport, ServiceImport};
+use strait_gateway::kubernetes::slices;
+use strait_tests::kube::{ControlPlane, binaries};
+use strait_tests::{Mesh, wait_for};
+
+/// Namespaces `strait-system` and `shop`, and strait's CRDs from `deploy/crds/`, as
+/// `kubectl apply -f deploy/crds/` installs them.
+async fn prepare(client: &Client) -> Result<()> {
+    let namespaces = Api::<Namespace>::all(client.clone());
+    for name in ["strait-system", "shop"] {
+        let namespace: Namespace = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name},
+        }))?;
+        namespaces
+            .create(&PostParams::default(), &namespace)
+            .await?;
+    }
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds");
+    for entry in std::fs::read_dir(&folder)? {
+        let path = entry?.path();
+        let text = std::fs::read_to_string(&path)?;
+        let crd: CustomResourceDefinition =
+            serde_saphyr::from_str(&text).with_context(|| path.display().to_string())?;
+        crds.create(&PostParams::default(), &crd)
+            .await
+            .with_context(|| format!("creating the CRD of {}", path.display()))?;
+    }
+    // The API serves a CRD's resources a moment after it is created.
+    let exports = Api::<ServiceExport>::all(client.clone());
+    let imports = Api::<ServiceImport>::all(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while exports.list(&ListParams::default()).await.is_err()
+        || imports.list(&ListParams::default()).await.is_err()
+    {
+        anyhow::ensure!(Instant::now() < deadline, "the CRDs were never served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Service shop/NAME (port 8080, appProtocol http), a v1beta1 EndpointSlice with one ready
+/// endpoint on 9090, and (with `export`) its ServiceExport.
+async fn publish(client: &Client, name: &str, export: bool) -> Result<()> {
+    let services = Api::<Service>::namespaced(client.clone(), "shop");
+    let service: Service = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {"ports": [{"name": "http", "port": 8080, "protocol": "TCP",
+                            "appProtocol": "http", "targetPort": 9090}]},
+    }))?;
+    services.create(&PostParams::default(), &service).await?;
+    let resource = slices::resource("v1beta1");
+    let slice: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("{name}-abcde"), "namespace": "shop",
+                     "labels": {"kubernetes.io/service-name": name}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.1.0.7"], "conditions": {"ready": true}}],
+        "ports": [{"name": "http", "port": 9090, "protocol": "TCP"}],
+    }))?;
+    Api::<DynamicObject>::namespaced_with(client.clone(), "shop", &resource)
+        .create(&PostParams::default(), &slice)
+        .await?;
+    if export {
+        export_service(client, name).await?;
+    }
+    Ok(())
+}
+
+async fn export_service(client: &Client, name: &str) -> Result<()> {
+    let export = ServiceExport::new(name, Default::default());
+    Api::<ServiceExport>::namespaced(client.clone(), "shop")
+        .create(&PostParams::default(), &export)
+        .await?;
+    Ok(())
+}
+
+/// The clusters a ServiceImport lists, when it exists.
+async fn imported_from(client: &Client, name: &str) -> Option<Vec<String>> {
+    let import = Api::<ServiceImport>::namespaced(client.clone(), "shop")
+        .get(name)
+        .await
+        .ok()?;
+    Some(
+        import
+            .status?
+            .clusters
+            .into_iter()
+            .map(|c| c.cluster)
+            .collect(),
+    )
+}
+
+/// The slices of shop/NAME imported from `cluster`, by the MCS labels.
+async fn imported_slices(client: &Client, name: &str, cluster: &str) -> Result<Vec<DynamicObject>> {
+    let resource = slices::served(client).await;
+    let selector = format!(
+        "multicluster.kubernetes.io/service-name={name},multicluster.kubernetes.io/source-cluster={cluster}"
+    );
+    Ok(
+        Api::<DynamicObject>::namespaced_with(client.clone(), "shop", &resource)
+            .list(&ListParams::default().labels(&selector))
+            .await?
+            .items,
+    )
+}
+
+/// The `Valid` condition of a ServiceExport: (status, reason).
+async fn validity(client: &Client, name: &str) -> Option<(String, String)> {
+    let export = Api::<ServiceExport>::namespaced(client.clone(), "shop")
+        .get(name)
+        .await
+        .ok()?;
+    export
+        .status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Valid")
+        .map(|c| (c.status, c.reason))
+}
+
+#[test]
+fn an_export_in_one_cluster_is_imported_in_the_other_within_two_seconds_and_withdrawn_as_fast()
+-> Result<()> {
+    if let Err(why) = binaries() {
+        eprintln!("skipped: {why}");
+        return Ok(());
+    }
+    let mesh = Mesh::new()?;
+    let west_plane = ControlPlane::start("west", mesh.dir.path())?;
+    let east_plane = ControlPlane::start("east", mesh.dir.path())?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let west = runtime.block_on(west_plane.client())?;
+    let east = runtime.block_on(east_plane.client())?;
+    runtime.block_on(prepare(&west))?;
+    runtime.block_on(prepare(&east))?;
+
+    let mut west_gateway = mesh.kubernetes_gateway("west", &west_plane.kubeconfig)?;
+    west_gateway.start(&mesh)?;
+    let mut east_gateway = mesh.kubernetes_gateway("east", &east_plane.kubeconfig)?;
+    east_gateway.start(&mesh)?;
+    mesh.link("east", "west")?;
+    wait_for(Duration::from_secs(10), "east connected to west", || {
+        Ok((mesh.link_state("east", "west")? == "connected").then_some(()))
+    })?;
+
+    // Export in west: imported in east within 2 s.
+    runtime.block_on(publish(&west, "api", false))?;
+    let exported = Instant::now();
+    runtime.block_on(export_service(&west, "api"))?;
+    wait_for(
+        Duration::from_secs(2),
+        "ServiceImport shop/api in east listing west",
+        || {
+            Ok(runtime
+                .block_on(imported_from(&east, "api"))
+                .filter(|clusters| clusters == &["west"])
+                .map(|_| ()))
+        },
+    )
+    .with_context(|| east_gateway.log_tail())?;
+    let slices = runtime.block_on(imported_slices(&east, "api", "west"))?;
+    eprintln!("imported in {:?}", exported.elapsed());
+    anyhow::ensure!(
+        slices.len() == 1,
+        "one slice from west, got {}",
+        slices.len()
+    );
+    let slice = &slices[0];
+    anyhow::ensure!(
+        slice
+            .labels()
+            .get("endpointslice.kubernetes.io/managed-by")
+            .map(String::as_str)
+            == Some("strait.dev"),
+        "the slice says who manages it: {:?}",
+        slice.labels()
+    );
+    anyhow::ensure!(
+        slice
+            .owner_references()
+            .iter()
+            .any(|o| o.kind == "ServiceImport" && o.name == "api"),
+        "the ServiceImport owns the slice"
+    );
+    anyhow::ensure!(
+        slice.data["endpoints"][0]["addresses"][0] == "10.1.0.7",
+        "the slice holds west's endpoint: {}",
+        slice.data
+    );
+    let import =
+        runtime.block_on(Api::<ServiceImport>::namespaced(east.clone(), "shop").get("api"))?;
+    anyhow::ensure!(import.spec.kind == "ClusterSetIP");
+    anyhow::ensure!(
+        import.spec.ports.len() == 1 && import.spec.ports[0].port == 8080,
+        "the Service's port: {:?}",
+        import.spec.ports
+    );
+    anyhow::ensure!(
+        import.spec.ips.len() == 1,
+        "the clusterset virtual address: {:?}",
+        import.spec.ips
+    );
+    wait_for(Duration::from_secs(2), "shop/api Valid in west", || {
+        Ok(runtime
+            .block_on(validity(&west, "api"))
+            .filter(|v| v == &("True".to_owned(), "Exported".to_owned()))
+            .map(|_| ()))
+    })?;
+
+    // An export without its Service says so, and nothing is imported for it.
+    runtime.block_on(export_service(&west, "ghost"))?;
+    wait_for(
+        Duration::from_secs(2),
+        "shop/ghost not Valid in west",
+        || {
+            Ok(runtime
+                .block_on(validity(&west, "ghost"))
+                .filter(|v| v == &("False".to_owned(), "ServiceNotFound".to_owned()))
+                .map(|_| ()))
+        },
+    )?;
+    anyhow::ensure!(runtime.block_on(imported_from(&east, "ghost")).is_none());
+
+    // The export goes: so do the import and its slices, within 2 s.
+    runtime.block_on(
+        Api::<ServiceExport>::namespaced(west.clone(), "shop")
+            .delete("api", &DeleteParams::default()),
+    )?;
+    let withdrawn = Instant::now();
+    wait_for(Duration::from_secs(2), "shop/api gone from east", || {
+        let import = runtime.block_on(imported_from(&east, "api"));
+        let slices = runtime.block_on(imported_slices(&east, "api", "west"))?;
+        Ok((import.is_none() && slices.is_empty()).then_some(()))
+    })
+    .with_context(|| east_gateway.log_tail())?;
+    eprintln!("withdrawn in {:?}", withdrawn.elapsed());
+    let imports =
+        runtime.block_on(Api::<ServiceImport>::all(east.clone()).list(&ListParams::default()))?;
+    anyhow::ensure!(
+        imports.items.iter().all(|i| i.name_any() != "api"),
+        "no import left"
+    );
+
+    west_gateway.stop()?;
+    east_gateway.stop()?;
+    Ok(())
+}
