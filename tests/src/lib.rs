@@ -43,6 +43,7 @@ fn newest_source(root: &Path) -> Option<std::time::SystemTime> {
     for dir in [
         "federation/src",
         "federation/proto",
+        "io/src",
         "gateway/src",
         "sidecar/src",
         "cli/src",

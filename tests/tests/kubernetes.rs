@@ -259,3 +259,128 @@ fn an_export_in_one_cluster_is_imported_in_the_other_within_two_seconds_and_with
     east_gateway.stop()?;
     Ok(())
 }
+
+/// The ports of an import, as east sees them.
+async fn import_ports(client: &Client, name: &str) -> Option<Vec<i32>> {
+    let import = Api::<ServiceImport>::namespaced(client.clone(), "shop")
+        .get(name)
+        .await
+        .ok()?;
+    Some(import.spec.ports.iter().map(|p| p.port).collect())
+}
+
+#[test]
+fn a_service_both_clusters_export_lists_both_follows_its_ports_and_survives_an_api_restart()
+-> Result<()> {
+    if let Err(why) = binaries() {
+        eprintln!("skipped: {why}");
+        return Ok(());
+    }
+    let mesh = Mesh::new()?;
+    let west_plane = ControlPlane::start("west", mesh.dir.path())?;
+    let mut east_plane = ControlPlane::start("east", mesh.dir.path())?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let west = runtime.block_on(west_plane.client())?;
+    let east = runtime.block_on(east_plane.client())?;
+    runtime.block_on(prepare(&west))?;
+    runtime.block_on(prepare(&east))?;
+    let mut west_gateway = mesh.kubernetes_gateway("west", &west_plane.kubeconfig)?;
+    west_gateway.start(&mesh)?;
+    let mut east_gateway = mesh.kubernetes_gateway("east", &east_plane.kubeconfig)?;
+    east_gateway.start(&mesh)?;
+    mesh.link("east", "west")?;
+
+    // Both export shop/api: each imports the other's, and both list the two clusters.
+    runtime.block_on(publish(&west, "api", true))?;
+    runtime.block_on(publish(&east, "api", true))?;
+    wait_for(
+        Duration::from_secs(10),
+        "shop/api imported both ways",
+        || {
+            let in_east = runtime.block_on(imported_from(&east, "api"));
+            let in_west = runtime.block_on(imported_from(&west, "api"));
+            Ok(
+                (in_east.as_deref() == Some(&["east".to_owned(), "west".to_owned()][..])
+                    && in_west.as_deref() == Some(&["west".to_owned(), "east".to_owned()][..]))
+                .then_some(()),
+            )
+        },
+    )
+    .with_context(|| east_gateway.log_tail())?;
+    anyhow::ensure!(
+        runtime
+            .block_on(imported_slices(&east, "api", "east"))?
+            .is_empty(),
+        "a cluster's own endpoints get no imported slice"
+    );
+    anyhow::ensure!(
+        runtime
+            .block_on(imported_slices(&east, "api", "west"))?
+            .len()
+            == 1
+    );
+
+    // West's port changes: east's import follows within 2 s.
+    let services = Api::<Service>::namespaced(west.clone(), "shop");
+    let patch = serde_json::json!({"spec": {"ports": [{"name": "http", "port": 8081,
+        "protocol": "TCP", "appProtocol": "http", "targetPort": 9090}]}});
+    runtime.block_on(services.patch(
+        "api",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    ))?;
+    wait_for(
+        Duration::from_secs(2),
+        "east's import of shop/api on 8081",
+        || {
+            Ok(runtime
+                .block_on(import_ports(&east, "api"))
+                .filter(|ports| ports == &[8081])
+                .map(|_| ()))
+        },
+    )?;
+
+    // East's API server goes away: the gateway says so and keeps serving; once it is back the
+    // gateway catches up on its own.
+    east_plane.stop_apiserver();
+    wait_for(
+        Duration::from_secs(30),
+        "east's gateway not ready, naming Kubernetes",
+        || {
+            let (status, body) = strait_tests::http_get(east_gateway.admin, "/readyz")?;
+            Ok((status == 503 && body.contains("kubernetes")).then_some(()))
+        },
+    )?;
+    anyhow::ensure!(
+        mesh.services("east")?
+            .iter()
+            .any(|(name, _)| name == "shop/api"),
+        "east still serves its last catalog"
+    );
+    runtime.block_on(publish(&west, "web", true))?;
+    east_plane.start_apiserver()?;
+    let east = runtime.block_on(east_plane.client())?;
+    wait_for(
+        Duration::from_secs(30),
+        "shop/web imported in east after the restart",
+        || {
+            Ok(runtime
+                .block_on(imported_from(&east, "web"))
+                .filter(|clusters| clusters == &["west"])
+                .map(|_| ()))
+        },
+    )
+    .with_context(|| east_gateway.log_tail())?;
+    wait_for(
+        Duration::from_secs(30),
+        "east's gateway ready again",
+        || {
+            let (status, _) = strait_tests::http_get(east_gateway.admin, "/readyz")?;
+            Ok((status == 200).then_some(()))
+        },
+    )?;
+
+    west_gateway.stop()?;
+    east_gateway.stop()?;
+    Ok(())
+}
