@@ -11,7 +11,7 @@ use strait_federation::document::API_VERSION;
 use strait_federation::identity::ServiceName;
 use strait_federation::proto::operator::CreateWorkloadTokenRequest;
 use strait_sidecar::config::{
-    AppPort, BOOTSTRAP_KIND, Bootstrap, ServiceConfig, SidecarConfig, Upstream,
+    AppPort, BOOTSTRAP_KIND, Bootstrap, ServiceConfig, SidecarConfig, TokenKind, Upstream,
 };
 
 use crate::context;
@@ -44,9 +44,25 @@ pub struct TokenArgs {
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// The bootstrap document from `strait sidecar token`.
-    #[arg(long)]
-    bootstrap: PathBuf,
+    /// The bootstrap document from `strait sidecar token`. In Kubernetes mode, instead:
+    /// --gateway, --bundle and --token-file.
+    #[arg(
+        long,
+        required_unless_present = "token_file",
+        conflicts_with = "token_file"
+    )]
+    bootstrap: Option<PathBuf>,
+    /// Kubernetes mode: the gateway's API address (host:port); its cluster is learned from its
+    /// certificate.
+    #[arg(long, requires = "token_file")]
+    gateway: Option<String>,
+    /// Kubernetes mode: the trust bundle (PEM), from `strait trust init`.
+    #[arg(long, requires = "token_file")]
+    bundle: Option<PathBuf>,
+    /// Kubernetes mode: the pod's projected service-account token (audience `strait`); the
+    /// gateway checks it with the API server and certifies the pod's service account.
+    #[arg(long, requires_all = ["gateway", "bundle"])]
+    token_file: Option<PathBuf>,
     /// The service this sidecar fronts; its endpoint is registered with the gateway.
     #[arg(long)]
     service: Option<String>,
@@ -124,10 +140,55 @@ async fn token(context: Option<&str>, args: TokenArgs) -> Result<()> {
     Ok(())
 }
 
+/// A bootstrap made of `--gateway`, `--bundle` and `--token-file`: the trust domain from the
+/// bundle's root, the cluster from the certificate of the gateway that answers.
+async fn service_account_bootstrap(
+    gateway: &str,
+    bundle_path: &std::path::Path,
+    token_path: &std::path::Path,
+) -> Result<Bootstrap> {
+    let pem = strait_io::files::read_file(bundle_path)?;
+    let roots = strait_federation::pki::parse_certs(&pem, bundle_path)?;
+    let trust_domain = roots
+        .iter()
+        .find_map(strait_federation::certificate::trust_domain_of)
+        .with_context(|| format!("{}: no root names a trust domain", bundle_path.display()))?;
+    let bundle =
+        strait_federation::pki::TrustBundle::from_pem(trust_domain.clone(), &pem, bundle_path)?;
+    let token = strait_io::files::read_file(token_path)?.trim().to_owned();
+    if token.is_empty() {
+        bail!("{}: the token file is empty", token_path.display());
+    }
+    let gateway_id = strait_io::api::gateway_identity(gateway, &bundle).await?;
+    Ok(Bootstrap {
+        api_version: API_VERSION.into(),
+        kind: BOOTSTRAP_KIND.into(),
+        gateway: gateway.to_owned(),
+        cluster: gateway_id.cluster().clone(),
+        trust_domain,
+        identity: String::new(),
+        bundle: pem,
+        token,
+    })
+}
+
 /// Builds a sidecar configuration from `strait sidecar run` flags.
-fn config(args: &RunArgs) -> Result<SidecarConfig> {
-    let bootstrap = Bootstrap::load(&args.bootstrap)?;
-    let mut config = SidecarConfig::new(bootstrap);
+async fn config(args: &RunArgs) -> Result<SidecarConfig> {
+    let mut config = match (
+        &args.bootstrap,
+        &args.gateway,
+        &args.bundle,
+        &args.token_file,
+    ) {
+        (Some(bootstrap), ..) => SidecarConfig::new(Bootstrap::load(bootstrap)?),
+        (None, Some(gateway), Some(bundle), Some(token)) => {
+            let mut config =
+                SidecarConfig::new(service_account_bootstrap(gateway, bundle, token).await?);
+            config.token_kind = TokenKind::ServiceAccount;
+            config
+        }
+        _ => bail!("give --bootstrap, or --gateway, --bundle and --token-file"),
+    };
     if let Some(name) = &args.service {
         let ports = args
             .ports
@@ -161,7 +222,7 @@ fn config(args: &RunArgs) -> Result<SidecarConfig> {
 
 async fn run_sidecar(args: RunArgs) -> Result<()> {
     crate::init_logs(&args.log_format);
-    let sidecar = strait_sidecar::start(config(&args)?).await?;
+    let sidecar = strait_sidecar::start(config(&args).await?).await?;
     // One binary holds the gateway and the CLI too, and start-up code runs once: keep resident
     // only the code the sidecar runs from now on.
     let _ = sidecar.ready(std::time::Duration::from_secs(10)).await;

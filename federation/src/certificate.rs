@@ -4,7 +4,7 @@
 use rustls_pki_types::CertificateDer;
 use x509_parser::extensions::GeneralName;
 
-use crate::identity::{NameError, SpiffeId};
+use crate::identity::{NameError, SpiffeId, TrustDomain};
 
 /// Why a certificate does not name one identity.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -45,6 +45,13 @@ pub(crate) fn uris_of(cert: &CertificateDer<'_>) -> Vec<String> {
         }
     }
     uris
+}
+
+/// The trust domain a root certificate names (`spiffe://<trust-domain>` in its URI SAN).
+pub fn trust_domain_of(root: &CertificateDer<'_>) -> Option<TrustDomain> {
+    uris_of(root)
+        .iter()
+        .find_map(|uri| TrustDomain::new(uri.strip_prefix("spiffe://")?).ok())
 }
 
 /// The one SPIFFE identity of a peer's leaf certificate.

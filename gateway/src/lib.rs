@@ -124,6 +124,8 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// What fails in Kubernetes mode (empty otherwise): readiness waits on it.
     pub kubernetes: Arc<kubernetes::Health>,
+    /// The cluster's API in Kubernetes mode.
+    pub kube: Option<kube::Client>,
     pub shutdown: CancellationToken,
 }
 
@@ -376,6 +378,7 @@ pub async fn run(
         relay_addr,
         ready: AtomicBool::new(false),
         kubernetes: Arc::new(kubernetes::Health::default()),
+        kube: kube_client.clone(),
         shutdown: CancellationToken::new(),
     });
     let now = Instant::now();

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use rustls_pki_types::InvalidDnsNameError;
 use rustls_pki_types::ServerName;
-use strait_federation::identity::{ClusterName, Role};
+use strait_federation::certificate;
+use strait_federation::identity::{ClusterName, Role, SpiffeId};
 use strait_federation::pki::TrustBundle;
 use strait_federation::tls::{self, API_ALPN, CertStore, PeerRule, TlsError};
 use tokio::net::TcpStream;
@@ -34,6 +35,8 @@ pub enum ApiError {
         #[source]
         source: tonic::transport::Error,
     },
+    #[error("cannot tell which gateway answers at {address}: {reason}")]
+    Identify { address: String, reason: String },
     /// `causes` is the error and its sources as one line, as operators read it.
     #[error("cannot reach the API of cluster {cluster} at {address}: {causes}")]
     Unreachable {
@@ -43,6 +46,34 @@ pub enum ApiError {
         #[source]
         source: tonic::transport::Error,
     },
+}
+
+/// The identity of the gateway that answers at `address`, any gateway under the bundle's root
+/// (a sidecar started with only an address learns its cluster so).
+pub async fn gateway_identity(address: &str, bundle: &TrustBundle) -> Result<SpiffeId, ApiError> {
+    let config = tls::anonymous_client_config(bundle, PeerRule::role(Role::Gateway), &[API_ALPN])?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    // The mesh's verifier checks the SPIFFE identity, not this name.
+    let name = ServerName::try_from("gateway.strait")?;
+    let handshake = async {
+        let tcp = TcpStream::connect(address).await?;
+        connector.connect(name, tcp).await
+    };
+    let stream = tokio::time::timeout(Duration::from_secs(10), handshake)
+        .await
+        .map_err(|_| ApiError::Identify {
+            address: address.to_owned(),
+            reason: "no TLS handshake within 10 s".into(),
+        })?
+        .map_err(|e| ApiError::Identify {
+            address: address.to_owned(),
+            reason: causes(&e),
+        })?;
+    let chain = stream.get_ref().1.peer_certificates().unwrap_or_default();
+    certificate::peer_identity(chain).map_err(|e| ApiError::Identify {
+        address: address.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 /// An error and its sources, joined by `: `.

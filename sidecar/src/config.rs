@@ -152,10 +152,22 @@ impl Upstream {
     }
 }
 
+/// What the token of a sidecar's bootstrap proves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// A bootstrap token from `strait sidecar token`, signed by the gateway.
+    Bootstrap,
+    /// A projected Kubernetes service-account token (audience `strait`), which the gateway
+    /// checks with the API server (Kubernetes mode).
+    ServiceAccount,
+}
+
 /// Everything a sidecar runs with.
 #[derive(Debug, Clone)]
 pub struct SidecarConfig {
     pub bootstrap: Bootstrap,
+    /// What `bootstrap.token` is.
+    pub token_kind: TokenKind,
     pub service: Option<ServiceConfig>,
     /// mTLS from other sidecars (through gateways too).
     pub inbound_addr: SocketAddr,
@@ -179,6 +191,7 @@ impl SidecarConfig {
     pub fn new(bootstrap: Bootstrap) -> Self {
         Self {
             bootstrap,
+            token_kind: TokenKind::Bootstrap,
             service: None,
             inbound_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             advertise_addr: None,

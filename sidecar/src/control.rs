@@ -17,7 +17,7 @@ use strait_io::clock::unix_now;
 use tokio::net::TcpStream;
 use tonic::transport::Channel;
 
-use crate::config::{Bootstrap, ServiceConfig};
+use crate::config::{Bootstrap, ServiceConfig, TokenKind};
 use crate::directory::Directory;
 use crate::{Shared, SidecarError};
 
@@ -52,12 +52,21 @@ pub struct Certified {
 
 /// Asks the gateway to sign a fresh key: with the bootstrap token on an anonymous channel, or
 /// (renewal) on a channel presenting the current certificate.
-pub async fn certify(channel: Channel, token: &str) -> Result<Certified, SidecarError> {
+pub async fn certify(
+    channel: Channel,
+    token: &str,
+    kind: TokenKind,
+) -> Result<Certified, SidecarError> {
     let (key_pem, csr) = new_csr()?;
+    let (token, service_account_token) = match kind {
+        TokenKind::Bootstrap => (token.to_owned(), String::new()),
+        TokenKind::ServiceAccount => (String::new(), token.to_owned()),
+    };
     let response = WorkloadClient::new(channel)
         .certify(CertifyRequest {
-            token: token.to_owned(),
+            token,
             csr,
+            service_account_token,
         })
         .await
         .map_err(|status| {
@@ -93,7 +102,7 @@ pub async fn renew(shared: Arc<Shared>, channel: Channel, mut renew_at: Instant)
             () = tokio::time::sleep_until(renew_at.into()) => {}
             () = shared.shutdown.cancelled() => return,
         }
-        match certify(channel.clone(), "").await {
+        match certify(channel.clone(), "", TokenKind::Bootstrap).await {
             Ok(certified) => match shared.certs.replace(&certified.credential) {
                 Ok(()) => {
                     tracing::info!(identity = %certified.identity, "workload certificate renewed");

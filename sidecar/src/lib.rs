@@ -261,7 +261,7 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
     let deadline = Instant::now() + CERTIFY_DEADLINE;
     let mut backoff = Duration::from_millis(100);
     let certified = loop {
-        match control::certify(anonymous.clone(), &bootstrap.token).await {
+        match control::certify(anonymous.clone(), &bootstrap.token, config.token_kind).await {
             Ok(certified) => break certified,
             Err(e @ SidecarError::Gateway(_)) if Instant::now() + backoff < deadline => {
                 tracing::warn!(error = %e, "cannot get a certificate yet; retrying");

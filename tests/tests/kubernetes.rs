@@ -384,3 +384,125 @@ fn a_service_both_clusters_export_lists_both_follows_its_ports_and_survives_an_a
     east_gateway.stop()?;
     Ok(())
 }
+
+/// A TokenRequest for service account shop/NAME with `audience`, written to a file.
+async fn token_file(
+    client: &Client,
+    name: &str,
+    audience: &str,
+    path: &std::path::Path,
+) -> Result<()> {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    let accounts =
+        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), "shop");
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![audience.into()],
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let token = accounts
+        .create_token_request(name, &PostParams::default(), &request)
+        .await?
+        .status
+        .context("a TokenRequest without status")?
+        .token;
+    std::fs::write(path, token)?;
+    Ok(())
+}
+
+#[test]
+fn a_sidecar_proves_its_service_account_with_a_projected_token_and_wrong_ones_are_refused()
+-> Result<()> {
+    if let Err(why) = binaries() {
+        eprintln!("skipped: {why}");
+        return Ok(());
+    }
+    let mesh = Mesh::new()?;
+    let plane = ControlPlane::start("west", mesh.dir.path())?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let west = runtime.block_on(plane.client())?;
+    runtime.block_on(prepare(&west))?;
+    let accounts =
+        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(west.clone(), "shop");
+    for name in ["web", "gone"] {
+        let account = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": name, "namespace": "shop"},
+        }))?;
+        runtime.block_on(accounts.create(&PostParams::default(), &account))?;
+    }
+    let mut gateway = mesh.kubernetes_gateway("west", &plane.kubeconfig)?;
+    gateway.start(&mesh)?;
+    let web = mesh.dir.path().join("web.token");
+    let vault = mesh.dir.path().join("vault.token");
+    let gone = mesh.dir.path().join("gone.token");
+    runtime.block_on(token_file(&west, "web", "strait", &web))?;
+    runtime.block_on(token_file(&west, "web", "vault", &vault))?;
+    runtime.block_on(token_file(&west, "gone", "strait", &gone))?;
+    runtime.block_on(accounts.delete("gone", &DeleteParams::default()))?;
+
+    let bundle = mesh.trust.join("bundle.pem");
+    let args = |token: &std::path::Path| -> Vec<String> {
+        [
+            "sidecar",
+            "run",
+            "--gateway",
+            &gateway.api.to_string(),
+            "--bundle",
+            &bundle.to_string_lossy(),
+            "--token-file",
+            &token.to_string_lossy(),
+            "--proxy-addr",
+            "127.0.0.1:0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    // The right audience: the sidecar starts as shop/web, which the API server vouched for.
+    let sidecar = strait_tests::Process::start(&mesh, "web", &args(&web))?;
+    let identity = sidecar.started["identity"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    anyhow::ensure!(
+        identity == "spiffe://example.mesh/cluster/west/ns/shop/sa/web",
+        "identity from the review: {identity}"
+    );
+
+    // Another audience: refused, naming it.
+    let refused = |token: &std::path::Path| {
+        let arguments = args(token);
+        let arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
+        mesh.cli(&arguments, &[])
+    };
+    let other = refused(&vault);
+    anyhow::ensure!(!other.ok, "a token for vault was accepted");
+    anyhow::ensure!(
+        other
+            .stderr
+            .contains("audience is [\"vault\"], not \"strait\""),
+        "the refusal names the audience: {}",
+        other.stderr
+    );
+    // A deleted service account: the API server refuses the token, and the sidecar says so.
+    let deleted = refused(&gone);
+    anyhow::ensure!(
+        !deleted.ok,
+        "a deleted service account's token was accepted"
+    );
+    anyhow::ensure!(
+        deleted
+            .stderr
+            .contains("service-account token: the API server refused the token"),
+        "the refusal says the API server refused it: {}",
+        deleted.stderr
+    );
+    eprintln!("deleted account: {}", deleted.stderr.trim());
+    drop(sidecar);
+    gateway.stop()?;
+    Ok(())
+}

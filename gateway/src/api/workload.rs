@@ -266,6 +266,26 @@ impl Workload for WorkloadApi {
         }
         let identity = match renewing {
             Some(identity) => identity,
+            None if !request.service_account_token.is_empty() => {
+                let Some(client) = &shared.kube else {
+                    return Err(Status::unauthenticated(
+                        "service-account token: this gateway is not in Kubernetes mode; use a bootstrap token (`strait sidecar token`)",
+                    ));
+                };
+                let (namespace, service_account) = crate::kubernetes::identity::review(
+                    client,
+                    &request.service_account_token,
+                    unix_now(),
+                )
+                .await
+                .map_err(|e| Status::unauthenticated(format!("service-account token: {e}")))?;
+                SpiffeId::Workload {
+                    trust_domain: shared.config.trust_domain.clone(),
+                    cluster: shared.config.cluster.clone(),
+                    namespace,
+                    service_account,
+                }
+            }
             None if request.token.is_empty() => {
                 return Err(Status::unauthenticated(
                     "a first certificate needs a bootstrap token (`strait sidecar token`)",

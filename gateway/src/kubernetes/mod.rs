@@ -7,6 +7,7 @@
 
 pub mod crd;
 pub mod export;
+pub mod identity;
 pub mod import;
 pub mod slices;
 
