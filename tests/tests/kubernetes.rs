@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::{Client, ResourceExt};
-use strait_gateway::kubernetes::crd::{ServiceExport, ServiceImport};
+use strait_gateway::kubernetes::crd::{Link, ServiceExport, ServiceImport};
 use strait_gateway::kubernetes::slices;
 use strait_tests::kube::{ControlPlane, binaries};
 use strait_tests::{Mesh, wait_for};
@@ -49,6 +49,71 @@ async fn prepare(client: &Client) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
+}
+
+/// `kubectl apply -f -` of a YAML stream (a Secret, a Link) into the gateway namespace.
+async fn apply_stream(client: &Client, text: &str) -> Result<()> {
+    let apply = kube::api::PatchParams::apply("strait-tests").force();
+    for document in text.split("---\n").filter(|d| !d.trim().is_empty()) {
+        let document = document.trim_start_matches('\n');
+        let value: serde_json::Value = serde_saphyr::from_str(document)?;
+        let name = value["metadata"]["name"]
+            .as_str()
+            .context("a name")?
+            .to_owned();
+        let namespace = value["metadata"]["namespace"]
+            .as_str()
+            .context("a namespace")?;
+        match value["kind"].as_str() {
+            Some("Secret") => {
+                Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), namespace)
+                    .patch(&name, &apply, &kube::api::Patch::Apply(&value))
+                    .await?;
+            }
+            Some("Link") => {
+                Api::<Link>::namespaced(client.clone(), namespace)
+                    .patch(&name, &apply, &kube::api::Patch::Apply(&value))
+                    .await?;
+            }
+            other => anyhow::bail!("strait link printed a {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+/// The `Ready` condition of Link NAME: (status, reason, message).
+async fn link_ready(client: &Client, name: &str) -> Option<(String, String, String)> {
+    let link = Api::<Link>::namespaced(client.clone(), "strait-system")
+        .get(name)
+        .await
+        .ok()?;
+    link.status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status, c.reason, c.message))
+}
+
+/// Links DIALER's cluster to TARGET's the Kubernetes way: `strait --context TARGET link`
+/// applied as resources in the dialer's cluster; waits until the Link says it is connected.
+fn link_with_resources(
+    mesh: &Mesh,
+    runtime: &tokio::runtime::Runtime,
+    dialer: &Client,
+    target: &str,
+) -> Result<()> {
+    let stream = mesh.ctl(target, &["link"]).success()?;
+    runtime.block_on(apply_stream(dialer, &stream))?;
+    wait_for(
+        Duration::from_secs(10),
+        &format!("Link {target} ready"),
+        || {
+            Ok(runtime
+                .block_on(link_ready(dialer, target))
+                .filter(|(status, _, _)| status == "True")
+                .map(|_| ()))
+        },
+    )
 }
 
 /// Service shop/NAME (port 8080, appProtocol http), a v1beta1 EndpointSlice with one ready
@@ -152,10 +217,50 @@ fn an_export_in_one_cluster_is_imported_in_the_other_within_two_seconds_and_with
     west_gateway.start(&mesh)?;
     let mut east_gateway = mesh.kubernetes_gateway("east", &east_plane.kubeconfig)?;
     east_gateway.start(&mesh)?;
-    mesh.link("east", "west")?;
-    wait_for(Duration::from_secs(10), "east connected to west", || {
-        Ok((mesh.link_state("east", "west")? == "connected").then_some(()))
-    })?;
+    // West's Link applied in east, first with a token tampered with: refused, and the Link's
+    // status says why; then with the right token: connected.
+    let stream = mesh.ctl("west", &["link"]).success()?;
+    anyhow::ensure!(
+        stream.contains("kind: Secret")
+            && stream.contains("kind: Link")
+            && stream.contains("namespace: strait-system"),
+        "strait link prints a Secret and a Link in Kubernetes mode: {stream}"
+    );
+    let tampered = stream
+        .split("---\n")
+        .map(|document| -> Result<String> {
+            let mut value: serde_json::Value = serde_saphyr::from_str(document)?;
+            if value["kind"] == "Secret" {
+                let token = value["stringData"]["token"].as_str().context("a token")?;
+                value["stringData"]["token"] = format!("{token}x").into();
+            }
+            Ok(serde_json::to_string(&value)?)
+        })
+        .collect::<Result<Vec<_>>>()?
+        .join("\n---\n");
+    runtime.block_on(apply_stream(&east, &tampered))?;
+    wait_for(
+        Duration::from_secs(10),
+        "Link west refused as tampered",
+        || {
+            Ok(runtime
+                .block_on(link_ready(&east, "west"))
+                .filter(|(status, reason, message)| {
+                    status == "False" && reason == "Refused" && message.contains("tampered with")
+                })
+                .map(|_| ()))
+        },
+    )
+    .with_context(|| east_gateway.log_tail())?;
+    runtime.block_on(apply_stream(&east, &stream))?;
+    wait_for(Duration::from_secs(10), "Link west ready", || {
+        Ok(runtime
+            .block_on(link_ready(&east, "west"))
+            .filter(|(status, _, _)| status == "True")
+            .map(|_| ()))
+    })
+    .with_context(|| east_gateway.log_tail())?;
+    anyhow::ensure!(mesh.link_state("east", "west")? == "connected");
 
     // Export in west: imported in east within 2 s.
     runtime.block_on(publish(&west, "api", false))?;
@@ -163,12 +268,14 @@ fn an_export_in_one_cluster_is_imported_in_the_other_within_two_seconds_and_with
     runtime.block_on(export_service(&west, "api"))?;
     wait_for(
         Duration::from_secs(2),
-        "ServiceImport shop/api in east listing west",
+        "ServiceImport shop/api and its slice in east",
         || {
-            Ok(runtime
-                .block_on(imported_from(&east, "api"))
-                .filter(|clusters| clusters == &["west"])
-                .map(|_| ()))
+            let import = runtime.block_on(imported_from(&east, "api"));
+            let slices = runtime.block_on(imported_slices(&east, "api", "west"))?;
+            Ok(
+                (import.as_deref() == Some(&["west".to_owned()][..]) && slices.len() == 1)
+                    .then_some(()),
+            )
         },
     )
     .with_context(|| east_gateway.log_tail())?;
@@ -255,6 +362,21 @@ fn an_export_in_one_cluster_is_imported_in_the_other_within_two_seconds_and_with
         "no import left"
     );
 
+    // The Link resource is deleted: east unlinks, on both sides.
+    runtime.block_on(
+        Api::<Link>::namespaced(east.clone(), "strait-system")
+            .delete("west", &DeleteParams::default()),
+    )?;
+    wait_for(
+        Duration::from_secs(10),
+        "the link gone from both clusters",
+        || {
+            Ok((mesh.link_state("east", "west")?.is_empty()
+                && mesh.link_state("west", "east")?.is_empty())
+            .then_some(()))
+        },
+    )?;
+
     west_gateway.stop()?;
     east_gateway.stop()?;
     Ok(())
@@ -288,7 +410,7 @@ fn a_service_both_clusters_export_lists_both_follows_its_ports_and_survives_an_a
     west_gateway.start(&mesh)?;
     let mut east_gateway = mesh.kubernetes_gateway("east", &east_plane.kubeconfig)?;
     east_gateway.start(&mesh)?;
-    mesh.link("east", "west")?;
+    link_with_resources(&mesh, &runtime, &east, "west")?;
 
     // Both export shop/api: each imports the other's, and both list the two clusters.
     runtime.block_on(publish(&west, "api", true))?;

@@ -58,46 +58,45 @@ fn unsaved(e: impl std::fmt::Display) -> Status {
     ))
 }
 
+/// What is wrong with a Link before it is dialled (itself, another trust domain or root, a
+/// peer that dials this cluster already); `None` when it may be dialled.
+pub(crate) fn link_problem(shared: &Shared, spec: &LinkSpec) -> Option<String> {
+    let local = &shared.config.cluster;
+    if &spec.cluster == local {
+        return Some(format!("cluster {local} cannot link to itself"));
+    }
+    if spec.trust_domain != shared.config.trust_domain {
+        return Some(format!(
+            "the link is for trust domain {}, this cluster is in {}",
+            spec.trust_domain, shared.config.trust_domain
+        ));
+    }
+    if !shared.bundle.contains_fingerprint(&spec.root_fingerprint) {
+        return Some(format!(
+            "its trust root {} is not in this cluster's trust bundle ({}): the clusters do not share a root",
+            spec.root_fingerprint,
+            shared.bundle.fingerprints().join(", ")
+        ));
+    }
+    if lock(&shared.state).redemptions.is_active(&spec.cluster) {
+        return Some(format!(
+            "cluster {} already links to this cluster (it dials {local}); unlink it first",
+            spec.cluster
+        ));
+    }
+    None
+}
+
 impl OperatorApi {
     /// Checks a Link before anything of its file is applied.
     fn check_link(&self, source: &str, spec: &LinkSpec) -> Result<(), Status> {
-        let local = &self.shared.config.cluster;
-        let refuse = |message: String| {
-            Err(Status::failed_precondition(format!(
+        match link_problem(&self.shared, spec) {
+            Some(message) => Err(Status::failed_precondition(format!(
                 "{source}: Link {}: {message}",
                 spec.cluster
-            )))
-        };
-        if &spec.cluster == local {
-            return refuse(format!("cluster {local} cannot link to itself"));
+            ))),
+            None => Ok(()),
         }
-        if spec.trust_domain != self.shared.config.trust_domain {
-            return refuse(format!(
-                "the link is for trust domain {}, this cluster is in {}",
-                spec.trust_domain, self.shared.config.trust_domain
-            ));
-        }
-        if !self
-            .shared
-            .bundle
-            .contains_fingerprint(&spec.root_fingerprint)
-        {
-            return refuse(format!(
-                "its trust root {} is not in this cluster's trust bundle ({}): the clusters do not share a root",
-                spec.root_fingerprint,
-                self.shared.bundle.fingerprints().join(", ")
-            ));
-        }
-        if lock(&self.shared.state)
-            .redemptions
-            .is_active(&spec.cluster)
-        {
-            return refuse(format!(
-                "cluster {} already links to this cluster (it dials {local}); unlink it first",
-                spec.cluster
-            ));
-        }
-        Ok(())
     }
 
     /// Applies one Link: the record is stored before the first dial (an unlink meanwhile
@@ -555,7 +554,14 @@ impl Operator for OperatorApi {
             token,
             expires: Some(rfc3339(claims.exp)),
         });
-        let yaml = serde_saphyr::to_string(&document).map_err(internal)?;
+        // In Kubernetes mode, a Secret and a Link for `kubectl apply -f -` in the other cluster.
+        let yaml = match &config.kubernetes {
+            Some(kubernetes) => {
+                crate::kubernetes::links::manifests(&document.spec, &kubernetes.namespace)
+                    .map_err(internal)?
+            }
+            None => serde_saphyr::to_string(&document).map_err(internal)?,
+        };
         Ok(Response::new(CreateLinkResponse { document: yaml }))
     }
 

@@ -1,6 +1,6 @@
 //! The custom resources a gateway reads and writes: the Multi-Cluster Services API's
 //! `ServiceExport` and `ServiceImport` (`multicluster.x-k8s.io/v1alpha1`, the MCS API's own
-//! shape, so other MCS tools read them). `deploy/crds/` holds the CRDs these types generate; a
+//! shape, so other MCS tools read them) and strait's `Link` (`strait.dev/v1alpha1`). `deploy/crds/` holds the CRDs these types generate; a
 //! test fails when the two differ (`STRAIT_WRITE_CRDS=1` rewrites the files).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -76,6 +76,54 @@ pub struct ClusterStatus {
     pub cluster: String,
 }
 
+/// A link to another cluster's gateway, applied in this cluster (`kubectl apply -f` of what
+/// `strait link` prints in the other cluster): the gateway dials it, and says in the status
+/// whether the peer admitted it.
+#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "strait.dev",
+    version = "v1alpha1",
+    kind = "Link",
+    namespaced,
+    status = "LinkStatus",
+    printcolumn = r#"{"name":"Cluster","type":"string","jsonPath":".spec.cluster"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkSpec {
+    /// The cluster to link to.
+    pub cluster: String,
+    /// The trust domain both clusters share.
+    pub trust_domain: String,
+    /// That cluster's gateway address for QUIC (`host:port`).
+    pub gateway_address: String,
+    /// The fingerprint of the root that cluster's certificates chain to.
+    pub root_fingerprint: String,
+    /// The Secret (in this namespace) holding the join token.
+    pub token_secret: SecretKey,
+    /// When the token stops being accepted for a first use (informational).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+}
+
+/// A key of a Secret in the Link's namespace.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SecretKey {
+    pub name: String,
+    /// The key in the Secret's data; `token` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// Whether the link is up: a `Ready` condition whose reason says why not (`Refused`, with the
+/// peer's refusal as the message; `Connecting`; `Invalid`; `SecretNotFound`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LinkStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
 /// Every CRD strait installs, with the file it lives in under `deploy/crds/`.
 pub fn all() -> Vec<(
     &'static str,
@@ -91,6 +139,7 @@ pub fn all() -> Vec<(
             "serviceimports.multicluster.x-k8s.io.yaml",
             ServiceImport::crd(),
         ),
+        ("links.strait.dev.yaml", Link::crd()),
     ]
 }
 

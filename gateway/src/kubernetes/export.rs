@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
@@ -174,32 +173,6 @@ pub fn derive(
         .collect()
 }
 
-/// Feeds a reflected watch, waking the reconcile on every change and telling the gateway's
-/// health when the API fails (and when it answers again).
-async fn reflect<K, W>(
-    what: &'static str,
-    writer: reflector::store::Writer<K>,
-    stream: W,
-    changed: Arc<Notify>,
-    health: Arc<Health>,
-) where
-    K: kube::Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-    W: futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send,
-{
-    let stream = reflector::reflector(writer, stream);
-    futures::pin_mut!(stream);
-    while let Some(event) = stream.next().await {
-        match event {
-            Ok(_) => {
-                health.clear(what);
-                changed.notify_one();
-            }
-            Err(e) => health.fail(what, super::describe(&e)),
-        }
-    }
-}
-
 /// Runs the export side until the gateway stops.
 pub async fn run(shared: Arc<Shared>, client: Client, health: Arc<Health>) {
     let slice_resource = slices::served(&client).await;
@@ -208,7 +181,7 @@ pub async fn run(shared: Arc<Shared>, client: Client, health: Arc<Health>) {
 
     let (services, writer) = reflector::store::<Service>();
     let stream = watcher(Api::<Service>::all(client.clone()), config.clone()).default_backoff();
-    tokio::spawn(reflect(
+    tokio::spawn(super::reflect(
         "services",
         writer,
         stream,
@@ -219,7 +192,7 @@ pub async fn run(shared: Arc<Shared>, client: Client, health: Arc<Health>) {
     let (exports, writer) = reflector::store::<ServiceExport>();
     let stream =
         watcher(Api::<ServiceExport>::all(client.clone()), config.clone()).default_backoff();
-    tokio::spawn(reflect(
+    tokio::spawn(super::reflect(
         "serviceexports",
         writer,
         stream,
@@ -234,7 +207,7 @@ pub async fn run(shared: Arc<Shared>, client: Client, health: Arc<Health>) {
         config,
     )
     .default_backoff();
-    tokio::spawn(reflect(
+    tokio::spawn(super::reflect(
         "endpointslices",
         writer,
         stream,

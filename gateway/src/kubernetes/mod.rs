@@ -9,14 +9,18 @@ pub mod crd;
 pub mod export;
 pub mod identity;
 pub mod import;
+pub mod links;
 pub mod slices;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::{reflector, watcher};
+use tokio::sync::Notify;
 
 use crate::config::KubernetesConfig;
 use crate::{Shared, lock};
@@ -73,6 +77,32 @@ pub fn describe(error: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     text
+}
+
+/// Feeds a reflected watch, waking the reconcile on every change and telling the gateway's
+/// health when the API fails (and when it answers again).
+pub(crate) async fn reflect<K, W>(
+    what: &'static str,
+    writer: reflector::store::Writer<K>,
+    stream: W,
+    changed: Arc<Notify>,
+    health: Arc<Health>,
+) where
+    K: kube::Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+    W: futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send,
+{
+    let stream = reflector::reflector(writer, stream);
+    futures::pin_mut!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(_) => {
+                health.clear(what);
+                changed.notify_one();
+            }
+            Err(e) => health.fail(what, describe(&e)),
+        }
+    }
 }
 
 /// Why Kubernetes mode could not start.
@@ -136,6 +166,7 @@ pub fn start(shared: &Arc<Shared>, client: Client) {
         let slices = slices::served(&client).await;
         tracing::info!(endpointslices = %slices.api_version, "Kubernetes mode");
         tokio::spawn(export::run(shared.clone(), client.clone(), health.clone()));
+        tokio::spawn(links::run(shared.clone(), client.clone(), health.clone()));
         tokio::spawn(import::run(shared, client, slices, health));
     });
 }
