@@ -5,13 +5,18 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
+use kube::api::{Api, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use strait_gateway::kubernetes::crd::{Link, ServiceExport, ServiceImport};
 
 use crate::child::reap;
-use crate::{free_port, wait_for};
+use crate::{Gateway, Mesh, free_port, wait_for};
 
 /// Where the binaries are, or why there are none (the test then says so and skips).
 pub fn binaries() -> std::result::Result<PathBuf, String> {
@@ -170,5 +175,130 @@ impl Drop for ControlPlane {
     fn drop(&mut self) {
         reap(self.apiserver.take());
         reap(self.etcd.take());
+    }
+}
+
+/// Namespaces `strait-system` and `shop`, and strait's CRDs from `deploy/crds/`, as
+/// `kubectl apply -f deploy/crds/` installs them.
+pub async fn prepare(client: &Client) -> Result<()> {
+    let namespaces = Api::<Namespace>::all(client.clone());
+    for name in ["strait-system", "shop"] {
+        let namespace: Namespace = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name},
+        }))?;
+        namespaces
+            .create(&PostParams::default(), &namespace)
+            .await?;
+    }
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds");
+    for entry in std::fs::read_dir(&folder)? {
+        let path = entry?.path();
+        let text = std::fs::read_to_string(&path)?;
+        let crd: CustomResourceDefinition =
+            serde_saphyr::from_str(&text).with_context(|| path.display().to_string())?;
+        crds.create(&PostParams::default(), &crd)
+            .await
+            .with_context(|| format!("creating the CRD of {}", path.display()))?;
+    }
+    // The API serves a CRD's resources a moment after it is created.
+    let exports = Api::<ServiceExport>::all(client.clone());
+    let imports = Api::<ServiceImport>::all(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while exports.list(&ListParams::default()).await.is_err()
+        || imports.list(&ListParams::default()).await.is_err()
+    {
+        anyhow::ensure!(Instant::now() < deadline, "the CRDs were never served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// `kubectl apply -f -` of a YAML stream (a Secret, a Link) into the gateway namespace.
+pub async fn apply_stream(client: &Client, text: &str) -> Result<()> {
+    let apply = kube::api::PatchParams::apply("strait-tests").force();
+    for document in text.split("---\n").filter(|d| !d.trim().is_empty()) {
+        let document = document.trim_start_matches('\n');
+        let value: serde_json::Value = serde_saphyr::from_str(document)?;
+        let name = value["metadata"]["name"]
+            .as_str()
+            .context("a name")?
+            .to_owned();
+        let namespace = value["metadata"]["namespace"]
+            .as_str()
+            .context("a namespace")?;
+        match value["kind"].as_str() {
+            Some("Secret") => {
+                Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), namespace)
+                    .patch(&name, &apply, &kube::api::Patch::Apply(&value))
+                    .await?;
+            }
+            Some("Link") => {
+                Api::<Link>::namespaced(client.clone(), namespace)
+                    .patch(&name, &apply, &kube::api::Patch::Apply(&value))
+                    .await?;
+            }
+            other => anyhow::bail!("strait link printed a {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+/// The `Ready` condition of Link NAME: (status, reason, message).
+pub async fn link_ready(client: &Client, name: &str) -> Option<(String, String, String)> {
+    let link = Api::<Link>::namespaced(client.clone(), "strait-system")
+        .get(name)
+        .await
+        .ok()?;
+    link.status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status, c.reason, c.message))
+}
+
+/// Links DIALER's cluster to TARGET's the Kubernetes way: `strait --context TARGET link`
+/// applied as resources in the dialer's cluster; waits until the Link says it is connected.
+pub fn link_with_resources(
+    mesh: &Mesh,
+    runtime: &tokio::runtime::Runtime,
+    dialer: &Client,
+    target: &str,
+) -> Result<()> {
+    let stream = mesh.ctl(target, &["link"]).success()?;
+    runtime.block_on(apply_stream(dialer, &stream))?;
+    wait_for(
+        Duration::from_secs(10),
+        &format!("Link {target} ready"),
+        || {
+            Ok(runtime
+                .block_on(link_ready(dialer, target))
+                .filter(|(status, _, _)| status == "True")
+                .map(|_| ()))
+        },
+    )
+}
+
+/// One Kubernetes cluster under test: its control plane with strait's CRDs and the namespaces
+/// `strait-system` and `shop`, an admin client, and its gateway in Kubernetes mode, started.
+pub struct KubeCluster {
+    pub plane: ControlPlane,
+    pub client: Client,
+    pub gateway: Gateway,
+}
+
+impl KubeCluster {
+    /// Starts cluster `name` of `mesh`.
+    pub fn start(mesh: &Mesh, runtime: &tokio::runtime::Runtime, name: &str) -> Result<Self> {
+        let plane = ControlPlane::start(name, mesh.dir.path())?;
+        let client = runtime.block_on(plane.client())?;
+        runtime.block_on(prepare(&client))?;
+        let mut gateway = mesh.kubernetes_gateway(name, &plane.kubeconfig)?;
+        gateway.start(mesh)?;
+        Ok(Self {
+            plane,
+            client,
+            gateway,
+        })
     }
 }

@@ -6,115 +6,15 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use k8s_openapi::api::core::v1::{Namespace, Service};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use strait_gateway::kubernetes::crd::{Link, ServiceExport, ServiceImport};
 use strait_gateway::kubernetes::slices;
-use strait_tests::kube::{ControlPlane, binaries};
+use strait_tests::kube::{
+    ControlPlane, KubeCluster, apply_stream, binaries, link_ready, link_with_resources, prepare,
+};
 use strait_tests::{Mesh, wait_for};
-
-/// Namespaces `strait-system` and `shop`, and strait's CRDs from `deploy/crds/`, as
-/// `kubectl apply -f deploy/crds/` installs them.
-async fn prepare(client: &Client) -> Result<()> {
-    let namespaces = Api::<Namespace>::all(client.clone());
-    for name in ["strait-system", "shop"] {
-        let namespace: Namespace = serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name},
-        }))?;
-        namespaces
-            .create(&PostParams::default(), &namespace)
-            .await?;
-    }
-    let crds = Api::<CustomResourceDefinition>::all(client.clone());
-    let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds");
-    for entry in std::fs::read_dir(&folder)? {
-        let path = entry?.path();
-        let text = std::fs::read_to_string(&path)?;
-        let crd: CustomResourceDefinition =
-            serde_saphyr::from_str(&text).with_context(|| path.display().to_string())?;
-        crds.create(&PostParams::default(), &crd)
-            .await
-            .with_context(|| format!("creating the CRD of {}", path.display()))?;
-    }
-    // The API serves a CRD's resources a moment after it is created.
-    let exports = Api::<ServiceExport>::all(client.clone());
-    let imports = Api::<ServiceImport>::all(client.clone());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while exports.list(&ListParams::default()).await.is_err()
-        || imports.list(&ListParams::default()).await.is_err()
-    {
-        anyhow::ensure!(Instant::now() < deadline, "the CRDs were never served");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
-}
-
-/// `kubectl apply -f -` of a YAML stream (a Secret, a Link) into the gateway namespace.
-async fn apply_stream(client: &Client, text: &str) -> Result<()> {
-    let apply = kube::api::PatchParams::apply("strait-tests").force();
-    for document in text.split("---\n").filter(|d| !d.trim().is_empty()) {
-        let document = document.trim_start_matches('\n');
-        let value: serde_json::Value = serde_saphyr::from_str(document)?;
-        let name = value["metadata"]["name"]
-            .as_str()
-            .context("a name")?
-            .to_owned();
-        let namespace = value["metadata"]["namespace"]
-            .as_str()
-            .context("a namespace")?;
-        match value["kind"].as_str() {
-            Some("Secret") => {
-                Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), namespace)
-                    .patch(&name, &apply, &kube::api::Patch::Apply(&value))
-                    .await?;
-            }
-            Some("Link") => {
-                Api::<Link>::namespaced(client.clone(), namespace)
-                    .patch(&name, &apply, &kube::api::Patch::Apply(&value))
-                    .await?;
-            }
-            other => anyhow::bail!("strait link printed a {other:?}"),
-        }
-    }
-    Ok(())
-}
-
-/// The `Ready` condition of Link NAME: (status, reason, message).
-async fn link_ready(client: &Client, name: &str) -> Option<(String, String, String)> {
-    let link = Api::<Link>::namespaced(client.clone(), "strait-system")
-        .get(name)
-        .await
-        .ok()?;
-    link.status?
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Ready")
-        .map(|c| (c.status, c.reason, c.message))
-}
-
-/// Links DIALER's cluster to TARGET's the Kubernetes way: `strait --context TARGET link`
-/// applied as resources in the dialer's cluster; waits until the Link says it is connected.
-fn link_with_resources(
-    mesh: &Mesh,
-    runtime: &tokio::runtime::Runtime,
-    dialer: &Client,
-    target: &str,
-) -> Result<()> {
-    let stream = mesh.ctl(target, &["link"]).success()?;
-    runtime.block_on(apply_stream(dialer, &stream))?;
-    wait_for(
-        Duration::from_secs(10),
-        &format!("Link {target} ready"),
-        || {
-            Ok(runtime
-                .block_on(link_ready(dialer, target))
-                .filter(|(status, _, _)| status == "True")
-                .map(|_| ()))
-        },
-    )
-}
 
 /// Service shop/NAME (port 8080, appProtocol http), a v1beta1 EndpointSlice with one ready
 /// endpoint on 9090, and (with `export`) its ServiceExport.
@@ -205,18 +105,9 @@ fn an_export_in_one_cluster_is_imported_in_the_other_within_two_seconds_and_with
         return Ok(());
     }
     let mesh = Mesh::new()?;
-    let west_plane = ControlPlane::start("west", mesh.dir.path())?;
-    let east_plane = ControlPlane::start("east", mesh.dir.path())?;
     let runtime = tokio::runtime::Runtime::new()?;
-    let west = runtime.block_on(west_plane.client())?;
-    let east = runtime.block_on(east_plane.client())?;
-    runtime.block_on(prepare(&west))?;
-    runtime.block_on(prepare(&east))?;
-
-    let mut west_gateway = mesh.kubernetes_gateway("west", &west_plane.kubeconfig)?;
-    west_gateway.start(&mesh)?;
-    let mut east_gateway = mesh.kubernetes_gateway("east", &east_plane.kubeconfig)?;
-    east_gateway.start(&mesh)?;
+    let mut west = KubeCluster::start(&mesh, &runtime, "west")?;
+    let mut east = KubeCluster::start(&mesh, &runtime, "east")?;
     // West's Link applied in east, first with a token tampered with: refused, and the Link's
     // status says why; then with the right token: connected.
     let stream = mesh.ctl("west", &["link"]).success()?;
@@ -238,48 +129,48 @@ fn an_export_in_one_cluster_is_imported_in_the_other_within_two_seconds_and_with
         })
         .collect::<Result<Vec<_>>>()?
         .join("\n---\n");
-    runtime.block_on(apply_stream(&east, &tampered))?;
+    runtime.block_on(apply_stream(&east.client, &tampered))?;
     wait_for(
         Duration::from_secs(10),
         "Link west refused as tampered",
         || {
             Ok(runtime
-                .block_on(link_ready(&east, "west"))
+                .block_on(link_ready(&east.client, "west"))
                 .filter(|(status, reason, message)| {
                     status == "False" && reason == "Refused" && message.contains("tampered with")
                 })
                 .map(|_| ()))
         },
     )
-    .with_context(|| east_gateway.log_tail())?;
-    runtime.block_on(apply_stream(&east, &stream))?;
+    .with_context(|| east.gateway.log_tail())?;
+    runtime.block_on(apply_stream(&east.client, &stream))?;
     wait_for(Duration::from_secs(10), "Link west ready", || {
         Ok(runtime
-            .block_on(link_ready(&east, "west"))
+            .block_on(link_ready(&east.client, "west"))
             .filter(|(status, _, _)| status == "True")
             .map(|_| ()))
     })
-    .with_context(|| east_gateway.log_tail())?;
+    .with_context(|| east.gateway.log_tail())?;
     anyhow::ensure!(mesh.link_state("east", "west")? == "connected");
 
     // Export in west: imported in east within 2 s.
-    runtime.block_on(publish(&west, "api", false))?;
+    runtime.block_on(publish(&west.client, "api", false))?;
     let exported = Instant::now();
-    runtime.block_on(export_service(&west, "api"))?;
+    runtime.block_on(export_service(&west.client, "api"))?;
     wait_for(
         Duration::from_secs(2),
         "ServiceImport shop/api and its slice in east",
         || {
-            let import = runtime.block_on(imported_from(&east, "api"));
-            let slices = runtime.block_on(imported_slices(&east, "api", "west"))?;
+            let import = runtime.block_on(imported_from(&east.client, "api"));
+            let slices = runtime.block_on(imported_slices(&east.client, "api", "west"))?;
             Ok(
                 (import.as_deref() == Some(&["west".to_owned()][..]) && slices.len() == 1)
                     .then_some(()),
             )
         },
     )
-    .with_context(|| east_gateway.log_tail())?;
-    let slices = runtime.block_on(imported_slices(&east, "api", "west"))?;
+    .with_context(|| east.gateway.log_tail())?;
+    let slices = runtime.block_on(imported_slices(&east.client, "api", "west"))?;
     eprintln!("imported in {:?}", exported.elapsed());
     anyhow::ensure!(
         slices.len() == 1,
@@ -308,8 +199,8 @@ fn an_export_in_one_cluster_is_imported_in_the_other_within_two_seconds_and_with
         "the slice holds west's endpoint: {}",
         slice.data
     );
-    let import =
-        runtime.block_on(Api::<ServiceImport>::namespaced(east.clone(), "shop").get("api"))?;
+    let import = runtime
+        .block_on(Api::<ServiceImport>::namespaced(east.client.clone(), "shop").get("api"))?;
     anyhow::ensure!(import.spec.kind == "ClusterSetIP");
     anyhow::ensure!(
         import.spec.ports.len() == 1 && import.spec.ports[0].port == 8080,
@@ -323,40 +214,44 @@ fn an_export_in_one_cluster_is_imported_in_the_other_within_two_seconds_and_with
     );
     wait_for(Duration::from_secs(2), "shop/api Valid in west", || {
         Ok(runtime
-            .block_on(validity(&west, "api"))
+            .block_on(validity(&west.client, "api"))
             .filter(|v| v == &("True".to_owned(), "Exported".to_owned()))
             .map(|_| ()))
     })?;
 
     // An export without its Service says so, and nothing is imported for it.
-    runtime.block_on(export_service(&west, "ghost"))?;
+    runtime.block_on(export_service(&west.client, "ghost"))?;
     wait_for(
         Duration::from_secs(2),
         "shop/ghost not Valid in west",
         || {
             Ok(runtime
-                .block_on(validity(&west, "ghost"))
+                .block_on(validity(&west.client, "ghost"))
                 .filter(|v| v == &("False".to_owned(), "ServiceNotFound".to_owned()))
                 .map(|_| ()))
         },
     )?;
-    anyhow::ensure!(runtime.block_on(imported_from(&east, "ghost")).is_none());
+    anyhow::ensure!(
+        runtime
+            .block_on(imported_from(&east.client, "ghost"))
+            .is_none()
+    );
 
     // The export goes: so do the import and its slices, within 2 s.
     runtime.block_on(
-        Api::<ServiceExport>::namespaced(west.clone(), "shop")
+        Api::<ServiceExport>::namespaced(west.client.clone(), "shop")
             .delete("api", &DeleteParams::default()),
     )?;
     let withdrawn = Instant::now();
     wait_for(Duration::from_secs(2), "shop/api gone from east", || {
-        let import = runtime.block_on(imported_from(&east, "api"));
-        let slices = runtime.block_on(imported_slices(&east, "api", "west"))?;
+        let import = runtime.block_on(imported_from(&east.client, "api"));
+        let slices = runtime.block_on(imported_slices(&east.client, "api", "west"))?;
         Ok((import.is_none() && slices.is_empty()).then_some(()))
     })
-    .with_context(|| east_gateway.log_tail())?;
+    .with_context(|| east.gateway.log_tail())?;
     eprintln!("withdrawn in {:?}", withdrawn.elapsed());
-    let imports =
-        runtime.block_on(Api::<ServiceImport>::all(east.clone()).list(&ListParams::default()))?;
+    let imports = runtime
+        .block_on(Api::<ServiceImport>::all(east.client.clone()).list(&ListParams::default()))?;
     anyhow::ensure!(
         imports.items.iter().all(|i| i.name_any() != "api"),
         "no import left"
@@ -364,7 +259,7 @@ fn an_export_in_one_cluster_is_imported_in_the_other_within_two_seconds_and_with
 
     // The Link resource is deleted: east unlinks, on both sides.
     runtime.block_on(
-        Api::<Link>::namespaced(east.clone(), "strait-system")
+        Api::<Link>::namespaced(east.client.clone(), "strait-system")
             .delete("west", &DeleteParams::default()),
     )?;
     wait_for(
@@ -377,8 +272,8 @@ fn an_export_in_one_cluster_is_imported_in_the_other_within_two_seconds_and_with
         },
     )?;
 
-    west_gateway.stop()?;
-    east_gateway.stop()?;
+    west.gateway.stop()?;
+    east.gateway.stop()?;
     Ok(())
 }
 
@@ -399,28 +294,20 @@ fn a_service_both_clusters_export_lists_both_follows_its_ports_and_survives_an_a
         return Ok(());
     }
     let mesh = Mesh::new()?;
-    let west_plane = ControlPlane::start("west", mesh.dir.path())?;
-    let mut east_plane = ControlPlane::start("east", mesh.dir.path())?;
     let runtime = tokio::runtime::Runtime::new()?;
-    let west = runtime.block_on(west_plane.client())?;
-    let east = runtime.block_on(east_plane.client())?;
-    runtime.block_on(prepare(&west))?;
-    runtime.block_on(prepare(&east))?;
-    let mut west_gateway = mesh.kubernetes_gateway("west", &west_plane.kubeconfig)?;
-    west_gateway.start(&mesh)?;
-    let mut east_gateway = mesh.kubernetes_gateway("east", &east_plane.kubeconfig)?;
-    east_gateway.start(&mesh)?;
-    link_with_resources(&mesh, &runtime, &east, "west")?;
+    let mut west = KubeCluster::start(&mesh, &runtime, "west")?;
+    let mut east = KubeCluster::start(&mesh, &runtime, "east")?;
+    link_with_resources(&mesh, &runtime, &east.client, "west")?;
 
     // Both export shop/api: each imports the other's, and both list the two clusters.
-    runtime.block_on(publish(&west, "api", true))?;
-    runtime.block_on(publish(&east, "api", true))?;
+    runtime.block_on(publish(&west.client, "api", true))?;
+    runtime.block_on(publish(&east.client, "api", true))?;
     wait_for(
         Duration::from_secs(10),
         "shop/api imported both ways",
         || {
-            let in_east = runtime.block_on(imported_from(&east, "api"));
-            let in_west = runtime.block_on(imported_from(&west, "api"));
+            let in_east = runtime.block_on(imported_from(&east.client, "api"));
+            let in_west = runtime.block_on(imported_from(&west.client, "api"));
             Ok(
                 (in_east.as_deref() == Some(&["east".to_owned(), "west".to_owned()][..])
                     && in_west.as_deref() == Some(&["west".to_owned(), "east".to_owned()][..]))
@@ -428,22 +315,22 @@ fn a_service_both_clusters_export_lists_both_follows_its_ports_and_survives_an_a
             )
         },
     )
-    .with_context(|| east_gateway.log_tail())?;
+    .with_context(|| east.gateway.log_tail())?;
     anyhow::ensure!(
         runtime
-            .block_on(imported_slices(&east, "api", "east"))?
+            .block_on(imported_slices(&east.client, "api", "east"))?
             .is_empty(),
         "a cluster's own endpoints get no imported slice"
     );
     anyhow::ensure!(
         runtime
-            .block_on(imported_slices(&east, "api", "west"))?
+            .block_on(imported_slices(&east.client, "api", "west"))?
             .len()
             == 1
     );
 
     // West's port changes: east's import follows within 2 s.
-    let services = Api::<Service>::namespaced(west.clone(), "shop");
+    let services = Api::<Service>::namespaced(west.client.clone(), "shop");
     let patch = serde_json::json!({"spec": {"ports": [{"name": "http", "port": 8081,
         "protocol": "TCP", "appProtocol": "http", "targetPort": 9090}]}});
     runtime.block_on(services.patch(
@@ -456,7 +343,7 @@ fn a_service_both_clusters_export_lists_both_follows_its_ports_and_survives_an_a
         "east's import of shop/api on 8081",
         || {
             Ok(runtime
-                .block_on(import_ports(&east, "api"))
+                .block_on(import_ports(&east.client, "api"))
                 .filter(|ports| ports == &[8081])
                 .map(|_| ()))
         },
@@ -464,12 +351,12 @@ fn a_service_both_clusters_export_lists_both_follows_its_ports_and_survives_an_a
 
     // East's API server goes away: the gateway says so and keeps serving; once it is back the
     // gateway catches up on its own.
-    east_plane.stop_apiserver();
+    east.plane.stop_apiserver();
     wait_for(
         Duration::from_secs(30),
         "east's gateway not ready, naming Kubernetes",
         || {
-            let (status, body) = strait_tests::http_get(east_gateway.admin, "/readyz")?;
+            let (status, body) = strait_tests::http_get(east.gateway.admin, "/readyz")?;
             Ok((status == 503 && body.contains("kubernetes")).then_some(()))
         },
     )?;
@@ -479,31 +366,31 @@ fn a_service_both_clusters_export_lists_both_follows_its_ports_and_survives_an_a
             .any(|(name, _)| name == "shop/api"),
         "east still serves its last catalog"
     );
-    runtime.block_on(publish(&west, "web", true))?;
-    east_plane.start_apiserver()?;
-    let east = runtime.block_on(east_plane.client())?;
+    runtime.block_on(publish(&west.client, "web", true))?;
+    east.plane.start_apiserver()?;
+    east.client = runtime.block_on(east.plane.client())?;
     wait_for(
         Duration::from_secs(30),
         "shop/web imported in east after the restart",
         || {
             Ok(runtime
-                .block_on(imported_from(&east, "web"))
+                .block_on(imported_from(&east.client, "web"))
                 .filter(|clusters| clusters == &["west"])
                 .map(|_| ()))
         },
     )
-    .with_context(|| east_gateway.log_tail())?;
+    .with_context(|| east.gateway.log_tail())?;
     wait_for(
         Duration::from_secs(30),
         "east's gateway ready again",
         || {
-            let (status, _) = strait_tests::http_get(east_gateway.admin, "/readyz")?;
+            let (status, _) = strait_tests::http_get(east.gateway.admin, "/readyz")?;
             Ok((status == 200).then_some(()))
         },
     )?;
 
-    west_gateway.stop()?;
-    east_gateway.stop()?;
+    west.gateway.stop()?;
+    east.gateway.stop()?;
     Ok(())
 }
 

@@ -327,13 +327,7 @@ async fn reconcile(
                 })
             });
         if !already {
-            let status = serde_json::json!({"status": {"conditions": [{
-                "type": "Valid",
-                "status": if valid { "True" } else { "False" },
-                "reason": reason,
-                "message": message,
-                "lastTransitionTime": strait_federation::link::rfc3339(crate::unix_now()),
-            }]}});
+            let status = super::condition_patch("Valid", valid, reason, &message);
             let api =
                 Api::<ServiceExport>::namespaced(statuses.clone().into_client(), &d.namespace);
             match api

@@ -234,13 +234,7 @@ async fn reconcile(
             continue;
         }
         let (ready, reason, message) = &wanted;
-        let status = serde_json::json!({"status": {"conditions": [{
-            "type": "Ready",
-            "status": if *ready { "True" } else { "False" },
-            "reason": reason,
-            "message": message,
-            "lastTransitionTime": strait_federation::link::rfc3339(unix_now()),
-        }]}});
+        let status = super::condition_patch("Ready", *ready, reason, message);
         match statuses
             .patch_status(
                 &name,

@@ -105,6 +105,22 @@ pub(crate) async fn reflect<K, W>(
     }
 }
 
+/// A status patch that sets one condition (`Valid`, `Ready`) of an object.
+pub(crate) fn condition_patch(
+    kind: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+) -> serde_json::Value {
+    serde_json::json!({"status": {"conditions": [{
+        "type": kind,
+        "status": if ok { "True" } else { "False" },
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": strait_federation::link::rfc3339(crate::unix_now()),
+    }]}})
+}
+
 /// Why Kubernetes mode could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum KubernetesError {
