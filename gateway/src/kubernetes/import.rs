@@ -14,6 +14,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use strait_federation::catalog::{ClustersetService, Protocol, clusterset};
@@ -302,6 +303,125 @@ async fn adopt(client: &Client, slices: &ApiResource, written: &mut Written, hea
     }
 }
 
+/// How many services are written at once.
+const WRITERS: usize = 16;
+
+/// What writing one service did: the digests of what is now written, and whether something
+/// must be tried again.
+#[derive(Default)]
+struct Outcome {
+    written: Vec<((String, String, String), u64)>,
+    pending: bool,
+}
+
+/// Writes one service's import, its status and its slices where they differ from `known`.
+async fn write_service(
+    shared: &Shared,
+    client: &Client,
+    slices: &ApiResource,
+    w: &Wanted,
+    known: &Written,
+    health: &Health,
+) -> Outcome {
+    let apply = PatchParams::apply(FIELD_MANAGER).force();
+    let mut outcome = Outcome::default();
+    let imports = Api::<ServiceImport>::namespaced(client.clone(), &w.namespace);
+    let key = (
+        "ServiceImport".to_owned(),
+        w.namespace.clone(),
+        w.name.clone(),
+    );
+    let body = import_body(w);
+    let status = status_body(w);
+    let sum = digest(&body) ^ digest(&status).rotate_left(1);
+    let uid = if known.get(&key) != Some(&sum) {
+        match imports.patch(&w.name, &apply, &Patch::Apply(&body)).await {
+            Ok(object) => {
+                shared
+                    .metrics
+                    .kubernetes_writes
+                    .with_label_values(&["serviceimports"])
+                    .inc();
+                if let Err(e) = imports
+                    .patch_status(&w.name, &apply, &Patch::Apply(&status))
+                    .await
+                {
+                    tracing::warn!(namespace = %w.namespace, name = %w.name, error = %super::describe(&e), "cannot write a ServiceImport's status");
+                    outcome.pending = true;
+                    return outcome;
+                }
+                shared
+                    .metrics
+                    .kubernetes_writes
+                    .with_label_values(&["serviceimports/status"])
+                    .inc();
+                outcome.written.push((key, sum));
+                object.uid()
+            }
+            Err(kube::Error::Api(status)) if status.is_not_found() => {
+                // The namespace does not exist here: nothing is imported into it until it
+                // does (the gateway never creates namespaces).
+                tracing::debug!(namespace = %w.namespace, name = %w.name, "namespace absent: not imported");
+                outcome.pending = true;
+                return outcome;
+            }
+            Err(e) => {
+                health.fail("imports", super::describe(&e));
+                outcome.pending = true;
+                return outcome;
+            }
+        }
+    } else {
+        None
+    };
+    for s in &w.slices {
+        let key = (
+            "EndpointSlice".to_owned(),
+            w.namespace.clone(),
+            s.name.clone(),
+        );
+        let probe = slice_body(slices, w, s, "");
+        let sum = digest(&probe);
+        if known.get(&key) == Some(&sum) {
+            continue;
+        }
+        let uid = match &uid {
+            Some(uid) => uid.clone(),
+            None => match imports.get(&w.name).await {
+                Ok(object) => object.uid().unwrap_or_default(),
+                Err(_) => {
+                    outcome.pending = true;
+                    continue;
+                }
+            },
+        };
+        let api = Api::<DynamicObject>::namespaced_with(client.clone(), &w.namespace, slices);
+        match api
+            .patch(
+                &s.name,
+                &apply,
+                &Patch::Apply(&slice_body(slices, w, s, &uid)),
+            )
+            .await
+        {
+            Ok(_) => {
+                shared
+                    .metrics
+                    .kubernetes_writes
+                    .with_label_values(&["endpointslices"])
+                    .inc();
+                outcome.written.push((key, sum));
+            }
+            Err(e) => {
+                health.fail("imports", super::describe(&e));
+                outcome.pending = true;
+            }
+        }
+    }
+
+    outcome
+}
+
 /// One pass; whether something could not be written yet (an absent namespace, an API error).
 async fn reconcile(
     shared: &Arc<Shared>,
@@ -322,105 +442,45 @@ async fn reconcile(
         let view = clusterset(&shared.config.cluster, &local, state.imports.iter());
         desired(&shared.config.cluster, &view, addresses)
     };
-    let apply = PatchParams::apply(FIELD_MANAGER).force();
-    let mut pending = false;
     let mut keep: BTreeMap<(String, String, String), ()> = BTreeMap::new();
     for w in &wanted {
-        let imports = Api::<ServiceImport>::namespaced(client.clone(), &w.namespace);
-        let key = (
-            "ServiceImport".to_owned(),
-            w.namespace.clone(),
-            w.name.clone(),
-        );
-        keep.insert(key.clone(), ());
-        let body = import_body(w);
-        let status = status_body(w);
-        let sum = digest(&body) ^ digest(&status).rotate_left(1);
-        let uid = if written.get(&key) != Some(&sum) {
-            match imports.patch(&w.name, &apply, &Patch::Apply(&body)).await {
-                Ok(object) => {
-                    shared
-                        .metrics
-                        .kubernetes_writes
-                        .with_label_values(&["serviceimports"])
-                        .inc();
-                    if let Err(e) = imports
-                        .patch_status(&w.name, &apply, &Patch::Apply(&status))
-                        .await
-                    {
-                        tracing::warn!(namespace = %w.namespace, name = %w.name, error = %super::describe(&e), "cannot write a ServiceImport's status");
-                        pending = true;
-                        continue;
-                    }
-                    shared
-                        .metrics
-                        .kubernetes_writes
-                        .with_label_values(&["serviceimports/status"])
-                        .inc();
-                    written.insert(key, sum);
-                    object.uid()
-                }
-                Err(kube::Error::Api(status)) if status.is_not_found() => {
-                    // The namespace does not exist here: nothing is imported into it until it
-                    // does (the gateway never creates namespaces).
-                    tracing::debug!(namespace = %w.namespace, name = %w.name, "namespace absent: not imported");
-                    pending = true;
-                    continue;
-                }
-                Err(e) => {
-                    health.fail("imports", super::describe(&e));
-                    pending = true;
-                    continue;
-                }
-            }
-        } else {
-            None
-        };
-        for s in &w.slices {
-            let key = (
-                "EndpointSlice".to_owned(),
+        keep.insert(
+            (
+                "ServiceImport".to_owned(),
                 w.namespace.clone(),
-                s.name.clone(),
+                w.name.clone(),
+            ),
+            (),
+        );
+        for slice in &w.slices {
+            keep.insert(
+                (
+                    "EndpointSlice".to_owned(),
+                    w.namespace.clone(),
+                    slice.name.clone(),
+                ),
+                (),
             );
-            keep.insert(key.clone(), ());
-            let probe = slice_body(slices, w, s, "");
-            let sum = digest(&probe);
-            if written.get(&key) == Some(&sum) {
-                continue;
-            }
-            let uid = match &uid {
-                Some(uid) => uid.clone(),
-                None => match imports.get(&w.name).await {
-                    Ok(object) => object.uid().unwrap_or_default(),
-                    Err(_) => {
-                        pending = true;
-                        continue;
-                    }
-                },
-            };
-            let api = Api::<DynamicObject>::namespaced_with(client.clone(), &w.namespace, slices);
-            match api
-                .patch(
-                    &s.name,
-                    &apply,
-                    &Patch::Apply(&slice_body(slices, w, s, &uid)),
-                )
-                .await
-            {
-                Ok(_) => {
-                    shared
-                        .metrics
-                        .kubernetes_writes
-                        .with_label_values(&["endpointslices"])
-                        .inc();
-                    written.insert(key, sum);
-                }
-                Err(e) => {
-                    health.fail("imports", super::describe(&e));
-                    pending = true;
-                }
-            }
         }
+    }
+    // Services are written side by side, each in order (its import, then the import's status,
+    // then its slices, which need the import's uid): one at a time, a thousand imports would
+    // wait on a thousand round trips.
+    let outcomes: Vec<Outcome> = {
+        let known: &Written = written;
+        let jobs: Vec<_> = wanted
+            .iter()
+            .map(|w| write_service(shared, client, slices, w, known, health))
+            .collect();
+        futures::stream::iter(jobs)
+            .buffer_unordered(WRITERS)
+            .collect()
+            .await
+    };
+    let mut pending = false;
+    for outcome in outcomes {
+        pending |= outcome.pending;
+        written.extend(outcome.written);
     }
     let stale: Vec<_> = written
         .keys()

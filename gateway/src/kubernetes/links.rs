@@ -206,7 +206,7 @@ async fn reconcile(
         let name = link.name_any();
         let wanted = match dial_spec(&link, secrets) {
             Err((reason, message)) => (false, reason, message),
-            Ok(spec) => match crate::api::operator::link_problem(shared, &spec) {
+            Ok(spec) => match crate::peer::link_problem(shared, &spec) {
                 Some(problem) => (false, "Invalid", problem),
                 None => {
                     let cluster = spec.cluster.clone();

@@ -30,6 +30,35 @@ pub enum DialOutcome {
     Unreachable(String),
 }
 
+/// What is wrong with a Link before it is dialled (itself, another trust domain or root, a
+/// peer that dials this cluster already); `None` when it may be dialled.
+pub fn link_problem(shared: &Shared, spec: &LinkSpec) -> Option<String> {
+    let local = &shared.config.cluster;
+    if &spec.cluster == local {
+        return Some(format!("cluster {local} cannot link to itself"));
+    }
+    if spec.trust_domain != shared.config.trust_domain {
+        return Some(format!(
+            "the link is for trust domain {}, this cluster is in {}",
+            spec.trust_domain, shared.config.trust_domain
+        ));
+    }
+    if !shared.bundle.contains_fingerprint(&spec.root_fingerprint) {
+        return Some(format!(
+            "its trust root {} is not in this cluster's trust bundle ({}): the clusters do not share a root",
+            spec.root_fingerprint,
+            shared.bundle.fingerprints().join(", ")
+        ));
+    }
+    if lock(&shared.state).redemptions.is_active(&spec.cluster) {
+        return Some(format!(
+            "cluster {} already links to this cluster (it dials {local}); unlink it first",
+            spec.cluster
+        ));
+    }
+    None
+}
+
 /// Starts (or restarts) dialing the gateway of a Link on record; `first` hears how the first
 /// dial went. Returns false, starting nothing, when the record is gone or holds another spec
 /// (an unlink or a newer apply got there first).
