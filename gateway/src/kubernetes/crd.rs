@@ -146,12 +146,9 @@ pub fn all() -> Vec<(
 /// A CRD as the YAML file `kubectl apply -f` takes.
 pub fn to_yaml(
     crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-) -> String {
+) -> Result<String, serde_saphyr::SerializeError> {
     let header = "# Generated from gateway/src/kubernetes/crd.rs: do not edit by hand\n# (STRAIT_WRITE_CRDS=1 cargo test -p strait-gateway crds rewrites it).\n";
-    format!(
-        "{header}{}",
-        serde_saphyr::to_string(crd).unwrap_or_default()
-    )
+    Ok(format!("{header}{}", serde_saphyr::to_string(crd)?))
 }
 
 #[cfg(test)]
@@ -165,7 +162,7 @@ mod tests {
         let mut stale = Vec::new();
         for (file, crd) in all() {
             let path = dir.join(file);
-            let wanted = to_yaml(&crd);
+            let wanted = to_yaml(&crd).unwrap();
             if write {
                 std::fs::create_dir_all(&dir).unwrap();
                 std::fs::write(&path, &wanted).unwrap();

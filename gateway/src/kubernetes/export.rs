@@ -104,13 +104,14 @@ fn derive_one(
     // Catalog endpoints carry one port: the one the slices give the Service's first port.
     let first = service_ports
         .first()
-        .map(|p| p.name.clone().unwrap_or_default());
+        .and_then(|p| p.name.as_deref())
+        .unwrap_or_default();
     let mut endpoints = Vec::new();
     for slice in slices {
         let Some(target) = slice
             .ports
             .iter()
-            .find(|p| p.name.clone().unwrap_or_default() == first.clone().unwrap_or_default())
+            .find(|p| p.name.as_deref().unwrap_or_default() == first)
             .and_then(|p| p.port)
         else {
             continue;
