@@ -9,16 +9,28 @@ use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::{Client, ResourceExt};
+use strait_federation::policy::PolicyKind;
 use strait_gateway::kubernetes::crd::{Link, ServiceExport, ServiceImport};
 use strait_gateway::kubernetes::slices;
 use strait_tests::kube::{
     ControlPlane, KubeCluster, apply_stream, binaries, link_ready, link_with_resources, prepare,
 };
-use strait_tests::{Mesh, wait_for};
+use strait_tests::workloads::client;
+use strait_tests::{Mesh, NO_WEST_TO_API, wait_for};
 
 /// Service shop/NAME (port 8080, appProtocol http), a v1beta1 EndpointSlice with one ready
 /// endpoint on 9090, and (with `export`) its ServiceExport.
 async fn publish(client: &Client, name: &str, export: bool) -> Result<()> {
+    publish_at(client, name, "10.1.0.7:9090".parse()?, export).await
+}
+
+/// As [`publish`], the endpoint at `endpoint`.
+async fn publish_at(
+    client: &Client,
+    name: &str,
+    endpoint: std::net::SocketAddr,
+    export: bool,
+) -> Result<()> {
     let services = Api::<Service>::namespaced(client.clone(), "shop");
     let service: Service = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "Service",
@@ -33,8 +45,8 @@ async fn publish(client: &Client, name: &str, export: bool) -> Result<()> {
         "metadata": {"name": format!("{name}-abcde"), "namespace": "shop",
                      "labels": {"kubernetes.io/service-name": name}},
         "addressType": "IPv4",
-        "endpoints": [{"addresses": ["10.1.0.7"], "conditions": {"ready": true}}],
-        "ports": [{"name": "http", "port": 9090, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [endpoint.ip().to_string()], "conditions": {"ready": true}}],
+        "ports": [{"name": "http", "port": endpoint.port(), "protocol": "TCP"}],
     }))?;
     Api::<DynamicObject>::namespaced_with(client.clone(), "shop", &resource)
         .create(&PostParams::default(), &slice)
@@ -513,5 +525,220 @@ fn a_sidecar_proves_its_service_account_with_a_projected_token_and_wrong_ones_ar
     eprintln!("deleted account: {}", deleted.stderr.trim());
     drop(sidecar);
     gateway.stop()?;
+    Ok(())
+}
+
+/// The API of AuthorizationPolicies in namespace shop.
+fn authorization_policies(client: &Client) -> Api<DynamicObject> {
+    let resource = strait_gateway::kubernetes::policies::resource(PolicyKind::AuthorizationPolicy);
+    Api::namespaced_with(client.clone(), "shop", &resource)
+}
+
+/// `kubectl apply -f` of a policy document.
+async fn kubectl_create(client: &Client, yaml: &str) -> Result<()> {
+    let object: DynamicObject = serde_saphyr::from_str(yaml)?;
+    authorization_policies(client)
+        .create(&PostParams::default(), &object)
+        .await?;
+    Ok(())
+}
+
+/// A policy resource's status: (Accepted status, its message, origin), when it exists.
+async fn policy_status(client: &Client, name: &str) -> Option<(String, String, String)> {
+    let object = authorization_policies(client).get(name).await.ok()?;
+    let status = &object.data["status"];
+    let accepted = status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Accepted")?;
+    Some((
+        accepted["status"].as_str()?.to_owned(),
+        accepted["message"].as_str().unwrap_or_default().to_owned(),
+        status["origin"].as_str().unwrap_or_default().to_owned(),
+    ))
+}
+
+/// The policies `strait get policies -o json` lists: (name, origin).
+fn listed(mesh: &Mesh, cluster: &str) -> Result<Vec<(String, String)>> {
+    let text = mesh
+        .ctl(cluster, &["get", "policies", "-o", "json"])
+        .success()?;
+    let list: serde_json::Value = serde_json::from_str(&text)?;
+    Ok(list["items"]
+        .as_array()
+        .context("items")?
+        .iter()
+        .map(|item| {
+            (
+                item["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                item["status"]["origin"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect())
+}
+
+/// The status of GET / at `host` through `proxy` (0 when it fails).
+fn answer(proxy: std::net::SocketAddr, host: &str) -> u16 {
+    strait_tests::http_get_host(proxy, host, "/").map_or(0, |(status, _)| status)
+}
+
+#[test]
+fn a_policy_applied_with_kubectl_in_east_holds_in_west_and_a_delete_anywhere_ends_it() -> Result<()>
+{
+    if let Err(why) = binaries() {
+        eprintln!("skipped: {why}");
+        return Ok(());
+    }
+    const API: &str = "api.shop.svc.clusterset.local";
+    let mesh = Mesh::new()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let west = KubeCluster::start(&mesh, &runtime, "west")?;
+    let east = KubeCluster::start(&mesh, &runtime, "east")?;
+    link_with_resources(&mesh, &runtime, &east.client, "west")?;
+
+    // West runs shop/api (the sample app behind its sidecar; its EndpointSlice names the
+    // sidecar's inbound address, as a pod's would) and a client, shop/web.
+    let app = mesh.app_with("http", "west", "shop/api", "api-0", &[])?;
+    let api = mesh.sidecar(
+        "west",
+        "shop",
+        "api",
+        "api-0",
+        &[
+            "--service".into(),
+            "api".into(),
+            "--port".into(),
+            format!("8080/http={}", app.addr("address")?),
+        ],
+    )?;
+    runtime.block_on(publish_at(&west.client, "api", api.addr("inbound")?, true))?;
+    let web = client(&mesh, "west", &[])?;
+    let proxy = web.addr("proxy")?;
+    wait_for(
+        Duration::from_secs(20),
+        "shop/api answering in west",
+        || Ok((answer(proxy, API) == 200).then_some(())),
+    )
+    .with_context(|| west.gateway.log_tail())?;
+
+    // A resource strait cannot accept: its status says which field, and nothing changes.
+    runtime.block_on(kubectl_create(
+        &east.client,
+        &NO_WEST_TO_API
+            .replace("no-west-to-api", "bad")
+            .replace("action: deny", "action: maybe"),
+    ))?;
+    wait_for(Duration::from_secs(5), "shop/bad refused in east", || {
+        Ok(runtime
+            .block_on(policy_status(&east.client, "bad"))
+            .filter(|(accepted, message, _)| accepted == "False" && message.contains("spec.action"))
+            .map(|_| ()))
+    })
+    .with_context(|| east.gateway.log_tail())?;
+
+    // The deny applied in east: in west's set and west's API, and enforced by west's sidecar.
+    let applied = Instant::now();
+    runtime.block_on(kubectl_create(&east.client, NO_WEST_TO_API))?;
+    wait_for(Duration::from_secs(5), "the deny enforced in west", || {
+        Ok((answer(proxy, API) == 403).then_some(()))
+    })
+    .with_context(|| west.gateway.log_tail())?;
+    eprintln!(
+        "applied in east, enforced in west in {:?}",
+        applied.elapsed()
+    );
+    wait_for(
+        Duration::from_secs(2),
+        "the deny shown in west's API",
+        || {
+            Ok(runtime
+                .block_on(policy_status(&west.client, "no-west-to-api"))
+                .filter(|(accepted, _, origin)| accepted == "True" && origin == "east")
+                .map(|_| ()))
+        },
+    )
+    .with_context(|| {
+        let object = runtime.block_on(authorization_policies(&west.client).get("no-west-to-api"));
+        format!("{:?}\n{}", object.map(|o| o.data), west.gateway.log_tail())
+    })?;
+    anyhow::ensure!(
+        listed(&mesh, "west")? == [("no-west-to-api".to_owned(), "east".to_owned())],
+        "west holds the deny alone (the refused resource never left east)"
+    );
+    anyhow::ensure!(
+        runtime
+            .block_on(policy_status(&east.client, "no-west-to-api"))
+            .is_some_and(|(accepted, _, origin)| accepted == "True" && origin == "east"),
+        "east's resource says it is accepted, made in east"
+    );
+    anyhow::ensure!(
+        runtime
+            .block_on(policy_status(&west.client, "bad"))
+            .is_none(),
+        "the refused resource reached west"
+    );
+
+    // What the gateways wrote is not taken back as a change: nothing more is written, and the
+    // version stays the one east made.
+    let writes = |gateway: &strait_tests::Gateway| -> Result<f64> {
+        let text = gateway.metrics()?;
+        Ok(["resource=\"policies\"", "resource=\"policies/status\""]
+            .iter()
+            .filter_map(|label| {
+                strait_tests::metric(&text, "strait_kubernetes_writes_total", &[label])
+            })
+            .sum())
+    };
+    let version = || -> Result<String> {
+        let text = mesh
+            .ctl("west", &["get", "policies", "-o", "json"])
+            .success()?;
+        let list: serde_json::Value = serde_json::from_str(&text)?;
+        Ok(list["items"][0]["status"]["version"].to_string())
+    };
+    let before = (writes(&west.gateway)?, writes(&east.gateway)?, version()?);
+    std::thread::sleep(Duration::from_secs(2));
+    let after = (writes(&west.gateway)?, writes(&east.gateway)?, version()?);
+    anyhow::ensure!(
+        before == after,
+        "writes or version moved at rest: {before:?} → {after:?}"
+    );
+
+    // Deleted in west: gone everywhere, and west's client is let through again.
+    runtime.block_on(
+        authorization_policies(&west.client).delete("no-west-to-api", &DeleteParams::default()),
+    )?;
+    let deleted = Instant::now();
+    wait_for(
+        Duration::from_secs(2),
+        "the deny gone from east's API",
+        || {
+            Ok(runtime
+                .block_on(authorization_policies(&east.client).get_opt("no-west-to-api"))?
+                .is_none()
+                .then_some(()))
+        },
+    )
+    .with_context(|| east.gateway.log_tail())?;
+    eprintln!("deleted in west, gone from east in {:?}", deleted.elapsed());
+    wait_for(Duration::from_secs(5), "west's client let through", || {
+        Ok((answer(proxy, API) == 200).then_some(()))
+    })?;
+    anyhow::ensure!(
+        listed(&mesh, "east")?.is_empty(),
+        "east's set still holds it"
+    );
+    anyhow::ensure!(
+        runtime
+            .block_on(authorization_policies(&west.client).get_opt("no-west-to-api"))?
+            .is_none(),
+        "west's resource is gone"
+    );
     Ok(())
 }

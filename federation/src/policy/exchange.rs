@@ -132,6 +132,33 @@ impl PolicyBook {
         );
         true
     }
+
+    /// Takes a policy at the version it was stored with elsewhere (the custom resource a
+    /// gateway wrote into its cluster's API, read back after a restart with an empty disk), as
+    /// a peer's entry is taken: only when newer than what the book holds, never stamped further
+    /// ahead than a peer may be, and within the bound. Whether the book changed.
+    pub fn adopt(
+        &mut self,
+        key: PolicyKey,
+        policy: Policy,
+        version: Version,
+        now_ms: u64,
+    ) -> Result<bool, BookError> {
+        if version.stamp > Clock::latest_acceptable(now_ms) {
+            return Ok(false);
+        }
+        if self.set.get(&key).is_none() && self.set.len() >= MAX_POLICIES {
+            return Err(BookError::Full);
+        }
+        self.clock.observe(version.stamp);
+        Ok(self.set.merge(
+            key,
+            Entry {
+                version,
+                body: Some(policy),
+            },
+        ))
+    }
 }
 
 /// Why a peer's policy frame was a protocol violation (the session ends).
@@ -629,6 +656,41 @@ mod tests {
 
     /// A stamp from far in the future would win over every change made anywhere, and could
     /// wrap the clock: it is refused, and the clock is untouched.
+    #[test]
+    fn an_adopted_policy_counts_only_when_newer_and_moves_the_clock() {
+        let mut book = PolicyBook::default();
+        let (key, older) = policy("api", "west");
+        let (_, newer) = policy("api", "east");
+        let now = 1_700_000_000_000;
+        book.apply(key.clone(), newer.clone(), &cluster("east"), now)
+            .unwrap();
+        let held = book.set.get(&key).unwrap().version.clone();
+        let stale = Version {
+            stamp: held.stamp - 1,
+            origin: cluster("west"),
+        };
+        assert!(!book.adopt(key.clone(), older.clone(), stale, now).unwrap());
+        assert_eq!(book.set.get(&key).unwrap().body.as_ref(), Some(&newer));
+        let later = Version {
+            stamp: held.stamp + 10,
+            origin: cluster("west"),
+        };
+        assert!(
+            book.adopt(key.clone(), older.clone(), later.clone(), now)
+                .unwrap()
+        );
+        assert_eq!(book.set.get(&key).unwrap().version, later);
+        // A change made here afterwards is stamped after the adopted one.
+        book.apply(key.clone(), newer, &cluster("east"), now)
+            .unwrap();
+        assert!(book.set.get(&key).unwrap().version.stamp > later.stamp);
+        let future = Version {
+            stamp: Clock::latest_acceptable(now) + 1,
+            origin: cluster("west"),
+        };
+        assert!(!book.adopt(key, older, future, now).unwrap());
+    }
+
     #[test]
     fn a_stamp_from_far_in_the_future_is_refused() {
         let mut book = PolicyBook::default();

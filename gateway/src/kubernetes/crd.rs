@@ -1,12 +1,16 @@
 //! The custom resources a gateway reads and writes: the Multi-Cluster Services API's
 //! `ServiceExport` and `ServiceImport` (`multicluster.x-k8s.io/v1alpha1`, the MCS API's own
-//! shape, so other MCS tools read them) and strait's `Link` (`strait.dev/v1alpha1`). `deploy/crds/` holds the CRDs these types generate; a
-//! test fails when the two differ (`STRAIT_WRITE_CRDS=1` rewrites the files).
+//! shape, so other MCS tools read them), strait's `Link` (`strait.dev/v1alpha1`) and the six
+//! policy kinds (`policy.strait.dev/v1alpha1`, one CRD each, the spec of the documents
+//! `strait apply` takes). `deploy/crds/` holds the CRDs these types generate; a test fails when
+//! the two differ (`STRAIT_WRITE_CRDS=1` rewrites the files).
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use strait_federation::policy::PolicyKind;
 
 /// Marks the Service of the same namespace and name for export to the clusterset.
 #[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -124,11 +128,107 @@ pub struct LinkStatus {
     pub conditions: Vec<Condition>,
 }
 
+/// The spec of a policy resource: the `spec` of the policy document `strait apply` takes, as
+/// written. The CRD leaves it free-form (Kubernetes 1.20 has no CEL, and the policy parser's
+/// checks reach further than a schema): the gateway checks it with the same parser as
+/// `strait apply` and says what is wrong in the status.
+#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "policy.strait.dev",
+    version = "v1alpha1",
+    kind = "AuthorizationPolicy",
+    namespaced,
+    status = "PolicyStatus"
+)]
+#[serde(transparent)]
+pub struct PolicySpec(pub serde_json::Map<String, serde_json::Value>);
+
+impl JsonSchema for PolicySpec {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "PolicySpec".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "object",
+            "description": "The spec of the policy document, as `strait apply` takes it: checked by the gateway, which says what is wrong in status.",
+            "x-kubernetes-preserve-unknown-fields": true,
+        })
+    }
+}
+
+/// Where the mesh-wide version a policy resource shows was made, and whether the gateway
+/// accepted the resource's spec (`Accepted`: True, or False with the `strait apply` message).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyStatus {
+    /// The cluster where the version in force across the mesh was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// The version in force across the mesh (a hybrid logical clock stamp).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    /// The generation of the spec the gateway last read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// The resource name (plural) of a policy kind.
+pub fn policy_plural(kind: PolicyKind) -> &'static str {
+    match kind {
+        PolicyKind::AuthorizationPolicy => "authorizationpolicies",
+        PolicyKind::HttpRoute => "httproutes",
+        PolicyKind::RateLimitPolicy => "ratelimitpolicies",
+        PolicyKind::Quota => "quotas",
+        PolicyKind::RequestAuthentication => "requestauthentications",
+        PolicyKind::FailoverPolicy => "failoverpolicies",
+    }
+}
+
+/// The group of the policy resources.
+pub const POLICY_GROUP: &str = "policy.strait.dev";
+
+/// The CRD of one policy kind: the same shape for every kind (a free-form spec, the
+/// [`PolicyStatus`]), under the kind's own names.
+pub fn policy_crd(kind: PolicyKind) -> CustomResourceDefinition {
+    use kube::CustomResourceExt;
+    let plural = policy_plural(kind);
+    let mut crd = AuthorizationPolicy::crd();
+    crd.metadata.name = Some(format!("{plural}.{POLICY_GROUP}"));
+    crd.spec.names.kind = kind.as_str().to_owned();
+    crd.spec.names.list_kind = Some(format!("{}List", kind.as_str()));
+    crd.spec.names.plural = plural.to_owned();
+    crd.spec.names.singular = Some(kind.as_str().to_ascii_lowercase());
+    crd.spec.names.categories = Some(vec!["strait".to_owned(), "strait-policy".to_owned()]);
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            schema.title = Some(kind.as_str().to_owned());
+            schema.description = Some(format!(
+                "A {} of strait's mesh-wide policy: applied in any linked cluster, it holds in all of them (docs/policy.md).",
+                kind.as_str()
+            ));
+        }
+        version.additional_printer_columns = Some(
+            serde_json::from_value(serde_json::json!([
+                {"name": "Accepted", "type": "string",
+                 "jsonPath": ".status.conditions[?(@.type==\"Accepted\")].status"},
+                {"name": "Origin", "type": "string", "jsonPath": ".status.origin"},
+                {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+            ]))
+            .unwrap_or_default(),
+        );
+    }
+    crd
+}
+
 /// Every CRD strait installs, with the file it lives in under `deploy/crds/`.
-pub fn all() -> Vec<(
-    &'static str,
-    k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-)> {
+pub fn all() -> Vec<(String, CustomResourceDefinition)> {
     use kube::CustomResourceExt;
     vec![
         (
@@ -141,12 +241,19 @@ pub fn all() -> Vec<(
         ),
         ("links.strait.dev.yaml", Link::crd()),
     ]
+    .into_iter()
+    .map(|(file, crd)| (file.to_owned(), crd))
+    .chain(PolicyKind::ALL.into_iter().map(|kind| {
+        (
+            format!("{}.{POLICY_GROUP}.yaml", policy_plural(kind)),
+            policy_crd(kind),
+        )
+    }))
+    .collect()
 }
 
 /// A CRD as the YAML file `kubectl apply -f` takes.
-pub fn to_yaml(
-    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-) -> Result<String, serde_saphyr::SerializeError> {
+pub fn to_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_saphyr::SerializeError> {
     let header = "# Generated from gateway/src/kubernetes/crd.rs: do not edit by hand\n# (STRAIT_WRITE_CRDS=1 cargo test -p strait-gateway crds rewrites it).\n";
     Ok(format!("{header}{}", serde_saphyr::to_string(crd)?))
 }
@@ -161,7 +268,7 @@ mod tests {
         let write = std::env::var_os("STRAIT_WRITE_CRDS").is_some();
         let mut stale = Vec::new();
         for (file, crd) in all() {
-            let path = dir.join(file);
+            let path = dir.join(&file);
             let wanted = to_yaml(&crd).unwrap();
             if write {
                 std::fs::create_dir_all(&dir).unwrap();

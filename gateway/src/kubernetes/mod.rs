@@ -10,6 +10,7 @@ pub mod export;
 pub mod identity;
 pub mod import;
 pub mod links;
+pub mod policies;
 pub mod slices;
 
 use std::collections::BTreeMap;
@@ -105,13 +106,16 @@ pub(crate) async fn reflect<K, W>(
     }
 }
 
-/// A status patch that sets one condition (`Valid`, `Ready`) of an object.
+/// A status patch that sets one condition (`Valid`, `Ready`) of an object. An empty message
+/// becomes the reason: the API server's merge patch reads `""` as null, which the Condition
+/// schema refuses (a Link still connecting, with no error yet, was never shown).
 pub(crate) fn condition_patch(
     kind: &str,
     ok: bool,
     reason: &str,
     message: &str,
 ) -> serde_json::Value {
+    let message = if message.is_empty() { reason } else { message };
     serde_json::json!({"status": {"conditions": [{
         "type": kind,
         "status": if ok { "True" } else { "False" },
@@ -183,6 +187,27 @@ pub fn start(shared: &Arc<Shared>, client: Client) {
         tracing::info!(endpointslices = %slices.api_version, "Kubernetes mode");
         tokio::spawn(export::run(shared.clone(), client.clone(), health.clone()));
         tokio::spawn(links::run(shared.clone(), client.clone(), health.clone()));
+        tokio::spawn(policies::run(
+            shared.clone(),
+            client.clone(),
+            health.clone(),
+        ));
         tokio::spawn(import::run(shared, client, slices, health));
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_condition_never_has_an_empty_message() {
+        let patch = condition_patch("Ready", false, "Connecting", "");
+        assert_eq!(patch["status"]["conditions"][0]["message"], "Connecting");
+        let patch = condition_patch("Ready", false, "Refused", "the token expired");
+        assert_eq!(
+            patch["status"]["conditions"][0]["message"],
+            "the token expired"
+        );
+    }
 }
