@@ -88,6 +88,15 @@ pub struct ServiceSpec {
     pub endpoints: Vec<Endpoint>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// When the cluster began to export the service (Unix milliseconds; 0 when unknown, as
+    /// from a file or an older peer): where clusters disagree on a service's ports, the MCS
+    /// API's rule is that the oldest export wins.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub exported_at_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Limits on what a service may hold, so one record can never exceed a frame.
@@ -202,6 +211,7 @@ impl ServiceSpec {
                 })
                 .collect(),
             labels: self.labels.clone().into_iter().collect(),
+            exported_at_ms: self.exported_at_ms,
         }
     }
 
@@ -255,6 +265,7 @@ impl ServiceSpec {
             ports,
             endpoints,
             labels: record.labels.clone().into_iter().collect(),
+            exported_at_ms: record.exported_at_ms,
         };
         spec.check()
             .map_err(|(field, message)| fail(format!("{field}: {message}")))?;
@@ -584,6 +595,55 @@ pub struct ClustersetService {
     pub backends: Vec<(ClusterName, ServiceSpec)>,
 }
 
+/// A disagreement between the clusters that export one service: which export the clusterset
+/// follows (the oldest, the MCS API's rule) and the clusters whose ports differ from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub winner: ClusterName,
+    pub differing: Vec<ClusterName>,
+}
+
+impl ClustersetService {
+    /// The export whose ports the clusterset uses: the oldest; an export of unknown age comes
+    /// after every known one, and the cluster name breaks ties.
+    pub fn oldest_export(&self) -> Option<&(ClusterName, ServiceSpec)> {
+        self.backends.iter().min_by(|(a, x), (b, y)| {
+            (x.exported_at_ms == 0, x.exported_at_ms, a).cmp(&(
+                y.exported_at_ms == 0,
+                y.exported_at_ms,
+                b,
+            ))
+        })
+    }
+
+    /// The clusters that disagree with the oldest export on the ports (names, numbers and
+    /// protocols, in any order); `None` when all agree.
+    pub fn conflict(&self) -> Option<Conflict> {
+        let (winner, spec) = self.oldest_export()?;
+        let ports = sorted_ports(spec);
+        let differing: Vec<ClusterName> = self
+            .backends
+            .iter()
+            .filter(|(_, other)| sorted_ports(other) != ports)
+            .map(|(cluster, _)| cluster.clone())
+            .collect();
+        (!differing.is_empty()).then(|| Conflict {
+            winner: winner.clone(),
+            differing,
+        })
+    }
+}
+
+fn sorted_ports(spec: &ServiceSpec) -> Vec<(&str, u16, Protocol)> {
+    let mut ports: Vec<_> = spec
+        .ports
+        .iter()
+        .map(|p| (p.name.as_str(), p.port, p.protocol))
+        .collect();
+    ports.sort_by_key(|&(name, port, _)| (name, port));
+    ports
+}
+
 /// Merges a cluster's own services with its imports into one service per key.
 pub fn clusterset<'a>(
     local_cluster: &ClusterName,
@@ -630,6 +690,38 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_oldest_export_wins_and_the_others_that_differ_conflict() {
+        let with = |port: u16, at: u64| ServiceSpec {
+            exported_at_ms: at,
+            ..spec(port)
+        };
+        let cluster = |name: &str| ClusterName::new(name).unwrap();
+        let service = |backends: Vec<(&str, ServiceSpec)>| ClustersetService {
+            key: key("shop", "api"),
+            exported: true,
+            backends: backends.into_iter().map(|(c, s)| (cluster(c), s)).collect(),
+        };
+        // Same ports everywhere: no conflict, whatever the ages.
+        let agreed = service(vec![("east", with(8080, 20)), ("west", with(8080, 10))]);
+        assert_eq!(agreed.conflict(), None);
+        assert_eq!(agreed.oldest_export().unwrap().0, cluster("west"));
+        // West exported first: its ports hold, and east differs.
+        let split = service(vec![("east", with(9090, 20)), ("west", with(8080, 10))]);
+        assert_eq!(
+            split.conflict(),
+            Some(Conflict {
+                winner: cluster("west"),
+                differing: vec![cluster("east")],
+            })
+        );
+        // An export of unknown age (0) loses to any known one; names break ties.
+        let unknown = service(vec![("east", with(9090, 0)), ("west", with(8080, 99))]);
+        assert_eq!(unknown.oldest_export().unwrap().0, cluster("west"));
+        let tie = service(vec![("west", with(8080, 5)), ("east", with(9090, 5))]);
+        assert_eq!(tie.oldest_export().unwrap().0, cluster("east"));
+    }
+
     pub(crate) fn spec(port: u16) -> ServiceSpec {
         ServiceSpec {
             export: true,
@@ -644,6 +736,7 @@ mod tests {
                 ready: true,
             }],
             labels: BTreeMap::new(),
+            exported_at_ms: 0,
         }
     }
 

@@ -407,6 +407,7 @@ fn service(document: ServiceDocument, place: &DocumentPlace) -> Result<Resource,
             })
             .collect(),
         labels: document.metadata.labels,
+        exported_at_ms: 0,
     };
     // The same bounds a peer applies to what it receives from us.
     spec.check()

@@ -566,6 +566,7 @@ mod tests {
                 })
                 .collect(),
             labels: BTreeMap::new(),
+            exported_at_ms: 0,
         }
     }
 

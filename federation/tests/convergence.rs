@@ -84,6 +84,7 @@ fn small_spec(port: u16) -> ServiceSpec {
             ready: true,
         }],
         labels: BTreeMap::new(),
+        exported_at_ms: 0,
     }
 }
 
@@ -154,6 +155,7 @@ fn random_spec(rng: &mut Rng, big: bool) -> ServiceSpec {
         ports,
         endpoints,
         labels,
+        exported_at_ms: 0,
     }
 }
 

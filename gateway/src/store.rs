@@ -107,6 +107,7 @@ impl State {
                     ports: first.ports.clone(),
                     endpoints: Vec::new(),
                     labels: BTreeMap::new(),
+                    exported_at_ms: 0,
                 }
             }
             (None, None) => return None,

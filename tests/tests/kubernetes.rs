@@ -97,6 +97,13 @@ async fn imported_slices(client: &Client, name: &str, cluster: &str) -> Result<V
 
 /// The `Valid` condition of a ServiceExport: (status, reason).
 async fn validity(client: &Client, name: &str) -> Option<(String, String)> {
+    condition(client, name, "Valid")
+        .await
+        .map(|(status, reason, _)| (status, reason))
+}
+
+/// A condition of ServiceExport shop/NAME: (status, reason, message).
+async fn condition(client: &Client, name: &str, kind: &str) -> Option<(String, String, String)> {
     let export = Api::<ServiceExport>::namespaced(client.clone(), "shop")
         .get(name)
         .await
@@ -105,8 +112,8 @@ async fn validity(client: &Client, name: &str) -> Option<(String, String)> {
         .status?
         .conditions
         .into_iter()
-        .find(|c| c.type_ == "Valid")
-        .map(|c| (c.status, c.reason))
+        .find(|c| c.type_ == kind)
+        .map(|c| (c.status, c.reason, c.message))
 }
 
 #[test]
@@ -311,8 +318,11 @@ fn a_service_both_clusters_export_lists_both_follows_its_ports_and_survives_an_a
     let mut east = KubeCluster::start(&mesh, &runtime, "east")?;
     link_with_resources(&mesh, &runtime, &east.client, "west")?;
 
-    // Both export shop/api: each imports the other's, and both list the two clusters.
+    // Both export shop/api, west first: each imports the other's, and both list the two
+    // clusters. (Creation times have a resolution of a second, and the oldest export holds
+    // where the clusters disagree: the wait makes west's the older.)
     runtime.block_on(publish(&west.client, "api", true))?;
+    std::thread::sleep(Duration::from_millis(1100));
     runtime.block_on(publish(&east.client, "api", true))?;
     wait_for(
         Duration::from_secs(10),
@@ -341,7 +351,21 @@ fn a_service_both_clusters_export_lists_both_follows_its_ports_and_survives_an_a
             == 1
     );
 
-    // West's port changes: east's import follows within 2 s.
+    for (cluster, client) in [("west", &west.client), ("east", &east.client)] {
+        wait_for(
+            Duration::from_secs(2),
+            &format!("{cluster}'s export of shop/api without conflict"),
+            || {
+                Ok(runtime
+                    .block_on(condition(client, "api", "Conflict"))
+                    .filter(|(status, reason, _)| status == "False" && reason == "NoConflict")
+                    .map(|_| ()))
+            },
+        )?;
+    }
+
+    // West's port changes: east's import follows within 2 s (west's export is the older, so
+    // its ports hold), and both exports say they conflict, naming the clusters.
     let services = Api::<Service>::namespaced(west.client.clone(), "shop");
     let patch = serde_json::json!({"spec": {"ports": [{"name": "http", "port": 8081,
         "protocol": "TCP", "appProtocol": "http", "targetPort": 9090}]}});
@@ -360,6 +384,33 @@ fn a_service_both_clusters_export_lists_both_follows_its_ports_and_survives_an_a
                 .map(|_| ()))
         },
     )?;
+    for (cluster, client) in [("west", &west.client), ("east", &east.client)] {
+        wait_for(
+            Duration::from_secs(2),
+            &format!("{cluster}'s export of shop/api in conflict"),
+            || {
+                Ok(runtime
+                    .block_on(condition(client, "api", "Conflict"))
+                    .filter(|(status, reason, message)| {
+                        status == "True"
+                            && reason == "PortConflict"
+                            && message.contains("those of west, the oldest export (http 8081/http)")
+                            && message.contains("east (http 8080/http)")
+                    })
+                    .map(|_| ()))
+            },
+        )
+        .with_context(|| {
+            format!(
+                "{:?}",
+                runtime.block_on(condition(client, "api", "Conflict"))
+            )
+        })?;
+    }
+    anyhow::ensure!(
+        runtime.block_on(import_ports(&west.client, "api")) == Some(vec![8081]),
+        "west's own import of shop/api keeps the oldest export's ports"
+    );
 
     // East's API server goes away: the gateway says so and keeps serving; once it is back the
     // gateway catches up on its own.

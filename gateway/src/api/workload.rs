@@ -346,6 +346,7 @@ impl Workload for WorkloadApi {
             ports,
             endpoints: vec![registration.endpoint.clone()],
             labels: Default::default(),
+            exported_at_ms: 0,
         };
         check
             .check()

@@ -380,6 +380,7 @@ mod tests {
                 })
                 .collect(),
             labels: Default::default(),
+            exported_at_ms: 0,
         }
     }
 

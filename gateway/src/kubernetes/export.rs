@@ -1,7 +1,8 @@
 //! Export: what this cluster's Kubernetes API says it exports becomes the gateway's local
 //! catalog. A Service with a ServiceExport of the same namespace and name is exported with its
 //! ports (`appProtocol` gives the protocol) and the ready endpoints of its EndpointSlices; each
-//! ServiceExport gets a `Valid` condition that says why when it cannot be.
+//! ServiceExport gets a `Valid` condition that says why when it cannot be, and a `Conflict`
+//! condition that says whether the clusters exporting the service agree on its ports.
 //!
 //! Level-triggered: every change of a Service, a slice or an export re-derives the whole export
 //! ([`derive`], sans IO) from the reflectors' stores and applies the difference, so a missed
@@ -17,13 +18,15 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use strait_federation::catalog::{Endpoint, Port, Protocol, ServiceKey, ServiceSpec};
-use strait_federation::identity::{Namespace, ServiceName};
+use strait_federation::catalog::{
+    ClustersetService, Endpoint, Port, Protocol, ServiceKey, ServiceSpec, clusterset,
+};
+use strait_federation::identity::{ClusterName, Namespace, ServiceName};
 use tokio::sync::Notify;
 
 use super::crd::ServiceExport;
 use super::slices::{self, Slice};
-use super::{FIELD_MANAGER, Health};
+use super::{Condition, FIELD_MANAGER, Health};
 use crate::{Shared, lock};
 
 /// Why an export cannot be made, as its `Valid=False` condition says.
@@ -133,18 +136,18 @@ fn derive_one(
         ports,
         endpoints,
         labels: BTreeMap::new(),
+        exported_at_ms: 0,
     };
     spec.check()
         .map_err(|(field, message)| invalid("Invalid", format!("{field}: {message}")))?;
     Ok((key, spec))
 }
 
+/// One ServiceExport: its namespace, name and creation time (Unix milliseconds; 0 unknown).
+pub type ExportRef = (String, String, u64);
+
 /// Derives what every ServiceExport comes to, from the stores' contents.
-pub fn derive(
-    exports: &[(String, String)],
-    services: &[Arc<Service>],
-    slices: &[Slice],
-) -> Vec<Derived> {
+pub fn derive(exports: &[ExportRef], services: &[Arc<Service>], slices: &[Slice]) -> Vec<Derived> {
     let services: HashMap<(String, String), &Service> = services
         .iter()
         .map(|s| ((s.namespace().unwrap_or_default(), s.name_any()), &**s))
@@ -158,7 +161,7 @@ pub fn derive(
     }
     exports
         .iter()
-        .map(|(namespace, name)| Derived {
+        .map(|(namespace, name, created)| Derived {
             namespace: namespace.clone(),
             name: name.clone(),
             result: derive_one(
@@ -169,7 +172,16 @@ pub fn derive(
                     .get(&(namespace.as_str(), name.as_str()))
                     .map(Vec::as_slice)
                     .unwrap_or_default(),
-            ),
+            )
+            .map(|(key, spec)| {
+                (
+                    key,
+                    ServiceSpec {
+                        exported_at_ms: *created,
+                        ..spec
+                    },
+                )
+            }),
         })
         .collect()
 }
@@ -227,7 +239,9 @@ pub async fn run(shared: Arc<Shared>, client: Client, health: Arc<Health>) {
         () = shared.shutdown.cancelled() => return,
     }
     let statuses = Api::<ServiceExport>::all(client);
-    let mut written: HashMap<(String, String), (bool, &'static str, String)> = HashMap::new();
+    let mut written: HashMap<(String, String), Vec<Condition>> = HashMap::new();
+    // Conflicts change with other clusters' exports: the catalog view wakes the loop too.
+    let mut catalog = shared.catalog_tx.subscribe();
     loop {
         // A burst of events (a rollout, many exports at once) makes one reconcile.
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -242,6 +256,7 @@ pub async fn run(shared: Arc<Shared>, client: Client, health: Arc<Health>) {
         .await;
         tokio::select! {
             () = changed.notified() => {}
+            _ = catalog.changed() => {}
             () = shared.shutdown.cancelled() => return,
         }
     }
@@ -253,12 +268,20 @@ async fn reconcile(
     exports: &Store<ServiceExport>,
     slice_store: &Store<DynamicObject>,
     statuses: &Api<ServiceExport>,
-    written: &mut HashMap<(String, String), (bool, &'static str, String)>,
+    written: &mut HashMap<(String, String), Vec<Condition>>,
 ) {
     let export_objects = exports.state();
-    let names: Vec<(String, String)> = export_objects
+    let names: Vec<ExportRef> = export_objects
         .iter()
-        .map(|e| (e.namespace().unwrap_or_default(), e.name_any()))
+        .map(|e| {
+            let created = e
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .and_then(|t| u64::try_from(t.0.as_millisecond()).ok())
+                .unwrap_or(0);
+            (e.namespace().unwrap_or_default(), e.name_any(), created)
+        })
         .collect();
     let slices: Vec<Slice> = slice_store
         .state()
@@ -271,7 +294,7 @@ async fn reconcile(
         .iter()
         .filter_map(|d| d.result.clone().ok())
         .collect();
-    let changed = {
+    let (changed, view) = {
         let mut state = lock(&shared.state);
         let gone: Vec<ServiceKey> = state
             .services
@@ -289,7 +312,13 @@ async fn reconcile(
                 changed = true;
             }
         }
-        changed
+        let local = state.local_services();
+        let view: HashMap<ServiceKey, ClustersetService> =
+            clusterset(&shared.config.cluster, &local, state.imports.iter())
+                .into_iter()
+                .map(|s| (s.key.clone(), s))
+                .collect();
+        (changed, view)
     };
     if changed {
         shared.mark_dirty();
@@ -303,16 +332,8 @@ async fn reconcile(
         .collect();
     written.retain(|key, _| current.contains_key(key));
     for d in &derived {
-        let (valid, reason, message) = match &d.result {
-            Ok((key, _)) => (
-                true,
-                "Exported",
-                format!("{key} is exported to the clusterset"),
-            ),
-            Err(e) => (false, e.reason, e.message.clone()),
-        };
+        let wanted = conditions(d, &view);
         let key = (d.namespace.clone(), d.name.clone());
-        let wanted = (valid, reason, message.clone());
         if written.get(&key) == Some(&wanted) {
             continue;
         }
@@ -320,15 +341,18 @@ async fn reconcile(
             .get(&key)
             .and_then(|e| e.status.as_ref())
             .is_some_and(|s| {
-                s.conditions.iter().any(|c| {
-                    c.type_ == "Valid"
-                        && c.status == if valid { "True" } else { "False" }
-                        && c.reason == reason
-                        && c.message == message
-                })
+                s.conditions.len() == wanted.len()
+                    && wanted.iter().all(|w| {
+                        s.conditions.iter().any(|c| {
+                            c.type_ == w.kind
+                                && c.status == if w.holds { "True" } else { "False" }
+                                && c.reason == w.reason
+                                && c.message == w.message
+                        })
+                    })
             });
         if !already {
-            let status = super::condition_patch("Valid", valid, reason, &message);
+            let status = super::conditions_patch(&wanted);
             let api =
                 Api::<ServiceExport>::namespaced(statuses.clone().into_client(), &d.namespace);
             match api
@@ -352,6 +376,71 @@ async fn reconcile(
         }
         written.insert(key, wanted);
     }
+}
+
+/// The conditions of one ServiceExport: `Valid`, and for a valid one `Conflict` (the MCS
+/// API's: whether the clusters that export the service agree on its ports; where they do not,
+/// the oldest export's ports hold).
+pub fn conditions(
+    derived: &Derived,
+    view: &HashMap<ServiceKey, ClustersetService>,
+) -> Vec<Condition> {
+    let key = match &derived.result {
+        Ok((key, _)) => key,
+        Err(e) => {
+            return vec![Condition {
+                kind: "Valid",
+                holds: false,
+                reason: e.reason,
+                message: e.message.clone(),
+            }];
+        }
+    };
+    let valid = Condition {
+        kind: "Valid",
+        holds: true,
+        reason: "Exported",
+        message: format!("{key} is exported to the clusterset"),
+    };
+    let conflict = match view.get(key).and_then(ClustersetService::conflict) {
+        Some(conflict) => {
+            let ports = |cluster: &ClusterName| {
+                view.get(key)
+                    .and_then(|s| s.backends.iter().find(|(c, _)| c == cluster))
+                    .map(|(_, spec)| {
+                        spec.ports
+                            .iter()
+                            .map(|p| format!("{} {}/{}", p.name, p.port, p.protocol.as_str()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default()
+            };
+            let differing: Vec<String> = conflict
+                .differing
+                .iter()
+                .map(|c| format!("{c} ({})", ports(c)))
+                .collect();
+            Condition {
+                kind: "Conflict",
+                holds: true,
+                reason: "PortConflict",
+                message: format!(
+                    "the clusters exporting {key} disagree on its ports: the clusterset uses those of {}, the oldest export ({}); {} differ",
+                    conflict.winner,
+                    ports(&conflict.winner),
+                    differing.join("; "),
+                ),
+            }
+        }
+        None => Condition {
+            kind: "Conflict",
+            holds: false,
+            reason: "NoConflict",
+            message: format!("every cluster exporting {key} agrees on its ports"),
+        },
+    };
+    vec![valid, conflict]
 }
 
 #[cfg(test)]
@@ -405,8 +494,8 @@ mod tests {
         }
     }
 
-    fn export(name: &str) -> (String, String) {
-        ("shop".into(), name.into())
+    fn export(name: &str) -> ExportRef {
+        ("shop".into(), name.into(), 0)
     }
 
     #[test]
@@ -452,6 +541,53 @@ mod tests {
         let invalid = derived[0].result.clone().unwrap_err();
         assert_eq!(invalid.reason, "ServiceNotFound");
         assert_eq!(invalid.message, "no Service shop/ghost to export");
+    }
+
+    #[test]
+    fn an_export_conflicts_when_another_cluster_exports_other_ports_and_says_whose_hold() {
+        let services = [service(
+            "api",
+            vec![port("http", 8080, "TCP", Some("http"))],
+        )];
+        let slices = [slice("api", 9090, &[("10.1.0.7", true)])];
+        let mut made = export("api");
+        made.2 = 2_000;
+        let derived = derive(&[made], &services, &slices);
+        let (key, east) = derived[0].result.clone().unwrap();
+        assert_eq!(east.exported_at_ms, 2_000);
+        let west = ServiceSpec {
+            ports: vec![Port {
+                name: "http".into(),
+                port: 8081,
+                protocol: Protocol::Http,
+            }],
+            exported_at_ms: 1_000,
+            ..east.clone()
+        };
+        let cluster = |name: &str| ClusterName::new(name).unwrap();
+        let mut view = HashMap::new();
+        view.insert(
+            key.clone(),
+            ClustersetService {
+                key: key.clone(),
+                exported: true,
+                backends: vec![(cluster("east"), east.clone()), (cluster("west"), west)],
+            },
+        );
+        let [valid, conflict] = conditions(&derived[0], &view).try_into().unwrap();
+        assert!(valid.holds && valid.reason == "Exported");
+        assert!(conflict.holds && conflict.reason == "PortConflict");
+        assert_eq!(
+            conflict.message,
+            "the clusters exporting shop/api disagree on its ports: the clusterset uses those of west, the oldest export (http 8081/http); east (http 8080/http) differ"
+        );
+        // Alone, or in agreement: no conflict.
+        view.get_mut(&key).unwrap().backends.truncate(1);
+        let [_, alone] = conditions(&derived[0], &view).try_into().unwrap();
+        assert!(!alone.holds && alone.reason == "NoConflict");
+        // An invalid export has its Valid condition only.
+        let ghost = &derive(&[export("ghost")], &[], &[])[0];
+        assert_eq!(conditions(ghost, &view).len(), 1);
     }
 
     #[test]

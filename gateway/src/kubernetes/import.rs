@@ -99,7 +99,12 @@ pub fn desired(
             .iter()
             .filter(|(c, _)| c != local)
             .collect();
-        let Some((_, first)) = remote.first() else {
+        if remote.is_empty() {
+            continue;
+        }
+        // Where the clusters disagree on the ports, the oldest export's hold (the MCS rule;
+        // the exporting clusters' ServiceExports say `Conflict`).
+        let Some((_, first)) = service.oldest_export() else {
             continue;
         };
         let ips = match addresses {
@@ -548,6 +553,7 @@ mod tests {
                 })
                 .collect(),
             labels: Default::default(),
+            exported_at_ms: 0,
         }
     }
 

@@ -106,23 +106,54 @@ pub(crate) async fn reflect<K, W>(
     }
 }
 
-/// A status patch that sets one condition (`Valid`, `Ready`) of an object. An empty message
-/// becomes the reason: the API server's merge patch reads `""` as null, which the Condition
-/// schema refuses (a Link still connecting, with no error yet, was never shown).
+/// One condition of an object's status: its type, whether it holds, reason and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    pub kind: &'static str,
+    pub holds: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// A status patch that sets one condition (`Valid`, `Ready`) of an object.
 pub(crate) fn condition_patch(
-    kind: &str,
+    kind: &'static str,
     ok: bool,
-    reason: &str,
+    reason: &'static str,
     message: &str,
 ) -> serde_json::Value {
-    let message = if message.is_empty() { reason } else { message };
-    serde_json::json!({"status": {"conditions": [{
-        "type": kind,
-        "status": if ok { "True" } else { "False" },
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": strait_federation::link::rfc3339(crate::unix_now()),
-    }]}})
+    conditions_patch(&[Condition {
+        kind,
+        holds: ok,
+        reason,
+        message: message.to_owned(),
+    }])
+}
+
+/// A status patch that sets the conditions of an object (a merge patch replaces the list
+/// whole). An empty message becomes the reason: the API server's merge patch reads `""` as
+/// null, which the Condition schema refuses (a Link still connecting, with no error yet, was
+/// never shown).
+pub(crate) fn conditions_patch(conditions: &[Condition]) -> serde_json::Value {
+    let now = strait_federation::link::rfc3339(crate::unix_now());
+    let list: Vec<serde_json::Value> = conditions
+        .iter()
+        .map(|c| {
+            let message = if c.message.is_empty() {
+                c.reason
+            } else {
+                c.message.as_str()
+            };
+            serde_json::json!({
+                "type": c.kind,
+                "status": if c.holds { "True" } else { "False" },
+                "reason": c.reason,
+                "message": message,
+                "lastTransitionTime": now,
+            })
+        })
+        .collect();
+    serde_json::json!({"status": {"conditions": list}})
 }
 
 /// Why Kubernetes mode could not start.

@@ -34,6 +34,7 @@ pub fn spec(export: bool, ports: Vec<Port>, pods: &[&str]) -> ServiceSpec {
             })
             .collect(),
         labels: Default::default(),
+        exported_at_ms: 0,
     }
 }
 
