@@ -63,10 +63,17 @@ pub struct KubernetesConfig {
     /// The gateway's own namespace: its Links, their Secrets, its Lease and its state.
     #[serde(default = "default_namespace")]
     pub namespace: String,
+    /// How long the writing replica's Lease lasts unrenewed before another replica takes over.
+    #[serde(default = "default_lease_seconds")]
+    pub lease_duration_seconds: u32,
 }
 
 fn default_namespace() -> String {
     "strait-system".into()
+}
+
+fn default_lease_seconds() -> u32 {
+    15
 }
 
 /// The gateway's DNS server: authoritative for the clusterset zone, over UDP and TCP.
@@ -302,6 +309,17 @@ impl GatewayConfig {
             .filter(|p| p.is_relative())
         {
             *kubeconfig = base.join(&*kubeconfig);
+        }
+        if let Some(kubernetes) = &config.kubernetes
+            && !(3..=3600).contains(&kubernetes.lease_duration_seconds)
+        {
+            return Err(GatewayError::Config {
+                path: path.to_owned(),
+                message: format!(
+                    "kubernetes.leaseDurationSeconds: {} is not in 3..3600",
+                    kubernetes.lease_duration_seconds
+                ),
+            });
         }
         let p = &config.peering;
         if p.max_backoff_ms < 10 {

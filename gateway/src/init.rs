@@ -182,6 +182,7 @@ pub fn init_gateway(options: InitOptions) -> Result<Initialized, GatewayError> {
                 Ok(KubernetesConfig {
                     kubeconfig: Some(absolute(&kubeconfig)?),
                     namespace: "strait-system".into(),
+                    lease_duration_seconds: 15,
                 })
             })
             .transpose()?,

@@ -126,6 +126,9 @@ pub struct Shared {
     pub kubernetes: Arc<kubernetes::Health>,
     /// The cluster's API in Kubernetes mode.
     pub kube: Option<kube::Client>,
+    /// Whether this replica leads: peers with other clusters and writes to the API. Always in
+    /// universal mode; in Kubernetes mode while it holds the Lease (`kubernetes::lease`).
+    pub leading: watch::Sender<bool>,
     pub shutdown: CancellationToken,
 }
 
@@ -174,6 +177,20 @@ impl Shared {
     pub fn policies_changed(&self) {
         self.policy_tx.send_modify(|n| *n += 1);
         self.views_changed();
+    }
+
+    /// Whether this replica leads (see [`Shared::leading`]).
+    pub fn leads(&self) -> bool {
+        *self.leading.borrow()
+    }
+
+    /// Records whether this replica leads; the tasks that follow it wake on a change.
+    pub fn set_leading(&self, leads: bool) {
+        self.leading.send_if_modified(|current| {
+            let changed = *current != leads;
+            *current = leads;
+            changed
+        });
     }
 
     /// Tells the sidecars' watchers that their view changed.
@@ -285,6 +302,15 @@ pub async fn run(
     )?;
     let link_key_path = config.file("link.key");
     let link_key = LinkKey::from_pem(&read_file(&link_key_path)?, &link_key_path)?;
+    let kube_client = match &config.kubernetes {
+        Some(kubernetes) => {
+            let client = kubernetes::client(kubernetes).await?;
+            // A rescheduled pod starts on an empty disk: the API gives back what it kept.
+            kubernetes::durable::restore(&client, &config, &kubernetes.namespace).await;
+            Some(client)
+        }
+        None => None,
+    };
     let state_file = StateFile::in_dir(&config.state_dir);
     let mut state = state_file.load()?;
     state.policies.tombstone_retention_ms = config.peering.tombstone_retention_ms;
@@ -321,10 +347,6 @@ pub async fn run(
         .map_err(GatewayError::LocalAddr)?;
     let dns = match &config.dns {
         Some(dns_config) => Some((dns::bind(dns_config)?, dns::load_pool(&config, dns_config)?)),
-        None => None,
-    };
-    let kube_client = match &config.kubernetes {
-        Some(kubernetes) => Some(kubernetes::client(kubernetes).await?),
         None => None,
     };
     let admin_listener = tokio::net::TcpListener::bind(config.admin_addr)
@@ -378,6 +400,8 @@ pub async fn run(
         relay_addr,
         ready: AtomicBool::new(false),
         kubernetes: Arc::new(kubernetes::Health::default()),
+        // In Kubernetes mode a replica leads once it holds the Lease.
+        leading: watch::channel(kube_client.is_none()).0,
         kube: kube_client.clone(),
         shutdown: CancellationToken::new(),
     });

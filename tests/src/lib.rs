@@ -256,6 +256,56 @@ impl Gateway {
         Ok(body)
     }
 
+    /// A second replica of this gateway (Kubernetes mode): the same cluster, issuer and
+    /// configuration in a folder of its own, on ports of its own, with an empty state (a pod
+    /// of its own, with its own disk). Not started.
+    pub fn replica(&self, name: &str) -> Result<Gateway> {
+        let dir = self.dir.with_file_name(format!("{}-{name}", self.cluster));
+        std::fs::create_dir_all(&dir)?;
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            let file = path.file_name().unwrap_or_default();
+            if path.is_file() && file != "state.json" && file != "vips.json" {
+                std::fs::copy(&path, dir.join(file))?;
+            }
+        }
+        let quic: SocketAddr = format!("127.0.0.1:{}", free_port(true)).parse()?;
+        let relay: SocketAddr = format!("127.0.0.1:{}", free_port(false)).parse()?;
+        let api: SocketAddr = format!("{}:{}", self.api.ip(), free_port(false)).parse()?;
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port(false)).parse()?;
+        let dns: SocketAddr = format!("127.0.0.1:{}", free_dns_port()?).parse()?;
+        let config = dir.join("gateway.yaml");
+        let mut text = std::fs::read_to_string(&config)?;
+        for (old, new) in [
+            (self.quic, quic),
+            (self.relay, relay),
+            (self.api, api),
+            (self.admin, admin),
+            (self.dns, dns),
+        ] {
+            text = text.replace(&old.to_string(), &new.to_string());
+        }
+        text = text.replace(
+            &self.dir.to_string_lossy().into_owned(),
+            &dir.to_string_lossy(),
+        );
+        std::fs::write(&config, text)?;
+        Ok(Gateway {
+            cluster: self.cluster.clone(),
+            log: self
+                .log
+                .with_file_name(format!("{}-{name}.log", self.cluster)),
+            dir,
+            quic,
+            relay,
+            api,
+            admin,
+            dns,
+            child: None,
+            runs: 0,
+        })
+    }
+
     /// The end of the gateway's log, for failure messages.
     pub fn log_tail(&self) -> String {
         log_tail(

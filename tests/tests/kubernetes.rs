@@ -793,3 +793,176 @@ fn a_policy_applied_with_kubectl_in_east_holds_in_west_and_a_delete_anywhere_end
     );
     Ok(())
 }
+
+/// The replica that holds the Lease of the cluster's gateways: its process id, by the
+/// holder's name (`host-pid` outside a pod).
+async fn lease_holder(client: &Client) -> Option<u32> {
+    let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+        client.clone(),
+        "strait-system",
+    )
+    .get("strait-gateway")
+    .await
+    .ok()?;
+    lease
+        .spec?
+        .holder_identity?
+        .rsplit('-')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The virtual address in ServiceImport shop/NAME, when it exists.
+async fn import_ips(client: &Client, name: &str) -> Option<Vec<String>> {
+    let import = Api::<ServiceImport>::namespaced(client.clone(), "shop")
+        .get(name)
+        .await
+        .ok()?;
+    Some(import.spec.ips)
+}
+
+#[test]
+fn two_replicas_share_the_work_and_the_standby_takes_over_losing_nothing_even_with_an_empty_disk()
+-> Result<()> {
+    if let Err(why) = binaries() {
+        eprintln!("skipped: {why}");
+        return Ok(());
+    }
+    let mesh = Mesh::new()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let west = KubeCluster::start(&mesh, &runtime, "west")?;
+    let mut east = KubeCluster::start(&mesh, &runtime, "east")?;
+    // East runs two replicas: the first leads, the second stands by.
+    let first = east.gateway.pid().context("east's first replica")?;
+    wait_for(
+        Duration::from_secs(10),
+        "east's first replica leading",
+        || Ok((runtime.block_on(lease_holder(&east.client)) == Some(first)).then_some(())),
+    )?;
+    let mut standby = east.gateway.replica("b")?;
+    standby.start(&mesh)?;
+    link_with_resources(&mesh, &runtime, &east.client, "west")?;
+    runtime.block_on(publish(&west.client, "api", true))?;
+    runtime.block_on(kubectl_create(&east.client, NO_WEST_TO_API))?;
+    wait_for(Duration::from_secs(5), "shop/api imported in east", || {
+        Ok(runtime
+            .block_on(import_ips(&east.client, "api"))
+            .filter(|ips| ips.len() == 1)
+            .map(|_| ()))
+    })
+    .with_context(|| east.gateway.log_tail())?;
+    let ips = runtime.block_on(import_ips(&east.client, "api"));
+    wait_for(Duration::from_secs(5), "the deny in west", || {
+        Ok((listed(&mesh, "west")?.len() == 1).then_some(()))
+    })?;
+    anyhow::ensure!(
+        runtime.block_on(lease_holder(&east.client)) == Some(first),
+        "the standby took the Lease while the first replica was alive"
+    );
+    let leader_writes = |gateway: &strait_tests::Gateway| -> f64 {
+        gateway
+            .metrics()
+            .ok()
+            .and_then(|text| {
+                strait_tests::metric(
+                    &text,
+                    "strait_kubernetes_writes_total",
+                    &["resource=\"serviceimports\""],
+                )
+            })
+            .unwrap_or(0.0)
+    };
+    anyhow::ensure!(
+        leader_writes(&standby) == 0.0,
+        "the standby wrote imports while it stood by"
+    );
+
+    // The leader dies without a word: the standby takes the Lease over within its duration
+    // (15 s), dials west, and carries on; nothing it had is lost.
+    east.gateway.kill()?;
+    let killed = Instant::now();
+    let second = standby.pid().context("east's second replica")?;
+    wait_for(Duration::from_secs(20), "the standby leading", || {
+        Ok((runtime.block_on(lease_holder(&east.client)) == Some(second)).then_some(()))
+    })
+    .with_context(|| standby.log_tail())?;
+    eprintln!(
+        "standby took the Lease over {:?} after the kill",
+        killed.elapsed()
+    );
+    runtime.block_on(publish(&west.client, "web", true))?;
+    wait_for(
+        Duration::from_secs(10),
+        "shop/web imported by the new leader",
+        || {
+            Ok(runtime
+                .block_on(imported_from(&east.client, "web"))
+                .filter(|clusters| clusters == &["west"])
+                .map(|_| ()))
+        },
+    )
+    .with_context(|| standby.log_tail())?;
+    eprintln!("new import written {:?} after the kill", killed.elapsed());
+    anyhow::ensure!(
+        runtime.block_on(import_ips(&east.client, "api")) == ips,
+        "shop/api kept its virtual address"
+    );
+    anyhow::ensure!(listed(&mesh, "west")?.len() == 1, "west lost the deny");
+    anyhow::ensure!(
+        runtime
+            .block_on(policy_status(&east.client, "no-west-to-api"))
+            .is_some_and(|(accepted, _, _)| accepted == "True"),
+        "east's policy resource is gone"
+    );
+
+    // The first replica comes back on an empty disk: the API gives its state back. It stands
+    // by; the second stops cleanly, giving the Lease up, and the first leads at once, dialing
+    // the Link it never saw on its own disk.
+    std::fs::remove_file(east.gateway.dir.join("state.json"))?;
+    let _ = std::fs::remove_file(east.gateway.dir.join("vips.json"));
+    east.gateway.start(&mesh)?;
+    let first = east.gateway.pid().context("east's first replica, again")?;
+    standby.stop()?;
+    wait_for(
+        Duration::from_secs(5),
+        "the first replica leading again",
+        || Ok((runtime.block_on(lease_holder(&east.client)) == Some(first)).then_some(())),
+    )
+    .with_context(|| east.gateway.log_tail())?;
+    wait_for(
+        Duration::from_secs(10),
+        "east connected to west again",
+        || Ok((mesh.link_state("west", "east")? == "connected").then_some(())),
+    )
+    .with_context(|| east.gateway.log_tail())?;
+    runtime.block_on(publish(&west.client, "cart", true))?;
+    wait_for(
+        Duration::from_secs(10),
+        "shop/cart imported after the empty disk",
+        || {
+            Ok(runtime
+                .block_on(imported_from(&east.client, "cart"))
+                .map(|_| ()))
+        },
+    )
+    .with_context(|| east.gateway.log_tail())?;
+    anyhow::ensure!(
+        runtime.block_on(import_ips(&east.client, "api")) == ips,
+        "shop/api kept its virtual address across the empty disk"
+    );
+    anyhow::ensure!(
+        runtime
+            .block_on(imported_from(&east.client, "web"))
+            .is_some(),
+        "shop/web was lost"
+    );
+    let policies = mesh
+        .ctl("east", &["get", "policies", "-o", "json"])
+        .success()?;
+    anyhow::ensure!(
+        policies.contains("no-west-to-api"),
+        "east's set lost the deny across the empty disk: {policies}"
+    );
+    Ok(())
+}

@@ -242,6 +242,7 @@ pub async fn run(shared: Arc<Shared>, client: Client, health: Arc<Health>) {
     let mut written: HashMap<(String, String), Vec<Condition>> = HashMap::new();
     // Conflicts change with other clusters' exports: the catalog view wakes the loop too.
     let mut catalog = shared.catalog_tx.subscribe();
+    let mut leading = shared.leading.subscribe();
     loop {
         // A burst of events (a rollout, many exports at once) makes one reconcile.
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -257,6 +258,7 @@ pub async fn run(shared: Arc<Shared>, client: Client, health: Arc<Health>) {
         tokio::select! {
             () = changed.notified() => {}
             _ = catalog.changed() => {}
+            _ = leading.changed() => {}
             () = shared.shutdown.cancelled() => return,
         }
     }
@@ -334,7 +336,7 @@ async fn reconcile(
     for d in &derived {
         let wanted = conditions(d, &view);
         let key = (d.namespace.clone(), d.name.clone());
-        if written.get(&key) == Some(&wanted) {
+        if written.get(&key) == Some(&wanted) || !shared.leads() {
             continue;
         }
         let already = current

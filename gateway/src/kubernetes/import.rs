@@ -245,12 +245,29 @@ fn slice_body(
 pub async fn run(shared: Arc<Shared>, client: Client, slices: ApiResource, health: Arc<Health>) {
     let mut catalog = shared.catalog_tx.subscribe();
     let mut zone = shared.zone.subscribe();
+    let mut leading = shared.leading.subscribe();
+    let grace = shared.config.peering.grace_period();
+    let mut led_since: Option<std::time::Instant> = None;
     let mut written = Written::new();
     // What an earlier run wrote is ours to keep or delete.
     adopt(&client, &slices, &mut written, &health).await;
     loop {
-        let pending = reconcile(&shared, &client, &slices, &mut written, &health).await;
-        let retry = if pending {
+        // Only the leading replica writes imports; a standby waits to take the Lease over.
+        // One that just took it holds deletions back for the peering grace period: its peers
+        // have not sent their catalogs yet, and what the last leader wrote still stands.
+        let leads = shared.leads();
+        match (leads, led_since) {
+            (true, None) => led_since = Some(std::time::Instant::now()),
+            (false, _) => led_since = None,
+            _ => {}
+        }
+        let settled =
+            led_since.is_some_and(|since| since.elapsed() >= grace) || peers_settled(&shared);
+        let pending =
+            leads && reconcile(&shared, &client, &slices, &mut written, &health, settled).await;
+        let retry = if leads && !settled {
+            Duration::from_millis(500)
+        } else if pending {
             Duration::from_secs(5)
         } else {
             Duration::from_secs(3600)
@@ -258,12 +275,25 @@ pub async fn run(shared: Arc<Shared>, client: Client, slices: ApiResource, healt
         tokio::select! {
             _ = catalog.changed() => {}
             _ = zone.changed() => {}
+            _ = leading.changed() => {}
             () = tokio::time::sleep(retry) => {}
             () = shared.shutdown.cancelled() => return,
         }
         // A burst of changes makes one pass.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Whether every peering is up and has been for a second (its snapshot taken), so that what
+/// the catalog lacks is really gone, not yet to come.
+fn peers_settled(shared: &Shared) -> bool {
+    lock(&shared.peers).values().all(|status| {
+        status.state == crate::peering::LinkState::Connected
+            && status
+                .since
+                .elapsed()
+                .is_ok_and(|up| up >= Duration::from_secs(1))
+    })
 }
 
 async fn adopt(client: &Client, slices: &ApiResource, written: &mut Written, health: &Health) {
@@ -434,6 +464,7 @@ async fn reconcile(
     slices: &ApiResource,
     written: &mut Written,
     health: &Health,
+    settled: bool,
 ) -> bool {
     let wanted = {
         let zone = shared.zone.borrow().clone();
@@ -492,6 +523,10 @@ async fn reconcile(
         .filter(|k| !keep.contains_key(*k))
         .cloned()
         .collect();
+    if !settled && !stale.is_empty() {
+        // Deleted once the peers have sent their catalogs (or the grace period is over).
+        return true;
+    }
     for key in stale {
         let (kind, namespace, name) = &key;
         let result = if kind == "ServiceImport" {

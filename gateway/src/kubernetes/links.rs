@@ -230,7 +230,8 @@ async fn reconcile(
                 }
             },
         };
-        if written.get(&name) == Some(&wanted) {
+        // Only the leading replica writes (the standby's peerings are down by design).
+        if written.get(&name) == Some(&wanted) || !shared.leads() {
             continue;
         }
         let (ready, reason, message) = &wanted;

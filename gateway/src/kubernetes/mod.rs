@@ -6,9 +6,11 @@
 //! change. See docs/kubernetes.md.
 
 pub mod crd;
+pub mod durable;
 pub mod export;
 pub mod identity;
 pub mod import;
+pub mod lease;
 pub mod links;
 pub mod policies;
 pub mod slices;
@@ -214,6 +216,23 @@ pub fn start(shared: &Arc<Shared>, client: Client) {
             }
             backoff = (backoff * 2).min(Duration::from_secs(10));
         }
+        let Some(config) = shared.config.kubernetes.clone() else {
+            return;
+        };
+        tokio::spawn(lease::run(
+            shared.clone(),
+            client.clone(),
+            config.namespace.clone(),
+            config.lease_duration_seconds,
+            health.clone(),
+        ));
+        tokio::spawn(follow_leadership(shared.clone()));
+        tokio::spawn(durable::run(
+            shared.clone(),
+            client.clone(),
+            config.namespace,
+            health.clone(),
+        ));
         let slices = slices::served(&client).await;
         tracing::info!(endpointslices = %slices.api_version, "Kubernetes mode");
         tokio::spawn(export::run(shared.clone(), client.clone(), health.clone()));
@@ -225,6 +244,35 @@ pub fn start(shared: &Arc<Shared>, client: Client) {
         ));
         tokio::spawn(import::run(shared, client, slices, health));
     });
+}
+
+/// Peering follows the Lease: the replica that takes it dials its Links (peers that dial this
+/// cluster reach it through the peers' Service); one that loses it ends its peer sessions, so
+/// two replicas never speak for the cluster at once.
+async fn follow_leadership(shared: Arc<Shared>) {
+    let mut leading = shared.leading.subscribe();
+    loop {
+        let leads = *leading.borrow_and_update();
+        if leads {
+            let links: Vec<_> = lock(&shared.state).links.values().cloned().collect();
+            for link in links {
+                crate::peer::start_dialer(&shared, link.spec, None);
+            }
+        } else {
+            let mut peers = lock(&shared.peers);
+            for status in peers.values_mut() {
+                status.retire.cancel();
+                if let Some(connection) = status.connection.take() {
+                    connection.close(0u32.into(), b"this replica no longer leads");
+                }
+                status.state = crate::peering::LinkState::Disconnected;
+            }
+        }
+        tokio::select! {
+            changed = leading.changed() => if changed.is_err() { return },
+            () = shared.shutdown.cancelled() => return,
+        }
+    }
 }
 
 #[cfg(test)]

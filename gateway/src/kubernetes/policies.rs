@@ -369,6 +369,7 @@ pub async fn run(shared: Arc<Shared>, client: Client, health: Arc<Health>) {
         }
     }
     let mut set_changed = shared.policy_tx.subscribe();
+    let mut leading = shared.leading.subscribe();
     let mut memory = Memory::default();
     loop {
         let pending = reconcile(&shared, &client, &stores, &mut memory, &health).await;
@@ -380,6 +381,7 @@ pub async fn run(shared: Arc<Shared>, client: Client, health: Arc<Health>) {
         tokio::select! {
             () = changed.notified() => {}
             _ = set_changed.changed() => {}
+            _ = leading.changed() => {}
             () = tokio::time::sleep(retry) => {}
             () = shared.shutdown.cancelled() => return,
         }
@@ -445,7 +447,14 @@ async fn reconcile(
         shared.policies_changed();
     }
     let mut pending = false;
-    for write in decision.writes {
+    // A standby replica follows the resources into its set and writes nothing: the leading
+    // replica does.
+    let writes = if shared.leads() {
+        decision.writes
+    } else {
+        Vec::new()
+    };
+    for write in writes {
         match execute(shared, client, write, memory).await {
             Ok(()) => {}
             Err(Failure::Pending) => pending = true,

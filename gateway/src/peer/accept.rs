@@ -27,6 +27,12 @@ pub async fn accept_loop(shared: Arc<Shared>) {
             () = shared.shutdown.cancelled() => return,
         };
         let Some(incoming) = incoming else { return };
+        if !shared.leads() {
+            // A standby replica: peers reach the leading one (the peers' Service selects it);
+            // one that arrives here is refused and dials again.
+            incoming.refuse();
+            continue;
+        }
         let shared = shared.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();

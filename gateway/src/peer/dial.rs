@@ -67,6 +67,11 @@ pub fn start_dialer(
     spec: LinkSpec,
     first: Option<oneshot::Sender<DialOutcome>>,
 ) -> bool {
+    if !shared.leads() {
+        // A standby replica (Kubernetes mode): the Link is on record, and the replica that
+        // holds the Lease dials it; this one does once it takes the Lease over.
+        return true;
+    }
     let retire = shared.shutdown.child_token();
     let unlink = CancellationToken::new();
     let owner = NEXT_OWNER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -1,0 +1,241 @@
+//! Which of a cluster's gateway replicas leads: a `coordination.k8s.io/v1` Lease
+//! (`strait-gateway` in the gateway's namespace). Every replica serves its sidecars and DNS; the
+//! one that holds the Lease also peers with other clusters and writes to the API (imports,
+//! policy resources, statuses, the durable state). The holder renews the Lease every third of
+//! its duration; another replica takes it over once it has gone unrenewed for the whole
+//! duration (15 s by default), and a replica that stops cleanly gives it up at once.
+//!
+//! [`step`] decides (no IO) from the Lease as read; [`run`] reads and writes it, with the
+//! resource version guarding every write, so two replicas can never both take it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::api::{Api, PostParams};
+
+use super::Health;
+use crate::Shared;
+
+/// The Lease's name.
+pub const LEASE: &str = "strait-gateway";
+
+/// What a replica does with the Lease as it reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// There is none: create it, held by this replica.
+    Create,
+    /// This replica holds it: renew it.
+    Renew,
+    /// Its holder let it lapse (or gave it up): take it.
+    TakeOver,
+    /// Another replica holds it.
+    Follow { holder: String },
+}
+
+/// Decides what to do with the Lease `spec` (none: it does not exist) at `now`.
+pub fn step(spec: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Step {
+    let Some(spec) = spec else {
+        return Step::Create;
+    };
+    let holder = spec.holder_identity.clone().unwrap_or_default();
+    if holder == me {
+        return Step::Renew;
+    }
+    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(15).max(1));
+    let lapsed = spec
+        .renew_time
+        .as_ref()
+        .is_none_or(|renewed| now.as_millisecond() >= renewed.0.as_millisecond() + duration * 1000);
+    if holder.is_empty() || lapsed {
+        Step::TakeOver
+    } else {
+        Step::Follow { holder }
+    }
+}
+
+/// This replica's name in the Lease: the pod's name where the pod says it (`POD_NAME`, from
+/// the downward API), else the host's name and the process id.
+pub fn identity() -> String {
+    std::env::var("POD_NAME")
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "gateway".into());
+            format!("{host}-{}", std::process::id())
+        })
+}
+
+fn held_by(me: &str, now: Timestamp, seconds: i32, transitions: i32, acquired: bool) -> LeaseSpec {
+    LeaseSpec {
+        holder_identity: Some(me.to_owned()),
+        lease_duration_seconds: Some(seconds),
+        acquire_time: acquired.then_some(MicroTime(now)),
+        renew_time: Some(MicroTime(now)),
+        lease_transitions: Some(transitions),
+        ..LeaseSpec::default()
+    }
+}
+
+/// Keeps this replica's part in the Lease until the gateway stops, telling the gateway
+/// whether it leads; gives the Lease up on the way out.
+pub async fn run(
+    shared: Arc<Shared>,
+    client: Client,
+    namespace: String,
+    seconds: u32,
+    health: Arc<Health>,
+) {
+    let me = identity();
+    let leases = Api::<Lease>::namespaced(client, &namespace);
+    let seconds = i32::try_from(seconds).unwrap_or(15);
+    let duration = Duration::from_secs(u64::from(seconds.unsigned_abs()));
+    let mut last_renewed: Option<std::time::Instant> = None;
+    tracing::info!(replica = %me, lease = LEASE, "Kubernetes mode: taking part in the Lease");
+    loop {
+        let outcome = attempt(&leases, &me, seconds).await;
+        let leads = match outcome {
+            Ok(leads) => {
+                health.clear("lease");
+                if leads {
+                    last_renewed = Some(std::time::Instant::now());
+                }
+                leads
+            }
+            Err(e) => {
+                health.fail("lease", super::describe(&e));
+                // Unsure: a leader keeps leading only while its last renewal still holds.
+                last_renewed.is_some_and(|at| at.elapsed() < duration)
+            }
+        };
+        if !leads {
+            last_renewed = None;
+        }
+        shared.set_leading(leads);
+        let pause = if leads { duration / 3 } else { duration / 5 };
+        tokio::select! {
+            () = tokio::time::sleep(pause.max(Duration::from_millis(500))) => {}
+            () = shared.shutdown.cancelled() => break,
+        }
+    }
+    if shared.leads() {
+        release(&leases, &me).await;
+    }
+}
+
+/// One look at the Lease; whether this replica holds it afterwards.
+async fn attempt(leases: &Api<Lease>, me: &str, seconds: i32) -> Result<bool, kube::Error> {
+    let now = Timestamp::now();
+    let current = leases.get_opt(LEASE).await?;
+    let spec = current.as_ref().and_then(|l| l.spec.as_ref());
+    let transitions = spec.and_then(|s| s.lease_transitions).unwrap_or(0);
+    let decided = step(spec, me, now);
+    let wanted = match &decided {
+        Step::Follow { .. } => return Ok(false),
+        Step::Create => {
+            let lease = Lease {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(LEASE.into()),
+                    ..Default::default()
+                },
+                spec: Some(held_by(me, now, seconds, 0, true)),
+            };
+            return match leases.create(&PostParams::default(), &lease).await {
+                Ok(_) => {
+                    tracing::info!(replica = %me, "this replica leads (Lease created)");
+                    Ok(true)
+                }
+                Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+                Err(e) => Err(e),
+            };
+        }
+        Step::Renew => {
+            let mut spec = held_by(me, now, seconds, transitions, false);
+            spec.acquire_time = current
+                .as_ref()
+                .and_then(|l| l.spec.as_ref())
+                .and_then(|s| s.acquire_time.clone());
+            spec
+        }
+        Step::TakeOver => held_by(me, now, seconds, transitions + 1, true),
+    };
+    let Some(mut lease) = current else {
+        return Ok(false);
+    };
+    lease.spec = Some(wanted);
+    match leases.replace(LEASE, &PostParams::default(), &lease).await {
+        Ok(_) => {
+            if decided == Step::TakeOver {
+                tracing::info!(replica = %me, "this replica leads (Lease taken over)");
+            }
+            Ok(true)
+        }
+        // Another replica wrote first: read again next time.
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Gives the Lease up (a clean stop), so another replica takes it without waiting.
+async fn release(leases: &Api<Lease>, me: &str) {
+    let Ok(Some(mut lease)) = leases.get_opt(LEASE).await else {
+        return;
+    };
+    let Some(spec) = lease.spec.as_mut() else {
+        return;
+    };
+    if spec.holder_identity.as_deref() != Some(me) {
+        return;
+    }
+    spec.holder_identity = None;
+    spec.renew_time = None;
+    match tokio::time::timeout(
+        Duration::from_secs(2),
+        leases.replace(LEASE, &PostParams::default(), &lease),
+    )
+    .await
+    {
+        Ok(Ok(_)) => tracing::info!(replica = %me, "Lease given up"),
+        Ok(Err(e)) => tracing::warn!(error = %super::describe(&e), "cannot give the Lease up"),
+        Err(_) => tracing::warn!("cannot give the Lease up: the API did not answer"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + seconds).unwrap()
+    }
+
+    fn held(holder: &str, renewed: i64) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(holder.into()),
+            lease_duration_seconds: Some(15),
+            renew_time: Some(MicroTime(at(renewed))),
+            ..LeaseSpec::default()
+        }
+    }
+
+    #[test]
+    fn a_replica_creates_renews_follows_and_takes_over_a_lapsed_lease() {
+        assert_eq!(step(None, "a", at(0)), Step::Create);
+        assert_eq!(step(Some(&held("a", 0)), "a", at(100)), Step::Renew);
+        assert_eq!(
+            step(Some(&held("a", 0)), "b", at(14)),
+            Step::Follow { holder: "a".into() }
+        );
+        assert_eq!(step(Some(&held("a", 0)), "b", at(15)), Step::TakeOver);
+        // Given up on a clean stop: taken at once.
+        let mut released = held("a", 0);
+        released.holder_identity = None;
+        released.renew_time = None;
+        assert_eq!(step(Some(&released), "b", at(1)), Step::TakeOver);
+    }
+}
