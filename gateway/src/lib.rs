@@ -129,6 +129,11 @@ pub struct Shared {
     /// Whether this replica leads: peers with other clusters and writes to the API. Always in
     /// universal mode; in Kubernetes mode while it holds the Lease (`kubernetes::lease`).
     pub leading: watch::Sender<bool>,
+    /// Where the leading replica's relay listens, as its Lease says (Kubernetes mode): a
+    /// standby forwards its sidecars' flows there.
+    pub leader_relay: Mutex<Option<SocketAddr>>,
+    /// The leading replica's virtual addresses, for a standby's DNS to give the same ones.
+    pub leader_vips: watch::Sender<Option<Arc<dns::vip::PoolFile>>>,
     pub shutdown: CancellationToken,
 }
 
@@ -402,6 +407,8 @@ pub async fn run(
         kubernetes: Arc::new(kubernetes::Health::default()),
         // In Kubernetes mode a replica leads once it holds the Lease.
         leading: watch::channel(kube_client.is_none()).0,
+        leader_relay: Mutex::new(None),
+        leader_vips: watch::channel(None).0,
         kube: kube_client.clone(),
         shutdown: CancellationToken::new(),
     });

@@ -149,6 +149,12 @@ enum FlowError {
     NotConnected(ClusterName),
     #[error("{0} timed out")]
     TimedOut(&'static str),
+    #[error("the leading replica's relay {leader}: {source}")]
+    Leader {
+        leader: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("opening a stream to {cluster}: {source}")]
     Stream {
         cluster: ClusterName,
@@ -216,6 +222,13 @@ async fn outbound_flow(shared: Arc<Shared>, mut tcp: TcpStream) {
     };
     let mut record = FlowRecord::new(&shared, Direction::Outbound, &target.cluster);
     record.target(&target);
+    let leader = (!shared.leads())
+        .then(|| *lock(&shared.leader_relay))
+        .flatten();
+    if let Some(leader) = leader {
+        forward_to_leader(&mut record, tcp, &target, leader).await;
+        return;
+    }
     let local = shared.config.cluster.clone();
     let opened = async {
         if target.cluster == local {
@@ -256,6 +269,60 @@ async fn outbound_flow(shared: Arc<Shared>, mut tcp: TcpStream) {
         }
         Err(reason) => {
             tracing::debug!(peer = %target.cluster, service = %target.service, reason = %reason, "flow refused");
+            answer(&mut tcp, &flow::refusal(reason.to_string())).await;
+            record.finish("refused", 0, 0);
+        }
+    }
+}
+
+/// A flow that reached a standby replica (Kubernetes mode), which does not peer: handed to the
+/// leading replica's relay as the sidecar asked for it, its answer passed back, then the bytes
+/// copied both ways.
+async fn forward_to_leader(
+    record: &mut FlowRecord,
+    mut tcp: TcpStream,
+    target: &FlowTarget,
+    leader: std::net::SocketAddr,
+) {
+    let opened = async {
+        let mut upstream = timed(
+            "connecting to the leading replica",
+            TcpStream::connect(leader),
+        )
+        .await?
+        .map_err(|source| FlowError::Leader { leader, source })?;
+        let _ = upstream.set_nodelay(true);
+        timed(
+            "sending the flow header",
+            write_frame(&mut upstream, &target.to_wire()),
+        )
+        .await?
+        .map_err(|source| FlowError::Leader { leader, source })?;
+        timed(
+            "the answer of the leading replica",
+            read_reply(&mut upstream),
+        )
+        .await?
+        .map_err(|source| FlowError::Refused {
+            cluster: target.cluster.clone(),
+            source,
+        })?;
+        Ok::<_, FlowError>(upstream)
+    };
+    match opened.await {
+        Ok(mut upstream) => {
+            answer(&mut tcp, &flow::accepted()).await;
+            record.opened();
+            match tokio::io::copy_bidirectional(&mut tcp, &mut upstream).await {
+                Ok((tx, rx)) => record.finish("ok", tx, rx),
+                Err(e) => {
+                    tracing::debug!(error = %e, "forwarded flow ended with an error");
+                    record.finish("error", 0, 0);
+                }
+            }
+        }
+        Err(reason) => {
+            tracing::debug!(leader = %leader, reason = %reason, "flow not forwarded");
             answer(&mut tcp, &flow::refusal(reason.to_string())).await;
             record.finish("refused", 0, 0);
         }

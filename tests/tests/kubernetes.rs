@@ -843,7 +843,21 @@ fn two_replicas_share_the_work_and_the_standby_takes_over_losing_nothing_even_wi
     let mut standby = east.gateway.replica("b")?;
     standby.start(&mesh)?;
     link_with_resources(&mesh, &runtime, &east.client, "west")?;
-    runtime.block_on(publish(&west.client, "api", true))?;
+    // West serves shop/api for real (the sample app behind its sidecar).
+    let app = mesh.app_with("http", "west", "shop/api", "api-0", &[])?;
+    let api = mesh.sidecar(
+        "west",
+        "shop",
+        "api",
+        "api-0",
+        &[
+            "--service".into(),
+            "api".into(),
+            "--port".into(),
+            format!("8080/http={}", app.addr("address")?),
+        ],
+    )?;
+    runtime.block_on(publish_at(&west.client, "api", api.addr("inbound")?, true))?;
     runtime.block_on(kubectl_create(&east.client, NO_WEST_TO_API))?;
     wait_for(Duration::from_secs(5), "shop/api imported in east", || {
         Ok(runtime
@@ -877,6 +891,52 @@ fn two_replicas_share_the_work_and_the_standby_takes_over_losing_nothing_even_wi
         leader_writes(&standby) == 0.0,
         "the standby wrote imports while it stood by"
     );
+    // A sidecar of east that proves its service account to the standby: the standby serves
+    // it the clusterset from what the leader wrote, and hands its flows to the leader.
+    let account = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "web", "namespace": "shop"},
+    }))?;
+    runtime.block_on(
+        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(east.client.clone(), "shop")
+            .create(&PostParams::default(), &account),
+    )?;
+    let token = mesh.dir.path().join("web.token");
+    runtime.block_on(token_file(&east.client, "web", "strait", &token))?;
+    let bundle = mesh.trust.join("bundle.pem");
+    let web = strait_tests::Process::start(
+        &mesh,
+        "web-east",
+        &[
+            "sidecar".to_owned(),
+            "run".into(),
+            "--gateway".into(),
+            standby.api.to_string(),
+            "--bundle".into(),
+            bundle.to_string_lossy().into_owned(),
+            "--token-file".into(),
+            token.to_string_lossy().into_owned(),
+            "--proxy-addr".into(),
+            "127.0.0.1:0".into(),
+        ],
+    )?;
+    let proxy = web.addr("proxy")?;
+    const API: &str = "api.shop.svc.clusterset.local";
+    wait_for(
+        Duration::from_secs(10),
+        "shop/api through the standby",
+        || Ok((answer(proxy, API) == 200).then_some(())),
+    )
+    .with_context(|| standby.log_tail())?;
+    // The sidecar keeps its flow open (a pooled connection): count open flows and ended ones.
+    let text = standby.metrics()?;
+    let outbound = ["direction=\"outbound\"", "peer=\"west\""];
+    let open = strait_tests::metric(&text, "strait_gateway_open_flows", &outbound).unwrap_or(0.0);
+    let ended = strait_tests::metric(&text, "strait_gateway_flows_total", &outbound).unwrap_or(0.0);
+    anyhow::ensure!(
+        open + ended >= 1.0,
+        "the standby relayed no flow to west (through the leader)"
+    );
 
     // The leader dies without a word: the standby takes the Lease over within its duration
     // (15 s), dials west, and carries on; nothing it had is lost.
@@ -908,6 +968,12 @@ fn two_replicas_share_the_work_and_the_standby_takes_over_losing_nothing_even_wi
         runtime.block_on(import_ips(&east.client, "api")) == ips,
         "shop/api kept its virtual address"
     );
+    wait_for(
+        Duration::from_secs(5),
+        "shop/api through the new leader",
+        || Ok((answer(proxy, API) == 200).then_some(())),
+    )
+    .with_context(|| standby.log_tail())?;
     anyhow::ensure!(listed(&mesh, "west")?.len() == 1, "west lost the deny");
     anyhow::ensure!(
         runtime

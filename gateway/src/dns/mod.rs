@@ -198,12 +198,25 @@ async fn keep_zone(
 ) {
     let mut changes = shared.catalog_tx.subscribe();
     changes.borrow_and_update();
+    let mut leader_vips = shared.leader_vips.subscribe();
     loop {
         if let Some(file) = unwritten.take() {
             write_pool(&shared, file).await;
         }
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },
+            changed = leader_vips.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                // A standby replica gives the names the leading replica's addresses.
+                let file = leader_vips.borrow_and_update().clone();
+                if let (Some(file), Some(config)) = (file, &shared.config.dns)
+                    && let Ok((v4, v6)) = config.ranges()
+                {
+                    pool = VipPool::with_file(v4, v6, (*file).clone());
+                }
+            }
             () = shared.shutdown.cancelled() => return,
         }
         tokio::time::sleep(COALESCE).await;

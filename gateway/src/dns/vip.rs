@@ -68,14 +68,14 @@ pub struct VipPool {
 }
 
 /// How a pool is kept on disk.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PoolFile {
     pub names: Vec<PoolEntry>,
 }
 
 /// One name's addresses on disk.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PoolEntry {
     pub name: String,

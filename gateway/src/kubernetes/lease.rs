@@ -22,6 +22,8 @@ use crate::Shared;
 
 /// The Lease's name.
 pub const LEASE: &str = "strait-gateway";
+/// The annotation on the Lease that says where the holder's relay listens.
+pub const RELAY_ANNOTATION: &str = "strait.dev/relay-address";
 
 /// What a replica does with the Lease as it reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,13 +94,14 @@ pub async fn run(
     health: Arc<Health>,
 ) {
     let me = identity();
+    let relay = advertised_relay(&shared);
     let leases = Api::<Lease>::namespaced(client, &namespace);
     let seconds = i32::try_from(seconds).unwrap_or(15);
     let duration = Duration::from_secs(u64::from(seconds.unsigned_abs()));
     let mut last_renewed: Option<std::time::Instant> = None;
     tracing::info!(replica = %me, lease = LEASE, "Kubernetes mode: taking part in the Lease");
     loop {
-        let outcome = attempt(&leases, &me, seconds).await;
+        let outcome = attempt(&shared, &leases, &me, &relay, seconds).await;
         let leads = match outcome {
             Ok(leads) => {
                 health.clear("lease");
@@ -128,10 +131,38 @@ pub async fn run(
     }
 }
 
-/// One look at the Lease; whether this replica holds it afterwards.
-async fn attempt(leases: &Api<Lease>, me: &str, seconds: i32) -> Result<bool, kube::Error> {
+/// Where this replica's relay can be reached by the others: its bound address, or the pod's
+/// address (`POD_IP`, from the downward API) when it listens on all of them.
+fn advertised_relay(shared: &Shared) -> String {
+    let bound = shared.relay_addr;
+    if !bound.ip().is_unspecified() {
+        return bound.to_string();
+    }
+    std::env::var("POD_IP")
+        .ok()
+        .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+        .map_or_else(
+            || bound.to_string(),
+            |ip| std::net::SocketAddr::new(ip, bound.port()).to_string(),
+        )
+}
+
+/// One look at the Lease; whether this replica holds it afterwards. A follower notes where
+/// the holder's relay listens.
+async fn attempt(
+    shared: &Shared,
+    leases: &Api<Lease>,
+    me: &str,
+    relay: &str,
+    seconds: i32,
+) -> Result<bool, kube::Error> {
     let now = Timestamp::now();
     let current = leases.get_opt(LEASE).await?;
+    *crate::lock(&shared.leader_relay) = current
+        .as_ref()
+        .and_then(|l| l.metadata.annotations.as_ref())
+        .and_then(|a| a.get(RELAY_ANNOTATION))
+        .and_then(|a| a.parse().ok());
     let spec = current.as_ref().and_then(|l| l.spec.as_ref());
     let transitions = spec.and_then(|s| s.lease_transitions).unwrap_or(0);
     let decided = step(spec, me, now);
@@ -141,6 +172,7 @@ async fn attempt(leases: &Api<Lease>, me: &str, seconds: i32) -> Result<bool, ku
             let lease = Lease {
                 metadata: kube::api::ObjectMeta {
                     name: Some(LEASE.into()),
+                    annotations: Some([(RELAY_ANNOTATION.to_owned(), relay.to_owned())].into()),
                     ..Default::default()
                 },
                 spec: Some(held_by(me, now, seconds, 0, true)),
@@ -168,6 +200,11 @@ async fn attempt(leases: &Api<Lease>, me: &str, seconds: i32) -> Result<bool, ku
         return Ok(false);
     };
     lease.spec = Some(wanted);
+    lease
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(RELAY_ANNOTATION.to_owned(), relay.to_owned());
     match leases.replace(LEASE, &PostParams::default(), &lease).await {
         Ok(_) => {
             if decided == Step::TakeOver {

@@ -12,6 +12,7 @@ pub mod identity;
 pub mod import;
 pub mod lease;
 pub mod links;
+pub mod mirror;
 pub mod policies;
 pub mod slices;
 
@@ -242,6 +243,12 @@ pub fn start(shared: &Arc<Shared>, client: Client) {
             client.clone(),
             health.clone(),
         ));
+        tokio::spawn(mirror::run(
+            shared.clone(),
+            client.clone(),
+            slices.clone(),
+            health.clone(),
+        ));
         tokio::spawn(import::run(shared, client, slices, health));
     });
 }
@@ -254,6 +261,13 @@ async fn follow_leadership(shared: Arc<Shared>) {
     loop {
         let leads = *leading.borrow_and_update();
         if leads {
+            // Peers that dial this cluster get the grace period from now to find this replica.
+            let now = std::time::Instant::now();
+            for status in lock(&shared.peers).values_mut() {
+                if status.connection.is_none() {
+                    status.lost_at = Some(now);
+                }
+            }
             let links: Vec<_> = lock(&shared.state).links.values().cloned().collect();
             for link in links {
                 crate::peer::start_dialer(&shared, link.spec, None);

@@ -85,13 +85,13 @@ struct Conditions {
 /// Reads a slice of either version; `None` when it belongs to no Service or does not parse.
 /// Addresses that are not IPs (an `FQDN` slice) are left out.
 pub fn read(object: &DynamicObject) -> Option<Slice> {
+    read_labelled(object, SERVICE_NAME_LABEL)
+}
+
+/// Reads a slice whose service `label` names (an imported slice's is the MCS label).
+pub fn read_labelled(object: &DynamicObject, label: &str) -> Option<Slice> {
     let namespace = object.metadata.namespace.clone()?;
-    let service = object
-        .metadata
-        .labels
-        .as_ref()?
-        .get(SERVICE_NAME_LABEL)?
-        .clone();
+    let service = object.metadata.labels.as_ref()?.get(label)?.clone();
     let body: Body = serde_json::from_value(object.data.clone()).ok()?;
     Some(Slice {
         namespace,

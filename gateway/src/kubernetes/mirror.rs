@@ -1,0 +1,269 @@
+//! A standby replica's view of other clusters. It does not peer (the leading replica does), so
+//! it reads what the leader wrote into the API: the ServiceImports and their EndpointSlices
+//! become its imported catalogs ([`catalogs`], no IO), and the durable state's virtual
+//! addresses its DNS pool. Its sidecars and DNS thus see what the leader's see, and when it
+//! takes the Lease over it starts from the same view, which its peers' snapshots then replace.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use strait_federation::catalog::{
+    Endpoint, ImportedCatalog, Port, Position, ServiceKey, ServiceSpec,
+};
+use strait_federation::identity::{ClusterName, Namespace, ServiceName};
+use tokio::sync::Notify;
+
+use super::crd::ServiceImport;
+use super::export::protocol_of;
+use super::import::{MANAGER, SERVICE_LABEL, SOURCE_LABEL};
+use super::slices::{self, Slice};
+use super::{Health, durable};
+use crate::dns::vip::PoolFile;
+use crate::{Shared, lock};
+
+/// The imported catalogs the API shows: per source cluster (this one left out), the services
+/// with the ports of their ServiceImport and the endpoints of that cluster's slice.
+pub fn catalogs(
+    local: &ClusterName,
+    imports: &[Arc<ServiceImport>],
+    slices: &[(String, Slice)],
+) -> BTreeMap<ClusterName, ImportedCatalog> {
+    let mut endpoints: BTreeMap<(String, String, String), Vec<Endpoint>> = BTreeMap::new();
+    for (cluster, slice) in slices {
+        let port = slice.ports.first().and_then(|p| p.port).unwrap_or(0);
+        let list = endpoints
+            .entry((
+                cluster.clone(),
+                slice.namespace.clone(),
+                slice.service.clone(),
+            ))
+            .or_default();
+        for endpoint in &slice.endpoints {
+            for address in &endpoint.addresses {
+                list.push(Endpoint {
+                    address: SocketAddr::new(*address, port),
+                    hostname: endpoint.hostname.clone(),
+                    ready: endpoint.ready,
+                });
+            }
+        }
+    }
+    let mut out: BTreeMap<ClusterName, ImportedCatalog> = BTreeMap::new();
+    for import in imports {
+        let (Some(namespace), name) = (import.namespace(), import.name_any()) else {
+            continue;
+        };
+        let (Ok(ns), Ok(service)) = (
+            Namespace::new(namespace.as_str()),
+            ServiceName::new(name.as_str()),
+        ) else {
+            continue;
+        };
+        let key = ServiceKey {
+            namespace: ns,
+            name: service,
+        };
+        let ports: Vec<Port> = import
+            .spec
+            .ports
+            .iter()
+            .filter_map(|p| {
+                Some(Port {
+                    name: p.name.clone().unwrap_or_default(),
+                    port: u16::try_from(p.port).ok()?,
+                    protocol: protocol_of(p.app_protocol.as_deref()),
+                })
+            })
+            .collect();
+        let clusters: BTreeSet<String> = import
+            .status
+            .iter()
+            .flat_map(|s| s.clusters.iter().map(|c| c.cluster.clone()))
+            .collect();
+        for cluster in clusters {
+            let Ok(name) = ClusterName::new(cluster.as_str()) else {
+                continue;
+            };
+            if &name == local {
+                continue;
+            }
+            let mut list = endpoints
+                .get(&(cluster, namespace.clone(), key.name.to_string()))
+                .cloned()
+                .unwrap_or_default();
+            list.sort_by_key(|e| e.address);
+            out.entry(name)
+                .or_insert_with(|| ImportedCatalog {
+                    position: Position::NONE,
+                    services: BTreeMap::new(),
+                })
+                .services
+                .insert(
+                    key.clone(),
+                    ServiceSpec {
+                        export: true,
+                        ports: ports.clone(),
+                        endpoints: list,
+                        labels: BTreeMap::new(),
+                        exported_at_ms: 0,
+                    },
+                );
+        }
+    }
+    out
+}
+
+/// Runs the mirror until the gateway stops; it acts while this replica stands by.
+pub async fn run(shared: Arc<Shared>, client: Client, resource: ApiResource, health: Arc<Health>) {
+    let changed = Arc::new(Notify::new());
+    let (imports, writer) = reflector::store::<ServiceImport>();
+    let selector = format!("{}={MANAGER}", super::import::MANAGED_BY);
+    let config = watcher::Config::default().labels(&selector);
+    let stream =
+        watcher(Api::<ServiceImport>::all(client.clone()), config.clone()).default_backoff();
+    tokio::spawn(super::reflect(
+        "imported serviceimports",
+        writer,
+        stream,
+        changed.clone(),
+        health.clone(),
+    ));
+    let writer = reflector::store::Writer::<DynamicObject>::new(resource.clone());
+    let slice_store: Store<DynamicObject> = writer.as_reader();
+    let stream = watcher(
+        Api::<DynamicObject>::all_with(client.clone(), &resource),
+        config,
+    )
+    .default_backoff();
+    tokio::spawn(super::reflect(
+        "imported endpointslices",
+        writer,
+        stream,
+        changed.clone(),
+        health.clone(),
+    ));
+    let namespace = shared
+        .config
+        .kubernetes
+        .as_ref()
+        .map_or_else(|| "strait-system".to_owned(), |k| k.namespace.clone());
+    let secrets = Api::<Secret>::namespaced(client, &namespace);
+    let mut leading = shared.leading.subscribe();
+    let mut vips: Option<Arc<PoolFile>> = None;
+    loop {
+        if !shared.leads() {
+            mirror(&shared, &imports, &slice_store);
+            // The leader's addresses, as its durable state holds them.
+            if let Ok(Some(secret)) = secrets.get_opt(durable::SECRET).await
+                && let Some(file) = secret
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get("vips.json"))
+                    .and_then(|b| serde_json::from_slice::<PoolFile>(&b.0).ok())
+                && vips.as_deref() != Some(&file)
+            {
+                let file = Arc::new(file);
+                vips = Some(file.clone());
+                shared.leader_vips.send_replace(Some(file));
+            }
+        } else {
+            vips = None;
+        }
+        tokio::select! {
+            () = changed.notified() => {}
+            _ = leading.changed() => {}
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            () = shared.shutdown.cancelled() => return,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn mirror(shared: &Shared, imports: &Store<ServiceImport>, slice_store: &Store<DynamicObject>) {
+    let slices: Vec<(String, Slice)> = slice_store
+        .state()
+        .iter()
+        .filter_map(|o| {
+            let cluster = o.labels().get(SOURCE_LABEL)?.clone();
+            Some((cluster, slices::read_labelled(o, SERVICE_LABEL)?))
+        })
+        .collect();
+    let built = catalogs(&shared.config.cluster, &imports.state(), &slices);
+    let changed = {
+        let mut state = lock(&shared.state);
+        let same = state.imports.len() == built.len()
+            && built.iter().all(|(c, i)| {
+                state
+                    .imports
+                    .get(c)
+                    .is_some_and(|h| h.services == i.services)
+            });
+        if !same {
+            state.imports = built;
+        }
+        !same
+    };
+    if changed {
+        shared.mark_dirty();
+        shared.catalog_changed();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::crd::{ClusterStatus, ServiceImportSpec, ServiceImportStatus, ServicePort};
+    use super::super::slices::{SliceEndpoint, SlicePort};
+    use super::*;
+
+    #[test]
+    fn the_api_gives_a_standby_the_catalogs_the_leader_imported() {
+        let mut import = ServiceImport::new(
+            "api",
+            ServiceImportSpec {
+                ips: vec!["240.0.0.9".into()],
+                kind: "ClusterSetIP".into(),
+                ports: vec![ServicePort {
+                    name: Some("http".into()),
+                    protocol: Some("TCP".into()),
+                    app_protocol: Some("http".into()),
+                    port: 8080,
+                }],
+            },
+        );
+        import.metadata.namespace = Some("shop".into());
+        import.status = Some(ServiceImportStatus {
+            clusters: ["east", "west"]
+                .map(|c| ClusterStatus { cluster: c.into() })
+                .into(),
+        });
+        let slice = Slice {
+            namespace: "shop".into(),
+            service: "api".into(),
+            ports: vec![SlicePort {
+                name: Some("http".into()),
+                port: Some(8080),
+                protocol: Some("TCP".into()),
+            }],
+            endpoints: vec![SliceEndpoint {
+                addresses: vec!["10.1.0.7".parse().unwrap()],
+                ready: true,
+                hostname: None,
+            }],
+        };
+        let east = ClusterName::new("east").unwrap();
+        let built = catalogs(&east, &[Arc::new(import)], &[("west".into(), slice)]);
+        assert_eq!(built.len(), 1, "this cluster's own export is left out");
+        let west = &built[&ClusterName::new("west").unwrap()];
+        let (key, spec) = west.services.iter().next().unwrap();
+        assert_eq!(key.to_string(), "shop/api");
+        assert_eq!(spec.ports[0].port, 8080);
+        assert_eq!(spec.endpoints[0].address.to_string(), "10.1.0.7:8080");
+    }
+}
