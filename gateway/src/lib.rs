@@ -307,14 +307,15 @@ pub async fn run(
     )?;
     let link_key_path = config.file("link.key");
     let link_key = LinkKey::from_pem(&read_file(&link_key_path)?, &link_key_path)?;
-    let kube_client = match &config.kubernetes {
+    let (kube_client, restored) = match &config.kubernetes {
         Some(kubernetes) => {
             let client = kubernetes::client(kubernetes).await?;
             // A rescheduled pod starts on an empty disk: the API gives back what it kept.
-            kubernetes::durable::restore(&client, &config, &kubernetes.namespace).await;
-            Some(client)
+            let restored =
+                kubernetes::durable::restore(&client, &config, &kubernetes.namespace).await;
+            (Some(client), restored)
         }
-        None => None,
+        None => (None, kubernetes::durable::Restore::NotNeeded),
     };
     let state_file = StateFile::in_dir(&config.state_dir);
     let mut state = state_file.load()?;
@@ -430,7 +431,7 @@ pub async fn run(
     ));
     tokio::spawn(housekeeping(shared.clone()));
     if let Some(client) = kube_client {
-        kubernetes::start(&shared, client);
+        kubernetes::start(&shared, client, restored);
     }
     let dns_addr = match dns {
         Some((sockets, pool)) => {

@@ -182,6 +182,23 @@ pub struct Gateway {
 impl Gateway {
     /// Starts the process and waits for `/readyz`.
     pub fn start(&mut self, mesh: &Mesh) -> Result<()> {
+        self.launch(mesh)?;
+        let admin = self.admin;
+        wait_for(
+            Duration::from_secs(15),
+            &format!("gateway {} ready", self.cluster),
+            || {
+                Ok(http_get(admin, "/readyz")
+                    .ok()
+                    .filter(|(s, _)| *s == 200)
+                    .map(|_| ()))
+            },
+        )
+        .with_context(|| self.log_tail())
+    }
+
+    /// Starts the process without waiting for it to be ready.
+    pub fn launch(&mut self, mesh: &Mesh) -> Result<()> {
         if self.child.is_some() {
             bail!("gateway {} is already running", self.cluster);
         }
@@ -197,18 +214,7 @@ impl Gateway {
             .spawn()
             .context("starting strait gateway run")?;
         self.child = Some(child);
-        let admin = self.admin;
-        wait_for(
-            Duration::from_secs(15),
-            &format!("gateway {} ready", self.cluster),
-            || {
-                Ok(http_get(admin, "/readyz")
-                    .ok()
-                    .filter(|(s, _)| *s == 200)
-                    .map(|_| ()))
-            },
-        )
-        .with_context(|| self.log_tail())
+        Ok(())
     }
 
     /// Stops the process with SIGTERM and checks that it exits 0.

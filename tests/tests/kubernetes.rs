@@ -1032,3 +1032,146 @@ fn two_replicas_share_the_work_and_the_standby_takes_over_losing_nothing_even_wi
     );
     Ok(())
 }
+
+/// A kubeconfig for service account strait-system/strait-gateway of `plane`, with a token the
+/// API server issued it.
+async fn gateway_kubeconfig(plane: &ControlPlane, client: &Client) -> Result<std::path::PathBuf> {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    let accounts = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(
+        client.clone(),
+        "strait-system",
+    );
+    let account = serde_json::from_value(
+        strait_gateway::kubernetes::rbac::manifests("strait-system")[0].clone(),
+    )?;
+    accounts.create(&PostParams::default(), &account).await?;
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec!["https://kubernetes.default.svc".into()],
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let token = accounts
+        .create_token_request("strait-gateway", &PostParams::default(), &request)
+        .await?
+        .status
+        .context("a TokenRequest without status")?
+        .token;
+    let admin = std::fs::read_to_string(&plane.kubeconfig)?;
+    let start = admin
+        .find("    token: ")
+        .context("the admin kubeconfig's token")?;
+    let end = start + admin[start..].find('\n').context("a line")?;
+    let path = plane.dir.join("gateway.kubeconfig");
+    std::fs::write(
+        &path,
+        format!("{}    token: {token}{}", &admin[..start], &admin[end..]),
+    )?;
+    Ok(path)
+}
+
+#[test]
+fn a_gateway_without_its_rights_names_what_it_lacks_and_works_once_deploy_rbac_is_applied()
+-> Result<()> {
+    if let Err(why) = binaries() {
+        eprintln!("skipped: {why}");
+        return Ok(());
+    }
+    let mesh = Mesh::new()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let plane = ControlPlane::start("west", mesh.dir.path())?;
+    let admin = runtime.block_on(plane.client())?;
+    runtime.block_on(prepare(&admin))?;
+    let kubeconfig = runtime.block_on(gateway_kubeconfig(&plane, &admin))?;
+    let mut gateway = mesh.kubernetes_gateway("west", &kubeconfig)?;
+    gateway.launch(&mesh)?;
+
+    // Its service account exists but holds no rights: not ready, naming who lacks what.
+    wait_for(
+        Duration::from_secs(20),
+        "a readiness that names the refusal",
+        || {
+            let Ok((status, body)) = strait_tests::http_get(gateway.admin, "/readyz") else {
+                return Ok(None);
+            };
+            Ok((status == 503
+                && body.contains("system:serviceaccount:strait-system:strait-gateway")
+                && body.contains("cannot list resource \"services\""))
+            .then_some(()))
+        },
+    )
+    .with_context(|| gateway.log_tail())?;
+
+    // deploy/rbac.yaml, as `kubectl apply -f deploy/rbac.yaml` applies it: ready on its own.
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rbac.yaml"),
+    )?;
+    let apply = kube::api::PatchParams::apply("strait-tests").force();
+    for document in text.split("---\n") {
+        let value: serde_json::Value = serde_saphyr::from_str(document)?;
+        let object: DynamicObject = serde_json::from_value(value.clone())?;
+        let gvk = kube::api::GroupVersionKind::try_from(object.types.as_ref().context("types")?)?;
+        let (resource, _) = runtime.block_on(kube::discovery::pinned_kind(&admin, &gvk))?;
+        let api: Api<DynamicObject> = match object.namespace() {
+            Some(ns) => Api::namespaced_with(admin.clone(), &ns, &resource),
+            None => Api::all_with(admin.clone(), &resource),
+        };
+        runtime.block_on(api.patch(
+            &object.name_any(),
+            &apply,
+            &kube::api::Patch::Apply(&value),
+        ))?;
+    }
+    let granted = Instant::now();
+    wait_for(
+        Duration::from_secs(60),
+        "the gateway ready with its rights",
+        || {
+            let (status, _) = strait_tests::http_get(gateway.admin, "/readyz")?;
+            Ok((status == 200).then_some(()))
+        },
+    )
+    .with_context(|| {
+        format!(
+            "{:?}\n{}",
+            strait_tests::http_get(gateway.admin, "/readyz"),
+            gateway.log_tail()
+        )
+    })?;
+    eprintln!("ready {:?} after the roles were applied", granted.elapsed());
+
+    // With exactly those rights it does its work: an export's status, a policy's status, the
+    // Lease and the durable state.
+    runtime.block_on(publish(&admin, "api", true))?;
+    wait_for(Duration::from_secs(5), "shop/api exported", || {
+        Ok(runtime
+            .block_on(validity(&admin, "api"))
+            .filter(|v| v == &("True".to_owned(), "Exported".to_owned()))
+            .map(|_| ()))
+    })
+    .with_context(|| gateway.log_tail())?;
+    runtime.block_on(kubectl_create(&admin, NO_WEST_TO_API))?;
+    wait_for(Duration::from_secs(5), "the policy accepted", || {
+        Ok(runtime
+            .block_on(policy_status(&admin, "no-west-to-api"))
+            .filter(|(accepted, _, origin)| accepted == "True" && origin == "west")
+            .map(|_| ()))
+    })
+    .with_context(|| gateway.log_tail())?;
+    anyhow::ensure!(runtime.block_on(lease_holder(&admin)) == gateway.pid());
+    wait_for(Duration::from_secs(5), "the durable state written", || {
+        Ok(runtime
+            .block_on(
+                Api::<k8s_openapi::api::core::v1::Secret>::namespaced(
+                    admin.clone(),
+                    "strait-system",
+                )
+                .get_opt("strait-gateway-state"),
+            )?
+            .map(|_| ()))
+    })?;
+    gateway.stop()?;
+    Ok(())
+}

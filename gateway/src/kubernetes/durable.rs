@@ -4,8 +4,9 @@
 //! epoch, the policy clock) and its virtual addresses. Policies live as resources
 //! ([`super::policies`]), and the cluster's own services come from its ServiceExports; what
 //! peers exported is sent again by them. A gateway that starts on an empty state folder fills
-//! it from this Secret first ([`restore`]); while it runs it keeps the Secret current, writing
-//! only when something in it changed ([`run`]).
+//! it from this Secret first ([`restore`]), or, when the API cannot be read at start, takes it
+//! in once it can; while it runs it keeps the Secret current, writing only when something in
+//! it changed ([`run`]), and never before it has read it.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -51,54 +52,111 @@ pub fn durable(state: &State) -> State {
     }
 }
 
+/// What [`restore`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restore {
+    /// The state folder was not empty: nothing to do.
+    NotNeeded,
+    /// Files were written from the Secret.
+    Restored,
+    /// There is no Secret (a new gateway).
+    Absent,
+    /// The Secret could not be read (the API unreachable, or RBAC): the gateway starts
+    /// anyway, says why on `/readyz`, and takes the Secret in once it can read it ([`run`]),
+    /// writing nothing before.
+    Unreadable(String),
+}
+
+/// How long the start waits for the API to read the Secret.
+const RESTORE_WAIT: Duration = Duration::from_secs(3);
+
 /// Fills an empty state folder from the API before the gateway loads it: `state.json` and
-/// `vips.json`, where absent, from the Secret. Waits for the API while it cannot be reached,
-/// since a gateway that started empty would lose its links when it next wrote the Secret.
-/// Whether anything was restored.
-pub async fn restore(client: &Client, config: &GatewayConfig, namespace: &str) -> bool {
+/// `vips.json`, where absent, from the Secret.
+pub async fn restore(client: &Client, config: &GatewayConfig, namespace: &str) -> Restore {
     let missing: Vec<&str> = [STATE, VIPS]
         .into_iter()
         .filter(|file| !config.file(file).exists())
         .collect();
     if !missing.contains(&STATE) {
-        return false;
+        return Restore::NotNeeded;
     }
     let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
-    let mut backoff = Duration::from_millis(200);
-    let secret = loop {
-        match secrets.get_opt(SECRET).await {
-            Ok(secret) => break secret,
-            Err(e) => {
-                tracing::warn!(error = %super::describe(&e), "the state folder is empty: waiting for the Kubernetes API to restore it");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+    let read = tokio::time::timeout(RESTORE_WAIT, async {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match secrets.get_opt(SECRET).await {
+                Ok(secret) => return Ok(secret),
+                Err(e) => {
+                    let reason = super::describe(&e);
+                    if backoff >= Duration::from_millis(800) {
+                        return Err(reason);
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
             }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| Err("the Kubernetes API did not answer".into()));
+    let secret = match read {
+        Ok(secret) => secret,
+        Err(reason) => {
+            tracing::warn!(reason = %reason, "the state folder is empty and the durable state cannot be read yet");
+            return Restore::Unreadable(reason);
         }
     };
     let Some(data) = secret.and_then(|s| s.data) else {
-        return false;
+        return Restore::Absent;
     };
-    let mut restored = false;
     for file in missing {
         let Some(bytes) = data.get(file) else {
             continue;
         };
         let Ok(text) = std::str::from_utf8(&bytes.0) else {
-            tracing::error!(
-                file,
-                "Secret {SECRET} holds a file that is not UTF-8: not restored"
-            );
+            tracing::error!(file, "Secret {SECRET} holds a file that is not UTF-8: not restored");
             continue;
         };
         match strait_io::files::write_file(&config.file(file), text, true) {
-            Ok(()) => {
-                tracing::info!(file, "restored from the Kubernetes API");
-                restored = true;
-            }
+            Ok(()) => tracing::info!(file, "restored from the Kubernetes API"),
             Err(e) => tracing::error!(file, error = %e, "cannot restore"),
         }
     }
-    restored
+    Restore::Restored
+}
+
+/// Takes in, while running, a durable state that could not be read at start: its links and
+/// admitted tokens join the state (what changed since start wins), and its virtual addresses
+/// the DNS pool. The links it adds are dialled.
+fn take_in_late(shared: &Arc<Shared>, secret: &Secret) {
+    let Some(data) = &secret.data else { return };
+    let stored = data
+        .get(STATE)
+        .and_then(|b| serde_json::from_slice::<State>(&b.0).ok());
+    let mut added = Vec::new();
+    if let Some(stored) = stored {
+        let mut state = lock(&shared.state);
+        for (cluster, record) in stored.links {
+            if !state.links.contains_key(&cluster) {
+                added.push(record.spec.clone());
+                state.links.insert(cluster, record);
+            }
+        }
+        if state.redemptions == Default::default() {
+            state.redemptions = stored.redemptions;
+        }
+    }
+    if let Some(file) = data
+        .get(VIPS)
+        .and_then(|b| serde_json::from_slice::<crate::dns::vip::PoolFile>(&b.0).ok())
+    {
+        shared.leader_vips.send_replace(Some(Arc::new(file)));
+    }
+    tracing::info!(links = added.len(), "durable state taken in from the Kubernetes API");
+    shared.mark_dirty();
+    for spec in added {
+        crate::peer::start_dialer(shared, spec, None);
+    }
 }
 
 fn digest(parts: &[&str]) -> u64 {
@@ -109,14 +167,46 @@ fn digest(parts: &[&str]) -> u64 {
 
 /// Keeps the Secret current until the gateway stops: every 2 s, written when what it would
 /// hold changed.
-pub async fn run(shared: Arc<Shared>, client: Client, namespace: String, health: Arc<Health>) {
+pub async fn run(
+    shared: Arc<Shared>,
+    client: Client,
+    namespace: String,
+    health: Arc<Health>,
+    restore: Restore,
+) {
     let secrets = Api::<Secret>::namespaced(client, &namespace);
     let mut written: Option<u64> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut unread = match restore {
+        Restore::Unreadable(reason) => {
+            health.fail("state", format!("cannot read Secret {SECRET}: {reason}"));
+            true
+        }
+        _ => false,
+    };
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = shared.shutdown.cancelled() => return,
+        }
+        if unread {
+            // Nothing is written before the stored state is read: it would be lost.
+            match secrets.get_opt(SECRET).await {
+                Ok(secret) => {
+                    if let Some(secret) = secret {
+                        take_in_late(&shared, &secret);
+                    }
+                    unread = false;
+                    health.clear("state");
+                }
+                Err(e) => {
+                    health.fail(
+                        "state",
+                        format!("cannot read Secret {SECRET}: {}", super::describe(&e)),
+                    );
+                    continue;
+                }
+            }
         }
         if !shared.leads() {
             written = None;

@@ -14,6 +14,7 @@ pub mod lease;
 pub mod links;
 pub mod mirror;
 pub mod policies;
+pub mod rbac;
 pub mod slices;
 
 use std::collections::BTreeMap;
@@ -197,7 +198,7 @@ pub async fn client(config: &KubernetesConfig) -> Result<Client, KubernetesError
 
 /// Starts the controllers; they run until the gateway stops. The gateway serves from its last
 /// state while the API cannot be reached, and `/readyz` says why.
-pub fn start(shared: &Arc<Shared>, client: Client) {
+pub fn start(shared: &Arc<Shared>, client: Client, restored: durable::Restore) {
     let health = shared.kubernetes.clone();
     let shared = shared.clone();
     tokio::spawn(async move {
@@ -233,6 +234,7 @@ pub fn start(shared: &Arc<Shared>, client: Client) {
             client.clone(),
             config.namespace,
             health.clone(),
+            restored,
         ));
         let slices = slices::served(&client).await;
         tracing::info!(endpointslices = %slices.api_version, "Kubernetes mode");

@@ -1,0 +1,109 @@
+//! What a gateway may do in its cluster's API, and nothing more: a ClusterRole for what it
+//! reads and writes across namespaces, a Role for what it keeps in its own namespace, bound
+//! to its service account. `deploy/rbac.yaml` is what [`manifests`] gives for the default
+//! namespace; a test fails when the two differ, and another runs a gateway with exactly these
+//! rights against a real API server. docs/kubernetes.md explains each rule.
+
+use serde_json::{Value, json};
+use strait_federation::policy::PolicyKind;
+
+use super::crd::{POLICY_GROUP, policy_plural};
+
+/// The name of the roles, their bindings and the gateway's service account.
+pub const NAME: &str = "strait-gateway";
+
+/// The rules of the ClusterRole: the catalog, the MCS API, the policy resources, workload
+/// identity.
+pub fn cluster_rules() -> Value {
+    let policies: Vec<&str> = PolicyKind::ALL.into_iter().map(policy_plural).collect();
+    let policy_status: Vec<String> = policies.iter().map(|p| format!("{p}/status")).collect();
+    json!([
+        {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+         "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+        {"apiGroups": ["multicluster.x-k8s.io"], "resources": ["serviceexports"],
+         "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["multicluster.x-k8s.io"], "resources": ["serviceexports/status"],
+         "verbs": ["patch"]},
+        {"apiGroups": ["multicluster.x-k8s.io"], "resources": ["serviceimports"],
+         "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+        {"apiGroups": ["multicluster.x-k8s.io"], "resources": ["serviceimports/status"],
+         "verbs": ["patch"]},
+        {"apiGroups": [POLICY_GROUP], "resources": policies,
+         "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+        {"apiGroups": [POLICY_GROUP], "resources": policy_status, "verbs": ["patch"]},
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"],
+         "verbs": ["create"]},
+    ])
+}
+
+/// The rules of the Role in the gateway's namespace: Links and their Secrets, the durable
+/// state, the Lease.
+pub fn namespace_rules() -> Value {
+    json!([
+        {"apiGroups": ["strait.dev"], "resources": ["links"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["strait.dev"], "resources": ["links/status"], "verbs": ["patch"]},
+        {"apiGroups": [""], "resources": ["secrets"],
+         "verbs": ["get", "list", "watch", "create", "patch"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+         "verbs": ["get", "create", "update"]},
+    ])
+}
+
+/// The service account, the two roles and their bindings, for a gateway in `namespace`.
+pub fn manifests(namespace: &str) -> Vec<Value> {
+    let labels =
+        json!({"app.kubernetes.io/name": "strait", "app.kubernetes.io/component": "gateway"});
+    let subject = json!([{"kind": "ServiceAccount", "name": NAME, "namespace": namespace}]);
+    vec![
+        json!({"apiVersion": "v1", "kind": "ServiceAccount",
+               "metadata": {"name": NAME, "namespace": namespace, "labels": labels}}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+               "metadata": {"name": NAME, "labels": labels}, "rules": cluster_rules()}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": NAME, "labels": labels},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NAME},
+               "subjects": subject}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+               "metadata": {"name": NAME, "namespace": namespace, "labels": labels},
+               "rules": namespace_rules()}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": NAME, "namespace": namespace, "labels": labels},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME},
+               "subjects": subject}),
+    ]
+}
+
+/// The manifests as one YAML stream for `kubectl apply -f`.
+pub fn to_yaml(namespace: &str) -> Result<String, serde_saphyr::SerializeError> {
+    let mut out = String::from(
+        "# Generated from gateway/src/kubernetes/rbac.rs: do not edit by hand\n# (STRAIT_WRITE_CRDS=1 cargo test -p strait-gateway rbac rewrites it).\n",
+    );
+    for (i, manifest) in manifests(namespace).iter().enumerate() {
+        if i > 0 {
+            out.push_str("---\n");
+        }
+        out.push_str(&serde_saphyr::to_string(manifest)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deploy_rbac_is_the_one_the_rules_generate() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rbac.yaml");
+        let wanted = to_yaml("strait-system").unwrap();
+        if std::env::var_os("STRAIT_WRITE_CRDS").is_some() {
+            std::fs::write(&path, &wanted).unwrap();
+        }
+        assert_eq!(
+            std::fs::read_to_string(&path).ok().as_deref(),
+            Some(wanted.as_str()),
+            "deploy/rbac.yaml differs from the rules: run STRAIT_WRITE_CRDS=1 cargo test -p strait-gateway rbac"
+        );
+    }
+}
