@@ -114,7 +114,10 @@ pub async fn restore(client: &Client, config: &GatewayConfig, namespace: &str) -
             continue;
         };
         let Ok(text) = std::str::from_utf8(&bytes.0) else {
-            tracing::error!(file, "Secret {SECRET} holds a file that is not UTF-8: not restored");
+            tracing::error!(
+                file,
+                "Secret {SECRET} holds a file that is not UTF-8: not restored"
+            );
             continue;
         };
         match strait_io::files::write_file(&config.file(file), text, true) {
@@ -137,9 +140,9 @@ fn take_in_late(shared: &Arc<Shared>, secret: &Secret) {
     if let Some(stored) = stored {
         let mut state = lock(&shared.state);
         for (cluster, record) in stored.links {
-            if !state.links.contains_key(&cluster) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = state.links.entry(cluster) {
                 added.push(record.spec.clone());
-                state.links.insert(cluster, record);
+                slot.insert(record);
             }
         }
         if state.redemptions == Default::default() {
@@ -152,7 +155,10 @@ fn take_in_late(shared: &Arc<Shared>, secret: &Secret) {
     {
         shared.leader_vips.send_replace(Some(Arc::new(file)));
     }
-    tracing::info!(links = added.len(), "durable state taken in from the Kubernetes API");
+    tracing::info!(
+        links = added.len(),
+        "durable state taken in from the Kubernetes API"
+    );
     shared.mark_dirty();
     for spec in added {
         crate::peer::start_dialer(shared, spec, None);
