@@ -460,6 +460,7 @@ pub async fn run(
     }
     shared.ready.store(false, Ordering::SeqCst);
     shared.shutdown.cancel();
+    kubernetes::lease::step_down(&shared).await;
     shared.endpoint.close(0u32.into(), b"gateway shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(2), shared.endpoint.wait_idle()).await;
     lock(&shared.state).running = false;

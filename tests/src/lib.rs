@@ -174,6 +174,8 @@ pub struct Gateway {
     pub admin: SocketAddr,
     /// Where the gateway answers DNS (UDP and TCP).
     pub dns: SocketAddr,
+    /// More environment for the process (`POD_NAME`, say).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     log: PathBuf,
     runs: usize,
@@ -209,6 +211,7 @@ impl Gateway {
             .arg(self.dir.join("gateway.yaml"))
             .env("STRAIT_CONFIG", &mesh.config)
             .env("STRAIT_LOG", "info,strait_gateway=debug")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -307,6 +310,7 @@ impl Gateway {
             api,
             admin,
             dns,
+            env: Vec::new(),
             child: None,
             runs: 0,
         })
@@ -522,6 +526,7 @@ impl Mesh {
             api,
             admin,
             dns,
+            env: Vec::new(),
             child: None,
             runs: 0,
         })

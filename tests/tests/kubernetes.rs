@@ -794,9 +794,9 @@ fn a_policy_applied_with_kubectl_in_east_holds_in_west_and_a_delete_anywhere_end
     Ok(())
 }
 
-/// The replica that holds the Lease of the cluster's gateways: its process id, by the
-/// holder's name (`host-pid` outside a pod).
-async fn lease_holder(client: &Client) -> Option<u32> {
+/// The name of the replica that holds the Lease of the cluster's gateways (`POD_NAME`, or
+/// `host-pid` outside a pod).
+async fn lease_holder(client: &Client) -> Option<String> {
     let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
         client.clone(),
         "strait-system",
@@ -804,13 +804,43 @@ async fn lease_holder(client: &Client) -> Option<u32> {
     .get("strait-gateway")
     .await
     .ok()?;
-    lease
-        .spec?
-        .holder_identity?
-        .rsplit('-')
-        .next()?
-        .parse()
-        .ok()
+    lease.spec?.holder_identity
+}
+
+/// Pods strait-system/NAME for gateway replicas (no kubelet runs them: they are where a
+/// replica says whether it leads).
+async fn replica_pods(client: &Client, names: &[&str]) -> Result<()> {
+    let accounts = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(
+        client.clone(),
+        "strait-system",
+    );
+    let account = serde_json::from_value(
+        strait_gateway::kubernetes::rbac::manifests("strait-system")[0].clone(),
+    )?;
+    accounts.create(&PostParams::default(), &account).await?;
+    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), "strait-system");
+    for name in names {
+        let pod = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "strait-system"},
+            "spec": {"serviceAccountName": "strait-gateway", "automountServiceAccountToken": false,
+                     "containers": [{"name": "gateway", "image": "strait"}]},
+        }))?;
+        pods.create(&PostParams::default(), &pod).await?;
+    }
+    Ok(())
+}
+
+/// The pods that say they lead.
+async fn leading_pods(client: &Client) -> Result<Vec<String>> {
+    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), "strait-system");
+    Ok(pods
+        .list(&ListParams::default().labels("strait.dev/leader=true"))
+        .await?
+        .items
+        .into_iter()
+        .map(|p| p.name_any())
+        .collect())
 }
 
 /// The virtual address in ServiceImport shop/NAME, when it exists.
@@ -833,14 +863,31 @@ fn two_replicas_share_the_work_and_the_standby_takes_over_losing_nothing_even_wi
     let runtime = tokio::runtime::Runtime::new()?;
     let west = KubeCluster::start(&mesh, &runtime, "west")?;
     let mut east = KubeCluster::start(&mesh, &runtime, "east")?;
-    // East runs two replicas: the first leads, the second stands by.
-    let first = east.gateway.pid().context("east's first replica")?;
+    // East runs two replicas, each in a pod of its own: the first leads, the second stands by.
+    runtime.block_on(replica_pods(&east.client, &["east-a", "east-b"]))?;
+    east.gateway.stop()?;
+    east.gateway.env = vec![("POD_NAME".into(), "east-a".into())];
+    east.gateway.start(&mesh)?;
+    let first = Some("east-a".to_owned());
     wait_for(
         Duration::from_secs(10),
         "east's first replica leading",
-        || Ok((runtime.block_on(lease_holder(&east.client)) == Some(first)).then_some(())),
-    )?;
+        || {
+            Ok((runtime.block_on(lease_holder(&east.client)) == first
+                && runtime.block_on(leading_pods(&east.client))? == ["east-a"])
+            .then_some(()))
+        },
+    )
+    .with_context(|| {
+        format!(
+            "holder {:?}, leading pods {:?}\n{}",
+            runtime.block_on(lease_holder(&east.client)),
+            runtime.block_on(leading_pods(&east.client)).ok(),
+            east.gateway.log_tail()
+        )
+    })?;
     let mut standby = east.gateway.replica("b")?;
+    standby.env = vec![("POD_NAME".into(), "east-b".into())];
     standby.start(&mesh)?;
     link_with_resources(&mesh, &runtime, &east.client, "west")?;
     // West serves shop/api for real (the sample app behind its sidecar).
@@ -871,7 +918,7 @@ fn two_replicas_share_the_work_and_the_standby_takes_over_losing_nothing_even_wi
         Ok((listed(&mesh, "west")?.len() == 1).then_some(()))
     })?;
     anyhow::ensure!(
-        runtime.block_on(lease_holder(&east.client)) == Some(first),
+        runtime.block_on(lease_holder(&east.client)) == first,
         "the standby took the Lease while the first replica was alive"
     );
     let leader_writes = |gateway: &strait_tests::Gateway| -> f64 {
@@ -942,11 +989,16 @@ fn two_replicas_share_the_work_and_the_standby_takes_over_losing_nothing_even_wi
     // (15 s), dials west, and carries on; nothing it had is lost.
     east.gateway.kill()?;
     let killed = Instant::now();
-    let second = standby.pid().context("east's second replica")?;
+    let second = Some("east-b".to_owned());
     wait_for(Duration::from_secs(20), "the standby leading", || {
-        Ok((runtime.block_on(lease_holder(&east.client)) == Some(second)).then_some(()))
+        Ok((runtime.block_on(lease_holder(&east.client)) == second).then_some(()))
     })
     .with_context(|| standby.log_tail())?;
+    wait_for(
+        Duration::from_secs(5),
+        "east-b's pod alone labelled leader",
+        || Ok((runtime.block_on(leading_pods(&east.client))? == ["east-b"]).then_some(())),
+    )?;
     eprintln!(
         "standby took the Lease over {:?} after the kill",
         killed.elapsed()
@@ -988,12 +1040,15 @@ fn two_replicas_share_the_work_and_the_standby_takes_over_losing_nothing_even_wi
     std::fs::remove_file(east.gateway.dir.join("state.json"))?;
     let _ = std::fs::remove_file(east.gateway.dir.join("vips.json"));
     east.gateway.start(&mesh)?;
-    let first = east.gateway.pid().context("east's first replica, again")?;
     standby.stop()?;
     wait_for(
         Duration::from_secs(5),
         "the first replica leading again",
-        || Ok((runtime.block_on(lease_holder(&east.client)) == Some(first)).then_some(())),
+        || {
+            Ok((runtime.block_on(lease_holder(&east.client)) == first
+                && runtime.block_on(leading_pods(&east.client))? == ["east-a"])
+            .then_some(()))
+        },
     )
     .with_context(|| east.gateway.log_tail())?;
     wait_for(
@@ -1160,7 +1215,13 @@ fn a_gateway_without_its_rights_names_what_it_lacks_and_works_once_deploy_rbac_i
             .map(|_| ()))
     })
     .with_context(|| gateway.log_tail())?;
-    anyhow::ensure!(runtime.block_on(lease_holder(&admin)) == gateway.pid());
+    let pid = gateway.pid().context("the gateway's process")?;
+    anyhow::ensure!(
+        runtime
+            .block_on(lease_holder(&admin))
+            .is_some_and(|holder| holder.ends_with(&format!("-{pid}"))),
+        "the gateway holds the Lease"
+    );
     wait_for(Duration::from_secs(5), "the durable state written", || {
         Ok(runtime
             .block_on(

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
@@ -24,6 +25,8 @@ use crate::Shared;
 pub const LEASE: &str = "strait-gateway";
 /// The annotation on the Lease that says where the holder's relay listens.
 pub const RELAY_ANNOTATION: &str = "strait.dev/relay-address";
+/// The label on the leading replica's pod (`"true"`), by which the peers' Service selects it.
+pub const LEADER_LABEL: &str = "strait.dev/leader";
 
 /// What a replica does with the Lease as it reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +88,7 @@ fn held_by(me: &str, now: Timestamp, seconds: i32, transitions: i32, acquired: b
 }
 
 /// Keeps this replica's part in the Lease until the gateway stops, telling the gateway
-/// whether it leads; gives the Lease up on the way out.
+/// whether it leads ([`step_down`] gives it up on the way out).
 pub async fn run(
     shared: Arc<Shared>,
     client: Client,
@@ -95,7 +98,13 @@ pub async fn run(
 ) {
     let me = identity();
     let relay = advertised_relay(&shared);
-    let leases = Api::<Lease>::namespaced(client, &namespace);
+    let leases = Api::<Lease>::namespaced(client.clone(), &namespace);
+    let pods = Api::<Pod>::namespaced(client, &namespace);
+    // In a pod, it says on the pod whether it leads; outside one there is no pod to label.
+    let pod = std::env::var("POD_NAME")
+        .ok()
+        .filter(|name| !name.is_empty());
+    let mut labelled: Option<bool> = None;
     let seconds = i32::try_from(seconds).unwrap_or(15);
     let duration = Duration::from_secs(u64::from(seconds.unsigned_abs()));
     let mut last_renewed: Option<std::time::Instant> = None;
@@ -103,8 +112,15 @@ pub async fn run(
     loop {
         let outcome = attempt(&shared, &leases, &me, &relay, seconds).await;
         let leads = match outcome {
-            Ok(leads) => {
+            Ok((leads, replaced)) => {
                 health.clear("lease");
+                if let Some(previous) = replaced.filter(|p| !p.is_empty() && pod.is_some()) {
+                    // The replica taken over from may be gone without a word: its pod no
+                    // longer says it leads.
+                    if let Err(e) = label_pod(&pods, &previous, false).await {
+                        tracing::warn!(pod = %previous, error = %super::describe(&e), "cannot unlabel the former leader's pod");
+                    }
+                }
                 if leads {
                     last_renewed = Some(std::time::Instant::now());
                 }
@@ -120,14 +136,65 @@ pub async fn run(
             last_renewed = None;
         }
         shared.set_leading(leads);
+        if let Some(pod) = &pod
+            && labelled != Some(leads)
+        {
+            match label_pod(&pods, pod, leads).await {
+                Ok(()) => labelled = Some(leads),
+                Err(e) => health.fail(
+                    "lease",
+                    format!("cannot label pod {pod}: {}", super::describe(&e)),
+                ),
+            }
+        }
         let pause = if leads { duration / 3 } else { duration / 5 };
         tokio::select! {
             () = tokio::time::sleep(pause.max(Duration::from_millis(500))) => {}
-            () = shared.shutdown.cancelled() => break,
+            () = shared.shutdown.cancelled() => return,
         }
     }
-    if shared.leads() {
-        release(&leases, &me).await;
+}
+
+/// On a clean stop (the gateway awaits it before it exits): a leader gives the Lease up and
+/// its pod stops saying it leads, so a standby takes over at once.
+pub async fn step_down(shared: &Shared) {
+    let (Some(client), Some(config)) = (&shared.kube, &shared.config.kubernetes) else {
+        return;
+    };
+    if !shared.leads() {
+        return;
+    }
+    shared.set_leading(false);
+    let leases = Api::<Lease>::namespaced(client.clone(), &config.namespace);
+    release(&leases, &identity()).await;
+    if let Some(pod) = std::env::var("POD_NAME")
+        .ok()
+        .filter(|name| !name.is_empty())
+    {
+        let pods = Api::<Pod>::namespaced(client.clone(), &config.namespace);
+        let _ = tokio::time::timeout(Duration::from_secs(2), label_pod(&pods, &pod, false)).await;
+    }
+}
+
+/// Says on a pod whether it leads (a merge patch of its label); a pod that is gone is fine.
+async fn label_pod(pods: &Api<Pod>, name: &str, leads: bool) -> Result<(), kube::Error> {
+    let value = if leads {
+        serde_json::Value::from("true")
+    } else {
+        serde_json::Value::Null
+    };
+    let patch = serde_json::json!({"metadata": {"labels": {LEADER_LABEL: value}}});
+    match pods
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -147,15 +214,15 @@ fn advertised_relay(shared: &Shared) -> String {
         )
 }
 
-/// One look at the Lease; whether this replica holds it afterwards. A follower notes where
-/// the holder's relay listens.
+/// One look at the Lease; whether this replica holds it afterwards, and the holder it took it
+/// over from. A follower notes where the holder's relay listens.
 async fn attempt(
     shared: &Shared,
     leases: &Api<Lease>,
     me: &str,
     relay: &str,
     seconds: i32,
-) -> Result<bool, kube::Error> {
+) -> Result<(bool, Option<String>), kube::Error> {
     let now = Timestamp::now();
     let current = leases.get_opt(LEASE).await?;
     *crate::lock(&shared.leader_relay) = current
@@ -167,7 +234,7 @@ async fn attempt(
     let transitions = spec.and_then(|s| s.lease_transitions).unwrap_or(0);
     let decided = step(spec, me, now);
     let wanted = match &decided {
-        Step::Follow { .. } => return Ok(false),
+        Step::Follow { .. } => return Ok((false, None)),
         Step::Create => {
             let lease = Lease {
                 metadata: kube::api::ObjectMeta {
@@ -180,9 +247,9 @@ async fn attempt(
             return match leases.create(&PostParams::default(), &lease).await {
                 Ok(_) => {
                     tracing::info!(replica = %me, "this replica leads (Lease created)");
-                    Ok(true)
+                    Ok((true, None))
                 }
-                Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+                Err(kube::Error::Api(status)) if status.code == 409 => Ok((false, None)),
                 Err(e) => Err(e),
             };
         }
@@ -197,8 +264,13 @@ async fn attempt(
         Step::TakeOver => held_by(me, now, seconds, transitions + 1, true),
     };
     let Some(mut lease) = current else {
-        return Ok(false);
+        return Ok((false, None));
     };
+    let previous = lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.clone())
+        .filter(|holder| holder != me);
     lease.spec = Some(wanted);
     lease
         .metadata
@@ -210,10 +282,10 @@ async fn attempt(
             if decided == Step::TakeOver {
                 tracing::info!(replica = %me, "this replica leads (Lease taken over)");
             }
-            Ok(true)
+            Ok((true, previous))
         }
         // Another replica wrote first: read again next time.
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok((false, None)),
         Err(e) => Err(e),
     }
 }

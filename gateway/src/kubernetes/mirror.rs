@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::reflector::{self, Store};
@@ -120,46 +121,97 @@ pub fn catalogs(
     out
 }
 
+/// The watches a standby reads the leader's imports through; they run only while it stands
+/// by, so a leader (most gateways, with one replica) holds no second copy of its imports.
+struct Watches {
+    imports: Store<ServiceImport>,
+    slices: Store<DynamicObject>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    health: Arc<Health>,
+}
+
+/// The parts of the gateway's health the watches report on.
+const PARTS: [&str; 2] = ["imported serviceimports", "imported endpointslices"];
+
+impl Watches {
+    fn start(
+        client: &Client,
+        resource: &ApiResource,
+        changed: &Arc<Notify>,
+        health: &Arc<Health>,
+    ) -> Self {
+        let selector = format!("{}={MANAGER}", super::import::MANAGED_BY);
+        let config = watcher::Config::default().labels(&selector);
+        let (imports, writer) = reflector::store::<ServiceImport>();
+        let stream =
+            watcher(Api::<ServiceImport>::all(client.clone()), config.clone()).default_backoff();
+        let mut tasks = vec![tokio::spawn(super::reflect(
+            PARTS[0],
+            writer,
+            stream,
+            changed.clone(),
+            health.clone(),
+        ))];
+        let writer = reflector::store::Writer::<DynamicObject>::new(resource.clone());
+        let slices = writer.as_reader();
+        let stream = watcher(
+            Api::<DynamicObject>::all_with(client.clone(), resource),
+            config,
+        )
+        .default_backoff();
+        tasks.push(tokio::spawn(super::reflect(
+            PARTS[1],
+            writer,
+            stream,
+            changed.clone(),
+            health.clone(),
+        )));
+        Self {
+            imports,
+            slices,
+            tasks,
+            health: health.clone(),
+        }
+    }
+}
+
+impl Drop for Watches {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        for part in PARTS {
+            self.health.clear(part);
+        }
+    }
+}
+
 /// Runs the mirror until the gateway stops; it acts while this replica stands by.
 pub async fn run(shared: Arc<Shared>, client: Client, resource: ApiResource, health: Arc<Health>) {
     let changed = Arc::new(Notify::new());
-    let (imports, writer) = reflector::store::<ServiceImport>();
-    let selector = format!("{}={MANAGER}", super::import::MANAGED_BY);
-    let config = watcher::Config::default().labels(&selector);
-    let stream =
-        watcher(Api::<ServiceImport>::all(client.clone()), config.clone()).default_backoff();
-    tokio::spawn(super::reflect(
-        "imported serviceimports",
-        writer,
-        stream,
-        changed.clone(),
-        health.clone(),
-    ));
-    let writer = reflector::store::Writer::<DynamicObject>::new(resource.clone());
-    let slice_store: Store<DynamicObject> = writer.as_reader();
-    let stream = watcher(
-        Api::<DynamicObject>::all_with(client.clone(), &resource),
-        config,
-    )
-    .default_backoff();
-    tokio::spawn(super::reflect(
-        "imported endpointslices",
-        writer,
-        stream,
-        changed.clone(),
-        health.clone(),
-    ));
     let namespace = shared
         .config
         .kubernetes
         .as_ref()
         .map_or_else(|| "strait-system".to_owned(), |k| k.namespace.clone());
-    let secrets = Api::<Secret>::namespaced(client, &namespace);
+    let secrets = Api::<Secret>::namespaced(client.clone(), &namespace);
     let mut leading = shared.leading.subscribe();
     let mut vips: Option<Arc<PoolFile>> = None;
+    let mut watches: Option<Watches> = None;
     loop {
-        if !shared.leads() {
-            mirror(&shared, &imports, &slice_store);
+        if shared.leads() {
+            watches = None;
+            vips = None;
+        } else {
+            let watching = watches
+                .get_or_insert_with(|| Watches::start(&client, &resource, &changed, &health));
+            // Not before both have listed: an empty store would wipe the view.
+            let ready = |ready: Option<Result<(), _>>| ready.is_some_and(|r| r.is_ok());
+            if ready(watching.imports.wait_until_ready().now_or_never())
+                && ready(watching.slices.wait_until_ready().now_or_never())
+            {
+                mirror(&shared, &watching.imports, &watching.slices);
+            }
             // The leader's addresses, as its durable state holds them.
             if let Ok(Some(secret)) = secrets.get_opt(durable::SECRET).await
                 && let Some(file) = secret
@@ -173,8 +225,6 @@ pub async fn run(shared: Arc<Shared>, client: Client, resource: ApiResource, hea
                 vips = Some(file.clone());
                 shared.leader_vips.send_replace(Some(file));
             }
-        } else {
-            vips = None;
         }
         tokio::select! {
             () = changed.notified() => {}
