@@ -163,6 +163,28 @@ spec:
     - from: [{clusters: [west]}]
 ";
 
+/// A gateway's addresses, on ports free on loopback (the API's on `api_host`).
+#[derive(Clone, Copy)]
+struct Ports {
+    quic: SocketAddr,
+    relay: SocketAddr,
+    api: SocketAddr,
+    admin: SocketAddr,
+    dns: SocketAddr,
+}
+
+impl Ports {
+    fn free(api_host: &str) -> Result<Self> {
+        Ok(Self {
+            quic: format!("127.0.0.1:{}", free_port(true)).parse()?,
+            relay: format!("127.0.0.1:{}", free_port(false)).parse()?,
+            api: format!("{api_host}:{}", free_port(false)).parse()?,
+            admin: format!("127.0.0.1:{}", free_port(false)).parse()?,
+            dns: format!("127.0.0.1:{}", free_dns_port()?).parse()?,
+        })
+    }
+}
+
 /// A gateway process and its addresses.
 pub struct Gateway {
     pub cluster: String,
@@ -278,19 +300,15 @@ impl Gateway {
                 std::fs::copy(&path, dir.join(file))?;
             }
         }
-        let quic: SocketAddr = format!("127.0.0.1:{}", free_port(true)).parse()?;
-        let relay: SocketAddr = format!("127.0.0.1:{}", free_port(false)).parse()?;
-        let api: SocketAddr = format!("{}:{}", self.api.ip(), free_port(false)).parse()?;
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port(false)).parse()?;
-        let dns: SocketAddr = format!("127.0.0.1:{}", free_dns_port()?).parse()?;
+        let ports = Ports::free(&self.api.ip().to_string())?;
         let config = dir.join("gateway.yaml");
         let mut text = std::fs::read_to_string(&config)?;
         for (old, new) in [
-            (self.quic, quic),
-            (self.relay, relay),
-            (self.api, api),
-            (self.admin, admin),
-            (self.dns, dns),
+            (self.quic, ports.quic),
+            (self.relay, ports.relay),
+            (self.api, ports.api),
+            (self.admin, ports.admin),
+            (self.dns, ports.dns),
         ] {
             text = text.replace(&old.to_string(), &new.to_string());
         }
@@ -299,21 +317,26 @@ impl Gateway {
             &dir.to_string_lossy(),
         );
         std::fs::write(&config, text)?;
-        Ok(Gateway {
-            cluster: self.cluster.clone(),
-            log: self
-                .log
-                .with_file_name(format!("{}-{name}.log", self.cluster)),
+        let log = self
+            .log
+            .with_file_name(format!("{}-{name}.log", self.cluster));
+        Ok(Gateway::new(&self.cluster, dir, log, ports))
+    }
+
+    fn new(cluster: &str, dir: PathBuf, log: PathBuf, ports: Ports) -> Self {
+        Gateway {
+            cluster: cluster.into(),
+            log,
             dir,
-            quic,
-            relay,
-            api,
-            admin,
-            dns,
+            quic: ports.quic,
+            relay: ports.relay,
+            api: ports.api,
+            admin: ports.admin,
+            dns: ports.dns,
             env: Vec::new(),
             child: None,
             runs: 0,
-        })
+        }
     }
 
     /// The end of the gateway's log, for failure messages.
@@ -479,11 +502,14 @@ impl Mesh {
         extra: &[&str],
     ) -> Result<Gateway> {
         let dir = self.dir.path().join(cluster);
-        let quic: SocketAddr = format!("127.0.0.1:{}", free_port(true)).parse()?;
-        let api: SocketAddr = format!("{api_host}:{}", free_port(false)).parse()?;
-        let relay: SocketAddr = format!("127.0.0.1:{}", free_port(false)).parse()?;
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port(false)).parse()?;
-        let dns: SocketAddr = format!("127.0.0.1:{}", free_dns_port()?).parse()?;
+        let ports = Ports::free(api_host)?;
+        let Ports {
+            quic,
+            relay,
+            api,
+            admin,
+            dns,
+        } = ports;
         self.cli(
             &[
                 "gateway",
@@ -517,19 +543,8 @@ impl Mesh {
                 .collect();
             std::fs::write(&path, format!("{}\npeering:\n{peering}\n", kept.join("\n")))?;
         }
-        Ok(Gateway {
-            cluster: cluster.into(),
-            log: self.dir.path().join(format!("{cluster}.log")),
-            dir,
-            quic,
-            relay,
-            api,
-            admin,
-            dns,
-            env: Vec::new(),
-            child: None,
-            runs: 0,
-        })
+        let log = self.dir.path().join(format!("{cluster}.log"));
+        Ok(Gateway::new(cluster, dir, log, ports))
     }
 
     /// Writes a file in the mesh folder and returns its path.

@@ -579,6 +579,37 @@ fn a_sidecar_proves_its_service_account_with_a_projected_token_and_wrong_ones_ar
     Ok(())
 }
 
+/// Runs shop/api in `cluster` for real: the HTTP sample app behind its sidecar, and the
+/// Service, the EndpointSlice (naming the sidecar's inbound address, as a pod's would) and the
+/// ServiceExport for it. The processes live as long as what it returns.
+fn serve_api(
+    mesh: &Mesh,
+    runtime: &tokio::runtime::Runtime,
+    cluster: &KubeCluster,
+) -> Result<[strait_tests::Process; 2]> {
+    let name = cluster.gateway.cluster.as_str();
+    let app = mesh.app_with("http", name, "shop/api", "api-0", &[])?;
+    let sidecar = mesh.sidecar(
+        name,
+        "shop",
+        "api",
+        "api-0",
+        &[
+            "--service".into(),
+            "api".into(),
+            "--port".into(),
+            format!("8080/http={}", app.addr("address")?),
+        ],
+    )?;
+    runtime.block_on(publish_at(
+        &cluster.client,
+        "api",
+        sidecar.addr("inbound")?,
+        true,
+    ))?;
+    Ok([app, sidecar])
+}
+
 /// The API of AuthorizationPolicies in namespace shop.
 fn authorization_policies(client: &Client) -> Api<DynamicObject> {
     let resource = strait_gateway::kubernetes::policies::resource(PolicyKind::AuthorizationPolicy);
@@ -655,20 +686,7 @@ fn a_policy_applied_with_kubectl_in_east_holds_in_west_and_a_delete_anywhere_end
 
     // West runs shop/api (the sample app behind its sidecar; its EndpointSlice names the
     // sidecar's inbound address, as a pod's would) and a client, shop/web.
-    let app = mesh.app_with("http", "west", "shop/api", "api-0", &[])?;
-    let api = mesh.sidecar(
-        "west",
-        "shop",
-        "api",
-        "api-0",
-        &[
-            "--service".into(),
-            "api".into(),
-            "--port".into(),
-            format!("8080/http={}", app.addr("address")?),
-        ],
-    )?;
-    runtime.block_on(publish_at(&west.client, "api", api.addr("inbound")?, true))?;
+    let _api = serve_api(&mesh, &runtime, &west)?;
     let web = client(&mesh, "west", &[])?;
     let proxy = web.addr("proxy")?;
     wait_for(
@@ -891,20 +909,7 @@ fn two_replicas_share_the_work_and_the_standby_takes_over_losing_nothing_even_wi
     standby.start(&mesh)?;
     link_with_resources(&mesh, &runtime, &east.client, "west")?;
     // West serves shop/api for real (the sample app behind its sidecar).
-    let app = mesh.app_with("http", "west", "shop/api", "api-0", &[])?;
-    let api = mesh.sidecar(
-        "west",
-        "shop",
-        "api",
-        "api-0",
-        &[
-            "--service".into(),
-            "api".into(),
-            "--port".into(),
-            format!("8080/http={}", app.addr("address")?),
-        ],
-    )?;
-    runtime.block_on(publish_at(&west.client, "api", api.addr("inbound")?, true))?;
+    let _api = serve_api(&mesh, &runtime, &west)?;
     runtime.block_on(kubectl_create(&east.client, NO_WEST_TO_API))?;
     wait_for(Duration::from_secs(5), "shop/api imported in east", || {
         Ok(runtime
