@@ -339,6 +339,11 @@ impl Gateway {
         }
     }
 
+    /// The whole log of the gateway's latest run.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The end of the gateway's log, for failure messages.
     pub fn log_tail(&self) -> String {
         log_tail(

@@ -1241,3 +1241,84 @@ fn a_gateway_without_its_rights_names_what_it_lacks_and_works_once_deploy_rbac_i
     gateway.stop()?;
     Ok(())
 }
+
+#[test]
+fn a_gateway_that_starts_on_an_empty_disk_while_its_api_is_down_says_so_and_takes_its_state_in_later()
+-> Result<()> {
+    if let Err(why) = binaries() {
+        eprintln!("skipped: {why}");
+        return Ok(());
+    }
+    let mesh = Mesh::new()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut west = KubeCluster::start(&mesh, &runtime, "west")?;
+    let east = KubeCluster::start(&mesh, &runtime, "east")?;
+    link_with_resources(&mesh, &runtime, &east.client, "west")?;
+    runtime.block_on(publish(&west.client, "api", true))?;
+    wait_for(Duration::from_secs(5), "shop/api imported in east", || {
+        Ok(runtime
+            .block_on(imported_from(&east.client, "api"))
+            .map(|_| ()))
+    })?;
+    // West admitted east's token: its durable state in the API says so.
+    let secrets =
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(west.client.clone(), "strait-system");
+    wait_for(
+        Duration::from_secs(5),
+        "west's durable state naming east",
+        || {
+            let secret = runtime.block_on(secrets.get_opt("strait-gateway-state"))?;
+            let state = secret
+                .and_then(|s| s.data)
+                .and_then(|d| d.get("state.json").cloned())
+                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                .unwrap_or_default();
+            Ok(state.contains("\"east\"").then_some(()))
+        },
+    )?;
+
+    // West comes back on an empty disk while its API server is down: it starts, and says why
+    // it is not ready.
+    west.gateway.stop()?;
+    std::fs::remove_file(west.gateway.dir.join("state.json"))?;
+    let _ = std::fs::remove_file(west.gateway.dir.join("vips.json"));
+    west.plane.stop_apiserver();
+    west.gateway.launch(&mesh)?;
+    wait_for(
+        Duration::from_secs(20),
+        "west not ready, naming its API",
+        || {
+            let Ok((status, body)) = strait_tests::http_get(west.gateway.admin, "/readyz") else {
+                return Ok(None);
+            };
+            Ok((status == 503 && body.contains("kubernetes")).then_some(()))
+        },
+    )
+    .with_context(|| west.gateway.log_tail())?;
+
+    // The API is back: west reads what it kept, is ready, and east's link comes back.
+    west.plane.start_apiserver()?;
+    wait_for(Duration::from_secs(40), "west ready again", || {
+        let (status, _) = strait_tests::http_get(west.gateway.admin, "/readyz")?;
+        Ok((status == 200).then_some(()))
+    })
+    .with_context(|| west.gateway.log_tail())?;
+    anyhow::ensure!(
+        west.gateway
+            .log()
+            .contains("durable state taken in from the Kubernetes API"),
+        "west never took its stored state in:\n{}",
+        west.gateway.log_tail()
+    );
+    wait_for(Duration::from_secs(20), "east linked to west again", || {
+        Ok((mesh.link_state("east", "west")? == "connected").then_some(()))
+    })
+    .with_context(|| west.gateway.log_tail())?;
+    anyhow::ensure!(
+        runtime
+            .block_on(imported_from(&east.client, "api"))
+            .is_some(),
+        "east lost shop/api"
+    );
+    Ok(())
+}
