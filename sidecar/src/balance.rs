@@ -283,6 +283,16 @@ impl<T: Clone + Eq + Hash> Balancer<T> {
         stats.failed_until = Some(now + backoff);
     }
 
+    /// Clears the failures of the targets `which` picks, so they are tried again at once: what
+    /// set them aside is known to be over (the gateway they go through is back).
+    pub fn forgive(&mut self, which: impl Fn(&T) -> bool) {
+        for (_, stats) in self.stats.iter_mut().filter(|(t, _)| which(t)) {
+            stats.failures = 0;
+            stats.failed_until = None;
+            stats.errors_in_a_row = 0;
+        }
+    }
+
     /// Forgets targets neither used nor failing for a while (endpoints that went away).
     pub fn forget_idle(&mut self, now: Instant) {
         self.stats.retain(|_, s| {
@@ -306,6 +316,23 @@ mod tests {
             x ^= x << 17;
             x
         })
+    }
+
+    #[test]
+    fn forgiven_targets_are_tried_again_at_once_and_the_others_stay_aside() {
+        let mut balancer = Balancer::default();
+        let now = Instant::now();
+        for _ in 0..6 {
+            balancer.fail(&"remote", now);
+            balancer.fail(&"local", now);
+        }
+        assert!(!balancer.usable(&"remote", now + Duration::from_secs(10)));
+        balancer.forgive(|t| *t == "remote");
+        assert!(balancer.usable(&"remote", now));
+        assert!(!balancer.usable(&"local", now + Duration::from_secs(10)));
+        // Forgiven, it starts again from the first backoff.
+        balancer.fail(&"remote", now);
+        assert!(balancer.usable(&"remote", now + BACKOFF_MIN));
     }
 
     #[test]

@@ -18,11 +18,14 @@ use tokio::net::TcpStream;
 use tonic::transport::Channel;
 
 use crate::config::{Bootstrap, ServiceConfig, TokenKind};
+use crate::connect::Target;
 use crate::directory::Directory;
 use crate::{Shared, SidecarError};
 
 /// Longest wait between two attempts to reach the gateway.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The longest wait between two tries of the catalog stream.
+const MAX_WATCH_BACKOFF: Duration = Duration::from_secs(1);
 
 /// A channel to the gateway's API: anonymous (for the first certificate) or presenting the
 /// workload certificate. Lazy: it dials at the first call, and again after a lost connection.
@@ -220,6 +223,8 @@ pub async fn watch(shared: Arc<Shared>, channel: Channel) {
     // beyond the default limit of 4 MiB in a large mesh.
     let mut client = WorkloadClient::new(channel).max_decoding_message_size(MAX_VIEW_BYTES);
     let mut backoff = Duration::from_millis(100);
+    // Set after the stream was lost: the first view after it means the gateway is back.
+    let mut lost = false;
     loop {
         let streamed = async {
             let mut stream = client
@@ -245,6 +250,13 @@ pub async fn watch(shared: Arc<Shared>, channel: Channel) {
                             .policies_held(&view.policies, directory.policies.refused);
                         shared.directory.send_replace(Arc::new(directory));
                         backoff = Duration::from_millis(100);
+                        if std::mem::take(&mut lost) {
+                            // Other clusters are reached through the gateway: whatever set
+                            // them aside while it was away is over.
+                            shared
+                                .balancer()
+                                .forgive(|target| matches!(target, Target::Remote { .. }));
+                        }
                     }
                     Ok(None) => return Err(StreamLost::Ended),
                     Err(status) => return Err(StreamLost::Failed(Box::new(status))),
@@ -258,11 +270,14 @@ pub async fn watch(shared: Arc<Shared>, channel: Channel) {
         if let Err(e) = error {
             tracing::warn!(error = %e, "catalog stream lost; reconnecting (the last catalog stays in use)");
         }
+        lost = true;
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
             () = shared.shutdown.cancelled() => return,
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        // At most a second: the gateway is this cluster's own, and traffic to other clusters
+        // waits on this stream's return.
+        backoff = (backoff * 2).min(MAX_WATCH_BACKOFF);
     }
 }
 
