@@ -530,18 +530,36 @@ fn gateway_init(init: GatewayInit) -> Result<()> {
 /// Reads every file given with -f (first, so that a missing file fails before anything is
 /// changed): each file's name for messages, and its text.
 fn read_files(files: Vec<PathBuf>) -> Result<Vec<(String, String)>> {
+    use strait_federation::resource::MAX_FILE_BYTES;
+    let too_large = |source: &str, size: String| {
+        anyhow!(
+            "{source}: {size} bytes; a file may hold at most {MAX_FILE_BYTES} bytes (4 MiB): split it"
+        )
+    };
     let mut documents = Vec::new();
     for file in files {
+        // Never more than the limit is read: a larger file is refused before it costs memory.
         let (source, text) = if file.as_os_str() == "-" {
             let mut text = String::new();
             std::io::stdin()
+                .take(MAX_FILE_BYTES as u64 + 1)
                 .read_to_string(&mut text)
                 .context("reading standard input")?;
+            if text.len() > MAX_FILE_BYTES {
+                return Err(too_large("<stdin>", format!("more than {MAX_FILE_BYTES}")));
+            }
             ("<stdin>".to_owned(), text)
         } else {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("cannot read {}", file.display()))?;
-            (file.display().to_string(), text)
+            let source = file.display().to_string();
+            let size = std::fs::metadata(&file)
+                .with_context(|| format!("cannot read {source}"))?
+                .len();
+            if size > MAX_FILE_BYTES as u64 {
+                return Err(too_large(&source, size.to_string()));
+            }
+            let text =
+                std::fs::read_to_string(&file).with_context(|| format!("cannot read {source}"))?;
+            (source, text)
         };
         // A key set's file is named relative to the policy's file (standard input: the
         // working folder).
@@ -663,6 +681,25 @@ async fn get(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_over_the_limit_is_refused_by_name_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge.yaml");
+        // 200 MB, sparse: reading it would cost the memory the check must spare.
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(200_000_000)
+            .unwrap();
+        let error = read_files(vec![path.clone()]).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            format!(
+                "{}: 200000000 bytes; a file may hold at most 4194304 bytes (4 MiB): split it",
+                path.display()
+            )
+        );
+    }
 
     #[test]
     fn durations_read_as_operators_write_them() {

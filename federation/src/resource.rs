@@ -114,15 +114,30 @@ struct LinkDocumentIn {
     spec: LinkSpec,
 }
 
+/// The largest file `strait apply` and `strait delete` take, in bytes: the CLI refuses a
+/// larger one before reading it, the operator API refuses a larger request.
+pub const MAX_FILE_BYTES: usize = 4 << 20;
+
 /// The most documents one file may hold. The parser's default (1,024) is too few for a bulk
 /// apply; callers bound the size of the text (the operator API takes at most 4 MiB).
 pub const MAX_DOCUMENTS: usize = 100_000;
 
-fn yaml_options() -> serde_saphyr::Options {
+/// The parser's budget for a text of `bytes`: four times as many events and nodes as such a
+/// text can hold without aliases (each takes at least a byte of text), so aliases may repeat
+/// what is written a few times over but not multiply it without end. A "billion laughs" of 500
+/// bytes took 216 MiB to refuse under a budget sized for the largest file; now what a parse
+/// may build grows with its text, whatever that text says.
+fn yaml_options(bytes: usize) -> serde_saphyr::Options {
+    let events = bytes
+        .saturating_mul(4)
+        .saturating_add(4096)
+        .min(80 * MAX_DOCUMENTS);
     let mut budget = serde_saphyr::Budget::default();
     budget.max_documents = MAX_DOCUMENTS;
-    budget.max_nodes = 40 * MAX_DOCUMENTS;
-    budget.max_events = 80 * MAX_DOCUMENTS;
+    budget.max_nodes = events.min(40 * MAX_DOCUMENTS);
+    budget.max_events = events;
+    budget.max_recorded_anchor_events = events;
+    budget.max_recorded_anchor_bytes = bytes.saturating_mul(4).saturating_add(4096);
     let mut options = serde_saphyr::Options::default();
     options.budget = Some(budget);
     options
@@ -151,7 +166,7 @@ fn document_starts(text: &str) -> Vec<usize> {
 /// most of the cost of a bulk apply). On any error the whole text is parsed again in one piece,
 /// so the error's line numbers are those of the file.
 fn yaml_documents(text: &str) -> Result<Vec<serde_json::Value>, serde_saphyr::Error> {
-    let whole = || serde_saphyr::from_multiple_with_options(text, yaml_options());
+    let whole = || serde_saphyr::from_multiple_with_options(text, yaml_options(text.len()));
     // Anchors, aliases and merge keys are budgeted per parse: counted over the whole file,
     // not per piece, so such files are parsed whole.
     if text.contains(['&', '*', '<']) {
@@ -176,7 +191,7 @@ fn yaml_documents(text: &str) -> Result<Vec<serde_json::Value>, serde_saphyr::Er
             .iter()
             .map(|piece| {
                 scope.spawn(move || {
-                    serde_saphyr::from_multiple_with_options(piece, yaml_options()).ok()
+                    serde_saphyr::from_multiple_with_options(piece, yaml_options(piece.len())).ok()
                 })
             })
             .collect();
@@ -433,6 +448,21 @@ spec:
     /// A rule's `jwksFile` becomes its `jwks`, read through the caller's reader; a file that
     /// cannot be read or is not JSON is refused naming the rule; other texts pass unchanged.
     #[test]
+    fn aliases_that_repeat_a_block_are_taken_within_the_budget() {
+        // One rule written once and used 30 times: aliases repeat it, well within the budget.
+        let rule = "&rule {from: [{clusters: [west, north]}, {namespaces: [shop, ops]}], to: [{methods: [GET, POST], paths: [/a, /b]}]}";
+        let rules = std::iter::once(rule.to_owned())
+            .chain(std::iter::repeat_n("*rule".to_owned(), 29))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let text = format!(
+            "apiVersion: policy.strait.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: shop}}\nspec:\n  targetRef: {{kind: Service, name: api}}\n  action: deny\n  rules: [{rules}]\n"
+        );
+        let parsed = parse_documents("shared.yaml", &text).unwrap();
+        assert_eq!(parsed.len(), 1);
+    }
+
+    #[test]
     fn a_key_file_is_read_into_the_policy_where_it_is_applied() {
         const KEYS: &str = r#"{"keys": [{"kty": "EC", "crv": "P-256", "x": "a", "y": "b"}]}"#;
         let policy = "apiVersion: policy.strait.dev/v1alpha1
@@ -561,7 +591,7 @@ spec:
             }
         }
         let whole: Vec<serde_json::Value> =
-            serde_saphyr::from_multiple_with_options(&text, yaml_options()).unwrap();
+            serde_saphyr::from_multiple_with_options(&text, yaml_options(text.len())).unwrap();
         let pieces = yaml_documents(&text).unwrap();
         assert_eq!(pieces.len(), 600);
         assert_eq!(pieces, whole);

@@ -88,8 +88,12 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     let shutdown = shared.shutdown.clone();
     let result = tonic::transport::Server::builder()
         .timeout(Duration::from_secs(60))
-        .add_service(OperatorServer::with_interceptor(
-            OperatorApi::new(shared.clone()),
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            // Room for the largest file and its name: a larger one is refused with a message
+            // that names it, by the API itself, not by the transport.
+            OperatorServer::new(OperatorApi::new(shared.clone())).max_decoding_message_size(
+                strait_federation::resource::MAX_FILE_BYTES + (64 << 10),
+            ),
             operators_only,
         ))
         .add_service(workload::server(shared))

@@ -28,7 +28,7 @@ use crate::store::LinkRecord;
 use crate::{Shared, lock, unix_now};
 
 /// The largest file `apply` takes.
-const MAX_DOCUMENTS: usize = 4 << 20;
+const MAX_DOCUMENTS: usize = strait_federation::resource::MAX_FILE_BYTES;
 /// How long `apply` of a Link waits for the first dial.
 const LINK_WAIT: Duration = Duration::from_secs(15);
 /// The longest a join token may wait for its first use.
