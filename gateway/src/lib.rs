@@ -126,9 +126,13 @@ pub struct Shared {
     pub kubernetes: Arc<kubernetes::Health>,
     /// The cluster's API in Kubernetes mode.
     pub kube: Option<kube::Client>,
-    /// Whether this replica leads: peers with other clusters and writes to the API. Always in
-    /// universal mode; in Kubernetes mode while it holds the Lease (`kubernetes::lease`).
+    /// Whether this replica writes to the API: always in universal mode; in Kubernetes mode
+    /// while it holds the Lease with a fresh renewal (`kubernetes::lease`).
     pub leading: watch::Sender<bool>,
+    /// Whether this replica peers with other clusters: always in universal mode; in Kubernetes
+    /// mode unless another replica is known to hold the Lease. An API that cannot be reached
+    /// does not stop it (fail static): only a replica that took the Lease over does.
+    pub peering: watch::Sender<bool>,
     /// Where the leading replica's relay listens, as its Lease says (Kubernetes mode): a
     /// standby forwards its sidecars' flows there.
     pub leader_relay: Mutex<Option<SocketAddr>>,
@@ -194,6 +198,20 @@ impl Shared {
         self.leading.send_if_modified(|current| {
             let changed = *current != leads;
             *current = leads;
+            changed
+        });
+    }
+
+    /// Whether this replica peers (see [`Shared::peering`]).
+    pub fn peers_with_clusters(&self) -> bool {
+        *self.peering.borrow()
+    }
+
+    /// Records whether this replica peers; the peer tasks follow it.
+    pub fn set_peering(&self, peers: bool) {
+        self.peering.send_if_modified(|current| {
+            let changed = *current != peers;
+            *current = peers;
             changed
         });
     }
@@ -408,6 +426,7 @@ pub async fn run(
         kubernetes: Arc::new(kubernetes::Health::default()),
         // In Kubernetes mode a replica leads once it holds the Lease.
         leading: watch::channel(kube_client.is_none()).0,
+        peering: watch::channel(kube_client.is_none()).0,
         leader_relay: Mutex::new(None),
         leader_vips: watch::channel(None).0,
         kube: kube_client.clone(),

@@ -222,7 +222,7 @@ async fn outbound_flow(shared: Arc<Shared>, mut tcp: TcpStream) {
     };
     let mut record = FlowRecord::new(&shared, Direction::Outbound, &target.cluster);
     record.target(&target);
-    let leader = (!shared.leads())
+    let leader = (!shared.peers_with_clusters())
         .then(|| *lock(&shared.leader_relay))
         .flatten();
     if let Some(leader) = leader {

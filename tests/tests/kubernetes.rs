@@ -316,6 +316,18 @@ fn a_service_both_clusters_export_lists_both_follows_its_ports_and_survives_an_a
     let runtime = tokio::runtime::Runtime::new()?;
     let mut west = KubeCluster::start(&mesh, &runtime, "west")?;
     let mut east = KubeCluster::start(&mesh, &runtime, "east")?;
+    // A short Lease, so that the API outage below outlasts it.
+    east.gateway.stop()?;
+    let config = east.gateway.dir.join("gateway.yaml");
+    let text = std::fs::read_to_string(&config)?;
+    std::fs::write(
+        &config,
+        text.replace(
+            "  leaseDurationSeconds: 15\n",
+            "  leaseDurationSeconds: 3\n",
+        ),
+    )?;
+    east.gateway.start(&mesh)?;
     link_with_resources(&mesh, &runtime, &east.client, "west")?;
 
     // Both export shop/api, west first: each imports the other's, and both list the two
@@ -428,6 +440,13 @@ fn a_service_both_clusters_export_lists_both_follows_its_ports_and_survives_an_a
             .iter()
             .any(|(name, _)| name == "shop/api"),
         "east still serves its last catalog"
+    );
+    // Past its Lease (3 s) without an API, east stops writing but keeps peering (fail
+    // static): an API outage must not cut the clusters apart.
+    std::thread::sleep(Duration::from_secs(5));
+    anyhow::ensure!(
+        mesh.link_state("east", "west")? == "connected",
+        "east stopped peering while its API was away"
     );
     runtime.block_on(publish(&west.client, "web", true))?;
     east.plane.start_apiserver()?;

@@ -21,6 +21,9 @@ use kube::api::{Api, PostParams};
 use super::Health;
 use crate::Shared;
 
+/// How long a replica that cannot read the Lease at start waits before it peers anyway.
+const UNDECIDED_WAIT: Duration = Duration::from_secs(3);
+
 /// The Lease's name.
 pub const LEASE: &str = "strait-gateway";
 /// The annotation on the Lease that says where the holder's relay listens.
@@ -108,12 +111,18 @@ pub async fn run(
     let seconds = i32::try_from(seconds).unwrap_or(15);
     let duration = Duration::from_secs(u64::from(seconds.unsigned_abs()));
     let mut last_renewed: Option<std::time::Instant> = None;
+    let started = std::time::Instant::now();
+    // Whether this replica has learnt who holds the Lease (or given up waiting to).
+    let mut decided = false;
     tracing::info!(replica = %me, lease = LEASE, "Kubernetes mode: taking part in the Lease");
     loop {
         let outcome = attempt(&shared, &leases, &me, &relay, seconds).await;
         let leads = match outcome {
             Ok((leads, replaced)) => {
                 health.clear("lease");
+                // Known now: this replica holds the Lease, or another does.
+                decided = true;
+                shared.set_peering(leads);
                 if let Some(previous) = replaced.filter(|p| !p.is_empty() && pod.is_some()) {
                     // The replica taken over from may be gone without a word: its pod no
                     // longer says it leads.
@@ -128,6 +137,14 @@ pub async fn run(
             }
             Err(e) => {
                 health.fail("lease", super::describe(&e));
+                // The API cannot be reached: peering goes on as it was (fail static). A
+                // replica that starts so, and cannot learn for 3 s whether another holds the
+                // Lease, peers from the state it has, as a lone gateway would.
+                if !decided && started.elapsed() >= UNDECIDED_WAIT {
+                    decided = true;
+                    tracing::warn!("the Lease cannot be read: peering from the state on hand");
+                    shared.set_peering(true);
+                }
                 // Unsure: a leader keeps leading only while its last renewal still holds.
                 last_renewed.is_some_and(|at| at.elapsed() < duration)
             }
@@ -165,6 +182,7 @@ pub async fn step_down(shared: &Shared) {
         return;
     }
     shared.set_leading(false);
+    shared.set_peering(false);
     let leases = Api::<Lease>::namespaced(client.clone(), &config.namespace);
     release(&leases, &identity()).await;
     if let Some(pod) = std::env::var("POD_NAME")

@@ -195,11 +195,11 @@ pub async fn run(shared: Arc<Shared>, client: Client, resource: ApiResource, hea
         .as_ref()
         .map_or_else(|| "strait-system".to_owned(), |k| k.namespace.clone());
     let secrets = Api::<Secret>::namespaced(client.clone(), &namespace);
-    let mut leading = shared.leading.subscribe();
+    let mut peering = shared.peering.subscribe();
     let mut vips: Option<Arc<PoolFile>> = None;
     let mut watches: Option<Watches> = None;
     loop {
-        if shared.leads() {
+        if shared.peers_with_clusters() {
             watches = None;
             vips = None;
         } else {
@@ -228,7 +228,7 @@ pub async fn run(shared: Arc<Shared>, client: Client, resource: ApiResource, hea
         }
         tokio::select! {
             () = changed.notified() => {}
-            _ = leading.changed() => {}
+            _ = peering.changed() => {}
             () = tokio::time::sleep(Duration::from_secs(5)) => {}
             () = shared.shutdown.cancelled() => return,
         }

@@ -256,13 +256,13 @@ pub fn start(shared: &Arc<Shared>, client: Client, restored: durable::Restore) {
 }
 
 /// Peering follows the Lease: the replica that takes it dials its Links (peers that dial this
-/// cluster reach it through the peers' Service); one that loses it ends its peer sessions, so
-/// two replicas never speak for the cluster at once.
+/// cluster reach it through the peers' Service); one that sees another replica hold it ends its
+/// peer sessions, so two replicas never speak for the cluster at once.
 async fn follow_leadership(shared: Arc<Shared>) {
-    let mut leading = shared.leading.subscribe();
+    let mut peering = shared.peering.subscribe();
     loop {
-        let leads = *leading.borrow_and_update();
-        if leads {
+        let peers = *peering.borrow_and_update();
+        if peers {
             // Peers that dial this cluster get the grace period from now to find this replica.
             let now = std::time::Instant::now();
             for status in lock(&shared.peers).values_mut() {
@@ -285,7 +285,7 @@ async fn follow_leadership(shared: Arc<Shared>) {
             }
         }
         tokio::select! {
-            changed = leading.changed() => if changed.is_err() { return },
+            changed = peering.changed() => if changed.is_err() { return },
             () = shared.shutdown.cancelled() => return,
         }
     }

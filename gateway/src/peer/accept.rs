@@ -27,7 +27,7 @@ pub async fn accept_loop(shared: Arc<Shared>) {
             () = shared.shutdown.cancelled() => return,
         };
         let Some(incoming) = incoming else { return };
-        if !shared.leads() {
+        if !shared.peers_with_clusters() {
             // A standby replica: peers reach the leading one (the peers' Service selects it);
             // one that arrives here is refused and dials again.
             incoming.refuse();

@@ -67,7 +67,7 @@ pub fn start_dialer(
     spec: LinkSpec,
     first: Option<oneshot::Sender<DialOutcome>>,
 ) -> bool {
-    if !shared.leads() {
+    if !shared.peers_with_clusters() {
         // A standby replica (Kubernetes mode): the Link is on record, and the replica that
         // holds the Lease dials it; this one does once it takes the Lease over.
         return true;

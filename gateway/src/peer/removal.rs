@@ -60,7 +60,7 @@ async fn remove(
 /// withdrawal happen under both locks (peers, then state), so a peer that reconnects meanwhile
 /// keeps what its new session brings.
 pub fn withdraw_expired(shared: &Shared, now: Instant) {
-    if !shared.leads() {
+    if !shared.peers_with_clusters() {
         // A standby replica's imports follow the API, where the leader keeps them.
         return;
     }
