@@ -116,7 +116,14 @@ pub async fn run(
     let mut decided = false;
     tracing::info!(replica = %me, lease = LEASE, "Kubernetes mode: taking part in the Lease");
     loop {
-        let outcome = attempt(&shared, &leases, &me, &relay, seconds).await;
+        // A hung request must not outlast the Lease: the leader would go on believing it
+        // leads after another replica took over.
+        let outcome = tokio::time::timeout(
+            (duration / 3).max(Duration::from_secs(1)),
+            attempt(&shared, &leases, &me, &relay, seconds),
+        )
+        .await
+        .unwrap_or_else(|_| Err(kube::Error::Service("the Lease request timed out".into())));
         let leads = match outcome {
             Ok((leads, replaced)) => {
                 health.clear("lease");
