@@ -432,6 +432,7 @@ pub async fn run(
         kube: kube_client.clone(),
         shutdown: CancellationToken::new(),
     });
+    policies::load_quota_counts(&shared);
     let now = Instant::now();
     for cluster in acceptor_peers {
         lock(&shared.peers).insert(cluster, PeerStatus::awaiting(now));
@@ -483,6 +484,9 @@ pub async fn run(
     shared.endpoint.close(0u32.into(), b"gateway shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(2), shared.endpoint.wait_idle()).await;
     lock(&shared.state).running = false;
+    // Whatever counted since the last write (at most a second's worth).
+    let mut unwritten = u64::MAX;
+    policies::keep_quota_counts(&shared, &mut unwritten).await;
     shared.persist().await?;
     tracing::info!(cluster = %shared.config.cluster, "gateway stopped");
     Ok(())
@@ -498,6 +502,8 @@ async fn housekeeping(shared: Arc<Shared>) {
     let compact_every = Duration::from_millis(shared.config.peering.tombstone_retention_ms / 4)
         .clamp(Duration::from_millis(250), Duration::from_secs(60));
     let mut compact_at = Instant::now();
+    let mut quotas_written = 0;
+    let mut quotas_at = Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -505,6 +511,10 @@ async fn housekeeping(shared: Arc<Shared>) {
         }
         peer::withdraw_expired(&shared, Instant::now());
         policies::expire_quota_windows(&shared);
+        if Instant::now() >= quotas_at {
+            quotas_at = Instant::now() + Duration::from_secs(1);
+            policies::keep_quota_counts(&shared, &mut quotas_written).await;
+        }
         if Instant::now() >= compact_at {
             compact_at = Instant::now() + compact_every;
             policies::compact_tombstones(&shared);

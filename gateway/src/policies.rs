@@ -16,6 +16,8 @@ use strait_federation::resource::Resource;
 use strait_federation::document::Applied;
 
 use crate::store::State;
+use std::sync::Arc;
+
 use crate::{Shared, lock, unix_now_ms};
 
 /// Refuses a file whose new policies would take the set past its bound, before anything of the
@@ -216,6 +218,61 @@ pub fn report_usage(shared: &Shared, namespace: &Namespace, report: UsageReport)
 const MAX_REPORTED: usize = 10_000;
 /// The longest `who` a count may name (a SPIFFE identity fits).
 const MAX_WHO: usize = 512;
+
+/// Where the quota counts are kept across a restart, in the state folder.
+const QUOTA_FILE: &str = "quotas.json";
+
+/// Takes back the counts the last run kept, so a restarted gateway (a lone one above all, with
+/// no peer to tell it) goes on counting the windows in force where it was. An unreadable file
+/// is logged and left: the worst it costs is the windows' counts.
+pub fn load_quota_counts(shared: &Shared) {
+    let path = shared.config.file(QUOTA_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the quota counts");
+            return;
+        }
+    };
+    let counts: Vec<(Spend, ClusterName, u64)> = match serde_json::from_str(&text) {
+        Ok(counts) => counts,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "quota counts unreadable: left out");
+            return;
+        }
+    };
+    {
+        let mut book = lock(&shared.quotas);
+        for (spend, origin, count) in counts {
+            book.merge(&origin, spend, count);
+        }
+    }
+    expire_quota_windows(shared);
+}
+
+/// Writes the quota counts when they changed since the sequence number `written` (updated).
+pub async fn keep_quota_counts(shared: &Arc<Shared>, written: &mut u64) {
+    let (sequence, counts) = {
+        let book = lock(&shared.quotas);
+        (book.sequence(), book.counts())
+    };
+    if sequence == *written {
+        return;
+    }
+    let path = shared.config.file(QUOTA_FILE);
+    let saved = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let text = serde_json::to_string(&counts).map_err(|e| e.to_string())?;
+        strait_io::files::write_file(&path, &text, false).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|saved| saved);
+    match saved {
+        Ok(()) => *written = sequence,
+        Err(error) => tracing::error!(%error, "cannot write the quota counts"),
+    }
+}
 
 /// Forgets the counts of windows that ended.
 pub fn expire_quota_windows(shared: &Shared) {

@@ -568,6 +568,83 @@ spec:
     Ok(())
 }
 
+#[test]
+fn a_lone_gateway_restarted_goes_on_counting_the_quota_window_it_was_in() -> Result<()> {
+    let mesh = Mesh::new()?;
+    let mut gateway = mesh.start("east", None)?;
+    let mut api_east = api(&mesh, "east", "api-east-0")?;
+    let web = client(&mesh, "east", &[])?;
+    let proxy = web.addr("proxy")?;
+    wait_route(proxy, API, "east")?;
+    // An hour-long window, so the test never straddles one (and waits if it would).
+    let into_hour = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        % 3600;
+    if into_hour > 3600 - 30 {
+        std::thread::sleep(Duration::from_secs(3600 - into_hour + 1));
+    }
+    const LIMIT: u32 = 10;
+    mesh.apply(
+        "east",
+        "quota.yaml",
+        &format!(
+            "apiVersion: policy.strait.dev/v1alpha1
+kind: Quota
+metadata: {{name: web-per-hour, namespace: shop}}
+spec:
+  targetRef: {{kind: Service, name: api}}
+  limit: {{requests: {LIMIT}, per: 1h}}
+  key: serviceAccount
+"
+        ),
+    )
+    .success()?;
+    wait_policies(api_east.sidecar.addr("admin")?, "Quota", 1.0)?;
+    let spend = |count: usize| -> Result<u32> {
+        let mut admitted = 0;
+        for _ in 0..count {
+            match get(proxy, API, "/", &[])?.status {
+                200 => admitted += 1,
+                429 => {}
+                other => anyhow::bail!("unexpected {other}"),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(admitted)
+    };
+    let before = spend(20)?;
+    ensure!(before >= LIMIT, "only {before} of {LIMIT} admitted");
+
+    // The gateway and the service's sidecar restart (a rollout, say): the window goes on.
+    std::thread::sleep(Duration::from_millis(1500));
+    gateway.stop()?;
+    drop(api_east);
+    gateway.start(&mesh)?;
+    api_east = api(&mesh, "east", "api-east-0")?;
+    wait_policies(api_east.sidecar.addr("admin")?, "Quota", 1.0)?;
+    // A fresh sidecar admits until the answer to its first report (100 ms) tells it the
+    // window's total: a few requests at 20 a second, as docs/policy-quota.md bounds it.
+    let mut after = 0;
+    wait_for(Duration::from_secs(10), "shop/api served again", || {
+        Ok(match get(proxy, API, "/", &[])?.status {
+            200 => {
+                after += 1;
+                Some(())
+            }
+            429 => Some(()),
+            _ => None,
+        })
+    })?;
+    after += spend(20)?;
+    println!("quota of {LIMIT}: {before} admitted before the restart, {after} after");
+    ensure!(
+        after <= 5,
+        "{after} more admitted after the restart: the window's count was lost"
+    );
+    Ok(())
+}
+
 /// An issuer for the test: an EC key, its JWKS, and tokens it signs.
 struct Issuer {
     key: jsonwebtoken::EncodingKey,

@@ -75,7 +75,7 @@ impl Quota {
 }
 
 /// One count: a budget (quota label and who), a window, and the requests a cluster admitted.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Spend {
     pub quota: String,
     pub who: String,
@@ -168,6 +168,23 @@ impl QuotaBook {
             }
         }
         (grown, self.sequence)
+    }
+
+    /// Every count held, for keeping across a restart: (budget, cluster, requests).
+    pub fn counts(&self) -> Vec<(Spend, ClusterName, u64)> {
+        let mut all = Vec::new();
+        for (spend, by_cluster) in &self.counts {
+            for (cluster, count) in by_cluster {
+                all.push((spend.clone(), cluster.clone(), *count));
+            }
+        }
+        all.sort();
+        all
+    }
+
+    /// The sequence number of the latest change: it moves whenever a count grew.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
     }
 
     /// Forgets windows that ended: `current` says, for a quota label, the window in force.
