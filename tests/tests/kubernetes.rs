@@ -57,12 +57,22 @@ async fn publish_at(
     Ok(())
 }
 
+/// A ServiceExport shop/NAME as MCS users write it: no spec at all.
 async fn export_service(client: &Client, name: &str) -> Result<()> {
-    let export = ServiceExport::new(name, Default::default());
-    Api::<ServiceExport>::namespaced(client.clone(), "shop")
+    let export: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "multicluster.x-k8s.io/v1alpha1", "kind": "ServiceExport",
+        "metadata": {"name": name, "namespace": "shop"},
+    }))?;
+    exports(client)
         .create(&PostParams::default(), &export)
         .await?;
     Ok(())
+}
+
+/// The API of ServiceExports in namespace shop, untyped (they may have no spec).
+fn exports(client: &Client) -> Api<DynamicObject> {
+    let resource = kube::api::ApiResource::erase::<ServiceExport>(&());
+    Api::namespaced_with(client.clone(), "shop", &resource)
 }
 
 /// The clusters a ServiceImport lists, when it exists.
@@ -104,16 +114,15 @@ async fn validity(client: &Client, name: &str) -> Option<(String, String)> {
 
 /// A condition of ServiceExport shop/NAME: (status, reason, message).
 async fn condition(client: &Client, name: &str, kind: &str) -> Option<(String, String, String)> {
-    let export = Api::<ServiceExport>::namespaced(client.clone(), "shop")
-        .get(name)
-        .await
-        .ok()?;
-    export
-        .status?
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == kind)
-        .map(|c| (c.status, c.reason, c.message))
+    let export = exports(client).get(name).await.ok()?;
+    export.data["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+        .map(|c| {
+            let text = |field: &str| c[field].as_str().unwrap_or_default().to_owned();
+            (text("status"), text("reason"), text("message"))
+        })
 }
 
 #[test]
@@ -257,10 +266,7 @@ fn an_export_in_one_cluster_is_imported_in_the_other_within_two_seconds_and_with
     );
 
     // The export goes: so do the import and its slices, within 2 s.
-    runtime.block_on(
-        Api::<ServiceExport>::namespaced(west.client.clone(), "shop")
-            .delete("api", &DeleteParams::default()),
-    )?;
+    runtime.block_on(exports(&west.client).delete("api", &DeleteParams::default()))?;
     let withdrawn = Instant::now();
     wait_for(Duration::from_secs(2), "shop/api gone from east", || {
         let import = runtime.block_on(imported_from(&east.client, "api"));

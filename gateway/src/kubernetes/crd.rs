@@ -40,7 +40,10 @@ pub struct ServiceExportStatus {
     kind = "ServiceImport",
     namespaced,
     status = "ServiceImportStatus",
-    shortname = "svcim"
+    shortname = "svcim",
+    printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.type"}"#,
+    printcolumn = r#"{"name":"IP","type":"string","jsonPath":".spec.ips"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceImportSpec {
@@ -233,7 +236,7 @@ pub fn all() -> Vec<(String, CustomResourceDefinition)> {
     vec![
         (
             "serviceexports.multicluster.x-k8s.io.yaml",
-            ServiceExport::crd(),
+            spec_optional(ServiceExport::crd()),
         ),
         (
             "serviceimports.multicluster.x-k8s.io.yaml",
@@ -250,6 +253,26 @@ pub fn all() -> Vec<(String, CustomResourceDefinition)> {
         )
     }))
     .collect()
+}
+
+/// The CRD with `spec` optional: the MCS API's ServiceExport has none, and the documents its
+/// users write have none (`kubectl apply` refused them while the schema required one).
+fn spec_optional(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            if let Some(required) = schema.required.as_mut() {
+                required.retain(|field| field != "spec");
+            }
+            if schema.required.as_ref().is_some_and(Vec::is_empty) {
+                schema.required = None;
+            }
+        }
+    }
+    crd
 }
 
 /// A CRD as the YAML file `kubectl apply -f` takes.

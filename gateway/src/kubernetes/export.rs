@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -24,7 +24,7 @@ use strait_federation::catalog::{
 use strait_federation::identity::{ClusterName, Namespace, ServiceName};
 use tokio::sync::Notify;
 
-use super::crd::ServiceExport;
+use super::crd::{ServiceExport, ServiceExportStatus};
 use super::slices::{self, Slice};
 use super::{Condition, FIELD_MANAGER, Health};
 use crate::{Shared, lock};
@@ -202,9 +202,16 @@ pub async fn run(shared: Arc<Shared>, client: Client, health: Arc<Health>) {
         health.clone(),
     ));
 
-    let (exports, writer) = reflector::store::<ServiceExport>();
-    let stream =
-        watcher(Api::<ServiceExport>::all(client.clone()), config.clone()).default_backoff();
+    // Read as untyped objects: the MCS API's ServiceExport has no spec, and one written
+    // without it (as the MCS documents show) must not break the watch.
+    let export_resource = ApiResource::erase::<ServiceExport>(&());
+    let writer = reflector::store::Writer::<DynamicObject>::new(export_resource.clone());
+    let exports = writer.as_reader();
+    let stream = watcher(
+        Api::<DynamicObject>::all_with(client.clone(), &export_resource),
+        config.clone(),
+    )
+    .default_backoff();
     tokio::spawn(super::reflect(
         "serviceexports",
         writer,
@@ -238,7 +245,7 @@ pub async fn run(shared: Arc<Shared>, client: Client, health: Arc<Health>) {
         () = ready => {}
         () = shared.shutdown.cancelled() => return,
     }
-    let statuses = Api::<ServiceExport>::all(client);
+    let statuses = (client, export_resource);
     let mut written: HashMap<(String, String), Vec<Condition>> = HashMap::new();
     // Conflicts change with other clusters' exports: the catalog view wakes the loop too.
     let mut catalog = shared.catalog_tx.subscribe();
@@ -267,9 +274,9 @@ pub async fn run(shared: Arc<Shared>, client: Client, health: Arc<Health>) {
 async fn reconcile(
     shared: &Arc<Shared>,
     services: &Store<Service>,
-    exports: &Store<ServiceExport>,
+    exports: &Store<DynamicObject>,
     slice_store: &Store<DynamicObject>,
-    statuses: &Api<ServiceExport>,
+    statuses: &(Client, ApiResource),
     written: &mut HashMap<(String, String), Vec<Condition>>,
 ) {
     let export_objects = exports.state();
@@ -328,7 +335,7 @@ async fn reconcile(
     }
 
     // Conditions: written only when they change, and not when the object already says so.
-    let current: HashMap<(String, String), &ServiceExport> = export_objects
+    let current: HashMap<(String, String), &DynamicObject> = export_objects
         .iter()
         .map(|e| ((e.namespace().unwrap_or_default(), e.name_any()), &**e))
         .collect();
@@ -341,7 +348,8 @@ async fn reconcile(
         }
         let already = current
             .get(&key)
-            .and_then(|e| e.status.as_ref())
+            .and_then(|e| e.data.get("status"))
+            .and_then(|s| serde_json::from_value::<ServiceExportStatus>(s.clone()).ok())
             .is_some_and(|s| {
                 s.conditions.len() == wanted.len()
                     && wanted.iter().all(|w| {
@@ -355,8 +363,11 @@ async fn reconcile(
             });
         if !already {
             let status = super::conditions_patch(&wanted);
-            let api =
-                Api::<ServiceExport>::namespaced(statuses.clone().into_client(), &d.namespace);
+            let api = Api::<DynamicObject>::namespaced_with(
+                statuses.0.clone(),
+                &d.namespace,
+                &statuses.1,
+            );
             match api
                 .patch_status(
                     &d.name,
