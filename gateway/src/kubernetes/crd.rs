@@ -43,6 +43,7 @@ pub struct ServiceExportStatus {
     shortname = "svcim",
     printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.type"}"#,
     printcolumn = r#"{"name":"IP","type":"string","jsonPath":".spec.ips"}"#,
+    printcolumn = r#"{"name":"Clusters","type":"string","jsonPath":".status.clusters[*].cluster"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
