@@ -133,6 +133,9 @@ pub struct Shared {
     /// mode unless another replica is known to hold the Lease. An API that cannot be reached
     /// does not stop it (fail static): only a replica that took the Lease over does.
     pub peering: watch::Sender<bool>,
+    /// Held for each look at the Lease, and by the last one at a clean stop: a look already
+    /// under way when the gateway stops could otherwise take the Lease back after it was given up.
+    pub lease_turn: tokio::sync::Mutex<()>,
     /// Where the leading replica's relay listens, as its Lease says (Kubernetes mode): a
     /// standby forwards its sidecars' flows there.
     pub leader_relay: Mutex<Option<SocketAddr>>,
@@ -427,6 +430,7 @@ pub async fn run(
         // In Kubernetes mode a replica leads once it holds the Lease.
         leading: watch::channel(kube_client.is_none()).0,
         peering: watch::channel(kube_client.is_none()).0,
+        lease_turn: tokio::sync::Mutex::new(()),
         leader_relay: Mutex::new(None),
         leader_vips: watch::channel(None).0,
         kube: kube_client.clone(),

@@ -128,14 +128,9 @@ async fn condition(client: &Client, name: &str, kind: &str) -> Option<(String, S
 #[test]
 fn an_export_in_one_cluster_is_imported_in_the_other_within_two_seconds_and_withdrawn_as_fast()
 -> Result<()> {
-    if let Err(why) = binaries() {
-        eprintln!("skipped: {why}");
+    let Some((mesh, runtime, mut west, mut east)) = two_clusters()? else {
         return Ok(());
-    }
-    let mesh = Mesh::new()?;
-    let runtime = tokio::runtime::Runtime::new()?;
-    let mut west = KubeCluster::start(&mesh, &runtime, "west")?;
-    let mut east = KubeCluster::start(&mesh, &runtime, "east")?;
+    };
     // West's Link applied in east, first with a token tampered with: refused, and the Link's
     // status says why; then with the right token: connected.
     let stream = mesh.ctl("west", &["link"]).success()?;
@@ -302,6 +297,20 @@ fn an_export_in_one_cluster_is_imported_in_the_other_within_two_seconds_and_with
     Ok(())
 }
 
+/// Two clusters, west and east, each with its API server and its gateway in Kubernetes mode;
+/// `None` (saying so) where the control plane is not built.
+fn two_clusters() -> Result<Option<(Mesh, tokio::runtime::Runtime, KubeCluster, KubeCluster)>> {
+    if let Err(why) = binaries() {
+        eprintln!("skipped: {why}");
+        return Ok(None);
+    }
+    let mesh = Mesh::new()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let west = KubeCluster::start(&mesh, &runtime, "west")?;
+    let east = KubeCluster::start(&mesh, &runtime, "east")?;
+    Ok(Some((mesh, runtime, west, east)))
+}
+
 /// The ports of an import, as east sees them.
 async fn import_ports(client: &Client, name: &str) -> Option<Vec<i32>> {
     let import = Api::<ServiceImport>::namespaced(client.clone(), "shop")
@@ -314,14 +323,9 @@ async fn import_ports(client: &Client, name: &str) -> Option<Vec<i32>> {
 #[test]
 fn a_service_both_clusters_export_lists_both_follows_its_ports_and_survives_an_api_restart()
 -> Result<()> {
-    if let Err(why) = binaries() {
-        eprintln!("skipped: {why}");
+    let Some((mesh, runtime, mut west, mut east)) = two_clusters()? else {
         return Ok(());
-    }
-    let mesh = Mesh::new()?;
-    let runtime = tokio::runtime::Runtime::new()?;
-    let mut west = KubeCluster::start(&mesh, &runtime, "west")?;
-    let mut east = KubeCluster::start(&mesh, &runtime, "east")?;
+    };
     // A short Lease, so that the API outage below outlasts it.
     east.gateway.stop()?;
     let config = east.gateway.dir.join("gateway.yaml");
@@ -698,15 +702,10 @@ fn answer(proxy: std::net::SocketAddr, host: &str) -> u16 {
 #[test]
 fn a_policy_applied_with_kubectl_in_east_holds_in_west_and_a_delete_anywhere_ends_it() -> Result<()>
 {
-    if let Err(why) = binaries() {
-        eprintln!("skipped: {why}");
+    let Some((mesh, runtime, west, east)) = two_clusters()? else {
         return Ok(());
-    }
+    };
     const API: &str = "api.shop.svc.clusterset.local";
-    let mesh = Mesh::new()?;
-    let runtime = tokio::runtime::Runtime::new()?;
-    let west = KubeCluster::start(&mesh, &runtime, "west")?;
-    let east = KubeCluster::start(&mesh, &runtime, "east")?;
     link_with_resources(&mesh, &runtime, &east.client, "west")?;
 
     // West runs shop/api (the sample app behind its sidecar; its EndpointSlice names the
@@ -898,14 +897,9 @@ async fn import_ips(client: &Client, name: &str) -> Option<Vec<String>> {
 #[test]
 fn two_replicas_share_the_work_and_the_standby_takes_over_losing_nothing_even_with_an_empty_disk()
 -> Result<()> {
-    if let Err(why) = binaries() {
-        eprintln!("skipped: {why}");
+    let Some((mesh, runtime, west, mut east)) = two_clusters()? else {
         return Ok(());
-    }
-    let mesh = Mesh::new()?;
-    let runtime = tokio::runtime::Runtime::new()?;
-    let west = KubeCluster::start(&mesh, &runtime, "west")?;
-    let mut east = KubeCluster::start(&mesh, &runtime, "east")?;
+    };
     // East runs two replicas, each in a pod of its own: the first leads, the second stands by.
     runtime.block_on(replica_pods(&east.client, &["east-a", "east-b"]))?;
     east.gateway.stop()?;
@@ -1270,14 +1264,9 @@ fn a_gateway_without_its_rights_names_what_it_lacks_and_works_once_deploy_rbac_i
 #[test]
 fn a_gateway_that_starts_on_an_empty_disk_while_its_api_is_down_says_so_and_takes_its_state_in_later()
 -> Result<()> {
-    if let Err(why) = binaries() {
-        eprintln!("skipped: {why}");
+    let Some((mesh, runtime, mut west, east)) = two_clusters()? else {
         return Ok(());
-    }
-    let mesh = Mesh::new()?;
-    let runtime = tokio::runtime::Runtime::new()?;
-    let mut west = KubeCluster::start(&mesh, &runtime, "west")?;
-    let east = KubeCluster::start(&mesh, &runtime, "east")?;
+    };
     link_with_resources(&mesh, &runtime, &east.client, "west")?;
     runtime.block_on(publish(&west.client, "api", true))?;
     wait_for(Duration::from_secs(5), "shop/api imported in east", || {

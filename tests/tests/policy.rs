@@ -494,6 +494,35 @@ fn wait_policies(admin: SocketAddr, kind: &str, count: f64) -> Result<()> {
 /// The same service account calls `api` in both clusters, each through its own cluster's
 /// endpoint, paced at a known rate: together they get the quota, not the quota each, within
 /// the documented bound (total rate × (2 × report interval + a peer hop)).
+/// Applies in east a Quota of `limit` requests an hour per service account on shop/api.
+/// Hour-long windows, so a test never straddles one: it waits for the next hour when fewer
+/// than 30 s of this one are left.
+fn hourly_quota(mesh: &Mesh, limit: u32) -> Result<()> {
+    let into_hour = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        % 3600;
+    if into_hour > 3600 - 30 {
+        std::thread::sleep(Duration::from_secs(3600 - into_hour + 1));
+    }
+    mesh.apply(
+        "east",
+        "quota.yaml",
+        &format!(
+            "apiVersion: policy.strait.dev/v1alpha1
+kind: Quota
+metadata: {{name: web-per-hour, namespace: shop}}
+spec:
+  targetRef: {{kind: Service, name: api}}
+  limit: {{requests: {limit}, per: 1h}}
+  key: serviceAccount
+"
+        ),
+    )
+    .success()?;
+    Ok(())
+}
+
 #[test]
 fn a_mesh_wide_quota_holds_across_two_clusters_within_its_bound() -> Result<()> {
     let (mesh, _east_gateway, _west_gateway) = linked_pair(None)?;
@@ -504,30 +533,8 @@ fn a_mesh_wide_quota_holds_across_two_clusters_within_its_bound() -> Result<()> 
     let proxies = [web_east.addr("proxy")?, web_west.addr("proxy")?];
     wait_route(proxies[0], API, "east")?;
     wait_route(proxies[1], API, "west")?;
-    // Hour-long windows, so the test never straddles one (and waits if it would).
-    let into_hour = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs()
-        % 3600;
-    if into_hour > 3600 - 20 {
-        std::thread::sleep(Duration::from_secs(3600 - into_hour + 1));
-    }
     const LIMIT: u32 = 40;
-    mesh.apply(
-        "east",
-        "quota.yaml",
-        &format!(
-            "apiVersion: policy.strait.dev/v1alpha1
-kind: Quota
-metadata: {{name: web-per-hour, namespace: shop}}
-spec:
-  targetRef: {{kind: Service, name: api}}
-  limit: {{requests: {LIMIT}, per: 1h}}
-  key: serviceAccount
-"
-        ),
-    )
-    .success()?;
+    hourly_quota(&mesh, LIMIT)?;
     wait_policies(api_east.sidecar.addr("admin")?, "Quota", 1.0)?;
     wait_policies(api_west.sidecar.addr("admin")?, "Quota", 1.0)?;
 
@@ -576,30 +583,8 @@ fn a_lone_gateway_restarted_goes_on_counting_the_quota_window_it_was_in() -> Res
     let web = client(&mesh, "east", &[])?;
     let proxy = web.addr("proxy")?;
     wait_route(proxy, API, "east")?;
-    // An hour-long window, so the test never straddles one (and waits if it would).
-    let into_hour = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs()
-        % 3600;
-    if into_hour > 3600 - 30 {
-        std::thread::sleep(Duration::from_secs(3600 - into_hour + 1));
-    }
     const LIMIT: u32 = 10;
-    mesh.apply(
-        "east",
-        "quota.yaml",
-        &format!(
-            "apiVersion: policy.strait.dev/v1alpha1
-kind: Quota
-metadata: {{name: web-per-hour, namespace: shop}}
-spec:
-  targetRef: {{kind: Service, name: api}}
-  limit: {{requests: {LIMIT}, per: 1h}}
-  key: serviceAccount
-"
-        ),
-    )
-    .success()?;
+    hourly_quota(&mesh, LIMIT)?;
     wait_policies(api_east.sidecar.addr("admin")?, "Quota", 1.0)?;
     let spend = |count: usize| -> Result<u32> {
         let mut admitted = 0;

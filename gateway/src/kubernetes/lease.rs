@@ -118,12 +118,18 @@ pub async fn run(
     loop {
         // A hung request must not outlast the Lease: the leader would go on believing it
         // leads after another replica took over.
-        let outcome = tokio::time::timeout(
-            (duration / 3).max(Duration::from_secs(1)),
-            attempt(&shared, &leases, &me, &relay, seconds),
-        )
-        .await
-        .unwrap_or_else(|_| Err(kube::Error::Service("the Lease request timed out".into())));
+        let outcome = {
+            let _turn = shared.lease_turn.lock().await;
+            if shared.shutdown.is_cancelled() {
+                return;
+            }
+            tokio::time::timeout(
+                (duration / 3).max(Duration::from_secs(1)),
+                attempt(&shared, &leases, &me, &relay, seconds),
+            )
+            .await
+            .unwrap_or_else(|_| Err(kube::Error::Service("the Lease request timed out".into())))
+        };
         let leads = match outcome {
             Ok((leads, replaced)) => {
                 health.clear("lease");
@@ -185,13 +191,16 @@ pub async fn step_down(shared: &Shared) {
     let (Some(client), Some(config)) = (&shared.kube, &shared.config.kubernetes) else {
         return;
     };
-    if !shared.leads() {
-        return;
-    }
+    // After any look at the Lease under way: none starts once the gateway stops. Whether this
+    // replica holds the Lease is read from the Lease itself: the look that just ended may have
+    // taken it without the gateway having heard yet.
+    let _turn = shared.lease_turn.lock().await;
     shared.set_leading(false);
     shared.set_peering(false);
     let leases = Api::<Lease>::namespaced(client.clone(), &config.namespace);
-    release(&leases, &identity()).await;
+    if !release(&leases, &identity()).await {
+        return;
+    }
     if let Some(pod) = std::env::var("POD_NAME")
         .ok()
         .filter(|name| !name.is_empty())
@@ -315,16 +324,18 @@ async fn attempt(
     }
 }
 
-/// Gives the Lease up (a clean stop), so another replica takes it without waiting.
-async fn release(leases: &Api<Lease>, me: &str) {
-    let Ok(Some(mut lease)) = leases.get_opt(LEASE).await else {
-        return;
+/// Gives the Lease up (a clean stop), so another replica takes it without waiting; whether
+/// this replica held it.
+async fn release(leases: &Api<Lease>, me: &str) -> bool {
+    let read = tokio::time::timeout(Duration::from_secs(2), leases.get_opt(LEASE)).await;
+    let Ok(Ok(Some(mut lease))) = read else {
+        return false;
     };
     let Some(spec) = lease.spec.as_mut() else {
-        return;
+        return false;
     };
     if spec.holder_identity.as_deref() != Some(me) {
-        return;
+        return false;
     }
     spec.holder_identity = None;
     spec.renew_time = None;
@@ -338,6 +349,7 @@ async fn release(leases: &Api<Lease>, me: &str) {
         Ok(Err(e)) => tracing::warn!(error = %super::describe(&e), "cannot give the Lease up"),
         Err(_) => tracing::warn!("cannot give the Lease up: the API did not answer"),
     }
+    true
 }
 
 #[cfg(test)]
