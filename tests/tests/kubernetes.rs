@@ -31,10 +31,21 @@ async fn publish_at(
     endpoint: std::net::SocketAddr,
     export: bool,
 ) -> Result<()> {
-    let services = Api::<Service>::namespaced(client.clone(), "shop");
+    publish_in(client, "shop", name, endpoint, export).await
+}
+
+/// As [`publish_at`], in namespace `namespace`.
+async fn publish_in(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    endpoint: std::net::SocketAddr,
+    export: bool,
+) -> Result<()> {
+    let services = Api::<Service>::namespaced(client.clone(), namespace);
     let service: Service = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": "shop"},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {"ports": [{"name": "http", "port": 8080, "protocol": "TCP",
                             "appProtocol": "http", "targetPort": 9090}]},
     }))?;
@@ -42,28 +53,33 @@ async fn publish_at(
     let resource = slices::resource("v1beta1");
     let slice: DynamicObject = serde_json::from_value(serde_json::json!({
         "apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
-        "metadata": {"name": format!("{name}-abcde"), "namespace": "shop",
+        "metadata": {"name": format!("{name}-abcde"), "namespace": namespace,
                      "labels": {"kubernetes.io/service-name": name}},
         "addressType": "IPv4",
         "endpoints": [{"addresses": [endpoint.ip().to_string()], "conditions": {"ready": true}}],
         "ports": [{"name": "http", "port": endpoint.port(), "protocol": "TCP"}],
     }))?;
-    Api::<DynamicObject>::namespaced_with(client.clone(), "shop", &resource)
+    Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource)
         .create(&PostParams::default(), &slice)
         .await?;
     if export {
-        export_service(client, name).await?;
+        export_in(client, namespace, name).await?;
     }
     Ok(())
 }
 
 /// A ServiceExport shop/NAME as MCS users write it: no spec at all.
 async fn export_service(client: &Client, name: &str) -> Result<()> {
+    export_in(client, "shop", name).await
+}
+
+/// A ServiceExport NAMESPACE/NAME, without spec.
+async fn export_in(client: &Client, namespace: &str, name: &str) -> Result<()> {
     let export: DynamicObject = serde_json::from_value(serde_json::json!({
         "apiVersion": "multicluster.x-k8s.io/v1alpha1", "kind": "ServiceExport",
-        "metadata": {"name": name, "namespace": "shop"},
+        "metadata": {"name": name, "namespace": namespace},
     }))?;
-    exports(client)
+    exports_in(client, namespace)
         .create(&PostParams::default(), &export)
         .await?;
     Ok(())
@@ -71,8 +87,13 @@ async fn export_service(client: &Client, name: &str) -> Result<()> {
 
 /// The API of ServiceExports in namespace shop, untyped (they may have no spec).
 fn exports(client: &Client) -> Api<DynamicObject> {
+    exports_in(client, "shop")
+}
+
+/// The API of ServiceExports in `namespace`, untyped.
+fn exports_in(client: &Client, namespace: &str) -> Api<DynamicObject> {
     let resource = kube::api::ApiResource::erase::<ServiceExport>(&());
-    Api::namespaced_with(client.clone(), "shop", &resource)
+    Api::namespaced_with(client.clone(), namespace, &resource)
 }
 
 /// The clusters a ServiceImport lists, when it exists.
@@ -114,7 +135,17 @@ async fn validity(client: &Client, name: &str) -> Option<(String, String)> {
 
 /// A condition of ServiceExport shop/NAME: (status, reason, message).
 async fn condition(client: &Client, name: &str, kind: &str) -> Option<(String, String, String)> {
-    let export = exports(client).get(name).await.ok()?;
+    condition_in(client, "shop", name, kind).await
+}
+
+/// A condition of ServiceExport NAMESPACE/NAME.
+async fn condition_in(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    kind: &str,
+) -> Option<(String, String, String)> {
+    let export = exports_in(client, namespace).get(name).await.ok()?;
     export.data["status"]["conditions"]
         .as_array()?
         .iter()
@@ -1333,6 +1364,72 @@ fn a_gateway_that_starts_on_an_empty_disk_while_its_api_is_down_says_so_and_take
             .block_on(imported_from(&east.client, "api"))
             .is_some(),
         "east lost shop/api"
+    );
+    Ok(())
+}
+
+#[test]
+fn an_export_waits_for_its_namespace_in_the_importing_cluster_and_arrives_with_it() -> Result<()> {
+    let Some((mesh, runtime, west, east)) = two_clusters()? else {
+        return Ok(());
+    };
+    link_with_resources(&mesh, &runtime, &east.client, "west")?;
+    // Namespace tools exists in west only: the export is not imported into east, and the
+    // gateway creates no namespace.
+    let namespace = |name: &str| -> Result<k8s_openapi::api::core::v1::Namespace> {
+        Ok(serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name},
+        }))?)
+    };
+    let namespaces =
+        |client: &Client| Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone());
+    runtime
+        .block_on(namespaces(&west.client).create(&PostParams::default(), &namespace("tools")?))?;
+    runtime.block_on(publish_in(
+        &west.client,
+        "tools",
+        "build",
+        "10.1.0.9:9090".parse()?,
+        true,
+    ))?;
+    let imported = |client: &Client| {
+        runtime
+            .block_on(Api::<ServiceImport>::namespaced(client.clone(), "tools").get_opt("build"))
+            .ok()
+            .flatten()
+            .is_some()
+    };
+    wait_for(Duration::from_secs(5), "tools/build valid in west", || {
+        Ok(runtime
+            .block_on(condition_in(&west.client, "tools", "build", "Valid"))
+            .filter(|(status, _, _)| status == "True")
+            .map(|_| ()))
+    })?;
+    std::thread::sleep(Duration::from_secs(1));
+    anyhow::ensure!(
+        !imported(&east.client),
+        "imported into a namespace east lacks"
+    );
+    anyhow::ensure!(
+        runtime
+            .block_on(namespaces(&east.client).get_opt("tools"))?
+            .is_none(),
+        "the gateway created a namespace"
+    );
+
+    // The namespace is created in east: the import follows at once, not at a retry.
+    runtime
+        .block_on(namespaces(&east.client).create(&PostParams::default(), &namespace("tools")?))?;
+    let created = Instant::now();
+    wait_for(
+        Duration::from_secs(2),
+        "tools/build imported into east",
+        || Ok(imported(&east.client).then_some(())),
+    )
+    .with_context(|| east.gateway.log_tail())?;
+    eprintln!(
+        "imported {:?} after its namespace appeared",
+        created.elapsed()
     );
     Ok(())
 }

@@ -242,7 +242,13 @@ fn slice_body(
 }
 
 /// Runs the import side until the gateway stops.
-pub async fn run(shared: Arc<Shared>, client: Client, slices: ApiResource, health: Arc<Health>) {
+pub async fn run(
+    shared: Arc<Shared>,
+    client: Client,
+    slices: ApiResource,
+    health: Arc<Health>,
+    mut namespaces: tokio::sync::watch::Receiver<u64>,
+) {
     let mut catalog = shared.catalog_tx.subscribe();
     let mut zone = shared.zone.subscribe();
     let mut leading = shared.leading.subscribe();
@@ -263,12 +269,19 @@ pub async fn run(shared: Arc<Shared>, client: Client, slices: ApiResource, healt
         }
         let settled =
             led_since.is_some_and(|since| since.elapsed() >= grace) || peers_settled(&shared);
-        let pending =
-            leads && reconcile(&shared, &client, &slices, &mut written, &health, settled).await;
+        let left = if leads {
+            reconcile(&shared, &client, &slices, &mut written, &health, settled).await
+        } else {
+            Left::default()
+        };
+        // A namespace that does not exist yet is waited for by its watch (a minute at most,
+        // should that watch fail); anything else that failed is tried again in 5 s.
         let retry = if leads && !settled {
             Duration::from_millis(500)
-        } else if pending {
+        } else if left.pending {
             Duration::from_secs(5)
+        } else if left.namespaces {
+            Duration::from_secs(60)
         } else {
             Duration::from_secs(3600)
         };
@@ -276,6 +289,7 @@ pub async fn run(shared: Arc<Shared>, client: Client, slices: ApiResource, healt
             _ = catalog.changed() => {}
             _ = zone.changed() => {}
             _ = leading.changed() => {}
+            _ = namespaces.changed() => {}
             () = tokio::time::sleep(retry) => {}
             () = shared.shutdown.cancelled() => return,
         }
@@ -341,12 +355,20 @@ async fn adopt(client: &Client, slices: &ApiResource, written: &mut Written, hea
 /// How many services are written at once.
 const WRITERS: usize = 16;
 
-/// What writing one service did: the digests of what is now written, and whether something
-/// must be tried again.
+/// What writing one service did: the digests of what is now written, and what is left to do.
 #[derive(Default)]
 struct Outcome {
     written: Vec<((String, String, String), u64)>,
+    left: Left,
+}
+
+/// What a pass left undone.
+#[derive(Default, Clone, Copy)]
+struct Left {
+    /// Something failed and must be tried again.
     pending: bool,
+    /// An import waits for its namespace to exist here.
+    namespaces: bool,
 }
 
 /// Writes one service's import, its status and its slices where they differ from `known`.
@@ -382,7 +404,7 @@ async fn write_service(
                     .await
                 {
                     tracing::warn!(namespace = %w.namespace, name = %w.name, error = %super::describe(&e), "cannot write a ServiceImport's status");
-                    outcome.pending = true;
+                    outcome.left.pending = true;
                     return outcome;
                 }
                 shared
@@ -397,12 +419,12 @@ async fn write_service(
                 // The namespace does not exist here: nothing is imported into it until it
                 // does (the gateway never creates namespaces).
                 tracing::debug!(namespace = %w.namespace, name = %w.name, "namespace absent: not imported");
-                outcome.pending = true;
+                outcome.left.namespaces = true;
                 return outcome;
             }
             Err(e) => {
                 health.fail("imports", super::describe(&e));
-                outcome.pending = true;
+                outcome.left.pending = true;
                 return outcome;
             }
         }
@@ -425,7 +447,7 @@ async fn write_service(
             None => match imports.get(&w.name).await {
                 Ok(object) => object.uid().unwrap_or_default(),
                 Err(_) => {
-                    outcome.pending = true;
+                    outcome.left.pending = true;
                     continue;
                 }
             },
@@ -449,7 +471,7 @@ async fn write_service(
             }
             Err(e) => {
                 health.fail("imports", super::describe(&e));
-                outcome.pending = true;
+                outcome.left.pending = true;
             }
         }
     }
@@ -457,7 +479,7 @@ async fn write_service(
     outcome
 }
 
-/// One pass; whether something could not be written yet (an absent namespace, an API error).
+/// One pass; what it could not do yet (an API error, an absent namespace).
 async fn reconcile(
     shared: &Arc<Shared>,
     client: &Client,
@@ -465,7 +487,7 @@ async fn reconcile(
     written: &mut Written,
     health: &Health,
     settled: bool,
-) -> bool {
+) -> Left {
     let wanted = {
         let zone = shared.zone.borrow().clone();
         let addresses = if shared.config.dns.is_some() {
@@ -513,9 +535,10 @@ async fn reconcile(
             .collect()
             .await
     };
-    let mut pending = false;
+    let mut left = Left::default();
     for outcome in outcomes {
-        pending |= outcome.pending;
+        left.pending |= outcome.left.pending;
+        left.namespaces |= outcome.left.namespaces;
         written.extend(outcome.written);
     }
     let stale: Vec<_> = written
@@ -525,7 +548,8 @@ async fn reconcile(
         .collect();
     if !settled && !stale.is_empty() {
         // Deleted once the peers have sent their catalogs (or the grace period is over).
-        return true;
+        left.pending = true;
+        return left;
     }
     for key in stale {
         let (kind, namespace, name) = &key;
@@ -556,13 +580,13 @@ async fn reconcile(
                 .inc();
             written.remove(&key);
         } else {
-            pending = true;
+            left.pending = true;
         }
     }
-    if !pending {
+    if !left.pending {
         health.clear("imports");
     }
-    pending
+    left
 }
 
 #[cfg(test)]

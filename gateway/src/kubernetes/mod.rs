@@ -240,10 +240,12 @@ pub fn start(shared: &Arc<Shared>, client: Client, restored: durable::Restore) {
         tracing::info!(endpointslices = %slices.api_version, "Kubernetes mode");
         tokio::spawn(export::run(shared.clone(), client.clone(), health.clone()));
         tokio::spawn(links::run(shared.clone(), client.clone(), health.clone()));
+        let namespaces = watch_namespaces(&shared, &client, &health);
         tokio::spawn(policies::run(
             shared.clone(),
             client.clone(),
             health.clone(),
+            namespaces.clone(),
         ));
         tokio::spawn(mirror::run(
             shared.clone(),
@@ -251,8 +253,44 @@ pub fn start(shared: &Arc<Shared>, client: Client, restored: durable::Restore) {
             slices.clone(),
             health.clone(),
         ));
-        tokio::spawn(import::run(shared, client, slices, health));
+        tokio::spawn(import::run(shared, client, slices, health, namespaces));
     });
+}
+
+/// Watches the cluster's namespaces: what waits for a namespace (an import, a policy resource)
+/// is written as soon as it appears, not at the next retry. The counter moves on every change.
+fn watch_namespaces(
+    shared: &Arc<Shared>,
+    client: &Client,
+    health: &Arc<Health>,
+) -> tokio::sync::watch::Receiver<u64> {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::runtime::WatchStreamExt;
+    let (tx, rx) = tokio::sync::watch::channel(0u64);
+    let stream = watcher(
+        kube::Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff();
+    let (shared, health) = (shared.clone(), health.clone());
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        loop {
+            let event = tokio::select! {
+                event = stream.next() => event,
+                () = shared.shutdown.cancelled() => return,
+            };
+            match event {
+                Some(Ok(_)) => {
+                    health.clear("namespaces");
+                    tx.send_modify(|n| *n += 1);
+                }
+                Some(Err(e)) => health.fail("namespaces", describe(&e)),
+                None => return,
+            }
+        }
+    });
+    rx
 }
 
 /// Peering follows the Lease: the replica that takes it dials its Links (peers that dial this

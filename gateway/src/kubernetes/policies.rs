@@ -345,7 +345,12 @@ fn without_ours(finalizers: &[String]) -> Vec<String> {
 }
 
 /// Runs the policy controller until the gateway stops.
-pub async fn run(shared: Arc<Shared>, client: Client, health: Arc<Health>) {
+pub async fn run(
+    shared: Arc<Shared>,
+    client: Client,
+    health: Arc<Health>,
+    mut namespaces: tokio::sync::watch::Receiver<u64>,
+) {
     let changed = Arc::new(Notify::new());
     let mut stores: Vec<(PolicyKind, Store<DynamicObject>)> = Vec::new();
     for kind in PolicyKind::ALL {
@@ -372,9 +377,13 @@ pub async fn run(shared: Arc<Shared>, client: Client, health: Arc<Health>) {
     let mut leading = shared.leading.subscribe();
     let mut memory = Memory::default();
     loop {
-        let pending = reconcile(&shared, &client, &stores, &mut memory, &health).await;
+        let (pending, waiting) = reconcile(&shared, &client, &stores, &mut memory, &health).await;
+        // A namespace that does not exist yet is waited for by its watch (a minute at most,
+        // should that watch fail); anything else that failed is tried again in 5 s.
         let retry = if pending {
             Duration::from_secs(5)
+        } else if waiting {
+            Duration::from_secs(60)
         } else {
             Duration::from_secs(3600)
         };
@@ -382,6 +391,7 @@ pub async fn run(shared: Arc<Shared>, client: Client, health: Arc<Health>) {
             () = changed.notified() => {}
             _ = set_changed.changed() => {}
             _ = leading.changed() => {}
+            _ = namespaces.changed() => {}
             () = tokio::time::sleep(retry) => {}
             () = shared.shutdown.cancelled() => return,
         }
@@ -390,14 +400,15 @@ pub async fn run(shared: Arc<Shared>, client: Client, health: Arc<Health>) {
     }
 }
 
-/// One pass; whether something could not be written yet.
+/// One pass; whether something failed and must be tried again, and whether a resource waits
+/// for its namespace.
 async fn reconcile(
     shared: &Arc<Shared>,
     client: &Client,
     stores: &[(PolicyKind, Store<DynamicObject>)],
     memory: &mut Memory,
     health: &Health,
-) -> bool {
+) -> (bool, bool) {
     let objects: Vec<Observed> = stores
         .iter()
         .flat_map(|(kind, store)| {
@@ -424,7 +435,7 @@ async fn reconcile(
             Err(e) => {
                 // Unknown: decide again once the API answers.
                 health.fail("namespaces", super::describe(&e));
-                return true;
+                return (true, false);
             }
         };
         if going {
@@ -446,7 +457,7 @@ async fn reconcile(
         shared.mark_dirty();
         shared.policies_changed();
     }
-    let mut pending = false;
+    let (mut pending, mut waiting) = (false, false);
     // A standby replica follows the resources into its set and writes nothing: the leading
     // replica does.
     let writes = if shared.leads() {
@@ -458,6 +469,7 @@ async fn reconcile(
         match execute(shared, client, write, memory).await {
             Ok(()) => {}
             Err(Failure::Pending) => pending = true,
+            Err(Failure::NoNamespace) => waiting = true,
             Err(Failure::Api(e)) => {
                 health.fail("policies", super::describe(&e));
                 pending = true;
@@ -471,29 +483,30 @@ async fn reconcile(
     let uids: BTreeSet<&str> = objects.iter().map(|o| o.uid.as_str()).collect();
     memory.shown.retain(|uid, _| uids.contains(uid.as_str()));
     memory.deleted.retain(|uid| uids.contains(uid.as_str()));
-    pending
+    (pending, waiting)
 }
 
 /// Why a write did not happen.
 enum Failure {
-    /// Not now (a conflict, a namespace that does not exist here): the next pass tries again.
+    /// Not now (a conflict): the next pass tries again.
     Pending,
+    /// The namespace does not exist here, or is being deleted: its watch says when to try.
+    NoNamespace,
     Api(kube::Error),
 }
 
 impl From<kube::Error> for Failure {
     fn from(e: kube::Error) -> Self {
         match &e {
-            kube::Error::Api(status) if status.is_not_found() || status.code == 409 => {
-                Failure::Pending
-            }
+            kube::Error::Api(status) if status.is_not_found() => Failure::NoNamespace,
+            kube::Error::Api(status) if status.code == 409 => Failure::Pending,
             // Namespaces being deleted refuse new objects.
             kube::Error::Api(status)
                 if status.code == 403
                     && status.reason == "Forbidden"
                     && status.message.contains("being terminated") =>
             {
-                Failure::Pending
+                Failure::NoNamespace
             }
             _ => Failure::Api(e),
         }
