@@ -114,6 +114,8 @@ pub struct Shared {
     pub quotas: Mutex<strait_federation::policy::quota::QuotaBook>,
     /// Bumped whenever a quota count grows: peer sessions send what grew.
     pub quota_tx: watch::Sender<u64>,
+    /// The quota book's sequence number when its counts were last written to disk.
+    pub(crate) quotas_saved: std::sync::atomic::AtomicU64,
     /// The DNS zone, rebuilt after every catalog change; `None` without a DNS server.
     pub zone: watch::Sender<Option<Arc<dns::zone::Zone>>>,
     pub peers: Mutex<BTreeMap<ClusterName, PeerStatus>>,
@@ -198,11 +200,7 @@ impl Shared {
 
     /// Records whether this replica leads; the tasks that follow it wake on a change.
     pub fn set_leading(&self, leads: bool) {
-        self.leading.send_if_modified(|current| {
-            let changed = *current != leads;
-            *current = leads;
-            changed
-        });
+        set_flag(&self.leading, leads);
     }
 
     /// Whether this replica peers (see [`Shared::peering`]).
@@ -212,11 +210,7 @@ impl Shared {
 
     /// Records whether this replica peers; the peer tasks follow it.
     pub fn set_peering(&self, peers: bool) {
-        self.peering.send_if_modified(|current| {
-            let changed = *current != peers;
-            *current = peers;
-            changed
-        });
+        set_flag(&self.peering, peers);
     }
 
     /// Tells the sidecars' watchers that their view changed.
@@ -295,6 +289,11 @@ impl Shared {
         let local = state.local_services();
         clusterset(&self.config.cluster, &local, state.imports.iter())
     }
+}
+
+/// Sets a flag that tasks follow, waking them only when it changes.
+fn set_flag(flag: &watch::Sender<bool>, value: bool) {
+    flag.send_if_modified(|current| std::mem::replace(current, value) != value);
 }
 
 /// The UDP socket of the QUIC endpoint, with large buffers: with kernel defaults, bursts of
@@ -421,6 +420,7 @@ pub async fn run(
         quotas: Mutex::new(Default::default()),
         locations: Mutex::new(BTreeMap::new()),
         quota_tx: watch::channel(0).0,
+        quotas_saved: std::sync::atomic::AtomicU64::new(0),
         zone: watch::channel(None).0,
         peers: Mutex::new(BTreeMap::new()),
         endpoint,
@@ -489,8 +489,7 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(2), shared.endpoint.wait_idle()).await;
     lock(&shared.state).running = false;
     // Whatever counted since the last write (at most a second's worth).
-    let mut unwritten = u64::MAX;
-    policies::keep_quota_counts(&shared, &mut unwritten).await;
+    policies::keep_quota_counts(&shared).await;
     shared.persist().await?;
     tracing::info!(cluster = %shared.config.cluster, "gateway stopped");
     Ok(())
@@ -506,7 +505,6 @@ async fn housekeeping(shared: Arc<Shared>) {
     let compact_every = Duration::from_millis(shared.config.peering.tombstone_retention_ms / 4)
         .clamp(Duration::from_millis(250), Duration::from_secs(60));
     let mut compact_at = Instant::now();
-    let mut quotas_written = 0;
     let mut quotas_at = Instant::now();
     loop {
         tokio::select! {
@@ -517,7 +515,7 @@ async fn housekeeping(shared: Arc<Shared>) {
         policies::expire_quota_windows(&shared);
         if Instant::now() >= quotas_at {
             quotas_at = Instant::now() + Duration::from_secs(1);
-            policies::keep_quota_counts(&shared, &mut quotas_written).await;
+            policies::keep_quota_counts(&shared).await;
         }
         if Instant::now() >= compact_at {
             compact_at = Instant::now() + compact_every;

@@ -15,9 +15,10 @@ use strait_federation::resource::Resource;
 
 use strait_federation::document::Applied;
 
-use crate::store::State;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
+use crate::store::State;
 use crate::{Shared, lock, unix_now_ms};
 
 /// Refuses a file whose new policies would take the set past its bound, before anything of the
@@ -247,19 +248,22 @@ pub fn load_quota_counts(shared: &Shared) {
         for (spend, origin, count) in counts {
             book.merge(&origin, spend, count);
         }
+        // What was just read is on disk already.
+        shared.quotas_saved.store(book.sequence(), Ordering::SeqCst);
     }
     expire_quota_windows(shared);
 }
 
-/// Writes the quota counts when they changed since the sequence number `written` (updated).
-pub async fn keep_quota_counts(shared: &Arc<Shared>, written: &mut u64) {
+/// Writes the quota counts when one grew since they were last written.
+pub async fn keep_quota_counts(shared: &Arc<Shared>) {
     let (sequence, counts) = {
         let book = lock(&shared.quotas);
-        (book.sequence(), book.counts())
+        let sequence = book.sequence();
+        if sequence == shared.quotas_saved.load(Ordering::SeqCst) {
+            return;
+        }
+        (sequence, book.counts())
     };
-    if sequence == *written {
-        return;
-    }
     let path = shared.config.file(QUOTA_FILE);
     let saved = tokio::task::spawn_blocking(move || -> Result<(), String> {
         let text = serde_json::to_string(&counts).map_err(|e| e.to_string())?;
@@ -269,7 +273,7 @@ pub async fn keep_quota_counts(shared: &Arc<Shared>, written: &mut u64) {
     .map_err(|e| e.to_string())
     .and_then(|saved| saved);
     match saved {
-        Ok(()) => *written = sequence,
+        Ok(()) => shared.quotas_saved.store(sequence, Ordering::SeqCst),
         Err(error) => tracing::error!(%error, "cannot write the quota counts"),
     }
 }

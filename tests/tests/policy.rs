@@ -601,8 +601,22 @@ fn a_lone_gateway_restarted_goes_on_counting_the_quota_window_it_was_in() -> Res
     let before = spend(20)?;
     ensure!(before >= LIMIT, "only {before} of {LIMIT} admitted");
 
-    // The gateway and the service's sidecar restart (a rollout, say): the window goes on.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Once the gateway holds what was admitted (the sidecar reports every 100 ms; the counts
+    // reach quotas.json within a second), it and the service's sidecar restart (a rollout,
+    // say): the window goes on.
+    let counted = gateway.dir.join("quotas.json");
+    wait_for(
+        Duration::from_secs(5),
+        "the admitted requests counted",
+        || {
+            let counts: Vec<(Value, String, u64)> = std::fs::read_to_string(&counted)
+                .ok()
+                .and_then(|text| serde_json::from_str(&text).ok())
+                .unwrap_or_default();
+            let total: u64 = counts.iter().map(|(_, _, count)| count).sum();
+            Ok((total >= u64::from(before)).then_some(()))
+        },
+    )?;
     gateway.stop()?;
     drop(api_east);
     gateway.start(&mesh)?;
