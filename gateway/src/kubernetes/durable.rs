@@ -22,6 +22,7 @@ use strait_federation::policy::exchange::PolicyBook;
 
 use super::{FIELD_MANAGER, Health};
 use crate::config::GatewayConfig;
+use crate::dns::vip::PoolFile;
 use crate::store::State;
 use crate::{Shared, lock};
 
@@ -149,10 +150,7 @@ fn take_in_late(shared: &Arc<Shared>, secret: &Secret) {
             state.redemptions = stored.redemptions;
         }
     }
-    if let Some(file) = data
-        .get(VIPS)
-        .and_then(|b| serde_json::from_slice::<crate::dns::vip::PoolFile>(&b.0).ok())
-    {
+    if let Some(file) = stored_vips(secret) {
         shared.leader_vips.send_replace(Some(Arc::new(file)));
     }
     tracing::info!(
@@ -163,6 +161,12 @@ fn take_in_late(shared: &Arc<Shared>, secret: &Secret) {
     for spec in added {
         crate::peer::start_dialer(shared, spec, None);
     }
+}
+
+/// The virtual addresses the Secret holds, as the leader's DNS pool had them.
+pub fn stored_vips(secret: &Secret) -> Option<PoolFile> {
+    let bytes = secret.data.as_ref()?.get(VIPS)?;
+    serde_json::from_slice(&bytes.0).ok()
 }
 
 fn digest(parts: &[&str]) -> u64 {
@@ -225,7 +229,9 @@ pub async fn run(
                 continue;
             }
         };
-        let vips = std::fs::read_to_string(shared.config.file(VIPS)).unwrap_or_default();
+        let vips = tokio::fs::read_to_string(shared.config.file(VIPS))
+            .await
+            .unwrap_or_default();
         let sum = digest(&[&state, &vips]);
         if written == Some(sum) {
             continue;
@@ -281,8 +287,24 @@ mod tests {
 
     #[test]
     fn the_durable_state_keeps_links_tokens_and_clock_and_drops_what_the_api_gives_back() {
+        use strait_federation::identity::{ClusterName, TrustDomain};
         let mut state = State::new();
         state.policies.clock.tick(1_000);
+        let west = ClusterName::new("west").unwrap();
+        state.links.insert(
+            west.clone(),
+            crate::store::LinkRecord {
+                spec: strait_federation::link::LinkSpec {
+                    cluster: west.clone(),
+                    trust_domain: TrustDomain::new("example.mesh").unwrap(),
+                    gateway_address: "203.0.113.7:4433".into(),
+                    root_fingerprint: "sha256:00".into(),
+                    token: "token".into(),
+                    expires: None,
+                },
+                created: 1,
+            },
+        );
         let kept = durable(&state);
         assert_eq!(kept.export.head().epoch, state.export.head().epoch);
         assert_eq!(kept.policies.clock, state.policies.clock);
@@ -291,6 +313,7 @@ mod tests {
         // It reads back as a state file.
         let text = serde_json::to_string(&kept).unwrap();
         let read: State = serde_json::from_str(&text).unwrap();
-        assert_eq!(read.links, kept.links);
+        assert_eq!(read.links, state.links);
+        assert_eq!(read.links[&west].spec.gateway_address, "203.0.113.7:4433");
     }
 }

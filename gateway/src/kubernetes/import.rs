@@ -23,7 +23,7 @@ use strait_federation::identity::ClusterName;
 use super::crd::{
     ClusterStatus, ServiceImport, ServiceImportSpec, ServiceImportStatus, ServicePort,
 };
-use super::{FIELD_MANAGER, Health};
+use super::{FIELD_MANAGER, Health, Unfinished};
 use crate::dns::zone::Zone;
 use crate::{Shared, lock};
 
@@ -272,18 +272,12 @@ pub async fn run(
         let left = if leads {
             reconcile(&shared, &client, &slices, &mut written, &health, settled).await
         } else {
-            Left::default()
+            Unfinished::default()
         };
-        // A namespace that does not exist yet is waited for by its watch (a minute at most,
-        // should that watch fail); anything else that failed is tried again in 5 s.
         let retry = if leads && !settled {
             Duration::from_millis(500)
-        } else if left.pending {
-            Duration::from_secs(5)
-        } else if left.namespaces {
-            Duration::from_secs(60)
         } else {
-            Duration::from_secs(3600)
+            left.retry()
         };
         tokio::select! {
             _ = catalog.changed() => {}
@@ -359,16 +353,7 @@ const WRITERS: usize = 16;
 #[derive(Default)]
 struct Outcome {
     written: Vec<((String, String, String), u64)>,
-    left: Left,
-}
-
-/// What a pass left undone.
-#[derive(Default, Clone, Copy)]
-struct Left {
-    /// Something failed and must be tried again.
-    pending: bool,
-    /// An import waits for its namespace to exist here.
-    namespaces: bool,
+    left: Unfinished,
 }
 
 /// Writes one service's import, its status and its slices where they differ from `known`.
@@ -487,7 +472,7 @@ async fn reconcile(
     written: &mut Written,
     health: &Health,
     settled: bool,
-) -> Left {
+) -> Unfinished {
     let wanted = {
         let zone = shared.zone.borrow().clone();
         let addresses = if shared.config.dns.is_some() {
@@ -535,10 +520,9 @@ async fn reconcile(
             .collect()
             .await
     };
-    let mut left = Left::default();
+    let mut left = Unfinished::default();
     for outcome in outcomes {
-        left.pending |= outcome.left.pending;
-        left.namespaces |= outcome.left.namespaces;
+        left = left.and(outcome.left);
         written.extend(outcome.written);
     }
     let stale: Vec<_> = written

@@ -186,22 +186,29 @@ impl Drop for Watches {
     }
 }
 
-/// Runs the mirror until the gateway stops; it acts while this replica stands by.
-pub async fn run(shared: Arc<Shared>, client: Client, resource: ApiResource, health: Arc<Health>) {
+/// How often a standby reads the leader's virtual addresses.
+const VIPS_EVERY: Duration = Duration::from_secs(5);
+
+/// Runs the mirror until the gateway stops; it acts while this replica stands by. `namespace`
+/// is the gateway's own, where the durable state is.
+pub async fn run(
+    shared: Arc<Shared>,
+    client: Client,
+    resource: ApiResource,
+    namespace: String,
+    health: Arc<Health>,
+) {
     let changed = Arc::new(Notify::new());
-    let namespace = shared
-        .config
-        .kubernetes
-        .as_ref()
-        .map_or_else(|| "strait-system".to_owned(), |k| k.namespace.clone());
     let secrets = Api::<Secret>::namespaced(client.clone(), &namespace);
     let mut peering = shared.peering.subscribe();
     let mut vips: Option<Arc<PoolFile>> = None;
+    let mut vips_read: Option<std::time::Instant> = None;
     let mut watches: Option<Watches> = None;
     loop {
         if shared.peers_with_clusters() {
             watches = None;
             vips = None;
+            vips_read = None;
         } else {
             let watching = watches
                 .get_or_insert_with(|| Watches::start(&client, &resource, &changed, &health));
@@ -212,13 +219,15 @@ pub async fn run(shared: Arc<Shared>, client: Client, resource: ApiResource, hea
             {
                 mirror(&shared, &watching.imports, &watching.slices);
             }
-            // The leader's addresses, as its durable state holds them.
-            if let Ok(Some(secret)) = secrets.get_opt(durable::SECRET).await
-                && let Some(file) = secret
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get("vips.json"))
-                    .and_then(|b| serde_json::from_slice::<PoolFile>(&b.0).ok())
+            // The leader's addresses, as its durable state holds them: read every few
+            // seconds, not at each of a burst of import changes.
+            let due = vips_read.is_none_or(|at| at.elapsed() >= VIPS_EVERY);
+            if due {
+                vips_read = Some(std::time::Instant::now());
+            }
+            if due
+                && let Ok(Some(secret)) = secrets.get_opt(durable::SECRET).await
+                && let Some(file) = durable::stored_vips(&secret)
                 && vips.as_deref() != Some(&file)
             {
                 let file = Arc::new(file);
@@ -229,7 +238,7 @@ pub async fn run(shared: Arc<Shared>, client: Client, resource: ApiResource, hea
         tokio::select! {
             () = changed.notified() => {}
             _ = peering.changed() => {}
-            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            () = tokio::time::sleep(VIPS_EVERY) => {}
             () = shared.shutdown.cancelled() => return,
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

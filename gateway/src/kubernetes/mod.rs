@@ -1,9 +1,12 @@
 //! Kubernetes mode: with a `kubernetes:` block in `gateway.yaml` the gateway is a controller of
 //! its cluster's API (kube-rs watchers and reflectors, server-side apply). It exports what the
-//! cluster's ServiceExports name ([`export`]) and writes what other clusters export as MCS
-//! ServiceImports and EndpointSlices ([`import`]). The federation code is the same as in
-//! universal mode: only where the local catalog comes from, and where imports are shown,
-//! change. See docs/kubernetes.md.
+//! cluster's ServiceExports name ([`export`]), writes what other clusters export as MCS
+//! ServiceImports and EndpointSlices ([`import`]), dials the Link resources ([`links`]), keeps
+//! the policy resources and the mesh-wide set in step ([`policies`]), checks sidecars'
+//! service-account tokens ([`identity`]), keeps what must outlive a disk in the API
+//! ([`durable`]), and lets one replica lead ([`lease`]) while a standby follows the leader's
+//! imports ([`mirror`]). The federation code is the same as in universal mode. See
+//! docs/kubernetes.md.
 
 pub mod crd;
 pub mod durable;
@@ -106,6 +109,37 @@ pub(crate) async fn reflect<K, W>(
                 changed.notify_one();
             }
             Err(e) => health.fail(what, describe(&e)),
+        }
+    }
+}
+
+/// What a reconcile pass left undone, and so when the next pass is due without a change.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Unfinished {
+    /// A write failed and is tried again in 5 s.
+    pub pending: bool,
+    /// An object waits for its namespace to exist: the namespace watch wakes the pass, and a
+    /// minute is the longest wait should that watch fail.
+    pub namespaces: bool,
+}
+
+impl Unfinished {
+    /// Both passes' leftovers.
+    pub fn and(self, other: Unfinished) -> Unfinished {
+        Unfinished {
+            pending: self.pending || other.pending,
+            namespaces: self.namespaces || other.namespaces,
+        }
+    }
+
+    /// How long until the next pass when nothing changes.
+    pub fn retry(self) -> Duration {
+        if self.pending {
+            Duration::from_secs(5)
+        } else if self.namespaces {
+            Duration::from_secs(60)
+        } else {
+            Duration::from_secs(3600)
         }
     }
 }
@@ -232,7 +266,7 @@ pub fn start(shared: &Arc<Shared>, client: Client, restored: durable::Restore) {
         tokio::spawn(durable::run(
             shared.clone(),
             client.clone(),
-            config.namespace,
+            config.namespace.clone(),
             health.clone(),
             restored,
         ));
@@ -240,38 +274,54 @@ pub fn start(shared: &Arc<Shared>, client: Client, restored: durable::Restore) {
         tracing::info!(endpointslices = %slices.api_version, "Kubernetes mode");
         tokio::spawn(export::run(shared.clone(), client.clone(), health.clone()));
         tokio::spawn(links::run(shared.clone(), client.clone(), health.clone()));
-        let namespaces = watch_namespaces(&shared, &client, &health);
+        let (namespaces, namespace_changes) = watch_namespaces(&shared, &client, &health);
         tokio::spawn(policies::run(
             shared.clone(),
             client.clone(),
             health.clone(),
-            namespaces.clone(),
+            namespaces,
+            namespace_changes.clone(),
         ));
         tokio::spawn(mirror::run(
             shared.clone(),
             client.clone(),
             slices.clone(),
+            config.namespace,
             health.clone(),
         ));
-        tokio::spawn(import::run(shared, client, slices, health, namespaces));
+        tokio::spawn(import::run(
+            shared,
+            client,
+            slices,
+            health,
+            namespace_changes,
+        ));
     });
 }
 
 /// Watches the cluster's namespaces: what waits for a namespace (an import, a policy resource)
-/// is written as soon as it appears, not at the next retry. The counter moves on every change.
+/// is written as soon as it appears, not at the next retry, and whether a namespace is being
+/// deleted is read from the store, not asked of the API. The counter moves on every change.
 fn watch_namespaces(
     shared: &Arc<Shared>,
     client: &Client,
     health: &Arc<Health>,
-) -> tokio::sync::watch::Receiver<u64> {
+) -> (
+    reflector::Store<k8s_openapi::api::core::v1::Namespace>,
+    tokio::sync::watch::Receiver<u64>,
+) {
     use k8s_openapi::api::core::v1::Namespace;
     use kube::runtime::WatchStreamExt;
     let (tx, rx) = tokio::sync::watch::channel(0u64);
-    let stream = watcher(
-        kube::Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff();
+    let (store, writer) = reflector::store::<Namespace>();
+    let stream = reflector::reflector(
+        writer,
+        watcher(
+            kube::Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff(),
+    );
     let (shared, health) = (shared.clone(), health.clone());
     tokio::spawn(async move {
         futures::pin_mut!(stream);
@@ -290,7 +340,7 @@ fn watch_namespaces(
             }
         }
     });
-    rx
+    (store, rx)
 }
 
 /// Peering follows the Lease: the replica that takes it dials its Links (peers that dial this

@@ -35,7 +35,7 @@ use tokio::sync::Notify;
 
 use super::crd::{POLICY_GROUP, PolicyStatus, policy_plural};
 use super::import::{MANAGED_BY, MANAGER};
-use super::{Health, condition_patch};
+use super::{Health, Unfinished, condition_patch};
 use crate::{Shared, lock, unix_now_ms};
 
 /// The finalizer on every policy resource the gateway has taken into the mesh.
@@ -224,17 +224,13 @@ pub fn decide(
         if let Some(key) = &key {
             present.insert(key.clone());
         }
-        let live = key
-            .as_ref()
-            .and_then(|k| book.set.get(k))
-            .filter(|e| e.body.is_some())
-            .map(|e| e.version.clone());
         let ours = object.finalizers.iter().any(|f| f == FINALIZER);
         if object.deleting {
             if ours {
                 let deleted_here = !memory.deleted.contains(&object.uid)
                     && !terminating.contains(&object.namespace);
-                if deleted_here && let (Some(key), Some(_)) = (&key, &live) {
+                if deleted_here && let Some(key) = &key {
+                    // A tombstone only where the policy is live.
                     out.changed |= book.delete(key, local, now_ms);
                 }
                 out.writes.push(Write::Finalizers {
@@ -262,6 +258,8 @@ pub fn decide(
                 (Err(message), _) => Some(("Invalid", message)),
                 (Ok(_), None) => Some(("Invalid", "metadata.namespace: not a namespace".into())),
             };
+            // The version now in force, if any: the one just applied, or the one a refused
+            // spec leaves in force.
             let shown = key
                 .as_ref()
                 .and_then(|k| book.set.get(k))
@@ -349,7 +347,8 @@ pub async fn run(
     shared: Arc<Shared>,
     client: Client,
     health: Arc<Health>,
-    mut namespaces: tokio::sync::watch::Receiver<u64>,
+    namespaces: Store<KubeNamespace>,
+    mut namespace_changes: tokio::sync::watch::Receiver<u64>,
 ) {
     let changed = Arc::new(Notify::new());
     let mut stores: Vec<(PolicyKind, Store<DynamicObject>)> = Vec::new();
@@ -367,31 +366,29 @@ pub async fn run(
             health.clone(),
         ));
     }
-    for (_, store) in &stores {
-        tokio::select! {
-            result = store.wait_until_ready() => if result.is_err() { return },
-            () = shared.shutdown.cancelled() => return,
+    // Not before every store has listed: a namespace not yet seen is not a deleted one.
+    let ready = async {
+        for (_, store) in &stores {
+            store.wait_until_ready().await?;
         }
+        namespaces.wait_until_ready().await
+    };
+    tokio::select! {
+        result = ready => if result.is_err() { return },
+        () = shared.shutdown.cancelled() => return,
     }
     let mut set_changed = shared.policy_tx.subscribe();
     let mut leading = shared.leading.subscribe();
     let mut memory = Memory::default();
     loop {
-        let (pending, waiting) = reconcile(&shared, &client, &stores, &mut memory, &health).await;
-        // A namespace that does not exist yet is waited for by its watch (a minute at most,
-        // should that watch fail); anything else that failed is tried again in 5 s.
-        let retry = if pending {
-            Duration::from_secs(5)
-        } else if waiting {
-            Duration::from_secs(60)
-        } else {
-            Duration::from_secs(3600)
-        };
+        let retry = reconcile(&shared, &client, &stores, &namespaces, &mut memory, &health)
+            .await
+            .retry();
         tokio::select! {
             () = changed.notified() => {}
             _ = set_changed.changed() => {}
             _ = leading.changed() => {}
-            _ = namespaces.changed() => {}
+            _ = namespace_changes.changed() => {}
             () = tokio::time::sleep(retry) => {}
             () = shared.shutdown.cancelled() => return,
         }
@@ -400,15 +397,15 @@ pub async fn run(
     }
 }
 
-/// One pass; whether something failed and must be tried again, and whether a resource waits
-/// for its namespace.
+/// One pass; what it left undone.
 async fn reconcile(
     shared: &Arc<Shared>,
     client: &Client,
     stores: &[(PolicyKind, Store<DynamicObject>)],
+    namespaces: &Store<KubeNamespace>,
     memory: &mut Memory,
     health: &Health,
-) -> (bool, bool) {
+) -> Unfinished {
     let objects: Vec<Observed> = stores
         .iter()
         .flat_map(|(kind, store)| {
@@ -419,29 +416,18 @@ async fn reconcile(
                 .collect::<Vec<_>>()
         })
         .collect();
-    let mut terminating = BTreeSet::new();
-    for namespace in objects
+    // A resource deleted with its namespace (one being deleted, or gone) leaves the mesh's
+    // policy alone.
+    let terminating: BTreeSet<String> = objects
         .iter()
         .filter(|o| o.deleting && !memory.deleted.contains(&o.uid))
         .map(|o| o.namespace.clone())
-        .collect::<BTreeSet<_>>()
-    {
-        let going = match Api::<KubeNamespace>::all(client.clone())
-            .get(&namespace)
-            .await
-        {
-            Ok(n) => n.metadata.deletion_timestamp.is_some(),
-            Err(kube::Error::Api(status)) if status.is_not_found() => true,
-            Err(e) => {
-                // Unknown: decide again once the API answers.
-                health.fail("namespaces", super::describe(&e));
-                return (true, false);
-            }
-        };
-        if going {
-            terminating.insert(namespace);
-        }
-    }
+        .filter(|name| {
+            namespaces
+                .get(&reflector::ObjectRef::new(name))
+                .is_none_or(|n| n.metadata.deletion_timestamp.is_some())
+        })
+        .collect();
     let decision = {
         let mut state = lock(&shared.state);
         decide(
@@ -457,7 +443,7 @@ async fn reconcile(
         shared.mark_dirty();
         shared.policies_changed();
     }
-    let (mut pending, mut waiting) = (false, false);
+    let mut left = Unfinished::default();
     // A standby replica follows the resources into its set and writes nothing: the leading
     // replica does.
     let writes = if shared.leads() {
@@ -468,22 +454,22 @@ async fn reconcile(
     for write in writes {
         match execute(shared, client, write, memory).await {
             Ok(()) => {}
-            Err(Failure::Pending) => pending = true,
-            Err(Failure::NoNamespace) => waiting = true,
+            Err(Failure::Pending) => left.pending = true,
+            Err(Failure::NoNamespace) => left.namespaces = true,
             Err(Failure::Api(e)) => {
                 health.fail("policies", super::describe(&e));
-                pending = true;
+                left.pending = true;
             }
         }
     }
-    if !pending {
+    if !left.pending {
         health.clear("policies");
     }
     // Forget the uids of resources that are gone.
     let uids: BTreeSet<&str> = objects.iter().map(|o| o.uid.as_str()).collect();
     memory.shown.retain(|uid, _| uids.contains(uid.as_str()));
     memory.deleted.retain(|uid| uids.contains(uid.as_str()));
-    (pending, waiting)
+    left
 }
 
 /// Why a write did not happen.
@@ -646,8 +632,12 @@ async fn execute(
                 ..DeleteParams::default()
             };
             memory.deleted.insert(uid);
-            api(&place).delete(&place.2, &params).await?;
-            count(shared, "deletes");
+            match api(&place).delete(&place.2, &params).await {
+                Ok(_) => count(shared, "deletes"),
+                // Gone already: what the delete was for.
+                Err(kube::Error::Api(status)) if status.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
         }
     }
     Ok(())

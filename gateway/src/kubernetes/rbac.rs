@@ -19,7 +19,7 @@ pub fn cluster_rules() -> Value {
     let policy_status: Vec<String> = policies.iter().map(|p| format!("{p}/status")).collect();
     json!([
         {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
         {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
          "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
         {"apiGroups": ["multicluster.x-k8s.io"], "resources": ["serviceexports"],
