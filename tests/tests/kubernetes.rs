@@ -342,6 +342,21 @@ fn two_clusters() -> Result<Option<(Mesh, tokio::runtime::Runtime, KubeCluster, 
     Ok(Some((mesh, runtime, west, east)))
 }
 
+/// Waits until ServiceImport shop/NAME lists west alone among the clusters that export it.
+fn wait_imported_from_west(
+    runtime: &tokio::runtime::Runtime,
+    client: &Client,
+    name: &str,
+    limit: Duration,
+) -> Result<()> {
+    wait_for(limit, &format!("shop/{name} imported from west"), || {
+        Ok(runtime
+            .block_on(imported_from(client, name))
+            .filter(|clusters| clusters == &["west"])
+            .map(|_| ()))
+    })
+}
+
 /// The ports of an import, as east sees them.
 async fn import_ports(client: &Client, name: &str) -> Option<Vec<i32>> {
     let import = Api::<ServiceImport>::namespaced(client.clone(), "shop")
@@ -492,17 +507,8 @@ fn a_service_both_clusters_export_lists_both_follows_its_ports_and_survives_an_a
     runtime.block_on(publish(&west.client, "web", true))?;
     east.plane.start_apiserver()?;
     east.client = runtime.block_on(east.plane.client())?;
-    wait_for(
-        Duration::from_secs(30),
-        "shop/web imported in east after the restart",
-        || {
-            Ok(runtime
-                .block_on(imported_from(&east.client, "web"))
-                .filter(|clusters| clusters == &["west"])
-                .map(|_| ()))
-        },
-    )
-    .with_context(|| east.gateway.log_tail())?;
+    wait_imported_from_west(&runtime, &east.client, "web", Duration::from_secs(30))
+        .with_context(|| east.gateway.log_tail())?;
     wait_for(
         Duration::from_secs(30),
         "east's gateway ready again",
@@ -517,16 +523,26 @@ fn a_service_both_clusters_export_lists_both_follows_its_ports_and_survives_an_a
     Ok(())
 }
 
-/// A TokenRequest for service account shop/NAME with `audience`, written to a file.
-async fn token_file(
+/// Service account NAMESPACE/NAME.
+async fn service_account(client: &Client, namespace: &str, name: &str) -> Result<()> {
+    let account = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": name, "namespace": namespace},
+    }))?;
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &account)
+        .await?;
+    Ok(())
+}
+
+/// A token the API server issues service account NAMESPACE/NAME for `audience` (an hour).
+async fn request_token(
     client: &Client,
+    namespace: &str,
     name: &str,
     audience: &str,
-    path: &std::path::Path,
-) -> Result<()> {
+) -> Result<String> {
     use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-    let accounts =
-        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), "shop");
     let request = TokenRequest {
         spec: TokenRequestSpec {
             audiences: vec![audience.into()],
@@ -535,13 +551,24 @@ async fn token_file(
         },
         ..Default::default()
     };
-    let token = accounts
-        .create_token_request(name, &PostParams::default(), &request)
-        .await?
-        .status
-        .context("a TokenRequest without status")?
-        .token;
-    std::fs::write(path, token)?;
+    Ok(
+        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), namespace)
+            .create_token_request(name, &PostParams::default(), &request)
+            .await?
+            .status
+            .context("a TokenRequest without status")?
+            .token,
+    )
+}
+
+/// A TokenRequest for service account shop/NAME with `audience`, written to a file.
+async fn token_file(
+    client: &Client,
+    name: &str,
+    audience: &str,
+    path: &std::path::Path,
+) -> Result<()> {
+    std::fs::write(path, request_token(client, "shop", name, audience).await?)?;
     Ok(())
 }
 
@@ -560,11 +587,7 @@ fn a_sidecar_proves_its_service_account_with_a_projected_token_and_wrong_ones_ar
     let accounts =
         Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(west.clone(), "shop");
     for name in ["web", "gone"] {
-        let account = serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": {"name": name, "namespace": "shop"},
-        }))?;
-        runtime.block_on(accounts.create(&PostParams::default(), &account))?;
+        runtime.block_on(service_account(&west, "shop", name))?;
     }
     let mut gateway = mesh.kubernetes_gateway("west", &plane.kubeconfig)?;
     gateway.start(&mesh)?;
@@ -883,14 +906,12 @@ async fn lease_holder(client: &Client) -> Option<String> {
 /// Pods strait-system/NAME for gateway replicas (no kubelet runs them: they are where a
 /// replica says whether it leads).
 async fn replica_pods(client: &Client, names: &[&str]) -> Result<()> {
-    let accounts = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(
-        client.clone(),
+    service_account(
+        client,
         "strait-system",
-    );
-    let account = serde_json::from_value(
-        strait_gateway::kubernetes::rbac::manifests("strait-system")[0].clone(),
-    )?;
-    accounts.create(&PostParams::default(), &account).await?;
+        strait_gateway::kubernetes::rbac::NAME,
+    )
+    .await?;
     let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), "strait-system");
     for name in names {
         let pod = serde_json::from_value(serde_json::json!({
@@ -995,14 +1016,7 @@ fn two_replicas_share_the_work_and_the_standby_takes_over_losing_nothing_even_wi
     );
     // A sidecar of east that proves its service account to the standby: the standby serves
     // it the clusterset from what the leader wrote, and hands its flows to the leader.
-    let account = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "ServiceAccount",
-        "metadata": {"name": "web", "namespace": "shop"},
-    }))?;
-    runtime.block_on(
-        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(east.client.clone(), "shop")
-            .create(&PostParams::default(), &account),
-    )?;
+    runtime.block_on(service_account(&east.client, "shop", "web"))?;
     let token = mesh.dir.path().join("web.token");
     runtime.block_on(token_file(&east.client, "web", "strait", &token))?;
     let bundle = mesh.trust.join("bundle.pem");
@@ -1059,17 +1073,8 @@ fn two_replicas_share_the_work_and_the_standby_takes_over_losing_nothing_even_wi
         killed.elapsed()
     );
     runtime.block_on(publish(&west.client, "web", true))?;
-    wait_for(
-        Duration::from_secs(10),
-        "shop/web imported by the new leader",
-        || {
-            Ok(runtime
-                .block_on(imported_from(&east.client, "web"))
-                .filter(|clusters| clusters == &["west"])
-                .map(|_| ()))
-        },
-    )
-    .with_context(|| standby.log_tail())?;
+    wait_imported_from_west(&runtime, &east.client, "web", Duration::from_secs(10))
+        .with_context(|| standby.log_tail())?;
     eprintln!("new import written {:?} after the kill", killed.elapsed());
     anyhow::ensure!(
         runtime.block_on(import_ips(&east.client, "api")) == ips,
@@ -1113,16 +1118,8 @@ fn two_replicas_share_the_work_and_the_standby_takes_over_losing_nothing_even_wi
     )
     .with_context(|| east.gateway.log_tail())?;
     runtime.block_on(publish(&west.client, "cart", true))?;
-    wait_for(
-        Duration::from_secs(10),
-        "shop/cart imported after the empty disk",
-        || {
-            Ok(runtime
-                .block_on(imported_from(&east.client, "cart"))
-                .map(|_| ()))
-        },
-    )
-    .with_context(|| east.gateway.log_tail())?;
+    wait_imported_from_west(&runtime, &east.client, "cart", Duration::from_secs(10))
+        .with_context(|| east.gateway.log_tail())?;
     anyhow::ensure!(
         runtime.block_on(import_ips(&east.client, "api")) == ips,
         "shop/api kept its virtual address across the empty disk"
@@ -1146,29 +1143,15 @@ fn two_replicas_share_the_work_and_the_standby_takes_over_losing_nothing_even_wi
 /// A kubeconfig for service account strait-system/strait-gateway of `plane`, with a token the
 /// API server issued it.
 async fn gateway_kubeconfig(plane: &ControlPlane, client: &Client) -> Result<std::path::PathBuf> {
-    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-    let accounts = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(
-        client.clone(),
+    let account = strait_gateway::kubernetes::rbac::NAME;
+    service_account(client, "strait-system", account).await?;
+    let token = request_token(
+        client,
         "strait-system",
-    );
-    let account = serde_json::from_value(
-        strait_gateway::kubernetes::rbac::manifests("strait-system")[0].clone(),
-    )?;
-    accounts.create(&PostParams::default(), &account).await?;
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec!["https://kubernetes.default.svc".into()],
-            expiration_seconds: Some(3600),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let token = accounts
-        .create_token_request("strait-gateway", &PostParams::default(), &request)
-        .await?
-        .status
-        .context("a TokenRequest without status")?
-        .token;
+        account,
+        "https://kubernetes.default.svc",
+    )
+    .await?;
     let admin = std::fs::read_to_string(&plane.kubeconfig)?;
     let start = admin
         .find("    token: ")
