@@ -60,6 +60,7 @@ struct LinkItem {
     imported_version: u64,
     exported_version: u64,
     acked_version: u64,
+    replicas: u32,
     since: String,
 }
 
@@ -196,6 +197,7 @@ pub fn links(links: &[LinkView], format: Format) -> Result<String> {
                     } else {
                         "-".into()
                     },
+                    l.replicas.to_string(),
                     l.imported_services.to_string(),
                     age(l.since_unix),
                     l.last_error.chars().filter(|c| !c.is_control()).collect(),
@@ -209,6 +211,7 @@ pub fn links(links: &[LinkView], format: Format) -> Result<String> {
                 "STATE",
                 "ADDRESS",
                 "RTT",
+                "REPLICAS",
                 "IMPORTED",
                 "SINCE",
                 "LAST ERROR",
@@ -229,6 +232,7 @@ pub fn links(links: &[LinkView], format: Format) -> Result<String> {
             imported_version: l.imported_version,
             exported_version: l.exported_version,
             acked_version: l.acked_version,
+            replicas: l.replicas,
             since: strait_federation::link::rfc3339(l.since_unix),
         })
         .collect();

@@ -39,6 +39,8 @@ pub struct FlowTarget {
     /// The cluster the flow comes from, as the opening gateway said (a receiving gateway uses
     /// the authenticated peer instead).
     pub source_cluster: Option<ClusterName>,
+    /// Handed on by another replica of this cluster's gateway: not to be handed on again.
+    pub forwarded: bool,
 }
 
 impl FlowTarget {
@@ -55,6 +57,7 @@ impl FlowTarget {
                 .as_ref()
                 .map(ToString::to_string)
                 .unwrap_or_default(),
+            forwarded: self.forwarded,
         }
     }
 
@@ -97,6 +100,7 @@ impl FlowTarget {
             port,
             hostname,
             source_cluster,
+            forwarded: open.forwarded,
         })
     }
 }
@@ -175,6 +179,7 @@ mod tests {
             port: 80,
             hostname: Some("api-0".into()),
             source_cluster: Some(ClusterName::new("east").unwrap()),
+            forwarded: true,
         }
     }
 

@@ -34,13 +34,15 @@ use crate::session::{PROTOCOL_VERSION, SessionError, frame, protocol, refusal, r
 
 /// The dialer's first frame.
 pub fn hello(local: &ClusterName, join_token: &str, resume: Position) -> PeerFrame {
-    hello_from(local, &Location::default(), join_token, resume)
+    hello_from(local, &Location::default(), "", join_token, resume)
 }
 
-/// The dialer's first frame, saying where its cluster runs.
+/// The dialer's first frame, saying where its cluster runs and which replica of its gateway
+/// dials (empty: the only one).
 pub fn hello_from(
     local: &ClusterName,
     location: &Location,
+    replica: &str,
     join_token: &str,
     resume: Position,
 ) -> PeerFrame {
@@ -50,21 +52,29 @@ pub fn hello_from(
         join_token: join_token.to_owned(),
         resume: Some(resume.to_wire()),
         location: Some(location_to_wire(location)),
+        replica: replica.to_owned(),
     }))
 }
 
 /// The acceptor's answer to an accepted hello.
 pub fn welcome(local: &ClusterName, resume: Position) -> PeerFrame {
-    welcome_from(local, &Location::default(), resume)
+    welcome_from(local, &Location::default(), "", resume)
 }
 
-/// The acceptor's answer, saying where its cluster runs.
-pub fn welcome_from(local: &ClusterName, location: &Location, resume: Position) -> PeerFrame {
+/// The acceptor's answer, saying where its cluster runs and which replica of its gateway
+/// answers (empty: the only one).
+pub fn welcome_from(
+    local: &ClusterName,
+    location: &Location,
+    replica: &str,
+    resume: Position,
+) -> PeerFrame {
     frame(Body::Welcome(wire::Welcome {
         protocol: PROTOCOL_VERSION,
         cluster: local.to_string(),
         resume: Some(resume.to_wire()),
         location: Some(location_to_wire(location)),
+        replica: replica.to_owned(),
     }))
 }
 
@@ -90,6 +100,8 @@ pub struct Hello {
     pub join_token: String,
     pub resume: Position,
     pub location: Location,
+    /// Which replica of the dialer's gateway dials (empty: the only one).
+    pub replica: String,
 }
 
 /// An acceptor's welcome, checked.
@@ -98,6 +110,8 @@ pub struct Welcome {
     pub cluster: ClusterName,
     pub resume: Position,
     pub location: Location,
+    /// Which replica of the acceptor's gateway answered (empty: the only one).
+    pub replica: String,
 }
 
 fn check_protocol(version: u32) -> Result<(), SessionError> {
@@ -107,6 +121,29 @@ fn check_protocol(version: u32) -> Result<(), SessionError> {
         )));
     }
     Ok(())
+}
+
+/// The longest replica name a peer may send (a Kubernetes object name's limit).
+pub const MAX_REPLICA: usize = 253;
+
+/// A replica's name as a peer sent it: short, and printable without escapes (it reaches logs
+/// and `get links`).
+fn replica_of(text: String) -> Result<String, SessionError> {
+    if text.len() > MAX_REPLICA {
+        return Err(protocol(format!(
+            "replica name longer than {MAX_REPLICA} bytes"
+        )));
+    }
+    if !text
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+    {
+        return Err(protocol(format!(
+            "replica name {:?} has characters other than letters, digits, '-', '.' and '_'",
+            text.escape_default().to_string()
+        )));
+    }
+    Ok(text)
 }
 
 fn cluster_of(text: &str) -> Result<ClusterName, SessionError> {
@@ -126,6 +163,7 @@ pub fn parse_hello(first: PeerFrame) -> Result<Hello, SessionError> {
                 join_token: h.join_token,
                 resume: Position::from_wire(h.resume.as_ref()),
                 location: location_from_wire(h.location.as_ref()),
+                replica: replica_of(h.replica)?,
             })
         }
         _ => Err(protocol("the first frame of a dialer must be a hello")),
@@ -141,6 +179,7 @@ pub fn parse_welcome(first: PeerFrame) -> Result<Welcome, SessionError> {
                 cluster: cluster_of(&w.cluster)?,
                 resume: Position::from_wire(w.resume.as_ref()),
                 location: location_from_wire(w.location.as_ref()),
+                replica: replica_of(w.replica)?,
             })
         }
         Some(Body::Refusal(r)) => Err(refused(r)),
@@ -225,6 +264,7 @@ pub enum HandshakeError {
 pub struct DialerHandshake {
     local: ClusterName,
     location: Location,
+    replica: String,
     peer: ClusterName,
     address: String,
 }
@@ -235,14 +275,27 @@ impl DialerHandshake {
         Self {
             local,
             location,
+            replica: String::new(),
             peer,
             address,
         }
     }
 
+    /// Says which replica of this cluster's gateway dials (one of several).
+    pub fn from_replica(mut self, replica: &str) -> Self {
+        replica.clone_into(&mut self.replica);
+        self
+    }
+
     /// The first frame: who we are, the token, and where we stand in the peer's export.
     pub fn hello(&self, join_token: &str, resume: Position) -> PeerFrame {
-        hello_from(&self.local, &self.location, join_token, resume)
+        hello_from(
+            &self.local,
+            &self.location,
+            &self.replica,
+            join_token,
+            resume,
+        )
     }
 
     /// Reads the acceptor's first frame.
@@ -300,6 +353,8 @@ pub struct Admitted {
 pub struct AcceptorHandshake<'a> {
     pub local: &'a ClusterName,
     pub location: &'a Location,
+    /// Which replica of this cluster's gateway accepts (empty: the only one).
+    pub replica: &'a str,
     pub trust_domain: &'a TrustDomain,
     /// The key that signed this cluster's join tokens.
     pub key: &'a LinkKey,
@@ -360,7 +415,7 @@ impl AcceptorHandshake<'_> {
 
     /// The answer to an admitted hello: who we are, and where we stand in the dialer's export.
     pub fn welcome(&self, resume: Position) -> PeerFrame {
-        welcome_from(self.local, self.location, resume)
+        welcome_from(self.local, self.location, self.replica, resume)
     }
 }
 
@@ -405,6 +460,7 @@ mod tests {
             AcceptorHandshake {
                 local: &self.local,
                 location: &self.location,
+                replica: "west-1",
                 trust_domain: &self.trust_domain,
                 key: &self.key,
             }
@@ -421,6 +477,7 @@ mod tests {
             let handshake = AcceptorHandshake {
                 local: &self.local,
                 location: &self.location,
+                replica: "west-1",
                 trust_domain: &self.trust_domain,
                 key: &self.key,
             };
@@ -464,7 +521,7 @@ mod tests {
     #[test]
     fn a_first_hello_is_admitted_and_both_sides_learn_where_to_resume() {
         let mut west = West::new();
-        let dialer = east_dialer();
+        let dialer = east_dialer().from_replica("east-gateway-7d9f-x2");
         let hello = dialer.hello(&west.token(1), position(7, 3));
         let admitted = west
             .hear(through_the_wire(&hello), "east", false, 1001)
@@ -473,6 +530,7 @@ mod tests {
         assert_eq!(admitted.hello.cluster, cluster("east"));
         assert_eq!(admitted.hello.resume, position(7, 3));
         assert_eq!(admitted.hello.location.cloud, "aws");
+        assert_eq!(admitted.hello.replica, "east-gateway-7d9f-x2");
         assert!(
             west.acceptor()
                 .confirm(&west.ledger, &cluster("east"))
@@ -484,6 +542,36 @@ mod tests {
         assert_eq!(welcome.cluster, cluster("west"));
         assert_eq!(welcome.resume, position(9, 12));
         assert_eq!(welcome.location.region, "europe-west1");
+        assert_eq!(welcome.replica, "west-1");
+    }
+
+    #[test]
+    fn a_replica_name_that_is_long_or_not_plain_is_a_protocol_refusal() {
+        let mut west = West::new();
+        let token = west.token(1);
+        for (name, said) in [
+            ("a".repeat(MAX_REPLICA + 1), "longer than 253 bytes"),
+            ("east\n1".into(), "has characters other than"),
+        ] {
+            let dialer = east_dialer().from_replica(&name);
+            let Err(HelloRefused::Malformed(error)) =
+                west.hear(dialer.hello(&token, Position::NONE), "east", false, 1001)
+            else {
+                panic!("a replica named {name:?} was not refused");
+            };
+            assert!(error.to_string().contains(said), "{error}");
+        }
+        // The ledger saw no first use: the token is still good.
+        let admitted = west
+            .hear(
+                east_dialer().hello(&token, Position::NONE),
+                "east",
+                false,
+                1001,
+            )
+            .unwrap();
+        assert_eq!(admitted.admission, Admission::First);
+        assert_eq!(admitted.hello.replica, "");
     }
 
     #[test]

@@ -131,16 +131,22 @@ pub struct Shared {
     /// Whether this replica writes to the API: always in universal mode; in Kubernetes mode
     /// while it holds the Lease with a fresh renewal (`kubernetes::lease`).
     pub leading: watch::Sender<bool>,
-    /// Whether this replica peers with other clusters: always in universal mode; in Kubernetes
-    /// mode unless another replica is known to hold the Lease. An API that cannot be reached
-    /// does not stop it (fail static): only a replica that took the Lease over does.
+    /// Whether this gateway peers with other clusters: at once in universal mode and with a
+    /// state folder of its own; in Kubernetes mode on an empty disk once the API gave it its
+    /// catalog and its stored state ([`Awaited`]), so peers never take an empty export from it
+    /// for the cluster's.
     pub peering: watch::Sender<bool>,
+    /// What this gateway still waits for before it peers.
+    awaiting: Mutex<std::collections::BTreeSet<Awaited>>,
     /// Held for each look at the Lease, and by the last one at a clean stop: a look already
     /// under way when the gateway stops could otherwise take the Lease back after it was given up.
     pub lease_turn: tokio::sync::Mutex<()>,
-    /// Where the leading replica's relay listens, as its Lease says (Kubernetes mode): a
-    /// standby forwards its sidecars' flows there.
-    pub leader_relay: Mutex<Option<SocketAddr>>,
+    /// Which replica of the cluster's gateway this is, as peers hear it: empty in universal
+    /// mode (the only one), the Lease identity in Kubernetes mode.
+    pub replica: String,
+    /// Where the cluster's other live gateway replicas' relays listen (Kubernetes mode): a
+    /// replica with no connection to a cluster hands its sidecars' flows there to one that has.
+    pub siblings: Mutex<Vec<SocketAddr>>,
     /// The leading replica's virtual addresses, for a standby's DNS to give the same ones.
     pub leader_vips: watch::Sender<Option<Arc<dns::vip::PoolFile>>>,
     pub shutdown: CancellationToken,
@@ -203,14 +209,18 @@ impl Shared {
         set_flag(&self.leading, leads);
     }
 
-    /// Whether this replica peers (see [`Shared::peering`]).
+    /// Whether this gateway peers (see [`Shared::peering`]).
     pub fn peers_with_clusters(&self) -> bool {
         *self.peering.borrow()
     }
 
-    /// Records whether this replica peers; the peer tasks follow it.
-    pub fn set_peering(&self, peers: bool) {
-        set_flag(&self.peering, peers);
+    /// Notes that something peering waited for is here; the last one starts peering.
+    pub fn awaited(&self, what: Awaited) {
+        let mut awaiting = lock(&self.awaiting);
+        if awaiting.remove(&what) && awaiting.is_empty() {
+            tracing::info!("the cluster's catalog and state are known: peering starts");
+            set_flag(&self.peering, true);
+        }
     }
 
     /// Tells the sidecars' watchers that their view changed.
@@ -289,6 +299,15 @@ impl Shared {
         let local = state.local_services();
         clusterset(&self.config.cluster, &local, state.imports.iter())
     }
+}
+
+/// What a Kubernetes-mode gateway that starts on an empty disk waits for before it peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Awaited {
+    /// The first pass of the export over the API's Services, ServiceExports and slices.
+    Export,
+    /// The durable state, when the API could not be read at start (its Links and tokens).
+    State,
 }
 
 /// Sets a flag that tasks follow, waking them only when it changes.
@@ -400,6 +419,14 @@ pub async fn run(
     }
     state_file.write(&StateFile::encode(&state)?)?;
     let head = state.export.head();
+    // On an empty disk the catalog is the API's: peers wait for it (and for the stored state
+    // when it could not be read yet). With a state folder of its own, a gateway peers from what
+    // it kept, whatever the API does (fail static).
+    let awaiting: std::collections::BTreeSet<Awaited> = match &restored {
+        kubernetes::durable::Restore::NotNeeded => Default::default(),
+        kubernetes::durable::Restore::Unreadable(_) => [Awaited::Export, Awaited::State].into(),
+        _ => [Awaited::Export].into(),
+    };
     let links: Vec<_> = state.links.values().cloned().collect();
     let acceptor_peers = state.redemptions.active_clusters();
     let shared = Arc::new(Shared {
@@ -429,9 +456,15 @@ pub async fn run(
         kubernetes: Arc::new(kubernetes::Health::default()),
         // In Kubernetes mode a replica leads once it holds the Lease.
         leading: watch::channel(kube_client.is_none()).0,
-        peering: watch::channel(kube_client.is_none()).0,
+        peering: watch::channel(awaiting.is_empty()).0,
+        awaiting: Mutex::new(awaiting),
         lease_turn: tokio::sync::Mutex::new(()),
-        leader_relay: Mutex::new(None),
+        replica: if kube_client.is_some() {
+            kubernetes::lease::identity()
+        } else {
+            String::new()
+        },
+        siblings: Mutex::new(Vec::new()),
         leader_vips: watch::channel(None).0,
         kube: kube_client.clone(),
         shutdown: CancellationToken::new(),
@@ -445,6 +478,7 @@ pub async fn run(
         peer::start_dialer(&shared, link.spec, None);
     }
     tokio::spawn(peer::accept_loop(shared.clone()));
+    tokio::spawn(peer::dial_when_peering(shared.clone()));
     tokio::spawn(api::serve(shared.clone(), api_listener));
     tokio::spawn(relay::serve(shared.clone(), relay_listener));
     tokio::spawn(strait_io::admin::serve(

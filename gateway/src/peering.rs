@@ -2,9 +2,10 @@
 //! shows it, the live connection and how far the peer acknowledged our export. The peer driver
 //! writes it; the relay, the operator API and the metrics read it.
 
+use std::collections::BTreeMap;
 use std::time::{Instant, SystemTime};
 
-use strait_federation::catalog::Position;
+use strait_federation::catalog::{ImportedCatalog, Position};
 use tokio_util::sync::CancellationToken;
 
 /// Which side of a peering this gateway is.
@@ -69,9 +70,48 @@ pub struct PeerStatus {
     /// The dialer task that owns this status (0 for acceptors), so a replaced dialer cannot
     /// overwrite its successor's state.
     pub owner: u64,
+    /// Which replica of the peer's gateway holds the current session (empty: the only one).
+    pub replica: String,
+    /// Sessions with the peer's other gateway replicas, which dial this gateway while the
+    /// current session is up (Kubernetes mode, where every replica peers). They carry flows
+    /// and policies now; their catalogs are kept aside, and when the current session ends one
+    /// of them takes its place with its catalog already complete.
+    pub siblings: BTreeMap<String, Sibling>,
+}
+
+/// A session with another replica of a peer's gateway, beside the current one.
+#[derive(Debug)]
+pub struct Sibling {
+    pub connection: quinn::Connection,
+    pub session: u64,
+    /// What that replica exported, as its session brought it.
+    pub imported: ImportedCatalog,
+    pub acked: Position,
 }
 
 impl PeerStatus {
+    /// The connections that can carry a flow to the peer: the current session's while it is
+    /// connected, then its siblings'.
+    pub fn flow_connections(&self) -> impl Iterator<Item = &quinn::Connection> {
+        let current = self
+            .connection
+            .as_ref()
+            .filter(|_| self.state == LinkState::Connected);
+        current
+            .into_iter()
+            .chain(self.siblings.values().map(|s| &s.connection))
+    }
+
+    /// Closes every connection with the peer (the current one and its siblings').
+    pub fn close_all(&mut self, reason: &[u8]) {
+        if let Some(connection) = self.connection.take() {
+            connection.close(0u32.into(), reason);
+        }
+        for (_, sibling) in std::mem::take(&mut self.siblings) {
+            sibling.connection.close(0u32.into(), reason);
+        }
+    }
+
     /// A peer that dials us, known from our ledger, not connected yet (after a restart).
     pub fn awaiting(now: Instant) -> Self {
         Self {
@@ -87,6 +127,8 @@ impl PeerStatus {
             unlink: CancellationToken::new(),
             retire: CancellationToken::new(),
             owner: 0,
+            replica: String::new(),
+            siblings: BTreeMap::new(),
         }
     }
 }

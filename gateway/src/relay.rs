@@ -17,7 +17,6 @@ use strait_io::flow::{read_open, read_reply, write_frame};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::peering::LinkState;
 use crate::{Shared, lock};
 
 /// How long a flow header may take to arrive.
@@ -149,9 +148,9 @@ enum FlowError {
     NotConnected(ClusterName),
     #[error("{0} timed out")]
     TimedOut(&'static str),
-    #[error("the leading replica's relay {leader}: {source}")]
-    Leader {
-        leader: std::net::SocketAddr,
+    #[error("the relay of another replica at {sibling}: {source}")]
+    Sibling {
+        sibling: std::net::SocketAddr,
         #[source]
         source: std::io::Error,
     },
@@ -222,46 +221,40 @@ async fn outbound_flow(shared: Arc<Shared>, mut tcp: TcpStream) {
     };
     let mut record = FlowRecord::new(&shared, Direction::Outbound, &target.cluster);
     record.target(&target);
-    let leader = (!shared.peers_with_clusters())
-        .then(|| *lock(&shared.leader_relay))
-        .flatten();
-    if let Some(leader) = leader {
-        forward_to_leader(&mut record, tcp, &target, leader).await;
-        return;
-    }
     let local = shared.config.cluster.clone();
-    let opened = async {
-        if target.cluster == local {
-            return Err(FlowError::ThisCluster(target.cluster.clone()));
-        }
-        let connection = lock(&shared.peers)
+    let opened = if target.cluster == local {
+        Err(FlowError::ThisCluster(target.cluster.clone()))
+    } else {
+        // The current session's connection first, then other replicas' of the peer's gateway:
+        // one that cannot carry a stream (its replica just died) is passed over.
+        let connections: Vec<quinn::Connection> = lock(&shared.peers)
             .get(&target.cluster)
-            .filter(|status| status.state == LinkState::Connected)
-            .and_then(|status| status.connection.clone())
-            .ok_or_else(|| FlowError::NotConnected(target.cluster.clone()))?;
-        let (mut send, mut recv) = timed("opening a stream", connection.open_bi())
-            .await?
-            .map_err(|source| FlowError::Stream {
-                cluster: target.cluster.clone(),
-                source,
-            })?;
-        let mut open = target.to_wire();
-        open.source_cluster = local.to_string();
-        timed("sending the flow header", write_frame(&mut send, &open))
-            .await?
-            .map_err(|source| FlowError::Header {
-                cluster: target.cluster.clone(),
-                source,
-            })?;
-        timed("the answer of the peer gateway", read_reply(&mut recv))
-            .await?
-            .map_err(|source| FlowError::Refused {
-                cluster: target.cluster.clone(),
-                source,
-            })?;
-        Ok((send, recv))
+            .map(|status| status.flow_connections().cloned().collect())
+            .unwrap_or_default();
+        let mut opened = Err(FlowError::NotConnected(target.cluster.clone()));
+        for connection in &connections {
+            opened = open_stream(connection, &target, &local).await;
+            if !matches!(
+                opened,
+                Err(FlowError::Stream { .. } | FlowError::Header { .. } | FlowError::TimedOut(_))
+            ) {
+                break;
+            }
+        }
+        opened
     };
-    match opened.await {
+    if let Err(FlowError::NotConnected(_)) = &opened
+        && !target.forwarded
+    {
+        // Another replica of this cluster's gateway may peer with that cluster (a peer that
+        // dials this cluster reaches one replica only).
+        let siblings = lock(&shared.siblings).clone();
+        if !siblings.is_empty() {
+            forward_to_sibling(&mut record, tcp, &target, &siblings).await;
+            return;
+        }
+    }
+    match opened {
         Ok((send, recv)) => {
             answer(&mut tcp, &flow::accepted()).await;
             record.opened();
@@ -275,58 +268,88 @@ async fn outbound_flow(shared: Arc<Shared>, mut tcp: TcpStream) {
     }
 }
 
-/// A flow that reached a standby replica (Kubernetes mode), which does not peer: handed to the
-/// leading replica's relay as the sidecar asked for it, its answer passed back, then the bytes
-/// copied both ways.
-async fn forward_to_leader(
-    record: &mut FlowRecord,
-    mut tcp: TcpStream,
+/// Opens a flow's stream on a connection with the target cluster's gateway: the header, then
+/// that gateway's answer.
+async fn open_stream(
+    connection: &quinn::Connection,
     target: &FlowTarget,
-    leader: std::net::SocketAddr,
-) {
-    let opened = async {
-        let mut upstream = timed(
-            "connecting to the leading replica",
-            TcpStream::connect(leader),
-        )
+    local: &ClusterName,
+) -> Result<(quinn::SendStream, quinn::RecvStream), FlowError> {
+    let (mut send, mut recv) = timed("opening a stream", connection.open_bi())
         .await?
-        .map_err(|source| FlowError::Leader { leader, source })?;
-        let _ = upstream.set_nodelay(true);
-        timed(
-            "sending the flow header",
-            write_frame(&mut upstream, &target.to_wire()),
-        )
+        .map_err(|source| FlowError::Stream {
+            cluster: target.cluster.clone(),
+            source,
+        })?;
+    let mut open = target.to_wire();
+    open.source_cluster = local.to_string();
+    open.forwarded = false;
+    timed("sending the flow header", write_frame(&mut send, &open))
         .await?
-        .map_err(|source| FlowError::Leader { leader, source })?;
-        timed(
-            "the answer of the leading replica",
-            read_reply(&mut upstream),
-        )
+        .map_err(|source| FlowError::Header {
+            cluster: target.cluster.clone(),
+            source,
+        })?;
+    timed("the answer of the peer gateway", read_reply(&mut recv))
         .await?
         .map_err(|source| FlowError::Refused {
             cluster: target.cluster.clone(),
             source,
         })?;
-        Ok::<_, FlowError>(upstream)
-    };
-    match opened.await {
-        Ok(mut upstream) => {
-            answer(&mut tcp, &flow::accepted()).await;
-            record.opened();
-            match tokio::io::copy_bidirectional(&mut tcp, &mut upstream).await {
-                Ok((tx, rx)) => record.finish("ok", tx, rx),
-                Err(e) => {
-                    tracing::debug!(error = %e, "forwarded flow ended with an error");
-                    record.finish("error", 0, 0);
+    Ok((send, recv))
+}
+
+/// A flow for a cluster this replica has no connection with (Kubernetes mode): handed to the
+/// other replicas of the cluster's gateway in turn, marked so that none hands it on again,
+/// until one accepts it; its answer is passed back, then the bytes copied both ways.
+async fn forward_to_sibling(
+    record: &mut FlowRecord,
+    mut tcp: TcpStream,
+    target: &FlowTarget,
+    siblings: &[std::net::SocketAddr],
+) {
+    let mut open = target.to_wire();
+    open.forwarded = true;
+    let mut last = None;
+    for &sibling in siblings {
+        let opened = async {
+            let mut upstream = timed("connecting to another replica", TcpStream::connect(sibling))
+                .await?
+                .map_err(|source| FlowError::Sibling { sibling, source })?;
+            let _ = upstream.set_nodelay(true);
+            timed("sending the flow header", write_frame(&mut upstream, &open))
+                .await?
+                .map_err(|source| FlowError::Sibling { sibling, source })?;
+            timed("the answer of another replica", read_reply(&mut upstream))
+                .await?
+                .map_err(|source| FlowError::Refused {
+                    cluster: target.cluster.clone(),
+                    source,
+                })?;
+            Ok::<_, FlowError>(upstream)
+        };
+        match opened.await {
+            Ok(mut upstream) => {
+                answer(&mut tcp, &flow::accepted()).await;
+                record.opened();
+                match tokio::io::copy_bidirectional(&mut tcp, &mut upstream).await {
+                    Ok((tx, rx)) => record.finish("ok", tx, rx),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "forwarded flow ended with an error");
+                        record.finish("error", 0, 0);
+                    }
                 }
+                return;
+            }
+            Err(reason) => {
+                tracing::debug!(sibling = %sibling, reason = %reason, "flow not forwarded");
+                last = Some(reason);
             }
         }
-        Err(reason) => {
-            tracing::debug!(leader = %leader, reason = %reason, "flow not forwarded");
-            answer(&mut tcp, &flow::refusal(reason.to_string())).await;
-            record.finish("refused", 0, 0);
-        }
     }
+    let reason = last.map_or_else(String::new, |r| r.to_string());
+    answer(&mut tcp, &flow::refusal(reason)).await;
+    record.finish("refused", 0, 0);
 }
 
 /// Copies a flow both ways and records how it ended (with the bytes moved, even when it

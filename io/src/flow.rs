@@ -62,6 +62,7 @@ mod tests {
             port: 8443,
             hostname: None,
             source_cluster: None,
+            forwarded: false,
         }
     }
 

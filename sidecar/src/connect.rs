@@ -194,6 +194,7 @@ pub async fn dial(
                 port: *port,
                 hostname: hostname.clone(),
                 source_cluster: None,
+                forwarded: false,
             };
             let tcp = timed(limit, "the gateway relay", async {
                 let mut tcp = TcpStream::connect(relay)

@@ -625,18 +625,24 @@ impl Mesh {
 
     /// The state of a cluster's link with `peer` ("" when there is none).
     pub fn link_state(&self, cluster: &str, peer: &str) -> Result<String> {
+        Ok(self.link_view(cluster, peer)?["state"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned())
+    }
+
+    /// What `get links -o json` in `cluster` says of the link with `peer` (null when absent).
+    pub fn link_view(&self, cluster: &str, peer: &str) -> Result<serde_json::Value> {
         let text = self
             .ctl(cluster, &["get", "links", "-o", "json"])
             .success()?;
-        let value: serde_json::Value = serde_json::from_str(&text)?;
-        Ok(value["items"]
-            .as_array()
+        let mut value: serde_json::Value = serde_json::from_str(&text)?;
+        let items = value["items"].as_array_mut().map(std::mem::take);
+        Ok(items
             .into_iter()
             .flatten()
             .find(|l| l["cluster"] == peer)
-            .and_then(|l| l["state"].as_str())
-            .unwrap_or("")
-            .to_owned())
+            .unwrap_or_default())
     }
 }
 

@@ -946,8 +946,51 @@ async fn import_ips(client: &Client, name: &str) -> Option<Vec<String>> {
     Some(import.spec.ips)
 }
 
+const API: &str = "api.shop.svc.clusterset.local";
+
+/// A sidecar of shop/web in east that proves its service account to `gateway` (one replica of
+/// east's), and the address of its HTTP proxy.
+fn web_sidecar(
+    mesh: &Mesh,
+    runtime: &tokio::runtime::Runtime,
+    east: &Client,
+    gateway: &strait_tests::Gateway,
+) -> Result<(strait_tests::Process, std::net::SocketAddr)> {
+    runtime.block_on(service_account(east, "shop", "web"))?;
+    let token = mesh.dir.path().join("web.token");
+    runtime.block_on(token_file(east, "web", "strait", &token))?;
+    let bundle = mesh.trust.join("bundle.pem");
+    let web = strait_tests::Process::start(
+        mesh,
+        "web-east",
+        &[
+            "sidecar".to_owned(),
+            "run".into(),
+            "--gateway".into(),
+            gateway.api.to_string(),
+            "--bundle".into(),
+            bundle.to_string_lossy().into_owned(),
+            "--token-file".into(),
+            token.to_string_lossy().into_owned(),
+            "--proxy-addr".into(),
+            "127.0.0.1:0".into(),
+        ],
+    )?;
+    let proxy = web.addr("proxy")?;
+    Ok((web, proxy))
+}
+
+/// Flows a gateway relayed out to west: open ones and ended ones.
+fn flows_to_west(gateway: &strait_tests::Gateway) -> Result<f64> {
+    let text = gateway.metrics()?;
+    let outbound = ["direction=\"outbound\"", "peer=\"west\""];
+    let open = strait_tests::metric(&text, "strait_gateway_open_flows", &outbound).unwrap_or(0.0);
+    let ended = strait_tests::metric(&text, "strait_gateway_flows_total", &outbound).unwrap_or(0.0);
+    Ok(open + ended)
+}
+
 #[test]
-fn two_replicas_share_the_work_and_the_standby_takes_over_losing_nothing_even_with_an_empty_disk()
+fn two_replicas_both_peer_a_killed_leader_costs_no_request_and_nothing_is_lost_even_on_an_empty_disk()
 -> Result<()> {
     let Some((mesh, runtime, west, mut east)) = two_clusters()? else {
         return Ok(());
@@ -1014,30 +1057,16 @@ fn two_replicas_share_the_work_and_the_standby_takes_over_losing_nothing_even_wi
         leader_writes(&standby) == 0.0,
         "the standby wrote imports while it stood by"
     );
+    // Both replicas dial west: west holds a session with each.
+    wait_for(
+        Duration::from_secs(10),
+        "west in session with both of east's replicas",
+        || Ok((mesh.link_view("west", "east")?["replicas"] == 2).then_some(())),
+    )
+    .with_context(|| format!("{}", mesh.link_view("west", "east").unwrap_or_default()))?;
     // A sidecar of east that proves its service account to the standby: the standby serves
-    // it the clusterset from what the leader wrote, and hands its flows to the leader.
-    runtime.block_on(service_account(&east.client, "shop", "web"))?;
-    let token = mesh.dir.path().join("web.token");
-    runtime.block_on(token_file(&east.client, "web", "strait", &token))?;
-    let bundle = mesh.trust.join("bundle.pem");
-    let web = strait_tests::Process::start(
-        &mesh,
-        "web-east",
-        &[
-            "sidecar".to_owned(),
-            "run".into(),
-            "--gateway".into(),
-            standby.api.to_string(),
-            "--bundle".into(),
-            bundle.to_string_lossy().into_owned(),
-            "--token-file".into(),
-            token.to_string_lossy().into_owned(),
-            "--proxy-addr".into(),
-            "127.0.0.1:0".into(),
-        ],
-    )?;
-    let proxy = web.addr("proxy")?;
-    const API: &str = "api.shop.svc.clusterset.local";
+    // it the clusterset from its own session with west, and carries its flows itself.
+    let (_web, proxy) = web_sidecar(&mesh, &runtime, &east.client, &standby)?;
     wait_for(
         Duration::from_secs(10),
         "shop/api through the standby",
@@ -1045,17 +1074,31 @@ fn two_replicas_share_the_work_and_the_standby_takes_over_losing_nothing_even_wi
     )
     .with_context(|| standby.log_tail())?;
     // The sidecar keeps its flow open (a pooled connection): count open flows and ended ones.
-    let text = standby.metrics()?;
-    let outbound = ["direction=\"outbound\"", "peer=\"west\""];
-    let open = strait_tests::metric(&text, "strait_gateway_open_flows", &outbound).unwrap_or(0.0);
-    let ended = strait_tests::metric(&text, "strait_gateway_flows_total", &outbound).unwrap_or(0.0);
     anyhow::ensure!(
-        open + ended >= 1.0,
-        "the standby relayed no flow to west (through the leader)"
+        flows_to_west(&standby)? >= 1.0,
+        "the standby relayed no flow to west"
+    );
+    anyhow::ensure!(
+        flows_to_west(&east.gateway)? == 0.0,
+        "the standby handed its flows to the leader instead of carrying them"
     );
 
-    // The leader dies without a word: the standby takes the Lease over within its duration
-    // (15 s), dials west, and carries on; nothing it had is lost.
+    // Requests every 20 ms through the standby's sidecar while the leader dies without a word.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                statuses.push(answer(proxy, API));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            statuses
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    // The standby takes the Lease over within its duration (15 s) and carries on; its peering
+    // never stopped, and nothing it had is lost.
     east.gateway.kill()?;
     let killed = Instant::now();
     let second = Some("east-b".to_owned());
@@ -1071,6 +1114,31 @@ fn two_replicas_share_the_work_and_the_standby_takes_over_losing_nothing_even_wi
     eprintln!(
         "standby took the Lease over {:?} after the kill",
         killed.elapsed()
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses = traffic
+        .join()
+        .map_err(|_| anyhow::anyhow!("the traffic thread panicked"))?;
+    let failed = statuses.iter().filter(|s| **s != 200).count();
+    eprintln!(
+        "{} requests while the leader was killed and replaced, {failed} failed",
+        statuses.len()
+    );
+    anyhow::ensure!(
+        failed == 0 && statuses.len() >= 100,
+        "{failed} of {} requests failed across the leader's death: {statuses:?}",
+        statuses.len()
+    );
+    // West lost east's first replica with its connection (idle timeout); the second's session
+    // carries the peering on, so east never counted as disconnected there.
+    wait_for(
+        Duration::from_secs(15),
+        "west in session with east's remaining replica alone",
+        || Ok((mesh.link_view("west", "east")?["replicas"] == 1).then_some(())),
+    )?;
+    anyhow::ensure!(
+        mesh.link_state("west", "east")? == "connected",
+        "west lost its link with east"
     );
     runtime.block_on(publish(&west.client, "web", true))?;
     wait_imported_from_west(&runtime, &east.client, "web", Duration::from_secs(10))
@@ -1137,6 +1205,50 @@ fn two_replicas_share_the_work_and_the_standby_takes_over_losing_nothing_even_wi
         policies.contains("no-west-to-api"),
         "east's set lost the deny across the empty disk: {policies}"
     );
+    Ok(())
+}
+
+#[test]
+fn a_replica_that_no_peer_reached_hands_its_flows_to_one_that_has_the_connection() -> Result<()> {
+    let Some((mesh, runtime, west, mut east)) = two_clusters()? else {
+        return Ok(());
+    };
+    // West dials east's first replica: the second has no connection with west.
+    link_with_resources(&mesh, &runtime, &west.client, "east")?;
+    let _api = serve_api(&mesh, &runtime, &west)?;
+    let started = Instant::now();
+    let mut second = east.gateway.replica("b")?;
+    second.start(&mesh)?;
+    let (_web, proxy) = web_sidecar(&mesh, &runtime, &east.client, &second)?;
+    wait_for(
+        Duration::from_secs(15),
+        "shop/api through east's second replica",
+        || Ok((answer(proxy, API) == 200).then_some(())),
+    )
+    .with_context(|| second.log_tail())?;
+    eprintln!(
+        "first answer through the second replica after {:?}",
+        started.elapsed()
+    );
+    anyhow::ensure!(
+        mesh.link_view("west", "east")?["replicas"] == 1,
+        "west reached more than one replica of east"
+    );
+    // The second replica counted the flow, and the first carried it to west.
+    anyhow::ensure!(
+        flows_to_west(&second)? >= 1.0 && flows_to_west(&east.gateway)? >= 1.0,
+        "the flow did not go through both replicas"
+    );
+    // With the first replica gone, there is nobody to hand flows to: the refusal says so.
+    east.gateway.stop()?;
+    eprintln!("first replica stopped after {:?}", started.elapsed());
+    wait_for(
+        Duration::from_secs(20),
+        "shop/api refused through the second replica",
+        || Ok((answer(proxy, API) != 200).then_some(())),
+    )?;
+    eprintln!("refused after {:?}", started.elapsed());
+    second.stop()?;
     Ok(())
 }
 
@@ -1346,7 +1458,9 @@ fn a_gateway_that_starts_on_an_empty_disk_while_its_api_is_down_says_so_and_take
         runtime
             .block_on(imported_from(&east.client, "api"))
             .is_some(),
-        "east lost shop/api"
+        "east lost shop/api\nwest: {}\neast: {}",
+        west.gateway.log_tail(),
+        east.gateway.log_tail()
     );
     Ok(())
 }

@@ -672,6 +672,8 @@ impl Operator for OperatorApi {
                     imported_version: version,
                     exported_version: head,
                     acked_version: status.acked.version,
+                    replicas: (u32::from(status.connection.is_some())
+                        + status.siblings.len() as u32),
                     since_unix: status
                         .since
                         .duration_since(std::time::UNIX_EPOCH)

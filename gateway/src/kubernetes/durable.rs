@@ -208,6 +208,7 @@ pub async fn run(
                     }
                     unread = false;
                     health.clear("state");
+                    shared.awaited(crate::Awaited::State);
                 }
                 Err(e) => {
                     health.fail(

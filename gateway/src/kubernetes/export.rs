@@ -262,6 +262,8 @@ pub async fn run(shared: Arc<Shared>, client: Client, health: Arc<Health>) {
             &mut written,
         )
         .await;
+        // The catalog is the cluster's now: peers may have it.
+        shared.awaited(crate::Awaited::Export);
         tokio::select! {
             () = changed.notified() => {}
             _ = catalog.changed() => {}

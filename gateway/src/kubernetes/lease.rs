@@ -1,7 +1,8 @@
 //! Which of a cluster's gateway replicas leads: a `coordination.k8s.io/v1` Lease
-//! (`strait-gateway` in the gateway's namespace). Every replica serves its sidecars and DNS; the
-//! one that holds the Lease also peers with other clusters and writes to the API (imports,
-//! policy resources, statuses, the durable state). The holder renews the Lease every third of
+//! (`strait-gateway` in the gateway's namespace). Every replica serves its sidecars, DNS and
+//! peers; the one that holds the Lease also writes to the API (imports, policy resources,
+//! statuses, the durable state). Each look at it also renews the replica's own Lease
+//! ([`replicas`]). The holder renews the Lease every third of
 //! its duration; another replica takes it over once it has gone unrenewed for the whole
 //! duration (15 s by default), and a replica that stops cleanly gives it up at once.
 //!
@@ -18,17 +19,13 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, PostParams};
 
-use super::Health;
+use super::{Health, replicas};
 use crate::Shared;
-
-/// How long a replica that cannot read the Lease at start waits before it peers anyway.
-const UNDECIDED_WAIT: Duration = Duration::from_secs(3);
 
 /// The Lease's name.
 pub const LEASE: &str = "strait-gateway";
-/// The annotation on the Lease that says where the holder's relay listens.
-pub const RELAY_ANNOTATION: &str = "strait.dev/relay-address";
-/// The label on the leading replica's pod (`"true"`), by which the peers' Service selects it.
+/// The label on the leading replica's pod (`"true"`), by which the Service that carries QUIC
+/// selects it: peers that dial the cluster reach the replica that writes their imports.
 pub const LEADER_LABEL: &str = "strait.dev/leader";
 
 /// What a replica does with the Lease as it reads it.
@@ -111,31 +108,17 @@ pub async fn run(
     let seconds = i32::try_from(seconds).unwrap_or(15);
     let duration = Duration::from_secs(u64::from(seconds.unsigned_abs()));
     let mut last_renewed: Option<std::time::Instant> = None;
-    let started = std::time::Instant::now();
-    // Whether this replica has learnt who holds the Lease (or given up waiting to).
-    let mut decided = false;
     tracing::info!(replica = %me, lease = LEASE, "Kubernetes mode: taking part in the Lease");
     loop {
         // A hung request must not outlast the Lease: the leader would go on believing it
         // leads after another replica took over.
-        let outcome = {
-            let _turn = shared.lease_turn.lock().await;
-            if shared.shutdown.is_cancelled() {
-                return;
-            }
-            tokio::time::timeout(
-                (duration / 3).max(Duration::from_secs(1)),
-                attempt(&shared, &leases, &me, &relay, seconds),
-            )
-            .await
-            .unwrap_or_else(|_| Err(kube::Error::Service("the Lease request timed out".into())))
+        let limit = (duration / 3).max(Duration::from_secs(1));
+        let Some(outcome) = in_turn(&shared, limit, attempt(&leases, &me, seconds)).await else {
+            return;
         };
         let leads = match outcome {
             Ok((leads, replaced)) => {
                 health.clear("lease");
-                // Known now: this replica holds the Lease, or another does.
-                decided = true;
-                shared.set_peering(leads);
                 if let Some(previous) = replaced.filter(|p| !p.is_empty() && pod.is_some()) {
                     // The replica taken over from may be gone without a word: its pod no
                     // longer says it leads.
@@ -150,14 +133,6 @@ pub async fn run(
             }
             Err(e) => {
                 health.fail("lease", super::describe(&e));
-                // The API cannot be reached: peering goes on as it was (fail static). A
-                // replica that starts so, and cannot learn for 3 s whether another holds the
-                // Lease, peers from the state it has, as a lone gateway would.
-                if !decided && started.elapsed() >= UNDECIDED_WAIT {
-                    decided = true;
-                    tracing::warn!("the Lease cannot be read: peering from the state on hand");
-                    shared.set_peering(true);
-                }
                 // Unsure: a leader keeps leading only while its last renewal still holds.
                 last_renewed.is_some_and(|at| at.elapsed() < duration)
             }
@@ -166,6 +141,15 @@ pub async fn run(
             last_renewed = None;
         }
         shared.set_leading(leads);
+        let beat = replicas::beat(&leases, &me, &relay, seconds, leads);
+        let Some(beat) = in_turn(&shared, limit, beat).await else {
+            return;
+        };
+        match beat {
+            // Siblings that cannot be read are kept as they were last known.
+            Ok(siblings) => *crate::lock(&shared.siblings) = siblings,
+            Err(e) => health.fail("lease", super::describe(&e)),
+        }
         if let Some(pod) = &pod
             && labelled != Some(leads)
         {
@@ -185,6 +169,24 @@ pub async fn run(
     }
 }
 
+/// Runs one request on the Leases under [`Shared::lease_turn`], bounded by `limit`; `None` once
+/// the gateway stops: a request after a clean stop could take back what it gave up.
+async fn in_turn<T>(
+    shared: &Shared,
+    limit: Duration,
+    request: impl Future<Output = Result<T, kube::Error>>,
+) -> Option<Result<T, kube::Error>> {
+    let _turn = shared.lease_turn.lock().await;
+    if shared.shutdown.is_cancelled() {
+        return None;
+    }
+    Some(
+        tokio::time::timeout(limit, request)
+            .await
+            .unwrap_or_else(|_| Err(kube::Error::Service("the Lease request timed out".into()))),
+    )
+}
+
 /// On a clean stop (the gateway awaits it before it exits): a leader gives the Lease up and
 /// its pod stops saying it leads, so a standby takes over at once.
 pub async fn step_down(shared: &Shared) {
@@ -196,8 +198,8 @@ pub async fn step_down(shared: &Shared) {
     // taken it without the gateway having heard yet.
     let _turn = shared.lease_turn.lock().await;
     shared.set_leading(false);
-    shared.set_peering(false);
     let leases = Api::<Lease>::namespaced(client.clone(), &config.namespace);
+    replicas::leave(&leases, &identity()).await;
     if !release(&leases, &identity()).await {
         return;
     }
@@ -249,21 +251,14 @@ fn advertised_relay(shared: &Shared) -> String {
 }
 
 /// One look at the Lease; whether this replica holds it afterwards, and the holder it took it
-/// over from. A follower notes where the holder's relay listens.
+/// over from.
 async fn attempt(
-    shared: &Shared,
     leases: &Api<Lease>,
     me: &str,
-    relay: &str,
     seconds: i32,
 ) -> Result<(bool, Option<String>), kube::Error> {
     let now = Timestamp::now();
     let current = leases.get_opt(LEASE).await?;
-    *crate::lock(&shared.leader_relay) = current
-        .as_ref()
-        .and_then(|l| l.metadata.annotations.as_ref())
-        .and_then(|a| a.get(RELAY_ANNOTATION))
-        .and_then(|a| a.parse().ok());
     let spec = current.as_ref().and_then(|l| l.spec.as_ref());
     let transitions = spec.and_then(|s| s.lease_transitions).unwrap_or(0);
     let decided = step(spec, me, now);
@@ -273,7 +268,6 @@ async fn attempt(
             let lease = Lease {
                 metadata: kube::api::ObjectMeta {
                     name: Some(LEASE.into()),
-                    annotations: Some([(RELAY_ANNOTATION.to_owned(), relay.to_owned())].into()),
                     ..Default::default()
                 },
                 spec: Some(held_by(me, now, seconds, 0, true)),
@@ -306,11 +300,6 @@ async fn attempt(
         .and_then(|s| s.holder_identity.clone())
         .filter(|holder| holder != me);
     lease.spec = Some(wanted);
-    lease
-        .metadata
-        .annotations
-        .get_or_insert_with(Default::default)
-        .insert(RELAY_ANNOTATION.to_owned(), relay.to_owned());
     match leases.replace(LEASE, &PostParams::default(), &lease).await {
         Ok(_) => {
             if decided == Step::TakeOver {

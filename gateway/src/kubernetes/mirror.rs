@@ -1,8 +1,11 @@
-//! A standby replica's view of other clusters. It does not peer (the leading replica does), so
-//! it reads what the leader wrote into the API: the ServiceImports and their EndpointSlices
-//! become its imported catalogs ([`catalogs`], no IO), and the durable state's virtual
-//! addresses its DNS pool. Its sidecars and DNS thus see what the leader's see, and when it
-//! takes the Lease over it starts from the same view, which its peers' snapshots then replace.
+//! A standby replica's view of the clusters it has no session with. Every replica peers, but a
+//! peer that dials this cluster reaches the leader (the Service carrying QUIC selects it), so a
+//! standby reads what the leader imported from such peers in the API: the ServiceImports and
+//! their EndpointSlices become its imported catalogs ([`catalogs`], no IO) for every cluster it
+//! has no live session with; and the durable state's virtual addresses become its DNS pool, so a
+//! sidecar that resolves a name through one replica and takes its catalog from the other sees
+//! one address. When it takes the Lease over it starts from the same view, which its peers'
+//! snapshots then replace.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -200,12 +203,12 @@ pub async fn run(
 ) {
     let changed = Arc::new(Notify::new());
     let secrets = Api::<Secret>::namespaced(client.clone(), &namespace);
-    let mut peering = shared.peering.subscribe();
+    let mut leading = shared.leading.subscribe();
     let mut vips: Option<Arc<PoolFile>> = None;
     let mut vips_read: Option<std::time::Instant> = None;
     let mut watches: Option<Watches> = None;
     loop {
-        if shared.peers_with_clusters() {
+        if shared.leads() {
             watches = None;
             vips = None;
             vips_read = None;
@@ -237,7 +240,7 @@ pub async fn run(
         }
         tokio::select! {
             () = changed.notified() => {}
-            _ = peering.changed() => {}
+            _ = leading.changed() => {}
             () = tokio::time::sleep(VIPS_EVERY) => {}
             () = shared.shutdown.cancelled() => return,
         }
@@ -254,20 +257,36 @@ fn mirror(shared: &Shared, imports: &Store<ServiceImport>, slice_store: &Store<D
             Some((cluster, slices::read_labelled(o, SERVICE_LABEL)?))
         })
         .collect();
-    let built = catalogs(&shared.config.cluster, &imports.state(), &slices);
+    let mut built = catalogs(&shared.config.cluster, &imports.state(), &slices);
     let changed = {
+        // Peers then state, as everywhere. A cluster this replica has a session with keeps
+        // what the session brought; the others follow the API.
+        let peers = lock(&shared.peers);
+        let in_session = |cluster: &ClusterName| {
+            peers
+                .get(cluster)
+                .is_some_and(|s| s.connection.is_some() || !s.siblings.is_empty())
+        };
         let mut state = lock(&shared.state);
-        let same = state.imports.len() == built.len()
-            && built.iter().all(|(c, i)| {
-                state
-                    .imports
-                    .get(c)
-                    .is_some_and(|h| h.services == i.services)
-            });
-        if !same {
-            state.imports = built;
+        let mut changed = false;
+        let mirrored: Vec<ClusterName> = state
+            .imports
+            .keys()
+            .chain(built.keys())
+            .filter(|c| !in_session(c))
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for cluster in mirrored {
+            let wanted = built.remove(&cluster).unwrap_or_default();
+            let held = state.imports.get(&cluster);
+            if held.is_none_or(|h| h.services != wanted.services) {
+                state.imports.insert(cluster, wanted);
+                changed = true;
+            }
         }
-        !same
+        changed
     };
     if changed {
         shared.mark_dirty();

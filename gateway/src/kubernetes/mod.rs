@@ -4,9 +4,10 @@
 //! ServiceImports and EndpointSlices ([`import`]), dials the Link resources ([`links`]), keeps
 //! the policy resources and the mesh-wide set in step ([`policies`]), checks sidecars'
 //! service-account tokens ([`identity`]), keeps what must outlive a disk in the API
-//! ([`durable`]), and lets one replica lead ([`lease`]) while a standby follows the leader's
-//! imports ([`mirror`]). The federation code is the same as in universal mode. See
-//! docs/kubernetes.md.
+//! ([`durable`]), and lets one replica lead ([`lease`]) while every replica peers, finds its
+//! siblings ([`replicas`]) and, standing by, takes from the API what the leader imported from
+//! peers it has no session with ([`mirror`]). The federation code is the same as in universal
+//! mode. See docs/kubernetes.md.
 
 pub mod crd;
 pub mod durable;
@@ -18,6 +19,7 @@ pub mod links;
 pub mod mirror;
 pub mod policies;
 pub mod rbac;
+pub mod replicas;
 pub mod slices;
 
 use std::collections::BTreeMap;
@@ -262,7 +264,6 @@ pub fn start(shared: &Arc<Shared>, client: Client, restored: durable::Restore) {
             config.lease_duration_seconds,
             health.clone(),
         ));
-        tokio::spawn(follow_leadership(shared.clone()));
         tokio::spawn(durable::run(
             shared.clone(),
             client.clone(),
@@ -341,42 +342,6 @@ fn watch_namespaces(
         }
     });
     (store, rx)
-}
-
-/// Peering follows the Lease: the replica that takes it dials its Links (peers that dial this
-/// cluster reach it through the peers' Service); one that sees another replica hold it ends its
-/// peer sessions, so two replicas never speak for the cluster at once.
-async fn follow_leadership(shared: Arc<Shared>) {
-    let mut peering = shared.peering.subscribe();
-    loop {
-        let peers = *peering.borrow_and_update();
-        if peers {
-            // Peers that dial this cluster get the grace period from now to find this replica.
-            let now = std::time::Instant::now();
-            for status in lock(&shared.peers).values_mut() {
-                if status.connection.is_none() {
-                    status.lost_at = Some(now);
-                }
-            }
-            let links: Vec<_> = lock(&shared.state).links.values().cloned().collect();
-            for link in links {
-                crate::peer::start_dialer(&shared, link.spec, None);
-            }
-        } else {
-            let mut peers = lock(&shared.peers);
-            for status in peers.values_mut() {
-                status.retire.cancel();
-                if let Some(connection) = status.connection.take() {
-                    connection.close(0u32.into(), b"this replica no longer leads");
-                }
-                status.state = crate::peering::LinkState::Disconnected;
-            }
-        }
-        tokio::select! {
-            changed = peering.changed() => if changed.is_err() { return },
-            () = shared.shutdown.cancelled() => return,
-        }
-    }
 }
 
 #[cfg(test)]

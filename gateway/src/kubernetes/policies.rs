@@ -208,13 +208,16 @@ pub struct Decision {
 
 /// Compares the resources with the set, takes the changes made here into `book` (as changes
 /// of `local` at `now_ms`), and says what to write. `terminating`: the namespaces being
-/// deleted, whose resources go without deleting their policies from the mesh.
+/// deleted, whose resources go without deleting their policies from the mesh. `originates`:
+/// whether this replica stamps changes made here (the leading one); a standby takes them once
+/// the leader's status shows their version, so the mesh never sees two versions of one change.
 pub fn decide(
     objects: &[Observed],
     book: &mut PolicyBook,
     memory: &Memory,
     local: &ClusterName,
     terminating: &BTreeSet<String>,
+    originates: bool,
     now_ms: u64,
 ) -> Decision {
     let mut out = Decision::default();
@@ -242,6 +245,9 @@ pub fn decide(
             continue;
         }
         let (read, shown) = object.seen(memory);
+        if object.generation > read && !originates {
+            continue;
+        }
         if object.generation > read {
             // A change made here, with kubectl or GitOps.
             let refused = match (object.parse(), &key) {
@@ -428,6 +434,7 @@ async fn reconcile(
                 .is_none_or(|n| n.metadata.deletion_timestamp.is_some())
         })
         .collect();
+    let leads = shared.leads();
     let decision = {
         let mut state = lock(&shared.state);
         decide(
@@ -436,6 +443,7 @@ async fn reconcile(
             memory,
             &shared.config.cluster,
             &terminating,
+            leads,
             unix_now_ms(),
         )
     };
@@ -446,11 +454,7 @@ async fn reconcile(
     let mut left = Unfinished::default();
     // A standby replica follows the resources into its set and writes nothing: the leading
     // replica does.
-    let writes = if shared.leads() {
-        decision.writes
-    } else {
-        Vec::new()
-    };
+    let writes = if leads { decision.writes } else { Vec::new() };
     for write in writes {
         match execute(shared, client, write, memory).await {
             Ok(()) => {}
@@ -736,6 +740,7 @@ mod tests {
             &Memory::default(),
             &cluster(local),
             &BTreeSet::new(),
+            true,
             NOW,
         )
     }
@@ -844,6 +849,7 @@ mod tests {
             &memory,
             &cluster("west"),
             &BTreeSet::new(),
+            true,
             NOW,
         );
         assert!(decision.writes.is_empty(), "{:?}", decision.writes);
@@ -866,6 +872,7 @@ mod tests {
             &memory,
             &cluster("west"),
             &BTreeSet::new(),
+            true,
             NOW,
         );
         let [
@@ -917,6 +924,7 @@ mod tests {
             &memory,
             &cluster("west"),
             &BTreeSet::new(),
+            true,
             NOW,
         );
         assert!(!decision.changed);
@@ -937,6 +945,7 @@ mod tests {
             &Memory::default(),
             &cluster("east"),
             &terminating,
+            true,
             NOW,
         );
         assert!(!decision.changed);
@@ -963,6 +972,40 @@ mod tests {
         assert!(
             empty.set.get(&key("deny")).unwrap().version
                 > before.set.get(&key("deny")).unwrap().version
+        );
+    }
+
+    #[test]
+    fn a_standby_takes_a_change_made_here_only_at_the_version_the_leader_shows() {
+        let object = applied("deny", spec("west"));
+        let mut standby = PolicyBook::default();
+        let decision = decide(
+            std::slice::from_ref(&object),
+            &mut standby,
+            &Memory::default(),
+            &cluster("east"),
+            &BTreeSet::new(),
+            false,
+            NOW,
+        );
+        assert!(!decision.changed);
+        assert!(standby.set.get(&key("deny")).is_none());
+        // The leader stamps it and shows the version in the status: the standby adopts that one.
+        let mut leader = PolicyBook::default();
+        pass(std::slice::from_ref(&object), &mut leader, "east");
+        let decision = decide(
+            &[settled(object, &leader)],
+            &mut standby,
+            &Memory::default(),
+            &cluster("east"),
+            &BTreeSet::new(),
+            false,
+            NOW + 5,
+        );
+        assert!(decision.changed);
+        assert_eq!(
+            standby.set.get(&key("deny")).unwrap().version,
+            leader.set.get(&key("deny")).unwrap().version
         );
     }
 }

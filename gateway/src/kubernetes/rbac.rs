@@ -39,7 +39,7 @@ pub fn cluster_rules() -> Value {
 }
 
 /// The rules of the Role in the gateway's namespace: Links and their Secrets, the durable
-/// state, the Lease, and the label on the leading replica's pod.
+/// state, the Lease and each replica's own, and the label on the leading replica's pod.
 pub fn namespace_rules() -> Value {
     json!([
         {"apiGroups": ["strait.dev"], "resources": ["links"], "verbs": ["get", "list", "watch"]},
@@ -47,7 +47,7 @@ pub fn namespace_rules() -> Value {
         {"apiGroups": [""], "resources": ["secrets"],
          "verbs": ["get", "list", "watch", "create", "patch"]},
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-         "verbs": ["get", "create", "update"]},
+         "verbs": ["get", "list", "create", "update", "patch", "delete"]},
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]},
     ])
 }

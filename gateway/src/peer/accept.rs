@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rustls_pki_types::CertificateDer;
-use strait_federation::catalog::Position;
+use strait_federation::catalog::{ImportedCatalog, Position};
 use strait_federation::certificate;
-use strait_federation::handshake::{AcceptorHandshake, HelloRefused, refusal_label};
+use strait_federation::handshake::{AcceptorHandshake, HelloRefused, Refusal, refusal_label};
 use strait_federation::identity::ClusterName;
 use strait_federation::link::Admission;
 use strait_federation::proto::peer::RefusalCode;
@@ -16,8 +16,12 @@ use strait_io::clock;
 use super::drive::{Established, Tokens, next_session, run_session_as};
 use super::endpoint::{FrameReader, HANDSHAKE_TIMEOUT, refuse, send_frame};
 use super::error::{PeerError, deadline};
-use crate::peering::{LinkState, PeerRole, PeerStatus};
+use crate::peering::{LinkState, PeerRole, PeerStatus, Sibling};
 use crate::{Shared, lock};
+
+/// The most replicas of one peer's gateway that may hold sessions with this gateway at once:
+/// each holds a catalog, so a peer cannot make this gateway hold them without end.
+const MAX_REPLICAS: usize = 8;
 
 /// Accepts peer connections until the gateway stops.
 pub async fn accept_loop(shared: Arc<Shared>) {
@@ -28,8 +32,8 @@ pub async fn accept_loop(shared: Arc<Shared>) {
         };
         let Some(incoming) = incoming else { return };
         if !shared.peers_with_clusters() {
-            // A standby replica: peers reach the leading one (the peers' Service selects it);
-            // one that arrives here is refused and dials again.
+            // Not before the cluster's catalog is known (Kubernetes mode, an empty disk): the
+            // peer dials again.
             incoming.refuse();
             continue;
         }
@@ -71,6 +75,7 @@ async fn accept_one(
     let handshake = AcceptorHandshake {
         local: &shared.config.cluster,
         location: &shared.config.location,
+        replica: &shared.replica,
         trust_domain: &shared.config.trust_domain,
         key: &shared.link_key,
     };
@@ -124,52 +129,91 @@ async fn accept_one(
     };
     let peer = hello.cluster.clone();
     // Register the new session before reading where the peer stands: from here on the old
-    // session (if any) can no longer apply frames, so the position cannot move under us.
-    // Peers then state: an unlink that ran since the admission (it revoked the token) is seen.
+    // session of that replica (if any) can no longer apply frames, so the position cannot move
+    // under us. Peers then state: an unlink that ran since the admission (it revoked the token)
+    // is seen.
     let registered = {
         let mut peers = lock(&shared.peers);
         let confirmed = handshake.confirm(&lock(&shared.state).redemptions, &peer);
-        confirmed.map(|()| {
+        confirmed.and_then(|()| {
             let status = peers
                 .entry(peer.clone())
                 .or_insert_with(|| PeerStatus::awaiting(Instant::now()));
+            let tokens = Tokens {
+                unlink: status.unlink.clone(),
+                retire: shared.shutdown.child_token(),
+            };
+            let session = next_session();
+            if holds_current(status, &hello.replica) {
+                // Another replica of the peer's gateway holds the current session: this one
+                // runs beside it, and takes its place if it ends.
+                if status.siblings.len() + 1 >= MAX_REPLICAS
+                    && !status.siblings.contains_key(&hello.replica)
+                {
+                    return Err(Refusal {
+                        code: RefusalCode::RefusalProtocol,
+                        reason: format!(
+                            "cluster {peer} already has {MAX_REPLICAS} gateway replicas connected to cluster {}",
+                            shared.config.cluster
+                        ),
+                    });
+                }
+                let sibling = Sibling {
+                    connection: connection.clone(),
+                    session,
+                    imported: ImportedCatalog::default(),
+                    acked: hello.resume,
+                };
+                if let Some(old) = status.siblings.insert(hello.replica.clone(), sibling) {
+                    old.connection
+                        .close(0u32.into(), b"replaced by a newer connection");
+                }
+                return Ok((tokens, session, false));
+            }
             // Closing the old connection ends its session quietly.
             if let Some(old) = status.connection.take() {
                 old.close(0u32.into(), b"replaced by a newer connection");
+            }
+            if let Some(old) = status.siblings.remove(&hello.replica) {
+                old.connection
+                    .close(0u32.into(), b"replaced by a newer connection");
             }
             status.owner = 0;
             status.role = PeerRole::Acceptor;
             status.state = LinkState::Connecting;
             status.lost_at.get_or_insert_with(Instant::now);
             status.address = connection.remote_address().to_string();
-            status.session = next_session();
-            let tokens = Tokens {
-                unlink: status.unlink.clone(),
-                retire: shared.shutdown.child_token(),
-            };
-            (tokens, status.session)
+            status.replica.clone_from(&hello.replica);
+            status.session = session;
+            Ok((tokens, session, true))
         })
     };
-    let (tokens, session) = match registered {
+    let (tokens, session, current) = match registered {
         Ok(registered) => registered,
         Err(refusal) => {
             refuse(&mut send, &connection, refusal.code, &refusal.reason).await;
             return Err(PeerError::Session(refusal.into_error()));
         }
     };
-    let resume = lock(&shared.state)
-        .imports
-        .get(&peer)
-        .map_or(Position::NONE, |i| i.position);
+    // A sibling's catalog starts empty: its replica sends a snapshot.
+    let resume = if current {
+        lock(&shared.state)
+            .imports
+            .get(&peer)
+            .map_or(Position::NONE, |i| i.position)
+    } else {
+        Position::NONE
+    };
     if let Err(e) = send_frame(&mut send, &handshake.welcome(resume), HANDSHAKE_TIMEOUT).await {
         // The new session never started: the peer counts as lost from now, so its services
         // are withdrawn after the grace period unless it comes back.
-        if let Some(status) = lock(&shared.peers).get_mut(&peer)
-            && status.session == session
-        {
-            status.state = LinkState::Disconnected;
-            status.last_error = e.to_string();
-            status.lost_at = Some(Instant::now());
+        if let Some(status) = lock(&shared.peers).get_mut(&peer) {
+            if status.session == session {
+                status.state = LinkState::Disconnected;
+                status.last_error = e.to_string();
+                status.lost_at = Some(Instant::now());
+            }
+            status.siblings.retain(|_, s| s.session != session);
         }
         return Err(e);
     }
@@ -181,8 +225,17 @@ async fn accept_one(
             reader,
             peer_position: hello.resume,
             peer_location: hello.location,
+            peer_replica: hello.replica,
         },
         tokens,
         session,
     ))
+}
+
+/// Whether a replica other than `replica` holds the peer's current session (registered, and
+/// not ended).
+fn holds_current(status: &PeerStatus, replica: &str) -> bool {
+    status.replica != replica
+        && status.session != 0
+        && matches!(status.state, LinkState::Connecting | LinkState::Connected)
 }

@@ -68,8 +68,8 @@ pub fn start_dialer(
     first: Option<oneshot::Sender<DialOutcome>>,
 ) -> bool {
     if !shared.peers_with_clusters() {
-        // A standby replica (Kubernetes mode): the Link is on record, and the replica that
-        // holds the Lease dials it; this one does once it takes the Lease over.
+        // The Link is on record; it is dialed once the cluster's catalog is known
+        // ([`dial_when_peering`]).
         return true;
     }
     let retire = shared.shutdown.child_token();
@@ -98,19 +98,37 @@ pub fn start_dialer(
             unlink: unlink.clone(),
             retire: retire.clone(),
             owner,
+            replica: String::new(),
+            siblings: Default::default(),
         },
     );
     drop(peers);
-    if let Some(previous) = previous {
+    if let Some(mut previous) = previous {
         // Replaced by a newer Link for the same cluster: end the old dialer quietly.
         previous.retire.cancel();
-        if let Some(connection) = previous.connection {
-            connection.close(0u32.into(), b"link replaced");
-        }
+        previous.close_all(b"link replaced");
     }
     let tokens = Tokens { unlink, retire };
     tokio::spawn(dial_loop(shared.clone(), spec, tokens, owner, first));
     true
+}
+
+/// Dials every Link on record once peering starts (a gateway that waited for its catalog).
+pub async fn dial_when_peering(shared: Arc<Shared>) {
+    let mut peering = shared.peering.subscribe();
+    tokio::select! {
+        waited = peering.wait_for(|peers| *peers) => if waited.is_err() { return },
+        () = shared.shutdown.cancelled() => return,
+    }
+    let links: Vec<_> = lock(&shared.state).links.values().cloned().collect();
+    for link in links {
+        let dialing = lock(&shared.peers)
+            .get(&link.spec.cluster)
+            .is_some_and(|s| s.role == PeerRole::Dialer);
+        if !dialing {
+            start_dialer(&shared, link.spec, None);
+        }
+    }
 }
 
 fn set_state(shared: &Shared, peer: &ClusterName, owner: u64, state: LinkState, error: String) {
@@ -253,7 +271,8 @@ pub(super) async fn dial_once(shared: &Shared, spec: &LinkSpec) -> Result<Establ
         shared.config.location.clone(),
         spec.cluster.clone(),
         spec.gateway_address.clone(),
-    );
+    )
+    .from_replica(&shared.replica);
     send_frame(
         &mut send,
         &handshake.hello(&spec.token, resume),
@@ -269,6 +288,7 @@ pub(super) async fn dial_once(shared: &Shared, spec: &LinkSpec) -> Result<Establ
         reader,
         peer_position: welcome.resume,
         peer_location: welcome.location,
+        peer_replica: welcome.replica,
     })
 }
 

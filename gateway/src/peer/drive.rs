@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::endpoint::FrameReader;
 use super::error::{PeerError, deadline};
 use super::records::forget_peer;
-use crate::peering::LinkState;
+use crate::peering::{LinkState, PeerStatus};
 use crate::{GatewayError, Shared, lock};
 
 /// Session ids come from one counter, so an old session can never pass for a new one.
@@ -36,6 +36,8 @@ pub(super) struct Established {
     pub(super) peer_position: Position,
     /// Where the peer's cluster runs.
     pub(super) peer_location: strait_federation::location::Location,
+    /// Which replica of the peer's gateway this is (empty: the only one).
+    pub(super) peer_replica: String,
 }
 
 /// The ways a session or a dialer is told to stop.
@@ -72,11 +74,12 @@ pub(super) async fn run_session_as(
             status.since = SystemTime::now();
             status.lost_at = None;
             status.connection = Some(connection.clone());
+            status.replica.clone_from(&established.peer_replica);
             // Until the peer acknowledges more, it holds what it said it had.
             status.acked = established.peer_position;
         }
     }
-    tracing::info!(peer = %peer, remote = %connection.remote_address(), location = %established.peer_location, "peer connected");
+    tracing::info!(peer = %peer, replica = %established.peer_replica, remote = %connection.remote_address(), location = %established.peer_location, "peer connected");
     let moved = lock(&shared.locations).insert(peer.clone(), established.peer_location.clone())
         != Some(established.peer_location.clone());
     if moved {
@@ -108,7 +111,25 @@ fn session_ended(
         return true; // unlinked here
     };
     if status.session != session_id {
-        return false; // replaced by a newer session
+        // A sibling ends (or a replaced session): the current session goes on.
+        if let Some(replica) = status
+            .siblings
+            .iter()
+            .find(|(_, s)| s.session == session_id)
+            .map(|(r, _)| r.clone())
+        {
+            status.siblings.remove(&replica);
+            tracing::info!(peer = %peer, replica = %replica, "peer replica's session ended");
+        }
+        if !matches!(
+            &result,
+            Err(PeerError::Session(SessionError::Refused {
+                code: RefusalCode::RefusalUnlinked,
+                ..
+            }))
+        ) {
+            return false;
+        }
     }
     status.connection = None;
     status.lost_at = Some(Instant::now());
@@ -116,6 +137,7 @@ fn session_ended(
     match result {
         Ok(()) => {
             status.state = LinkState::Disconnected;
+            promote_sibling(shared, peer, status);
             false
         }
         Err(PeerError::Session(SessionError::Refused {
@@ -123,7 +145,9 @@ fn session_ended(
             reason,
         })) => {
             tracing::warn!(peer = %peer, reason = %reason, "peer removed the link");
-            peers.remove(peer);
+            if let Some(mut status) = peers.remove(peer) {
+                status.close_all(b"the peer removed the link");
+            }
             drop(peers);
             forget_peer(shared, peer);
             true
@@ -132,9 +156,33 @@ fn session_ended(
             tracing::info!(peer = %peer, error = %e, "peer session ended");
             status.state = LinkState::Disconnected;
             status.last_error = e.to_string();
+            promote_sibling(shared, peer, status);
             false
         }
     }
+}
+
+/// The current session ended: a sibling session (another replica of the peer's gateway) takes
+/// its place, with the catalog it already holds, so nothing is withdrawn and no snapshot waits.
+fn promote_sibling(shared: &Shared, peer: &ClusterName, status: &mut PeerStatus) {
+    let Some((replica, sibling)) = status.siblings.pop_first() else {
+        return;
+    };
+    tracing::info!(peer = %peer, replica = %replica, "another replica of the peer's gateway carries the peering");
+    status.address = sibling.connection.remote_address().to_string();
+    status.connection = Some(sibling.connection);
+    status.session = sibling.session;
+    status.acked = sibling.acked;
+    status.replica = replica;
+    status.state = LinkState::Connected;
+    status.last_error.clear();
+    status.lost_at = None;
+    // Peers then state, as everywhere.
+    lock(&shared.state)
+        .imports
+        .insert(peer.clone(), sibling.imported);
+    shared.mark_dirty();
+    shared.catalog_changed();
 }
 
 /// Writes frames to the control stream in order, with a deadline per frame, so that the
@@ -294,29 +342,43 @@ async fn drive(
                 };
                 // Peers before state, as everywhere. A session applies frames only while it is
                 // the peer's current session: once replaced or unlinked it changes nothing.
+                // A sibling's catalog is kept aside in its entry; the current session's is the
+                // cluster's import.
+                let mut current = true;
                 let event = {
-                    let peers = lock(&shared.peers);
-                    if peers.get(peer).is_none_or(|s| s.session != session_id) {
-                        None
-                    } else {
-                        let mut state = lock(&shared.state);
-                        let imported = state.imports.entry(peer.clone()).or_default();
-                        Some(
-                            session
-                                .handle_frame(frame, Instant::now(), imported)
-                                .and_then(|event| match event {
-                                    Some(Event::Policy(frame)) => session
-                                        .handle_policy(
-                                            frame,
-                                            &mut state.policies,
-                                            peer,
-                                            crate::unix_now_ms(),
-                                        )
-                                        .map(|received| Some(Received::Policies(received))),
-                                    other => Ok(other.map(Received::Catalog)),
-                                }),
-                        )
-                    }
+                    let mut peers = lock(&shared.peers);
+                    let status = peers.get_mut(peer);
+                    let mut state = lock(&shared.state);
+                    let state = &mut *state;
+                    let imported = match status {
+                        Some(status) if status.session == session_id => {
+                            Some(state.imports.entry(peer.clone()).or_default())
+                        }
+                        Some(status) => {
+                            current = false;
+                            status
+                                .siblings
+                                .values_mut()
+                                .find(|s| s.session == session_id)
+                                .map(|s| &mut s.imported)
+                        }
+                        None => None,
+                    };
+                    imported.map(|imported| {
+                        session
+                            .handle_frame(frame, Instant::now(), imported)
+                            .and_then(|event| match event {
+                                Some(Event::Policy(frame)) => session
+                                    .handle_policy(
+                                        frame,
+                                        &mut state.policies,
+                                        peer,
+                                        crate::unix_now_ms(),
+                                    )
+                                    .map(|received| Some(Received::Policies(received))),
+                                other => Ok(other.map(Received::Catalog)),
+                            })
+                    })
                 };
                 let Some(event) = event else {
                     if tokens.unlink.is_cancelled() {
@@ -343,6 +405,7 @@ async fn drive(
                             shared.quota_tx.send_modify(|n| *n += 1);
                         }
                     }
+                    Ok(Some(Received::Catalog(Event::Imported { .. }))) if !current => {}
                     Ok(Some(Received::Catalog(Event::Imported {
                         changed, snapshot, ..
                     }))) => {
@@ -364,10 +427,16 @@ async fn drive(
                         }
                     }
                     Ok(Some(Received::Catalog(Event::Acked(position)))) => {
-                        if let Some(status) = lock(&shared.peers).get_mut(peer)
-                            && status.session == session_id
-                        {
-                            status.acked = position;
+                        if let Some(status) = lock(&shared.peers).get_mut(peer) {
+                            if status.session == session_id {
+                                status.acked = position;
+                            } else if let Some(sibling) = status
+                                .siblings
+                                .values_mut()
+                                .find(|s| s.session == session_id)
+                            {
+                                sibling.acked = position;
+                            }
                         }
                     }
                     Ok(None) => {}

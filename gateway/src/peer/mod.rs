@@ -19,7 +19,7 @@ mod records;
 mod removal;
 
 pub use accept::accept_loop;
-pub use dial::{DialOutcome, link_problem, start_dialer};
+pub use dial::{DialOutcome, dial_when_peering, link_problem, start_dialer};
 pub use endpoint::{HANDSHAKE_TIMEOUT, endpoint};
 pub use error::PeerError;
 pub use removal::{discard, unlink, withdraw_expired};

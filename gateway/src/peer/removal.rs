@@ -60,10 +60,6 @@ async fn remove(
 /// withdrawal happen under both locks (peers, then state), so a peer that reconnects meanwhile
 /// keeps what its new session brings.
 pub fn withdraw_expired(shared: &Shared, now: Instant) {
-    if !shared.peers_with_clusters() {
-        // A standby replica's imports follow the API, where the leader keeps them.
-        return;
-    }
     let grace = shared.config.peering.grace_period();
     let mut withdrew = false;
     {
