@@ -1,4 +1,5 @@
-//! `strait sidecar token` (a bootstrap document for a new sidecar) and `strait sidecar run`.
+//! `strait sidecar token` (a bootstrap document for a new sidecar), `strait sidecar run` and
+//! `strait sidecar init` (the iptables rules that send a pod's traffic through its sidecar).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,6 +25,44 @@ pub enum SidecarCommand {
     /// Run a sidecar until SIGTERM or SIGINT. Prints one JSON line with its bound addresses
     /// once it is certified and listening.
     Run(Box<RunArgs>),
+    /// Redirect a pod's TCP to its sidecar with iptables (the injected init container runs
+    /// it; needs NET_ADMIN and NET_RAW): the app's outbound connections to the transparent
+    /// port, connections to the app's ports to the inbound port; the sidecar's own uid passes.
+    /// Running it again leaves the rules as once.
+    Init(InitArgs),
+}
+
+#[derive(Args)]
+pub struct InitArgs {
+    /// The uid the sidecar runs as: its traffic is never redirected.
+    #[arg(long, default_value_t = 2102)]
+    proxy_uid: u32,
+    /// The sidecar's transparent port (`--transparent-addr`).
+    #[arg(long, default_value_t = 15001)]
+    outbound_port: u16,
+    /// The sidecar's inbound port (`--inbound-addr`).
+    #[arg(long, default_value_t = 15006)]
+    inbound_port: u16,
+    /// Which inbound ports go to the sidecar: `all`, or a comma-separated list (the pod's
+    /// container ports).
+    #[arg(long, default_value = "all")]
+    inbound_ports: String,
+    /// Inbound ports that reach the app directly (comma-separated; the sidecar's admin port
+    /// among them).
+    #[arg(long, value_delimiter = ',', default_value = "15020")]
+    skip_inbound_ports: Vec<u16>,
+    /// Outbound destination ports reached directly (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    skip_outbound_ports: Vec<u16>,
+    /// Outbound destinations reached directly (comma-separated CIDR ranges, IPv4 or IPv6).
+    #[arg(long, value_delimiter = ',')]
+    skip_outbound_cidrs: Vec<strait_sidecar::init::Cidr>,
+    /// Set the IPv6 rules too: `auto` (when the pod has an IPv6 address), `on` or `off`.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+    ipv6: String,
+    /// Print the rules (`iptables-restore` input for a fresh pod) and change nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Args)]
@@ -111,7 +150,66 @@ pub async fn run(context: Option<&str>, command: SidecarCommand) -> Result<()> {
     match command {
         SidecarCommand::Token(args) => token(context, args).await,
         SidecarCommand::Run(args) => run_sidecar(*args).await,
+        SidecarCommand::Init(args) => init(&args),
     }
+}
+
+fn init(args: &InitArgs) -> Result<()> {
+    use strait_sidecar::init::{self, Family, InboundPorts, Redirect};
+    let inbound_ports = if args.inbound_ports == "all" {
+        InboundPorts::All
+    } else {
+        InboundPorts::Only(
+            args.inbound_ports
+                .split(',')
+                .map(|p| {
+                    p.trim()
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|p| *p != 0)
+                        .with_context(|| {
+                            format!("--inbound-ports: {p:?} is not a port (1-65535) or `all`")
+                        })
+                })
+                .collect::<Result<_>>()?,
+        )
+    };
+    let redirect = Redirect {
+        proxy_uid: args.proxy_uid,
+        outbound_port: args.outbound_port,
+        inbound_port: args.inbound_port,
+        inbound_ports,
+        skip_inbound_ports: args.skip_inbound_ports.clone(),
+        skip_outbound_ports: args.skip_outbound_ports.clone(),
+        skip_outbound_cidrs: args.skip_outbound_cidrs.clone(),
+    };
+    let ipv6 = match args.ipv6.as_str() {
+        "on" => true,
+        "off" => false,
+        _ => init::has_ipv6(),
+    };
+    let families: &[Family] = if ipv6 {
+        &[Family::V4, Family::V6]
+    } else {
+        &[Family::V4]
+    };
+    for family in families {
+        let label = match family {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        };
+        if args.dry_run {
+            print!(
+                "# {label}-restore --noflush\n{}",
+                init::restore_input(&redirect, *family, "")
+            );
+        } else {
+            let applied = init::apply(&redirect, *family)?;
+            let rules = applied.lines().filter(|l| l.starts_with("-A")).count();
+            println!("{label}: {rules} rules set");
+        }
+    }
+    Ok(())
 }
 
 async fn token(context: Option<&str>, args: TokenArgs) -> Result<()> {

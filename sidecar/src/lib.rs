@@ -17,7 +17,9 @@ pub mod connect;
 pub mod control;
 pub mod directory;
 pub mod http;
+
 pub mod inbound;
+pub mod init;
 pub mod jwks;
 pub mod metrics;
 pub mod mirror;

@@ -232,29 +232,66 @@ fn a_redirected_connection_reaches_the_service_by_its_address_or_its_name() -> R
     )
     .with_context(|| client.log_tail())?;
 
-    // The app runs as nobody; its connections to virtual addresses and to the host side are
-    // redirected.
-    for destination in ["240.240.0.0/16", ns.host_ip.as_str()] {
-        ns.exec(&[
-            "iptables",
-            "-t",
-            "nat",
-            "-A",
-            "OUTPUT",
-            "-p",
-            "tcp",
-            "-d",
-            destination,
-            "-m",
-            "owner",
-            "--uid-owner",
-            "65534",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            "15001",
-        ])?;
+    // The pod's rules, as the injected init container sets them (twice: a restarted init
+    // container runs again): everything the app (nobody) opens goes to the transparent port,
+    // the sidecar's own traffic (root here) passes, and connections to port 8080 from outside
+    // go to the inbound port.
+    let init: Vec<String> = [
+        "sidecar",
+        "init",
+        "--proxy-uid",
+        "0",
+        "--inbound-ports",
+        "8080",
+        "--ipv6",
+        "off",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let bin = strait_tests::strait_bin().display().to_string();
+    let mut command = vec![bin.as_str()];
+    command.extend(init.iter().map(String::as_str));
+    for _ in 0..2 {
+        ns.exec(&command)?;
     }
+    let saved = ns.exec(&["iptables-save", "-t", "nat"])?;
+    let mut dry: Vec<&str> = init.iter().map(String::as_str).collect();
+    dry.push("--dry-run");
+    let dry_run = mesh.cli(&dry, &[]).success()?;
+    let rules = |text: &str, prefix: &str| text.lines().filter(|l| l.starts_with(prefix)).count();
+    for jump in [
+        "-A PREROUTING -p tcp -j STRAIT_INBOUND",
+        "-A OUTPUT -p tcp -j STRAIT_OUTPUT",
+    ] {
+        ensure!(rules(&saved, jump) == 1, "{jump} not there once:\n{saved}");
+    }
+    for chain in ["-A STRAIT_INBOUND ", "-A STRAIT_OUTPUT "] {
+        ensure!(
+            rules(&saved, chain) == rules(&dry_run, chain) && rules(&saved, chain) > 0,
+            "{chain}: the table holds other rules than --dry-run prints:\n{saved}\n{dry_run}"
+        );
+    }
+    // Inbound: a connection to the pod's port 8080 lands on the inbound port.
+    let _inbound = Process::start_in(
+        &mesh,
+        "inbound",
+        &["ip", "netns", "exec", &ns.name],
+        &[
+            "demo-app".into(),
+            "--kind".into(),
+            "http".into(),
+            "--listen".into(),
+            "0.0.0.0:15006".into(),
+            "--service".into(),
+            "shop/inbound".into(),
+        ],
+    )?;
+    let (status, body) = http_get(format!("{}:8080", ns.inner_ip).parse()?, "/in")?;
+    ensure!(
+        status == 200 && body.contains("shop/inbound"),
+        "port 8080 did not reach the inbound port: {status} {body}"
+    );
     let curl = |url: &str| -> Result<Value> {
         let body = ns.exec(&[
             "setpriv",
