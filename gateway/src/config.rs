@@ -35,6 +35,12 @@ pub struct GatewayConfig {
     /// Where keys and state live; relative paths are relative to the config file's folder.
     #[serde(default = "here")]
     pub state_dir: PathBuf,
+    /// Where the cluster's credentials are read from when not in `stateDir`: `bundle.pem`,
+    /// `issuer.crt`, `issuer.key` and `link.key`, as `strait trust issue` writes them. Read
+    /// only, so a Kubernetes Secret mounted there serves every replica. Relative paths are
+    /// relative to the config file's folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_dir: Option<PathBuf>,
     #[serde(default)]
     pub peering: PeeringConfig,
     #[serde(default)]
@@ -302,6 +308,9 @@ impl GatewayConfig {
         if config.state_dir.is_relative() {
             config.state_dir = base.join(&config.state_dir);
         }
+        if let Some(dir) = config.credentials_dir.as_mut().filter(|d| d.is_relative()) {
+            *dir = base.join(&*dir);
+        }
         if let Some(kubeconfig) = config
             .kubernetes
             .as_mut()
@@ -380,6 +389,11 @@ impl GatewayConfig {
     /// A file in the state folder.
     pub fn file(&self, name: &str) -> PathBuf {
         self.state_dir.join(name)
+    }
+
+    /// The folder of the cluster's credentials (`credentialsDir`, else the state folder).
+    pub fn credentials(&self) -> &Path {
+        self.credentials_dir.as_deref().unwrap_or(&self.state_dir)
     }
 }
 

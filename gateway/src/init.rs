@@ -2,9 +2,11 @@
 //! `strait gateway init`.
 //!
 //! A trust folder holds `trust.yaml` (the trust domain), `root.crt`, `root.key` (keep offline)
-//! and `bundle.pem` (the roots clusters trust). A gateway folder holds `gateway.yaml`,
-//! `bundle.pem`, `issuer.crt`/`issuer.key` (the cluster's intermediate), `link.key` (signs join
-//! tokens), `operator.crt`/`operator.key` (a credential for the operator API) and `state.json`.
+//! and `bundle.pem` (the roots clusters trust). `strait trust issue` writes a cluster's
+//! credentials: `bundle.pem`, `issuer.crt`/`issuer.key` (the cluster's intermediate), `link.key`
+//! (signs join tokens) and `trust.yaml`. A gateway folder holds `gateway.yaml`, those
+//! credentials, `operator.crt`/`operator.key` (a credential for the operator API) and
+//! `state.json`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -93,6 +95,9 @@ impl TrustDir {
             .issue_cluster(cluster, ISSUER_LIFETIME, SystemTime::now())?;
         stored::save_issuer(&issuer, out)?;
         write_file(&out.join("bundle.pem"), self.bundle()?.to_pem(), false)?;
+        // The key that signs the cluster's join tokens: every replica of its gateway needs the
+        // same one, so it travels with the issuer.
+        write_file(&out.join("link.key"), LinkKey::generate()?.to_pem(), true)?;
         let file = TrustFile {
             trust_domain: self.trust_domain.clone(),
         };
@@ -154,8 +159,10 @@ pub fn init_gateway(options: InitOptions) -> Result<Initialized, GatewayError> {
         issuer
     };
     write_file(&dir.join("bundle.pem"), trust.bundle()?.to_pem(), false)?;
-    let link_key = LinkKey::generate()?;
-    write_file(&dir.join("link.key"), link_key.to_pem(), true)?;
+    // Kept when `strait trust issue` made it with the issuer.
+    if !dir.join("link.key").exists() {
+        write_file(&dir.join("link.key"), LinkKey::generate()?.to_pem(), true)?;
+    }
     let operator = SpiffeId::Operator {
         trust_domain: trust.trust_domain.clone(),
         cluster: options.cluster.clone(),
@@ -172,6 +179,7 @@ pub fn init_gateway(options: InitOptions) -> Result<Initialized, GatewayError> {
         admin_addr: options.admin_addr,
         relay_addr: options.relay_addr,
         state_dir: PathBuf::from("."),
+        credentials_dir: None,
         peering: PeeringConfig::default(),
         workloads: WorkloadConfig::default(),
         dns: options.dns_addr.map(DnsConfig::at),
@@ -244,5 +252,50 @@ mod tests {
         }
         let err = init_gateway(options()).err().unwrap().to_string();
         assert!(err.contains("already exists"), "{err}");
+    }
+
+    #[test]
+    fn an_issued_cluster_carries_its_link_key_which_init_keeps_and_credentials_dir_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let trust = dir.path().join("trust");
+        let trust_dir =
+            TrustDir::create(&trust, TrustDomain::new("example.mesh").unwrap()).unwrap();
+        let issued = dir.path().join("east");
+        trust_dir
+            .issue_cluster(&ClusterName::new("east").unwrap(), &issued)
+            .unwrap();
+        let key = std::fs::read_to_string(issued.join("link.key")).unwrap();
+        assert!(key.contains("PRIVATE KEY"), "{key}");
+        init_gateway(InitOptions {
+            cluster: ClusterName::new("east").unwrap(),
+            trust_dir: trust.clone(),
+            dir: issued.clone(),
+            quic_addr: "127.0.0.1:1".parse().unwrap(),
+            api_addr: "127.0.0.1:2".parse().unwrap(),
+            admin_addr: "127.0.0.1:3".parse().unwrap(),
+            advertise_addr: None,
+            relay_addr: None,
+            dns_addr: None,
+            location: Default::default(),
+            operator: AccountName::new("admin").unwrap(),
+            kubeconfig: None,
+        })
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(issued.join("link.key")).unwrap(),
+            key
+        );
+        // A config elsewhere that reads the credentials from that folder (a mounted Secret).
+        let config = dir.path().join("pod").join("gateway.yaml");
+        std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+        let text = std::fs::read_to_string(issued.join("gateway.yaml")).unwrap()
+            + "credentialsDir: ../east\n";
+        std::fs::write(&config, text).unwrap();
+        let loaded = GatewayConfig::load(&config).unwrap();
+        assert_eq!(loaded.credentials(), dir.path().join("pod").join("../east"));
+        assert_eq!(
+            loaded.file("state.json"),
+            dir.path().join("pod").join("./state.json")
+        );
     }
 }

@@ -338,13 +338,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GatewayError> {
     strait_federation::tls::install_default_provider();
-    let bundle = stored::read_bundle(&config.file("bundle.pem"), config.trust_domain.clone())?;
+    let credentials = config.credentials().to_owned();
+    let bundle = stored::read_bundle(&credentials.join("bundle.pem"), config.trust_domain.clone())?;
     let issuer = stored::load_issuer(
-        &config.state_dir,
+        &credentials,
         config.trust_domain.clone(),
         config.cluster.clone(),
     )?;
-    let link_key_path = config.file("link.key");
+    let link_key_path = credentials.join("link.key");
     let link_key = LinkKey::from_pem(&read_file(&link_key_path)?, &link_key_path)?;
     let (kube_client, restored) = match &config.kubernetes {
         Some(kubernetes) => {
