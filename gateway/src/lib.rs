@@ -209,6 +209,12 @@ impl Shared {
         set_flag(&self.leading, leads);
     }
 
+    /// Where sidecars and sibling replicas reach this gateway's relay: its bound address, or
+    /// the pod's address (`POD_IP`, from the downward API) when it listens on all of them.
+    pub fn relay_advertised(&self) -> SocketAddr {
+        reachable(self.relay_addr, std::env::var("POD_IP").ok().as_deref())
+    }
+
     /// Whether this gateway peers (see [`Shared::peering`]).
     pub fn peers_with_clusters(&self) -> bool {
         *self.peering.borrow()
@@ -308,6 +314,17 @@ pub enum Awaited {
     Export,
     /// The durable state, when the API could not be read at start (its Links and tokens).
     State,
+}
+
+/// Where a listener bound to `bound` is reached from elsewhere: the bound address, or the pod's
+/// (`pod_ip`) when it listens on all addresses and the pod's is known.
+fn reachable(bound: SocketAddr, pod_ip: Option<&str>) -> SocketAddr {
+    if !bound.ip().is_unspecified() {
+        return bound;
+    }
+    pod_ip
+        .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+        .map_or(bound, |ip| SocketAddr::new(ip, bound.port()))
 }
 
 /// Sets a flag that tasks follow, waking them only when it changes.
@@ -581,5 +598,23 @@ async fn housekeeping(shared: Arc<Shared>) {
             }
         }
         shared.refresh_metrics();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relay_on_all_addresses_is_reached_at_the_pods_address() {
+        let any: SocketAddr = "0.0.0.0:4436".parse().unwrap();
+        assert_eq!(
+            reachable(any, Some("10.1.2.3")).to_string(),
+            "10.1.2.3:4436"
+        );
+        assert_eq!(reachable(any, Some("not an ip")), any);
+        assert_eq!(reachable(any, None), any);
+        let bound: SocketAddr = "127.0.0.1:4436".parse().unwrap();
+        assert_eq!(reachable(bound, Some("10.1.2.3")), bound);
     }
 }

@@ -97,7 +97,7 @@ pub async fn run(
     health: Arc<Health>,
 ) {
     let me = identity();
-    let relay = advertised_relay(&shared);
+    let relay = shared.relay_advertised().to_string();
     let leases = Api::<Lease>::namespaced(client.clone(), &namespace);
     let pods = Api::<Pod>::namespaced(client, &namespace);
     // In a pod, it says on the pod whether it leads; outside one there is no pod to label.
@@ -232,22 +232,6 @@ async fn label_pod(pods: &Api<Pod>, name: &str, leads: bool) -> Result<(), kube:
         Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
         Err(e) => Err(e),
     }
-}
-
-/// Where this replica's relay can be reached by the others: its bound address, or the pod's
-/// address (`POD_IP`, from the downward API) when it listens on all of them.
-fn advertised_relay(shared: &Shared) -> String {
-    let bound = shared.relay_addr;
-    if !bound.ip().is_unspecified() {
-        return bound.to_string();
-    }
-    std::env::var("POD_IP")
-        .ok()
-        .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
-        .map_or_else(
-            || bound.to_string(),
-            |ip| std::net::SocketAddr::new(ip, bound.port()).to_string(),
-        )
 }
 
 /// One look at the Lease; whether this replica holds it afterwards, and the holder it took it
