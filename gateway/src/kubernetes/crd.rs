@@ -2,8 +2,8 @@
 //! `ServiceExport` and `ServiceImport` (`multicluster.x-k8s.io/v1alpha1`, the MCS API's own
 //! shape, so other MCS tools read them), strait's `Link` (`strait.dev/v1alpha1`) and the six
 //! policy kinds (`policy.strait.dev/v1alpha1`, one CRD each, the spec of the documents
-//! `strait apply` takes). `deploy/crds/` holds the CRDs these types generate; a test fails when
-//! the two differ (`STRAIT_WRITE_CRDS=1` rewrites the files).
+//! `strait apply` takes). `deploy/crds/` and the Helm chart's `crds/` hold the CRDs these types
+//! generate; a test fails when they differ (`STRAIT_WRITE_CRDS=1` rewrites the files).
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -287,23 +287,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_crds_in_deploy_are_the_ones_the_types_generate() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds");
+    fn the_crds_in_deploy_and_the_chart_are_the_ones_the_types_generate() {
+        let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
         let write = std::env::var_os("STRAIT_WRITE_CRDS").is_some();
         let mut stale = Vec::new();
-        for (file, crd) in all() {
-            let path = dir.join(&file);
-            let wanted = to_yaml(&crd).unwrap();
-            if write {
-                std::fs::create_dir_all(&dir).unwrap();
-                std::fs::write(&path, &wanted).unwrap();
-            } else if std::fs::read_to_string(&path).ok().as_deref() != Some(wanted.as_str()) {
-                stale.push(file);
+        // Helm installs the CRDs from the chart's own crds/ folder.
+        for dir in [deploy.join("crds"), deploy.join("helm/strait/crds")] {
+            for (file, crd) in all() {
+                let path = dir.join(&file);
+                let wanted = to_yaml(&crd).unwrap();
+                if write {
+                    std::fs::create_dir_all(&dir).unwrap();
+                    std::fs::write(&path, &wanted).unwrap();
+                } else if std::fs::read_to_string(&path).ok().as_deref() != Some(wanted.as_str()) {
+                    stale.push(path.display().to_string());
+                }
             }
         }
         assert!(
             stale.is_empty(),
-            "deploy/crds/ differs from the types for {stale:?}: run STRAIT_WRITE_CRDS=1 cargo test -p strait-gateway crds"
+            "{stale:?} differ from the types: run STRAIT_WRITE_CRDS=1 cargo test -p strait-gateway crds"
         );
     }
 

@@ -1,8 +1,9 @@
 //! What a gateway may do in its cluster's API, and nothing more: a ClusterRole for what it
 //! reads and writes across namespaces, a Role for what it keeps in its own namespace, bound
 //! to its service account. `deploy/rbac.yaml` is what [`manifests`] gives for the default
-//! namespace; a test fails when the two differ, and another runs a gateway with exactly these
-//! rights against a real API server. docs/kubernetes.md explains each rule.
+//! namespace, and the Helm chart's RBAC templates are [`helm_templates`]; a test fails when
+//! either differs, and another runs a gateway with exactly these rights against a real API
+//! server. docs/kubernetes.md explains each rule.
 
 use serde_json::{Value, json};
 use strait_federation::policy::PolicyKind;
@@ -90,9 +91,90 @@ pub fn to_yaml(namespace: &str) -> Result<String, serde_saphyr::SerializeError> 
     Ok(out)
 }
 
+/// The chart's templates for these objects, one kind a file: the same objects and rules, in the
+/// release's namespace, with the chart's labels.
+pub fn helm_templates() -> Result<Vec<(&'static str, String)>, serde_saphyr::SerializeError> {
+    let metadata = |namespaced: bool| {
+        let namespace = if namespaced {
+            "\n  namespace: {{ .Release.Namespace }}"
+        } else {
+            ""
+        };
+        format!(
+            "metadata:\n  name: {NAME}{namespace}\n  labels:\n    {{{{- include \"strait.labels\" . | nindent 4 }}}}"
+        )
+    };
+    let subjects = format!(
+        "subjects:\n- kind: ServiceAccount\n  name: {NAME}\n  namespace: {{{{ .Release.Namespace }}}}"
+    );
+    let role_ref = |kind: &str| {
+        format!("roleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: {kind}\n  name: {NAME}")
+    };
+    let cluster_rules = serde_saphyr::to_string(&cluster_rules())?;
+    let namespace_rules = serde_saphyr::to_string(&namespace_rules())?;
+    let header = "# Generated from gateway/src/kubernetes/rbac.rs: do not edit by hand\n# (STRAIT_WRITE_CRDS=1 cargo test -p strait-gateway rbac rewrites it).\n";
+    let objects = [
+        (
+            "serviceaccount.yaml",
+            format!("apiVersion: v1\nkind: ServiceAccount\n{}\n", metadata(true)),
+        ),
+        (
+            "clusterrole.yaml",
+            format!(
+                "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\n{}\nrules:\n{cluster_rules}",
+                metadata(false)
+            ),
+        ),
+        (
+            "clusterrolebinding.yaml",
+            format!(
+                "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\n{}\n{}\n{subjects}\n",
+                metadata(false),
+                role_ref("ClusterRole")
+            ),
+        ),
+        (
+            "role.yaml",
+            format!(
+                "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\n{}\nrules:\n{namespace_rules}",
+                metadata(true)
+            ),
+        ),
+        (
+            "rolebinding.yaml",
+            format!(
+                "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\n{}\n{}\n{subjects}\n",
+                metadata(true),
+                role_ref("Role")
+            ),
+        ),
+    ];
+    Ok(objects
+        .into_iter()
+        .map(|(file, text)| (file, format!("{header}{text}")))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_charts_rbac_is_the_one_the_rules_generate() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/helm/strait/templates");
+        for (file, wanted) in helm_templates().unwrap() {
+            let path = dir.join(file);
+            if std::env::var_os("STRAIT_WRITE_CRDS").is_some() {
+                std::fs::write(&path, &wanted).unwrap();
+            }
+            assert_eq!(
+                std::fs::read_to_string(&path).ok().as_deref(),
+                Some(wanted.as_str()),
+                "the chart's templates/{file} differs from the rules: run STRAIT_WRITE_CRDS=1 cargo test -p strait-gateway rbac"
+            );
+        }
+    }
 
     #[test]
     fn deploy_rbac_is_the_one_the_rules_generate() {

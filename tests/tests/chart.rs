@@ -1,0 +1,248 @@
+//! The Helm chart in `deploy/helm/strait/`: lint clean, rendered for each cloud, bad values
+//! refused with a message naming them, the rendered manifests accepted by a real Kubernetes
+//! 1.20 API server (`kubectl apply --dry-run=server`), and `helm install` of the chart, CRDs
+//! included, into one. Needs helm and kubectl (`scripts/kube-control-plane.sh tools`) and, for
+//! the API server, the control plane; says so and skips without them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ListParams, PostParams};
+use strait_tests::kube::{ControlPlane, binaries};
+use strait_tests::wait_for;
+
+fn chart() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/helm/strait")
+}
+
+/// helm and kubectl, or why they are not there.
+fn tools() -> std::result::Result<(PathBuf, PathBuf), String> {
+    let dir = std::env::var_os("STRAIT_KUBE_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/strait/kube-v1.20.2"))
+        })
+        .ok_or("no HOME to find the tools in")?
+        .join("tools");
+    let (helm, kubectl) = (dir.join("helm"), dir.join("kubectl"));
+    if !helm.is_file() || !kubectl.is_file() {
+        return Err(format!(
+            "no helm or kubectl in {}: run scripts/kube-control-plane.sh tools (scripts/test.sh does)",
+            dir.display()
+        ));
+    }
+    Ok((helm, kubectl))
+}
+
+/// Runs a command; its stdout, or its stderr as the error.
+fn run(program: &Path, args: &[&str]) -> std::result::Result<String, String> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("running {}: {e}", program.display()))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+const VALUES: &str = "cluster=west,trustDomain=example.mesh";
+
+fn template(helm: &Path, values: &str) -> std::result::Result<String, String> {
+    let chart = chart();
+    run(
+        helm,
+        &[
+            "template",
+            "strait",
+            &chart.to_string_lossy(),
+            "--namespace",
+            "strait-system",
+            "--set",
+            values,
+        ],
+    )
+}
+
+#[test]
+fn the_chart_is_lint_clean_renders_for_each_cloud_and_names_a_bad_value() -> Result<()> {
+    let (helm, _) = match tools() {
+        Ok(tools) => tools,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return Ok(());
+        }
+    };
+    let chart = chart();
+    let lint = run(
+        &helm,
+        &[
+            "lint",
+            &chart.to_string_lossy(),
+            "--strict",
+            "--set",
+            VALUES,
+        ],
+    )
+    .map_err(anyhow::Error::msg)?;
+    ensure!(lint.contains("0 chart(s) failed"), "{lint}");
+
+    for (values, said) in [
+        ("trustDomain=example.mesh", "cluster is required"),
+        (
+            "cluster=West,trustDomain=example.mesh",
+            "\"West\" is not a DNS label",
+        ),
+        ("cluster=west", "trustDomain is required"),
+        (
+            "cluster=west,trustDomain=example.mesh,quicService.cloud=ibm",
+            "quicService.cloud \"ibm\" is not one of",
+        ),
+    ] {
+        let refused = template(&helm, values).err().unwrap_or_default();
+        ensure!(refused.contains(said), "{values}: {refused}");
+    }
+
+    for (cloud, annotation) in [
+        (
+            "aws",
+            "service.beta.kubernetes.io/aws-load-balancer-type: nlb",
+        ),
+        ("gcp", "cloud.google.com/l4-rbs: enabled"),
+        (
+            "azure",
+            "service.beta.kubernetes.io/azure-load-balancer-internal: \"false\"",
+        ),
+    ] {
+        let rendered = template(&helm, &format!("{VALUES},quicService.cloud={cloud}"))
+            .map_err(anyhow::Error::msg)?;
+        let quic = rendered
+            .split("---")
+            .find(|d| d.contains("name: strait-gateway-quic"))
+            .context("no QUIC Service")?;
+        ensure!(quic.contains(annotation), "{cloud}: {quic}");
+        ensure!(quic.contains("protocol: UDP"), "{cloud}: {quic}");
+        ensure!(
+            quic.contains("strait.dev/leader: \"true\""),
+            "{cloud}: {quic}"
+        );
+        // The gateway's configuration is this cluster's, in Kubernetes mode.
+        ensure!(rendered.contains("cluster: west\n"), "{rendered}");
+        ensure!(rendered.contains("credentialsDir: /etc/strait/credentials"));
+        ensure!(rendered.contains("namespace: strait-system\n      leaseDurationSeconds: 15"));
+    }
+    Ok(())
+}
+
+#[test]
+fn the_chart_installs_into_a_real_api_server_crds_and_all() -> Result<()> {
+    let (helm, kubectl) = match (tools(), binaries()) {
+        (Ok(tools), Ok(_)) => tools,
+        (Err(why), _) | (_, Err(why)) => {
+            eprintln!("skipped: {why}");
+            return Ok(());
+        }
+    };
+    let dir = tempfile::tempdir()?;
+    let plane = ControlPlane::start("west", dir.path())?;
+    let kubeconfig = plane.kubeconfig.to_string_lossy().into_owned();
+    let runtime = tokio::runtime::Runtime::new()?;
+    let client = runtime.block_on(plane.client())?;
+    let namespace: Namespace = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "strait-system"},
+    }))?;
+    runtime.block_on(
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace),
+    )?;
+
+    // The rendered manifests, as GitOps would apply them: the API server accepts every object.
+    let rendered =
+        template(&helm, &format!("{VALUES},quicService.cloud=aws")).map_err(anyhow::Error::msg)?;
+    let file = dir.path().join("rendered.yaml");
+    std::fs::write(&file, &rendered)?;
+    let dry = run(
+        &kubectl,
+        &[
+            "--kubeconfig",
+            &kubeconfig,
+            "apply",
+            "--dry-run=server",
+            "-f",
+            &file.to_string_lossy(),
+        ],
+    )
+    .map_err(anyhow::Error::msg)?;
+    ensure!(
+        dry.lines().count() == rendered.matches("\nkind: ").count(),
+        "not every object was accepted:\n{dry}"
+    );
+
+    // helm install: the CRDs from the chart's crds/, then the objects.
+    let chart = chart();
+    let install = |verb: &str| {
+        run(
+            &helm,
+            &[
+                verb,
+                "strait",
+                &chart.to_string_lossy(),
+                "--kubeconfig",
+                &kubeconfig,
+                "--namespace",
+                "strait-system",
+                "--set",
+                VALUES,
+            ],
+        )
+        .map_err(anyhow::Error::msg)
+    };
+    install("install")?;
+    let crds = runtime.block_on(
+        Api::<CustomResourceDefinition>::all(client.clone()).list(&ListParams::default()),
+    )?;
+    ensure!(crds.items.len() == 9, "{} CRDs installed", crds.items.len());
+    let deployment = runtime.block_on(
+        Api::<Deployment>::namespaced(client.clone(), "strait-system").get("strait-gateway"),
+    )?;
+    ensure!(deployment.spec.and_then(|s| s.replicas) == Some(2));
+    let services: Vec<String> = runtime
+        .block_on(
+            Api::<Service>::namespaced(client.clone(), "strait-system")
+                .list(&ListParams::default()),
+        )?
+        .items
+        .into_iter()
+        .filter_map(|s| s.metadata.name)
+        .collect();
+    ensure!(
+        services == ["strait-dns", "strait-gateway", "strait-gateway-quic"],
+        "{services:?}"
+    );
+    // The DNS Service has its address now: an upgrade writes the CoreDNS block forwarding to it.
+    let dns = runtime
+        .block_on(Api::<Service>::namespaced(client.clone(), "strait-system").get("strait-dns"))?
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("the DNS Service has no ClusterIP")?;
+    install("upgrade")?;
+    let stub = wait_for(Duration::from_secs(5), "the CoreDNS block", || {
+        Ok(runtime
+            .block_on(
+                Api::<ConfigMap>::namespaced(client.clone(), "strait-system")
+                    .get_opt("strait-coredns-stub"),
+            )?
+            .and_then(|c| c.data)
+            .and_then(|d| d.get("clusterset.server").cloned()))
+    })?;
+    ensure!(
+        stub.contains(&format!("forward . {dns}:53")),
+        "the block does not forward to {dns}: {stub}"
+    );
+    Ok(())
+}
