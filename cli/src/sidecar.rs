@@ -109,6 +109,13 @@ pub struct RunArgs {
     /// protocols http, http2, grpc, tcp. May be repeated.
     #[arg(long = "port", requires = "service")]
     ports: Vec<String>,
+    /// Kubernetes mode: a port of the app that other sidecars call (their connections reach
+    /// the inbound port through the pod's iptables rules): `PORT/PROTOCOL`, the app on
+    /// 127.0.0.1:PORT, or `PORT/PROTOCOL=APP_ADDRESS`; protocols http, http2, grpc, tcp. The
+    /// endpoint is the pod's, from the cluster's EndpointSlices: nothing is registered. May be
+    /// repeated.
+    #[arg(long = "app-port", requires = "token_file", conflicts_with = "service")]
+    app_ports: Vec<String>,
     /// Export the service to linked clusters.
     #[arg(long, requires = "service")]
     export: bool,
@@ -303,6 +310,19 @@ async fn config(args: &RunArgs) -> Result<SidecarConfig> {
             hostname: args.hostname.clone(),
         });
     }
+    config.app_ports = args
+        .app_ports
+        .iter()
+        .map(|p| {
+            let full = if p.contains('=') {
+                p.clone()
+            } else {
+                let port = p.split_once('/').map_or(p.as_str(), |(port, _)| port);
+                format!("{p}=127.0.0.1:{port}")
+            };
+            AppPort::parse(&full).map_err(|e| anyhow::anyhow!("--app-port {p}: {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
     config.upstreams = args
         .upstreams
         .iter()

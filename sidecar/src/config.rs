@@ -169,6 +169,9 @@ pub struct SidecarConfig {
     /// What `bootstrap.token` is.
     pub token_kind: TokenKind,
     pub service: Option<ServiceConfig>,
+    /// Kubernetes mode: the app's ports that other sidecars call, served on the inbound port
+    /// like a service's ports but registered nowhere (the pod's EndpointSlices say where it is).
+    pub app_ports: Vec<AppPort>,
     /// mTLS from other sidecars (through gateways too).
     pub inbound_addr: SocketAddr,
     /// The address registered for this endpoint, when not the bound inbound address.
@@ -187,12 +190,24 @@ pub struct SidecarConfig {
 }
 
 impl SidecarConfig {
+    /// The app's ports that the inbound port serves: the registered service's, then the
+    /// Kubernetes-mode app ports.
+    pub fn served_ports(&self) -> Vec<AppPort> {
+        self.service
+            .iter()
+            .flat_map(|s| s.ports.iter())
+            .chain(&self.app_ports)
+            .cloned()
+            .collect()
+    }
+
     /// A configuration with the defaults: listeners on loopback, ports chosen at start.
     pub fn new(bootstrap: Bootstrap) -> Self {
         Self {
             bootstrap,
             token_kind: TokenKind::Bootstrap,
             service: None,
+            app_ports: Vec::new(),
             inbound_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             advertise_addr: None,
             proxy_addr: None,

@@ -14,7 +14,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use strait_federation::catalog::Protocol;
+use strait_federation::catalog::{Protocol, ServiceKey};
 use strait_federation::certificate;
 use strait_federation::identity::SpiffeId;
 use strait_federation::policy::authentication::{self, TokenRejected};
@@ -114,6 +114,12 @@ async fn accept(
     tcp: TcpStream,
     remote: SocketAddr,
 ) {
+    // Where the caller sent the connection: a pod's address and app port when iptables
+    // redirected it here, else this port. Without a configured service (Kubernetes mode) the
+    // service it was for is the one whose endpoint that is.
+    let addressed = crate::outbound::original_destination(&tcp)
+        .or_else(|_| tcp.local_addr())
+        .ok();
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -133,8 +139,8 @@ async fn accept(
         return;
     };
     match session.alpn_protocol() {
-        Some(HTTP_ALPN) => serve_http(shared, tls, caller).await,
-        Some(TCP_ALPN) => serve_tcp(shared, tls, caller).await,
+        Some(HTTP_ALPN) => serve_http(shared, tls, caller, addressed).await,
+        Some(TCP_ALPN) => serve_tcp(shared, tls, caller, addressed).await,
         _ => tracing::info!(remote = %remote, "inbound connection without a known ALPN"),
     }
 }
@@ -146,6 +152,22 @@ struct CallerInfo {
     identity: SpiffeId,
     cluster: String,
     header: Option<HeaderValue>,
+    /// Where the caller sent the connection.
+    addressed: Option<SocketAddr>,
+}
+
+/// The service a connection is for: the one this sidecar fronts (universal mode), else the
+/// one whose endpoint the connection was addressed to (Kubernetes mode, by the view).
+fn own_service(
+    shared: &Shared,
+    directory: &Directory,
+    addressed: Option<SocketAddr>,
+) -> Option<ServiceKey> {
+    shared.own_service.clone().or_else(|| {
+        addressed
+            .and_then(|a| directory.service_at(&a))
+            .map(|entry| entry.key.clone())
+    })
 }
 
 /// What an external authorizer is told about an HTTP request.
@@ -176,12 +198,13 @@ struct Refusal {
 async fn ask_externals(
     shared: &Shared,
     directory: &Directory,
+    own: Option<&ServiceKey>,
     caller: &SpiffeId,
     state: CallerState,
     route: &Route<'_>,
     http: Option<HttpFacts<'_>>,
 ) -> Option<Refusal> {
-    let own = shared.own_service.as_ref()?;
+    let own = own?;
     let request = Request {
         caller: Some(caller),
         http: http.as_ref().map(|h| (h.method, h.path)),
@@ -283,8 +306,10 @@ async fn gate(
             "this sidecar has no policy from its gateway yet".into(),
         ));
     }
+    let own = own_service(shared, &directory, caller.addressed);
+    let own = own.as_ref();
     let normal = request.uri().path();
-    let principal = match authenticate(shared, &directory, request.headers()).await {
+    let principal = match authenticate(shared, &directory, own, request.headers()).await {
         Ok(principal) => principal,
         Err(reason) => {
             shared.metrics.denied(route, "http", "(invalid JWT)");
@@ -315,6 +340,7 @@ async fn gate(
     let refusal = match ask_externals(
         shared,
         &directory,
+        own,
         &caller.identity,
         state,
         route,
@@ -324,8 +350,8 @@ async fn gate(
     {
         Some(refusal) => refusal,
         None => match refused_by(
-            shared,
             &directory,
+            own,
             &caller.identity,
             state,
             Some((request.method().as_str(), normal)),
@@ -333,7 +359,7 @@ async fn gate(
         ) {
             Some(refusal) => refusal,
             None => {
-                let limited = over_limit(shared, &directory, &caller.identity)?;
+                let limited = over_limit(shared, &directory, own, &caller.identity)?;
                 shared.metrics.rate_limited(route, "http", &limited.policy);
                 let mut response = error_response(
                     StatusCode::TOO_MANY_REQUESTS,
@@ -375,9 +401,10 @@ enum TokenError {
 async fn authenticate(
     shared: &Arc<Shared>,
     directory: &Directory,
+    own: Option<&ServiceKey>,
     headers: &hyper::HeaderMap,
 ) -> Result<Option<RequestPrincipal>, TokenError> {
-    let Some(own) = shared.own_service.as_ref() else {
+    let Some(own) = own else {
         return Ok(None);
     };
     let policies = directory
@@ -423,8 +450,13 @@ async fn authenticate(
 
 /// The rate limit or mesh-wide quota a request or connection of `caller` is over, if any
 /// (otherwise it is counted against every one).
-fn over_limit(shared: &Shared, directory: &Directory, caller: &SpiffeId) -> Option<Limited> {
-    let own = shared.own_service.as_ref()?;
+fn over_limit(
+    shared: &Shared,
+    directory: &Directory,
+    own: Option<&ServiceKey>,
+    caller: &SpiffeId,
+) -> Option<Limited> {
+    let own = own?;
     let taken =
         match shared
             .limiter
@@ -453,8 +485,8 @@ fn over_limit(shared: &Shared, directory: &Directory, caller: &SpiffeId) -> Opti
 /// (TCP) of `caller` to this sidecar's service, if one does. A sidecar that has no view from
 /// its gateway yet refuses everything: it cannot know the policies.
 fn refused_by(
-    shared: &Shared,
     directory: &Directory,
+    own: Option<&ServiceKey>,
     caller: &SpiffeId,
     state: CallerState,
     http: Option<(&str, &str)>,
@@ -466,7 +498,7 @@ fn refused_by(
             message: "this sidecar has no policy from its gateway yet".into(),
         });
     }
-    let own = shared.own_service.as_ref()?;
+    let own = own?;
     let request = Request {
         caller: Some(caller),
         http,
@@ -486,11 +518,17 @@ fn refused_by(
     }
 }
 
-async fn serve_http(shared: Arc<Shared>, tls: InboundTls, caller: SpiffeId) {
+async fn serve_http(
+    shared: Arc<Shared>,
+    tls: InboundTls,
+    caller: SpiffeId,
+    addressed: Option<SocketAddr>,
+) {
     let caller = Arc::new(CallerInfo {
         cluster: caller.cluster().to_string(),
         header: HeaderValue::from_str(&caller.to_string()).ok(),
         identity: caller,
+        addressed,
     });
     let service = hyper::service::service_fn(move |request| {
         let shared = shared.clone();
@@ -580,7 +618,12 @@ async fn forward(
     }
 }
 
-async fn serve_tcp(shared: Arc<Shared>, mut tls: InboundTls, caller: SpiffeId) {
+async fn serve_tcp(
+    shared: Arc<Shared>,
+    mut tls: InboundTls,
+    caller: SpiffeId,
+    addressed: Option<SocketAddr>,
+) {
     let mut preamble = [0u8; 3];
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.read_exact(&mut preamble)).await {
         Ok(Ok(_)) => {}
@@ -593,9 +636,9 @@ async fn serve_tcp(shared: Arc<Shared>, mut tls: InboundTls, caller: SpiffeId) {
     };
     let Some(target) = shared
         .config
-        .service
-        .as_ref()
-        .and_then(|s| s.ports.iter().find(|p| p.port.port == port))
+        .served_ports()
+        .iter()
+        .find(|p| p.port.port == port)
         .map(|p| p.target)
     else {
         tracing::info!(caller = %caller, port, "inbound TCP for a port this endpoint does not serve");
@@ -610,12 +653,15 @@ async fn serve_tcp(shared: Arc<Shared>, mut tls: InboundTls, caller: SpiffeId) {
         service,
     };
     let directory = shared.directory.borrow().clone();
-    let refused = match ask_externals(&shared, &directory, &caller, state, &route, None).await {
+    let own = own_service(&shared, &directory, addressed);
+    let own = own.as_ref();
+    let refused = match ask_externals(&shared, &directory, own, &caller, state, &route, None).await
+    {
         Some(refusal) => Some(refusal),
-        None => refused_by(&shared, &directory, &caller, state, None, None),
+        None => refused_by(&directory, own, &caller, state, None, None),
     };
     if refused.is_none()
-        && let Some(limited) = over_limit(&shared, &directory, &caller)
+        && let Some(limited) = over_limit(&shared, &directory, own, &caller)
     {
         shared.metrics.rate_limited(&route, "tcp", &limited.policy);
         tracing::debug!(caller = %caller, policy = %limited.policy, "connection over the rate limit");

@@ -297,7 +297,10 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
         ));
     }
     let inbound_addr = bound(&inbound);
-    if inbound_addr.ip().is_unspecified() && config.advertise_addr.is_none() {
+    if inbound_addr.ip().is_unspecified()
+        && config.advertise_addr.is_none()
+        && config.service.is_some()
+    {
         return Err(SidecarError::Config {
             what: "--inbound-addr".into(),
             message: format!(
@@ -346,13 +349,7 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
         key_sets: jwks::KeySets::default(),
         mirrors: Arc::new(tokio::sync::Semaphore::new(mirror::MAX_IN_FLIGHT)),
         metrics: Metrics::new(bootstrap.cluster.as_str()),
-        app_clients: AppClients::new(
-            config
-                .service
-                .as_ref()
-                .map(|s| s.ports.as_slice())
-                .unwrap_or_default(),
-        ),
+        app_clients: AppClients::new(&config.served_ports()),
         inbound_addr,
         advertise_addr: config.advertise_addr.unwrap_or(inbound_addr),
         registered: AtomicBool::new(false),

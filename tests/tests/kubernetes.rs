@@ -672,15 +672,24 @@ fn serve_api(
 ) -> Result<[strait_tests::Process; 2]> {
     let name = cluster.gateway.cluster.as_str();
     let app = mesh.app_with("http", name, "shop/api", "api-0", &[])?;
-    let sidecar = mesh.sidecar(
-        name,
-        "shop",
-        "api",
-        "api-0",
+    // A sidecar as a pod has it: its service account's projected token, the app's port, and
+    // nothing registered (the endpoint is the EndpointSlice's).
+    runtime.block_on(service_account(&cluster.client, "shop", "api"))?;
+    let token = mesh.dir.path().join(format!("api-{name}.token"));
+    runtime.block_on(token_file(&cluster.client, "api", "strait", &token))?;
+    let sidecar = strait_tests::Process::start(
+        mesh,
+        &format!("api-{name}"),
         &[
-            "--service".into(),
-            "api".into(),
-            "--port".into(),
+            "sidecar".to_owned(),
+            "run".into(),
+            "--gateway".into(),
+            cluster.gateway.api.to_string(),
+            "--bundle".into(),
+            mesh.trust.join("bundle.pem").to_string_lossy().into_owned(),
+            "--token-file".into(),
+            token.to_string_lossy().into_owned(),
+            "--app-port".into(),
             format!("8080/http={}", app.addr("address")?),
         ],
     )?;

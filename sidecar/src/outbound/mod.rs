@@ -15,4 +15,5 @@ mod transparent;
 
 pub use http_proxy::{proxy_http, serve_http_proxy};
 pub use tcp::{TcpError, Untaken, proxy_tcp, serve_upstream};
+pub(crate) use transparent::original_destination;
 pub use transparent::{PassthroughError, RedirectError, looks_like_http, serve_transparent};

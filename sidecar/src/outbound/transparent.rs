@@ -124,7 +124,7 @@ async fn speaks_http(tcp: &TcpStream) -> bool {
 }
 
 /// The destination a redirected connection was addressed to (SO_ORIGINAL_DST).
-fn original_destination(tcp: &TcpStream) -> std::io::Result<SocketAddr> {
+pub(crate) fn original_destination(tcp: &TcpStream) -> std::io::Result<SocketAddr> {
     let socket = socket2::SockRef::from(tcp);
     let address = match tcp.local_addr()? {
         SocketAddr::V4(_) => socket.original_dst_v4()?,
