@@ -102,6 +102,16 @@ impl PeerStatus {
             .chain(self.siblings.values().map(|s| &s.connection))
     }
 
+    /// The sibling that takes the current session's place when it ends: one that already holds
+    /// its catalog (a snapshot applied), else any.
+    pub fn successor(&self) -> Option<&str> {
+        successor(
+            self.siblings
+                .iter()
+                .map(|(r, s)| (r.as_str(), s.imported.position)),
+        )
+    }
+
     /// Closes every connection with the peer (the current one and its siblings').
     pub fn close_all(&mut self, reason: &[u8]) {
         if let Some(connection) = self.connection.take() {
@@ -130,5 +140,32 @@ impl PeerStatus {
             replica: String::new(),
             siblings: BTreeMap::new(),
         }
+    }
+}
+
+/// Of `(replica, position in its catalog)`, the first that holds a catalog, else the first.
+fn successor<'a>(siblings: impl Iterator<Item = (&'a str, Position)> + Clone) -> Option<&'a str> {
+    siblings
+        .clone()
+        .find(|(_, position)| *position != Position::NONE)
+        .or_else(|| siblings.into_iter().next())
+        .map(|(replica, _)| replica)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sibling_that_holds_its_catalog_takes_over_before_one_still_waiting_for_it() {
+        let held = Position {
+            epoch: 7,
+            version: 3,
+        };
+        let siblings = [("gw-a", Position::NONE), ("gw-b", held)];
+        assert_eq!(successor(siblings.into_iter()), Some("gw-b"));
+        let waiting = [("gw-a", Position::NONE), ("gw-c", Position::NONE)];
+        assert_eq!(successor(waiting.into_iter()), Some("gw-a"));
+        assert_eq!(successor(std::iter::empty()), None);
     }
 }

@@ -97,7 +97,6 @@ pub async fn run(
     health: Arc<Health>,
 ) {
     let me = identity();
-    let relay = shared.relay_advertised().to_string();
     let leases = Api::<Lease>::namespaced(client.clone(), &namespace);
     let pods = Api::<Pod>::namespaced(client, &namespace);
     // In a pod, it says on the pod whether it leads; outside one there is no pod to label.
@@ -109,6 +108,15 @@ pub async fn run(
     let duration = Duration::from_secs(u64::from(seconds.unsigned_abs()));
     let mut last_renewed: Option<std::time::Instant> = None;
     tracing::info!(replica = %me, lease = LEASE, "Kubernetes mode: taking part in the Lease");
+    // The replica's own Lease beats on its own: a slow beat must not delay a renewal.
+    tokio::spawn(replicas::run(
+        shared.clone(),
+        leases.clone(),
+        me.clone(),
+        shared.relay_advertised().to_string(),
+        seconds,
+        health.clone(),
+    ));
     loop {
         // A hung request must not outlast the Lease: the leader would go on believing it
         // leads after another replica took over.
@@ -141,19 +149,13 @@ pub async fn run(
             last_renewed = None;
         }
         shared.set_leading(leads);
-        let beat = replicas::beat(&leases, &me, &relay, seconds, leads);
-        let Some(beat) = in_turn(&shared, limit, beat).await else {
-            return;
-        };
-        match beat {
-            // Siblings that cannot be read are kept as they were last known.
-            Ok(siblings) => *crate::lock(&shared.siblings) = siblings,
-            Err(e) => health.fail("lease", super::describe(&e)),
-        }
         if let Some(pod) = &pod
             && labelled != Some(leads)
         {
-            match label_pod(&pods, pod, leads).await {
+            let labelling = tokio::time::timeout(limit, label_pod(&pods, pod, leads)).await;
+            match labelling
+                .unwrap_or_else(|_| Err(kube::Error::Service("labelling the pod timed out".into())))
+            {
                 Ok(()) => labelled = Some(leads),
                 Err(e) => health.fail(
                     "lease",
@@ -171,7 +173,7 @@ pub async fn run(
 
 /// Runs one request on the Leases under [`Shared::lease_turn`], bounded by `limit`; `None` once
 /// the gateway stops: a request after a clean stop could take back what it gave up.
-async fn in_turn<T>(
+pub(super) async fn in_turn<T>(
     shared: &Shared,
     limit: Duration,
     request: impl Future<Output = Result<T, kube::Error>>,

@@ -230,7 +230,7 @@ async fn reconcile(
                 }
             },
         };
-        // Only the leading replica writes (the standby's peerings are down by design).
+        // Only the leading replica writes the Link's condition, from its own peering.
         if written.get(&name) == Some(&wanted) || !shared.leads() {
             continue;
         }

@@ -264,6 +264,7 @@ pub fn start(shared: &Arc<Shared>, client: Client, restored: durable::Restore) {
             config.lease_duration_seconds,
             health.clone(),
         ));
+        tokio::spawn(follow_leadership(shared.clone()));
         tokio::spawn(durable::run(
             shared.clone(),
             client.clone(),
@@ -342,6 +343,40 @@ fn watch_namespaces(
         }
     });
     (store, rx)
+}
+
+/// What changes with the Lease for peering. A replica that takes it over counts the grace
+/// period of the peers it has no session with from now: a standby does not withdraw (the API
+/// holds those imports), so a peer that never comes back is withdrawn by the new leader. One
+/// that loses it while alive closes the sessions of peers that dialed it, which then reach the
+/// new leader through the Service that selects it.
+async fn follow_leadership(shared: Arc<Shared>) {
+    let mut leading = shared.leading.subscribe();
+    let mut led = *leading.borrow_and_update();
+    loop {
+        tokio::select! {
+            changed = leading.changed() => if changed.is_err() { return },
+            () = shared.shutdown.cancelled() => return,
+        }
+        let leads = *leading.borrow_and_update();
+        if leads == led {
+            continue;
+        }
+        led = leads;
+        let now = std::time::Instant::now();
+        let mut peers = lock(&shared.peers);
+        for status in peers.values_mut() {
+            if leads {
+                if status.connection.is_none() && status.siblings.is_empty() {
+                    status.lost_at = Some(now);
+                }
+            } else if status.role == crate::peering::PeerRole::Acceptor
+                && (status.connection.is_some() || !status.siblings.is_empty())
+            {
+                status.close_all(b"this replica no longer leads: dial the cluster again");
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! [`siblings`] and [`stale`] decide (no IO) from the Leases as listed.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -16,7 +17,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 
-use super::FIELD_MANAGER;
+use super::{FIELD_MANAGER, Health};
+use crate::Shared;
 
 /// The annotation on a replica's own Lease that says where its relay listens.
 pub const RELAY_ANNOTATION: &str = "strait.dev/relay-address";
@@ -129,14 +131,49 @@ pub async fn beat(
         .items;
     if leads {
         for dead in stale(&listed, now) {
+            // One that cannot be deleted now is tried again at the next beat.
             match leases.delete(&dead, &DeleteParams::default()).await {
                 Ok(_) => tracing::info!(lease = %dead, "deleted the Lease of a replica gone"),
                 Err(kube::Error::Api(status)) if status.is_not_found() => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(lease = %dead, error = %super::describe(&e), "cannot delete the Lease of a replica gone");
+                }
             }
         }
     }
     Ok(siblings(&listed, me, now))
+}
+
+/// Beats every third of the Lease duration until the gateway stops, keeping what it learns of
+/// the siblings in [`Shared::siblings`] (as last known when the API cannot be read).
+pub async fn run(
+    shared: Arc<Shared>,
+    leases: Api<Lease>,
+    me: String,
+    relay: String,
+    seconds: i32,
+    health: Arc<Health>,
+) {
+    let every =
+        (Duration::from_secs(u64::from(seconds.unsigned_abs())) / 3).max(Duration::from_secs(1));
+    loop {
+        let beat = beat(&leases, &me, &relay, seconds, shared.leads());
+        // Under the Lease turn: none after a clean stop deleted this replica's Lease.
+        let Some(beat) = super::lease::in_turn(&shared, every, beat).await else {
+            return;
+        };
+        match beat {
+            Ok(siblings) => {
+                *crate::lock(&shared.siblings) = siblings;
+                health.clear("replicas");
+            }
+            Err(e) => health.fail("replicas", super::describe(&e)),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = shared.shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// On a clean stop: this replica is no longer alive to its siblings.

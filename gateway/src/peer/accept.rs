@@ -208,12 +208,14 @@ async fn accept_one(
         // The new session never started: the peer counts as lost from now, so its services
         // are withdrawn after the grace period unless it comes back.
         if let Some(status) = lock(&shared.peers).get_mut(&peer) {
+            status.siblings.retain(|_, s| s.session != session);
             if status.session == session {
                 status.state = LinkState::Disconnected;
                 status.last_error = e.to_string();
                 status.lost_at = Some(Instant::now());
+                // Another replica's session may carry the peering instead.
+                super::drive::promote_sibling(shared, &peer, status);
             }
-            status.siblings.retain(|_, s| s.session != session);
         }
         return Err(e);
     }

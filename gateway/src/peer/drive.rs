@@ -163,9 +163,12 @@ fn session_ended(
 }
 
 /// The current session ended: a sibling session (another replica of the peer's gateway) takes
-/// its place, with the catalog it already holds, so nothing is withdrawn and no snapshot waits.
-fn promote_sibling(shared: &Shared, peer: &ClusterName, status: &mut PeerStatus) {
-    let Some((replica, sibling)) = status.siblings.pop_first() else {
+/// its place. One that holds a catalog already brings it, so nothing is withdrawn and no
+/// snapshot is awaited; one still waiting for its first snapshot leaves the import as it is
+/// until that snapshot replaces it.
+pub(super) fn promote_sibling(shared: &Shared, peer: &ClusterName, status: &mut PeerStatus) {
+    let replica = status.successor().map(str::to_owned);
+    let Some((replica, sibling)) = replica.and_then(|r| status.siblings.remove_entry(&r)) else {
         return;
     };
     tracing::info!(peer = %peer, replica = %replica, "another replica of the peer's gateway carries the peering");
@@ -177,12 +180,14 @@ fn promote_sibling(shared: &Shared, peer: &ClusterName, status: &mut PeerStatus)
     status.state = LinkState::Connected;
     status.last_error.clear();
     status.lost_at = None;
-    // Peers then state, as everywhere.
-    lock(&shared.state)
-        .imports
-        .insert(peer.clone(), sibling.imported);
-    shared.mark_dirty();
-    shared.catalog_changed();
+    if sibling.imported.position != Position::NONE {
+        // Peers then state, as everywhere.
+        lock(&shared.state)
+            .imports
+            .insert(peer.clone(), sibling.imported);
+        shared.mark_dirty();
+        shared.catalog_changed();
+    }
 }
 
 /// Writes frames to the control stream in order, with a deadline per frame, so that the

@@ -60,6 +60,11 @@ async fn remove(
 /// withdrawal happen under both locks (peers, then state), so a peer that reconnects meanwhile
 /// keeps what its new session brings.
 pub fn withdraw_expired(shared: &Shared, now: Instant) {
+    if shared.kube.is_some() && !shared.leads() {
+        // A standby's imports of clusters it has no session with follow the API, where the
+        // leader keeps them (`kubernetes::mirror`).
+        return;
+    }
     let grace = shared.config.peering.grace_period();
     let mut withdrew = false;
     {
@@ -67,6 +72,7 @@ pub fn withdraw_expired(shared: &Shared, now: Instant) {
         let mut state = lock(&shared.state);
         for (peer, status) in peers.iter_mut() {
             let expired = status.connection.is_none()
+                && status.siblings.is_empty()
                 && status
                     .lost_at
                     .is_some_and(|t| now.duration_since(t) >= grace);
