@@ -121,7 +121,8 @@ pub async fn run(
         // A hung request must not outlast the Lease: the leader would go on believing it
         // leads after another replica took over.
         let limit = (duration / 3).max(Duration::from_secs(1));
-        let Some(outcome) = in_turn(&shared, limit, attempt(&leases, &me, seconds)).await else {
+        let Some(outcome) = super::in_turn(&shared, limit, attempt(&leases, &me, seconds)).await
+        else {
             return;
         };
         let leads = match outcome {
@@ -169,24 +170,6 @@ pub async fn run(
             () = shared.shutdown.cancelled() => return,
         }
     }
-}
-
-/// Runs one request on the Leases under [`Shared::lease_turn`], bounded by `limit`; `None` once
-/// the gateway stops: a request after a clean stop could take back what it gave up.
-pub(super) async fn in_turn<T>(
-    shared: &Shared,
-    limit: Duration,
-    request: impl Future<Output = Result<T, kube::Error>>,
-) -> Option<Result<T, kube::Error>> {
-    let _turn = shared.lease_turn.lock().await;
-    if shared.shutdown.is_cancelled() {
-        return None;
-    }
-    Some(
-        tokio::time::timeout(limit, request)
-            .await
-            .unwrap_or_else(|_| Err(kube::Error::Service("the Lease request timed out".into()))),
-    )
 }
 
 /// On a clean stop (the gateway awaits it before it exits): a leader gives the Lease up and

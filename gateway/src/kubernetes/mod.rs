@@ -345,6 +345,24 @@ fn watch_namespaces(
     (store, rx)
 }
 
+/// Runs one request on the Leases under [`Shared::lease_turn`], bounded by `limit`; `None` once
+/// the gateway stops: a request after a clean stop could take back what it gave up.
+pub(crate) async fn in_turn<T>(
+    shared: &Shared,
+    limit: Duration,
+    request: impl Future<Output = Result<T, kube::Error>>,
+) -> Option<Result<T, kube::Error>> {
+    let _turn = shared.lease_turn.lock().await;
+    if shared.shutdown.is_cancelled() {
+        return None;
+    }
+    Some(
+        tokio::time::timeout(limit, request)
+            .await
+            .unwrap_or_else(|_| Err(kube::Error::Service("the Lease request timed out".into()))),
+    )
+}
+
 /// What changes with the Lease for peering. A replica that takes it over counts the grace
 /// period of the peers it has no session with from now: a standby does not withdraw (the API
 /// holds those imports), so a peer that never comes back is withdrawn by the new leader. One

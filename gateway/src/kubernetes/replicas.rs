@@ -159,7 +159,7 @@ pub async fn run(
     loop {
         let beat = beat(&leases, &me, &relay, seconds, shared.leads());
         // Under the Lease turn: none after a clean stop deleted this replica's Lease.
-        let Some(beat) = super::lease::in_turn(&shared, every, beat).await else {
+        let Some(beat) = super::in_turn(&shared, every, beat).await else {
             return;
         };
         match beat {
