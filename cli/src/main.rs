@@ -3,6 +3,7 @@
 
 mod context;
 mod demo;
+mod inject;
 mod output;
 mod sidecar;
 
@@ -49,6 +50,10 @@ enum Command {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
     },
+    /// Add strait's sidecar to the pods of Kubernetes YAML (Pods, Deployments, StatefulSets,
+    /// DaemonSets, Jobs, CronJobs, Lists) and print it; other kinds pass through. What the
+    /// admission webhook does to the same pods.
+    Inject(inject::InjectArgs),
     /// Show services (local and imported), links, or the mesh-wide policies.
     Get {
         /// What to show: services, links or policies.
@@ -375,6 +380,7 @@ async fn run(cli: Cli) -> Result<()> {
             strait_gateway::run(config, shutdown_signal()).await?;
         }
         Command::Apply { files } => apply(context, files).await?,
+        Command::Inject(args) => inject::run(context, args)?,
         Command::Get {
             resource,
             namespace,
@@ -527,40 +533,43 @@ fn gateway_init(init: GatewayInit) -> Result<()> {
     Ok(())
 }
 
-/// Reads every file given with -f (first, so that a missing file fails before anything is
-/// changed): each file's name for messages, and its text.
-fn read_files(files: Vec<PathBuf>) -> Result<Vec<(String, String)>> {
+/// Reads one file given with -f ("-": standard input), never more than the limit a file may
+/// hold: a larger one is refused before it costs memory. Its name for messages, and its text.
+fn read_limited(file: &Path) -> Result<(String, String)> {
     use strait_federation::resource::MAX_FILE_BYTES;
     let too_large = |source: &str, size: String| {
         anyhow!(
             "{source}: {size} bytes; a file may hold at most {MAX_FILE_BYTES} bytes (4 MiB): split it"
         )
     };
+    if file.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .take(MAX_FILE_BYTES as u64 + 1)
+            .read_to_string(&mut text)
+            .context("reading standard input")?;
+        if text.len() > MAX_FILE_BYTES {
+            return Err(too_large("<stdin>", format!("more than {MAX_FILE_BYTES}")));
+        }
+        return Ok(("<stdin>".to_owned(), text));
+    }
+    let source = file.display().to_string();
+    let size = std::fs::metadata(file)
+        .with_context(|| format!("cannot read {source}"))?
+        .len();
+    if size > MAX_FILE_BYTES as u64 {
+        return Err(too_large(&source, size.to_string()));
+    }
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {source}"))?;
+    Ok((source, text))
+}
+
+/// Reads every file given with -f (first, so that a missing file fails before anything is
+/// changed): each file's name for messages, and its text.
+fn read_files(files: Vec<PathBuf>) -> Result<Vec<(String, String)>> {
     let mut documents = Vec::new();
     for file in files {
-        // Never more than the limit is read: a larger file is refused before it costs memory.
-        let (source, text) = if file.as_os_str() == "-" {
-            let mut text = String::new();
-            std::io::stdin()
-                .take(MAX_FILE_BYTES as u64 + 1)
-                .read_to_string(&mut text)
-                .context("reading standard input")?;
-            if text.len() > MAX_FILE_BYTES {
-                return Err(too_large("<stdin>", format!("more than {MAX_FILE_BYTES}")));
-            }
-            ("<stdin>".to_owned(), text)
-        } else {
-            let source = file.display().to_string();
-            let size = std::fs::metadata(&file)
-                .with_context(|| format!("cannot read {source}"))?
-                .len();
-            if size > MAX_FILE_BYTES as u64 {
-                return Err(too_large(&source, size.to_string()));
-            }
-            let text =
-                std::fs::read_to_string(&file).with_context(|| format!("cannot read {source}"))?;
-            (source, text)
-        };
+        let (source, text) = read_limited(&file)?;
         // A key set's file is named relative to the policy's file (standard input: the
         // working folder).
         let beside = file

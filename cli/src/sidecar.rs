@@ -43,8 +43,8 @@ pub struct InitArgs {
     /// The sidecar's inbound port (`--inbound-addr`).
     #[arg(long, default_value_t = 15006)]
     inbound_port: u16,
-    /// Which inbound ports go to the sidecar: `all`, or a comma-separated list (the pod's
-    /// container ports).
+    /// Which inbound ports go to the sidecar: `all`, `none`, or a comma-separated list (the
+    /// pod's container ports).
     #[arg(long, default_value = "all")]
     inbound_ports: String,
     /// Inbound ports that reach the app directly (comma-separated; the sidecar's admin port
@@ -98,9 +98,18 @@ pub struct RunArgs {
     /// Kubernetes mode: the trust bundle (PEM), from `strait trust init`.
     #[arg(long, requires = "token_file")]
     bundle: Option<PathBuf>,
+    /// Kubernetes mode: the trust bundle's PEM itself, instead of --bundle (an injected
+    /// sidecar finds it in its environment).
+    #[arg(
+        long,
+        env = "STRAIT_TRUST_BUNDLE",
+        hide_env_values = true,
+        conflicts_with = "bundle"
+    )]
+    bundle_pem: Option<String>,
     /// Kubernetes mode: the pod's projected service-account token (audience `strait`); the
     /// gateway checks it with the API server and certifies the pod's service account.
-    #[arg(long, requires_all = ["gateway", "bundle"])]
+    #[arg(long, requires = "gateway")]
     token_file: Option<PathBuf>,
     /// The service this sidecar fronts; its endpoint is registered with the gateway.
     #[arg(long)]
@@ -165,6 +174,8 @@ fn init(args: &InitArgs) -> Result<()> {
     use strait_sidecar::init::{self, Family, InboundPorts, Redirect};
     let inbound_ports = if args.inbound_ports == "all" {
         InboundPorts::All
+    } else if args.inbound_ports == "none" {
+        InboundPorts::Only(Vec::new())
     } else {
         InboundPorts::Only(
             args.inbound_ports
@@ -175,7 +186,9 @@ fn init(args: &InitArgs) -> Result<()> {
                         .ok()
                         .filter(|p| *p != 0)
                         .with_context(|| {
-                            format!("--inbound-ports: {p:?} is not a port (1-65535) or `all`")
+                            format!(
+                                "--inbound-ports: {p:?} is not a port (1-65535), `all` or `none`"
+                            )
                         })
                 })
                 .collect::<Result<_>>()?,
@@ -245,14 +258,25 @@ async fn token(context: Option<&str>, args: TokenArgs) -> Result<()> {
     Ok(())
 }
 
+/// Where a Kubernetes-mode sidecar's trust bundle comes from.
+enum Bundle<'a> {
+    File(&'a std::path::Path),
+    /// The PEM itself (`STRAIT_TRUST_BUNDLE`).
+    Pem(&'a str),
+}
+
 /// A bootstrap made of `--gateway`, `--bundle` and `--token-file`: the trust domain from the
 /// bundle's root, the cluster from the certificate of the gateway that answers.
 async fn service_account_bootstrap(
     gateway: &str,
-    bundle_path: &std::path::Path,
+    bundle: Bundle<'_>,
     token_path: &std::path::Path,
 ) -> Result<Bootstrap> {
-    let pem = strait_io::files::read_file(bundle_path)?;
+    let (pem, bundle_path) = match bundle {
+        Bundle::File(path) => (strait_io::files::read_file(path)?, path.to_owned()),
+        Bundle::Pem(pem) => (pem.to_owned(), PathBuf::from("$STRAIT_TRUST_BUNDLE")),
+    };
+    let bundle_path = bundle_path.as_path();
     let roots = strait_federation::pki::parse_certs(&pem, bundle_path)?;
     let trust_domain = roots
         .iter()
@@ -279,12 +303,12 @@ async fn service_account_bootstrap(
 
 /// Builds a sidecar configuration from `strait sidecar run` flags.
 async fn config(args: &RunArgs) -> Result<SidecarConfig> {
-    let mut config = match (
-        &args.bootstrap,
-        &args.gateway,
-        &args.bundle,
-        &args.token_file,
-    ) {
+    let bundle = match (&args.bundle, &args.bundle_pem) {
+        (Some(path), _) => Some(Bundle::File(path)),
+        (None, Some(pem)) => Some(Bundle::Pem(pem)),
+        (None, None) => None,
+    };
+    let mut config = match (&args.bootstrap, &args.gateway, bundle, &args.token_file) {
         (Some(bootstrap), ..) => SidecarConfig::new(Bootstrap::load(bootstrap)?),
         (None, Some(gateway), Some(bundle), Some(token)) => {
             let mut config =
@@ -292,7 +316,9 @@ async fn config(args: &RunArgs) -> Result<SidecarConfig> {
             config.token_kind = TokenKind::ServiceAccount;
             config
         }
-        _ => bail!("give --bootstrap, or --gateway, --bundle and --token-file"),
+        _ => bail!(
+            "give --bootstrap, or --gateway, --token-file and the bundle (--bundle, or STRAIT_TRUST_BUNDLE)"
+        ),
     };
     if let Some(name) = &args.service {
         let ports = args

@@ -163,9 +163,10 @@ fn document_starts(text: &str) -> Vec<usize> {
 }
 
 /// Parses the YAML documents of a text, on several threads when it holds many (YAML parsing is
-/// most of the cost of a bulk apply). On any error the whole text is parsed again in one piece,
-/// so the error's line numbers are those of the file.
-fn yaml_documents(text: &str) -> Result<Vec<serde_json::Value>, serde_saphyr::Error> {
+/// most of the cost of a bulk apply), within a budget that grows with the text (aliases cannot
+/// multiply it). On any error the whole text is parsed again in one piece, so the error's line
+/// numbers are those of the file.
+pub fn yaml_documents(text: &str) -> Result<Vec<serde_json::Value>, serde_saphyr::Error> {
     let whole = || serde_saphyr::from_multiple_with_options(text, yaml_options(text.len()));
     // Anchors, aliases and merge keys are budgeted per parse: counted over the whole file,
     // not per piece, so such files are parsed whole.

@@ -1,7 +1,7 @@
 //! The Helm chart in `deploy/helm/strait/`: lint clean, rendered for each cloud, bad values
 //! refused with a message naming them, the rendered manifests accepted by a real Kubernetes
-//! 1.20 API server (`kubectl apply --dry-run=server`), and `helm install` of the chart, CRDs
-//! included, into one. Needs helm and kubectl (`scripts/kube-control-plane.sh tools`) and, for
+//! 1.20 API server (`kubectl apply --dry-run=server`), as are workloads `strait inject` gave a
+//! sidecar, and `helm install` of the chart, CRDs included, into one. Needs helm and kubectl (`scripts/kube-control-plane.sh tools`) and, for
 //! the API server, the control plane; says so and skips without them.
 
 use std::path::{Path, PathBuf};
@@ -53,6 +53,39 @@ fn run(program: &Path, args: &[&str]) -> std::result::Result<String, String> {
 }
 
 const VALUES: &str = "cluster=west,trustDomain=example.mesh";
+
+/// A Deployment, a Pod and a Service, as `strait inject` takes them (no token mounted: no
+/// controller manager runs here to make one).
+const WORKLOAD: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api, namespace: shop}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata: {labels: {app: api}}
+    spec:
+      automountServiceAccountToken: false
+      containers:
+        - name: api
+          image: api:1
+          ports: [{name: http, containerPort: 8080}]
+          readinessProbe: {httpGet: {path: /ready, port: 8080}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: shop}
+spec:
+  automountServiceAccountToken: false
+  containers: [{name: web, image: web:1}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: shop}
+spec:
+  selector: {app: api}
+  ports: [{name: http, port: 8080}]
+";
 
 fn template(helm: &Path, values: &str) -> std::result::Result<String, String> {
     let chart = chart();
@@ -180,6 +213,68 @@ fn the_chart_installs_into_a_real_api_server_crds_and_all() -> Result<()> {
     .map_err(anyhow::Error::msg)?;
     ensure!(
         dry.lines().count() == rendered.matches("\nkind: ").count(),
+        "not every object was accepted:\n{dry}"
+    );
+
+    // A workload injected by `strait inject`: the API server takes the pods' new shape too.
+    let workload = dir.path().join("workload.yaml");
+    std::fs::write(&workload, WORKLOAD)?;
+    let bundle = dir.path().join("bundle.pem");
+    std::fs::write(
+        &bundle,
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    )?;
+    let injected = run(
+        strait_tests::strait_bin(),
+        &[
+            "inject",
+            "-f",
+            &workload.to_string_lossy(),
+            "--bundle",
+            &bundle.to_string_lossy(),
+        ],
+    )
+    .map_err(anyhow::Error::msg)?;
+    ensure!(
+        injected.matches("name: strait-proxy").count() == 2
+            && injected.matches("name: strait-init").count() == 2,
+        "{injected}"
+    );
+    ensure!(
+        injected.contains("kind: Service"),
+        "the Service went missing: {injected}"
+    );
+    let file = dir.path().join("injected.yaml");
+    std::fs::write(&file, &injected)?;
+    let namespace: Namespace = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"},
+    }))?;
+    runtime.block_on(
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace),
+    )?;
+    // No controller manager runs here to make the namespace's default service account.
+    let account = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "default", "namespace": "shop"},
+    }))?;
+    runtime.block_on(
+        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), "shop")
+            .create(&PostParams::default(), &account),
+    )?;
+    let dry = run(
+        &kubectl,
+        &[
+            "--kubeconfig",
+            &kubeconfig,
+            "apply",
+            "--dry-run=server",
+            "-f",
+            &file.to_string_lossy(),
+        ],
+    )
+    .map_err(anyhow::Error::msg)?;
+    ensure!(
+        dry.lines().count() == 3,
         "not every object was accepted:\n{dry}"
     );
 

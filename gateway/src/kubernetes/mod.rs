@@ -14,6 +14,7 @@ pub mod durable;
 pub mod export;
 pub mod identity;
 pub mod import;
+pub mod inject;
 pub mod lease;
 pub mod links;
 pub mod mirror;

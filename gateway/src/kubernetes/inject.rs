@@ -1,0 +1,483 @@
+//! Adding strait's sidecar to a pod: the `strait-init` init container that redirects the pod's
+//! TCP (`strait sidecar init`) and the `strait-proxy` container (`strait sidecar run` with the
+//! pod's projected service-account token). One function serves every kind that holds a pod
+//! template, on untyped objects so that nothing it does not know is lost; `strait inject` runs it
+//! on YAML, and the admission webhook will run the same function on the pods it is sent.
+
+use serde_json::{Value, json};
+
+/// The sidecar's container.
+pub const PROXY: &str = "strait-proxy";
+/// The init container that sets the pod's iptables rules.
+pub const INIT: &str = "strait-init";
+/// The annotation (on a pod or its template) or namespace label that asks for a sidecar
+/// (`enabled`) or refuses one (`disabled`).
+pub const INJECT: &str = "strait.dev/inject";
+/// The uid the sidecar runs as; the pod's rules let its traffic pass.
+pub const PROXY_UID: i64 = 2102;
+/// The sidecar's ports, which the app's may not use.
+pub const OUTBOUND_PORT: u16 = 15001;
+pub const INBOUND_PORT: u16 = 15006;
+pub const ADMIN_PORT: u16 = 15020;
+/// Where the projected token is mounted in the sidecar.
+const TOKEN_DIR: &str = "/var/run/strait/token";
+/// The audience of the projected token, as the gateway's TokenReview expects it.
+pub const AUDIENCE: &str = "strait";
+
+/// What an injected sidecar is given.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Injection {
+    /// The strait image.
+    pub image: String,
+    /// The gateway's workload API, as the pod dials it (`host:port`).
+    pub gateway: String,
+    /// The trust bundle (PEM), given to the sidecar in its environment.
+    pub bundle: String,
+}
+
+/// What happened to one pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Injected,
+    /// Left as it was, and why.
+    Skipped(String),
+}
+
+/// A pod the sidecar cannot be added to, with the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct InjectError {
+    pub field: String,
+    pub message: String,
+}
+
+fn error(field: impl Into<String>, message: impl Into<String>) -> InjectError {
+    InjectError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Where the pod template of an object of `kind` is, as JSON pointers to its metadata and spec;
+/// `None` for kinds that hold no pod.
+fn template(kind: &str) -> Option<(&'static str, &'static str)> {
+    match kind {
+        "Pod" => Some(("/metadata", "/spec")),
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicaSet"
+        | "Job"
+        | "ReplicationController" => Some(("/spec/template/metadata", "/spec/template/spec")),
+        "CronJob" => Some((
+            "/spec/jobTemplate/spec/template/metadata",
+            "/spec/jobTemplate/spec/template/spec",
+        )),
+        _ => None,
+    }
+}
+
+/// Adds the sidecar to every pod `object` holds (a `List`'s items one by one); kinds without
+/// pods are left alone. One outcome per pod, in order.
+pub fn inject_object(
+    object: &mut Value,
+    injection: &Injection,
+) -> Result<Vec<Outcome>, InjectError> {
+    let kind = object["kind"].as_str().unwrap_or_default().to_owned();
+    if kind.ends_with("List") {
+        let mut outcomes = Vec::new();
+        if let Some(items) = object["items"].as_array_mut() {
+            for (i, item) in items.iter_mut().enumerate() {
+                outcomes.extend(
+                    inject_object(item, injection)
+                        .map_err(|e| error(format!("items[{i}].{}", e.field), e.message))?,
+                );
+            }
+        }
+        return Ok(outcomes);
+    }
+    let Some((metadata, spec)) = template(&kind) else {
+        return Ok(Vec::new());
+    };
+    let annotations = object
+        .pointer(metadata)
+        .and_then(|m| m.get("annotations"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let prefix = spec.trim_start_matches('/').replace('/', ".");
+    let spec = object
+        .pointer_mut(spec)
+        .ok_or_else(|| error(prefix.clone(), "missing: no pod spec to add the sidecar to"))?;
+    let outcome = inject_pod(&annotations, spec, injection)
+        .map_err(|e| error(format!("{prefix}.{}", e.field), e.message))?;
+    if outcome == Outcome::Injected
+        && let Some(metadata) = object.pointer_mut(metadata)
+        && let Some(metadata) = metadata.as_object_mut()
+    {
+        let annotations = metadata.entry("annotations").or_insert_with(|| json!({}));
+        if let Some(annotations) = annotations.as_object_mut() {
+            annotations.insert(INJECT.into(), "enabled".into());
+        }
+    }
+    Ok(vec![outcome])
+}
+
+/// The app protocol of a container port, from its name as Kubernetes users name them
+/// (`http`, `http-web`, `grpc`, `http2`, `h2c`); anything else is opaque TCP.
+fn protocol_of(name: &str) -> &'static str {
+    let head = name.split('-').next().unwrap_or_default();
+    match head {
+        "http" => "http",
+        "http2" | "h2c" => "http2",
+        "grpc" => "grpc",
+        _ => "tcp",
+    }
+}
+
+/// The ports kubelet probes: connections from the node that must reach the app without mutual
+/// TLS. Named ports are looked up among the container's ports.
+fn probe_ports(container: &Value) -> Vec<u16> {
+    let named = |name: &str| {
+        container["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["containerPort"].as_u64())
+    };
+    let mut ports = Vec::new();
+    for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
+        for handler in ["httpGet", "tcpSocket", "grpc"] {
+            let port = &container[probe][handler]["port"];
+            let number = port.as_u64().or_else(|| port.as_str().and_then(&named));
+            if let Some(number) = number.and_then(|n| u16::try_from(n).ok()) {
+                ports.push(number);
+            }
+        }
+    }
+    ports
+}
+
+/// Adds the sidecar to one pod spec, unless its annotations refuse it, it shares the node's
+/// network, or it has one already.
+pub fn inject_pod(
+    annotations: &Value,
+    spec: &mut Value,
+    injection: &Injection,
+) -> Result<Outcome, InjectError> {
+    if annotations[INJECT] == "disabled" {
+        return Ok(Outcome::Skipped(format!("annotated {INJECT}: disabled")));
+    }
+    if spec["hostNetwork"] == true {
+        return Ok(Outcome::Skipped(
+            "hostNetwork: the pod shares the node's network".into(),
+        ));
+    }
+    let containers = spec["containers"]
+        .as_array()
+        .ok_or_else(|| error("containers", "missing or not a list"))?;
+    if containers.iter().any(|c| c["name"] == PROXY) {
+        return Ok(Outcome::Skipped("already injected".into()));
+    }
+    let mut app_ports: Vec<(u16, &'static str)> = Vec::new();
+    let mut probes: Vec<u16> = Vec::new();
+    for (i, container) in containers.iter().enumerate() {
+        probes.extend(probe_ports(container));
+        for (j, port) in container["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let field = format!("containers[{i}].ports[{j}]");
+            if port["protocol"].as_str().is_some_and(|p| p != "TCP") {
+                continue;
+            }
+            let number = port["containerPort"]
+                .as_u64()
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|n| *n != 0)
+                .ok_or_else(|| {
+                    error(
+                        format!("{field}.containerPort"),
+                        "missing or not a port (1-65535)",
+                    )
+                })?;
+            if [OUTBOUND_PORT, INBOUND_PORT, ADMIN_PORT].contains(&number) {
+                return Err(error(
+                    format!("{field}.containerPort"),
+                    format!(
+                        "{number} is one of the sidecar's ports ({OUTBOUND_PORT}, {INBOUND_PORT}, {ADMIN_PORT}): move the app, or annotate the pod {INJECT}: disabled"
+                    ),
+                ));
+            }
+            if !app_ports.iter().any(|(p, _)| *p == number) {
+                app_ports.push((
+                    number,
+                    protocol_of(port["name"].as_str().unwrap_or_default()),
+                ));
+            }
+        }
+    }
+    probes.sort_unstable();
+    probes.dedup();
+    let mut skip_inbound = vec![ADMIN_PORT];
+    skip_inbound.extend(probes.iter().copied());
+    let list = |ports: &[u16]| {
+        ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let inbound: Vec<u16> = app_ports
+        .iter()
+        .map(|(p, _)| *p)
+        .filter(|p| !probes.contains(p))
+        .collect();
+    let mut init_args = vec![
+        "sidecar".to_owned(),
+        "init".into(),
+        "--proxy-uid".into(),
+        PROXY_UID.to_string(),
+        "--outbound-port".into(),
+        OUTBOUND_PORT.to_string(),
+        "--inbound-port".into(),
+        INBOUND_PORT.to_string(),
+        "--skip-inbound-ports".into(),
+        list(&skip_inbound),
+    ];
+    if !inbound.is_empty() {
+        init_args.extend(["--inbound-ports".into(), list(&inbound)]);
+    } else {
+        // Nothing declared to serve: nothing inbound goes to the sidecar.
+        init_args.extend(["--inbound-ports".into(), "none".into()]);
+    }
+    let init = json!({
+        "name": INIT,
+        "image": injection.image,
+        "args": init_args,
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsNonRoot": false,
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+        },
+        "resources": {"requests": {"cpu": "10m", "memory": "10Mi"}, "limits": {"memory": "32Mi"}},
+    });
+    let mut proxy_args = vec![
+        "sidecar".to_owned(),
+        "run".into(),
+        "--gateway".into(),
+        injection.gateway.clone(),
+        "--token-file".into(),
+        format!("{TOKEN_DIR}/token"),
+        "--inbound-addr".into(),
+        format!("0.0.0.0:{INBOUND_PORT}"),
+        "--transparent-addr".into(),
+        format!("127.0.0.1:{OUTBOUND_PORT}"),
+        "--admin-addr".into(),
+        format!("0.0.0.0:{ADMIN_PORT}"),
+    ];
+    for (port, protocol) in &app_ports {
+        proxy_args.extend(["--app-port".into(), format!("{port}/{protocol}")]);
+    }
+    let proxy = json!({
+        "name": PROXY,
+        "image": injection.image,
+        "args": proxy_args,
+        "env": [{"name": "STRAIT_TRUST_BUNDLE", "value": injection.bundle}],
+        "ports": [{"name": "strait-admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": ADMIN_PORT}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": ADMIN_PORT}, "periodSeconds": 10},
+        "resources": {"requests": {"cpu": "10m", "memory": "20Mi"}, "limits": {"memory": "128Mi"}},
+        "securityContext": {
+            "runAsUser": PROXY_UID,
+            "runAsNonRoot": true,
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "strait-token", "mountPath": TOKEN_DIR, "readOnly": true}],
+    });
+    let token = json!({
+        "name": "strait-token",
+        "projected": {"sources": [{"serviceAccountToken": {
+            "audience": AUDIENCE, "expirationSeconds": 3600, "path": "token",
+        }}]},
+    });
+    let spec = spec
+        .as_object_mut()
+        .ok_or_else(|| error("", "not an object"))?;
+    // The sidecar first, so the app starts once it is there (Kubernetes starts containers in
+    // order); the init container last, after the app's own.
+    push(spec, "containers", proxy, true)?;
+    push(spec, "initContainers", init, false)?;
+    push(spec, "volumes", token, false)?;
+    Ok(Outcome::Injected)
+}
+
+/// Adds `item` to the list `field` of `spec` (made when absent), first or last.
+fn push(
+    spec: &mut serde_json::Map<String, Value>,
+    field: &str,
+    item: Value,
+    first: bool,
+) -> Result<(), InjectError> {
+    let list = spec
+        .entry(field)
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if list.is_null() {
+        *list = Value::Array(Vec::new());
+    }
+    let list = list
+        .as_array_mut()
+        .ok_or_else(|| error(field, "not a list"))?;
+    if first {
+        list.insert(0, item);
+    } else {
+        list.push(item);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn injection() -> Injection {
+        Injection {
+            image: "strait:0.1.0".into(),
+            gateway: "strait-gateway.strait-system.svc:4434".into(),
+            bundle: "-----BEGIN CERTIFICATE-----\n...\n".into(),
+        }
+    }
+
+    fn deployment() -> Value {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "api", "namespace": "shop"},
+            "spec": {"replicas": 2, "template": {
+                "metadata": {"labels": {"app": "api"}},
+                "spec": {"containers": [{
+                    "name": "api", "image": "api:1",
+                    "ports": [{"name": "http", "containerPort": 8080},
+                              {"name": "grpc-admin", "containerPort": 9090},
+                              {"name": "metrics", "containerPort": 9100},
+                              {"containerPort": 53, "protocol": "UDP"}],
+                    "readinessProbe": {"httpGet": {"path": "/ready", "port": "metrics"}},
+                }]},
+            }},
+        })
+    }
+
+    fn container<'a>(object: &'a Value, name: &str) -> &'a Value {
+        let spec = &object["spec"]["template"]["spec"];
+        ["containers", "initContainers"]
+            .iter()
+            .flat_map(|list| spec[*list].as_array().into_iter().flatten())
+            .find(|c| c["name"] == name)
+            .unwrap()
+    }
+
+    fn args(container: &Value) -> String {
+        container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn a_deployment_gets_the_proxy_its_init_container_and_the_projected_token() {
+        let mut object = deployment();
+        let outcomes = inject_object(&mut object, &injection()).unwrap();
+        assert_eq!(outcomes, [Outcome::Injected]);
+        let proxy = container(&object, PROXY);
+        assert_eq!(
+            args(proxy),
+            "sidecar run --gateway strait-gateway.strait-system.svc:4434 --token-file /var/run/strait/token/token --inbound-addr 0.0.0.0:15006 --transparent-addr 127.0.0.1:15001 --admin-addr 0.0.0.0:15020 --app-port 8080/http --app-port 9090/grpc --app-port 9100/tcp"
+        );
+        assert_eq!(proxy["securityContext"]["runAsUser"], PROXY_UID);
+        assert_eq!(proxy["env"][0]["name"], "STRAIT_TRUST_BUNDLE");
+        // The probed port reaches the app directly; UDP is not the sidecar's.
+        assert_eq!(
+            args(container(&object, INIT)),
+            "sidecar init --proxy-uid 2102 --outbound-port 15001 --inbound-port 15006 --skip-inbound-ports 15020,9100 --inbound-ports 8080,9090"
+        );
+        let spec = &object["spec"]["template"]["spec"];
+        assert_eq!(
+            spec["containers"][0]["name"], PROXY,
+            "the proxy starts first"
+        );
+        assert_eq!(
+            spec["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+            AUDIENCE
+        );
+        assert_eq!(
+            object["spec"]["template"]["metadata"]["annotations"][INJECT],
+            "enabled"
+        );
+        // Everything it did not touch is as it was.
+        assert_eq!(object["spec"]["replicas"], 2);
+        assert_eq!(spec["containers"][1]["image"], "api:1");
+    }
+
+    #[test]
+    fn pods_that_refuse_share_the_node_or_have_one_already_are_left_alone() {
+        let mut disabled = json!({"kind": "Pod", "metadata": {"annotations": {INJECT: "disabled"}},
+                                  "spec": {"containers": [{"name": "a"}]}});
+        let before = disabled.clone();
+        let outcomes = inject_object(&mut disabled, &injection()).unwrap();
+        assert!(matches!(&outcomes[..], [Outcome::Skipped(why)] if why.contains("disabled")));
+        assert_eq!(disabled, before);
+        let mut host =
+            json!({"kind": "Pod", "spec": {"hostNetwork": true, "containers": [{"name": "a"}]}});
+        assert!(
+            matches!(&inject_object(&mut host, &injection()).unwrap()[..],
+            [Outcome::Skipped(why)] if why.contains("hostNetwork"))
+        );
+        let mut twice = json!({"kind": "Pod", "spec": {"containers": [{"name": "a"}]}});
+        inject_object(&mut twice, &injection()).unwrap();
+        let once = twice.clone();
+        assert!(
+            matches!(&inject_object(&mut twice, &injection()).unwrap()[..],
+            [Outcome::Skipped(why)] if why == "already injected")
+        );
+        assert_eq!(twice, once);
+        // Kinds without pods pass through untouched.
+        let mut service = json!({"kind": "Service", "spec": {"ports": [{"port": 80}]}});
+        assert!(
+            inject_object(&mut service, &injection())
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_port_the_sidecar_needs_or_a_broken_spec_is_refused_naming_the_field() {
+        let mut clash = json!({"kind": "Deployment", "spec": {"template": {"spec": {"containers": [
+            {"name": "a", "ports": [{"containerPort": 80}]},
+            {"name": "b", "ports": [{"containerPort": 15006}]}]}}}});
+        let e = inject_object(&mut clash, &injection()).unwrap_err();
+        assert_eq!(
+            e.field,
+            "spec.template.spec.containers[1].ports[0].containerPort"
+        );
+        assert!(
+            e.message.contains("15006 is one of the sidecar's ports"),
+            "{e}"
+        );
+        let mut broken = json!({"kind": "List", "items": [
+            {"kind": "Pod", "spec": {"containers": [{"name": "a"}]}},
+            {"kind": "Pod", "spec": {"containers": "nope"}}]});
+        let e = inject_object(&mut broken, &injection()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "items[1].spec.containers: missing or not a list"
+        );
+    }
+}
