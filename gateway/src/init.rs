@@ -218,16 +218,12 @@ pub fn absolute(path: &Path) -> Result<PathBuf, GatewayError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_gateway_folder_is_laid_out_from_a_trust_folder_and_refuses_a_second_init() {
-        let dir = tempfile::tempdir().unwrap();
-        let trust = dir.path().join("trust");
-        TrustDir::create(&trust, TrustDomain::new("example.mesh").unwrap()).unwrap();
-        assert!(TrustDir::create(&trust, TrustDomain::new("example.mesh").unwrap()).is_err());
-        let options = || InitOptions {
-            cluster: ClusterName::new("west").unwrap(),
-            trust_dir: trust.clone(),
-            dir: dir.path().join("west"),
+    /// `gateway init` of `cluster` into `dir`, with the trust folder `trust`.
+    fn options(cluster: &str, trust: &Path, dir: &Path) -> InitOptions {
+        InitOptions {
+            cluster: ClusterName::new(cluster).unwrap(),
+            trust_dir: trust.to_owned(),
+            dir: dir.to_owned(),
             quic_addr: "127.0.0.1:1".parse().unwrap(),
             api_addr: "127.0.0.1:2".parse().unwrap(),
             admin_addr: "127.0.0.1:3".parse().unwrap(),
@@ -237,7 +233,16 @@ mod tests {
             location: Default::default(),
             operator: AccountName::new("admin").unwrap(),
             kubeconfig: None,
-        };
+        }
+    }
+
+    #[test]
+    fn a_gateway_folder_is_laid_out_from_a_trust_folder_and_refuses_a_second_init() {
+        let dir = tempfile::tempdir().unwrap();
+        let trust = dir.path().join("trust");
+        TrustDir::create(&trust, TrustDomain::new("example.mesh").unwrap()).unwrap();
+        assert!(TrustDir::create(&trust, TrustDomain::new("example.mesh").unwrap()).is_err());
+        let options = || options("west", &trust, &dir.path().join("west"));
         let made = init_gateway(options()).unwrap();
         assert_eq!(made.config.cluster.as_str(), "west");
         for file in [
@@ -266,21 +271,7 @@ mod tests {
             .unwrap();
         let key = std::fs::read_to_string(issued.join("link.key")).unwrap();
         assert!(key.contains("PRIVATE KEY"), "{key}");
-        init_gateway(InitOptions {
-            cluster: ClusterName::new("east").unwrap(),
-            trust_dir: trust.clone(),
-            dir: issued.clone(),
-            quic_addr: "127.0.0.1:1".parse().unwrap(),
-            api_addr: "127.0.0.1:2".parse().unwrap(),
-            admin_addr: "127.0.0.1:3".parse().unwrap(),
-            advertise_addr: None,
-            relay_addr: None,
-            dns_addr: None,
-            location: Default::default(),
-            operator: AccountName::new("admin").unwrap(),
-            kubeconfig: None,
-        })
-        .unwrap();
+        init_gateway(options("east", &trust, &issued)).unwrap();
         assert_eq!(
             std::fs::read_to_string(issued.join("link.key")).unwrap(),
             key

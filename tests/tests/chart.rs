@@ -54,6 +54,22 @@ fn run(program: &Path, args: &[&str]) -> std::result::Result<String, String> {
 
 const VALUES: &str = "cluster=west,trustDomain=example.mesh";
 
+/// `kubectl apply --dry-run=server -f FILE`: a line per object the API server accepted.
+fn dry_run(kubectl: &Path, kubeconfig: &str, file: &Path) -> Result<String> {
+    run(
+        kubectl,
+        &[
+            "--kubeconfig",
+            kubeconfig,
+            "apply",
+            "--dry-run=server",
+            "-f",
+            &file.to_string_lossy(),
+        ],
+    )
+    .map_err(anyhow::Error::msg)
+}
+
 /// A Deployment, a Pod and a Service, as `strait inject` takes them (no token mounted: no
 /// controller manager runs here to make one).
 const WORKLOAD: &str = "apiVersion: apps/v1
@@ -199,18 +215,7 @@ fn the_chart_installs_into_a_real_api_server_crds_and_all() -> Result<()> {
         template(&helm, &format!("{VALUES},quicService.cloud=aws")).map_err(anyhow::Error::msg)?;
     let file = dir.path().join("rendered.yaml");
     std::fs::write(&file, &rendered)?;
-    let dry = run(
-        &kubectl,
-        &[
-            "--kubeconfig",
-            &kubeconfig,
-            "apply",
-            "--dry-run=server",
-            "-f",
-            &file.to_string_lossy(),
-        ],
-    )
-    .map_err(anyhow::Error::msg)?;
+    let dry = dry_run(&kubectl, &kubeconfig, &file)?;
     ensure!(
         dry.lines().count() == rendered.matches("\nkind: ").count(),
         "not every object was accepted:\n{dry}"
@@ -261,18 +266,7 @@ fn the_chart_installs_into_a_real_api_server_crds_and_all() -> Result<()> {
         Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), "shop")
             .create(&PostParams::default(), &account),
     )?;
-    let dry = run(
-        &kubectl,
-        &[
-            "--kubeconfig",
-            &kubeconfig,
-            "apply",
-            "--dry-run=server",
-            "-f",
-            &file.to_string_lossy(),
-        ],
-    )
-    .map_err(anyhow::Error::msg)?;
+    let dry = dry_run(&kubectl, &kubeconfig, &file)?;
     ensure!(
         dry.lines().count() == 3,
         "not every object was accepted:\n{dry}"
