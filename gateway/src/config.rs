@@ -72,6 +72,24 @@ pub struct KubernetesConfig {
     /// How long the writing replica's Lease lasts unrenewed before another replica takes over.
     #[serde(default = "default_lease_seconds")]
     pub lease_duration_seconds: u32,
+    /// The admission webhook that gives new pods their sidecar; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub injector: Option<InjectorConfig>,
+}
+
+/// The sidecar injector: where its webhook answers and what it gives pods.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InjectorConfig {
+    /// Where the webhook answers (HTTPS).
+    pub addr: SocketAddr,
+    /// Its serving certificate and key (PEM); relative paths are relative to the config file.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The strait image of injected sidecars.
+    pub image: String,
+    /// The gateway's workload API as pods reach it (`host:port`).
+    pub gateway_address: String,
 }
 
 fn default_namespace() -> String {
@@ -318,6 +336,13 @@ impl GatewayConfig {
             .filter(|p| p.is_relative())
         {
             *kubeconfig = base.join(&*kubeconfig);
+        }
+        if let Some(injector) = config.kubernetes.as_mut().and_then(|k| k.injector.as_mut()) {
+            for file in [&mut injector.cert_file, &mut injector.key_file] {
+                if file.is_relative() {
+                    *file = base.join(&*file);
+                }
+            }
         }
         if let Some(kubernetes) = &config.kubernetes
             && !(3..=3600).contains(&kubernetes.lease_duration_seconds)

@@ -191,6 +191,7 @@ pub fn init_gateway(options: InitOptions) -> Result<Initialized, GatewayError> {
                     kubeconfig: Some(absolute(&kubeconfig)?),
                     namespace: "strait-system".into(),
                     lease_duration_seconds: 15,
+                    injector: None,
                 })
             })
             .transpose()?,

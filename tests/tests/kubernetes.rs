@@ -1539,3 +1539,176 @@ fn an_export_waits_for_its_namespace_in_the_importing_cluster_and_arrives_with_i
     );
     Ok(())
 }
+
+/// Namespace NAME, its default service account (no controller manager runs here to make it),
+/// and labels.
+async fn namespace_with(client: &Client, name: &str, labels: serde_json::Value) -> Result<()> {
+    let namespace = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": name, "labels": labels},
+    }))?;
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await?;
+    service_account(client, name, "default").await
+}
+
+/// A pod of one container with a port, without a mounted token.
+fn pod(namespace: &str, name: &str, port: u16) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"automountServiceAccountToken": false,
+                 "containers": [{"name": "app", "image": "app:1",
+                                 "ports": [{"name": "http", "containerPort": port}]}]},
+    })
+}
+
+#[test]
+fn a_pod_created_where_injection_is_on_gets_the_sidecar_strait_inject_gives_and_a_bad_one_is_refused()
+-> Result<()> {
+    if let Err(why) = binaries() {
+        eprintln!("skipped: {why}");
+        return Ok(());
+    }
+    let mesh = Mesh::new()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut west = KubeCluster::start(&mesh, &runtime, "west")?;
+    // The gateway serves the webhook, with a serving certificate the API server trusts.
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])?.self_signed(&key)?;
+    std::fs::write(west.gateway.dir.join("webhook.crt"), cert.pem())?;
+    std::fs::write(west.gateway.dir.join("webhook.key"), key.serialize_pem())?;
+    let port = strait_tests::free_port(false);
+    west.gateway.stop()?;
+    west.gateway.set_section(
+        "kubernetes",
+        &format!(
+            "  kubeconfig: {}\n  injector:\n    addr: 127.0.0.1:{port}\n    certFile: webhook.crt\n    keyFile: webhook.key\n    image: strait:test\n    gatewayAddress: {}",
+            west.plane.kubeconfig.display(),
+            west.gateway.api
+        ),
+    )?;
+    west.gateway.start(&mesh)?;
+    wait_for(Duration::from_secs(10), "the webhook listening", || {
+        Ok(std::net::TcpStream::connect(("127.0.0.1", port))
+            .ok()
+            .map(|_| ()))
+    })
+    .with_context(|| west.gateway.log_tail())?;
+    let webhook = serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "strait-injector"},
+        "webhooks": [{
+            "name": "inject.strait.dev",
+            "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate"),
+                             "caBundle": k8s_openapi::ByteString(cert.pem().into_bytes())},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                       "resources": ["pods"]}],
+            "namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name",
+                "operator": "NotIn", "values": ["kube-system", "strait-system"]}]},
+            "failurePolicy": "Fail",
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 5,
+        }],
+    });
+    runtime.block_on(
+        Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
+            west.client.clone(),
+        )
+        .create(&PostParams::default(), &serde_json::from_value(webhook)?),
+    )?;
+    runtime.block_on(namespace_with(
+        &west.client,
+        "store",
+        serde_json::json!({"strait.dev/inject": "enabled"}),
+    ))?;
+    runtime.block_on(namespace_with(&west.client, "plain", serde_json::json!({})))?;
+    let pods = |namespace: &str| {
+        Api::<k8s_openapi::api::core::v1::Pod>::namespaced(west.client.clone(), namespace)
+    };
+    // Until the gateway has seen the labelled namespace, a pod may pass untouched: retried.
+    let stored = wait_for(Duration::from_secs(10), "a pod given its sidecar", || {
+        let _ = runtime.block_on(pods("store").delete("web", &DeleteParams::default()));
+        let created = runtime.block_on(pods("store").create(
+            &PostParams::default(),
+            &serde_json::from_value(pod("store", "web", 8080))?,
+        ))?;
+        Ok(
+            serde_json::to_value(&created)?["spec"]["containers"][0]["name"]
+                .eq("strait-proxy")
+                .then(|| serde_json::to_value(&created))
+                .transpose()?,
+        )
+    })
+    .with_context(|| west.gateway.log_tail())?;
+    // What `strait inject` prints for the same pod.
+    let file = mesh.file(
+        "web.yaml",
+        &serde_json::to_string(&pod("store", "web", 8080))?,
+    )?;
+    let bundle = mesh.trust.join("bundle.pem");
+    let printed = mesh
+        .cli(
+            &[
+                "inject",
+                "--bundle",
+                &bundle.to_string_lossy(),
+                "--image",
+                "strait:test",
+                "--gateway",
+                &west.gateway.api.to_string(),
+                "-f",
+            ],
+            &[&file],
+        )
+        .success()?;
+    let printed: serde_json::Value = serde_saphyr::from_str(printed.trim_start_matches("---\n"))?;
+    for (list, name) in [
+        ("containers", "strait-proxy"),
+        ("initContainers", "strait-init"),
+    ] {
+        let find = |pod: &serde_json::Value| {
+            pod["spec"][list]
+                .as_array()
+                .and_then(|l| l.iter().find(|c| c["name"] == name).cloned())
+                .unwrap_or_default()
+        };
+        let (stored, printed) = (find(&stored), find(&printed));
+        for field in ["args", "image", "securityContext", "env"] {
+            anyhow::ensure!(
+                stored[field] == printed[field],
+                "{name}.{field}: the webhook stored {} but strait inject prints {}",
+                stored[field],
+                printed[field]
+            );
+        }
+    }
+    anyhow::ensure!(
+        stored["metadata"]["annotations"]["strait.dev/inject"] == "enabled",
+        "{stored}"
+    );
+    // A namespace without the label: the pod is left as it was.
+    let plain = runtime.block_on(pods("plain").create(
+        &PostParams::default(),
+        &serde_json::from_value(pod("plain", "web", 8080))?,
+    ))?;
+    anyhow::ensure!(plain.spec.map(|s| s.containers.len()) == Some(1));
+    // A pod whose port is the sidecar's: refused, naming the field.
+    let refused = runtime
+        .block_on(pods("store").create(
+            &PostParams::default(),
+            &serde_json::from_value(pod("store", "bad", 15006))?,
+        ))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    anyhow::ensure!(
+        refused.contains(
+            "strait cannot add its sidecar: spec.containers[0].ports[0].containerPort: 15006"
+        ),
+        "{refused}"
+    );
+    Ok(())
+}

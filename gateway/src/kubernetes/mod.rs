@@ -22,6 +22,7 @@ pub mod policies;
 pub mod rbac;
 pub mod replicas;
 pub mod slices;
+pub mod webhook;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -278,6 +279,9 @@ pub fn start(shared: &Arc<Shared>, client: Client, restored: durable::Restore) {
         tokio::spawn(export::run(shared.clone(), client.clone(), health.clone()));
         tokio::spawn(links::run(shared.clone(), client.clone(), health.clone()));
         let (namespaces, namespace_changes) = watch_namespaces(&shared, &client, &health);
+        if let Some(injector) = config.injector.clone() {
+            start_webhook(&shared, &injector, namespaces.clone(), &health).await;
+        }
         tokio::spawn(policies::run(
             shared.clone(),
             client.clone(),
@@ -300,6 +304,59 @@ pub fn start(shared: &Arc<Shared>, client: Client, restored: durable::Restore) {
             namespace_changes,
         ));
     });
+}
+
+/// Starts the sidecar injector's webhook; what stops it is said on `/readyz`.
+async fn start_webhook(
+    shared: &Arc<Shared>,
+    injector: &crate::config::InjectorConfig,
+    namespaces: reflector::Store<k8s_openapi::api::core::v1::Namespace>,
+    health: &Health,
+) {
+    let tls = (|| -> Result<Arc<rustls::ServerConfig>, String> {
+        let read = |path: &std::path::Path| {
+            std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+        };
+        let chain =
+            strait_federation::pki::parse_certs(&read(&injector.cert_file)?, &injector.cert_file)
+                .map_err(|e| e.to_string())?;
+        let key =
+            <rustls_pki_types::PrivateKeyDer as rustls_pki_types::pem::PemObject>::from_pem_slice(
+                read(&injector.key_file)?.as_bytes(),
+            )
+            .map_err(|e| format!("{}: {e}", injector.key_file.display()))?;
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| format!("{}: {e}", injector.cert_file.display()))?;
+        Ok(Arc::new(config))
+    })();
+    let listener = match tls {
+        Ok(tls) => tokio::net::TcpListener::bind(injector.addr)
+            .await
+            .map(|listener| (listener, tls))
+            .map_err(|e| format!("cannot listen on {}: {e}", injector.addr)),
+        Err(e) => Err(e),
+    };
+    match listener {
+        Ok((listener, tls)) => {
+            let bundle = shared.bundle.to_pem().to_owned();
+            let injection = Arc::new(inject::Injection {
+                image: injector.image.clone(),
+                gateway: injector.gateway_address.clone(),
+                bundle,
+            });
+            tracing::info!(addr = %injector.addr, "sidecar injector listening");
+            tokio::spawn(webhook::serve(
+                shared.clone(),
+                listener,
+                tls,
+                namespaces,
+                injection,
+            ));
+        }
+        Err(reason) => health.fail("injector", reason),
+    }
 }
 
 /// Watches the cluster's namespaces: what waits for a namespace (an import, a policy resource)
