@@ -153,6 +153,10 @@ fn the_chart_is_lint_clean_renders_for_each_cloud_and_names_a_bad_value() -> Res
             "cluster=west,trustDomain=example.mesh,quicService.cloud=ibm",
             "quicService.cloud \"ibm\" is not one of",
         ),
+        (
+            "cluster=west,trustDomain=example.mesh,injector.failurePolicy=Maybe",
+            "injector.failurePolicy \"Maybe\" is not Fail or Ignore",
+        ),
     ] {
         let refused = template(&helm, values).err().unwrap_or_default();
         ensure!(refused.contains(said), "{values}: {refused}");
@@ -310,8 +314,43 @@ fn the_chart_installs_into_a_real_api_server_crds_and_all() -> Result<()> {
         .filter_map(|s| s.metadata.name)
         .collect();
     ensure!(
-        services == ["strait-dns", "strait-gateway", "strait-gateway-quic"],
+        services
+            == [
+                "strait-dns",
+                "strait-gateway",
+                "strait-gateway-quic",
+                "strait-injector"
+            ],
         "{services:?}"
+    );
+    // The injector's webhook trusts the CA that signed the gateway's serving certificate.
+    let secrets =
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), "strait-system");
+    let ca = |secret: k8s_openapi::api::core::v1::Secret| {
+        secret
+            .data
+            .and_then(|d| d.get("ca.crt").cloned())
+            .map(|b| b.0)
+            .unwrap_or_default()
+    };
+    let installed_ca = ca(runtime.block_on(secrets.get("strait-injector-tls"))?);
+    let webhooks = runtime.block_on(
+        Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
+            client.clone(),
+        )
+        .get("strait-injector-strait-system"),
+    )?;
+    let bundles: Vec<Vec<u8>> = webhooks
+        .webhooks
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|w| w.client_config.ca_bundle.map(|b| b.0))
+        .collect();
+    ensure!(
+        bundles.len() == 2
+            && bundles.iter().all(|b| *b == installed_ca)
+            && !installed_ca.is_empty(),
+        "the webhooks do not trust the injector's CA"
     );
     // The DNS Service has its address now: an upgrade writes the CoreDNS block forwarding to it.
     let dns = runtime
@@ -332,6 +371,11 @@ fn the_chart_installs_into_a_real_api_server_crds_and_all() -> Result<()> {
     ensure!(
         stub.contains(&format!("forward . {dns}:53")),
         "the block does not forward to {dns}: {stub}"
+    );
+    // An upgrade keeps the injector's certificate: the webhook and the gateway stay a pair.
+    ensure!(
+        ca(runtime.block_on(secrets.get("strait-injector-tls"))?) == installed_ca,
+        "the upgrade made a new injector CA"
     );
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! each new pod (`admission.k8s.io/v1` AdmissionReview, over HTTPS) and the gateway answers with
 //! the JSON patch of [`inject`](super::inject), the same mutation `strait inject` prints. A pod is
 //! injected when its namespace is labelled `strait.dev/inject: enabled` or the pod is annotated
-//! so, and not annotated `disabled`. A pod the sidecar cannot be added to is refused with the
+//! or labelled so, and not annotated or labelled `disabled`. A pod the sidecar cannot be added to is refused with the
 //! field at fault: never a pod that starts without its traffic.
 //!
 //! [`review`] decides (no IO); [`serve`] is the HTTPS server.
@@ -46,9 +46,16 @@ pub fn review(review: &Value, namespace_labels: &Value, injection: &Injection) -
         return allowed();
     }
     let pod = &request["object"];
+    // The pod's own word (an annotation, or a label: webhooks select pods by labels only)
+    // before its namespace's.
     let annotation = &pod["metadata"]["annotations"][INJECT];
-    let wanted =
-        annotation == "enabled" || (annotation.is_null() && namespace_labels[INJECT] == "enabled");
+    let label = &pod["metadata"]["labels"][INJECT];
+    let own = if annotation.is_null() {
+        label
+    } else {
+        annotation
+    };
+    let wanted = own == "enabled" || (own.is_null() && namespace_labels[INJECT] == "enabled");
     if !wanted {
         return allowed();
     }
@@ -236,6 +243,9 @@ mod tests {
         assert_eq!(refused["response"]["allowed"], true);
         let unlabelled = review(&pod_review(Value::Null, 8080), &none, &injection());
         assert!(unlabelled["response"]["patch"].is_null());
+        let mut labelled = pod_review(Value::Null, 8080);
+        labelled["request"]["object"]["metadata"]["labels"] = json!({INJECT: "enabled"});
+        assert!(review(&labelled, &none, &injection())["response"]["patch"].is_string());
     }
 
     #[test]
