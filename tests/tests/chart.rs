@@ -186,6 +186,29 @@ fn the_chart_is_lint_clean_renders_for_each_cloud_and_names_a_bad_value() -> Res
             "{cloud}: {quic}"
         );
         // The gateway's configuration is this cluster's, in Kubernetes mode.
+        // The gateway reads the configuration the chart writes.
+        let configmap = rendered
+            .split("---")
+            .find(|d| d.contains("gateway.yaml: |"))
+            .context("no gateway ConfigMap")?;
+        let configmap: serde_json::Value = serde_saphyr::from_str(configmap)?;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("gateway.yaml");
+        std::fs::write(
+            &path,
+            configmap["data"]["gateway.yaml"]
+                .as_str()
+                .unwrap_or_default(),
+        )?;
+        let config = strait_gateway::config::GatewayConfig::load(&path)
+            .map_err(|e| anyhow::anyhow!("the chart's gateway.yaml: {e}"))?;
+        ensure!(config.cluster.as_str() == "west");
+        let kubernetes = config.kubernetes.context("not in Kubernetes mode")?;
+        ensure!(kubernetes.namespace == "strait-system");
+        ensure!(
+            kubernetes.injector.map(|i| i.gateway_address)
+                == Some("strait-gateway.strait-system.svc:4434".to_owned())
+        );
         ensure!(rendered.contains("cluster: west\n"), "{rendered}");
         ensure!(rendered.contains("credentialsDir: /etc/strait/credentials"));
         ensure!(rendered.contains("namespace: strait-system\n      leaseDurationSeconds: 15"));
