@@ -162,6 +162,45 @@ fn the_chart_is_lint_clean_renders_for_each_cloud_and_names_a_bad_value() -> Res
         ensure!(refused.contains(said), "{values}: {refused}");
     }
 
+    // The Grafana dashboard: a ConfigMap Grafana's sidecar loads, whose every query names
+    // metrics that strait's processes export.
+    let rendered =
+        template(&helm, &format!("{VALUES},grafana.dashboard=true")).map_err(anyhow::Error::msg)?;
+    ensure!(
+        rendered.contains("name: strait-grafana-dashboard")
+            && rendered.contains("grafana_dashboard: \"1\""),
+        "no dashboard ConfigMap"
+    );
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        chart.join("dashboards/strait.json"),
+    )?)?;
+    let source = ["../gateway/src/metrics.rs", "../sidecar/src/metrics.rs"]
+        .iter()
+        .map(|file| std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)))
+        .collect::<std::io::Result<Vec<_>>>()?
+        .concat();
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().into_iter().flatten() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap_or_default();
+            for name in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|word| word.starts_with("strait_"))
+            {
+                let base = name
+                    .trim_start_matches("strait_")
+                    .trim_end_matches("_bucket");
+                ensure!(
+                    source.contains(&format!("\"{base}\"")),
+                    "panel {:?} queries {name}, which no strait process exports",
+                    panel["title"]
+                );
+                queried += 1;
+            }
+        }
+    }
+    ensure!(queried >= 10, "the dashboard queries {queried} metrics");
+
     for (cloud, annotation) in [
         (
             "aws",
