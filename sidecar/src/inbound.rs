@@ -158,16 +158,28 @@ struct CallerInfo {
 
 /// The service a connection is for: the one this sidecar fronts (universal mode), else the
 /// one whose endpoint the connection was addressed to (Kubernetes mode, by the view).
-fn own_service(
-    shared: &Shared,
+fn own_service<'a>(
+    shared: &'a Shared,
     directory: &Directory,
     addressed: Option<SocketAddr>,
-) -> Option<ServiceKey> {
-    shared.own_service.clone().or_else(|| {
+) -> Option<Cow<'a, ServiceKey>> {
+    shared.own_service.as_ref().map(Cow::Borrowed).or_else(|| {
         addressed
             .and_then(|a| directory.service_at(&a))
-            .map(|entry| entry.key.clone())
+            .map(|entry| Cow::Owned(entry.key.clone()))
     })
+}
+
+/// The namespace and service a connection's metrics are labelled with: the service it is for,
+/// else the sidecar's namespace alone.
+fn route_labels<'a>(shared: &'a Shared, own: Option<&'a ServiceKey>) -> (&'a str, &'a str) {
+    match own {
+        Some(key) => (key.namespace.as_str(), key.name.as_str()),
+        None => (
+            shared.service_labels.0.as_str(),
+            shared.service_labels.1.as_str(),
+        ),
+    }
 }
 
 /// What an external authorizer is told about an HTTP request.
@@ -275,6 +287,8 @@ async fn ask_externals(
 /// normalizing is rewritten, so the app is sent the path that was authorized.
 async fn gate(
     shared: &Arc<Shared>,
+    directory: &Directory,
+    own: Option<&ServiceKey>,
     caller: &CallerInfo,
     route: &Route<'_>,
     request: &mut hyper::Request<hyper::body::Incoming>,
@@ -297,8 +311,6 @@ async fn gate(
             Err(e) => return Some(error_response(StatusCode::BAD_REQUEST, e.to_string())),
         }
     }
-    // One view decides the whole request, however many checks it takes.
-    let directory = shared.directory.borrow().clone();
     if directory.version == 0 {
         // Retryable: the first view comes within moments of the sidecar starting.
         return Some(error_response(
@@ -306,10 +318,8 @@ async fn gate(
             "this sidecar has no policy from its gateway yet".into(),
         ));
     }
-    let own = own_service(shared, &directory, caller.addressed);
-    let own = own.as_ref();
     let normal = request.uri().path();
-    let principal = match authenticate(shared, &directory, own, request.headers()).await {
+    let principal = match authenticate(shared, directory, own, request.headers()).await {
         Ok(principal) => principal,
         Err(reason) => {
             shared.metrics.denied(route, "http", "(invalid JWT)");
@@ -339,7 +349,7 @@ async fn gate(
     };
     let refusal = match ask_externals(
         shared,
-        &directory,
+        directory,
         own,
         &caller.identity,
         state,
@@ -350,7 +360,7 @@ async fn gate(
     {
         Some(refusal) => refusal,
         None => match refused_by(
-            &directory,
+            directory,
             own,
             &caller.identity,
             state,
@@ -359,7 +369,7 @@ async fn gate(
         ) {
             Some(refusal) => refusal,
             None => {
-                let limited = over_limit(shared, &directory, own, &caller.identity)?;
+                let limited = over_limit(shared, directory, own, &caller.identity)?;
                 shared.metrics.rate_limited(route, "http", &limited.policy);
                 let mut response = error_response(
                     StatusCode::TOO_MANY_REQUESTS,
@@ -555,7 +565,10 @@ async fn to_app(
     caller: &CallerInfo,
 ) -> Response<Body> {
     let started = Instant::now();
-    let (namespace, service) = &shared.service_labels;
+    // One view decides the whole request, however many checks it takes.
+    let directory = shared.directory.borrow().clone();
+    let own = own_service(&shared, &directory, caller.addressed);
+    let (namespace, service) = route_labels(&shared, own.as_deref());
     let route = Route {
         direction: Direction::Inbound,
         source_cluster: &caller.cluster,
@@ -563,7 +576,16 @@ async fn to_app(
         namespace,
         service,
     };
-    let response = match gate(&shared, caller, &route, &mut request).await {
+    let response = match gate(
+        &shared,
+        &directory,
+        own.as_deref(),
+        caller,
+        &route,
+        &mut request,
+    )
+    .await
+    {
         Some(refusal) => refusal,
         None => forward(&shared, request, caller).await,
     };
@@ -644,7 +666,9 @@ async fn serve_tcp(
         tracing::info!(caller = %caller, port, "inbound TCP for a port this endpoint does not serve");
         return;
     };
-    let (namespace, service) = &shared.service_labels;
+    let directory = shared.directory.borrow().clone();
+    let own = own_service(&shared, &directory, addressed);
+    let (namespace, service) = route_labels(&shared, own.as_deref());
     let route = Route {
         direction: Direction::Inbound,
         source_cluster: caller.cluster().as_str(),
@@ -652,9 +676,7 @@ async fn serve_tcp(
         namespace,
         service,
     };
-    let directory = shared.directory.borrow().clone();
-    let own = own_service(&shared, &directory, addressed);
-    let own = own.as_ref();
+    let own = own.as_deref();
     let refused = match ask_externals(&shared, &directory, own, &caller, state, &route, None).await
     {
         Some(refusal) => Some(refusal),

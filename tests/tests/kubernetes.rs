@@ -691,6 +691,8 @@ fn serve_api(
             token.to_string_lossy().into_owned(),
             "--app-port".into(),
             format!("8080/http={}", app.addr("address")?),
+            "--admin-addr".into(),
+            "127.0.0.1:0".into(),
         ],
     )?;
     runtime.block_on(publish_at(
@@ -773,7 +775,7 @@ fn a_policy_applied_with_kubectl_in_east_holds_in_west_and_a_delete_anywhere_end
 
     // West runs shop/api (the sample app behind its sidecar; its EndpointSlice names the
     // sidecar's inbound address, as a pod's would) and a client, shop/web.
-    let _api = serve_api(&mesh, &runtime, &west)?;
+    let api = serve_api(&mesh, &runtime, &west)?;
     let web = client(&mesh, "west", &[])?;
     let proxy = web.addr("proxy")?;
     wait_for(
@@ -782,6 +784,22 @@ fn a_policy_applied_with_kubectl_in_east_holds_in_west_and_a_delete_anywhere_end
         || Ok((answer(proxy, API) == 200).then_some(())),
     )
     .with_context(|| west.gateway.log_tail())?;
+    // The pod's sidecar registers no service, yet labels what it serves with the service the
+    // request was addressed to.
+    let (_, metrics) = strait_tests::http_get(api[1].addr("admin")?, "/metrics")?;
+    let served = strait_tests::metric(
+        &metrics,
+        "strait_requests_total",
+        &[
+            "direction=\"inbound\"",
+            "namespace=\"shop\"",
+            "service=\"api\"",
+        ],
+    );
+    anyhow::ensure!(
+        served.is_some_and(|n| n >= 1.0),
+        "no inbound request of shop/api in the sidecar's metrics"
+    );
 
     // A resource strait cannot accept: its status says which field, and nothing changes.
     runtime.block_on(kubectl_create(
