@@ -14,7 +14,8 @@ pub struct InjectArgs {
     /// A YAML file of one or more documents ("-" reads standard input); may be repeated.
     #[arg(short = 'f', long = "filename", required = true)]
     files: Vec<PathBuf>,
-    /// The trust bundle (PEM) sidecars verify peers with; default: the current context's.
+    /// The trust bundle (PEM) sidecars verify peers with; default: the current context's, else
+    /// none (the sidecars read it from ConfigMap strait-trust-bundle in their namespace).
     #[arg(long)]
     bundle: Option<PathBuf>,
     /// The gateway's workload API as pods reach it (host:port).
@@ -28,19 +29,33 @@ pub struct InjectArgs {
 /// Runs `strait inject`: the YAML on standard output, what was done to each pod on standard
 /// error.
 pub fn run(context: Option<&str>, args: InjectArgs) -> Result<()> {
+    // The bundle given, else the current context's, else none: the sidecar then reads it from
+    // a ConfigMap of its namespace, which is said here.
     let bundle = match &args.bundle {
-        Some(path) => path.clone(),
+        Some(path) => Some(path.clone()),
+        None => crate::context::ContextFile::load()
+            .ok()
+            .and_then(|(path, contexts)| contexts.select(context, &path).ok())
+            .map(|c| c.bundle),
+    };
+    let bundle = match bundle {
+        Some(path) => Some(
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read the bundle {}", path.display()))?,
+        ),
         None => {
-            let (path, contexts) = crate::context::ContextFile::load()
-                .context("--bundle not given, and no context to take the bundle from")?;
-            contexts.select(context, &path)?.bundle
+            eprintln!(
+                "no --bundle and no context: injected sidecars read the trust bundle from ConfigMap {} (key bundle.pem) in their namespace: kubectl -n NAMESPACE create configmap {} --from-file=bundle.pem",
+                inject::BUNDLE_CONFIG_MAP,
+                inject::BUNDLE_CONFIG_MAP
+            );
+            None
         }
     };
     let injection = Injection {
         image: args.image.clone(),
         gateway: args.gateway.clone(),
-        bundle: std::fs::read_to_string(&bundle)
-            .with_context(|| format!("cannot read the bundle {}", bundle.display()))?,
+        bundle,
     };
     let mut out = String::new();
     for file in &args.files {

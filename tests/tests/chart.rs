@@ -441,3 +441,30 @@ fn the_chart_installs_into_a_real_api_server_crds_and_all() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn strait_inject_needs_no_context_and_then_takes_the_bundle_from_a_config_map() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let workload = dir.path().join("deploy.yaml");
+    std::fs::write(&workload, WORKLOAD)?;
+    let output = Command::new(strait_tests::strait_bin())
+        .args(["inject", "-f", &workload.to_string_lossy()])
+        .env("STRAIT_CONFIG", dir.path().join("no-contexts"))
+        .env_remove("STRAIT_CONTEXT")
+        .output()?;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    ensure!(output.status.success(), "{stderr}");
+    ensure!(
+        stdout.matches("name: strait-proxy").count() == 2,
+        "no sidecar added:\n{stdout}"
+    );
+    ensure!(
+        stdout.contains("name: strait-trust-bundle")
+            && stderr.contains("ConfigMap strait-trust-bundle"),
+        "the sidecar's bundle is not the ConfigMap's, or nobody was told:\n{stdout}\n{stderr}"
+    );
+    Ok(())
+}

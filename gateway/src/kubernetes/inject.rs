@@ -21,6 +21,9 @@ pub const INBOUND_PORT: u16 = 15006;
 pub const ADMIN_PORT: u16 = 15020;
 /// Where the projected token is mounted in the sidecar.
 const TOKEN_DIR: &str = "/var/run/strait/token";
+/// The ConfigMap (key `bundle.pem`, in the pod's namespace) an injected sidecar reads the trust
+/// bundle from when the injection was not given one.
+pub const BUNDLE_CONFIG_MAP: &str = "strait-trust-bundle";
 /// The audience of the projected token, as the gateway's TokenReview expects it.
 pub const AUDIENCE: &str = "strait";
 
@@ -31,8 +34,9 @@ pub struct Injection {
     pub image: String,
     /// The gateway's workload API, as the pod dials it (`host:port`).
     pub gateway: String,
-    /// The trust bundle (PEM), given to the sidecar in its environment.
-    pub bundle: String,
+    /// The trust bundle (PEM), given to the sidecar in its environment; `None`: the sidecar
+    /// reads it from ConfigMap [`BUNDLE_CONFIG_MAP`] in the pod's namespace.
+    pub bundle: Option<String>,
 }
 
 /// What happened to one pod.
@@ -287,7 +291,12 @@ pub fn inject_pod(
         "name": PROXY,
         "image": injection.image,
         "args": proxy_args,
-        "env": [{"name": "STRAIT_TRUST_BUNDLE", "value": injection.bundle}],
+        "env": [match &injection.bundle {
+            Some(pem) => json!({"name": "STRAIT_TRUST_BUNDLE", "value": pem}),
+            None => json!({"name": "STRAIT_TRUST_BUNDLE", "valueFrom": {"configMapKeyRef": {
+                "name": BUNDLE_CONFIG_MAP, "key": "bundle.pem",
+            }}}),
+        }],
         "ports": [{"name": "strait-admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": ADMIN_PORT}, "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": ADMIN_PORT}, "periodSeconds": 10},
@@ -350,7 +359,7 @@ mod tests {
         Injection {
             image: "strait:0.1.0".into(),
             gateway: "strait-gateway.strait-system.svc:4434".into(),
-            bundle: "-----BEGIN CERTIFICATE-----\n...\n".into(),
+            bundle: Some("-----BEGIN CERTIFICATE-----\n...\n".into()),
         }
     }
 
@@ -424,6 +433,24 @@ mod tests {
         // Everything it did not touch is as it was.
         assert_eq!(object["spec"]["replicas"], 2);
         assert_eq!(spec["containers"][1]["image"], "api:1");
+    }
+
+    #[test]
+    fn without_a_bundle_the_sidecar_reads_it_from_the_namespaces_config_map() {
+        let mut object = deployment();
+        let injection = Injection {
+            bundle: None,
+            ..injection()
+        };
+        inject_object(&mut object, &injection).unwrap();
+        let env = &container(&object, PROXY)["env"][0];
+        assert_eq!(env["name"], "STRAIT_TRUST_BUNDLE");
+        assert_eq!(
+            env["valueFrom"]["configMapKeyRef"]["name"],
+            BUNDLE_CONFIG_MAP
+        );
+        assert_eq!(env["valueFrom"]["configMapKeyRef"]["key"], "bundle.pem");
+        assert!(env["value"].is_null());
     }
 
     #[test]

@@ -344,7 +344,7 @@ async fn start_webhook(
             let injection = Arc::new(inject::Injection {
                 image: injector.image.clone(),
                 gateway: injector.gateway_address.clone(),
-                bundle,
+                bundle: Some(bundle),
             });
             tracing::info!(addr = %injector.addr, "sidecar injector listening");
             tokio::spawn(webhook::serve(

@@ -196,7 +196,7 @@ mod tests {
         Injection {
             image: "strait:0.1.0".into(),
             gateway: "strait-gateway.strait-system.svc:4434".into(),
-            bundle: "PEM".into(),
+            bundle: Some("PEM".into()),
         }
     }
 
