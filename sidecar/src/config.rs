@@ -192,13 +192,11 @@ pub struct SidecarConfig {
 impl SidecarConfig {
     /// The app's ports that the inbound port serves: the registered service's, then the
     /// Kubernetes-mode app ports.
-    pub fn served_ports(&self) -> Vec<AppPort> {
+    pub fn served_ports(&self) -> impl Iterator<Item = &AppPort> {
         self.service
             .iter()
             .flat_map(|s| s.ports.iter())
             .chain(&self.app_ports)
-            .cloned()
-            .collect()
     }
 
     /// A configuration with the defaults: listeners on loopback, ports chosen at start.

@@ -115,11 +115,15 @@ async fn accept(
     remote: SocketAddr,
 ) {
     // Where the caller sent the connection: a pod's address and app port when iptables
-    // redirected it here, else this port. Without a configured service (Kubernetes mode) the
-    // service it was for is the one whose endpoint that is.
-    let addressed = crate::outbound::original_destination(&tcp)
-        .or_else(|_| tcp.local_addr())
-        .ok();
+    // redirected it here, else this port. Only asked without a configured service (Kubernetes
+    // mode): the service the connection is for is then the one whose endpoint that is.
+    let addressed = if shared.own_service.is_some() {
+        None
+    } else {
+        crate::outbound::original_destination(&tcp)
+            .or_else(|_| tcp.local_addr())
+            .ok()
+    };
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -659,7 +663,6 @@ async fn serve_tcp(
     let Some(target) = shared
         .config
         .served_ports()
-        .iter()
         .find(|p| p.port.port == port)
         .map(|p| p.target)
     else {

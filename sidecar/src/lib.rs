@@ -349,7 +349,7 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
         key_sets: jwks::KeySets::default(),
         mirrors: Arc::new(tokio::sync::Semaphore::new(mirror::MAX_IN_FLIGHT)),
         metrics: Metrics::new(bootstrap.cluster.as_str()),
-        app_clients: AppClients::new(&config.served_ports()),
+        app_clients: AppClients::new(&config.served_ports().cloned().collect::<Vec<_>>()),
         inbound_addr,
         advertise_addr: config.advertise_addr.unwrap_or(inbound_addr),
         registered: AtomicBool::new(false),

@@ -1112,18 +1112,22 @@ fn two_replicas_both_peer_a_killed_leader_costs_no_request_and_nothing_is_lost_e
 
     // Requests every 20 ms through the standby's sidecar while the leader dies without a word.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let traffic = {
-        let stop = stop.clone();
+        let (stop, sent) = (stop.clone(), sent.clone());
         std::thread::spawn(move || {
             let mut statuses = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 statuses.push(answer(proxy, API));
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(20));
             }
             statuses
         })
     };
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for(Duration::from_secs(5), "traffic flowing", || {
+        Ok((sent.load(std::sync::atomic::Ordering::Relaxed) >= 10).then_some(()))
+    })?;
     // The standby takes the Lease over within its duration (15 s) and carries on; its peering
     // never stopped, and nothing it had is lost.
     east.gateway.kill()?;

@@ -352,10 +352,11 @@ fn push(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn injection() -> Injection {
+    /// What the tests inject with (the webhook's too).
+    pub(in crate::kubernetes) fn injection() -> Injection {
         Injection {
             image: "strait:0.1.0".into(),
             gateway: "strait-gateway.strait-system.svc:4434".into(),

@@ -192,13 +192,7 @@ async fn handle(
 mod tests {
     use super::*;
 
-    fn injection() -> Injection {
-        Injection {
-            image: "strait:0.1.0".into(),
-            gateway: "strait-gateway.strait-system.svc:4434".into(),
-            bundle: Some("PEM".into()),
-        }
-    }
+    use super::super::inject::tests::injection;
 
     fn pod_review(annotations: Value, port: u16) -> Value {
         json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
