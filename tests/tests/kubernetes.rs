@@ -785,21 +785,27 @@ fn a_policy_applied_with_kubectl_in_east_holds_in_west_and_a_delete_anywhere_end
     )
     .with_context(|| west.gateway.log_tail())?;
     // The pod's sidecar registers no service, yet labels what it serves with the service the
-    // request was addressed to.
-    let (_, metrics) = strait_tests::http_get(api[1].addr("admin")?, "/metrics")?;
-    let served = strait_tests::metric(
-        &metrics,
-        "strait_requests_total",
-        &[
-            "direction=\"inbound\"",
-            "namespace=\"shop\"",
-            "service=\"api\"",
-        ],
-    );
-    anyhow::ensure!(
-        served.is_some_and(|n| n >= 1.0),
-        "no inbound request of shop/api in the sidecar's metrics"
-    );
+    // request was addressed to, once its view holds the EndpointSlice naming it (that view may
+    // reach it a moment after the caller's: requests are sent until one is labelled so).
+    let admin = api[1].addr("admin")?;
+    wait_for(
+        Duration::from_secs(10),
+        "an inbound request of shop/api in the sidecar's metrics",
+        || {
+            answer(proxy, API);
+            let (_, metrics) = strait_tests::http_get(admin, "/metrics")?;
+            let served = strait_tests::metric(
+                &metrics,
+                "strait_requests_total",
+                &[
+                    "direction=\"inbound\"",
+                    "namespace=\"shop\"",
+                    "service=\"api\"",
+                ],
+            );
+            Ok(served.is_some_and(|n| n >= 1.0).then_some(()))
+        },
+    )?;
 
     // A resource strait cannot accept: its status says which field, and nothing changes.
     runtime.block_on(kubectl_create(
