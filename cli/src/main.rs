@@ -4,6 +4,7 @@
 mod context;
 mod demo;
 mod inject;
+mod install;
 mod output;
 mod sidecar;
 
@@ -54,6 +55,10 @@ enum Command {
     /// DaemonSets, Jobs, CronJobs, Lists) and print it; other kinds pass through. What the
     /// admission webhook does to the same pods.
     Inject(inject::InjectArgs),
+    /// Print the manifests that install strait in a Kubernetes cluster (`strait install
+    /// --cluster C | kubectl apply -f -`): the Helm chart deploy/helm/strait rendered as `helm
+    /// template --include-crds` renders it, with the same values.
+    Install(install::InstallArgs),
     /// Show services (local and imported), links, or the mesh-wide policies.
     Get {
         /// What to show: services, links or policies.
@@ -381,6 +386,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Apply { files } => apply(context, files).await?,
         Command::Inject(args) => inject::run(context, args)?,
+        Command::Install(args) => install::run(context, args)?,
         Command::Get {
             resource,
             namespace,

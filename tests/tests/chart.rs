@@ -468,3 +468,167 @@ fn strait_inject_needs_no_context_and_then_takes_the_bundle_from_a_config_map() 
     );
     Ok(())
 }
+
+/// Values that reach every branch and every `toYaml` of the chart.
+const ALL_VALUES: &str = r#"
+gateway:
+  replicas: 3
+  location: {cloud: aws, region: eu-west-1, zone: "eu-west-1a"}
+  advertiseAddress: "203.0.113.7:4433"
+  nodeSelector: {kubernetes.io/os: linux, "node-role": "true"}
+  tolerations:
+    - {key: dedicated, operator: Equal, value: mesh, effect: NoSchedule}
+    - operator: Exists
+  resources:
+    requests: {cpu: 250m, memory: 128Mi}
+    limits: {memory: 1Gi, cpu: "1"}
+quicService:
+  annotations: {"service.beta.kubernetes.io/aws-load-balancer-eip-allocations": "eipalloc-1,eipalloc-2", "x": "yes", "note": "a: b #c", "empty": ""}
+  loadBalancerIP: 203.0.113.7
+  loadBalancerSourceRanges: ["198.51.100.0/24", "192.0.2.0/24"]
+dns: {serviceIP: 10.96.0.53}
+grafana: {dashboard: true}
+"#;
+
+/// The output with what differs between two renders blanked: the injector's generated
+/// certificates and the checksum of the Secret that holds them.
+fn without_generated_keys(manifests: &str) -> String {
+    manifests
+        .lines()
+        .map(|line| {
+            let key = line.trim_start();
+            let generated = [
+                "ca.crt: ",
+                "tls.crt: ",
+                "tls.key: ",
+                "caBundle: ",
+                "checksum/injector: ",
+            ]
+            .iter()
+            .any(|k| key.starts_with(k));
+            match line.split_once(": ") {
+                Some((name, _)) if generated => format!("{name}: GENERATED"),
+                _ => line.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn strait_install_prints_what_helm_template_prints_for_the_same_values() -> Result<()> {
+    let (helm, _) = match tools() {
+        Ok(tools) => tools,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return Ok(());
+        }
+    };
+    let dir = tempfile::tempdir()?;
+    let values = dir.path().join("values.yaml");
+    std::fs::write(&values, ALL_VALUES)?;
+    let values = values.to_string_lossy().into_owned();
+    let chart = chart();
+    let strait = strait_tests::strait_bin();
+    for (namespace, file, set) in [
+        ("strait-system", false, ""),
+        ("mesh", true, ""),
+        ("mesh", true, "injector.enabled=false,quicService.cloud=gcp"),
+        (
+            "strait-system",
+            true,
+            "quicService.cloud=azure,quicService.type=NodePort,injector.failurePolicy=Ignore",
+        ),
+        (
+            "strait-system",
+            false,
+            "quicService.cloud=aws,gateway.leaseDurationSeconds=30,coreDNS.stubDomain=false",
+        ),
+    ] {
+        let mut helm_args = vec![
+            "template",
+            "strait",
+            chart.to_str().context("chart path")?,
+            "--include-crds",
+            "--namespace",
+            namespace,
+            "--set",
+            "cluster=east,trustDomain=t.example",
+        ];
+        let mut strait_args = vec![
+            "install",
+            "--namespace",
+            namespace,
+            "--cluster",
+            "east",
+            "--trust-domain",
+            "t.example",
+        ];
+        if file {
+            helm_args.extend(["-f", &values]);
+            strait_args.extend(["-f", &values]);
+        }
+        if !set.is_empty() {
+            helm_args.extend(["--set", set]);
+            strait_args.extend(["--set", set]);
+        }
+        let by_helm = run(&helm, &helm_args).map_err(anyhow::Error::msg)?;
+        let by_strait = run(strait, &strait_args).map_err(anyhow::Error::msg)?;
+        let (by_helm, by_strait) = (
+            without_generated_keys(&by_helm),
+            without_generated_keys(&by_strait),
+        );
+        if by_helm != by_strait {
+            let line = by_helm
+                .lines()
+                .zip(by_strait.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
+            anyhow::bail!(
+                "{namespace} {file} {set}: strait install differs from helm template at line {}:\nhelm:   {:?}\nstrait: {:?}",
+                line + 1,
+                by_helm.lines().nth(line),
+                by_strait.lines().nth(line)
+            );
+        }
+        ensure!(by_strait.contains("kind: CustomResourceDefinition"));
+    }
+
+    // A bad value: the chart's own message, from either.
+    let refused = run(
+        strait,
+        &[
+            "install",
+            "--cluster",
+            "east",
+            "--trust-domain",
+            "t.example",
+            "--set",
+            "quicService.cloud=ibm",
+        ],
+    )
+    .err()
+    .unwrap_or_default();
+    ensure!(
+        refused.contains("service-quic.yaml")
+            && refused.contains("quicService.cloud \"ibm\" is not one of"),
+        "{refused}"
+    );
+    // Without CRDs, for clusters that have them.
+    let skipped = run(
+        strait,
+        &[
+            "install",
+            "--cluster",
+            "east",
+            "--trust-domain",
+            "t.example",
+            "--skip-crds",
+        ],
+    )
+    .map_err(anyhow::Error::msg)?;
+    ensure!(
+        !skipped.contains("kind: CustomResourceDefinition") && skipped.contains("kind: Deployment")
+    );
+    Ok(())
+}
