@@ -1,6 +1,7 @@
 //! `strait`: the one binary of the strait mesh. Runs gateways and drives them: trust, gateway
 //! set-up, apply/get/delete, link/unlink, and the demo.
 
+mod check;
 mod context;
 mod demo;
 mod inject;
@@ -59,6 +60,9 @@ enum Command {
     /// --cluster C | kubectl apply -f -`): the Helm chart deploy/helm/strait rendered as `helm
     /// template --include-crds` renders it, with the same values.
     Install(install::InstallArgs),
+    /// Check a Kubernetes cluster before installing strait (`--pre`): the API's version and
+    /// groups, the caller's rights, CRDs installed by something else, the credentials Secret.
+    Check(check::CheckArgs),
     /// Show services (local and imported), links, or the mesh-wide policies.
     Get {
         /// What to show: services, links or policies.
@@ -387,6 +391,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Apply { files } => apply(context, files).await?,
         Command::Inject(args) => inject::run(context, args)?,
         Command::Install(args) => install::run(context, args)?,
+        Command::Check(args) => check::run(args).await?,
         Command::Get {
             resource,
             namespace,

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
 use kube::api::{Api, ListParams, PostParams};
@@ -143,14 +143,19 @@ impl ControlPlane {
             .context("starting kube-apiserver")?;
         self.apiserver = Some(child);
         let runtime = tokio::runtime::Runtime::new()?;
-        // The kubeconfig names the serving certificate the API server writes as it starts.
+        // The kubeconfig names the serving certificate the API server writes as it starts;
+        // ready includes its default roles (what every account may read, such as /version).
         wait_for(
             Duration::from_secs(90),
             &format!("the API server of {}", self.name),
             || {
                 Ok(runtime.block_on(async {
                     let client = self.client().await.ok()?;
-                    client.apiserver_version().await.ok().map(|_| ())
+                    let readyz = hyper::Request::get("/readyz")
+                        .body(Vec::new())
+                        .ok()?;
+                    let said = client.request_text(readyz).await.ok()?;
+                    (said.trim() == "ok").then_some(())
                 }))
             },
         )
@@ -301,4 +306,62 @@ impl KubeCluster {
             gateway,
         })
     }
+}
+
+/// Service account NAMESPACE/NAME.
+pub async fn service_account(client: &Client, namespace: &str, name: &str) -> Result<()> {
+    let account = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": name, "namespace": namespace},
+    }))?;
+    Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &account)
+        .await?;
+    Ok(())
+}
+
+/// A token the API server issues service account NAMESPACE/NAME for `audience` (an hour).
+pub async fn request_token(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    audience: &str,
+) -> Result<String> {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![audience.into()],
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Ok(Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(name, &PostParams::default(), &request)
+        .await?
+        .status
+        .context("a TokenRequest without status")?
+        .token)
+}
+
+/// A kubeconfig of `plane` that signs in as service account NAMESPACE/NAME, with a token the
+/// API server issued it (the account must exist).
+pub async fn account_kubeconfig(
+    plane: &ControlPlane,
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<PathBuf> {
+    let token = request_token(client, namespace, name, "https://kubernetes.default.svc").await?;
+    let admin = std::fs::read_to_string(&plane.kubeconfig)?;
+    let start = admin
+        .find("    token: ")
+        .context("the admin kubeconfig's token")?;
+    let end = start + admin[start..].find('\n').context("a line")?;
+    let path = plane.dir.join(format!("{namespace}-{name}.kubeconfig"));
+    std::fs::write(
+        &path,
+        format!("{}    token: {token}{}", &admin[..start], &admin[end..]),
+    )?;
+    Ok(path)
 }

@@ -632,3 +632,221 @@ fn strait_install_prints_what_helm_template_prints_for_the_same_values() -> Resu
     );
     Ok(())
 }
+
+/// `strait check --pre`: its output and whether it passed.
+fn check_pre(kubeconfig: &Path, more: &[&str]) -> Result<(bool, String)> {
+    let output = Command::new(strait_tests::strait_bin())
+        .args(["check", "--pre", "--kubeconfig"])
+        .arg(kubeconfig)
+        .args(more)
+        .output()?;
+    Ok((
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    ))
+}
+
+#[test]
+fn check_pre_names_what_a_cluster_lacks_then_strait_install_applies_with_kubectl() -> Result<()> {
+    let (_, kubectl) = match (tools(), binaries()) {
+        (Ok(tools), Ok(_)) => tools,
+        (Err(why), _) | (_, Err(why)) => {
+            eprintln!("skipped: {why}");
+            return Ok(());
+        }
+    };
+    let dir = tempfile::tempdir()?;
+    let plane = ControlPlane::start("west", dir.path())?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let client = runtime.block_on(plane.client())?;
+
+    // An account with no rights: every right the install needs is named as lacking.
+    let kubeconfig = plane.kubeconfig.to_string_lossy().into_owned();
+    run(
+        &kubectl,
+        &["--kubeconfig", &kubeconfig, "create", "namespace", "tools"],
+    )
+    .map_err(anyhow::Error::msg)?;
+    runtime.block_on(strait_tests::kube::service_account(
+        &client,
+        "tools",
+        "installer",
+    ))?;
+    let limited = runtime.block_on(strait_tests::kube::account_kubeconfig(
+        &plane,
+        &client,
+        "tools",
+        "installer",
+    ))?;
+    let (passed, said) = check_pre(&limited, &[])?;
+    ensure!(!passed, "{said}");
+    for line in [
+        "[ok] can reach the Kubernetes API (v1.20.2)",
+        "[ok] is Kubernetes 1.20 or later",
+        "[ok] serves discovery.k8s.io/v1beta1",
+        "[fail] can create customresourcedefinitions.apiextensions.k8s.io cluster-wide",
+        "[fail] can create deployments.apps in namespace strait-system",
+        "[fail] can grant the gateway's rights: lacks get services, list services",
+        "Status check results are [fail]",
+    ] {
+        ensure!(said.contains(line), "no {line:?} in:\n{said}");
+    }
+
+    // The admin, before the namespace and its Secret exist; an MCS CRD another project put in.
+    let foreign =
+        std::fs::read_to_string(chart().join("crds/serviceexports.multicluster.x-k8s.io.yaml"))?
+            .replacen(
+                "metadata:\n",
+                "metadata:\n  labels:\n    app.kubernetes.io/name: othermesh\n",
+                1,
+            );
+    let foreign_file = dir.path().join("foreign.yaml");
+    std::fs::write(&foreign_file, foreign)?;
+    run(
+        &kubectl,
+        &[
+            "--kubeconfig",
+            &kubeconfig,
+            "apply",
+            "-f",
+            &foreign_file.to_string_lossy(),
+        ],
+    )
+    .map_err(anyhow::Error::msg)?;
+    let (passed, said) = check_pre(&plane.kubeconfig, &[])?;
+    ensure!(!passed, "{said}");
+    for line in [
+        "[ok] can create customresourcedefinitions.apiextensions.k8s.io cluster-wide",
+        "[ok] can grant the gateway's",
+        "[warn] serviceexports.multicluster.x-k8s.io was installed by othermesh",
+        "[ok] links.strait.dev is not installed yet",
+        "[fail] namespace strait-system exists",
+        "hint: kubectl create namespace strait-system",
+    ] {
+        ensure!(said.contains(line), "no {line:?} in:\n{said}");
+    }
+
+    // The namespace and the credentials `strait trust issue` writes: it passes, with the
+    // warning, and the issuer's cluster is checked.
+    let trust = dir.path().join("trust");
+    let credentials = dir.path().join("credentials");
+    let strait = strait_tests::strait_bin();
+    run(
+        strait,
+        &[
+            "trust",
+            "init",
+            "--trust-domain",
+            "example.mesh",
+            "--dir",
+            &trust.to_string_lossy(),
+        ],
+    )
+    .map_err(anyhow::Error::msg)?;
+    run(
+        strait,
+        &[
+            "trust",
+            "issue",
+            "--cluster",
+            "west",
+            "--trust",
+            &trust.to_string_lossy(),
+            "--dir",
+            &credentials.to_string_lossy(),
+        ],
+    )
+    .map_err(anyhow::Error::msg)?;
+    run(
+        &kubectl,
+        &[
+            "--kubeconfig",
+            &kubeconfig,
+            "create",
+            "namespace",
+            "strait-system",
+        ],
+    )
+    .map_err(anyhow::Error::msg)?;
+    let (passed, said) = check_pre(&plane.kubeconfig, &[])?;
+    ensure!(
+        !passed && said.contains("[fail] Secret strait-system/strait-cluster-credentials exists"),
+        "{said}"
+    );
+    run(
+        &kubectl,
+        &[
+            "--kubeconfig",
+            &kubeconfig,
+            "-n",
+            "strait-system",
+            "create",
+            "secret",
+            "generic",
+            "strait-cluster-credentials",
+            &format!("--from-file={}", credentials.display()),
+        ],
+    )
+    .map_err(anyhow::Error::msg)?;
+    let (passed, said) = check_pre(&plane.kubeconfig, &["--cluster", "west", "-o", "json"])?;
+    ensure!(passed, "{said}");
+    let report: serde_json::Value = serde_json::from_str(&said)?;
+    ensure!(report["status"] == "warn", "{said}");
+    let described = |status: &str| -> Vec<String> {
+        report["checks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["status"] == status)
+            .map(|c| c["description"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    ensure!(described("warn").len() == 1, "{said}");
+    ensure!(
+        described("ok").iter().any(|d| d
+            == "its issuer is cluster west's in trust domain example.mesh, chained to the bundle"),
+        "{said}"
+    );
+    let (passed, said) = check_pre(&plane.kubeconfig, &["--cluster", "east"])?;
+    ensure!(!passed && said.contains("not cluster east's"), "{said}");
+
+    // Then `strait install | kubectl apply -f -`: every object is created.
+    let manifests = run(
+        strait,
+        &[
+            "install",
+            "--cluster",
+            "west",
+            "--trust-domain",
+            "example.mesh",
+        ],
+    )
+    .map_err(anyhow::Error::msg)?;
+    let file = dir.path().join("install.yaml");
+    std::fs::write(&file, &manifests)?;
+    let applied = run(
+        &kubectl,
+        &[
+            "--kubeconfig",
+            &kubeconfig,
+            "apply",
+            "-f",
+            &file.to_string_lossy(),
+        ],
+    )
+    .map_err(anyhow::Error::msg)?;
+    ensure!(
+        applied.lines().count() == manifests.matches("\nkind: ").count(),
+        "not every object was applied:\n{applied}"
+    );
+    let deployment = runtime.block_on(
+        Api::<Deployment>::namespaced(client.clone(), "strait-system").get("strait-gateway"),
+    )?;
+    ensure!(deployment.spec.and_then(|s| s.replicas) == Some(2));
+    let (_, said) = check_pre(&plane.kubeconfig, &[])?;
+    ensure!(
+        said.contains("[ok] links.strait.dev is installed, by strait"),
+        "{said}"
+    );
+    Ok(())
+}

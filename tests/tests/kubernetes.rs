@@ -13,7 +13,8 @@ use strait_federation::policy::PolicyKind;
 use strait_gateway::kubernetes::crd::{Link, ServiceExport, ServiceImport};
 use strait_gateway::kubernetes::slices;
 use strait_tests::kube::{
-    ControlPlane, KubeCluster, apply_stream, binaries, link_ready, link_with_resources, prepare,
+    ControlPlane, KubeCluster, account_kubeconfig, apply_stream, binaries, link_ready,
+    link_with_resources, prepare, request_token, service_account,
 };
 use strait_tests::workloads::client;
 use strait_tests::{Mesh, NO_WEST_TO_API, wait_for};
@@ -521,44 +522,6 @@ fn a_service_both_clusters_export_lists_both_follows_its_ports_and_survives_an_a
     west.gateway.stop()?;
     east.gateway.stop()?;
     Ok(())
-}
-
-/// Service account NAMESPACE/NAME.
-async fn service_account(client: &Client, namespace: &str, name: &str) -> Result<()> {
-    let account = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "ServiceAccount",
-        "metadata": {"name": name, "namespace": namespace},
-    }))?;
-    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &account)
-        .await?;
-    Ok(())
-}
-
-/// A token the API server issues service account NAMESPACE/NAME for `audience` (an hour).
-async fn request_token(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    audience: &str,
-) -> Result<String> {
-    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec![audience.into()],
-            expiration_seconds: Some(3600),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    Ok(
-        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), namespace)
-            .create_token_request(name, &PostParams::default(), &request)
-            .await?
-            .status
-            .context("a TokenRequest without status")?
-            .token,
-    )
 }
 
 /// A TokenRequest for service account shop/NAME with `audience`, written to a file.
@@ -1289,29 +1252,11 @@ fn a_replica_that_no_peer_reached_hands_its_flows_to_one_that_has_the_connection
     Ok(())
 }
 
-/// A kubeconfig for service account strait-system/strait-gateway of `plane`, with a token the
-/// API server issued it.
+/// A kubeconfig for service account strait-system/strait-gateway of `plane`.
 async fn gateway_kubeconfig(plane: &ControlPlane, client: &Client) -> Result<std::path::PathBuf> {
     let account = strait_gateway::kubernetes::rbac::NAME;
     service_account(client, "strait-system", account).await?;
-    let token = request_token(
-        client,
-        "strait-system",
-        account,
-        "https://kubernetes.default.svc",
-    )
-    .await?;
-    let admin = std::fs::read_to_string(&plane.kubeconfig)?;
-    let start = admin
-        .find("    token: ")
-        .context("the admin kubeconfig's token")?;
-    let end = start + admin[start..].find('\n').context("a line")?;
-    let path = plane.dir.join("gateway.kubeconfig");
-    std::fs::write(
-        &path,
-        format!("{}    token: {token}{}", &admin[..start], &admin[end..]),
-    )?;
-    Ok(path)
+    account_kubeconfig(plane, client, "strait-system", account).await
 }
 
 #[test]
