@@ -151,9 +151,7 @@ impl ControlPlane {
             || {
                 Ok(runtime.block_on(async {
                     let client = self.client().await.ok()?;
-                    let readyz = hyper::Request::get("/readyz")
-                        .body(Vec::new())
-                        .ok()?;
+                    let readyz = hyper::Request::get("/readyz").body(Vec::new()).ok()?;
                     let said = client.request_text(readyz).await.ok()?;
                     (said.trim() == "ok").then_some(())
                 }))
@@ -306,6 +304,64 @@ impl KubeCluster {
             gateway,
         })
     }
+
+    /// Restarts the gateway serving the sidecar injector's webhook on a loopback port, with a
+    /// serving certificate the API server trusts, and registers the webhook for new pods of
+    /// every namespace (the gateway decides which to inject). Returns the webhook's URL and the
+    /// certificate (PEM).
+    pub fn serve_injector(
+        &mut self,
+        mesh: &Mesh,
+        runtime: &tokio::runtime::Runtime,
+    ) -> Result<(String, String)> {
+        let key = rcgen::KeyPair::generate()?;
+        let cert =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])?.self_signed(&key)?;
+        std::fs::write(self.gateway.dir.join("webhook.crt"), cert.pem())?;
+        std::fs::write(self.gateway.dir.join("webhook.key"), key.serialize_pem())?;
+        let port = free_port(false);
+        self.gateway.stop()?;
+        self.gateway.set_section(
+            "kubernetes",
+            &format!(
+                "  kubeconfig: {}\n  injector:\n    addr: 127.0.0.1:{port}\n    certFile: webhook.crt\n    keyFile: webhook.key\n    image: strait:test\n    gatewayAddress: {}",
+                self.plane.kubeconfig.display(),
+                self.gateway.api
+            ),
+        )?;
+        self.gateway.start(mesh)?;
+        wait_for(Duration::from_secs(10), "the webhook listening", || {
+            Ok(std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(|_| ()))
+        })
+        .with_context(|| self.gateway.log_tail())?;
+        let url = format!("https://127.0.0.1:{port}/mutate");
+        let webhook = serde_json::json!({
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": "strait-injector"},
+            "webhooks": [{
+                "name": "inject.strait.dev",
+                "clientConfig": {"url": url,
+                                 "caBundle": k8s_openapi::ByteString(cert.pem().into_bytes())},
+                "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                           "resources": ["pods"]}],
+                "namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name",
+                    "operator": "NotIn", "values": ["kube-system", "strait-system"]}]},
+                "failurePolicy": "Fail",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 5,
+            }],
+        });
+        runtime.block_on(
+            Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
+                self.client.clone(),
+            )
+            .create(&PostParams::default(), &serde_json::from_value(webhook)?),
+        )?;
+        Ok((url, cert.pem()))
+    }
 }
 
 /// Service account NAMESPACE/NAME.
@@ -364,4 +420,28 @@ pub async fn account_kubeconfig(
         format!("{}    token: {token}{}", &admin[..start], &admin[end..]),
     )?;
     Ok(path)
+}
+
+/// Namespace NAME, its default service account (no controller manager runs here to make it),
+/// and labels.
+pub async fn namespace_with(client: &Client, name: &str, labels: serde_json::Value) -> Result<()> {
+    let namespace = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": name, "labels": labels},
+    }))?;
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await?;
+    service_account(client, name, "default").await
+}
+
+/// A pod of one container with a port, without a mounted token.
+pub fn pod(namespace: &str, name: &str, port: u16) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"automountServiceAccountToken": false,
+                 "containers": [{"name": "app", "image": "app:1",
+                                 "ports": [{"name": "http", "containerPort": port}]}]},
+    })
 }

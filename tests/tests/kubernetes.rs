@@ -14,7 +14,7 @@ use strait_gateway::kubernetes::crd::{Link, ServiceExport, ServiceImport};
 use strait_gateway::kubernetes::slices;
 use strait_tests::kube::{
     ControlPlane, KubeCluster, account_kubeconfig, apply_stream, binaries, link_ready,
-    link_with_resources, prepare, request_token, service_account,
+    link_with_resources, namespace_with, pod, prepare, request_token, service_account,
 };
 use strait_tests::workloads::client;
 use strait_tests::{Mesh, NO_WEST_TO_API, wait_for};
@@ -1513,30 +1513,6 @@ fn an_export_waits_for_its_namespace_in_the_importing_cluster_and_arrives_with_i
     Ok(())
 }
 
-/// Namespace NAME, its default service account (no controller manager runs here to make it),
-/// and labels.
-async fn namespace_with(client: &Client, name: &str, labels: serde_json::Value) -> Result<()> {
-    let namespace = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": name, "labels": labels},
-    }))?;
-    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await?;
-    service_account(client, name, "default").await
-}
-
-/// A pod of one container with a port, without a mounted token.
-fn pod(namespace: &str, name: &str, port: u16) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"automountServiceAccountToken": false,
-                 "containers": [{"name": "app", "image": "app:1",
-                                 "ports": [{"name": "http", "containerPort": port}]}]},
-    })
-}
-
 #[test]
 fn a_pod_created_where_injection_is_on_gets_the_sidecar_strait_inject_gives_and_a_bad_one_is_refused()
 -> Result<()> {
@@ -1547,51 +1523,7 @@ fn a_pod_created_where_injection_is_on_gets_the_sidecar_strait_inject_gives_and_
     let mesh = Mesh::new()?;
     let runtime = tokio::runtime::Runtime::new()?;
     let mut west = KubeCluster::start(&mesh, &runtime, "west")?;
-    // The gateway serves the webhook, with a serving certificate the API server trusts.
-    let key = rcgen::KeyPair::generate()?;
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])?.self_signed(&key)?;
-    std::fs::write(west.gateway.dir.join("webhook.crt"), cert.pem())?;
-    std::fs::write(west.gateway.dir.join("webhook.key"), key.serialize_pem())?;
-    let port = strait_tests::free_port(false);
-    west.gateway.stop()?;
-    west.gateway.set_section(
-        "kubernetes",
-        &format!(
-            "  kubeconfig: {}\n  injector:\n    addr: 127.0.0.1:{port}\n    certFile: webhook.crt\n    keyFile: webhook.key\n    image: strait:test\n    gatewayAddress: {}",
-            west.plane.kubeconfig.display(),
-            west.gateway.api
-        ),
-    )?;
-    west.gateway.start(&mesh)?;
-    wait_for(Duration::from_secs(10), "the webhook listening", || {
-        Ok(std::net::TcpStream::connect(("127.0.0.1", port))
-            .ok()
-            .map(|_| ()))
-    })
-    .with_context(|| west.gateway.log_tail())?;
-    let webhook = serde_json::json!({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": "strait-injector"},
-        "webhooks": [{
-            "name": "inject.strait.dev",
-            "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate"),
-                             "caBundle": k8s_openapi::ByteString(cert.pem().into_bytes())},
-            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
-                       "resources": ["pods"]}],
-            "namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name",
-                "operator": "NotIn", "values": ["kube-system", "strait-system"]}]},
-            "failurePolicy": "Fail",
-            "sideEffects": "None",
-            "admissionReviewVersions": ["v1"],
-            "timeoutSeconds": 5,
-        }],
-    });
-    runtime.block_on(
-        Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
-            west.client.clone(),
-        )
-        .create(&PostParams::default(), &serde_json::from_value(webhook)?),
-    )?;
+    west.serve_injector(&mesh, &runtime)?;
     runtime.block_on(namespace_with(
         &west.client,
         "store",
