@@ -89,7 +89,7 @@ impl ContextFile {
         let name = match name.or(self.current_context.as_deref()) {
             Some(name) => name,
             None => bail!(
-                "no context selected: pass --context NAME (contexts are in {}; `strait gateway init` adds them)",
+                "no context selected: pass --context NAME (contexts are in {}; `strait gateway init` or `strait context add` adds them)",
                 path.display()
             ),
         };

@@ -106,6 +106,9 @@ enum Command {
     /// Bootstrap and run a workload's sidecar.
     #[command(subcommand)]
     Sidecar(sidecar::SidecarCommand),
+    /// Add, list and pick the contexts (clusters) the other commands talk to.
+    #[command(subcommand)]
+    Context(ContextCommand),
     /// Start a whole two-cluster mesh on this machine (east and west, linked).
     Demo(demo::DemoArgs),
     /// Run one of the demo's sample apps (for tests and benchmarks). Prints its address as JSON.
@@ -458,6 +461,7 @@ async fn run(cli: Cli) -> Result<()> {
             println!("link between {} and {cluster} removed", ctx.cluster);
         }
         Command::Sidecar(command) => sidecar::run(context, command).await?,
+        Command::Context(command) => context_command(command)?,
         Command::Demo(args) => demo::run(args).await?,
         Command::DemoApp {
             kind,
@@ -502,6 +506,82 @@ pub(crate) fn status(status: tonic::Status) -> anyhow::Error {
         );
     }
     anyhow!(text)
+}
+
+#[derive(Subcommand)]
+enum ContextCommand {
+    /// Add a context for a gateway set up elsewhere (a Helm install): signs an operator
+    /// credential with the cluster's issuer in the folder `strait trust issue` wrote.
+    Add {
+        /// The context's name.
+        name: String,
+        /// The cluster's credentials folder (issuer.crt, issuer.key, bundle.pem), as `strait
+        /// trust issue --dir` wrote it; the operator credential is written beside them.
+        #[arg(long)]
+        credentials: PathBuf,
+        /// The gateway's operator API as reached from here (host:port), such as the local end
+        /// of `kubectl -n strait-system port-forward service/strait-gateway 4434`.
+        #[arg(long)]
+        gateway: String,
+        /// The operator's name in its identity.
+        #[arg(long, default_value = "admin")]
+        operator: String,
+    },
+    /// List the contexts; the current one is marked.
+    List,
+    /// Make a context the current one.
+    Use {
+        /// The context's name.
+        name: String,
+    },
+}
+
+fn context_command(command: ContextCommand) -> Result<()> {
+    match command {
+        ContextCommand::Add {
+            name,
+            credentials,
+            gateway,
+            operator,
+        } => {
+            let operator = AccountName::new(operator).context("--operator")?;
+            let made = strait_gateway::init::issue_operator(&credentials, operator)
+                .with_context(|| format!("--credentials {}", credentials.display()))?;
+            let path = context::add(context::Context {
+                name: name.clone(),
+                cluster: made.cluster.clone(),
+                trust_domain: made.trust_domain,
+                api_addr: gateway,
+                bundle: made.bundle,
+                cert: made.cert,
+                key: made.key,
+            })?;
+            println!(
+                "context {name} (cluster {}) added to {}",
+                made.cluster,
+                path.display()
+            );
+        }
+        ContextCommand::List => {
+            let (_, file) = context::ContextFile::load()?;
+            for c in &file.contexts {
+                let mark = if file.current_context.as_deref() == Some(c.name.as_str()) {
+                    "*"
+                } else {
+                    " "
+                };
+                println!("{mark} {}\tcluster {}\t{}", c.name, c.cluster, c.api_addr);
+            }
+        }
+        ContextCommand::Use { name } => {
+            let (path, mut file) = context::ContextFile::load()?;
+            file.select(Some(&name), &path)?;
+            file.current_context = Some(name.clone());
+            file.save(&path)?;
+            println!("context {name} is current");
+        }
+    }
+    Ok(())
 }
 
 fn gateway_init(init: GatewayInit) -> Result<()> {

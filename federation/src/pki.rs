@@ -70,6 +70,31 @@ impl Credential {
     }
 }
 
+/// The cluster a cluster issuer's certificate (the first of a PEM chain) names in its
+/// `spiffe://<trust domain>/cluster/<name>` URI; `path` names it in errors.
+pub fn issuer_cluster(
+    chain_pem: &str,
+    path: &Path,
+) -> Result<(TrustDomain, ClusterName), PkiError> {
+    let certs = parse_certs(chain_pem, path)?;
+    let uris = certs
+        .first()
+        .map(crate::certificate::uris_of)
+        .unwrap_or_default();
+    uris.iter()
+        .find_map(|uri| {
+            let (domain, cluster) = uri.strip_prefix("spiffe://")?.split_once("/cluster/")?;
+            Some((
+                TrustDomain::new(domain).ok()?,
+                ClusterName::new(cluster).ok()?,
+            ))
+        })
+        .ok_or_else(|| PkiError::Pem {
+            path: path.to_owned(),
+            what: "not a cluster issuer (no spiffe://<trust domain>/cluster/<name> URI)".into(),
+        })
+}
+
 /// Parses every certificate of a PEM text.
 pub fn parse_certs(pem: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, PkiError> {
     let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem.as_bytes()).collect();

@@ -129,6 +129,57 @@ pub struct InitOptions {
     pub kubeconfig: Option<PathBuf>,
 }
 
+/// Signs an operator credential with a cluster's issuer and writes it as `<file>.crt` and
+/// `<file>.key` (owner-only) into `dir`.
+fn write_operator(
+    issuer: &pki::ClusterIssuer,
+    operator: AccountName,
+    dir: &Path,
+    file: &str,
+) -> Result<(), GatewayError> {
+    let identity = SpiffeId::Operator {
+        trust_domain: issuer.trust_domain.clone(),
+        cluster: issuer.cluster.clone(),
+        name: operator,
+    };
+    let credential = issuer.issue(&identity, OPERATOR_LIFETIME, SystemTime::now())?;
+    stored::write_credential(&credential, dir, file)?;
+    Ok(())
+}
+
+/// An operator credential made from a cluster's credentials folder.
+pub struct OperatorCredential {
+    pub cluster: ClusterName,
+    pub trust_domain: TrustDomain,
+    pub bundle: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Signs a credential for operator `operator` of the cluster whose credentials `dir` holds (as
+/// `strait trust issue` wrote them: `issuer.crt`, `issuer.key`, `bundle.pem`), for a gateway
+/// that was not set up here (a Helm install), and writes it as `operator-<name>.crt`/`.key`.
+pub fn issue_operator(
+    dir: &Path,
+    operator: AccountName,
+) -> Result<OperatorCredential, GatewayError> {
+    let dir = absolute(dir)?;
+    let cert_path = dir.join("issuer.crt");
+    let (trust_domain, cluster) = pki::issuer_cluster(&read_file(&cert_path)?, &cert_path)?;
+    let issuer = stored::load_issuer(&dir, trust_domain.clone(), cluster.clone())?;
+    let bundle = dir.join("bundle.pem");
+    stored::read_bundle(&bundle, trust_domain.clone())?;
+    let file = format!("operator-{operator}");
+    write_operator(&issuer, operator, &dir, &file)?;
+    Ok(OperatorCredential {
+        cluster,
+        trust_domain,
+        bundle,
+        cert: dir.join(format!("{file}.crt")),
+        key: dir.join(format!("{file}.key")),
+    })
+}
+
 /// What `strait gateway init` made.
 pub struct Initialized {
     pub config_path: PathBuf,
@@ -163,13 +214,7 @@ pub fn init_gateway(options: InitOptions) -> Result<Initialized, GatewayError> {
     if !dir.join("link.key").exists() {
         write_file(&dir.join("link.key"), LinkKey::generate()?.to_pem(), true)?;
     }
-    let operator = SpiffeId::Operator {
-        trust_domain: trust.trust_domain.clone(),
-        cluster: options.cluster.clone(),
-        name: options.operator,
-    };
-    let credential = issuer.issue(&operator, OPERATOR_LIFETIME, SystemTime::now())?;
-    stored::write_credential(&credential, &dir, "operator")?;
+    write_operator(&issuer, options.operator, &dir, "operator")?;
     let config = GatewayConfig {
         cluster: options.cluster,
         trust_domain: trust.trust_domain,

@@ -48,15 +48,44 @@ pub struct ControlPlane {
     /// An admin kubeconfig (a static token bound to `system:masters`).
     pub kubeconfig: PathBuf,
     pub dir: PathBuf,
+    /// The API server's port.
+    pub api_port: u16,
     etcd: Option<Child>,
     apiserver: Option<Child>,
+    controllers: Option<Child>,
     apiserver_args: Vec<String>,
     bin: PathBuf,
+}
+
+/// How a control plane is set up beyond the defaults.
+pub struct PlaneOptions<'a> {
+    /// The address the API server listens on (pods reach it here).
+    pub bind: &'a str,
+    /// The Services' address range; its first address is the `kubernetes` Service's.
+    pub service_range: &'a str,
+    /// Whether kube-controller-manager runs (Deployments make pods, Services EndpointSlices,
+    /// namespaces their service accounts and tokens).
+    pub controllers: bool,
+}
+
+impl Default for PlaneOptions<'_> {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1",
+            service_range: "192.0.2.0/24",
+            controllers: false,
+        }
+    }
 }
 
 impl ControlPlane {
     /// Starts etcd and an API server for cluster `name` under `dir`, and waits until it answers.
     pub fn start(name: &str, dir: &Path) -> Result<Self> {
+        Self::start_with(name, dir, &PlaneOptions::default())
+    }
+
+    /// [`start`](Self::start), set up as `options` say.
+    pub fn start_with(name: &str, dir: &Path, options: &PlaneOptions) -> Result<Self> {
         let bin = binaries().map_err(anyhow::Error::msg)?;
         let dir = dir.join(format!("kube-{name}"));
         std::fs::create_dir_all(&dir)?;
@@ -95,7 +124,7 @@ impl ControlPlane {
         let path = |file: &str| dir.join(file).to_string_lossy().into_owned();
         let apiserver_args = vec![
             format!("--etcd-servers=http://127.0.0.1:{client_port}"),
-            "--bind-address=127.0.0.1".into(),
+            format!("--bind-address={}", options.bind),
             "--advertise-address=127.0.0.1".into(),
             format!("--secure-port={api_port}"),
             format!("--cert-dir={}", path("certs")),
@@ -105,7 +134,7 @@ impl ControlPlane {
             "--api-audiences=https://kubernetes.default.svc,strait".into(),
             format!("--token-auth-file={}", path("tokens.csv")),
             "--authorization-mode=RBAC".into(),
-            "--service-cluster-ip-range=192.0.2.0/24".into(),
+            format!("--service-cluster-ip-range={}", options.service_range),
             "--endpoint-reconciler-type=none".into(),
             "--enable-priority-and-fairness=false".into(),
         ];
@@ -121,12 +150,41 @@ impl ControlPlane {
             name: name.into(),
             kubeconfig,
             dir,
+            api_port,
             etcd: Some(etcd),
             apiserver: None,
+            controllers: None,
             apiserver_args,
             bin,
         };
         plane.start_apiserver()?;
+        if options.controllers {
+            let child = Command::new(plane.bin.join("kube-controller-manager"))
+                .arg("--kubeconfig")
+                .arg(&plane.kubeconfig)
+                .args(["--bind-address=127.0.0.1", "--secure-port=0", "--port=0"])
+                .arg(format!(
+                    "--service-account-private-key-file={}",
+                    plane.dir.join("sa.key").display()
+                ))
+                .arg(format!(
+                    "--root-ca-file={}",
+                    plane.dir.join("certs/apiserver.crt").display()
+                ))
+                .args([
+                    "--use-service-account-credentials=false",
+                    "--controllers=*,-nodeipam,-route,-cloud-node-lifecycle,-service",
+                    "--leader-elect=false",
+                    "--node-monitor-grace-period=60s",
+                ])
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(
+                    plane.dir.join("controller-manager.log"),
+                )?)
+                .spawn()
+                .context("starting kube-controller-manager")?;
+            plane.controllers = Some(child);
+        }
         Ok(plane)
     }
 
@@ -176,6 +234,7 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
+        reap(self.controllers.take());
         reap(self.apiserver.take());
         reap(self.etcd.take());
     }

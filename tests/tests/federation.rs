@@ -659,3 +659,77 @@ fn a_deleted_policys_tombstone_goes_after_its_retention_and_nothing_comes_back()
     west_holds(true)?;
     Ok(())
 }
+
+#[test]
+fn a_context_added_from_a_clusters_credentials_operates_a_gateway_set_up_elsewhere() -> Result<()> {
+    let mesh = Mesh::new()?;
+    let west = mesh.start("west", None)?;
+    let east = mesh.start("east", None)?;
+    // As after a Helm install: the credentials folder `strait trust issue` wrote, and the
+    // gateway's API at some address; no `gateway init` context.
+    let credentials = west.dir.to_string_lossy().into_owned();
+    let api = west.api.to_string();
+    let added = mesh
+        .cli(
+            &[
+                "context",
+                "add",
+                "west-ops",
+                "--credentials",
+                &credentials,
+                "--gateway",
+                &api,
+            ],
+            &[],
+        )
+        .success()?;
+    ensure!(
+        added.contains("context west-ops (cluster west) added"),
+        "{added}"
+    );
+    let listed = mesh.cli(&["context", "list"], &[]).success()?;
+    ensure!(
+        listed
+            .lines()
+            .any(|l| l.contains("west-ops") && l.contains(&api)),
+        "{listed}"
+    );
+    let links = mesh
+        .cli(
+            &["--context", "west-ops", "get", "links", "-o", "json"],
+            &[],
+        )
+        .success()?;
+    ensure!(links.contains("\"items\""), "{links}");
+    // Its `link` document joins east to west.
+    let document = mesh
+        .cli(&["--context", "west-ops", "link"], &[])
+        .success()?;
+    let file = mesh.file("west-link.yaml", &document)?;
+    mesh.cli(
+        &["--context", "east", "apply", "-f", &file.to_string_lossy()],
+        &[],
+    )
+    .success()?;
+    connected(&mesh, "east", "west")?;
+    // A folder without an issuer is refused, naming what is missing.
+    let refused = mesh.cli(
+        &[
+            "context",
+            "add",
+            "bad",
+            "--credentials",
+            &mesh.trust.to_string_lossy(),
+            "--gateway",
+            &api,
+        ],
+        &[],
+    );
+    ensure!(
+        !refused.ok && refused.stderr.contains("issuer.crt"),
+        "{}",
+        refused.stderr
+    );
+    drop((west, east));
+    Ok(())
+}
