@@ -42,6 +42,25 @@ pub fn binaries() -> std::result::Result<PathBuf, String> {
     Ok(cache)
 }
 
+/// helm and kubectl, or why they are not there.
+pub fn helm_and_kubectl() -> std::result::Result<(PathBuf, PathBuf), String> {
+    let dir = std::env::var_os("STRAIT_KUBE_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/strait/kube-v1.20.2"))
+        })
+        .ok_or("no HOME to find the tools in")?
+        .join("tools");
+    let (helm, kubectl) = (dir.join("helm"), dir.join("kubectl"));
+    if !helm.is_file() || !kubectl.is_file() {
+        return Err(format!(
+            "no helm or kubectl in {}: run scripts/kube-control-plane.sh tools (scripts/test.sh does)",
+            dir.display()
+        ));
+    }
+    Ok((helm, kubectl))
+}
+
 /// One cluster's control plane; stopped when dropped.
 pub struct ControlPlane {
     pub name: String,

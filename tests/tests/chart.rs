@@ -13,30 +13,11 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, PostParams};
-use strait_tests::kube::{ControlPlane, binaries};
+use strait_tests::kube::{ControlPlane, binaries, helm_and_kubectl as tools};
 use strait_tests::wait_for;
 
 fn chart() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/helm/strait")
-}
-
-/// helm and kubectl, or why they are not there.
-fn tools() -> std::result::Result<(PathBuf, PathBuf), String> {
-    let dir = std::env::var_os("STRAIT_KUBE_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/strait/kube-v1.20.2"))
-        })
-        .ok_or("no HOME to find the tools in")?
-        .join("tools");
-    let (helm, kubectl) = (dir.join("helm"), dir.join("kubectl"));
-    if !helm.is_file() || !kubectl.is_file() {
-        return Err(format!(
-            "no helm or kubectl in {}: run scripts/kube-control-plane.sh tools (scripts/test.sh does)",
-            dir.display()
-        ));
-    }
-    Ok((helm, kubectl))
 }
 
 /// Runs a command; its stdout, or its stderr as the error.
