@@ -75,6 +75,12 @@ pub struct KubernetesConfig {
     /// The admission webhook that gives new pods their sidecar; off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub injector: Option<InjectorConfig>,
+    /// A Service of the gateway's namespace selecting every replica, with a port named
+    /// `relay`: sidecars are told to open flows to other clusters at its ClusterIP, so a flow
+    /// goes to any ready replica and a replica's loss costs only its flows in flight. Absent:
+    /// each replica gives its sidecars its own address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_service: Option<String>,
 }
 
 /// The sidecar injector: where its webhook answers and what it gives pods.

@@ -237,6 +237,7 @@ pub fn init_gateway(options: InitOptions) -> Result<Initialized, GatewayError> {
                     namespace: "strait-system".into(),
                     lease_duration_seconds: 15,
                     injector: None,
+                    relay_service: None,
                 })
             })
             .transpose()?,

@@ -123,6 +123,8 @@ pub struct Shared {
     pub endpoint: quinn::Endpoint,
     /// Where this cluster's sidecars open flows to other clusters (bound).
     pub relay_addr: SocketAddr,
+    /// The relay Service's address, in Kubernetes mode with `relayService` once it is known.
+    pub relay_service: Mutex<Option<SocketAddr>>,
     pub ready: AtomicBool,
     /// What fails in Kubernetes mode (empty otherwise): readiness waits on it.
     pub kubernetes: Arc<kubernetes::Health>,
@@ -202,6 +204,12 @@ impl Shared {
     /// Whether this replica leads (see [`Shared::leading`]).
     pub fn leads(&self) -> bool {
         *self.leading.borrow()
+    }
+
+    /// Where sidecars open flows to other clusters: the relay Service when there is one (any
+    /// ready replica), else this replica's relay.
+    pub fn relay_for_sidecars(&self) -> SocketAddr {
+        lock(&self.relay_service).unwrap_or_else(|| self.relay_advertised())
     }
 
     /// Records whether this replica leads; the tasks that follow it wake on a change.
@@ -470,6 +478,7 @@ pub async fn run(
         peers: Mutex::new(BTreeMap::new()),
         endpoint,
         relay_addr,
+        relay_service: Mutex::new(None),
         ready: AtomicBool::new(false),
         kubernetes: Arc::new(kubernetes::Health::default()),
         // In Kubernetes mode a replica leads once it holds the Lease.

@@ -197,9 +197,7 @@ pub async fn dial(
                 forwarded: false,
             };
             let tcp = timed(limit, "the gateway relay", async {
-                let mut tcp = TcpStream::connect(relay)
-                    .await
-                    .map_err(|error| RelayError::Connect { relay, error })?;
+                let mut tcp = connect_relay(relay).await?;
                 strait_io::flow::write_frame(&mut tcp, &header.to_wire())
                     .await
                     .map_err(RelayError::Header)?;
@@ -224,6 +222,32 @@ pub async fn dial(
     timed(limit, "TLS handshake", connector.connect(server_name, tcp))
         .await
         .map_err(|error| DialError::Tls { name, error })
+}
+
+/// How many times a refused connection to the relay is tried again: nothing was sent, and a
+/// relay Service may send the next try to another replica (one that is going away is refused
+/// until its endpoint is withdrawn).
+const RELAY_CONNECT_RETRIES: u32 = 3;
+
+/// A TCP connection to the relay, tried again (at once, then after 20 and 40 ms) when refused.
+async fn connect_relay(relay: SocketAddr) -> Result<TcpStream, RelayError> {
+    let mut attempt = 0;
+    loop {
+        match TcpStream::connect(relay).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(error)
+                if attempt < RELAY_CONNECT_RETRIES
+                    && matches!(
+                        error.kind(),
+                        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+                    ) =>
+            {
+                tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            Err(error) => return Err(RelayError::Connect { relay, error }),
+        }
+    }
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<SendRequest<Body>>>>;
@@ -293,6 +317,28 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_refused_relay_connection_is_tried_again_and_reaches_a_relay_that_came_up() {
+        // A port that refuses now and listens 25 ms later, as a relay Service does while a
+        // going replica's endpoint is withdrawn.
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let relay = probe.local_addr().unwrap();
+        drop(probe);
+        let listening = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            let listener = tokio::net::TcpListener::bind(relay).await.unwrap();
+            listener.accept().await.map(|_| ())
+        });
+        connect_relay(relay).await.unwrap();
+        listening.await.unwrap().unwrap();
+        // A relay that never comes back: the error names it, after the retries.
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let gone = probe.local_addr().unwrap();
+        drop(probe);
+        let error = connect_relay(gone).await.err().unwrap();
+        assert!(error.to_string().contains(&gone.to_string()), "{error}");
+    }
 
     #[test]
     fn a_failed_dial_names_the_target_and_the_step_that_failed() {

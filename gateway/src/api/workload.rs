@@ -157,7 +157,7 @@ impl WorkloadApi {
         };
         CatalogView {
             cluster: self.shared.config.cluster.to_string(),
-            relay_address: self.shared.relay_advertised().to_string(),
+            relay_address: self.shared.relay_for_sidecars().to_string(),
             version,
             services: parts.services.clone(),
             virtual_addresses: parts.virtual_addresses.clone(),

@@ -25,6 +25,7 @@ pub mod slices;
 pub mod webhook;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -234,6 +235,40 @@ pub async fn client(config: &KubernetesConfig) -> Result<Client, KubernetesError
     Ok(Client::try_from(config)?)
 }
 
+/// Looks up the relay Service's ClusterIP and port `relay` until it is known, then tells the
+/// sidecars (a new view) to open their flows there.
+async fn find_relay_service(shared: Arc<Shared>, client: Client, namespace: String, name: String) {
+    let services = kube::Api::<k8s_openapi::api::core::v1::Service>::namespaced(client, &namespace);
+    loop {
+        let found = match tokio::time::timeout(Duration::from_secs(10), services.get(&name)).await {
+            Ok(Ok(service)) => service.spec.and_then(|spec| {
+                let ip: std::net::IpAddr = spec.cluster_ip?.parse().ok()?;
+                let port = spec
+                    .ports?
+                    .into_iter()
+                    .find(|p| p.name.as_deref() == Some("relay"))?
+                    .port;
+                Some(SocketAddr::new(ip, u16::try_from(port).ok()?))
+            }),
+            Ok(Err(e)) => {
+                tracing::debug!(service = %name, error = %e, "relay Service not found yet");
+                None
+            }
+            Err(_) => None,
+        };
+        if let Some(address) = found {
+            tracing::info!(service = %name, %address, "sidecars open flows at the relay Service");
+            *lock(&shared.relay_service) = Some(address);
+            shared.views_tx.send_modify(|v| *v += 1);
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            () = shared.shutdown.cancelled() => return,
+        }
+    }
+}
+
 /// Starts the controllers; they run until the gateway stops. The gateway serves from its last
 /// state while the API cannot be reached, and `/readyz` says why.
 pub fn start(shared: &Arc<Shared>, client: Client, restored: durable::Restore) {
@@ -274,6 +309,14 @@ pub fn start(shared: &Arc<Shared>, client: Client, restored: durable::Restore) {
             health.clone(),
             restored,
         ));
+        if let Some(service) = config.relay_service.clone() {
+            tokio::spawn(find_relay_service(
+                shared.clone(),
+                client.clone(),
+                config.namespace.clone(),
+                service,
+            ));
+        }
         let slices = slices::served(&client).await;
         tracing::info!(endpointslices = %slices.api_version, "Kubernetes mode");
         tokio::spawn(export::run(shared.clone(), client.clone(), health.clone()));
