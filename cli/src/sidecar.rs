@@ -125,6 +125,11 @@ pub struct RunArgs {
     /// repeated.
     #[arg(long = "app-port", requires = "token_file", conflicts_with = "service")]
     app_ports: Vec<String>,
+    /// Kubernetes mode: an app's probe the admin server runs for the kubelet at
+    /// `/app-health/CONTAINER/KIND`: `CONTAINER/KIND=http:PORT/PATH` or `CONTAINER/KIND=tcp:PORT`
+    /// (the injector moves the pod's HTTP and TCP probes here). May be repeated.
+    #[arg(long = "app-probe", requires = "admin_addr")]
+    app_probes: Vec<String>,
     /// Export the service to linked clusters.
     #[arg(long, requires = "service")]
     export: bool,
@@ -335,6 +340,22 @@ async fn config(args: &RunArgs) -> Result<SidecarConfig> {
             export: args.export,
             hostname: args.hostname.clone(),
         });
+    }
+    for probe in &args.app_probes {
+        let parsed = probe.split_once('=').and_then(|(key, spec)| {
+            let (container, kind) = key.split_once('/')?;
+            let valid = |s: &str| !s.is_empty() && !s.contains('/');
+            (valid(container) && valid(kind))
+                .then_some(())
+                .and(strait_io::admin::AppProbe::parse(spec))
+                .map(|p| (key.to_owned(), p))
+        });
+        let (key, parsed) = parsed.ok_or_else(|| {
+            anyhow::anyhow!(
+                "--app-probe {probe}: expected CONTAINER/KIND=http:PORT/PATH or CONTAINER/KIND=tcp:PORT"
+            )
+        })?;
+        config.app_probes.insert(key, parsed);
     }
     config.app_ports = args
         .app_ports

@@ -81,6 +81,15 @@ pub struct KubernetesConfig {
     /// each replica gives its sidecars its own address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay_service: Option<String>,
+    /// How long a stopping replica goes on serving, not ready, while Kubernetes withdraws its
+    /// endpoints (seconds; 0, the default: it stops at once; the chart sets 3). Keep it below
+    /// the pod's grace period.
+    #[serde(default = "default_drain_seconds")]
+    pub drain_seconds: u32,
+}
+
+fn default_drain_seconds() -> u32 {
+    0
 }
 
 /// The sidecar injector: where its webhook answers and what it gives pods.

@@ -238,6 +238,7 @@ pub fn init_gateway(options: InitOptions) -> Result<Initialized, GatewayError> {
                     lease_duration_seconds: 15,
                     injector: None,
                     relay_service: None,
+                    drain_seconds: 0,
                 })
             })
             .transpose()?,

@@ -539,11 +539,26 @@ pub async fn run(
         "gateway ready"
     );
 
-    tokio::select! {
-        () = shutdown => {}
-        () = shared.shutdown.cancelled() => {}
-    }
+    let signalled = tokio::select! {
+        () = shutdown => true,
+        () = shared.shutdown.cancelled() => false,
+    };
     shared.ready.store(false, Ordering::SeqCst);
+    // In a pod, Kubernetes withdraws a terminating pod's endpoints while it stops; until every
+    // node has, connections (relay flows, DNS, the injector) still reach this replica, so it
+    // keeps serving them, not ready, for the drain period.
+    let drain = shared
+        .config
+        .kubernetes
+        .as_ref()
+        .map_or(0, |k| k.drain_seconds);
+    if signalled && drain > 0 {
+        tracing::info!(seconds = drain, "stopping: serving until the endpoints are withdrawn");
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(drain.into())) => {}
+            () = shared.shutdown.cancelled() => {}
+        }
+    }
     shared.shutdown.cancel();
     kubernetes::lease::step_down(&shared).await;
     shared.endpoint.close(0u32.into(), b"gateway shutting down");

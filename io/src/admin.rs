@@ -1,15 +1,23 @@
 //! The admin HTTP server every strait process runs: `/healthz` (the process answers),
-//! `/readyz` (what "ready" means is the process's own), `/metrics` (Prometheus text).
+//! `/readyz` (what "ready" means is the process's own), `/metrics` (Prometheus text), and for a
+//! sidecar in a pod `/app-health/<container>/<kind>`: the app's own probe, which the injector
+//! moved here so that the kubelet's plain connections never meet the inbound redirect.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+
+/// How long the app's own probe may take (the kubelet's default timeout).
+const APP_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What a process tells its admin server.
 pub trait Probes: Send + Sync + 'static {
@@ -17,6 +25,74 @@ pub trait Probes: Send + Sync + 'static {
     fn ready(&self) -> Result<(), String>;
     /// The process's metrics in the Prometheus text format.
     fn metrics(&self) -> String;
+    /// The app's probe served at `/app-health/<key>` (`container/kind`), if there is one.
+    fn app_probe(&self, _key: &str) -> Option<AppProbe> {
+        None
+    }
+}
+
+/// An app's probe as the pod declared it, run by the sidecar on the pod's loopback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppProbe {
+    /// `GET path` on the port: healthy on 200-399.
+    Http { port: u16, path: String },
+    /// A TCP connection to the port: healthy when it opens.
+    Tcp { port: u16 },
+}
+
+impl AppProbe {
+    /// `http:PORT/PATH` or `tcp:PORT`.
+    pub fn parse(text: &str) -> Option<Self> {
+        if let Some(rest) = text.strip_prefix("http:") {
+            let (port, path) = rest.split_once('/').unwrap_or((rest, ""));
+            Some(Self::Http {
+                port: port.parse().ok()?,
+                path: format!("/{path}"),
+            })
+        } else {
+            Some(Self::Tcp {
+                port: text.strip_prefix("tcp:")?.parse().ok()?,
+            })
+        }
+    }
+
+    /// Runs the probe against the app on this host's loopback; why it failed.
+    pub async fn run(&self) -> Result<(), String> {
+        let port = match self {
+            Self::Http { port, .. } | Self::Tcp { port } => *port,
+        };
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let attempt = async {
+            let mut tcp = TcpStream::connect(address)
+                .await
+                .map_err(|e| format!("{address}: {e}"))?;
+            let Self::Http { path, .. } = self else {
+                return Ok(());
+            };
+            let request = format!(
+                "GET {path} HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\nuser-agent: strait-probe\r\n\r\n"
+            );
+            tcp.write_all(request.as_bytes())
+                .await
+                .map_err(|e| format!("{address}: {e}"))?;
+            let mut head = [0u8; 12];
+            tcp.read_exact(&mut head)
+                .await
+                .map_err(|e| format!("{address}: {e}"))?;
+            let status: u16 = std::str::from_utf8(&head[9..12])
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| format!("{address}{path}: not an HTTP answer"))?;
+            if (200..400).contains(&status) {
+                Ok(())
+            } else {
+                Err(format!("{address}{path} answered {status}"))
+            }
+        };
+        tokio::time::timeout(APP_PROBE_TIMEOUT, attempt)
+            .await
+            .unwrap_or_else(|_| Err(format!("{address}: no answer within {APP_PROBE_TIMEOUT:?}")))
+    }
 }
 
 /// Serves the admin endpoints on a bound listener until `shutdown` is cancelled; `process`
@@ -31,6 +107,7 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        .route("/app-health/{container}/{kind}", get(app_health))
         .with_state(probes);
     let result = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -50,6 +127,23 @@ async fn ready(State(probes): State<Arc<dyn Probes>>) -> impl IntoResponse {
     }
 }
 
+async fn app_health(
+    State(probes): State<Arc<dyn Probes>>,
+    Path((container, kind)): Path<(String, String)>,
+) -> impl IntoResponse {
+    let key = format!("{container}/{kind}");
+    let Some(probe) = probes.app_probe(&key) else {
+        return (StatusCode::NOT_FOUND, format!("no app probe {key}\n"));
+    };
+    match probe.run().await {
+        Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{key}: {reason}\n"),
+        ),
+    }
+}
+
 async fn metrics(State(probes): State<Arc<dyn Probes>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -65,7 +159,7 @@ mod tests {
 
     use super::*;
 
-    struct Switch(AtomicBool);
+    struct Switch(AtomicBool, u16);
 
     impl Probes for Switch {
         fn ready(&self) -> Result<(), String> {
@@ -77,6 +171,21 @@ mod tests {
         }
         fn metrics(&self) -> String {
             "strait_up 1\n".into()
+        }
+        fn app_probe(&self, key: &str) -> Option<AppProbe> {
+            let port = self.1;
+            match key {
+                "app/readiness" => Some(AppProbe::Http {
+                    port,
+                    path: "/ok".into(),
+                }),
+                "app/liveness" => Some(AppProbe::Http {
+                    port,
+                    path: "/broken".into(),
+                }),
+                "app/startup" => Some(AppProbe::Tcp { port }),
+                _ => None,
+            }
         }
     }
 
@@ -93,7 +202,7 @@ mod tests {
     async fn readiness_follows_the_process_and_metrics_are_prometheus_text() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let switch = Arc::new(Switch(AtomicBool::new(false)));
+        let switch = Arc::new(Switch(AtomicBool::new(false), 0));
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(serve(switch.clone(), listener, shutdown.clone(), "test"));
 
@@ -115,5 +224,75 @@ mod tests {
             .await
             .expect("the server stops when told")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_apps_probes_are_run_on_its_loopback_and_answered_as_the_kubelet_reads_them() {
+        // The app: /ok answers 200, anything else 500.
+        let app = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let app_port = app.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut tcp, _)) = app.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 512];
+                    let n = tcp.read(&mut buf).await.unwrap_or(0);
+                    let status = if buf[..n].starts_with(b"GET /ok ") {
+                        "200 OK"
+                    } else {
+                        "500 Oops"
+                    };
+                    let _ = tcp
+                        .write_all(
+                            format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes(),
+                        )
+                        .await;
+                });
+            }
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let probes = Arc::new(Switch(AtomicBool::new(true), app_port));
+        tokio::spawn(serve(probes, listener, shutdown.clone(), "test"));
+        assert!(
+            get(addr, "/app-health/app/readiness")
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
+        let broken = get(addr, "/app-health/app/liveness").await;
+        assert!(
+            broken.starts_with("HTTP/1.1 503") && broken.contains("answered 500"),
+            "{broken}"
+        );
+        assert!(
+            get(addr, "/app-health/app/startup")
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
+        assert!(
+            get(addr, "/app-health/other/readiness")
+                .await
+                .starts_with("HTTP/1.1 404")
+        );
+        shutdown.cancel();
+        assert_eq!(
+            AppProbe::parse("http:8080/healthz/deep"),
+            Some(AppProbe::Http {
+                port: 8080,
+                path: "/healthz/deep".into()
+            })
+        );
+        assert_eq!(
+            AppProbe::parse("http:8080"),
+            Some(AppProbe::Http {
+                port: 8080,
+                path: "/".into()
+            })
+        );
+        assert_eq!(AppProbe::parse("tcp:53"), Some(AppProbe::Tcp { port: 53 }));
+        assert_eq!(AppProbe::parse("udp:53"), None);
     }
 }

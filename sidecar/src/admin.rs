@@ -2,7 +2,7 @@
 //! its endpoint registered when it fronts a service; its metrics. The server is
 //! `strait_io::admin`.
 
-use strait_io::admin::Probes;
+use strait_io::admin::{AppProbe, Probes};
 
 use crate::Shared;
 
@@ -17,5 +17,9 @@ impl Probes for Shared {
 
     fn metrics(&self) -> String {
         self.metrics.encode()
+    }
+
+    fn app_probe(&self, key: &str) -> Option<AppProbe> {
+        self.config.app_probes.get(key).cloned()
     }
 }

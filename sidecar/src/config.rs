@@ -172,6 +172,9 @@ pub struct SidecarConfig {
     /// Kubernetes mode: the app's ports that other sidecars call, served on the inbound port
     /// like a service's ports but registered nowhere (the pod's EndpointSlices say where it is).
     pub app_ports: Vec<AppPort>,
+    /// Kubernetes mode: the app's own probes, by `container/kind`, that the admin server runs
+    /// for the kubelet at `/app-health/<container>/<kind>`.
+    pub app_probes: std::collections::BTreeMap<String, strait_io::admin::AppProbe>,
     /// mTLS from other sidecars (through gateways too).
     pub inbound_addr: SocketAddr,
     /// The address registered for this endpoint, when not the bound inbound address.
@@ -206,6 +209,7 @@ impl SidecarConfig {
             token_kind: TokenKind::Bootstrap,
             service: None,
             app_ports: Vec::new(),
+            app_probes: std::collections::BTreeMap::new(),
             inbound_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             advertise_addr: None,
             proxy_addr: None,

@@ -138,28 +138,75 @@ fn protocol_of(name: &str) -> &'static str {
     }
 }
 
-/// The ports kubelet probes: connections from the node that must reach the app without mutual
-/// TLS. Named ports are looked up among the container's ports.
-fn probe_ports(container: &Value) -> Vec<u16> {
-    let named = |name: &str| {
-        container["ports"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|p| p["name"] == name)
-            .and_then(|p| p["containerPort"].as_u64())
-    };
-    let mut ports = Vec::new();
-    for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
-        for handler in ["httpGet", "tcpSocket", "grpc"] {
-            let port = &container[probe][handler]["port"];
-            let number = port.as_u64().or_else(|| port.as_str().and_then(&named));
-            if let Some(number) = number.and_then(|n| u16::try_from(n).ok()) {
-                ports.push(number);
+/// The probes the kubelet sends to the app, by field and by the name the sidecar serves them at.
+const PROBES: [(&str, &str); 3] = [
+    ("readinessProbe", "readiness"),
+    ("livenessProbe", "liveness"),
+    ("startupProbe", "startup"),
+];
+
+/// Moves the app containers' HTTP and TCP probes to the sidecar's admin port
+/// (`/app-health/<container>/<kind>`), which runs them on the pod's loopback: the kubelet's
+/// plain connections then never meet the inbound redirect, and the app's ports all go through
+/// the sidecar. Returns the sidecar's `--app-probe` values and the ports of probes it could not
+/// move (gRPC, HTTPS, another host), which the redirect must then leave alone.
+fn move_probes(containers: &mut [Value]) -> (Vec<String>, Vec<u16>) {
+    let mut moved = Vec::new();
+    let mut left = Vec::new();
+    for container in containers.iter_mut() {
+        let name = container["name"].as_str().unwrap_or_default().to_owned();
+        let ports = container["ports"].clone();
+        let named = |port: &Value| -> Option<u16> {
+            let number = port.as_u64().or_else(|| {
+                ports
+                    .as_array()?
+                    .iter()
+                    .find(|p| p["name"] == *port)
+                    .and_then(|p| p["containerPort"].as_u64())
+            })?;
+            u16::try_from(number).ok()
+        };
+        for (field, kind) in PROBES {
+            let probe = &mut container[field];
+            if !probe.is_object() {
+                continue;
+            }
+            let http = &probe["httpGet"];
+            let target = if http.is_object() {
+                let plain = http["scheme"]
+                    .as_str()
+                    .is_none_or(|s| s.eq_ignore_ascii_case("HTTP"))
+                    && http["host"].is_null();
+                named(&http["port"]).map(|port| {
+                    let path = http["path"].as_str().unwrap_or("/");
+                    let path = path.strip_prefix('/').unwrap_or(path);
+                    (port, plain.then(|| format!("http:{port}/{path}")))
+                })
+            } else if probe["tcpSocket"].is_object() {
+                let tcp = &probe["tcpSocket"];
+                named(&tcp["port"])
+                    .map(|port| (port, tcp["host"].is_null().then(|| format!("tcp:{port}"))))
+            } else {
+                named(&probe["grpc"]["port"]).map(|port| (port, None))
+            };
+            match target {
+                Some((_, Some(spec))) if !name.is_empty() => {
+                    if let Some(handler) = probe.as_object_mut() {
+                        handler.remove("httpGet");
+                        handler.remove("tcpSocket");
+                        handler.insert(
+                            "httpGet".into(),
+                            json!({"path": format!("/app-health/{name}/{kind}"), "port": ADMIN_PORT}),
+                        );
+                    }
+                    moved.push(format!("{name}/{kind}={spec}"));
+                }
+                Some((port, _)) => left.push(port),
+                None => {}
             }
         }
     }
-    ports
+    (moved, left)
 }
 
 /// Adds the sidecar to one pod spec, unless its annotations refuse it, it shares the node's
@@ -183,10 +230,15 @@ pub fn inject_pod(
     if containers.iter().any(|c| c["name"] == PROXY) {
         return Ok(Outcome::Skipped("already injected".into()));
     }
+    let (app_probes, mut probes) = match spec["containers"].as_array_mut() {
+        Some(containers) => move_probes(containers),
+        None => (Vec::new(), Vec::new()),
+    };
+    let containers = spec["containers"]
+        .as_array()
+        .ok_or_else(|| error("containers", "missing or not a list"))?;
     let mut app_ports: Vec<(u16, &'static str)> = Vec::new();
-    let mut probes: Vec<u16> = Vec::new();
     for (i, container) in containers.iter().enumerate() {
-        probes.extend(probe_ports(container));
         for (j, port) in container["ports"]
             .as_array()
             .into_iter()
@@ -286,6 +338,9 @@ pub fn inject_pod(
     ];
     for (port, protocol) in &app_ports {
         proxy_args.extend(["--app-port".into(), format!("{port}/{protocol}")]);
+    }
+    for probe in app_probes {
+        proxy_args.extend(["--app-probe".into(), probe]);
     }
     let proxy = json!({
         "name": PROXY,
@@ -409,14 +464,19 @@ pub(super) mod tests {
         let proxy = container(&object, PROXY);
         assert_eq!(
             args(proxy),
-            "sidecar run --gateway strait-gateway.strait-system.svc:4434 --token-file /var/run/strait/token/token --inbound-addr 0.0.0.0:15006 --transparent-addr 127.0.0.1:15001 --admin-addr 0.0.0.0:15020 --app-port 8080/http --app-port 9090/grpc --app-port 9100/tcp"
+            "sidecar run --gateway strait-gateway.strait-system.svc:4434 --token-file /var/run/strait/token/token --inbound-addr 0.0.0.0:15006 --transparent-addr 127.0.0.1:15001 --admin-addr 0.0.0.0:15020 --app-port 8080/http --app-port 9090/grpc --app-port 9100/tcp --app-probe api/readiness=http:9100/ready"
+        );
+        // The app's probe goes to the sidecar, which runs it on the pod's loopback.
+        assert_eq!(
+            container(&object, "api")["readinessProbe"]["httpGet"],
+            json!({"path": "/app-health/api/readiness", "port": ADMIN_PORT})
         );
         assert_eq!(proxy["securityContext"]["runAsUser"], PROXY_UID);
         assert_eq!(proxy["env"][0]["name"], "STRAIT_TRUST_BUNDLE");
-        // The probed port reaches the app directly; UDP is not the sidecar's.
+        // Every TCP port of the app goes through the sidecar; UDP is not the sidecar's.
         assert_eq!(
             args(container(&object, INIT)),
-            "sidecar init --proxy-uid 2102 --outbound-port 15001 --inbound-port 15006 --skip-inbound-ports 15020,9100 --inbound-ports 8080,9090"
+            "sidecar init --proxy-uid 2102 --outbound-port 15001 --inbound-port 15006 --skip-inbound-ports 15020 --inbound-ports 8080,9090,9100"
         );
         let spec = &object["spec"]["template"]["spec"];
         assert_eq!(
@@ -434,6 +494,37 @@ pub(super) mod tests {
         // Everything it did not touch is as it was.
         assert_eq!(object["spec"]["replicas"], 2);
         assert_eq!(spec["containers"][1]["image"], "api:1");
+    }
+
+    #[test]
+    fn tcp_probes_move_to_the_sidecar_and_probes_it_cannot_run_keep_their_port_out_of_the_redirect()
+    {
+        let mut pod = json!({"kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{
+            "name": "app", "image": "app:1",
+            "ports": [{"name": "http", "containerPort": 8080}, {"name": "grpc", "containerPort": 9090},
+                      {"name": "tls", "containerPort": 8443}],
+            "livenessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 7},
+            "readinessProbe": {"grpc": {"port": 9090}},
+            "startupProbe": {"httpGet": {"port": 8443, "scheme": "HTTPS", "path": "/up"}},
+        }]}});
+        inject_object(&mut pod, &injection()).unwrap();
+        let app = &pod["spec"]["containers"][1];
+        assert_eq!(
+            app["livenessProbe"],
+            json!({"httpGet": {"path": "/app-health/app/liveness", "port": ADMIN_PORT}, "periodSeconds": 7})
+        );
+        assert_eq!(app["readinessProbe"], json!({"grpc": {"port": 9090}}));
+        assert_eq!(app["startupProbe"]["httpGet"]["scheme"], "HTTPS");
+        let proxy = args(&pod["spec"]["containers"][0]);
+        assert!(
+            proxy.ends_with("--app-probe app/liveness=tcp:8080"),
+            "{proxy}"
+        );
+        let init = args(&pod["spec"]["initContainers"][0]);
+        assert!(
+            init.ends_with("--skip-inbound-ports 15020,8443,9090 --inbound-ports 8080"),
+            "{init}"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,9 +30,9 @@ use super::{NodeSpec, mountable, now, pod_dir, run};
 /// How long a probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often readiness is probed.
-const PROBE_INTERVAL: Duration = Duration::from_millis(500);
-/// How long a stopped container gets between SIGTERM and SIGKILL.
-const GRACE: Duration = Duration::from_secs(2);
+const PROBE_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a stopped pod's processes get between SIGTERM and SIGKILL, unless the pod says.
+const GRACE: Duration = Duration::from_secs(30);
 
 /// A pod this node runs.
 pub struct RunningPod {
@@ -42,10 +42,17 @@ pub struct RunningPod {
     netns: String,
     /// The process of each container now running.
     pids: Arc<Mutex<BTreeMap<String, u32>>>,
+    /// Set when the pod is being deleted: exited containers are not restarted.
+    terminating: Arc<AtomicBool>,
     stop: CancellationToken,
 }
 
 impl RunningPod {
+    /// A container's process, while it runs.
+    pub fn pid(&self, container: &str) -> Option<u32> {
+        self.pids.lock().ok()?.get(container).copied()
+    }
+
     /// SIGKILLs a container's process.
     pub fn kill(&self, container: &str) -> Result<()> {
         let pid = self
@@ -113,7 +120,7 @@ pub(super) async fn serve(
         if terminating {
             let running = pods.lock().ok().and_then(|mut p| p.remove(&uid));
             if let Some(running) = running {
-                running.stop.cancel();
+                running.terminating.store(true, Ordering::SeqCst);
                 let pids: Vec<u32> = running
                     .pids
                     .lock()
@@ -122,7 +129,18 @@ pub(super) async fn serve(
                 for pid in &pids {
                     signal(*pid, libc::SIGTERM);
                 }
-                tokio::time::sleep(GRACE).await;
+                // Until every container has exited, or the pod's grace period ends.
+                let grace = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds)
+                    .map_or(GRACE, |s| Duration::from_secs(s.max(0) as u64));
+                let deadline = tokio::time::Instant::now() + grace;
+                while running.pids.lock().is_ok_and(|p| !p.is_empty())
+                    && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 running.stop_now();
             }
             if !deleted {
@@ -146,6 +164,7 @@ pub(super) async fn serve(
             ip: ip.clone(),
             netns: format!("strait-pod-{}-{}-{host}", std::process::id(), spec.subnet),
             pids: Arc::default(),
+            terminating: Arc::default(),
             stop: stop.child_token(),
         };
         let task = PodTask {
@@ -156,6 +175,7 @@ pub(super) async fn serve(
             host,
             netns: running.netns.clone(),
             pids: running.pids.clone(),
+            terminating: running.terminating.clone(),
             stop: running.stop.clone(),
         };
         if let Ok(mut pods) = pods.lock() {
@@ -179,6 +199,7 @@ struct PodTask {
     host: u8,
     netns: String,
     pids: Arc<Mutex<BTreeMap<String, u32>>>,
+    terminating: Arc<AtomicBool>,
     stop: CancellationToken,
 }
 
@@ -272,6 +293,12 @@ impl PodTask {
                             return;
                         }
                         _ = child.wait() => {}
+                    }
+                    if let Ok(mut pids) = task.pids.lock() {
+                        pids.remove(&name);
+                    }
+                    if task.terminating.load(Ordering::SeqCst) {
+                        return;
                     }
                     if let Ok(mut s) = states.lock() {
                         let state = s.entry(name.clone()).or_default();

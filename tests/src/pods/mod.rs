@@ -13,6 +13,7 @@
 //! Service, to the API server). Containers run the machine's programs: the image `strait:*` is
 //! the strait binary; any other image must give `command`.
 
+mod cluster;
 mod kubelet;
 mod proxy;
 
@@ -32,6 +33,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use tokio_util::sync::CancellationToken;
 
+pub use cluster::{PodCluster, tool};
 pub use kubelet::RunningPod;
 
 /// Why pods cannot run on this machine (the tests then say so and skip), if they cannot.
@@ -222,6 +224,13 @@ impl Node {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// The process of a container of pod `namespace/name`, while it runs.
+    pub fn pid(&self, pod: &str, container: &str) -> Option<u32> {
+        let pods = self.pods.lock().ok()?;
+        let running = pods.values().find(|p| p.key == pod)?;
+        running.pid(container)
     }
 
     /// Kills a container's process (the kubelet restarts it, as `restartPolicy: Always` says).
