@@ -3,7 +3,7 @@
 //! - pod start to ready: pods created one at a time in a namespace labelled for injection
 //!   (ready means the app and the sidecar are ready), beside the same pods in a namespace that is
 //!   not (the baseline, in the same run);
-//! - the sidecar's memory in a pod: the resident size of the client's and the server's
+//! - the sidecar's memory in a pod (the server is nginx): the resident size of the client's and the server's
 //!   `strait-proxy` after their first requests, and at most while `wrk` in the client pod sends
 //!   as many requests per second as it can to the server by its clusterset name.
 //!
@@ -23,6 +23,14 @@ use strait_tests::{Mesh, wait_for};
 const PODS: usize = 10;
 /// How long `wrk` runs.
 const LOAD_SECONDS: u64 = 15;
+
+/// The server under load: nginx answering "ok" (its configuration written in the pod's own
+/// /run).
+const NGINX: &str = "printf 'user root; worker_processes 1; pid /run/nginx.pid; error_log stderr;\\n\
+events { worker_connections 1024; }\\n\
+http { access_log off; client_body_temp_path /run/nginx-body; proxy_temp_path /run/nginx-proxy;\\n\
+fastcgi_temp_path /run/nginx-fcgi; uwsgi_temp_path /run/nginx-uwsgi; scgi_temp_path /run/nginx-scgi;\\n\
+server { listen 8080; location / { return 200 \"ok\\\\n\"; } } }\\n' > /run/nginx.conf && exec nginx -c /run/nginx.conf -g 'daemon off;'";
 
 /// A pod of the sample HTTP app (Python) in `namespace`.
 fn app_pod(namespace: &str, name: &str) -> serde_json::Value {
@@ -131,7 +139,11 @@ fn main() -> Result<()> {
         "api.yaml",
         &format!(
             "# shop/api, its Service and its ServiceExport\n{}\n---\n{}",
-            serde_json::to_string(&app_pod("shop", "api"))?,
+            serde_json::to_string(&{
+                let mut api = app_pod("shop", "api");
+                api["spec"]["containers"][0]["command"] = serde_json::json!(["sh", "-c", NGINX]);
+                api
+            })?,
             r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "api", "namespace": "shop"},
                "spec": {"selector": {"app": "api"}, "ports": [{"name": "http", "port": 8080, "appProtocol": "http"}]}}
 ---
