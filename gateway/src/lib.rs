@@ -553,7 +553,10 @@ pub async fn run(
         .as_ref()
         .map_or(0, |k| k.drain_seconds);
     if signalled && drain > 0 {
-        tracing::info!(seconds = drain, "stopping: serving until the endpoints are withdrawn");
+        tracing::info!(
+            seconds = drain,
+            "stopping: serving until the endpoints are withdrawn"
+        );
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(drain.into())) => {}
             () = shared.shutdown.cancelled() => {}

@@ -49,6 +49,8 @@ fn newest_source(root: &Path) -> Option<std::time::SystemTime> {
         "sidecar/src",
         "cli/src",
         "cli/proto",
+        // Built into the binary for `strait install`.
+        "deploy/helm/strait",
     ] {
         walk(&root.join(dir), &mut newest);
     }
