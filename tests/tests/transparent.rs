@@ -6,42 +6,20 @@
 //! skips without them.
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::Value;
+use strait_tests::pods::run;
 use strait_tests::{Mesh, Process, http_get, wait_for};
-
-/// Runs a command; fails with its output when it fails.
-fn run(program: &str, args: &[&str]) -> Result<String> {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !output.status.success() {
-        bail!(
-            "{program} {}: {}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
 
 /// Why this machine cannot run the test, if it cannot.
 fn missing() -> Option<String> {
-    let uid = run("id", &["-u"]).ok()?;
-    if uid.trim() != "0" {
-        return Some("needs root for network namespaces and iptables".into());
-    }
-    for tool in ["ip", "iptables", "setpriv", "curl"] {
-        if run("sh", &["-c", &format!("command -v {tool}")]).is_err() {
-            return Some(format!("needs {tool}"));
-        }
-    }
-    None
+    strait_tests::pods::missing().or_else(|| {
+        run("sh", &["-c", "command -v curl"])
+            .is_err()
+            .then(|| "needs curl".to_owned())
+    })
 }
 
 /// A network namespace joined to this one by a veth pair; removed on drop.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 
-use super::render::Value;
+use super::value::Value;
 use super::yaml::to_yaml;
 
 /// Calls the function `name`; an error is the message the template's failure carries.

@@ -7,6 +7,7 @@
 mod functions;
 mod render;
 mod template;
+mod value;
 mod yaml;
 
 use std::collections::BTreeMap;

@@ -2,7 +2,7 @@
 //! maps, sequences not indented under their key, and a string quoted only where YAML would read
 //! it as something else (double quotes) or could not read it plain (single quotes).
 
-use super::render::Value;
+use super::value::Value;
 
 /// The YAML of a value, without a final newline.
 pub fn to_yaml(value: &Value) -> String {

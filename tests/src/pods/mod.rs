@@ -63,16 +63,17 @@ pub fn missing() -> Option<String> {
     None
 }
 
-/// Runs a command to completion; an error with its stderr when it fails.
-pub(crate) fn run(program: &str, args: &[&str]) -> Result<String> {
+/// Runs a command to completion; an error with its output when it fails.
+pub fn run(program: &str, args: &[&str]) -> Result<String> {
     let output = Command::new(program)
         .args(args)
         .output()
         .with_context(|| format!("running {program}"))?;
     if !output.status.success() {
         bail!(
-            "{program} {}: {}",
+            "{program} {}: {}{}",
             args.join(" "),
+            String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
