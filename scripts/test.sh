@@ -11,9 +11,11 @@ say() { printf '\n==> %s\n' "$*"; }
 # procps: kill (tests stop gateways with SIGTERM); curl: the smoke checks, docs examples and
 # the transparent-interception test; ca-certificates: cargo's registry over TLS on a bare image;
 # iproute2, iptables, util-linux (setpriv): the transparent-interception test, which runs an app
-# in a network namespace of its own with an iptables redirect to its sidecar; bind9-dnsutils
-# (dig): the DNS tests ask the gateway with a real client beside hickory's resolver.
-debian_packages=(procps curl ca-certificates iproute2 iptables util-linux bind9-dnsutils)
+# in a network namespace of its own with an iptables redirect to its sidecar, and the pods
+# test (nsenter, unshare: pods in network and mount namespaces); bind9-dnsutils (dig): the DNS
+# tests ask the gateway with a real client beside hickory's resolver; python3: the pods test's
+# sample apps.
+debian_packages=(procps curl ca-certificates iproute2 iptables util-linux bind9-dnsutils python3)
 
 missing=()
 for package in "${debian_packages[@]}"; do

@@ -20,6 +20,12 @@ fn the_chart_runs_its_gateways_in_pods_and_two_clusters_link_the_documented_way(
     if let Some(why) = strait_tests::pods::missing()
         .or_else(|| binaries().err())
         .or_else(|| helm_and_kubectl().err())
+        .or_else(|| {
+            // The sample apps are Python.
+            strait_tests::pods::run("python3", &["--version"])
+                .err()
+                .map(|_| "no python3 (apt-get install python3)".to_owned())
+        })
     {
         eprintln!("skipped: {why}");
         return Ok(());
