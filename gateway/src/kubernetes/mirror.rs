@@ -192,6 +192,9 @@ impl Drop for Watches {
 /// How often a standby reads the leader's virtual addresses.
 const VIPS_EVERY: Duration = Duration::from_secs(5);
 
+/// The readiness part a standby waits on.
+const STANDBY: &str = "standby";
+
 /// Runs the mirror until the gateway stops; it acts while this replica stands by. `namespace`
 /// is the gateway's own, where the durable state is.
 pub async fn run(
@@ -207,11 +210,21 @@ pub async fn run(
     let mut vips: Option<Arc<PoolFile>> = None;
     let mut vips_read: Option<std::time::Instant> = None;
     let mut watches: Option<Watches> = None;
+    // A standby answers DNS and its sidecars from what it mirrors: it is not ready before it
+    // has the leader's imports and addresses (a replacement replica would otherwise answer
+    // names it does not know yet).
+    health.wait(
+        STANDBY,
+        "taking the leader's imports and addresses from the API",
+    );
+    let mut mirrored = false;
+    let mut vips_known = false;
     loop {
         if shared.leads() {
             watches = None;
             vips = None;
             vips_read = None;
+            health.done_waiting(STANDBY);
         } else {
             let watching = watches
                 .get_or_insert_with(|| Watches::start(&client, &resource, &changed, &health));
@@ -221,6 +234,7 @@ pub async fn run(
                 && ready(watching.slices.wait_until_ready().now_or_never())
             {
                 mirror(&shared, &watching.imports, &watching.slices);
+                mirrored = true;
             }
             // The leader's addresses, as its durable state holds them: read every few
             // seconds, not at each of a burst of import changes.
@@ -228,14 +242,23 @@ pub async fn run(
             if due {
                 vips_read = Some(std::time::Instant::now());
             }
-            if due
-                && let Ok(Some(secret)) = secrets.get_opt(durable::SECRET).await
-                && let Some(file) = durable::stored_vips(&secret)
-                && vips.as_deref() != Some(&file)
-            {
-                let file = Arc::new(file);
-                vips = Some(file.clone());
-                shared.leader_vips.send_replace(Some(file));
+            let stored = if due {
+                secrets.get_opt(durable::SECRET).await.ok()
+            } else {
+                None
+            };
+            if let Some(found) = stored {
+                vips_known = true;
+                if let Some(file) = found.as_ref().and_then(durable::stored_vips)
+                    && vips.as_deref() != Some(&file)
+                {
+                    let file = Arc::new(file);
+                    vips = Some(file.clone());
+                    shared.leader_vips.send_replace(Some(file));
+                }
+            }
+            if mirrored && vips_known {
+                health.done_waiting(STANDBY);
             }
         }
         tokio::select! {

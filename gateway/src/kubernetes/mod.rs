@@ -58,6 +58,19 @@ impl Health {
         }
     }
 
+    /// Holds readiness back while a part gets ready (not a failure: said at debug level).
+    pub fn wait(&self, what: &'static str, reason: &str) {
+        tracing::debug!(part = what, reason, "not ready yet");
+        lock(&self.problems).insert(what, reason.to_owned());
+    }
+
+    /// Ends a [`wait`](Self::wait).
+    pub fn done_waiting(&self, what: &'static str) {
+        if lock(&self.problems).remove(what).is_some() {
+            tracing::debug!(part = what, "ready");
+        }
+    }
+
     /// Clears a part's failure once it works again.
     pub fn clear(&self, what: &'static str) {
         if lock(&self.problems).remove(what).is_some() {
