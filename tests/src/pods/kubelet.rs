@@ -53,19 +53,6 @@ impl RunningPod {
         self.pids.lock().ok()?.get(container).copied()
     }
 
-    /// SIGKILLs a container's process.
-    pub fn kill(&self, container: &str) -> Result<()> {
-        let pid = self
-            .pids
-            .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned"))?
-            .get(container)
-            .copied()
-            .with_context(|| format!("no container {container} runs in {}", self.key))?;
-        signal(pid, libc::SIGKILL);
-        Ok(())
-    }
-
     /// Stops every process at once and removes the network namespace.
     pub(super) fn stop_now(&self) {
         self.stop.cancel();

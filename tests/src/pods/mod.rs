@@ -233,16 +233,6 @@ impl Node {
         let running = pods.values().find(|p| p.key == pod)?;
         running.pid(container)
     }
-
-    /// Kills a container's process (the kubelet restarts it, as `restartPolicy: Always` says).
-    pub fn kill(&self, pod: &str, container: &str) -> Result<()> {
-        let pods = self.pods.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-        let running = pods
-            .values()
-            .find(|p| p.key == pod)
-            .with_context(|| format!("no pod {pod} runs"))?;
-        running.kill(container)
-    }
 }
 
 impl Drop for Node {
