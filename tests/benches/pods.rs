@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::api::{Api, PostParams};
 use strait_tests::kube::{binaries, helm_and_kubectl};
 use strait_tests::pods::{PodCluster, World, tool};
@@ -118,7 +118,7 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let mesh = Mesh::new()?;
     let west = PodCluster::install(&mesh, &runtime, "west", 1)?;
-    west.gateways_ready(&runtime, 2)?;
+    west.deployment_ready(&runtime, "strait-system", "strait-gateway", 2)?;
     let (_, kubectl) = helm_and_kubectl().map_err(anyhow::Error::msg)?;
     let kubeconfig = west.plane.kubeconfig.clone();
     tool(&kubectl, &kubeconfig, &["create", "namespace", "plain"])?;
@@ -129,7 +129,19 @@ fn main() -> Result<()> {
         &["label", "namespace", "shop", "strait.dev/inject=enabled"],
     )?;
     // Service accounts (and their tokens) come from the controller manager a moment later.
-    std::thread::sleep(Duration::from_secs(2));
+    for namespace in ["plain", "shop"] {
+        let accounts = Api::<ServiceAccount>::namespaced(west.client.clone(), namespace);
+        wait_for(
+            Duration::from_secs(30),
+            &format!("the default service account of {namespace}, with its token"),
+            || {
+                let account = runtime.block_on(accounts.get_opt("default"))?;
+                Ok(account
+                    .filter(|a| a.secrets.as_ref().is_some_and(|s| !s.is_empty()))
+                    .map(|_| ()))
+            },
+        )?;
+    }
 
     let baseline = start_times(&runtime, &west, "plain")?;
     let injected = start_times(&runtime, &west, "shop")?;

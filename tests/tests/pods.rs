@@ -8,7 +8,6 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use strait_tests::kube::{binaries, helm_and_kubectl, link_ready};
@@ -36,8 +35,8 @@ fn the_chart_runs_its_gateways_in_pods_and_two_clusters_link_the_documented_way(
     let mesh = Mesh::new()?;
     let west = PodCluster::install(&mesh, &runtime, "west", 1)?;
     let east = PodCluster::install(&mesh, &runtime, "east", 2)?;
-    west.gateways_ready(&runtime, 2)?;
-    east.gateways_ready(&runtime, 2)?;
+    west.deployment_ready(&runtime, "strait-system", "strait-gateway", 2)?;
+    east.deployment_ready(&runtime, "strait-system", "strait-gateway", 2)?;
 
     // The operator's context from the credentials folder, the gateway's API as its Service
     // is reached; the Link from `strait link` applied to east with kubectl.
@@ -101,20 +100,7 @@ fn the_chart_runs_its_gateways_in_pods_and_two_clusters_link_the_documented_way(
         &["apply", "-f", &web.to_string_lossy()],
     )?;
     for (cluster, name) in [(&west, "api"), (&east, "web")] {
-        let deployments = Api::<Deployment>::namespaced(cluster.client.clone(), "shop");
-        wait_for(
-            Duration::from_secs(60),
-            &format!("shop/{name} ready in {}", cluster.name),
-            || {
-                let ready = runtime
-                    .block_on(deployments.get(name))?
-                    .status
-                    .and_then(|s| s.ready_replicas)
-                    .unwrap_or(0);
-                Ok((ready >= 1).then_some(()))
-            },
-        )
-        .with_context(|| cluster.logs())?;
+        cluster.deployment_ready(&runtime, "shop", name, 1)?;
         let pods = runtime.block_on(
             Api::<Pod>::namespaced(cluster.client.clone(), "shop")
                 .list(&ListParams::default().labels(&format!("app={name}"))),

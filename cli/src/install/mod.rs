@@ -258,7 +258,7 @@ fn render_chart(values: &Value, namespace: &str, crds: bool) -> Result<String> {
         }
     }
     templates.sort();
-    let base = Value::map([
+    let base: BTreeMap<String, Value> = BTreeMap::from([
         ("Values".to_owned(), values.clone()),
         (
             "Release".to_owned(),
@@ -283,10 +283,7 @@ fn render_chart(values: &Value, namespace: &str, crds: bool) -> Result<String> {
     ]);
     let mut manifests = Vec::new();
     for source in &templates {
-        let Value::Map(top) = &base else {
-            unreachable!("the data is a map")
-        };
-        let data = Value::map(top.borrow().clone().into_iter().chain([(
+        let data = Value::map(base.clone().into_iter().chain([(
             "Template".to_owned(),
             Value::map([
                 ("Name".to_owned(), Value::string(source)),

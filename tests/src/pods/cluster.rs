@@ -128,15 +128,24 @@ impl PodCluster {
         })
     }
 
-    /// Waits until the gateway Deployment has `replicas` ready pods.
-    pub fn gateways_ready(&self, runtime: &tokio::runtime::Runtime, replicas: i32) -> Result<()> {
-        let deployments = Api::<Deployment>::namespaced(self.client.clone(), "strait-system");
+    /// Waits until Deployment NAMESPACE/NAME has `replicas` ready pods.
+    pub fn deployment_ready(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        namespace: &str,
+        name: &str,
+        replicas: i32,
+    ) -> Result<()> {
+        let deployments = Api::<Deployment>::namespaced(self.client.clone(), namespace);
         wait_for(
             Duration::from_secs(90),
-            &format!("{replicas} gateway pods ready in {}", self.name),
+            &format!(
+                "{replicas} pods of {namespace}/{name} ready in {}",
+                self.name
+            ),
             || {
-                let deployment = runtime.block_on(deployments.get("strait-gateway"))?;
-                let ready = deployment
+                let ready = runtime
+                    .block_on(deployments.get(name))?
                     .status
                     .and_then(|s| s.ready_replicas)
                     .unwrap_or(0);
