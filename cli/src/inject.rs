@@ -33,7 +33,7 @@ pub fn run(context: Option<&str>, args: InjectArgs) -> Result<()> {
     // a ConfigMap of its namespace, which is said here.
     let bundle = match &args.bundle {
         Some(path) => Some(path.clone()),
-        None => crate::context::ContextFile::load()
+        None => crate::context::load()
             .ok()
             .and_then(|(path, contexts)| contexts.select(context, &path).ok())
             .map(|c| c.bundle),

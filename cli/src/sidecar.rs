@@ -74,7 +74,7 @@ pub struct TokenArgs {
     #[arg(long = "service-account", visible_alias = "sa")]
     service_account: String,
     /// How long the token may be used to get a first certificate (e.g. 24h).
-    #[arg(long, default_value = "8760h", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "8760h", value_parser = strait_federation::duration::parse_duration)]
     ttl: Duration,
     /// The gateway address sidecars dial, when not the context's API address.
     #[arg(long)]
@@ -156,10 +156,10 @@ pub struct RunArgs {
     #[arg(long)]
     transparent_addr: Option<SocketAddr>,
     /// How long a request may wait for its response headers.
-    #[arg(long, default_value = "15s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "15s", value_parser = strait_federation::duration::parse_duration)]
     request_timeout: Duration,
     /// How long connecting to an endpoint may take.
-    #[arg(long, default_value = "3s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "3s", value_parser = strait_federation::duration::parse_duration)]
     connect_timeout: Duration,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]

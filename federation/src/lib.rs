@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod certificate;
 pub mod cidr;
 pub mod document;
+pub mod duration;
 pub mod flow;
 pub mod handshake;
 pub mod identity;

@@ -35,7 +35,7 @@ use crate::output::{self, Format};
 #[derive(Args)]
 pub struct DemoArgs {
     /// Stop after this long (e.g. 20s); without it, run until Ctrl-C.
-    #[arg(long, value_parser = crate::parse_duration)]
+    #[arg(long, value_parser = strait_federation::duration::parse_duration)]
     duration: Option<Duration>,
     /// `table` prints for people; `json` prints a ready event first and a report at the end.
     #[arg(short, long, value_enum, default_value = "table")]

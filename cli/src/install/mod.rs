@@ -59,7 +59,7 @@ pub fn run(context: Option<&str>, args: InstallArgs) -> Result<()> {
         merge(&mut values, &more);
     }
     let trust_domain = args.trust_domain.clone().or_else(|| {
-        crate::context::ContextFile::load()
+        crate::context::load()
             .ok()
             .and_then(|(path, contexts)| contexts.select(context, &path).ok())
             .map(|c| c.trust_domain.to_string())

@@ -3,6 +3,7 @@
 //! its sidecars, on one listener. Also the client the CLI uses to reach it.
 
 mod caller;
+pub mod contexts;
 pub mod operator;
 pub mod workload;
 

@@ -485,6 +485,7 @@ impl Operator for OperatorApi {
         request: Request<CreateLinkRequest>,
     ) -> Result<Response<CreateLinkResponse>, Status> {
         let request = request.into_inner();
+        let plain = request.plain;
         let config = &self.shared.config;
         let ttl = match request.ttl_seconds {
             0 => DEFAULT_TOKEN_TTL_SECONDS,
@@ -527,11 +528,11 @@ impl Operator for OperatorApi {
         });
         // In Kubernetes mode, a Secret and a Link for `kubectl apply -f -` in the other cluster.
         let yaml = match &config.kubernetes {
-            Some(kubernetes) => {
+            Some(kubernetes) if !plain => {
                 crate::kubernetes::links::manifests(&document.spec, &kubernetes.namespace)
                     .map_err(internal)?
             }
-            None => serde_saphyr::to_string(&document).map_err(internal)?,
+            _ => serde_saphyr::to_string(&document).map_err(internal)?,
         };
         Ok(Response::new(CreateLinkResponse { document: yaml }))
     }
