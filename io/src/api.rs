@@ -77,11 +77,16 @@ pub async fn gateway_identity(address: &str, bundle: &TrustBundle) -> Result<Spi
 }
 
 /// An error and its sources, joined by `: `.
+/// A cause that only repeats the text before it (an I/O error wrapped as its own source, as
+/// hyper's connector does) is said once.
 fn causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(inner) = source {
-        text = format!("{text}: {inner}");
+        let said = inner.to_string();
+        if !text.ends_with(&said) {
+            text = format!("{text}: {said}");
+        }
         source = inner.source();
     }
     text
@@ -135,5 +140,38 @@ pub async fn channel(
                 causes: causes(&source),
                 source,
             }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error whose source is an error of the same text, as a connector's I/O error is.
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "transport error: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_cause_that_repeats_the_one_before_is_said_once() {
+        let error = Wrapped(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        ));
+        assert_eq!(
+            causes(&error),
+            "transport error: Connection refused (os error 111)"
+        );
     }
 }
