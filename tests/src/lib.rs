@@ -14,6 +14,7 @@ mod child;
 mod http;
 pub mod kube;
 pub mod pods;
+pub mod terraform;
 pub mod workloads;
 
 pub use child::proc_memory;

@@ -22,14 +22,20 @@ pub fn linked_pair(workloads: Option<&str>) -> Result<(Mesh, Gateway, Gateway)> 
     west.start(&mesh)?;
     east.start(&mesh)?;
     mesh.link("east", "west")?;
-    for (cluster, peer) in [("east", "west"), ("west", "east")] {
+    wait_connected(&mesh, "east", "west")?;
+    Ok((mesh, east, west))
+}
+
+/// Waits (10 s at most) until `a` and `b` each say their link with the other is connected.
+pub fn wait_connected(mesh: &Mesh, a: &str, b: &str) -> Result<()> {
+    for (cluster, peer) in [(a, b), (b, a)] {
         wait_for(
             Duration::from_secs(10),
             &format!("{cluster} connected to {peer}"),
             || Ok((mesh.link_state(cluster, peer)? == "connected").then_some(())),
         )?;
     }
-    Ok((mesh, east, west))
+    Ok(())
 }
 
 /// A service endpoint: sample apps behind a sidecar. `ports` are (app kind, port, protocol);

@@ -135,6 +135,10 @@ fn the_chart_is_lint_clean_renders_for_each_cloud_and_names_a_bad_value() -> Res
             "quicService.cloud \"ibm\" is not one of",
         ),
         (
+            "cluster=west,trustDomain=example.mesh,quicService.type=ExternalName",
+            "quicService.type \"ExternalName\" is not one of",
+        ),
+        (
             "cluster=west,trustDomain=example.mesh,injector.failurePolicy=Maybe",
             "injector.failurePolicy \"Maybe\" is not Fail or Ignore",
         ),
@@ -467,6 +471,9 @@ quicService:
   annotations: {"service.beta.kubernetes.io/aws-load-balancer-eip-allocations": "eipalloc-1,eipalloc-2", "x": "yes", "note": "a: b #c", "empty": ""}
   loadBalancerIP: 203.0.113.7
   loadBalancerSourceRanges: ["198.51.100.0/24", "192.0.2.0/24"]
+  nodePort: 31443
+  externalIPs: ["198.51.100.7"]
+  tcpHealth: true
 dns: {serviceIP: 10.96.0.53}
 grafana: {dashboard: true}
 "#;
@@ -525,6 +532,7 @@ fn strait_install_prints_what_helm_template_prints_for_the_same_values() -> Resu
             false,
             "quicService.cloud=aws,gateway.leaseDurationSeconds=30,coreDNS.stubDomain=false",
         ),
+        ("strait-system", true, "quicService.type=ClusterIP"),
     ] {
         let mut helm_args = vec![
             "template",

@@ -1,0 +1,383 @@
+//! `strait_link`: two clusters peered, as `strait link` and `strait apply` do it by hand. Create
+//! asks the acceptor's gateway for a Link document (holding a join token) and applies it on the
+//! dialer's gateway, which dials; the token lives only in memory, for that one use. Read asks
+//! both gateways, so a link removed outside Terraform is a change to make. Delete unlinks both
+//! sides.
+
+use std::time::Duration;
+
+use strait_federation::duration::parse_duration;
+use strait_federation::proto::operator::LinkView;
+
+use crate::diagnostic::{Diagnostic, from_error};
+use crate::gateways::{Gateway, Gateways};
+use crate::value::Value;
+
+/// How long a join token waits for its first use when `token_ttl` is not set: long enough for
+/// the apply that mints it, short enough to be worthless soon after.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(10 * 60);
+
+/// The link a configuration or state names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkConfig {
+    pub dialer: String,
+    pub acceptor: String,
+    pub address: Option<String>,
+    pub token_ttl: Duration,
+}
+
+impl LinkConfig {
+    /// Reads a (known) configuration or state, checking what can be checked offline.
+    pub fn read(value: &Value) -> Result<LinkConfig, Diagnostic> {
+        let text = |name: &'static str| -> Result<String, Diagnostic> {
+            match value.get(name) {
+                Value::String(text) if !text.trim().is_empty() => Ok(text.clone()),
+                _ => Err(Diagnostic::error(
+                    format!("{name} is empty"),
+                    format!("{name} names a context of the strait contexts file"),
+                )
+                .at(name)),
+            }
+        };
+        let dialer = text("dialer")?;
+        let acceptor = text("acceptor")?;
+        if dialer == acceptor {
+            return Err(Diagnostic::error(
+                "a cluster cannot link to itself",
+                format!("dialer and acceptor are both {dialer:?}"),
+            )
+            .at("acceptor"));
+        }
+        let address = value.get("address").as_str().map(str::to_owned);
+        if let Some(address) = &address {
+            check_address(address)?;
+        }
+        let token_ttl = match value.get("token_ttl").as_str() {
+            None => DEFAULT_TOKEN_TTL,
+            Some(text) => parse_duration(text)
+                .map_err(|e| Diagnostic::error("bad token_ttl", e.to_string()).at("token_ttl"))?,
+        };
+        Ok(LinkConfig {
+            dialer,
+            acceptor,
+            address,
+            token_ttl,
+        })
+    }
+
+    /// `DIALER/ACCEPTOR`.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.dialer, self.acceptor)
+    }
+}
+
+/// A gateway address must be `host:port`, as `strait link --address` takes it.
+fn check_address(address: &str) -> Result<(), Diagnostic> {
+    let bad = |why: &str| {
+        Err(Diagnostic::error(
+            "bad address",
+            format!(
+                "{address:?}: {why}; expected host:port, such as a gateway module's gateway_address"
+            ),
+        )
+        .at("address"))
+    };
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return bad("no port");
+    };
+    if host.is_empty() {
+        return bad("no host");
+    }
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => bad("the port is not a number from 1 to 65535"),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Checks a configuration at `terraform validate` (parts known only later are skipped).
+pub fn validate(config: &Value) -> Vec<Diagnostic> {
+    if !config.is_known() {
+        return Vec::new();
+    }
+    LinkConfig::read(config).err().into_iter().collect()
+}
+
+/// The configuration with a cleared `id` for an import of `DIALER/ACCEPTOR`.
+pub fn import(id: &str) -> Result<Value, Diagnostic> {
+    let Some((dialer, acceptor)) = id.split_once('/') else {
+        return Err(Diagnostic::error(
+            "bad import id",
+            format!("{id:?}: a strait_link is imported as DIALER/ACCEPTOR (two context names)"),
+        ));
+    };
+    Ok(Value::object([
+        ("dialer", Value::string(dialer)),
+        ("acceptor", Value::string(acceptor)),
+        ("id", Value::string(id)),
+    ]))
+}
+
+/// The link as the dialer and the acceptor see it; none when either lacks it.
+fn peering<'a>(
+    dialer_links: &'a [LinkView],
+    acceptor_links: &[LinkView],
+    dialer: &Gateway,
+    acceptor: &Gateway,
+) -> Option<&'a LinkView> {
+    let on_dialer = dialer_links
+        .iter()
+        .find(|l| l.role == "dialer" && l.cluster == acceptor.context.cluster.as_str())?;
+    acceptor_links
+        .iter()
+        .any(|l| l.cluster == dialer.context.cluster.as_str())
+        .then_some(on_dialer)
+}
+
+fn state(config: &LinkConfig, dialer: &Gateway, acceptor: &Gateway, view: &LinkView) -> Value {
+    Value::object([
+        ("dialer", Value::string(&config.dialer)),
+        ("acceptor", Value::string(&config.acceptor)),
+        (
+            "address",
+            config.address.clone().map_or(Value::Null, Value::String),
+        ),
+        ("id", Value::string(config.id())),
+        (
+            "dialer_cluster",
+            Value::string(dialer.context.cluster.as_str()),
+        ),
+        (
+            "acceptor_cluster",
+            Value::string(acceptor.context.cluster.as_str()),
+        ),
+        ("peer_address", Value::string(&view.address)),
+        ("state", Value::string(&view.state)),
+    ])
+}
+
+/// Keeps `token_ttl` as configured (it lives only in configuration).
+fn with_token_ttl(mut state: Value, from: &Value) -> Value {
+    state.set("token_ttl", from.get("token_ttl").clone());
+    state
+}
+
+async fn both(gateways: &Gateways, config: &LinkConfig) -> Result<(Gateway, Gateway), Diagnostic> {
+    let dialer = gateways
+        .gateway(Some(&config.dialer))
+        .await
+        .map_err(|e| from_error("cannot reach the dialer's gateway", &e).at("dialer"))?;
+    let acceptor = gateways
+        .gateway(Some(&config.acceptor))
+        .await
+        .map_err(|e| from_error("cannot reach the acceptor's gateway", &e).at("acceptor"))?;
+    if dialer.context.cluster == acceptor.context.cluster {
+        return Err(Diagnostic::error(
+            "a cluster cannot link to itself",
+            format!(
+                "contexts {} and {} are both cluster {}",
+                config.dialer, config.acceptor, dialer.context.cluster
+            ),
+        )
+        .at("acceptor"));
+    }
+    Ok((dialer, acceptor))
+}
+
+/// Makes the link: a join token from the acceptor, the Link applied on the dialer (which
+/// waits for the first connection). The new state, or the state so far with the error (then
+/// Terraform keeps the resource as tainted, to be made again).
+pub async fn create(gateways: &Gateways, planned: &Value) -> Result<Value, (Value, Diagnostic)> {
+    let config = LinkConfig::read(planned).map_err(|d| (Value::Null, d))?;
+    let (dialer, acceptor) = both(gateways, &config)
+        .await
+        .map_err(|d| (Value::Null, d))?;
+    let document = acceptor
+        .create_link(config.token_ttl, config.address.as_deref().unwrap_or(""))
+        .await
+        .map_err(|e| {
+            (
+                Value::Null,
+                from_error("the acceptor's gateway did not mint a join token", &e),
+            )
+        })?;
+    let source = format!("strait_link {}", config.id());
+    let applied = dialer
+        .apply(&source, &document)
+        .await
+        .map_err(|e| (Value::Null, from_error("the dialer refused the Link", &e)))?;
+    // The document applies as one object; anything but a connection now is worth failing on
+    // (the dialer keeps retrying, and the next apply replaces the link).
+    let result = applied
+        .first()
+        .map(|object| object.result.clone())
+        .unwrap_or_default();
+    let read_back = read_with(&config, &dialer, &acceptor).await;
+    let state = match &read_back {
+        Ok(Some(state)) => with_token_ttl(state.clone(), planned),
+        _ => with_token_ttl(
+            Value::object([
+                ("dialer", Value::string(&config.dialer)),
+                ("acceptor", Value::string(&config.acceptor)),
+                ("address", planned.get("address").clone()),
+                ("id", Value::string(config.id())),
+                (
+                    "dialer_cluster",
+                    Value::string(dialer.context.cluster.as_str()),
+                ),
+                (
+                    "acceptor_cluster",
+                    Value::string(acceptor.context.cluster.as_str()),
+                ),
+                ("peer_address", Value::string("")),
+                ("state", Value::string("connecting")),
+            ]),
+            planned,
+        ),
+    };
+    if result.contains("not connected") {
+        return Err((
+            state,
+            Diagnostic::error(
+                format!(
+                    "cluster {} could not connect to cluster {}",
+                    dialer.context.cluster, acceptor.context.cluster
+                ),
+                format!(
+                    "the dialer's gateway (context {}) says: Link {}",
+                    config.dialer, result
+                ),
+            ),
+        ));
+    }
+    match read_back {
+        Ok(Some(_)) => Ok(state),
+        Ok(None) => Err((
+            state,
+            Diagnostic::error(
+                "the link is not up on both sides",
+                format!(
+                    "cluster {} applied the Link, but cluster {} does not list it",
+                    dialer.context.cluster, acceptor.context.cluster
+                ),
+            ),
+        )),
+        Err(d) => Err((state, d)),
+    }
+}
+
+async fn read_with(
+    config: &LinkConfig,
+    dialer: &Gateway,
+    acceptor: &Gateway,
+) -> Result<Option<Value>, Diagnostic> {
+    let dialer_links = dialer
+        .links()
+        .await
+        .map_err(|e| from_error("cannot read the dialer's links", &e))?;
+    let acceptor_links = acceptor
+        .links()
+        .await
+        .map_err(|e| from_error("cannot read the acceptor's links", &e))?;
+    Ok(peering(&dialer_links, &acceptor_links, dialer, acceptor)
+        .map(|view| state(config, dialer, acceptor, view)))
+}
+
+/// The link as it is now, or null when either side lacks it.
+pub async fn read(gateways: &Gateways, prior: &Value) -> Result<Value, Diagnostic> {
+    let config = LinkConfig::read(prior)?;
+    let (dialer, acceptor) = both(gateways, &config).await?;
+    Ok(read_with(&config, &dialer, &acceptor)
+        .await?
+        .map_or(Value::Null, |state| with_token_ttl(state, prior)))
+}
+
+/// Removes the link from both sides; a side that no longer has it is fine.
+pub async fn delete(gateways: &Gateways, prior: &Value) -> Result<(), Diagnostic> {
+    let config = LinkConfig::read(prior)?;
+    let (dialer, acceptor) = both(gateways, &config).await?;
+    // The dialer tells the acceptor; when it cannot, the acceptor is unlinked directly.
+    dialer
+        .unlink(acceptor.context.cluster.as_str())
+        .await
+        .map_err(|e| from_error("the dialer did not unlink", &e))?;
+    let left = acceptor
+        .links()
+        .await
+        .map_err(|e| from_error("cannot read the acceptor's links", &e))?;
+    if left
+        .iter()
+        .any(|l| l.cluster == dialer.context.cluster.as_str())
+    {
+        acceptor
+            .unlink(dialer.context.cluster.as_str())
+            .await
+            .map_err(|e| from_error("the acceptor did not unlink", &e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(address: Value, ttl: Value) -> Value {
+        Value::object([
+            ("dialer", Value::string("east")),
+            ("acceptor", Value::string("west")),
+            ("address", address),
+            ("token_ttl", ttl),
+        ])
+    }
+
+    #[test]
+    fn a_configuration_reads_with_the_default_token_ttl() {
+        let read = LinkConfig::read(&config(Value::Null, Value::Null)).unwrap();
+        assert_eq!(read.token_ttl, DEFAULT_TOKEN_TTL);
+        assert_eq!(read.id(), "east/west");
+        let read = LinkConfig::read(&config(
+            Value::string("gw.example.com:4433"),
+            Value::string("30m"),
+        ))
+        .unwrap();
+        assert_eq!(read.token_ttl, Duration::from_secs(1800));
+        assert_eq!(read.address.as_deref(), Some("gw.example.com:4433"));
+    }
+
+    #[test]
+    fn bad_configurations_name_the_attribute() {
+        let cases = [
+            (
+                config(Value::string("gw.example.com"), Value::Null),
+                "address",
+            ),
+            (config(Value::string(":4433"), Value::Null), "address"),
+            (config(Value::string("gw:0"), Value::Null), "address"),
+            (
+                config(Value::Null, Value::string("ten minutes")),
+                "token_ttl",
+            ),
+        ];
+        for (value, attribute) in cases {
+            let diagnostics = validate(&value);
+            assert_eq!(diagnostics.len(), 1, "{value:?}");
+            assert_eq!(diagnostics[0].attribute, Some(attribute), "{diagnostics:?}");
+        }
+        let mut itself = config(Value::Null, Value::Null);
+        itself.set("acceptor", Value::string("east"));
+        let diagnostics = validate(&itself);
+        assert!(diagnostics[0].summary.contains("itself"), "{diagnostics:?}");
+    }
+
+    #[test]
+    fn a_configuration_known_only_later_is_not_judged_yet() {
+        assert!(validate(&config(Value::Unknown, Value::Null)).is_empty());
+    }
+
+    #[test]
+    fn an_import_id_names_dialer_and_acceptor() {
+        let value = import("east/west").unwrap();
+        assert_eq!(value.get("dialer").as_str(), Some("east"));
+        assert_eq!(value.get("acceptor").as_str(), Some("west"));
+        assert!(import("east").is_err());
+    }
+}
