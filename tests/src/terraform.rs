@@ -4,7 +4,7 @@
 //! checkout's `terraform/` tree), so nothing is written into the checkout or the home folder.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use anyhow::{Context as _, Result, anyhow, ensure};
@@ -40,21 +40,33 @@ pub fn terraform_or_skip() -> Option<PathBuf> {
 }
 
 /// The plugins folder holding the provider this checkout builds (`scripts/terraform-provider.sh`,
-/// in the profile of the calling test or benchmark, run once per process).
+/// in the profile of the calling test or benchmark, run once per process). It lies in the
+/// build's own `target/tmp`, made anew by each process, so runs leave nothing behind.
 pub fn plugins() -> Result<&'static Path> {
-    static PLUGINS: OnceLock<Result<(tempfile::TempDir, PathBuf), String>> = OnceLock::new();
+    static PLUGINS: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let built = PLUGINS.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("strait-tf-plugins-")
-            .tempdir()
-            .map_err(|e| e.to_string())?;
-        // The profile of this test or benchmark's own build.
-        let release = std::env::current_exe()
-            .is_ok_and(|exe| exe.components().any(|c| c.as_os_str() == "release"));
+        // Test executables live in target/<profile>/deps.
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let profile = exe
+            .parent()
+            .and_then(Path::parent)
+            .ok_or("test executables live in target/<profile>/deps")?;
+        let release = profile.ends_with("release");
+        let dir = profile
+            .parent()
+            .ok_or("no target folder")?
+            .join("tmp")
+            .join(if release {
+                "terraform-plugins-release"
+            } else {
+                "terraform-plugins"
+            });
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let output = Command::new("bash")
             .arg(root().join("scripts/terraform-provider.sh"))
             .args(if release { &[][..] } else { &["--debug"][..] })
-            .env("STRAIT_TERRAFORM_PLUGINS", dir.path())
+            .env("STRAIT_TERRAFORM_PLUGINS", &dir)
             .output()
             .map_err(|e| e.to_string())?;
         if !output.status.success() {
@@ -67,33 +79,12 @@ pub fn plugins() -> Result<&'static Path> {
         if !path.is_file() {
             return Err(format!("the provider is not at {}", path.display()));
         }
-        Ok((dir, path))
+        Ok(dir)
     });
     match built {
-        Ok((dir, _)) => Ok(dir.path()),
+        Ok(dir) => Ok(dir),
         Err(e) => Err(anyhow!("{e}")),
     }
-}
-
-/// The provider binary the plugins folder holds.
-pub fn provider_binary() -> Result<PathBuf> {
-    let plugins = plugins()?;
-    let mut found = None;
-    let mut stack = vec![plugins.to_owned()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir)?.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("terraform-provider-strait"))
-            {
-                found = Some(path);
-            }
-        }
-    }
-    found.ok_or_else(|| anyhow!("no provider under {}", plugins.display()))
 }
 
 /// A copy of the checkout's `terraform/` tree (modules and examples; not the provider's
@@ -106,6 +97,9 @@ pub struct Workspace {
     pub strait_config: PathBuf,
 }
 
+/// How long one Terraform command may take in a test.
+pub const RUN_LIMIT: std::time::Duration = std::time::Duration::from_secs(180);
+
 /// What one Terraform command did.
 #[derive(Debug)]
 pub struct Run {
@@ -116,14 +110,6 @@ pub struct Run {
 }
 
 impl Run {
-    fn from(output: Output) -> Run {
-        Run {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
-    }
-
     /// The output, or an error with both streams when the command failed.
     pub fn success(self) -> Result<String> {
         ensure!(
@@ -177,9 +163,10 @@ impl Workspace {
         Ok(path)
     }
 
-    /// `terraform ARGS` in `folder`, as an operator runs it (no prompts, no colours).
+    /// `terraform ARGS` in `folder`, as an operator runs it (no prompts, no colours); killed
+    /// after [`RUN_LIMIT`].
     pub fn run(&self, folder: &str, args: &[&str]) -> Run {
-        let output = Command::new(&self.terraform)
+        let child = Command::new(&self.terraform)
             .current_dir(self.path(folder))
             .args(args)
             .env("CHECKPOINT_DISABLE", "1")
@@ -189,14 +176,54 @@ impl Workspace {
             .env("STRAIT_CONFIG", &self.strait_config)
             .env_remove("TF_LOG")
             .stdin(Stdio::null())
-            .output();
-        match output {
-            Ok(output) => Run::from(output),
-            Err(e) => Run {
-                code: -1,
-                stdout: String::new(),
-                stderr: format!("cannot run terraform: {e}"),
-            },
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        let failed = |stderr: String| Run {
+            code: -1,
+            stdout: String::new(),
+            stderr,
+        };
+        let mut child = match child {
+            Ok(child) => child,
+            Err(e) => return failed(format!("cannot run terraform: {e}")),
+        };
+        // Both pipes drain in threads so a full one never stalls Terraform.
+        let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                if let Some(mut pipe) = pipe {
+                    let _ = pipe.read_to_string(&mut text);
+                }
+                text
+            })
+        };
+        let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+        let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+        let started = std::time::Instant::now();
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if started.elapsed() > RUN_LIMIT => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                Ok(None) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                Err(_) => break None,
+            }
+        };
+        let (stdout, mut stderr) = (
+            stdout.join().unwrap_or_default(),
+            stderr.join().unwrap_or_default(),
+        );
+        if status.is_none() {
+            stderr.push_str(&format!("\nterraform killed after {RUN_LIMIT:?}"));
+        }
+        Run {
+            code: status.and_then(|s| s.code()).unwrap_or(-1),
+            stdout,
+            stderr,
         }
     }
 

@@ -51,7 +51,7 @@ pub enum ContextError {
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error(
-        "no context selected: pass a context name (contexts are in {path}; `strait gateway init` or `strait context add` adds them)"
+        "no context selected: name one (`--context NAME` on the command line), or make one current with `strait context use NAME` (contexts are in {path}; `strait gateway init` or `strait context add` adds them)"
     )]
     NoneSelected { path: PathBuf },
     #[error("no context named {name:?} in {path} (known: {known})")]
@@ -59,6 +59,12 @@ pub enum ContextError {
         name: String,
         path: PathBuf,
         known: String,
+    },
+    #[error("context {context}: {source}")]
+    Credentials {
+        context: String,
+        #[source]
+        source: PkiError,
     },
     #[error("context {context}: {source}")]
     Connect {
@@ -149,7 +155,10 @@ impl Context {
             };
             Ok((bundle, credential))
         };
-        let (bundle, credential) = credential()?;
+        let (bundle, credential) = credential().map_err(|source| ContextError::Credentials {
+            context: self.name.clone(),
+            source,
+        })?;
         super::connect(&self.api_addr, &self.cluster, &bundle, &credential)
             .await
             .map_err(|source| ContextError::Connect {

@@ -30,7 +30,7 @@ variable "token_ttl" {
   default     = "10m"
 
   validation {
-    condition     = can(regex("^[0-9]+(ms|s|m|h|d)$", var.token_ttl))
-    error_message = "The token_ttl is a duration such as 90s, 10m or 1h."
+    condition     = can(regex("^[0-9]+(\\.[0-9]+)?(ms|s|m|h|d)?$", var.token_ttl))
+    error_message = "The token_ttl is a duration such as 90s, 10m, 1.5h or a number of seconds."
   }
 }

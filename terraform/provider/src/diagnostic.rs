@@ -3,10 +3,9 @@
 
 use crate::proto;
 
-/// One error (or warning) for Terraform to show.
+/// One error for Terraform to show.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
-    pub warning: bool,
     pub summary: String,
     pub detail: String,
     /// The top-level attribute it is about, if any.
@@ -17,7 +16,6 @@ impl Diagnostic {
     /// An error.
     pub fn error(summary: impl Into<String>, detail: impl Into<String>) -> Diagnostic {
         Diagnostic {
-            warning: false,
             summary: summary.into(),
             detail: detail.into(),
             attribute: None,
@@ -32,36 +30,27 @@ impl Diagnostic {
 
     /// As Terraform reads it.
     pub fn to_proto(&self) -> proto::Diagnostic {
-        use proto::diagnostic::Severity;
         proto::Diagnostic {
-            severity: if self.warning {
-                Severity::Warning
-            } else {
-                Severity::Error
-            } as i32,
+            severity: proto::diagnostic::Severity::Error as i32,
             summary: self.summary.clone(),
             detail: self.detail.clone(),
-            attribute: self.attribute.map(|name| proto::AttributePath {
-                steps: vec![proto::attribute_path::Step {
-                    selector: Some(proto::attribute_path::step::Selector::AttributeName(
-                        name.to_owned(),
-                    )),
-                }],
-            }),
+            attribute: self.attribute.map(attribute_path),
         }
+    }
+}
+
+/// The path of a top-level attribute, as Terraform reads it.
+pub fn attribute_path(name: &str) -> proto::AttributePath {
+    proto::AttributePath {
+        steps: vec![proto::attribute_path::Step {
+            selector: Some(proto::attribute_path::step::Selector::AttributeName(
+                name.to_owned(),
+            )),
+        }],
     }
 }
 
 /// Any error as a diagnostic with this summary, its causes joined into the detail.
 pub fn from_error(summary: &str, error: &dyn std::error::Error) -> Diagnostic {
-    let mut detail = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        let text = inner.to_string();
-        if !detail.contains(&text) {
-            detail = format!("{detail}: {text}");
-        }
-        source = inner.source();
-    }
-    Diagnostic::error(summary, detail)
+    Diagnostic::error(summary, strait_io::api::causes(error))
 }

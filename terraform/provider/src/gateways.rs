@@ -14,6 +14,7 @@ use strait_federation::proto::operator::{
 };
 use strait_gateway::api::contexts::{Client, Context, ContextError, ContextFile, default_path};
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
 /// How long one call to a gateway may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -39,6 +40,10 @@ pub enum GatewayError {
         cluster: String,
         address: String,
     },
+    #[error("config_path {0}: no such file")]
+    NoContextsFile(PathBuf),
+    #[error("Terraform asked the provider to stop")]
+    Stopped,
 }
 
 /// The contexts file and the connections made through it.
@@ -47,44 +52,76 @@ pub struct Gateways {
     /// The provider's `config_path`; none: the default.
     config_path: std::sync::Mutex<Option<PathBuf>>,
     clients: Mutex<HashMap<String, (Context, Client)>>,
+    /// Cancelled when Terraform stops the provider (Ctrl-C): calls in flight end at once.
+    stopping: CancellationToken,
+}
+
+/// `~/` at the start of a path is the home folder, as operators write it.
+fn expand_home(path: &str) -> PathBuf {
+    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(path),
+    }
 }
 
 impl Gateways {
-    /// Uses this contexts file from now on.
-    pub fn configure(&self, config_path: Option<PathBuf>) {
+    /// Uses this contexts file from now on (none: the default).
+    pub fn configure(&self, config_path: Option<&str>) {
         if let Ok(mut path) = self.config_path.lock() {
-            *path = config_path;
+            *path = config_path.map(expand_home);
         }
     }
 
-    fn path(&self) -> Result<PathBuf, ContextError> {
+    /// Ends the calls in flight and refuses new ones.
+    pub fn stop(&self) {
+        self.stopping.cancel();
+    }
+
+    /// The contexts file: the one configured, which must exist, or the default.
+    fn path(&self) -> Result<PathBuf, GatewayError> {
         match self.config_path.lock().ok().and_then(|p| p.clone()) {
+            Some(path) if !path.exists() => Err(GatewayError::NoContextsFile(path)),
             Some(path) => Ok(path),
-            None => default_path(),
+            None => Ok(default_path()?),
         }
     }
 
     /// The context named (none: the current one), without connecting.
-    pub fn context(&self, name: Option<&str>) -> Result<Context, ContextError> {
+    pub fn context(&self, name: Option<&str>) -> Result<Context, GatewayError> {
         let path = self.path()?;
-        ContextFile::load(&path)?.select(name, &path)
+        Ok(ContextFile::load(&path)?.select(name, &path)?)
     }
 
-    /// The gateway of a context, connected.
+    /// The gateway of a context, connected (a connection is made once per context and kept;
+    /// none is made while another context's is being made).
     pub async fn gateway(&self, name: Option<&str>) -> Result<Gateway, GatewayError> {
         let context = self.context(name)?;
-        let mut clients = self.clients.lock().await;
-        if let Some((known, client)) = clients.get(&context.name)
-            && known == &context
-        {
-            return Ok(Gateway {
-                context,
-                client: client.clone(),
-            });
-        }
-        let client = context.connect().await?;
-        clients.insert(context.name.clone(), (context.clone(), client.clone()));
-        Ok(Gateway { context, client })
+        let known = self
+            .clients
+            .lock()
+            .await
+            .get(&context.name)
+            .filter(|(known, _)| known == &context)
+            .map(|(_, client)| client.clone());
+        let client = match known {
+            Some(client) => client,
+            None => {
+                let client = tokio::select! {
+                    client = context.connect() => client?,
+                    () = self.stopping.cancelled() => return Err(GatewayError::Stopped),
+                };
+                self.clients
+                    .lock()
+                    .await
+                    .insert(context.name.clone(), (context.clone(), client.clone()));
+                client
+            }
+        };
+        Ok(Gateway {
+            context,
+            client,
+            stopping: self.stopping.clone(),
+        })
     }
 }
 
@@ -92,6 +129,7 @@ impl Gateways {
 pub struct Gateway {
     pub context: Context,
     client: Client,
+    stopping: CancellationToken,
 }
 
 impl Gateway {
@@ -100,7 +138,11 @@ impl Gateway {
         &self,
         call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T, GatewayError> {
-        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        let answer = tokio::select! {
+            answer = tokio::time::timeout(CALL_TIMEOUT, call) => answer,
+            () = self.stopping.cancelled() => return Err(GatewayError::Stopped),
+        };
+        match answer {
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status)) => Err(GatewayError::Refused {
                 context: self.context.name.clone(),
@@ -195,16 +237,17 @@ impl Gateway {
     }
 }
 
-/// A gRPC status as one line: its message and the causes under it.
+/// A gRPC status as one line: its message and the causes under it, each said once.
 fn status_text(status: &tonic::Status) -> String {
     let mut text = status.message().to_owned();
     if text.is_empty() {
         text = format!("{:?}", status.code());
     }
-    let mut source = std::error::Error::source(status);
-    while let Some(inner) = source {
-        text = format!("{text}: {inner}");
-        source = inner.source();
+    if let Some(source) = std::error::Error::source(status) {
+        let causes = strait_io::api::causes(source);
+        if !text.contains(&causes) {
+            text = format!("{text}: {causes}");
+        }
     }
     text
 }

@@ -104,7 +104,10 @@ pub fn validate(config: &Value) -> Vec<Diagnostic> {
 
 /// The configuration with a cleared `id` for an import of `DIALER/ACCEPTOR`.
 pub fn import(id: &str) -> Result<Value, Diagnostic> {
-    let Some((dialer, acceptor)) = id.split_once('/') else {
+    let parts = id.split_once('/').filter(|(dialer, acceptor)| {
+        !dialer.is_empty() && !acceptor.is_empty() && !acceptor.contains('/')
+    });
+    let Some((dialer, acceptor)) = parts else {
         return Err(Diagnostic::error(
             "bad import id",
             format!("{id:?}: a strait_link is imported as DIALER/ACCEPTOR (two context names)"),
@@ -117,7 +120,18 @@ pub fn import(id: &str) -> Result<Value, Diagnostic> {
     ]))
 }
 
-/// The link as the dialer and the acceptor see it; none when either lacks it.
+/// The changes that replace a link beyond the schema's (dialer, acceptor): another `address`.
+/// A link whose address is not known (one imported) takes the configured one without being
+/// made again.
+pub fn replacing(prior: &Value, proposed: &Value) -> Vec<&'static str> {
+    match prior.get("address") {
+        Value::String(_) if prior.get("address") != proposed.get("address") => vec!["address"],
+        _ => Vec::new(),
+    }
+}
+
+/// The link as the dialer and the acceptor see it; none when either lacks it. Only a link in
+/// this direction counts: one the other way round is another link.
 fn peering<'a>(
     dialer_links: &'a [LinkView],
     acceptor_links: &[LinkView],
@@ -129,7 +143,7 @@ fn peering<'a>(
         .find(|l| l.role == "dialer" && l.cluster == acceptor.context.cluster.as_str())?;
     acceptor_links
         .iter()
-        .any(|l| l.cluster == dialer.context.cluster.as_str())
+        .any(|l| l.role == "acceptor" && l.cluster == dialer.context.cluster.as_str())
         .then_some(on_dialer)
 }
 
@@ -200,68 +214,93 @@ pub async fn create(gateways: &Gateways, planned: &Value) -> Result<Value, (Valu
                 from_error("the acceptor's gateway did not mint a join token", &e),
             )
         })?;
+    wait_for_reversed_link(&dialer, &acceptor).await?;
     let source = format!("strait_link {}", config.id());
-    let applied = dialer
+    dialer
         .apply(&source, &document)
         .await
         .map_err(|e| (Value::Null, from_error("the dialer refused the Link", &e)))?;
-    // The document applies as one object; anything but a connection now is worth failing on
-    // (the dialer keeps retrying, and the next apply replaces the link).
-    let result = applied
-        .first()
-        .map(|object| object.result.clone())
-        .unwrap_or_default();
-    let read_back = read_with(&config, &dialer, &acceptor).await;
-    let state = match &read_back {
-        Ok(Some(state)) => with_token_ttl(state.clone(), planned),
-        _ => with_token_ttl(
-            Value::object([
-                ("dialer", Value::string(&config.dialer)),
-                ("acceptor", Value::string(&config.acceptor)),
-                ("address", planned.get("address").clone()),
-                ("id", Value::string(config.id())),
-                (
-                    "dialer_cluster",
-                    Value::string(dialer.context.cluster.as_str()),
+    // The dialer waited for the first connection; a link not up on both sides by now fails
+    // the apply (the dialer keeps retrying, and the next apply makes it again).
+    let not_up = |state: Value, why: String| {
+        Err((
+            with_token_ttl(state, planned),
+            Diagnostic::error(
+                format!(
+                    "cluster {} could not link to cluster {}",
+                    dialer.context.cluster, acceptor.context.cluster
                 ),
-                (
-                    "acceptor_cluster",
-                    Value::string(acceptor.context.cluster.as_str()),
-                ),
-                ("peer_address", Value::string("")),
-                ("state", Value::string("connecting")),
-            ]),
-            planned,
-        ),
+                why,
+            ),
+        ))
     };
-    if result.contains("not connected") {
-        return Err((
-            state,
-            Diagnostic::error(
-                format!(
-                    "cluster {} could not connect to cluster {}",
-                    dialer.context.cluster, acceptor.context.cluster
-                ),
-                format!(
-                    "the dialer's gateway (context {}) says: Link {}",
-                    config.dialer, result
-                ),
-            ),
-        ));
+    match read_with(&config, &dialer, &acceptor).await {
+        Ok(Some(state)) if state.get("state").as_str() == Some("connected") => {
+            Ok(with_token_ttl(state, planned))
+        }
+        Ok(Some(state)) => {
+            let why = format!(
+                "the dialer's gateway (context {}) says the link is {}",
+                config.dialer,
+                state.get("state").as_str().unwrap_or("down")
+            );
+            not_up(state, why)
+        }
+        Ok(None) => {
+            let pending = LinkView {
+                cluster: acceptor.context.cluster.to_string(),
+                state: "connecting".into(),
+                ..Default::default()
+            };
+            let why = format!(
+                "cluster {} applied the Link, but the link is not listed on both sides",
+                dialer.context.cluster
+            );
+            not_up(state(&config, &dialer, &acceptor, &pending), why)
+        }
+        Err(d) => Err((Value::Null, d)),
     }
-    match read_back {
-        Ok(Some(_)) => Ok(state),
-        Ok(None) => Err((
-            state,
-            Diagnostic::error(
-                "the link is not up on both sides",
-                format!(
-                    "cluster {} applied the Link, but cluster {} does not list it",
-                    dialer.context.cluster, acceptor.context.cluster
+}
+
+/// How long a create waits for the same two clusters' link the other way round to go.
+const REVERSED_LINK_WAIT: Duration = Duration::from_secs(30);
+
+/// A gateway refuses a Link to a cluster that already dials it. When a list of clusters is
+/// reordered, Terraform destroys the old direction and creates the new one in either order:
+/// the create waits for the destroy, and fails only if the old link stays.
+async fn wait_for_reversed_link(
+    dialer: &Gateway,
+    acceptor: &Gateway,
+) -> Result<(), (Value, Diagnostic)> {
+    let started = tokio::time::Instant::now();
+    loop {
+        let links = dialer.links().await.map_err(|e| {
+            (
+                Value::Null,
+                from_error("cannot read the dialer's links", &e),
+            )
+        })?;
+        let reversed = links
+            .iter()
+            .any(|l| l.role == "acceptor" && l.cluster == acceptor.context.cluster.as_str());
+        if !reversed {
+            return Ok(());
+        }
+        if started.elapsed() > REVERSED_LINK_WAIT {
+            return Err((
+                Value::Null,
+                Diagnostic::error(
+                    "the clusters are linked the other way round",
+                    format!(
+                        "cluster {} dials cluster {} (waited {} s for that link to go); unlink it or destroy its strait_link first",
+                        acceptor.context.cluster,
+                        dialer.context.cluster,
+                        REVERSED_LINK_WAIT.as_secs()
+                    ),
                 ),
-            ),
-        )),
-        Err(d) => Err((state, d)),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -291,25 +330,36 @@ pub async fn read(gateways: &Gateways, prior: &Value) -> Result<Value, Diagnosti
         .map_or(Value::Null, |state| with_token_ttl(state, prior)))
 }
 
-/// Removes the link from both sides; a side that no longer has it is fine.
+/// Removes the link from both sides; a side that no longer has it is fine. Only a peering in
+/// this direction is removed: a link the other way round (made by another resource) stays.
 pub async fn delete(gateways: &Gateways, prior: &Value) -> Result<(), Diagnostic> {
     let config = LinkConfig::read(prior)?;
     let (dialer, acceptor) = both(gateways, &config).await?;
-    // The dialer tells the acceptor; when it cannot, the acceptor is unlinked directly.
-    dialer
-        .unlink(acceptor.context.cluster.as_str())
+    let (dialer_cluster, acceptor_cluster) = (
+        dialer.context.cluster.as_str(),
+        acceptor.context.cluster.as_str(),
+    );
+    let has = |links: &[LinkView], role: &str, cluster: &str| {
+        links.iter().any(|l| l.role == role && l.cluster == cluster)
+    };
+    let dialer_links = dialer
+        .links()
         .await
-        .map_err(|e| from_error("the dialer did not unlink", &e))?;
-    let left = acceptor
+        .map_err(|e| from_error("cannot read the dialer's links", &e))?;
+    if has(&dialer_links, "dialer", acceptor_cluster) {
+        // The dialer tells the acceptor.
+        dialer
+            .unlink(acceptor_cluster)
+            .await
+            .map_err(|e| from_error("the dialer did not unlink", &e))?;
+    }
+    let acceptor_links = acceptor
         .links()
         .await
         .map_err(|e| from_error("cannot read the acceptor's links", &e))?;
-    if left
-        .iter()
-        .any(|l| l.cluster == dialer.context.cluster.as_str())
-    {
+    if has(&acceptor_links, "acceptor", dialer_cluster) {
         acceptor
-            .unlink(dialer.context.cluster.as_str())
+            .unlink(dialer_cluster)
             .await
             .map_err(|e| from_error("the acceptor did not unlink", &e))?;
     }
@@ -378,6 +428,18 @@ mod tests {
         let value = import("east/west").unwrap();
         assert_eq!(value.get("dialer").as_str(), Some("east"));
         assert_eq!(value.get("acceptor").as_str(), Some("west"));
-        assert!(import("east").is_err());
+        for bad in ["east", "east/", "/west", "east/west/north"] {
+            assert!(import(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn another_address_replaces_a_link_unless_its_address_was_unknown() {
+        let prior = config(Value::string("a.example:4433"), Value::Null);
+        let moved = config(Value::string("b.example:4433"), Value::Null);
+        assert_eq!(replacing(&prior, &moved), vec!["address"]);
+        assert!(replacing(&prior, &prior).is_empty());
+        let imported = config(Value::Null, Value::Null);
+        assert!(replacing(&imported, &moved).is_empty());
     }
 }

@@ -55,6 +55,10 @@ pub enum PluginError {
         "Terraform offers plugin protocol versions {offered:?}; this provider speaks version 6 (Terraform 1.0 or later)"
     )]
     Protocol { offered: String },
+    #[error(
+        "PLUGIN_CLIENT_CERT is not set: this provider serves Terraform only over mutual TLS (Terraform 1.0 and later set it)"
+    )]
+    NoClientCertificate,
     #[error("PLUGIN_CLIENT_CERT holds no certificate: {0}")]
     ClientCertificate(String),
     #[error("cannot make the provider's certificate: {0}")]
@@ -70,8 +74,8 @@ pub enum PluginError {
 /// What Terraform's environment asks of the plugin.
 #[derive(Debug)]
 pub struct Handshake {
-    /// Terraform's client certificate; none: plain gRPC (a plugin host without mutual TLS).
-    pub client_certificate: Option<CertificateDer<'static>>,
+    /// Terraform's client certificate, made for this run: the only one served.
+    pub client_certificate: CertificateDer<'static>,
 }
 
 impl Handshake {
@@ -87,23 +91,19 @@ impl Handshake {
         {
             return Err(PluginError::Protocol { offered });
         }
-        let client_certificate = match var("PLUGIN_CLIENT_CERT").filter(|pem| !pem.is_empty()) {
-            None => None,
-            Some(pem) => Some(
-                CertificateDer::from_pem_slice(pem.as_bytes())
-                    .map_err(|e| PluginError::ClientCertificate(e.to_string()))?,
-            ),
-        };
+        let pem = var("PLUGIN_CLIENT_CERT")
+            .filter(|pem| !pem.is_empty())
+            .ok_or(PluginError::NoClientCertificate)?;
+        let client_certificate = CertificateDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| PluginError::ClientCertificate(e.to_string()))?;
         Ok(Handshake { client_certificate })
     }
 }
 
 /// The line Terraform reads on stdout: protocol versions, where to dial, and the server
 /// certificate it must trust (base64 of the DER, without padding).
-pub fn handshake_line(address: SocketAddr, certificate: Option<&CertificateDer<'_>>) -> String {
-    let certificate = certificate
-        .map(|c| base64::engine::general_purpose::STANDARD_NO_PAD.encode(c.as_ref()))
-        .unwrap_or_default();
+pub fn handshake_line(address: SocketAddr, certificate: &CertificateDer<'_>) -> String {
+    let certificate = base64::engine::general_purpose::STANDARD_NO_PAD.encode(certificate.as_ref());
     format!("{CORE_PROTOCOL}|{PROVIDER_PROTOCOL}|tcp|{address}|grpc|{certificate}")
 }
 
@@ -234,11 +234,8 @@ impl ClientCertVerifier for TerraformClient {
 
 /// The TLS configuration of the plugin's server, and its certificate.
 fn tls_config(
-    client: Option<CertificateDer<'static>>,
-) -> Result<Option<(rustls::ServerConfig, CertificateDer<'static>)>, PluginError> {
-    let Some(client) = client else {
-        return Ok(None);
-    };
+    client: CertificateDer<'static>,
+) -> Result<(rustls::ServerConfig, CertificateDer<'static>), PluginError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = TerraformClient {
         certificate: client,
@@ -250,14 +247,11 @@ fn tls_config(
         .with_client_cert_verifier(Arc::new(verifier))
         .with_single_cert(vec![certificate.clone()], key)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Some((config, certificate)))
+    Ok((config, certificate))
 }
 
-/// A connection from Terraform (TLS, or plain without a client certificate).
-enum PluginStream {
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-    Plain(TcpStream),
-}
+/// A TLS connection from Terraform.
+struct PluginStream(tokio_rustls::server::TlsStream<TcpStream>);
 
 impl Connected for PluginStream {
     type ConnectInfo = ();
@@ -266,39 +260,27 @@ impl Connected for PluginStream {
 
 impl AsyncRead for PluginStream {
     fn poll_read(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            PluginStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            PluginStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-        }
+        Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for PluginStream {
     fn poll_write(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            PluginStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            PluginStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-        }
+        Pin::new(&mut self.0).poll_write(cx, buf)
     }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            PluginStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            PluginStream::Plain(s) => Pin::new(s).poll_flush(cx),
-        }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
     }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            PluginStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            PluginStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-        }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
@@ -308,11 +290,11 @@ pub async fn serve(
     handshake: Handshake,
     announce: impl FnOnce(&str) -> std::io::Result<()>,
 ) -> Result<(), PluginError> {
-    let tls = tls_config(handshake.client_certificate)?;
+    let (config, certificate) = tls_config(handshake.client_certificate)?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
-    announce(&handshake_line(address, tls.as_ref().map(|(_, c)| c)))?;
-    let acceptor = tls.map(|(config, _)| tokio_rustls::TlsAcceptor::from(Arc::new(config)));
+    announce(&handshake_line(address, &certificate))?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
 
     let stop = CancellationToken::new();
     let (tx, rx) = tokio::sync::mpsc::channel::<PluginStream>(8);
@@ -323,34 +305,33 @@ pub async fn serve(
                 accepted = listener.accept() => accepted,
                 () = accept_stop.cancelled() => return,
             };
-            let Ok((tcp, _)) = accepted else { continue };
+            let tcp = match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of file descriptors, say: wait rather than spin.
+                    tracing::warn!(error = %e, "cannot accept a plugin connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                let stream = match acceptor {
-                    None => PluginStream::Plain(tcp),
-                    Some(acceptor) => {
-                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
-                            .await
-                        {
-                            Ok(Ok(stream)) => PluginStream::Tls(Box::new(stream)),
-                            Ok(Err(e)) => {
-                                tracing::warn!(error = %e, "a plugin connection failed TLS");
-                                return;
-                            }
-                            Err(_) => return,
-                        }
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(PluginStream(stream)).await;
                     }
-                };
-                let _ = tx.send(stream).await;
+                    Ok(Err(e)) => tracing::warn!(error = %e, "a plugin connection failed TLS"),
+                    Err(_) => tracing::warn!("a plugin connection sent no TLS handshake in 10 s"),
+                }
             });
         }
     });
     let incoming = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|s| (Ok::<_, std::io::Error>(s), rx))
     });
-    let provider = StraitProvider::new(stop.clone());
+    let provider = StraitProvider::default();
     tonic::transport::Server::builder()
         .add_service(
             ProviderServer::new(provider)
@@ -383,25 +364,37 @@ mod tests {
     }
 
     #[test]
-    fn a_terraform_without_protocol_6_is_refused() {
+    fn a_terraform_without_protocol_6_or_a_client_certificate_is_refused() {
         let err = Handshake::from_env(env(&[
             (MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE),
             ("PLUGIN_PROTOCOL_VERSIONS", "4,5"),
         ]))
         .unwrap_err();
         assert!(err.to_string().contains("\"4,5\""), "{err}");
-        let ok = Handshake::from_env(env(&[
+        let err = Handshake::from_env(env(&[
             (MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE),
             ("PLUGIN_PROTOCOL_VERSIONS", "5,6"),
         ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("mutual TLS"), "{err}");
+        let (certificate, _) = server_certificate().unwrap();
+        let pem = format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            base64::engine::general_purpose::STANDARD.encode(certificate.as_ref())
+        );
+        let ok = Handshake::from_env(env(&[
+            (MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE),
+            ("PLUGIN_PROTOCOL_VERSIONS", "5,6"),
+            ("PLUGIN_CLIENT_CERT", &pem),
+        ]))
         .unwrap();
-        assert!(ok.client_certificate.is_none());
+        assert_eq!(ok.client_certificate, certificate);
     }
 
     #[test]
     fn the_handshake_line_carries_the_certificate_without_padding() {
         let (certificate, _) = server_certificate().unwrap();
-        let line = handshake_line("127.0.0.1:1234".parse().unwrap(), Some(&certificate));
+        let line = handshake_line("127.0.0.1:1234".parse().unwrap(), &certificate);
         let parts: Vec<&str> = line.split('|').collect();
         assert_eq!(&parts[..5], ["1", "6", "tcp", "127.0.0.1:1234", "grpc"]);
         assert!(!parts[5].ends_with('='));

@@ -98,8 +98,14 @@ fn context(value: &Value) -> Option<&str> {
     value.get("context").as_str()
 }
 
-/// Applies the document (create and update alike) and reads back where it stands.
-pub async fn apply(gateways: &Gateways, planned: &Value) -> Result<Value, Diagnostic> {
+/// Applies the document (create and update alike) and reads back where it stands. When the
+/// document names another policy than `prior` did (a rename the plan could not see, its text
+/// known only at apply), the prior one is deleted: a renamed policy must not stay enforced.
+pub async fn apply(
+    gateways: &Gateways,
+    prior: &Value,
+    planned: &Value,
+) -> Result<Value, Diagnostic> {
     let yaml = planned.get("yaml").as_str().unwrap_or_default();
     let document = PolicyDocument::parse(yaml)?;
     let gateway = gateways
@@ -110,7 +116,15 @@ pub async fn apply(gateways: &Gateways, planned: &Value) -> Result<Value, Diagno
         .apply(&format!("strait_policy {}", document.id()), yaml)
         .await
         .map_err(|e| from_error("the gateway refused the policy", &e).at("yaml"))?;
-    match read(gateways, planned).await? {
+    if !prior.is_null()
+        && let Ok((kind, namespace, name)) = identity(prior)
+        && format!("{kind}/{namespace}/{name}") != document.id()
+    {
+        delete(gateways, prior).await?;
+    }
+    let mut applied = planned.clone();
+    applied.set("id", Value::string(document.id()));
+    match read(gateways, &applied).await? {
         Value::Null => Err(Diagnostic::error(
             "the policy is not there after it was applied",
             format!(

@@ -21,8 +21,6 @@ pub struct Attribute {
     pub ty: Type,
     pub description: &'static str,
     pub mode: Mode,
-    /// Terraform hides it in plans and output.
-    pub sensitive: bool,
     /// A change to it replaces the resource.
     pub replaces: bool,
 }
@@ -34,7 +32,6 @@ impl Attribute {
             ty,
             description,
             mode,
-            sensitive: false,
             replaces: false,
         }
     }
@@ -76,7 +73,6 @@ impl Schema {
                 required: a.mode == Mode::Required,
                 optional: a.mode == Mode::Optional,
                 computed: a.mode == Mode::Computed,
-                sensitive: a.sensitive,
                 ..Default::default()
             })
             .collect();
@@ -133,9 +129,8 @@ pub fn link() -> Schema {
                 "address",
                 Type::String,
                 Mode::Optional,
-                "The address (host:port) the dialer dials, such as a gateway module's gateway_address. Default: the acceptor gateway's advertised address.",
-            )
-            .replacing(),
+                "The address (host:port) the dialer dials, such as a gateway module's gateway_address. Default: the acceptor gateway's advertised address. Another address makes the link again.",
+            ),
             Attribute::new(
                 "token_ttl",
                 Type::String,
@@ -351,13 +346,14 @@ mod tests {
 
     #[test]
     fn another_address_replaces_the_link_but_another_token_ttl_does_not() {
-        let prior = link_state(Value::Null, "10m");
+        let prior = link_state(Value::string("198.51.100.1:4433"), "10m");
         let moved = link_state(Value::string("203.0.113.7:4433"), "10m");
-        let planned = plan(&link(), &prior, &moved, &[]);
+        let replace = crate::link::replacing(&prior, &moved);
+        let planned = plan(&link(), &prior, &moved, &replace);
         assert_eq!(planned.requires_replace, vec!["address"]);
         assert_eq!(planned.state.get("peer_address"), &Value::Unknown);
 
-        let longer = link_state(Value::Null, "1h");
+        let longer = link_state(Value::string("198.51.100.1:4433"), "1h");
         let planned = plan(&link(), &prior, &longer, &[]);
         assert!(planned.requires_replace.is_empty());
         assert_eq!(planned.state, longer);

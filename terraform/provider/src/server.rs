@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::diagnostic::{Diagnostic, from_error};
+use crate::diagnostic::{Diagnostic, attribute_path, from_error};
 use crate::gateways::Gateways;
 use crate::proto::provider_server::Provider;
 use crate::proto::{self, DynamicValue};
@@ -41,18 +41,20 @@ impl Kind {
     }
 }
 
-/// The provider: the gateways it reaches, and the signal that Terraform is done with it.
+/// The provider: the gateways it reaches.
+#[derive(Default)]
 pub struct StraitProvider {
     gateways: Arc<Gateways>,
-    stop: CancellationToken,
 }
 
-impl StraitProvider {
-    pub fn new(stop: CancellationToken) -> StraitProvider {
-        StraitProvider {
-            gateways: Arc::new(Gateways::default()),
-            stop,
-        }
+/// The one data source's name; another is refused.
+fn data_source(type_name: &str) -> Result<(), Status> {
+    if type_name == "strait_services" {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "no data source {type_name:?} in this provider"
+        )))
     }
 }
 
@@ -145,12 +147,7 @@ impl Provider for StraitProvider {
         request: Request<proto::ValidateDataResourceConfigRequest>,
     ) -> Result<Response<proto::ValidateDataResourceConfigResponse>, Status> {
         let request = request.into_inner();
-        if request.type_name != "strait_services" {
-            return Err(Status::invalid_argument(format!(
-                "no data source {:?} in this provider",
-                request.type_name
-            )));
-        }
+        data_source(&request.type_name)?;
         let list: Vec<Diagnostic> = decode(request.config.as_ref(), &schema::services())
             .err()
             .into_iter()
@@ -208,7 +205,7 @@ impl Provider for StraitProvider {
                     .at("config_path"),
                 ],
                 Value::String(path) => {
-                    self.gateways.configure(Some(path.into()));
+                    self.gateways.configure(Some(path));
                     Vec::new()
                 }
                 _ => {
@@ -270,24 +267,22 @@ impl Provider for StraitProvider {
                 }));
             }
         };
+        // The resource's own findings (a policy's identity, a link's address) come first: they
+        // may make the change a replacement.
+        let mut refined = proposed.clone();
         let replace = match kind {
-            Kind::Link => Vec::new(),
-            Kind::Policy => policy::refine_plan(&prior, &mut proposed.clone()),
+            Kind::Link => link::replacing(&prior, &proposed),
+            Kind::Policy => policy::refine_plan(&prior, &mut refined),
         };
-        let mut planned = schema::plan(&schema, &prior, &proposed, &replace);
+        let mut planned = schema::plan(&schema, &prior, &refined, &replace);
         if kind == Kind::Policy && !planned.state.is_null() {
+            // A replacement made every computed attribute unknown; the identity is known.
             policy::refine_plan(&prior, &mut planned.state);
         }
         let requires_replace = planned
             .requires_replace
             .iter()
-            .map(|name| proto::AttributePath {
-                steps: vec![proto::attribute_path::Step {
-                    selector: Some(proto::attribute_path::step::Selector::AttributeName(
-                        (*name).to_owned(),
-                    )),
-                }],
-            })
+            .map(|name| attribute_path(name))
             .collect();
         Ok(Response::new(proto::PlanResourceChangeResponse {
             planned_state: encode(&planned.state, &schema),
@@ -329,7 +324,7 @@ impl Provider for StraitProvider {
                 .await
                 .map(|()| Value::Null)
                 .map_err(|d| (prior.clone(), d)),
-            (Kind::Policy, prior, planned) => policy::apply(&self.gateways, planned)
+            (Kind::Policy, prior, planned) => policy::apply(&self.gateways, prior, planned)
                 .await
                 .map_err(|d| (prior.clone(), d)),
         };
@@ -376,12 +371,7 @@ impl Provider for StraitProvider {
         request: Request<proto::ReadDataSourceRequest>,
     ) -> Result<Response<proto::ReadDataSourceResponse>, Status> {
         let request = request.into_inner();
-        if request.type_name != "strait_services" {
-            return Err(Status::invalid_argument(format!(
-                "no data source {:?} in this provider",
-                request.type_name
-            )));
-        }
+        data_source(&request.type_name)?;
         let schema = schema::services();
         let read = match decode(request.config.as_ref(), &schema) {
             Ok(config) => services::read(&self.gateways, &config).await,
@@ -403,7 +393,8 @@ impl Provider for StraitProvider {
         &self,
         _: Request<proto::StopProviderRequest>,
     ) -> Result<Response<proto::StopProviderResponse>, Status> {
-        // Calls in flight end by their own deadlines; nothing is left to cancel.
+        // Ctrl-C in Terraform: calls to gateways in flight end now.
+        self.gateways.stop();
         Ok(Response::new(proto::StopProviderResponse {
             error: String::new(),
         }))
@@ -423,12 +414,5 @@ impl proto::plugin::grpc_controller_server::GrpcController for Controller {
     ) -> Result<Response<proto::plugin::Empty>, Status> {
         self.stop.cancel();
         Ok(Response::new(proto::plugin::Empty {}))
-    }
-}
-
-impl StraitProvider {
-    /// The signal that ends the plugin.
-    pub fn stop(&self) -> CancellationToken {
-        self.stop.clone()
     }
 }

@@ -11,7 +11,6 @@ pub enum Type {
     Number,
     Bool,
     List(Box<Type>),
-    Map(Box<Type>),
     /// An object: its attributes, in the order the schema lists them.
     Object(Vec<(String, Type)>),
 }
@@ -25,7 +24,6 @@ impl Type {
             Type::Number => json!("number"),
             Type::Bool => json!("bool"),
             Type::List(element) => json!(["list", element.to_json()]),
-            Type::Map(element) => json!(["map", element.to_json()]),
             Type::Object(attributes) => {
                 let attributes: serde_json::Map<_, _> = attributes
                     .iter()
@@ -47,7 +45,7 @@ pub enum Value {
     Number(f64),
     String(String),
     List(Vec<Value>),
-    /// A map, or an object's attributes.
+    /// An object's attributes.
     Map(BTreeMap<String, Value>),
 }
 
@@ -181,15 +179,6 @@ fn from_raw(raw: &rmpv::Value, ty: &Type, path: &mut String) -> Result<Value, Va
             .map(|(i, item)| nested(path, &format!("[{i}]"), |p| from_raw(item, element, p)))
             .collect::<Result<_, _>>()
             .map(Value::List),
-        (Raw::Map(entries), Type::Map(element)) => {
-            let mut map = BTreeMap::new();
-            for (key, item) in entries {
-                let key = key.as_str().ok_or_else(|| mismatch(path, "text keys"))?;
-                let value = nested(path, &format!("[{key:?}]"), |p| from_raw(item, element, p))?;
-                map.insert(key.to_owned(), value);
-            }
-            Ok(Value::Map(map))
-        }
         (Raw::Map(entries), Type::Object(attributes)) => {
             let mut map = BTreeMap::new();
             for (key, item) in entries {
@@ -239,12 +228,6 @@ fn to_raw(value: &Value, ty: &Type) -> rmpv::Value {
         (Value::List(items), Type::List(element)) => {
             Raw::Array(items.iter().map(|item| to_raw(item, element)).collect())
         }
-        (Value::Map(items), Type::Map(element)) => Raw::Map(
-            items
-                .iter()
-                .map(|(k, v)| (Raw::from(k.as_str()), to_raw(v, element)))
-                .collect(),
-        ),
         (Value::Map(items), Type::Object(attributes)) => Raw::Map(
             attributes
                 .iter()
@@ -284,16 +267,6 @@ fn from_json_value(
             })
             .collect::<Result<_, _>>()
             .map(Value::List),
-        (Json::Object(entries), Type::Map(element)) => {
-            let mut map = BTreeMap::new();
-            for (key, item) in entries {
-                let value = nested(path, &format!("[{key:?}]"), |p| {
-                    from_json_value(item, element, p)
-                })?;
-                map.insert(key.clone(), value);
-            }
-            Ok(Value::Map(map))
-        }
         (Json::Object(entries), Type::Object(attributes)) => {
             let mut map = BTreeMap::new();
             for (name, attribute) in attributes {

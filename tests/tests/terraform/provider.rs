@@ -100,10 +100,34 @@ fn terraform_links_clusters_sees_an_unlink_as_drift_and_unlinks_on_destroy() -> 
     );
     ensure!(state.contains("\"dialer_cluster\": \"east\""), "{state}");
 
+    // The list reordered: the link turns round. Terraform destroys east/west and creates
+    // west/east in either order; the destroy must not take the new link with it.
+    let reversed: Vec<String> = vars
+        .iter()
+        .map(|v| v.replace("[\"east\",\"west\"]", "[\"west\",\"east\"]"))
+        .collect();
+    workspace
+        .run(
+            example,
+            &with(&["apply", "-auto-approve", "-no-color"], &reversed),
+        )
+        .success()?;
+    let view = mesh.link_view("west", "east")?;
+    ensure!(view["role"] == "dialer", "west does not dial east: {view}");
+    wait_connected(&mesh, "east", "west")?;
+    let plan = workspace.run(
+        example,
+        &with(&["plan", "-detailed-exitcode", "-no-color"], &reversed),
+    );
+    ensure!(
+        plan.code == 0,
+        "the turned link is not as configured: {plan:?}"
+    );
+
     let destroyed = workspace
         .run(
             example,
-            &with(&["destroy", "-auto-approve", "-no-color"], &vars),
+            &with(&["destroy", "-auto-approve", "-no-color"], &reversed),
         )
         .success()?;
     ensure!(destroyed.contains("1 destroyed"), "{destroyed}");
