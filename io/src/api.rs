@@ -48,6 +48,50 @@ pub enum ApiError {
     },
 }
 
+/// A TLS connection a server accepted, with what tonic hands each request about it (`info`:
+/// the caller's identity, or nothing): the gateway's API and the Terraform provider serve
+/// gRPC over these.
+pub struct Accepted<I>(pub tokio_rustls::server::TlsStream<TcpStream>, pub I);
+
+impl<I: Clone + Send + Sync + 'static> tonic::transport::server::Connected for Accepted<I> {
+    type ConnectInfo = I;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.1.clone()
+    }
+}
+
+impl<I: Unpin> tokio::io::AsyncRead for Accepted<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<I: Unpin> tokio::io::AsyncWrite for Accepted<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
 /// The identity of the gateway that answers at `address`, any gateway under the bundle's root
 /// (a sidecar started with only an address learns its cluster so).
 pub async fn gateway_identity(address: &str, bundle: &TrustBundle) -> Result<SpiffeId, ApiError> {

@@ -160,14 +160,8 @@ fn main() -> Result<()> {
     }
     empty.sort();
 
-    workspace
-        .run(
-            example,
-            &command(&["destroy", "-auto-approve", "-no-color"])
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>(),
-        )
+    run(command(&["destroy", "-auto-approve", "-no-color"]))
+        .0
         .success()?;
     links_connected(&mesh, 0)?;
 

@@ -71,7 +71,9 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
                             .1
                             .peer_certificates()
                             .and_then(|chain| certificate::peer_identity(chain).ok());
-                        let _ = tx.send(ApiStream(stream, Caller(caller))).await;
+                        let _ = tx
+                            .send(strait_io::api::Accepted(stream, Caller(caller)))
+                            .await;
                     }
                     Ok(Err(e)) => {
                         tracing::info!(remote = %remote, error = %e, "operator API: TLS refused")

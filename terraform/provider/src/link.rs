@@ -130,21 +130,20 @@ pub fn replacing(prior: &Value, proposed: &Value) -> Vec<&'static str> {
     }
 }
 
-/// The link as the dialer and the acceptor see it; none when either lacks it. Only a link in
-/// this direction counts: one the other way round is another link.
-fn peering<'a>(
-    dialer_links: &'a [LinkView],
-    acceptor_links: &[LinkView],
-    dialer: &Gateway,
-    acceptor: &Gateway,
-) -> Option<&'a LinkView> {
-    let on_dialer = dialer_links
+/// A gateway's peering with `cluster` in `role` ("dialer": it dials the cluster; "acceptor":
+/// the cluster dials it). A peering the other way round is another link.
+fn peering_with<'a>(links: &'a [LinkView], role: &str, cluster: &Gateway) -> Option<&'a LinkView> {
+    links
         .iter()
-        .find(|l| l.role == "dialer" && l.cluster == acceptor.context.cluster.as_str())?;
-    acceptor_links
-        .iter()
-        .any(|l| l.role == "acceptor" && l.cluster == dialer.context.cluster.as_str())
-        .then_some(on_dialer)
+        .find(|l| l.role == role && l.cluster == cluster.context.cluster.as_str())
+}
+
+/// A gateway's peerings; `side` (dialer, acceptor) names it in the error.
+async fn links(gateway: &Gateway, side: &str) -> Result<Vec<LinkView>, Diagnostic> {
+    gateway
+        .links()
+        .await
+        .map_err(|e| from_error(&format!("cannot read the {side}'s links"), &e))
 }
 
 fn state(config: &LinkConfig, dialer: &Gateway, acceptor: &Gateway, view: &LinkView) -> Value {
@@ -205,6 +204,9 @@ pub async fn create(gateways: &Gateways, planned: &Value) -> Result<Value, (Valu
     let (dialer, acceptor) = both(gateways, &config)
         .await
         .map_err(|d| (Value::Null, d))?;
+    wait_for_reversed_link(&dialer, &acceptor)
+        .await
+        .map_err(|d| (Value::Null, d))?;
     let document = acceptor
         .create_link(config.token_ttl, config.address.as_deref().unwrap_or(""))
         .await
@@ -214,7 +216,6 @@ pub async fn create(gateways: &Gateways, planned: &Value) -> Result<Value, (Valu
                 from_error("the acceptor's gateway did not mint a join token", &e),
             )
         })?;
-    wait_for_reversed_link(&dialer, &acceptor).await?;
     let source = format!("strait_link {}", config.id());
     dialer
         .apply(&source, &document)
@@ -268,57 +269,38 @@ const REVERSED_LINK_WAIT: Duration = Duration::from_secs(30);
 /// A gateway refuses a Link to a cluster that already dials it. When a list of clusters is
 /// reordered, Terraform destroys the old direction and creates the new one in either order:
 /// the create waits for the destroy, and fails only if the old link stays.
-async fn wait_for_reversed_link(
-    dialer: &Gateway,
-    acceptor: &Gateway,
-) -> Result<(), (Value, Diagnostic)> {
+async fn wait_for_reversed_link(dialer: &Gateway, acceptor: &Gateway) -> Result<(), Diagnostic> {
     let started = tokio::time::Instant::now();
-    loop {
-        let links = dialer.links().await.map_err(|e| {
-            (
-                Value::Null,
-                from_error("cannot read the dialer's links", &e),
-            )
-        })?;
-        let reversed = links
-            .iter()
-            .any(|l| l.role == "acceptor" && l.cluster == acceptor.context.cluster.as_str());
-        if !reversed {
-            return Ok(());
-        }
+    while peering_with(&links(dialer, "dialer").await?, "acceptor", acceptor).is_some() {
         if started.elapsed() > REVERSED_LINK_WAIT {
-            return Err((
-                Value::Null,
-                Diagnostic::error(
-                    "the clusters are linked the other way round",
-                    format!(
-                        "cluster {} dials cluster {} (waited {} s for that link to go); unlink it or destroy its strait_link first",
-                        acceptor.context.cluster,
-                        dialer.context.cluster,
-                        REVERSED_LINK_WAIT.as_secs()
-                    ),
+            return Err(Diagnostic::error(
+                "the clusters are linked the other way round",
+                format!(
+                    "cluster {} dials cluster {} (waited {} s for that link to go); unlink it or destroy its strait_link first",
+                    acceptor.context.cluster,
+                    dialer.context.cluster,
+                    REVERSED_LINK_WAIT.as_secs()
                 ),
             ));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    Ok(())
 }
 
+/// The link as the dialer and the acceptor see it; none when either lacks it.
 async fn read_with(
     config: &LinkConfig,
     dialer: &Gateway,
     acceptor: &Gateway,
 ) -> Result<Option<Value>, Diagnostic> {
-    let dialer_links = dialer
-        .links()
-        .await
-        .map_err(|e| from_error("cannot read the dialer's links", &e))?;
-    let acceptor_links = acceptor
-        .links()
-        .await
-        .map_err(|e| from_error("cannot read the acceptor's links", &e))?;
-    Ok(peering(&dialer_links, &acceptor_links, dialer, acceptor)
-        .map(|view| state(config, dialer, acceptor, view)))
+    let dialer_links = links(dialer, "dialer").await?;
+    let acceptor_links = links(acceptor, "acceptor").await?;
+    let on_dialer = peering_with(&dialer_links, "dialer", acceptor);
+    let on_acceptor = peering_with(&acceptor_links, "acceptor", dialer);
+    Ok(on_dialer
+        .zip(on_acceptor)
+        .map(|(view, _)| state(config, dialer, acceptor, view)))
 }
 
 /// The link as it is now, or null when either side lacks it.
@@ -335,31 +317,16 @@ pub async fn read(gateways: &Gateways, prior: &Value) -> Result<Value, Diagnosti
 pub async fn delete(gateways: &Gateways, prior: &Value) -> Result<(), Diagnostic> {
     let config = LinkConfig::read(prior)?;
     let (dialer, acceptor) = both(gateways, &config).await?;
-    let (dialer_cluster, acceptor_cluster) = (
-        dialer.context.cluster.as_str(),
-        acceptor.context.cluster.as_str(),
-    );
-    let has = |links: &[LinkView], role: &str, cluster: &str| {
-        links.iter().any(|l| l.role == role && l.cluster == cluster)
-    };
-    let dialer_links = dialer
-        .links()
-        .await
-        .map_err(|e| from_error("cannot read the dialer's links", &e))?;
-    if has(&dialer_links, "dialer", acceptor_cluster) {
+    if peering_with(&links(&dialer, "dialer").await?, "dialer", &acceptor).is_some() {
         // The dialer tells the acceptor.
         dialer
-            .unlink(acceptor_cluster)
+            .unlink(acceptor.context.cluster.as_str())
             .await
             .map_err(|e| from_error("the dialer did not unlink", &e))?;
     }
-    let acceptor_links = acceptor
-        .links()
-        .await
-        .map_err(|e| from_error("cannot read the acceptor's links", &e))?;
-    if has(&acceptor_links, "acceptor", dialer_cluster) {
+    if peering_with(&links(&acceptor, "acceptor").await?, "acceptor", &dialer).is_some() {
         acceptor
-            .unlink(dialer_cluster)
+            .unlink(dialer.context.cluster.as_str())
             .await
             .map_err(|e| from_error("the acceptor did not unlink", &e))?;
     }

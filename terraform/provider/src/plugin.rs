@@ -10,9 +10,7 @@
 //! to ring as usual.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -22,10 +20,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DistinguishedName, SignatureScheme};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::Connected;
 
 use crate::proto::plugin::grpc_controller_server::GrpcControllerServer;
 use crate::proto::provider_server::ProviderServer;
@@ -251,38 +247,7 @@ fn tls_config(
 }
 
 /// A TLS connection from Terraform.
-struct PluginStream(tokio_rustls::server::TlsStream<TcpStream>);
-
-impl Connected for PluginStream {
-    type ConnectInfo = ();
-    fn connect_info(&self) -> Self::ConnectInfo {}
-}
-
-impl AsyncRead for PluginStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for PluginStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
+type PluginStream = strait_io::api::Accepted<()>;
 
 /// Serves the provider until Terraform asks it to stop: prints the handshake line through
 /// `announce`, then answers on a loopback port.
@@ -320,7 +285,7 @@ pub async fn serve(
             tokio::spawn(async move {
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let _ = tx.send(PluginStream(stream)).await;
+                        let _ = tx.send(strait_io::api::Accepted(stream, ())).await;
                     }
                     Ok(Err(e)) => tracing::warn!(error = %e, "a plugin connection failed TLS"),
                     Err(_) => tracing::warn!("a plugin connection sent no TLS handshake in 10 s"),

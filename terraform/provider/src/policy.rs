@@ -65,32 +65,45 @@ pub fn validate(config: &Value) -> Vec<Diagnostic> {
     }
 }
 
-/// Fills the attributes a plan can know from the document, and says whether the change
-/// replaces the resource (another kind, namespace or name is another policy).
-pub fn refine_plan(prior: &Value, planned: &mut Value) -> Vec<&'static str> {
-    let identity = |value: &Value| value.get("yaml").as_str().map(PolicyDocument::parse);
-    match identity(planned) {
-        Some(Ok(document)) => {
+/// A document naming another kind, namespace or name is another policy: it replaces this one.
+/// (A document known only at apply is checked then: see [`apply`].)
+pub fn replacing(prior: &Value, proposed: &Value) -> Vec<&'static str> {
+    let new_id = proposed
+        .get("yaml")
+        .as_str()
+        .and_then(|yaml| PolicyDocument::parse(yaml).ok())
+        .map(|document| document.id());
+    match (prior.get("id").as_str(), new_id) {
+        (Some(prior_id), Some(new_id)) if prior_id != new_id => vec!["yaml"],
+        _ => Vec::new(),
+    }
+}
+
+/// Fills the attributes a plan can know from the document (its identity), and makes `origin`
+/// unknown when the policy changes.
+pub fn fill_plan(prior: &Value, planned: &mut Value) {
+    let document = planned
+        .get("yaml")
+        .as_str()
+        .and_then(|yaml| PolicyDocument::parse(yaml).ok());
+    match document {
+        Some(document) => {
             planned.set("id", Value::string(document.id()));
             planned.set("kind", Value::string(document.key.kind.as_str()));
             planned.set("namespace", Value::string(document.key.namespace.as_str()));
             planned.set("name", Value::string(document.key.name.as_str()));
         }
-        _ => {
+        None => {
             for name in ["id", "kind", "namespace", "name"] {
                 planned.set(name, Value::Unknown);
             }
         }
     }
-    if prior.is_null() {
-        return Vec::new();
-    }
-    if planned.get("yaml") != prior.get("yaml") || planned.get("context") != prior.get("context") {
+    if !prior.is_null()
+        && (planned.get("yaml") != prior.get("yaml")
+            || planned.get("context") != prior.get("context"))
+    {
         planned.set("origin", Value::Unknown);
-    }
-    match planned.get("id") {
-        Value::String(id) if Some(id.as_str()) != prior.get("id").as_str() => vec!["yaml"],
-        _ => Vec::new(),
     }
 }
 
@@ -235,7 +248,7 @@ spec:
 
     fn state(yaml: &str) -> Value {
         let mut planned = Value::object([("yaml", Value::string(yaml))]);
-        refine_plan(&Value::Null, &mut planned);
+        fill_plan(&Value::Null, &mut planned);
         planned.set("origin", Value::string("east"));
         planned
     }
@@ -278,23 +291,31 @@ spec:
         );
 
         let mut same = prior.clone();
-        assert!(refine_plan(&prior, &mut same).is_empty());
+        assert!(replacing(&prior, &same).is_empty());
+        fill_plan(&prior, &mut same);
         assert_eq!(same.get("origin"), &Value::string("east"));
 
         let mut edited = prior.clone();
         edited.set("yaml", Value::String(DENY.replace("[web]", "[web, admin]")));
-        assert!(refine_plan(&prior, &mut edited).is_empty());
+        assert!(replacing(&prior, &edited).is_empty());
+        fill_plan(&prior, &mut edited);
         assert_eq!(edited.get("origin"), &Value::Unknown);
 
         let mut renamed = prior.clone();
         renamed.set("yaml", Value::String(DENY.replace("deny-web", "deny-all")));
-        assert_eq!(refine_plan(&prior, &mut renamed), vec!["yaml"]);
+        assert_eq!(replacing(&prior, &renamed), vec!["yaml"]);
+        fill_plan(&prior, &mut renamed);
+        assert_eq!(
+            renamed.get("id").as_str(),
+            Some("AuthorizationPolicy/shop/deny-all")
+        );
     }
 
     #[test]
     fn a_document_known_only_later_leaves_its_identity_unknown() {
         let mut planned = Value::object([("yaml", Value::Unknown)]);
-        assert!(refine_plan(&Value::Null, &mut planned).is_empty());
+        assert!(replacing(&state(DENY), &planned).is_empty());
+        fill_plan(&Value::Null, &mut planned);
         assert_eq!(planned.get("id"), &Value::Unknown);
     }
 

@@ -267,17 +267,14 @@ impl Provider for StraitProvider {
                 }));
             }
         };
-        // The resource's own findings (a policy's identity, a link's address) come first: they
-        // may make the change a replacement.
-        let mut refined = proposed.clone();
+        // What replaces each kind beyond its schema: another address, another policy.
         let replace = match kind {
             Kind::Link => link::replacing(&prior, &proposed),
-            Kind::Policy => policy::refine_plan(&prior, &mut refined),
+            Kind::Policy => policy::replacing(&prior, &proposed),
         };
-        let mut planned = schema::plan(&schema, &prior, &refined, &replace);
+        let mut planned = schema::plan(&schema, &prior, &proposed, &replace);
         if kind == Kind::Policy && !planned.state.is_null() {
-            // A replacement made every computed attribute unknown; the identity is known.
-            policy::refine_plan(&prior, &mut planned.state);
+            policy::fill_plan(&prior, &mut planned.state);
         }
         let requires_replace = planned
             .requires_replace

@@ -331,12 +331,17 @@ fn every_variable_and_output_of_the_gateway_modules_is_described() {
     }
 }
 
-#[test]
-fn every_module_requires_terraform_1_0_and_leaves_providers_to_its_caller() {
-    let folders = GATEWAYS
+/// The three gateway modules and the example that wires them.
+fn gateways_and_example() -> impl Iterator<Item = PathBuf> {
+    GATEWAYS
         .iter()
         .map(|module| gateway(module))
-        .chain([multicloud()]);
+        .chain([multicloud()])
+}
+
+#[test]
+fn every_module_requires_terraform_1_0_and_leaves_providers_to_its_caller() {
+    let folders = gateways_and_example();
     for folder in folders {
         let place = folder.display().to_string();
         let config = Config::load(&folder);
@@ -511,10 +516,7 @@ fn checkov_passes_the_gateway_modules_and_the_multicloud_example() {
         );
         return;
     };
-    let folders = GATEWAYS
-        .iter()
-        .map(|module| gateway(module))
-        .chain([multicloud()]);
+    let folders = gateways_and_example();
     for folder in folders {
         let place = folder.display().to_string();
         let output = Command::new(&checkov)
