@@ -7,12 +7,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/workload.proto",
         "proto/authorizer.proto",
     ];
-    for proto in protos {
+    // Shared by the peer and workload protocols: generated once, referred to by the others.
+    let shared = "proto/golden.proto";
+    for proto in protos.iter().chain([&shared]) {
         println!("cargo:rerun-if-changed={proto}");
     }
-    let descriptors = protox::compile(protos, ["proto"])?;
     tonic_prost_build::configure()
         .build_transport(false)
-        .compile_fds(descriptors)?;
+        .compile_fds(protox::compile([shared], ["proto"])?)?;
+    tonic_prost_build::configure()
+        .build_transport(false)
+        .extern_path(".strait.golden.v1", "crate::proto::golden")
+        .compile_fds(protox::compile(protos, ["proto"])?)?;
     Ok(())
 }

@@ -19,8 +19,10 @@ say "disk free where the build goes: $(df -h --output=avail . | tail -1 | tr -d 
 # in a network namespace of its own with an iptables redirect to its sidecar, and the pods
 # test (nsenter, unshare: pods in network and mount namespaces); bind9-dnsutils (dig): the DNS
 # tests ask the gateway with a real client beside hickory's resolver; python3: the pods test's
-# sample apps.
-debian_packages=(procps curl ca-certificates iproute2 iptables util-linux bind9-dnsutils python3)
+# sample apps; chromium: the dashboard is loaded in a real (headless) browser; prometheus:
+# every query of the Grafana dashboards is evaluated by a real Prometheus scraping a demo mesh.
+debian_packages=(procps curl ca-certificates iproute2 iptables util-linux bind9-dnsutils python3
+  chromium prometheus)
 
 missing=()
 for package in "${debian_packages[@]}"; do

@@ -3,11 +3,13 @@
 
 mod check;
 mod context;
+mod dashboard;
 mod demo;
 mod inject;
 mod install;
 mod output;
 mod sidecar;
+mod stat;
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -60,9 +62,20 @@ enum Command {
     /// --cluster C | kubectl apply -f -`): the Helm chart deploy/helm/strait rendered as `helm
     /// template --include-crds` renders it, with the same values.
     Install(install::InstallArgs),
-    /// Check a Kubernetes cluster before installing strait (`--pre`): the API's version and
-    /// groups, the caller's rights, CRDs installed by something else, the credentials Secret.
+    /// Check the mesh through the context's gateway: trust, the gateway, every link (RTT, lag,
+    /// clock skew), policies in sync, DNS. With --pre, check a Kubernetes cluster before
+    /// installing strait: the API's version and groups, the caller's rights, CRDs installed by
+    /// something else, the credentials Secret.
     Check(check::CheckArgs),
+    /// Golden metrics (success rate, requests per second, latency p50/p95/p99) by service,
+    /// by pair of clusters (links) or by workload (deploy); --all-clusters for the whole
+    /// federation, from this one context.
+    Stat(stat::StatArgs),
+    /// The busiest services and cluster pairs, refreshed live in the terminal (`top deploy/web`
+    /// for one workload, `top api` for one service).
+    Top(stat::TopArgs),
+    /// The gateway's web dashboard: prints its URL and opens a browser where there is one.
+    Dashboard(dashboard::DashboardArgs),
     /// Show services (local and imported), links, or the mesh-wide policies.
     Get {
         /// What to show: services, links or policies.
@@ -352,7 +365,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Apply { files } => apply(context, files).await?,
         Command::Inject(args) => inject::run(context, args)?,
         Command::Install(args) => install::run(context, args)?,
-        Command::Check(args) => check::run(args).await?,
+        Command::Check(args) => check::run(context, args).await?,
+        Command::Stat(args) => stat::stat(context, args).await?,
+        Command::Top(args) => stat::top(context, args).await?,
+        Command::Dashboard(args) => dashboard::run(context, args).await?,
         Command::Get {
             resource,
             namespace,

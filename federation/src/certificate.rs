@@ -47,6 +47,23 @@ pub(crate) fn uris_of(cert: &CertificateDer<'_>) -> Vec<String> {
     uris
 }
 
+/// When a certificate expires (Unix seconds); `None` when it cannot be parsed.
+pub fn not_after(cert: &CertificateDer<'_>) -> Option<u64> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    u64::try_from(parsed.validity().not_after.timestamp()).ok()
+}
+
+/// A certificate's first URI SAN, else its subject (for people).
+pub fn describe(cert: &CertificateDer<'_>) -> String {
+    if let Some(uri) = uris_of(cert).into_iter().next() {
+        return uri;
+    }
+    x509_parser::parse_x509_certificate(cert.as_ref()).map_or_else(
+        |_| "an unparsable certificate".into(),
+        |(_, c)| c.subject().to_string(),
+    )
+}
+
 /// The trust domain a root certificate names (`spiffe://<trust-domain>` in its URI SAN).
 pub fn trust_domain_of(root: &CertificateDer<'_>) -> Option<TrustDomain> {
     uris_of(root)

@@ -16,6 +16,7 @@ pub mod cidr;
 pub mod document;
 pub mod duration;
 pub mod flow;
+pub mod golden;
 pub mod handshake;
 pub mod identity;
 pub mod link;
@@ -42,6 +43,10 @@ pub mod proto {
     /// The API a gateway serves to its sidecars.
     pub mod workload {
         tonic::include_proto!("strait.workload.v1");
+    }
+    /// Golden metrics, as sidecars report them and gateways exchange them.
+    pub mod golden {
+        tonic::include_proto!("strait.golden.v1");
     }
     /// The external authorizer that `action: external` policies consult.
     pub mod authorizer {

@@ -20,6 +20,8 @@ use crate::wire::TARGET_FRAME;
 
 /// The most quota counts in one frame.
 pub const MAX_QUOTA_COUNTS: usize = 4_096;
+/// The longest policy digest a health frame may carry.
+pub const MAX_DIGEST: usize = 64;
 
 /// The protocol version spoken by this build.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -108,6 +110,10 @@ pub enum Event {
     Policy(PolicyFrame),
     /// Quota counts, for the gateway's quota book.
     Quota(wire::QuotaUsage),
+    /// Golden metrics of one cluster's interval, for the gateway's golden book.
+    Golden(crate::proto::golden::Batch),
+    /// How the peer stands (its clock, its policy set).
+    Health(wire::Health),
 }
 
 /// A policy frame from the peer.
@@ -247,6 +253,17 @@ impl PeerSession {
         }
     }
 
+    /// Queues golden-metric batches (each of a bounded size already).
+    pub fn queue_golden(&mut self, batches: Vec<crate::proto::golden::Batch>) {
+        self.outbox
+            .extend(batches.into_iter().map(|b| frame(Body::Golden(b))));
+    }
+
+    /// Queues a health frame.
+    pub fn queue_health(&mut self, health: wire::Health) {
+        self.outbox.push_back(frame(Body::Health(health)));
+    }
+
     /// Queues what changed in our export since it was last sent.
     pub fn sync(&mut self, export: &ExportLog) {
         let changes = export.changes_since(self.sent);
@@ -340,6 +357,16 @@ impl PeerSession {
                     )));
                 }
                 Ok(Some(Event::Quota(usage)))
+            }
+            Some(Body::Golden(batch)) => Ok(Some(Event::Golden(batch))),
+            Some(Body::Health(health)) => {
+                if health.policy_digest.len() > MAX_DIGEST {
+                    return Err(protocol(format!(
+                        "a policy digest of {} bytes (at most {MAX_DIGEST})",
+                        health.policy_digest.len()
+                    )));
+                }
+                Ok(Some(Event::Health(health)))
             }
             Some(Body::PolicyDigest(digest)) => {
                 Ok(Some(Event::Policy(PolicyFrame::Digest(digest))))

@@ -319,6 +319,11 @@ impl CertStore {
         Ok(())
     }
 
+    /// The leaf certificate presented now.
+    pub fn leaf(&self) -> Option<CertificateDer<'static>> {
+        self.get().cert.first().cloned()
+    }
+
     fn get(&self) -> Arc<CertifiedKey> {
         match self.current.read() {
             Ok(current) => current.clone(),

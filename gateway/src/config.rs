@@ -45,6 +45,9 @@ pub struct GatewayConfig {
     pub peering: PeeringConfig,
     #[serde(default)]
     pub workloads: WorkloadConfig,
+    /// How the gateway sums its sidecars' golden metrics and shares them with its peers.
+    #[serde(default, skip_serializing_if = "MetricsConfig::is_default")]
+    pub metrics: MetricsConfig,
     /// The DNS server for the clusterset zone; off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsConfig>,
@@ -253,6 +256,55 @@ impl WorkloadConfig {
 
 fn here() -> PathBuf {
     PathBuf::from(".")
+}
+
+/// Golden metrics: sidecars report what they counted; the gateway sums it per interval and
+/// sends each closed interval to its peers, which pass it on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// The length of an interval, in milliseconds (at least 1000).
+    #[serde(default = "default_metrics_interval")]
+    pub interval_ms: u64,
+    /// After how long without news from a cluster its figures are shown as stale, in
+    /// milliseconds (at least two intervals).
+    #[serde(default = "default_metrics_stale")]
+    pub stale_after_ms: u64,
+}
+
+fn default_metrics_interval() -> u64 {
+    5_000
+}
+fn default_metrics_stale() -> u64 {
+    15_000
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            interval_ms: default_metrics_interval(),
+            stale_after_ms: default_metrics_stale(),
+        }
+    }
+}
+
+impl MetricsConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The golden book's configuration.
+    pub fn golden(&self) -> strait_federation::golden::GoldenConfig {
+        let interval_ms = self.interval_ms.max(1_000);
+        strait_federation::golden::GoldenConfig {
+            interval_ms,
+            // A minute's worth, the longest window `stat` shows.
+            retained: (60_000 / interval_ms).max(2),
+            grace_ms: (interval_ms / 5).max(500),
+            stale_after_ms: self.stale_after_ms.max(2 * interval_ms),
+            ..Default::default()
+        }
+    }
 }
 
 /// Timers of the peering with other gateways.

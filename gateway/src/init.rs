@@ -227,6 +227,7 @@ pub fn init_gateway(options: InitOptions) -> Result<Initialized, GatewayError> {
         credentials_dir: None,
         peering: PeeringConfig::default(),
         workloads: WorkloadConfig::default(),
+        metrics: Default::default(),
         dns: options.dns_addr.map(DnsConfig::at),
         location: options.location,
         kubernetes: options

@@ -11,7 +11,10 @@
 pub mod admin;
 pub mod api;
 pub mod config;
+pub mod dashboard;
 pub mod dns;
+pub mod golden;
+pub mod health;
 pub mod init;
 pub mod kubernetes;
 pub mod metrics;
@@ -119,6 +122,16 @@ pub struct Shared {
     /// The DNS zone, rebuilt after every catalog change; `None` without a DNS server.
     pub zone: watch::Sender<Option<Arc<dns::zone::Zone>>>,
     pub peers: Mutex<BTreeMap<ClusterName, PeerStatus>>,
+    /// Every cluster's golden metrics, this one's being counted ([`golden`]).
+    pub golden: Mutex<strait_federation::golden::GoldenBook>,
+    /// Bumped whenever the golden book has batches to send: peer sessions send them.
+    pub golden_tx: watch::Sender<u64>,
+    /// When the policy set last changed (Unix milliseconds), for `strait check`.
+    pub policies_changed_ms: std::sync::atomic::AtomicU64,
+    /// Where the admin server listens (bound).
+    pub admin_addr: SocketAddr,
+    /// Where the DNS server listens, once it does.
+    pub dns_addr: std::sync::OnceLock<SocketAddr>,
     pub metrics: Metrics,
     pub endpoint: quinn::Endpoint,
     /// Where this cluster's sidecars open flows to other clusters (bound).
@@ -197,6 +210,8 @@ impl Shared {
 
     /// Tells peer sessions and sidecars that the policy set changed.
     pub fn policies_changed(&self) {
+        self.policies_changed_ms
+            .store(unix_now_ms(), Ordering::SeqCst);
         self.policy_tx.send_modify(|n| *n += 1);
         self.views_changed();
     }
@@ -455,6 +470,7 @@ pub async fn run(
     };
     let links: Vec<_> = state.links.values().cloned().collect();
     let acceptor_peers = state.redemptions.active_clusters();
+    let golden_book = golden::book(&config);
     let shared = Arc::new(Shared {
         metrics: Metrics::new(config.cluster.as_str()),
         config,
@@ -476,6 +492,13 @@ pub async fn run(
         quotas_saved: std::sync::atomic::AtomicU64::new(0),
         zone: watch::channel(None).0,
         peers: Mutex::new(BTreeMap::new()),
+        golden: Mutex::new(golden_book),
+        golden_tx: watch::channel(0).0,
+        policies_changed_ms: std::sync::atomic::AtomicU64::new(unix_now_ms()),
+        admin_addr: admin_listener
+            .local_addr()
+            .map_err(GatewayError::LocalAddr)?,
+        dns_addr: std::sync::OnceLock::new(),
         endpoint,
         relay_addr,
         relay_service: Mutex::new(None),
@@ -513,6 +536,7 @@ pub async fn run(
         admin_listener,
         shared.shutdown.clone(),
         "gateway",
+        dashboard::router(shared.clone()),
     ));
     tokio::spawn(housekeeping(shared.clone()));
     if let Some(client) = kube_client {
@@ -521,6 +545,9 @@ pub async fn run(
     let dns_addr = match dns {
         Some((sockets, pool)) => {
             let addr = sockets.local_addr();
+            if let Some(addr) = addr {
+                let _ = shared.dns_addr.set(addr);
+            }
             dns::start(&shared, sockets, pool);
             addr
         }
@@ -591,6 +618,7 @@ async fn housekeeping(shared: Arc<Shared>) {
             () = shared.shutdown.cancelled() => return,
         }
         peer::withdraw_expired(&shared, Instant::now());
+        golden::tick(&shared);
         policies::expire_quota_windows(&shared);
         if Instant::now() >= quotas_at {
             quotas_at = Instant::now() + Duration::from_secs(1);

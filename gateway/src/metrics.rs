@@ -67,6 +67,12 @@ pub struct Metrics {
     pub policy_entries: IntCounterVec,
     /// Writes to the Kubernetes API in Kubernetes mode, by resource.
     pub kubernetes_writes: IntCounterVec,
+    /// Golden-metric frames exchanged with each peer, by direction (tx or rx), in bytes.
+    pub golden_bytes: IntCounterVec,
+    /// Golden-metric series held (every cluster and interval kept).
+    pub golden_series: IntGauge,
+    /// Golden-metric series dropped over the limits.
+    pub golden_dropped: IntGauge,
 }
 
 /// The rcodes DNS answers are counted by.
@@ -197,6 +203,19 @@ impl Metrics {
                 m
             },
             dns_answers,
+            golden_bytes: counter(
+                "peer_golden_bytes_total",
+                "Bytes of golden-metric frames exchanged with a peer, by direction (tx or rx).",
+                &["peer", "direction"],
+            ),
+            golden_series: plain_gauge(
+                "golden_series",
+                "Golden-metric series held: every cluster's, over the intervals kept.",
+            ),
+            golden_dropped: plain_gauge(
+                "golden_series_dropped",
+                "Golden-metric series dropped since start, over the limit per cluster and interval.",
+            ),
             peer_state: gauge(
                 "peer_state",
                 "1 for the state a linked peer gateway is in.",

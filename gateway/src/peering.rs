@@ -77,6 +77,8 @@ pub struct PeerStatus {
     /// and policies now; their catalogs are kept aside, and when the current session ends one
     /// of them takes its place with its catalog already complete.
     pub siblings: BTreeMap<String, Sibling>,
+    /// What the peer last said of itself on the current session (`strait check`).
+    pub health: Option<crate::health::PeerHealth>,
 }
 
 /// A session with another replica of a peer's gateway, beside the current one.
@@ -139,6 +141,7 @@ impl PeerStatus {
             owner: 0,
             replica: String::new(),
             siblings: BTreeMap::new(),
+            health: None,
         }
     }
 }

@@ -95,20 +95,23 @@ impl AppProbe {
     }
 }
 
-/// Serves the admin endpoints on a bound listener until `shutdown` is cancelled; `process`
-/// names it in the log (`gateway`, `sidecar`).
+/// Serves the admin endpoints, and the process's own `routes` beside them, on a bound
+/// listener until `shutdown` is cancelled; `process` names it in the log (`gateway`,
+/// `sidecar`).
 pub async fn serve(
     probes: Arc<dyn Probes>,
     listener: TcpListener,
     shutdown: CancellationToken,
     process: &'static str,
+    routes: Router,
 ) {
     let router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .route("/app-health/{container}/{kind}", get(app_health))
-        .with_state(probes);
+        .with_state(probes)
+        .merge(routes);
     let result = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await;
@@ -204,7 +207,13 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let switch = Arc::new(Switch(AtomicBool::new(false), 0));
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve(switch.clone(), listener, shutdown.clone(), "test"));
+        let server = tokio::spawn(serve(
+            switch.clone(),
+            listener,
+            shutdown.clone(),
+            "test",
+            Router::new(),
+        ));
 
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
         let not_ready = get(addr, "/readyz").await;
@@ -256,7 +265,13 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let probes = Arc::new(Switch(AtomicBool::new(true), app_port));
-        tokio::spawn(serve(probes, listener, shutdown.clone(), "test"));
+        tokio::spawn(serve(
+            probes,
+            listener,
+            shutdown.clone(),
+            "test",
+            Router::new(),
+        ));
         assert!(
             get(addr, "/app-health/app/readiness")
                 .await

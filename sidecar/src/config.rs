@@ -190,6 +190,8 @@ pub struct SidecarConfig {
     pub request_timeout: Duration,
     /// How long connecting to an endpoint (or through the gateways) may take.
     pub connect_timeout: Duration,
+    /// The workload this sidecar belongs to (`deploy/web`), for golden metrics by workload.
+    pub workload: Option<String>,
 }
 
 impl SidecarConfig {
@@ -218,6 +220,7 @@ impl SidecarConfig {
             transparent_addr: None,
             request_timeout: Duration::from_secs(15),
             connect_timeout: Duration::from_secs(3),
+            workload: None,
         }
     }
 }

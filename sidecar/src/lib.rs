@@ -16,6 +16,7 @@ pub mod config;
 pub mod connect;
 pub mod control;
 pub mod directory;
+pub mod golden;
 pub mod http;
 
 pub mod inbound;
@@ -372,6 +373,7 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
         )),
         tokio::spawn(control::watch(shared.clone(), channel.clone())),
         tokio::spawn(quota::report(shared.clone(), channel.clone())),
+        tokio::spawn(golden::report(shared.clone(), channel.clone())),
         tokio::spawn(inbound::serve(shared.clone(), inbound)),
         tokio::spawn(forget_idle(shared.clone())),
         tokio::spawn(jwks::refresh(shared.clone())),
@@ -397,6 +399,7 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
             admin,
             shared.shutdown.clone(),
             "sidecar",
+            axum::Router::new(),
         )));
     }
     let transparent_addr = transparent.as_ref().map(bound);

@@ -18,11 +18,9 @@ const LABELS: [&str; 5] = [
     "service",
 ];
 
-/// Latency buckets, in seconds: fine below 10 ms, where proxies live.
-const BUCKETS: [f64; 16] = [
-    0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 10.0,
-];
+/// Latency buckets, in seconds: the mesh's golden-metric buckets, so that what the sidecar
+/// reports to its gateway matches its own histogram bucket for bucket.
+const BUCKETS: [f64; 16] = strait_federation::golden::BUCKETS;
 
 /// Which side of the sidecar a request or connection is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -335,6 +333,11 @@ impl Metrics {
         self.tcp_bytes
             .with_label_values(&[a, b, c, d, e, "received"])
             .inc_by(received);
+    }
+
+    /// Every metric family now.
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
     }
 
     /// The Prometheus text exposition.

@@ -14,6 +14,7 @@ mod child;
 mod http;
 pub mod kube;
 pub mod pods;
+pub mod rogue;
 pub mod terraform;
 pub mod workloads;
 
@@ -372,6 +373,7 @@ pub struct Mesh {
 }
 
 /// The result of a CLI command.
+#[derive(Debug)]
 pub struct CliOutput {
     pub ok: bool,
     pub stdout: String,

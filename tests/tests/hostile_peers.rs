@@ -14,31 +14,8 @@ use strait_federation::pki::{ISSUER_LIFETIME, LEAF_LIFETIME};
 use strait_federation::proto::peer::peer_frame::Body;
 use strait_federation::tls::{self, CertStore, PEER_ALPN, PeerRule};
 use strait_federation::wire::{FrameDecoder, encode};
+use strait_tests::rogue::{join_token, rogue_endpoint};
 use strait_tests::{Mesh, metric, service, wait_for};
-
-/// A QUIC endpoint holding a genuine gateway certificate of cluster `rogue` under the mesh's root.
-fn rogue_endpoint(mesh: &Mesh) -> Result<(quinn::Endpoint, quinn::ClientConfig)> {
-    tls::install_default_provider();
-    let td = TrustDomain::new("example.mesh")?;
-    let root = strait_io::pki::load_root(&mesh.trust, td.clone())?;
-    let rogue = ClusterName::new("rogue")?;
-    let issuer = root.issue_cluster(&rogue, ISSUER_LIFETIME, SystemTime::now())?;
-    let credential = issuer.issue(
-        &SpiffeId::gateway(&td, &rogue),
-        LEAF_LIFETIME,
-        SystemTime::now(),
-    )?;
-    let bundle = strait_io::pki::read_bundle(&mesh.trust.join("bundle.pem"), td)?;
-    let tls = tls::client_config(
-        &bundle,
-        &CertStore::new(&credential)?,
-        PeerRule::role_in(Role::Gateway, ClusterName::new("west")?),
-        &[PEER_ALPN],
-    )?;
-    let client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-    Ok((endpoint, client))
-}
 
 /// Sends `bytes` on a new control stream and waits for the gateway to close the connection.
 async fn closed_after(
@@ -71,16 +48,11 @@ fn a_peer_sending_garbage_or_oversized_frames_is_dropped_without_harming_the_oth
     mesh.apply("west", "api.yaml", &service("shop", "api", true, 8080))
         .success()?;
     mesh.wait_served("east", "shop/api", &["west"], Duration::from_secs(10))?;
-    let token_document = mesh.ctl("west", &["link"]).success()?;
-    let document: serde_json::Value = serde_saphyr::from_str(&token_document)?;
-    let token = document["spec"]["token"]
-        .as_str()
-        .ok_or_else(|| anyhow!("no spec.token in {token_document}"))?
-        .to_owned();
+    let token = join_token(&mesh, "west")?;
 
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let (endpoint, client) = rogue_endpoint(&mesh)?;
+        let (endpoint, client) = rogue_endpoint(&mesh, "west")?;
         // Not a frame at all.
         closed_after(
             &endpoint,

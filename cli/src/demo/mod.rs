@@ -469,6 +469,25 @@ async fn run_traffic(
         .await?;
     }
     let stats = traffic::start(routes(&proxies), stop.clone());
+    let dashboards: BTreeMap<String, String> = gateways
+        .iter()
+        .map(|(config, _)| {
+            (
+                config.cluster.to_string(),
+                strait_gateway::health::dashboard_url(config.admin_addr),
+            )
+        })
+        .collect();
+    // Every admin port with metrics: the gateways' and the sidecars'.
+    let metrics_targets: Vec<String> = gateways
+        .iter()
+        .map(|(config, _)| config.admin_addr.to_string())
+        .chain(
+            workloads
+                .iter()
+                .filter_map(|w| Some(w.sidecar.admin_addr?.to_string())),
+        )
+        .collect();
 
     if json_output {
         println!(
@@ -478,6 +497,8 @@ async fn run_traffic(
                 "clusters": CLUSTERS,
                 "proxies": proxies.iter().map(|(c, p)| (c.to_string(), json!(p.to_string()))).collect::<serde_json::Map<_, _>>(),
                 "dns": dns.iter().map(|(c, a)| (c.to_string(), json!(a.to_string()))).collect::<serde_json::Map<_, _>>(),
+                "dashboards": dashboards,
+                "metrics_targets": metrics_targets,
             })
         );
     } else {

@@ -253,6 +253,17 @@ fn frame(body: Body) -> PeerFrame {
 }
 
 impl PolicyExchange {
+    /// A digest of the live policies of a set (kind, namespace, name and version of each):
+    /// two gateways holding the same policies have the same digest, whatever deletions each
+    /// still remembers.
+    pub fn set_digest(set: &PolicyStore) -> Vec<u8> {
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        for (key, _, version) in set.live() {
+            context.update(format!("{key}\n{}\n{}\n", version.stamp, version.origin).as_bytes());
+        }
+        context.finish().as_ref().to_vec()
+    }
+
     /// This side's digest, split into frames of about [`TARGET_FRAME`] bytes.
     pub fn digest_frames(set: &PolicyStore) -> Vec<PeerFrame> {
         let mut frames = Vec::new();

@@ -14,8 +14,8 @@ use strait_federation::proto::operator::{
     AppliedObject, ApplyRequest, ApplyResponse, CreateLinkRequest, CreateLinkResponse,
     CreateWorkloadTokenRequest, CreateWorkloadTokenResponse, DeleteRequest, DeleteResponse,
     LinkView, ListLinksRequest, ListLinksResponse, ListPoliciesRequest, ListPoliciesResponse,
-    ListServicesRequest, ListServicesResponse, ServiceBackend, ServiceView, UnlinkRequest,
-    UnlinkResponse,
+    ListServicesRequest, ListServicesResponse, ServiceBackend, ServiceView, StatRequest,
+    StatResponse, StatusRequest, StatusResponse, UnlinkRequest, UnlinkResponse,
 };
 use strait_federation::resource::{Resource, parse_documents};
 use strait_federation::workload::DEFAULT_WORKLOAD_TOKEN_TTL_SECONDS;
@@ -553,47 +553,7 @@ impl Operator for OperatorApi {
         &self,
         _: Request<ListServicesRequest>,
     ) -> Result<Response<ListServicesResponse>, Status> {
-        let services = self
-            .shared
-            .clusterset()
-            .into_iter()
-            .map(|service| {
-                let mut ports: Vec<String> = Vec::new();
-                for (_, spec) in &service.backends {
-                    for port in &spec.ports {
-                        let text = format!("{}/{}", port.port, port.protocol.as_str());
-                        if !ports.contains(&text) {
-                            ports.push(text);
-                        }
-                    }
-                }
-                ServiceView {
-                    namespace: service.key.namespace.to_string(),
-                    name: service.key.name.to_string(),
-                    exported: service.exported,
-                    clusters: service
-                        .backends
-                        .iter()
-                        .map(|(c, _)| c.to_string())
-                        .collect(),
-                    backends: service
-                        .backends
-                        .iter()
-                        .map(|(cluster, spec)| ServiceBackend {
-                            cluster: cluster.to_string(),
-                            endpoints: spec.endpoints.len() as u32,
-                            ready_endpoints: spec.endpoints.iter().filter(|e| e.ready).count()
-                                as u32,
-                        })
-                        .collect(),
-                    ports,
-                    local: service
-                        .backends
-                        .first()
-                        .is_some_and(|(cluster, _)| cluster == &self.shared.config.cluster),
-                }
-            })
-            .collect();
+        let services = service_views(&self.shared);
         Ok(Response::new(ListServicesResponse { services }))
     }
 
@@ -636,52 +596,109 @@ impl Operator for OperatorApi {
         }))
     }
 
+    async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
+        crate::golden::stat(&self.shared, request.get_ref())
+            .map(Response::new)
+            .map_err(Status::invalid_argument)
+    }
+
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        Ok(Response::new(crate::health::status(&self.shared)))
+    }
+
     async fn list_links(
         &self,
         _: Request<ListLinksRequest>,
     ) -> Result<Response<ListLinksResponse>, Status> {
-        let (imports, head): (Vec<(ClusterName, u64, u64)>, u64) = {
-            let state = lock(&self.shared.state);
-            (
-                state
-                    .imports
-                    .iter()
-                    .map(|(c, i)| (c.clone(), i.services.len() as u64, i.position.version))
-                    .collect(),
-                state.export.head().version,
-            )
-        };
-        let peers = lock(&self.shared.peers);
-        let links = peers
-            .iter()
-            .map(|(cluster, status)| {
-                let (count, version) = imports
-                    .iter()
-                    .find(|(c, _, _)| c == cluster)
-                    .map_or((0, 0), |(_, n, v)| (*n, *v));
-                LinkView {
-                    cluster: cluster.to_string(),
-                    address: status.address.clone(),
-                    role: status.role.as_str().into(),
-                    state: status.state.as_str().into(),
-                    last_error: status.last_error.clone(),
-                    rtt_ms: status
-                        .connection
-                        .as_ref()
-                        .map_or(0.0, |c| c.rtt().as_secs_f64() * 1000.0),
-                    imported_services: count,
-                    imported_version: version,
-                    exported_version: head,
-                    acked_version: status.acked.version,
-                    replicas: (u32::from(status.connection.is_some())
-                        + status.siblings.len() as u32),
-                    since_unix: status
-                        .since
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs()),
-                }
-            })
-            .collect();
+        let links = link_views(&self.shared);
         Ok(Response::new(ListLinksResponse { links }))
     }
+}
+
+/// The clusterset's services as `get services` shows them.
+pub fn service_views(shared: &Shared) -> Vec<ServiceView> {
+    shared
+        .clusterset()
+        .into_iter()
+        .map(|service| {
+            let mut ports: Vec<String> = Vec::new();
+            for (_, spec) in &service.backends {
+                for port in &spec.ports {
+                    let text = format!("{}/{}", port.port, port.protocol.as_str());
+                    if !ports.contains(&text) {
+                        ports.push(text);
+                    }
+                }
+            }
+            ServiceView {
+                namespace: service.key.namespace.to_string(),
+                name: service.key.name.to_string(),
+                exported: service.exported,
+                clusters: service
+                    .backends
+                    .iter()
+                    .map(|(c, _)| c.to_string())
+                    .collect(),
+                backends: service
+                    .backends
+                    .iter()
+                    .map(|(cluster, spec)| ServiceBackend {
+                        cluster: cluster.to_string(),
+                        endpoints: spec.endpoints.len() as u32,
+                        ready_endpoints: spec.endpoints.iter().filter(|e| e.ready).count() as u32,
+                    })
+                    .collect(),
+                ports,
+                local: service
+                    .backends
+                    .first()
+                    .is_some_and(|(cluster, _)| cluster == &shared.config.cluster),
+            }
+        })
+        .collect()
+}
+
+/// The links as `get links` shows them.
+pub fn link_views(shared: &Shared) -> Vec<LinkView> {
+    let (imports, head): (Vec<(ClusterName, u64, u64)>, u64) = {
+        let state = lock(&shared.state);
+        (
+            state
+                .imports
+                .iter()
+                .map(|(c, i)| (c.clone(), i.services.len() as u64, i.position.version))
+                .collect(),
+            state.export.head().version,
+        )
+    };
+    let peers = lock(&shared.peers);
+    peers
+        .iter()
+        .map(|(cluster, status)| {
+            let (count, version) = imports
+                .iter()
+                .find(|(c, _, _)| c == cluster)
+                .map_or((0, 0), |(_, n, v)| (*n, *v));
+            LinkView {
+                cluster: cluster.to_string(),
+                address: status.address.clone(),
+                role: status.role.as_str().into(),
+                state: status.state.as_str().into(),
+                last_error: status.last_error.clone(),
+                rtt_ms: status
+                    .connection
+                    .as_ref()
+                    .map_or(0.0, |c| c.rtt().as_secs_f64() * 1000.0),
+                imported_services: count,
+                imported_version: version,
+                exported_version: head,
+                acked_version: status.acked.version,
+                replicas: (u32::from(status.connection.is_some()) + status.siblings.len() as u32),
+                since_unix: status
+                    .since
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            }
+        })
+        .collect()
 }

@@ -20,7 +20,9 @@ use super::caller::Caller;
 use crate::policies::SidecarPolicies;
 use crate::store::Registration;
 use crate::{Shared, lock, unix_now};
-use strait_federation::proto::workload::{ClusterLocation, UsageReply, UsageReport};
+use strait_federation::proto::workload::{
+    ClusterLocation, MetricsReply, MetricsReport, UsageReply, UsageReport,
+};
 
 /// The largest CSR accepted.
 const MAX_CSR: usize = 16 << 10;
@@ -371,6 +373,18 @@ impl Workload for WorkloadApi {
         };
         let reply = crate::policies::report_usage(&self.shared, &namespace, request.into_inner());
         Ok(Response::new(reply))
+    }
+
+    async fn report_metrics(
+        &self,
+        request: Request<MetricsReport>,
+    ) -> Result<Response<MetricsReply>, Status> {
+        let SpiffeId::Workload { namespace, .. } = workload(&request)? else {
+            return Err(Status::permission_denied("only workloads report metrics"));
+        };
+        crate::golden::report(&self.shared, &namespace, request.into_inner())
+            .map_err(Status::invalid_argument)?;
+        Ok(Response::new(MetricsReply {}))
     }
 
     async fn deregister(

@@ -78,6 +78,14 @@ impl Health {
         }
     }
 
+    /// Each part that fails, with its reason.
+    pub fn problems(&self) -> Vec<String> {
+        lock(&self.problems)
+            .iter()
+            .map(|(what, reason)| format!("{what}: {reason}"))
+            .collect()
+    }
+
     /// The reasons, one line, when something fails.
     pub fn problem(&self) -> Option<String> {
         let problems = lock(&self.problems);

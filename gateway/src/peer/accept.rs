@@ -185,6 +185,7 @@ async fn accept_one(
             status.address = connection.remote_address().to_string();
             status.replica.clone_from(&hello.replica);
             status.session = session;
+            status.health = None;
             Ok((tokens, session, true))
         })
     };

@@ -100,6 +100,7 @@ pub fn start_dialer(
             owner,
             replica: String::new(),
             siblings: Default::default(),
+            health: None,
         },
     );
     drop(peers);
@@ -305,6 +306,7 @@ async fn run_session(
         match peers.get_mut(peer) {
             Some(status) if status.owner == owner => {
                 status.session = next_session();
+                status.health = None;
                 Some(status.session)
             }
             _ => None,

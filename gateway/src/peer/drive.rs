@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use prost::Message as _;
 use strait_federation::catalog::Position;
 use strait_federation::handshake::Refusal;
 use strait_federation::identity::ClusterName;
@@ -175,6 +176,7 @@ pub(super) fn promote_sibling(shared: &Shared, peer: &ClusterName, status: &mut 
     status.address = sibling.connection.remote_address().to_string();
     status.connection = Some(sibling.connection);
     status.session = sibling.session;
+    status.health = None;
     status.acked = sibling.acked;
     status.replica = replica;
     status.state = LinkState::Connected;
@@ -257,6 +259,15 @@ async fn drive(
     // Everything counted so far in the windows in force, then what grows.
     let (counts, mut quota_sent) = crate::policies::quota_counts_for(shared, peer, 0);
     session.queue_quota(counts);
+    let mut golden = shared.golden_tx.subscribe();
+    // The last minute of every cluster's golden metrics, then each new interval.
+    let (batches, mut golden_sent) = crate::golden::outgoing(shared, peer, 0);
+    queue_golden(shared, peer, &mut session, batches);
+    session.queue_health(crate::health::frame(shared));
+    let mut health_due = tokio::time::interval_at(
+        tokio::time::Instant::now() + crate::health::HEALTH_EVERY,
+        crate::health::HEALTH_EVERY,
+    );
     let (frames, queued) = mpsc::channel::<Vec<u8>>(32);
     let mut writer = tokio::spawn(write_frames(send, queued, peering.idle_timeout()));
     let mut updates_counted = 0;
@@ -288,6 +299,8 @@ async fn drive(
             changed = export.changed() => Step::ExportChanged(changed.is_ok()),
             changed = policies.changed() => Step::PoliciesChanged(changed.is_ok()),
             changed = quotas.changed() => Step::QuotasChanged(changed.is_ok()),
+            changed = golden.changed() => Step::GoldenChanged(changed.is_ok()),
+            _ = health_due.tick() => Step::HealthDue,
             () = tokio::time::sleep_until(wake) => Step::Timer,
         };
         match step {
@@ -317,7 +330,15 @@ async fn drive(
             }
             Step::ExportChanged(false) => return Ok(()),
             Step::ExportChanged(true) => session.sync(&lock(&shared.state).export),
-            Step::PoliciesChanged(false) | Step::QuotasChanged(false) => return Ok(()),
+            Step::PoliciesChanged(false)
+            | Step::QuotasChanged(false)
+            | Step::GoldenChanged(false) => return Ok(()),
+            Step::GoldenChanged(true) => {
+                let (batches, next) = crate::golden::outgoing(shared, peer, golden_sent);
+                golden_sent = next;
+                queue_golden(shared, peer, &mut session, batches);
+            }
+            Step::HealthDue => session.queue_health(crate::health::frame(shared)),
             Step::QuotasChanged(true) => {
                 let (counts, sequence) =
                     crate::policies::quota_counts_for(shared, peer, quota_sent);
@@ -326,6 +347,7 @@ async fn drive(
             }
             Step::PoliciesChanged(true) => {
                 session.sync_policies(&lock(&shared.state).policies.set);
+                session.queue_health(crate::health::frame(shared));
             }
             Step::Timer => session.handle_timeout(Instant::now())?,
             Step::Frame(frame) => {
@@ -409,6 +431,17 @@ async fn drive(
                         if crate::policies::merge_quota_usage(shared, usage) {
                             shared.quota_tx.send_modify(|n| *n += 1);
                         }
+                    }
+                    Ok(Some(Received::Catalog(Event::Golden(batch)))) => {
+                        shared
+                            .metrics
+                            .golden_bytes
+                            .with_label_values(&[peer.as_str(), "rx"])
+                            .inc_by(batch.encoded_len() as u64);
+                        crate::golden::merge(shared, peer, batch);
+                    }
+                    Ok(Some(Received::Catalog(Event::Health(health)))) => {
+                        crate::health::received(shared, peer, session_id, health, connection.rtt());
                     }
                     Ok(Some(Received::Catalog(Event::Imported { .. }))) if !current => {}
                     Ok(Some(Received::Catalog(Event::Imported {
@@ -508,5 +541,25 @@ enum Step {
     ExportChanged(bool),
     PoliciesChanged(bool),
     QuotasChanged(bool),
+    GoldenChanged(bool),
+    HealthDue,
     Timer,
+}
+
+/// Queues golden-metric batches for the peer, counting their bytes.
+fn queue_golden(
+    shared: &Shared,
+    peer: &ClusterName,
+    session: &mut PeerSession,
+    batches: Vec<strait_federation::proto::golden::Batch>,
+) {
+    let bytes: usize = batches.iter().map(|b| b.encoded_len()).sum();
+    if bytes > 0 {
+        shared
+            .metrics
+            .golden_bytes
+            .with_label_values(&[peer.as_str(), "tx"])
+            .inc_by(bytes as u64);
+    }
+    session.queue_golden(batches);
 }

@@ -1,16 +1,13 @@
 //! `strait check --pre`: whether a Kubernetes cluster can take strait, asked of its API before
 //! `helm install` or `strait install`: the API's version and groups, the caller's rights to
 //! create what the chart creates and to grant what the gateway needs, CRDs that something else
-//! installed, and the Secret with the cluster's credentials. One line per check, `[ok]`,
-//! `[warn]` or `[fail]` with a hint, grouped as `linkerd check` groups them; non-zero exit when
-//! any check fails.
+//! installed, and the Secret with the cluster's credentials.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use clap::Args;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
@@ -19,128 +16,27 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::Client;
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use serde::Serialize;
 use strait_federation::identity::TrustDomain;
 use strait_federation::pki::TrustBundle;
 use strait_gateway::kubernetes::{crd, rbac};
 
+use super::{CheckArgs, Report};
+
 /// How long one question to the API may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Certificates expiring sooner than this are warned about.
-const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The oldest Kubernetes minor version strait's manifests apply on.
 const OLDEST_MINOR: u32 = 20;
 
-#[derive(Args)]
-pub struct CheckArgs {
-    /// Check that the cluster can take strait, before installing it (the only checks built
-    /// yet; the post-install checks come with the observability work).
-    #[arg(long, required = true)]
-    pre: bool,
-    /// The kubeconfig of the cluster; default: $KUBECONFIG, else ~/.kube/config, else the
-    /// pod's service account.
-    #[arg(long)]
-    kubeconfig: Option<PathBuf>,
-    /// The namespace strait is installed in.
-    #[arg(short, long, default_value = "strait-system")]
-    namespace: String,
-    /// The Secret holding the cluster's credentials (`strait trust issue` output).
-    #[arg(long, default_value = "strait-cluster-credentials")]
-    credentials_secret: String,
-    /// The cluster's name, checked against the issuer in that Secret.
-    #[arg(long)]
-    cluster: Option<String>,
-    /// Output format: table (the [ok] lines) or json.
-    #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
-    output: String,
-}
-
-/// What a check found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Ok,
-    Warn,
-    Fail,
-}
-
-/// One check's line.
-#[derive(Debug, Serialize)]
-pub struct Check {
-    pub group: &'static str,
-    pub status: Status,
-    pub description: String,
-    /// What to do about a warning or a failure.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hint: Option<String>,
-}
-
-/// The lines of a run, in order.
-#[derive(Default)]
-struct Report {
-    checks: Vec<Check>,
-}
-
-impl Report {
-    fn push(
-        &mut self,
-        group: &'static str,
-        status: Status,
-        description: String,
-        hint: Option<String>,
-    ) {
-        self.checks.push(Check {
-            group,
-            status,
-            description,
-            hint,
-        });
-    }
-    fn ok(&mut self, group: &'static str, description: impl Into<String>) {
-        self.push(group, Status::Ok, description.into(), None);
-    }
-    fn warn(
-        &mut self,
-        group: &'static str,
-        description: impl Into<String>,
-        hint: impl Into<String>,
-    ) {
-        self.push(group, Status::Warn, description.into(), Some(hint.into()));
-    }
-    fn fail(
-        &mut self,
-        group: &'static str,
-        description: impl Into<String>,
-        hint: impl Into<String>,
-    ) {
-        self.push(group, Status::Fail, description.into(), Some(hint.into()));
-    }
-    fn worst(&self) -> Status {
-        self.checks
-            .iter()
-            .map(|c| c.status)
-            .max()
-            .unwrap_or(Status::Ok)
-    }
-}
-
-/// Runs `strait check --pre`; an error when any check failed (after every line is printed).
-pub async fn run(args: CheckArgs) -> Result<()> {
-    debug_assert!(args.pre);
-    let mut report = Report::default();
+/// Runs the pre-install checks.
+pub(super) async fn run(args: &CheckArgs, report: &mut Report) {
     match connect(args.kubeconfig.as_deref()).await {
-        Ok(client) => pre_install(&client, &args, &mut report).await,
+        Ok(client) => pre_install(&client, args, report).await,
         Err(e) => report.fail(
             "kubernetes-api",
             format!("can reach the Kubernetes API: {e:#}"),
             "give --kubeconfig, or set KUBECONFIG, for the cluster to install into",
         ),
     }
-    print(&report, &args.output)?;
-    if report.worst() == Status::Fail {
-        bail!("some checks failed");
-    }
-    Ok(())
 }
 
 async fn connect(kubeconfig: Option<&Path>) -> Result<Client> {
@@ -548,27 +444,13 @@ async fn credentials(client: &Client, args: &CheckArgs, report: &mut Report) {
                 ),
                 _ => report.ok(GROUP, description),
             }
-            let left = facts.not_after - time::OffsetDateTime::now_utc();
-            if left <= time::Duration::ZERO {
-                report.fail(
-                    GROUP,
-                    format!("the issuer expired on {}", facts.not_after.date()),
-                    "issue a new one: strait trust issue",
-                );
-            } else if left
-                < time::Duration::try_from(EXPIRY_WARNING).unwrap_or(time::Duration::ZERO)
-            {
-                report.warn(
-                    GROUP,
-                    format!("the issuer expires on {}", facts.not_after.date()),
-                    "issue a new one soon: strait trust issue",
-                );
-            } else {
-                report.ok(
-                    GROUP,
-                    format!("the issuer is valid until {}", facts.not_after.date()),
-                );
-            }
+            report.expiry(
+                GROUP,
+                "the issuer",
+                u64::try_from(facts.not_after.unix_timestamp()).unwrap_or(0),
+                false,
+                "issue a new one: strait trust issue",
+            );
         }
         Err(e) => report.fail(
             GROUP,
@@ -617,43 +499,6 @@ fn issuer_facts(bundle_pem: &str, issuer_pem: &str) -> Result<IssuerFacts> {
         trust_domain: trust_domain.to_owned(),
         not_after: cert.validity().not_after.to_datetime(),
     })
-}
-
-fn print(report: &Report, format: &str) -> Result<()> {
-    if format == "json" {
-        let value = serde_json::json!({
-            "status": report.worst(),
-            "checks": report.checks,
-        });
-        println!("{}", serde_json::to_string_pretty(&value)?);
-        return Ok(());
-    }
-    let mut group = "";
-    for check in &report.checks {
-        if check.group != group {
-            if !group.is_empty() {
-                println!();
-            }
-            group = check.group;
-            println!("{group}\n{}", "-".repeat(group.len()));
-        }
-        let mark = match check.status {
-            Status::Ok => "[ok]",
-            Status::Warn => "[warn]",
-            Status::Fail => "[fail]",
-        };
-        println!("{mark} {}", check.description);
-        if let Some(hint) = &check.hint {
-            println!("    hint: {hint}");
-        }
-    }
-    let summary = match report.worst() {
-        Status::Ok => "[ok]",
-        Status::Warn => "[ok] with warnings",
-        Status::Fail => "[fail]",
-    };
-    println!("\nStatus check results are {summary}");
-    Ok(())
 }
 
 #[cfg(test)]

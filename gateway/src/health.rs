@@ -1,0 +1,171 @@
+//! How a gateway stands, as its peers and `strait check` see it: the health frames it sends
+//! each peer (its clock and its policy set's digest), what it keeps of theirs, and the answer to
+//! the operator API's `Status`.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use rustls_pki_types::CertificateDer;
+use strait_federation::certificate;
+use strait_federation::identity::ClusterName;
+use strait_federation::pki::fingerprint;
+use strait_federation::policy::exchange::PolicyExchange;
+use strait_federation::proto::operator::{CertificateStatus, LinkHealth, StatusResponse};
+use strait_federation::proto::peer::Health;
+use strait_io::admin::Probes;
+
+use crate::{Shared, lock, unix_now_ms};
+
+/// How often a session sends its peer a health frame (and after every policy change).
+pub const HEALTH_EVERY: Duration = Duration::from_secs(5);
+
+/// What a peer last said of itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerHealth {
+    /// When it arrived (this gateway's clock, Unix milliseconds).
+    pub received_ms: u64,
+    /// The peer's clock minus this gateway's, estimated with half the RTT.
+    pub skew_ms: f64,
+    pub digest: Vec<u8>,
+    pub policies: u64,
+    /// When the peer's digest last changed, as seen here (Unix milliseconds).
+    pub digest_changed_ms: u64,
+}
+
+/// The health frame this gateway sends now.
+pub fn frame(shared: &Shared) -> Health {
+    let state = lock(&shared.state);
+    Health {
+        sent_unix_ms: unix_now_ms(),
+        policy_digest: PolicyExchange::set_digest(&state.policies.set),
+        policies: state.policies.set.live_count() as u64,
+    }
+}
+
+/// Keeps a peer's health frame, if it came on the peer's current session.
+pub fn received(shared: &Shared, peer: &ClusterName, session: u64, health: Health, rtt: Duration) {
+    let now = unix_now_ms();
+    let skew_ms = health.sent_unix_ms as f64 - (now as f64 - rtt.as_secs_f64() * 500.0);
+    let mut peers = lock(&shared.peers);
+    let Some(status) = peers.get_mut(peer).filter(|s| s.session == session) else {
+        return;
+    };
+    let digest_changed_ms = match &status.health {
+        Some(old) if old.digest == health.policy_digest => old.digest_changed_ms,
+        _ => now,
+    };
+    status.health = Some(PeerHealth {
+        received_ms: now,
+        skew_ms,
+        digest: health.policy_digest,
+        policies: health.policies,
+        digest_changed_ms,
+    });
+}
+
+/// Where people reach an address this gateway binds: a wildcard address is reached on
+/// loopback.
+pub fn reachable(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
+    } else {
+        addr
+    }
+}
+
+/// The dashboard's URL on the admin port.
+pub fn dashboard_url(admin: SocketAddr) -> String {
+    format!("http://{}/dashboard/", reachable(admin))
+}
+
+fn certificate_status(cert: &CertificateDer<'_>, pem: String) -> CertificateStatus {
+    CertificateStatus {
+        subject: certificate::describe(cert),
+        not_after: certificate::not_after(cert).unwrap_or_default(),
+        pem,
+        fingerprint: fingerprint(cert),
+    }
+}
+
+/// The answer to `Status`.
+pub fn status(shared: &Shared) -> StatusResponse {
+    let now = unix_now_ms();
+    let (ready, not_ready_reason) = match shared.ready() {
+        Ok(()) => (true, String::new()),
+        Err(reason) => (false, reason),
+    };
+    let (policy_digest, policies) = {
+        let state = lock(&shared.state);
+        (
+            PolicyExchange::set_digest(&state.policies.set),
+            state.policies.set.live_count() as u64,
+        )
+    };
+    let head = lock(&shared.state).export.head().version;
+    let issuer = strait_federation::pki::parse_certs(
+        &shared.issuer.chain_pem,
+        std::path::Path::new("issuer.crt"),
+    )
+    .ok()
+    .and_then(|certs| certs.into_iter().next())
+    .map(|cert| certificate_status(&cert, shared.issuer.chain_pem.clone()));
+    let links = lock(&shared.peers)
+        .iter()
+        .map(|(cluster, status)| {
+            let health = status.health.as_ref();
+            LinkHealth {
+                cluster: cluster.to_string(),
+                role: status.role.as_str().into(),
+                state: status.state.as_str().into(),
+                last_error: status.last_error.clone(),
+                rtt_ms: status
+                    .connection
+                    .as_ref()
+                    .map_or(0.0, |c| c.rtt().as_secs_f64() * 1000.0),
+                lag_versions: head.saturating_sub(status.acked.version),
+                heard: health.is_some(),
+                clock_skew_ms: health.map_or(0.0, |h| h.skew_ms),
+                policy_digest: health.map(|h| h.digest.clone()).unwrap_or_default(),
+                policies: health.map_or(0, |h| h.policies),
+                digest_age_ms: health.map_or(0, |h| now.saturating_sub(h.digest_changed_ms)),
+                heard_ago_ms: health.map_or(0, |h| now.saturating_sub(h.received_ms)),
+            }
+        })
+        .collect();
+    StatusResponse {
+        cluster: shared.config.cluster.to_string(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ready,
+        not_ready_reason,
+        trust_domain: shared.config.trust_domain.to_string(),
+        roots: shared
+            .bundle
+            .roots()
+            .iter()
+            .map(|root| certificate_status(root, String::new()))
+            .collect(),
+        issuer,
+        gateway: shared
+            .certs
+            .leaf()
+            .map(|leaf| certificate_status(&leaf, String::new())),
+        dns_address: shared
+            .dns_addr
+            .get()
+            .map(|a| reachable(*a).to_string())
+            .unwrap_or_default(),
+        admin_address: reachable(shared.admin_addr).to_string(),
+        dashboard_url: dashboard_url(shared.admin_addr),
+        policy_digest,
+        policies,
+        policies_age_ms: now.saturating_sub(
+            shared
+                .policies_changed_ms
+                .load(std::sync::atomic::Ordering::SeqCst),
+        ),
+        links,
+        kubernetes: shared.kube.is_some(),
+        kubernetes_problems: shared.kubernetes.problems(),
+        now_unix_ms: now,
+    }
+}
