@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/operator.proto",
         "proto/workload.proto",
         "proto/authorizer.proto",
+        "proto/otlp.proto",
     ];
     // Shared by the peer and workload protocols: generated once, referred to by the others.
     let shared = "proto/golden.proto";

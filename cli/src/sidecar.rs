@@ -164,6 +164,13 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Write one JSON line per HTTP request and TCP flow to standard output (the gateway can
+    /// also switch access logs on for a whole namespace).
+    #[arg(long, env = "STRAIT_ACCESS_LOG")]
+    access_log: bool,
+    /// The workload this sidecar belongs to (e.g. deploy/web), for `strait stat deploy`.
+    #[arg(long, env = "STRAIT_WORKLOAD")]
+    workload: Option<String>,
 }
 
 /// Runs a `strait sidecar` command.
@@ -382,6 +389,8 @@ async fn config(args: &RunArgs) -> Result<SidecarConfig> {
     config.transparent_addr = args.transparent_addr;
     config.request_timeout = args.request_timeout;
     config.connect_timeout = args.connect_timeout;
+    config.access_log = args.access_log;
+    config.workload = args.workload.clone();
     Ok(config)
 }
 

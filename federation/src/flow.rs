@@ -41,6 +41,8 @@ pub struct FlowTarget {
     pub source_cluster: Option<ClusterName>,
     /// Handed on by another replica of this cluster's gateway: not to be handed on again.
     pub forwarded: bool,
+    /// The sampled request this flow carries alone, for the gateways to record their hops.
+    pub trace: Option<crate::trace::FlowTrace>,
 }
 
 impl FlowTarget {
@@ -58,6 +60,7 @@ impl FlowTarget {
                 .map(ToString::to_string)
                 .unwrap_or_default(),
             forwarded: self.forwarded,
+            trace: self.trace.as_ref().map(crate::trace::FlowTrace::to_wire),
         }
     }
 
@@ -101,6 +104,11 @@ impl FlowTarget {
             hostname,
             source_cluster,
             forwarded: open.forwarded,
+            // A malformed trace leaves the flow untraced, never refused.
+            trace: open
+                .trace
+                .as_ref()
+                .and_then(crate::trace::FlowTrace::from_wire),
         })
     }
 }
@@ -180,6 +188,7 @@ mod tests {
             hostname: Some("api-0".into()),
             source_cluster: Some(ClusterName::new("east").unwrap()),
             forwarded: true,
+            trace: None,
         }
     }
 

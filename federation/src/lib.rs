@@ -27,6 +27,7 @@ pub mod resource;
 pub mod session;
 pub mod text;
 pub mod tls;
+pub mod trace;
 pub mod wire;
 pub mod workload;
 
@@ -47,6 +48,10 @@ pub mod proto {
     /// Golden metrics, as sidecars report them and gateways exchange them.
     pub mod golden {
         tonic::include_proto!("strait.golden.v1");
+    }
+    /// OpenTelemetry's trace export (OTLP/gRPC), the part strait sends.
+    pub mod otlp {
+        tonic::include_proto!("opentelemetry.proto.collector.trace.v1");
     }
     /// The external authorizer that `action: external` policies consult.
     pub mod authorizer {

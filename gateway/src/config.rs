@@ -48,6 +48,10 @@ pub struct GatewayConfig {
     /// How the gateway sums its sidecars' golden metrics and shares them with its peers.
     #[serde(default, skip_serializing_if = "MetricsConfig::is_default")]
     pub metrics: MetricsConfig,
+    /// Traces (where spans go, how many are sampled) and access logs, for this gateway and
+    /// its sidecars.
+    #[serde(default, skip_serializing_if = "TelemetryConfig::is_default")]
+    pub telemetry: TelemetryConfig,
     /// The DNS server for the clusterset zone; off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsConfig>,
@@ -307,6 +311,77 @@ impl MetricsConfig {
     }
 }
 
+/// Traces and access logs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Where this gateway and its sidecars send spans, OTLP/gRPC (`http://collector:4317`).
+    /// Unset: trace context is still propagated, spans are not recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collector: Option<String>,
+    /// The share of new traces sampled, in percent (0 to 100; default 1). A request that
+    /// arrives with a trace keeps its caller's decision.
+    #[serde(default = "default_sampling_percent")]
+    pub sampling_percent: f64,
+    /// Namespaces whose sidecars write an access log (`*`: every namespace). A sidecar run
+    /// with `--access-log` writes one whatever this says.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_log_namespaces: Vec<String>,
+}
+
+fn default_sampling_percent() -> f64 {
+    1.0
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            collector: None,
+            sampling_percent: default_sampling_percent(),
+            access_log_namespaces: Vec::new(),
+        }
+    }
+}
+
+impl TelemetryConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// What is wrong with the block, if anything.
+    fn check(&self) -> Result<(), String> {
+        if !(0.0..=100.0).contains(&self.sampling_percent) {
+            return Err(format!(
+                "telemetry.samplingPercent: {} is not in 0..100",
+                self.sampling_percent
+            ));
+        }
+        if let Some(collector) = &self.collector {
+            let uri: Result<axum::http::Uri, _> = collector.parse();
+            let scheme = uri
+                .as_ref()
+                .ok()
+                .and_then(|u| u.scheme_str().map(str::to_owned));
+            if !matches!(scheme.as_deref(), Some("http" | "https"))
+                || uri.as_ref().ok().and_then(|u| u.host()).is_none()
+            {
+                return Err(format!(
+                    "telemetry.collector: {collector:?} is not an http:// or https:// address \
+                     (an OTLP/gRPC collector, e.g. http://otel-collector:4317)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether sidecars of `namespace` write an access log.
+    pub fn access_log(&self, namespace: &str) -> bool {
+        self.access_log_namespaces
+            .iter()
+            .any(|n| n == "*" || n == namespace)
+    }
+}
+
 /// Timers of the peering with other gateways.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -422,6 +497,13 @@ impl GatewayConfig {
                 ),
             });
         }
+        config
+            .telemetry
+            .check()
+            .map_err(|message| GatewayError::Config {
+                path: path.to_owned(),
+                message,
+            })?;
         let p = &config.peering;
         if p.max_backoff_ms < 10 {
             return Err(GatewayError::Config {

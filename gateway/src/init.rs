@@ -228,6 +228,7 @@ pub fn init_gateway(options: InitOptions) -> Result<Initialized, GatewayError> {
         peering: PeeringConfig::default(),
         workloads: WorkloadConfig::default(),
         metrics: Default::default(),
+        telemetry: Default::default(),
         dns: options.dns_addr.map(DnsConfig::at),
         location: options.location,
         kubernetes: options

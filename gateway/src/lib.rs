@@ -132,6 +132,8 @@ pub struct Shared {
     pub admin_addr: SocketAddr,
     /// Where the DNS server listens, once it does.
     pub dns_addr: std::sync::OnceLock<SocketAddr>,
+    /// Spans of the flows that carry sampled requests, for the collector.
+    pub spans: strait_io::spans::SpanExporter,
     pub metrics: Metrics,
     pub endpoint: quinn::Endpoint,
     /// Where this cluster's sidecars open flows to other clusters (bound).
@@ -471,6 +473,15 @@ pub async fn run(
     let links: Vec<_> = state.links.values().cloned().collect();
     let acceptor_peers = state.redemptions.active_clusters();
     let golden_book = golden::book(&config);
+    let shutdown_token = CancellationToken::new();
+    let spans = strait_io::spans::SpanExporter::new(
+        "strait-gateway",
+        vec![(
+            "strait.cluster",
+            strait_federation::trace::Value::Text(config.cluster.to_string()),
+        )],
+        shutdown_token.clone(),
+    );
     let shared = Arc::new(Shared {
         metrics: Metrics::new(config.cluster.as_str()),
         config,
@@ -499,6 +510,7 @@ pub async fn run(
             .local_addr()
             .map_err(GatewayError::LocalAddr)?,
         dns_addr: std::sync::OnceLock::new(),
+        spans,
         endpoint,
         relay_addr,
         relay_service: Mutex::new(None),
@@ -517,8 +529,11 @@ pub async fn run(
         siblings: Mutex::new(Vec::new()),
         leader_vips: watch::channel(None).0,
         kube: kube_client.clone(),
-        shutdown: CancellationToken::new(),
+        shutdown: shutdown_token,
     });
+    if let Some(collector) = &shared.config.telemetry.collector {
+        shared.spans.configure(collector);
+    }
     policies::load_quota_counts(&shared);
     let now = Instant::now();
     for cluster in acceptor_peers {

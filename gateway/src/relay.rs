@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use strait_federation::trace::{Span, SpanId, SpanKind, TraceId, Value};
 
 use bytes::BytesMut;
 use strait_federation::catalog::ServiceKey;
@@ -46,7 +47,8 @@ impl Direction {
     }
 }
 
-/// Counts a flow while it is open and records its outcome, bytes and duration.
+/// Counts a flow while it is open and records its outcome, bytes and duration (and its span,
+/// when it carries a sampled request).
 struct FlowRecord {
     shared: Arc<Shared>,
     direction: Direction,
@@ -55,6 +57,8 @@ struct FlowRecord {
     service: String,
     started: Instant,
     open: bool,
+    /// This hop's span: the trace, the span's id and its parent's, and when it began.
+    span: Option<(TraceId, SpanId, SpanId, u64)>,
 }
 
 impl FlowRecord {
@@ -67,12 +71,61 @@ impl FlowRecord {
             service: String::new(),
             started: Instant::now(),
             open: false,
+            span: None,
         }
     }
 
-    fn target(&mut self, target: &FlowTarget) {
+    /// Takes note of the flow's target; a flow that carries a sampled request gives this
+    /// gateway its span, and keeps the spans of the hops after it.
+    fn target(&mut self, target: &mut FlowTarget) {
         self.namespace = target.service.namespace.to_string();
         self.service = target.service.name.to_string();
+        let hop = target.trace.as_ref().and_then(|t| t.take_hop());
+        if let (Some(trace), Some((mine, rest))) = (target.trace.as_ref(), hop) {
+            self.span = Some((
+                trace.trace_id,
+                mine,
+                trace.parent_id,
+                strait_io::clock::unix_now_nanos(),
+            ));
+            target.trace = Some(rest);
+        }
+    }
+
+    /// Records this hop's span, if the flow carries a sampled request.
+    fn record_span(&mut self, outcome: &str, tx: u64, rx: u64) {
+        let Some((trace_id, span_id, parent, started)) = self.span.take() else {
+            return;
+        };
+        let local = self.shared.config.cluster.as_str();
+        let (from, to) = match self.direction {
+            Direction::Outbound => (local, self.peer.as_str()),
+            Direction::Inbound => (self.peer.as_str(), local),
+        };
+        self.shared.spans.record(Span {
+            trace_id,
+            span_id,
+            parent_id: Some(parent),
+            name: format!("gateway {from} -> {to}"),
+            kind: SpanKind::Internal,
+            start_unix_nanos: started,
+            end_unix_nanos: strait_io::clock::unix_now_nanos(),
+            attributes: vec![
+                (
+                    "strait.direction",
+                    Value::Text(self.direction.as_str().into()),
+                ),
+                ("strait.peer", Value::Text(self.peer.clone())),
+                (
+                    "strait.service",
+                    Value::Text(format!("{}/{}", self.namespace, self.service)),
+                ),
+                ("strait.outcome", Value::Text(outcome.into())),
+                ("strait.bytes_tx", Value::Int(tx as i64)),
+                ("strait.bytes_rx", Value::Int(rx as i64)),
+            ],
+            error: (outcome != "ok").then(|| format!("flow {outcome}")),
+        });
     }
 
     fn opened(&mut self) {
@@ -85,6 +138,7 @@ impl FlowRecord {
     }
 
     fn finish(&mut self, outcome: &str, tx: u64, rx: u64) {
+        self.record_span(outcome, tx, rx);
         let m = &self.shared.metrics;
         let labels = [
             self.direction.as_str(),
@@ -211,7 +265,7 @@ async fn answer(writer: &mut (impl AsyncWrite + Unpin), reply: &FlowReply) {
 /// A flow from one of this cluster's sidecars to another cluster.
 async fn outbound_flow(shared: Arc<Shared>, mut tcp: TcpStream) {
     let _ = tcp.set_nodelay(true);
-    let target = match tokio::time::timeout(HEADER_TIMEOUT, read_open(&mut tcp)).await {
+    let mut target = match tokio::time::timeout(HEADER_TIMEOUT, read_open(&mut tcp)).await {
         Ok(Ok(target)) => target,
         Ok(Err(e)) => {
             answer(&mut tcp, &flow::refusal(e.to_string())).await;
@@ -220,7 +274,7 @@ async fn outbound_flow(shared: Arc<Shared>, mut tcp: TcpStream) {
         Err(_) => return,
     };
     let mut record = FlowRecord::new(&shared, Direction::Outbound, &target.cluster);
-    record.target(&target);
+    record.target(&mut target);
     let local = shared.config.cluster.clone();
     let opened = if target.cluster == local {
         Err(FlowError::ThisCluster(target.cluster.clone()))
@@ -428,7 +482,7 @@ async fn inbound_flow(
     mut recv: quinn::RecvStream,
 ) {
     let mut record = FlowRecord::new(&shared, Direction::Inbound, &peer);
-    let target = match tokio::time::timeout(HEADER_TIMEOUT, read_open(&mut recv)).await {
+    let mut target = match tokio::time::timeout(HEADER_TIMEOUT, read_open(&mut recv)).await {
         Ok(Ok(target)) => target,
         Ok(Err(e)) => {
             answer(&mut send, &flow::refusal(e.to_string())).await;
@@ -440,7 +494,7 @@ async fn inbound_flow(
             return;
         }
     };
-    record.target(&target);
+    record.target(&mut target);
     match connect_endpoint(&shared, &target).await {
         Ok(tcp) => {
             answer(&mut send, &flow::accepted()).await;

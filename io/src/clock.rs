@@ -12,6 +12,11 @@ pub fn unix_now_ms() -> u64 {
     since_epoch().as_millis() as u64
 }
 
+/// Nanoseconds since the Unix epoch (span times).
+pub fn unix_now_nanos() -> u64 {
+    since_epoch().as_nanos() as u64
+}
+
 fn since_epoch() -> std::time::Duration {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

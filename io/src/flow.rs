@@ -63,6 +63,7 @@ mod tests {
             hostname: None,
             source_cluster: None,
             forwarded: false,
+            trace: None,
         }
     }
 

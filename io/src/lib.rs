@@ -6,7 +6,8 @@
 //! - [`flow`]: reading and writing a relayed flow's header on a byte stream;
 //! - [`files`] and [`pki`]: text files written atomically, and the trust material kept in them;
 //! - [`clock`] and [`random`]: the wall clock and random numbers federation is handed;
-//! - [`admin`]: the admin HTTP server (`/healthz`, `/readyz`, `/metrics`) of every process.
+//! - [`admin`]: the admin HTTP server (`/healthz`, `/readyz`, `/metrics`) of every process;
+//! - [`spans`]: finished spans sent to an OpenTelemetry collector.
 
 pub mod admin;
 pub mod api;
@@ -15,3 +16,4 @@ pub mod files;
 pub mod flow;
 pub mod pki;
 pub mod random;
+pub mod spans;

@@ -7,14 +7,19 @@ use std::sync::Arc;
 use hyper::{Request, Response, StatusCode};
 use strait_federation::identity::{ClusterName, Namespace};
 
+use strait_federation::trace::TRACEPARENT;
+
 use crate::Shared;
 use crate::balance::InFlight;
 use crate::connect::{Body, DialError, Target};
 use crate::plan::{Tiers, choose};
 use crate::retry;
+use crate::telemetry::RequestTrace;
 
 /// Targets tried per request or connection before giving up.
 pub(crate) const MAX_ATTEMPTS: usize = 3;
+/// Gateways a request to another cluster crosses: this cluster's, then the other's.
+const GATEWAY_HOPS: usize = 2;
 
 /// Why a try got no response.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +70,7 @@ pub(crate) async fn send(
     avoid: &[Target],
     namespace: &Namespace,
     request: Request<Body>,
+    trace: Option<&RequestTrace>,
 ) -> Result<(Target, Response<hyper::body::Incoming>), SendError> {
     let mut request = Some(request);
     let mut last_error = SendError::NoEndpoint;
@@ -72,12 +78,31 @@ pub(crate) async fn send(
         let Some(target) = choose(shared, tiers, avoid) else {
             break;
         };
-        let Some(outgoing) = request.take() else {
+        let Some(mut outgoing) = request.take() else {
             break;
         };
+        // A recorded request to another cluster travels alone, so the gateways can record
+        // their hops; any other goes on the pooled connection.
+        let alone = trace
+            .filter(|t| t.recorded && matches!(target, Target::Remote { .. }))
+            .map(|t| {
+                let (flow, header) = t.through_gateways(GATEWAY_HOPS);
+                outgoing.headers_mut().insert(TRACEPARENT, header);
+                flow
+            });
+        if alone.is_none()
+            && let Some(trace) = trace
+        {
+            outgoing.headers_mut().insert(TRACEPARENT, trace.header());
+        }
         // Dropped with the request (timeout, caller gone), it leaves no load behind.
         let mut in_flight = InFlight::start(&shared.balancer, target.clone());
-        let mut sender = match shared.pool.get(shared, &target, namespace).await {
+        let pooled = alone.is_none();
+        let dialled = match alone {
+            Some(flow) => crate::connect::alone(shared, &target, namespace, flow).await,
+            None => shared.pool.get(shared, &target, namespace).await,
+        };
+        let mut sender = match dialled {
             Ok(sender) => sender,
             Err(e) => {
                 tracing::debug!(target = ?target, error = %e, "cannot reach target");
@@ -98,7 +123,9 @@ pub(crate) async fn send(
                 return Ok((target, response));
             }
             Err(mut e) => {
-                shared.pool.evict(&target);
+                if pooled {
+                    shared.pool.evict(&target);
+                }
                 match e.take_message() {
                     // Never sent: safe to send elsewhere.
                     Some(unsent) => {

@@ -192,6 +192,8 @@ pub struct SidecarConfig {
     pub connect_timeout: Duration,
     /// The workload this sidecar belongs to (`deploy/web`), for golden metrics by workload.
     pub workload: Option<String>,
+    /// One JSON line per request and TCP flow on standard output, whatever the gateway says.
+    pub access_log: bool,
 }
 
 impl SidecarConfig {
@@ -221,6 +223,7 @@ impl SidecarConfig {
             request_timeout: Duration::from_secs(15),
             connect_timeout: Duration::from_secs(3),
             workload: None,
+            access_log: false,
         }
     }
 }

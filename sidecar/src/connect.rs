@@ -18,6 +18,7 @@ use strait_federation::catalog::ServiceKey;
 use strait_federation::flow::{FlowRefused, FlowTarget};
 use strait_federation::identity::{ClusterName, Namespace};
 use strait_federation::tls::TlsError;
+use strait_federation::trace::FlowTrace;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
@@ -164,6 +165,7 @@ pub async fn dial(
     target: &Target,
     namespace: &Namespace,
     alpn: &'static [u8],
+    trace: Option<FlowTrace>,
 ) -> Result<TlsStream<TcpStream>, DialError> {
     // The connect timeout bounds the whole dial: TCP, the relay's answer and TLS.
     let limit = tokio::time::Instant::now() + shared.config.connect_timeout;
@@ -195,6 +197,7 @@ pub async fn dial(
                 hostname: hostname.clone(),
                 source_cluster: None,
                 forwarded: false,
+                trace,
             };
             let tcp = timed(limit, "the gateway relay", async {
                 let mut tcp = connect_relay(relay).await?;
@@ -281,26 +284,11 @@ impl Pool {
             return Ok(sender.clone());
         }
         *current = None;
-        let tls = dial(shared, target, namespace, HTTP_ALPN).await?;
-        let name = format!("{target:?}");
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .initial_stream_window_size(1 << 20)
-            .initial_connection_window_size(4 << 20)
-            .max_concurrent_reset_streams(1024)
-            .keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .timer(hyper_util::rt::TokioTimer::new())
-            .handshake(TokioIo::new(tls))
-            .await
-            .map_err(|error| DialError::Http {
-                name: name.clone(),
-                error,
-            })?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(target = %name, error = %e, "HTTP/2 connection ended");
-            }
-        });
+        let sender = http2(
+            dial(shared, target, namespace, HTTP_ALPN, None).await?,
+            target,
+        )
+        .await?;
         *current = Some(sender.clone());
         Ok(sender)
     }
@@ -312,6 +300,46 @@ impl Pool {
             .unwrap_or_else(|p| p.into_inner())
             .remove(target);
     }
+}
+
+/// A connection of its own to a target in another cluster, for one sampled request: its flow
+/// names the request's trace, so each gateway on the way records its hop. It closes once the
+/// request is answered.
+pub async fn alone(
+    shared: &Shared,
+    target: &Target,
+    namespace: &Namespace,
+    trace: FlowTrace,
+) -> Result<SendRequest<Body>, DialError> {
+    http2(
+        dial(shared, target, namespace, HTTP_ALPN, Some(trace)).await?,
+        target,
+    )
+    .await
+}
+
+/// HTTP/2 over a dialled connection; the connection is driven by a task of its own.
+async fn http2(tls: TlsStream<TcpStream>, target: &Target) -> Result<SendRequest<Body>, DialError> {
+    let name = format!("{target:?}");
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .max_concurrent_reset_streams(1024)
+        .keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .timer(hyper_util::rt::TokioTimer::new())
+        .handshake(TokioIo::new(tls))
+        .await
+        .map_err(|error| DialError::Http {
+            name: name.clone(),
+            error,
+        })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(target = %name, error = %e, "HTTP/2 connection ended");
+        }
+    });
+    Ok(sender)
 }
 
 #[cfg(test)]

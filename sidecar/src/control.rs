@@ -248,6 +248,7 @@ pub async fn watch(shared: Arc<Shared>, channel: Channel) {
                         shared
                             .metrics
                             .policies_held(&view.policies, directory.policies.refused);
+                        shared.telemetry.configure(&directory.telemetry);
                         shared.directory.send_replace(Arc::new(directory));
                         backoff = Duration::from_millis(100);
                         if std::mem::take(&mut lost) {

@@ -86,6 +86,8 @@ pub struct Directory {
     pub location: Location,
     /// Where the other linked clusters run, as their gateways said.
     pub cluster_locations: HashMap<ClusterName, Location>,
+    /// The gateway's tracing and access-log settings for this sidecar.
+    pub telemetry: crate::telemetry::Settings,
 }
 
 fn parse_port(port: &strait_federation::proto::workload::PortSpec) -> Option<Port> {
@@ -202,6 +204,7 @@ impl Directory {
                     ))
                 })
                 .collect(),
+            telemetry: crate::telemetry::Settings::from_view(view.telemetry.as_ref()),
         }
     }
 

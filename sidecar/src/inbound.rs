@@ -32,7 +32,8 @@ use crate::directory::Directory;
 use crate::http::{error_response, strip_hop_by_hop};
 use crate::metrics::{Direction, Route};
 use crate::ratelimit::Limited;
-use crate::{CALLER_READY_HEADER, CLIENT_ID_HEADER, Shared, accept_each};
+use crate::{CALLER_READY_HEADER, CLIENT_ID_HEADER, Shared, accept_each, telemetry};
+use strait_federation::trace::TRACEPARENT;
 
 /// How long a TLS handshake, or the port of a TCP connection, may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -580,6 +581,16 @@ async fn to_app(
         namespace,
         service,
     };
+    // The trace goes on to the app with this sidecar's span as its parent.
+    let settings = &directory.telemetry;
+    let trace = shared.telemetry.begin(request.headers(), settings);
+    request.headers_mut().insert(TRACEPARENT, trace.header());
+    let described = (trace.recorded || shared.telemetry.access_log_on(settings)).then(|| {
+        (
+            request.method().to_string(),
+            request.uri().path().to_owned(),
+        )
+    });
     let response = match gate(
         &shared,
         &directory,
@@ -593,9 +604,32 @@ async fn to_app(
         Some(refusal) => refusal,
         None => forward(&shared, request, caller).await,
     };
-    shared
-        .metrics
-        .request(&route, response.status().as_u16(), started.elapsed());
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    shared.metrics.request(&route, status, elapsed);
+    if let Some((method, path)) = &described {
+        shared.telemetry.finish(
+            Some(&trace),
+            &telemetry::Record {
+                direction: "inbound",
+                protocol: "http",
+                caller: &caller.identity.to_string(),
+                namespace,
+                service,
+                source_cluster: &caller.cluster,
+                destination_cluster: shared.cluster.as_str(),
+                route: None,
+                method: Some(method),
+                path: Some(path),
+                status: Some(status),
+                duration: elapsed,
+                bytes_sent: None,
+                bytes_received: None,
+                error: None,
+            },
+            settings,
+        );
+    }
     response
 }
 
@@ -705,8 +739,33 @@ async fn serve_tcp(
     };
     let _ = app.set_nodelay(true);
     shared.metrics.tcp_opened(&route);
-    let (received, sent) = tokio::io::copy_bidirectional(&mut tls, &mut app)
-        .await
-        .unwrap_or_default();
+    let started = Instant::now();
+    let copied = tokio::io::copy_bidirectional(&mut tls, &mut app).await;
+    let error = copied.as_ref().err().map(ToString::to_string);
+    let (received, sent) = copied.unwrap_or_default();
     shared.metrics.tcp_closed(&route, sent, received);
+    let settings = &directory.telemetry;
+    if shared.telemetry.access_log_on(settings) {
+        shared.telemetry.finish(
+            None,
+            &telemetry::Record {
+                direction: "inbound",
+                protocol: "tcp",
+                caller: &caller.to_string(),
+                namespace,
+                service,
+                source_cluster: caller.cluster().as_str(),
+                destination_cluster: shared.cluster.as_str(),
+                route: None,
+                method: None,
+                path: None,
+                status: None,
+                duration: started.elapsed(),
+                bytes_sent: Some(sent),
+                bytes_received: Some(received),
+                error: error.as_deref(),
+            },
+            settings,
+        );
+    }
 }

@@ -32,6 +32,7 @@ pub mod ratelimit;
 pub mod residence;
 pub mod retry;
 pub mod routing;
+pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -127,6 +128,8 @@ pub struct Shared {
     /// Room for copies of mirrored requests in flight.
     pub(crate) mirrors: Arc<tokio::sync::Semaphore>,
     pub metrics: Metrics,
+    /// Traces and access logs.
+    pub telemetry: telemetry::Telemetry,
     pub(crate) app_clients: AppClients,
     pub inbound_addr: SocketAddr,
     /// The address registered for this endpoint.
@@ -328,6 +331,8 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
         }),
         _ => None,
     };
+    let shutdown = CancellationToken::new();
+    let identity_text = certified.identity.to_string();
     let shared = Arc::new(Shared {
         cluster: bootstrap.cluster.clone(),
         identity: certified.identity,
@@ -350,6 +355,12 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
         key_sets: jwks::KeySets::default(),
         mirrors: Arc::new(tokio::sync::Semaphore::new(mirror::MAX_IN_FLIGHT)),
         metrics: Metrics::new(bootstrap.cluster.as_str()),
+        telemetry: telemetry::Telemetry::new(
+            bootstrap.cluster.as_str(),
+            &identity_text,
+            config.access_log,
+            shutdown.clone(),
+        ),
         app_clients: AppClients::new(&config.served_ports().cloned().collect::<Vec<_>>()),
         inbound_addr,
         advertise_addr: config.advertise_addr.unwrap_or(inbound_addr),
@@ -362,7 +373,7 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
             .map(|a| a.ip()),
         own_service,
         service_labels,
-        shutdown: CancellationToken::new(),
+        shutdown,
         config,
     });
     let mut tasks = vec![

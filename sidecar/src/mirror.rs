@@ -68,8 +68,11 @@ pub fn send_copy(
     let shared = shared.clone();
     tokio::spawn(async move {
         let _permit = permit;
-        let sent =
-            tokio::time::timeout(limit, send(&shared, &tiers, &[], &service.namespace, copy)).await;
+        let sent = tokio::time::timeout(
+            limit,
+            send(&shared, &tiers, &[], &service.namespace, copy, None),
+        )
+        .await;
         match sent {
             // Answered, whatever the status: the copy was delivered. Its body is dropped.
             Ok(Ok((target, _))) => {

@@ -697,13 +697,16 @@ impl Process {
             .with_context(|| format!("starting {name}"))?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let (tx, rx) = std::sync::mpsc::channel();
+        let rest = std::fs::File::create(mesh.dir.path().join(format!("{name}.stdout")))?;
         std::thread::spawn(move || {
             let mut line = String::new();
             let mut reader = std::io::BufReader::new(stdout);
             let _ = std::io::BufRead::read_line(&mut reader, &mut line);
             let _ = tx.send(line);
-            // Keep draining so the process never blocks on a full pipe.
-            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+            // Keep draining so the process never blocks on a full pipe; what follows the first
+            // line (access logs) is kept for the test.
+            let mut rest = rest;
+            let _ = std::io::copy(&mut reader, &mut rest);
         });
         let mut process = Self {
             name: name.into(),
@@ -717,6 +720,16 @@ impl Process {
         process.started = serde_json::from_str(&line)
             .with_context(|| format!("{name} printed {line:?}\n{}", process.log_tail()))?;
         Ok(process)
+    }
+
+    /// The lines it printed after its first one (a sidecar's access log).
+    pub fn later_lines(&self) -> Vec<String> {
+        let path = self.log.with_extension("stdout");
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 
     /// An address from the started line (`inbound`, `proxy`, `admin`, `address`...).

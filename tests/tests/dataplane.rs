@@ -538,6 +538,7 @@ fn the_relay_refuses_malformed_and_unroutable_flows_and_keeps_relaying() -> Resu
             hostname: None,
             source_cluster: None,
             forwarded: false,
+            trace: None,
         };
         let body = prost::Message::encode_to_vec(&open.to_wire());
         Ok([&(body.len() as u16).to_be_bytes()[..], &body].concat())

@@ -2,17 +2,13 @@
 //! gateway's other peerings carry on.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, ensure};
-use quinn::crypto::rustls::QuicClientConfig;
 use strait_federation::catalog::Position;
 use strait_federation::handshake;
-use strait_federation::identity::{ClusterName, Role, SpiffeId, TrustDomain};
-use strait_federation::pki::{ISSUER_LIFETIME, LEAF_LIFETIME};
+use strait_federation::identity::ClusterName;
 use strait_federation::proto::peer::peer_frame::Body;
-use strait_federation::tls::{self, CertStore, PEER_ALPN, PeerRule};
 use strait_federation::wire::{FrameDecoder, encode};
 use strait_tests::rogue::{join_token, rogue_endpoint};
 use strait_tests::{Mesh, metric, service, wait_for};

@@ -1,16 +1,23 @@
 //! Seeing the whole federation: `strait check` on a healthy mesh and on each thing that breaks
 //! (a stopped peer, an expired link, a skewed clock, policies out of sync), and `strait stat
 //! --all-clusters` showing from one cluster what only another cluster's sidecars saw, marked
-//! stale once that cluster goes quiet.
+//! stale once that cluster goes quiet; a cross-cluster request's trace through four hops, and
+//! access logs where they are switched on.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, ensure};
+use opentelemetry_proto::tonic as otel;
+use otel::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use otel::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use serde_json::Value;
 use strait_federation::proto::peer::peer_frame::Body;
 use strait_federation::proto::peer::{Health, KeepAlive, PeerFrame};
 use strait_tests::rogue::RoguePeer;
-use strait_tests::workloads::{api, client, linked_pair, wait_connected};
+use strait_tests::workloads::{
+    api, client, endpoint, get, linked_pair, wait_connected, wait_route,
+};
 use strait_tests::{Mesh, http_get_host, wait_for};
 
 /// `strait --context CLUSTER check -o json`: the exit status and the checks.
@@ -282,5 +289,309 @@ fn stat_from_east_shows_what_only_wests_sidecars_saw_and_marks_it_stale_when_wes
         .ctl("east", &["stat", "services", "--all-clusters"])
         .success()?;
     ensure!(table.contains("(stale)"), "{table}");
+    Ok(())
+}
+
+/// Spans a test collector received, with the `service.name` and `strait.cluster` of their
+/// resource.
+type Received = Arc<Mutex<Vec<(String, String, otel::trace::v1::Span)>>>;
+
+/// An OTLP/gRPC trace collector on loopback, built on OpenTelemetry's own types.
+struct Collector(Received);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for resource_spans in request.into_inner().resource_spans {
+            let attribute = |key: &str| {
+                resource_spans
+                    .resource
+                    .as_ref()
+                    .and_then(|r| r.attributes.iter().find(|a| a.key == key))
+                    .and_then(|a| a.value.as_ref())
+                    .and_then(|v| match &v.value {
+                        Some(otel::common::v1::any_value::Value::StringValue(s)) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default()
+            };
+            let (service, cluster) = (attribute("service.name"), attribute("strait.cluster"));
+            for scope in resource_spans.scope_spans {
+                for span in scope.spans {
+                    held.push((service.clone(), cluster.clone(), span));
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// Starts a collector; its address and what it received.
+fn collector(runtime: &tokio::runtime::Runtime) -> Result<(std::net::SocketAddr, Received)> {
+    let received: Received = Arc::default();
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let address = listener.local_addr()?;
+    let service = TraceServiceServer::new(Collector(received.clone()));
+    runtime.spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(futures::stream::unfold(listener, |listener| async move {
+                let accepted = listener.accept().await.map(|(stream, _)| stream);
+                Some((accepted, listener))
+            })),
+    );
+    Ok((address, received))
+}
+
+#[test]
+fn a_cross_cluster_request_is_one_trace_of_four_spans_each_the_child_of_the_hop_before()
+-> Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let (address, received) = collector(&runtime)?;
+    let mesh = Mesh::new()?;
+    let mut west = mesh.gateway("west", None)?;
+    let mut east = mesh.gateway("east", None)?;
+    for gateway in [&west, &east] {
+        gateway.set_section(
+            "telemetry",
+            &format!("  collector: http://{address}\n  samplingPercent: 100"),
+        )?;
+    }
+    west.start(&mesh)?;
+    east.start(&mesh)?;
+    mesh.link("east", "west")?;
+    wait_connected(&mesh, "east", "west")?;
+    let _api = api(&mesh, "west", "api-west-0")?;
+    let web = client(&mesh, "east", &[])?;
+    let proxy = web.addr("proxy")?;
+    wait_route(proxy, "api.shop", "west")?;
+    // A request that comes with a trace of its own continues it.
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let answer = get(
+        proxy,
+        "api.shop",
+        "/",
+        &[(
+            "traceparent",
+            &format!("00-{caller_trace}-{caller_span}-01"),
+        )],
+    )?;
+    ensure!(answer.status == 200, "{}", answer.status);
+    let trace_id = strait_federation::trace::TraceContext::parse(&format!(
+        "00-{caller_trace}-{caller_span}-01"
+    ))
+    .ok_or_else(|| anyhow!("a valid traceparent"))?
+    .trace_id;
+    let spans = wait_for(Duration::from_secs(15), "four spans of the trace", || {
+        let held = received.lock().unwrap_or_else(|p| p.into_inner());
+        let spans: Vec<_> = held
+            .iter()
+            .filter(|(_, _, span)| span.trace_id == trace_id)
+            .cloned()
+            .collect();
+        Ok((spans.len() >= 4).then_some(spans))
+    })?;
+    ensure!(spans.len() == 4, "more than four spans: {spans:#?}");
+    let find_span = |service: &str, cluster: &str, kind: i32| {
+        spans
+            .iter()
+            .find(|(s, c, span)| s == service && c == cluster && span.kind == kind)
+            .map(|(_, _, span)| span.clone())
+            .ok_or_else(|| anyhow!("no {service} span of {cluster} (kind {kind}) in {spans:#?}"))
+    };
+    let client_span = find_span("strait-sidecar", "east", 3)?;
+    let east_gateway = find_span("strait-gateway", "east", 1)?;
+    let west_gateway = find_span("strait-gateway", "west", 1)?;
+    let server_span = find_span("strait-sidecar", "west", 2)?;
+    ensure!(
+        strait_federation::trace::hex(&client_span.parent_span_id) == caller_span,
+        "the client's span is not the caller's child: {client_span:#?}"
+    );
+    for (child, parent, what) in [
+        (
+            &east_gateway,
+            &client_span,
+            "east's gateway under the client",
+        ),
+        (&west_gateway, &east_gateway, "west's gateway under east's"),
+        (
+            &server_span,
+            &west_gateway,
+            "the server under west's gateway",
+        ),
+    ] {
+        ensure!(
+            child.parent_span_id == parent.span_id,
+            "{what}: {child:#?} has parent {:?}, not {:?}",
+            child.parent_span_id,
+            parent.span_id
+        );
+    }
+    // Each hop lies within the one before it.
+    for (inner, outer) in [(&server_span, &client_span), (&west_gateway, &east_gateway)] {
+        ensure!(
+            inner.start_time_unix_nano >= outer.start_time_unix_nano
+                && inner.end_time_unix_nano <= outer.end_time_unix_nano + 5_000_000,
+            "{inner:#?} is not within {outer:#?}"
+        );
+    }
+    ensure!(
+        client_span.name == "outbound shop/api",
+        "{}",
+        client_span.name
+    );
+    ensure!(
+        east_gateway.name == "gateway east -> west",
+        "{}",
+        east_gateway.name
+    );
+
+    // A request without a trace starts one at the client's sidecar, sampled at 100 %.
+    let before = received.lock().unwrap_or_else(|p| p.into_inner()).len();
+    ensure!(get(proxy, "api.shop", "/", &[])?.status == 200);
+    wait_for(Duration::from_secs(15), "a new trace's four spans", || {
+        let held = received.lock().unwrap_or_else(|p| p.into_inner());
+        let root = held[before..]
+            .iter()
+            .find(|(_, _, s)| s.kind == 3 && s.parent_span_id.is_empty())
+            .map(|(_, _, s)| s.trace_id.clone());
+        Ok(root.filter(|id| held.iter().filter(|(_, _, s)| &s.trace_id == id).count() == 4))
+    })?;
+    Ok(())
+}
+
+#[test]
+fn access_logs_are_one_json_line_per_request_and_flow_where_switched_on() -> Result<()> {
+    let mesh = Mesh::new()?;
+    let mut west = mesh.gateway("west", None)?;
+    let mut east = mesh.gateway("east", None)?;
+    // West logs every sidecar of namespace shop; in east only the client run with
+    // --access-log does.
+    west.set_section("telemetry", "  accessLogNamespaces: [shop]")?;
+    west.start(&mesh)?;
+    east.start(&mesh)?;
+    mesh.link("east", "west")?;
+    wait_connected(&mesh, "east", "west")?;
+    let api_west = api(&mesh, "west", "api-west-0")?;
+    let ledger = endpoint(&mesh, "west", "ledger", "ledger-0", &[("tcp", 5432, "tcp")])?;
+    let logged = mesh.sidecar(
+        "east",
+        "shop",
+        "web",
+        "web-logged",
+        &[
+            "--proxy-addr".into(),
+            "127.0.0.1:0".into(),
+            "--upstream".into(),
+            "ledger.shop:5432=127.0.0.1:0".into(),
+            "--access-log".into(),
+        ],
+    )?;
+    let quiet = client(&mesh, "east", &[])?;
+    let proxy = logged.addr("proxy")?;
+    wait_route(proxy, "api.shop", "west")?;
+    wait_route(quiet.addr("proxy")?, "api.shop", "west")?;
+    let lines_before = logged.later_lines().len();
+    for path in ["/one", "/two", "/three"] {
+        ensure!(get(proxy, "api.shop", path, &[])?.status == 200);
+    }
+    // One TCP flow through the upstream listener: bytes there and back.
+    let mut tcp = std::net::TcpStream::connect(logged.upstream(0)?)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+    std::io::Write::write_all(&mut tcp, b"ping\n")?;
+    let mut echo = [0u8; 5];
+    std::io::Read::read_exact(&mut tcp, &mut echo)?;
+    drop(tcp);
+
+    let parse = |lines: Vec<String>| -> Result<Vec<Value>> {
+        lines
+            .iter()
+            .map(|l| serde_json::from_str(l).map_err(|e| anyhow!("not JSON ({e}): {l}")))
+            .collect()
+    };
+    let outbound = wait_for(Duration::from_secs(10), "the client's access log", || {
+        let lines = parse(logged.later_lines()[lines_before..].to_vec())?;
+        let http: Vec<Value> = lines
+            .iter()
+            .filter(|l| l["protocol"] == "http" && l["path"] != "/")
+            .cloned()
+            .collect();
+        let tcp = lines.iter().any(|l| l["protocol"] == "tcp");
+        Ok((http.len() == 3 && tcp).then_some(lines))
+    })?;
+    for line in outbound.iter().filter(|l| l["protocol"] == "http") {
+        for (key, expected) in [
+            ("direction", "outbound"),
+            ("service", "api"),
+            ("namespace", "shop"),
+            ("source_cluster", "east"),
+            ("destination_cluster", "west"),
+            ("method", "GET"),
+        ] {
+            ensure!(line[key] == expected, "{key}: {line}");
+        }
+        ensure!(line["status"] == 200, "{line}");
+        ensure!(
+            line["trace_id"].as_str().is_some_and(|t| t.len() == 32),
+            "{line}"
+        );
+        ensure!(
+            line["duration_ms"].as_f64().is_some_and(|d| d > 0.0),
+            "{line}"
+        );
+        ensure!(
+            line["caller"]
+                .as_str()
+                .is_some_and(|c| c.ends_with("/ns/shop/sa/web")),
+            "{line}"
+        );
+    }
+    let flow = outbound
+        .iter()
+        .find(|l| l["protocol"] == "tcp")
+        .ok_or_else(|| anyhow!("no TCP line"))?;
+    ensure!(
+        flow["service"] == "ledger" && flow["bytes_sent"] == 5,
+        "{flow}"
+    );
+    ensure!(flow["bytes_received"] == 5, "{flow}");
+
+    // West's api sidecar logs the same requests inbound, under the same trace ids.
+    let trace_ids: Vec<&str> = outbound
+        .iter()
+        .filter(|l| l["protocol"] == "http")
+        .filter_map(|l| l["trace_id"].as_str())
+        .collect();
+    let inbound = wait_for(Duration::from_secs(10), "west's access log", || {
+        let lines = parse(api_west.sidecar.later_lines())?;
+        let matched = lines
+            .iter()
+            .filter(|l| l["direction"] == "inbound")
+            .filter(|l| {
+                l["trace_id"]
+                    .as_str()
+                    .is_some_and(|t| trace_ids.contains(&t))
+            })
+            .count();
+        Ok((matched == 3).then_some(lines))
+    })?;
+    ensure!(
+        inbound
+            .iter()
+            .filter(|l| l["direction"] == "inbound" && l["path"] == "/two")
+            .all(|l| l["source_cluster"] == "east" && l["caller"].as_str().is_some()),
+        "{inbound:?}"
+    );
+    ensure!(
+        !ledger.sidecar.later_lines().is_empty(),
+        "west's ledger sidecar logged nothing"
+    );
+    // Off by default: east's other client wrote no line.
+    ensure!(quiet.later_lines().is_empty(), "{:?}", quiet.later_lines());
     Ok(())
 }

@@ -21,7 +21,7 @@ use crate::policies::SidecarPolicies;
 use crate::store::Registration;
 use crate::{Shared, lock, unix_now};
 use strait_federation::proto::workload::{
-    ClusterLocation, MetricsReply, MetricsReport, UsageReply, UsageReport,
+    ClusterLocation, MetricsReply, MetricsReport, Telemetry, UsageReply, UsageReport,
 };
 
 /// The largest CSR accepted.
@@ -157,6 +157,7 @@ impl WorkloadApi {
                 parts
             }
         };
+        let telemetry = &self.shared.config.telemetry;
         CatalogView {
             cluster: self.shared.config.cluster.to_string(),
             relay_address: self.shared.relay_for_sidecars().to_string(),
@@ -179,6 +180,11 @@ impl WorkloadApi {
                     zone: location.zone.clone(),
                 })
                 .collect(),
+            telemetry: Some(Telemetry {
+                collector: telemetry.collector.clone().unwrap_or_default(),
+                sampling: telemetry.sampling_percent / 100.0,
+                access_log: namespace.is_some_and(|ns| telemetry.access_log(ns.as_str())),
+            }),
         }
     }
 

@@ -27,7 +27,8 @@ use crate::mirror;
 use crate::plan::{Plan, PlanError, Tiers, plan, plan_destination};
 use crate::retry::{self, BrokenBody, Budgets, Kept};
 use crate::routing::{self, Routed};
-use crate::{CALLER_READY_HEADER, CLIENT_ID_HEADER, Shared, accept_each};
+use crate::{CALLER_READY_HEADER, CLIENT_ID_HEADER, Shared, accept_each, telemetry};
+use strait_federation::trace::TRACEPARENT;
 
 /// Serves the HTTP proxy port until the sidecar stops.
 pub async fn serve_http_proxy(shared: Arc<Shared>, listener: TcpListener) {
@@ -69,11 +70,20 @@ pub async fn proxy_http(
 ) -> Response<Body> {
     let started = Instant::now();
     let directory = shared.directory.borrow().clone();
+    let settings = &directory.telemetry;
+    let trace = shared.telemetry.begin(request.headers(), settings);
+    // What the span and the access log say of the request, taken only when either is wanted.
+    let described = (trace.recorded || shared.telemetry.access_log_on(settings)).then(|| {
+        (
+            request.method().to_string(),
+            request.uri().path().to_owned(),
+        )
+    });
     // A request refused before it is sent is answered at once, and not counted.
     let prepared = async {
         let planned = plan_request(&directory, authority_of(&request), fallback)?;
         let way = route_request(&directory, planned, &request, crate::balance::random())?;
-        let request = rewrite_request(request, &way, shared.is_ready())?;
+        let request = rewrite_request(request, &way, shared.is_ready(), &trace)?;
         let terms = Terms::of(
             way.routed.as_ref(),
             request.method(),
@@ -103,22 +113,43 @@ pub async fn proxy_http(
     let count_retry = |outcome: &str| shared.metrics.retry(&labels, outcome);
     let try_once = |request, avoid: Vec<Target>| {
         let (shared, tiers, namespace) = (&shared, &way.tiers, &way.dest.service.namespace);
+        let trace = &trace;
         async move {
             let (target, response) =
-                attempt::send(shared, tiers, &avoid, namespace, request).await?;
+                attempt::send(shared, tiers, &avoid, namespace, request, Some(trace)).await?;
             Ok::<_, SendError>((target, response.map(connect::boxed)))
         }
     };
     let outcome = send_request(kept, &terms, &shared.budgets, count_retry, try_once).await;
+    let failure = outcome.as_ref().err().map(ToString::to_string);
     let (response, answered_by) = respond(outcome, &way.dest.service, way.rule(), &shared.cluster);
     let status = response.status();
-    record(
-        &shared.metrics,
-        &labels,
-        &answered_by,
-        status,
-        started.elapsed(),
-    );
+    let elapsed = started.elapsed();
+    record(&shared.metrics, &labels, &answered_by, status, elapsed);
+    if let Some((method, path)) = &described {
+        let caller = shared.identity.to_string();
+        shared.telemetry.finish(
+            Some(&trace),
+            &telemetry::Record {
+                direction: "outbound",
+                protocol: "http",
+                caller: &caller,
+                namespace: way.dest.service.namespace.as_str(),
+                service: way.dest.service.name.as_str(),
+                source_cluster: shared.cluster.as_str(),
+                destination_cluster: answered_by.as_str(),
+                route: way.routed.as_ref().map(|r| r.route.name.as_str()),
+                method: Some(method),
+                path: Some(path),
+                status: Some(status.as_u16()),
+                duration: elapsed,
+                bytes_sent: None,
+                bytes_received: None,
+                error: failure.as_deref(),
+            },
+            settings,
+        );
+    }
     response
 }
 
@@ -263,9 +294,13 @@ fn rewrite_request<B>(
     request: Request<B>,
     way: &Way<'_>,
     ready: bool,
+    trace: &telemetry::RequestTrace,
 ) -> Result<Request<B>, Refusal> {
     let (mut parts, body) = request.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    // The next hop's parent is this sidecar's span (a try through the gateways names the last
+    // gateway's instead).
+    parts.headers.insert(TRACEPARENT, trace.header());
     // Only the destination's sidecar says who the caller is, and only this one whether it
     // is ready.
     parts.headers.remove(CLIENT_ID_HEADER);

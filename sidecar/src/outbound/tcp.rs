@@ -75,7 +75,7 @@ pub async fn proxy_tcp(
         // The connection time is this target's latency sample.
         let in_flight = InFlight::start(&shared.balancer, target.clone());
         let namespace = &dest.service.namespace;
-        let mut tls = match connect::dial(shared, &target, namespace, TCP_ALPN).await {
+        let mut tls = match connect::dial(shared, &target, namespace, TCP_ALPN, None).await {
             Ok(tls) => tls,
             Err(e) => {
                 in_flight.fail();
@@ -103,9 +103,35 @@ pub async fn proxy_tcp(
             service: dest.service.name.as_str(),
         };
         shared.metrics.tcp_opened(&route);
+        let started = std::time::Instant::now();
         let copied = tokio::io::copy_bidirectional(&mut app, &mut tls).await;
+        let error = copied.as_ref().err().map(ToString::to_string);
         let (sent, received) = copied.unwrap_or_default();
         shared.metrics.tcp_closed(&route, sent, received);
+        let settings = &directory.telemetry;
+        if shared.telemetry.access_log_on(settings) {
+            shared.telemetry.finish(
+                None,
+                &crate::telemetry::Record {
+                    direction: "outbound",
+                    protocol: "tcp",
+                    caller: &shared.identity.to_string(),
+                    namespace: route.namespace,
+                    service: route.service,
+                    source_cluster: route.source_cluster,
+                    destination_cluster: route.destination_cluster,
+                    route: None,
+                    method: None,
+                    path: None,
+                    status: None,
+                    duration: started.elapsed(),
+                    bytes_sent: Some(sent),
+                    bytes_received: Some(received),
+                    error: error.as_deref(),
+                },
+                settings,
+            );
+        }
         return Ok(());
     }
     Err(TcpError::Untaken {

@@ -201,7 +201,7 @@ fn a_request_leaves_over_http2_without_hop_by_hop_headers_or_the_callers_word_on
         ],
     );
     let way = way(&directory, "api.shop", &original);
-    let sent = rewrite_request(original, &way, false).unwrap();
+    let sent = rewrite_request(original, &way, false, &untraced()).unwrap();
     assert_eq!(sent.uri(), "http://api.shop/v2/items?page=2");
     assert_eq!(sent.version(), Version::HTTP_2);
     let headers = sent.headers();
@@ -224,7 +224,7 @@ fn a_name_that_makes_no_uri_is_a_bad_request_target() {
     let directory = directory(&[]);
     let mut way = way(&directory, "api.shop", &get("/"));
     way.authority = "api shop".into();
-    let (status, message) = refused(rewrite_request(get("/"), &way, true));
+    let (status, message) = refused(rewrite_request(get("/"), &way, true, &untraced()));
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(message.starts_with("bad request target: "), "{message}");
 }
@@ -525,4 +525,15 @@ fn a_request_is_counted_under_the_cluster_that_answered_it() {
         assert!(counted.contains(label), "{label} in {counted}");
     }
     assert!(counted.ends_with(" 1"), "{counted}");
+}
+
+/// A request's trace as a sidecar without a collector starts it.
+fn untraced() -> crate::telemetry::RequestTrace {
+    crate::telemetry::Telemetry::new(
+        "east",
+        "spiffe://example.mesh/cluster/east/ns/shop/sa/web",
+        false,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .begin(&hyper::HeaderMap::new(), &Default::default())
 }
