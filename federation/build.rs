@@ -8,17 +8,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/authorizer.proto",
         "proto/otlp.proto",
     ];
-    // Shared by the peer and workload protocols: generated once, referred to by the others.
-    let shared = "proto/golden.proto";
-    for proto in protos.iter().chain([&shared]) {
+    // Shared by several protocols: generated once, referred to by the others.
+    let shared = ["proto/golden.proto", "proto/tap.proto"];
+    for proto in protos.iter().chain(&shared) {
         println!("cargo:rerun-if-changed={proto}");
     }
     tonic_prost_build::configure()
         .build_transport(false)
-        .compile_fds(protox::compile([shared], ["proto"])?)?;
+        .compile_fds(protox::compile(shared, ["proto"])?)?;
     tonic_prost_build::configure()
         .build_transport(false)
         .extern_path(".strait.golden.v1", "crate::proto::golden")
+        .extern_path(".strait.tap.v1", "crate::proto::tap")
         .compile_fds(protox::compile(protos, ["proto"])?)?;
     Ok(())
 }

@@ -10,6 +10,7 @@ mod install;
 mod output;
 mod sidecar;
 mod stat;
+mod tap;
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -74,6 +75,9 @@ enum Command {
     /// The busiest services and cluster pairs, refreshed live in the terminal (`top deploy/web`
     /// for one workload, `top api` for one service).
     Top(stat::TopArgs),
+    /// Live requests of a namespace (or one service), as this cluster's sidecars carry them:
+    /// time, direction, clusters, method, path, status, latency, caller, trace.
+    Tap(tap::TapArgs),
     /// The gateway's web dashboard: prints its URL and opens a browser where there is one.
     Dashboard(dashboard::DashboardArgs),
     /// Show services (local and imported), links, or the mesh-wide policies.
@@ -369,6 +373,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Stat(args) => stat::stat(context, args).await?,
         Command::Top(args) => stat::top(context, args).await?,
         Command::Dashboard(args) => dashboard::run(context, args).await?,
+        Command::Tap(args) => tap::run(context, args).await?,
         Command::Get {
             resource,
             namespace,

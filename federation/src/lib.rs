@@ -49,6 +49,10 @@ pub mod proto {
     pub mod golden {
         tonic::include_proto!("strait.golden.v1");
     }
+    /// Live requests for `strait tap`.
+    pub mod tap {
+        tonic::include_proto!("strait.tap.v1");
+    }
     /// OpenTelemetry's trace export (OTLP/gRPC), the part strait sends.
     pub mod otlp {
         tonic::include_proto!("opentelemetry.proto.collector.trace.v1");

@@ -23,6 +23,7 @@ pub mod peering;
 pub mod policies;
 pub mod relay;
 pub mod store;
+pub mod tap;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -132,6 +133,8 @@ pub struct Shared {
     pub admin_addr: SocketAddr,
     /// Where the DNS server listens, once it does.
     pub dns_addr: std::sync::OnceLock<SocketAddr>,
+    /// Operators' taps in force (`strait tap`).
+    pub taps: tap::Taps,
     /// Spans of the flows that carry sampled requests, for the collector.
     pub spans: strait_io::spans::SpanExporter,
     pub metrics: Metrics,
@@ -511,6 +514,7 @@ pub async fn run(
             .map_err(GatewayError::LocalAddr)?,
         dns_addr: std::sync::OnceLock::new(),
         spans,
+        taps: Default::default(),
         endpoint,
         relay_addr,
         relay_service: Mutex::new(None),

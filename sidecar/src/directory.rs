@@ -204,7 +204,7 @@ impl Directory {
                     ))
                 })
                 .collect(),
-            telemetry: crate::telemetry::Settings::from_view(view.telemetry.as_ref()),
+            telemetry: crate::telemetry::Settings::from_view(view),
         }
     }
 

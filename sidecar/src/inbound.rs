@@ -585,7 +585,7 @@ async fn to_app(
     let settings = &directory.telemetry;
     let trace = shared.telemetry.begin(request.headers(), settings);
     request.headers_mut().insert(TRACEPARENT, trace.header());
-    let described = (trace.recorded || shared.telemetry.access_log_on(settings)).then(|| {
+    let described = shared.telemetry.wanted(&trace, settings).then(|| {
         (
             request.method().to_string(),
             request.uri().path().to_owned(),
@@ -745,7 +745,7 @@ async fn serve_tcp(
     let (received, sent) = copied.unwrap_or_default();
     shared.metrics.tcp_closed(&route, sent, received);
     let settings = &directory.telemetry;
-    if shared.telemetry.access_log_on(settings) {
+    if shared.telemetry.access_log_on(settings) || !settings.taps.is_empty() {
         shared.telemetry.finish(
             None,
             &telemetry::Record {

@@ -385,6 +385,7 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
         tokio::spawn(control::watch(shared.clone(), channel.clone())),
         tokio::spawn(quota::report(shared.clone(), channel.clone())),
         tokio::spawn(golden::report(shared.clone(), channel.clone())),
+        tokio::spawn(telemetry::report_taps(shared.clone(), channel.clone())),
         tokio::spawn(inbound::serve(shared.clone(), inbound)),
         tokio::spawn(forget_idle(shared.clone())),
         tokio::spawn(jwks::refresh(shared.clone())),

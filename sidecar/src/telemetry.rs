@@ -12,6 +12,9 @@ use std::time::Duration;
 use hyper::HeaderMap;
 use hyper::header::HeaderValue;
 use serde_json::{Value as Json, json};
+use strait_federation::proto::tap::{TapEvent, TapFilter};
+use strait_federation::proto::workload::TapReport;
+use strait_federation::proto::workload::workload_client::WorkloadClient;
 use strait_federation::trace::{
     self, FlowTrace, Span, SpanId, SpanKind, TRACEPARENT, TraceContext, Value,
 };
@@ -22,6 +25,10 @@ use crate::balance::random;
 
 /// Lines waiting to be written, at most (then lines are dropped and counted).
 const LOG_QUEUE: usize = 8_192;
+/// How often tapped requests are reported.
+const TAP_INTERVAL: Duration = Duration::from_millis(200);
+/// Tapped requests one report carries, at most (the gateway's limit).
+const MAX_EVENTS_PER_REPORT: usize = 1_000;
 
 /// The gateway's settings for this sidecar, from its last view.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -32,20 +39,34 @@ pub struct Settings {
     pub sampling: f64,
     /// Whether the gateway switched access logs on for this sidecar's namespace.
     pub access_log: bool,
+    /// Operators' taps in force: requests that match one are reported.
+    pub taps: Vec<TapFilter>,
 }
 
 impl Settings {
-    /// From the view's telemetry.
-    pub fn from_view(view: Option<&strait_federation::proto::workload::Telemetry>) -> Self {
-        view.map_or_else(Settings::default, |t| Settings {
-            collector: t.collector.clone(),
-            sampling: if t.sampling.is_finite() {
-                t.sampling.clamp(0.0, 1.0)
-            } else {
-                0.0
-            },
-            access_log: t.access_log,
-        })
+    /// From the view's telemetry and taps.
+    pub fn from_view(view: &strait_federation::proto::workload::CatalogView) -> Self {
+        let mut settings = view
+            .telemetry
+            .as_ref()
+            .map_or_else(Settings::default, |t| Settings {
+                collector: t.collector.clone(),
+                sampling: if t.sampling.is_finite() {
+                    t.sampling.clamp(0.0, 1.0)
+                } else {
+                    0.0
+                },
+                access_log: t.access_log,
+                taps: Vec::new(),
+            });
+        settings.taps = view.taps.clone();
+        settings
+    }
+
+    fn tapped(&self, namespace: &str, service: &str) -> bool {
+        self.taps
+            .iter()
+            .any(|t| t.namespace == namespace && (t.service.is_empty() || t.service == service))
     }
 }
 
@@ -129,6 +150,8 @@ pub struct Telemetry {
     log: std::sync::Mutex<Option<SyncSender<String>>>,
     /// Access-log lines dropped because standard output could not keep up.
     pub dropped_lines: AtomicU64,
+    /// Requests that matched a tap, waiting to be reported.
+    tapped: std::sync::Mutex<Vec<TapEvent>>,
 }
 
 impl Telemetry {
@@ -146,7 +169,14 @@ impl Telemetry {
             forced,
             log: std::sync::Mutex::new(None),
             dropped_lines: AtomicU64::new(0),
+            tapped: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Whether a request must be described (method, path) for its span, its access-log line
+    /// or a tap.
+    pub fn wanted(&self, trace: &RequestTrace, settings: &Settings) -> bool {
+        trace.recorded || self.access_log_on(settings) || !settings.taps.is_empty()
     }
 
     /// Applies the gateway's settings of a new view.
@@ -189,6 +219,19 @@ impl Telemetry {
         if self.access_log_on(settings) {
             self.write(line(trace, record));
         }
+        if settings.tapped(record.namespace, record.service) {
+            let mut tapped = self.tapped.lock().unwrap_or_else(|p| p.into_inner());
+            // Reported every TAP_INTERVAL; beyond what one report carries, events are dropped
+            // (taps are rate-limited at the gateway anyway).
+            if tapped.len() < MAX_EVENTS_PER_REPORT {
+                tapped.push(tap_event(trace, record));
+            }
+        }
+    }
+
+    /// The tapped requests since the last call.
+    fn take_tapped(&self) -> Vec<TapEvent> {
+        std::mem::take(&mut *self.tapped.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Writes an access-log line from a thread of its own, so a slow standard output never
@@ -272,6 +315,56 @@ fn span(trace: &RequestTrace, record: &Record<'_>) -> Span {
         end_unix_nanos: trace.started_nanos + record.duration.as_nanos() as u64,
         attributes,
         error: failed,
+    }
+}
+
+/// A tapped request as the gateway streams it to the operator.
+fn tap_event(trace: Option<&RequestTrace>, record: &Record<'_>) -> TapEvent {
+    TapEvent {
+        time_unix_ms: strait_io::clock::unix_now_ms(),
+        direction: record.direction.into(),
+        protocol: record.protocol.into(),
+        caller: record.caller.into(),
+        namespace: record.namespace.into(),
+        service: record.service.into(),
+        source_cluster: record.source_cluster.into(),
+        destination_cluster: record.destination_cluster.into(),
+        method: record.method.unwrap_or_default().into(),
+        path: record.path.unwrap_or_default().into(),
+        status: record.status.map_or(0, u32::from),
+        latency_ms: record.duration.as_secs_f64() * 1000.0,
+        trace_id: trace.map(|t| t.context.trace_hex()).unwrap_or_default(),
+        tap: 0,
+        bytes: record
+            .bytes_sent
+            .unwrap_or(0)
+            .saturating_add(record.bytes_received.unwrap_or(0)),
+    }
+}
+
+/// Reports tapped requests to the gateway every [`TAP_INTERVAL`] while there are any.
+pub async fn report_taps(
+    shared: std::sync::Arc<crate::Shared>,
+    channel: tonic::transport::Channel,
+) {
+    let mut client = WorkloadClient::new(channel);
+    let mut tick = tokio::time::interval(TAP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shared.shutdown.cancelled() => return,
+        }
+        let events = shared.telemetry.take_tapped();
+        if events.is_empty() {
+            continue;
+        }
+        let report = client.report_taps(TapReport { events });
+        match tokio::time::timeout(Duration::from_secs(5), report).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(status)) => tracing::debug!(error = %status.message(), "tap report refused"),
+            Err(_) => tracing::debug!("tap report timed out"),
+        }
     }
 }
 

@@ -595,3 +595,75 @@ fn access_logs_are_one_json_line_per_request_and_flow_where_switched_on() -> Res
     ensure!(quiet.later_lines().is_empty(), "{:?}", quiet.later_lines());
     Ok(())
 }
+
+#[test]
+fn tap_streams_a_services_live_requests_within_its_rate() -> Result<()> {
+    let (mesh, _east, _west) = linked_pair(None)?;
+    let _api = api(&mesh, "west", "api-west-0")?;
+    let web = client(&mesh, "east", &[])?;
+    let proxy = web.addr("proxy")?;
+    wait_route(proxy, "api.shop", "west")?;
+    // West's tap on shop/api: what its sidecar serves, 5 a second at most.
+    let tap = std::process::Command::new(strait_tests::strait_bin())
+        .args(["--context", "west", "tap", "api", "-n", "shop"])
+        .args(["--max-rps", "5", "--duration", "6s", "-o", "json"])
+        .env("STRAIT_CONFIG", &mesh.config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_secs(5) {
+        ensure!(get(proxy, "api.shop", &format!("/tap/{sent}"), &[])?.status == 200);
+        sent += 1;
+    }
+    let output = tap.wait_with_output()?;
+    ensure!(output.status.success(), "{output:?}");
+    let events: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    println!("{sent} requests sent, {} tapped", events.len());
+    ensure!(
+        events.len() >= 3,
+        "too few events for {sent} requests: {events:?}"
+    );
+    // At most the rate over the tap's life, plus its first second's burst.
+    ensure!(
+        events.len() <= 5 * 6 + 5,
+        "{} events: over the rate",
+        events.len()
+    );
+    ensure!(
+        sent > events.len() + 20,
+        "the test sent too few requests ({sent}) to see the limit"
+    );
+    for event in &events {
+        ensure!(
+            event["direction"] == "inbound"
+                && event["service"] == "api"
+                && event["method"] == "GET"
+                && event["status"] == 200
+                && event["source_cluster"] == "east"
+                && event["destination_cluster"] == "west",
+            "{event}"
+        );
+        ensure!(
+            event["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/tap/")),
+            "{event}"
+        );
+        ensure!(
+            event["caller"]
+                .as_str()
+                .is_some_and(|c| c.ends_with("/cluster/east/ns/shop/sa/web")),
+            "{event}"
+        );
+        ensure!(
+            event["trace_id"].as_str().is_some_and(|t| t.len() == 32),
+            "{event}"
+        );
+    }
+    Ok(())
+}

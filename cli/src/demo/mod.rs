@@ -301,7 +301,10 @@ fn workload_specs(cluster: &'static str) -> Vec<WorkloadSpec> {
 
 /// The routes of the traffic generator: local and cross-cluster calls of `shop/api` from
 /// both clusters, and gRPC calls of `shop/orders` (served in west only) from both.
-fn routes(proxies: &BTreeMap<&'static str, SocketAddr>) -> Vec<traffic::Route> {
+fn routes(
+    proxies: &BTreeMap<&'static str, SocketAddr>,
+    ledger: Option<SocketAddr>,
+) -> Vec<traffic::Route> {
     let mut routes = Vec::new();
     for (source, other) in [("east", "west"), ("west", "east")] {
         let proxy = proxies[source];
@@ -331,6 +334,16 @@ fn routes(proxies: &BTreeMap<&'static str, SocketAddr>) -> Vec<traffic::Route> {
             call: traffic::Call::Grpc {
                 authority: "orders.shop.svc.clusterset.local:9090".into(),
             },
+        });
+    }
+    // Opaque TCP through west's client sidecar's listener for shop/ledger-db.
+    if let Some(upstream) = ledger {
+        routes.push(traffic::Route {
+            source_cluster: "west".into(),
+            expected_cluster: "west".into(),
+            service: "shop/ledger-db".into(),
+            proxy: upstream,
+            call: traffic::Call::Tcp,
         });
     }
     routes
@@ -468,7 +481,11 @@ async fn run_traffic(
         )
         .await?;
     }
-    let stats = traffic::start(routes(&proxies), stop.clone());
+    let ledger = workloads
+        .iter()
+        .find(|w| w.cluster == "west")
+        .and_then(|w| w.sidecar.upstream_addrs.first().copied());
+    let stats = traffic::start(routes(&proxies, ledger), stop.clone());
     let dashboards: BTreeMap<String, String> = gateways
         .iter()
         .map(|(config, _)| {
@@ -503,6 +520,10 @@ async fn run_traffic(
         );
     } else {
         say("strait demo: clusters east and west are up, linked over QUIC, with traffic.\n");
+        say(&format!(
+            "Dashboard: {}    (west's: {})\n",
+            dashboards["east"], dashboards["west"]
+        ));
         let services = context::list_services(east).await?;
         say("The federated catalog, as east sees it:");
         say(&output::services(&services, Format::Table)?);
@@ -545,6 +566,11 @@ async fn run_traffic(
         }
         say("  strait --context east get services");
         say("  strait --context west get links -o json");
+        say("  strait --context east check                          # trust, links, policies, DNS");
+        say(
+            "  strait --context east stat services --all-clusters   # golden metrics of every cluster",
+        );
+        say("  strait --context east top                            # the busiest routes, live");
         for (config, _) in gateways {
             say(&format!(
                 "  curl http://{}/metrics    # {}'s gateway: flows relayed",

@@ -30,6 +30,8 @@ pub enum Call {
     Http { host: String },
     /// The gRPC `Place` of the orders service at this authority.
     Grpc { authority: String },
+    /// A TCP connection to an upstream listener of the sidecar (`proxy`): a line, echoed back.
+    Tcp,
 }
 
 /// One stream of calls from a cluster's client sidecar.
@@ -158,7 +160,7 @@ pub fn start(routes: Vec<Route>, stop: CancellationToken) -> Arc<Stats> {
         tokio::spawn(async move {
             let mut grpc = match &route.call {
                 Call::Grpc { authority } => grpc_client(route.proxy, authority).ok(),
-                Call::Http { .. } => None,
+                Call::Http { .. } | Call::Tcp => None,
             };
             let mut tick = tokio::time::interval(Duration::from_millis(1000 / RATE));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -174,6 +176,7 @@ pub fn start(routes: Vec<Route>, stop: CancellationToken) -> Arc<Stats> {
                         Some(client) => call_grpc(client).await,
                         None => (None, None, false),
                     },
+                    Call::Tcp => call_tcp(route.proxy, &route.expected_cluster).await,
                 };
                 stats.record(&route, served_by, caller, ok, started.elapsed());
             }
@@ -234,5 +237,20 @@ async fn call_grpc(
             (Some(reply.cluster), Some(reply.caller), true)
         }
         Err(_) => (None, None, false),
+    }
+}
+
+async fn call_tcp(upstream: SocketAddr, cluster: &str) -> (Option<String>, Option<String>, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let call = async {
+        let mut tcp = tokio::net::TcpStream::connect(upstream).await.ok()?;
+        tcp.write_all(b"ledger entry\n").await.ok()?;
+        let mut echo = [0u8; 13];
+        tcp.read_exact(&mut echo).await.ok()?;
+        Some(&echo == b"ledger entry\n")
+    };
+    match tokio::time::timeout(Duration::from_secs(10), call).await {
+        Ok(Some(ok)) => (Some(cluster.to_owned()), None, ok),
+        _ => (None, None, false),
     }
 }

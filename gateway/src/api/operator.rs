@@ -15,7 +15,7 @@ use strait_federation::proto::operator::{
     CreateWorkloadTokenRequest, CreateWorkloadTokenResponse, DeleteRequest, DeleteResponse,
     LinkView, ListLinksRequest, ListLinksResponse, ListPoliciesRequest, ListPoliciesResponse,
     ListServicesRequest, ListServicesResponse, ServiceBackend, ServiceView, StatRequest,
-    StatResponse, StatusRequest, StatusResponse, UnlinkRequest, UnlinkResponse,
+    StatResponse, StatusRequest, StatusResponse, TapRequest, UnlinkRequest, UnlinkResponse,
 };
 use strait_federation::resource::{Resource, parse_documents};
 use strait_federation::workload::DEFAULT_WORKLOAD_TOKEN_TTL_SECONDS;
@@ -594,6 +594,19 @@ impl Operator for OperatorApi {
             token,
             identity: identity.to_string(),
         }))
+    }
+
+    type TapStream = crate::tap::TapStream;
+
+    async fn tap(&self, request: Request<TapRequest>) -> Result<Response<Self::TapStream>, Status> {
+        let request = request.into_inner();
+        crate::tap::start(
+            &self.shared,
+            &request.namespace,
+            &request.service,
+            request.max_rps,
+        )
+        .map(Response::new)
     }
 
     async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {

@@ -21,7 +21,8 @@ use crate::policies::SidecarPolicies;
 use crate::store::Registration;
 use crate::{Shared, lock, unix_now};
 use strait_federation::proto::workload::{
-    ClusterLocation, MetricsReply, MetricsReport, Telemetry, UsageReply, UsageReport,
+    ClusterLocation, MetricsReply, MetricsReport, TapReply, TapReport, Telemetry, UsageReply,
+    UsageReport,
 };
 
 /// The largest CSR accepted.
@@ -180,6 +181,7 @@ impl WorkloadApi {
                     zone: location.zone.clone(),
                 })
                 .collect(),
+            taps: self.shared.taps.filters(),
             telemetry: Some(Telemetry {
                 collector: telemetry.collector.clone().unwrap_or_default(),
                 sampling: telemetry.sampling_percent / 100.0,
@@ -391,6 +393,14 @@ impl Workload for WorkloadApi {
         crate::golden::report(&self.shared, &namespace, request.into_inner())
             .map_err(Status::invalid_argument)?;
         Ok(Response::new(MetricsReply {}))
+    }
+
+    async fn report_taps(&self, request: Request<TapReport>) -> Result<Response<TapReply>, Status> {
+        let SpiffeId::Workload { namespace, .. } = workload(&request)? else {
+            return Err(Status::permission_denied("only workloads report taps"));
+        };
+        crate::tap::report(&self.shared, &namespace, request.into_inner().events)?;
+        Ok(Response::new(TapReply {}))
     }
 
     async fn deregister(

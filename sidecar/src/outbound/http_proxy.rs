@@ -73,7 +73,7 @@ pub async fn proxy_http(
     let settings = &directory.telemetry;
     let trace = shared.telemetry.begin(request.headers(), settings);
     // What the span and the access log say of the request, taken only when either is wanted.
-    let described = (trace.recorded || shared.telemetry.access_log_on(settings)).then(|| {
+    let described = shared.telemetry.wanted(&trace, settings).then(|| {
         (
             request.method().to_string(),
             request.uri().path().to_owned(),

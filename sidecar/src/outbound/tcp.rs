@@ -109,7 +109,7 @@ pub async fn proxy_tcp(
         let (sent, received) = copied.unwrap_or_default();
         shared.metrics.tcp_closed(&route, sent, received);
         let settings = &directory.telemetry;
-        if shared.telemetry.access_log_on(settings) {
+        if shared.telemetry.access_log_on(settings) || !settings.taps.is_empty() {
             shared.telemetry.finish(
                 None,
                 &crate::telemetry::Record {
