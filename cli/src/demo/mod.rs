@@ -483,8 +483,8 @@ async fn run_traffic(
     }
     let ledger = workloads
         .iter()
-        .find(|w| w.cluster == "west")
-        .and_then(|w| w.sidecar.upstream_addrs.first().copied());
+        .filter(|w| w.cluster == "west")
+        .find_map(|w| w.sidecar.upstream_addrs.first().copied());
     let stats = traffic::start(routes(&proxies, ledger), stop.clone());
     let dashboards: BTreeMap<String, String> = gateways
         .iter()
