@@ -13,6 +13,8 @@ pub const INIT: &str = "strait-init";
 /// The annotation (on a pod or its template) or namespace label that asks for a sidecar
 /// (`enabled`) or refuses one (`disabled`).
 pub const INJECT: &str = "strait.dev/inject";
+/// The annotation that switches a pod's access log on (`"true"`).
+pub const ACCESS_LOG: &str = "strait.dev/access-log";
 /// The uid the sidecar runs as; the pod's rules let its traffic pass.
 pub const PROXY_UID: i64 = 2102;
 /// The sidecar's ports, which the app's may not use.
@@ -108,11 +110,15 @@ pub fn inject_object(
         .and_then(|m| m.get("annotations"))
         .cloned()
         .unwrap_or(Value::Null);
+    let workload = workload_name(
+        &kind,
+        object["metadata"]["name"].as_str().unwrap_or_default(),
+    );
     let prefix = spec.trim_start_matches('/').replace('/', ".");
     let spec = object
         .pointer_mut(spec)
         .ok_or_else(|| error(prefix.clone(), "missing: no pod spec to add the sidecar to"))?;
-    let outcome = inject_pod(&annotations, spec, injection)
+    let outcome = inject_pod(&annotations, spec, injection, workload.as_deref())
         .map_err(|e| error(format!("{prefix}.{}", e.field), e.message))?;
     if outcome == Outcome::Injected
         && let Some(metadata) = object.pointer_mut(metadata)
@@ -124,6 +130,47 @@ pub fn inject_object(
         }
     }
     Ok(vec![outcome])
+}
+
+/// How `strait stat deploy` names the workload of an object: `deploy/web`, `statefulset/db`.
+fn workload_name(kind: &str, name: &str) -> Option<String> {
+    let short = match kind {
+        "Deployment" => "deploy",
+        "StatefulSet" => "statefulset",
+        "DaemonSet" => "daemonset",
+        "ReplicaSet" => "replicaset",
+        "ReplicationController" => "rc",
+        "Job" => "job",
+        "CronJob" => "cronjob",
+        "Pod" => "pod",
+        _ => return None,
+    };
+    (!name.is_empty()).then(|| format!("{short}/{name}"))
+}
+
+/// The workload a pod being created belongs to, from its controller: a ReplicaSet made by a
+/// Deployment (its name is the Deployment's plus the pod template's hash) is the Deployment.
+pub fn workload_of_pod(pod: &Value) -> Option<String> {
+    let metadata = &pod["metadata"];
+    let owner = metadata["ownerReferences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|o| o["controller"] == true);
+    let Some(owner) = owner else {
+        let name = metadata["name"]
+            .as_str()
+            .filter(|n| !n.is_empty())
+            .or_else(|| metadata["generateName"].as_str())?;
+        return workload_name("Pod", name.trim_end_matches('-'));
+    };
+    let kind = owner["kind"].as_str()?;
+    let name = owner["name"].as_str()?;
+    let hash = metadata["labels"]["pod-template-hash"].as_str();
+    match (kind, hash.and_then(|h| name.strip_suffix(&format!("-{h}")))) {
+        ("ReplicaSet", Some(deployment)) => workload_name("Deployment", deployment),
+        _ => workload_name(kind, name),
+    }
 }
 
 /// The app protocol of a container port, from its name as Kubernetes users name them
@@ -215,6 +262,7 @@ pub fn inject_pod(
     annotations: &Value,
     spec: &mut Value,
     injection: &Injection,
+    workload: Option<&str>,
 ) -> Result<Outcome, InjectError> {
     if annotations[INJECT] == "disabled" {
         return Ok(Outcome::Skipped(format!("annotated {INJECT}: disabled")));
@@ -342,6 +390,12 @@ pub fn inject_pod(
     for probe in app_probes {
         proxy_args.extend(["--app-probe".into(), probe]);
     }
+    if let Some(workload) = workload {
+        proxy_args.extend(["--workload".into(), workload.to_owned()]);
+    }
+    if annotations[ACCESS_LOG] == "true" {
+        proxy_args.push("--access-log".into());
+    }
     let proxy = json!({
         "name": PROXY,
         "image": injection.image,
@@ -464,7 +518,7 @@ pub(super) mod tests {
         let proxy = container(&object, PROXY);
         assert_eq!(
             args(proxy),
-            "sidecar run --gateway strait-gateway.strait-system.svc:4434 --token-file /var/run/strait/token/token --inbound-addr 0.0.0.0:15006 --transparent-addr 127.0.0.1:15001 --admin-addr 0.0.0.0:15020 --app-port 8080/http --app-port 9090/grpc --app-port 9100/tcp --app-probe api/readiness=http:9100/ready"
+            "sidecar run --gateway strait-gateway.strait-system.svc:4434 --token-file /var/run/strait/token/token --inbound-addr 0.0.0.0:15006 --transparent-addr 127.0.0.1:15001 --admin-addr 0.0.0.0:15020 --app-port 8080/http --app-port 9090/grpc --app-port 9100/tcp --app-probe api/readiness=http:9100/ready --workload deploy/api"
         );
         // The app's probe goes to the sidecar, which runs it on the pod's loopback.
         assert_eq!(
@@ -497,6 +551,37 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn a_pod_is_named_by_its_controller_and_an_annotation_switches_its_access_log_on() {
+        let pod = |owner: Value, hash: Option<&str>| {
+            json!({"metadata": {"name": "web-5d9c7f8b4c-x2x9z", "ownerReferences": [owner],
+                "labels": {"pod-template-hash": hash}}})
+        };
+        let replica_set =
+            json!({"kind": "ReplicaSet", "name": "web-5d9c7f8b4c", "controller": true});
+        assert_eq!(
+            workload_of_pod(&pod(replica_set.clone(), Some("5d9c7f8b4c"))).as_deref(),
+            Some("deploy/web")
+        );
+        // A ReplicaSet of its own (no template hash in its name) is itself.
+        assert_eq!(
+            workload_of_pod(&pod(replica_set, None)).as_deref(),
+            Some("replicaset/web-5d9c7f8b4c")
+        );
+        let stateful = json!({"kind": "StatefulSet", "name": "db", "controller": true});
+        assert_eq!(
+            workload_of_pod(&pod(stateful, None)).as_deref(),
+            Some("statefulset/db")
+        );
+        let bare = json!({"metadata": {"generateName": "job-"}});
+        assert_eq!(workload_of_pod(&bare).as_deref(), Some("pod/job"));
+
+        let mut object = deployment();
+        object["spec"]["template"]["metadata"]["annotations"][ACCESS_LOG] = "true".into();
+        inject_object(&mut object, &injection()).unwrap();
+        assert!(args(container(&object, PROXY)).ends_with("--workload deploy/api --access-log"));
+    }
+
+    #[test]
     fn tcp_probes_move_to_the_sidecar_and_probes_it_cannot_run_keep_their_port_out_of_the_redirect()
     {
         let mut pod = json!({"kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{
@@ -517,7 +602,7 @@ pub(super) mod tests {
         assert_eq!(app["startupProbe"]["httpGet"]["scheme"], "HTTPS");
         let proxy = args(&pod["spec"]["containers"][0]);
         assert!(
-            proxy.ends_with("--app-probe app/liveness=tcp:8080"),
+            proxy.ends_with("--app-probe app/liveness=tcp:8080 --workload pod/p"),
             "{proxy}"
         );
         let init = args(&pod["spec"]["initContainers"][0]);

@@ -60,7 +60,13 @@ pub fn review(review: &Value, namespace_labels: &Value, injection: &Injection) -
         return allowed();
     }
     let mut spec = pod["spec"].clone();
-    match inject_pod(&pod["metadata"]["annotations"], &mut spec, injection) {
+    let workload = super::inject::workload_of_pod(pod);
+    match inject_pod(
+        &pod["metadata"]["annotations"],
+        &mut spec,
+        injection,
+        workload.as_deref(),
+    ) {
         Ok(Outcome::Skipped(_)) => allowed(),
         Ok(Outcome::Injected) => {
             let mut annotations = pod["metadata"]["annotations"].clone();
@@ -217,7 +223,7 @@ mod tests {
         assert_eq!(answer["response"]["allowed"], true);
         let ops = patch(&answer);
         let mut expected = pod_review(Value::Null, 8080)["request"]["object"]["spec"].clone();
-        inject_pod(&Value::Null, &mut expected, &injection()).unwrap();
+        inject_pod(&Value::Null, &mut expected, &injection(), Some("pod/web")).unwrap();
         assert_eq!(ops[0]["value"], expected);
         assert_eq!(ops[1]["value"][INJECT], "enabled");
     }
