@@ -275,15 +275,21 @@ pub(crate) fn init_logs(format: &str) {
     }
 }
 
-/// Completes on SIGTERM or SIGINT.
-pub(crate) async fn shutdown_signal() {
+/// Resolves at SIGTERM or SIGINT. The handlers are installed when this is called, not when
+/// it is first awaited: a process that says it started and then waits is stopped cleanly by a
+/// signal that comes at once.
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
+    let signals = {
         use tokio::signal::unix::{SignalKind, signal};
-        match (
+        (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
-        ) {
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        match signals {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {}
@@ -294,10 +300,10 @@ pub(crate) async fn shutdown_signal() {
                 let _ = tokio::signal::ctrl_c().await;
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -459,11 +465,12 @@ async fn run(cli: Cli) -> Result<()> {
                 broken: broken.and_then(|s| hyper::StatusCode::from_u16(s).ok()),
             };
             let address = demo::apps::start(kind, listen, identity, stop.clone()).await?;
+            let stopped = shutdown_signal();
             println!(
                 "{}",
                 serde_json::json!({"event": "started", "address": address.to_string()})
             );
-            shutdown_signal().await;
+            stopped.await;
             stop.cancel();
         }
     }

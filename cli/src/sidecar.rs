@@ -401,6 +401,8 @@ async fn run_sidecar(args: RunArgs) -> Result<()> {
     // only the code the sidecar runs from now on.
     let _ = sidecar.ready(std::time::Duration::from_secs(10)).await;
     strait_sidecar::residence::trim_code();
+    // Listening for signals before saying it started: one sent at once stops it cleanly.
+    let stopped = crate::shutdown_signal();
     println!(
         "{}",
         json!({
@@ -413,7 +415,7 @@ async fn run_sidecar(args: RunArgs) -> Result<()> {
             "upstreams": sidecar.upstream_addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
         })
     );
-    crate::shutdown_signal().await;
+    stopped.await;
     sidecar.stop().await;
     Ok(())
 }

@@ -468,6 +468,37 @@ fn when_a_clusters_endpoints_are_gone_traffic_fails_over_to_the_other_cluster_an
 }
 
 #[test]
+fn a_sidecar_or_app_stopped_the_moment_it_says_it_started_exits_cleanly() -> Result<()> {
+    // Before the fix the signal handlers were installed only once the process waited for
+    // them, after its "started" line: a SIGTERM sent at once killed it (signal 15, no clean
+    // deregistration).
+    let (mesh, _east, _west) = linked_pair(None)?;
+    let bootstrap = mesh
+        .ctl(
+            "east",
+            &["sidecar", "token", "-n", "shop", "--service-account", "api"],
+        )
+        .success()?;
+    let path = mesh.file("prompt.bootstrap.yaml", &bootstrap)?;
+    for round in 0..5 {
+        let mut app = mesh.app("http", "east", "shop/api", &format!("prompt-app-{round}"))?;
+        app.stop()?;
+        let mut sidecar = strait_tests::Process::start(
+            &mesh,
+            &format!("prompt-sidecar-{round}"),
+            &[
+                "sidecar".into(),
+                "run".into(),
+                "--bootstrap".into(),
+                path.display().to_string(),
+            ],
+        )?;
+        sidecar.stop()?;
+    }
+    Ok(())
+}
+
+#[test]
 fn a_sidecar_whose_certificate_is_renewed_keeps_serving() -> Result<()> {
     // Certificates of 4 s, renewed at 70 %: several renewals during the test.
     let (mesh, _east_gateway, _west_gateway) =
