@@ -6,13 +6,13 @@
 use std::io::{IsTerminal, Write as _};
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::{Args, ValueEnum};
 use serde_json::json;
 use strait_federation::proto::operator::{StatRequest, StatResponse, StatRow};
 
 use crate::context;
-use crate::output::{Format, table};
+use crate::output::table;
 
 /// What `stat` groups by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -47,7 +47,8 @@ pub struct Scope {
     /// Every cluster's figures, as the gateways share them, not only this cluster's sidecars'.
     #[arg(long)]
     all_clusters: bool,
-    /// How far back the figures go (5s to 60s).
+    /// How far back the figures go, up to a minute (the gateways keep 60 s); rounded up to
+    /// whole intervals (5 s by default).
     #[arg(long, default_value = "30s", value_parser = strait_federation::duration::parse_duration)]
     window: Duration,
 }
@@ -71,8 +72,8 @@ pub struct StatArgs {
     #[command(flatten)]
     scope: Scope,
     /// Output format: table, or json (`{"items": [...]}`).
-    #[arg(short, long, value_enum, default_value = "table")]
-    output: Format,
+    #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
+    output: String,
 }
 
 /// Options of `strait top`.
@@ -105,9 +106,9 @@ async fn ask(client: &mut context::Client, request: StatRequest) -> Result<StatR
 pub async fn stat(context: Option<&str>, args: StatArgs) -> Result<()> {
     let (_, mut client) = context::connect(context).await?;
     let answer = ask(&mut client, args.scope.request(args.resource.by())).await?;
-    match args.output {
-        Format::Table => print!("{}", render(&answer, args.resource)),
-        Format::Json => {
+    match args.output.as_str() {
+        "table" => print!("{}", render(&answer, args.resource)),
+        _ => {
             let items: Vec<_> = answer.rows.iter().map(|r| item(r, args.resource)).collect();
             println!(
                 "{}",
@@ -116,7 +117,6 @@ pub async fn stat(context: Option<&str>, args: StatArgs) -> Result<()> {
                 )?
             );
         }
-        Format::Yaml => bail!("stat prints a table or json"),
     }
     Ok(())
 }

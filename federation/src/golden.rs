@@ -30,8 +30,16 @@ pub const MAX_NAME: usize = 253;
 pub const MAX_SERIES_PER_MESSAGE: usize = 2_000;
 /// How far ahead of the receiver's clock an interval may be (clock skew between gateways).
 const MAX_AHEAD_MS: u64 = 3_600_000;
-/// The most clusters a gateway keeps figures of.
+/// The most origins (clusters, or gateway replicas of a cluster) a gateway keeps figures of.
 const MAX_ORIGINS: usize = 1_024;
+/// The longest origin name: a cluster name, or `cluster/replica` (a pod's name).
+const MAX_ORIGIN: usize = 253;
+
+/// The cluster of an origin: `east`, or `east/gateway-0` for one replica of east's gateway
+/// (replicas each sum their own sidecars' reports, so each is an origin of its own).
+pub fn origin_cluster(origin: &str) -> &str {
+    origin.split('/').next().unwrap_or(origin)
+}
 
 /// Which side of a sidecar a series counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -62,9 +70,9 @@ pub struct Counts {
     pub status_classes: [u64; CLASSES],
     /// HTTP requests by latency bucket ([`BUCKETS`], then the unbounded one).
     pub latency: [u64; BUCKET_COUNT],
-    /// Opaque TCP connections that ended.
+    /// Opaque TCP connections opened.
     pub tcp_connections: u64,
-    /// Bytes those connections carried, both ways.
+    /// Bytes that connections carried, both ways (counted when each ends).
     pub tcp_bytes: u64,
 }
 
@@ -279,6 +287,9 @@ pub struct GoldenConfig {
     pub forget_after_ms: u64,
     /// The most series kept per cluster and interval; more are dropped (and counted).
     pub max_series: usize,
+    /// The most series kept in all (every cluster, every interval): what bounds the book's
+    /// memory, whatever peers send.
+    pub max_total_series: usize,
 }
 
 impl Default for GoldenConfig {
@@ -290,6 +301,7 @@ impl Default for GoldenConfig {
             stale_after_ms: 15_000,
             forget_after_ms: 600_000,
             max_series: 10_000,
+            max_total_series: 120_000,
         }
     }
 }
@@ -304,19 +316,29 @@ struct Origin {
 }
 
 impl Origin {
-    fn prune(&mut self, retained: u64) {
-        if let Some(newest) = self.intervals.keys().next_back().copied() {
-            let oldest = newest.saturating_sub(retained.saturating_sub(1));
-            self.intervals = self.intervals.split_off(&oldest);
-        }
+    /// Drops the intervals older than the retained span; how many series went with them.
+    fn prune(&mut self, retained: u64) -> usize {
+        let Some(newest) = self.intervals.keys().next_back().copied() else {
+            return 0;
+        };
+        let oldest = newest.saturating_sub(retained.saturating_sub(1));
+        let kept = self.intervals.split_off(&oldest);
+        let gone = std::mem::replace(&mut self.intervals, kept);
+        gone.values().map(HashMap::len).sum()
+    }
+
+    fn series(&self) -> usize {
+        self.intervals.values().map(HashMap::len).sum()
     }
 }
 
-/// A batch to send on, with its place in the outgoing log.
+/// A batch to send on, with its place in the outgoing log and the peer it came from (none for
+/// this gateway's own).
 #[derive(Debug)]
 struct Logged {
     sequence: u64,
     at_ms: u64,
+    from: Option<String>,
     batch: wire::Batch,
 }
 
@@ -347,12 +369,15 @@ pub struct GoldenBook {
     origins: BTreeMap<String, Origin>,
     log: VecDeque<Logged>,
     next_sequence: u64,
-    /// Series dropped over [`GoldenConfig::max_series`] or from too many clusters.
+    /// Series held now, open intervals included.
+    held: usize,
+    /// Series dropped over the limits (per interval, in all, origins).
     pub dropped: u64,
 }
 
 impl GoldenBook {
-    /// An empty book of the gateway of cluster `local`.
+    /// An empty book of the gateway whose figures go out as `local`: its cluster's name, or
+    /// `cluster/replica` when several replicas of the cluster's gateway count at once.
     pub fn new(local: &str, config: GoldenConfig) -> Self {
         Self {
             config,
@@ -362,6 +387,7 @@ impl GoldenBook {
             origins: BTreeMap::new(),
             log: VecDeque::new(),
             next_sequence: 1,
+            held: 0,
             dropped: 0,
         }
     }
@@ -378,20 +404,24 @@ impl GoldenBook {
         if let Some(sealed) = self.sealed_through {
             interval = interval.max(sealed + 1);
         }
+        let total_room = self.config.max_total_series.saturating_sub(self.held);
         let open = self.open.entry(interval).or_default();
+        let mut added = 0;
         for (key, counts) in series {
             if counts.is_empty() {
                 continue;
             }
-            let room = open.len() < self.config.max_series;
+            let room = open.len() < self.config.max_series && added < total_room;
             match open.get_mut(&key) {
                 Some(held) => held.add(&counts),
                 None if room => {
                     open.insert(key, counts);
+                    added += 1;
                 }
                 None => self.dropped += 1,
             }
         }
+        self.held += added;
     }
 
     /// Seals every interval of this cluster that ended more than the grace period before
@@ -411,7 +441,9 @@ impl GoldenBook {
         .max(last.saturating_sub(self.config.retained.saturating_sub(1)));
         // Intervals that could not be sealed in time (a gateway stalled longer than the
         // retained span) go: their figures would only be shown as too old.
-        self.open = self.open.split_off(&first);
+        let kept = self.open.split_off(&first);
+        let late = std::mem::replace(&mut self.open, kept);
+        self.held -= late.values().map(HashMap::len).sum::<usize>();
         let still_open = self.open.split_off(&(last + 1));
         let mut sealed = std::mem::replace(&mut self.open, still_open);
         for interval in first..=last {
@@ -421,33 +453,42 @@ impl GoldenBook {
             origin.interval_ms = interval_ms;
             origin.heard_ms = now_ms;
             origin.intervals.insert(interval, series);
-            origin.prune(self.config.retained);
+            self.held -= origin.prune(self.config.retained);
             for part in parts {
-                self.push_log(now_ms, part);
+                self.push_log(now_ms, None, part);
             }
         }
         self.sealed_through = Some(last);
         true
     }
 
-    fn push_log(&mut self, now_ms: u64, batch: wire::Batch) {
+    fn push_log(&mut self, now_ms: u64, from: Option<&str>, batch: wire::Batch) {
         self.log.push_back(Logged {
             sequence: self.next_sequence,
             at_ms: now_ms,
+            from: from.map(str::to_owned),
             batch,
         });
         self.next_sequence += 1;
     }
 
-    /// Merges a batch (or a part of one) from a peer; whether it brought anything new (then it
-    /// is logged, to be passed on to the other peers).
-    pub fn merge(&mut self, batch: wire::Batch, now_ms: u64) -> Result<bool, GoldenError> {
+    /// Merges a batch (or a part of one) from the peer `from`; whether it brought anything
+    /// new (then it is logged, to be passed on to the other peers).
+    pub fn merge(
+        &mut self,
+        batch: wire::Batch,
+        now_ms: u64,
+        from: &str,
+    ) -> Result<bool, GoldenError> {
         let refuse = |reason: String| GoldenError::Batch {
             origin: batch.origin.chars().take(64).collect(),
             reason,
         };
-        if batch.origin.is_empty() || batch.origin.len() > 63 {
-            return Err(refuse("the origin is not a cluster name".into()));
+        let cluster = origin_cluster(&batch.origin);
+        if cluster.is_empty() || cluster.len() > 63 || batch.origin.len() > MAX_ORIGIN {
+            return Err(refuse(
+                "the origin is not a cluster name (or cluster/replica)".into(),
+            ));
         }
         if !(100..=600_000).contains(&batch.interval_ms) {
             return Err(refuse(format!(
@@ -474,6 +515,7 @@ impl GoldenBook {
         }
         let retained = self.config.retained;
         let max_series = self.config.max_series;
+        let mut total_room = self.config.max_total_series.saturating_sub(self.held);
         let origin = self.origins.entry(batch.origin.clone()).or_default();
         let newest = origin.intervals.keys().next_back().copied();
         if newest.is_some_and(|newest| batch.interval + retained <= newest) {
@@ -486,32 +528,40 @@ impl GoldenBook {
         let mut new = !origin.intervals.contains_key(&batch.interval);
         let held = origin.intervals.entry(batch.interval).or_default();
         let mut dropped = 0;
+        let mut added = 0;
         for (key, counts) in series {
             if held.contains_key(&key) {
                 continue;
             }
-            if held.len() >= max_series {
+            if held.len() >= max_series || total_room == 0 {
                 dropped += 1;
                 continue;
             }
             held.insert(key, counts);
+            total_room -= 1;
+            added += 1;
             new = true;
         }
-        origin.prune(retained);
+        let pruned = origin.prune(retained);
+        self.held = self.held + added - pruned;
         self.dropped += dropped;
         if new {
-            self.push_log(now_ms, batch);
+            self.push_log(now_ms, Some(from), batch);
         }
         Ok(new)
     }
 
-    /// The batches logged after `after` that a peer named `peer` should get (not its own),
-    /// and the sequence to ask from next time.
+    /// The batches logged after `after` that the peer cluster `peer` should get (neither its
+    /// own cluster's, nor those it sent here), and the sequence to ask from next time.
     pub fn outgoing(&self, after: u64, peer: &str) -> (Vec<wire::Batch>, u64) {
         let batches = self
             .log
             .iter()
-            .filter(|l| l.sequence > after && l.batch.origin != peer)
+            .filter(|l| {
+                l.sequence > after
+                    && origin_cluster(&l.batch.origin) != peer
+                    && l.from.as_deref() != Some(peer)
+            })
             .map(|l| l.batch.clone())
             .collect();
         (batches, self.next_sequence - 1)
@@ -522,8 +572,15 @@ impl GoldenBook {
     pub fn expire(&mut self, now_ms: u64) {
         let forget = self.config.forget_after_ms;
         let local = self.local.clone();
-        self.origins
-            .retain(|name, o| *name == local || o.heard_ms.saturating_add(forget) >= now_ms);
+        let mut forgotten = 0;
+        self.origins.retain(|name, o| {
+            let kept = *name == local || o.heard_ms.saturating_add(forget) >= now_ms;
+            if !kept {
+                forgotten += o.series();
+            }
+            kept
+        });
+        self.held -= forgotten;
         let keep_ms = self.config.retained * self.config.interval_ms;
         while self
             .log
@@ -543,7 +600,7 @@ impl GoldenBook {
                 continue;
             };
             let interval_ms = origin.interval_ms.max(1);
-            let span = (window_ms / interval_ms).max(1);
+            let span = window_ms.div_ceil(interval_ms).max(1);
             let from = newest.saturating_sub(span - 1);
             let mut sums: BTreeMap<&SeriesKey, Counts> = BTreeMap::new();
             let mut covered = 0u64;
@@ -568,26 +625,23 @@ impl GoldenBook {
         rows
     }
 
-    /// Every cluster known, with whether its figures are stale.
+    /// Every cluster known, with whether its figures are stale (every origin of it is).
     pub fn clusters(&self, now_ms: u64) -> Vec<(String, bool)> {
-        self.origins
-            .iter()
-            .map(|(name, o)| {
-                let stale = now_ms.saturating_sub(o.heard_ms) > self.config.stale_after_ms;
-                (name.clone(), stale)
-            })
+        let mut clusters: BTreeMap<&str, bool> = BTreeMap::new();
+        for (name, o) in &self.origins {
+            let stale = now_ms.saturating_sub(o.heard_ms) > self.config.stale_after_ms;
+            let entry = clusters.entry(origin_cluster(name)).or_insert(true);
+            *entry &= stale;
+        }
+        clusters
+            .into_iter()
+            .map(|(name, stale)| (name.to_owned(), stale))
             .collect()
     }
 
     /// How many series the book holds, over every cluster and interval (for its memory).
     pub fn series_held(&self) -> usize {
-        self.open.values().map(HashMap::len).sum::<usize>()
-            + self
-                .origins
-                .values()
-                .flat_map(|o| o.intervals.values())
-                .map(HashMap::len)
-                .sum::<usize>()
+        self.held
     }
 }
 

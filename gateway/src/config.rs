@@ -267,7 +267,7 @@ fn here() -> PathBuf {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// The length of an interval, in milliseconds (at least 1000).
+    /// The length of an interval, in milliseconds (1000 to 60000).
     #[serde(default = "default_metrics_interval")]
     pub interval_ms: u64,
     /// After how long without news from a cluster its figures are shown as stale, in
@@ -295,6 +295,24 @@ impl Default for MetricsConfig {
 impl MetricsConfig {
     fn is_default(&self) -> bool {
         *self == Self::default()
+    }
+
+    /// What is wrong with the block, if anything.
+    fn check(&self) -> Result<(), String> {
+        if !(1_000..=60_000).contains(&self.interval_ms) {
+            return Err(format!(
+                "metrics.intervalMs: {} is not in 1000..60000",
+                self.interval_ms
+            ));
+        }
+        if self.stale_after_ms < 2 * self.interval_ms {
+            return Err(format!(
+                "metrics.staleAfterMs: {} is less than two intervals ({} ms)",
+                self.stale_after_ms,
+                2 * self.interval_ms
+            ));
+        }
+        Ok(())
     }
 
     /// The golden book's configuration.
@@ -497,6 +515,13 @@ impl GatewayConfig {
                 ),
             });
         }
+        config
+            .metrics
+            .check()
+            .map_err(|message| GatewayError::Config {
+                path: path.to_owned(),
+                message,
+            })?;
         config
             .telemetry
             .check()

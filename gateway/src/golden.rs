@@ -14,12 +14,16 @@ use crate::{Shared, lock, unix_now_ms};
 /// The window `stat` sums over unless asked otherwise.
 pub const DEFAULT_WINDOW_SECONDS: u32 = 30;
 
-/// A new book for the gateway's configuration.
-pub fn book(shared_config: &crate::config::GatewayConfig) -> GoldenBook {
-    GoldenBook::new(
-        shared_config.cluster.as_str(),
-        shared_config.metrics.golden(),
-    )
+/// A new book for the gateway's configuration. Every replica of a cluster's gateway sums the
+/// reports of the sidecars connected to it, so in Kubernetes mode each replica is an origin of
+/// its own (`cluster/replica`), and readers add the replicas up.
+pub fn book(config: &crate::config::GatewayConfig, replica: &str) -> GoldenBook {
+    let origin = if replica.is_empty() {
+        config.cluster.to_string()
+    } else {
+        format!("{}/{replica}", config.cluster)
+    };
+    GoldenBook::new(&origin, config.metrics.golden())
 }
 
 /// Adds a sidecar's report. A sidecar reports for its own cluster: what it served in its own
@@ -59,7 +63,11 @@ pub fn tick(shared: &Shared) {
         (sealed, book.series_held(), book.dropped)
     };
     shared.metrics.golden_series.set(held as i64);
-    shared.metrics.golden_dropped.set(dropped as i64);
+    let counted = shared.metrics.golden_dropped.get();
+    shared
+        .metrics
+        .golden_dropped
+        .inc_by(dropped.saturating_sub(counted));
     if sealed {
         shared.golden_tx.send_modify(|n| *n += 1);
     }
@@ -67,7 +75,7 @@ pub fn tick(shared: &Shared) {
 
 /// Merges a batch from a peer; a bad one is logged and left out (metrics never end a peering).
 pub fn merge(shared: &Shared, peer: &ClusterName, batch: Batch) {
-    let merged = lock(&shared.golden).merge(batch, unix_now_ms());
+    let merged = lock(&shared.golden).merge(batch, unix_now_ms(), peer.as_str());
     match merged {
         Ok(true) => {
             shared.golden_tx.send_modify(|n| *n += 1);
@@ -101,7 +109,7 @@ pub fn stat(shared: &Shared, request: &StatRequest) -> Result<StatResponse, Stri
     let local = shared.config.cluster.as_str();
     let keep = |row: &Row, direction: Direction| {
         row.key.direction == direction
-            && (request.all_clusters || row.origin == local)
+            && (request.all_clusters || golden::origin_cluster(&row.origin) == local)
             && (request.namespace.is_empty() || row.key.namespace == request.namespace)
     };
     let rows = match request.by.as_str() {

@@ -16,6 +16,8 @@ use strait_io::admin::Probes;
 
 use crate::{Shared, lock, unix_now_ms};
 
+/// How long the gateway's own DNS server may take to answer its probe.
+const DNS_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a session sends its peer a health frame (and after every policy change).
 pub const HEALTH_EVERY: Duration = Duration::from_secs(5);
 
@@ -88,7 +90,21 @@ fn certificate_status(cert: &CertificateDer<'_>, pem: String) -> CertificateStat
 }
 
 /// The answer to `Status`.
-pub fn status(shared: &Shared) -> StatusResponse {
+pub async fn status(shared: &Shared) -> StatusResponse {
+    let (dns_rcode, dns_error) = match shared.dns_addr.get() {
+        Some(addr) => {
+            let zone = shared
+                .config
+                .dns
+                .as_ref()
+                .map_or("clusterset.local", |d| d.zone.as_str());
+            match strait_io::dns::soa_rcode(reachable(*addr), zone, DNS_PROBE_TIMEOUT).await {
+                Ok(rcode) => (i32::from(rcode), String::new()),
+                Err(e) => (-1, e),
+            }
+        }
+        None => (-1, String::new()),
+    };
     let now = unix_now_ms();
     let (ready, not_ready_reason) = match shared.ready() {
         Ok(()) => (true, String::new()),
@@ -118,10 +134,7 @@ pub fn status(shared: &Shared) -> StatusResponse {
                 role: status.role.as_str().into(),
                 state: status.state.as_str().into(),
                 last_error: status.last_error.clone(),
-                rtt_ms: status
-                    .connection
-                    .as_ref()
-                    .map_or(0.0, |c| c.rtt().as_secs_f64() * 1000.0),
+                rtt_ms: status.rtt_ms(),
                 lag_versions: head.saturating_sub(status.acked.version),
                 heard: health.is_some(),
                 clock_skew_ms: health.map_or(0.0, |h| h.skew_ms),
@@ -166,6 +179,8 @@ pub fn status(shared: &Shared) -> StatusResponse {
         links,
         kubernetes: shared.kube.is_some(),
         kubernetes_problems: shared.kubernetes.problems(),
+        dns_rcode,
+        dns_error,
         now_unix_ms: now,
     }
 }

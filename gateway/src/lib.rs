@@ -475,7 +475,12 @@ pub async fn run(
     };
     let links: Vec<_> = state.links.values().cloned().collect();
     let acceptor_peers = state.redemptions.active_clusters();
-    let golden_book = golden::book(&config);
+    let replica = if kube_client.is_some() {
+        kubernetes::lease::identity()
+    } else {
+        String::new()
+    };
+    let golden_book = golden::book(&config, &replica);
     let shutdown_token = CancellationToken::new();
     let spans = strait_io::spans::SpanExporter::new(
         "strait-gateway",
@@ -525,11 +530,7 @@ pub async fn run(
         peering: watch::channel(awaiting.is_empty()).0,
         awaiting: Mutex::new(awaiting),
         lease_turn: tokio::sync::Mutex::new(()),
-        replica: if kube_client.is_some() {
-            kubernetes::lease::identity()
-        } else {
-            String::new()
-        },
+        replica,
         siblings: Mutex::new(Vec::new()),
         leader_vips: watch::channel(None).0,
         kube: kube_client.clone(),

@@ -72,7 +72,7 @@ pub struct Metrics {
     /// Golden-metric series held (every cluster and interval kept).
     pub golden_series: IntGauge,
     /// Golden-metric series dropped over the limits.
-    pub golden_dropped: IntGauge,
+    pub golden_dropped: IntCounter,
 }
 
 /// The rcodes DNS answers are counted by.
@@ -212,10 +212,16 @@ impl Metrics {
                 "golden_series",
                 "Golden-metric series held: every cluster's, over the intervals kept.",
             ),
-            golden_dropped: plain_gauge(
-                "golden_series_dropped",
-                "Golden-metric series dropped since start, over the limit per cluster and interval.",
-            ),
+            golden_dropped: {
+                let m = IntCounter::new(
+                    "golden_series_dropped_total",
+                    "Golden-metric series dropped over the limits (per cluster and interval, in \
+                     all, clusters).",
+                )
+                .expect("constant metric");
+                register(Box::new(m.clone()));
+                m
+            },
             peer_state: gauge(
                 "peer_state",
                 "1 for the state a linked peer gateway is in.",

@@ -92,6 +92,13 @@ pub struct Sibling {
 }
 
 impl PeerStatus {
+    /// The smoothed round-trip time of the current connection, in milliseconds (0 without one).
+    pub fn rtt_ms(&self) -> f64 {
+        self.connection
+            .as_ref()
+            .map_or(0.0, |c| c.rtt().as_secs_f64() * 1000.0)
+    }
+
     /// The connections that can carry a flow to the peer: the current session's while it is
     /// connected, then its siblings'.
     pub fn flow_connections(&self) -> impl Iterator<Item = &quinn::Connection> {

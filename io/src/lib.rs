@@ -5,6 +5,7 @@
 //! - [`api`]: dialing a gateway's gRPC API over TLS;
 //! - [`flow`]: reading and writing a relayed flow's header on a byte stream;
 //! - [`files`] and [`pki`]: text files written atomically, and the trust material kept in them;
+//! - [`dns`]: a probe of a DNS server;
 //! - [`clock`] and [`random`]: the wall clock and random numbers federation is handed;
 //! - [`admin`]: the admin HTTP server (`/healthz`, `/readyz`, `/metrics`) of every process;
 //! - [`spans`]: finished spans sent to an OpenTelemetry collector.
@@ -12,6 +13,7 @@
 pub mod admin;
 pub mod api;
 pub mod clock;
+pub mod dns;
 pub mod files;
 pub mod flow;
 pub mod pki;

@@ -138,19 +138,24 @@ pub async fn report(shared: Arc<Shared>, channel: Channel) {
         if grown.is_empty() {
             continue;
         }
-        let mut failed = None;
         for chunk in grown.chunks(golden::MAX_SERIES_PER_MESSAGE) {
             let (names, series) = golden::encode(chunk.iter().map(|(k, c)| (k, c)));
             let request = MetricsReport { names, series };
-            match tokio::time::timeout(REPORT_TIMEOUT, client.report_metrics(request)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(status)) => failed = Some(status.message().to_owned()),
-                Err(_) => failed = Some("timed out".to_owned()),
+            let failed =
+                match tokio::time::timeout(REPORT_TIMEOUT, client.report_metrics(request)).await {
+                    Ok(Ok(_)) => None,
+                    Ok(Err(status)) => Some(status.message().to_owned()),
+                    Err(_) => Some("timed out".to_owned()),
+                };
+            match failed {
+                // What reached the gateway is never sent again; what did not goes next time.
+                None => {
+                    for (key, delta) in chunk {
+                        reported.entry(key.clone()).or_default().add(delta);
+                    }
+                }
+                Some(error) => tracing::debug!(error = %error, "golden metrics report failed"),
             }
-        }
-        match failed {
-            None => reported = now,
-            Some(error) => tracing::debug!(error = %error, "golden metrics report failed"),
         }
     }
 }

@@ -130,7 +130,7 @@ pub struct Record<'a> {
     pub service: &'a str,
     pub source_cluster: &'a str,
     pub destination_cluster: &'a str,
-    /// The route rule that sent it, if any.
+    /// The HTTPRoute (its name) whose rule sent it, if any.
     pub route: Option<&'a str>,
     pub method: Option<&'a str>,
     pub path: Option<&'a str>,

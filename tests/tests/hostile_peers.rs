@@ -4,13 +4,12 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, ensure};
+use anyhow::{Context, Result, ensure};
 use strait_federation::catalog::Position;
 use strait_federation::handshake;
 use strait_federation::identity::ClusterName;
-use strait_federation::proto::peer::peer_frame::Body;
-use strait_federation::wire::{FrameDecoder, encode};
-use strait_tests::rogue::{join_token, rogue_endpoint};
+use strait_federation::wire::encode;
+use strait_tests::rogue::{RoguePeer, rogue_endpoint};
 use strait_tests::{Mesh, metric, service, wait_for};
 
 /// Sends `bytes` on a new control stream and waits for the gateway to close the connection.
@@ -44,7 +43,6 @@ fn a_peer_sending_garbage_or_oversized_frames_is_dropped_without_harming_the_oth
     mesh.apply("west", "api.yaml", &service("shop", "api", true, 8080))
         .success()?;
     mesh.wait_served("east", "shop/api", &["west"], Duration::from_secs(10))?;
-    let token = join_token(&mesh, "west")?;
 
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
@@ -72,38 +70,10 @@ fn a_peer_sending_garbage_or_oversized_frames_is_dropped_without_harming_the_oth
         .await?;
 
         // A genuine peer (valid token) that turns hostile after the handshake.
-        let connection = endpoint
-            .connect_with(client.clone(), west.quic, "west")?
-            .await?;
-        let (mut send, mut recv) = connection.open_bi().await?;
-        send.write_all(&encode(&handshake::hello(
-            &ClusterName::new("rogue")?,
-            &token,
-            Position::NONE,
-        )))
-        .await?;
-        let mut decoder = FrameDecoder::default();
-        let mut buffer = vec![0u8; 4096];
-        let first = tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                if let Some(frame) = decoder.next_frame()? {
-                    return Ok::<_, anyhow::Error>(frame);
-                }
-                let n = recv
-                    .read(&mut buffer)
-                    .await?
-                    .ok_or_else(|| anyhow!("stream closed"))?;
-                decoder.extend(&buffer[..n]);
-            }
-        })
-        .await??;
-        ensure!(
-            matches!(first.body, Some(Body::Welcome(_))),
-            "the rogue was not welcomed: {first:?}"
-        );
-        send.write_all(&(64u32 << 20).to_be_bytes()).await?;
-        send.write_all(&[0u8; 1024]).await?;
-        tokio::time::timeout(Duration::from_secs(5), connection.closed())
+        let mut hostile = RoguePeer::join(&mesh, "west", west.quic).await?;
+        hostile.send.write_all(&(64u32 << 20).to_be_bytes()).await?;
+        hostile.send.write_all(&[0u8; 1024]).await?;
+        tokio::time::timeout(Duration::from_secs(5), hostile.connection.closed())
             .await
             .context("an oversized frame mid-session did not end the session")?;
 

@@ -246,6 +246,8 @@ async fn start_workload(
         config.proxy_addr = Some("127.0.0.1:0".parse()?);
     }
     config.admin_addr = Some("127.0.0.1:0".parse()?);
+    // As a Deployment per account would be named in Kubernetes: `strait stat deploy` shows it.
+    config.workload = Some(format!("deploy/{}", spec.account));
     config.upstreams = spec
         .upstreams
         .iter()

@@ -26,12 +26,18 @@ fn book(name: &str) -> GoldenBook {
     GoldenBook::new(name, GoldenConfig::default())
 }
 
-/// Hands every batch `from` logged after `cursor` to `to`, as a peer session does.
-fn pass(from: &GoldenBook, to: &mut GoldenBook, cursor: &mut u64, to_name: &str, now: u64) {
+/// Hands every batch `from` (cluster `from_name`) logged after `cursor` to `to` (cluster
+/// `to_name`), as a peer session does.
+fn pass(
+    (from, from_name): (&GoldenBook, &str),
+    (to, to_name): (&mut GoldenBook, &str),
+    cursor: &mut u64,
+    now: u64,
+) {
     let (batches, next) = from.outgoing(*cursor, to_name);
     *cursor = next;
     for batch in batches {
-        to.merge(batch, now).expect("a valid batch");
+        to.merge(batch, now, from_name).expect("a valid batch");
     }
 }
 
@@ -178,10 +184,9 @@ fn figures_of_a_silent_cluster_turn_stale_and_keep_their_last_values() {
         west.record(t0 + i * I, vec![(a.clone(), requests(50, 0))]);
         west.seal(t0 + (i + 1) * I + 1_000);
         pass(
-            &west,
-            &mut east,
+            (&west, "west"),
+            (&mut east, "east"),
             &mut cursor,
-            "east",
             t0 + (i + 1) * I + 1_000,
         );
     }
@@ -213,23 +218,26 @@ fn figures_travel_beyond_a_peer_and_count_once_around_a_triangle() {
     west.seal(t0 + I + 1_000);
     let now = t0 + I + 2_000;
     let (mut west_north, mut north_east, mut west_east, mut east_north) = (0, 0, 0, 0);
-    pass(&west, &mut north, &mut west_north, "north", now);
-    pass(&north, &mut east, &mut north_east, "east", now);
-    pass(&west, &mut east, &mut west_east, "east", now);
-    // East had it from north already: nothing new to pass on to north again.
+    pass((&west, "west"), (&mut north, "north"), &mut west_north, now);
+    pass((&north, "north"), (&mut east, "east"), &mut north_east, now);
+    pass((&west, "west"), (&mut east, "east"), &mut west_east, now);
+    // East had it from north already, and never hands north back what north sent.
     let (again, _) = east.outgoing(east_north, "north");
-    assert_eq!(again.len(), 1, "east passes west's batch on once");
-    east_north = 0;
-    pass(&east, &mut north, &mut east_north, "north", now);
+    assert!(
+        again.is_empty(),
+        "east passes north's batch back: {again:?}"
+    );
+    pass((&east, "east"), (&mut north, "north"), &mut east_north, now);
     for (name, book) in [("north", &north), ("east", &east)] {
         let rows = book.rows(now, 30_000);
         assert_eq!(rows.len(), 1, "{name}");
         assert_eq!(rows[0].counts.requests(), 10, "{name} counted it once");
     }
     // A gateway's own figures coming back are ignored.
-    let (echo, _) = east.outgoing(0, "north");
+    let (echo, _) = north.outgoing(0, "east");
+    assert!(!echo.is_empty());
     for batch in echo {
-        assert_eq!(west.merge(batch, now), Ok(false));
+        assert_eq!(west.merge(batch, now, "north"), Ok(false));
     }
     // And a peer never gets back what it originated.
     assert!(north.outgoing(0, "west").0.is_empty());
@@ -246,21 +254,21 @@ fn batches_from_the_far_future_or_too_old_are_refused_or_ignored() {
         names: Vec::new(),
         series: Vec::new(),
     };
-    assert!(east.merge(batch(u64::MAX / I), now).is_err());
-    assert_eq!(east.merge(batch(999), now), Ok(true));
+    assert!(east.merge(batch(u64::MAX / I), now, "west").is_err());
+    assert_eq!(east.merge(batch(999), now, "west"), Ok(true));
     assert_eq!(
-        east.merge(batch(999), now),
+        east.merge(batch(999), now, "west"),
         Ok(false),
         "a repeat is nothing new"
     );
     assert_eq!(
-        east.merge(batch(999 - 12), now),
+        east.merge(batch(999 - 12), now, "west"),
         Ok(false),
         "older than retained"
     );
     let mut bad = batch(999);
     bad.interval_ms = 0;
-    assert!(east.merge(bad, now).is_err());
+    assert!(east.merge(bad, now, "west").is_err());
 }
 
 #[test]
@@ -309,4 +317,57 @@ fn groups_sum_rows_and_keep_the_stale_mark() {
     assert_eq!((summary.requests, summary.success_rate), (20, Some(0.5)));
     assert_eq!(summary.rps, 2.0);
     assert!(summary.stale);
+}
+
+#[test]
+fn two_replicas_of_a_cluster_are_two_origins_and_their_figures_add_up() {
+    let mut replica_a = book("west/gateway-a");
+    let mut replica_b = book("west/gateway-b");
+    let mut east = book("east");
+    let a = key(Direction::Inbound, "api", "east", "west");
+    let t0 = 100 * I;
+    replica_a.record(t0, vec![(a.clone(), requests(3, 0))]);
+    replica_b.record(t0, vec![(a.clone(), requests(4, 0))]);
+    let now = t0 + I + 1_000;
+    replica_a.seal(now);
+    replica_b.seal(now);
+    let (mut from_a, mut from_b) = (0, 0);
+    pass((&replica_a, "west"), (&mut east, "east"), &mut from_a, now);
+    pass((&replica_b, "west"), (&mut east, "east"), &mut from_b, now);
+    let rows = east.rows(now, 30_000);
+    let summed = group(&rows, |r| Some(origin_cluster(&r.origin).to_owned()));
+    assert_eq!(summed["west"].requests, 7);
+    assert_eq!(east.clusters(now), vec![("west".to_owned(), false)]);
+    // A replica's own figures never go back to its cluster, whichever replica asks.
+    assert!(east.outgoing(0, "west").0.is_empty());
+}
+
+#[test]
+fn the_book_holds_at_most_its_total_of_series_whatever_peers_send() {
+    let config = GoldenConfig {
+        max_total_series: 5,
+        ..GoldenConfig::default()
+    };
+    let mut east = GoldenBook::new("east", config);
+    let now = 1_000 * I;
+    for origin in 0..4 {
+        let keys: Vec<SeriesKey> = (0..3)
+            .map(|i| key(Direction::Inbound, &format!("s{i}"), "x", "y"))
+            .collect();
+        let counts = requests(1, 0);
+        let (names, series) = encode(keys.iter().map(|k| (k, &counts)));
+        let batch = wire::Batch {
+            origin: format!("c{origin}"),
+            interval: 999,
+            interval_ms: I as u32,
+            names,
+            series,
+        };
+        east.merge(batch, now, "peer").unwrap();
+    }
+    assert_eq!(east.series_held(), 5);
+    assert_eq!(east.dropped, 7);
+    // Forgetting silent clusters frees their room.
+    east.expire(now + 700_000);
+    assert_eq!(east.series_held(), 0);
 }

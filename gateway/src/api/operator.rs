@@ -616,7 +616,7 @@ impl Operator for OperatorApi {
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        Ok(Response::new(crate::health::status(&self.shared)))
+        Ok(Response::new(crate::health::status(&self.shared).await))
     }
 
     async fn list_links(
@@ -698,10 +698,7 @@ pub fn link_views(shared: &Shared) -> Vec<LinkView> {
                 role: status.role.as_str().into(),
                 state: status.state.as_str().into(),
                 last_error: status.last_error.clone(),
-                rtt_ms: status
-                    .connection
-                    .as_ref()
-                    .map_or(0.0, |c| c.rtt().as_secs_f64() * 1000.0),
+                rtt_ms: status.rtt_ms(),
                 imported_services: count,
                 imported_version: version,
                 exported_version: head,
