@@ -496,6 +496,11 @@ impl GoldenBook {
                 batch.interval_ms
             )));
         }
+        if batch.session_names {
+            return Err(refuse(
+                "its names are a session's indices (the session resolves them first)".into(),
+            ));
+        }
         let series = decode(&batch.names, &batch.series)?;
         if batch.origin == self.local {
             // Our own figures, come back by another path.
@@ -670,6 +675,7 @@ fn split(
                 interval_ms: interval_ms as u32,
                 names,
                 series,
+                session_names: false,
             }
         })
         .collect()

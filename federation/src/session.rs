@@ -4,7 +4,7 @@
 //! the importer, with keep-alives both ways. The gateway feeds frames and the time in and sends
 //! what the session queues; nothing here touches a socket or a clock.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use prost::Message;
@@ -116,6 +116,115 @@ pub enum Event {
     Health(wire::Health),
 }
 
+/// The golden-metric names a session has sent and received: each is sent once, then referred
+/// to by its index for the rest of the session.
+#[derive(Debug, Default)]
+struct GoldenNames {
+    sent: HashMap<String, u32>,
+    received: Vec<String>,
+}
+
+/// Names one session keeps each way, at most (past it, batches carry their names again).
+pub const MAX_SESSION_NAMES: usize = 65_536;
+
+impl GoldenNames {
+    /// The batch as this session sends it: its names replaced by the session's indices, the
+    /// new ones queued first in a names frame; as it is when the table is full.
+    fn outgoing(
+        &mut self,
+        mut batch: crate::proto::golden::Batch,
+        outbox: &mut VecDeque<PeerFrame>,
+    ) -> crate::proto::golden::Batch {
+        let new: Vec<&String> = {
+            let mut seen = std::collections::HashSet::new();
+            batch
+                .names
+                .iter()
+                .filter(|n| !self.sent.contains_key(*n) && seen.insert(*n))
+                .collect()
+        };
+        if self.sent.len() + new.len() > MAX_SESSION_NAMES {
+            return batch;
+        }
+        if !new.is_empty() {
+            let names: Vec<String> = new.into_iter().cloned().collect();
+            for name in &names {
+                let index = self.sent.len() as u32;
+                self.sent.insert(name.clone(), index);
+            }
+            outbox.push_back(frame(Body::GoldenNames(wire::GoldenNames { names })));
+        }
+        let index: Vec<u32> = batch.names.iter().map(|n| self.sent[n]).collect();
+        let map = |i: &mut u32| *i = index.get(*i as usize).copied().unwrap_or(u32::MAX);
+        for series in &mut batch.series {
+            map(&mut series.namespace);
+            map(&mut series.service);
+            map(&mut series.source_cluster);
+            map(&mut series.destination_cluster);
+            map(&mut series.workload);
+        }
+        batch.names.clear();
+        batch.session_names = true;
+        batch
+    }
+
+    /// Takes note of names the peer will refer to.
+    fn learn(&mut self, names: Vec<String>) -> Result<(), SessionError> {
+        if self.received.len() + names.len() > MAX_SESSION_NAMES {
+            return Err(protocol(format!(
+                "more than {MAX_SESSION_NAMES} golden-metric names in one session"
+            )));
+        }
+        if let Some(name) = names.iter().find(|n| n.len() > crate::golden::MAX_NAME) {
+            return Err(protocol(format!(
+                "a golden-metric name of {} bytes",
+                name.len()
+            )));
+        }
+        self.received.extend(names);
+        Ok(())
+    }
+
+    /// A batch with its own names again, as the golden book reads it.
+    fn incoming(
+        &self,
+        mut batch: crate::proto::golden::Batch,
+    ) -> Result<crate::proto::golden::Batch, SessionError> {
+        if !batch.session_names {
+            return Ok(batch);
+        }
+        if batch.series.len() > crate::golden::MAX_SERIES_PER_MESSAGE {
+            return Err(protocol("a golden batch with too many series"));
+        }
+        let mut local: HashMap<u32, u32> = HashMap::new();
+        let mut names = Vec::new();
+        let received = &self.received;
+        let mut map = |i: &mut u32| -> Result<(), SessionError> {
+            let name = received.get(*i as usize).ok_or_else(|| {
+                protocol(format!(
+                    "a golden batch refers to name {i}, but {} were given",
+                    received.len()
+                ))
+            })?;
+            *i = *local.entry(*i).or_insert_with(|| {
+                names.push(name.clone());
+                (names.len() - 1) as u32
+            });
+            Ok(())
+        };
+        for series in &mut batch.series {
+            map(&mut series.namespace)?;
+            map(&mut series.service)?;
+            map(&mut series.source_cluster)?;
+            map(&mut series.destination_cluster)?;
+            map(&mut series.workload)?;
+        }
+        batch.names = names;
+        batch.session_names = false;
+        Ok(batch)
+    }
+}
+
 /// A policy frame from the peer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PolicyFrame {
@@ -170,6 +279,7 @@ pub struct PeerSession {
     outbox: VecDeque<PeerFrame>,
     updates_sent: u64,
     policies: PolicyExchange,
+    golden_names: GoldenNames,
 }
 
 impl PeerSession {
@@ -191,6 +301,7 @@ impl PeerSession {
             outbox: VecDeque::new(),
             updates_sent: 0,
             policies: PolicyExchange::default(),
+            golden_names: GoldenNames::default(),
         };
         session.sync(export);
         session
@@ -253,10 +364,14 @@ impl PeerSession {
         }
     }
 
-    /// Queues golden-metric batches (each of a bounded size already).
+    /// Queues golden-metric batches (each of a bounded size already). Names go once a
+    /// session: a batch refers to those already sent by index, after a frame with the new ones
+    /// (the same services recur every interval, so most batches carry no name at all).
     pub fn queue_golden(&mut self, batches: Vec<crate::proto::golden::Batch>) {
-        self.outbox
-            .extend(batches.into_iter().map(|b| frame(Body::Golden(b))));
+        for batch in batches {
+            let batch = self.golden_names.outgoing(batch, &mut self.outbox);
+            self.outbox.push_back(frame(Body::Golden(batch)));
+        }
     }
 
     /// Queues a health frame.
@@ -358,7 +473,13 @@ impl PeerSession {
                 }
                 Ok(Some(Event::Quota(usage)))
             }
-            Some(Body::Golden(batch)) => Ok(Some(Event::Golden(batch))),
+            Some(Body::Golden(batch)) => {
+                Ok(Some(Event::Golden(self.golden_names.incoming(batch)?)))
+            }
+            Some(Body::GoldenNames(names)) => {
+                self.golden_names.learn(names.names)?;
+                Ok(None)
+            }
             Some(Body::Health(health)) => {
                 if health.policy_digest.len() > MAX_DIGEST {
                     return Err(protocol(format!(
@@ -716,6 +837,79 @@ mod tests {
             at_west
                 .handle_frame(ack, now, &mut ImportedCatalog::default())
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn golden_names_go_once_a_session_and_batches_arrive_with_their_own() {
+        use crate::golden::{Counts, Direction, SeriesKey, decode, encode};
+        use crate::proto::golden::Batch;
+        let t0 = Instant::now();
+        let config = SessionConfig::default();
+        let mut west = PeerSession::new(config.clone(), Position::NONE, &ExportLog::new(1), t0);
+        let mut east = PeerSession::new(config, Position::NONE, &ExportLog::new(2), t0);
+        while west.poll_transmit(t0).is_some() {}
+        let key = |service: &str| SeriesKey {
+            direction: Direction::Inbound,
+            namespace: "shop".into(),
+            service: service.into(),
+            source_cluster: "east".into(),
+            destination_cluster: "west".into(),
+            workload: "deploy/api".into(),
+        };
+        let mut counts = Counts::default();
+        counts.status_classes[1] = 3;
+        let (api, orders) = (key("api"), key("orders"));
+        let (names, series) = encode([(&api, &counts), (&orders, &counts)]);
+        let batch = Batch {
+            origin: "west".into(),
+            interval: 7,
+            interval_ms: 5_000,
+            names,
+            series,
+            session_names: false,
+        };
+        west.queue_golden(vec![batch.clone(), batch.clone()]);
+        let frames: Vec<PeerFrame> = std::iter::from_fn(|| west.poll_transmit(t0)).collect();
+        assert_eq!(
+            frames.len(),
+            3,
+            "one names frame, then two batches: {frames:?}"
+        );
+        assert!(matches!(frames[0].body, Some(Body::GoldenNames(_))));
+        let inline = crate::wire::encode(&frame(Body::Golden(batch.clone()))).len();
+        let by_index = crate::wire::encode(&frames[2]).len();
+        assert!(
+            by_index * 100 < inline * 55,
+            "{by_index} bytes against {inline} with names"
+        );
+        let mut received = Vec::new();
+        for f in frames {
+            if let Some(Event::Golden(b)) = east
+                .handle_frame(f, t0, &mut ImportedCatalog::default())
+                .unwrap()
+            {
+                received.push(b);
+            }
+        }
+        let expected = decode(&batch.names, &batch.series).unwrap();
+        assert_eq!(received.len(), 2);
+        for b in &received {
+            assert!(!b.session_names);
+            assert_eq!(decode(&b.names, &b.series).unwrap(), expected);
+        }
+        // A batch that names what the session never gave is a protocol violation.
+        let mut bad = received[0].clone();
+        bad.session_names = true;
+        bad.names.clear();
+        bad.series[0].service = 999;
+        assert!(
+            east.handle_frame(
+                frame(Body::Golden(bad)),
+                t0,
+                &mut ImportedCatalog::default()
+            )
+            .is_err()
         );
     }
 

@@ -253,6 +253,7 @@ fn batches_from_the_far_future_or_too_old_are_refused_or_ignored() {
         interval_ms: I as u32,
         names: Vec::new(),
         series: Vec::new(),
+        session_names: false,
     };
     assert!(east.merge(batch(u64::MAX / I), now, "west").is_err());
     assert_eq!(east.merge(batch(999), now, "west"), Ok(true));
@@ -362,6 +363,7 @@ fn the_book_holds_at_most_its_total_of_series_whatever_peers_send() {
             interval_ms: I as u32,
             names,
             series,
+            session_names: false,
         };
         east.merge(batch, now, "peer").unwrap();
     }
