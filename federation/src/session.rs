@@ -499,7 +499,9 @@ impl PeerSession {
             Some(Body::Hello(_)) | Some(Body::Welcome(_)) => {
                 Err(protocol("handshake frame after the handshake"))
             }
-            None => Err(protocol("empty frame")),
+            // A frame this version does not know (a newer peer's) decodes to no body: passed
+            // over, so gateways of different versions keep their peering.
+            None => Ok(None),
         }
     }
 
@@ -910,6 +912,28 @@ mod tests {
                 &mut ImportedCatalog::default()
             )
             .is_err()
+        );
+    }
+
+    #[test]
+    fn a_frame_of_a_newer_version_is_passed_over_and_the_session_goes_on() {
+        use prost::Message as _;
+        let t0 = Instant::now();
+        let mut east = PeerSession::new(
+            SessionConfig::default(),
+            Position::NONE,
+            &ExportLog::new(2),
+            t0,
+        );
+        // Field 99 of PeerFrame, unknown here: a body this version has no name for.
+        let unknown = PeerFrame::decode(&[0x9a, 0x06, 0x01, 0x00][..]).unwrap();
+        assert!(unknown.body.is_none());
+        let event = east.handle_frame(unknown, t0, &mut ImportedCatalog::default());
+        assert!(matches!(event, Ok(None)), "{event:?}");
+        let keepalive = frame(Body::KeepAlive(wire::KeepAlive {}));
+        assert!(
+            east.handle_frame(keepalive, t0, &mut ImportedCatalog::default())
+                .is_ok()
         );
     }
 

@@ -744,28 +744,15 @@ async fn serve_tcp(
     let error = copied.as_ref().err().map(ToString::to_string);
     let (received, sent) = copied.unwrap_or_default();
     shared.metrics.tcp_closed(&route, sent, received);
-    let settings = &directory.telemetry;
-    if shared.telemetry.access_log_on(settings) || !settings.taps.is_empty() {
-        shared.telemetry.finish(
-            None,
-            &telemetry::Record {
-                direction: "inbound",
-                protocol: "tcp",
-                caller: &caller.to_string(),
-                namespace,
-                service,
-                source_cluster: caller.cluster().as_str(),
-                destination_cluster: shared.cluster.as_str(),
-                route: None,
-                method: None,
-                path: None,
-                status: None,
-                duration: started.elapsed(),
-                bytes_sent: Some(sent),
-                bytes_received: Some(received),
-                error: error.as_deref(),
-            },
-            settings,
-        );
-    }
+    shared.telemetry.finish_flow(
+        &telemetry::Flow {
+            route: &route,
+            caller: &caller.to_string(),
+            duration: started.elapsed(),
+            sent,
+            received,
+            error: error.as_deref(),
+        },
+        &directory.telemetry,
+    );
 }

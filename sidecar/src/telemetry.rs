@@ -142,6 +142,17 @@ pub struct Record<'a> {
     pub error: Option<&'a str>,
 }
 
+/// A finished opaque TCP flow: its side, bytes and error, for its access-log line and taps.
+pub struct Flow<'a> {
+    pub route: &'a crate::metrics::Route<'a>,
+    /// The caller's identity (inbound) or this sidecar's (outbound).
+    pub caller: &'a str,
+    pub duration: Duration,
+    pub sent: u64,
+    pub received: u64,
+    pub error: Option<&'a str>,
+}
+
 /// The sidecar's tracing and access logs.
 pub struct Telemetry {
     pub spans: SpanExporter,
@@ -227,6 +238,35 @@ impl Telemetry {
                 tapped.push(tap_event(trace, record));
             }
         }
+    }
+
+    /// Records a finished TCP flow, when access logs or a tap want it.
+    pub fn finish_flow(&self, flow: &Flow<'_>, settings: &Settings) {
+        if !self.access_log_on(settings) && settings.taps.is_empty() {
+            return;
+        }
+        let route = flow.route;
+        let record = Record {
+            direction: match route.direction {
+                crate::metrics::Direction::Inbound => "inbound",
+                crate::metrics::Direction::Outbound => "outbound",
+            },
+            protocol: "tcp",
+            caller: flow.caller,
+            namespace: route.namespace,
+            service: route.service,
+            source_cluster: route.source_cluster,
+            destination_cluster: route.destination_cluster,
+            route: None,
+            method: None,
+            path: None,
+            status: None,
+            duration: flow.duration,
+            bytes_sent: Some(flow.sent),
+            bytes_received: Some(flow.received),
+            error: flow.error,
+        };
+        self.finish(None, &record, settings);
     }
 
     /// The tapped requests since the last call.

@@ -108,30 +108,17 @@ pub async fn proxy_tcp(
         let error = copied.as_ref().err().map(ToString::to_string);
         let (sent, received) = copied.unwrap_or_default();
         shared.metrics.tcp_closed(&route, sent, received);
-        let settings = &directory.telemetry;
-        if shared.telemetry.access_log_on(settings) || !settings.taps.is_empty() {
-            shared.telemetry.finish(
-                None,
-                &crate::telemetry::Record {
-                    direction: "outbound",
-                    protocol: "tcp",
-                    caller: &shared.identity.to_string(),
-                    namespace: route.namespace,
-                    service: route.service,
-                    source_cluster: route.source_cluster,
-                    destination_cluster: route.destination_cluster,
-                    route: None,
-                    method: None,
-                    path: None,
-                    status: None,
-                    duration: started.elapsed(),
-                    bytes_sent: Some(sent),
-                    bytes_received: Some(received),
-                    error: error.as_deref(),
-                },
-                settings,
-            );
-        }
+        shared.telemetry.finish_flow(
+            &crate::telemetry::Flow {
+                route: &route,
+                caller: &shared.identity.to_string(),
+                duration: started.elapsed(),
+                sent,
+                received,
+                error: error.as_deref(),
+            },
+            &directory.telemetry,
+        );
         return Ok(());
     }
     Err(TcpError::Untaken {
