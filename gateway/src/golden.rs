@@ -92,10 +92,8 @@ pub fn outgoing(shared: &Shared, peer: &ClusterName, after: u64) -> (Vec<Batch>,
 
 /// What `strait stat` asked.
 pub fn stat(shared: &Shared, request: &StatRequest) -> Result<StatResponse, String> {
-    let retained_seconds = {
-        let config = lock(&shared.golden).config().clone();
-        (config.retained * config.interval_ms / 1000) as u32
-    };
+    let book = lock(&shared.golden);
+    let retained_seconds = (book.config().retained * book.config().interval_ms / 1000) as u32;
     let window_seconds = match request.window_seconds {
         0 => DEFAULT_WINDOW_SECONDS.min(retained_seconds),
         w if w > retained_seconds => {
@@ -105,7 +103,8 @@ pub fn stat(shared: &Shared, request: &StatRequest) -> Result<StatResponse, Stri
         }
         w => w,
     };
-    let rows = lock(&shared.golden).rows(unix_now_ms(), u64::from(window_seconds) * 1000);
+    let rows = book.rows(unix_now_ms(), u64::from(window_seconds) * 1000);
+    drop(book);
     let local = shared.config.cluster.as_str();
     let keep = |row: &Row, direction: Direction| {
         row.key.direction == direction

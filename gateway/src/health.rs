@@ -34,13 +34,35 @@ pub struct PeerHealth {
     pub digest_changed_ms: u64,
 }
 
+/// The digest of the policy set and its number of live policies, computed once per change of
+/// the set (every peer session sends it, every 5 s and after each change).
+fn policy_digest(shared: &Shared) -> (Vec<u8>, u64) {
+    let version = *shared.policy_tx.borrow();
+    if let Some((held, digest, count)) = lock(&shared.policy_digest).as_ref()
+        && *held == version
+    {
+        return (digest.clone(), *count);
+    }
+    let (digest, count) = {
+        let state = lock(&shared.state);
+        (
+            PolicyExchange::set_digest(&state.policies.set),
+            state.policies.set.live_count() as u64,
+        )
+    };
+    // Read before the set: a change meanwhile bumps the version, and the next call computes
+    // again.
+    *lock(&shared.policy_digest) = Some((version, digest.clone(), count));
+    (digest, count)
+}
+
 /// The health frame this gateway sends now.
 pub fn frame(shared: &Shared) -> Health {
-    let state = lock(&shared.state);
+    let (policy_digest, policies) = policy_digest(shared);
     Health {
         sent_unix_ms: unix_now_ms(),
-        policy_digest: PolicyExchange::set_digest(&state.policies.set),
-        policies: state.policies.set.live_count() as u64,
+        policy_digest,
+        policies,
     }
 }
 
@@ -110,13 +132,7 @@ pub async fn status(shared: &Shared) -> StatusResponse {
         Ok(()) => (true, String::new()),
         Err(reason) => (false, reason),
     };
-    let (policy_digest, policies) = {
-        let state = lock(&shared.state);
-        (
-            PolicyExchange::set_digest(&state.policies.set),
-            state.policies.set.live_count() as u64,
-        )
-    };
+    let (policy_digest, policies) = policy_digest(shared);
     let head = lock(&shared.state).export.head().version;
     let issuer = strait_federation::pki::parse_certs(
         &shared.issuer.chain_pem,

@@ -127,6 +127,8 @@ pub struct Shared {
     pub golden: Mutex<strait_federation::golden::GoldenBook>,
     /// Bumped whenever the golden book has batches to send: peer sessions send them.
     pub golden_tx: watch::Sender<u64>,
+    /// The policy set's digest and live count, with the `policy_tx` value they were made at.
+    pub(crate) policy_digest: Mutex<Option<(u64, Vec<u8>, u64)>>,
     /// When the policy set last changed (Unix milliseconds), for `strait check`.
     pub policies_changed_ms: std::sync::atomic::AtomicU64,
     /// Where the admin server listens (bound).
@@ -513,6 +515,7 @@ pub async fn run(
         peers: Mutex::new(BTreeMap::new()),
         golden: Mutex::new(golden_book),
         golden_tx: watch::channel(0).0,
+        policy_digest: Mutex::new(None),
         policies_changed_ms: std::sync::atomic::AtomicU64::new(unix_now_ms()),
         admin_addr: admin_listener
             .local_addr()

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use strait_federation::proto::otlp::trace_service_client::TraceServiceClient;
@@ -27,6 +27,8 @@ pub struct SpanExporter {
     service_name: &'static str,
     resource: Vec<(&'static str, Value)>,
     current: Mutex<Option<(String, mpsc::Sender<Span>)>>,
+    /// Whether a collector is set: read for every request, so not behind the lock.
+    enabled: AtomicBool,
     shutdown: CancellationToken,
     /// Spans sent to the collector.
     pub exported: Arc<AtomicU64>,
@@ -46,6 +48,7 @@ impl SpanExporter {
             service_name,
             resource,
             current: Mutex::new(None),
+            enabled: AtomicBool::new(false),
             shutdown,
             exported: Arc::new(AtomicU64::new(0)),
             dropped: Arc::new(AtomicU64::new(0)),
@@ -62,6 +65,7 @@ impl SpanExporter {
             return;
         }
         *current = None;
+        self.enabled.store(false, Ordering::Relaxed);
         if collector.is_empty() {
             return;
         }
@@ -86,14 +90,12 @@ impl SpanExporter {
         ));
         tracing::info!(collector, "exporting spans");
         *current = Some((collector.to_owned(), tx));
+        self.enabled.store(true, Ordering::Relaxed);
     }
 
     /// Whether spans are exported now (so worth recording).
     pub fn enabled(&self) -> bool {
-        self.current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
+        self.enabled.load(Ordering::Relaxed)
     }
 
     /// Queues a finished span; dropped when the queue is full or no collector is set.

@@ -70,6 +70,13 @@ impl Settings {
     }
 }
 
+/// The `traceparent` of a request sent from span `span` of a trace (hex only: always a valid
+/// header value).
+fn traceparent(context: &TraceContext, span: SpanId) -> HeaderValue {
+    HeaderValue::from_str(&context.header_from(span))
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
 /// A random id that is never all zeros (W3C forbids it).
 fn span_id() -> SpanId {
     random().max(1).to_be_bytes()
@@ -93,13 +100,15 @@ pub struct RequestTrace {
     pub started_nanos: u64,
     /// Whether the span is recorded: the trace is sampled and a collector is set.
     pub recorded: bool,
+    /// The `traceparent` the next hop gets (this span as its parent), made once: every try of
+    /// the request sends it.
+    header: HeaderValue,
 }
 
 impl RequestTrace {
     /// The `traceparent` the next hop gets: this sidecar's span as its parent.
     pub fn header(&self) -> HeaderValue {
-        HeaderValue::from_str(&self.context.header_from(self.span))
-            .unwrap_or_else(|_| HeaderValue::from_static(""))
+        self.header.clone()
     }
 
     /// The trace a flow carries through the gateways (a span for each of `hops` gateways),
@@ -107,8 +116,7 @@ impl RequestTrace {
     pub fn through_gateways(&self, hops: usize) -> (FlowTrace, HeaderValue) {
         let hops: Vec<SpanId> = (0..hops).map(|_| span_id()).collect();
         let last = hops.last().copied().unwrap_or(self.span);
-        let header = HeaderValue::from_str(&self.context.header_from(last))
-            .unwrap_or_else(|_| HeaderValue::from_static(""));
+        let header = traceparent(&self.context, last);
         (
             FlowTrace {
                 trace_id: self.context.trace_id,
@@ -213,11 +221,13 @@ impl Telemetry {
                 None,
             ),
         };
+        let span = span_id();
         RequestTrace {
             recorded: context.sampled && self.spans.enabled(),
+            header: traceparent(&context, span),
             context,
             parent,
-            span: span_id(),
+            span,
             started_nanos: strait_io::clock::unix_now_nanos(),
         }
     }

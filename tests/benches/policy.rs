@@ -158,23 +158,9 @@ impl CpuSample {
         let field = |i: usize| machine.get(i).copied().unwrap_or(0);
         let busy = field(0) + field(1) + field(2) + field(5) + field(6) + field(7);
         let total = busy + field(3) + field(4);
-        // utime, stime, cutime and cstime are fields 14 to 17 of /proc/PID/stat.
-        let process = |pid: &str, fields: usize| -> Result<u64> {
-            let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-            let after_name = text
-                .rsplit_once(')')
-                .map(|(_, rest)| rest)
-                .ok_or_else(|| anyhow!("odd /proc/{pid}/stat"))?;
-            Ok(after_name
-                .split_whitespace()
-                .skip(11)
-                .take(fields)
-                .filter_map(|v| v.parse::<u64>().ok())
-                .sum())
-        };
-        let mut ours = process("self", 4)?;
+        let mut ours = strait_tests::proc_cpu_ticks("self", 4)?;
         for pid in gateways {
-            ours += process(&pid.to_string(), 2)?;
+            ours += strait_tests::proc_cpu_ticks(&pid.to_string(), 2)?;
         }
         Ok(Self { busy, total, ours })
     }

@@ -27,12 +27,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use strait_tests::otlp::Collector;
 use strait_tests::workloads::{wait_connected, wait_route};
 use strait_tests::{Mesh, Process};
 
@@ -40,27 +35,6 @@ use strait_tests::{Mesh, Process};
 const CONNECTIONS: usize = 32;
 /// Runs of each variant.
 const RUNS: usize = 3;
-
-/// A collector that counts the spans it gets.
-struct Counting(Arc<AtomicU64>);
-
-#[tonic::async_trait]
-impl TraceService for Counting {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let spans: usize = request
-            .into_inner()
-            .resource_spans
-            .iter()
-            .flat_map(|r| &r.scope_spans)
-            .map(|s| s.spans.len())
-            .sum();
-        self.0.fetch_add(spans as u64, Ordering::Relaxed);
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
 
 #[derive(Clone, Copy, PartialEq)]
 struct Variant {
@@ -120,19 +94,7 @@ struct Figures {
 
 /// CPU time (user + system) a process used so far, in microseconds.
 fn cpu_micros(pid: u32) -> Result<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after_name = text
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .ok_or_else(|| anyhow!("odd /proc/{pid}/stat"))?;
-    // utime and stime are fields 14 and 15, in clock ticks (100 a second here).
-    let ticks: u64 = after_name
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|v| v.parse::<u64>().ok())
-        .sum();
-    Ok(ticks * 10_000)
+    Ok(strait_tests::proc_cpu_ticks(&pid.to_string(), 2)? * 10_000)
 }
 
 fn pid(process: &Process) -> Result<u32> {
@@ -174,22 +136,8 @@ async fn load(proxy: SocketAddr, requests: usize) -> Result<Duration> {
 
 /// One run of a variant.
 fn run(variant: Variant, requests: usize, runtime: &tokio::runtime::Runtime) -> Result<Figures> {
-    let spans = Arc::new(AtomicU64::new(0));
     let collector = match variant.sampling {
-        Some(_) => {
-            let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-            let address = listener.local_addr()?;
-            let service = TraceServiceServer::new(Counting(spans.clone()));
-            let server = runtime.spawn(
-                tonic::transport::Server::builder()
-                    .add_service(service)
-                    .serve_with_incoming(futures::stream::unfold(listener, |l| async move {
-                        let accepted = l.accept().await.map(|(stream, _)| stream);
-                        Some((accepted, l))
-                    })),
-            );
-            Some((address, server))
-        }
+        Some(_) => Some(Collector::start(runtime)?),
         None => None,
     };
     let mesh = Mesh::new()?;
@@ -201,7 +149,8 @@ fn run(variant: Variant, requests: usize, runtime: &tokio::runtime::Runtime) -> 
     let mut gateways = Vec::new();
     for cluster in clusters {
         let mut gateway = mesh.gateway(cluster, None)?;
-        if let (Some((address, _)), Some(percent)) = (&collector, variant.sampling) {
+        if let (Some(collector), Some(percent)) = (&collector, variant.sampling) {
+            let address = collector.address;
             gateway.set_section(
                 "telemetry",
                 &format!("  collector: http://{address}\n  samplingPercent: {percent}"),
@@ -241,7 +190,8 @@ fn run(variant: Variant, requests: usize, runtime: &tokio::runtime::Runtime) -> 
     std::thread::sleep(Duration::from_millis(1_500));
     let pids = [pid(&web)?, pid(&server)?];
     let before: u64 = pids.iter().map(|p| cpu_micros(*p)).sum::<Result<u64>>()?;
-    let spans_before = spans.load(Ordering::Relaxed);
+    let spans = || collector.as_ref().map_or(0, |c| c.count() as u64);
+    let spans_before = spans();
     let elapsed = runtime.block_on(load(proxy, requests))?;
     let after: u64 = pids.iter().map(|p| cpu_micros(*p)).sum::<Result<u64>>()?;
     // Spans still in the exporters' queues come within their linger time.
@@ -249,11 +199,8 @@ fn run(variant: Variant, requests: usize, runtime: &tokio::runtime::Runtime) -> 
     let figures = Figures {
         rps: requests as f64 / elapsed.as_secs_f64(),
         cpu_us_per_request: (after - before) as f64 / requests as f64,
-        spans: spans.load(Ordering::Relaxed) - spans_before,
+        spans: spans() - spans_before,
     };
-    if let Some((_, server)) = collector {
-        server.abort();
-    }
     drop(gateways);
     Ok(figures)
 }

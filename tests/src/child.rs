@@ -51,6 +51,24 @@ pub(crate) fn wait_child(child: &mut Child, limit: Duration) -> Result<std::proc
     }
 }
 
+/// The sum of the first `fields` CPU-time fields of /proc/PID/stat from utime (utime, stime,
+/// then the children's cutime, cstime), in clock ticks (100 a second here). `pid` may be
+/// `self`.
+pub fn proc_cpu_ticks(pid: &str, fields: usize) -> Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_name = text
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow!("odd /proc/{pid}/stat"))?;
+    // utime is field 14 of the line, the 12th after the name.
+    Ok(after_name
+        .split_whitespace()
+        .skip(11)
+        .take(fields)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum())
+}
+
 /// A field of /proc/PID/status, in bytes.
 pub fn proc_memory(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

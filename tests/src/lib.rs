@@ -13,13 +13,14 @@ use anyhow::{Context, Result, anyhow, bail};
 mod child;
 mod http;
 pub mod kube;
+pub mod otlp;
 pub mod pods;
 pub mod rogue;
 pub mod terraform;
 pub mod workloads;
 
-pub use child::proc_memory;
 use child::{log_tail, reap, signal, wait_child};
+pub use child::{proc_cpu_ticks, proc_memory};
 pub use http::{http_get, http_get_host, metric};
 
 /// The demo's gRPC service (client side), which the sample app serves.

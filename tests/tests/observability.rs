@@ -4,16 +4,13 @@
 //! stale once that cluster goes quiet; a cross-cluster request's trace through four hops, and
 //! access logs where they are switched on.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, ensure};
-use opentelemetry_proto::tonic as otel;
-use otel::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use otel::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use serde_json::Value;
 use strait_federation::proto::peer::peer_frame::Body;
 use strait_federation::proto::peer::{Health, KeepAlive, PeerFrame};
+use strait_tests::otlp::Collector;
 use strait_tests::rogue::RoguePeer;
 use strait_tests::workloads::{
     api, client, endpoint, get, linked_pair, wait_connected, wait_route,
@@ -292,66 +289,12 @@ fn stat_from_east_shows_what_only_wests_sidecars_saw_and_marks_it_stale_when_wes
     Ok(())
 }
 
-/// Spans a test collector received, with the `service.name` and `strait.cluster` of their
-/// resource.
-type Received = Arc<Mutex<Vec<(String, String, otel::trace::v1::Span)>>>;
-
-/// An OTLP/gRPC trace collector on loopback, built on OpenTelemetry's own types.
-struct Collector(Received);
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        for resource_spans in request.into_inner().resource_spans {
-            let attribute = |key: &str| {
-                resource_spans
-                    .resource
-                    .as_ref()
-                    .and_then(|r| r.attributes.iter().find(|a| a.key == key))
-                    .and_then(|a| a.value.as_ref())
-                    .and_then(|v| match &v.value {
-                        Some(otel::common::v1::any_value::Value::StringValue(s)) => Some(s.clone()),
-                        _ => None,
-                    })
-                    .unwrap_or_default()
-            };
-            let (service, cluster) = (attribute("service.name"), attribute("strait.cluster"));
-            for scope in resource_spans.scope_spans {
-                for span in scope.spans {
-                    held.push((service.clone(), cluster.clone(), span));
-                }
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-/// Starts a collector; its address and what it received.
-fn collector(runtime: &tokio::runtime::Runtime) -> Result<(std::net::SocketAddr, Received)> {
-    let received: Received = Arc::default();
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let address = listener.local_addr()?;
-    let service = TraceServiceServer::new(Collector(received.clone()));
-    runtime.spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(futures::stream::unfold(listener, |listener| async move {
-                let accepted = listener.accept().await.map(|(stream, _)| stream);
-                Some((accepted, listener))
-            })),
-    );
-    Ok((address, received))
-}
-
 #[test]
 fn a_cross_cluster_request_is_one_trace_of_four_spans_each_the_child_of_the_hop_before()
 -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
-    let (address, received) = collector(&runtime)?;
+    let collector = Collector::start(&runtime)?;
+    let (address, received) = (collector.address, collector.received.clone());
     let mesh = Mesh::new()?;
     let mut west = mesh.gateway("west", None)?;
     let mut east = mesh.gateway("east", None)?;

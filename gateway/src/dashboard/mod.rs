@@ -116,7 +116,6 @@ pub fn document(shared: &Shared) -> Value {
             })
         })
         .collect();
-    let head = lock(&shared.state).export.head().version;
     let links: Vec<Value> = link_views
         .iter()
         .map(|l| {
@@ -125,7 +124,7 @@ pub fn document(shared: &Shared) -> Value {
                 "role": l.role,
                 "state": l.state,
                 "rtt_ms": l.rtt_ms,
-                "lag_versions": head.saturating_sub(l.acked_version),
+                "lag_versions": l.exported_version.saturating_sub(l.acked_version),
                 "replicas": l.replicas,
                 "last_error": l.last_error,
             })
