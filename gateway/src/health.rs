@@ -127,6 +127,31 @@ pub async fn status(shared: &Shared) -> StatusResponse {
         }
         None => (-1, String::new()),
     };
+    let mut kubernetes_problems = shared.kubernetes.problems();
+    let (kubernetes_namespace, kubernetes_rights_checked, kubernetes_rights_lacking) =
+        match (&shared.kube, &shared.config.kubernetes) {
+            (Some(client), Some(config)) => {
+                match shared
+                    .kubernetes
+                    .access
+                    .get(client, &config.namespace)
+                    .await
+                {
+                    Ok(access) => (config.namespace.clone(), access.checked, access.lacking),
+                    Err(e) => {
+                        kubernetes_problems.push(format!("rights: {e}"));
+                        (config.namespace.clone(), 0, Vec::new())
+                    }
+                }
+            }
+            _ => (String::new(), 0, Vec::new()),
+        };
+    let injector = shared.kubernetes.injector_chain.get().and_then(|pem| {
+        strait_federation::pki::parse_certs(pem, std::path::Path::new("injector certificate"))
+            .ok()
+            .and_then(|certs| certs.into_iter().next())
+            .map(|cert| certificate_status(&cert, pem.clone()))
+    });
     let now = unix_now_ms();
     let (ready, not_ready_reason) = match shared.ready() {
         Ok(()) => (true, String::new()),
@@ -194,7 +219,11 @@ pub async fn status(shared: &Shared) -> StatusResponse {
         ),
         links,
         kubernetes: shared.kube.is_some(),
-        kubernetes_problems: shared.kubernetes.problems(),
+        kubernetes_problems,
+        kubernetes_namespace,
+        kubernetes_rights_checked,
+        kubernetes_rights_lacking,
+        injector,
         dns_rcode,
         dns_error,
         now_unix_ms: now,

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use strait_federation::policy::PolicyKind;
@@ -1290,6 +1291,27 @@ fn a_gateway_without_its_rights_names_what_it_lacks_and_works_once_deploy_rbac_i
         },
     )
     .with_context(|| gateway.log_tail())?;
+    // `strait check` names the rights, asked of the API as the gateway.
+    let check = |more: &[&str]| {
+        let mut args = vec!["check", "--kubeconfig"];
+        let admin_kubeconfig = plane.kubeconfig.to_string_lossy().into_owned();
+        args.push(&admin_kubeconfig);
+        args.extend_from_slice(more);
+        mesh.ctl("west", &args)
+    };
+    let said = check(&[]);
+    for line in [
+        "[fail] the gateway lacks ",
+        "list services, watch services",
+        "hint: bind the gateway's service account in namespace strait-system",
+        "[ok] strait's 9 CRDs are installed, established and served",
+        "[ok] the gateway serves no sidecar injector, and no webhook calls one",
+    ] {
+        anyhow::ensure!(
+            !said.ok && said.stdout.contains(line),
+            "no {line:?} in {said:?}"
+        );
+    }
 
     // deploy/rbac.yaml, as `kubectl apply -f deploy/rbac.yaml` applies it: ready on its own.
     let text = std::fs::read_to_string(
@@ -1328,6 +1350,17 @@ fn a_gateway_without_its_rights_names_what_it_lacks_and_works_once_deploy_rbac_i
         )
     })?;
     eprintln!("ready {:?} after the roles were applied", granted.elapsed());
+    // The check passes (a gateway linked to nobody is only a warning), its rights all held.
+    let rights = strait_gateway::kubernetes::rbac::rights().len();
+    wait_for(Duration::from_secs(10), "strait check passing", || {
+        let said = check(&[]);
+        Ok((said.ok
+            && said.stdout.contains(&format!(
+                "[ok] the gateway holds the {rights} rights its roles grant"
+            )))
+        .then_some(()))
+    })
+    .with_context(|| format!("{:?}", check(&[])))?;
 
     // With exactly those rights it does its work: an export's status, a policy's status, the
     // Lease and the durable state.
@@ -1365,6 +1398,22 @@ fn a_gateway_without_its_rights_names_what_it_lacks_and_works_once_deploy_rbac_i
             )?
             .map(|_| ()))
     })?;
+
+    // A CRD deleted under the gateway: named, and the check fails.
+    runtime.block_on(
+        Api::<CustomResourceDefinition>::all(admin.clone())
+            .delete("links.strait.dev", &DeleteParams::default()),
+    )?;
+    let said = check(&["-o", "json"]);
+    let report: serde_json::Value =
+        serde_json::from_str(&said.stdout).with_context(|| format!("{said:?}"))?;
+    anyhow::ensure!(
+        !said.ok
+            && report["checks"].as_array().into_iter().flatten().any(|c| {
+                c["status"] == "fail" && c["description"] == "CRD links.strait.dev is installed"
+            }),
+        "{said:?}"
+    );
     gateway.stop()?;
     Ok(())
 }
@@ -1614,6 +1663,39 @@ fn a_pod_created_where_injection_is_on_gets_the_sidecar_strait_inject_gives_and_
             "strait cannot add its sidecar: spec.containers[0].ports[0].containerPort: 15006"
         ),
         "{refused}"
+    );
+
+    // `strait check` verifies the injector's certificate as the API server does...
+    let kubeconfig = west.plane.kubeconfig.to_string_lossy().into_owned();
+    let said = mesh.ctl("west", &["check", "--kubeconfig", &kubeconfig]);
+    let trusted = "[ok] webhook inject.strait.dev of strait-injector trusts the injector's certificate for 127.0.0.1";
+    anyhow::ensure!(said.ok && said.stdout.contains(trusted), "{said:?}");
+    // ...and names a webhook whose CA is not the one that signed it.
+    let mut other = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])?;
+    other
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "another CA");
+    let other = other.self_signed(&rcgen::KeyPair::generate()?)?;
+    let webhooks =
+        Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
+            west.client.clone(),
+        );
+    let mut configuration = runtime.block_on(webhooks.get("strait-injector"))?;
+    for webhook in configuration.webhooks.iter_mut().flatten() {
+        webhook.client_config.ca_bundle = Some(k8s_openapi::ByteString(other.pem().into_bytes()));
+    }
+    runtime.block_on(webhooks.replace(
+        "strait-injector",
+        &PostParams::default(),
+        &configuration,
+    ))?;
+    let said = mesh.ctl("west", &["check", "--kubeconfig", &kubeconfig]);
+    anyhow::ensure!(
+        !said.ok
+            && said.stdout.contains(
+                "[fail] webhook inject.strait.dev of strait-injector trusts the injector's certificate for 127.0.0.1: invalid peer certificate: UnknownIssuer"
+            ),
+        "{said:?}"
     );
     Ok(())
 }

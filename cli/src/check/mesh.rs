@@ -2,7 +2,7 @@
 //! context's credentials, the gateway (reachable, ready, version), trust (the same roots as the
 //! context, the issuer chained to them, expiries), every link (connected, RTT, sync lag, clock
 //! skew), policies in sync with every peer (the same digest), DNS answering, and in Kubernetes
-//! mode the controller's own view of its API.
+//! mode the cluster's side ([`super::kubernetes`]).
 
 use std::time::Duration;
 
@@ -20,7 +20,11 @@ const CONVERGING_MS: u64 = 10_000;
 const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the checks.
-pub(super) async fn run(name: Option<&str>, report: &mut Report) {
+pub(super) async fn run(
+    name: Option<&str>,
+    kubeconfig: Option<&std::path::Path>,
+    report: &mut Report,
+) {
     const CONTEXT: &str = "strait-context";
     let selected = context::load().and_then(|(path, file)| Ok(file.select(name, &path)?));
     let selected = match selected {
@@ -117,7 +121,7 @@ pub(super) async fn run(name: Option<&str>, report: &mut Report) {
     }
     dns(&status, report);
     if status.kubernetes {
-        kubernetes(&status, report);
+        super::kubernetes::run(&status, kubeconfig, report).await;
     }
 }
 
@@ -393,22 +397,5 @@ fn dns(status: &StatusResponse, report: &mut Report) {
             ),
             "the gateway could not ask its own DNS server: look at its logs",
         ),
-    }
-}
-
-fn kubernetes(status: &StatusResponse, report: &mut Report) {
-    const KUBERNETES: &str = "strait-kubernetes";
-    if status.kubernetes_problems.is_empty() {
-        report.ok(
-            KUBERNETES,
-            "the gateway's controller can use its cluster's API (CRDs, rights, watches)",
-        );
-    }
-    for problem in &status.kubernetes_problems {
-        report.fail(
-            KUBERNETES,
-            format!("the gateway's controller: {problem}"),
-            "check the chart's CRDs and RBAC are applied: strait install | kubectl apply -f -",
-        );
     }
 }

@@ -1,8 +1,10 @@
 //! `strait check`: one line per check, `[ok]`, `[warn]` or `[fail]` with a hint, grouped as
 //! `linkerd check` groups them; non-zero exit when any check fails. With `--pre`, whether a
 //! Kubernetes cluster can take strait (`pre`); without, how the mesh stands as the context's
-//! gateway sees it: trust, the gateway, every link, policies, DNS (`mesh`).
+//! gateway sees it: trust, the gateway, every link, policies, DNS (`mesh`), and in Kubernetes
+//! mode the cluster's CRDs, the gateway's rights and the injector's webhook (`kubernetes`).
 
+mod kubernetes;
 mod mesh;
 mod pre;
 
@@ -22,7 +24,8 @@ pub struct CheckArgs {
     /// check the mesh through the context's gateway.
     #[arg(long)]
     pub(crate) pre: bool,
-    /// --pre: the kubeconfig of the cluster; default: $KUBECONFIG, else ~/.kube/config, else
+    /// The kubeconfig of the cluster (--pre: to install into; else, in Kubernetes mode, the
+    /// gateway's, for its CRDs and webhook); default: $KUBECONFIG, else ~/.kube/config, else
     /// the pod's service account.
     #[arg(long)]
     pub(crate) kubeconfig: Option<PathBuf>,
@@ -148,7 +151,7 @@ pub async fn run(context: Option<&str>, args: CheckArgs) -> Result<()> {
     if args.pre {
         pre::run(&args, &mut report).await;
     } else {
-        mesh::run(context, &mut report).await;
+        mesh::run(context, args.kubeconfig.as_deref(), &mut report).await;
     }
     print(&report, &args.output)?;
     if report.worst() == Status::Fail {

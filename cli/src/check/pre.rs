@@ -8,17 +8,15 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
-};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use strait_federation::identity::TrustDomain;
 use strait_federation::pki::TrustBundle;
-use strait_gateway::kubernetes::{crd, rbac};
+use strait_gateway::kubernetes::rbac::{self, Right};
+use strait_gateway::kubernetes::{access, crd};
 
 use super::{CheckArgs, Report};
 
@@ -39,7 +37,8 @@ pub(super) async fn run(args: &CheckArgs, report: &mut Report) {
     }
 }
 
-async fn connect(kubeconfig: Option<&Path>) -> Result<Client> {
+/// A client of the kubeconfig's cluster (or the one `kube` infers).
+pub(super) async fn connect(kubeconfig: Option<&Path>) -> Result<Client> {
     let config = match kubeconfig {
         Some(path) => {
             let file = Kubeconfig::read_from(path)
@@ -54,7 +53,9 @@ async fn connect(kubeconfig: Option<&Path>) -> Result<Client> {
 }
 
 /// Runs a call to the API with the check's time limit.
-async fn timed<T>(call: impl std::future::Future<Output = kube::Result<T>>) -> Result<T> {
+pub(super) async fn timed<T>(
+    call: impl std::future::Future<Output = kube::Result<T>>,
+) -> Result<T> {
     Ok(tokio::time::timeout(CALL_TIMEOUT, call)
         .await
         .context("the API did not answer in time")??)
@@ -155,22 +156,17 @@ async fn may(
     verb: &str,
     namespace: Option<&str>,
 ) -> Result<bool> {
-    let review = SelfSubjectAccessReview {
-        spec: SelfSubjectAccessReviewSpec {
-            resource_attributes: Some(ResourceAttributes {
-                group: Some(group.to_owned()),
-                resource: Some(resource.to_owned()),
-                verb: Some(verb.to_owned()),
-                namespace: namespace.map(str::to_owned),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        ..Default::default()
+    let right = Right {
+        group: group.to_owned(),
+        resource: resource.to_owned(),
+        verb: verb.to_owned(),
+        namespaced: namespace.is_some(),
     };
-    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
-    let answer = timed(api.create(&PostParams::default(), &review)).await?;
-    Ok(answer.status.is_some_and(|s| s.allowed))
+    let asked = access::may(client, &right, namespace.unwrap_or_default());
+    tokio::time::timeout(CALL_TIMEOUT, asked)
+        .await
+        .context("the API did not answer in time")?
+        .map_err(anyhow::Error::msg)
 }
 
 /// `resource.group` as kubectl writes it.
@@ -224,36 +220,15 @@ async fn rights(client: &Client, namespace: &str, report: &mut Report) {
     }
     // Kubernetes refuses a role granting what its creator does not hold: the caller must hold
     // every right the gateway's roles grant.
+    let rights = rbac::rights();
+    let asked = rights.len();
     let mut lacking = Vec::new();
-    let mut asked = 0;
-    for (rules, scope) in [
-        (rbac::cluster_rules(), None),
-        (rbac::namespace_rules(), Some(namespace)),
-    ] {
-        for rule in rules.as_array().into_iter().flatten() {
-            let list = |key: &str| -> Vec<String> {
-                rule[key]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect()
-            };
-            for group in list("apiGroups") {
-                for resource in list("resources") {
-                    for verb in list("verbs") {
-                        asked += 1;
-                        match may(client, &group, &resource, &verb, scope).await {
-                            Ok(true) => {}
-                            Ok(false) => {
-                                lacking.push(format!("{verb} {}", qualified(&group, &resource)))
-                            }
-                            Err(e) => lacking
-                                .push(format!("{verb} {} ({e:#})", qualified(&group, &resource))),
-                        }
-                    }
-                }
-            }
+    for right in rights {
+        let scope = right.namespaced.then_some(namespace);
+        match may(client, &right.group, &right.resource, &right.verb, scope).await {
+            Ok(true) => {}
+            Ok(false) => lacking.push(right.to_string()),
+            Err(e) => lacking.push(format!("{right} ({e:#})")),
         }
     }
     if lacking.is_empty() {

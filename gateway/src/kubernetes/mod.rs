@@ -9,6 +9,7 @@
 //! peers it has no session with ([`mirror`]). The federation code is the same as in universal
 //! mode. See docs/kubernetes.md.
 
+pub mod access;
 pub mod crd;
 pub mod durable;
 pub mod export;
@@ -46,6 +47,10 @@ pub const FIELD_MANAGER: &str = "strait.dev";
 #[derive(Debug, Default)]
 pub struct Health {
     problems: Mutex<BTreeMap<&'static str, String>>,
+    /// The gateway's rights as its API last said them.
+    pub access: access::AccessCache,
+    /// The sidecar injector's serving certificate chain (PEM), once it serves.
+    pub injector_chain: std::sync::OnceLock<String>,
 }
 
 impl Health {
@@ -377,13 +382,13 @@ async fn start_webhook(
     namespaces: reflector::Store<k8s_openapi::api::core::v1::Namespace>,
     health: &Health,
 ) {
-    let tls = (|| -> Result<Arc<rustls::ServerConfig>, String> {
+    let tls = (|| -> Result<(Arc<rustls::ServerConfig>, String), String> {
         let read = |path: &std::path::Path| {
             std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
         };
-        let chain =
-            strait_federation::pki::parse_certs(&read(&injector.cert_file)?, &injector.cert_file)
-                .map_err(|e| e.to_string())?;
+        let chain_pem = read(&injector.cert_file)?;
+        let chain = strait_federation::pki::parse_certs(&chain_pem, &injector.cert_file)
+            .map_err(|e| e.to_string())?;
         let key =
             <rustls_pki_types::PrivateKeyDer as rustls_pki_types::pem::PemObject>::from_pem_slice(
                 read(&injector.key_file)?.as_bytes(),
@@ -393,12 +398,15 @@ async fn start_webhook(
             .with_no_client_auth()
             .with_single_cert(chain, key)
             .map_err(|e| format!("{}: {e}", injector.cert_file.display()))?;
-        Ok(Arc::new(config))
+        Ok((Arc::new(config), chain_pem))
     })();
     let listener = match tls {
-        Ok(tls) => tokio::net::TcpListener::bind(injector.addr)
+        Ok((tls, chain_pem)) => tokio::net::TcpListener::bind(injector.addr)
             .await
-            .map(|listener| (listener, tls))
+            .map(|listener| {
+                let _ = health.injector_chain.set(chain_pem);
+                (listener, tls)
+            })
             .map_err(|e| format!("cannot listen on {}: {e}", injector.addr)),
         Err(e) => Err(e),
     };

@@ -53,6 +53,65 @@ pub fn namespace_rules() -> Value {
     ])
 }
 
+/// One right the roles grant: `verb` on `resource` of API group `group`, cluster-wide or in
+/// the gateway's namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Right {
+    pub group: String,
+    pub resource: String,
+    pub verb: String,
+    /// Granted by the Role, in the gateway's namespace; else by the ClusterRole.
+    pub namespaced: bool,
+}
+
+impl std::fmt::Display for Right {
+    /// As kubectl names it: `list services`, `patch links.strait.dev/status`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (resource, sub) = self
+            .resource
+            .split_once('/')
+            .map_or((self.resource.as_str(), None), |(r, s)| (r, Some(s)));
+        write!(f, "{} {resource}", self.verb)?;
+        if !self.group.is_empty() {
+            write!(f, ".{}", self.group)?;
+        }
+        if let Some(sub) = sub {
+            write!(f, "/{sub}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every right of [`cluster_rules`] and [`namespace_rules`], one per verb and resource.
+pub fn rights() -> Vec<Right> {
+    let mut rights = Vec::new();
+    for (rules, namespaced) in [(cluster_rules(), false), (namespace_rules(), true)] {
+        for rule in rules.as_array().into_iter().flatten() {
+            let list = |key: &str| -> Vec<String> {
+                rule[key]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            };
+            for group in list("apiGroups") {
+                for resource in list("resources") {
+                    for verb in list("verbs") {
+                        rights.push(Right {
+                            group: group.clone(),
+                            resource: resource.clone(),
+                            verb,
+                            namespaced,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    rights
+}
+
 /// The service account, the two roles and their bindings, for a gateway in `namespace`.
 pub fn manifests(namespace: &str) -> Vec<Value> {
     let labels =
@@ -158,6 +217,30 @@ pub fn helm_templates() -> Result<Vec<(&'static str, String)>, serde_saphyr::Ser
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rights_are_named_as_kubectl_names_them_one_per_verb() {
+        let rights = rights();
+        let named: Vec<String> = rights.iter().map(ToString::to_string).collect();
+        for wanted in [
+            "list services",
+            "patch serviceimports.multicluster.x-k8s.io/status",
+            "create tokenreviews.authentication.k8s.io",
+            "patch links.strait.dev/status",
+        ] {
+            assert!(named.iter().any(|n| n == wanted), "{wanted} in {named:?}");
+        }
+        assert!(
+            rights
+                .iter()
+                .any(|r| r.namespaced && r.resource == "leases")
+        );
+        assert!(
+            !rights
+                .iter()
+                .any(|r| r.namespaced && r.resource == "services")
+        );
+    }
 
     #[test]
     fn the_charts_rbac_is_the_one_the_rules_generate() {
