@@ -1697,5 +1697,68 @@ fn a_pod_created_where_injection_is_on_gets_the_sidecar_strait_inject_gives_and_
             ),
         "{said:?}"
     );
+
+    // A webhook calling a Service, as the chart's do: the certificate must name the Service,
+    // and the Service must exist with a ready endpoint.
+    runtime.block_on(webhooks.delete("strait-injector", &DeleteParams::default()))?;
+    let ca = std::fs::read_to_string(west.gateway.dir.join("webhook.crt"))?;
+    let by_service: k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration =
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "strait-injector-strait-system"},
+            "webhooks": [{
+                "name": "pod.inject.strait.dev",
+                "clientConfig": {
+                    "service": {"name": "strait-injector", "namespace": "strait-system",
+                                "path": "/mutate", "port": 443},
+                    "caBundle": k8s_openapi::ByteString(ca.into_bytes())},
+                "objectSelector": {"matchLabels": {"strait.dev/inject": "enabled"}},
+                "failurePolicy": "Ignore", "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+            }],
+        }))?;
+    runtime.block_on(webhooks.create(&PostParams::default(), &by_service))?;
+    let what = "webhook pod.inject.strait.dev of strait-injector-strait-system";
+    let said = mesh.ctl("west", &["check", "--kubeconfig", &kubeconfig]);
+    for line in [
+        format!(
+            "[fail] {what} trusts the injector's certificate for strait-injector.strait-system.svc: invalid peer certificate: certificate not valid for name"
+        ),
+        format!("[fail] {what} calls Service strait-system/strait-injector, which does not exist"),
+    ] {
+        anyhow::ensure!(
+            !said.ok && said.stdout.contains(&line),
+            "no {line:?} in {said:?}"
+        );
+    }
+    let service: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "strait-injector", "namespace": "strait-system"},
+        "spec": {"ports": [{"name": "https", "port": 443}]},
+    }))?;
+    runtime.block_on(
+        Api::<Service>::namespaced(west.client.clone(), "strait-system")
+            .create(&PostParams::default(), &service),
+    )?;
+    let said = mesh.ctl("west", &["check", "--kubeconfig", &kubeconfig]);
+    let line = format!(
+        "[fail] {what} calls Service strait-system/strait-injector, which has no ready endpoint"
+    );
+    anyhow::ensure!(said.stdout.contains(&line), "no {line:?} in {said:?}");
+    let endpoints: k8s_openapi::api::core::v1::Endpoints = serde_json::from_value(
+        serde_json::json!({
+            "metadata": {"name": "strait-injector", "namespace": "strait-system"},
+            "subsets": [{"addresses": [{"ip": "10.0.0.7"}], "ports": [{"name": "https", "port": 443}]}],
+        }),
+    )?;
+    runtime.block_on(
+        Api::<k8s_openapi::api::core::v1::Endpoints>::namespaced(
+            west.client.clone(),
+            "strait-system",
+        )
+        .create(&PostParams::default(), &endpoints),
+    )?;
+    let said = mesh.ctl("west", &["check", "--kubeconfig", &kubeconfig]);
+    let line =
+        format!("[ok] {what} calls Service strait-system/strait-injector (1 ready endpoint)");
+    anyhow::ensure!(said.stdout.contains(&line), "no {line:?} in {said:?}");
     Ok(())
 }

@@ -262,14 +262,11 @@ async fn webhook(client: &Client, status: &StatusResponse, report: &mut Report) 
                 GROUP,
                 format!("{what} trusts the injector's certificate for {host}"),
             ),
-            Err(why) => {
-                report.fail(
-                    GROUP,
-                    format!("{what} trusts the injector's certificate for {host}: {why}"),
-                    "the API server would refuse to call it: give the webhook the CA that signed Secret strait-injector-tls (strait install | kubectl apply -f - keeps them a pair)",
-                );
-                continue;
-            }
+            Err(why) => report.fail(
+                GROUP,
+                format!("{what} trusts the injector's certificate for {host}: {why}"),
+                "the API server would refuse to call it: give the webhook the CA that signed Secret strait-injector-tls (strait install | kubectl apply -f - keeps them a pair)",
+            ),
         }
         if let Some(service) = &config.service {
             endpoints(client, &what, &service.namespace, &service.name, report).await;
@@ -324,7 +321,10 @@ async fn endpoints(client: &Client, what: &str, namespace: &str, name: &str, rep
     } else {
         report.ok(
             GROUP,
-            format!("{what} calls Service {namespace}/{name} ({ready} ready endpoints)"),
+            format!(
+                "{what} calls Service {namespace}/{name} ({ready} ready endpoint{})",
+                if ready == 1 { "" } else { "s" }
+            ),
         );
     }
 }
