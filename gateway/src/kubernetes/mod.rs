@@ -139,9 +139,17 @@ pub(crate) async fn reflect<K, W>(
                 health.clear(what);
                 changed.notify_one();
             }
+            Err(e) if routine(&e) => tracing::debug!(part = what, error = %e, "watch restarts"),
             Err(e) => health.fail(what, describe(&e)),
         }
     }
+}
+
+/// Whether a watch error is routine: the API ends a watch whose resource version it no longer
+/// keeps (410 Gone, `too old resource version`) and the watcher lists again at once. Not a
+/// failure of the API: it must not make the gateway unready, even for a moment.
+pub(crate) fn routine(error: &watcher::Error) -> bool {
+    matches!(error, watcher::Error::WatchError(status) if status.code == 410)
 }
 
 /// What a reconcile pass left undone, and so when the next pass is due without a change.
@@ -467,6 +475,9 @@ fn watch_namespaces(
                     health.clear("namespaces");
                     tx.send_modify(|n| *n += 1);
                 }
+                Some(Err(e)) if routine(&e) => {
+                    tracing::debug!(part = "namespaces", error = %e, "watch restarts");
+                }
                 Some(Err(e)) => health.fail("namespaces", describe(&e)),
                 None => return,
             }
@@ -540,5 +551,20 @@ mod tests {
             patch["status"]["conditions"][0]["message"],
             "the token expired"
         );
+    }
+
+    #[test]
+    fn an_expired_resource_version_is_routine_and_other_watch_errors_are_not() {
+        let status = |code: u16| {
+            Box::new(kube::core::Status {
+                code,
+                message: "too old resource version: 214 (215)".into(),
+                reason: "Expired".into(),
+                ..Default::default()
+            })
+        };
+        assert!(routine(&watcher::Error::WatchError(status(410))));
+        assert!(!routine(&watcher::Error::WatchError(status(403))));
+        assert!(!routine(&watcher::Error::NoResourceVersion));
     }
 }
