@@ -8,6 +8,7 @@ mod demo;
 mod inject;
 mod install;
 mod output;
+mod rotate;
 mod sidecar;
 mod stat;
 mod tap;
@@ -33,9 +34,10 @@ use crate::output::Format;
 #[derive(Parser)]
 #[command(name = "strait", version, about, long_about = None, propagate_version = true)]
 struct Cli {
-    /// The context (cluster) to talk to, from $STRAIT_CONFIG (default ~/.strait/config).
-    #[arg(long, global = true, env = "STRAIT_CONTEXT")]
-    context: Option<String>,
+    /// The context (cluster) to talk to, from $STRAIT_CONFIG (default ~/.strait/config); the
+    /// last one given counts, except for `trust rotate`, where each one given takes the stage.
+    #[arg(long, global = true, env = "STRAIT_CONTEXT", action = clap::ArgAction::Append)]
+    context: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -175,6 +177,9 @@ enum TrustCommand {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Rotate the root without an outage, in three stages: add, reissue, retire.
+    #[command(subcommand)]
+    Rotate(rotate::RotateCommand),
 }
 
 #[derive(Subcommand)]
@@ -343,7 +348,7 @@ fn report(error: &anyhow::Error) -> String {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let context = cli.context.as_deref();
+    let context = cli.context.last().map(String::as_str);
     match cli.command {
         Command::Trust(TrustCommand::Init { trust_domain, dir }) => {
             let trust_domain = TrustDomain::new(trust_domain).context("--trust-domain")?;
@@ -366,6 +371,7 @@ async fn run(cli: Cli) -> Result<()> {
             TrustDir::open(&trust)?.issue_cluster(&cluster, &dir)?;
             println!("issuer for cluster {cluster} written to {}", dir.display());
         }
+        Command::Trust(TrustCommand::Rotate(command)) => rotate::run(command, &cli.context).await?,
         Command::Gateway(GatewayCommand::Init(init)) => gateway_init(*init)?,
         Command::Gateway(GatewayCommand::Run { config, log_format }) => {
             init_logs(&log_format);

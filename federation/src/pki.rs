@@ -251,6 +251,43 @@ impl Root {
             key,
         })
     }
+
+    /// Signs a cluster's new issuer from a CSR its gateway made (a root rotation: the issuer's
+    /// key never leaves the gateway). Only the CSR's public key is used. Returns the issuer's
+    /// certificate as PEM.
+    pub fn sign_cluster_csr(
+        &self,
+        csr_der: &[u8],
+        cluster: &ClusterName,
+        lifetime: Duration,
+        now: SystemTime,
+    ) -> Result<String, PkiError> {
+        let request =
+            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+                .map_err(|e| PkiError::Csr(e.to_string()))?;
+        let mut params = ca_params(
+            &format!("strait issuer {cluster}"),
+            SpiffeId::cluster_uri(&self.trust_domain, cluster),
+            Some(0),
+        );
+        validity(&mut params, lifetime, now);
+        Ok(params
+            .signed_by(&request.public_key, &self.issuer()?)?
+            .pem())
+    }
+}
+
+/// A certificate as PEM text.
+pub fn pem_of(cert: &CertificateDer<'_>) -> String {
+    use base64::Engine as _;
+    let text = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in text.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
 }
 
 /// A cluster's intermediate CA: signs the leaves of its own cluster's gateway, workloads and
@@ -382,6 +419,60 @@ impl ClusterIssuer {
             &Issuer::from_ca_cert_pem(&self.chain_pem, &self.key)?,
         )?;
         Ok(format!("{}{}", cert.pem(), self.chain_pem))
+    }
+}
+
+/// A cluster issuer's new key, waiting for the root to sign it (a root rotation).
+pub struct PendingIssuer {
+    pub trust_domain: TrustDomain,
+    pub cluster: ClusterName,
+    /// The certificate signing request for the key (DER).
+    pub csr_der: Vec<u8>,
+    key: KeyPair,
+}
+
+impl PendingIssuer {
+    /// A fresh key for `cluster`'s issuer and its CSR.
+    pub fn generate(trust_domain: TrustDomain, cluster: ClusterName) -> Result<Self, PkiError> {
+        let key = KeyPair::generate()?;
+        let csr_der = CertificateParams::default()
+            .serialize_request(&key)?
+            .der()
+            .to_vec();
+        Ok(Self {
+            trust_domain,
+            cluster,
+            csr_der,
+            key,
+        })
+    }
+
+    /// The issuer, once `cert_pem` (signed from the CSR) is checked to hold this key and to be
+    /// the issuer of this cluster.
+    pub fn install(&self, cert_pem: String) -> Result<ClusterIssuer, PkiError> {
+        let path = Path::new("the new issuer certificate");
+        let cert = parse_certs(&cert_pem, path)?.remove(0);
+        let (_, parsed) =
+            x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| PkiError::Pem {
+                path: path.to_owned(),
+                what: e.to_string(),
+            })?;
+        if parsed.public_key().subject_public_key.data.as_ref()
+            != rcgen::PublicKeyData::der_bytes(&self.key)
+        {
+            return Err(PkiError::Pem {
+                path: path.to_owned(),
+                what: "it was not signed from this gateway's request (another key)".into(),
+            });
+        }
+        ClusterIssuer::from_pem(
+            self.trust_domain.clone(),
+            self.cluster.clone(),
+            cert_pem,
+            path,
+            &self.key.serialize_pem(),
+            Path::new("the pending issuer key"),
+        )
     }
 }
 
@@ -531,6 +622,50 @@ mod tests {
         let alone =
             TrustBundle::from_pem(old.trust_domain.clone(), &new.cert_pem, Path::new("b")).unwrap();
         assert_eq!(alone.fingerprint_of_issuer(&issuer.chain_pem), None);
+    }
+
+    #[test]
+    fn a_new_root_signs_a_clusters_issuer_from_its_request_and_only_for_that_key() {
+        let (old, _) = mesh();
+        let new = Root::generate(&old.trust_domain, ROOT_LIFETIME, SystemTime::now()).unwrap();
+        let west = ClusterName::new("west").unwrap();
+        let pending = PendingIssuer::generate(old.trust_domain.clone(), west.clone()).unwrap();
+        let cert = new
+            .sign_cluster_csr(&pending.csr_der, &west, ISSUER_LIFETIME, SystemTime::now())
+            .unwrap();
+        let issuer = pending.install(cert).unwrap();
+        let bundle =
+            TrustBundle::from_pem(old.trust_domain.clone(), &new.cert_pem, Path::new("b")).unwrap();
+        assert_eq!(
+            bundle.fingerprint_of_issuer(&issuer.chain_pem),
+            Some(fingerprint(&new.cert().unwrap()))
+        );
+        let leaf = issuer
+            .issue(
+                &SpiffeId::gateway(&old.trust_domain, &west),
+                LEAF_LIFETIME,
+                SystemTime::now(),
+            )
+            .unwrap();
+        assert!(leaf.chain().unwrap().len() == 2);
+        // A certificate signed from another request does not install.
+        let other = PendingIssuer::generate(old.trust_domain.clone(), west.clone()).unwrap();
+        let foreign = new
+            .sign_cluster_csr(&other.csr_der, &west, ISSUER_LIFETIME, SystemTime::now())
+            .unwrap();
+        let err = pending.install(foreign).err().unwrap();
+        assert!(err.to_string().contains("another key"), "{err}");
+        // Nor one for another cluster.
+        let east = new
+            .sign_cluster_csr(
+                &pending.csr_der,
+                &ClusterName::new("east").unwrap(),
+                ISSUER_LIFETIME,
+                SystemTime::now(),
+            )
+            .unwrap();
+        let err = pending.install(east).err().unwrap();
+        assert!(err.to_string().contains("not of cluster west"), "{err}");
     }
 
     #[test]

@@ -170,8 +170,7 @@ fn check_identity(
 /// Verifies servers (used by dialers): chain to the bundle, then the identity rule.
 #[derive(Debug)]
 struct MeshServerVerifier {
-    bundle: TrustBundle,
-    roots: rustls::RootCertStore,
+    trust: TrustStore,
     rule: PeerRule,
     provider: Arc<CryptoProvider>,
 }
@@ -195,14 +194,15 @@ impl ServerCertVerifier for MeshServerVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let parsed = ParsedCertificate::try_from(end_entity)?;
+        let trusted = self.trust.get();
         verify_server_cert_signed_by_trust_anchor(
             &parsed,
-            &self.roots,
+            &trusted.roots,
             intermediates,
             now,
             self.provider.signature_verification_algorithms.all,
         )?;
-        check_identity(&self.bundle, &self.rule, end_entity, intermediates)?;
+        check_identity(&trusted.bundle, &self.rule, end_entity, intermediates)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -244,8 +244,7 @@ impl ServerCertVerifier for MeshServerVerifier {
 /// Verifies clients (used by servers): webpki's chain check, then the identity rule.
 #[derive(Debug)]
 struct MeshClientVerifier {
-    bundle: TrustBundle,
-    inner: Arc<dyn ClientCertVerifier>,
+    trust: TrustStore,
     rule: PeerRule,
     /// Whether a client without a certificate is refused at the handshake.
     mandatory: bool,
@@ -257,7 +256,9 @@ impl ClientCertVerifier for MeshClientVerifier {
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
+        // No hints: the roots change during a rotation, and strait's clients present their one
+        // certificate whatever the hints say.
+        &[]
     }
 
     fn verify_client_cert(
@@ -266,9 +267,11 @@ impl ClientCertVerifier for MeshClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.inner
+        let trusted = self.trust.get();
+        trusted
+            .verifier(self.mandatory)
             .verify_client_cert(end_entity, intermediates, now)?;
-        check_identity(&self.bundle, &self.rule, end_entity, intermediates)?;
+        check_identity(&trusted.bundle, &self.rule, end_entity, intermediates)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -278,7 +281,10 @@ impl ClientCertVerifier for MeshClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        self.trust
+            .get()
+            .verifier(self.mandatory)
+            .verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -287,11 +293,92 @@ impl ClientCertVerifier for MeshClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        self.trust
+            .get()
+            .verifier(self.mandatory)
+            .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.trust
+            .get()
+            .verifier(self.mandatory)
+            .supported_verify_schemes()
+    }
+}
+
+/// The trust bundle a process verifies peers with, replaceable while connections are live (a
+/// root rotation): every configuration built from one store verifies each new handshake with
+/// the bundle it holds then. Established connections keep the trust they were made with.
+#[derive(Clone)]
+pub struct TrustStore {
+    current: Arc<RwLock<Arc<Trusted>>>,
+}
+
+/// One bundle, with what verifying against it needs, built once per bundle.
+struct Trusted {
+    bundle: TrustBundle,
+    roots: Arc<rustls::RootCertStore>,
+    /// webpki's client verifiers: certificates required, and optional.
+    required: Arc<dyn ClientCertVerifier>,
+    optional: Arc<dyn ClientCertVerifier>,
+}
+
+impl Trusted {
+    fn verifier(&self, mandatory: bool) -> &Arc<dyn ClientCertVerifier> {
+        if mandatory {
+            &self.required
+        } else {
+            &self.optional
+        }
+    }
+
+    fn new(bundle: TrustBundle) -> Result<Arc<Self>, TlsError> {
+        let roots = Arc::new(bundle.root_store()?);
+        let builder = || WebPkiClientVerifier::builder_with_provider(roots.clone(), provider());
+        Ok(Arc::new(Self {
+            required: builder().build()?,
+            optional: builder().allow_unauthenticated().build()?,
+            roots,
+            bundle,
+        }))
+    }
+}
+
+impl fmt::Debug for TrustStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("TrustStore").field(&self.bundle()).finish()
+    }
+}
+
+impl TrustStore {
+    /// A store holding `bundle`.
+    pub fn new(bundle: TrustBundle) -> Result<Self, TlsError> {
+        Ok(Self {
+            current: Arc::new(RwLock::new(Trusted::new(bundle)?)),
+        })
+    }
+
+    /// Verifies new handshakes with `bundle` from now on.
+    pub fn replace(&self, bundle: TrustBundle) -> Result<(), TlsError> {
+        let trusted = Trusted::new(bundle)?;
+        match self.current.write() {
+            Ok(mut current) => *current = trusted,
+            Err(poisoned) => *poisoned.into_inner() = trusted,
+        }
+        Ok(())
+    }
+
+    /// The bundle in force.
+    pub fn bundle(&self) -> TrustBundle {
+        self.get().bundle.clone()
+    }
+
+    fn get(&self) -> Arc<Trusted> {
+        match self.current.read() {
+            Ok(current) => current.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 }
 
@@ -322,6 +409,11 @@ impl CertStore {
     /// The leaf certificate presented now.
     pub fn leaf(&self) -> Option<CertificateDer<'static>> {
         self.get().cert.first().cloned()
+    }
+
+    /// The chain presented now (leaf, issuer).
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        self.get().cert.clone()
     }
 
     fn get(&self) -> Arc<CertifiedKey> {
@@ -362,45 +454,35 @@ impl ResolvesClientCert for CertStore {
 
 /// A TLS 1.3 server configuration requiring client certificates that fit `rule`.
 pub fn server_config(
-    bundle: &TrustBundle,
+    trust: &TrustStore,
     certs: &CertStore,
     rule: PeerRule,
     alpn: &[&[u8]],
 ) -> Result<rustls::ServerConfig, TlsError> {
-    server_config_with(bundle, certs, rule, alpn, true)
+    server_config_with(trust, certs, rule, alpn, true)
 }
 
 /// A TLS 1.3 server configuration where a client certificate is optional, but one presented
 /// must fit `rule`. The server then decides per request what an anonymous client may do.
 pub fn server_config_optional_client(
-    bundle: &TrustBundle,
+    trust: &TrustStore,
     certs: &CertStore,
     rule: PeerRule,
     alpn: &[&[u8]],
 ) -> Result<rustls::ServerConfig, TlsError> {
-    server_config_with(bundle, certs, rule, alpn, false)
+    server_config_with(trust, certs, rule, alpn, false)
 }
 
 fn server_config_with(
-    bundle: &TrustBundle,
+    trust: &TrustStore,
     certs: &CertStore,
     rule: PeerRule,
     alpn: &[&[u8]],
     mandatory: bool,
 ) -> Result<rustls::ServerConfig, TlsError> {
     let provider = provider();
-    let builder = WebPkiClientVerifier::builder_with_provider(
-        Arc::new(bundle.root_store()?),
-        provider.clone(),
-    );
-    let inner = if mandatory {
-        builder.build()?
-    } else {
-        builder.allow_unauthenticated().build()?
-    };
     let verifier = MeshClientVerifier {
-        bundle: bundle.clone(),
-        inner,
+        trust: trust.clone(),
         rule,
         mandatory,
     };
@@ -414,34 +496,33 @@ fn server_config_with(
 
 /// A TLS 1.3 client configuration that presents `certs` and accepts servers fitting `rule`.
 pub fn client_config(
-    bundle: &TrustBundle,
+    trust: &TrustStore,
     certs: &CertStore,
     rule: PeerRule,
     alpn: &[&[u8]],
 ) -> Result<rustls::ClientConfig, TlsError> {
-    client_config_with(bundle, Some(certs), rule, alpn)
+    client_config_with(trust, Some(certs), rule, alpn)
 }
 
 /// A TLS 1.3 client configuration without a certificate of its own (a sidecar asking for its
 /// first one), accepting servers fitting `rule`.
 pub fn anonymous_client_config(
-    bundle: &TrustBundle,
+    trust: &TrustStore,
     rule: PeerRule,
     alpn: &[&[u8]],
 ) -> Result<rustls::ClientConfig, TlsError> {
-    client_config_with(bundle, None, rule, alpn)
+    client_config_with(trust, None, rule, alpn)
 }
 
 fn client_config_with(
-    bundle: &TrustBundle,
+    trust: &TrustStore,
     certs: Option<&CertStore>,
     rule: PeerRule,
     alpn: &[&[u8]],
 ) -> Result<rustls::ClientConfig, TlsError> {
     let provider = provider();
     let verifier = MeshServerVerifier {
-        bundle: bundle.clone(),
-        roots: bundle.root_store()?,
+        trust: trust.clone(),
         rule,
         provider: provider.clone(),
     };
@@ -499,15 +580,34 @@ mod tests {
         client: &Credential,
         client_rule: PeerRule,
     ) -> Result<(), rustls::Error> {
+        handshake_live(
+            &TrustStore::new(bundle_server.clone()).unwrap(),
+            server,
+            server_rule,
+            &TrustStore::new(bundle_client.clone()).unwrap(),
+            client,
+            client_rule,
+        )
+    }
+
+    /// [`handshake`] with trust stores that the caller may replace between handshakes.
+    fn handshake_live(
+        trust_server: &TrustStore,
+        server: &Credential,
+        server_rule: PeerRule,
+        trust_client: &TrustStore,
+        client: &Credential,
+        client_rule: PeerRule,
+    ) -> Result<(), rustls::Error> {
         let server_config = server_config(
-            bundle_server,
+            trust_server,
             &CertStore::new(server).unwrap(),
             server_rule,
             &[PEER_ALPN],
         )
         .unwrap();
         let client_config = client_config(
-            bundle_client,
+            trust_client,
             &CertStore::new(client).unwrap(),
             client_rule,
             &[PEER_ALPN],
@@ -710,5 +810,44 @@ mod tests {
             PeerRule::role(Role::Gateway),
         )
         .unwrap();
+    }
+
+    #[test]
+    fn a_replaced_bundle_holds_for_the_next_handshake_of_configurations_already_built() {
+        let old = mesh();
+        let new_root = Root::generate(
+            &old.bundle.trust_domain,
+            crate::pki::ROOT_LIFETIME,
+            SystemTime::now(),
+        )
+        .unwrap();
+        let only_new = TrustBundle::from_pem(
+            old.bundle.trust_domain.clone(),
+            &new_root.cert_pem,
+            Path::new("bundle"),
+        )
+        .unwrap();
+        let both = TrustBundle::from_pem(
+            old.bundle.trust_domain.clone(),
+            &format!("{}{}", old.root.cert_pem, new_root.cert_pem),
+            Path::new("bundle"),
+        )
+        .unwrap();
+        let west = credential(&old.root, "west", &gateway(&old, "west"));
+        let east = credential(&new_root, "east", &gateway(&old, "east"));
+        let (trust_west, trust_east) = (
+            TrustStore::new(old.bundle.clone()).unwrap(),
+            TrustStore::new(both.clone()).unwrap(),
+        );
+        let rule = || PeerRule::role(Role::Gateway);
+        // West knows only the old root: east, under the new one, is refused.
+        assert!(handshake_live(&trust_west, &west, rule(), &trust_east, &east, rule()).is_err());
+        // Stage (a): west adds the new root.
+        trust_west.replace(both.clone()).unwrap();
+        handshake_live(&trust_west, &west, rule(), &trust_east, &east, rule()).unwrap();
+        assert_eq!(trust_west.bundle().fingerprints(), both.fingerprints());
+        // Stage (c) too early: the old root retired while west's certificate is under it.
+        trust_east.replace(only_new).unwrap();
+        assert!(handshake_live(&trust_west, &west, rule(), &trust_east, &east, rule()).is_err());
     }
 }

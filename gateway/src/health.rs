@@ -159,13 +159,14 @@ pub async fn status(shared: &Shared) -> StatusResponse {
     };
     let (policy_digest, policies) = policy_digest(shared);
     let head = lock(&shared.state).export.head().version;
+    let in_force = shared.trust.issuer();
     let issuer = strait_federation::pki::parse_certs(
-        &shared.issuer.chain_pem,
+        &in_force.chain_pem,
         std::path::Path::new("issuer.crt"),
     )
     .ok()
     .and_then(|certs| certs.into_iter().next())
-    .map(|cert| certificate_status(&cert, shared.issuer.chain_pem.clone()));
+    .map(|cert| certificate_status(&cert, in_force.chain_pem.clone()));
     let links = lock(&shared.peers)
         .iter()
         .map(|(cluster, status)| {
@@ -193,11 +194,13 @@ pub async fn status(shared: &Shared) -> StatusResponse {
         not_ready_reason,
         trust_domain: shared.config.trust_domain.to_string(),
         roots: shared
-            .bundle
+            .trust
+            .bundle()
             .roots()
             .iter()
-            .map(|root| certificate_status(root, String::new()))
+            .map(|root| certificate_status(root, strait_federation::pki::pem_of(root)))
             .collect(),
+        workloads_awaiting_renewal: shared.trust.awaiting_renewal(),
         issuer,
         gateway: shared
             .certs

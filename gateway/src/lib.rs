@@ -24,6 +24,7 @@ pub mod policies;
 pub mod relay;
 pub mod store;
 pub mod tap;
+pub mod trust;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -36,10 +37,9 @@ use std::time::{Duration, Instant, SystemTime};
 use strait_federation::catalog::{Position, clusterset};
 use strait_federation::identity::{ClusterName, SpiffeId};
 use strait_federation::link::LinkKey;
-use strait_federation::pki::{ClusterIssuer, LEAF_LIFETIME, PkiError, TrustBundle};
+use strait_federation::pki::{LEAF_LIFETIME, PkiError};
 use strait_federation::tls::{CertStore, TlsError};
 use strait_io::files::read_file;
-use strait_io::pki as stored;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -93,9 +93,9 @@ pub(crate) use strait_io::clock::{unix_now, unix_now_ms};
 /// What every task of a gateway shares.
 pub struct Shared {
     pub config: GatewayConfig,
-    pub bundle: TrustBundle,
+    /// The trust bundle and the cluster's issuer in force (a root rotation replaces them).
+    pub trust: Arc<trust::Trust>,
     pub certs: CertStore,
-    pub issuer: ClusterIssuer,
     pub link_key: LinkKey,
     pub state: Mutex<State>,
     state_file: StateFile,
@@ -386,12 +386,7 @@ pub async fn run(
 ) -> Result<(), GatewayError> {
     strait_federation::tls::install_default_provider();
     let credentials = config.credentials().to_owned();
-    let bundle = stored::read_bundle(&credentials.join("bundle.pem"), config.trust_domain.clone())?;
-    let issuer = stored::load_issuer(
-        &credentials,
-        config.trust_domain.clone(),
-        config.cluster.clone(),
-    )?;
+    let (bundle, issuer) = trust::load(&config)?;
     let link_key_path = credentials.join("link.key");
     let link_key = LinkKey::from_pem(&read_file(&link_key_path)?, &link_key_path)?;
     let (kube_client, restored) = match &config.kubernetes {
@@ -418,8 +413,18 @@ pub async fn run(
     }
     let identity = SpiffeId::gateway(&config.trust_domain, &config.cluster);
     let certs = CertStore::new(&issuer.issue(&identity, LEAF_LIFETIME, SystemTime::now())?)?;
+    let trust = Arc::new(trust::Trust::new(
+        bundle,
+        issuer,
+        trust::rotated_dir(&config),
+    )?);
 
-    let endpoint = peer::endpoint(&config, &bundle, &certs, quic_socket(config.quic_addr)?)?;
+    let endpoint = peer::endpoint(
+        &config,
+        trust.store(),
+        &certs,
+        quic_socket(config.quic_addr)?,
+    )?;
     let api_listener = tokio::net::TcpListener::bind(config.api_addr)
         .await
         .map_err(|error| GatewayError::Bind {
@@ -494,10 +499,9 @@ pub async fn run(
     );
     let shared = Arc::new(Shared {
         metrics: Metrics::new(config.cluster.as_str()),
+        trust,
         config,
-        bundle,
         certs,
-        issuer,
         link_key,
         state: Mutex::new(state),
         state_file,
@@ -662,7 +666,8 @@ async fn housekeeping(shared: Arc<Shared>) {
         }
         if Instant::now() >= renew_at {
             match shared
-                .issuer
+                .trust
+                .issuer()
                 .issue(&identity, LEAF_LIFETIME, SystemTime::now())
             {
                 Ok(credential) => match shared.certs.replace(&credential) {

@@ -3,7 +3,7 @@
 //! restart loses nothing: operator changes are written before they are acknowledged, imports
 //! are written shortly after they arrive.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -50,6 +50,10 @@ pub struct State {
     /// while partitioned enforces what it last had.
     #[serde(default, deserialize_with = "stored_policies")]
     pub policies: PolicyBook,
+    /// Roots a rotation took out of this gateway's bundle: a Link minted before the rotation
+    /// names one, and still names this mesh (the TLS handshake checks the peer itself).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub retired_roots: BTreeSet<String>,
     /// Endpoints registered by this cluster's sidecars: leases, never written (sidecars
     /// register again within seconds of a restart).
     #[serde(skip)]
@@ -90,6 +94,7 @@ impl State {
             running: false,
             policies: PolicyBook::default(),
             registrations: BTreeMap::new(),
+            retired_roots: BTreeSet::new(),
         }
     }
 

@@ -95,7 +95,8 @@ impl<I: Unpin> tokio::io::AsyncWrite for Accepted<I> {
 /// The identity of the gateway that answers at `address`, any gateway under the bundle's root
 /// (a sidecar started with only an address learns its cluster so).
 pub async fn gateway_identity(address: &str, bundle: &TrustBundle) -> Result<SpiffeId, ApiError> {
-    let config = tls::anonymous_client_config(bundle, PeerRule::role(Role::Gateway), &[API_ALPN])?;
+    let trust = tls::TrustStore::new(bundle.clone())?;
+    let config = tls::anonymous_client_config(&trust, PeerRule::role(Role::Gateway), &[API_ALPN])?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     // The mesh's verifier checks the SPIFFE identity, not this name.
     let name = ServerName::try_from("gateway.strait")?;
@@ -137,19 +138,20 @@ pub fn causes(error: &dyn std::error::Error) -> String {
 }
 
 /// A gRPC channel to the API of `cluster`'s gateway at `address`, presenting `certs` (none: a
-/// sidecar asking for its first certificate). `timeout` bounds each call.
+/// sidecar asking for its first certificate), verifying it with `trust` as it is at each
+/// connection. `timeout` bounds each call.
 pub async fn channel(
     address: &str,
     cluster: &ClusterName,
-    bundle: &TrustBundle,
+    trust: &tls::TrustStore,
     certs: Option<&CertStore>,
     timeout: Duration,
     dial: Dial,
 ) -> Result<Channel, ApiError> {
     let rule = PeerRule::role_in(Role::Gateway, cluster.clone());
     let config = match certs {
-        Some(certs) => tls::client_config(bundle, certs, rule, &[API_ALPN]),
-        None => tls::anonymous_client_config(bundle, rule, &[API_ALPN]),
+        Some(certs) => tls::client_config(trust, certs, rule, &[API_ALPN]),
+        None => tls::anonymous_client_config(trust, rule, &[API_ALPN]),
     }?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let server_name = ServerName::try_from(cluster.to_string())?;

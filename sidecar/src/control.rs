@@ -31,13 +31,13 @@ const MAX_WATCH_BACKOFF: Duration = Duration::from_secs(1);
 /// workload certificate. Lazy: it dials at the first call, and again after a lost connection.
 pub async fn channel(
     bootstrap: &Bootstrap,
-    bundle: &TrustBundle,
+    trust: &strait_federation::tls::TrustStore,
     certs: Option<&CertStore>,
 ) -> Result<Channel, SidecarError> {
     strait_io::api::channel(
         &bootstrap.gateway,
         &bootstrap.cluster,
-        bundle,
+        trust,
         certs,
         Duration::from_secs(15),
         Dial::Lazily,
@@ -97,12 +97,48 @@ pub async fn certify(
     })
 }
 
+/// Takes the trust bundle and the issuer a view names: a new bundle verifies peers from the
+/// next handshake, and a certificate another issuer signed is renewed at once.
+fn follow_trust(shared: &Shared, bundle_pem: &str, issuer: &str) {
+    if !bundle_pem.is_empty() && shared.trust.bundle().to_pem() != bundle_pem {
+        let bundle = TrustBundle::from_pem(
+            shared.trust.bundle().trust_domain.clone(),
+            bundle_pem,
+            std::path::Path::new("the gateway's view"),
+        );
+        match bundle.map_err(|e| e.to_string()).and_then(|b| {
+            let roots = b.fingerprints();
+            shared
+                .trust
+                .replace(b)
+                .map(|()| roots)
+                .map_err(|e| e.to_string())
+        }) {
+            Ok(roots) => tracing::info!(roots = ?roots, "trust bundle replaced"),
+            Err(e) => {
+                tracing::warn!(error = %e, "the gateway's trust bundle is unusable; keeping the one held")
+            }
+        }
+    }
+    let held = shared
+        .certs
+        .chain()
+        .get(1)
+        .map(strait_federation::pki::fingerprint);
+    if !issuer.is_empty() && held.as_deref() != Some(issuer) {
+        shared.renew_now.notify_one();
+    }
+}
+
 /// Renews the workload certificate before it expires, for as long as the sidecar runs.
 pub async fn renew(shared: Arc<Shared>, channel: Channel, mut renew_at: Instant) {
     let mut backoff = Duration::from_millis(200);
     loop {
         tokio::select! {
             () = tokio::time::sleep_until(renew_at.into()) => {}
+            // The gateway's issuer changed: a certificate of the new one, before the old root
+            // is retired.
+            () = shared.renew_now.notified() => {}
             () = shared.shutdown.cancelled() => return,
         }
         match certify(channel.clone(), "", TokenKind::Bootstrap).await {
@@ -249,6 +285,7 @@ pub async fn watch(shared: Arc<Shared>, channel: Channel) {
                             .metrics
                             .policies_held(&view.policies, directory.policies.refused);
                         shared.telemetry.configure(&directory.telemetry);
+                        follow_trust(&shared, &view.trust_bundle_pem, &view.issuer_fingerprint);
                         shared.directory.send_replace(Arc::new(directory));
                         backoff = Duration::from_millis(100);
                         if std::mem::take(&mut lost) {

@@ -107,7 +107,11 @@ pub struct Shared {
     pub cluster: ClusterName,
     pub identity: SpiffeId,
     pub certs: CertStore,
-    bundle: TrustBundle,
+    /// The trust bundle, replaced live when the gateway's view carries a new one (a root
+    /// rotation).
+    pub(crate) trust: tls::TrustStore,
+    /// Renew the certificate now: the gateway's issuer changed (a root rotation).
+    pub(crate) renew_now: tokio::sync::Notify,
     /// Client TLS configurations, per namespace called and ALPN.
     client_tls: Mutex<HashMap<(Namespace, &'static [u8]), ClientTls>>,
     pub(crate) inbound_tls: Arc<rustls::ServerConfig>,
@@ -162,7 +166,7 @@ impl Shared {
             return Ok(config.clone());
         }
         let mut config = tls::client_config(
-            &self.bundle,
+            &self.trust,
             &self.certs,
             PeerRule::workloads_in(namespace.clone()),
             &[alpn],
@@ -263,7 +267,8 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
         &bootstrap.bundle,
         Path::new("bootstrap document"),
     )?;
-    let anonymous = control::channel(bootstrap, &bundle, None).await?;
+    let trust = tls::TrustStore::new(bundle)?;
+    let anonymous = control::channel(bootstrap, &trust, None).await?;
     let deadline = Instant::now() + CERTIFY_DEADLINE;
     let mut backoff = Duration::from_millis(100);
     let certified = loop {
@@ -278,7 +283,7 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
         }
     };
     let certs = CertStore::new(&certified.credential)?;
-    let channel = control::channel(bootstrap, &bundle, Some(&certs)).await?;
+    let channel = control::channel(bootstrap, &trust, Some(&certs)).await?;
 
     let inbound = bind("inbound", config.inbound_addr).await?;
     let proxy = match config.proxy_addr {
@@ -338,13 +343,14 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
         identity: certified.identity,
         client_tls: Mutex::new(HashMap::new()),
         inbound_tls: Arc::new(tls::server_config(
-            &bundle,
+            &trust,
             &certs,
             workloads.clone(),
             &[HTTP_ALPN, TCP_ALPN],
         )?),
         certs,
-        bundle,
+        trust,
+        renew_now: tokio::sync::Notify::new(),
         directory: watch::channel(Arc::new(Directory::default())).0,
         balancer: Mutex::new(Balancer::default()),
         pool: Pool::default(),

@@ -34,7 +34,7 @@ pub fn rogue_endpoint(mesh: &Mesh, target: &str) -> Result<(quinn::Endpoint, qui
     )?;
     let bundle = strait_io::pki::read_bundle(&mesh.trust.join("bundle.pem"), td)?;
     let tls = tls::client_config(
-        &bundle,
+        &tls::TrustStore::new(bundle.clone())?,
         &CertStore::new(&credential)?,
         PeerRule::role_in(Role::Gateway, ClusterName::new(target)?),
         &[PEER_ALPN],

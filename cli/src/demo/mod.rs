@@ -619,6 +619,14 @@ async fn run_traffic(
 
     let rows = stats.rows();
     if json_output {
+        // A root rotation during the demo renews the context's certificates: connect again.
+        let mut fresh = context::connect(Some("east"))
+            .await
+            .map(|(_, client)| client);
+        let east = match fresh.as_mut() {
+            Ok(client) => client,
+            Err(_) => east,
+        };
         let links = context::list_links(east).await?;
         let services = context::list_services(east).await?;
         let report = json!({

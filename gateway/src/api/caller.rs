@@ -7,9 +7,10 @@ use tonic::{Request, Status};
 /// A TLS connection of the API, with the caller's identity when it presented a certificate.
 pub(super) type ApiStream = strait_io::api::Accepted<Caller>;
 
-/// Who called the API: the identity of the client certificate, if any.
+/// Who called the API: the identity of the client certificate, if any, and the fingerprint of
+/// the issuer that signed it.
 #[derive(Debug, Clone)]
-pub struct Caller(pub Option<SpiffeId>);
+pub struct Caller(pub Option<SpiffeId>, pub Option<String>);
 
 impl Caller {
     /// The caller of a request (every request comes through [`ApiStream`]).
@@ -18,6 +19,14 @@ impl Caller {
             .extensions()
             .get::<Caller>()
             .and_then(|caller| caller.0.as_ref())
+    }
+
+    /// The fingerprint of the issuer of the caller's certificate.
+    pub fn issuer_of<T>(request: &Request<T>) -> Option<String> {
+        request
+            .extensions()
+            .get::<Caller>()
+            .and_then(|caller| caller.1.clone())
     }
 }
 

@@ -5,6 +5,7 @@
 mod caller;
 pub mod contexts;
 pub mod operator;
+mod rotation;
 pub mod workload;
 
 use std::sync::Arc;
@@ -36,7 +37,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         namespace: None,
     };
     let config = match tls::server_config_optional_client(
-        &shared.bundle,
+        shared.trust.store(),
         &shared.certs,
         rule,
         &[API_ALPN],
@@ -66,13 +67,13 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let caller = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|chain| certificate::peer_identity(chain).ok());
+                        let chain = stream.get_ref().1.peer_certificates();
+                        let caller = chain.and_then(|chain| certificate::peer_identity(chain).ok());
+                        let issuer = chain
+                            .and_then(|chain| chain.get(1))
+                            .map(strait_federation::pki::fingerprint);
                         let _ = tx
-                            .send(strait_io::api::Accepted(stream, Caller(caller)))
+                            .send(strait_io::api::Accepted(stream, Caller(caller, issuer)))
                             .await;
                     }
                     Ok(Err(e)) => {
@@ -119,7 +120,7 @@ pub async fn connect(
     let channel = strait_io::api::channel(
         address,
         cluster,
-        bundle,
+        &strait_federation::tls::TrustStore::new(bundle.clone())?,
         Some(&certs),
         Duration::from_secs(30),
         Dial::Now,

@@ -11,11 +11,14 @@ use strait_federation::link::{DEFAULT_TOKEN_TTL_SECONDS, LinkDocument, LinkSpec,
 use strait_federation::policy::exchange::BookError;
 use strait_federation::proto::operator::operator_server::Operator;
 use strait_federation::proto::operator::{
-    AppliedObject, ApplyRequest, ApplyResponse, CreateLinkRequest, CreateLinkResponse,
-    CreateWorkloadTokenRequest, CreateWorkloadTokenResponse, DeleteRequest, DeleteResponse,
-    LinkView, ListLinksRequest, ListLinksResponse, ListPoliciesRequest, ListPoliciesResponse,
-    ListServicesRequest, ListServicesResponse, ServiceBackend, ServiceView, StatRequest,
-    StatResponse, StatusRequest, StatusResponse, TapRequest, UnlinkRequest, UnlinkResponse,
+    AppliedObject, ApplyRequest, ApplyResponse, CreateIssuerRequestRequest,
+    CreateIssuerRequestResponse, CreateLinkRequest, CreateLinkResponse, CreateWorkloadTokenRequest,
+    CreateWorkloadTokenResponse, DeleteRequest, DeleteResponse, InstallIssuerRequest,
+    InstallIssuerResponse, LinkView, ListLinksRequest, ListLinksResponse, ListPoliciesRequest,
+    ListPoliciesResponse, ListServicesRequest, ListServicesResponse,
+    RenewOperatorCertificateRequest, RenewOperatorCertificateResponse, ServiceBackend, ServiceView,
+    StatRequest, StatResponse, StatusRequest, StatusResponse, TapRequest, UnlinkRequest,
+    UnlinkResponse, UpdateTrustBundleRequest, UpdateTrustBundleResponse,
 };
 use strait_federation::resource::{Resource, parse_documents};
 use strait_federation::workload::DEFAULT_WORKLOAD_TOKEN_TTL_SECONDS;
@@ -510,8 +513,9 @@ impl Operator for OperatorApi {
             .map_err(internal)?;
         let root_fingerprint = self
             .shared
-            .bundle
-            .fingerprint_of_issuer(&self.shared.issuer.chain_pem)
+            .trust
+            .bundle()
+            .fingerprint_of_issuer(&self.shared.trust.issuer().chain_pem)
             .ok_or_else(|| Status::internal("the trust bundle has no root"))?;
         let address = if request.address.is_empty() {
             config.advertised()
@@ -594,6 +598,49 @@ impl Operator for OperatorApi {
             token,
             identity: identity.to_string(),
         }))
+    }
+
+    async fn update_trust_bundle(
+        &self,
+        request: Request<UpdateTrustBundleRequest>,
+    ) -> Result<Response<UpdateTrustBundleResponse>, Status> {
+        let answer =
+            super::rotation::update_bundle(&self.shared, &request.into_inner().bundle_pem)?;
+        self.shared.persist().await.map_err(unsaved)?;
+        Ok(Response::new(answer))
+    }
+
+    async fn create_issuer_request(
+        &self,
+        _: Request<CreateIssuerRequestRequest>,
+    ) -> Result<Response<CreateIssuerRequestResponse>, Status> {
+        Ok(Response::new(super::rotation::issuer_request(
+            &self.shared,
+        )?))
+    }
+
+    async fn install_issuer(
+        &self,
+        request: Request<InstallIssuerRequest>,
+    ) -> Result<Response<InstallIssuerResponse>, Status> {
+        Ok(Response::new(super::rotation::install_issuer(
+            &self.shared,
+            request.into_inner().certificate_pem,
+        )?))
+    }
+
+    async fn renew_operator_certificate(
+        &self,
+        request: Request<RenewOperatorCertificateRequest>,
+    ) -> Result<Response<RenewOperatorCertificateResponse>, Status> {
+        let caller = super::caller::Caller::of(&request)
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("no operator certificate"))?;
+        Ok(Response::new(super::rotation::renew_operator(
+            &self.shared,
+            &caller,
+            &request.into_inner().csr,
+        )?))
     }
 
     type TapStream = crate::tap::TapStream;

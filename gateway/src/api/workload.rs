@@ -182,6 +182,8 @@ impl WorkloadApi {
                 })
                 .collect(),
             taps: self.shared.taps.filters(),
+            trust_bundle_pem: self.shared.trust.bundle().to_pem().to_owned(),
+            issuer_fingerprint: self.shared.trust.issuer_fingerprint(),
             telemetry: Some(Telemetry {
                 collector: telemetry.collector.clone().unwrap_or_default(),
                 sampling: telemetry.sampling_percent / 100.0,
@@ -313,9 +315,11 @@ impl Workload for WorkloadApi {
         };
         let lifetime = shared.config.workloads.cert_ttl();
         let chain_pem = shared
-            .issuer
+            .trust
+            .issuer()
             .sign_csr(&request.csr, &identity, lifetime, SystemTime::now())
             .map_err(|e| Status::invalid_argument(format!("csr: {e}")))?;
+        shared.trust.certified(&identity);
         shared.metrics.workload_certificates.inc();
         tracing::info!(identity = %identity, "workload certified");
         Ok(Response::new(CertifyResponse {
@@ -423,14 +427,21 @@ impl Workload for WorkloadApi {
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let namespace = match workload(&request)? {
-            SpiffeId::Workload { namespace, .. } => Some(namespace),
+        let identity = workload(&request)?;
+        let namespace = match &identity {
+            SpiffeId::Workload { namespace, .. } => Some(namespace.clone()),
             _ => None,
         };
+        // Counted while the stream lasts: a rotation waits for it to hold the new issuer's.
+        let watching = self
+            .shared
+            .trust
+            .watching(identity, super::caller::Caller::issuer_of(&request));
         let api = self.clone();
         let mut changes = self.shared.views_tx.subscribe();
         let shutdown = self.shared.shutdown.clone();
         let stream = async_stream(move |tx| async move {
+            let _watching = watching;
             let mut version = 1;
             loop {
                 let change = *changes.borrow_and_update();

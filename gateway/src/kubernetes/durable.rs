@@ -50,6 +50,7 @@ pub fn durable(state: &State) -> State {
             ..PolicyBook::default()
         },
         registrations: BTreeMap::new(),
+        retired_roots: state.retired_roots.clone(),
     }
 }
 

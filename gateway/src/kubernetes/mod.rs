@@ -420,7 +420,7 @@ async fn start_webhook(
     };
     match listener {
         Ok((listener, tls)) => {
-            let bundle = shared.bundle.to_pem().to_owned();
+            let bundle = shared.trust.bundle().to_pem().to_owned();
             let injection = Arc::new(inject::Injection {
                 image: injector.image.clone(),
                 gateway: injector.gateway_address.clone(),

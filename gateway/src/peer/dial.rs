@@ -43,11 +43,16 @@ pub fn link_problem(shared: &Shared, spec: &LinkSpec) -> Option<String> {
             spec.trust_domain, shared.config.trust_domain
         ));
     }
-    if !shared.bundle.contains_fingerprint(&spec.root_fingerprint) {
+    let bundle = shared.trust.bundle();
+    if !bundle.contains_fingerprint(&spec.root_fingerprint)
+        && !lock(&shared.state)
+            .retired_roots
+            .contains(&spec.root_fingerprint)
+    {
         return Some(format!(
             "its trust root {} is not in this cluster's trust bundle ({}): the clusters do not share a root",
             spec.root_fingerprint,
-            shared.bundle.fingerprints().join(", ")
+            bundle.fingerprints().join(", ")
         ));
     }
     if lock(&shared.state).redemptions.is_active(&spec.cluster) {

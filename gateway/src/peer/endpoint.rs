@@ -83,11 +83,11 @@ fn transport(config: &GatewayConfig) -> Arc<quinn::TransportConfig> {
 /// (the join token decides who may peer) and dials with the same socket.
 pub fn endpoint(
     config: &GatewayConfig,
-    bundle: &strait_federation::pki::TrustBundle,
+    trust: &tls::TrustStore,
     certs: &CertStore,
     socket: std::net::UdpSocket,
 ) -> Result<quinn::Endpoint, GatewayError> {
-    let tls = tls::server_config(bundle, certs, PeerRule::role(Role::Gateway), &[PEER_ALPN])?;
+    let tls = tls::server_config(trust, certs, PeerRule::role(Role::Gateway), &[PEER_ALPN])?;
     let crypto = QuicServerConfig::try_from(tls)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(transport(config));
@@ -109,7 +109,7 @@ pub(super) fn client_config(
     peer: &ClusterName,
 ) -> Result<quinn::ClientConfig, GatewayError> {
     let tls = tls::client_config(
-        &shared.bundle,
+        shared.trust.store(),
         &shared.certs,
         PeerRule::role_in(Role::Gateway, peer.clone()),
         &[PEER_ALPN],

@@ -201,7 +201,12 @@ async fn no_delay_channel(
     strait_federation::tls::install_default_provider();
     let certs = CertStore::new(credential)?;
     let rule = PeerRule::role_in(Role::Gateway, cluster.clone());
-    let config = strait_federation::tls::client_config(bundle, &certs, rule, &[API_ALPN])?;
+    let config = strait_federation::tls::client_config(
+        &strait_federation::tls::TrustStore::new(bundle.clone())?,
+        &certs,
+        rule,
+        &[API_ALPN],
+    )?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let server_name = rustls::pki_types::ServerName::try_from(cluster.to_string())?;
     let target = address.to_owned();

@@ -1,0 +1,244 @@
+//! The gateway's trust, live: the bundle it verifies peers, operators and workloads with, and
+//! its cluster's issuer. A root rotation replaces both without a restart: new handshakes use
+//! the new bundle at once, and the issuer is re-keyed from a request whose key never leaves the
+//! gateway. What a rotation changed is kept in `stateDir/trust/` and read before the
+//! credentials folder (which Kubernetes mounts read-only). It also knows which of its
+//! workloads still hold a certificate of an earlier issuer, so a root is retired only once none
+//! does. See docs/security.md.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use strait_federation::identity::SpiffeId;
+use strait_federation::pki::{ClusterIssuer, PendingIssuer, PkiError, TrustBundle};
+use strait_federation::tls::{TlsError, TrustStore};
+
+use crate::config::GatewayConfig;
+use crate::lock;
+
+/// Why a rotation step was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// The bundle and issuer in force, and the rotation in progress.
+pub struct Trust {
+    store: TrustStore,
+    issuer: RwLock<Arc<ClusterIssuer>>,
+    pending: Mutex<Option<PendingIssuer>>,
+    /// Workload identities watching this gateway: how many sidecars, and the fingerprint of the
+    /// issuer that signed their certificate (as last seen).
+    workloads: Mutex<HashMap<SpiffeId, Holder>>,
+    dir: PathBuf,
+}
+
+#[derive(Debug, Default)]
+struct Holder {
+    watching: usize,
+    issuer: String,
+}
+
+/// Where a rotation keeps what it changed.
+pub fn rotated_dir(config: &GatewayConfig) -> PathBuf {
+    config.state_dir.join("trust")
+}
+
+/// The bundle and issuer to start with: a rotation's, else the credentials folder's.
+pub fn load(config: &GatewayConfig) -> Result<(TrustBundle, ClusterIssuer), PkiError> {
+    let rotated = rotated_dir(config);
+    let bundle_dir = if rotated.join("bundle.pem").exists() {
+        rotated.clone()
+    } else {
+        config.credentials().to_owned()
+    };
+    let issuer_dir = if rotated.join("issuer.key").exists() {
+        rotated
+    } else {
+        config.credentials().to_owned()
+    };
+    let bundle =
+        strait_io::pki::read_bundle(&bundle_dir.join("bundle.pem"), config.trust_domain.clone())?;
+    let issuer = strait_io::pki::load_issuer(
+        &issuer_dir,
+        config.trust_domain.clone(),
+        config.cluster.clone(),
+    )?;
+    Ok((bundle, issuer))
+}
+
+/// The fingerprint of the issuer certificate in a chain (leaf, issuer) or of a lone issuer.
+pub fn issuer_fingerprint(chain_pem: &str) -> Option<String> {
+    let certs = strait_federation::pki::parse_certs(chain_pem, Path::new("chain")).ok()?;
+    certs
+        .get(1)
+        .or_else(|| certs.first())
+        .map(strait_federation::pki::fingerprint)
+}
+
+impl Trust {
+    /// Trust in force from `bundle` and `issuer`; rotations write into `dir`.
+    pub fn new(bundle: TrustBundle, issuer: ClusterIssuer, dir: PathBuf) -> Result<Self, TlsError> {
+        Ok(Self {
+            store: TrustStore::new(bundle)?,
+            issuer: RwLock::new(Arc::new(issuer)),
+            pending: Mutex::new(None),
+            workloads: Mutex::new(HashMap::new()),
+            dir,
+        })
+    }
+
+    /// The live store TLS configurations verify with.
+    pub fn store(&self) -> &TrustStore {
+        &self.store
+    }
+
+    /// The bundle in force.
+    pub fn bundle(&self) -> TrustBundle {
+        self.store.bundle()
+    }
+
+    /// The issuer in force.
+    pub fn issuer(&self) -> Arc<ClusterIssuer> {
+        match self.issuer.read() {
+            Ok(issuer) => issuer.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The fingerprint of the issuer in force.
+    pub fn issuer_fingerprint(&self) -> String {
+        issuer_fingerprint(&self.issuer().chain_pem).unwrap_or_default()
+    }
+
+    /// Replaces the bundle: refused when the issuer would not chain to it, or when it drops a
+    /// root while workloads still hold certificates of an earlier issuer. Written before it is
+    /// used. Returns whether it changed.
+    pub fn replace_bundle(&self, bundle: TrustBundle) -> Result<bool, TrustError> {
+        let current = self.bundle();
+        if current.to_pem() == bundle.to_pem() {
+            return Ok(false);
+        }
+        let issuer = self.issuer();
+        if bundle.fingerprint_of_issuer(&issuer.chain_pem).is_none() {
+            return Err(TrustError::Refused(format!(
+                "this gateway's issuer (cluster {}) chains to none of these roots: install an issuer under one of them first (strait trust rotate reissue)",
+                issuer.cluster
+            )));
+        }
+        let dropped: Vec<String> = current
+            .fingerprints()
+            .into_iter()
+            .filter(|f| !bundle.contains_fingerprint(f))
+            .collect();
+        let awaiting = self.awaiting_renewal();
+        if !dropped.is_empty() && awaiting > 0 {
+            return Err(TrustError::Refused(format!(
+                "{awaiting} workload identities still hold a certificate of an earlier issuer: retiring {} now would cut them off; wait until they renew (strait check shows how many are left)",
+                dropped.join(", ")
+            )));
+        }
+        strait_io::files::write_file(&self.dir.join("bundle.pem"), bundle.to_pem(), false)?;
+        self.store.replace(bundle)?;
+        Ok(true)
+    }
+
+    /// A request for a new issuer key: the same one until an issuer is installed.
+    pub fn issuer_request(&self) -> Result<Vec<u8>, TrustError> {
+        let mut pending = lock(&self.pending);
+        if let Some(pending) = pending.as_ref() {
+            return Ok(pending.csr_der.clone());
+        }
+        let issuer = self.issuer();
+        let made = PendingIssuer::generate(issuer.trust_domain.clone(), issuer.cluster.clone())?;
+        let csr = made.csr_der.clone();
+        *pending = Some(made);
+        Ok(csr)
+    }
+
+    /// Installs the issuer signed from the pending request, once it chains to the bundle.
+    /// Written before it is used. Returns the root it chains to.
+    pub fn install_issuer(&self, certificate_pem: String) -> Result<String, TrustError> {
+        let mut pending = lock(&self.pending);
+        let Some(request) = pending.as_ref() else {
+            return Err(TrustError::Refused(
+                "no issuer request is pending on this gateway: ask for one first (CreateIssuerRequest)".into(),
+            ));
+        };
+        let issuer = request.install(certificate_pem)?;
+        let root = self
+            .bundle()
+            .fingerprint_of_issuer(&issuer.chain_pem)
+            .ok_or_else(|| {
+                TrustError::Refused(
+                    "the new issuer chains to no root of this gateway's bundle: add its root first (strait trust rotate add)".into(),
+                )
+            })?;
+        strait_io::pki::save_issuer(&issuer, &self.dir)?;
+        *pending = None;
+        match self.issuer.write() {
+            Ok(mut current) => *current = Arc::new(issuer),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(issuer),
+        }
+        Ok(root)
+    }
+
+    /// A sidecar of `identity` started watching with a certificate `chain_pem` (its
+    /// connection's); the returned guard counts it until the watch ends.
+    pub fn watching(self: &Arc<Self>, identity: SpiffeId, issuer: Option<String>) -> Watching {
+        let mut workloads = lock(&self.workloads);
+        let holder = workloads.entry(identity.clone()).or_default();
+        holder.watching += 1;
+        if let Some(issuer) = issuer
+            && holder.issuer.is_empty()
+        {
+            holder.issuer = issuer;
+        }
+        Watching {
+            trust: self.clone(),
+            identity,
+        }
+    }
+
+    /// `identity` was just certified by the issuer in force.
+    pub fn certified(&self, identity: &SpiffeId) {
+        let issuer = self.issuer_fingerprint();
+        if let Some(holder) = lock(&self.workloads).get_mut(identity) {
+            holder.issuer = issuer;
+        }
+    }
+
+    /// Watching identities whose certificate an earlier issuer signed.
+    pub fn awaiting_renewal(&self) -> u32 {
+        let issuer = self.issuer_fingerprint();
+        let count = lock(&self.workloads)
+            .values()
+            .filter(|h| h.watching > 0 && h.issuer != issuer)
+            .count();
+        u32::try_from(count).unwrap_or(u32::MAX)
+    }
+}
+
+/// A sidecar's watch, counted while it lasts.
+pub struct Watching {
+    trust: Arc<Trust>,
+    identity: SpiffeId,
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let mut workloads = lock(&self.trust.workloads);
+        if let Some(holder) = workloads.get_mut(&self.identity) {
+            holder.watching = holder.watching.saturating_sub(1);
+            if holder.watching == 0 {
+                workloads.remove(&self.identity);
+            }
+        }
+    }
+}
