@@ -4,7 +4,7 @@
 //! gateway. What a rotation changed is kept in `stateDir/trust/` and read before the
 //! credentials folder (which Kubernetes mounts read-only). It also knows which of its
 //! workloads still hold a certificate of an earlier issuer, so a root is retired only once none
-//! does. See docs/security.md.
+//! does. See docs/trust.md.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -240,5 +240,127 @@ impl Drop for Watching {
                 workloads.remove(&self.identity);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use strait_federation::identity::{ClusterName, TrustDomain};
+    use strait_federation::pki::{ISSUER_LIFETIME, ROOT_LIFETIME, Root, fingerprint};
+
+    use super::*;
+
+    struct Rotation {
+        old: Root,
+        new: Root,
+        trust: Arc<Trust>,
+        dir: tempfile::TempDir,
+    }
+
+    fn bundle(roots: &[&Root]) -> TrustBundle {
+        let pem: String = roots.iter().map(|r| r.cert_pem.as_str()).collect();
+        TrustBundle::from_pem(roots[0].trust_domain.clone(), &pem, Path::new("b")).unwrap()
+    }
+
+    fn rotation() -> Rotation {
+        let domain = TrustDomain::new("example.mesh").unwrap();
+        let old = Root::generate(&domain, ROOT_LIFETIME, SystemTime::now()).unwrap();
+        let new = Root::generate(&domain, ROOT_LIFETIME, SystemTime::now()).unwrap();
+        let west = ClusterName::new("west").unwrap();
+        let issuer = old
+            .issue_cluster(&west, ISSUER_LIFETIME, SystemTime::now())
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let trust = Arc::new(Trust::new(bundle(&[&old]), issuer, dir.path().to_owned()).unwrap());
+        Rotation {
+            old,
+            new,
+            trust,
+            dir,
+        }
+    }
+
+    fn workload(name: &str) -> SpiffeId {
+        format!("spiffe://example.mesh/cluster/west/ns/shop/sa/{name}")
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_rotation_goes_through_its_stages_and_each_is_written_before_it_holds() {
+        let Rotation {
+            old,
+            new,
+            trust,
+            dir,
+        } = rotation();
+        // A workload watching with a certificate of the issuer in force.
+        let web = trust.watching(workload("web"), Some(trust.issuer_fingerprint()));
+        assert_eq!(trust.awaiting_renewal(), 0);
+
+        // The new root alone is refused: the issuer would chain to nothing.
+        let refused = trust.replace_bundle(bundle(&[&new])).unwrap_err();
+        assert!(refused.to_string().contains("chains to none"), "{refused}");
+        // (a) both roots.
+        assert!(trust.replace_bundle(bundle(&[&old, &new])).unwrap());
+        assert!(!trust.replace_bundle(bundle(&[&old, &new])).unwrap());
+        assert!(dir.path().join("bundle.pem").exists());
+
+        // (b) a new issuer from the gateway's own request; the same request until installed.
+        let csr = trust.issuer_request().unwrap();
+        assert_eq!(trust.issuer_request().unwrap(), csr);
+        let west = ClusterName::new("west").unwrap();
+        let cert = new
+            .sign_cluster_csr(&csr, &west, ISSUER_LIFETIME, SystemTime::now())
+            .unwrap();
+        let root = trust.install_issuer(cert.clone()).unwrap();
+        assert_eq!(root, fingerprint(&new.cert().unwrap()));
+        assert!(trust.install_issuer(cert).is_err(), "installed twice");
+        assert!(dir.path().join("issuer.key").exists());
+        // The workload still holds the old issuer's certificate: the old root stays.
+        assert_eq!(trust.awaiting_renewal(), 1);
+        let early = trust.replace_bundle(bundle(&[&new])).unwrap_err();
+        assert!(
+            early.to_string().contains("1 workload identities"),
+            "{early}"
+        );
+
+        // Renewed: (c) the old root goes.
+        trust.certified(&workload("web"));
+        assert_eq!(trust.awaiting_renewal(), 0);
+        assert!(trust.replace_bundle(bundle(&[&new])).unwrap());
+        assert_eq!(
+            trust.bundle().fingerprints(),
+            [fingerprint(&new.cert().unwrap())]
+        );
+        drop(web);
+        assert_eq!(crate::lock(&trust.workloads).len(), 0);
+    }
+
+    #[test]
+    fn an_issuer_signed_by_a_root_the_gateway_does_not_trust_is_refused() {
+        let Rotation { new, trust, .. } = rotation();
+        let before = trust.issuer_fingerprint();
+        let csr = trust.issuer_request().unwrap();
+        let cert = new
+            .sign_cluster_csr(
+                &csr,
+                &ClusterName::new("west").unwrap(),
+                ISSUER_LIFETIME,
+                SystemTime::now(),
+            )
+            .unwrap();
+        let refused = trust.install_issuer(cert).unwrap_err();
+        assert!(
+            refused.to_string().contains("add its root first"),
+            "{refused}"
+        );
+        assert_eq!(
+            trust.issuer_fingerprint(),
+            before,
+            "the issuer in force stays"
+        );
     }
 }

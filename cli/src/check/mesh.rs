@@ -223,7 +223,7 @@ fn trust(status: &StatusResponse, bundle: Result<TrustBundle, String>, report: &
                 &format!("the issuer of {}", status.cluster),
                 issuer.not_after,
                 false,
-                "issue a new one: strait trust issue",
+                "re-key it: strait trust rotate reissue --trust ROOT-FOLDER",
             );
         }
         Some(_) => report.fail(
@@ -238,6 +238,14 @@ fn trust(status: &StatusResponse, bundle: Result<TrustBundle, String>, report: &
             TRUST,
             "the gateway shows no issuer",
             "look at the gateway's credentials folder",
+        ),
+    }
+    match status.workloads_awaiting_renewal {
+        0 => {}
+        n => report.warn(
+            TRUST,
+            format!("{n} workload identities hold a certificate of an earlier issuer"),
+            "they renew as soon as their sidecar has its next view; retire no root until none is left",
         ),
     }
     if let Some(leaf) = &status.gateway {
