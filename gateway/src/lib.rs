@@ -264,8 +264,47 @@ impl Shared {
         self.views_tx.send_modify(|n| *n += 1);
     }
 
+    /// When each certificate held expires: the roots, the issuer, the gateway's own and the
+    /// injector's; a rotation's old ones leave the gauge.
+    fn refresh_certificate_metrics(&self) {
+        use strait_federation::certificate::not_after;
+        use strait_federation::pki::{fingerprint, parse_certs};
+        let gauge = &self.metrics.certificate_expiry;
+        gauge.reset();
+        let set = |kind: &str, cert: &rustls_pki_types::CertificateDer<'_>| {
+            if let Some(at) = not_after(cert) {
+                gauge
+                    .with_label_values(&[kind, &fingerprint(cert)])
+                    .set(i64::try_from(at).unwrap_or(i64::MAX));
+            }
+        };
+        for root in self.trust.bundle().roots() {
+            set("root", root);
+        }
+        let issuer = self.trust.issuer();
+        if let Some(cert) = parse_certs(&issuer.chain_pem, std::path::Path::new("issuer"))
+            .ok()
+            .and_then(|c| c.into_iter().next())
+        {
+            set("issuer", &cert);
+        }
+        if let Some(leaf) = self.certs.leaf() {
+            set("gateway", &leaf);
+        }
+        if let Some(cert) = self
+            .kubernetes
+            .injector_chain
+            .get()
+            .and_then(|pem| parse_certs(pem, std::path::Path::new("injector")).ok())
+            .and_then(|c| c.into_iter().next())
+        {
+            set("injector", &cert);
+        }
+    }
+
     /// Refreshes gauges that are read from state rather than counted.
     pub fn refresh_metrics(&self) {
+        self.refresh_certificate_metrics();
         let state = lock(&self.state);
         self.metrics
             .catalog_services

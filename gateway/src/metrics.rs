@@ -73,6 +73,9 @@ pub struct Metrics {
     pub golden_series: IntGauge,
     /// Golden-metric series dropped over the limits.
     pub golden_dropped: IntCounter,
+    /// When each certificate the gateway holds expires (Unix seconds), by kind (root, issuer,
+    /// gateway, injector) and fingerprint.
+    pub certificate_expiry: IntGaugeVec,
 }
 
 /// The rcodes DNS answers are counted by.
@@ -222,6 +225,12 @@ impl Metrics {
                 register(Box::new(m.clone()));
                 m
             },
+            certificate_expiry: gauge(
+                "certificate_expiry_timestamp_seconds",
+                "When a certificate the gateway holds expires (Unix seconds), by kind: root, \
+                 issuer, gateway or injector.",
+                &["certificate", "fingerprint"],
+            ),
             peer_state: gauge(
                 "peer_state",
                 "1 for the state a linked peer gateway is in.",

@@ -146,6 +146,7 @@ pub async fn renew(shared: Arc<Shared>, channel: Channel, mut renew_at: Instant)
                 Ok(()) => {
                     tracing::info!(identity = %certified.identity, "workload certificate renewed");
                     shared.metrics.renewals.inc();
+                    shared.record_certificate_expiry();
                     renew_at = certified.renew_at;
                     backoff = Duration::from_millis(200);
                 }

@@ -177,6 +177,19 @@ impl Shared {
         Ok(config)
     }
 
+    /// Sets the certificate-expiry gauge from the certificate presented now.
+    pub(crate) fn record_certificate_expiry(&self) {
+        if let Some(at) = self
+            .certs
+            .leaf()
+            .and_then(|leaf| strait_federation::certificate::not_after(&leaf))
+        {
+            self.metrics
+                .certificate_expiry
+                .set(i64::try_from(at).unwrap_or(i64::MAX));
+        }
+    }
+
     /// Certified, with a catalog, and registered when it fronts a service.
     pub fn is_ready(&self) -> bool {
         self.directory.borrow().version > 0
@@ -382,6 +395,7 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
         shutdown,
         config,
     });
+    shared.record_certificate_expiry();
     let mut tasks = vec![
         tokio::spawn(control::renew(
             shared.clone(),

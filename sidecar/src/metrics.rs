@@ -81,6 +81,8 @@ pub struct Metrics {
     pub tcp_open: IntGaugeVec,
     pub tcp_bytes: IntCounterVec,
     pub renewals: IntCounter,
+    /// When the workload certificate presented now expires (Unix seconds).
+    pub certificate_expiry: prometheus::IntGauge,
     /// Requests and connections refused by authorization, by the policy that refused them.
     pub denied: IntCounterVec,
     /// Retries of outbound requests, by outcome (sent, or refused by the budget).
@@ -154,6 +156,12 @@ impl Metrics {
         )
         .expect("constant metric");
         register(Box::new(renewals.clone()));
+        let certificate_expiry = prometheus::IntGauge::new(
+            "certificate_expiry_timestamp_seconds",
+            "When the workload certificate the sidecar presents expires (Unix seconds).",
+        )
+        .expect("constant metric");
+        register(Box::new(certificate_expiry.clone()));
         let denied = IntCounterVec::new(
             Opts::new(
                 "authorization_denied_total",
@@ -240,6 +248,7 @@ impl Metrics {
             tcp_open,
             tcp_bytes,
             renewals,
+            certificate_expiry,
         }
     }
 
