@@ -125,6 +125,19 @@ enum Command {
     /// Bootstrap and run a workload's sidecar.
     #[command(subcommand)]
     Sidecar(sidecar::SidecarCommand),
+    /// Revoke a bootstrap token, an identity or an operator certificate at the context's
+    /// gateway: a revoked token certifies no one; a revoked workload identity is certified no
+    /// more (first certificate or renewal); a revoked operator identity or certificate is
+    /// refused by the operator API.
+    Revoke {
+        /// What to revoke.
+        #[arg(value_parser = ["token", "identity", "certificate"])]
+        kind: String,
+        /// The token's id (`strait sidecar token` prints it), the SPIFFE identity
+        /// (spiffe://TD/cluster/C/ns/NS/sa/SA or .../operator/NAME), or the certificate's
+        /// fingerprint (sha256:...).
+        value: String,
+    },
     /// Add, list and pick the contexts (clusters) the other commands talk to.
     #[command(subcommand)]
     Context(ContextCommand),
@@ -454,6 +467,26 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Sidecar(command) => sidecar::run(context, command).await?,
         Command::Context(command) => context_command(command)?,
+        Command::Revoke { kind, value } => {
+            let (ctx, mut client) = context::connect(context).await?;
+            let answer = client
+                .revoke(strait_federation::proto::operator::RevokeRequest {
+                    kind: kind.clone(),
+                    value: value.clone(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!(
+                "{kind} {value} {} at the gateway of {}",
+                if answer.changed {
+                    "revoked"
+                } else {
+                    "was already revoked"
+                },
+                ctx.cluster
+            );
+        }
         Command::Demo(args) => demo::run(args).await?,
         Command::DemoApp {
             kind,

@@ -73,8 +73,10 @@ pub struct TokenArgs {
     /// The workload's service account.
     #[arg(long = "service-account", visible_alias = "sa")]
     service_account: String,
-    /// How long the token may be used to get a first certificate (e.g. 24h).
-    #[arg(long, default_value = "8760h", value_parser = strait_federation::duration::parse_duration)]
+    /// How long the token may be used to get a first certificate. Short by default: a sidecar
+    /// needs it only to start; give a longer one (e.g. 720h) to a sidecar that restarts with the
+    /// same bootstrap document, and revoke it when its workload goes (`strait revoke token`).
+    #[arg(long, default_value = "24h", value_parser = strait_federation::duration::parse_duration)]
     ttl: Duration,
     /// The gateway address sidecars dial, when not the context's API address.
     #[arg(long)]
@@ -266,6 +268,10 @@ async fn token(context: Option<&str>, args: TokenArgs) -> Result<()> {
             .with_context(|| format!("reading {}", ctx.bundle.display()))?,
         token: response.token,
     };
+    eprintln!(
+        "bootstrap token {} for {} (revoke it with: strait revoke token {})",
+        response.token_id, bootstrap.identity, response.token_id
+    );
     print!("{}", serde_saphyr::to_string(&bootstrap)?);
     Ok(())
 }

@@ -11,7 +11,7 @@ use crate::link::{LinkKey, TokenError, rfc3339, token_id_text};
 /// The `aud` of every bootstrap token.
 pub const WORKLOAD_AUDIENCE: &str = "strait-workload";
 /// How long a bootstrap token is valid unless told otherwise.
-pub const DEFAULT_WORKLOAD_TOKEN_TTL_SECONDS: u64 = 365 * 24 * 3600;
+pub const DEFAULT_WORKLOAD_TOKEN_TTL_SECONDS: u64 = 24 * 3600;
 
 /// The claims of a bootstrap token: which workload identity its holder may be certified as.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +66,18 @@ impl LinkKey {
         trust_domain: &TrustDomain,
         now: u64,
     ) -> Result<SpiffeId, TokenError> {
+        self.verify_workload_token(token, local, trust_domain, now)
+            .map(|verified| verified.identity)
+    }
+
+    /// [`verify_workload`](Self::verify_workload), with the token's id (what revokes it).
+    pub fn verify_workload_token(
+        &self,
+        token: &str,
+        local: &ClusterName,
+        trust_domain: &TrustDomain,
+        now: u64,
+    ) -> Result<VerifiedToken, TokenError> {
         let mut validation = Validation::new(Algorithm::ES256);
         validation.validate_exp = false;
         validation.required_spec_claims.clear();
@@ -106,13 +118,33 @@ impl LinkKey {
             });
         }
         let invalid = |e: crate::identity::NameError| TokenError::Invalid(e.to_string());
-        Ok(SpiffeId::Workload {
-            trust_domain: trust_domain.clone(),
-            cluster: local.clone(),
-            namespace: Namespace::new(claims.ns).map_err(invalid)?,
-            service_account: AccountName::new(claims.sa).map_err(invalid)?,
+        Ok(VerifiedToken {
+            identity: SpiffeId::Workload {
+                trust_domain: trust_domain.clone(),
+                cluster: local.clone(),
+                namespace: Namespace::new(claims.ns).map_err(invalid)?,
+                service_account: AccountName::new(claims.sa).map_err(invalid)?,
+            },
+            id: claims.jti,
         })
     }
+}
+
+/// A bootstrap token that verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedToken {
+    /// The identity it grants.
+    pub identity: SpiffeId,
+    /// Its id (`jti`): what `strait revoke token` names.
+    pub id: String,
+}
+
+/// The id of a bootstrap token, read without checking it (to name it to the operator who made
+/// it; a gateway checks a token with [`LinkKey::verify_workload_token`]).
+pub fn token_id(token: &str) -> Option<String> {
+    jsonwebtoken::dangerous::insecure_decode::<WorkloadClaims>(token)
+        .ok()
+        .map(|data| data.claims.jti)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use strait_federation::catalog::{
     Endpoint, ExportLog, ImportedCatalog, MAX_ENDPOINTS, Port, ServiceKey, ServiceSpec, map_as_list,
 };
 use strait_federation::document::Applied;
-use strait_federation::identity::ClusterName;
+use strait_federation::identity::{ClusterName, SpiffeId};
 use strait_federation::link::{LinkSpec, Redemptions};
 use strait_federation::policy::exchange::PolicyBook;
 use strait_io::files::write_file;
@@ -54,10 +54,44 @@ pub struct State {
     /// names one, and still names this mesh (the TLS handshake checks the peer itself).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub retired_roots: BTreeSet<String>,
+    /// Bootstrap tokens, identities and operator certificates revoked by an operator.
+    #[serde(default, skip_serializing_if = "Revocations::is_empty")]
+    pub revocations: Revocations,
     /// Endpoints registered by this cluster's sidecars: leases, never written (sidecars
     /// register again within seconds of a restart).
     #[serde(skip)]
     pub registrations: BTreeMap<ServiceKey, BTreeMap<String, Registration>>,
+}
+
+/// What operators revoked (`strait revoke`): kept until the gateway's state is deleted. A
+/// token's id is kept past its expiry (a few bytes each); identities and certificates stay
+/// refused until un-revoked by editing the state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Revocations {
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub tokens: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub identities: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub certificates: BTreeSet<String>,
+}
+
+impl Revocations {
+    /// Nothing revoked.
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty() && self.identities.is_empty() && self.certificates.is_empty()
+    }
+
+    /// Why a caller is refused: its identity, or its certificate (by fingerprint), was revoked.
+    pub fn refuses(&self, identity: &SpiffeId, certificate: Option<&str>) -> Option<String> {
+        if self.identities.contains(&identity.to_string()) {
+            return Some(format!("identity {identity} was revoked"));
+        }
+        certificate
+            .filter(|f| self.certificates.contains(*f))
+            .map(|f| format!("certificate {f} of {identity} was revoked"))
+    }
 }
 
 /// Reads the stored policies, leaving out (and logging) those that no longer pass their checks.
@@ -95,6 +129,7 @@ impl State {
             policies: PolicyBook::default(),
             registrations: BTreeMap::new(),
             retired_roots: BTreeSet::new(),
+            revocations: Revocations::default(),
         }
     }
 

@@ -7,10 +7,10 @@ use tonic::{Request, Status};
 /// A TLS connection of the API, with the caller's identity when it presented a certificate.
 pub(super) type ApiStream = strait_io::api::Accepted<Caller>;
 
-/// Who called the API: the identity of the client certificate, if any, and the fingerprint of
-/// the issuer that signed it.
+/// Who called the API: the identity of the client certificate, if any, the fingerprint of the
+/// issuer that signed it, and the certificate's own fingerprint.
 #[derive(Debug, Clone)]
-pub struct Caller(pub Option<SpiffeId>, pub Option<String>);
+pub struct Caller(pub Option<SpiffeId>, pub Option<String>, pub Option<String>);
 
 impl Caller {
     /// The caller of a request (every request comes through [`ApiStream`]).
@@ -19,6 +19,14 @@ impl Caller {
             .extensions()
             .get::<Caller>()
             .and_then(|caller| caller.0.as_ref())
+    }
+
+    /// The fingerprint of the caller's certificate.
+    pub fn certificate_of<T>(request: &Request<T>) -> Option<String> {
+        request
+            .extensions()
+            .get::<Caller>()
+            .and_then(|caller| caller.2.clone())
     }
 
     /// The fingerprint of the issuer of the caller's certificate.
@@ -30,10 +38,23 @@ impl Caller {
     }
 }
 
-/// Serves operator calls to operators only: a workload's certificate, or none, is refused.
-pub(super) fn operators_only(request: Request<()>) -> Result<Request<()>, Status> {
+/// Serves operator calls to operators only: a workload's certificate, or none, is refused, and
+/// so is an operator identity or certificate that was revoked.
+pub(super) fn operators_only(
+    shared: &crate::Shared,
+    request: Request<()>,
+) -> Result<Request<()>, Status> {
     match Caller::of(&request) {
-        Some(id) if id.role() == Role::Operator => Ok(request),
+        Some(id) if id.role() == Role::Operator => {
+            let certificate = Caller::certificate_of(&request);
+            match crate::lock(&shared.state)
+                .revocations
+                .refuses(id, certificate.as_deref())
+            {
+                Some(why) => Err(Status::permission_denied(why)),
+                None => Ok(request),
+            }
+        }
         Some(id) => Err(Status::permission_denied(format!(
             "{id} is not an operator identity"
         ))),

@@ -72,8 +72,14 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
                         let issuer = chain
                             .and_then(|chain| chain.get(1))
                             .map(strait_federation::pki::fingerprint);
+                        let leaf = chain
+                            .and_then(|chain| chain.first())
+                            .map(strait_federation::pki::fingerprint);
                         let _ = tx
-                            .send(strait_io::api::Accepted(stream, Caller(caller, issuer)))
+                            .send(strait_io::api::Accepted(
+                                stream,
+                                Caller(caller, issuer, leaf),
+                            ))
                             .await;
                     }
                     Ok(Err(e)) => {
@@ -98,7 +104,10 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
             OperatorServer::new(OperatorApi::new(shared.clone())).max_decoding_message_size(
                 strait_federation::resource::MAX_FILE_BYTES + (64 << 10),
             ),
-            operators_only,
+            {
+                let shared = shared.clone();
+                move |request| operators_only(&shared, request)
+            },
         ))
         .add_service(workload::server(shared))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())

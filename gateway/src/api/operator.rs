@@ -16,9 +16,10 @@ use strait_federation::proto::operator::{
     CreateWorkloadTokenResponse, DeleteRequest, DeleteResponse, InstallIssuerRequest,
     InstallIssuerResponse, LinkView, ListLinksRequest, ListLinksResponse, ListPoliciesRequest,
     ListPoliciesResponse, ListServicesRequest, ListServicesResponse,
-    RenewOperatorCertificateRequest, RenewOperatorCertificateResponse, ServiceBackend, ServiceView,
-    StatRequest, StatResponse, StatusRequest, StatusResponse, TapRequest, UnlinkRequest,
-    UnlinkResponse, UpdateTrustBundleRequest, UpdateTrustBundleResponse,
+    RenewOperatorCertificateRequest, RenewOperatorCertificateResponse, RevokeRequest,
+    RevokeResponse, ServiceBackend, ServiceView, StatRequest, StatResponse, StatusRequest,
+    StatusResponse, TapRequest, UnlinkRequest, UnlinkResponse, UpdateTrustBundleRequest,
+    UpdateTrustBundleResponse,
 };
 use strait_federation::resource::{Resource, parse_documents};
 use strait_federation::workload::DEFAULT_WORKLOAD_TOKEN_TTL_SECONDS;
@@ -46,6 +47,37 @@ impl OperatorApi {
     /// The API over a gateway's shared state.
     pub fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
+    }
+}
+
+impl OperatorApi {
+    /// Records a revocation; whether it was new.
+    fn record_revocation(&self, kind: &str, value: &str) -> Result<bool, Status> {
+        let mut state = lock(&self.shared.state);
+        let set = match kind {
+            "token" if !value.is_empty() => &mut state.revocations.tokens,
+            "identity" => {
+                let identity: SpiffeId = value
+                    .parse()
+                    .map_err(|e| Status::invalid_argument(format!("identity {value:?}: {e}")))?;
+                if identity.cluster() != &self.shared.config.cluster {
+                    return Err(Status::invalid_argument(format!(
+                        "{identity} is not an identity of cluster {}: revoke it at its own cluster's gateway",
+                        self.shared.config.cluster
+                    )));
+                }
+                &mut state.revocations.identities
+            }
+            "certificate" if value.starts_with("sha256:") && value.len() == 71 => {
+                &mut state.revocations.certificates
+            }
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "revoke what: {kind:?} {value:?} (kinds: token ID, identity SPIFFE-ID, certificate sha256:FINGERPRINT)"
+                )));
+            }
+        };
+        Ok(set.insert(value.to_owned()))
     }
 }
 
@@ -595,6 +627,7 @@ impl Operator for OperatorApi {
             service_account: account,
         };
         Ok(Response::new(CreateWorkloadTokenResponse {
+            token_id: strait_federation::workload::token_id(&token).unwrap_or_default(),
             token,
             identity: identity.to_string(),
         }))
@@ -627,6 +660,21 @@ impl Operator for OperatorApi {
             &self.shared,
             request.into_inner().certificate_pem,
         )?))
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<RevokeRequest>,
+    ) -> Result<Response<RevokeResponse>, Status> {
+        let RevokeRequest { kind, value } = request.into_inner();
+        let value = value.trim().to_owned();
+        let changed = self.record_revocation(&kind, &value)?;
+        if changed {
+            tracing::info!(kind = %kind, value = %value, "revoked");
+            self.shared.mark_dirty();
+            self.shared.persist().await.map_err(unsaved)?;
+        }
+        Ok(Response::new(RevokeResponse { changed }))
     }
 
     async fn renew_operator_certificate(

@@ -270,6 +270,7 @@ impl Workload for WorkloadApi {
         let renewing = Caller::of(&request)
             .filter(|id| id.role() == Role::Workload)
             .cloned();
+        let presented = Caller::certificate_of(&request);
         let request = request.into_inner();
         if request.csr.len() > MAX_CSR {
             return Err(Status::invalid_argument(format!(
@@ -303,16 +304,36 @@ impl Workload for WorkloadApi {
                     "a first certificate needs a bootstrap token (`strait sidecar token`)",
                 ));
             }
-            None => shared
-                .link_key
-                .verify_workload(
-                    &request.token,
-                    &shared.config.cluster,
-                    &shared.config.trust_domain,
-                    unix_now(),
-                )
-                .map_err(|e| Status::unauthenticated(format!("bootstrap token: {e}")))?,
+            None => {
+                let verified = shared
+                    .link_key
+                    .verify_workload_token(
+                        &request.token,
+                        &shared.config.cluster,
+                        &shared.config.trust_domain,
+                        unix_now(),
+                    )
+                    .map_err(|e| Status::unauthenticated(format!("bootstrap token: {e}")))?;
+                if lock(&shared.state)
+                    .revocations
+                    .tokens
+                    .contains(&verified.id)
+                {
+                    return Err(Status::permission_denied(format!(
+                        "bootstrap token {} was revoked: ask an operator for a new one (strait sidecar token)",
+                        verified.id
+                    )));
+                }
+                verified.identity
+            }
         };
+        // A revoked identity (or certificate) is certified no more, by token or by renewal.
+        if let Some(why) = lock(&shared.state)
+            .revocations
+            .refuses(&identity, presented.as_deref())
+        {
+            return Err(Status::permission_denied(why));
+        }
         let lifetime = shared.config.workloads.cert_ttl();
         let chain_pem = shared
             .trust

@@ -51,6 +51,7 @@ pub fn durable(state: &State) -> State {
         },
         registrations: BTreeMap::new(),
         retired_roots: state.retired_roots.clone(),
+        revocations: state.revocations.clone(),
     }
 }
 
