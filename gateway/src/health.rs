@@ -184,6 +184,7 @@ pub async fn status(shared: &Shared) -> StatusResponse {
                 policies: health.map_or(0, |h| h.policies),
                 digest_age_ms: health.map_or(0, |h| now.saturating_sub(h.digest_changed_ms)),
                 heard_ago_ms: health.map_or(0, |h| now.saturating_sub(h.received_ms)),
+                degraded: status.degraded().unwrap_or_default().to_owned(),
             }
         })
         .collect();

@@ -685,6 +685,7 @@ async fn housekeeping(shared: Arc<Shared>) {
         }
         peer::withdraw_expired(&shared, Instant::now());
         golden::tick(&shared);
+        peer::quality::sample(&shared, Instant::now());
         policies::expire_quota_windows(&shared);
         if Instant::now() >= quotas_at {
             quotas_at = Instant::now() + Duration::from_secs(1);

@@ -76,6 +76,8 @@ pub struct Metrics {
     /// When each certificate the gateway holds expires (Unix seconds), by kind (root, issuer,
     /// gateway, injector) and fingerprint.
     pub certificate_expiry: IntGaugeVec,
+    /// 1 while a connected peer is degraded (loss, RTT or silence on its QUIC connection).
+    pub peer_degraded: IntGaugeVec,
 }
 
 /// The rcodes DNS answers are counted by.
@@ -230,6 +232,12 @@ impl Metrics {
                 "When a certificate the gateway holds expires (Unix seconds), by kind: root, \
                  issuer, gateway or injector.",
                 &["certificate", "fingerprint"],
+            ),
+            peer_degraded: gauge(
+                "peer_degraded",
+                "1 while a connected peer is degraded, judged from its QUIC connection (loss, \
+                 RTT, silence): sidecars then try other clusters first.",
+                &["peer"],
             ),
             peer_state: gauge(
                 "peer_state",

@@ -79,6 +79,8 @@ pub struct PeerStatus {
     pub siblings: BTreeMap<String, Sibling>,
     /// What the peer last said of itself on the current session (`strait check`).
     pub health: Option<crate::health::PeerHealth>,
+    /// How well the current connection reaches the peer, by the connection it judges.
+    pub quality: Option<(usize, crate::peer::quality::Quality)>,
 }
 
 /// A session with another replica of a peer's gateway, beside the current one.
@@ -97,6 +99,15 @@ impl PeerStatus {
         self.connection
             .as_ref()
             .map_or(0.0, |c| c.rtt().as_secs_f64() * 1000.0)
+    }
+
+    /// Why the current connection is degraded; `None` while it is healthy (or there is none).
+    pub fn degraded(&self) -> Option<&str> {
+        let connection = self.connection.as_ref()?;
+        self.quality
+            .as_ref()
+            .filter(|(id, _)| *id == connection.stable_id())
+            .and_then(|(_, quality)| quality.degraded())
     }
 
     /// The connections that can carry a flow to the peer: the current session's while it is
@@ -149,6 +160,7 @@ impl PeerStatus {
             replica: String::new(),
             siblings: BTreeMap::new(),
             health: None,
+            quality: None,
         }
     }
 }

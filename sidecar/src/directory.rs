@@ -88,6 +88,8 @@ pub struct Directory {
     pub cluster_locations: HashMap<ClusterName, Location>,
     /// The gateway's tracing and access-log settings for this sidecar.
     pub telemetry: crate::telemetry::Settings,
+    /// Clusters the gateway reaches badly now: tried after every other cluster.
+    pub degraded: std::collections::HashSet<ClusterName>,
 }
 
 fn parse_port(port: &strait_federation::proto::workload::PortSpec) -> Option<Port> {
@@ -205,6 +207,11 @@ impl Directory {
                 })
                 .collect(),
             telemetry: crate::telemetry::Settings::from_view(view),
+            degraded: view
+                .degraded_clusters
+                .iter()
+                .filter_map(|c| ClusterName::new(c.as_str()).ok())
+                .collect(),
         }
     }
 

@@ -120,9 +120,22 @@ fn tiers(directory: &Directory, entry: &ServiceEntry, dest: &Destination, port: 
             None => true,
         })
         .filter(|(_, hostnames, _)| dest.hostname.as_ref().is_none_or(|h| hostnames.contains(h)));
+    // A cluster whose gateway is reached badly now goes after every other, into a last tier
+    // of its own: used still, when nothing else can serve.
+    let mut degraded = Vec::new();
     for (cluster, _, location) in remote {
+        let tier = rank(cluster, location);
+        if dest.cluster.is_none() && tier.is_some() && directory.degraded.contains(cluster) {
+            degraded.push(Target::Remote {
+                cluster: cluster.clone(),
+                service: entry.key.clone(),
+                port: port.port,
+                hostname: dest.hostname.clone(),
+            });
+            continue;
+        }
         place(
-            rank(cluster, location),
+            tier,
             Target::Remote {
                 cluster: cluster.clone(),
                 service: entry.key.clone(),
@@ -130,6 +143,9 @@ fn tiers(directory: &Directory, entry: &ServiceEntry, dest: &Destination, port: 
                 hostname: dest.hostname.clone(),
             },
         );
+    }
+    if !degraded.is_empty() {
+        tiers.push(degraded);
     }
     tiers
 }
@@ -195,6 +211,21 @@ mod tests {
                 hostname: Some("api-7".into()),
             }]
         );
+    }
+
+    #[test]
+    fn a_degraded_cluster_is_tried_after_every_other_unless_it_is_named() {
+        let mut directory = directory(&[]);
+        directory.degraded.insert(ClusterName::new("west").unwrap());
+        let plan = planned(&directory, "api.shop");
+        let by_tier: Vec<_> = plan.tiers.iter().map(|t| clusters(t)).collect();
+        assert_eq!(
+            by_tier,
+            [vec!["east"], vec![], vec![], vec!["north"], vec!["west"]]
+        );
+        // A name that pins west still goes there.
+        let pinned = planned(&directory, "west.api.shop.svc.clusterset.local");
+        assert_eq!(pinned.tiers.concat().len(), 1);
     }
 
     #[test]

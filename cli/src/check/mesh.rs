@@ -296,6 +296,13 @@ fn peer(status: &StatusResponse, link: &LinkHealth, report: &mut Report) {
             link.role, link.rtt_ms
         ),
     );
+    if !link.degraded.is_empty() {
+        report.warn(
+            LINKS,
+            format!("the link to {cluster} is degraded: {}", link.degraded),
+            "sidecars try other clusters first while it lasts: look at the path between the two gateways (loss, latency)",
+        );
+    }
     if link.lag_versions == 0 {
         report.ok(
             LINKS,

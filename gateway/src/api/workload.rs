@@ -184,6 +184,11 @@ impl WorkloadApi {
             taps: self.shared.taps.filters(),
             trust_bundle_pem: self.shared.trust.bundle().to_pem().to_owned(),
             issuer_fingerprint: self.shared.trust.issuer_fingerprint(),
+            degraded_clusters: crate::lock(&self.shared.peers)
+                .iter()
+                .filter(|(_, status)| status.degraded().is_some())
+                .map(|(cluster, _)| cluster.to_string())
+                .collect(),
             telemetry: Some(Telemetry {
                 collector: telemetry.collector.clone().unwrap_or_default(),
                 sampling: telemetry.sampling_percent / 100.0,

@@ -106,6 +106,7 @@ pub fn start_dialer(
             replica: String::new(),
             siblings: Default::default(),
             health: None,
+            quality: None,
         },
     );
     drop(peers);

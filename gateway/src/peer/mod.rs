@@ -15,6 +15,7 @@ mod dial;
 mod drive;
 mod endpoint;
 mod error;
+pub mod quality;
 mod records;
 mod removal;
 
