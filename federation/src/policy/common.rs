@@ -303,12 +303,13 @@ pub(super) fn duration(text: &str) -> Option<Duration> {
 /// Parses the period of a limit: `250ms`, `1s`, `1m`, and also `1h` and `1d`.
 pub(super) fn period(text: &str) -> Option<Duration> {
     duration(text).or_else(|| {
-        let (number, unit) = text.split_at(text.len().saturating_sub(1));
+        // Cut at a character, not a byte: the text may end in any character.
+        let (number, unit) = if let Some(number) = text.strip_suffix('h') {
+            (number, 3600)
+        } else {
+            (text.strip_suffix('d')?, 86_400)
+        };
         let number: u64 = number.parse().ok()?;
-        match unit {
-            "h" => Some(Duration::from_secs(number.checked_mul(3600)?)),
-            "d" => Some(Duration::from_secs(number.checked_mul(86_400)?)),
-            _ => None,
-        }
+        Some(Duration::from_secs(number.checked_mul(unit)?))
     })
 }
