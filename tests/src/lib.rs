@@ -13,6 +13,7 @@ use anyhow::{Context, Result, anyhow, bail};
 mod child;
 mod http;
 pub mod kube;
+pub mod load;
 pub mod otlp;
 pub mod pods;
 pub mod rogue;
