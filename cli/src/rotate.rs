@@ -145,8 +145,8 @@ fn bundle_of(trust: &TrustDir, roots: &[(String, String)]) -> Result<TrustBundle
     )?)
 }
 
-/// Sends a bundle to a gateway, then writes it as the context's.
-async fn push(gateway: &mut Gateway, bundle: &TrustBundle) -> Result<bool> {
+/// Sends a bundle to a gateway, writes it as the context's, and says so in one line.
+async fn push(gateway: &mut Gateway, bundle: &TrustBundle) -> Result<()> {
     let answer = gateway
         .client
         .update_trust_bundle(UpdateTrustBundleRequest {
@@ -157,7 +157,14 @@ async fn push(gateway: &mut Gateway, bundle: &TrustBundle) -> Result<bool> {
         .with_context(|| format!("{}: the gateway refused the bundle", gateway.context.name))?
         .into_inner();
     write_file(&gateway.context.bundle, bundle.to_pem(), false)?;
-    Ok(answer.changed)
+    println!(
+        "{}: trusts {} root(s): {}{}",
+        gateway.context.name,
+        bundle.roots().len(),
+        bundle.fingerprints().join(", "),
+        if answer.changed { "" } else { " (unchanged)" }
+    );
+    Ok(())
 }
 
 async fn add(old: &Path, new: &Path, targets: &Targets<'_>) -> Result<()> {
@@ -184,14 +191,7 @@ async fn add(old: &Path, new: &Path, targets: &Targets<'_>) -> Result<()> {
             roots.push((new_fingerprint.clone(), new_root.clone()));
         }
         let bundle = bundle_of(&old, &roots)?;
-        let changed = push(gateway, &bundle).await?;
-        println!(
-            "{}: trusts {} root(s): {}{}",
-            gateway.context.name,
-            bundle.roots().len(),
-            bundle.fingerprints().join(", "),
-            if changed { "" } else { " (unchanged)" }
-        );
+        push(gateway, &bundle).await?;
         for (f, p) in roots {
             if !everyone.iter().any(|(e, _)| *e == f) {
                 everyone.push((f, p));
@@ -314,14 +314,7 @@ async fn retire(trust: &Path, targets: &Targets<'_>) -> Result<()> {
             gateway.context.name
         );
         let bundle = bundle_of(&old, &roots)?;
-        let changed = push(gateway, &bundle).await?;
-        println!(
-            "{}: trusts {} root(s): {}{}",
-            gateway.context.name,
-            bundle.roots().len(),
-            bundle.fingerprints().join(", "),
-            if changed { "" } else { " (unchanged)" }
-        );
+        push(gateway, &bundle).await?;
     }
     if let Ok(next) = std::fs::read_to_string(old.dir.join("rotated-to")) {
         let next = TrustDir::open(Path::new(next.trim()))?;

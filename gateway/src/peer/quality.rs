@@ -110,12 +110,21 @@ impl Quality {
             (quiet_sent, quiet_lost, self.window.len())
         };
         let conclusive = busy;
+        // Once degraded, any loss over the last few seconds holds the verdict: a peer the
+        // sidecars avoid sends too little to be judged again by the rules that found it, and
+        // old evidence must not hold it either (it would double the time to recover).
+        let still_lossy = self.degraded.is_some() && busy_lost > 0 && lossy(busy_sent, busy_lost);
+        let (sent, lost, over) = if still_lossy {
+            (busy_sent, busy_lost, self.window.len().min(WINDOW))
+        } else {
+            (sent, lost, over)
+        };
         let reason = if sample.silent_for >= SILENCE {
             Some(format!(
                 "nothing heard for {} s",
                 sample.silent_for.as_secs()
             ))
-        } else if (busy || quiet) && lossy(sent, lost) {
+        } else if still_lossy || (self.degraded.is_none() && (busy || quiet) && lossy(sent, lost)) {
             Some(format!(
                 "{:.0} % of packets lost over the last {over} s ({lost} of {sent})",
                 lost as f64 * 100.0 / sent as f64,
@@ -134,8 +143,7 @@ impl Quality {
                 self.good = 0;
                 let changed = self.degraded.is_none();
                 if changed {
-                    // What follows is judged on what comes after: old loss does not hold a
-                    // peer degraded, new loss does.
+                    // What follows is judged on what comes after.
                     self.window.clear();
                 }
                 self.degraded = Some(reason);
@@ -295,6 +303,28 @@ mod tests {
             quiet.second(2, u64::from(seconds % 3 == 0), 1, 0);
             seconds += 1;
             assert!(seconds <= 15, "not degraded after {seconds} s");
+        }
+    }
+
+    #[test]
+    fn a_quiet_degraded_peer_stays_degraded_while_loss_goes_on_and_recovers_30_s_after_it_ends() {
+        let mut quiet = Feed::new();
+        let mut second = 0;
+        while quiet.quality.degraded().is_none() {
+            quiet.second(2, u64::from(second % 3 == 0), 1, 0);
+            second += 1;
+        }
+        // Loss goes on for 40 s: still degraded.
+        for second in 0..40 {
+            quiet.second(2, u64::from(second % 3 == 0), 1, 0);
+            assert!(quiet.quality.degraded().is_some(), "recovered while losing");
+        }
+        // It ends: tried again after 30 s and some (the last loss leaves the 5 s window first).
+        let mut seconds = 0;
+        while quiet.quality.degraded().is_some() {
+            quiet.second(2, 0, 1, 0);
+            seconds += 1;
+            assert!(seconds <= 36, "{seconds} s after the loss ended");
         }
     }
 
