@@ -42,30 +42,10 @@ mod workload_api_invariants;
 
 use link_key::{NOW, cluster, jws_parts, key, trust_domain};
 
-/// xorshift64*: enough randomness for mutations, the same sequence on every run.
-struct Rng(u64);
+#[path = "../../gateway/tests/support/rng.rs"]
+mod rng;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// A number in `0..n` (`n` > 0).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn byte(&mut self) -> u8 {
-        self.next() as u8
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
+use rng::Rng;
 
 /// One change to bytes of any kind; applied a few times over.
 fn mutate_bytes(rng: &mut Rng, bytes: &mut Vec<u8>) {

@@ -13,26 +13,10 @@ const RANDOM_PEEKS: usize = 200_000;
 /// Mutated openings, under 1 s in a debug build.
 const MUTATED_OPENINGS: usize = 200_000;
 
-/// xorshift64*: enough randomness for mutations, the same sequence on every run.
-struct Rng(u64);
+#[path = "../../gateway/tests/support/rng.rs"]
+mod rng;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// A number in `0..n` (`n` > 0).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn byte(&mut self) -> u8 {
-        self.next() as u8
-    }
-}
+use rng::Rng;
 
 /// What apps send first, HTTP or not.
 const OPENINGS: [&[u8]; 12] = [
