@@ -184,7 +184,7 @@ async fn add(old: &Path, new: &Path, targets: &Targets<'_>) -> Result<()> {
     let new_root = new.root()?.cert_pem;
     let new_fingerprint = pki::fingerprint(&new.root()?.cert()?);
     let mut gateways = gateways(&old, targets).await?;
-    let mut everyone = roots_pem(&gateways[0].status);
+    let mut everyone: Vec<(String, String)> = Vec::new();
     for gateway in &mut gateways {
         let mut roots = roots_pem(&gateway.status);
         if !roots.iter().any(|(f, _)| *f == new_fingerprint) {

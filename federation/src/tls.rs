@@ -784,21 +784,28 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_bundle_with_two_roots_accepts_peers_of_either() {
-        let old = mesh();
-        let new_root = Root::generate(
+    /// A second root of the mesh's trust domain: (the root, a bundle of it alone, a bundle of
+    /// both roots).
+    fn second_root(old: &Mesh) -> (Root, TrustBundle, TrustBundle) {
+        let root = Root::generate(
             &old.bundle.trust_domain,
             crate::pki::ROOT_LIFETIME,
             SystemTime::now(),
         )
         .unwrap();
-        let both = TrustBundle::from_pem(
-            old.bundle.trust_domain.clone(),
-            &format!("{}{}", old.root.cert_pem, new_root.cert_pem),
-            Path::new("bundle"),
-        )
-        .unwrap();
+        let bundle = |pem: &str| {
+            TrustBundle::from_pem(old.bundle.trust_domain.clone(), pem, Path::new("bundle"))
+                .unwrap()
+        };
+        let alone = bundle(&root.cert_pem);
+        let both = bundle(&format!("{}{}", old.root.cert_pem, root.cert_pem));
+        (root, alone, both)
+    }
+
+    #[test]
+    fn a_bundle_with_two_roots_accepts_peers_of_either() {
+        let old = mesh();
+        let (new_root, _, both) = second_root(&old);
         let west = credential(&old.root, "west", &gateway(&old, "west"));
         let east = credential(&new_root, "east", &gateway(&old, "east"));
         handshake(
@@ -815,24 +822,7 @@ mod tests {
     #[test]
     fn a_replaced_bundle_holds_for_the_next_handshake_of_configurations_already_built() {
         let old = mesh();
-        let new_root = Root::generate(
-            &old.bundle.trust_domain,
-            crate::pki::ROOT_LIFETIME,
-            SystemTime::now(),
-        )
-        .unwrap();
-        let only_new = TrustBundle::from_pem(
-            old.bundle.trust_domain.clone(),
-            &new_root.cert_pem,
-            Path::new("bundle"),
-        )
-        .unwrap();
-        let both = TrustBundle::from_pem(
-            old.bundle.trust_domain.clone(),
-            &format!("{}{}", old.root.cert_pem, new_root.cert_pem),
-            Path::new("bundle"),
-        )
-        .unwrap();
+        let (new_root, only_new, both) = second_root(&old);
         let west = credential(&old.root, "west", &gateway(&old, "west"));
         let east = credential(&new_root, "east", &gateway(&old, "east"));
         let (trust_west, trust_east) = (

@@ -20,6 +20,7 @@ impl Probes for Shared {
 
     fn metrics(&self) -> String {
         self.refresh_metrics();
+        self.refresh_certificate_metrics();
         self.metrics.encode()
     }
 }

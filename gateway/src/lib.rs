@@ -265,8 +265,9 @@ impl Shared {
     }
 
     /// When each certificate held expires: the roots, the issuer, the gateway's own and the
-    /// injector's; a rotation's old ones leave the gauge.
-    fn refresh_certificate_metrics(&self) {
+    /// injector's; a rotation's old ones leave the gauge. Read only by a scrape, so refreshed
+    /// by it (parsing and hashing certificates at every housekeeping tick would be waste).
+    pub(crate) fn refresh_certificate_metrics(&self) {
         use strait_federation::certificate::not_after;
         use strait_federation::pki::{fingerprint, parse_certs};
         let gauge = &self.metrics.certificate_expiry;
@@ -304,7 +305,6 @@ impl Shared {
 
     /// Refreshes gauges that are read from state rather than counted.
     pub fn refresh_metrics(&self) {
-        self.refresh_certificate_metrics();
         let state = lock(&self.state);
         self.metrics
             .catalog_services

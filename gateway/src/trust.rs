@@ -31,12 +31,29 @@ pub enum TrustError {
 /// The bundle and issuer in force, and the rotation in progress.
 pub struct Trust {
     store: TrustStore,
-    issuer: RwLock<Arc<ClusterIssuer>>,
+    issuer: RwLock<InForce>,
     pending: Mutex<Option<PendingIssuer>>,
     /// Workload identities watching this gateway: how many sidecars, and the fingerprint of the
     /// issuer that signed their certificate (as last seen).
     workloads: Mutex<HashMap<SpiffeId, Holder>>,
     dir: PathBuf,
+}
+
+/// The issuer in force and its fingerprint, found once per issuer (views and `Status` name
+/// it, and every certification compares against it).
+#[derive(Clone)]
+struct InForce {
+    issuer: Arc<ClusterIssuer>,
+    fingerprint: String,
+}
+
+impl InForce {
+    fn new(issuer: ClusterIssuer) -> Self {
+        Self {
+            fingerprint: issuer_fingerprint(&issuer.chain_pem).unwrap_or_default(),
+            issuer: Arc::new(issuer),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -87,7 +104,7 @@ impl Trust {
     pub fn new(bundle: TrustBundle, issuer: ClusterIssuer, dir: PathBuf) -> Result<Self, TlsError> {
         Ok(Self {
             store: TrustStore::new(bundle)?,
-            issuer: RwLock::new(Arc::new(issuer)),
+            issuer: RwLock::new(InForce::new(issuer)),
             pending: Mutex::new(None),
             workloads: Mutex::new(HashMap::new()),
             dir,
@@ -104,17 +121,21 @@ impl Trust {
         self.store.bundle()
     }
 
-    /// The issuer in force.
-    pub fn issuer(&self) -> Arc<ClusterIssuer> {
+    fn in_force(&self) -> InForce {
         match self.issuer.read() {
-            Ok(issuer) => issuer.clone(),
+            Ok(in_force) => in_force.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
+    /// The issuer in force.
+    pub fn issuer(&self) -> Arc<ClusterIssuer> {
+        self.in_force().issuer
+    }
+
     /// The fingerprint of the issuer in force.
     pub fn issuer_fingerprint(&self) -> String {
-        issuer_fingerprint(&self.issuer().chain_pem).unwrap_or_default()
+        self.in_force().fingerprint
     }
 
     /// Replaces the bundle: refused when the issuer would not chain to it, or when it drops a
@@ -182,15 +203,16 @@ impl Trust {
             })?;
         strait_io::pki::save_issuer(&issuer, &self.dir)?;
         *pending = None;
+        let in_force = InForce::new(issuer);
         match self.issuer.write() {
-            Ok(mut current) => *current = Arc::new(issuer),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(issuer),
+            Ok(mut current) => *current = in_force,
+            Err(poisoned) => *poisoned.into_inner() = in_force,
         }
         Ok(root)
     }
 
-    /// A sidecar of `identity` started watching with a certificate `chain_pem` (its
-    /// connection's); the returned guard counts it until the watch ends.
+    /// A sidecar of `identity` started watching with a certificate signed by `issuer` (its
+    /// connection's, by fingerprint); the returned guard counts it until the watch ends.
     pub fn watching(self: &Arc<Self>, identity: SpiffeId, issuer: Option<String>) -> Watching {
         let mut workloads = lock(&self.workloads);
         let holder = workloads.entry(identity.clone()).or_default();

@@ -77,19 +77,22 @@ fn revoked_tokens_identities_and_operator_certificates_are_refused() -> Result<(
     let identity = "spiffe://example.mesh/cluster/east/ns/shop/sa/web";
     mesh.ctl("east", &["revoke", "identity", identity])
         .success()?;
-    std::thread::sleep(Duration::from_secs(3)); // a renewal in flight may still land
+    // The first renewal after the revocation is refused, naming it; from then on none lands.
+    wait_for(
+        Duration::from_secs(10),
+        "a renewal refused for the revoked identity",
+        || {
+            Ok(first
+                .log_tail()
+                .contains(&format!("identity {identity} was revoked"))
+                .then_some(()))
+        },
+    )?;
     let settled = renewals(&first)?;
     std::thread::sleep(Duration::from_secs(6)); // two renewal periods of a 4 s certificate
     ensure!(
         renewals(&first)? == settled,
         "a revoked identity renewed its certificate"
-    );
-    ensure!(
-        first
-            .log_tail()
-            .contains(&format!("identity {identity} was revoked")),
-        "{}",
-        first.log_tail()
     );
 
     // An operator certificate revoked: the operator API refuses it from the next call.

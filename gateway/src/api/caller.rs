@@ -7,10 +7,16 @@ use tonic::{Request, Status};
 /// A TLS connection of the API, with the caller's identity when it presented a certificate.
 pub(super) type ApiStream = strait_io::api::Accepted<Caller>;
 
-/// Who called the API: the identity of the client certificate, if any, the fingerprint of the
-/// issuer that signed it, and the certificate's own fingerprint.
+/// Who called the API, from the client certificate of its TLS connection (all `None` without
+/// one).
 #[derive(Debug, Clone)]
-pub struct Caller(pub Option<SpiffeId>, pub Option<String>, pub Option<String>);
+pub struct Caller {
+    pub identity: Option<SpiffeId>,
+    /// The fingerprint of the issuer that signed the certificate.
+    pub issuer: Option<String>,
+    /// The fingerprint of the certificate itself.
+    pub certificate: Option<String>,
+}
 
 impl Caller {
     /// The caller of a request (every request comes through [`ApiStream`]).
@@ -18,7 +24,7 @@ impl Caller {
         request
             .extensions()
             .get::<Caller>()
-            .and_then(|caller| caller.0.as_ref())
+            .and_then(|caller| caller.identity.as_ref())
     }
 
     /// The fingerprint of the caller's certificate.
@@ -26,7 +32,7 @@ impl Caller {
         request
             .extensions()
             .get::<Caller>()
-            .and_then(|caller| caller.2.clone())
+            .and_then(|caller| caller.certificate.clone())
     }
 
     /// The fingerprint of the issuer of the caller's certificate.
@@ -34,7 +40,7 @@ impl Caller {
         request
             .extensions()
             .get::<Caller>()
-            .and_then(|caller| caller.1.clone())
+            .and_then(|caller| caller.issuer.clone())
     }
 }
 

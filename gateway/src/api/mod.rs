@@ -67,20 +67,13 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let chain = stream.get_ref().1.peer_certificates();
-                        let caller = chain.and_then(|chain| certificate::peer_identity(chain).ok());
-                        let issuer = chain
-                            .and_then(|chain| chain.get(1))
-                            .map(strait_federation::pki::fingerprint);
-                        let leaf = chain
-                            .and_then(|chain| chain.first())
-                            .map(strait_federation::pki::fingerprint);
-                        let _ = tx
-                            .send(strait_io::api::Accepted(
-                                stream,
-                                Caller(caller, issuer, leaf),
-                            ))
-                            .await;
+                        let chain = stream.get_ref().1.peer_certificates().unwrap_or_default();
+                        let caller = Caller {
+                            identity: certificate::peer_identity(chain).ok(),
+                            issuer: chain.get(1).map(strait_federation::pki::fingerprint),
+                            certificate: chain.first().map(strait_federation::pki::fingerprint),
+                        };
+                        let _ = tx.send(strait_io::api::Accepted(stream, caller)).await;
                     }
                     Ok(Err(e)) => {
                         tracing::info!(remote = %remote, error = %e, "operator API: TLS refused")
