@@ -173,6 +173,33 @@ pub struct RunArgs {
     /// The workload this sidecar belongs to (e.g. deploy/web), for `strait stat deploy`.
     #[arg(long, env = "STRAIT_WORKLOAD")]
     workload: Option<String>,
+    /// Connections open at once on the inbound port; one more is closed when accepted.
+    #[arg(long, env = "STRAIT_MAX_INBOUND_CONNECTIONS", default_value_t = 20_000,
+          value_parser = clap::value_parser!(u32).range(1..), help_heading = "Limits")]
+    max_inbound_connections: u32,
+    /// Connections open at once from the app (proxy, transparent and upstream listeners
+    /// together); one more is closed when accepted.
+    #[arg(long, env = "STRAIT_MAX_OUTBOUND_CONNECTIONS", default_value_t = 20_000,
+          value_parser = clap::value_parser!(u32).range(1..), help_heading = "Limits")]
+    max_outbound_connections: u32,
+    /// Bytes of a request's target and headers (each header counted as HTTP/2 does: name,
+    /// value and 32); a larger request gets 431 naming this flag.
+    #[arg(long, env = "STRAIT_MAX_HEADER_BYTES", default_value_t = 64 << 10,
+          value_parser = clap::value_parser!(u32).range(1024..), help_heading = "Limits")]
+    max_header_bytes: u32,
+    /// The largest request body kept in memory to retry or mirror; a larger one is sent once
+    /// and not mirrored.
+    #[arg(long, env = "STRAIT_MAX_REPLAY_BODY_BYTES", default_value_t = 64 << 10,
+          value_parser = clap::value_parser!(u32).range(0..=(64 << 20)), help_heading = "Limits")]
+    max_replay_body_bytes: u32,
+    /// Mirror copies in flight at once; more are skipped.
+    #[arg(long, env = "STRAIT_MAX_MIRRORS_IN_FLIGHT", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(0..=100_000), help_heading = "Limits")]
+    max_mirrors_in_flight: u32,
+    /// Connections open at once on the admin port; one more is closed when accepted.
+    #[arg(long, env = "STRAIT_MAX_ADMIN_CONNECTIONS", default_value_t = 1_024,
+          value_parser = clap::value_parser!(u32).range(1..), help_heading = "Limits")]
+    max_admin_connections: u32,
 }
 
 /// Runs a `strait sidecar` command.
@@ -397,6 +424,14 @@ async fn config(args: &RunArgs) -> Result<SidecarConfig> {
     config.connect_timeout = args.connect_timeout;
     config.access_log = args.access_log;
     config.workload = args.workload.clone();
+    config.limits = strait_sidecar::limits::LimitsConfig {
+        inbound_connections: args.max_inbound_connections,
+        outbound_connections: args.max_outbound_connections,
+        header_bytes: args.max_header_bytes,
+        replay_body_bytes: args.max_replay_body_bytes,
+        mirrors_in_flight: args.max_mirrors_in_flight,
+        admin_connections: args.max_admin_connections,
+    };
     Ok(config)
 }
 

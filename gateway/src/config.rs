@@ -63,6 +63,105 @@ pub struct GatewayConfig {
     /// (files and `strait apply`) when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubernetesConfig>,
+    /// What strangers can make the gateway hold: connections per port, peers' handshakes
+    /// and streams.
+    #[serde(default, skip_serializing_if = "LimitsConfig::is_default")]
+    pub limits: LimitsConfig,
+}
+
+/// The gateway's limits. Each is counted in `strait_limit_refusals_total{limit="limits.<key>"}`
+/// when hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Connections open at once on the API port (sidecars and operators); one more is closed
+    /// when accepted.
+    #[serde(default = "default_api_connections")]
+    pub api_connections: u32,
+    /// Flows open at once from this cluster's sidecars on the relay port; one more is closed
+    /// when accepted.
+    #[serde(default = "default_relay_connections")]
+    pub relay_connections: u32,
+    /// Connections open at once on the admin port; one more is closed when accepted.
+    #[serde(default = "default_admin_connections")]
+    pub admin_connections: u32,
+    /// Connections open at once on the DNS server's TCP port; one more is closed when
+    /// accepted.
+    #[serde(default = "default_dns_tcp_connections")]
+    pub dns_tcp_connections: u32,
+    /// Peer connections still in their handshake (QUIC, TLS, hello) at once; one more is
+    /// refused at once (the peer dials again).
+    #[serde(default = "default_peer_handshakes")]
+    pub peer_handshakes: u32,
+    /// Flows a peer may have open at once on its connection (QUIC stream credit): a peer
+    /// waits for room beyond it, and a flow that waits more than 5 s fails.
+    #[serde(default = "default_peer_streams")]
+    pub peer_streams: u32,
+}
+
+fn default_api_connections() -> u32 {
+    10_000
+}
+fn default_relay_connections() -> u32 {
+    20_000
+}
+fn default_admin_connections() -> u32 {
+    1_024
+}
+fn default_dns_tcp_connections() -> u32 {
+    256
+}
+fn default_peer_handshakes() -> u32 {
+    64
+}
+fn default_peer_streams() -> u32 {
+    4_096
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            api_connections: default_api_connections(),
+            relay_connections: default_relay_connections(),
+            admin_connections: default_admin_connections(),
+            dns_tcp_connections: default_dns_tcp_connections(),
+            peer_handshakes: default_peer_handshakes(),
+            peer_streams: default_peer_streams(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// What is wrong with the block, if anything: every limit is at least 1, and a peer's
+    /// streams at most what QUIC can grant in one frame that stays sensible (1,000,000).
+    fn check(&self) -> Result<(), String> {
+        let fields = [
+            ("limits.apiConnections", self.api_connections),
+            ("limits.relayConnections", self.relay_connections),
+            ("limits.adminConnections", self.admin_connections),
+            ("limits.dnsTcpConnections", self.dns_tcp_connections),
+            ("limits.peerHandshakes", self.peer_handshakes),
+            ("limits.peerStreams", self.peer_streams),
+        ];
+        for (field, value) in fields {
+            if value == 0 {
+                return Err(format!(
+                    "{field}: 0 would refuse everything; expected 1 or more"
+                ));
+            }
+        }
+        if self.peer_streams > 1_000_000 {
+            return Err(format!(
+                "limits.peerStreams: {} is over 1000000",
+                self.peer_streams
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// How the gateway reaches its cluster's Kubernetes API.
@@ -516,6 +615,13 @@ impl GatewayConfig {
             });
         }
         config
+            .limits
+            .check()
+            .map_err(|message| GatewayError::Config {
+                path: path.to_owned(),
+                message,
+            })?;
+        config
             .metrics
             .check()
             .map_err(|message| GatewayError::Config {
@@ -640,5 +746,31 @@ mod tests {
             err.contains("gateway.yaml") && err.contains("peering.tombstoneRetentionMs"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn limits_default_when_absent_and_a_zero_or_unknown_limit_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.yaml");
+        let base = "cluster: west\ntrustDomain: t\nquicAddr: 127.0.0.1:1\napiAddr: 127.0.0.1:2\nadminAddr: 127.0.0.1:3\n";
+        std::fs::write(&path, format!("{base}limits: {{dnsTcpConnections: 8}}\n")).unwrap();
+        let config = GatewayConfig::load(&path).unwrap();
+        assert_eq!(config.limits.dns_tcp_connections, 8);
+        assert_eq!(config.limits.api_connections, 10_000);
+        for (limits, named) in [
+            (
+                "{apiConnections: 0}",
+                "limits.apiConnections: 0 would refuse everything",
+            ),
+            (
+                "{peerStreams: 2000000}",
+                "limits.peerStreams: 2000000 is over 1000000",
+            ),
+            ("{streams: 5}", "streams"),
+        ] {
+            std::fs::write(&path, format!("{base}limits: {limits}\n")).unwrap();
+            let err = GatewayConfig::load(&path).unwrap_err().to_string();
+            assert!(err.contains("gateway.yaml") && err.contains(named), "{err}");
+        }
     }
 }

@@ -244,6 +244,7 @@ pub fn init_gateway(options: InitOptions) -> Result<Initialized, GatewayError> {
                 })
             })
             .transpose()?,
+        limits: Default::default(),
     };
     write_file(&config_path, &to_yaml(&config)?, false)?;
     let config = GatewayConfig::load(&config_path)?;

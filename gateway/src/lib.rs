@@ -17,6 +17,7 @@ pub mod golden;
 pub mod health;
 pub mod init;
 pub mod kubernetes;
+pub mod limits;
 pub mod metrics;
 pub mod peer;
 pub mod peering;
@@ -93,6 +94,8 @@ pub(crate) use strait_io::clock::{unix_now, unix_now_ms};
 /// What every task of a gateway shares.
 pub struct Shared {
     pub config: GatewayConfig,
+    /// What strangers can make the gateway hold.
+    pub limits: limits::Limits,
     /// The trust bundle and the cluster's issuer in force (a root rotation replaces them).
     pub trust: Arc<trust::Trust>,
     pub certs: CertStore,
@@ -536,8 +539,10 @@ pub async fn run(
         )],
         shutdown_token.clone(),
     );
+    let metrics = Metrics::new(config.cluster.as_str());
     let shared = Arc::new(Shared {
-        metrics: Metrics::new(config.cluster.as_str()),
+        limits: limits::Limits::new(&config.limits, &metrics.limit_refusals),
+        metrics,
         trust,
         config,
         certs,
@@ -600,6 +605,7 @@ pub async fn run(
     tokio::spawn(strait_io::admin::serve(
         shared.clone(),
         admin_listener,
+        shared.limits.admin.clone(),
         shared.shutdown.clone(),
         "gateway",
         dashboard::router(shared.clone()),

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub dns_virtual_addresses: IntGauge,
     /// DNS packets given no answer (responses, runts).
     pub dns_dropped: IntCounter,
+    /// Refusals because a limit was reached, by the key that sets it.
+    pub limit_refusals: strait_io::limit::Refusals,
     /// How long the last rebuild of the DNS zone took.
     pub dns_zone_build_seconds: prometheus::Gauge,
     /// DNS answers, by transport and rcode: made once, so counting costs no label lookup.
@@ -198,6 +200,7 @@ impl Metrics {
                 "Names holding a virtual address, recently released ones included.",
             ),
             dns_dropped,
+            limit_refusals: strait_io::limit::Refusals::register(&registry),
             dns_zone_build_seconds: {
                 let m = prometheus::Gauge::new(
                     "dns_zone_build_seconds",

@@ -182,8 +182,15 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
             () = shared.shutdown.cancelled() => return,
         };
         match accepted {
-            Ok((tcp, _)) => {
-                tokio::spawn(outbound_flow(shared.clone(), tcp));
+            Ok((tcp, remote)) => {
+                let Some(permit) = shared.limits.relay.admit(remote) else {
+                    continue;
+                };
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    outbound_flow(shared, tcp).await;
+                    drop(permit);
+                });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "relay: accept failed");
@@ -287,7 +294,7 @@ async fn outbound_flow(shared: Arc<Shared>, mut tcp: TcpStream) {
             .unwrap_or_default();
         let mut opened = Err(FlowError::NotConnected(target.cluster.clone()));
         for connection in &connections {
-            opened = open_stream(connection, &target, &local).await;
+            opened = open_stream(connection, &target, &local, &shared.limits.peer_streams).await;
             if !matches!(
                 opened,
                 Err(FlowError::Stream { .. } | FlowError::Header { .. } | FlowError::TimedOut(_))
@@ -328,13 +335,24 @@ async fn open_stream(
     connection: &quinn::Connection,
     target: &FlowTarget,
     local: &ClusterName,
+    streams: &strait_io::limit::Limit,
 ) -> Result<(quinn::SendStream, quinn::RecvStream), FlowError> {
-    let (mut send, mut recv) = timed("opening a stream", connection.open_bi())
-        .await?
-        .map_err(|source| FlowError::Stream {
-            cluster: target.cluster.clone(),
-            source,
-        })?;
+    let mut opening = std::pin::pin!(connection.open_bi());
+    let opened = match futures::FutureExt::now_or_never(opening.as_mut()) {
+        Some(opened) => opened,
+        None => {
+            // The peer's stream credit is used up: its `limits.peerStreams` flows are open.
+            streams.refuse(&format!(
+                "a flow to {} waits for stream credit",
+                target.cluster
+            ));
+            timed("opening a stream (waiting for stream credit)", opening).await?
+        }
+    };
+    let (mut send, mut recv) = opened.map_err(|source| FlowError::Stream {
+        cluster: target.cluster.clone(),
+        source,
+    })?;
     let mut open = target.to_wire();
     open.source_cluster = local.to_string();
     open.forwarded = false;

@@ -49,9 +49,14 @@ pub enum ApiError {
 }
 
 /// A TLS connection a server accepted, with what tonic hands each request about it (`info`:
-/// the caller's identity, or nothing): the gateway's API and the Terraform provider serve
-/// gRPC over these.
-pub struct Accepted<I>(pub tokio_rustls::server::TlsStream<TcpStream>, pub I);
+/// the caller's identity, or nothing) and its place under a connection limit, if any, held
+/// until the connection closes: the gateway's API and the Terraform provider serve gRPC over
+/// these.
+pub struct Accepted<I>(
+    pub tokio_rustls::server::TlsStream<TcpStream>,
+    pub I,
+    pub Option<tokio::sync::OwnedSemaphorePermit>,
+);
 
 impl<I: Clone + Send + Sync + 'static> tonic::transport::server::Connected for Accepted<I> {
     type ConnectInfo = I;

@@ -8,7 +8,8 @@
 //! - [`dns`]: a probe of a DNS server;
 //! - [`clock`] and [`random`]: the wall clock and random numbers federation is handed;
 //! - [`admin`]: the admin HTTP server (`/healthz`, `/readyz`, `/metrics`) of every process;
-//! - [`spans`]: finished spans sent to an OpenTelemetry collector.
+//! - [`spans`]: finished spans sent to an OpenTelemetry collector;
+//! - [`limit`]: caps on connections and sizes, each named by its setting and counted when hit.
 
 pub mod admin;
 pub mod api;
@@ -16,6 +17,7 @@ pub mod clock;
 pub mod dns;
 pub mod files;
 pub mod flow;
+pub mod limit;
 pub mod pki;
 pub mod random;
 pub mod spans;

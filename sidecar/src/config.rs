@@ -194,6 +194,8 @@ pub struct SidecarConfig {
     pub workload: Option<String>,
     /// One JSON line per request and TCP flow on standard output, whatever the gateway says.
     pub access_log: bool,
+    /// What callers can make the sidecar hold.
+    pub limits: crate::limits::LimitsConfig,
 }
 
 impl SidecarConfig {
@@ -224,6 +226,7 @@ impl SidecarConfig {
             connect_timeout: Duration::from_secs(3),
             workload: None,
             access_log: false,
+            limits: crate::limits::LimitsConfig::default(),
         }
     }
 }

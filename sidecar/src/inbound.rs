@@ -102,7 +102,8 @@ impl AppClients {
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     let acceptor = tokio_rustls::TlsAcceptor::from(shared.inbound_tls.clone());
     let each = shared.clone();
-    accept_each(shared, listener, move |tcp, remote| {
+    let limit = shared.limits.inbound.clone();
+    accept_each(shared, listener, &limit, move |tcp, remote| {
         accept(each.clone(), acceptor.clone(), tcp, remote)
     })
     .await;
@@ -545,6 +546,7 @@ async fn serve_http(
         identity: caller,
         addressed,
     });
+    let header_buffer = shared.limits.header_buffer();
     let service = hyper::service::service_fn(move |request| {
         let shared = shared.clone();
         let caller = caller.clone();
@@ -552,6 +554,7 @@ async fn serve_http(
     });
     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(u32::try_from(header_buffer).unwrap_or(u32::MAX))
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20)
         .serve_connection(TokioIo::new(tls), service)
@@ -570,6 +573,9 @@ async fn to_app(
     caller: &CallerInfo,
 ) -> Response<Body> {
     let started = Instant::now();
+    if let Some(refusal) = shared.limits.refuse_large_headers(&request) {
+        return refusal;
+    }
     // One view decides the whole request, however many checks it takes.
     let directory = shared.directory.borrow().clone();
     let own = own_service(&shared, &directory, caller.addressed);

@@ -22,6 +22,7 @@ pub mod http;
 pub mod inbound;
 pub mod init;
 pub mod jwks;
+pub mod limits;
 pub mod metrics;
 pub mod mirror;
 pub mod outbound;
@@ -131,6 +132,8 @@ pub struct Shared {
     pub(crate) key_sets: jwks::KeySets,
     /// Room for copies of mirrored requests in flight.
     pub(crate) mirrors: Arc<tokio::sync::Semaphore>,
+    /// What callers can make the sidecar hold.
+    pub(crate) limits: limits::Limits,
     pub metrics: Metrics,
     /// Traces and access logs.
     pub telemetry: telemetry::Telemetry,
@@ -236,9 +239,14 @@ impl Sidecar {
     }
 }
 
-/// Accepts connections until the sidecar stops, handing each to `handle` in a task of its own.
-pub(crate) async fn accept_each<F, Fut>(shared: Arc<Shared>, listener: TcpListener, handle: F)
-where
+/// Accepts connections until the sidecar stops, handing each to `handle` in a task of its own;
+/// one over `limit` is closed at once.
+pub(crate) async fn accept_each<F, Fut>(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    limit: &strait_io::limit::ConnectionLimit,
+    handle: F,
+) where
     F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -249,8 +257,15 @@ where
         };
         match accepted {
             Ok((tcp, remote)) => {
+                let Some(permit) = limit.admit(remote) else {
+                    continue;
+                };
                 let _ = tcp.set_nodelay(true);
-                tokio::spawn(handle(tcp, remote));
+                let connection = handle(tcp, remote);
+                tokio::spawn(async move {
+                    connection.await;
+                    drop(permit);
+                });
             }
             // Out of file descriptors, say: give the process a moment.
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
@@ -351,6 +366,7 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
     };
     let shutdown = CancellationToken::new();
     let identity_text = certified.identity.to_string();
+    let metrics = Metrics::new(bootstrap.cluster.as_str());
     let shared = Arc::new(Shared {
         cluster: bootstrap.cluster.clone(),
         identity: certified.identity,
@@ -372,8 +388,11 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
         limiter: ratelimit::Limiter::default(),
         quota: quota::Ledger::default(),
         key_sets: jwks::KeySets::default(),
-        mirrors: Arc::new(tokio::sync::Semaphore::new(mirror::MAX_IN_FLIGHT)),
-        metrics: Metrics::new(bootstrap.cluster.as_str()),
+        mirrors: Arc::new(tokio::sync::Semaphore::new(
+            config.limits.mirrors_in_flight as usize,
+        )),
+        limits: limits::Limits::new(&config.limits, &metrics.refusals),
+        metrics,
         telemetry: telemetry::Telemetry::new(
             bootstrap.cluster.as_str(),
             &identity_text,
@@ -429,6 +448,7 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
         tasks.push(tokio::spawn(strait_io::admin::serve(
             shared.clone(),
             admin,
+            shared.limits.admin.clone(),
             shared.shutdown.clone(),
             "sidecar",
             axum::Router::new(),

@@ -97,6 +97,8 @@ pub struct Metrics {
     pub key_set_fetches: IntCounterVec,
     /// Copies of requests sent to a route's mirror, by result.
     pub mirrors: IntCounterVec,
+    /// Refusals because a limit was reached, by the flag that sets it.
+    pub refusals: strait_io::limit::Refusals,
 }
 
 impl Metrics {
@@ -119,6 +121,7 @@ impl Metrics {
         )
         .expect("constant metric");
         register(Box::new(requests.clone()));
+        let refusals = strait_io::limit::Refusals::register(&registry);
         let latency = HistogramVec::new(
             HistogramOpts::new(
                 "request_duration_seconds",
@@ -235,6 +238,7 @@ impl Metrics {
         register(Box::new(mirrors.clone()));
         Self {
             mirrors,
+            refusals,
             key_set_fetches,
             policies,
             rate_limited,

@@ -2,7 +2,8 @@
 //! of a share of the rule's requests goes to another service, in a task of its own, and its
 //! answer is dropped. The original request never waits for the copy and never fails because
 //! of it. Copies are bounded: only requests whose body is small enough to keep (as for
-//! retries), at most [`MAX_IN_FLIGHT`] at once per sidecar, each within the request timeout.
+//! retries), at most `--max-mirrors-in-flight` at once per sidecar, each within the request
+//! timeout.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +20,6 @@ use crate::metrics::{Direction, Route};
 use crate::plan::{Plan, plan_destination};
 use crate::retry::Kept;
 
-/// The most copies one sidecar has in flight; beyond it copies are skipped.
-pub const MAX_IN_FLIGHT: usize = 256;
 /// The header a copy carries, so that the mirror's app can tell it from live traffic (and,
 /// say, not charge a card twice).
 pub const MIRRORED_HEADER: &str = "strait-mirrored";
@@ -51,6 +50,7 @@ pub fn send_copy(
         return record(shared, &service, local, "skipped");
     };
     let Ok(permit) = shared.mirrors.clone().try_acquire_owned() else {
+        shared.limits.mirrors.refuse("a mirror copy");
         return record(shared, &service, local, "skipped");
     };
     let destination = Destination {

@@ -16,8 +16,6 @@ use hyper::{Method, Request, StatusCode, Uri, Version};
 use crate::budget::RetryBudget;
 use crate::connect::{self, Body, BoxError};
 
-/// The largest request body kept to send again; a larger request is sent once.
-pub const MAX_REPLAY_BODY: u64 = 64 << 10;
 /// Retries allowed per second whatever the traffic, so a quiet service can still retry.
 const FLOOR_PER_SECOND: u32 = 10;
 /// The window over which a budget counts requests and retries.
@@ -62,14 +60,14 @@ pub struct Replay {
 }
 
 impl Replay {
-    /// Reads the request's body when it is known to be small; otherwise gives the request back
-    /// untouched, to be sent once. Fails when the app's body breaks off.
-    pub async fn keep(request: Request<Body>) -> Result<Kept, BrokenBody> {
+    /// Reads the request's body when it is known to be at most `max` bytes; otherwise gives the
+    /// request back untouched, to be sent once. Fails when the app's body breaks off.
+    pub async fn keep(request: Request<Body>, max: u64) -> Result<Kept, BrokenBody> {
         let small = request
             .body()
             .size_hint()
             .upper()
-            .is_some_and(|upper| upper <= MAX_REPLAY_BODY);
+            .is_some_and(|upper| upper <= max);
         if !small {
             let (parts, body) = request.into_parts();
             return Ok(Kept::Once(Request::from_parts(parts, body)));
@@ -164,7 +162,7 @@ mod tests {
     async fn a_small_request_is_kept_whole_and_a_large_one_sent_once() {
         let mut small = Request::new(connect::full(Bytes::from_static(b"order")));
         *small.method_mut() = Method::PUT;
-        let Ok(Kept::Replay(replay)) = Replay::keep(small).await else {
+        let Ok(Kept::Replay(replay)) = Replay::keep(small, 5).await else {
             panic!("a small body is kept");
         };
         for _ in 0..2 {
@@ -173,15 +171,15 @@ mod tests {
             let body = copy.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(body, "order");
         }
-        let large = Bytes::from(vec![0; MAX_REPLAY_BODY as usize + 1]);
+        let large = Bytes::from(vec![0; 6]);
         let large = Request::new(connect::full(large));
-        assert!(matches!(Replay::keep(large).await, Ok(Kept::Once(_))));
+        assert!(matches!(Replay::keep(large, 5).await, Ok(Kept::Once(_))));
     }
 
     #[tokio::test]
     async fn a_body_that_breaks_off_while_kept_says_so() {
         let request = Request::new(BreaksOff.boxed());
-        let Err(error) = Replay::keep(request).await else {
+        let Err(error) = Replay::keep(request, 64 << 10).await else {
             panic!("kept a broken body");
         };
         assert_eq!(

@@ -168,7 +168,11 @@ fn label_values_as_promql(definition: &str) -> Option<String> {
 /// registry's `strait_` prefix).
 fn registered_metrics() -> Result<BTreeSet<String>> {
     let mut names = BTreeSet::new();
-    for file in ["sidecar/src/metrics.rs", "gateway/src/metrics.rs"] {
+    for file in [
+        "sidecar/src/metrics.rs",
+        "gateway/src/metrics.rs",
+        "io/src/limit.rs",
+    ] {
         let text = std::fs::read_to_string(workspace().join(file))?;
         // The unit tests at the end make metrics of their own.
         let text = text.split("#[cfg(test)]").next().unwrap_or_default();

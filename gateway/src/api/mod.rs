@@ -52,6 +52,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let (tx, rx) = tokio::sync::mpsc::channel::<ApiStream>(64);
     let accept_shutdown = shared.shutdown.clone();
+    let limit = shared.limits.api.clone();
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -59,6 +60,9 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
                 () = accept_shutdown.cancelled() => return,
             };
             let Ok((tcp, remote)) = accepted else {
+                continue;
+            };
+            let Some(permit) = limit.admit(remote) else {
                 continue;
             };
             let _ = tcp.set_nodelay(true);
@@ -73,7 +77,9 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
                             issuer: chain.get(1).map(strait_federation::pki::fingerprint),
                             certificate: chain.first().map(strait_federation::pki::fingerprint),
                         };
-                        let _ = tx.send(strait_io::api::Accepted(stream, caller)).await;
+                        let _ = tx
+                            .send(strait_io::api::Accepted(stream, caller, Some(permit)))
+                            .await;
                     }
                     Ok(Err(e)) => {
                         tracing::info!(remote = %remote, error = %e, "operator API: TLS refused")

@@ -277,7 +277,12 @@ impl OperatorApi {
         source: String,
         documents: String,
     ) -> Result<Response<DeleteResponse>, Status> {
-        if documents.len() > MAX_DOCUMENTS {
+        if self
+            .shared
+            .limits
+            .file_bytes
+            .exceeded_by(documents.len() as u64, &source)
+        {
             return Err(Status::invalid_argument(format!(
                 "{source}: larger than {MAX_DOCUMENTS} bytes"
             )));
@@ -360,7 +365,12 @@ impl Operator for OperatorApi {
         request: Request<ApplyRequest>,
     ) -> Result<Response<ApplyResponse>, Status> {
         let mut request = request.into_inner();
-        if request.documents.len() > MAX_DOCUMENTS {
+        if self
+            .shared
+            .limits
+            .file_bytes
+            .exceeded_by(request.documents.len() as u64, &request.source)
+        {
             return Err(Status::invalid_argument(format!(
                 "{}: larger than {} bytes",
                 request.source, MAX_DOCUMENTS

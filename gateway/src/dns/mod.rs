@@ -38,8 +38,6 @@ use zone::{Zone, ZoneSettings};
 
 /// Catalog changes closer together than this make one new zone.
 const COALESCE: Duration = Duration::from_millis(20);
-/// TCP connections served at once; more are closed at accept.
-const MAX_TCP_CONNECTIONS: usize = 256;
 /// A TCP connection idle for this long between queries is closed (RFC 7766 suggests seconds).
 const TCP_IDLE: Duration = Duration::from_secs(10);
 /// How long one query or answer may take to cross a TCP connection.
@@ -272,7 +270,6 @@ fn serve_udp(shared: &Shared, socket: &std::net::UdpSocket) {
 }
 
 async fn serve_tcp(shared: Arc<Shared>, listener: TcpListener) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_TCP_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -286,8 +283,7 @@ async fn serve_tcp(shared: Arc<Shared>, listener: TcpListener) {
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "too many DNS connections: closed");
+        let Some(slot) = shared.limits.dns_tcp.admit(peer) else {
             continue;
         };
         let shared = shared.clone();

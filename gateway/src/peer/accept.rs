@@ -37,10 +37,16 @@ pub async fn accept_loop(shared: Arc<Shared>) {
             incoming.refuse();
             continue;
         }
+        let remote = incoming.remote_address();
+        let Some(handshake) = shared.limits.peer_handshakes.admit(remote) else {
+            incoming.refuse();
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let remote = incoming.remote_address();
-            match accept_one(&shared, incoming).await {
+            let accepted = accept_one(&shared, incoming).await;
+            drop(handshake);
+            match accepted {
                 Ok((peer, established, tokens, session)) => {
                     let _ = run_session_as(&shared, &peer, established, &tokens, session).await;
                 }

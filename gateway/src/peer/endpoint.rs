@@ -64,9 +64,6 @@ pub(super) async fn send_frame(
     .await
 }
 
-/// Flows a peer may have open at once on its connection.
-const MAX_FLOWS: u32 = 4096;
-
 fn transport(config: &GatewayConfig) -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     let idle = quinn::IdleTimeout::try_from(config.peering.idle_timeout())
@@ -74,7 +71,7 @@ fn transport(config: &GatewayConfig) -> Arc<quinn::TransportConfig> {
     transport.max_idle_timeout(Some(idle));
     transport.keep_alive_interval(Some(config.peering.keepalive()));
     // One stream per relayed flow, plus the control stream.
-    transport.max_concurrent_bidi_streams(MAX_FLOWS.into());
+    transport.max_concurrent_bidi_streams(config.limits.peer_streams.into());
     transport.max_concurrent_uni_streams(0u32.into());
     Arc::new(transport)
 }

@@ -33,7 +33,8 @@ use strait_federation::trace::TRACEPARENT;
 /// Serves the HTTP proxy port until the sidecar stops.
 pub async fn serve_http_proxy(shared: Arc<Shared>, listener: TcpListener) {
     let each = shared.clone();
-    accept_each(shared, listener, move |tcp, _| {
+    let limit = shared.limits.outbound.clone();
+    accept_each(shared, listener, &limit, move |tcp, _| {
         serve_http_connection(each.clone(), tcp, None)
     })
     .await;
@@ -48,6 +49,7 @@ pub(super) async fn serve_http_connection(
     fallback: Option<String>,
 ) {
     let fallback = Arc::new(fallback);
+    let header_buffer = shared.limits.header_buffer();
     let service = hyper::service::service_fn(move |request| {
         let shared = shared.clone();
         let fallback = fallback.clone();
@@ -56,9 +58,12 @@ pub(super) async fn serve_http_connection(
             Ok::<_, Infallible>(proxy_http(shared, request, fallback.as_deref()).await)
         }
     });
-    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(tcp), service)
-        .await;
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().max_buf_size(header_buffer);
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(header_buffer).unwrap_or(u32::MAX));
+    let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
 }
 
 /// One request from the app (or from the sidecar itself, fetching keys), to wherever its name
@@ -69,6 +74,9 @@ pub async fn proxy_http(
     fallback: Option<&str>,
 ) -> Response<Body> {
     let started = Instant::now();
+    if let Some(refusal) = shared.limits.refuse_large_headers(&request) {
+        return refusal;
+    }
     let directory = shared.directory.borrow().clone();
     let settings = &directory.telemetry;
     let trace = shared.telemetry.begin(request.headers(), settings);
@@ -90,7 +98,7 @@ pub async fn proxy_http(
             shared.config.request_timeout,
             crate::balance::random,
         );
-        let kept = keep(request, &terms).await?;
+        let kept = keep(request, &terms, &shared.limits.replay_body).await?;
         Ok::<_, Refusal>((way, terms, kept))
     };
     let (way, terms, kept) = match prepared.await {
@@ -378,11 +386,30 @@ impl<'d> Terms<'d> {
 
 /// Keeps a copy of the request when it may be sent more than once (retried or mirrored), and
 /// its body is small enough.
-async fn keep(request: Request<Body>, terms: &Terms<'_>) -> Result<Kept, Refusal> {
+async fn keep(
+    request: Request<Body>,
+    terms: &Terms<'_>,
+    replay_body: &strait_io::limit::Limit,
+) -> Result<Kept, Refusal> {
     if terms.retries.is_none() && terms.mirror.is_none() {
         return Ok(Kept::Once(request));
     }
-    Ok(retry::Replay::keep(request).await?)
+    let kept = retry::Replay::keep(request, replay_body.max()).await?;
+    if let Kept::Once(request) = &kept {
+        replay_body.refuse(&format!(
+            "a request body of {}, not kept to retry or mirror",
+            body_size(request)
+        ));
+    }
+    Ok(kept)
+}
+
+/// A request body's size as far as its framing tells.
+fn body_size(request: &Request<Body>) -> String {
+    match hyper::body::Body::size_hint(request.body()).upper() {
+        Some(bytes) => format!("{bytes} bytes"),
+        None => "unknown length".to_owned(),
+    }
 }
 
 /// Why a request got no response.

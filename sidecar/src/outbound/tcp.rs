@@ -46,7 +46,8 @@ pub enum Untaken {
 /// Serves one per-upstream TCP listener until the sidecar stops.
 pub async fn serve_upstream(shared: Arc<Shared>, listener: TcpListener, name: String) {
     let each = shared.clone();
-    accept_each(shared, listener, move |tcp, _| {
+    let limit = shared.limits.outbound.clone();
+    accept_each(shared, listener, &limit, move |tcp, _| {
         let shared = each.clone();
         let name = name.clone();
         async move {

@@ -49,7 +49,8 @@ pub enum PassthroughError {
 /// that is not in the mesh.
 pub async fn serve_transparent(shared: Arc<Shared>, listener: TcpListener) {
     let each = shared.clone();
-    accept_each(shared, listener, move |tcp, _| {
+    let limit = shared.limits.outbound.clone();
+    accept_each(shared, listener, &limit, move |tcp, _| {
         transparent(each.clone(), tcp)
     })
     .await;

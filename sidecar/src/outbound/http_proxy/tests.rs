@@ -312,9 +312,14 @@ async fn a_request_kept_is_copied_and_one_sent_once_is_not() {
         overall: Duration::from_secs(1),
         mirror: None,
     };
-    assert!(matches!(keep(get("/"), &plain).await, Ok(Kept::Once(_))));
+    let refusals = strait_io::limit::Refusals::register(&prometheus::Registry::new());
+    let replay_body = refusals.limit("--max-replay-body-bytes", 64 << 10);
+    assert!(matches!(
+        keep(get("/"), &plain, &replay_body).await,
+        Ok(Kept::Once(_))
+    ));
     let with_retries = retrying(2, None, Duration::from_secs(1));
-    let Ok(Kept::Replay(replay)) = keep(get("/"), &with_retries).await else {
+    let Ok(Kept::Replay(replay)) = keep(get("/"), &with_retries, &replay_body).await else {
         panic!("a small request with retries is kept");
     };
     let body = replay.request().into_body().collect().await.unwrap();
@@ -358,7 +363,7 @@ async fn send_scripted(
 }
 
 async fn kept_get() -> Kept {
-    retry::Replay::keep(get("/")).await.unwrap()
+    retry::Replay::keep(get("/"), 64 << 10).await.unwrap()
 }
 
 #[tokio::test]

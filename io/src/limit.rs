@@ -1,0 +1,266 @@
+//! Caps on what a stranger can make a process hold: each [`Limit`] is named by the setting
+//! that sets it, counts every refusal under that name (`strait_limit_refusals_total{limit}`)
+//! and says so in the log; a [`ConnectionLimit`] caps the connections a listener keeps open.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The metric every process exports for its limits (registered as `limit_refusals_total` in
+/// a registry whose prefix is `strait`).
+pub const REFUSALS_METRIC: &str = "strait_limit_refusals_total";
+
+/// How often a limit that keeps being hit says so in the log.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// The refusal counter of a process, labelled by the setting whose limit was hit.
+#[derive(Clone)]
+pub struct Refusals(IntCounterVec);
+
+impl Refusals {
+    /// The counter, registered in `registry` (whose prefix is `strait`).
+    pub fn register(registry: &Registry) -> Self {
+        let counter = IntCounterVec::new(
+            Opts::new(
+                "limit_refusals_total",
+                "Connections, requests or messages refused because a limit was reached, by the \
+                 setting that sets the limit.",
+            ),
+            &["limit"],
+        )
+        .expect("a constant metric definition is valid");
+        registry
+            .register(Box::new(counter.clone()))
+            .expect("the refusal counter is registered once per registry");
+        Self(counter)
+    }
+
+    /// A limit named `setting` (the flag or config key an operator changes), at `max`.
+    pub fn limit(&self, setting: &'static str, max: u64) -> Limit {
+        Limit {
+            setting,
+            max,
+            refused: self.0.with_label_values(&[setting]),
+            warned: Arc::new(Mutex::new(None)),
+        }
+    }
+}
+
+/// One limit: its setting, its value, and its refusals.
+#[derive(Clone, Debug)]
+pub struct Limit {
+    setting: &'static str,
+    max: u64,
+    refused: IntCounter,
+    warned: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Limit {
+    /// The setting that sets this limit (`--max-inbound-connections`, `limits.apiConnections`).
+    pub fn setting(&self) -> &'static str {
+        self.setting
+    }
+
+    /// The limit's value.
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+
+    /// Whether `amount` goes over the limit; when it does, the refusal is counted.
+    pub fn exceeded_by(&self, amount: u64, what: &str) -> bool {
+        let over = amount > self.max;
+        if over {
+            self.refuse(what);
+        }
+        over
+    }
+
+    /// Counts one refusal, and logs it (at most once per 10 s per limit, so that a flood
+    /// does not become a flood of logs).
+    pub fn refuse(&self, what: &str) {
+        self.refused.inc();
+        let now = Instant::now();
+        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        if warned.is_none_or(|at| now.duration_since(at) >= WARN_EVERY) {
+            *warned = Some(now);
+            tracing::warn!(
+                limit = self.setting,
+                max = self.max,
+                refused = self.refused.get(),
+                what,
+                "limit reached: refused (counted in {REFUSALS_METRIC})"
+            );
+        }
+    }
+
+    /// The message a refusal carries: the setting and its value.
+    pub fn reason(&self) -> String {
+        format!("limit {} = {} reached", self.setting, self.max)
+    }
+}
+
+/// At most `max` connections open at once on a listener: one over it is closed as soon as it
+/// is accepted, and counted.
+#[derive(Clone, Debug)]
+pub struct ConnectionLimit {
+    limit: Limit,
+    open: Arc<Semaphore>,
+}
+
+impl ConnectionLimit {
+    /// A cap of `limit.max()` connections.
+    pub fn new(limit: Limit) -> Self {
+        let permits = usize::try_from(limit.max)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
+        Self {
+            open: Arc::new(Semaphore::new(permits)),
+            limit,
+        }
+    }
+
+    /// A permit to keep one more connection open until it is dropped, or `None` (counted)
+    /// when `max` are open.
+    pub fn admit(&self, remote: std::net::SocketAddr) -> Option<OwnedSemaphorePermit> {
+        match self.open.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                self.limit.refuse(&format!("connection from {remote}"));
+                None
+            }
+        }
+    }
+
+    /// The limit behind the cap.
+    pub fn limit(&self) -> &Limit {
+        &self.limit
+    }
+}
+
+/// A listener whose connections are capped by a [`ConnectionLimit`], for servers that take a
+/// listener (axum): one over the cap is closed at accept.
+pub struct CappedListener {
+    listener: tokio::net::TcpListener,
+    cap: ConnectionLimit,
+}
+
+impl CappedListener {
+    /// `listener` under `cap`.
+    pub fn new(listener: tokio::net::TcpListener, cap: ConnectionLimit) -> Self {
+        Self { listener, cap }
+    }
+}
+
+/// A connection of a [`CappedListener`], holding its place until it is dropped.
+pub struct CappedStream {
+    stream: tokio::net::TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl axum::serve::Listener for CappedListener {
+    type Io = CappedStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, remote)) => {
+                    if let Some(permit) = self.cap.admit(remote) {
+                        let _ = stream.set_nodelay(true);
+                        return (
+                            CappedStream {
+                                stream,
+                                _permit: permit,
+                            },
+                            remote,
+                        );
+                    }
+                }
+                // Out of file descriptors, say: give the process a moment.
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
+}
+
+impl tokio::io::AsyncRead for CappedStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CappedStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(registry: &Registry, setting: &str) -> u64 {
+        registry
+            .gather()
+            .iter()
+            .filter(|family| family.name() == REFUSALS_METRIC)
+            .flat_map(|family| family.get_metric())
+            .filter(|metric| metric.get_label().iter().any(|l| l.value() == setting))
+            .map(|metric| metric.get_counter().get_value() as u64)
+            .sum()
+    }
+
+    #[test]
+    fn a_connection_over_the_cap_is_refused_and_counted_and_a_closed_one_makes_room() {
+        let registry = Registry::new_custom(Some("strait".into()), None).unwrap();
+        let refusals = Refusals::register(&registry);
+        let cap = ConnectionLimit::new(refusals.limit("--max-inbound-connections", 2));
+        let remote = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+        let first = cap.admit(remote).expect("first of two");
+        let _second = cap.admit(remote).expect("second of two");
+        assert!(cap.admit(remote).is_none());
+        assert!(cap.admit(remote).is_none());
+        assert_eq!(refused(&registry, "--max-inbound-connections"), 2);
+        drop(first);
+        assert!(cap.admit(remote).is_some());
+        assert_eq!(refused(&registry, "--max-inbound-connections"), 2);
+    }
+
+    #[test]
+    fn an_amount_over_a_limit_is_refused_with_the_setting_named() {
+        let registry = Registry::new_custom(Some("strait".into()), None).unwrap();
+        let refusals = Refusals::register(&registry);
+        let limit = refusals.limit("--max-header-bytes", 100);
+        assert!(!limit.exceeded_by(100, "headers"));
+        assert!(limit.exceeded_by(101, "headers"));
+        assert_eq!(refused(&registry, "--max-header-bytes"), 1);
+        assert_eq!(limit.reason(), "limit --max-header-bytes = 100 reached");
+    }
+}

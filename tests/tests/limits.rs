@@ -1,0 +1,221 @@
+//! Limits on what a stranger can make strait hold, each hit for real over loopback: the
+//! connection over a cap is closed at once while those under it are served, headers over the
+//! limit get a 431 naming the flag, and every refusal is counted in
+//! `strait_limit_refusals_total` under the setting an operator would change.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use strait_tests::workloads::{get, get_json};
+use strait_tests::{Mesh, Process, http_get, metric, wait_for};
+
+const REFUSALS: &str = "strait_limit_refusals_total";
+
+/// Opens a connection and waits until the far end has accepted it (it would otherwise sit in
+/// the kernel's backlog, where no cap can see it).
+fn hold(addr: SocketAddr) -> Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    std::thread::sleep(Duration::from_millis(50));
+    Ok(stream)
+}
+
+/// Whether a new connection to `addr` is closed by the far end without a byte, after
+/// `greeting` is sent (within 2 s; a connection still open then is not closed).
+fn closed_at_once(addr: SocketAddr, greeting: &[u8]) -> Result<bool> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let _ = stream.write_all(greeting);
+    let mut byte = [0u8; 1];
+    Ok(match stream.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => true,
+        Err(_) => false,
+    })
+}
+
+/// Whether a held connection is still open (reading from it would block).
+fn still_open(stream: &mut TcpStream) -> Result<bool> {
+    stream.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let mut byte = [0u8; 1];
+    Ok(match stream.read(&mut byte) {
+        Ok(_) => false,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    })
+}
+
+fn refusals(admin: SocketAddr, setting: &str) -> Result<f64> {
+    let (_, text) = http_get(admin, "/metrics")?;
+    Ok(metric(&text, REFUSALS, &[&format!("limit=\"{setting}\"")]).unwrap_or(0.0))
+}
+
+#[test]
+fn a_sidecar_refuses_connections_over_its_cap_and_headers_over_its_limit_naming_each_flag()
+-> Result<()> {
+    let mesh = Mesh::new()?;
+    let _east = mesh.start("east", None)?;
+    let app = mesh.app("http", "east", "shop/api", "api-0")?;
+    let api = mesh.sidecar(
+        "east",
+        "shop",
+        "api",
+        "api-0",
+        &[
+            "--service".into(),
+            "api".into(),
+            "--port".into(),
+            format!("8080/http={}", app.addr("address")?),
+            "--max-header-bytes".into(),
+            "2048".into(),
+        ],
+    )?;
+    let web: Process = mesh.sidecar(
+        "east",
+        "shop",
+        "web",
+        "web-0",
+        &[
+            "--proxy-addr".into(),
+            "127.0.0.1:0".into(),
+            "--max-outbound-connections".into(),
+            "3".into(),
+            "--max-header-bytes".into(),
+            "8192".into(),
+        ],
+    )?;
+    let proxy = web.addr("proxy")?;
+    let (web_admin, api_admin) = (web.addr("admin")?, api.addr("admin")?);
+    wait_for(Duration::from_secs(20), "api.shop answered", || {
+        Ok(get_json(proxy, "api.shop").ok().map(|_| ()))
+    })?;
+
+    // Headers: over the caller's limit, its own sidecar answers; under it but over the
+    // callee's, the callee's sidecar does. Each 431 names the flag and its value.
+    let large = "a".repeat(9_000);
+    let refused = get(proxy, "api.shop", "/", &[("x-large", &large)])?;
+    ensure!(refused.status == 431, "{} {}", refused.status, refused.body);
+    ensure!(
+        refused
+            .body
+            .contains("limit --max-header-bytes = 8192 reached"),
+        "{}",
+        refused.body
+    );
+    let medium = "a".repeat(3_000);
+    let refused = get(proxy, "api.shop", "/", &[("x-medium", &medium)])?;
+    ensure!(refused.status == 431, "{} {}", refused.status, refused.body);
+    ensure!(
+        refused
+            .body
+            .contains("limit --max-header-bytes = 2048 reached"),
+        "{}",
+        refused.body
+    );
+    let small = get(proxy, "api.shop", "/", &[("x-small", "a")])?;
+    ensure!(small.status == 200, "{} {}", small.status, small.body);
+    ensure!(refusals(web_admin, "--max-header-bytes")? == 1.0);
+    ensure!(refusals(api_admin, "--max-header-bytes")? == 1.0);
+
+    // Connections: three held open, the fourth is closed unanswered and counted; the held
+    // ones stay open, and one closed makes room again.
+    let mut held = (0..3).map(|_| hold(proxy)).collect::<Result<Vec<_>>>()?;
+    let request = b"GET / HTTP/1.0\r\nHost: api.shop\r\n\r\n";
+    ensure!(
+        closed_at_once(proxy, request)?,
+        "a fourth connection was served"
+    );
+    for stream in &mut held {
+        ensure!(still_open(stream)?, "a held connection was closed");
+    }
+    ensure!(refusals(web_admin, "--max-outbound-connections")? >= 1.0);
+    held.pop();
+    wait_for(
+        Duration::from_secs(5),
+        "room for a connection again",
+        || Ok(get_json(proxy, "api.shop").ok().map(|_| ())),
+    )?;
+    Ok(())
+}
+
+#[test]
+fn a_gateway_caps_connections_on_its_api_relay_dns_and_admin_ports_as_its_limits_say() -> Result<()>
+{
+    let mesh = Mesh::new()?;
+    let mut east = mesh.gateway("east", None)?;
+    east.set_section(
+        "limits",
+        "  apiConnections: 3\n  relayConnections: 2\n  dnsTcpConnections: 1\n  adminConnections: 4",
+    )?;
+    east.start(&mesh)?;
+    let admin = east.admin;
+
+    // Each port: the cap's worth held open (a TLS handshake, a flow header or a DNS query
+    // not yet sent), then one more is closed at once; closing the held ones makes room.
+    let query = {
+        // A query for the zone's SOA, length-prefixed as DNS over TCP sends it.
+        let mut message = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in ["clusterset", "local"] {
+            message.push(label.len() as u8);
+            message.extend_from_slice(label.as_bytes());
+        }
+        message.extend_from_slice(&[0, 0, 6, 0, 1]);
+        let mut framed = (message.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&message);
+        framed
+    };
+    for (addr, cap, setting, greeting) in [
+        (east.api, 3, "limits.apiConnections", &b"\x16\x03\x01"[..]),
+        (east.relay, 2, "limits.relayConnections", &b"\x00"[..]),
+        (east.dns, 1, "limits.dnsTcpConnections", &query[..]),
+    ] {
+        let mut held = (0..cap).map(|_| hold(addr)).collect::<Result<Vec<_>>>()?;
+        ensure!(
+            closed_at_once(addr, greeting)?,
+            "{setting}: one over the cap was served"
+        );
+        for stream in &mut held {
+            ensure!(
+                still_open(stream)?,
+                "{setting}: a held connection was closed"
+            );
+        }
+        drop(held);
+        ensure!(
+            refusals(admin, setting)? >= 1.0,
+            "{setting}: the refusal was not counted"
+        );
+    }
+    // The API serves again once the held connections are gone.
+    wait_for(Duration::from_secs(5), "the API serving again", || {
+        Ok(mesh
+            .ctl("east", &["get", "links"])
+            .success()
+            .ok()
+            .map(|_| ()))
+    })?;
+    // DNS over TCP answers again.
+    wait_for(
+        Duration::from_secs(5),
+        "DNS over TCP answering again",
+        || Ok((!closed_at_once(east.dns, &query)?).then_some(())),
+    )?;
+
+    // The admin port: four held, the fifth closed; counted once room is made to read it.
+    let held = (0..4).map(|_| hold(admin)).collect::<Result<Vec<_>>>()?;
+    ensure!(
+        closed_at_once(admin, b"GET /metrics HTTP/1.0\r\n\r\n")?,
+        "a fifth admin connection was served"
+    );
+    drop(held);
+    let counted = wait_for(Duration::from_secs(5), "the admin port serving", || {
+        Ok(refusals(admin, "limits.adminConnections").ok())
+    })
+    .context("reading the admin refusals")?;
+    ensure!(counted >= 1.0, "the admin refusal was not counted");
+    Ok(())
+}
