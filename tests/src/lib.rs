@@ -14,6 +14,7 @@ mod child;
 mod http;
 pub mod kube;
 pub mod load;
+pub mod netns;
 pub mod otlp;
 pub mod pods;
 pub mod rogue;
@@ -205,6 +206,8 @@ pub struct Gateway {
     pub dns: SocketAddr,
     /// More environment for the process (`POD_NAME`, say).
     pub env: Vec<(String, String)>,
+    /// A command the process runs under (`ip netns exec NAME`, say).
+    pub prefix: Vec<String>,
     child: Option<Child>,
     log: PathBuf,
     runs: usize,
@@ -235,7 +238,15 @@ impl Gateway {
         }
         self.runs += 1;
         let log = std::fs::File::create(&self.log)?;
-        let child = Command::new(strait_bin())
+        let mut command = match self.prefix.split_first() {
+            Some((first, rest)) => {
+                let mut command = Command::new(first);
+                command.args(rest).arg(strait_bin());
+                command
+            }
+            None => Command::new(strait_bin()),
+        };
+        let child = command
             .args(["gateway", "run", "--config"])
             .arg(self.dir.join("gateway.yaml"))
             .env("STRAIT_CONFIG", &mesh.config)
@@ -341,6 +352,7 @@ impl Gateway {
             admin: ports.admin,
             dns: ports.dns,
             env: Vec::new(),
+            prefix: Vec::new(),
             child: None,
             runs: 0,
         }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
+use strait_tests::netns::Namespace;
 use strait_tests::pods::run;
 use strait_tests::{Mesh, Process, http_get, wait_for};
 
@@ -22,108 +23,13 @@ fn missing() -> Option<String> {
     })
 }
 
-/// A network namespace joined to this one by a veth pair; removed on drop.
-struct Namespace {
-    name: String,
-    host_veth: String,
-    host_ip: String,
-    inner_ip: String,
-}
-
-impl Namespace {
-    fn create() -> Result<Self> {
-        let id = std::process::id() % 10_000;
-        let subnet = 1 + id % 250;
-        let ns = Self {
-            name: format!("strait-tp-{id}"),
-            host_veth: format!("stp{id}h"),
-            host_ip: format!("10.231.{subnet}.1"),
-            inner_ip: format!("10.231.{subnet}.2"),
-        };
-        let inner_veth = format!("stp{id}n");
-        // A namespace left by an earlier, killed run goes first.
-        let _ = run("ip", &["netns", "del", &ns.name]);
-        let _ = run("ip", &["link", "del", &ns.host_veth]);
-        run("ip", &["netns", "add", &ns.name])?;
-        run(
-            "ip",
-            &[
-                "link",
-                "add",
-                &ns.host_veth,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &inner_veth,
-            ],
-        )?;
-        run("ip", &["link", "set", &inner_veth, "netns", &ns.name])?;
-        run(
-            "ip",
-            &[
-                "addr",
-                "add",
-                &format!("{}/30", ns.host_ip),
-                "dev",
-                &ns.host_veth,
-            ],
-        )?;
-        run("ip", &["link", "set", &ns.host_veth, "up"])?;
-        ns.exec(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{}/30", ns.inner_ip),
-            "dev",
-            &inner_veth,
-        ])?;
-        ns.exec(&["ip", "link", "set", &inner_veth, "up"])?;
-        ns.exec(&["ip", "link", "set", "lo", "up"])?;
-        // Virtual addresses need a route, or connect fails before iptables sees it.
-        ns.exec(&["ip", "route", "add", "default", "via", &ns.host_ip])?;
-        Ok(ns)
-    }
-
-    /// Makes the namespace's system resolver ask `nameserver` (port 53), through files that
-    /// `ip netns exec` mounts over /etc; `.local` names must not go to multicast DNS.
-    fn set_resolver(&self, nameserver: &str) -> Result<()> {
-        let dir = self.etc();
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(
-            dir.join("resolv.conf"),
-            format!("nameserver {nameserver}\n"),
-        )?;
-        std::fs::write(dir.join("nsswitch.conf"), "hosts: files dns\n")?;
-        Ok(())
-    }
-
-    fn etc(&self) -> std::path::PathBuf {
-        std::path::Path::new("/etc/netns").join(&self.name)
-    }
-
-    fn exec(&self, command: &[&str]) -> Result<String> {
-        let mut args = vec!["netns", "exec", &self.name];
-        args.extend_from_slice(command);
-        run("ip", &args)
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(self.etc());
-        let _ = run("ip", &["netns", "del", &self.name]);
-        let _ = run("ip", &["link", "del", &self.host_veth]);
-    }
-}
-
 #[test]
 fn a_redirected_connection_reaches_the_service_by_its_address_or_its_name() -> Result<()> {
     if let Some(reason) = missing() {
         println!("skipped: {reason}");
         return Ok(());
     }
-    let ns = Namespace::create()?;
+    let ns = Namespace::create("tp", 231)?;
     let mesh = Mesh::new()?;
     let mut gateway = mesh.gateway_with_api("east", &mesh.trust, None, &ns.host_ip)?;
     // The gateway's DNS where the namespace's resolver looks: port 53 of the host side.
