@@ -531,7 +531,7 @@ fn default_grace() -> u64 {
     30_000
 }
 fn default_backoff() -> u64 {
-    5_000
+    2_000
 }
 /// Seven days: longer than any partition a peer is expected to come back from unchanged.
 fn default_tombstone_retention() -> u64 {

@@ -150,6 +150,12 @@ fn set_state(shared: &Shared, peer: &ClusterName, owner: u64, state: LinkState, 
     }
 }
 
+/// How long a dial after the first may wait for the QUIC handshake. A peer that answered
+/// once answers within a few round trips; while it cannot be reached (a partition), short
+/// attempts with a short backoff keep the gap between two Initial packets under ~3 s, so the
+/// link is back within seconds of the network healing, not after a 10 s attempt runs out.
+const REDIAL_HANDSHAKE: Duration = Duration::from_secs(4);
+
 async fn dial_loop(
     shared: Arc<Shared>,
     spec: LinkSpec,
@@ -161,8 +167,14 @@ async fn dial_loop(
     let mut backoff = Duration::from_millis(100);
     loop {
         set_state(&shared, &peer, owner, LinkState::Connecting, String::new());
+        // The first dial (the one `apply` waits on) gets the whole handshake timeout.
+        let handshake_limit = if first.is_some() {
+            HANDSHAKE_TIMEOUT
+        } else {
+            REDIAL_HANDSHAKE
+        };
         let attempt = tokio::select! {
-            attempt = dial_once(&shared, &spec) => attempt,
+            attempt = dial_once(&shared, &spec, handshake_limit) => attempt,
             () = tokens.stopped() => return,
         };
         let outcome = match &attempt {
@@ -245,7 +257,11 @@ async fn dial_loop(
     }
 }
 
-pub(super) async fn dial_once(shared: &Shared, spec: &LinkSpec) -> Result<Established, PeerError> {
+pub(super) async fn dial_once(
+    shared: &Shared,
+    spec: &LinkSpec,
+    handshake_limit: Duration,
+) -> Result<Established, PeerError> {
     let address = deadline(HANDSHAKE_TIMEOUT, "resolving the gateway address", async {
         tokio::net::lookup_host(spec.gateway_address.as_str())
             .await
@@ -262,7 +278,7 @@ pub(super) async fn dial_once(shared: &Shared, spec: &LinkSpec) -> Result<Establ
         address,
         spec.cluster.as_str(),
     )?;
-    let connection = deadline(HANDSHAKE_TIMEOUT, "QUIC handshake", connecting).await?;
+    let connection = deadline(handshake_limit, "QUIC handshake", connecting).await?;
     let (mut send, recv) = deadline(
         HANDSHAKE_TIMEOUT,
         "opening the control stream",
@@ -344,7 +360,11 @@ async fn run_session(
 /// Tells the gateway of a link we removed while no session was up: one dial, then the
 /// refusal. Best effort: a peer that cannot be reached keeps the peering as disconnected.
 pub(super) async fn notify_unlink(shared: Arc<Shared>, spec: LinkSpec) {
-    let dialed = tokio::time::timeout(2 * HANDSHAKE_TIMEOUT, dial_once(&shared, &spec)).await;
+    let dialed = tokio::time::timeout(
+        2 * HANDSHAKE_TIMEOUT,
+        dial_once(&shared, &spec, HANDSHAKE_TIMEOUT),
+    )
+    .await;
     if let Ok(Ok(mut established)) = dialed {
         let reason = Refusal::unlinked(&shared.config.cluster).reason;
         refuse(
