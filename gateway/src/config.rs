@@ -192,6 +192,12 @@ pub struct KubernetesConfig {
     /// the pod's grace period.
     #[serde(default = "default_drain_seconds")]
     pub drain_seconds: u32,
+    /// The Secret of the gateway's namespace mounted as `credentialsDir` (the chart's
+    /// `credentialsSecret`). When set, a root rotation taken by any replica is written into
+    /// it, and every replica takes what its mount shows (docs/trust.md). Absent: rotations
+    /// stay in `stateDir/trust/` of the replica that took them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
 }
 
 fn default_drain_seconds() -> u32 {

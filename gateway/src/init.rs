@@ -241,6 +241,7 @@ pub fn init_gateway(options: InitOptions) -> Result<Initialized, GatewayError> {
                     injector: None,
                     relay_service: None,
                     drain_seconds: 0,
+                    credentials_secret: None,
                 })
             })
             .transpose()?,

@@ -67,6 +67,20 @@ pub fn rotated_dir(config: &GatewayConfig) -> PathBuf {
     config.state_dir.join("trust")
 }
 
+/// The file of a trust folder that counts its rotations.
+pub const GENERATION: &str = "generation";
+
+/// The rotation generation of the trust files in `dir`: 0 for the credentials as `strait trust
+/// issue` wrote them, one more for each change an operator made since, on any replica. A
+/// replica takes the credentials Secret's files when they are of a later generation than its
+/// own, and writes its own into the Secret when they are of a later one.
+pub fn generation_of(dir: &Path) -> u64 {
+    std::fs::read_to_string(dir.join(GENERATION))
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// The bundle and issuer to start with: a rotation's, else the credentials folder's.
 pub fn load(config: &GatewayConfig) -> Result<(TrustBundle, ClusterIssuer), PkiError> {
     let rotated = rotated_dir(config);
@@ -170,6 +184,16 @@ impl Trust {
         Ok(true)
     }
 
+    /// Records the generation of the trust in force (written beside its files).
+    pub fn set_generation(&self, generation: u64) -> Result<(), TrustError> {
+        strait_io::files::write_file(
+            &self.dir.join(GENERATION),
+            &format!("{generation}\n"),
+            false,
+        )?;
+        Ok(())
+    }
+
     /// A request for a new issuer key: the same one until an issuer is installed.
     pub fn issuer_request(&self) -> Result<Vec<u8>, TrustError> {
         let mut pending = lock(&self.pending);
@@ -193,6 +217,22 @@ impl Trust {
             ));
         };
         let issuer = request.install(certificate_pem)?;
+        let root = self.put_in_force(issuer)?;
+        *pending = None;
+        Ok(root)
+    }
+
+    /// Puts an issuer another replica installed (read from the credentials folder) in force,
+    /// once it chains to the bundle. Written before it is used. Returns the root it chains
+    /// to, or `None` when it is the issuer in force already.
+    pub fn adopt_issuer(&self, issuer: ClusterIssuer) -> Result<Option<String>, TrustError> {
+        if issuer_fingerprint(&issuer.chain_pem).as_deref() == Some(&self.issuer_fingerprint()) {
+            return Ok(None);
+        }
+        self.put_in_force(issuer).map(Some)
+    }
+
+    fn put_in_force(&self, issuer: ClusterIssuer) -> Result<String, TrustError> {
         let root = self
             .bundle()
             .fingerprint_of_issuer(&issuer.chain_pem)
@@ -202,7 +242,6 @@ impl Trust {
                 )
             })?;
         strait_io::pki::save_issuer(&issuer, &self.dir)?;
-        *pending = None;
         let in_force = InForce::new(issuer);
         match self.issuer.write() {
             Ok(mut current) => *current = in_force,

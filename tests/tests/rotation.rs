@@ -167,3 +167,156 @@ fn a_root_is_rotated_under_traffic_with_no_failed_request_and_the_links_kept() -
     );
     Ok(())
 }
+
+/// The fingerprints of the certificates of `kind` (root, issuer) a gateway's metrics show.
+fn held(gateway: &strait_tests::Gateway, kind: &str) -> Result<Vec<String>> {
+    let text = gateway.metrics()?;
+    let label = format!("certificate=\"{kind}\"");
+    let mut found: Vec<String> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("strait_certificate_expiry_timestamp_seconds{") && l.contains(&label)
+        })
+        .filter_map(|l| l.split("fingerprint=\"").nth(1))
+        .filter_map(|rest| rest.split('"').next())
+        .map(str::to_owned)
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// In Kubernetes mode a rotation outlives the pod that took it: each stage is written into
+/// the credentials Secret, and a gateway that starts on an empty disk with a mount the kubelet
+/// has not refreshed yet takes the Secret's later generation live once the mount shows it,
+/// all three stages at once.
+#[test]
+fn a_rotation_in_kubernetes_mode_is_written_into_the_credentials_secret_and_taken_from_its_mount()
+-> Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Api, PostParams};
+    use strait_tests::kube::{KubeCluster, binaries};
+    if let Err(why) = binaries() {
+        eprintln!("skipped: {why}");
+        return Ok(());
+    }
+    let mesh = Mesh::new()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut east = KubeCluster::start(&mesh, &runtime, "east")?;
+    east.gateway.stop()?;
+    // The credentials as the chart mounts them: a Secret, and its files in a folder.
+    let files = ["bundle.pem", "issuer.crt", "issuer.key", "link.key"];
+    let mount = east.gateway.dir.join("credentials");
+    std::fs::create_dir_all(&mount)?;
+    let mut data = std::collections::BTreeMap::new();
+    for file in files {
+        let text = std::fs::read_to_string(east.gateway.dir.join(file))?;
+        std::fs::write(mount.join(file), &text)?;
+        data.insert(file.to_owned(), k8s_openapi::ByteString(text.into_bytes()));
+    }
+    let secrets = Api::<Secret>::namespaced(east.client.clone(), "strait-system");
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("strait-cluster-credentials".into()),
+            ..Default::default()
+        },
+        data: Some(data),
+        ..Default::default()
+    };
+    runtime.block_on(secrets.create(&PostParams::default(), &secret))?;
+    let config = east.gateway.dir.join("gateway.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}credentialsDir: {}\n",
+            std::fs::read_to_string(&config)?,
+            mount.display()
+        ),
+    )?;
+    east.gateway.set_section(
+        "kubernetes",
+        &format!(
+            "  kubeconfig: {}\n  credentialsSecret: strait-cluster-credentials",
+            east.plane.kubeconfig.display()
+        ),
+    )?;
+    east.gateway.start(&mesh)?;
+    let old_root = held(&east.gateway, "root")?;
+
+    // The three stages, as operators run them.
+    let next = mesh.dir.path().join("trust-2");
+    let path = |p: &std::path::Path| p.display().to_string();
+    let stages: [Vec<String>; 3] = [
+        vec![
+            "add".into(),
+            "--trust".into(),
+            path(&mesh.trust),
+            "--new".into(),
+            path(&next),
+        ],
+        vec!["reissue".into(), "--trust".into(), path(&next)],
+        vec!["retire".into(), "--trust".into(), path(&mesh.trust)],
+    ];
+    for stage in &stages {
+        let mut args = vec!["trust", "rotate"];
+        args.extend(stage.iter().map(String::as_str));
+        mesh.cli(&args, &[]).success()?;
+    }
+    let new_root = held(&east.gateway, "root")?;
+    let new_issuer = held(&east.gateway, "issuer")?;
+    ensure!(new_root != old_root && new_root.len() == 1, "{new_root:?}");
+
+    // Each stage reached the Secret; the last one is generation 3.
+    let stored = wait_for(
+        Duration::from_secs(10),
+        "generation 3 in the Secret",
+        || {
+            let secret = runtime.block_on(secrets.get("strait-cluster-credentials"))?;
+            let data = secret.data.unwrap_or_default();
+            let text = |key: &str| {
+                data.get(key)
+                    .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                    .unwrap_or_default()
+            };
+            Ok((text("generation").trim() == "3").then(|| {
+                files
+                    .iter()
+                    .map(|f| (f.to_string(), text(f)))
+                    .collect::<Vec<_>>()
+            }))
+        },
+    )
+    .with_context(|| east.gateway.log_tail())?;
+    let rotated = east.gateway.dir.join("trust");
+    ensure!(
+        stored[0].1 == std::fs::read_to_string(rotated.join("bundle.pem"))?
+            && stored[1].1 == std::fs::read_to_string(rotated.join("issuer.crt"))?,
+        "the Secret does not hold the rotated bundle and issuer"
+    );
+
+    // A pod rescheduled: an empty disk, and a mount the kubelet has not refreshed yet. It
+    // starts with the credentials as first issued...
+    east.gateway.stop()?;
+    std::fs::remove_dir_all(&rotated)?;
+    east.gateway.start(&mesh)?;
+    ensure!(held(&east.gateway, "root")? == old_root);
+    // ...and takes generation 3 once the mount shows it (the kubelet writes every key).
+    for (file, text) in &stored {
+        std::fs::write(mount.join(file), text)?;
+    }
+    std::fs::write(mount.join("generation"), "3\n")?;
+    let taken = Instant::now();
+    wait_for(
+        Duration::from_secs(10),
+        "the new root and issuer taken",
+        || {
+            Ok((held(&east.gateway, "root")? == new_root
+                && held(&east.gateway, "issuer")? == new_issuer)
+                .then_some(()))
+        },
+    )
+    .with_context(|| east.gateway.log_tail())?;
+    eprintln!("generation 3 taken from the mount in {:?}", taken.elapsed());
+    // The operator's context (new root only) reaches it again.
+    mesh.ctl("east", &["get", "links"]).success()?;
+    Ok(())
+}

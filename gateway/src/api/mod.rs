@@ -5,7 +5,7 @@
 mod caller;
 pub mod contexts;
 pub mod operator;
-mod rotation;
+pub(crate) mod rotation;
 pub mod workload;
 
 use std::sync::Arc;

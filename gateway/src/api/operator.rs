@@ -649,6 +649,9 @@ impl Operator for OperatorApi {
     ) -> Result<Response<UpdateTrustBundleResponse>, Status> {
         let answer =
             super::rotation::update_bundle(&self.shared, &request.into_inner().bundle_pem)?;
+        if answer.changed {
+            super::rotation::count_rotation(&self.shared)?;
+        }
         self.shared.persist().await.map_err(unsaved)?;
         Ok(Response::new(answer))
     }
@@ -666,10 +669,10 @@ impl Operator for OperatorApi {
         &self,
         request: Request<InstallIssuerRequest>,
     ) -> Result<Response<InstallIssuerResponse>, Status> {
-        Ok(Response::new(super::rotation::install_issuer(
-            &self.shared,
-            request.into_inner().certificate_pem,
-        )?))
+        let answer =
+            super::rotation::install_issuer(&self.shared, request.into_inner().certificate_pem)?;
+        super::rotation::count_rotation(&self.shared)?;
+        Ok(Response::new(answer))
     }
 
     async fn revoke(

@@ -69,6 +69,18 @@ pub fn update_bundle(
     })
 }
 
+/// Counts a change an operator made: one generation past both this replica's and the
+/// credentials folder's (see [`crate::trust::generation_of`]).
+pub fn count_rotation(shared: &Shared) -> Result<(), Status> {
+    let generation = crate::trust::generation_of(&crate::trust::rotated_dir(&shared.config))
+        .max(crate::trust::generation_of(shared.config.credentials()))
+        + 1;
+    shared
+        .trust
+        .set_generation(generation)
+        .map_err(|e| Status::internal(e.to_string()))
+}
+
 /// A request for the cluster's new issuer key.
 pub fn issuer_request(shared: &Shared) -> Result<CreateIssuerRequestResponse, Status> {
     Ok(CreateIssuerRequestResponse {
@@ -87,24 +99,8 @@ pub fn install_issuer(
         .trust
         .install_issuer(certificate_pem)
         .map_err(refused)?;
+    issuer_replaced(shared, &root).map_err(|e| Status::internal(e.to_string()))?;
     let issuer = shared.trust.issuer();
-    let identity = strait_federation::identity::SpiffeId::gateway(
-        &shared.config.trust_domain,
-        &shared.config.cluster,
-    );
-    let leaf = issuer
-        .issue(
-            &identity,
-            strait_federation::pki::LEAF_LIFETIME,
-            SystemTime::now(),
-        )
-        .map_err(|e| Status::internal(e.to_string()))?;
-    shared
-        .certs
-        .replace(&leaf)
-        .map_err(|e| Status::internal(e.to_string()))?;
-    shared.views_changed();
-    tracing::info!(issuer = %shared.trust.issuer_fingerprint(), root = %root, "issuer replaced");
     let cert = parse_certs(&issuer.chain_pem, std::path::Path::new("issuer"))
         .map_err(|e| Status::internal(e.to_string()))?
         .remove(0);
@@ -117,6 +113,24 @@ pub fn install_issuer(
         }),
         root_fingerprint: root,
     })
+}
+
+/// What follows a new issuer in force: the gateway's own certificate re-issued under it, and
+/// a view that tells the sidecars to renew theirs.
+pub fn issuer_replaced(shared: &Shared, root: &str) -> Result<(), TrustError> {
+    let identity = strait_federation::identity::SpiffeId::gateway(
+        &shared.config.trust_domain,
+        &shared.config.cluster,
+    );
+    let leaf = shared.trust.issuer().issue(
+        &identity,
+        strait_federation::pki::LEAF_LIFETIME,
+        SystemTime::now(),
+    )?;
+    shared.certs.replace(&leaf)?;
+    shared.views_changed();
+    tracing::info!(issuer = %shared.trust.issuer_fingerprint(), root = %root, "issuer replaced");
+    Ok(())
 }
 
 /// A new certificate for the calling operator, under the issuer in force.

@@ -11,6 +11,7 @@
 
 pub mod access;
 pub mod crd;
+pub mod credentials;
 pub mod durable;
 pub mod export;
 pub mod identity;
@@ -336,6 +337,15 @@ pub fn start(shared: &Arc<Shared>, client: Client, restored: durable::Restore) {
             health.clone(),
         ));
         tokio::spawn(follow_leadership(shared.clone()));
+        if let Some(secret) = config.credentials_secret.clone() {
+            tokio::spawn(credentials::run(
+                shared.clone(),
+                client.clone(),
+                config.namespace.clone(),
+                secret,
+                health.clone(),
+            ));
+        }
         tokio::spawn(durable::run(
             shared.clone(),
             client.clone(),
