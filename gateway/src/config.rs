@@ -136,6 +136,15 @@ impl LimitsConfig {
         *self == Self::default()
     }
 
+    /// The file descriptors the connection caps may hold at once: each relayed flow holds two
+    /// (the sidecar's and, in the other direction, the endpoint's).
+    pub fn open_files(&self) -> u64 {
+        u64::from(self.api_connections)
+            + 2 * u64::from(self.relay_connections)
+            + u64::from(self.admin_connections)
+            + u64::from(self.dns_tcp_connections)
+    }
+
     /// What is wrong with the block, if anything: every limit is at least 1, and a peer's
     /// streams at most what QUIC can grant in one frame that stays sensible (1,000,000).
     fn check(&self) -> Result<(), String> {

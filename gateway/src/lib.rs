@@ -427,6 +427,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GatewayError> {
     strait_federation::tls::install_default_provider();
+    strait_io::limit::raise_open_files(config.limits.open_files());
     let credentials = config.credentials().to_owned();
     let (bundle, issuer) = trust::load(&config)?;
     let link_key_path = credentials.join("link.key");

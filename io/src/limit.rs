@@ -140,6 +140,46 @@ impl ConnectionLimit {
     }
 }
 
+/// Raises this process's soft limit on open files to its hard limit (as HAProxy and Envoy do),
+/// so that the connection caps, not the file descriptors, bound what a listener holds, and
+/// says in the log when the limit is still below `wanted` (the sum of the caps). Returns the
+/// soft limit in force.
+pub fn raise_open_files(wanted: u64) -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given, which lives across the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 0;
+    }
+    // The kernel refuses an infinite file limit: 2^20 is its default ceiling (nr_open).
+    let ceiling = if limit.rlim_max == libc::RLIM_INFINITY {
+        1 << 20
+    } else {
+        limit.rlim_max
+    };
+    let mut soft = limit.rlim_cur;
+    if soft < ceiling {
+        let raised = libc::rlimit {
+            rlim_cur: ceiling,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct it is given, which lives across the call.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            soft = ceiling;
+        }
+    }
+    if soft < wanted {
+        tracing::warn!(
+            open_files = soft,
+            wanted,
+            "the limit on open files is below the connection caps: past it, accepting fails (too many open files) before a cap is reached; raise the hard limit (ulimit -Hn, LimitNOFILE=)"
+        );
+    }
+    soft
+}
+
 /// A listener whose connections are capped by a [`ConnectionLimit`], for servers that take a
 /// listener (axum): one over the cap is closed at accept.
 pub struct CappedListener {
@@ -251,6 +291,22 @@ mod tests {
         drop(first);
         assert!(cap.admit(remote).is_some());
         assert_eq!(refused(&registry, "--max-inbound-connections"), 2);
+    }
+
+    #[test]
+    fn the_open_file_limit_is_raised_to_the_hard_limit() {
+        let soft = raise_open_files(0);
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: as in raise_open_files.
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+            0
+        );
+        assert_eq!(soft, limit.rlim_cur);
+        assert!(limit.rlim_cur == limit.rlim_max || limit.rlim_cur == 1 << 20);
     }
 
     #[test]

@@ -289,6 +289,7 @@ fn bound(listener: &TcpListener) -> SocketAddr {
 /// binds its listeners and starts its tasks. It runs until [`Sidecar::stop`].
 pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
     tls::install_default_provider();
+    strait_io::limit::raise_open_files(config.limits.open_files());
     let bootstrap = &config.bootstrap;
     let bundle = TrustBundle::from_pem(
         bootstrap.trust_domain.clone(),

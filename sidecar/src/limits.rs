@@ -28,6 +28,15 @@ pub struct LimitsConfig {
     pub admin_connections: u32,
 }
 
+impl LimitsConfig {
+    /// The file descriptors the connection caps may hold at once: each connection holds its
+    /// own and the one it opens onward.
+    pub fn open_files(&self) -> u64 {
+        2 * (u64::from(self.inbound_connections) + u64::from(self.outbound_connections))
+            + u64::from(self.admin_connections)
+    }
+}
+
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
