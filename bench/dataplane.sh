@@ -113,7 +113,7 @@ if want strait || want bulk; then
     else
         log "cargo build --release --bin strait (in $ROOT)"
         if (cd "$ROOT" && cargo build --release --bin strait >&2); then
-            STRAIT="$ROOT/target/release/strait"
+            STRAIT="${CARGO_TARGET_DIR:-$ROOT/target}/release/strait"
         else
             STRAIT_WHY="cargo build --release --bin strait failed"
         fi

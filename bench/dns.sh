@@ -91,7 +91,7 @@ else
         log "FATAL: cargo build --release --bin strait failed"
         exit 1
     fi
-    STRAIT="$ROOT/target/release/strait"
+    STRAIT="${CARGO_TARGET_DIR:-$ROOT/target}/release/strait"
 fi
 if [[ ! -x $STRAIT ]]; then
     log "FATAL: $STRAIT is not an executable"

@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${STRAIT_BIN:-}" ]; then
     cargo build --release --bin strait
-    STRAIT_BIN="$PWD/target/release/strait"
+    STRAIT_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/strait"
     export STRAIT_BIN
 fi
 exec cargo bench -p strait-tests --bench soak
