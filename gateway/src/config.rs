@@ -78,6 +78,10 @@ pub struct LimitsConfig {
     /// when accepted.
     #[serde(default = "default_api_connections")]
     pub api_connections: u32,
+    /// Of those, connections without a client certificate (a new sidecar asking for its
+    /// first one), once past their TLS handshake; each is closed after 10 s without a request.
+    #[serde(default = "default_api_anonymous_connections")]
+    pub api_anonymous_connections: u32,
     /// Flows open at once from this cluster's sidecars on the relay port; one more is closed
     /// when accepted.
     #[serde(default = "default_relay_connections")]
@@ -102,6 +106,9 @@ pub struct LimitsConfig {
 fn default_api_connections() -> u32 {
     10_000
 }
+fn default_api_anonymous_connections() -> u32 {
+    256
+}
 fn default_relay_connections() -> u32 {
     20_000
 }
@@ -122,6 +129,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             api_connections: default_api_connections(),
+            api_anonymous_connections: default_api_anonymous_connections(),
             relay_connections: default_relay_connections(),
             admin_connections: default_admin_connections(),
             dns_tcp_connections: default_dns_tcp_connections(),
@@ -136,8 +144,9 @@ impl LimitsConfig {
         *self == Self::default()
     }
 
-    /// The file descriptors the connection caps may hold at once: each relayed flow holds two
-    /// (the sidecar's and, in the other direction, the endpoint's).
+    /// The file descriptors the connection caps may hold at once. Relay connections count
+    /// twice: as many flows come the other way from peers, each holding a connection to an
+    /// endpoint of this cluster.
     pub fn open_files(&self) -> u64 {
         u64::from(self.api_connections)
             + 2 * u64::from(self.relay_connections)
@@ -150,6 +159,10 @@ impl LimitsConfig {
     fn check(&self) -> Result<(), String> {
         let fields = [
             ("limits.apiConnections", self.api_connections),
+            (
+                "limits.apiAnonymousConnections",
+                self.api_anonymous_connections,
+            ),
             ("limits.relayConnections", self.relay_connections),
             ("limits.adminConnections", self.admin_connections),
             ("limits.dnsTcpConnections", self.dns_tcp_connections),

@@ -9,6 +9,8 @@ use crate::config::LimitsConfig;
 pub struct Limits {
     /// Connections on the API port.
     pub api: ConnectionLimit,
+    /// Connections on the API port without a client certificate, past their TLS handshake.
+    pub api_anonymous: ConnectionLimit,
     /// Flows from this cluster's sidecars on the relay port.
     pub relay: ConnectionLimit,
     /// Connections on the admin port.
@@ -30,6 +32,10 @@ impl Limits {
         let cap = |key, value: u32| ConnectionLimit::new(refusals.limit(key, u64::from(value)));
         Self {
             api: cap("limits.apiConnections", config.api_connections),
+            api_anonymous: cap(
+                "limits.apiAnonymousConnections",
+                config.api_anonymous_connections,
+            ),
             relay: cap("limits.relayConnections", config.relay_connections),
             admin: cap("limits.adminConnections", config.admin_connections),
             dns_tcp: cap("limits.dnsTcpConnections", config.dns_tcp_connections),

@@ -182,8 +182,13 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
             () = shared.shutdown.cancelled() => return,
         };
         match accepted {
-            Ok((tcp, remote)) => {
+            Ok((mut tcp, remote)) => {
                 let Some(permit) = shared.limits.relay.admit(remote) else {
+                    // The sidecar reads the reason as the flow's answer, then the close.
+                    let reason = shared.limits.relay.limit().reason();
+                    tokio::spawn(async move {
+                        answer(&mut tcp, &strait_federation::flow::refusal(reason)).await;
+                    });
                     continue;
                 };
                 let shared = shared.clone();
@@ -340,14 +345,18 @@ async fn open_stream(
     let mut opening = std::pin::pin!(connection.open_bi());
     let opened = match futures::FutureExt::now_or_never(opening.as_mut()) {
         Some(opened) => opened,
-        None => {
-            // The peer's stream credit is used up: its `limits.peerStreams` flows are open.
-            streams.refuse(&format!(
-                "a flow to {} waits for stream credit",
-                target.cluster
-            ));
-            timed("opening a stream (waiting for stream credit)", opening).await?
-        }
+        // The peer's stream credit is used up (its `limits.peerStreams` flows are open): wait
+        // for a flow to end, and count a refusal only when none ends in time.
+        None => match timed("opening a stream (waiting for stream credit)", opening).await {
+            Ok(opened) => opened,
+            Err(timed_out) => {
+                streams.refuse(&format!(
+                    "a flow to {}: the peer's limits.peerStreams flows stayed open",
+                    target.cluster
+                ));
+                return Err(timed_out);
+            }
+        },
     };
     let (mut send, mut recv) = opened.map_err(|source| FlowError::Stream {
         cluster: target.cluster.clone(),

@@ -95,9 +95,13 @@ impl AppProbe {
     }
 }
 
+/// How long an admin connection may read nothing before it is closed: longer than any
+/// scraper's or prober's interval between two requests on one connection.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Serves the admin endpoints, and the process's own `routes` beside them, on a bound
-/// listener (at most `cap`'s connections at once) until `shutdown` is cancelled; `process`
-/// names it in the log (`gateway`, `sidecar`).
+/// listener (at most `cap`'s connections at once, each closed after 60 s without a request)
+/// until `shutdown` is cancelled; `process` names it in the log (`gateway`, `sidecar`).
 pub async fn serve(
     probes: Arc<dyn Probes>,
     listener: TcpListener,
@@ -113,7 +117,8 @@ pub async fn serve(
         .route("/app-health/{container}/{kind}", get(app_health))
         .with_state(probes)
         .merge(routes);
-    let result = axum::serve(crate::limit::CappedListener::new(listener, cap), router)
+    let listener = crate::limit::CappedListener::new(listener, cap, IDLE);
+    let result = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await;
     if let Err(e) = result {

@@ -48,14 +48,14 @@ pub enum ApiError {
     },
 }
 
-/// A TLS connection a server accepted, with what tonic hands each request about it (`info`:
-/// the caller's identity, or nothing) and its place under a connection limit, if any, held
-/// until the connection closes: the gateway's API and the Terraform provider serve gRPC over
-/// these.
+/// A TLS connection a server accepted (closed when it reads nothing for its idle time, if it
+/// has one), with what tonic hands each request about it (`info`: the caller's identity, or
+/// nothing) and its places under connection limits, held until the connection closes: the
+/// gateway's API and the Terraform provider serve gRPC over these.
 pub struct Accepted<I>(
-    pub tokio_rustls::server::TlsStream<TcpStream>,
+    pub crate::limit::IdleDeadline<tokio_rustls::server::TlsStream<TcpStream>>,
     pub I,
-    pub Option<tokio::sync::OwnedSemaphorePermit>,
+    pub Vec<tokio::sync::OwnedSemaphorePermit>,
 );
 
 impl<I: Clone + Send + Sync + 'static> tonic::transport::server::Connected for Accepted<I> {

@@ -138,6 +138,15 @@ impl ConnectionLimit {
     pub fn limit(&self) -> &Limit {
         &self.limit
     }
+
+    /// How many connections hold a place now.
+    pub fn in_use(&self) -> u64 {
+        let free = self.open.available_permits() as u64;
+        self.limit
+            .max
+            .min(Semaphore::MAX_PERMITS as u64)
+            .saturating_sub(free)
+    }
 }
 
 /// Raises this process's soft limit on open files to its hard limit (as HAProxy and Envoy do),
@@ -180,23 +189,108 @@ pub fn raise_open_files(wanted: u64) -> u64 {
     soft
 }
 
+/// A stream that fails with `TimedOut` once it has read nothing for its idle time: a stranger
+/// that opens a connection and goes quiet gives its place back.
+pub struct IdleDeadline<S> {
+    stream: S,
+    idle: Option<Duration>,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<S> IdleDeadline<S> {
+    /// `stream`, closed after `idle` without a byte read (never, when `None`).
+    pub fn new(stream: S, idle: Option<Duration>) -> Self {
+        let at = tokio::time::Instant::now() + idle.unwrap_or(Duration::from_secs(3600));
+        Self {
+            stream,
+            idle,
+            sleep: Box::pin(tokio::time::sleep_until(at)),
+        }
+    }
+
+    /// The stream inside.
+    pub fn get_ref(&self) -> &S {
+        &self.stream
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for IdleDeadline<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.stream).poll_read(cx, buf) {
+            std::task::Poll::Ready(result) => {
+                if let Some(idle) = this.idle
+                    && buf.filled().len() > before
+                {
+                    this.sleep
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + idle);
+                }
+                std::task::Poll::Ready(result)
+            }
+            std::task::Poll::Pending => match (this.idle, this.sleep.as_mut().poll(cx)) {
+                (Some(idle), std::task::Poll::Ready(())) => {
+                    std::task::Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("nothing read for {idle:?}"),
+                    )))
+                }
+                _ => std::task::Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for IdleDeadline<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
 /// A listener whose connections are capped by a [`ConnectionLimit`], for servers that take a
-/// listener (axum): one over the cap is closed at accept.
+/// listener (axum): one over the cap is closed at accept, and one that reads nothing for the
+/// idle time is closed.
 pub struct CappedListener {
     listener: tokio::net::TcpListener,
     cap: ConnectionLimit,
+    idle: Duration,
 }
 
 impl CappedListener {
-    /// `listener` under `cap`.
-    pub fn new(listener: tokio::net::TcpListener, cap: ConnectionLimit) -> Self {
-        Self { listener, cap }
+    /// `listener` under `cap`; a connection idle for `idle` is closed.
+    pub fn new(listener: tokio::net::TcpListener, cap: ConnectionLimit, idle: Duration) -> Self {
+        Self {
+            listener,
+            cap,
+            idle,
+        }
     }
 }
 
 /// A connection of a [`CappedListener`], holding its place until it is dropped.
 pub struct CappedStream {
-    stream: tokio::net::TcpStream,
+    stream: IdleDeadline<tokio::net::TcpStream>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -212,7 +306,7 @@ impl axum::serve::Listener for CappedListener {
                         let _ = stream.set_nodelay(true);
                         return (
                             CappedStream {
-                                stream,
+                                stream: IdleDeadline::new(stream, Some(self.idle)),
                                 _permit: permit,
                             },
                             remote,
@@ -293,9 +387,41 @@ mod tests {
         assert_eq!(refused(&registry, "--max-inbound-connections"), 2);
     }
 
-    #[test]
-    fn the_open_file_limit_is_raised_to_the_hard_limit() {
-        let soft = raise_open_files(0);
+    #[tokio::test]
+    async fn a_connection_that_reads_nothing_for_its_idle_time_fails_and_reads_keep_it_open() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let idle = Duration::from_millis(300);
+        let mut server = IdleDeadline::new(server, Some(idle));
+        let started = tokio::time::Instant::now();
+        // Bytes every 100 ms keep it open past its idle time.
+        let mut byte = [0u8; 1];
+        for _ in 0..6 {
+            client.write_all(b"x").await.unwrap();
+            server.read_exact(&mut byte).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(started.elapsed() > idle);
+        // Then silence: the read fails once the idle time has passed since the last byte.
+        let quiet = tokio::time::Instant::now();
+        let error = server.read(&mut byte).await.unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        assert!(
+            quiet.elapsed() >= Duration::from_millis(150),
+            "{:?}",
+            quiet.elapsed()
+        );
+        // No idle time: never.
+        let mut forever = IdleDeadline::new(client, None);
+        let waited =
+            tokio::time::timeout(Duration::from_millis(400), forever.read(&mut byte)).await;
+        assert!(waited.is_err(), "a stream without an idle time timed out");
+    }
+
+    fn open_files() -> libc::rlimit {
         let mut limit = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
@@ -305,8 +431,17 @@ mod tests {
             unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
             0
         );
-        assert_eq!(soft, limit.rlim_cur);
-        assert!(limit.rlim_cur == limit.rlim_max || limit.rlim_cur == 1 << 20);
+        limit
+    }
+
+    #[test]
+    fn the_open_file_limit_is_raised_towards_the_hard_limit_and_never_lowered() {
+        let before = open_files();
+        let soft = raise_open_files(0);
+        let after = open_files();
+        assert_eq!(soft, after.rlim_cur);
+        assert!(after.rlim_cur >= before.rlim_cur);
+        assert_eq!(after.rlim_max, before.rlim_max);
     }
 
     #[test]

@@ -546,7 +546,7 @@ async fn serve_http(
         identity: caller,
         addressed,
     });
-    let header_buffer = shared.limits.header_buffer();
+    let header_list = shared.limits.header_list();
     let service = hyper::service::service_fn(move |request| {
         let shared = shared.clone();
         let caller = caller.clone();
@@ -554,7 +554,7 @@ async fn serve_http(
     });
     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .max_concurrent_streams(MAX_STREAMS)
-        .max_header_list_size(u32::try_from(header_buffer).unwrap_or(u32::MAX))
+        .max_header_list_size(header_list)
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20)
         .serve_connection(TokioIo::new(tls), service)

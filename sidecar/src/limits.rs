@@ -80,13 +80,19 @@ impl Limits {
         }
     }
 
-    /// What hyper may buffer for one request's headers: twice the limit, so that a request
-    /// over it reaches [`Limits::refuse_large_headers`] and gets its answer, while hyper's own
-    /// refusal stays a backstop for memory.
+    /// What HTTP/1.1 may buffer for a connection's request head: twice the limit, so that a
+    /// request over it reaches [`Limits::refuse_large_headers`] and gets its answer, while
+    /// hyper's own refusal stays a backstop for memory.
     pub(crate) fn header_buffer(&self) -> usize {
         usize::try_from(self.header_bytes.max().saturating_mul(2))
             .unwrap_or(usize::MAX)
             .max(16 << 10)
+    }
+
+    /// The header list HTTP/2 takes per stream (SETTINGS_MAX_HEADER_LIST_SIZE): the limit and
+    /// 16 KiB of room, so that a request a little over it gets the answer that names it.
+    pub(crate) fn header_list(&self) -> u32 {
+        u32::try_from(self.header_bytes.max() + (16 << 10)).unwrap_or(u32::MAX)
     }
 
     /// A `431 Request Header Fields Too Large` naming the limit when the request's target
@@ -149,5 +155,6 @@ mod tests {
         );
         assert_eq!(header_bytes(&small), 1 + 1 + 32 + 2 + 3);
         assert_eq!(limits.header_buffer(), 16 << 10);
+        assert_eq!(limits.header_list(), 1_000 + (16 << 10));
     }
 }

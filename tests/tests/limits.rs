@@ -36,6 +36,24 @@ fn closed_at_once(addr: SocketAddr, greeting: &[u8]) -> Result<bool> {
     })
 }
 
+/// What a new connection to `addr` reads before the far end closes it, after `greeting`
+/// is sent; `None` when it is still open after 2 s.
+fn answer_then_close(addr: SocketAddr, greeting: &[u8]) -> Result<Option<Vec<u8>>> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let _ = stream.write_all(greeting);
+    let mut read = Vec::new();
+    let mut chunk = [0u8; 512];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => return Ok(Some(read)),
+            Ok(n) => read.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(Some(read)),
+            Err(_) => return Ok(None),
+        }
+    }
+}
+
 /// Whether a held connection is still open (reading from it would block).
 fn still_open(stream: &mut TcpStream) -> Result<bool> {
     stream.set_read_timeout(Some(Duration::from_millis(100)))?;
@@ -174,10 +192,18 @@ fn a_gateway_caps_connections_on_its_api_relay_dns_and_admin_ports_as_its_limits
         (east.dns, 1, "limits.dnsTcpConnections", &query[..]),
     ] {
         let mut held = (0..cap).map(|_| hold(addr)).collect::<Result<Vec<_>>>()?;
-        ensure!(
-            closed_at_once(addr, greeting)?,
-            "{setting}: one over the cap was served"
-        );
+        let answer = answer_then_close(addr, greeting)?
+            .with_context(|| format!("{setting}: one over the cap was served"))?;
+        // A relay flow is told why, as the flow's answer; the other ports just close.
+        let reason = format!("limit {setting} = {cap} reached");
+        if setting == "limits.relayConnections" {
+            ensure!(
+                String::from_utf8_lossy(&answer).contains(&reason),
+                "{setting}: the refusal does not say {reason:?}: {answer:?}"
+            );
+        } else {
+            ensure!(answer.is_empty(), "{setting}: answered {answer:?}");
+        }
         for stream in &mut held {
             ensure!(
                 still_open(stream)?,

@@ -27,6 +27,10 @@ use operator::OperatorApi;
 use crate::Shared;
 use crate::peer::HANDSHAKE_TIMEOUT;
 
+/// How long a connection without a client certificate may read nothing before it is closed:
+/// it is there to ask for a first certificate, one call.
+const ANONYMOUS_IDLE: Duration = Duration::from_secs(10);
+
 /// Serves the operator API on a bound listener until the gateway stops.
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     // A client certificate is optional so that a new sidecar can ask for its first one with a
@@ -53,6 +57,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     let (tx, rx) = tokio::sync::mpsc::channel::<ApiStream>(64);
     let accept_shutdown = shared.shutdown.clone();
     let limit = shared.limits.api.clone();
+    let anonymous_limit = shared.limits.api_anonymous.clone();
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -68,6 +73,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let anonymous = anonymous_limit.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
@@ -77,8 +83,20 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
                             issuer: chain.get(1).map(strait_federation::pki::fingerprint),
                             certificate: chain.first().map(strait_federation::pki::fingerprint),
                         };
+                        // Without a certificate, a caller may only ask for its first one: a
+                        // place of its own, for as long as it keeps talking.
+                        let mut places = vec![permit];
+                        let mut idle = None;
+                        if caller.identity.is_none() {
+                            let Some(anonymous) = anonymous.admit(remote) else {
+                                return;
+                            };
+                            places.push(anonymous);
+                            idle = Some(ANONYMOUS_IDLE);
+                        }
+                        let stream = strait_io::limit::IdleDeadline::new(stream, idle);
                         let _ = tx
-                            .send(strait_io::api::Accepted(stream, caller, Some(permit)))
+                            .send(strait_io::api::Accepted(stream, caller, places))
                             .await;
                     }
                     Ok(Err(e)) => {

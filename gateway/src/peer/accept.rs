@@ -38,7 +38,19 @@ pub async fn accept_loop(shared: Arc<Shared>) {
             continue;
         }
         let remote = incoming.remote_address();
-        let Some(handshake) = shared.limits.peer_handshakes.admit(remote) else {
+        // A forged source address could hold a handshake slot with one packet: once half the
+        // slots are taken, a peer proves its address first (a QUIC Retry costs it one round
+        // trip, and a spoofer never sees the token).
+        let handshakes = &shared.limits.peer_handshakes;
+        if !incoming.remote_address_validated()
+            && handshakes.in_use() * 2 >= handshakes.limit().max()
+        {
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().ignore();
+            }
+            continue;
+        }
+        let Some(handshake) = handshakes.admit(remote) else {
             incoming.refuse();
             continue;
         };

@@ -49,7 +49,7 @@ pub(super) async fn serve_http_connection(
     fallback: Option<String>,
 ) {
     let fallback = Arc::new(fallback);
-    let header_buffer = shared.limits.header_buffer();
+    let (header_buffer, header_list) = (shared.limits.header_buffer(), shared.limits.header_list());
     let service = hyper::service::service_fn(move |request| {
         let shared = shared.clone();
         let fallback = fallback.clone();
@@ -60,9 +60,7 @@ pub(super) async fn serve_http_connection(
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().max_buf_size(header_buffer);
-    builder
-        .http2()
-        .max_header_list_size(u32::try_from(header_buffer).unwrap_or(u32::MAX));
+    builder.http2().max_header_list_size(header_list);
     let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
 }
 
@@ -395,21 +393,16 @@ async fn keep(
         return Ok(Kept::Once(request));
     }
     let kept = retry::Replay::keep(request, replay_body.max()).await?;
-    if let Kept::Once(request) = &kept {
+    // Counted when the body is known to be over the limit; one of unknown length (chunked) is
+    // sent once too, but nothing says it was large.
+    if let Kept::Once(request) = &kept
+        && let Some(bytes) = hyper::body::Body::size_hint(request.body()).upper()
+    {
         replay_body.refuse(&format!(
-            "a request body of {}, not kept to retry or mirror",
-            body_size(request)
+            "a request body of {bytes} bytes, not kept to retry or mirror"
         ));
     }
     Ok(kept)
-}
-
-/// A request body's size as far as its framing tells.
-fn body_size(request: &Request<Body>) -> String {
-    match hyper::body::Body::size_hint(request.body()).upper() {
-        Some(bytes) => format!("{bytes} bytes"),
-        None => "unknown length".to_owned(),
-    }
 }
 
 /// Why a request got no response.

@@ -285,7 +285,13 @@ pub async fn serve(
             tokio::spawn(async move {
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let _ = tx.send(strait_io::api::Accepted(stream, (), None)).await;
+                        let _ = tx
+                            .send(strait_io::api::Accepted(
+                                strait_io::limit::IdleDeadline::new(stream, None),
+                                (),
+                                Vec::new(),
+                            ))
+                            .await;
                     }
                     Ok(Err(e)) => tracing::warn!(error = %e, "a plugin connection failed TLS"),
                     Err(_) => tracing::warn!("a plugin connection sent no TLS handshake in 10 s"),
