@@ -9,7 +9,10 @@
 //!   later generation than this replica's, the replica takes its files: the union of both
 //!   bundles first (always safe), then the issuer, then the bundle as mounted. A step refused
 //!   (a root retired while workloads still hold certificates of an earlier issuer) is tried
-//!   again on the next tick.
+//!   again on the next tick;
+//! - an operator's change is refused on a replica that has not taken the Secret's latest
+//!   generation yet ([`crate::api::rotation::in_step`]), so that no change starts from old
+//!   trust, and the Secret is written only if it did not change since it was read.
 //!
 //! A pod started afterwards reads the Secret's files through its mount.
 
@@ -23,7 +26,7 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use strait_federation::pki::{TrustBundle, fingerprint, pem_of};
 
-use super::{FIELD_MANAGER, Health};
+use super::FIELD_MANAGER;
 use crate::Shared;
 use crate::trust::{GENERATION, generation_of};
 
@@ -58,18 +61,23 @@ pub fn union(current: &TrustBundle, other: &TrustBundle) -> String {
     pem
 }
 
-/// Keeps the Secret and this replica's trust in step until the gateway stops.
-pub async fn run(
-    shared: Arc<Shared>,
-    client: Client,
-    namespace: String,
-    secret: String,
-    health: Arc<Health>,
-) {
+/// Keeps the Secret and this replica's trust in step until the gateway stops. What cannot be
+/// done yet is logged (when the reason changes) and tried again every tick; it never makes
+/// the replica unready, since the trust it holds still serves.
+pub async fn run(shared: Arc<Shared>, client: Client, namespace: String, secret: String) {
     let secrets = Api::<Secret>::namespaced(client, &namespace);
     let mounted_dir = shared.config.credentials().to_owned();
     let rotated_dir = crate::trust::rotated_dir(&shared.config);
     let mut published = 0;
+    let mut said = String::new();
+    let mut say = |reason: String| {
+        if reason != said {
+            if !reason.is_empty() {
+                tracing::warn!(secret = %secret, reason = %reason, "credentials Secret");
+            }
+            said = reason;
+        }
+    };
     let mut tick = tokio::time::interval(PERIOD);
     loop {
         tokio::select! {
@@ -85,53 +93,80 @@ pub async fn run(
                     .set_generation(mounted)
                     .map_err(|e| e.to_string())
             });
-            match adopted {
-                Ok(()) => health.clear("credentials"),
-                Err(reason) => health.fail(
-                    "credentials",
-                    format!("cannot take generation {mounted} of Secret {secret} yet: {reason}"),
-                ),
-            }
+            say(match adopted {
+                Ok(()) => String::new(),
+                Err(reason) => {
+                    format!("cannot take generation {mounted} from the mount yet: {reason}")
+                }
+            });
         } else if local > mounted && local > published {
             match publish(&secrets, &secret, &read(&rotated_dir), local).await {
                 Ok(written) => {
                     if written {
                         tracing::info!(secret = %secret, generation = local, "rotated credentials written to the Kubernetes API");
                     }
-                    health.clear("credentials");
+                    say(String::new());
                     published = local;
                 }
-                Err(reason) => health.fail(
-                    "credentials",
-                    format!("cannot write generation {local} into Secret {secret}: {reason}"),
-                ),
+                Err(reason) => say(format!("cannot write generation {local}: {reason}")),
             }
         }
     }
 }
 
-/// Writes `files` and `generation` into the Secret unless it holds that generation or a later
-/// one already; whether it wrote.
+/// The generation a Secret's data holds (0 when it holds none).
+fn generation_in(secret: &Secret) -> u64 {
+    secret
+        .data
+        .as_ref()
+        .and_then(|data| data.get(GENERATION))
+        .and_then(|bytes| std::str::from_utf8(&bytes.0).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn get(secrets: &Api<Secret>, name: &str) -> Result<Secret, String> {
+    tokio::time::timeout(PERIOD * 5, secrets.get_opt(name))
+        .await
+        .map_err(|_| "the Kubernetes API did not answer".to_owned())?
+        .map_err(|e| super::describe(&e))?
+        .ok_or_else(|| format!("there is no Secret {name}"))
+}
+
+/// The generation the credentials Secret holds now, as the API says (the mount may lag it).
+pub async fn held_generation(client: &Client, namespace: &str, name: &str) -> Result<u64, String> {
+    let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
+    Ok(generation_in(&get(&secrets, name).await?))
+}
+
+/// Writes `files` and `generation` into the Secret, unless it holds them already; whether it
+/// wrote. Refused when the Secret holds that generation with other files, or a later one (a
+/// change another replica took: this one takes it from its mount), and when the Secret
+/// changed between the read and the write (tried again on the next tick).
 async fn publish(
     secrets: &Api<Secret>,
     name: &str,
     files: &Files,
     generation: u64,
 ) -> Result<bool, String> {
-    let current = tokio::time::timeout(PERIOD * 5, secrets.get_opt(name))
-        .await
-        .map_err(|_| "the Kubernetes API did not answer".to_owned())?
-        .map_err(|e| super::describe(&e))?
-        .ok_or_else(|| format!("there is no Secret {name}"))?;
-    let held = current
-        .data
-        .as_ref()
-        .and_then(|data| data.get(GENERATION))
-        .and_then(|bytes| std::str::from_utf8(&bytes.0).ok())
-        .and_then(|text| text.trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    if held >= generation {
+    let current = get(secrets, name).await?;
+    let held = generation_in(&current);
+    let data = current.data.clone().unwrap_or_default();
+    let same = files
+        .iter()
+        .all(|(key, text)| data.get(*key).is_some_and(|b| b.0 == text.as_bytes()));
+    if held == generation && same {
         return Ok(false);
+    }
+    if held >= generation {
+        return Err(format!(
+            "the Secret holds generation {held}{}, taken by another replica: this replica's own change (generation {generation}) is not written",
+            if held == generation {
+                " with other files"
+            } else {
+                ""
+            }
+        ));
     }
     let mut data: BTreeMap<&str, k8s_openapi::ByteString> = files
         .iter()
@@ -141,7 +176,12 @@ async fn publish(
         GENERATION,
         k8s_openapi::ByteString(format!("{generation}\n").into_bytes()),
     );
-    let patch = serde_json::json!({ "data": data });
+    // The resource version makes the write conditional: a Secret written meanwhile is read
+    // again on the next tick, never overwritten.
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": current.metadata.resource_version},
+        "data": data,
+    });
     tokio::time::timeout(
         PERIOD * 5,
         secrets.patch(

@@ -343,7 +343,6 @@ pub fn start(shared: &Arc<Shared>, client: Client, restored: durable::Restore) {
                 client.clone(),
                 config.namespace.clone(),
                 secret,
-                health.clone(),
             ));
         }
         tokio::spawn(durable::run(
