@@ -48,14 +48,12 @@ pub enum ApiError {
     },
 }
 
-/// A TLS connection a server accepted (closed when it reads nothing for its idle time, if it
-/// has one), with what tonic hands each request about it (`info`: the caller's identity, or
-/// nothing) and its places under connection limits, held until the connection closes: the
-/// gateway's API and the Terraform provider serve gRPC over these.
+/// A TLS connection a server accepted (with its idle time and its places under connection
+/// caps, if any), with what tonic hands each request about it (`info`: the caller's identity,
+/// or nothing): the gateway's API and the Terraform provider serve gRPC over these.
 pub struct Accepted<I>(
     pub crate::limit::IdleDeadline<tokio_rustls::server::TlsStream<TcpStream>>,
     pub I,
-    pub Vec<tokio::sync::OwnedSemaphorePermit>,
 );
 
 impl<I: Clone + Send + Sync + 'static> tonic::transport::server::Connected for Accepted<I> {

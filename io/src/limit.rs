@@ -189,12 +189,14 @@ pub fn raise_open_files(wanted: u64) -> u64 {
     soft
 }
 
-/// A stream that fails with `TimedOut` once it has read nothing for its idle time: a stranger
-/// that opens a connection and goes quiet gives its place back.
+/// A stream that fails with `TimedOut` once it has read nothing for its idle time, and holds
+/// its places under connection caps until it is dropped: a stranger that opens a connection
+/// and goes quiet gives its place back.
 pub struct IdleDeadline<S> {
     stream: S,
     idle: Option<Duration>,
     sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    places: Vec<OwnedSemaphorePermit>,
 }
 
 impl<S> IdleDeadline<S> {
@@ -205,7 +207,14 @@ impl<S> IdleDeadline<S> {
             stream,
             idle,
             sleep: Box::pin(tokio::time::sleep_until(at)),
+            places: Vec::new(),
         }
+    }
+
+    /// The stream, holding `place` until it is dropped.
+    pub fn holding(mut self, place: OwnedSemaphorePermit) -> Self {
+        self.places.push(place);
+        self
     }
 
     /// The stream inside.
@@ -288,14 +297,8 @@ impl CappedListener {
     }
 }
 
-/// A connection of a [`CappedListener`], holding its place until it is dropped.
-pub struct CappedStream {
-    stream: IdleDeadline<tokio::net::TcpStream>,
-    _permit: OwnedSemaphorePermit,
-}
-
 impl axum::serve::Listener for CappedListener {
-    type Io = CappedStream;
+    type Io = IdleDeadline<tokio::net::TcpStream>;
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -305,10 +308,7 @@ impl axum::serve::Listener for CappedListener {
                     if let Some(permit) = self.cap.admit(remote) {
                         let _ = stream.set_nodelay(true);
                         return (
-                            CappedStream {
-                                stream: IdleDeadline::new(stream, Some(self.idle)),
-                                _permit: permit,
-                            },
+                            IdleDeadline::new(stream, Some(self.idle)).holding(permit),
                             remote,
                         );
                     }
@@ -321,38 +321,6 @@ impl axum::serve::Listener for CappedListener {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         self.listener.local_addr()
-    }
-}
-
-impl tokio::io::AsyncRead for CappedStream {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for CappedStream {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 

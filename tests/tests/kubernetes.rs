@@ -515,10 +515,13 @@ fn a_service_both_clusters_export_lists_both_follows_its_ports_and_survives_an_a
         Duration::from_secs(30),
         "east's gateway ready again",
         || {
-            let (status, _) = strait_tests::http_get(east.gateway.admin, "/readyz")?;
-            Ok((status == 200).then_some(()))
+            // Not ready: the reason is the last observation the failure shows.
+            let (status, body) = strait_tests::http_get(east.gateway.admin, "/readyz")?;
+            anyhow::ensure!(status == 200, "/readyz {status}: {}", body.trim());
+            Ok(Some(()))
         },
-    )?;
+    )
+    .with_context(|| east.gateway.log_tail())?;
 
     west.gateway.stop()?;
     east.gateway.stop()?;

@@ -18,6 +18,7 @@ use strait_federation::proto::operator::operator_client::OperatorClient;
 use strait_federation::proto::operator::operator_server::OperatorServer;
 use strait_federation::tls::{self, API_ALPN, CertStore, PeerRule};
 use strait_io::api::{ApiError, Dial};
+use strait_io::limit::IdleDeadline;
 use tokio::net::TcpListener;
 
 pub use caller::Caller;
@@ -85,19 +86,16 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
                         };
                         // Without a certificate, a caller may only ask for its first one: a
                         // place of its own, for as long as it keeps talking.
-                        let mut places = vec![permit];
-                        let mut idle = None;
-                        if caller.identity.is_none() {
+                        let stream = if caller.identity.is_none() {
                             let Some(anonymous) = anonymous.admit(remote) else {
                                 return;
                             };
-                            places.push(anonymous);
-                            idle = Some(ANONYMOUS_IDLE);
-                        }
-                        let stream = strait_io::limit::IdleDeadline::new(stream, idle);
-                        let _ = tx
-                            .send(strait_io::api::Accepted(stream, caller, places))
-                            .await;
+                            IdleDeadline::new(stream, Some(ANONYMOUS_IDLE)).holding(anonymous)
+                        } else {
+                            IdleDeadline::new(stream, None)
+                        };
+                        let stream = stream.holding(permit);
+                        let _ = tx.send(strait_io::api::Accepted(stream, caller)).await;
                     }
                     Ok(Err(e)) => {
                         tracing::info!(remote = %remote, error = %e, "operator API: TLS refused")

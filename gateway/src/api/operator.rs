@@ -647,7 +647,7 @@ impl Operator for OperatorApi {
         &self,
         request: Request<UpdateTrustBundleRequest>,
     ) -> Result<Response<UpdateTrustBundleResponse>, Status> {
-        super::rotation::in_step(&self.shared).await?;
+        crate::kubernetes::credentials::in_step(&self.shared).await?;
         let answer =
             super::rotation::update_bundle(&self.shared, &request.into_inner().bundle_pem)?;
         if answer.changed {
@@ -670,7 +670,7 @@ impl Operator for OperatorApi {
         &self,
         request: Request<InstallIssuerRequest>,
     ) -> Result<Response<InstallIssuerResponse>, Status> {
-        super::rotation::in_step(&self.shared).await?;
+        crate::kubernetes::credentials::in_step(&self.shared).await?;
         let answer =
             super::rotation::install_issuer(&self.shared, request.into_inner().certificate_pem)?;
         super::rotation::count_rotation(&self.shared)?;

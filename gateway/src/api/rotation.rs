@@ -69,38 +69,6 @@ pub fn update_bundle(
     })
 }
 
-/// Refuses an operator's trust change on a replica that has not taken the latest generation
-/// of the credentials Secret yet (Kubernetes mode with `credentialsSecret`): a change made on
-/// it would start from older trust than the Secret's.
-pub async fn in_step(shared: &Shared) -> Result<(), Status> {
-    let Some((namespace, secret)) = shared
-        .config
-        .kubernetes
-        .as_ref()
-        .and_then(|k| Some((&k.namespace, k.credentials_secret.as_ref()?)))
-    else {
-        return Ok(());
-    };
-    let local = crate::trust::generation_of(&crate::trust::rotated_dir(&shared.config));
-    let mut latest = crate::trust::generation_of(shared.config.credentials());
-    if let Some(client) = &shared.kube {
-        let held = crate::kubernetes::credentials::held_generation(client, namespace, secret)
-            .await
-            .map_err(|why| {
-                Status::unavailable(format!(
-                    "cannot read Secret {secret} to check this replica is in step with it: {why}"
-                ))
-            })?;
-        latest = latest.max(held);
-    }
-    if latest > local {
-        return Err(Status::failed_precondition(format!(
-            "this replica holds generation {local} of the credentials, Secret {secret} generation {latest}: it takes it from its mount within about a minute; run the stage again then"
-        )));
-    }
-    Ok(())
-}
-
 /// Counts a change an operator made: one generation past both this replica's and the
 /// credentials folder's (see [`crate::trust::generation_of`]).
 pub fn count_rotation(shared: &Shared) -> Result<(), Status> {

@@ -11,7 +11,7 @@
 //!   (a root retired while workloads still hold certificates of an earlier issuer) is tried
 //!   again on the next tick;
 //! - an operator's change is refused on a replica that has not taken the Secret's latest
-//!   generation yet ([`crate::api::rotation::in_step`]), so that no change starts from old
+//!   generation yet ([`in_step`]), so that no change starts from old
 //!   trust, and the Secret is written only if it did not change since it was read.
 //!
 //! A pod started afterwards reads the Secret's files through its mount.
@@ -137,6 +137,38 @@ async fn get(secrets: &Api<Secret>, name: &str) -> Result<Secret, String> {
 pub async fn held_generation(client: &Client, namespace: &str, name: &str) -> Result<u64, String> {
     let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
     Ok(generation_in(&get(&secrets, name).await?))
+}
+
+/// Refuses an operator's trust change on a replica that has not taken the latest generation
+/// of the credentials Secret yet (Kubernetes mode with `credentialsSecret`): a change made on
+/// it would start from older trust than the Secret's.
+pub async fn in_step(shared: &Shared) -> Result<(), tonic::Status> {
+    let Some((namespace, secret)) = shared
+        .config
+        .kubernetes
+        .as_ref()
+        .and_then(|k| Some((&k.namespace, k.credentials_secret.as_ref()?)))
+    else {
+        return Ok(());
+    };
+    let local = crate::trust::generation_of(&crate::trust::rotated_dir(&shared.config));
+    let mut latest = crate::trust::generation_of(shared.config.credentials());
+    if let Some(client) = &shared.kube {
+        let held = held_generation(client, namespace, secret)
+            .await
+            .map_err(|why| {
+                tonic::Status::unavailable(format!(
+                    "cannot read Secret {secret} to check this replica is in step with it: {why}"
+                ))
+            })?;
+        latest = latest.max(held);
+    }
+    if latest > local {
+        return Err(tonic::Status::failed_precondition(format!(
+            "this replica holds generation {local} of the credentials, Secret {secret} generation {latest}: it takes it from its mount within about a minute; run the stage again then"
+        )));
+    }
+    Ok(())
 }
 
 /// Writes `files` and `generation` into the Secret, unless it holds them already; whether it

@@ -289,7 +289,6 @@ pub async fn serve(
                             .send(strait_io::api::Accepted(
                                 strait_io::limit::IdleDeadline::new(stream, None),
                                 (),
-                                Vec::new(),
                             ))
                             .await;
                     }
