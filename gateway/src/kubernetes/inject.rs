@@ -15,6 +15,16 @@ pub const INIT: &str = "strait-init";
 pub const INJECT: &str = "strait.dev/inject";
 /// The annotation that switches a pod's access log on (`"true"`).
 pub const ACCESS_LOG: &str = "strait.dev/access-log";
+/// The annotations that set a sidecar's limits (docs/operations.md), each the flag of the same
+/// name: `strait.dev/max-header-bytes: "16384"` gives `--max-header-bytes 16384`.
+pub const LIMIT_ANNOTATIONS: [&str; 6] = [
+    "strait.dev/max-inbound-connections",
+    "strait.dev/max-outbound-connections",
+    "strait.dev/max-admin-connections",
+    "strait.dev/max-header-bytes",
+    "strait.dev/max-replay-body-bytes",
+    "strait.dev/max-mirrors-in-flight",
+];
 /// The uid the sidecar runs as; the pod's rules let its traffic pass.
 pub const PROXY_UID: i64 = 2102;
 /// The sidecar's ports, which the app's may not use.
@@ -110,6 +120,10 @@ pub fn inject_object(
         .and_then(|m| m.get("annotations"))
         .cloned()
         .unwrap_or(Value::Null);
+    limit_flags(&annotations).map_err(|e| {
+        let at = metadata.trim_start_matches('/').replace('/', ".");
+        error(format!("{at}.{}", e.field), e.message)
+    })?;
     let workload = workload_name(
         &kind,
         object["metadata"]["name"].as_str().unwrap_or_default(),
@@ -256,6 +270,30 @@ fn move_probes(containers: &mut [Value]) -> (Vec<String>, Vec<u16>) {
     (moved, left)
 }
 
+/// The sidecar flags the limit annotations ask for. Checked before the pod is admitted, so that
+/// a bad value refuses the pod by its name rather than crash-loop its sidecar; the error's
+/// field is `annotations[KEY]`.
+fn limit_flags(annotations: &Value) -> Result<Vec<String>, InjectError> {
+    let mut flags = Vec::new();
+    for key in LIMIT_ANNOTATIONS {
+        let Some(value) = annotations.get(key) else {
+            continue;
+        };
+        let number = value
+            .as_str()
+            .and_then(|text| text.parse::<u32>().ok())
+            .ok_or_else(|| {
+                error(
+                    format!("annotations[{key}]"),
+                    format!("{value} is not a whole number (0 to 4294967295)"),
+                )
+            })?;
+        let flag = key.trim_start_matches("strait.dev/");
+        flags.extend([format!("--{flag}"), number.to_string()]);
+    }
+    Ok(flags)
+}
+
 /// Adds the sidecar to one pod spec, unless its annotations refuse it, it shares the node's
 /// network, or it has one already.
 pub fn inject_pod(
@@ -396,6 +434,9 @@ pub fn inject_pod(
     if annotations[ACCESS_LOG] == "true" {
         proxy_args.push("--access-log".into());
     }
+    proxy_args.extend(
+        limit_flags(annotations).map_err(|e| error(format!("metadata.{}", e.field), e.message))?,
+    );
     let proxy = json!({
         "name": PROXY,
         "image": injection.image,
@@ -579,6 +620,29 @@ pub(super) mod tests {
         object["spec"]["template"]["metadata"]["annotations"][ACCESS_LOG] = "true".into();
         inject_object(&mut object, &injection()).unwrap();
         assert!(args(container(&object, PROXY)).ends_with("--workload deploy/api --access-log"));
+    }
+
+    #[test]
+    fn limit_annotations_become_the_sidecars_flags_and_a_bad_one_refuses_the_pod_by_name() {
+        let mut object = deployment();
+        let annotations = &mut object["spec"]["template"]["metadata"]["annotations"];
+        annotations["strait.dev/max-header-bytes"] = "16384".into();
+        annotations["strait.dev/max-outbound-connections"] = "500".into();
+        inject_object(&mut object, &injection()).unwrap();
+        assert!(
+            args(container(&object, PROXY))
+                .ends_with("--max-outbound-connections 500 --max-header-bytes 16384"),
+            "{}",
+            args(container(&object, PROXY))
+        );
+        let mut object = deployment();
+        object["spec"]["template"]["metadata"]["annotations"]["strait.dev/max-header-bytes"] =
+            "64k".into();
+        let refused = inject_object(&mut object, &injection()).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            r#"spec.template.metadata.annotations[strait.dev/max-header-bytes]: "64k" is not a whole number (0 to 4294967295)"#
+        );
     }
 
     #[test]
