@@ -86,7 +86,7 @@ pub fn rfc3339(unix: u64) -> String {
 }
 
 /// A token id as text: 32 hex digits.
-pub(crate) fn token_id_text(token_id: u128) -> String {
+pub fn token_id_text(token_id: u128) -> String {
     format!("{token_id:032x}")
 }
 

@@ -139,14 +139,6 @@ pub struct VerifiedToken {
     pub id: String,
 }
 
-/// The id of a bootstrap token, read without checking it (to name it to the operator who made
-/// it; a gateway checks a token with [`LinkKey::verify_workload_token`]).
-pub fn token_id(token: &str) -> Option<String> {
-    jsonwebtoken::dangerous::insecure_decode::<WorkloadClaims>(token)
-        .ok()
-        .map(|data| data.claims.jti)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,24 +1,24 @@
 //! The gateway's limits (`limits:` in gateway.yaml) as its listeners and its peer endpoint
 //! apply them, each named by its key when counted or logged.
 
-use strait_io::limit::{ConnectionLimit, Limit, Refusals};
+use strait_io::limit::{Cap, Limit, Refusals};
 
 use crate::config::LimitsConfig;
 
 /// The limits of a running gateway.
 pub struct Limits {
     /// Connections on the API port.
-    pub api: ConnectionLimit,
+    pub api: Cap,
     /// Connections on the API port without a client certificate, past their TLS handshake.
-    pub api_anonymous: ConnectionLimit,
+    pub api_anonymous: Cap,
     /// Flows from this cluster's sidecars on the relay port.
-    pub relay: ConnectionLimit,
+    pub relay: Cap,
     /// Connections on the admin port.
-    pub admin: ConnectionLimit,
+    pub admin: Cap,
     /// Connections on the DNS server's TCP port.
-    pub dns_tcp: ConnectionLimit,
+    pub dns_tcp: Cap,
     /// Peer connections in their handshake.
-    pub peer_handshakes: ConnectionLimit,
+    pub peer_handshakes: Cap,
     /// Flows open at once on one peer connection (counted when this gateway waits for room).
     pub peer_streams: Limit,
     /// The bytes of one file given to `strait apply` or `delete`: fixed, not configured,
@@ -29,7 +29,7 @@ pub struct Limits {
 impl Limits {
     /// The limits of `config`, counted in `refusals`.
     pub fn new(config: &LimitsConfig, refusals: &Refusals) -> Self {
-        let cap = |key, value: u32| ConnectionLimit::new(refusals.limit(key, u64::from(value)));
+        let cap = |key, value: u32| Cap::new(refusals.limit(key, u64::from(value)));
         Self {
             api: cap("limits.apiConnections", config.api_connections),
             api_anonymous: cap(

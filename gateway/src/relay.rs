@@ -177,31 +177,23 @@ impl Drop for FlowRecord {
 /// Accepts flows from this cluster's sidecars until the gateway stops.
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+        let (mut tcp, _, place) = tokio::select! {
+            accepted = shared.limits.relay.accept(&listener) => accepted,
             () = shared.shutdown.cancelled() => return,
         };
-        match accepted {
-            Ok((mut tcp, remote)) => {
-                let Some(permit) = shared.limits.relay.admit(remote) else {
-                    // The sidecar reads the reason as the flow's answer, then the close.
-                    let reason = shared.limits.relay.limit().reason();
-                    tokio::spawn(async move {
-                        answer(&mut tcp, &strait_federation::flow::refusal(reason)).await;
-                    });
-                    continue;
-                };
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    outbound_flow(shared, tcp).await;
-                    drop(permit);
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "relay: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+        let Some(place) = place else {
+            // The sidecar reads the reason as the flow's answer, then the close.
+            let reason = shared.limits.relay.limit().reason();
+            tokio::spawn(async move {
+                answer(&mut tcp, &strait_federation::flow::refusal(reason)).await;
+            });
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            outbound_flow(shared, tcp).await;
+            drop(place);
+        });
     }
 }
 

@@ -41,7 +41,6 @@ pub struct Trust {
 
 /// The issuer in force and its fingerprint, found once per issuer (views and `Status` name
 /// it, and every certification compares against it).
-#[derive(Clone)]
 struct InForce {
     issuer: Arc<ClusterIssuer>,
     fingerprint: String,
@@ -75,7 +74,12 @@ pub const GENERATION: &str = "generation";
 /// replica takes the credentials Secret's files when they are of a later generation than its
 /// own, and writes its own into the Secret when they are of a later one.
 pub fn generation_of(dir: &Path) -> u64 {
-    std::fs::read_to_string(dir.join(GENERATION))
+    std::fs::read(dir.join(GENERATION)).map_or(0, |bytes| parse_generation(&bytes))
+}
+
+/// A generation as its file (or a Secret's key) holds it: 0 when it is not a number.
+pub fn parse_generation(bytes: &[u8]) -> u64 {
+    std::str::from_utf8(bytes)
         .ok()
         .and_then(|text| text.trim().parse().ok())
         .unwrap_or(0)
@@ -135,21 +139,21 @@ impl Trust {
         self.store.bundle()
     }
 
-    fn in_force(&self) -> InForce {
+    fn in_force<T>(&self, read: impl FnOnce(&InForce) -> T) -> T {
         match self.issuer.read() {
-            Ok(in_force) => in_force.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
+            Ok(in_force) => read(&in_force),
+            Err(poisoned) => read(&poisoned.into_inner()),
         }
     }
 
     /// The issuer in force.
     pub fn issuer(&self) -> Arc<ClusterIssuer> {
-        self.in_force().issuer
+        self.in_force(|in_force| in_force.issuer.clone())
     }
 
     /// The fingerprint of the issuer in force.
     pub fn issuer_fingerprint(&self) -> String {
-        self.in_force().fingerprint
+        self.in_force(|in_force| in_force.fingerprint.clone())
     }
 
     /// Replaces the bundle: refused when the issuer would not chain to it, or when it drops a

@@ -105,7 +105,7 @@ const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 pub async fn serve(
     probes: Arc<dyn Probes>,
     listener: TcpListener,
-    cap: crate::limit::ConnectionLimit,
+    cap: crate::limit::Cap,
     shutdown: CancellationToken,
     process: &'static str,
     routes: Router,
@@ -208,10 +208,10 @@ mod tests {
         answer
     }
 
-    fn cap(max: u64) -> crate::limit::ConnectionLimit {
+    fn cap(max: u64) -> crate::limit::Cap {
         let registry = prometheus::Registry::new();
         let refusals = crate::limit::Refusals::register(&registry);
-        crate::limit::ConnectionLimit::new(refusals.limit("limits.adminConnections", max))
+        crate::limit::Cap::new(refusals.limit("limits.adminConnections", max))
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! Caps on what a stranger can make a process hold: each [`Limit`] is named by the setting
 //! that sets it, counts every refusal under that name (`strait_limit_refusals_total{limit}`)
-//! and says so in the log; a [`ConnectionLimit`] caps the connections a listener keeps open.
+//! and says so in the log; a [`Cap`] bounds what is held at once (the connections a listener
+//! keeps open, the mirror copies in flight).
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -59,11 +60,6 @@ pub struct Limit {
 }
 
 impl Limit {
-    /// The setting that sets this limit (`--max-inbound-connections`, `limits.apiConnections`).
-    pub fn setting(&self) -> &'static str {
-        self.setting
-    }
-
     /// The limit's value.
     pub fn max(&self) -> u64 {
         self.max
@@ -102,15 +98,15 @@ impl Limit {
     }
 }
 
-/// At most `max` connections open at once on a listener: one over it is closed as soon as it
-/// is accepted, and counted.
+/// At most `max` held at once: a connection over it is closed as soon as it is accepted, a
+/// copy over it is not made, and either is counted.
 #[derive(Clone, Debug)]
-pub struct ConnectionLimit {
+pub struct Cap {
     limit: Limit,
     open: Arc<Semaphore>,
 }
 
-impl ConnectionLimit {
+impl Cap {
     /// A cap of `limit.max()` connections.
     pub fn new(limit: Limit) -> Self {
         let permits = usize::try_from(limit.max)
@@ -122,14 +118,44 @@ impl ConnectionLimit {
         }
     }
 
-    /// A permit to keep one more connection open until it is dropped, or `None` (counted)
-    /// when `max` are open.
-    pub fn admit(&self, remote: std::net::SocketAddr) -> Option<OwnedSemaphorePermit> {
+    /// A place for `what` until the permit is dropped, or `None` (counted) when `max` are
+    /// held.
+    pub fn take(&self, what: impl FnOnce() -> String) -> Option<OwnedSemaphorePermit> {
         match self.open.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
             Err(_) => {
-                self.limit.refuse(&format!("connection from {remote}"));
+                self.limit.refuse(&what());
                 None
+            }
+        }
+    }
+
+    /// A place for a connection from `remote`, as [`take`](Self::take).
+    pub fn admit(&self, remote: std::net::SocketAddr) -> Option<OwnedSemaphorePermit> {
+        self.take(|| format!("connection from {remote}"))
+    }
+
+    /// The next connection `listener` accepts, with its place under this cap (`None`: over the
+    /// cap, counted; dropping the stream closes it). Accepting fails when the process is out
+    /// of file descriptors, say: that is logged and tried again after a moment. Cancel-safe.
+    pub async fn accept(
+        &self,
+        listener: &tokio::net::TcpListener,
+    ) -> (
+        tokio::net::TcpStream,
+        std::net::SocketAddr,
+        Option<OwnedSemaphorePermit>,
+    ) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, remote)) => {
+                    let _ = stream.set_nodelay(true);
+                    return (stream, remote, self.admit(remote));
+                }
+                Err(error) => {
+                    tracing::debug!(%error, limit = self.limit.setting, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
             }
         }
     }
@@ -190,23 +216,21 @@ pub fn raise_open_files(wanted: u64) -> u64 {
 }
 
 /// A stream that fails with `TimedOut` once it has read nothing for its idle time, and holds
-/// its places under connection caps until it is dropped: a stranger that opens a connection
-/// and goes quiet gives its place back.
+/// its places under caps until it is dropped: a stranger that opens a connection and goes
+/// quiet gives its place back.
 pub struct IdleDeadline<S> {
     stream: S,
-    idle: Option<Duration>,
-    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// The idle time, and the deadline it sets after the last byte read.
+    idle: Option<(Duration, std::pin::Pin<Box<tokio::time::Sleep>>)>,
     places: Vec<OwnedSemaphorePermit>,
 }
 
 impl<S> IdleDeadline<S> {
     /// `stream`, closed after `idle` without a byte read (never, when `None`).
     pub fn new(stream: S, idle: Option<Duration>) -> Self {
-        let at = tokio::time::Instant::now() + idle.unwrap_or(Duration::from_secs(3600));
         Self {
             stream,
-            idle,
-            sleep: Box::pin(tokio::time::sleep_until(at)),
+            idle: idle.map(|idle| (idle, Box::pin(tokio::time::sleep(idle)))),
             places: Vec::new(),
         }
     }
@@ -215,11 +239,6 @@ impl<S> IdleDeadline<S> {
     pub fn holding(mut self, place: OwnedSemaphorePermit) -> Self {
         self.places.push(place);
         self
-    }
-
-    /// The stream inside.
-    pub fn get_ref(&self) -> &S {
-        &self.stream
     }
 }
 
@@ -231,25 +250,23 @@ impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for IdleDeadline<S> {
     ) -> std::task::Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let this = &mut *self;
-        match std::pin::Pin::new(&mut this.stream).poll_read(cx, buf) {
+        let read = std::pin::Pin::new(&mut this.stream).poll_read(cx, buf);
+        let Some((idle, deadline)) = this.idle.as_mut() else {
+            return read;
+        };
+        match read {
             std::task::Poll::Ready(result) => {
-                if let Some(idle) = this.idle
-                    && buf.filled().len() > before
-                {
-                    this.sleep
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + idle);
+                if buf.filled().len() > before {
+                    deadline.as_mut().reset(tokio::time::Instant::now() + *idle);
                 }
                 std::task::Poll::Ready(result)
             }
-            std::task::Poll::Pending => match (this.idle, this.sleep.as_mut().poll(cx)) {
-                (Some(idle), std::task::Poll::Ready(())) => {
-                    std::task::Poll::Ready(Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("nothing read for {idle:?}"),
-                    )))
-                }
-                _ => std::task::Poll::Pending,
+            std::task::Poll::Pending => match deadline.as_mut().poll(cx) {
+                std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("nothing read for {idle:?}"),
+                ))),
+                std::task::Poll::Pending => std::task::Poll::Pending,
             },
         }
     }
@@ -277,18 +294,18 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for IdleDeadline<S>
     }
 }
 
-/// A listener whose connections are capped by a [`ConnectionLimit`], for servers that take a
+/// A listener whose connections are capped by a [`Cap`], for servers that take a
 /// listener (axum): one over the cap is closed at accept, and one that reads nothing for the
 /// idle time is closed.
 pub struct CappedListener {
     listener: tokio::net::TcpListener,
-    cap: ConnectionLimit,
+    cap: Cap,
     idle: Duration,
 }
 
 impl CappedListener {
     /// `listener` under `cap`; a connection idle for `idle` is closed.
-    pub fn new(listener: tokio::net::TcpListener, cap: ConnectionLimit, idle: Duration) -> Self {
+    pub fn new(listener: tokio::net::TcpListener, cap: Cap, idle: Duration) -> Self {
         Self {
             listener,
             cap,
@@ -303,18 +320,11 @@ impl axum::serve::Listener for CappedListener {
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
-            match self.listener.accept().await {
-                Ok((stream, remote)) => {
-                    if let Some(permit) = self.cap.admit(remote) {
-                        let _ = stream.set_nodelay(true);
-                        return (
-                            IdleDeadline::new(stream, Some(self.idle)).holding(permit),
-                            remote,
-                        );
-                    }
-                }
-                // Out of file descriptors, say: give the process a moment.
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            if let (stream, remote, Some(place)) = self.cap.accept(&self.listener).await {
+                return (
+                    IdleDeadline::new(stream, Some(self.idle)).holding(place),
+                    remote,
+                );
             }
         }
     }
@@ -343,7 +353,7 @@ mod tests {
     fn a_connection_over_the_cap_is_refused_and_counted_and_a_closed_one_makes_room() {
         let registry = Registry::new_custom(Some("strait".into()), None).unwrap();
         let refusals = Refusals::register(&registry);
-        let cap = ConnectionLimit::new(refusals.limit("--max-inbound-connections", 2));
+        let cap = Cap::new(refusals.limit("--max-inbound-connections", 2));
         let remote = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
         let first = cap.admit(remote).expect("first of two");
         let _second = cap.admit(remote).expect("second of two");

@@ -130,8 +130,6 @@ pub struct Shared {
     pub(crate) quota: quota::Ledger,
     /// Key sets fetched for RequestAuthentications' `jwksUri`.
     pub(crate) key_sets: jwks::KeySets,
-    /// Room for copies of mirrored requests in flight.
-    pub(crate) mirrors: Arc<tokio::sync::Semaphore>,
     /// What callers can make the sidecar hold.
     pub(crate) limits: limits::Limits,
     pub metrics: Metrics,
@@ -244,32 +242,25 @@ impl Sidecar {
 pub(crate) async fn accept_each<F, Fut>(
     shared: Arc<Shared>,
     listener: TcpListener,
-    limit: &strait_io::limit::ConnectionLimit,
+    limit: &strait_io::limit::Cap,
     handle: F,
 ) where
     F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+        let (tcp, remote, place) = tokio::select! {
+            accepted = limit.accept(&listener) => accepted,
             () = shared.shutdown.cancelled() => return,
         };
-        match accepted {
-            Ok((tcp, remote)) => {
-                let Some(permit) = limit.admit(remote) else {
-                    continue;
-                };
-                let _ = tcp.set_nodelay(true);
-                let connection = handle(tcp, remote);
-                tokio::spawn(async move {
-                    connection.await;
-                    drop(permit);
-                });
-            }
-            // Out of file descriptors, say: give the process a moment.
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
+        let Some(place) = place else {
+            continue;
+        };
+        let connection = handle(tcp, remote);
+        tokio::spawn(async move {
+            connection.await;
+            drop(place);
+        });
     }
 }
 
@@ -389,9 +380,6 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
         limiter: ratelimit::Limiter::default(),
         quota: quota::Ledger::default(),
         key_sets: jwks::KeySets::default(),
-        mirrors: Arc::new(tokio::sync::Semaphore::new(
-            config.limits.mirrors_in_flight as usize,
-        )),
         limits: limits::Limits::new(&config.limits, &metrics.refusals),
         metrics,
         telemetry: telemetry::Telemetry::new(

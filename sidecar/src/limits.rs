@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use strait_io::limit::{ConnectionLimit, Limit, Refusals};
+use strait_io::limit::{Cap, Limit, Refusals};
 
 use crate::connect::{self, Body};
 
@@ -52,12 +52,12 @@ impl Default for LimitsConfig {
 
 /// The limits of a running sidecar.
 pub struct Limits {
-    pub(crate) inbound: ConnectionLimit,
-    pub(crate) outbound: ConnectionLimit,
-    pub(crate) admin: ConnectionLimit,
+    pub(crate) inbound: Cap,
+    pub(crate) outbound: Cap,
+    pub(crate) admin: Cap,
     pub(crate) header_bytes: Limit,
     pub(crate) replay_body: Limit,
-    pub(crate) mirrors: Limit,
+    pub(crate) mirrors: Cap,
 }
 
 impl Limits {
@@ -65,18 +65,18 @@ impl Limits {
     pub fn new(config: &LimitsConfig, refusals: &Refusals) -> Self {
         let limit = |flag, value: u32| refusals.limit(flag, u64::from(value));
         Self {
-            inbound: ConnectionLimit::new(limit(
+            inbound: Cap::new(limit(
                 "--max-inbound-connections",
                 config.inbound_connections,
             )),
-            outbound: ConnectionLimit::new(limit(
+            outbound: Cap::new(limit(
                 "--max-outbound-connections",
                 config.outbound_connections,
             )),
-            admin: ConnectionLimit::new(limit("--max-admin-connections", config.admin_connections)),
+            admin: Cap::new(limit("--max-admin-connections", config.admin_connections)),
             header_bytes: limit("--max-header-bytes", config.header_bytes),
             replay_body: limit("--max-replay-body-bytes", config.replay_body_bytes),
-            mirrors: limit("--max-mirrors-in-flight", config.mirrors_in_flight),
+            mirrors: Cap::new(limit("--max-mirrors-in-flight", config.mirrors_in_flight)),
         }
     }
 

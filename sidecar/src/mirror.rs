@@ -49,8 +49,7 @@ pub fn send_copy(
     let Kept::Replay(replay) = kept else {
         return record(shared, &service, local, "skipped");
     };
-    let Ok(permit) = shared.mirrors.clone().try_acquire_owned() else {
-        shared.limits.mirrors.refuse("a mirror copy");
+    let Some(permit) = shared.limits.mirrors.take(|| "a mirror copy".to_owned()) else {
         return record(shared, &service, local, "skipped");
     };
     let destination = Destination {

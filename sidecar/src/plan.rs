@@ -125,24 +125,17 @@ fn tiers(directory: &Directory, entry: &ServiceEntry, dest: &Destination, port: 
     let mut degraded = Vec::new();
     for (cluster, _, location) in remote {
         let tier = rank(cluster, location);
+        let target = Target::Remote {
+            cluster: cluster.clone(),
+            service: entry.key.clone(),
+            port: port.port,
+            hostname: dest.hostname.clone(),
+        };
         if dest.cluster.is_none() && tier.is_some() && directory.degraded.contains(cluster) {
-            degraded.push(Target::Remote {
-                cluster: cluster.clone(),
-                service: entry.key.clone(),
-                port: port.port,
-                hostname: dest.hostname.clone(),
-            });
-            continue;
+            degraded.push(target);
+        } else {
+            place(tier, target);
         }
-        place(
-            tier,
-            Target::Remote {
-                cluster: cluster.clone(),
-                service: entry.key.clone(),
-                port: port.port,
-                hostname: dest.hostname.clone(),
-            },
-        );
     }
     if !degraded.is_empty() {
         tiers.push(degraded);

@@ -61,17 +61,13 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     let anonymous_limit = shared.limits.api_anonymous.clone();
     tokio::spawn(async move {
         loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
+            let (tcp, remote, permit) = tokio::select! {
+                accepted = limit.accept(&listener) => accepted,
                 () = accept_shutdown.cancelled() => return,
             };
-            let Ok((tcp, remote)) = accepted else {
+            let Some(permit) = permit else {
                 continue;
             };
-            let Some(permit) = limit.admit(remote) else {
-                continue;
-            };
-            let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             let anonymous = anonymous_limit.clone();

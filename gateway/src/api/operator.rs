@@ -617,6 +617,7 @@ impl Operator for OperatorApi {
             ttl => ttl,
         };
         let config = &self.shared.config;
+        let token_id = strait_io::random::random_u128();
         let token = self
             .shared
             .link_key
@@ -627,7 +628,7 @@ impl Operator for OperatorApi {
                 &account,
                 unix_now(),
                 ttl,
-                strait_io::random::random_u128(),
+                token_id,
             )
             .map_err(internal)?;
         let identity = SpiffeId::Workload {
@@ -637,7 +638,7 @@ impl Operator for OperatorApi {
             service_account: account,
         };
         Ok(Response::new(CreateWorkloadTokenResponse {
-            token_id: strait_federation::workload::token_id(&token).unwrap_or_default(),
+            token_id: strait_federation::link::token_id_text(token_id),
             token,
             identity: identity.to_string(),
         }))

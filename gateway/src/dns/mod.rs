@@ -271,19 +271,11 @@ fn serve_udp(shared: &Shared, socket: &std::net::UdpSocket) {
 
 async fn serve_tcp(shared: Arc<Shared>, listener: TcpListener) {
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+        let (stream, _, slot) = tokio::select! {
+            accepted = shared.limits.dns_tcp.accept(&listener) => accepted,
             () = shared.shutdown.cancelled() => return,
         };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::debug!(%error, "DNS accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Some(slot) = shared.limits.dns_tcp.admit(peer) else {
+        let Some(slot) = slot else {
             continue;
         };
         let shared = shared.clone();

@@ -28,7 +28,7 @@ use strait_federation::pki::{TrustBundle, fingerprint, pem_of};
 
 use super::FIELD_MANAGER;
 use crate::Shared;
-use crate::trust::{GENERATION, generation_of};
+use crate::trust::{GENERATION, generation_of, parse_generation};
 
 /// The files of the credentials folder a rotation changes.
 const FILES: [&str; 3] = ["bundle.pem", "issuer.crt", "issuer.key"];
@@ -120,9 +120,7 @@ fn generation_in(secret: &Secret) -> u64 {
         .data
         .as_ref()
         .and_then(|data| data.get(GENERATION))
-        .and_then(|bytes| std::str::from_utf8(&bytes.0).ok())
-        .and_then(|text| text.trim().parse().ok())
-        .unwrap_or(0)
+        .map_or(0, |bytes| parse_generation(&bytes.0))
 }
 
 async fn get(secrets: &Api<Secret>, name: &str) -> Result<Secret, String> {

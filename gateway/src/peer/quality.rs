@@ -92,39 +92,13 @@ impl Quality {
         } else {
             0
         };
-        let sum = |samples: usize| {
-            self.window
-                .iter()
-                .rev()
-                .take(samples)
-                .fold((0u64, 0u64), |(s, l), (ds, dl)| (s + ds, l + dl))
-        };
-        let (busy_sent, busy_lost) = sum(WINDOW);
-        let (quiet_sent, quiet_lost) = sum(QUIET_WINDOW);
-        let busy = busy_sent >= MIN_PACKETS;
-        let quiet = quiet_sent >= QUIET_MIN_PACKETS && quiet_lost >= QUIET_MIN_LOST;
-        let lossy = |sent: u64, lost: u64| lost as f64 > sent as f64 * LOSS_RATIO;
-        let (sent, lost, over) = if busy && lossy(busy_sent, busy_lost) {
-            (busy_sent, busy_lost, self.window.len().min(WINDOW))
-        } else {
-            (quiet_sent, quiet_lost, self.window.len())
-        };
-        let conclusive = busy;
-        // Once degraded, any loss over the last few seconds holds the verdict: a peer the
-        // sidecars avoid sends too little to be judged again by the rules that found it, and
-        // old evidence must not hold it either (it would double the time to recover).
-        let still_lossy = self.degraded.is_some() && busy_lost > 0 && lossy(busy_sent, busy_lost);
-        let (sent, lost, over) = if still_lossy {
-            (busy_sent, busy_lost, self.window.len().min(WINDOW))
-        } else {
-            (sent, lost, over)
-        };
+        let busy = self.sum(WINDOW).0 >= MIN_PACKETS;
         let reason = if sample.silent_for >= SILENCE {
             Some(format!(
                 "nothing heard for {} s",
                 sample.silent_for.as_secs()
             ))
-        } else if still_lossy || (self.degraded.is_none() && (busy || quiet) && lossy(sent, lost)) {
+        } else if let Some((sent, lost, over)) = self.lossy_window(busy) {
             Some(format!(
                 "{:.0} % of packets lost over the last {over} s ({lost} of {sent})",
                 lost as f64 * 100.0 / sent as f64,
@@ -150,7 +124,7 @@ impl Quality {
                 changed
             }
             (None, true) => {
-                self.good += if conclusive { CONCLUSIVE } else { 1 };
+                self.good += if busy { CONCLUSIVE } else { 1 };
                 if self.good >= RECOVER_POINTS {
                     self.degraded = None;
                     self.good = 0;
@@ -161,6 +135,36 @@ impl Quality {
             }
             (None, false) => false,
         }
+    }
+
+    /// Packets (sent, lost) over the last `samples` samples.
+    fn sum(&self, samples: usize) -> (u64, u64) {
+        self.window
+            .iter()
+            .rev()
+            .take(samples)
+            .fold((0, 0), |(s, l), (ds, dl)| (s + ds, l + dl))
+    }
+
+    /// The loss that makes, or keeps, the peer degraded: (sent, lost, over how many seconds).
+    /// A busy link is judged over the last few seconds; a quiet one over half a minute. Once
+    /// degraded, any loss over the last few seconds holds the verdict: a peer the sidecars
+    /// avoid sends too little to be judged again by the rules that found it, and old evidence
+    /// must not hold it either (it would double the time to recover).
+    fn lossy_window(&self, busy: bool) -> Option<(u64, u64, usize)> {
+        let lossy = |sent: u64, lost: u64| lost as f64 > sent as f64 * LOSS_RATIO;
+        let (busy_sent, busy_lost) = self.sum(WINDOW);
+        let held = self.degraded.is_some() && busy_lost > 0;
+        if (busy || held) && lossy(busy_sent, busy_lost) {
+            return Some((busy_sent, busy_lost, self.window.len().min(WINDOW)));
+        }
+        let (quiet_sent, quiet_lost) = self.sum(QUIET_WINDOW);
+        let quiet = quiet_sent >= QUIET_MIN_PACKETS && quiet_lost >= QUIET_MIN_LOST;
+        (self.degraded.is_none() && (busy || quiet) && lossy(quiet_sent, quiet_lost)).then_some((
+            quiet_sent,
+            quiet_lost,
+            self.window.len(),
+        ))
     }
 }
 
