@@ -35,17 +35,8 @@ spec:
 
 /// Resident memory of a process, in MiB.
 fn rss_mib(pid: Option<u32>) -> f64 {
-    let Some(pid) = pid else { return 0.0 };
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+    pid.and_then(|pid| strait_tests::proc_memory(pid, "VmRSS").ok())
+        .map_or(0.0, |bytes| bytes as f64 / (1 << 20) as f64)
 }
 
 struct Phase {

@@ -170,6 +170,10 @@ fn a_lossy_peer_is_marked_degraded_from_its_connection_and_traffic_moves_to_anot
         lossy.elapsed()
     );
     ensure!(reason.contains("% of packets lost"), "{reason}");
+    // The sidecar hears of it with its next view.
+    wait_for(Duration::from_secs(5), "the sidecar avoiding west", || {
+        Ok((served_by(proxy, 10).get("north") == Some(&10)).then_some(()))
+    })?;
     let by = served_by(proxy, 100);
     eprintln!("while degraded: {by:?}");
     ensure!(

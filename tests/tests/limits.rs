@@ -13,12 +13,11 @@ use strait_tests::{Mesh, Process, http_get, metric, wait_for};
 
 const REFUSALS: &str = "strait_limit_refusals_total";
 
-/// Opens a connection and waits until the far end has accepted it (it would otherwise sit in
-/// the kernel's backlog, where no cap can see it).
+/// Opens a connection and holds it. Each capped port has one accept loop that admits in the
+/// order the kernel queued the connections, so the connection opened after the held ones is
+/// the one over the cap.
 fn hold(addr: SocketAddr) -> Result<TcpStream> {
-    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    std::thread::sleep(Duration::from_millis(50));
-    Ok(stream)
+    Ok(TcpStream::connect_timeout(&addr, Duration::from_secs(5))?)
 }
 
 /// Whether a new connection to `addr` is closed by the far end without a byte, after
@@ -114,26 +113,13 @@ fn a_sidecar_refuses_connections_over_its_cap_and_headers_over_its_limit_naming_
 
     // Headers: over the caller's limit, its own sidecar answers; under it but over the
     // callee's, the callee's sidecar does. Each 431 names the flag and its value.
-    let large = "a".repeat(9_000);
-    let refused = get(proxy, "api.shop", "/", &[("x-large", &large)])?;
-    ensure!(refused.status == 431, "{} {}", refused.status, refused.body);
-    ensure!(
-        refused
-            .body
-            .contains("limit --max-header-bytes = 8192 reached"),
-        "{}",
-        refused.body
-    );
-    let medium = "a".repeat(3_000);
-    let refused = get(proxy, "api.shop", "/", &[("x-medium", &medium)])?;
-    ensure!(refused.status == 431, "{} {}", refused.status, refused.body);
-    ensure!(
-        refused
-            .body
-            .contains("limit --max-header-bytes = 2048 reached"),
-        "{}",
-        refused.body
-    );
+    for (size, limit) in [(9_000, 8192), (3_000, 2048)] {
+        let value = "a".repeat(size);
+        let refused = get(proxy, "api.shop", "/", &[("x-large", &value)])?;
+        ensure!(refused.status == 431, "{} {}", refused.status, refused.body);
+        let reason = format!("limit --max-header-bytes = {limit} reached");
+        ensure!(refused.body.contains(&reason), "{}", refused.body);
+    }
     let small = get(proxy, "api.shop", "/", &[("x-small", "a")])?;
     ensure!(small.status == 200, "{} {}", small.status, small.body);
     ensure!(refusals(web_admin, "--max-header-bytes")? == 1.0);
@@ -224,11 +210,20 @@ fn a_gateway_caps_connections_on_its_api_relay_dns_and_admin_ports_as_its_limits
             .ok()
             .map(|_| ()))
     })?;
-    // DNS over TCP answers again.
+    // DNS over TCP answers again: an answer to the query (its ID, 0x1234, after the length).
     wait_for(
         Duration::from_secs(5),
         "DNS over TCP answering again",
-        || Ok((!closed_at_once(east.dns, &query)?).then_some(())),
+        || {
+            let mut stream = TcpStream::connect_timeout(&east.dns, Duration::from_secs(5))?;
+            stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+            stream.write_all(&query)?;
+            let mut head = [0u8; 4];
+            Ok(stream
+                .read_exact(&mut head)
+                .ok()
+                .filter(|()| head[2..] == [0x12, 0x34]))
+        },
     )?;
 
     // The admin port: four held, the fifth closed; counted once room is made to read it.

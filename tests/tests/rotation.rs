@@ -287,15 +287,15 @@ fn a_rotation_in_kubernetes_mode_is_written_into_the_credentials_secret_and_take
                 files
                     .iter()
                     .map(|f| (f.to_string(), text(f)))
-                    .collect::<Vec<_>>()
+                    .collect::<std::collections::BTreeMap<_, _>>()
             }))
         },
     )
     .with_context(|| east.gateway.log_tail())?;
     let rotated = east.gateway.dir.join("trust");
     ensure!(
-        stored[0].1 == std::fs::read_to_string(rotated.join("bundle.pem"))?
-            && stored[1].1 == std::fs::read_to_string(rotated.join("issuer.crt"))?,
+        stored["bundle.pem"] == std::fs::read_to_string(rotated.join("bundle.pem"))?
+            && stored["issuer.crt"] == std::fs::read_to_string(rotated.join("issuer.crt"))?,
         "the Secret does not hold the rotated bundle and issuer"
     );
 

@@ -34,11 +34,6 @@ pub fn check_join(token: &str) {
     let (cluster, trust_domain) = (cluster(), trust_domain());
     let (verified, peak) = peak_during(|| key.verify(token, &cluster, &trust_domain));
     assert_bounded("verifying a join token", token.len(), peak, 64, 64 << 10);
-    assert_eq!(
-        key.verify(token, &cluster, &trust_domain),
-        verified,
-        "verifying twice differs"
-    );
     let east = ClusterName::new("east").expect("a cluster name");
     let north = ClusterName::new("north").expect("a cluster name");
     let mut ledger = Redemptions::default();
@@ -106,11 +101,6 @@ pub fn check_workload(token: &str) {
         peak,
         64,
         64 << 10,
-    );
-    assert_eq!(
-        key.verify_workload(token, &cluster, &trust_domain, NOW),
-        verified,
-        "verifying twice differs"
     );
     match verified {
         Ok(identity) => {

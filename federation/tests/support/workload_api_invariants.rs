@@ -117,6 +117,13 @@ pub fn check(input: &[u8]) {
     }
 }
 
+/// Whether the cluster issuer signs `csr` for the caller.
+pub fn signs(csr: &[u8]) -> bool {
+    ISSUER
+        .sign_csr(csr, &caller(), Duration::from_secs(3600), now())
+        .is_ok()
+}
+
 /// The token is checked like any bootstrap token; a CSR signed gives a leaf for the caller's
 /// identity only, holding the CSR's key and nothing else of it.
 fn check_certify(request: &CertifyRequest) {

@@ -32,13 +32,5 @@ pub fn check(first: &[u8]) {
         let read = &first[..len];
         let http = looks_like_http(read);
         assert_eq!(http, expected(read), "{:?}", String::from_utf8_lossy(read));
-        // Too short to hold any method with its space: never HTTP.
-        if len < 4 {
-            assert!(!http);
-        }
-        // Detection is case-sensitive, as methods are.
-        if http {
-            assert!(read[0].is_ascii_uppercase());
-        }
     }
 }
