@@ -546,31 +546,36 @@ pub struct ImportedCatalog {
 }
 
 impl ImportedCatalog {
-    /// Applies a complete update; returns how many services changed.
-    pub fn apply(&mut self, changes: Changes) -> usize {
-        let mut changed = 0;
+    /// Applies a complete update; returns the services that changed (in key order for a
+    /// snapshot, in the update's order for a delta).
+    pub fn apply(&mut self, changes: Changes) -> Vec<ServiceKey> {
+        let mut changed = Vec::new();
         if changes.reset {
             let incoming: BTreeMap<_, _> = changes.upserts.into_iter().collect();
-            changed += self
-                .services
-                .iter()
-                .filter(|(k, s)| incoming.get(*k) != Some(*s))
-                .count();
-            changed += incoming
-                .keys()
-                .filter(|k| !self.services.contains_key(*k))
-                .count();
+            changed.extend(
+                self.services
+                    .iter()
+                    .filter(|(k, s)| incoming.get(*k) != Some(*s))
+                    .map(|(k, _)| k.clone()),
+            );
+            changed.extend(
+                incoming
+                    .keys()
+                    .filter(|k| !self.services.contains_key(*k))
+                    .cloned(),
+            );
+            changed.sort();
             self.services = incoming;
         } else {
             for (key, spec) in changes.upserts {
                 if self.services.get(&key) != Some(&spec) {
-                    changed += 1;
+                    changed.push(key.clone());
                     self.services.insert(key, spec);
                 }
             }
             for key in changes.removals {
                 if self.services.remove(&key).is_some() {
-                    changed += 1;
+                    changed.push(key);
                 }
             }
         }
@@ -677,6 +682,35 @@ pub fn clusterset<'a>(
         }
     }
     merged.into_values().collect()
+}
+
+/// One service of the clusterset view, as [`clusterset`] would make it: from this cluster's
+/// own instance and the imports (in cluster order); `None` when no cluster serves it.
+pub fn clusterset_service<'a>(
+    key: &ServiceKey,
+    local_cluster: &ClusterName,
+    local: Option<&ServiceSpec>,
+    imports: impl IntoIterator<Item = (&'a ClusterName, &'a ImportedCatalog)>,
+) -> Option<ClustersetService> {
+    let mut backends: Vec<(ClusterName, ServiceSpec)> = local
+        .map(|spec| (local_cluster.clone(), spec.clone()))
+        .into_iter()
+        .collect();
+    let mut imported: Vec<_> = imports
+        .into_iter()
+        .filter_map(|(cluster, catalog)| Some((cluster, catalog.services.get(key)?)))
+        .collect();
+    imported.sort_by(|a, b| a.0.cmp(b.0));
+    backends.extend(
+        imported
+            .into_iter()
+            .map(|(cluster, spec)| (cluster.clone(), spec.clone())),
+    );
+    (!backends.is_empty()).then(|| ClustersetService {
+        key: key.clone(),
+        exported: local.is_some_and(|spec| spec.export),
+        backends,
+    })
 }
 
 #[cfg(test)]

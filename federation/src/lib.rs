@@ -28,6 +28,7 @@ pub mod session;
 pub mod text;
 pub mod tls;
 pub mod trace;
+pub mod view;
 pub mod wire;
 pub mod workload;
 

@@ -100,7 +100,7 @@ pub enum Event {
     /// An update from the peer was applied to its imported catalog; `snapshot` when it
     /// replaced everything rather than carrying a delta.
     Imported {
-        changed: usize,
+        changed: Vec<ServiceKey>,
         position: Position,
         snapshot: bool,
     },

@@ -841,7 +841,7 @@ fn workload_messages() -> Vec<Vec<u8>> {
                 }],
             },
         ),
-        input(6, &WatchRequest {}),
+        input(6, &WatchRequest { deltas: true }),
     ]
 }
 

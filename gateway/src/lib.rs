@@ -26,6 +26,7 @@ pub mod relay;
 pub mod store;
 pub mod tap;
 pub mod trust;
+pub mod views;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -109,8 +110,8 @@ pub struct Shared {
     pub export_tx: watch::Sender<Position>,
     /// Bumped whenever the clusterset view changes (imports or local services).
     pub catalog_tx: watch::Sender<u64>,
-    /// Bumped whenever what sidecars see changes: the catalog, or (with DNS) the names and
-    /// virtual addresses made from it.
+    /// Bumped whenever what sidecars see changes: the services (once merged into the view
+    /// and the zone) or the settings.
     pub views_tx: watch::Sender<u64>,
     /// Bumped whenever the policy set changes (here or from a peer): peer sessions wake on it
     /// and send their peer what it lacks.
@@ -123,8 +124,10 @@ pub struct Shared {
     pub quota_tx: watch::Sender<u64>,
     /// The quota book's sequence number when its counts were last written to disk.
     pub(crate) quotas_saved: std::sync::atomic::AtomicU64,
-    /// The DNS zone, rebuilt after every catalog change; `None` without a DNS server.
-    pub zone: watch::Sender<Option<Arc<dns::zone::Zone>>>,
+    /// The DNS zone, changed in place with the catalog; `None` without a DNS server.
+    pub zone: watch::Sender<Option<Arc<dns::LiveZone>>>,
+    /// The catalog as sidecars get it, and which services changed since it was made.
+    pub views: views::Views,
     pub peers: Mutex<BTreeMap<ClusterName, PeerStatus>>,
     /// Every cluster's golden metrics, this one's being counted ([`golden`]).
     pub golden: Mutex<strait_federation::golden::GoldenBook>,
@@ -202,20 +205,19 @@ impl Shared {
         self.dirty.store(true, Ordering::SeqCst);
     }
 
-    /// Tells sessions that the export changed, and the catalog watchers that the view did.
-    pub fn export_changed(&self) {
+    /// Tells sessions that the export changed, and the catalog watchers that the view did
+    /// for the services touched.
+    pub fn export_changed(&self, touched: views::Touched) {
         let head = lock(&self.state).export.head();
         self.export_tx.send_replace(head);
-        self.catalog_changed();
+        self.catalog_changed(touched);
     }
 
-    /// Tells catalog watchers that the clusterset view changed.
-    pub fn catalog_changed(&self) {
+    /// Tells catalog watchers that the clusterset view changed for the services touched.
+    /// Sidecars hear of it once they are merged again ([`views`]).
+    pub fn catalog_changed(&self, touched: views::Touched) {
+        self.views.touch(touched);
         self.catalog_tx.send_modify(|n| *n += 1);
-        if self.config.dns.is_none() {
-            // With DNS, sidecars hear of it once the zone (and its addresses) is rebuilt.
-            self.views_changed();
-        }
     }
 
     /// Tells peer sessions and sidecars that the policy set changed.
@@ -262,8 +264,9 @@ impl Shared {
         }
     }
 
-    /// Tells the sidecars' watchers that their view changed.
+    /// Tells the sidecars' watchers that their settings changed (all but the services).
     pub fn views_changed(&self) {
+        self.views.settings_changed();
         self.views_tx.send_modify(|n| *n += 1);
     }
 
@@ -561,6 +564,7 @@ pub async fn run(
         quota_tx: watch::channel(0).0,
         quotas_saved: std::sync::atomic::AtomicU64::new(0),
         zone: watch::channel(None).0,
+        views: views::Views::default(),
         peers: Mutex::new(BTreeMap::new()),
         golden: Mutex::new(golden_book),
         golden_tx: watch::channel(0).0,
@@ -615,18 +619,20 @@ pub async fn run(
     if let Some(client) = kube_client {
         kubernetes::start(&shared, client, restored);
     }
+    let mut zone = None;
     let dns_addr = match dns {
         Some((sockets, pool)) => {
             let addr = sockets.local_addr();
             if let Some(addr) = addr {
                 let _ = shared.dns_addr.set(addr);
             }
-            dns::start(&shared, sockets, pool);
+            zone = dns::start(&shared, sockets, pool);
             addr
         }
         None => None,
     }
     .map_or_else(|| "off".to_owned(), |addr| addr.to_string());
+    views::start(&shared, zone);
     shared.refresh_metrics();
     shared.ready.store(true, Ordering::SeqCst);
     tracing::info!(
@@ -704,7 +710,7 @@ async fn housekeeping(shared: Arc<Shared>) {
         }
         if lock(&shared.state).expire_registrations(Instant::now()) {
             shared.mark_dirty();
-            shared.export_changed();
+            shared.export_changed(views::Touched::All);
         }
         if shared.dirty.load(Ordering::SeqCst)
             && let Err(e) = shared.persist().await

@@ -57,8 +57,11 @@ pub struct Metrics {
     pub dns_dropped: IntCounter,
     /// Refusals because a limit was reached, by the key that sets it.
     pub limit_refusals: strait_io::limit::Refusals,
-    /// How long the last rebuild of the DNS zone took.
+    /// How long the last change of the DNS zone took (a build, or an update in place).
     pub dns_zone_build_seconds: prometheus::Gauge,
+    /// How long the last pass over changed services took: merged, put in the zone, logged
+    /// for the sidecars.
+    pub view_update_seconds: prometheus::Gauge,
     /// DNS answers, by transport and rcode: made once, so counting costs no label lookup.
     dns_answers: Vec<IntCounter>,
     /// Live policies held, by kind.
@@ -204,7 +207,18 @@ impl Metrics {
             dns_zone_build_seconds: {
                 let m = prometheus::Gauge::new(
                     "dns_zone_build_seconds",
-                    "How long the last rebuild of the DNS zone from the catalog took.",
+                    "How long the last change of the DNS zone took: a build at start, else an \
+                     update in place of the services that changed.",
+                )
+                .expect("constant metric");
+                register(Box::new(m.clone()));
+                m
+            },
+            view_update_seconds: {
+                let m = prometheus::Gauge::new(
+                    "catalog_view_update_seconds",
+                    "How long the last pass over changed services took: merged into the \
+                     clusterset view, put in the DNS zone, logged for the sidecars.",
                 )
                 .expect("constant metric");
                 register(Box::new(m.clone()));

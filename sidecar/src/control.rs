@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use strait_federation::view::HeldView;
 
 use strait_federation::identity::SpiffeId;
 use strait_federation::pki::{Credential, TrustBundle, new_csr};
@@ -250,6 +251,8 @@ const MAX_VIEW_BYTES: usize = 256 << 20;
 enum StreamLost {
     #[error("the gateway ended the catalog stream")]
     Ended,
+    #[error("{0}: asking for the whole view again")]
+    Gap(#[source] strait_federation::view::ViewGap),
     #[error("{}", .0.message())]
     Failed(#[source] Box<tonic::Status>),
 }
@@ -265,13 +268,17 @@ pub async fn watch(shared: Arc<Shared>, channel: Channel) {
     loop {
         let streamed = async {
             let mut stream = client
-                .watch(WatchRequest {})
+                .watch(WatchRequest { deltas: true })
                 .await
                 .map_err(|status| StreamLost::Failed(Box::new(status)))?
                 .into_inner();
+            // What the stream built so far: a whole view, then the deltas after it.
+            let mut held = HeldView::default();
             loop {
                 match stream.message().await {
-                    Ok(Some(view)) => {
+                    Ok(Some(message)) => {
+                        held.apply(message).map_err(StreamLost::Gap)?;
+                        let view = held.whole();
                         let previous = shared.directory.borrow().clone();
                         let mut directory = Directory::from_view(&view, Some(&previous));
                         // A relay bound to a wildcard address is reached at the gateway's

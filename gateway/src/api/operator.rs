@@ -1,6 +1,7 @@
 //! The operator API: apply and delete documents, links and unlinks, tokens for sidecars, and
 //! what `get` shows. Every call comes from an operator identity of this cluster.
 
+use crate::views::Touched;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -298,14 +299,17 @@ impl OperatorApi {
             result: if deleted { "deleted" } else { "not found" }.into(),
         };
         let mut objects = Vec::new();
-        let (mut services_changed, mut policies_changed) = (false, false);
+        let mut services_changed = Vec::new();
+        let mut policies_changed = false;
         {
             let mut state = lock(&self.shared.state);
             for resource in &resources {
                 match resource {
                     Resource::Service { key, .. } => {
                         let deleted = state.remove_service(key);
-                        services_changed |= deleted;
+                        if deleted {
+                            services_changed.push(key.clone());
+                        }
                         objects.push(object(
                             "Service",
                             key.namespace.to_string(),
@@ -328,10 +332,11 @@ impl OperatorApi {
                 }
             }
         }
-        if services_changed || policies_changed {
+        if !services_changed.is_empty() || policies_changed {
             let saved = self.shared.persist().await;
-            if services_changed {
-                self.shared.export_changed();
+            if !services_changed.is_empty() {
+                self.shared
+                    .export_changed(Touched::services(services_changed));
             }
             if policies_changed {
                 self.shared.policies_changed();
@@ -412,7 +417,7 @@ impl Operator for OperatorApi {
                 }
             }
         }
-        let mut changed = false;
+        let mut changed = Vec::new();
         let policies_changed;
         {
             let mut state = lock(&self.shared.state);
@@ -424,7 +429,9 @@ impl Operator for OperatorApi {
             for resource in &resources {
                 if let Resource::Service { key, spec } = resource {
                     let result = state.put_service(key.clone(), spec.clone());
-                    changed |= result != Applied::Unchanged;
+                    if result != Applied::Unchanged {
+                        changed.push(key.clone());
+                    }
                     objects.push(AppliedObject {
                         kind: "Service".into(),
                         namespace: key.namespace.to_string(),
@@ -445,15 +452,15 @@ impl Operator for OperatorApi {
             // Like services: peers and sidecars hear of it once it is on disk.
             let saved = self.shared.persist().await;
             self.shared.policies_changed();
-            if changed {
-                self.shared.export_changed();
+            if !changed.is_empty() {
+                self.shared.export_changed(Touched::services(changed));
             }
             saved.map_err(unsaved)?;
-        } else if changed {
+        } else if !changed.is_empty() {
             // Sessions learn of the change only after it is on disk (or, when the write
             // failed, after the error below: the gateway retries the write meanwhile).
             let saved = self.shared.persist().await;
-            self.shared.export_changed();
+            self.shared.export_changed(Touched::services(changed));
             saved.map_err(unsaved)?;
         }
         Ok(Response::new(ApplyResponse { objects }))
@@ -477,7 +484,7 @@ impl Operator for OperatorApi {
                 let deleted = lock(&self.shared.state).remove_service(&key);
                 if deleted {
                     let saved = self.shared.persist().await;
-                    self.shared.export_changed();
+                    self.shared.export_changed(Touched::services([key]));
                     saved.map_err(unsaved)?;
                 }
                 deleted

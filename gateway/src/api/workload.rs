@@ -10,15 +10,15 @@ use strait_federation::catalog::{Endpoint, Port, Protocol, ServiceKey, ServiceSp
 use strait_federation::identity::{Namespace, Role, ServiceName, SpiffeId};
 use strait_federation::proto::workload::workload_server::{Workload, WorkloadServer};
 use strait_federation::proto::workload::{
-    Backend, CatalogView, CertifyRequest, CertifyResponse, DeregisterRequest, DeregisterResponse,
-    EndpointView, PortSpec, RegisterRequest, RegisterResponse, ServiceView, VirtualAddress,
-    WatchRequest,
+    CatalogView, CertifyRequest, CertifyResponse, DeregisterRequest, DeregisterResponse, PortSpec,
+    RegisterRequest, RegisterResponse, WatchRequest,
 };
 use tonic::{Request, Response, Status};
 
 use super::caller::Caller;
 use crate::policies::SidecarPolicies;
 use crate::store::Registration;
+use crate::views::Touched;
 use crate::{Shared, lock, unix_now};
 use strait_federation::proto::workload::{
     ClusterLocation, MetricsReply, MetricsReport, TapReply, TapReport, Telemetry, UsageReply,
@@ -34,28 +34,19 @@ const COALESCE: Duration = Duration::from_millis(50);
 pub fn server(shared: Arc<Shared>) -> WorkloadServer<WorkloadApi> {
     WorkloadServer::new(WorkloadApi {
         shared,
-        views: Arc::default(),
+        policies: Arc::default(),
     })
 }
 
-/// What the last view was made of, and the change it was made for.
-type Views = std::sync::Mutex<Option<(u64, Arc<ViewParts>)>>;
-
-/// The parts of a view that are the same for every sidecar.
-#[derive(Debug, Default)]
-struct ViewParts {
-    services: Vec<ServiceView>,
-    virtual_addresses: Vec<VirtualAddress>,
-    virtual_ranges: Vec<String>,
-    policies: SidecarPolicies,
-}
+/// The policies sidecars get, and the settings' generation they were sorted at.
+type PolicyCache = std::sync::Mutex<Option<(u64, Arc<SidecarPolicies>)>>;
 
 /// Serves the sidecars of this gateway's cluster.
 #[derive(Clone)]
 pub struct WorkloadApi {
     shared: Arc<Shared>,
-    /// Made once per catalog change, whatever the number of sidecars watching.
-    views: Arc<Views>,
+    /// Sorted once per policy change, whatever the number of sidecars watching.
+    policies: Arc<PolicyCache>,
 }
 
 /// The caller's workload identity; other callers are refused.
@@ -108,71 +99,42 @@ fn parse_ports(ports: &[PortSpec]) -> Result<Vec<Port>, Status> {
         .collect()
 }
 
-fn port_specs(ports: &[Port]) -> Vec<PortSpec> {
-    ports
-        .iter()
-        .map(|p| PortSpec {
-            name: p.name.clone(),
-            port: u32::from(p.port),
-            protocol: p.protocol.as_str().into(),
-        })
-        .collect()
-}
-
-fn endpoint_views(spec: &ServiceSpec) -> Vec<EndpointView> {
-    spec.endpoints
-        .iter()
-        .map(|e| EndpointView {
-            address: e.address.to_string(),
-            hostname: e.hostname.clone().unwrap_or_default(),
-            ready: e.ready,
-        })
-        .collect()
-}
-
 impl WorkloadApi {
-    /// The catalog as the sidecars of this cluster see it, after catalog change `change`.
-    fn view(&self, change: u64, version: u64, namespace: Option<&Namespace>) -> CatalogView {
-        let cached = crate::lock(&self.views)
+    /// Everything a sidecar's view holds besides the services and their virtual addresses.
+    fn settings(&self, namespace: Option<&Namespace>) -> CatalogView {
+        let generation = self.shared.views.settings();
+        let cached = lock(&self.policies)
             .as_ref()
-            .filter(|(made_for, _)| *made_for == change)
-            .map(|(_, parts)| parts.clone());
-        let parts = match cached {
-            Some(parts) => parts,
+            .filter(|(made_for, _)| *made_for == generation)
+            .map(|(_, policies)| policies.clone());
+        let policies = match cached {
+            Some(policies) => policies,
             None => {
-                let parts = Arc::new(ViewParts {
-                    services: self.services(),
-                    virtual_addresses: self.virtual_addresses(),
-                    virtual_ranges: self
-                        .shared
-                        .config
-                        .dns
-                        .iter()
-                        .flat_map(|dns| {
-                            std::iter::once(dns.vip_range.clone()).chain(dns.vip_range6.clone())
-                        })
-                        .collect(),
-                    policies: SidecarPolicies::of(&crate::lock(&self.shared.state)),
-                });
-                *crate::lock(&self.views) = Some((change, parts.clone()));
-                parts
+                let policies = Arc::new(SidecarPolicies::of(&lock(&self.shared.state)));
+                *lock(&self.policies) = Some((generation, policies.clone()));
+                policies
             }
         };
         let telemetry = &self.shared.config.telemetry;
         CatalogView {
             cluster: self.shared.config.cluster.to_string(),
             relay_address: self.shared.relay_for_sidecars().to_string(),
-            version,
-            services: parts.services.clone(),
-            virtual_addresses: parts.virtual_addresses.clone(),
-            virtual_ranges: parts.virtual_ranges.clone(),
+            virtual_ranges: self
+                .shared
+                .config
+                .dns
+                .iter()
+                .flat_map(|dns| {
+                    std::iter::once(dns.vip_range.clone()).chain(dns.vip_range6.clone())
+                })
+                .collect(),
             policies: namespace
-                .map(|ns| parts.policies.for_namespace(ns))
+                .map(|ns| policies.for_namespace(ns))
                 .unwrap_or_default(),
             cloud: self.shared.config.location.cloud.clone(),
             region: self.shared.config.location.region.clone(),
             zone: self.shared.config.location.zone.clone(),
-            cluster_locations: crate::lock(&self.shared.locations)
+            cluster_locations: lock(&self.shared.locations)
                 .iter()
                 .map(|(cluster, location)| ClusterLocation {
                     cluster: cluster.to_string(),
@@ -184,7 +146,7 @@ impl WorkloadApi {
             taps: self.shared.taps.filters(),
             trust_bundle_pem: self.shared.trust.bundle().to_pem().to_owned(),
             issuer_fingerprint: self.shared.trust.issuer_fingerprint(),
-            degraded_clusters: crate::lock(&self.shared.peers)
+            degraded_clusters: lock(&self.shared.peers)
                 .iter()
                 .filter(|(_, status)| status.degraded().is_some())
                 .map(|(cluster, _)| cluster.to_string())
@@ -194,72 +156,52 @@ impl WorkloadApi {
                 sampling: telemetry.sampling_percent / 100.0,
                 access_log: namespace.is_some_and(|ns| telemetry.access_log(ns.as_str())),
             }),
+            ..CatalogView::default()
         }
     }
+}
 
-    /// The virtual addresses of the DNS zone's names (none without DNS).
-    fn virtual_addresses(&self) -> Vec<VirtualAddress> {
-        let Some(zone) = self.shared.zone.borrow().clone() else {
-            return Vec::new();
+/// One sidecar's stream: what it was last sent, to send it only what changed.
+struct Follower {
+    /// The sidecar applies deltas.
+    deltas: bool,
+    namespace: Option<Namespace>,
+    /// The version of the last message on the stream.
+    sent: u64,
+    /// The view log's version and the settings' generation that message was made at.
+    at: Option<(u64, u64)>,
+}
+
+impl Follower {
+    /// The next message, or `None` when nothing changed for this sidecar.
+    fn next(&mut self, api: &WorkloadApi) -> Option<CatalogView> {
+        let generation = api.shared.views.settings();
+        let (version, part) = {
+            let log = lock(&api.shared.views.log);
+            let delta = match self.at {
+                Some((at, _)) if self.deltas => log.delta(at),
+                _ => None,
+            };
+            (log.version(), delta.unwrap_or_else(|| log.whole()))
         };
-        let mut all = Vec::with_capacity(zone.virtual_names().len());
-        for name in zone.virtual_names() {
-            let addresses = std::iter::once(std::net::IpAddr::V4(name.vips.v4))
-                .chain(name.vips.v6.map(std::net::IpAddr::V6));
-            for address in addresses {
-                all.push(VirtualAddress {
-                    address: address.to_string(),
-                    namespace: name.service.namespace.to_string(),
-                    service: name.service.name.to_string(),
-                    cluster: name
-                        .cluster
-                        .as_ref()
-                        .map(ToString::to_string)
-                        .unwrap_or_default(),
-                    hostname: name.hostname.clone().unwrap_or_default(),
-                });
-            }
+        let settings_kept = !part.whole && self.at.is_some_and(|(_, g)| g == generation);
+        if part.is_empty() && settings_kept {
+            return None;
         }
-        all
-    }
-
-    /// The services of the clusterset view, as sidecars get them.
-    fn services(&self) -> Vec<ServiceView> {
-        let locations = crate::lock(&self.shared.locations).clone();
-        self.shared
-            .clusterset()
-            .into_iter()
-            .map(|service| {
-                let ports = service
-                    .backends
-                    .first()
-                    .map(|(_, spec)| port_specs(&spec.ports))
-                    .unwrap_or_default();
-                ServiceView {
-                    namespace: service.key.namespace.to_string(),
-                    name: service.key.name.to_string(),
-                    ports,
-                    backends: service
-                        .backends
-                        .iter()
-                        .map(|(cluster, spec)| {
-                            let location = if *cluster == self.shared.config.cluster {
-                                self.shared.config.location.clone()
-                            } else {
-                                locations.get(cluster).cloned().unwrap_or_default()
-                            };
-                            Backend {
-                                cluster: cluster.to_string(),
-                                endpoints: endpoint_views(spec),
-                                cloud: location.cloud,
-                                region: location.region,
-                                zone: location.zone,
-                            }
-                        })
-                        .collect(),
-                }
-            })
-            .collect()
+        let mut message = if settings_kept {
+            CatalogView::default()
+        } else {
+            api.settings(self.namespace.as_ref())
+        };
+        message.version = self.sent + 1;
+        message.delta_from = if part.whole { 0 } else { self.sent };
+        message.settings_kept = settings_kept;
+        message.services = part.services;
+        message.virtual_addresses = part.virtual_addresses;
+        message.removed_services = part.removed;
+        self.sent += 1;
+        self.at = Some((version, generation));
+        Some(message)
     }
 }
 
@@ -395,7 +337,7 @@ impl Workload for WorkloadApi {
         if changed {
             tracing::info!(service = %key, address = %address, ready = request.ready, "endpoint registered");
             self.shared.mark_dirty();
-            self.shared.export_changed();
+            self.shared.export_changed(Touched::services([key]));
         }
         Ok(Response::new(RegisterResponse {
             lease_seconds: lease.as_secs(),
@@ -442,7 +384,7 @@ impl Workload for WorkloadApi {
         if lock(&self.shared.state).deregister(&key, &request.instance) {
             tracing::info!(service = %key, "endpoint deregistered");
             self.shared.mark_dirty();
-            self.shared.export_changed();
+            self.shared.export_changed(Touched::services([key]));
         }
         Ok(Response::new(DeregisterResponse {}))
     }
@@ -464,21 +406,23 @@ impl Workload for WorkloadApi {
             .trust
             .watching(identity, super::caller::Caller::issuer_of(&request));
         let api = self.clone();
+        let mut follower = Follower {
+            deltas: request.get_ref().deltas,
+            namespace,
+            sent: 0,
+            at: None,
+        };
         let mut changes = self.shared.views_tx.subscribe();
         let shutdown = self.shared.shutdown.clone();
         let stream = async_stream(move |tx| async move {
             let _watching = watching;
-            let mut version = 1;
             loop {
-                let change = *changes.borrow_and_update();
-                if tx
-                    .send(Ok(api.view(change, version, namespace.as_ref())))
-                    .await
-                    .is_err()
+                changes.borrow_and_update();
+                if let Some(message) = follower.next(&api)
+                    && tx.send(Ok(message)).await.is_err()
                 {
                     return;
                 }
-                version += 1;
                 tokio::select! {
                     changed = changes.changed() => if changed.is_err() { return },
                     () = shutdown.cancelled() => return,

@@ -5,7 +5,7 @@
 //! `vip` keeps the virtual addresses stable. This module owns the sockets and tasks: one
 //! thread per UDP socket (several sockets on one port with SO_REUSEPORT, one per core, up to
 //! four) doing blocking receives and sends, a TCP listener on the runtime with bounded
-//! connections and timeouts, and the task that rebuilds the zone after every catalog change.
+//! connections and timeouts. The zone changes in place as the catalog does ([`crate::views`]).
 //!
 //! UDP runs on threads of its own, not on the async runtime, because at moderate rates the
 //! runtime's readiness dance (a receive that finds nothing, an epoll wait, a worker woken per
@@ -36,8 +36,6 @@ use crate::{GatewayError, Shared, unix_now};
 use vip::{PoolFile, VipPool};
 use zone::{Zone, ZoneSettings};
 
-/// Catalog changes closer together than this make one new zone.
-const COALESCE: Duration = Duration::from_millis(20);
 /// A TCP connection idle for this long between queries is closed (RFC 7766 suggests seconds).
 const TCP_IDLE: Duration = Duration::from_secs(10);
 /// How long one query or answer may take to cross a TCP connection.
@@ -119,20 +117,31 @@ pub fn load_pool(config: &GatewayConfig, dns: &DnsConfig) -> Result<VipPool, Gat
     }
 }
 
-/// Builds the first zone now (so the gateway is ready with its names), then starts the tasks
-/// that keep it current and serve it.
-pub fn start(shared: &Arc<Shared>, sockets: Sockets, mut pool: VipPool) {
-    let Some(config) = shared.config.dns.clone() else {
-        return;
+/// The zone in force, changed in place under its lock (answers take the lock for reading).
+pub type LiveZone = std::sync::RwLock<Zone>;
+
+/// Reads the zone in force (a writer that panicked left it whole: each change is applied
+/// before the lock is given back).
+pub fn read(zone: &LiveZone) -> std::sync::RwLockReadGuard<'_, Zone> {
+    zone.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Starts the tasks that serve the zone; returns what keeps it current, for the task that
+/// follows the catalog ([`crate::views`]).
+pub fn start(shared: &Arc<Shared>, sockets: Sockets, pool: VipPool) -> Option<ZoneKeeper> {
+    let config = shared.config.dns.clone()?;
+    let keeper = ZoneKeeper {
+        settings: ZoneSettings {
+            origin: config.zone.clone(),
+            ttl: config.ttl_seconds,
+            server: Some(config.addr.ip()).filter(|ip| !ip.is_unspecified()),
+        },
+        serial: unix_now() as u32,
+        pool,
+        unwritten: None,
+        rebuild: true,
     };
-    let settings = ZoneSettings {
-        origin: config.zone.clone(),
-        ttl: config.ttl_seconds,
-        server: Some(config.addr.ip()).filter(|ip| !ip.is_unspecified()),
-    };
-    let serial = unix_now() as u32;
-    let unwritten = rebuild(shared, &settings, serial, &mut pool);
-    tokio::spawn(keep_zone(shared.clone(), settings, serial, pool, unwritten));
     for (i, socket) in sockets.udp.into_iter().enumerate() {
         let shared = shared.clone();
         let spawned = std::thread::Builder::new()
@@ -143,92 +152,135 @@ pub fn start(shared: &Arc<Shared>, sockets: Sockets, mut pool: VipPool) {
         }
     }
     tokio::spawn(serve_tcp(shared.clone(), sockets.tcp));
+    Some(keeper)
 }
 
-/// Makes a zone from the catalog as it is now and publishes it. Returns the pool's new
-/// assignments when they changed, to be written.
-fn rebuild(
-    shared: &Arc<Shared>,
-    settings: &ZoneSettings,
-    serial: u32,
-    pool: &mut VipPool,
-) -> Option<PoolFile> {
-    let started = std::time::Instant::now();
-    let services = shared.clusterset();
-    pool.set_now(unix_now());
-    let zone = Zone::build(settings, serial, &shared.config.cluster, &services, pool);
-    shared
-        .metrics
-        .dns_zone_build_seconds
-        .set(started.elapsed().as_secs_f64());
-    shared.metrics.dns_names.set(zone.len() as i64);
-    shared.metrics.dns_virtual_addresses.set(pool.len() as i64);
-    shared.zone.send_replace(Some(Arc::new(zone)));
-    shared.views_changed();
-    pool.take_changed().then(|| pool.to_file())
-}
-
-/// Writes the pool's assignments, off the runtime's threads. Only `keep_zone` calls it, one
-/// write at a time: two writers would share the temporary file, and an older snapshot could
-/// land last.
-async fn write_pool(shared: &Shared, file: PoolFile) {
-    let path = shared.config.file("vips.json");
-    let written = tokio::task::spawn_blocking(move || -> Result<(), GatewayError> {
-        let text = serde_json::to_string(&file)?;
-        Ok(strait_io::files::write_file(&path, &text, false)?)
-    })
-    .await
-    .map_err(GatewayError::from)
-    .and_then(|written| written);
-    if let Err(error) = written {
-        tracing::error!(%error, "cannot write the virtual addresses");
-    }
-}
-
-/// Rebuilds the zone after every catalog change, a few changes at a time, and keeps the
-/// virtual addresses on disk.
-async fn keep_zone(
-    shared: Arc<Shared>,
+/// What keeps the zone current: its settings and serial, and the virtual addresses.
+pub struct ZoneKeeper {
     settings: ZoneSettings,
-    mut serial: u32,
-    mut pool: VipPool,
-    mut unwritten: Option<PoolFile>,
-) {
-    let mut changes = shared.catalog_tx.subscribe();
-    changes.borrow_and_update();
-    let mut leader_vips = shared.leader_vips.subscribe();
-    loop {
-        if let Some(file) = unwritten.take() {
-            write_pool(&shared, file).await;
+    serial: u32,
+    pool: VipPool,
+    /// The pool's assignments when they changed and are not on disk yet.
+    unwritten: Option<PoolFile>,
+    /// Set until the zone is built, and when the addresses were replaced.
+    rebuild: bool,
+}
+
+impl ZoneKeeper {
+    /// Whether the next change must build the zone whole (none yet, or new addresses).
+    pub fn rebuilds(&self) -> bool {
+        self.rebuild
+    }
+
+    /// Builds the zone from every service of the clusterset view (in key order), and
+    /// publishes it.
+    pub fn build(
+        &mut self,
+        shared: &Shared,
+        services: &[strait_federation::catalog::ClustersetService],
+    ) {
+        self.change(shared, |keeper, cluster| {
+            let zone = Zone::build(
+                &keeper.settings,
+                keeper.serial,
+                cluster,
+                services,
+                &mut keeper.pool,
+            );
+            let names = zone.len();
+            shared
+                .zone
+                .send_replace(Some(Arc::new(LiveZone::new(zone))));
+            names
+        });
+        self.rebuild = false;
+    }
+
+    /// Applies changed services to the zone in force, in place.
+    pub fn update(
+        &mut self,
+        shared: &Shared,
+        changed: &[(
+            strait_federation::catalog::ServiceKey,
+            Option<strait_federation::catalog::ClustersetService>,
+        )],
+    ) {
+        let Some(live) = shared.zone.borrow().clone() else {
+            return;
+        };
+        self.change(shared, |keeper, cluster| {
+            let mut zone = live
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            zone.update(keeper.serial, cluster, changed, &mut keeper.pool);
+            let names = zone.len();
+            drop(zone);
+            // Wakes those that follow the zone (it changed in place).
+            shared.zone.send_modify(|_| {});
+            names
+        });
+    }
+
+    /// One change of the zone, timed, with the pool's assignments kept for writing.
+    fn change(
+        &mut self,
+        shared: &Shared,
+        apply: impl FnOnce(&mut Self, &strait_federation::identity::ClusterName) -> usize,
+    ) {
+        let started = std::time::Instant::now();
+        self.pool.set_now(unix_now());
+        self.serial = self.serial.wrapping_add(1);
+        let names = apply(self, &shared.config.cluster);
+        shared
+            .metrics
+            .dns_zone_build_seconds
+            .set(started.elapsed().as_secs_f64());
+        shared.metrics.dns_names.set(names as i64);
+        shared
+            .metrics
+            .dns_virtual_addresses
+            .set(self.pool.len() as i64);
+        if self.pool.take_changed() {
+            self.unwritten = Some(self.pool.to_file());
         }
-        tokio::select! {
-            changed = changes.changed() => if changed.is_err() { return },
-            changed = leader_vips.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                // A standby replica gives the names the leading replica's addresses.
-                let file = leader_vips.borrow_and_update().clone();
-                if let (Some(file), Some(config)) = (file, &shared.config.dns)
-                    && let Ok((v4, v6)) = config.ranges()
-                {
-                    pool = VipPool::with_file(v4, v6, (*file).clone());
-                }
-            }
-            () = shared.shutdown.cancelled() => return,
+    }
+
+    /// Takes the leading replica's addresses: the next change builds the zone again with them.
+    pub fn adopt_pool(&mut self, shared: &Shared, file: &PoolFile) {
+        if let Some(config) = &shared.config.dns
+            && let Ok((v4, v6)) = config.ranges()
+        {
+            self.pool = VipPool::with_file(v4, v6, file.clone());
+            self.rebuild = true;
         }
-        tokio::time::sleep(COALESCE).await;
-        changes.borrow_and_update();
-        serial = serial.wrapping_add(1);
-        unwritten = rebuild(&shared, &settings, serial, &mut pool);
+    }
+
+    /// Writes the pool's assignments when they changed, off the runtime's threads; one write
+    /// at a time (two writers would share the temporary file, and an older snapshot could land
+    /// last).
+    pub async fn write_pool(&mut self, shared: &Shared) {
+        let Some(file) = self.unwritten.take() else {
+            return;
+        };
+        let path = shared.config.file("vips.json");
+        let written = tokio::task::spawn_blocking(move || -> Result<(), GatewayError> {
+            let text = serde_json::to_string(&file)?;
+            Ok(strait_io::files::write_file(&path, &text, false)?)
+        })
+        .await
+        .map_err(GatewayError::from)
+        .and_then(|written| written);
+        if let Err(error) = written {
+            tracing::error!(%error, "cannot write the virtual addresses");
+        }
     }
 }
 
 /// The zone a task answers from: refreshed only when a new one was published, so the common
 /// case costs one atomic load.
 struct Current {
-    rx: watch::Receiver<Option<Arc<Zone>>>,
-    zone: Option<Arc<Zone>>,
+    rx: watch::Receiver<Option<Arc<LiveZone>>>,
+    zone: Option<Arc<LiveZone>>,
 }
 
 impl Current {
@@ -238,11 +290,11 @@ impl Current {
         Self { rx, zone }
     }
 
-    fn get(&mut self) -> Option<&Zone> {
+    fn get(&mut self) -> Option<std::sync::RwLockReadGuard<'_, Zone>> {
         if self.rx.has_changed().unwrap_or(false) {
             self.zone = self.rx.borrow_and_update().clone();
         }
-        self.zone.as_deref()
+        self.zone.as_deref().map(read)
     }
 }
 
@@ -257,8 +309,10 @@ fn serve_udp(shared: &Shared, socket: &std::net::UdpSocket) {
         let Ok((length, peer)) = socket.recv_from(&mut packet) else {
             continue;
         };
-        let Some(zone) = zone.get() else { continue };
-        let Some(rcode) = zone.answer(&packet[..length], &mut answer, Transport::Udp) else {
+        let Some(rcode) = zone
+            .get()
+            .and_then(|zone| zone.answer(&packet[..length], &mut answer, Transport::Udp))
+        else {
             shared.metrics.dns_dropped.inc();
             continue;
         };
@@ -307,8 +361,10 @@ async fn serve_connection(shared: &Shared, mut stream: TcpStream) {
             Ok(Ok(_)) => {}
             _ => return,
         }
-        let Some(zone) = zone.get() else { return };
-        let Some(rcode) = zone.answer(&packet, &mut answer, Transport::Tcp) else {
+        let Some(rcode) = zone
+            .get()
+            .and_then(|zone| zone.answer(&packet, &mut answer, Transport::Tcp))
+        else {
             shared.metrics.dns_dropped.inc();
             return;
         };

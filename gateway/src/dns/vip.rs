@@ -285,20 +285,46 @@ impl VipPool {
     pub fn retain_live<'a>(&mut self, live: impl IntoIterator<Item = &'a str>) {
         let live: HashSet<&str> = live.into_iter().collect();
         let now = self.now;
-        let mut expired = Vec::new();
         for (name, assignment) in &mut self.names {
-            if live.contains(name.as_str()) {
-                continue;
-            }
-            match assignment.released {
-                None => {
-                    assignment.released = Some(now);
-                    self.changed = true;
-                }
-                Some(at) if now.saturating_sub(at) > HOLD_SECONDS => expired.push(name.clone()),
-                Some(_) => {}
+            if !live.contains(name.as_str()) && assignment.released.is_none() {
+                assignment.released = Some(now);
+                self.changed = true;
             }
         }
+        self.expire();
+    }
+
+    /// Marks these names released (now), and frees those released longer than
+    /// [`HOLD_SECONDS`] ago: [`VipPool::retain_live`] for names known to have left.
+    pub fn release<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) {
+        let now = self.now;
+        let mut any = false;
+        for name in names {
+            if let Some(assignment) = self.names.get_mut(name)
+                && assignment.released.is_none()
+            {
+                assignment.released = Some(now);
+                self.changed = true;
+                any = true;
+            }
+        }
+        if any {
+            self.expire();
+        }
+    }
+
+    /// Frees the addresses of names released longer than [`HOLD_SECONDS`] ago.
+    fn expire(&mut self) {
+        let now = self.now;
+        let expired: Vec<String> = self
+            .names
+            .iter()
+            .filter(|(_, a)| {
+                a.released
+                    .is_some_and(|at| now.saturating_sub(at) > HOLD_SECONDS)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
         for name in expired {
             self.remove(&name);
         }

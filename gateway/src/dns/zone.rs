@@ -1,11 +1,12 @@
 //! The names of the clusterset zone, made from the federated catalog, and the answer to a
-//! query about them. A zone is built once per catalog change and then only read: every lookup
-//! is one hash probe, whether the name exists or not, and no answer walks the zone.
+//! query about them. A zone is built once, then changed in place one service at a time (the
+//! work follows the change, not the zone's size); every lookup is one hash probe, whether the
+//! name exists or not, and no answer walks the zone.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use strait_federation::catalog::ClustersetService;
+use strait_federation::catalog::{ClustersetService, ServiceKey};
 use strait_federation::identity::ClusterName;
 
 use super::vip::{VipPool, Vips};
@@ -18,12 +19,14 @@ pub struct Node {
     pub v6: Option<Ipv6Addr>,
     /// SRV records: port and target (lowercased wire form, a name of this zone).
     pub srv: Vec<(u16, Vec<u8>)>,
+    /// How many names put in the zone stand at or below this one: it leaves with the last.
+    uses: u32,
 }
 
 /// A name handed to sidecars with its virtual addresses: what they intercept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VirtualName {
-    pub service: strait_federation::catalog::ServiceKey,
+    pub service: ServiceKey,
     /// Set for `<cluster>.<svc>...` and `<pod>.<cluster>.<svc>...`.
     pub cluster: Option<ClusterName>,
     /// Set for `<pod>.<cluster>.<svc>...`.
@@ -51,9 +54,21 @@ fn is_service_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
+/// What one service put in the zone, to take it out again.
+#[derive(Debug, Clone, Default)]
+struct Contribution {
+    /// Every name put in for it, once per time it was put in.
+    names: Vec<Vec<u8>>,
+    /// Its names with virtual addresses, dotted, as the pool knows them.
+    dotted: Vec<String>,
+    virtual_names: Vec<VirtualName>,
+}
+
 /// One version of the zone.
 #[derive(Debug, Clone)]
 pub struct Zone {
+    /// The origin, dotted and in wire form.
+    origin_dotted: String,
     origin: Vec<u8>,
     origin_labels: usize,
     /// `ns.dns.<origin>` and `hostmaster.<origin>`, for the SOA and NS records.
@@ -62,8 +77,8 @@ pub struct Zone {
     ttl: u32,
     serial: u32,
     nodes: HashMap<Vec<u8>, Node>,
-    /// The names with virtual addresses, for the sidecars.
-    virtual_names: Vec<VirtualName>,
+    /// What each service put in, in key order (the order sidecars get the names in).
+    services: BTreeMap<ServiceKey, Contribution>,
 }
 
 impl Zone {
@@ -81,6 +96,7 @@ impl Zone {
         let with_origin =
             |dotted: &str| wire::encode_name(&format!("{dotted}.{}", settings.origin));
         let mut zone = Zone {
+            origin_dotted: settings.origin.clone(),
             origin_labels: wire::count_labels(&origin),
             primary: with_origin("ns.dns").unwrap_or_else(|| origin.clone()),
             mailbox: with_origin("hostmaster").unwrap_or_else(|| origin.clone()),
@@ -88,9 +104,15 @@ impl Zone {
             ttl: settings.ttl,
             serial,
             nodes: HashMap::new(),
-            virtual_names: Vec::new(),
+            services: BTreeMap::new(),
         };
-        zone.nodes.insert(zone.origin.clone(), Node::default());
+        zone.nodes.insert(
+            zone.origin.clone(),
+            Node {
+                uses: 1,
+                ..Node::default()
+            },
+        );
         let primary = zone.primary.clone();
         let node = zone.insert(primary);
         match settings.server {
@@ -98,88 +120,161 @@ impl Zone {
             Some(std::net::IpAddr::V6(v6)) => node.v6 = Some(v6),
             None => {}
         }
-        let mut live = Vec::new();
         for service in services {
-            let backends: Vec<_> = service
-                .backends
-                .iter()
-                .filter(|(cluster, spec)| cluster != local || spec.export)
-                .collect();
-            if backends.is_empty() {
-                continue;
-            }
-            let key = &service.key;
-            let base = format!("{}.{}.svc", key.name, key.namespace);
-            let ports = &backends[0].1.ports;
-            let mut add = |zone: &mut Zone,
-                           dotted: String,
-                           cluster: Option<&ClusterName>,
-                           hostname: Option<&String>,
-                           ports: &[strait_federation::catalog::Port]| {
-                let Some(name) = with_origin(&dotted) else {
-                    return;
-                };
-                let Some(vips) = pool.assign(&dotted) else {
-                    tracing::warn!(name = %dotted, "the virtual address range is full: name left out");
-                    return;
-                };
-                for port in ports.iter().filter(|p| is_service_name(&p.name)) {
-                    if let Some(srv_name) = with_origin(&format!("_{}._tcp.{dotted}", port.name)) {
-                        zone.insert(srv_name).srv.push((port.port, name.clone()));
-                    }
-                }
-                live.push(dotted);
-                let node = zone.insert(name);
-                node.v4 = Some(vips.v4);
-                node.v6 = vips.v6;
-                zone.virtual_names.push(VirtualName {
-                    service: key.clone(),
-                    cluster: cluster.cloned(),
-                    hostname: hostname.cloned(),
-                    vips,
-                });
-            };
-            add(&mut zone, base.clone(), None, None, ports);
-            for (cluster, spec) in &backends {
-                let in_cluster = format!("{cluster}.{base}");
-                add(
-                    &mut zone,
-                    in_cluster.clone(),
-                    Some(cluster),
-                    None,
-                    &spec.ports,
-                );
-                for endpoint in &spec.endpoints {
-                    if let Some(hostname) = &endpoint.hostname {
-                        add(
-                            &mut zone,
-                            format!("{hostname}.{in_cluster}"),
-                            Some(cluster),
-                            Some(hostname),
-                            &[],
-                        );
-                    }
-                }
-            }
+            zone.put(local, service, pool);
         }
-        pool.retain_live(live.iter().map(String::as_str));
+        let live: Vec<&str> = zone
+            .services
+            .values()
+            .flat_map(|c| c.dotted.iter().map(String::as_str))
+            .collect();
+        pool.retain_live(live);
         zone
     }
 
+    /// Applies changed services in place, as [`Zone::build`] would have made them: each
+    /// service's names are taken out and put in again (`None`: the service is gone). Costs in
+    /// proportion to the change, not to the zone; the answers are those of a rebuilt zone.
+    pub fn update(
+        &mut self,
+        serial: u32,
+        local: &ClusterName,
+        changed: &[(ServiceKey, Option<ClustersetService>)],
+        pool: &mut VipPool,
+    ) {
+        let mut released = Vec::new();
+        for (key, _) in changed {
+            if let Some(old) = self.services.remove(key) {
+                for name in &old.names {
+                    self.take_out(name);
+                }
+                released.extend(old.dotted);
+            }
+        }
+        let mut ordered: Vec<&ClustersetService> =
+            changed.iter().filter_map(|(_, s)| s.as_ref()).collect();
+        ordered.sort_by(|a, b| a.key.cmp(&b.key));
+        for service in ordered {
+            self.put(local, service, pool);
+        }
+        let live: std::collections::HashSet<&str> = changed
+            .iter()
+            .filter_map(|(key, _)| self.services.get(key))
+            .flat_map(|c| c.dotted.iter().map(String::as_str))
+            .collect();
+        pool.release(
+            released
+                .iter()
+                .map(String::as_str)
+                .filter(|n| !live.contains(n)),
+        );
+        self.serial = serial;
+    }
+
+    /// Puts one service's names in (none when no cluster it is named for exports it).
+    fn put(&mut self, local: &ClusterName, service: &ClustersetService, pool: &mut VipPool) {
+        let backends: Vec<_> = service
+            .backends
+            .iter()
+            .filter(|(cluster, spec)| cluster != local || spec.export)
+            .collect();
+        if backends.is_empty() {
+            return;
+        }
+        let key = &service.key;
+        let base = format!("{}.{}.svc", key.name, key.namespace);
+        let mut contribution = Contribution::default();
+        let mut add = |zone: &mut Zone,
+                       dotted: String,
+                       cluster: Option<&ClusterName>,
+                       hostname: Option<&String>,
+                       ports: &[strait_federation::catalog::Port]| {
+            let Some(name) = zone.with_origin(&dotted) else {
+                return;
+            };
+            let Some(vips) = pool.assign(&dotted) else {
+                tracing::warn!(name = %dotted, "the virtual address range is full: name left out");
+                return;
+            };
+            for port in ports.iter().filter(|p| is_service_name(&p.name)) {
+                if let Some(srv_name) = zone.with_origin(&format!("_{}._tcp.{dotted}", port.name)) {
+                    zone.insert(srv_name.clone())
+                        .srv
+                        .push((port.port, name.clone()));
+                    contribution.names.push(srv_name);
+                }
+            }
+            contribution.dotted.push(dotted);
+            let node = zone.insert(name.clone());
+            node.v4 = Some(vips.v4);
+            node.v6 = vips.v6;
+            contribution.names.push(name);
+            contribution.virtual_names.push(VirtualName {
+                service: key.clone(),
+                cluster: cluster.cloned(),
+                hostname: hostname.cloned(),
+                vips,
+            });
+        };
+        add(self, base.clone(), None, None, &backends[0].1.ports);
+        for (cluster, spec) in &backends {
+            let in_cluster = format!("{cluster}.{base}");
+            add(self, in_cluster.clone(), Some(cluster), None, &spec.ports);
+            for endpoint in &spec.endpoints {
+                if let Some(hostname) = &endpoint.hostname {
+                    add(
+                        self,
+                        format!("{hostname}.{in_cluster}"),
+                        Some(cluster),
+                        Some(hostname),
+                        &[],
+                    );
+                }
+            }
+        }
+        self.services.insert(key.clone(), contribution);
+    }
+
+    fn with_origin(&self, dotted: &str) -> Option<Vec<u8>> {
+        wire::encode_name(&format!("{dotted}.{}", self.origin_dotted))
+    }
+
     /// The node of a name, with every name between it and the origin made to exist (empty
-    /// non-terminals answer "no data", not "no such name").
+    /// non-terminals answer "no data", not "no such name"); each is used once more.
     fn insert(&mut self, name: Vec<u8>) -> &mut Node {
         let mut at = 0;
         while at < name.len() && name[at..] != self.origin[..] {
             let next = at + 1 + usize::from(name[at]);
-            if self.nodes.contains_key(&name[next..]) {
-                // Its ancestors were made with it.
-                break;
+            if at > 0 {
+                self.nodes.entry(name[at..].to_vec()).or_default().uses += 1;
             }
-            self.nodes.insert(name[next..].to_vec(), Node::default());
             at = next;
         }
-        self.nodes.entry(name).or_default()
+        let node = self.nodes.entry(name).or_default();
+        node.uses += 1;
+        node
+    }
+
+    /// Undoes one [`Zone::insert`] of a name: the name's data goes, and every name on its way
+    /// to the origin that nothing else uses.
+    fn take_out(&mut self, name: &[u8]) {
+        let mut at = 0;
+        while at < name.len() && name[at..] != self.origin[..] {
+            let next = at + 1 + usize::from(name[at]);
+            if let Some(node) = self.nodes.get_mut(&name[at..]) {
+                if at == 0 {
+                    // Only its own service puts data on a name, and it takes all of it out.
+                    node.v4 = None;
+                    node.v6 = None;
+                    node.srv.clear();
+                }
+                node.uses = node.uses.saturating_sub(1);
+                if node.uses == 0 {
+                    self.nodes.remove(&name[at..]);
+                }
+            }
+            at = next;
+        }
     }
 
     /// How many names the zone has (the origin and empty non-terminals included).
@@ -192,9 +287,16 @@ impl Zone {
         self.nodes.len() <= 1
     }
 
-    /// The names with virtual addresses.
-    pub fn virtual_names(&self) -> &[VirtualName] {
-        &self.virtual_names
+    /// The names with virtual addresses, by service.
+    pub fn virtual_names(&self) -> impl Iterator<Item = &VirtualName> {
+        self.services.values().flat_map(|c| c.virtual_names.iter())
+    }
+
+    /// The names of one service with virtual addresses.
+    pub fn virtual_names_of(&self, key: &ServiceKey) -> &[VirtualName] {
+        self.services
+            .get(key)
+            .map_or(&[], |c| c.virtual_names.as_slice())
     }
 
     /// The node of a dotted name, for tests and tools.
@@ -348,299 +450,4 @@ impl Zone {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::dns::vip::CidrRange;
-    use hickory_proto::op::{Message, ResponseCode};
-    use hickory_proto::rr::{RData, RecordType};
-    use strait_federation::catalog::{Endpoint, Port, Protocol, ServiceKey, ServiceSpec};
-
-    fn spec(export: bool, pods: &[&str]) -> ServiceSpec {
-        ServiceSpec {
-            export,
-            ports: vec![
-                Port {
-                    name: "http".into(),
-                    port: 8080,
-                    protocol: Protocol::Http,
-                },
-                Port {
-                    name: "metrics".into(),
-                    port: 9090,
-                    protocol: Protocol::Http,
-                },
-            ],
-            endpoints: pods
-                .iter()
-                .enumerate()
-                .map(|(i, pod)| Endpoint {
-                    address: format!("10.0.0.{}:8080", i + 1).parse().unwrap(),
-                    hostname: Some((*pod).into()),
-                    ready: true,
-                })
-                .collect(),
-            labels: Default::default(),
-            exported_at_ms: 0,
-        }
-    }
-
-    fn cluster(name: &str) -> ClusterName {
-        ClusterName::new(name).unwrap()
-    }
-
-    fn service(name: &str, backends: Vec<(&str, ServiceSpec)>) -> ClustersetService {
-        ClustersetService {
-            key: ServiceKey {
-                namespace: "shop".parse().unwrap(),
-                name: name.parse().unwrap(),
-            },
-            exported: backends[0].1.export,
-            backends: backends.into_iter().map(|(c, s)| (cluster(c), s)).collect(),
-        }
-    }
-
-    /// East's view: its own api (exported) and ledger (not), west's api and orders.
-    fn zone(v6: bool) -> Zone {
-        let services = vec![
-            service(
-                "api",
-                vec![
-                    ("east", spec(true, &["api-0"])),
-                    ("west", spec(true, &["api-7"])),
-                ],
-            ),
-            service("ledger", vec![("east", spec(false, &["ledger-0"]))]),
-            service("orders", vec![("west", spec(true, &[]))]),
-        ];
-        let mut pool = VipPool::new(
-            CidrRange::parse("240.240.0.0/16").unwrap(),
-            v6.then(|| CidrRange::parse("fd00:5354::/112").unwrap()),
-        );
-        let settings = ZoneSettings {
-            origin: "clusterset.local".into(),
-            ttl: 5,
-            server: Some("127.0.0.1".parse().unwrap()),
-        };
-        Zone::build(&settings, 7, &cluster("east"), &services, &mut pool)
-    }
-
-    fn query(name: &str, qtype: u16, edns: Option<u16>) -> Vec<u8> {
-        crate::dns::wire::tests::query(name, qtype, edns)
-    }
-
-    fn ask(zone: &Zone, packet: &[u8], transport: Transport) -> Message {
-        let mut out = Vec::new();
-        zone.answer(packet, &mut out, transport).expect("an answer");
-        Message::from_vec(&out).expect("the answer parses")
-    }
-
-    #[test]
-    fn exported_services_have_every_name_form_and_others_have_none() {
-        let zone = zone(false);
-        for name in [
-            "api.shop.svc.clusterset.local",
-            "east.api.shop.svc.clusterset.local",
-            "west.api.shop.svc.clusterset.local",
-            "api-0.east.api.shop.svc.clusterset.local",
-            "api-7.west.api.shop.svc.clusterset.local",
-            "orders.shop.svc.clusterset.local",
-            "west.orders.shop.svc.clusterset.local",
-        ] {
-            assert!(zone.node(name).is_some_and(|n| n.v4.is_some()), "{name}");
-        }
-        for name in [
-            "ledger.shop.svc.clusterset.local",
-            "east.ledger.shop.svc.clusterset.local",
-            "east.orders.shop.svc.clusterset.local",
-        ] {
-            assert!(zone.node(name).is_none(), "{name}");
-        }
-        let srv = zone
-            .node("_http._tcp.api.shop.svc.clusterset.local")
-            .unwrap();
-        assert_eq!(srv.srv.len(), 1);
-        assert!(
-            zone.node("shop.svc.clusterset.local").is_some(),
-            "empty non-terminal"
-        );
-        let addresses: std::collections::HashSet<_> =
-            zone.virtual_names().iter().map(|n| n.vips.v4).collect();
-        assert_eq!(
-            addresses.len(),
-            zone.virtual_names().len(),
-            "no address twice"
-        );
-    }
-
-    #[test]
-    fn a_found_name_answers_its_address_with_the_question_as_sent() {
-        let zone = zone(false);
-        let message = ask(
-            &zone,
-            &query("API.shop.svc.clusterset.local", 1, None),
-            Transport::Udp,
-        );
-        assert_eq!(message.metadata.response_code, ResponseCode::NoError);
-        assert!(message.metadata.authoritative);
-        assert_eq!(
-            message.queries[0].name().to_string(),
-            "API.shop.svc.clusterset.local."
-        );
-        let expected = zone
-            .node("api.shop.svc.clusterset.local")
-            .unwrap()
-            .v4
-            .unwrap();
-        match message.answers[0].data {
-            RData::A(a) => assert_eq!(a.0, expected),
-            ref other => panic!("{other:?}"),
-        }
-        assert_eq!(message.answers[0].ttl, 5);
-    }
-
-    #[test]
-    fn missing_names_types_and_zones_get_the_right_codes() {
-        let zone = zone(false);
-        let cases = [
-            (
-                "nothere.shop.svc.clusterset.local",
-                1,
-                ResponseCode::NXDomain,
-                true,
-            ),
-            (
-                "ledger.shop.svc.clusterset.local",
-                1,
-                ResponseCode::NXDomain,
-                true,
-            ),
-            (
-                "api.shop.svc.clusterset.local",
-                28,
-                ResponseCode::NoError,
-                true,
-            ),
-            ("shop.svc.clusterset.local", 1, ResponseCode::NoError, true),
-            (
-                "api.shop.svc.cluster.local",
-                1,
-                ResponseCode::Refused,
-                false,
-            ),
-            ("example.com", 1, ResponseCode::Refused, false),
-            ("clusterset.local", 252, ResponseCode::Refused, false),
-        ];
-        for (name, qtype, code, has_soa) in cases {
-            let message = ask(&zone, &query(name, qtype, Some(1232)), Transport::Udp);
-            assert_eq!(message.metadata.response_code, code, "{name}");
-            assert!(message.answers.is_empty(), "{name}");
-            let soa = message
-                .authorities
-                .iter()
-                .any(|r| r.record_type() == RecordType::SOA);
-            assert_eq!(soa, has_soa, "{name}: SOA in the authority section");
-            assert!(message.edns.is_some(), "{name}: EDNS is answered with EDNS");
-        }
-    }
-
-    #[test]
-    fn aaaa_records_come_with_an_ipv6_range() {
-        let zone = zone(true);
-        let message = ask(
-            &zone,
-            &query("api.shop.svc.clusterset.local", 28, None),
-            Transport::Udp,
-        );
-        assert!(matches!(message.answers[0].data, RData::AAAA(_)));
-    }
-
-    #[test]
-    fn srv_names_point_at_the_service_with_its_address_added() {
-        let zone = zone(false);
-        let message = ask(
-            &zone,
-            &query("_http._tcp.west.api.shop.svc.clusterset.local", 33, None),
-            Transport::Udp,
-        );
-        let RData::SRV(srv) = &message.answers[0].data else {
-            panic!("{:?}", message.answers)
-        };
-        assert_eq!(srv.port, 8080);
-        assert_eq!(
-            srv.target.to_string(),
-            "west.api.shop.svc.clusterset.local."
-        );
-        assert_eq!(message.additionals[0].name, srv.target);
-        assert!(matches!(message.additionals[0].data, RData::A(_)));
-    }
-
-    #[test]
-    fn the_origin_has_its_soa_and_ns() {
-        let zone = zone(false);
-        let soa = ask(&zone, &query("clusterset.local", 6, None), Transport::Udp);
-        let RData::SOA(record) = &soa.answers[0].data else {
-            panic!()
-        };
-        assert_eq!(record.serial, 7);
-        assert_eq!(record.minimum, 5);
-        let ns = ask(&zone, &query("clusterset.local", 2, None), Transport::Tcp);
-        let RData::NS(target) = &ns.answers[0].data else {
-            panic!()
-        };
-        let server = ask(
-            &zone,
-            &query(&target.0.to_string(), 1, None),
-            Transport::Udp,
-        );
-        assert!(matches!(server.answers[0].data, RData::A(a) if a.0.is_loopback()));
-    }
-
-    #[test]
-    fn a_big_answer_is_truncated_over_udp_and_whole_over_tcp() {
-        let pods: Vec<String> = (0..200).map(|i| format!("api-{i}")).collect();
-        let pods: Vec<&str> = pods.iter().map(String::as_str).collect();
-        let mut ports = spec(true, &pods);
-        ports.ports = (0..60)
-            .map(|i| Port {
-                name: "http".into(),
-                port: 8000 + i,
-                protocol: Protocol::Http,
-            })
-            .collect();
-        // Sixty SRV records on one name: the same port name would be refused by the catalog,
-        // but the zone takes what it is given.
-        let services = vec![service("api", vec![("east", ports)])];
-        let mut pool = VipPool::new(CidrRange::parse("240.240.0.0/16").unwrap(), None);
-        let settings = ZoneSettings {
-            origin: "clusterset.local".into(),
-            ttl: 5,
-            server: Some("127.0.0.1".parse().unwrap()),
-        };
-        let zone = Zone::build(&settings, 1, &cluster("east"), &services, &mut pool);
-        let packet = query("_http._tcp.api.shop.svc.clusterset.local", 33, None);
-        let mut out = Vec::new();
-        zone.answer(&packet, &mut out, Transport::Udp).unwrap();
-        assert!(out.len() <= 512);
-        let udp = Message::from_vec(&out).unwrap();
-        assert!(udp.metadata.truncation);
-        let tcp = ask(&zone, &packet, Transport::Tcp);
-        assert!(!tcp.metadata.truncation);
-        assert_eq!(tcp.answers.len(), 60);
-        assert_eq!(tcp.additionals.len(), 1, "one target, its address once");
-    }
-
-    #[test]
-    fn answers_are_compressed() {
-        let zone = zone(false);
-        let packet = query("_http._tcp.api.shop.svc.clusterset.local", 33, None);
-        let mut out = Vec::new();
-        zone.answer(&packet, &mut out, Transport::Udp).unwrap();
-        // Header + question + SRV (owner pointer, 10, 6 + the target whole, as RFC 2782 wants)
-        // + A (owner pointer into the question, 10, 4).
-        let target = wire::encode_name("api.shop.svc.clusterset.local").unwrap();
-        assert_eq!(
-            out.len(),
-            packet.len() + (2 + 10 + 6 + target.len()) + (2 + 10 + 4)
-        );
-    }
-}
+mod tests;

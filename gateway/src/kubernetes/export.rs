@@ -313,14 +313,14 @@ async fn reconcile(
             .filter(|k| !desired.contains_key(*k))
             .cloned()
             .collect();
-        let mut changed = !gone.is_empty();
-        for key in gone {
-            state.remove_service(&key);
+        for key in &gone {
+            state.remove_service(key);
         }
+        let mut changed = gone;
         for (key, spec) in desired {
             if state.services.get(&key) != Some(&spec) {
+                changed.push(key.clone());
                 state.put_service(key, spec);
-                changed = true;
             }
         }
         let local = state.local_services();
@@ -331,9 +331,9 @@ async fn reconcile(
                 .collect();
         (changed, view)
     };
-    if changed {
+    if !changed.is_empty() {
         shared.mark_dirty();
-        shared.export_changed();
+        shared.export_changed(crate::views::Touched::services(changed));
     }
 
     // Conditions: written only when they change, and not when the object already says so.

@@ -71,8 +71,8 @@ fn app_protocol(protocol: Protocol) -> Option<String> {
 pub enum Addresses<'a> {
     /// No DNS server: imports carry no `spec.ips`.
     Off,
-    /// DNS on: an import waits for its service's virtual address (the zone is rebuilt after
-    /// each catalog change), so that it is written once, address included.
+    /// DNS on: an import waits for its service's virtual address (the zone follows each
+    /// catalog change), so that it is written once, address included.
     Zone(Option<&'a Zone>),
 }
 
@@ -475,6 +475,7 @@ async fn reconcile(
 ) -> Unfinished {
     let wanted = {
         let zone = shared.zone.borrow().clone();
+        let zone = zone.as_deref().map(crate::dns::read);
         let addresses = if shared.config.dns.is_some() {
             Addresses::Zone(zone.as_deref())
         } else {

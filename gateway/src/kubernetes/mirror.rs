@@ -313,7 +313,7 @@ fn mirror(shared: &Shared, imports: &Store<ServiceImport>, slice_store: &Store<D
     };
     if changed {
         shared.mark_dirty();
-        shared.catalog_changed();
+        shared.catalog_changed(crate::views::Touched::All);
     }
 }
 

@@ -84,6 +84,8 @@ pub(super) async fn run_session_as(
     let moved = lock(&shared.locations).insert(peer.clone(), established.peer_location.clone())
         != Some(established.peer_location.clone());
     if moved {
+        // Its services' backends say where it runs, and the settings list every cluster's.
+        shared.catalog_changed(crate::views::Touched::All);
         shared.views_changed();
     }
     crate::relay::accept_flows(shared.clone(), peer.clone(), connection.clone());
@@ -188,7 +190,7 @@ pub(super) fn promote_sibling(shared: &Shared, peer: &ClusterName, status: &mut 
             .imports
             .insert(peer.clone(), sibling.imported);
         shared.mark_dirty();
-        shared.catalog_changed();
+        shared.catalog_changed(crate::views::Touched::All);
     }
 }
 
@@ -455,13 +457,13 @@ async fn drive(
                             .inc();
                         // The new position is worth saving even when no service changed.
                         shared.mark_dirty();
-                        if changed > 0 {
+                        if !changed.is_empty() {
                             shared
                                 .metrics
                                 .services_changed
                                 .with_label_values(&[peer.as_str()])
-                                .inc_by(changed as u64);
-                            shared.catalog_changed();
+                                .inc_by(changed.len() as u64);
+                            shared.catalog_changed(crate::views::Touched::services(changed));
                         }
                     }
                     Ok(Some(Received::Catalog(Event::Acked(position)))) => {

@@ -29,6 +29,6 @@ pub(super) fn forget_peer(shared: &Shared, peer: &ClusterName) -> bool {
     let existed = forget_locked(shared, &mut lock(&shared.state), peer);
     shared.metrics.forget_peer(peer.as_str());
     shared.mark_dirty();
-    shared.catalog_changed();
+    shared.catalog_changed(crate::views::Touched::All);
     existed
 }

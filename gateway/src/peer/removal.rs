@@ -48,7 +48,7 @@ async fn remove(
         (existed, link.filter(|_| tell_idle && idle_dialer))
     };
     shared.metrics.forget_peer(peer.as_str());
-    shared.catalog_changed();
+    shared.catalog_changed(crate::views::Touched::All);
     if let Some(spec) = notify {
         tokio::spawn(notify_unlink(shared.clone(), spec));
     }
@@ -100,6 +100,6 @@ pub fn withdraw_expired(shared: &Shared, now: Instant) {
     }
     if withdrew {
         shared.mark_dirty();
-        shared.catalog_changed();
+        shared.catalog_changed(crate::views::Touched::All);
     }
 }
