@@ -103,6 +103,8 @@ pub struct Shared {
     pub link_key: LinkKey,
     pub state: Mutex<State>,
     state_file: StateFile,
+    /// Peers' batches for the imports journal, in the order they were applied.
+    imports_journal: tokio::sync::mpsc::UnboundedSender<store::imports::Entry>,
     /// Serializes writers of the state file, so an older snapshot never overwrites a newer one.
     write_lock: Mutex<()>,
     dirty: AtomicBool,
@@ -200,7 +202,21 @@ impl Shared {
         written
     }
 
-    /// Marks the state for the next periodic write (imports: frequent, cheap to redo).
+    /// Journals what a peer's batch changed in its imports (all of them when `reset`); call
+    /// with the state still locked from the change, so batches are journaled in their order.
+    pub fn journal_imports(
+        &self,
+        state: &State,
+        peer: &ClusterName,
+        changed: &[strait_federation::catalog::ServiceKey],
+        reset: bool,
+    ) {
+        let entry = store::imports::Entry::of(&state.imports, peer, changed, reset);
+        // Closed only once the gateway stops: a batch then is imported again at the next start.
+        let _ = self.imports_journal.send(entry);
+    }
+
+    /// Marks the state for the next periodic write.
     pub fn mark_dirty(&self) {
         self.dirty.store(true, Ordering::SeqCst);
     }
@@ -447,6 +463,9 @@ pub async fn run(
     };
     let state_file = StateFile::in_dir(&config.state_dir);
     let mut state = state_file.load()?;
+    let (mut import_files, imports) =
+        store::imports::ImportFiles::load(&config.state_dir, std::mem::take(&mut state.imports))?;
+    state.imports = imports;
     state.policies.tombstone_retention_ms = config.peering.tombstone_retention_ms;
     let peers_known: Vec<ClusterName> = state
         .imports
@@ -454,8 +473,11 @@ pub async fn run(
         .filter(|c| !state.links.contains_key(*c) && !state.redemptions.is_active(c))
         .cloned()
         .collect();
-    for gone in peers_known {
-        state.imports.remove(&gone);
+    if !peers_known.is_empty() {
+        for gone in peers_known {
+            state.imports.remove(&gone);
+        }
+        import_files.fold(&state.imports)?;
     }
     let identity = SpiffeId::gateway(&config.trust_domain, &config.cluster);
     let certs = CertStore::new(&issuer.issue(&identity, LEAF_LIFETIME, SystemTime::now())?)?;
@@ -544,6 +566,7 @@ pub async fn run(
         shutdown_token.clone(),
     );
     let metrics = Metrics::new(config.cluster.as_str());
+    let (imports_journal, journaled) = tokio::sync::mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         limits: limits::Limits::new(&config.limits, &metrics.limit_refusals),
         metrics,
@@ -553,6 +576,7 @@ pub async fn run(
         link_key,
         state: Mutex::new(state),
         state_file,
+        imports_journal,
         write_lock: Mutex::new(()),
         dirty: AtomicBool::new(false),
         export_tx: watch::channel(head).0,
@@ -616,6 +640,7 @@ pub async fn run(
         dashboard::router(shared.clone()),
     ));
     tokio::spawn(housekeeping(shared.clone()));
+    tokio::spawn(keep_imports(shared.clone(), import_files, journaled));
     if let Some(client) = kube_client {
         kubernetes::start(&shared, client, restored);
     }
@@ -734,6 +759,58 @@ async fn housekeeping(shared: Arc<Shared>) {
             }
         }
         shared.refresh_metrics();
+    }
+}
+
+/// Writes peers' batches to the imports journal as they come, and folds the journal into a
+/// new snapshot once it outgrows the last one.
+async fn keep_imports(
+    shared: Arc<Shared>,
+    mut files: store::imports::ImportFiles,
+    mut journaled: tokio::sync::mpsc::UnboundedReceiver<store::imports::Entry>,
+) {
+    // Set when a write failed: the next fold writes everything again.
+    let mut unwritten = false;
+    while let Some(first) = journaled.recv().await {
+        let mut entries = vec![first];
+        while let Ok(entry) = journaled.try_recv() {
+            entries.push(entry);
+        }
+        for entry in &mut entries {
+            files.number(entry);
+        }
+        let appended = tokio::task::spawn_blocking(move || {
+            let result = files.append(&entries);
+            (files, result)
+        })
+        .await;
+        let Ok((returned, result)) = appended else {
+            tracing::error!("the imports journal's writer stopped");
+            return;
+        };
+        files = returned;
+        if let Err(error) = result {
+            tracing::error!(%error, "cannot write the imports journal; writing them whole");
+            unwritten = true;
+        }
+        if files.wants_fold() || unwritten {
+            // Every batch numbered so far is in the state: it was applied before it was sent.
+            let imports = lock(&shared.state).imports.clone();
+            let folded = tokio::task::spawn_blocking(move || {
+                let result = files.fold(&imports);
+                (files, result)
+            })
+            .await;
+            let Ok((returned, result)) = folded else {
+                tracing::error!("the imports journal's writer stopped");
+                return;
+            };
+            files = returned;
+            match result {
+                Ok(()) => unwritten = false,
+                Err(error) => tracing::error!(%error, "cannot write the imports"),
+            }
+        }
     }
 }
 

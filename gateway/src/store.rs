@@ -1,7 +1,7 @@
 //! The gateway's persisted state (`state.json` in its state folder): its own services, its
-//! export log, its links, the join tokens it admitted and what it imported from each peer. A
-//! restart loses nothing: operator changes are written before they are acknowledged, imports
-//! are written shortly after they arrive.
+//! export log, its links and the join tokens it admitted; what it imported from each peer is
+//! journaled beside it ([`imports`]). A restart loses nothing: operator changes are written
+//! before they are acknowledged, imports are journaled as they arrive.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -21,6 +21,8 @@ use strait_io::random::random_u64;
 
 use crate::GatewayError;
 
+pub mod imports;
+
 /// A link this gateway dials (from a Link document applied here).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LinkRecord {
@@ -39,7 +41,8 @@ pub struct State {
     pub links: BTreeMap<ClusterName, LinkRecord>,
     #[serde(default)]
     pub redemptions: Redemptions,
-    #[serde(default)]
+    /// Kept in files of their own ([`imports`]); read here only from an older state file.
+    #[serde(default, skip_serializing)]
     pub imports: BTreeMap<ClusterName, ImportedCatalog>,
     /// True while a gateway runs on this state; false once it stopped cleanly. Found true at
     /// start, it means a crash: versions may have reached peers that this file never recorded.
@@ -365,6 +368,9 @@ mod tests {
                 .get(&key)
                 .is_some_and(|e| e.body.is_some())
         );
+        // Imports have files of their own.
+        assert!(loaded.imports.is_empty());
+        state.imports.clear();
         assert_eq!(loaded, state);
 
         // A stored policy that no longer passes its checks is left out; the rest loads.

@@ -305,14 +305,14 @@ fn mirror(shared: &Shared, imports: &Store<ServiceImport>, slice_store: &Store<D
             let wanted = built.remove(&cluster).unwrap_or_default();
             let held = state.imports.get(&cluster);
             if held.is_none_or(|h| h.services != wanted.services) {
-                state.imports.insert(cluster, wanted);
+                state.imports.insert(cluster.clone(), wanted);
+                shared.journal_imports(&state, &cluster, &[], true);
                 changed = true;
             }
         }
         changed
     };
     if changed {
-        shared.mark_dirty();
         shared.catalog_changed(crate::views::Touched::All);
     }
 }

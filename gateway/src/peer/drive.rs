@@ -186,10 +186,10 @@ pub(super) fn promote_sibling(shared: &Shared, peer: &ClusterName, status: &mut 
     status.lost_at = None;
     if sibling.imported.position != Position::NONE {
         // Peers then state, as everywhere.
-        lock(&shared.state)
-            .imports
-            .insert(peer.clone(), sibling.imported);
-        shared.mark_dirty();
+        let mut state = lock(&shared.state);
+        state.imports.insert(peer.clone(), sibling.imported);
+        shared.journal_imports(&state, peer, &[], true);
+        drop(state);
         shared.catalog_changed(crate::views::Touched::All);
     }
 }
@@ -393,7 +393,7 @@ async fn drive(
                         }
                         None => None,
                     };
-                    imported.map(|imported| {
+                    let event = imported.map(|imported| {
                         session
                             .handle_frame(frame, Instant::now(), imported)
                             .and_then(|event| match event {
@@ -407,7 +407,17 @@ async fn drive(
                                     .map(|received| Some(Received::Policies(received))),
                                 other => Ok(other.map(Received::Catalog)),
                             })
-                    })
+                    });
+                    if current
+                        && let Some(Ok(Some(Received::Catalog(Event::Imported {
+                            changed,
+                            snapshot,
+                            ..
+                        })))) = &event
+                    {
+                        shared.journal_imports(state, peer, changed, *snapshot);
+                    }
+                    event
                 };
                 let Some(event) = event else {
                     if tokens.unlink.is_cancelled() {
@@ -455,8 +465,6 @@ async fn drive(
                             .updates_received
                             .with_label_values(&[peer.as_str(), kind])
                             .inc();
-                        // The new position is worth saving even when no service changed.
-                        shared.mark_dirty();
                         if !changed.is_empty() {
                             shared
                                 .metrics

@@ -20,6 +20,7 @@ pub(super) fn forget_locked(
             .withdrawn
             .with_label_values(&[peer.as_str()])
             .inc_by(imported.services.len() as u64);
+        shared.journal_imports(state, peer, &[], true);
     }
     dialer || acceptor
 }

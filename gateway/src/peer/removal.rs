@@ -94,12 +94,12 @@ pub fn withdraw_expired(shared: &Shared, now: Instant) {
                     .with_label_values(&[peer.as_str()])
                     .inc_by(imported.services.len() as u64);
                 imported.withdraw();
+                shared.journal_imports(&state, peer, &[], true);
                 withdrew = true;
             }
         }
     }
     if withdrew {
-        shared.mark_dirty();
         shared.catalog_changed(crate::views::Touched::All);
     }
 }
