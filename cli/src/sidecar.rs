@@ -170,6 +170,11 @@ pub struct RunArgs {
     /// also switch access logs on for a whole namespace).
     #[arg(long, env = "STRAIT_ACCESS_LOG")]
     access_log: bool,
+    /// The services the workload calls: `NAMESPACE` (its services) or `NAMESPACE/SERVICE`; the
+    /// gateway then sends only those, and their changes. Names outside them resolve to
+    /// nothing. Unset: every service of the mesh. May be repeated or comma-separated.
+    #[arg(long = "watch", env = "STRAIT_WATCH", value_delimiter = ',')]
+    watch: Vec<String>,
     /// The workload this sidecar belongs to (e.g. deploy/web), for `strait stat deploy`.
     #[arg(long, env = "STRAIT_WORKLOAD")]
     workload: Option<String>,
@@ -424,6 +429,15 @@ async fn config(args: &RunArgs) -> Result<SidecarConfig> {
     config.connect_timeout = args.connect_timeout;
     config.access_log = args.access_log;
     config.workload = args.workload.clone();
+    config.watch = args
+        .watch
+        .iter()
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            strait_sidecar::config::Watched::parse(w)
+                .map_err(|e| anyhow::anyhow!("--watch {w}: {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
     config.limits = strait_sidecar::limits::LimitsConfig {
         inbound_connections: args.max_inbound_connections,
         outbound_connections: args.max_outbound_connections,

@@ -39,6 +39,42 @@ impl Default for ViewLog {
     }
 }
 
+/// The services a sidecar asked for: every one, or those of some namespaces and some
+/// services by name.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Interest {
+    namespaces: std::collections::BTreeSet<String>,
+    services: std::collections::BTreeSet<(String, String)>,
+}
+
+impl Interest {
+    /// What a watch request asks for.
+    pub fn of(namespaces: &[String], services: &[ServiceRef]) -> Self {
+        Self {
+            namespaces: namespaces.iter().cloned().collect(),
+            services: services
+                .iter()
+                .map(|s| (s.namespace.clone(), s.name.clone()))
+                .collect(),
+        }
+    }
+
+    /// Whether every service is asked for.
+    pub fn is_everything(&self) -> bool {
+        self.namespaces.is_empty() && self.services.is_empty()
+    }
+
+    /// Whether a service is asked for.
+    pub fn includes(&self, key: &ServiceKey) -> bool {
+        self.is_everything()
+            || self.namespaces.contains(key.namespace.as_str())
+            || self
+                .services
+                .iter()
+                .any(|(ns, name)| ns == key.namespace.as_str() && name == key.name.as_str())
+    }
+}
+
 /// What one message to a sidecar carries about services.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ServicesPart {
@@ -128,14 +164,14 @@ impl ViewLog {
         any
     }
 
-    /// The whole view's services.
-    pub fn whole(&self) -> ServicesPart {
+    /// The whole view's services (those asked for).
+    pub fn whole(&self, interest: &Interest) -> ServicesPart {
         let mut part = ServicesPart {
             whole: true,
-            services: Vec::with_capacity(self.services.len()),
             ..ServicesPart::default()
         };
-        for entry in self.services.values() {
+        let asked = self.services.iter().filter(|(k, _)| interest.includes(k));
+        for (_, entry) in asked {
             part.services.push(entry.service.clone());
             part.virtual_addresses
                 .extend(entry.virtual_addresses.iter().cloned());
@@ -143,9 +179,9 @@ impl ViewLog {
         part
     }
 
-    /// What changed since `version`: `None` when the log no longer keeps all of it (or the
-    /// version is not one it made), so only a whole view will do.
-    pub fn delta(&self, version: u64) -> Option<ServicesPart> {
+    /// What changed since `version` among the services asked for: `None` when the log no
+    /// longer keeps all of it (or the version is not one it made), so only a whole view will do.
+    pub fn delta(&self, version: u64, interest: &Interest) -> Option<ServicesPart> {
         if version < self.floor || version > self.version {
             return None;
         }
@@ -155,6 +191,7 @@ impl ViewLog {
             .rev()
             .take_while(|(at, _)| *at > version)
             .map(|(_, key)| key)
+            .filter(|key| interest.includes(key))
             .collect();
         touched.sort();
         touched.dedup();

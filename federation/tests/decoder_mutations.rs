@@ -841,7 +841,17 @@ fn workload_messages() -> Vec<Vec<u8>> {
                 }],
             },
         ),
-        input(6, &WatchRequest { deltas: true }),
+        input(
+            6,
+            &WatchRequest {
+                deltas: true,
+                namespaces: vec!["shop".into()],
+                services: vec![strait_federation::proto::workload::ServiceRef {
+                    namespace: "pay".into(),
+                    name: "ledger".into(),
+                }],
+            },
+        ),
     ]
 }
 

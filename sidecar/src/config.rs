@@ -71,6 +71,8 @@ pub enum ParseError {
     UpstreamForm,
     #[error("{0:?}: the port is missing (NAME:PORT)")]
     NoPort(String),
+    #[error("expected NAMESPACE or NAMESPACE/SERVICE: {0}")]
+    Watched(String),
 }
 
 /// Parses a socket address, naming it when it does not parse.
@@ -196,6 +198,40 @@ pub struct SidecarConfig {
     pub access_log: bool,
     /// What callers can make the sidecar hold.
     pub limits: crate::limits::LimitsConfig,
+    /// The services the workload calls, declared (`--watch`): the gateway sends only those.
+    /// Empty: every service.
+    pub watch: Vec<Watched>,
+}
+
+/// A part of the catalog a sidecar asks for: a namespace's services, or one service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Watched {
+    Namespace(strait_federation::identity::Namespace),
+    Service(strait_federation::catalog::ServiceKey),
+}
+
+impl std::fmt::Display for Watched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Watched::Namespace(namespace) => write!(f, "{namespace}"),
+            Watched::Service(key) => write!(f, "{}/{}", key.namespace, key.name),
+        }
+    }
+}
+
+impl Watched {
+    /// Parses `NAMESPACE` or `NAMESPACE/SERVICE`.
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
+        use strait_federation::identity::{Namespace, ServiceName};
+        let bad = |e: &dyn std::fmt::Display| ParseError::Watched(e.to_string());
+        match text.split_once('/') {
+            None => Ok(Self::Namespace(Namespace::new(text).map_err(|e| bad(&e))?)),
+            Some((namespace, name)) => Ok(Self::Service(strait_federation::catalog::ServiceKey {
+                namespace: Namespace::new(namespace).map_err(|e| bad(&e))?,
+                name: ServiceName::new(name).map_err(|e| bad(&e))?,
+            })),
+        }
+    }
 }
 
 impl SidecarConfig {
@@ -227,6 +263,7 @@ impl SidecarConfig {
             workload: None,
             access_log: false,
             limits: crate::limits::LimitsConfig::default(),
+            watch: Vec::new(),
         }
     }
 }

@@ -10,7 +10,7 @@ use strait_federation::identity::SpiffeId;
 use strait_federation::pki::{Credential, TrustBundle, new_csr};
 use strait_federation::proto::workload::workload_client::WorkloadClient;
 use strait_federation::proto::workload::{
-    CertifyRequest, DeregisterRequest, PortSpec, RegisterRequest, WatchRequest,
+    CertifyRequest, DeregisterRequest, PortSpec, RegisterRequest, ServiceRef, WatchRequest,
 };
 use strait_federation::tls::CertStore;
 use strait_io::api::Dial;
@@ -18,7 +18,7 @@ use strait_io::clock::unix_now;
 use tokio::net::TcpStream;
 use tonic::transport::Channel;
 
-use crate::config::{Bootstrap, ServiceConfig, TokenKind};
+use crate::config::{Bootstrap, ServiceConfig, TokenKind, Watched};
 use crate::connect::Target;
 use crate::directory::Directory;
 use crate::{Shared, SidecarError};
@@ -257,6 +257,25 @@ enum StreamLost {
     Failed(#[source] Box<tonic::Status>),
 }
 
+/// What the sidecar asks the gateway for: deltas, and the services declared with `--watch`
+/// (none: every service).
+fn watch_request(watched: &[Watched]) -> WatchRequest {
+    let mut request = WatchRequest {
+        deltas: true,
+        ..WatchRequest::default()
+    };
+    for part in watched {
+        match part {
+            Watched::Namespace(namespace) => request.namespaces.push(namespace.to_string()),
+            Watched::Service(key) => request.services.push(ServiceRef {
+                namespace: key.namespace.to_string(),
+                name: key.name.to_string(),
+            }),
+        }
+    }
+    request
+}
+
 /// Follows the catalog stream, reconnecting with backoff, and publishes each view.
 pub async fn watch(shared: Arc<Shared>, channel: Channel) {
     // A view holds the whole catalog and the namespace's policies (up to 64 KiB each): far
@@ -268,19 +287,40 @@ pub async fn watch(shared: Arc<Shared>, channel: Channel) {
     loop {
         let streamed = async {
             let mut stream = client
-                .watch(WatchRequest { deltas: true })
+                .watch(watch_request(&shared.config.watch))
                 .await
                 .map_err(|status| StreamLost::Failed(Box::new(status)))?
                 .into_inner();
+            let watching = (!shared.config.watch.is_empty()).then(|| {
+                shared
+                    .config
+                    .watch
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            });
             // What the stream built so far: a whole view, then the deltas after it.
             let mut held = HeldView::default();
             loop {
                 match stream.message().await {
                     Ok(Some(message)) => {
+                        let kind = if message.delta_from == 0 {
+                            "whole"
+                        } else {
+                            "delta"
+                        };
+                        shared.metrics.view_updates.with_label_values(&[kind]).inc();
+                        shared
+                            .metrics
+                            .view_bytes
+                            .inc_by(prost::Message::encoded_len(&message) as u64);
                         held.apply(message).map_err(StreamLost::Gap)?;
+                        shared.metrics.view_services.set(held.len() as i64);
                         let view = held.whole();
                         let previous = shared.directory.borrow().clone();
                         let mut directory = Directory::from_view(&view, Some(&previous));
+                        directory.watching = watching.clone();
                         // A relay bound to a wildcard address is reached at the gateway's
                         // host, as the sidecar dials it.
                         if let Some(relay) = directory.relay.as_mut()

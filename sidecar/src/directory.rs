@@ -90,6 +90,9 @@ pub struct Directory {
     pub telemetry: crate::telemetry::Settings,
     /// Clusters the gateway reaches badly now: tried after every other cluster.
     pub degraded: std::collections::HashSet<ClusterName>,
+    /// The services the sidecar declared (`--watch`, as written), when it did: the view holds
+    /// only those.
+    pub watching: Option<String>,
 }
 
 fn parse_port(port: &strait_federation::proto::workload::PortSpec) -> Option<Port> {
@@ -212,6 +215,18 @@ impl Directory {
                 .iter()
                 .filter_map(|c| ClusterName::new(c.as_str()).ok())
                 .collect(),
+            watching: None,
+        }
+    }
+
+    /// Why a name resolves to nothing: it is not in the catalog, or not among the services
+    /// the sidecar declared.
+    pub fn lacks(&self, name: &str) -> String {
+        match &self.watching {
+            Some(watching) => format!(
+                "{name} is not among the services this sidecar watches (--watch {watching})"
+            ),
+            None => format!("{name} is not a service in the mesh catalog"),
         }
     }
 
@@ -524,6 +539,20 @@ mod tests {
             key("api")
         );
         assert_eq!(directory.relay, Some("127.0.0.1:4000".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_name_a_declared_sidecar_lacks_says_what_it_watches() {
+        let mut directory = Directory::from_view(&view(), None);
+        assert_eq!(
+            directory.lacks("ledger.pay:80"),
+            "ledger.pay:80 is not a service in the mesh catalog"
+        );
+        directory.watching = Some("shop,pay/api".into());
+        assert_eq!(
+            directory.lacks("ledger.pay:80"),
+            "ledger.pay:80 is not among the services this sidecar watches (--watch shop,pay/api)"
+        );
     }
 
     #[test]

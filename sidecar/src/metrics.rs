@@ -99,6 +99,12 @@ pub struct Metrics {
     pub mirrors: IntCounterVec,
     /// Refusals because a limit was reached, by the flag that sets it.
     pub refusals: strait_io::limit::Refusals,
+    /// Services in the sidecar's view of the catalog.
+    pub view_services: prometheus::IntGauge,
+    /// Catalog messages from the gateway, by kind (whole or delta).
+    pub view_updates: IntCounterVec,
+    /// Bytes of those messages.
+    pub view_bytes: IntCounter,
 }
 
 impl Metrics {
@@ -236,7 +242,33 @@ impl Metrics {
         )
         .expect("constant metric");
         register(Box::new(mirrors.clone()));
+        let view_services = prometheus::IntGauge::new(
+            "view_services",
+            "Services in the sidecar's view of the catalog: every service of the mesh, or \
+             those it declared with --watch.",
+        )
+        .expect("constant metric");
+        register(Box::new(view_services.clone()));
+        let view_updates = IntCounterVec::new(
+            Opts::new(
+                "view_updates_total",
+                "Catalog messages received from the gateway, by kind: whole (the first on a \
+                 stream, or after the sidecar fell behind) or delta (only what changed).",
+            ),
+            &["kind"],
+        )
+        .expect("constant metric");
+        register(Box::new(view_updates.clone()));
+        let view_bytes = IntCounter::new(
+            "view_bytes_total",
+            "Bytes of the catalog messages received from the gateway.",
+        )
+        .expect("constant metric");
+        register(Box::new(view_bytes.clone()));
         Self {
+            view_services,
+            view_updates,
+            view_bytes,
             mirrors,
             refusals,
             key_set_fetches,

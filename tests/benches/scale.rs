@@ -15,7 +15,9 @@
 //! The last line on stdout is one JSON object (`"benchmark":"strait-scale"`); the rest goes
 //! to stderr. Settings: `SCALE_GATEWAYS` [10], `SCALE_SERVICES` per gateway [1000],
 //! `SCALE_SIDECARS` per gateway [100], `SCALE_CHANGES` [60], `SCALE_CHANGE_EVERY_MS` [250],
-//! `SCALE_STEADY_SECONDS` [60], `SCALE_MAX_SECONDS` [600] (then the run stops itself).
+//! `SCALE_STEADY_SECONDS` [60], `SCALE_DECLARED_SIDECARS` per gateway [10] (they declare one
+//! namespace, as `--watch` does, beside those that take the whole view),
+//! `SCALE_MAX_SECONDS` [600] (then the run stops itself).
 //!
 //! Run: `bench/scale.sh` (a release build), or `cargo bench -p strait-tests --bench scale`.
 
@@ -84,7 +86,11 @@ fn change_of(address: &str) -> Option<usize> {
 
 /// What one light sidecar saw.
 struct Watcher {
+    /// The namespaces it asked for (none: every service).
+    namespaces: Vec<String>,
     bytes: AtomicU64,
+    /// The bytes of its first message (the whole view).
+    first: AtomicU64,
     services: AtomicUsize,
     /// When each change reached it.
     arrivals: Mutex<Vec<Option<Instant>>>,
@@ -95,15 +101,21 @@ async fn follow(channel: tonic::transport::Channel, watcher: Arc<Watcher>) {
     let run = async {
         let mut client = WorkloadClient::new(channel).max_decoding_message_size(512 << 20);
         let mut stream = client
-            .watch(WatchRequest { deltas: true })
+            .watch(WatchRequest {
+                deltas: true,
+                namespaces: watcher.namespaces.clone(),
+                ..WatchRequest::default()
+            })
             .await?
             .into_inner();
         let mut held = HeldView::default();
         while let Some(message) = stream.message().await? {
             let now = Instant::now();
-            watcher
-                .bytes
-                .fetch_add(message.encoded_len() as u64 + GRPC_FRAME, Ordering::Relaxed);
+            let bytes = message.encoded_len() as u64 + GRPC_FRAME;
+            watcher.bytes.fetch_add(bytes, Ordering::Relaxed);
+            let _ = watcher
+                .first
+                .compare_exchange(0, bytes, Ordering::Relaxed, Ordering::Relaxed);
             for service in &message.services {
                 for backend in &service.backends {
                     for endpoint in &backend.endpoints {
@@ -126,13 +138,15 @@ async fn follow(channel: tonic::transport::Channel, watcher: Arc<Watcher>) {
     }
 }
 
-/// Starts `count` light sidecars on one gateway: one certificate, one connection each.
+/// Starts `count` light sidecars on one gateway (one certificate, one connection each), and
+/// `subset.0` more that ask only for the namespaces `subset.1`.
 async fn sidecars(
     mesh: &Mesh,
     g: usize,
     count: usize,
+    subset: (usize, &[String]),
     changes: usize,
-) -> Result<Vec<Arc<Watcher>>> {
+) -> Result<(Vec<Arc<Watcher>>, Vec<Arc<Watcher>>)> {
     let document = mesh
         .ctl(
             &cluster(g),
@@ -157,19 +171,29 @@ async fn sidecars(
     let certified =
         strait_sidecar::control::certify(anonymous, &bootstrap.token, TokenKind::Bootstrap).await?;
     let certs = CertStore::new(&certified.credential)?;
-    let mut watchers = Vec::new();
-    for _ in 0..count {
+    let (mut watchers, mut subsets) = (Vec::new(), Vec::new());
+    for i in 0..count + subset.0 {
         let channel = strait_sidecar::control::channel(&bootstrap, &trust, Some(&certs)).await?;
         let watcher = Arc::new(Watcher {
+            namespaces: if i < count {
+                Vec::new()
+            } else {
+                subset.1.to_vec()
+            },
+            first: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             services: AtomicUsize::new(0),
             arrivals: Mutex::new(vec![None; changes]),
             failed: Mutex::new(None),
         });
         tokio::spawn(follow(channel, watcher.clone()));
-        watchers.push(watcher);
+        if i < count {
+            watchers.push(watcher);
+        } else {
+            subsets.push(watcher);
+        }
     }
-    Ok(watchers)
+    Ok((watchers, subsets))
 }
 
 fn sum_metric(text: &str, name: &str, labels: &[&str]) -> f64 {
@@ -298,12 +322,25 @@ fn main() -> Result<()> {
     }
     eprintln!("converged after {:.1} s", started.elapsed().as_secs_f64());
 
-    let watchers: Vec<Arc<Watcher>> = runtime.block_on(async {
-        let mut all = Vec::new();
+    // Beside them, sidecars that declare the one namespace their workload calls (ns1: the
+    // changes below are all in ns0), to measure a declared view against the whole one.
+    let subset_namespaces = vec!["ns1".to_owned()];
+    let subset_services = total_services / 10;
+    let (watchers, subsets): (Vec<Arc<Watcher>>, Vec<Arc<Watcher>>) = runtime.block_on(async {
+        let (mut all, mut declared) = (Vec::new(), Vec::new());
         for g in 0..gateways_wanted {
-            all.extend(sidecars(&mesh, g, sidecars_per_gateway, changes).await?);
+            let (whole, subset) = sidecars(
+                &mesh,
+                g,
+                sidecars_per_gateway,
+                (setting("SCALE_DECLARED_SIDECARS", 10), &subset_namespaces),
+                changes,
+            )
+            .await?;
+            all.extend(whole);
+            declared.extend(subset);
         }
-        anyhow::Ok(all)
+        anyhow::Ok((all, declared))
     })?;
     wait_for(
         Duration::from_secs(300),
@@ -313,10 +350,14 @@ fn main() -> Result<()> {
         ),
         || {
             check_watchers(&watchers)?;
-            Ok(watchers
+            check_watchers(&subsets)?;
+            Ok((watchers
                 .iter()
                 .all(|w| w.services.load(Ordering::Relaxed) >= total_services)
-                .then_some(()))
+                && subsets
+                    .iter()
+                    .all(|w| w.services.load(Ordering::Relaxed) >= subset_services))
+            .then_some(()))
         },
     )?;
     eprintln!(
@@ -350,6 +391,7 @@ fn main() -> Result<()> {
     // One-service changes, round the clusters.
     let cpu_before: Vec<u64> = gateways.iter().map(cpu_ticks).collect::<Result<_>>()?;
     let sidecars_before = watcher_bytes(&watchers);
+    let declared_before = watcher_bytes(&subsets);
     let changes_started = Instant::now();
     let mut applied_at = Vec::with_capacity(changes);
     for k in 0..changes {
@@ -382,6 +424,16 @@ fn main() -> Result<()> {
     let bytes_per_change = (watcher_bytes(&watchers) - sidecars_before) as f64
         / watchers.len() as f64
         / changes as f64;
+    let declared_per_change = (watcher_bytes(&subsets) - declared_before) as f64
+        / subsets.len().max(1) as f64
+        / changes as f64;
+    let first_view = |all: &[Arc<Watcher>]| {
+        all.iter()
+            .map(|w| w.first.load(Ordering::Relaxed) as f64)
+            .sum::<f64>()
+            / all.len().max(1) as f64
+    };
+    let (whole_view, declared_view) = (first_view(&watchers), first_view(&subsets));
     let cpu_per_change: Vec<f64> = (0..gateways.len())
         .map(|g| {
             let spent = (cpu_after[g] - cpu_before[g]) as f64 / TICKS_PER_SECOND;
@@ -431,6 +483,11 @@ fn main() -> Result<()> {
     eprintln!("change until one sidecar has it:    p99 {p99_each:.0} ms");
     eprintln!("bytes to one sidecar per change:    {bytes_per_change:.0}  (target < 1024)");
     eprintln!(
+        "first view: whole {:.0} KiB; declared (one namespace, {subset_services} services) {:.0} KiB; declared sidecar per change (none in its namespace): {declared_per_change:.0} bytes",
+        whole_view / 1024.0,
+        declared_view / 1024.0
+    );
+    eprintln!(
         "gateway CPU per change (idle off):  max {cpu_max:.2} ms, each {:?}  (target < 5 ms)",
         cpu_per_change
             .iter()
@@ -463,6 +520,9 @@ fn main() -> Result<()> {
         "change_to_one_sidecar_p99_ms": round(p99_each, 1),
         "steady_bytes_per_s_per_sidecar": round(steady_per_sidecar, 1),
         "steady_gateway_cpu_percent": round(idle_max * 100.0, 2),
+        "first_view_bytes_whole": round(whole_view, 0),
+        "first_view_bytes_declared": round(declared_view, 0),
+        "bytes_to_declared_sidecar_per_change": round(declared_per_change, 0),
         "links": links,
         "changes": changes,
     });

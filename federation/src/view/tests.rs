@@ -71,6 +71,7 @@ impl Walk {
 /// A sidecar following a log: what it holds, the log version it was last sent, and the
 /// version of its stream's last message.
 struct Follower {
+    interest: Interest,
     held: HeldView,
     at: Option<u64>,
     stream_version: u64,
@@ -82,7 +83,19 @@ fn sidecars_that_take_deltas_lose_some_and_fall_behind_always_hold_the_whole_vie
         let mut walk = Walk(seed);
         let mut log = ViewLog::new(40);
         let mut followers: Vec<Follower> = (0..4)
-            .map(|_| Follower {
+            .map(|i| Follower {
+                // Follower 2 asks for one namespace and one service of another.
+                interest: if i == 2 {
+                    Interest::of(
+                        &["ns1".to_owned()],
+                        &[ServiceRef {
+                            namespace: "ns0".into(),
+                            name: "s3".into(),
+                        }],
+                    )
+                } else {
+                    Interest::default()
+                },
                 held: HeldView::default(),
                 at: None,
                 stream_version: 0,
@@ -109,8 +122,8 @@ fn sidecars_that_take_deltas_lose_some_and_fall_behind_always_hold_the_whole_vie
                 }
                 let part = follower
                     .at
-                    .and_then(|at| log.delta(at))
-                    .unwrap_or_else(|| log.whole());
+                    .and_then(|at| log.delta(at, &follower.interest))
+                    .unwrap_or_else(|| log.whole(&follower.interest));
                 if part.is_empty() {
                     continue;
                 }
@@ -128,12 +141,12 @@ fn sidecars_that_take_deltas_lose_some_and_fall_behind_always_hold_the_whole_vie
                         gaps += 1;
                         assert!(gap.from > gap.held || gap.held == 0, "{gap}");
                         // The sidecar starts a new stream: a whole view.
-                        let whole = message(log.whole(), 0, 1);
+                        let whole = message(log.whole(&follower.interest), 0, 1);
                         follower.stream_version = 1;
                         follower.held.apply(whole).unwrap();
                     }
                 }
-                let want = message(log.whole(), 0, follower.stream_version);
+                let want = message(log.whole(&follower.interest), 0, follower.stream_version);
                 let held = follower.held.whole();
                 assert_eq!(
                     (held.services, held.virtual_addresses),
@@ -160,17 +173,32 @@ fn a_one_service_change_is_a_delta_of_that_service_alone() {
     let before = log.version();
     let changed = key("shop", "s500");
     assert!(log.update([(changed.clone(), Some(entry(&changed, 3, 2)))]));
-    let delta = log.delta(before).unwrap();
+    let delta = log.delta(before, &Interest::default()).unwrap();
     assert_eq!(delta.services.len(), 1);
     assert_eq!(delta.services[0].name, "s500");
     assert_eq!(delta.virtual_addresses.len(), 2);
     assert!(delta.removed.is_empty());
-    assert_eq!(log.delta(log.version()).unwrap(), ServicesPart::default());
+    assert_eq!(
+        log.delta(log.version(), &Interest::default()).unwrap(),
+        ServicesPart::default()
+    );
+    // A sidecar that asked for another namespace hears nothing of it.
+    let elsewhere = Interest::of(&["pay".to_owned()], &[]);
+    assert!(log.delta(before, &elsewhere).unwrap().is_empty());
+    assert!(log.whole(&elsewhere).services.is_empty());
+    let one = Interest::of(
+        &[],
+        &[ServiceRef {
+            namespace: "shop".into(),
+            name: "s7".into(),
+        }],
+    );
+    assert_eq!(log.whole(&one).services.len(), 1);
     // Setting a service to what it is changes nothing.
     assert!(!log.update([(changed.clone(), Some(entry(&changed, 3, 2)))]));
     // A removal is named.
     assert!(log.update([(changed.clone(), None)]));
-    let delta = log.delta(log.version() - 1).unwrap();
+    let delta = log.delta(log.version() - 1, &Interest::default()).unwrap();
     assert_eq!(delta.removed.len(), 1);
     assert!(delta.services.is_empty());
 }
@@ -184,9 +212,18 @@ fn a_version_the_log_no_longer_covers_gets_no_delta() {
         log.update([(k, Some(e))]);
     }
     assert_eq!(log.version(), 5);
-    assert!(log.delta(1).is_none(), "changes 2 and 1 were dropped");
-    assert_eq!(log.delta(2).unwrap().services.len(), 3);
-    assert!(log.delta(6).is_none(), "a version the log never made");
+    assert!(
+        log.delta(1, &Interest::default()).is_none(),
+        "changes 2 and 1 were dropped"
+    );
+    assert_eq!(
+        log.delta(2, &Interest::default()).unwrap().services.len(),
+        3
+    );
+    assert!(
+        log.delta(6, &Interest::default()).is_none(),
+        "a version the log never made"
+    );
 }
 
 #[test]

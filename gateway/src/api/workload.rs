@@ -24,6 +24,7 @@ use strait_federation::proto::workload::{
     ClusterLocation, MetricsReply, MetricsReport, TapReply, TapReport, Telemetry, UsageReply,
     UsageReport,
 };
+use strait_federation::view::Interest;
 
 /// The largest CSR accepted.
 const MAX_CSR: usize = 16 << 10;
@@ -165,6 +166,8 @@ impl WorkloadApi {
 struct Follower {
     /// The sidecar applies deltas.
     deltas: bool,
+    /// The services it asked for.
+    interest: Interest,
     namespace: Option<Namespace>,
     /// The version of the last message on the stream.
     sent: u64,
@@ -179,10 +182,13 @@ impl Follower {
         let (version, part) = {
             let log = lock(&api.shared.views.log);
             let delta = match self.at {
-                Some((at, _)) if self.deltas => log.delta(at),
+                Some((at, _)) if self.deltas => log.delta(at, &self.interest),
                 _ => None,
             };
-            (log.version(), delta.unwrap_or_else(|| log.whole()))
+            (
+                log.version(),
+                delta.unwrap_or_else(|| log.whole(&self.interest)),
+            )
         };
         let settings_kept = !part.whole && self.at.is_some_and(|(_, g)| g == generation);
         if part.is_empty() && settings_kept {
@@ -408,6 +414,7 @@ impl Workload for WorkloadApi {
         let api = self.clone();
         let mut follower = Follower {
             deltas: request.get_ref().deltas,
+            interest: Interest::of(&request.get_ref().namespaces, &request.get_ref().services),
             namespace,
             sent: 0,
             at: None,

@@ -25,6 +25,9 @@ pub const LIMIT_ANNOTATIONS: [&str; 6] = [
     "strait.dev/max-replay-body-bytes",
     "strait.dev/max-mirrors-in-flight",
 ];
+/// The annotation that declares the services a pod's workload calls, the sidecar's `--watch`:
+/// `strait.dev/watch: "shop,pay/ledger"` (namespaces, or namespace/service), comma-separated.
+pub const WATCH: &str = "strait.dev/watch";
 /// The uid the sidecar runs as; the pod's rules let its traffic pass.
 pub const PROXY_UID: i64 = 2102;
 /// The sidecar's ports, which the app's may not use.
@@ -120,7 +123,7 @@ pub fn inject_object(
         .and_then(|m| m.get("annotations"))
         .cloned()
         .unwrap_or(Value::Null);
-    limit_flags(&annotations).map_err(|e| {
+    annotation_flags(&annotations).map_err(|e| {
         let at = metadata.trim_start_matches('/').replace('/', ".");
         error(format!("{at}.{}", e.field), e.message)
     })?;
@@ -270,11 +273,36 @@ fn move_probes(containers: &mut [Value]) -> (Vec<String>, Vec<u16>) {
     (moved, left)
 }
 
-/// The sidecar flags the limit annotations ask for. Checked before the pod is admitted, so that
-/// a bad value refuses the pod by its name rather than crash-loop its sidecar; the error's
-/// field is `annotations[KEY]`.
-fn limit_flags(annotations: &Value) -> Result<Vec<String>, InjectError> {
+/// The sidecar flags the limit and watch annotations ask for. Checked before the pod is
+/// admitted, so that a bad value refuses the pod by its name rather than crash-loop its
+/// sidecar; the error's field is `annotations[KEY]`.
+fn annotation_flags(annotations: &Value) -> Result<Vec<String>, InjectError> {
     let mut flags = Vec::new();
+    if let Some(value) = annotations.get(WATCH) {
+        let bad = |message: String| error(format!("annotations[{WATCH}]"), message);
+        let text = value
+            .as_str()
+            .ok_or_else(|| bad(format!("{value} is not a string")))?;
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (namespace, service) = match part.split_once('/') {
+                Some((namespace, service)) => (namespace, Some(service)),
+                None => (part, None),
+            };
+            let checked = strait_federation::identity::Namespace::new(namespace)
+                .map(|_| ())
+                .and_then(|()| {
+                    service.map_or(Ok(()), |s| {
+                        strait_federation::identity::ServiceName::new(s).map(|_| ())
+                    })
+                });
+            checked.map_err(|e| {
+                bad(format!(
+                    "{part:?}: expected NAMESPACE or NAMESPACE/SERVICE ({e})"
+                ))
+            })?;
+            flags.extend(["--watch".to_owned(), part.to_owned()]);
+        }
+    }
     for key in LIMIT_ANNOTATIONS {
         let Some(value) = annotations.get(key) else {
             continue;
@@ -435,7 +463,8 @@ pub fn inject_pod(
         proxy_args.push("--access-log".into());
     }
     proxy_args.extend(
-        limit_flags(annotations).map_err(|e| error(format!("metadata.{}", e.field), e.message))?,
+        annotation_flags(annotations)
+            .map_err(|e| error(format!("metadata.{}", e.field), e.message))?,
     );
     let proxy = json!({
         "name": PROXY,
@@ -642,6 +671,29 @@ pub(super) mod tests {
         assert_eq!(
             refused.to_string(),
             r#"spec.template.metadata.annotations[strait.dev/max-header-bytes]: "64k" is not a whole number (0 to 4294967295)"#
+        );
+    }
+
+    #[test]
+    fn a_watch_annotation_declares_the_sidecars_services_and_a_bad_name_refuses_the_pod() {
+        let mut object = deployment();
+        object["spec"]["template"]["metadata"]["annotations"][WATCH] = "shop, pay/ledger".into();
+        inject_object(&mut object, &injection()).unwrap();
+        assert!(
+            args(container(&object, PROXY)).ends_with("--watch shop --watch pay/ledger"),
+            "{}",
+            args(container(&object, PROXY))
+        );
+        let mut object = deployment();
+        object["spec"]["template"]["metadata"]["annotations"][WATCH] = "shop/Ledger".into();
+        let refused = inject_object(&mut object, &injection())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.starts_with(
+                r#"spec.template.metadata.annotations[strait.dev/watch]: "shop/Ledger": expected NAMESPACE or NAMESPACE/SERVICE"#
+            ),
+            "{refused}"
         );
     }
 

@@ -180,7 +180,8 @@ enum Refusal {
     /// The name's service lacks the port the name gives (or one to default to).
     #[error(transparent)]
     Plan(PlanError),
-    #[error("{0} is not a service in the mesh catalog")]
+    /// What the directory says of a name it lacks ([`Directory::lacks`]).
+    #[error("{0}")]
     NotInMesh(String),
     #[error("the request names no host (absolute URI or Host header)")]
     NoHost,
@@ -233,7 +234,7 @@ fn plan_request(
     match (found, named) {
         (Some((authority, Ok(plan))), _) => Ok(Planned { authority, plan }),
         (Some((_, Err(error))), _) => Err(Refusal::Plan(error)),
-        (None, Some(named)) => Err(Refusal::NotInMesh(named)),
+        (None, Some(named)) => Err(Refusal::NotInMesh(directory.lacks(&named))),
         (None, None) => Err(Refusal::NoHost),
     }
 }

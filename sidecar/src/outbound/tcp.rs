@@ -18,7 +18,8 @@ use crate::{Shared, accept_each};
 /// Why an app's TCP connection was not carried.
 #[derive(Debug, thiserror::Error)]
 pub enum TcpError {
-    #[error("{0} is not a service in the mesh catalog")]
+    /// What the directory says of a name it lacks ([`Directory::lacks`]).
+    #[error("{0}")]
     NotInMesh(String),
     #[error(transparent)]
     Plan(#[from] PlanError),
@@ -67,7 +68,7 @@ pub async fn proxy_tcp(
 ) -> Result<(), TcpError> {
     let directory = shared.directory.borrow().clone();
     let Plan { dest, port, tiers } =
-        plan(&directory, name).ok_or_else(|| TcpError::NotInMesh(name.to_owned()))??;
+        plan(&directory, name).ok_or_else(|| TcpError::NotInMesh(directory.lacks(name)))??;
     let mut last = Untaken::NoEndpoint;
     for _ in 0..MAX_ATTEMPTS {
         let Some(target) = choose(shared, &tiers, &[]) else {
@@ -136,7 +137,8 @@ mod tests {
     #[test]
     fn a_refused_connection_says_why_as_it_always_has() {
         assert_eq!(
-            TcpError::NotInMesh("db.other:5432".into()).to_string(),
+            TcpError::NotInMesh(crate::directory::Directory::default().lacks("db.other:5432"))
+                .to_string(),
             "db.other:5432 is not a service in the mesh catalog"
         );
         assert_eq!(
