@@ -7,14 +7,67 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use crate::catalog::ServiceKey;
-use crate::proto::workload::{CatalogView, ServiceRef, ServiceView, VirtualAddress};
+use crate::catalog::{ClustersetService, ServiceKey};
+use crate::identity::ClusterName;
+use crate::location::Location;
+use crate::proto::workload::{
+    Backend, CatalogView, EndpointView, PortSpec, ServiceRef, ServiceView, VirtualAddress,
+};
 
 /// One service as sidecars get it: its view and the virtual addresses of its names.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ViewEntry {
     pub service: ServiceView,
     pub virtual_addresses: Vec<VirtualAddress>,
+}
+
+/// One service of the clusterset view as sidecars get it, each backend with where its cluster
+/// runs (`location_of`).
+pub fn service_view(
+    service: &ClustersetService,
+    location_of: impl Fn(&ClusterName) -> Location,
+) -> ServiceView {
+    let ports = service
+        .backends
+        .first()
+        .map(|(_, spec)| {
+            spec.ports
+                .iter()
+                .map(|p| PortSpec {
+                    name: p.name.clone(),
+                    port: u32::from(p.port),
+                    protocol: p.protocol.as_str().to_owned(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ServiceView {
+        namespace: service.key.namespace.to_string(),
+        name: service.key.name.to_string(),
+        ports,
+        backends: service
+            .backends
+            .iter()
+            .map(|(cluster, spec)| {
+                let location = location_of(cluster);
+                Backend {
+                    cluster: cluster.to_string(),
+                    endpoints: spec
+                        .endpoints
+                        .iter()
+                        .map(|e| EndpointView {
+                            address: e.address.to_string(),
+                            hostname: e.hostname.clone().unwrap_or_default(),
+                            ready: e.ready,
+                        })
+                        .collect(),
+                    cloud: location.cloud,
+                    region: location.region,
+                    zone: location.zone,
+                }
+            })
+            .collect(),
+    }
 }
 
 /// How many service changes the log keeps for deltas; a sidecar further behind gets a whole

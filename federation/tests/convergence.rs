@@ -5,6 +5,12 @@
 //! simulated clock. After every step no importer may hold a state its exporter never had; after a
 //! final heal every import equals its exporter's export exactly.
 //!
+//! Each gateway also keeps its sidecars' view as the gateway does (a `ViewLog` updated with the
+//! services each step touched) and serves two sidecars (one whole, one that declared some
+//! services) by deltas; messages to them are delayed and lost. After every step each sidecar
+//! holds exactly what a whole view would give it, and the log holds exactly the clusterset
+//! merged from scratch; a sidecar that misses a delta refuses the next and starts a whole view.
+//!
 //! A failing run prints its seed; `STRAIT_SIM_SEED=<seed> cargo test -p strait-federation --test
 //! convergence` replays that seed alone.
 
@@ -16,11 +22,14 @@ use std::time::{Duration, Instant};
 
 use strait_federation::catalog::{
     Endpoint, ExportLog, ImportedCatalog, Port, Position, Protocol, ServiceKey, ServiceSpec,
+    clusterset_service,
 };
 use strait_federation::handshake;
 use strait_federation::identity::{ClusterName, Namespace, ServiceName};
 use strait_federation::proto::peer::{PeerFrame, peer_frame::Body};
+use strait_federation::proto::workload::{CatalogView, ServiceRef, VirtualAddress};
 use strait_federation::session::{Event, PeerSession, SessionConfig, SessionError};
+use strait_federation::view::{HeldView, Interest, ViewEntry, ViewLog, service_view};
 use strait_federation::wire::{self, FrameDecoder};
 
 /// xorshift64*: small, and the same on every platform, so a seed replays exactly.
@@ -190,6 +199,133 @@ struct Gateway {
     imports: Vec<ImportedCatalog>,
     /// The imports as last written to disk: a crash loses what was imported after.
     saved_imports: String,
+    /// Its sidecars' view, kept as the gateway keeps it: by the services touched.
+    views: ViewLog,
+    /// Services touched since the view was last brought up to date (`None`: possibly all).
+    touched: Option<BTreeSet<ServiceKey>>,
+    sidecars: Vec<Sidecar>,
+}
+
+impl Gateway {
+    fn new(export: ExportLog, imports: Vec<ImportedCatalog>) -> Self {
+        Self {
+            saved_imports: to_json(&imports),
+            export,
+            imports,
+            views: ViewLog::new(VIEW_CHANGES_KEPT),
+            touched: None,
+            sidecars: vec![
+                Sidecar::new(Interest::default()),
+                Sidecar::new(Interest::of(
+                    &[],
+                    &(0..POOL / 3)
+                        .map(|i| ServiceRef {
+                            namespace: "shop".into(),
+                            name: format!("s{i}"),
+                        })
+                        .collect::<Vec<_>>(),
+                )),
+            ],
+        }
+    }
+
+    fn touch(&mut self, keys: impl IntoIterator<Item = ServiceKey>) {
+        if let Some(touched) = &mut self.touched {
+            touched.extend(keys);
+        }
+    }
+
+    /// One service as gw`g` merges it now, from its export and its imports.
+    fn merged(&self, g: usize, key: &ServiceKey) -> Option<ViewEntry> {
+        let local = self
+            .export
+            .services()
+            .find(|(k, _)| *k == key)
+            .map(|(_, s)| s.clone());
+        let names: Vec<ClusterName> = (0..self.imports.len()).map(cluster).collect();
+        let imports = self
+            .imports
+            .iter()
+            .enumerate()
+            .filter(|(p, _)| *p != g)
+            .map(|(p, imported)| (&names[p], imported));
+        let service = clusterset_service(key, &cluster(g), local.as_ref(), imports)?;
+        // A virtual address per backend cluster, so that deltas carry them too.
+        let virtual_addresses = service
+            .backends
+            .iter()
+            .map(|(c, spec)| VirtualAddress {
+                address: format!("240.0.{}.{}", c.as_str().len(), spec.ports[0].port % 250),
+                namespace: key.namespace.to_string(),
+                service: key.name.to_string(),
+                cluster: c.to_string(),
+                hostname: String::new(),
+            })
+            .collect();
+        Some(ViewEntry {
+            service: service_view(&service, |_| Default::default()),
+            virtual_addresses,
+        })
+    }
+}
+
+/// How many changes a gateway's view keeps for deltas: few, so sidecars fall behind it.
+const VIEW_CHANGES_KEPT: usize = 8;
+
+/// A sidecar of a simulated gateway: the view its stream built, and where the stream stands.
+struct Sidecar {
+    interest: Interest,
+    held: HeldView,
+    /// The view log's version of the last message sent on the stream.
+    at: Option<u64>,
+    /// The stream's message count.
+    sent: u64,
+    /// Whether a message to it was lost since it last applied one.
+    lost: bool,
+}
+
+impl Sidecar {
+    fn new(interest: Interest) -> Self {
+        Self {
+            interest,
+            held: HeldView::default(),
+            at: None,
+            sent: 0,
+            lost: false,
+        }
+    }
+
+    /// A new stream, as after a gateway's restart or a refused delta.
+    fn restart(&mut self) {
+        self.held = HeldView::default();
+        self.at = None;
+        self.sent = 0;
+        self.lost = false;
+    }
+
+    /// The next message of the stream, as the gateway's stream makes it.
+    fn next(&mut self, views: &ViewLog) -> Option<CatalogView> {
+        let part = self
+            .at
+            .and_then(|at| views.delta(at, &self.interest))
+            .unwrap_or_else(|| views.whole(&self.interest));
+        if part.is_empty() {
+            return None;
+        }
+        let message = CatalogView {
+            cluster: "sim".into(),
+            version: self.sent + 1,
+            delta_from: if part.whole { 0 } else { self.sent },
+            settings_kept: !part.whole,
+            services: part.services,
+            virtual_addresses: part.virtual_addresses,
+            removed_services: part.removed,
+            ..CatalogView::default()
+        };
+        self.sent += 1;
+        self.at = Some(views.version());
+        Some(message)
+    }
 }
 
 /// One direction of a connection: a QUIC stream, so frames arrive in order, unless a fault is
@@ -229,6 +365,10 @@ struct Stats {
     crashes: u64,
     state_losses: u64,
     compactions: u64,
+    view_deltas: u64,
+    view_wholes: u64,
+    views_lost: u64,
+    view_gaps: u64,
 }
 
 impl Stats {
@@ -245,6 +385,10 @@ impl Stats {
         self.crashes += other.crashes;
         self.state_losses += other.state_losses;
         self.compactions += other.compactions;
+        self.view_deltas += other.view_deltas;
+        self.view_wholes += other.view_wholes;
+        self.views_lost += other.views_lost;
+        self.view_gaps += other.view_gaps;
     }
 }
 
@@ -303,11 +447,7 @@ impl Sim {
             let export = ExportLog::new(sim.new_epoch());
             record(&mut sim.history, g, &export);
             let imports = vec![ImportedCatalog::default(); count];
-            sim.gateways.push(Gateway {
-                saved_imports: to_json(&imports),
-                export,
-                imports,
-            });
+            sim.gateways.push(Gateway::new(export, imports));
         }
         sim
     }
@@ -321,10 +461,12 @@ impl Sim {
             self.step = step;
             self.act();
             self.flush();
+            self.follow_views(false);
             self.check();
         }
         self.step = self.options.steps;
         self.heal();
+        self.follow_views(true);
         self.check();
         self.check_converged();
         self.stats
@@ -470,6 +612,7 @@ impl Sim {
                 changed
             };
             if let Some(version) = changed {
+                self.gateways[g].touch([key.clone()]);
                 let export = &self.gateways[g].export;
                 assert_eq!(version, export.head().version);
                 record(&mut self.history, g, export);
@@ -613,11 +756,7 @@ impl Sim {
                 }
             }
             let imports = vec![ImportedCatalog::default(); self.gateways.len()];
-            self.gateways[g] = Gateway {
-                saved_imports: to_json(&imports),
-                export,
-                imports,
-            };
+            self.gateways[g] = Gateway::new(export, imports);
             return;
         }
         let gateway = &self.gateways[g];
@@ -634,6 +773,109 @@ impl Sim {
         };
         self.gateways[g].export = export;
         self.gateways[g].imports = imports;
+        // A new process: a new view, and every sidecar starts a new stream.
+        self.gateways[g].views = ViewLog::new(VIEW_CHANGES_KEPT);
+        self.gateways[g].touched = None;
+        for sidecar in &mut self.gateways[g].sidecars {
+            sidecar.restart();
+        }
+    }
+
+    /// Brings each gateway's view up to date with the services touched, as the gateway's task
+    /// does, and sends its sidecars what changed. A sidecar is sometimes slow (it gets a later,
+    /// larger delta), and a message is sometimes lost (the next delta does not follow what the
+    /// sidecar holds: it refuses it and starts a whole view). With `all`, every sidecar is
+    /// served. Then every sidecar holds what a whole view would give it.
+    fn follow_views(&mut self, all: bool) {
+        let context = self.context();
+        for g in 0..self.gateways.len() {
+            let keys: Vec<ServiceKey> = match self.gateways[g].touched.take() {
+                Some(touched) => touched.into_iter().collect(),
+                None => self.keys.clone(),
+            };
+            self.gateways[g].touched = Some(BTreeSet::new());
+            let entries: Vec<(ServiceKey, Option<ViewEntry>)> = keys
+                .into_iter()
+                .map(|key| {
+                    let entry = self.gateways[g].merged(g, &key);
+                    (key, entry)
+                })
+                .collect();
+            self.gateways[g].views.update(entries);
+            for s in 0..self.gateways[g].sidecars.len() {
+                if !all && self.rng.chance(30) {
+                    continue;
+                }
+                let lost = !all && self.rng.chance(5);
+                let gateway = &mut self.gateways[g];
+                if all && gateway.sidecars[s].lost {
+                    // Nothing more may come to show the gap: its stream ends, and a new one
+                    // starts whole (a stream that loses a message is a broken stream).
+                    gateway.sidecars[s].restart();
+                }
+                let Some(message) = gateway.sidecars[s].next(&gateway.views) else {
+                    continue;
+                };
+                if lost {
+                    self.stats.views_lost += 1;
+                    gateway.sidecars[s].lost = true;
+                    continue;
+                }
+                if message.delta_from == 0 {
+                    self.stats.view_wholes += 1;
+                } else {
+                    self.stats.view_deltas += 1;
+                }
+                let sidecar = &mut gateway.sidecars[s];
+                let applied = sidecar.held.apply(message);
+                sidecar.lost = false;
+                if let Err(gap) = applied {
+                    self.stats.view_gaps += 1;
+                    assert!(gap.held < gap.from, "{}: a refused delta {gap}", context);
+                    sidecar.restart();
+                    let whole = sidecar
+                        .next(&gateway.views)
+                        .unwrap_or_else(|| panic!("{}: a new stream starts whole", context));
+                    assert_eq!(whole.delta_from, 0);
+                    sidecar
+                        .held
+                        .apply(whole)
+                        .unwrap_or_else(|e| panic!("{}: a whole view refused: {e}", context));
+                }
+            }
+            // Merging every service from scratch is the slow part of a step: a sample of the
+            // steps (and the end) is enough to catch a change the gateway did not touch.
+            let scratch = all || self.rng.chance(15);
+            self.check_views(g, all, scratch);
+        }
+    }
+
+    /// gw`g`'s view holds what merging from scratch gives (when `scratch`), and each sidecar
+    /// that is up to date holds what a whole view would give it.
+    fn check_views(&self, g: usize, all: bool, scratch: bool) {
+        let gateway = &self.gateways[g];
+        for key in self.keys.iter().filter(|_| scratch) {
+            let fresh = gateway.merged(g, key);
+            assert_eq!(
+                gateway.views.get(key),
+                fresh.as_ref(),
+                "{}: gw{g}'s view of {key} differs from the clusterset merged again",
+                self.context()
+            );
+        }
+        for (s, sidecar) in gateway.sidecars.iter().enumerate() {
+            if (sidecar.at != Some(gateway.views.version()) || sidecar.lost) && !all {
+                // Slow, or its last message was lost: it catches up later.
+                continue;
+            }
+            let want = gateway.views.whole(&sidecar.interest);
+            let held = sidecar.held.whole();
+            assert!(
+                held.services == want.services && held.virtual_addresses == want.virtual_addresses,
+                "{}: gw{g}'s sidecar {s} holds another view than a whole one",
+                self.context()
+            );
+        }
     }
 
     /// Moves the clock, firing every timer due on the way, as a gateway's event loop would.
@@ -858,8 +1100,12 @@ fn receive(
                 Some((false, true)) => stats.deltas += 1,
                 None => {}
             }
-            if let Some(Event::Imported { position, .. }) = event {
+            if let Some(Event::Imported {
+                position, changed, ..
+            }) = event
+            {
                 assert_eq!(position, imported.position);
+                gateways[receiver].touch(changed);
             }
         }
     }
@@ -943,6 +1189,8 @@ fn catalogs_converge_under_random_partitions_restarts_and_faults() {
         assert!(stats.idle_drops > 0 && stats.partitions > 0, "{stats:?}");
         assert!(stats.crashes > 0 && stats.state_losses > 0, "{stats:?}");
         assert!(stats.compactions > 0, "{stats:?}");
+        assert!(stats.view_deltas > 0 && stats.view_wholes > 0, "{stats:?}");
+        assert!(stats.views_lost > 0 && stats.view_gaps > 0, "{stats:?}");
     }
 }
 

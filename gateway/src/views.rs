@@ -10,10 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use strait_federation::catalog::{ClustersetService, ServiceKey, clusterset, clusterset_service};
-use strait_federation::proto::workload::{
-    Backend, EndpointView, PortSpec, ServiceView, VirtualAddress,
-};
-use strait_federation::view::{ViewEntry, ViewLog};
+use strait_federation::proto::workload::VirtualAddress;
+use strait_federation::view::{ViewEntry, ViewLog, service_view};
 
 use crate::dns::ZoneKeeper;
 use crate::{Shared, lock};
@@ -217,7 +215,13 @@ impl Keeper {
             .into_iter()
             .map(|key| {
                 let entry = self.merged.get(&key).map(|service| ViewEntry {
-                    service: service_view(shared, &locations, service),
+                    service: service_view(service, |cluster| {
+                        if *cluster == shared.config.cluster {
+                            shared.config.location.clone()
+                        } else {
+                            locations.get(cluster).cloned().unwrap_or_default()
+                        }
+                    }),
                     virtual_addresses: zone
                         .as_deref()
                         .map(|z| virtual_addresses(z, &key))
@@ -259,63 +263,4 @@ fn virtual_addresses(zone: &crate::dns::zone::Zone, key: &ServiceKey) -> Vec<Vir
         }
     }
     all
-}
-
-/// One service of the clusterset view, as sidecars get it.
-fn service_view(
-    shared: &Shared,
-    locations: &std::collections::BTreeMap<
-        strait_federation::identity::ClusterName,
-        strait_federation::location::Location,
-    >,
-    service: &ClustersetService,
-) -> ServiceView {
-    let ports = service
-        .backends
-        .first()
-        .map(|(_, spec)| port_specs(&spec.ports))
-        .unwrap_or_default();
-    ServiceView {
-        namespace: service.key.namespace.to_string(),
-        name: service.key.name.to_string(),
-        ports,
-        backends: service
-            .backends
-            .iter()
-            .map(|(cluster, spec)| {
-                let location = if *cluster == shared.config.cluster {
-                    shared.config.location.clone()
-                } else {
-                    locations.get(cluster).cloned().unwrap_or_default()
-                };
-                Backend {
-                    cluster: cluster.to_string(),
-                    endpoints: spec
-                        .endpoints
-                        .iter()
-                        .map(|e| EndpointView {
-                            address: e.address.to_string(),
-                            hostname: e.hostname.clone().unwrap_or_default(),
-                            ready: e.ready,
-                        })
-                        .collect(),
-                    cloud: location.cloud,
-                    region: location.region,
-                    zone: location.zone,
-                }
-            })
-            .collect(),
-    }
-}
-
-/// Ports as the workload API writes them.
-pub fn port_specs(ports: &[strait_federation::catalog::Port]) -> Vec<PortSpec> {
-    ports
-        .iter()
-        .map(|p| PortSpec {
-            name: p.name.clone(),
-            port: u32::from(p.port),
-            protocol: p.protocol.as_str().to_owned(),
-        })
-        .collect()
 }
