@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use strait_federation::view::HeldView;
+use strait_federation::view::ViewGap;
 
 use strait_federation::identity::SpiffeId;
 use strait_federation::pki::{Credential, TrustBundle, new_csr};
@@ -300,26 +300,34 @@ pub async fn watch(shared: Arc<Shared>, channel: Channel) {
                     .collect::<Vec<_>>()
                     .join(",")
             });
-            // What the stream built so far: a whole view, then the deltas after it.
-            let mut held = HeldView::default();
+            // The version of the stream's last message: a delta must change that one.
+            let mut held: Option<u64> = None;
             loop {
                 match stream.message().await {
                     Ok(Some(message)) => {
-                        let kind = if message.delta_from == 0 {
-                            "whole"
-                        } else {
-                            "delta"
-                        };
-                        shared.metrics.view_updates.with_label_values(&[kind]).inc();
+                        let delta = message.delta_from != 0;
+                        shared
+                            .metrics
+                            .view_updates
+                            .with_label_values(&[if delta { "delta" } else { "whole" }])
+                            .inc();
                         shared
                             .metrics
                             .view_bytes
                             .inc_by(prost::Message::encoded_len(&message) as u64);
-                        held.apply(message).map_err(StreamLost::Gap)?;
-                        shared.metrics.view_services.set(held.len() as i64);
-                        let view = held.whole();
+                        if delta && held != Some(message.delta_from) {
+                            return Err(StreamLost::Gap(ViewGap {
+                                from: message.delta_from,
+                                held: held.unwrap_or(0),
+                            }));
+                        }
+                        held = Some(message.version);
                         let previous = shared.directory.borrow().clone();
-                        let mut directory = Directory::from_view(&view, Some(&previous));
+                        let mut directory = if delta {
+                            previous.with_delta(&message)
+                        } else {
+                            Directory::from_view(&message, Some(&previous))
+                        };
                         directory.watching = watching.clone();
                         // A relay bound to a wildcard address is reached at the gateway's
                         // host, as the sidecar dials it.
@@ -329,11 +337,18 @@ pub async fn watch(shared: Arc<Shared>, channel: Channel) {
                         {
                             relay.set_ip(host);
                         }
-                        shared
-                            .metrics
-                            .policies_held(&view.policies, directory.policies.refused);
-                        shared.telemetry.configure(&directory.telemetry);
-                        follow_trust(&shared, &view.trust_bundle_pem, &view.issuer_fingerprint);
+                        shared.metrics.view_services.set(directory.len() as i64);
+                        if !(delta && message.settings_kept) {
+                            shared
+                                .metrics
+                                .policies_held(&message.policies, directory.policies.refused);
+                            shared.telemetry.configure(&directory.telemetry);
+                            follow_trust(
+                                &shared,
+                                &message.trust_bundle_pem,
+                                &message.issuer_fingerprint,
+                            );
+                        }
                         shared.directory.send_replace(Arc::new(directory));
                         backoff = Duration::from_millis(100);
                         if std::mem::take(&mut lost) {

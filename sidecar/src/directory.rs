@@ -11,7 +11,7 @@ use strait_federation::catalog::{Port, Protocol, ServiceKey};
 use strait_federation::cidr::CidrRange;
 use strait_federation::identity::{ClusterName, Namespace, ServiceName};
 use strait_federation::location::Location;
-use strait_federation::proto::workload::CatalogView;
+use strait_federation::proto::workload::{CatalogView, ServiceView, VirtualAddress};
 
 /// One endpoint of a service in this cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,11 +72,8 @@ pub struct Directory {
     /// The gateway's relay, for flows to other clusters.
     pub relay: Option<SocketAddr>,
     pub version: u64,
-    services: HashMap<ServiceKey, ServiceEntry>,
-    /// Endpoint addresses of this cluster, for transparently intercepted connections.
-    by_address: HashMap<SocketAddr, ServiceKey>,
-    /// The virtual addresses the gateway's DNS hands out, and the names they stand for.
-    by_vip: HashMap<IpAddr, Destination>,
+    /// The services, by name, by endpoint address and by virtual address.
+    catalog: Catalog,
     /// The ranges they come from.
     virtual_ranges: Vec<CidrRange>,
     /// The mesh-wide policies that concern this sidecar (shared with the previous view's
@@ -103,120 +100,240 @@ fn parse_port(port: &strait_federation::proto::workload::PortSpec) -> Option<Por
     })
 }
 
-impl Directory {
-    /// Builds the view from what the gateway sent; entries that do not parse are skipped (the
-    /// gateway checked them, so this only guards against a newer gateway's additions). The
-    /// policy table of `previous` is kept when the view's policies are the same.
-    pub fn from_view(view: &CatalogView, previous: Option<&Directory>) -> Self {
-        let cluster = ClusterName::new(view.cluster.clone()).ok();
-        let mut services = HashMap::new();
-        let mut by_address = HashMap::new();
-        for service in &view.services {
-            let (Ok(namespace), Ok(name)) = (
-                Namespace::new(service.namespace.clone()),
-                ServiceName::new(service.name.clone()),
-            ) else {
-                continue;
-            };
-            let key = ServiceKey { namespace, name };
-            let mut entry = ServiceEntry {
-                key: key.clone(),
-                ports: service.ports.iter().filter_map(parse_port).collect(),
-                local: Vec::new(),
-                remote: Vec::new(),
-            };
-            for backend in &service.backends {
-                let Ok(backend_cluster) = ClusterName::new(backend.cluster.clone()) else {
-                    continue;
-                };
-                if Some(&backend_cluster) == cluster.as_ref() {
-                    for endpoint in &backend.endpoints {
-                        if let Ok(address) = endpoint.address.parse() {
-                            by_address.insert(address, key.clone());
-                            entry.local.push(LocalEndpoint {
-                                address,
-                                hostname: (!endpoint.hostname.is_empty())
-                                    .then(|| endpoint.hostname.clone()),
-                                ready: endpoint.ready,
-                            });
-                        }
+/// The services of a directory, in persistent maps: a delta changes what it names and shares
+/// the rest with the directory before it (the views in use keep theirs).
+#[derive(Debug, Clone, Default)]
+struct Catalog {
+    services: imbl::HashMap<ServiceKey, Arc<ServiceEntry>>,
+    /// Endpoint addresses of this cluster, for transparently intercepted connections (an
+    /// address several services share goes to the first by name).
+    by_address: imbl::HashMap<SocketAddr, std::collections::BTreeSet<ServiceKey>>,
+    /// The virtual addresses the gateway's DNS hands out, and the names they stand for, by
+    /// service (a gateway gives an address to one name at a time; were two services to claim
+    /// one, the last by name would have it, as in a whole view).
+    by_vip: imbl::HashMap<IpAddr, std::collections::BTreeMap<ServiceKey, Destination>>,
+    /// Each service's virtual addresses, to take them out with it.
+    vips_of: imbl::HashMap<ServiceKey, Arc<[IpAddr]>>,
+}
+
+impl Catalog {
+    /// Takes a service out, with its endpoint and virtual addresses.
+    fn take_out(&mut self, key: &ServiceKey) {
+        if let Some(entry) = self.services.remove(key) {
+            for endpoint in &entry.local {
+                if let Some(keys) = self.by_address.get_mut(&endpoint.address) {
+                    keys.remove(key);
+                    if keys.is_empty() {
+                        self.by_address.remove(&endpoint.address);
                     }
-                } else if backend.endpoints.iter().any(|e| e.ready) {
-                    let hostnames = backend
-                        .endpoints
-                        .iter()
-                        .filter(|e| !e.hostname.is_empty())
-                        .map(|e| e.hostname.clone())
-                        .collect();
-                    let location = Location::new(&backend.cloud, &backend.region, &backend.zone)
-                        .unwrap_or_default();
-                    entry.remote.push((backend_cluster, hostnames, location));
                 }
             }
-            services.insert(key, entry);
         }
-        let by_vip = view
-            .virtual_addresses
+        if let Some(vips) = self.vips_of.remove(key) {
+            for vip in vips.iter() {
+                if let Some(claims) = self.by_vip.get_mut(vip) {
+                    claims.remove(key);
+                    if claims.is_empty() {
+                        self.by_vip.remove(vip);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Puts a service in (taken out first when it was there).
+    fn put(&mut self, entry: ServiceEntry) {
+        for endpoint in &entry.local {
+            self.by_address
+                .entry(endpoint.address)
+                .or_default()
+                .insert(entry.key.clone());
+        }
+        self.services.insert(entry.key.clone(), Arc::new(entry));
+    }
+
+    /// Puts virtual addresses in, each for a service held.
+    fn put_vips(&mut self, vips: &[VirtualAddress]) {
+        let mut added: HashMap<ServiceKey, Vec<IpAddr>> = HashMap::new();
+        for vip in vips {
+            let Some((address, destination)) = virtual_destination(vip) else {
+                continue;
+            };
+            if !self.services.contains_key(&destination.service) {
+                continue;
+            }
+            added
+                .entry(destination.service.clone())
+                .or_default()
+                .push(address);
+            self.by_vip
+                .entry(address)
+                .or_default()
+                .insert(destination.service.clone(), destination);
+        }
+        for (key, addresses) in added {
+            let mut all: Vec<IpAddr> = self
+                .vips_of
+                .get(&key)
+                .map(|a| a.to_vec())
+                .unwrap_or_default();
+            all.extend(addresses);
+            self.vips_of.insert(key, all.into());
+        }
+    }
+}
+
+/// A service as the sidecar keeps it, from the view's; `None` when its name does not parse (the
+/// gateway checked it, so only a newer gateway's additions are skipped).
+fn service_entry(service: &ServiceView, cluster: Option<&ClusterName>) -> Option<ServiceEntry> {
+    let key = ServiceKey {
+        namespace: Namespace::new(service.namespace.clone()).ok()?,
+        name: ServiceName::new(service.name.clone()).ok()?,
+    };
+    let mut entry = ServiceEntry {
+        key,
+        ports: service.ports.iter().filter_map(parse_port).collect(),
+        local: Vec::new(),
+        remote: Vec::new(),
+    };
+    for backend in &service.backends {
+        let Ok(backend_cluster) = ClusterName::new(backend.cluster.clone()) else {
+            continue;
+        };
+        if Some(&backend_cluster) == cluster {
+            for endpoint in &backend.endpoints {
+                if let Ok(address) = endpoint.address.parse() {
+                    entry.local.push(LocalEndpoint {
+                        address,
+                        hostname: (!endpoint.hostname.is_empty())
+                            .then(|| endpoint.hostname.clone()),
+                        ready: endpoint.ready,
+                    });
+                }
+            }
+        } else if backend.endpoints.iter().any(|e| e.ready) {
+            let hostnames = backend
+                .endpoints
+                .iter()
+                .filter(|e| !e.hostname.is_empty())
+                .map(|e| e.hostname.clone())
+                .collect();
+            let location =
+                Location::new(&backend.cloud, &backend.region, &backend.zone).unwrap_or_default();
+            entry.remote.push((backend_cluster, hostnames, location));
+        }
+    }
+    Some(entry)
+}
+
+/// What a virtual address stands for.
+fn virtual_destination(vip: &VirtualAddress) -> Option<(IpAddr, Destination)> {
+    let service = ServiceKey {
+        namespace: Namespace::new(vip.namespace.clone()).ok()?,
+        name: ServiceName::new(vip.service.clone()).ok()?,
+    };
+    let cluster = match vip.cluster.as_str() {
+        "" => None,
+        cluster => Some(ClusterName::new(cluster).ok()?),
+    };
+    let destination = Destination {
+        service,
+        cluster,
+        hostname: (!vip.hostname.is_empty()).then(|| vip.hostname.clone()),
+        port: None,
+    };
+    Some((vip.address.parse().ok()?, destination))
+}
+
+/// The key a view names a service by, when it parses.
+fn key_of(namespace: &str, name: &str) -> Option<ServiceKey> {
+    Some(ServiceKey {
+        namespace: Namespace::new(namespace).ok()?,
+        name: ServiceName::new(name).ok()?,
+    })
+}
+
+impl Directory {
+    /// Builds the view from a whole view the gateway sent; entries that do not parse are
+    /// skipped (the gateway checked them, so this only guards against a newer gateway's
+    /// additions). The policy table of `previous` is kept when the view's policies are the same.
+    pub fn from_view(view: &CatalogView, previous: Option<&Directory>) -> Self {
+        let mut directory = Directory::default();
+        directory.take_settings(view, previous);
+        for service in &view.services {
+            if let Some(entry) = service_entry(service, directory.cluster.as_ref()) {
+                directory.catalog.put(entry);
+            }
+        }
+        directory.catalog.put_vips(&view.virtual_addresses);
+        directory
+    }
+
+    /// This directory with a delta applied (a message with `delta_from` set): the services it
+    /// names are taken out and put in again, the rest is shared; the settings are taken when
+    /// the delta carries them. Costs what the delta holds, not the catalog's size.
+    pub fn with_delta(&self, delta: &CatalogView) -> Self {
+        let mut directory = self.clone();
+        if !delta.settings_kept {
+            directory.take_settings(delta, Some(self));
+        }
+        directory.version = delta.version;
+        let removed = delta
+            .removed_services
             .iter()
-            .filter_map(|vip| {
-                let service = ServiceKey {
-                    namespace: Namespace::new(vip.namespace.clone()).ok()?,
-                    name: ServiceName::new(vip.service.clone()).ok()?,
-                };
-                services.contains_key(&service).then_some(())?;
-                let cluster = match vip.cluster.as_str() {
-                    "" => None,
-                    cluster => Some(ClusterName::new(cluster).ok()?),
-                };
-                let destination = Destination {
-                    service,
-                    cluster,
-                    hostname: (!vip.hostname.is_empty()).then(|| vip.hostname.clone()),
-                    port: None,
-                };
-                Some((vip.address.parse().ok()?, destination))
+            .filter_map(|r| key_of(&r.namespace, &r.name));
+        let changed = delta
+            .services
+            .iter()
+            .filter_map(|s| key_of(&s.namespace, &s.name));
+        for key in removed.chain(changed) {
+            directory.catalog.take_out(&key);
+        }
+        for service in &delta.services {
+            if let Some(entry) = service_entry(service, directory.cluster.as_ref()) {
+                directory.catalog.put(entry);
+            }
+        }
+        directory.catalog.put_vips(&delta.virtual_addresses);
+        directory
+    }
+
+    /// Takes every field of a view but its services.
+    fn take_settings(&mut self, view: &CatalogView, previous: Option<&Directory>) {
+        self.cluster = ClusterName::new(view.cluster.clone()).ok();
+        self.relay = view.relay_address.parse().ok();
+        self.version = view.version;
+        self.virtual_ranges = view
+            .virtual_ranges
+            .iter()
+            .filter_map(|r| CidrRange::parse(r).ok())
+            .collect();
+        self.policies = {
+            let fingerprint = policy::fingerprint(&view.policies);
+            match previous {
+                Some(previous) if previous.policies.fingerprint == fingerprint => {
+                    previous.policies.clone()
+                }
+                _ => Arc::new(Policies::build(&view.policies, fingerprint)),
+            }
+        };
+        self.location = Location::new(&view.cloud, &view.region, &view.zone).unwrap_or_default();
+        self.cluster_locations = view
+            .cluster_locations
+            .iter()
+            .filter_map(|c| {
+                Some((
+                    ClusterName::new(c.cluster.as_str()).ok()?,
+                    Location::new(&c.cloud, &c.region, &c.zone).ok()?,
+                ))
             })
             .collect();
-        Self {
-            cluster,
-            relay: view.relay_address.parse().ok(),
-            version: view.version,
-            services,
-            by_address,
-            by_vip,
-            virtual_ranges: view
-                .virtual_ranges
-                .iter()
-                .filter_map(|r| CidrRange::parse(r).ok())
-                .collect(),
-            policies: {
-                let fingerprint = policy::fingerprint(&view.policies);
-                match previous {
-                    Some(previous) if previous.policies.fingerprint == fingerprint => {
-                        previous.policies.clone()
-                    }
-                    _ => Arc::new(Policies::build(&view.policies, fingerprint)),
-                }
-            },
-            location: Location::new(&view.cloud, &view.region, &view.zone).unwrap_or_default(),
-            cluster_locations: view
-                .cluster_locations
-                .iter()
-                .filter_map(|c| {
-                    Some((
-                        ClusterName::new(c.cluster.as_str()).ok()?,
-                        Location::new(&c.cloud, &c.region, &c.zone).ok()?,
-                    ))
-                })
-                .collect(),
-            telemetry: crate::telemetry::Settings::from_view(view),
-            degraded: view
-                .degraded_clusters
-                .iter()
-                .filter_map(|c| ClusterName::new(c.as_str()).ok())
-                .collect(),
-            watching: None,
-        }
+        self.telemetry = crate::telemetry::Settings::from_view(view);
+        self.degraded = view
+            .degraded_clusters
+            .iter()
+            .filter_map(|c| ClusterName::new(c.as_str()).ok())
+            .collect();
     }
 
     /// Why a name resolves to nothing: it is not in the catalog, or not among the services
@@ -230,6 +347,16 @@ impl Directory {
         }
     }
 
+    /// How many services the directory holds.
+    pub fn len(&self) -> usize {
+        self.catalog.services.len()
+    }
+
+    /// Whether the directory holds no service.
+    pub fn is_empty(&self) -> bool {
+        self.catalog.services.is_empty()
+    }
+
     /// Where a cluster runs, this one included, when its gateway said.
     pub fn location_of(&self, cluster: &ClusterName) -> Option<&Location> {
         if self.cluster.as_ref() == Some(cluster) {
@@ -241,26 +368,28 @@ impl Directory {
     /// Whether an address is in a virtual range without standing for any name now (an answer
     /// cached past the name's withdrawal): nothing listens there, so nothing to pass through.
     pub fn is_stale_virtual(&self, address: &IpAddr) -> bool {
-        !self.by_vip.contains_key(address)
+        !self.catalog.by_vip.contains_key(address)
             && self.virtual_ranges.iter().any(|r| r.contains(*address))
     }
 
     /// Whether an address is a virtual address of a mesh name.
     pub fn is_virtual(&self, address: &IpAddr) -> bool {
-        self.by_vip.contains_key(address)
+        self.catalog.by_vip.contains_key(address)
     }
 
     /// The entry of a service.
     pub fn service(&self, key: &ServiceKey) -> Option<&ServiceEntry> {
-        self.services.get(key)
+        self.catalog.services.get(key).map(Arc::as_ref)
     }
 
     /// The service whose local endpoint has this address (an intercepted connection's original
     /// destination).
     pub fn service_at(&self, address: &SocketAddr) -> Option<&ServiceEntry> {
-        self.by_address
+        self.catalog
+            .by_address
             .get(address)
-            .and_then(|key| self.services.get(key))
+            .and_then(|keys| keys.first())
+            .and_then(|key| self.service(key))
     }
 
     /// Where a host name (an HTTP authority or a name given on the command line) points:
@@ -299,7 +428,7 @@ impl Directory {
             namespace: Namespace::new(namespace).ok()?,
             name: ServiceName::new(service).ok()?,
         };
-        self.services.get(&key)?;
+        self.catalog.services.get(&key)?;
         let cluster = match (cluster, scope) {
             (Some(cluster), _) => Some(ClusterName::new(cluster).ok()?),
             (None, Scope::ThisCluster) => self.cluster.clone(),
@@ -317,7 +446,7 @@ impl Directory {
 impl Directory {
     /// Where a virtual address (`240.240.0.7`, `240.240.0.7:8080`, `[fd00::7]:80`) points.
     fn resolve_virtual(&self, authority: &str) -> Option<Destination> {
-        if self.by_vip.is_empty() {
+        if self.catalog.by_vip.is_empty() {
             return None;
         }
         let (address, port) = match authority.parse::<SocketAddr>() {
@@ -331,7 +460,13 @@ impl Directory {
                 None,
             ),
         };
-        let mut destination = self.by_vip.get(&address)?.clone();
+        let mut destination = self
+            .catalog
+            .by_vip
+            .get(&address)?
+            .values()
+            .next_back()?
+            .clone();
         destination.port = port;
         Some(destination)
     }
@@ -356,270 +491,4 @@ fn split_port(authority: &str) -> Option<(&str, Option<u16>)> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use strait_federation::identity::SpiffeId;
-    use strait_federation::policy::authorization::{Decision, Request};
-    use strait_federation::proto::workload::{
-        Backend, EndpointView, PolicyDocument, PortSpec, ServiceView, VirtualAddress,
-    };
-
-    fn view() -> CatalogView {
-        let endpoint = |address: &str, hostname: &str| EndpointView {
-            address: address.into(),
-            hostname: hostname.into(),
-            ready: true,
-        };
-        CatalogView {
-            cluster: "east".into(),
-            relay_address: "127.0.0.1:4000".into(),
-            version: 3,
-            services: vec![
-                ServiceView {
-                    namespace: "shop".into(),
-                    name: "api".into(),
-                    ports: vec![PortSpec {
-                        name: "http".into(),
-                        port: 8080,
-                        protocol: "http".into(),
-                    }],
-                    backends: vec![
-                        Backend {
-                            cluster: "east".into(),
-                            endpoints: vec![endpoint("127.0.0.1:5000", "api-0")],
-                            ..Default::default()
-                        },
-                        Backend {
-                            cluster: "west".into(),
-                            endpoints: vec![endpoint("10.0.0.1:5000", "api-7")],
-                            ..Default::default()
-                        },
-                    ],
-                },
-                ServiceView {
-                    namespace: "shop".into(),
-                    name: "db".into(),
-                    ports: vec![
-                        PortSpec {
-                            name: "sql".into(),
-                            port: 5432,
-                            protocol: "tcp".into(),
-                        },
-                        PortSpec {
-                            name: "admin".into(),
-                            port: 8081,
-                            protocol: "http".into(),
-                        },
-                    ],
-                    backends: vec![Backend {
-                        cluster: "west".into(),
-                        endpoints: vec![endpoint("10.0.0.2:5000", "")],
-                        ..Default::default()
-                    }],
-                },
-            ],
-            virtual_addresses: vec![
-                vip("240.240.0.1", "api", "", ""),
-                vip("fd00::1", "api", "", ""),
-                vip("240.240.0.2", "api", "west", ""),
-                vip("240.240.0.3", "api", "west", "api-7"),
-                vip("240.240.0.4", "gone", "", ""),
-            ],
-            virtual_ranges: vec!["240.240.0.0/16".into(), "fd00::/112".into()],
-            policies: Vec::new(),
-            ..Default::default()
-        }
-    }
-
-    fn vip(address: &str, service: &str, cluster: &str, hostname: &str) -> VirtualAddress {
-        VirtualAddress {
-            address: address.into(),
-            namespace: "shop".into(),
-            service: service.into(),
-            cluster: cluster.into(),
-            hostname: hostname.into(),
-        }
-    }
-
-    #[test]
-    fn virtual_addresses_resolve_to_the_names_they_stand_for() {
-        let directory = Directory::from_view(&view(), None);
-        let west = ClusterName::new("west").unwrap();
-        let cases = [
-            ("240.240.0.1:8080", None, None, Some(8080)),
-            ("240.240.0.1", None, None, None),
-            ("[fd00::1]:80", None, None, Some(80)),
-            ("[fd00::1]", None, None, None),
-            ("240.240.0.2:8080", Some(&west), None, Some(8080)),
-            ("240.240.0.3:8080", Some(&west), Some("api-7"), Some(8080)),
-        ];
-        for (authority, cluster, hostname, port) in cases {
-            let dest = directory
-                .resolve(authority)
-                .unwrap_or_else(|| panic!("{authority}"));
-            assert_eq!(dest.service, key("api"), "{authority}");
-            assert_eq!(dest.cluster.as_ref(), cluster, "{authority}");
-            assert_eq!(dest.hostname.as_deref(), hostname, "{authority}");
-            assert_eq!(dest.port, port, "{authority}");
-        }
-        assert!(directory.is_virtual(&"240.240.0.1".parse().unwrap()));
-        assert!(
-            !directory.is_virtual(&"240.240.0.4".parse().unwrap()),
-            "not in the catalog"
-        );
-        assert!(directory.resolve("240.240.0.9:80").is_none());
-        assert!(directory.is_stale_virtual(&"240.240.0.9".parse().unwrap()));
-        assert!(!directory.is_stale_virtual(&"240.240.0.1".parse().unwrap()));
-        assert!(!directory.is_stale_virtual(&"240.241.0.1".parse().unwrap()));
-        assert!(directory.is_stale_virtual(&"fd00::9".parse().unwrap()));
-    }
-
-    fn key(name: &str) -> ServiceKey {
-        ServiceKey {
-            namespace: Namespace::new("shop").unwrap(),
-            name: ServiceName::new(name).unwrap(),
-        }
-    }
-
-    #[test]
-    fn every_name_form_resolves_to_its_service_and_scope() {
-        let directory = Directory::from_view(&view(), None);
-        let at = |name: &str| directory.resolve(name);
-        for short in [
-            "api.shop",
-            "api.shop.svc",
-            "api.shop.svc.clusterset.local",
-            "API.Shop.svc.clusterset.local.",
-        ] {
-            let found = at(short).unwrap_or_else(|| panic!("{short}"));
-            assert_eq!(
-                (found.service, found.cluster),
-                (key("api"), None),
-                "{short}"
-            );
-        }
-        let pinned = at("west.api.shop.svc.clusterset.local:8080").unwrap();
-        assert_eq!(pinned.cluster.unwrap().as_str(), "west");
-        assert_eq!(pinned.port, Some(8080));
-        let pod = at("api-7.west.api.shop.svc.clusterset.local").unwrap();
-        assert_eq!(pod.hostname.as_deref(), Some("api-7"));
-        let here = at("api.shop.svc.cluster.local").unwrap();
-        assert_eq!(here.cluster.unwrap().as_str(), "east");
-    }
-
-    #[test]
-    fn names_outside_the_catalog_or_malformed_resolve_to_nothing() {
-        let directory = Directory::from_view(&view(), None);
-        for name in [
-            "nothere.shop.svc.clusterset.local",
-            "example.com",
-            "api",
-            "a.b.c.d.e.f",
-            "api.shop:notaport",
-            "[::1]:80",
-            "west.api.shop.svc",
-        ] {
-            assert_eq!(directory.resolve(name), None, "{name}");
-        }
-    }
-
-    #[test]
-    fn local_endpoints_and_remote_clusters_are_told_apart() {
-        let directory = Directory::from_view(&view(), None);
-        let api = directory.service(&key("api")).unwrap();
-        assert_eq!(api.local.len(), 1);
-        assert_eq!(api.remote[0].0.as_str(), "west");
-        let db = directory.service(&key("db")).unwrap();
-        assert!(db.local.is_empty());
-        assert_eq!(
-            directory
-                .service_at(&"127.0.0.1:5000".parse().unwrap())
-                .unwrap()
-                .key,
-            key("api")
-        );
-        assert_eq!(directory.relay, Some("127.0.0.1:4000".parse().unwrap()));
-    }
-
-    #[test]
-    fn a_name_a_declared_sidecar_lacks_says_what_it_watches() {
-        let mut directory = Directory::from_view(&view(), None);
-        assert_eq!(
-            directory.lacks("ledger.pay:80"),
-            "ledger.pay:80 is not a service in the mesh catalog"
-        );
-        directory.watching = Some("shop,pay/api".into());
-        assert_eq!(
-            directory.lacks("ledger.pay:80"),
-            "ledger.pay:80 is not among the services this sidecar watches (--watch shop,pay/api)"
-        );
-    }
-
-    #[test]
-    fn a_port_is_chosen_by_number_or_by_default() {
-        let directory = Directory::from_view(&view(), None);
-        let api = directory.service(&key("api")).unwrap();
-        assert_eq!(api.port(None).unwrap().port, 8080);
-        assert_eq!(api.port(Some(80)).unwrap().port, 8080);
-        assert!(api.port(Some(9999)).is_none());
-        let db = directory.service(&key("db")).unwrap();
-        assert_eq!(db.port(Some(5432)).unwrap().port, 5432);
-        assert_eq!(db.port(None).unwrap().port, 8081);
-    }
-
-    const DENY_WEST: &str = r#"{"apiVersion": "policy.strait.dev/v1alpha1",
-        "kind": "AuthorizationPolicy", "metadata": {"name": "no-west", "namespace": "shop"},
-        "spec": {"targetRef": {"kind": "Service", "name": "api"}, "action": "deny",
-        "rules": [{"from": [{"clusters": ["west"]}]}]}}"#;
-
-    /// A new view keeps the previous policy table while its documents are the same (a catalog
-    /// change), and builds a new one when any of them changed, here only by its version.
-    #[test]
-    fn an_unchanged_policy_set_keeps_its_table_across_views() {
-        let deny = |stamp: u64| PolicyDocument {
-            kind: "AuthorizationPolicy".into(),
-            namespace: "shop".into(),
-            name: "no-west".into(),
-            document: DENY_WEST.into(),
-            stamp,
-            origin: "east".into(),
-        };
-        let mut first_view = view();
-        first_view.policies = vec![deny(1)];
-        let first = Directory::from_view(&first_view, None);
-        assert_eq!(first.policies.refused, 0);
-        let west: SpiffeId = "spiffe://mesh.test/cluster/west/ns/shop/sa/web"
-            .parse()
-            .unwrap();
-        let decide = |d: &Directory| {
-            d.policies.authorize(
-                &Namespace::new("shop").unwrap(),
-                &ServiceName::new("api").unwrap(),
-                &Request {
-                    caller: Some(&west),
-                    http: None,
-                    principal: None,
-                    caller_location: None,
-                    caller_healthy: true,
-                },
-            )
-        };
-        assert!(matches!(decide(&first), Decision::Deny { .. }));
-
-        let mut catalog_change = first_view.clone();
-        catalog_change.version += 1;
-        catalog_change.services.pop();
-        let second = Directory::from_view(&catalog_change, Some(&first));
-        assert!(Arc::ptr_eq(&first.policies, &second.policies));
-
-        let mut new_version = catalog_change.clone();
-        new_version.policies = vec![deny(2)];
-        let third = Directory::from_view(&new_version, Some(&second));
-        assert!(!Arc::ptr_eq(&second.policies, &third.policies));
-        assert!(matches!(decide(&third), Decision::Deny { .. }));
-
-        new_version.policies.clear();
-        let fourth = Directory::from_view(&new_version, Some(&third));
-        assert_eq!(decide(&fourth), Decision::Allow);
-    }
-}
+mod tests;
