@@ -104,7 +104,9 @@ pub struct Shared {
     pub state: Mutex<State>,
     state_file: StateFile,
     /// Peers' batches for the imports journal, in the order they were applied.
-    imports_journal: tokio::sync::mpsc::UnboundedSender<store::imports::Entry>,
+    imports_journal: store::journal::Writer<store::imports::Entry>,
+    /// Changes of the policy set for its journal, in the order they were made.
+    policies_journal: store::journal::Writer<store::policies::PolicyChange>,
     /// Serializes writers of the state file, so an older snapshot never overwrites a newer one.
     write_lock: Mutex<()>,
     dirty: AtomicBool,
@@ -212,8 +214,25 @@ impl Shared {
         reset: bool,
     ) {
         let entry = store::imports::Entry::of(&state.imports, peer, changed, reset);
-        // Closed only once the gateway stops: a batch then is imported again at the next start.
-        let _ = self.imports_journal.send(entry);
+        self.imports_journal.send(entry);
+    }
+
+    /// Journals policies as `state` holds them now; call with the state still locked from the
+    /// change, and await the answer outside the lock before anyone acts on the change (it
+    /// fails when the change could not be written).
+    pub fn journal_policies<'a>(
+        &self,
+        state: &State,
+        keys: impl IntoIterator<Item = &'a strait_federation::policy::PolicyKey>,
+    ) -> store::journal::Written {
+        let change = store::policies::PolicyChange::of(&state.policies, keys);
+        self.policies_journal.send_and_wait(change)
+    }
+
+    /// Has the whole policy set written (changes whose keys are not at hand: tombstones
+    /// dropped, the set taken from the API).
+    pub fn write_policies(&self) {
+        self.policies_journal.send_whole();
     }
 
     /// Marks the state for the next periodic write.
@@ -464,8 +483,17 @@ pub async fn run(
     let state_file = StateFile::in_dir(&config.state_dir);
     let mut state = state_file.load()?;
     let (mut import_files, imports) =
-        store::imports::ImportFiles::load(&config.state_dir, std::mem::take(&mut state.imports))?;
+        store::journal::Journal::<store::imports::ImportsJournal>::load(
+            &config.state_dir,
+            std::mem::take(&mut state.imports),
+        )?;
     state.imports = imports;
+    let (policy_files, policies) =
+        store::journal::Journal::<store::policies::PoliciesJournal>::load(
+            &config.state_dir,
+            std::mem::take(&mut state.policies),
+        )?;
+    state.policies = policies;
     state.policies.tombstone_retention_ms = config.peering.tombstone_retention_ms;
     let peers_known: Vec<ClusterName> = state
         .imports
@@ -566,7 +594,8 @@ pub async fn run(
         shutdown_token.clone(),
     );
     let metrics = Metrics::new(config.cluster.as_str());
-    let (imports_journal, journaled) = tokio::sync::mpsc::unbounded_channel();
+    let (imports_journal, imports_pending) = store::journal::Writer::new();
+    let (policies_journal, policies_pending) = store::journal::Writer::new();
     let shared = Arc::new(Shared {
         limits: limits::Limits::new(&config.limits, &metrics.limit_refusals),
         metrics,
@@ -577,6 +606,7 @@ pub async fn run(
         state: Mutex::new(state),
         state_file,
         imports_journal,
+        policies_journal,
         write_lock: Mutex::new(()),
         dirty: AtomicBool::new(false),
         export_tx: watch::channel(head).0,
@@ -640,7 +670,18 @@ pub async fn run(
         dashboard::router(shared.clone()),
     ));
     tokio::spawn(housekeeping(shared.clone()));
-    tokio::spawn(keep_imports(shared.clone(), import_files, journaled));
+    let imports_of = shared.clone();
+    tokio::spawn(store::journal::keep(
+        import_files,
+        imports_pending,
+        move || lock(&imports_of.state).imports.clone(),
+    ));
+    let policies_of = shared.clone();
+    tokio::spawn(store::journal::keep(
+        policy_files,
+        policies_pending,
+        move || lock(&policies_of.state).policies.clone(),
+    ));
     if let Some(client) = kube_client {
         kubernetes::start(&shared, client, restored);
     }
@@ -759,58 +800,6 @@ async fn housekeeping(shared: Arc<Shared>) {
             }
         }
         shared.refresh_metrics();
-    }
-}
-
-/// Writes peers' batches to the imports journal as they come, and folds the journal into a
-/// new snapshot once it outgrows the last one.
-async fn keep_imports(
-    shared: Arc<Shared>,
-    mut files: store::imports::ImportFiles,
-    mut journaled: tokio::sync::mpsc::UnboundedReceiver<store::imports::Entry>,
-) {
-    // Set when a write failed: the next fold writes everything again.
-    let mut unwritten = false;
-    while let Some(first) = journaled.recv().await {
-        let mut entries = vec![first];
-        while let Ok(entry) = journaled.try_recv() {
-            entries.push(entry);
-        }
-        for entry in &mut entries {
-            files.number(entry);
-        }
-        let appended = tokio::task::spawn_blocking(move || {
-            let result = files.append(&entries);
-            (files, result)
-        })
-        .await;
-        let Ok((returned, result)) = appended else {
-            tracing::error!("the imports journal's writer stopped");
-            return;
-        };
-        files = returned;
-        if let Err(error) = result {
-            tracing::error!(%error, "cannot write the imports journal; writing them whole");
-            unwritten = true;
-        }
-        if files.wants_fold() || unwritten {
-            // Every batch numbered so far is in the state: it was applied before it was sent.
-            let imports = lock(&shared.state).imports.clone();
-            let folded = tokio::task::spawn_blocking(move || {
-                let result = files.fold(&imports);
-                (files, result)
-            })
-            .await;
-            let Ok((returned, result)) = folded else {
-                tracing::error!("the imports journal's writer stopped");
-                return;
-            };
-            files = returned;
-            match result {
-                Ok(()) => unwritten = false,
-                Err(error) => tracing::error!(%error, "cannot write the imports"),
-            }
-        }
     }
 }
 

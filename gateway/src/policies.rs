@@ -303,7 +303,7 @@ pub fn compact_tombstones(shared: &Shared) {
             dropped,
             "tombstones of deleted policies dropped after their retention"
         );
-        shared.mark_dirty();
+        shared.write_policies();
     }
 }
 

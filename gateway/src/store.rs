@@ -1,7 +1,8 @@
 //! The gateway's persisted state (`state.json` in its state folder): its own services, its
-//! export log, its links and the join tokens it admitted; what it imported from each peer is
-//! journaled beside it ([`imports`]). A restart loses nothing: operator changes are written
-//! before they are acknowledged, imports are journaled as they arrive.
+//! export log, its links and the join tokens it admitted. What it imported from each peer and
+//! the mesh-wide policies are journaled beside it ([`journal`]): a change costs a line in
+//! proportion to it. A restart loses nothing: operator changes are written before they are
+//! acknowledged, policies before anyone acts on them, imports as they arrive.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -22,6 +23,8 @@ use strait_io::random::random_u64;
 use crate::GatewayError;
 
 pub mod imports;
+pub mod journal;
+pub mod policies;
 
 /// A link this gateway dials (from a Link document applied here).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,7 +54,13 @@ pub struct State {
     /// The mesh-wide policies this gateway holds (applied here or received from peers), with
     /// the clock that stamps changes made here. Kept across restarts: a gateway that comes back
     /// while partitioned enforces what it last had.
-    #[serde(default, deserialize_with = "stored_policies")]
+    /// Kept in files of their own ([`policies`]); here only the clock (which the durable
+    /// copy in the API carries), and the whole set only from an older state file.
+    #[serde(
+        default,
+        deserialize_with = "stored_policies",
+        serialize_with = "clock_only"
+    )]
     pub policies: PolicyBook,
     /// Roots a rotation took out of this gateway's bundle: a Link minted before the rotation
     /// names one, and still names this mesh (the TLS handshake checks the peer itself).
@@ -107,6 +116,14 @@ fn stored_policies<'de, D: serde::Deserializer<'de>>(
         tracing::warn!(reason = %reason, "a stored policy was left out");
     }
     Ok(book)
+}
+
+fn clock_only<S: serde::Serializer>(book: &PolicyBook, serializer: S) -> Result<S::Ok, S::Error> {
+    PolicyBook {
+        clock: book.clock,
+        ..PolicyBook::default()
+    }
+    .serialize(serializer)
 }
 
 /// One endpoint registered by a sidecar (universal mode).
@@ -361,6 +378,22 @@ mod tests {
             .unwrap();
         file.write(&StateFile::encode(&state).unwrap()).unwrap();
         let loaded = file.load().unwrap();
+        // Imports and policies have files of their own; the state keeps the policies' clock.
+        assert!(loaded.imports.is_empty());
+        assert!(loaded.policies.set.is_empty());
+        assert_eq!(loaded.policies.clock, state.policies.clock);
+        let mut expected = state.clone();
+        expected.imports.clear();
+        expected.policies.set = Default::default();
+        assert_eq!(loaded, expected);
+
+        // An older state file holds the whole set: it loads, and a stored policy that no
+        // longer passes its checks is left out while the rest loads.
+        let mut older: serde_json::Value =
+            serde_json::from_str(&StateFile::encode(&state).unwrap()).unwrap();
+        older["policies"] = serde_json::to_value(&state.policies).unwrap();
+        file.write(&older.to_string()).unwrap();
+        let loaded = file.load().unwrap();
         assert!(
             loaded
                 .policies
@@ -368,15 +401,7 @@ mod tests {
                 .get(&key)
                 .is_some_and(|e| e.body.is_some())
         );
-        // Imports have files of their own.
-        assert!(loaded.imports.is_empty());
-        state.imports.clear();
-        assert_eq!(loaded, state);
-
-        // A stored policy that no longer passes its checks is left out; the rest loads.
-        let text = StateFile::encode(&state)
-            .unwrap()
-            .replace("\"deny\"", "\"perhaps\"");
+        let text = older.to_string().replace("\"deny\"", "\"perhaps\"");
         assert!(text.contains("perhaps"));
         file.write(&text).unwrap();
         let loaded = file.load().unwrap();

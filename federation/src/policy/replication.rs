@@ -96,6 +96,11 @@ impl<K: Ord + Clone, T: Clone + PartialEq> PolicySet<K, T> {
         }
     }
 
+    /// Forgets a key altogether (a tombstone dropped, as a journal replays it).
+    pub fn remove(&mut self, key: &K) -> Option<Entry<T>> {
+        self.entries.remove(key)
+    }
+
     /// The entry held for a key, tombstone or not.
     pub fn get(&self, key: &K) -> Option<&Entry<T>> {
         self.entries.get(key)

@@ -300,8 +300,8 @@ impl OperatorApi {
         };
         let mut objects = Vec::new();
         let mut services_changed = Vec::new();
-        let mut policies_changed = false;
-        {
+        let mut policies_deleted = Vec::new();
+        let written = {
             let mut state = lock(&self.shared.state);
             for resource in &resources {
                 match resource {
@@ -320,7 +320,9 @@ impl OperatorApi {
                     Resource::Policy { key, .. } => {
                         let deleted =
                             policies::delete(&mut state, &self.shared.config.cluster, key);
-                        policies_changed |= deleted;
+                        if deleted {
+                            policies_deleted.push(key.clone());
+                        }
                         objects.push(object(
                             key.kind.as_str(),
                             key.namespace.to_string(),
@@ -331,18 +333,26 @@ impl OperatorApi {
                     Resource::Link(_) => {}
                 }
             }
+            (!policies_deleted.is_empty())
+                .then(|| self.shared.journal_policies(&state, &policies_deleted))
+        };
+        // Peers and sidecars hear of the changes once they are on disk.
+        let saved = match services_changed.is_empty() {
+            true => Ok(()),
+            false => self.shared.persist().await,
+        };
+        let journaled = match written {
+            Some(written) => written.wait().await,
+            None => Ok(()),
+        };
+        if !services_changed.is_empty() {
+            self.shared
+                .export_changed(Touched::services(services_changed));
         }
-        if !services_changed.is_empty() || policies_changed {
-            let saved = self.shared.persist().await;
-            if !services_changed.is_empty() {
-                self.shared
-                    .export_changed(Touched::services(services_changed));
-            }
-            if policies_changed {
-                self.shared.policies_changed();
-            }
-            saved.map_err(unsaved)?;
+        if !policies_deleted.is_empty() {
+            self.shared.policies_changed();
         }
+        saved.and(journaled).map_err(unsaved)?;
         for resource in &resources {
             if let Resource::Link(spec) = resource {
                 let deleted = peer::unlink(&self.shared, &spec.cluster)
@@ -419,7 +429,7 @@ impl Operator for OperatorApi {
         }
         let mut changed = Vec::new();
         let policies_changed;
-        {
+        let written = {
             let mut state = lock(&self.shared.state);
             check_export_totals(&state, &resources)
                 .and_then(|()| Ok(policies::check_capacity(&state, &resources)?))
@@ -447,22 +457,29 @@ impl Operator for OperatorApi {
                 &mut objects,
             )
             .map_err(|e| Status::failed_precondition(format!("{}: {e}", request.source)))?;
-        }
+            let keys = resources.iter().filter_map(|r| match r {
+                Resource::Policy { key, .. } => Some(key),
+                _ => None,
+            });
+            policies_changed.then(|| self.shared.journal_policies(&state, keys))
+        };
+        // Peers and sidecars learn of the changes only once they are on disk (or, when a
+        // write failed, after the error below: the gateway retries the write meanwhile).
+        let saved = match changed.is_empty() {
+            true => Ok(()),
+            false => self.shared.persist().await,
+        };
+        let journaled = match written {
+            Some(written) => written.wait().await,
+            None => Ok(()),
+        };
         if policies_changed {
-            // Like services: peers and sidecars hear of it once it is on disk.
-            let saved = self.shared.persist().await;
             self.shared.policies_changed();
-            if !changed.is_empty() {
-                self.shared.export_changed(Touched::services(changed));
-            }
-            saved.map_err(unsaved)?;
-        } else if !changed.is_empty() {
-            // Sessions learn of the change only after it is on disk (or, when the write
-            // failed, after the error below: the gateway retries the write meanwhile).
-            let saved = self.shared.persist().await;
-            self.shared.export_changed(Touched::services(changed));
-            saved.map_err(unsaved)?;
         }
+        if !changed.is_empty() {
+            self.shared.export_changed(Touched::services(changed));
+        }
+        saved.and(journaled).map_err(unsaved)?;
         Ok(Response::new(ApplyResponse { objects }))
     }
 
@@ -505,17 +522,20 @@ impl Operator for OperatorApi {
                 };
                 let key = policies::key(kind, &request.namespace, &request.name)
                     .map_err(|e| Status::invalid_argument(e.to_string()))?;
-                let deleted = policies::delete(
-                    &mut lock(&self.shared.state),
-                    &self.shared.config.cluster,
-                    &key,
-                );
-                if deleted {
-                    let saved = self.shared.persist().await;
-                    self.shared.policies_changed();
-                    saved.map_err(unsaved)?;
+                let written = {
+                    let mut state = lock(&self.shared.state);
+                    policies::delete(&mut state, &self.shared.config.cluster, &key)
+                        .then(|| self.shared.journal_policies(&state, [&key]))
+                };
+                match written {
+                    Some(written) => {
+                        let saved = written.wait().await;
+                        self.shared.policies_changed();
+                        saved.map_err(unsaved)?;
+                        true
+                    }
+                    None => false,
                 }
-                deleted
             }
         };
         Ok(Response::new(DeleteResponse {

@@ -448,7 +448,7 @@ async fn reconcile(
         )
     };
     if decision.changed {
-        shared.mark_dirty();
+        shared.write_policies();
         shared.policies_changed();
     }
     let mut left = Unfinished::default();

@@ -374,6 +374,7 @@ async fn drive(
                 // A sibling's catalog is kept aside in its entry; the current session's is the
                 // cluster's import.
                 let mut current = true;
+                let mut policies_written = None;
                 let event = {
                     let mut peers = lock(&shared.peers);
                     let status = peers.get_mut(peer);
@@ -417,6 +418,11 @@ async fn drive(
                     {
                         shared.journal_imports(state, peer, changed, *snapshot);
                     }
+                    if let Some(Ok(Some(Received::Policies(received)))) = &event
+                        && !received.changed.is_empty()
+                    {
+                        policies_written = Some(shared.journal_policies(state, &received.changed));
+                    }
                     event
                 };
                 let Some(event) = event else {
@@ -432,7 +438,9 @@ async fn drive(
                         if policies_received(shared, peer, received) {
                             // On disk before anyone acts on it: a gateway that restarts
                             // while partitioned must not hand its sidecars an older set.
-                            if let Err(e) = shared.persist().await {
+                            if let Some(written) = policies_written
+                                && let Err(e) = written.wait().await
+                            {
                                 tracing::error!(error = %e, "cannot write policies received");
                             }
                             shared.policies_changed();

@@ -1,7 +1,13 @@
-//! The imports journal: what was journaled comes back, whatever was folded, cut or replayed.
+//! Journals: what was journaled comes back, whatever was folded, cut or replayed.
 
 use super::*;
-use strait_federation::catalog::{Endpoint, Port, Protocol};
+use crate::store::imports::{Entry, Imports, ImportsJournal};
+use crate::store::policies::{PoliciesJournal, PolicyChange};
+use strait_federation::catalog::{Endpoint, Port, Position, Protocol};
+use strait_federation::catalog::{ServiceKey, ServiceSpec};
+use strait_federation::identity::ClusterName;
+
+type ImportFiles = Journal<ImportsJournal>;
 
 fn key(name: &str) -> ServiceKey {
     ServiceKey {
@@ -56,9 +62,8 @@ fn batch(
         changed.push(key(name));
     }
     catalog.position = position(version);
-    let mut entry = Entry::of(imports, &cluster(peer), &changed, false);
-    files.number(&mut entry);
-    files.append(&[entry]).unwrap();
+    let entry = Entry::of(imports, &cluster(peer), &changed, false);
+    files.append(vec![entry]).unwrap();
 }
 
 #[test]
@@ -95,9 +100,8 @@ fn journaled_batches_come_back_at_the_next_start_and_fold_into_a_snapshot() {
     assert!(!dir.path().join("imports.log").exists());
     // A peer withdrawn is journaled as a reset with nothing.
     imports.remove(&cluster("north"));
-    let mut entry = Entry::of(&imports, &cluster("north"), &[], true);
-    files.number(&mut entry);
-    files.append(&[entry]).unwrap();
+    let entry = Entry::of(&imports, &cluster("north"), &[], true);
+    files.append(vec![entry]).unwrap();
     drop(files);
     let (_, loaded) = ImportFiles::load(dir.path(), Imports::new()).unwrap();
     assert_eq!(loaded, imports);
@@ -134,10 +138,7 @@ fn batches_journaled_again_after_a_fold_that_already_holds_them_change_nothing()
         later.push(Entry::of(&imports, &cluster("west"), &[key("api")], false));
     }
     files.fold(&imports).unwrap();
-    for entry in &mut later {
-        files.number(entry);
-    }
-    files.append(&later).unwrap();
+    files.append(later).unwrap();
     drop(files);
     let (_, loaded) = ImportFiles::load(dir.path(), Imports::new()).unwrap();
     assert_eq!(loaded, imports);
@@ -162,11 +163,52 @@ fn imports_of_an_older_state_file_become_the_first_snapshot() {
 fn an_unreadable_snapshot_is_an_error_that_names_the_file() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("imports.json"), "{not json").unwrap();
-    let error = ImportFiles::load(dir.path(), Imports::new())
-        .unwrap_err()
-        .to_string();
+    let Err(error) = ImportFiles::load(dir.path(), Imports::new()) else {
+        panic!("an unreadable snapshot loaded")
+    };
+    let error = error.to_string();
     assert!(
         error.contains("imports.json") && error.contains("unreadable"),
         "{error}"
     );
+}
+
+#[test]
+fn policy_changes_come_back_in_order_with_the_clock_and_dropped_tombstones_stay_dropped() {
+    use strait_federation::policy::exchange::PolicyBook;
+    use strait_federation::resource::{Resource, parse_documents};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut files, mut book) =
+        Journal::<PoliciesJournal>::load(dir.path(), PolicyBook::default()).unwrap();
+    let east = cluster("east");
+    let documents = parse_documents(
+        "p.yaml",
+        "apiVersion: policy.strait.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: deny-all, namespace: shop}\nspec: {action: deny}\n---\napiVersion: policy.strait.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: allow-web, namespace: shop}\nspec: {action: allow}\n",
+    )
+    .unwrap();
+    let mut keys = Vec::new();
+    for (i, document) in documents.into_iter().enumerate() {
+        let Resource::Policy { key, policy } = document else {
+            panic!("a policy")
+        };
+        book.apply(key.clone(), policy, &east, 1_000 + i as u64)
+            .unwrap();
+        files.append(vec![PolicyChange::of(&book, [&key])]).unwrap();
+        keys.push(key);
+    }
+    // Deleted (a tombstone), then the tombstone dropped after its retention.
+    book.delete(&keys[0], &east, 5_000);
+    files
+        .append(vec![PolicyChange::of(&book, [&keys[0]])])
+        .unwrap();
+    book.set.remove(&keys[0]);
+    files
+        .append(vec![PolicyChange::of(&book, [&keys[0]])])
+        .unwrap();
+    drop(files);
+    let (_, loaded) = Journal::<PoliciesJournal>::load(dir.path(), PolicyBook::default()).unwrap();
+    assert_eq!(loaded, book);
+    assert!(loaded.set.get(&keys[0]).is_none());
+    assert!(loaded.set.get(&keys[1]).is_some_and(|e| e.body.is_some()));
+    assert_eq!(loaded.clock, book.clock);
 }
