@@ -1,5 +1,6 @@
 //! Sidecars' views of the catalog, end to end: after the first whole view a sidecar gets only
-//! deltas, and one that declares its services (`--watch`) holds only those.
+//! deltas, and one that declares its services (`--watch`) holds only those (and its own
+//! namespace's).
 
 use std::time::Duration;
 
@@ -26,9 +27,10 @@ fn sidecars_follow_changes_by_deltas_and_one_that_declares_its_services_holds_on
         &[("http", 8080, "http")],
     )?;
     let whole = client(&mesh, "east", &[])?;
+    // In a namespace of its own, which has no service: it then holds exactly what it declared.
     let declared = mesh.sidecar(
         "east",
-        "shop",
+        "front",
         "web",
         "declared-east",
         &[

@@ -30,12 +30,17 @@ use strait_federation::view::Interest;
 const MAX_CSR: usize = 16 << 10;
 /// Changes closer together than this reach sidecars as one view.
 const COALESCE: Duration = Duration::from_millis(50);
+/// Whole views made at once. Each holds the whole catalog until the sidecar's connection takes
+/// it (megabytes at 10,000 services): a thousand sidecars connecting at once (a gateway's
+/// restart) must not hold a thousand of them.
+const WHOLE_VIEWS_AT_ONCE: usize = 4;
 
 /// The workload API service.
 pub fn server(shared: Arc<Shared>) -> WorkloadServer<WorkloadApi> {
     WorkloadServer::new(WorkloadApi {
         shared,
         policies: Arc::default(),
+        whole_views: Arc::new(tokio::sync::Semaphore::new(WHOLE_VIEWS_AT_ONCE)),
     })
 }
 
@@ -48,6 +53,8 @@ pub struct WorkloadApi {
     shared: Arc<Shared>,
     /// Sorted once per policy change, whatever the number of sidecars watching.
     policies: Arc<PolicyCache>,
+    /// Places for whole views being made or handed over ([`WHOLE_VIEWS_AT_ONCE`]).
+    whole_views: Arc<tokio::sync::Semaphore>,
 }
 
 /// The caller's workload identity; other callers are refused.
@@ -162,6 +169,19 @@ impl WorkloadApi {
     }
 }
 
+/// The services a sidecar asked for. One that declared its services gets those of its own
+/// namespace too: it finds the service an inbound connection is for (and so the policies that
+/// apply) by its own endpoint's address, which a declaration may leave out.
+fn watched(request: &WatchRequest, own: Option<&Namespace>) -> Interest {
+    let mut namespaces = request.namespaces.clone();
+    if !(namespaces.is_empty() && request.services.is_empty())
+        && let Some(own) = own
+    {
+        namespaces.push(own.to_string());
+    }
+    Interest::of(&namespaces, &request.services)
+}
+
 /// One sidecar's stream: what it was last sent, to send it only what changed.
 struct Follower {
     /// The sidecar applies deltas.
@@ -176,6 +196,12 @@ struct Follower {
 }
 
 impl Follower {
+    /// Whether the next message will be a whole view (the first of a stream, or every one to
+    /// a sidecar that takes no deltas).
+    fn whole_next(&self) -> bool {
+        self.at.is_none() || !self.deltas
+    }
+
     /// The next message, or `None` when nothing changed for this sidecar.
     fn next(&mut self, api: &WorkloadApi) -> Option<CatalogView> {
         let generation = api.shared.views.settings();
@@ -414,7 +440,7 @@ impl Workload for WorkloadApi {
         let api = self.clone();
         let mut follower = Follower {
             deltas: request.get_ref().deltas,
-            interest: Interest::of(&request.get_ref().namespaces, &request.get_ref().services),
+            interest: watched(request.get_ref(), namespace.as_ref()),
             namespace,
             sent: 0,
             at: None,
@@ -425,11 +451,26 @@ impl Workload for WorkloadApi {
             let _watching = watching;
             loop {
                 changes.borrow_and_update();
-                if let Some(message) = follower.next(&api)
-                    && tx.send(Ok(message)).await.is_err()
-                {
-                    return;
+                let place = match follower.whole_next() {
+                    true => match api.whole_views.clone().acquire_owned().await {
+                        Ok(place) => Some(place),
+                        Err(_) => return,
+                    },
+                    false => None,
+                };
+                if let Some(message) = follower.next(&api) {
+                    if tx.send(Ok(message)).await.is_err() {
+                        return;
+                    }
+                    if place.is_some() {
+                        // The place is given back once the connection took the view.
+                        match tx.reserve().await {
+                            Ok(slot) => drop(slot),
+                            Err(_) => return,
+                        }
+                    }
                 }
+                drop(place);
                 tokio::select! {
                     changed = changes.changed() => if changed.is_err() { return },
                     () = shutdown.cancelled() => return,
@@ -442,13 +483,14 @@ impl Workload for WorkloadApi {
     }
 }
 
-/// A stream fed by a task through a small channel: a slow sidecar holds at most two views.
+/// A stream fed by a task through a channel of one: a slow sidecar holds at most one message
+/// waiting, beside the one its connection is sending.
 fn async_stream<F, Fut>(produce: F) -> ViewStream
 where
     F: FnOnce(tokio::sync::mpsc::Sender<Result<CatalogView, Status>>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
     tokio::spawn(produce(tx));
     Box::pin(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))

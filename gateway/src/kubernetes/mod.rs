@@ -294,7 +294,8 @@ async fn find_relay_service(shared: Arc<Shared>, client: Client, namespace: Stri
         if let Some(address) = found {
             tracing::info!(service = %name, %address, "sidecars open flows at the relay Service");
             *lock(&shared.relay_service) = Some(address);
-            shared.views_tx.send_modify(|v| *v += 1);
+            // The relay's address is a setting: streams send it again.
+            shared.views_changed();
             return;
         }
         tokio::select! {
