@@ -1,7 +1,7 @@
 //! DNS convergence benchmark: the time from a catalog change in one cluster to the new answer
 //! from another cluster's gateway DNS. Two gateways as real processes on loopback (west exports,
 //! east answers), with 5,000 services already exported (a zone of 10,000 names and as many SRV
-//! names), so every change rebuilds a zone of realistic size.
+//! names), so every change lands in a zone of realistic size (changed in place).
 //! Each sample applies one service in west with the CLI and asks east over UDP every 2 ms until
 //! the answer changes; then withdraws it and waits for NXDOMAIN.
 //!

@@ -5,7 +5,8 @@
 //! (deltas applied to the view held, a gap refused).
 //!
 //! It measures, after the mesh converged:
-//! - a steady minute without changes: bytes per second per peer (QUIC, both directions) and
+//! - a steady minute without changes: bytes per second per peer (QUIC datagrams sent, each
+//!   direction of each pair counted once) and
 //!   per sidecar, and each gateway's CPU;
 //! - a run of one-service changes, each applied with `strait apply` in a cluster (one after
 //!   another, round the clusters): the time from the apply until every sidecar of every
@@ -29,10 +30,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use prost::Message;
 use strait_federation::pki::TrustBundle;
-use strait_federation::proto::workload::WatchRequest;
 use strait_federation::proto::workload::workload_client::WorkloadClient;
+use strait_federation::proto::workload::{CatalogView, WatchRequest};
 use strait_federation::tls::{CertStore, TrustStore};
-use strait_federation::view::HeldView;
 use strait_sidecar::config::{Bootstrap, TokenKind};
 use strait_tests::{Gateway, Mesh, http_get, metric, proc_cpu_ticks, wait_for};
 
@@ -84,6 +84,51 @@ fn change_of(address: &str) -> Option<usize> {
     Some(high.parse::<usize>().ok()? * 256 + low.parse::<usize>().ok()?)
 }
 
+/// What a light sidecar keeps of its view: the services' names (hashed: a thousand whole views
+/// of 10,000 services would not fit one process otherwise) and the stream's version. It
+/// applies deltas and refuses one that does not follow, as a sidecar does; the views' contents
+/// are checked by the tests (the convergence simulation, tests/tests/views.rs).
+#[derive(Default)]
+struct LightView {
+    version: Option<u64>,
+    services: std::collections::HashSet<u64>,
+}
+
+impl LightView {
+    fn name(namespace: &str, name: &str) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (namespace, name).hash(&mut hasher);
+        hasher.finish()
+    }
+
+    fn apply(&mut self, message: CatalogView) -> Result<()> {
+        if message.delta_from == 0 {
+            self.services.clear();
+        } else if self.version != Some(message.delta_from) {
+            bail!(
+                "a delta from version {} came to a view at {:?}",
+                message.delta_from,
+                self.version
+            );
+        }
+        for gone in &message.removed_services {
+            self.services
+                .remove(&Self::name(&gone.namespace, &gone.name));
+        }
+        for service in &message.services {
+            self.services
+                .insert(Self::name(&service.namespace, &service.name));
+        }
+        self.version = Some(message.version);
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        self.services.len()
+    }
+}
+
 /// What one light sidecar saw.
 struct Watcher {
     /// The namespaces it asked for (none: every service).
@@ -108,7 +153,7 @@ async fn follow(channel: tonic::transport::Channel, watcher: Arc<Watcher>) {
             })
             .await?
             .into_inner();
-        let mut held = HeldView::default();
+        let mut held = LightView::default();
         while let Some(message) = stream.message().await? {
             let now = Instant::now();
             let bytes = message.encoded_len() as u64 + GRPC_FRAME;
@@ -138,15 +183,16 @@ async fn follow(channel: tonic::transport::Channel, watcher: Arc<Watcher>) {
     }
 }
 
-/// Starts `count` light sidecars on one gateway (one certificate, one connection each), and
-/// `subset.0` more that ask only for the namespaces `subset.1`.
-async fn sidecars(
-    mesh: &Mesh,
-    g: usize,
-    count: usize,
-    subset: (usize, &[String]),
-    changes: usize,
-) -> Result<(Vec<Arc<Watcher>>, Vec<Arc<Watcher>>)> {
+/// What the light sidecars of one gateway dial with: its bootstrap document, the trust
+/// bundle, and a workload certificate.
+struct Credentials {
+    bootstrap: Bootstrap,
+    trust: TrustStore,
+    certs: CertStore,
+}
+
+/// A workload certificate from gateway `g`, as a sidecar gets its first one.
+async fn credentials(mesh: &Mesh, g: usize) -> Result<Credentials> {
     let document = mesh
         .ctl(
             &cluster(g),
@@ -171,9 +217,29 @@ async fn sidecars(
     let certified =
         strait_sidecar::control::certify(anonymous, &bootstrap.token, TokenKind::Bootstrap).await?;
     let certs = CertStore::new(&certified.credential)?;
+    Ok(Credentials {
+        bootstrap,
+        trust,
+        certs,
+    })
+}
+
+/// Starts `count` light sidecars on one gateway (one connection each), and `subset.0` more
+/// that ask only for the namespaces `subset.1`.
+async fn sidecars(
+    credentials: &Credentials,
+    count: usize,
+    subset: (usize, &[String]),
+    changes: usize,
+) -> Result<(Vec<Arc<Watcher>>, Vec<Arc<Watcher>>)> {
+    let Credentials {
+        bootstrap,
+        trust,
+        certs,
+    } = credentials;
     let (mut watchers, mut subsets) = (Vec::new(), Vec::new());
     for i in 0..count + subset.0 {
-        let channel = strait_sidecar::control::channel(&bootstrap, &trust, Some(&certs)).await?;
+        let channel = strait_sidecar::control::channel(bootstrap, trust, Some(certs)).await?;
         let watcher = Arc::new(Watcher {
             namespaces: if i < count {
                 Vec::new()
@@ -327,16 +393,25 @@ fn main() -> Result<()> {
     let subset_namespaces = vec!["ns1".to_owned()];
     let subset_services = total_services / 10;
     let (watchers, subsets): (Vec<Arc<Watcher>>, Vec<Arc<Watcher>>) = runtime.block_on(async {
+        // Every certificate first: the first views of a thousand streams keep both cores busy.
+        let mut credentials = Vec::new();
+        for (g, gateway) in gateways.iter().enumerate() {
+            credentials.push(
+                self::credentials(&mesh, g)
+                    .await
+                    .with_context(|| gateway.log_tail())?,
+            );
+        }
         let (mut all, mut declared) = (Vec::new(), Vec::new());
-        for g in 0..gateways_wanted {
+        for (g, credentials) in credentials.iter().enumerate() {
             let (whole, subset) = sidecars(
-                &mesh,
-                g,
+                credentials,
                 sidecars_per_gateway,
                 (setting("SCALE_DECLARED_SIDECARS", 10), &subset_namespaces),
                 changes,
             )
-            .await?;
+            .await
+            .with_context(|| gateways[g].log_tail())?;
             all.extend(whole);
             declared.extend(subset);
         }
