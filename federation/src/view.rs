@@ -128,20 +128,103 @@ impl Interest {
     }
 }
 
-/// What one message to a sidecar carries about services.
+/// What a sidecar is sent about services: the whole view, or what changed.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ServicesPart {
     /// Whether this is the whole view (else a delta).
     pub whole: bool,
-    pub services: Vec<ServiceView>,
-    pub virtual_addresses: Vec<VirtualAddress>,
+    /// The services, each with its virtual addresses (shared with the log: no copy).
+    pub entries: Vec<Arc<ViewEntry>>,
     pub removed: Vec<ServiceRef>,
 }
+
+/// How many services one message carries at most: a larger view goes in parts, so that no
+/// message (and no connection's buffer, which keeps the largest message's size) holds the
+/// whole catalog.
+pub const SERVICES_PER_MESSAGE: usize = 256;
 
 impl ServicesPart {
     /// Whether a delta changes nothing.
     pub fn is_empty(&self) -> bool {
-        !self.whole && self.services.is_empty() && self.removed.is_empty()
+        !self.whole && self.entries.is_empty() && self.removed.is_empty()
+    }
+
+    /// The messages that carry it on a stream whose last message had version `last`, made one
+    /// at a time as they are taken: `settings` (every field but the services, or `None` when
+    /// they did not change) go in the first; each part after it is a delta of the one before,
+    /// marked `continued` but the last.
+    pub fn messages(self, last: u64, settings: Option<CatalogView>) -> Messages {
+        let settings_kept = settings.is_none();
+        let mut first = settings.unwrap_or_default();
+        first.delta_from = if self.whole { 0 } else { last };
+        first.settings_kept = settings_kept && !self.whole;
+        first.removed_services = self.removed;
+        Messages {
+            first: Some(first),
+            entries: self.entries,
+            at: 0,
+            version: last,
+        }
+    }
+}
+
+/// The messages of a [`ServicesPart`], made as they are taken.
+#[derive(Debug)]
+pub struct Messages {
+    /// The first message, until it is taken.
+    first: Option<CatalogView>,
+    entries: Vec<Arc<ViewEntry>>,
+    /// The next entry to send.
+    at: usize,
+    /// The version of the last message made.
+    version: u64,
+}
+
+impl Messages {
+    /// How many messages there are in all (the one not yet taken included).
+    pub fn len(&self) -> usize {
+        let parts = self.entries.len().div_ceil(SERVICES_PER_MESSAGE).max(1);
+        if self.first.is_some() {
+            parts
+        } else {
+            self.entries
+                .len()
+                .saturating_sub(self.at)
+                .div_ceil(SERVICES_PER_MESSAGE)
+        }
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Iterator for Messages {
+    type Item = CatalogView;
+
+    fn next(&mut self) -> Option<CatalogView> {
+        let mut message = match self.first.take() {
+            Some(first) => first,
+            None if self.at < self.entries.len() => CatalogView {
+                delta_from: self.version,
+                settings_kept: true,
+                ..CatalogView::default()
+            },
+            None => return None,
+        };
+        self.version += 1;
+        message.version = self.version;
+        let end = self.entries.len().min(self.at + SERVICES_PER_MESSAGE);
+        for entry in &self.entries[self.at..end] {
+            message.services.push(entry.service.clone());
+            message
+                .virtual_addresses
+                .extend(entry.virtual_addresses.iter().cloned());
+        }
+        self.at = end;
+        message.continued = self.at < self.entries.len();
+        Some(message)
     }
 }
 
@@ -219,17 +302,16 @@ impl ViewLog {
 
     /// The whole view's services (those asked for).
     pub fn whole(&self, interest: &Interest) -> ServicesPart {
-        let mut part = ServicesPart {
+        ServicesPart {
             whole: true,
-            ..ServicesPart::default()
-        };
-        let asked = self.services.iter().filter(|(k, _)| interest.includes(k));
-        for (_, entry) in asked {
-            part.services.push(entry.service.clone());
-            part.virtual_addresses
-                .extend(entry.virtual_addresses.iter().cloned());
+            entries: self
+                .services
+                .iter()
+                .filter(|(k, _)| interest.includes(k))
+                .map(|(_, entry)| entry.clone())
+                .collect(),
+            removed: Vec::new(),
         }
-        part
     }
 
     /// What changed since `version` among the services asked for: `None` when the log no
@@ -251,11 +333,7 @@ impl ViewLog {
         let mut part = ServicesPart::default();
         for key in touched {
             match self.services.get(key) {
-                Some(entry) => {
-                    part.services.push(entry.service.clone());
-                    part.virtual_addresses
-                        .extend(entry.virtual_addresses.iter().cloned());
-                }
+                Some(entry) => part.entries.push(entry.clone()),
                 None => part.removed.push(ServiceRef {
                     namespace: key.namespace.to_string(),
                     name: key.name.to_string(),
@@ -286,12 +364,15 @@ pub struct HeldView {
     virtual_addresses: BTreeMap<Name, Vec<VirtualAddress>>,
     /// Whether a whole view arrived on this stream.
     started: bool,
+    /// Whether the last message ended a view (no part of it is still to come).
+    complete: bool,
 }
 
 impl HeldView {
     /// Applies one message of the stream. A delta must change the version held; anything else
     /// is refused and leaves the view as it was.
     pub fn apply(&mut self, mut message: CatalogView) -> Result<(), ViewGap> {
+        let continued = std::mem::take(&mut message.continued);
         let services = std::mem::take(&mut message.services);
         let addresses = std::mem::take(&mut message.virtual_addresses);
         let removed = std::mem::take(&mut message.removed_services);
@@ -337,7 +418,13 @@ impl HeldView {
             message.settings_kept = false;
             self.settings = message;
         }
+        self.complete = !continued;
         Ok(())
+    }
+
+    /// Whether the view is whole: started, and no part of its last change still to come.
+    pub fn complete(&self) -> bool {
+        self.started && self.complete
     }
 
     /// How many services the view holds.

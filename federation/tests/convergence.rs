@@ -304,7 +304,7 @@ impl Sidecar {
     }
 
     /// The next message of the stream, as the gateway's stream makes it.
-    fn next(&mut self, views: &ViewLog) -> Option<CatalogView> {
+    fn next(&mut self, views: &ViewLog) -> Option<Vec<CatalogView>> {
         let part = self
             .at
             .and_then(|at| views.delta(at, &self.interest))
@@ -312,19 +312,14 @@ impl Sidecar {
         if part.is_empty() {
             return None;
         }
-        let message = CatalogView {
+        let settings = part.whole.then(|| CatalogView {
             cluster: "sim".into(),
-            version: self.sent + 1,
-            delta_from: if part.whole { 0 } else { self.sent },
-            settings_kept: !part.whole,
-            services: part.services,
-            virtual_addresses: part.virtual_addresses,
-            removed_services: part.removed,
             ..CatalogView::default()
-        };
-        self.sent += 1;
+        });
+        let messages: Vec<CatalogView> = part.messages(self.sent, settings).collect();
+        self.sent += messages.len() as u64;
         self.at = Some(views.version());
-        Some(message)
+        Some(messages)
     }
 }
 
@@ -813,34 +808,41 @@ impl Sim {
                     // starts whole (a stream that loses a message is a broken stream).
                     gateway.sidecars[s].restart();
                 }
-                let Some(message) = gateway.sidecars[s].next(&gateway.views) else {
+                let Some(mut messages) = gateway.sidecars[s].next(&gateway.views) else {
                     continue;
                 };
                 if lost {
+                    // One of the messages is lost (a large view's part, or the only one).
                     self.stats.views_lost += 1;
                     gateway.sidecars[s].lost = true;
-                    continue;
-                }
-                if message.delta_from == 0 {
-                    self.stats.view_wholes += 1;
-                } else {
-                    self.stats.view_deltas += 1;
+                    let dropped = self.rng.below(messages.len());
+                    messages.remove(dropped);
                 }
                 let sidecar = &mut gateway.sidecars[s];
-                let applied = sidecar.held.apply(message);
-                sidecar.lost = false;
-                if let Err(gap) = applied {
-                    self.stats.view_gaps += 1;
-                    assert!(gap.held < gap.from, "{}: a refused delta {gap}", context);
-                    sidecar.restart();
-                    let whole = sidecar
-                        .next(&gateway.views)
-                        .unwrap_or_else(|| panic!("{}: a new stream starts whole", context));
-                    assert_eq!(whole.delta_from, 0);
-                    sidecar
-                        .held
-                        .apply(whole)
-                        .unwrap_or_else(|e| panic!("{}: a whole view refused: {e}", context));
+                for message in messages {
+                    if message.delta_from == 0 {
+                        self.stats.view_wholes += 1;
+                    } else {
+                        self.stats.view_deltas += 1;
+                    }
+                    if let Err(gap) = sidecar.held.apply(message) {
+                        self.stats.view_gaps += 1;
+                        assert!(gap.held < gap.from, "{}: a refused delta {gap}", context);
+                        sidecar.restart();
+                        let whole = sidecar
+                            .next(&gateway.views)
+                            .unwrap_or_else(|| panic!("{}: a new stream starts whole", context));
+                        assert_eq!(whole[0].delta_from, 0);
+                        for message in whole {
+                            sidecar.held.apply(message).unwrap_or_else(|e| {
+                                panic!("{}: a whole view refused: {e}", context)
+                            });
+                        }
+                        break;
+                    }
+                }
+                if !lost {
+                    sidecar.lost = false;
                 }
             }
             // Merging every service from scratch is the slow part of a step: a sample of the
@@ -868,10 +870,21 @@ impl Sim {
                 // Slow, or its last message was lost: it catches up later.
                 continue;
             }
+            assert!(
+                sidecar.held.complete(),
+                "{}: gw{g}'s sidecar {s} holds part of a view",
+                self.context()
+            );
             let want = gateway.views.whole(&sidecar.interest);
+            let want_services: Vec<_> = want.entries.iter().map(|e| e.service.clone()).collect();
+            let want_addresses: Vec<_> = want
+                .entries
+                .iter()
+                .flat_map(|e| e.virtual_addresses.iter().cloned())
+                .collect();
             let held = sidecar.held.whole();
             assert!(
-                held.services == want.services && held.virtual_addresses == want.virtual_addresses,
+                held.services == want_services && held.virtual_addresses == want_addresses,
                 "{}: gw{g}'s sidecar {s} holds another view than a whole one",
                 self.context()
             );

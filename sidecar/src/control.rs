@@ -10,7 +10,8 @@ use strait_federation::identity::SpiffeId;
 use strait_federation::pki::{Credential, TrustBundle, new_csr};
 use strait_federation::proto::workload::workload_client::WorkloadClient;
 use strait_federation::proto::workload::{
-    CertifyRequest, DeregisterRequest, PortSpec, RegisterRequest, ServiceRef, WatchRequest,
+    CertifyRequest, DeregisterRequest, PolicyDocument, PortSpec, RegisterRequest, ServiceRef,
+    WatchRequest,
 };
 use strait_federation::tls::CertStore;
 use strait_io::api::Dial;
@@ -302,6 +303,10 @@ pub async fn watch(shared: Arc<Shared>, channel: Channel) {
             });
             // The version of the stream's last message: a delta must change that one.
             let mut held: Option<u64> = None;
+            // A view whose parts are still coming, and the settings one of them carried: the
+            // parts are taken together, once the last one came.
+            let mut building: Option<Directory> = None;
+            let mut settings: Option<(Vec<PolicyDocument>, String, String)> = None;
             loop {
                 match stream.message().await {
                     Ok(Some(message)) => {
@@ -322,12 +327,25 @@ pub async fn watch(shared: Arc<Shared>, channel: Channel) {
                             }));
                         }
                         held = Some(message.version);
-                        let previous = shared.directory.borrow().clone();
+                        if !(delta && message.settings_kept) {
+                            settings = Some((
+                                message.policies.clone(),
+                                message.trust_bundle_pem.clone(),
+                                message.issuer_fingerprint.clone(),
+                            ));
+                        }
+                        let published = shared.directory.borrow().clone();
+                        let base = building.as_ref().unwrap_or(&published);
                         let mut directory = if delta {
-                            previous.with_delta(&message)
+                            base.with_delta(&message)
                         } else {
-                            Directory::from_view(&message, Some(&previous))
+                            Directory::from_view(&message, Some(base))
                         };
+                        if message.continued {
+                            building = Some(directory);
+                            continue;
+                        }
+                        building = None;
                         directory.watching = watching.clone();
                         // A relay bound to a wildcard address is reached at the gateway's
                         // host, as the sidecar dials it.
@@ -338,16 +356,12 @@ pub async fn watch(shared: Arc<Shared>, channel: Channel) {
                             relay.set_ip(host);
                         }
                         shared.metrics.view_services.set(directory.len() as i64);
-                        if !(delta && message.settings_kept) {
+                        if let Some((policies, bundle, issuer)) = settings.take() {
                             shared
                                 .metrics
-                                .policies_held(&message.policies, directory.policies.refused);
+                                .policies_held(&policies, directory.policies.refused);
                             shared.telemetry.configure(&directory.telemetry);
-                            follow_trust(
-                                &shared,
-                                &message.trust_bundle_pem,
-                                &message.issuer_fingerprint,
-                            );
+                            follow_trust(&shared, &bundle, &issuer);
                         }
                         shared.directory.send_replace(Arc::new(directory));
                         backoff = Duration::from_millis(100);

@@ -41,18 +41,25 @@ fn entry(key: &ServiceKey, endpoints: u64, vips: u64) -> ViewEntry {
     }
 }
 
-/// A message as a gateway stream sends it: whole, or a delta from the stream's last version.
-fn message(part: ServicesPart, from: u64, version: u64) -> CatalogView {
-    CatalogView {
+/// The messages a gateway stream sends for a part, after its message `last`: a whole view with
+/// the settings, a delta without.
+fn send(part: ServicesPart, last: u64) -> Vec<CatalogView> {
+    let settings = part.whole.then(|| CatalogView {
         cluster: "east".into(),
-        version,
-        delta_from: if part.whole { 0 } else { from },
-        settings_kept: !part.whole,
-        services: part.services,
-        virtual_addresses: part.virtual_addresses,
-        removed_services: part.removed,
         ..CatalogView::default()
-    }
+    });
+    part.messages(last, settings).collect()
+}
+
+/// A part's services and virtual addresses, as a whole view lists them.
+fn flat(part: &ServicesPart) -> (Vec<ServiceView>, Vec<VirtualAddress>) {
+    let services = part.entries.iter().map(|e| e.service.clone()).collect();
+    let addresses = part
+        .entries
+        .iter()
+        .flat_map(|e| e.virtual_addresses.iter().cloned())
+        .collect();
+    (services, addresses)
 }
 
 /// A deterministic pseudo-random source.
@@ -127,30 +134,31 @@ fn sidecars_that_take_deltas_lose_some_and_fall_behind_always_hold_the_whole_vie
                 if part.is_empty() {
                     continue;
                 }
-                let from = follower.stream_version;
-                follower.stream_version += 1;
-                let sent = message(part, from, follower.stream_version);
+                let sent = send(part, follower.stream_version);
+                follower.stream_version = sent.last().map_or(0, |m| m.version);
                 follower.at = Some(log.version());
                 if i == 3 && walk.next(5) == 0 {
                     // Lost: the next delta will not follow what the sidecar holds.
                     continue;
                 }
-                match follower.held.apply(sent) {
-                    Ok(()) => {}
-                    Err(gap) => {
+                for message in sent {
+                    if let Err(gap) = follower.held.apply(message) {
                         gaps += 1;
                         assert!(gap.from > gap.held || gap.held == 0, "{gap}");
                         // The sidecar starts a new stream: a whole view.
-                        let whole = message(log.whole(&follower.interest), 0, 1);
-                        follower.stream_version = 1;
-                        follower.held.apply(whole).unwrap();
+                        let whole = send(log.whole(&follower.interest), 0);
+                        follower.stream_version = whole.last().map_or(0, |m| m.version);
+                        for message in whole {
+                            follower.held.apply(message).unwrap();
+                        }
+                        break;
                     }
                 }
-                let want = message(log.whole(&follower.interest), 0, follower.stream_version);
+                assert!(follower.held.complete());
                 let held = follower.held.whole();
                 assert_eq!(
                     (held.services, held.virtual_addresses),
-                    (want.services, want.virtual_addresses),
+                    flat(&log.whole(&follower.interest)),
                     "seed {seed} step {step} follower {i}"
                 );
             }
@@ -174,10 +182,15 @@ fn a_one_service_change_is_a_delta_of_that_service_alone() {
     let changed = key("shop", "s500");
     assert!(log.update([(changed.clone(), Some(entry(&changed, 3, 2)))]));
     let delta = log.delta(before, &Interest::default()).unwrap();
-    assert_eq!(delta.services.len(), 1);
-    assert_eq!(delta.services[0].name, "s500");
-    assert_eq!(delta.virtual_addresses.len(), 2);
+    assert_eq!(delta.entries.len(), 1);
+    assert_eq!(delta.entries[0].service.name, "s500");
+    assert_eq!(delta.entries[0].virtual_addresses.len(), 2);
     assert!(delta.removed.is_empty());
+    // One message, which names the version before it.
+    let sent = send(delta, 7);
+    assert_eq!(sent.len(), 1);
+    assert_eq!((sent[0].version, sent[0].delta_from), (8, 7));
+    assert!(sent[0].settings_kept && !sent[0].continued);
     assert_eq!(
         log.delta(log.version(), &Interest::default()).unwrap(),
         ServicesPart::default()
@@ -185,7 +198,7 @@ fn a_one_service_change_is_a_delta_of_that_service_alone() {
     // A sidecar that asked for another namespace hears nothing of it.
     let elsewhere = Interest::of(&["pay".to_owned()], &[]);
     assert!(log.delta(before, &elsewhere).unwrap().is_empty());
-    assert!(log.whole(&elsewhere).services.is_empty());
+    assert!(log.whole(&elsewhere).entries.is_empty());
     let one = Interest::of(
         &[],
         &[ServiceRef {
@@ -193,14 +206,14 @@ fn a_one_service_change_is_a_delta_of_that_service_alone() {
             name: "s7".into(),
         }],
     );
-    assert_eq!(log.whole(&one).services.len(), 1);
+    assert_eq!(log.whole(&one).entries.len(), 1);
     // Setting a service to what it is changes nothing.
     assert!(!log.update([(changed.clone(), Some(entry(&changed, 3, 2)))]));
     // A removal is named.
     assert!(log.update([(changed.clone(), None)]));
     let delta = log.delta(log.version() - 1, &Interest::default()).unwrap();
     assert_eq!(delta.removed.len(), 1);
-    assert!(delta.services.is_empty());
+    assert!(delta.entries.is_empty());
 }
 
 #[test]
@@ -216,10 +229,7 @@ fn a_version_the_log_no_longer_covers_gets_no_delta() {
         log.delta(1, &Interest::default()).is_none(),
         "changes 2 and 1 were dropped"
     );
-    assert_eq!(
-        log.delta(2, &Interest::default()).unwrap().services.len(),
-        3
-    );
+    assert_eq!(log.delta(2, &Interest::default()).unwrap().entries.len(), 3);
     assert!(
         log.delta(6, &Interest::default()).is_none(),
         "a version the log never made"
@@ -261,4 +271,45 @@ fn a_delta_before_any_whole_view_or_out_of_turn_is_refused_and_changes_nothing()
     held.apply(delta).unwrap();
     assert_eq!(held.whole().cluster, "east");
     assert_eq!(held.version(), 2);
+}
+
+#[test]
+fn a_large_view_goes_in_parts_that_are_taken_together() {
+    let mut log = ViewLog::default();
+    log.update((0..1000).map(|i| {
+        let k = key("shop", &format!("s{i:04}"));
+        let e = entry(&k, 1, 1);
+        (k, Some(e))
+    }));
+    let sent = send(log.whole(&Interest::default()), 0);
+    // 256 services a message: four messages, each a delta of the one before but the first.
+    assert_eq!(
+        sent.iter().map(|m| m.services.len()).collect::<Vec<_>>(),
+        vec![256, 256, 256, 232]
+    );
+    assert_eq!(
+        sent.iter()
+            .map(|m| (m.version, m.delta_from, m.continued))
+            .collect::<Vec<_>>(),
+        vec![(1, 0, true), (2, 1, true), (3, 2, true), (4, 3, false)]
+    );
+    assert_eq!(sent[0].cluster, "east");
+    assert!(
+        sent[1..]
+            .iter()
+            .all(|m| m.settings_kept && m.cluster.is_empty())
+    );
+    let mut held = HeldView::default();
+    for message in sent {
+        assert!(!held.complete());
+        held.apply(message).unwrap();
+    }
+    assert!(held.complete());
+    assert_eq!(held.len(), 1000);
+    let whole = held.whole();
+    assert_eq!(
+        (whole.services, whole.virtual_addresses),
+        flat(&log.whole(&Interest::default()))
+    );
+    assert_eq!(whole.cluster, "east");
 }

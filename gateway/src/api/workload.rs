@@ -24,23 +24,18 @@ use strait_federation::proto::workload::{
     ClusterLocation, MetricsReply, MetricsReport, TapReply, TapReport, Telemetry, UsageReply,
     UsageReport,
 };
-use strait_federation::view::Interest;
+use strait_federation::view::{Interest, Messages};
 
 /// The largest CSR accepted.
 const MAX_CSR: usize = 16 << 10;
 /// Changes closer together than this reach sidecars as one view.
 const COALESCE: Duration = Duration::from_millis(50);
-/// Whole views made at once. Each holds the whole catalog until the sidecar's connection takes
-/// it (megabytes at 10,000 services): a thousand sidecars connecting at once (a gateway's
-/// restart) must not hold a thousand of them.
-const WHOLE_VIEWS_AT_ONCE: usize = 4;
 
 /// The workload API service.
 pub fn server(shared: Arc<Shared>) -> WorkloadServer<WorkloadApi> {
     WorkloadServer::new(WorkloadApi {
         shared,
         policies: Arc::default(),
-        whole_views: Arc::new(tokio::sync::Semaphore::new(WHOLE_VIEWS_AT_ONCE)),
     })
 }
 
@@ -53,8 +48,6 @@ pub struct WorkloadApi {
     shared: Arc<Shared>,
     /// Sorted once per policy change, whatever the number of sidecars watching.
     policies: Arc<PolicyCache>,
-    /// Places for whole views being made or handed over ([`WHOLE_VIEWS_AT_ONCE`]).
-    whole_views: Arc<tokio::sync::Semaphore>,
 }
 
 /// The caller's workload identity; other callers are refused.
@@ -196,14 +189,9 @@ struct Follower {
 }
 
 impl Follower {
-    /// Whether the next message will be a whole view (the first of a stream, or every one to
-    /// a sidecar that takes no deltas).
-    fn whole_next(&self) -> bool {
-        self.at.is_none() || !self.deltas
-    }
-
-    /// The next message, or `None` when nothing changed for this sidecar.
-    fn next(&mut self, api: &WorkloadApi) -> Option<CatalogView> {
+    /// The next messages (one, or a large view's parts, made as they are taken), or `None`
+    /// when nothing changed for this sidecar.
+    fn next(&mut self, api: &WorkloadApi) -> Option<Messages> {
         let generation = api.shared.views.settings();
         let (version, part) = {
             let log = lock(&api.shared.views.log);
@@ -220,20 +208,11 @@ impl Follower {
         if part.is_empty() && settings_kept {
             return None;
         }
-        let mut message = if settings_kept {
-            CatalogView::default()
-        } else {
-            api.settings(self.namespace.as_ref())
-        };
-        message.version = self.sent + 1;
-        message.delta_from = if part.whole { 0 } else { self.sent };
-        message.settings_kept = settings_kept;
-        message.services = part.services;
-        message.virtual_addresses = part.virtual_addresses;
-        message.removed_services = part.removed;
-        self.sent += 1;
+        let settings = (!settings_kept).then(|| api.settings(self.namespace.as_ref()));
+        let messages = part.messages(self.sent, settings);
+        self.sent += messages.len() as u64;
         self.at = Some((version, generation));
-        Some(message)
+        Some(messages)
     }
 }
 
@@ -451,26 +430,14 @@ impl Workload for WorkloadApi {
             let _watching = watching;
             loop {
                 changes.borrow_and_update();
-                let place = match follower.whole_next() {
-                    true => match api.whole_views.clone().acquire_owned().await {
-                        Ok(place) => Some(place),
-                        Err(_) => return,
-                    },
-                    false => None,
-                };
-                if let Some(message) = follower.next(&api) {
+                // A large view goes in parts, each made once the one before was taken: a
+                // thousand sidecars connecting at once (a gateway's restart) never hold a
+                // thousand whole catalogs.
+                for message in follower.next(&api).into_iter().flatten() {
                     if tx.send(Ok(message)).await.is_err() {
                         return;
                     }
-                    if place.is_some() {
-                        // The place is given back once the connection took the view.
-                        match tx.reserve().await {
-                            Ok(slot) => drop(slot),
-                            Err(_) => return,
-                        }
-                    }
                 }
-                drop(place);
                 tokio::select! {
                     changed = changes.changed() => if changed.is_err() { return },
                     () = shutdown.cancelled() => return,
