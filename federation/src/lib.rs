@@ -24,6 +24,7 @@ pub mod location;
 pub mod pki;
 pub mod policy;
 pub mod resource;
+pub mod seeded;
 pub mod session;
 pub mod text;
 pub mod tls;

@@ -4,6 +4,7 @@
 use super::*;
 use crate::identity::{Namespace, ServiceName};
 use crate::proto::workload::{Backend, EndpointView};
+use crate::seeded::Seeded;
 
 fn key(namespace: &str, name: &str) -> ServiceKey {
     ServiceKey {
@@ -63,15 +64,11 @@ fn flat(part: &ServicesPart) -> (Vec<ServiceView>, Vec<VirtualAddress>) {
 }
 
 /// A deterministic pseudo-random source.
-struct Walk(u64);
+struct Walk(Seeded);
 
 impl Walk {
     fn next(&mut self, below: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 33) % below
+        self.0.below(below)
     }
 }
 
@@ -87,7 +84,7 @@ struct Follower {
 #[test]
 fn sidecars_that_take_deltas_lose_some_and_fall_behind_always_hold_the_whole_view() {
     for seed in 1..=20 {
-        let mut walk = Walk(seed);
+        let mut walk = Walk(Seeded::new(seed));
         let mut log = ViewLog::new(40);
         let mut followers: Vec<Follower> = (0..4)
             .map(|i| Follower {

@@ -6,6 +6,7 @@ use strait_federation::policy::authorization::{Decision, Request};
 use strait_federation::proto::workload::{
     Backend, EndpointView, PolicyDocument, PortSpec, ServiceView, VirtualAddress,
 };
+use strait_federation::seeded::Seeded;
 
 fn view() -> CatalogView {
     let endpoint = |address: &str, hostname: &str| EndpointView {
@@ -267,15 +268,11 @@ fn an_unchanged_policy_set_keeps_its_table_across_views() {
 }
 
 /// A deterministic pseudo-random source.
-struct Walk(u64);
+struct Walk(Seeded);
 
 impl Walk {
     fn next(&mut self, below: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 33) % below
+        self.0.below(below)
     }
 
     /// One service as a gateway could send it: endpoints here and elsewhere, virtual addresses.
@@ -359,7 +356,7 @@ fn answers(directory: &Directory) -> Vec<String> {
 #[test]
 fn a_directory_kept_by_deltas_answers_as_one_built_from_the_whole_view() {
     use strait_federation::view::{HeldView, Interest, ViewLog};
-    let mut walk = Walk(11);
+    let mut walk = Walk(Seeded::new(11));
     let mut log = ViewLog::default();
     let everything = Interest::default();
     let mut held = HeldView::default();

@@ -5,6 +5,7 @@ use crate::dns::vip::CidrRange;
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{RData, RecordType};
 use strait_federation::catalog::{Endpoint, Port, Protocol, ServiceSpec};
+use strait_federation::seeded::Seeded;
 
 fn spec(export: bool, pods: &[&str]) -> ServiceSpec {
     ServiceSpec {
@@ -296,15 +297,11 @@ fn answers_are_compressed() {
 
 /// A pseudo-random walk over a small catalog: services come and go, gain and lose pods, change
 /// ports and clusters, and stop being exported.
-struct Walk(u64);
+struct Walk(Seeded);
 
 impl Walk {
     fn next(&mut self, below: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 33) % below
+        self.0.below(below)
     }
 
     fn service(&mut self, name: &str) -> ClustersetService {
@@ -354,7 +351,7 @@ fn a_zone_changed_in_place_answers_byte_for_byte_as_a_rebuilt_one() {
         ttl: 5,
         server: Some("127.0.0.1".parse().unwrap()),
     };
-    let mut walk = Walk(7);
+    let mut walk = Walk(Seeded::new(7));
     let names: Vec<String> = (0..40).map(|i| format!("svc-{i}")).collect();
     let mut catalog: BTreeMap<ServiceKey, ClustersetService> = BTreeMap::new();
     for name in &names {
