@@ -164,6 +164,16 @@ impl ServicesPart {
             entries: self.entries,
             at: 0,
             version: last,
+            per_message: SERVICES_PER_MESSAGE,
+        }
+    }
+
+    /// As [`ServicesPart::messages`], in one message whatever its size: for a sidecar that
+    /// takes no deltas (an older one), which would take each part for the whole view.
+    pub fn message(self, last: u64, settings: Option<CatalogView>) -> Messages {
+        Messages {
+            per_message: usize::MAX,
+            ..self.messages(last, settings)
         }
     }
 }
@@ -178,19 +188,22 @@ pub struct Messages {
     at: usize,
     /// The version of the last message made.
     version: u64,
+    /// Services a message carries at most.
+    per_message: usize,
 }
 
 impl Messages {
     /// How many messages there are in all (the one not yet taken included).
     pub fn len(&self) -> usize {
-        let parts = self.entries.len().div_ceil(SERVICES_PER_MESSAGE).max(1);
+        let parts = self
+            .entries
+            .len()
+            .saturating_sub(self.at)
+            .div_ceil(self.per_message);
         if self.first.is_some() {
-            parts
+            parts.max(1)
         } else {
-            self.entries
-                .len()
-                .saturating_sub(self.at)
-                .div_ceil(SERVICES_PER_MESSAGE)
+            parts
         }
     }
 
@@ -215,7 +228,10 @@ impl Iterator for Messages {
         };
         self.version += 1;
         message.version = self.version;
-        let end = self.entries.len().min(self.at + SERVICES_PER_MESSAGE);
+        let end = self
+            .entries
+            .len()
+            .min(self.at.saturating_add(self.per_message));
         for entry in &self.entries[self.at..end] {
             message.services.push(entry.service.clone());
             message

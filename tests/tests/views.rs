@@ -89,3 +89,87 @@ fn sidecars_follow_changes_by_deltas_and_one_that_declares_its_services_holds_on
     );
     Ok(())
 }
+
+/// A sidecar of an older strait takes no deltas: every message must be a whole view, in one
+/// message even past the size at which views go in parts (it would take a part for the whole).
+#[test]
+fn a_sidecar_that_takes_no_deltas_gets_each_view_whole_in_one_message() -> Result<()> {
+    use strait_federation::pki::TrustBundle;
+    use strait_federation::proto::workload::WatchRequest;
+    use strait_federation::proto::workload::workload_client::WorkloadClient;
+    use strait_federation::tls::{CertStore, TrustStore};
+    use strait_sidecar::config::{Bootstrap, TokenKind};
+
+    let mesh = strait_tests::Mesh::new()?;
+    let _east = mesh.start("east", None)?;
+    let services: Vec<String> = (0..300)
+        .map(|i| strait_tests::service("shop", &format!("svc-{i}"), true, 8080))
+        .collect();
+    mesh.apply("east", "many.yaml", &services.join("---\n"))
+        .success()?;
+    let document = mesh
+        .ctl(
+            "east",
+            &["sidecar", "token", "-n", "shop", "--service-account", "old"],
+        )
+        .success()?;
+    let bootstrap: Bootstrap = serde_saphyr::from_str(&document)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let seen = runtime.block_on(async {
+        strait_federation::tls::install_default_provider();
+        let bundle = TrustBundle::from_pem(
+            bootstrap.trust_domain.clone(),
+            &bootstrap.bundle,
+            std::path::Path::new("bootstrap"),
+        )?;
+        let trust = TrustStore::new(bundle)?;
+        let anonymous = strait_sidecar::control::channel(&bootstrap, &trust, None).await?;
+        let certified =
+            strait_sidecar::control::certify(anonymous, &bootstrap.token, TokenKind::Bootstrap)
+                .await?;
+        let certs = CertStore::new(&certified.credential)?;
+        let channel = strait_sidecar::control::channel(&bootstrap, &trust, Some(&certs)).await?;
+        let mut stream = WorkloadClient::new(channel)
+            .watch(WatchRequest::default())
+            .await?
+            .into_inner();
+        // Every message whole and alone, until one holds the 300 services (the first may come
+        // before the apply reached the view), then until one holds the change.
+        let mut seen = Vec::new();
+        let mut changed = false;
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(10), stream.message())
+                .await??
+                .ok_or_else(|| anyhow::anyhow!("the stream ended"))?;
+            ensure!(
+                message.delta_from == 0 && !message.continued,
+                "message {}: a delta from {} (continued {})",
+                seen.len() + 1,
+                message.delta_from,
+                message.continued
+            );
+            let moved = message
+                .services
+                .iter()
+                .any(|s| s.name == "svc-0" && s.ports.iter().any(|p| p.port == 9090));
+            seen.push(message.services.len());
+            if moved {
+                ensure!(message.services.len() == 300, "{seen:?}");
+                return anyhow::Ok(seen);
+            }
+            if message.services.len() == 300 && !changed {
+                changed = true;
+                mesh.apply(
+                    "east",
+                    "one.yaml",
+                    &strait_tests::service("shop", "svc-0", true, 9090),
+                )
+                .success()?;
+            }
+        }
+    })?;
+    ensure!(seen.len() >= 2, "{seen:?}");
+    Ok(())
+}

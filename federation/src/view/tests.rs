@@ -309,4 +309,9 @@ fn a_large_view_goes_in_parts_that_are_taken_together() {
         flat(&log.whole(&Interest::default()))
     );
     assert_eq!(whole.cluster, "east");
+    // A sidecar that takes no deltas gets it in one message.
+    let one: Vec<CatalogView> = log.whole(&Interest::default()).message(0, None).collect();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].services.len(), 1000);
+    assert!(!one[0].continued && one[0].delta_from == 0);
 }

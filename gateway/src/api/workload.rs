@@ -209,7 +209,12 @@ impl Follower {
             return None;
         }
         let settings = (!settings_kept).then(|| api.settings(self.namespace.as_ref()));
-        let messages = part.messages(self.sent, settings);
+        let messages = if self.deltas {
+            part.messages(self.sent, settings)
+        } else {
+            // An older sidecar takes every message for the whole view: never in parts.
+            part.message(self.sent, settings)
+        };
         self.sent += messages.len() as u64;
         self.at = Some((version, generation));
         Some(messages)
