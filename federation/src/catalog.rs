@@ -649,43 +649,27 @@ fn sorted_ports(spec: &ServiceSpec) -> Vec<(&str, u16, Protocol)> {
     ports
 }
 
-/// Merges a cluster's own services with its imports into one service per key.
+/// Merges a cluster's own services with its imports into one service per key (in key order),
+/// each as [`clusterset_service`] makes it.
 pub fn clusterset<'a>(
     local_cluster: &ClusterName,
     local: &'a BTreeMap<ServiceKey, ServiceSpec>,
     imports: impl IntoIterator<Item = (&'a ClusterName, &'a ImportedCatalog)>,
 ) -> Vec<ClustersetService> {
-    let mut merged: BTreeMap<ServiceKey, ClustersetService> = BTreeMap::new();
-    for (key, spec) in local {
-        merged.insert(
-            key.clone(),
-            ClustersetService {
-                key: key.clone(),
-                exported: spec.export,
-                backends: vec![(local_cluster.clone(), spec.clone())],
-            },
-        );
-    }
-    let mut imports: Vec<_> = imports.into_iter().collect();
-    imports.sort_by(|a, b| a.0.cmp(b.0));
-    for (cluster, imported) in imports {
-        for (key, spec) in &imported.services {
-            merged
-                .entry(key.clone())
-                .or_insert_with(|| ClustersetService {
-                    key: key.clone(),
-                    exported: false,
-                    backends: Vec::new(),
-                })
-                .backends
-                .push((cluster.clone(), spec.clone()));
-        }
-    }
-    merged.into_values().collect()
+    let imports: Vec<_> = imports.into_iter().collect();
+    let keys: std::collections::BTreeSet<&ServiceKey> = local
+        .keys()
+        .chain(imports.iter().flat_map(|(_, i)| i.services.keys()))
+        .collect();
+    keys.into_iter()
+        .filter_map(|key| {
+            clusterset_service(key, local_cluster, local.get(key), imports.iter().copied())
+        })
+        .collect()
 }
 
-/// One service of the clusterset view, as [`clusterset`] would make it: from this cluster's
-/// own instance and the imports (in cluster order); `None` when no cluster serves it.
+/// One service of the clusterset view: this cluster's own instance first, then the imports in
+/// cluster order; `None` when no cluster serves it.
 pub fn clusterset_service<'a>(
     key: &ServiceKey,
     local_cluster: &ClusterName,

@@ -4,7 +4,7 @@
 //! streams, which send each sidecar only what changed since the view it holds. The work of a
 //! change follows the change, not the catalog's size.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -94,8 +94,8 @@ impl Views {
 
 /// The task's own state between passes.
 struct Keeper {
-    /// The clusterset view as last merged.
-    merged: HashMap<ServiceKey, ClustersetService>,
+    /// The clusterset view as last merged, in key order (the zone is built in that order).
+    merged: BTreeMap<ServiceKey, ClustersetService>,
     dns: Option<ZoneKeeper>,
 }
 
@@ -103,7 +103,7 @@ struct Keeper {
 /// task that keeps them current.
 pub fn start(shared: &Arc<Shared>, dns: Option<ZoneKeeper>) {
     let mut keeper = Keeper {
-        merged: HashMap::new(),
+        merged: BTreeMap::new(),
         dns,
     };
     keeper.pass(shared, shared.views.take_touched());
@@ -191,8 +191,7 @@ impl Keeper {
         }
         if let Some(dns) = &mut self.dns {
             if dns.rebuilds() {
-                let mut all: Vec<ClustersetService> = self.merged.values().cloned().collect();
-                all.sort_by(|a, b| a.key.cmp(&b.key));
+                let all: Vec<ClustersetService> = self.merged.values().cloned().collect();
                 dns.build(shared, &all);
             } else {
                 dns.update(shared, &changed);
