@@ -368,6 +368,20 @@ pub struct ViewGap {
     pub held: u64,
 }
 
+impl ViewGap {
+    /// Whether a message may be taken by a stream whose last message had version `held`
+    /// (`None`: none yet): a whole view always, a delta only when it changes that version.
+    pub fn check(held: Option<u64>, message: &CatalogView) -> Result<(), ViewGap> {
+        if message.delta_from == 0 || held == Some(message.delta_from) {
+            return Ok(());
+        }
+        Err(ViewGap {
+            from: message.delta_from,
+            held: held.unwrap_or(0),
+        })
+    }
+}
+
 /// A service in a sidecar's view, by namespace and name as sent.
 type Name = (String, String);
 
@@ -392,18 +406,8 @@ impl HeldView {
         let services = std::mem::take(&mut message.services);
         let addresses = std::mem::take(&mut message.virtual_addresses);
         let removed = std::mem::take(&mut message.removed_services);
-        if message.delta_from != 0 {
-            if !self.started || message.delta_from != self.settings.version {
-                return Err(ViewGap {
-                    from: message.delta_from,
-                    held: if self.started {
-                        self.settings.version
-                    } else {
-                        0
-                    },
-                });
-            }
-        } else {
+        ViewGap::check(self.started.then_some(self.settings.version), &message)?;
+        if message.delta_from == 0 {
             self.services.clear();
             self.virtual_addresses.clear();
             self.started = true;

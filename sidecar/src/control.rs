@@ -320,12 +320,7 @@ pub async fn watch(shared: Arc<Shared>, channel: Channel) {
                             .metrics
                             .view_bytes
                             .inc_by(prost::Message::encoded_len(&message) as u64);
-                        if delta && held != Some(message.delta_from) {
-                            return Err(StreamLost::Gap(ViewGap {
-                                from: message.delta_from,
-                                held: held.unwrap_or(0),
-                            }));
-                        }
+                        ViewGap::check(held, &message).map_err(StreamLost::Gap)?;
                         held = Some(message.version);
                         if !(delta && message.settings_kept) {
                             settings = Some((

@@ -29,11 +29,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use prost::Message;
-use strait_federation::pki::TrustBundle;
 use strait_federation::proto::workload::workload_client::WorkloadClient;
 use strait_federation::proto::workload::{CatalogView, WatchRequest};
-use strait_federation::tls::{CertStore, TrustStore};
-use strait_sidecar::config::{Bootstrap, TokenKind};
+
+use strait_federation::view::ViewGap;
+use strait_tests::workloads::WorkloadCredentials;
 use strait_tests::{Gateway, Mesh, http_get, metric, proc_cpu_ticks, wait_for};
 
 /// Clock ticks per second of /proc/PID/stat.
@@ -105,14 +105,9 @@ impl LightView {
     }
 
     fn apply(&mut self, message: CatalogView) -> Result<()> {
+        ViewGap::check(self.version, &message)?;
         if message.delta_from == 0 {
             self.services.clear();
-        } else if self.version != Some(message.delta_from) {
-            bail!(
-                "a delta from version {} came to a view at {:?}",
-                message.delta_from,
-                self.version
-            );
         }
         for gone in &message.removed_services {
             self.services
@@ -191,65 +186,17 @@ async fn follow(channel: tonic::transport::Channel, watcher: Arc<Watcher>) {
     }
 }
 
-/// What the light sidecars of one gateway dial with: its bootstrap document, the trust
-/// bundle, and a workload certificate.
-struct Credentials {
-    bootstrap: Bootstrap,
-    trust: TrustStore,
-    certs: CertStore,
-}
-
-/// A workload certificate from gateway `g`, as a sidecar gets its first one.
-async fn credentials(mesh: &Mesh, g: usize) -> Result<Credentials> {
-    let document = mesh
-        .ctl(
-            &cluster(g),
-            &[
-                "sidecar",
-                "token",
-                // A namespace of their own, with no service: a declared sidecar then holds
-                // exactly what it declared.
-                "-n",
-                "bench",
-                "--service-account",
-                "bench",
-            ],
-        )
-        .success()?;
-    let bootstrap: Bootstrap = serde_saphyr::from_str(&document)?;
-    let bundle = TrustBundle::from_pem(
-        bootstrap.trust_domain.clone(),
-        &bootstrap.bundle,
-        std::path::Path::new("bootstrap"),
-    )?;
-    let trust = TrustStore::new(bundle)?;
-    let anonymous = strait_sidecar::control::channel(&bootstrap, &trust, None).await?;
-    let certified =
-        strait_sidecar::control::certify(anonymous, &bootstrap.token, TokenKind::Bootstrap).await?;
-    let certs = CertStore::new(&certified.credential)?;
-    Ok(Credentials {
-        bootstrap,
-        trust,
-        certs,
-    })
-}
-
 /// Starts `count` light sidecars on one gateway (one connection each), and `subset.0` more
 /// that ask only for the namespaces `subset.1`.
 async fn sidecars(
-    credentials: &Credentials,
+    credentials: &WorkloadCredentials,
     count: usize,
     subset: (usize, &[String]),
     changes: usize,
 ) -> Result<(Vec<Arc<Watcher>>, Vec<Arc<Watcher>>)> {
-    let Credentials {
-        bootstrap,
-        trust,
-        certs,
-    } = credentials;
     let (mut watchers, mut subsets) = (Vec::new(), Vec::new());
     for i in 0..count + subset.0 {
-        let channel = strait_sidecar::control::channel(bootstrap, trust, Some(certs)).await?;
+        let channel = credentials.channel().await?;
         let watcher = Arc::new(Watcher {
             namespaces: if i < count {
                 Vec::new()
@@ -406,8 +353,10 @@ fn main() -> Result<()> {
         // Every certificate first: the first views of a thousand streams keep both cores busy.
         let mut credentials = Vec::new();
         for (g, gateway) in gateways.iter().enumerate() {
+            // A namespace of their own, with no service: a declared sidecar then holds
+            // exactly what it declared.
             credentials.push(
-                self::credentials(&mesh, g)
+                WorkloadCredentials::certify(&mesh, &cluster(g), "bench", "bench")
                     .await
                     .with_context(|| gateway.log_tail())?,
             );

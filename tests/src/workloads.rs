@@ -188,3 +188,65 @@ pub fn get(proxy: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) 
         body: body.to_owned(),
     })
 }
+
+/// A workload certificate from a cluster's gateway, got as a sidecar gets its first one (a
+/// bootstrap token, then `Certify`), and what dials the gateway's workload API with it: for
+/// tests and benchmarks that speak the API without a sidecar.
+pub struct WorkloadCredentials {
+    bootstrap: strait_sidecar::config::Bootstrap,
+    trust: strait_federation::tls::TrustStore,
+    certs: strait_federation::tls::CertStore,
+}
+
+impl WorkloadCredentials {
+    /// Certifies `namespace/account` at `cluster`'s gateway.
+    pub async fn certify(
+        mesh: &Mesh,
+        cluster: &str,
+        namespace: &str,
+        account: &str,
+    ) -> Result<Self> {
+        let document = mesh
+            .ctl(
+                cluster,
+                &[
+                    "sidecar",
+                    "token",
+                    "-n",
+                    namespace,
+                    "--service-account",
+                    account,
+                ],
+            )
+            .success()?;
+        let bootstrap: strait_sidecar::config::Bootstrap = serde_saphyr::from_str(&document)?;
+        let bundle = strait_federation::pki::TrustBundle::from_pem(
+            bootstrap.trust_domain.clone(),
+            &bootstrap.bundle,
+            std::path::Path::new("bootstrap"),
+        )?;
+        let trust = strait_federation::tls::TrustStore::new(bundle)?;
+        let anonymous = strait_sidecar::control::channel(&bootstrap, &trust, None).await?;
+        let certified = strait_sidecar::control::certify(
+            anonymous,
+            &bootstrap.token,
+            strait_sidecar::config::TokenKind::Bootstrap,
+        )
+        .await?;
+        let certs = strait_federation::tls::CertStore::new(&certified.credential)?;
+        Ok(Self {
+            bootstrap,
+            trust,
+            certs,
+        })
+    }
+
+    /// A new connection to the gateway's API presenting the certificate (dialled at its first
+    /// call).
+    pub async fn channel(&self) -> Result<tonic::transport::Channel> {
+        Ok(
+            strait_sidecar::control::channel(&self.bootstrap, &self.trust, Some(&self.certs))
+                .await?,
+        )
+    }
+}

@@ -94,11 +94,9 @@ fn sidecars_follow_changes_by_deltas_and_one_that_declares_its_services_holds_on
 /// message even past the size at which views go in parts (it would take a part for the whole).
 #[test]
 fn a_sidecar_that_takes_no_deltas_gets_each_view_whole_in_one_message() -> Result<()> {
-    use strait_federation::pki::TrustBundle;
     use strait_federation::proto::workload::WatchRequest;
     use strait_federation::proto::workload::workload_client::WorkloadClient;
-    use strait_federation::tls::{CertStore, TrustStore};
-    use strait_sidecar::config::{Bootstrap, TokenKind};
+    use strait_tests::workloads::WorkloadCredentials;
 
     let mesh = strait_tests::Mesh::new()?;
     let _east = mesh.start("east", None)?;
@@ -107,30 +105,13 @@ fn a_sidecar_that_takes_no_deltas_gets_each_view_whole_in_one_message() -> Resul
         .collect();
     mesh.apply("east", "many.yaml", &services.join("---\n"))
         .success()?;
-    let document = mesh
-        .ctl(
-            "east",
-            &["sidecar", "token", "-n", "shop", "--service-account", "old"],
-        )
-        .success()?;
-    let bootstrap: Bootstrap = serde_saphyr::from_str(&document)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let seen = runtime.block_on(async {
         strait_federation::tls::install_default_provider();
-        let bundle = TrustBundle::from_pem(
-            bootstrap.trust_domain.clone(),
-            &bootstrap.bundle,
-            std::path::Path::new("bootstrap"),
-        )?;
-        let trust = TrustStore::new(bundle)?;
-        let anonymous = strait_sidecar::control::channel(&bootstrap, &trust, None).await?;
-        let certified =
-            strait_sidecar::control::certify(anonymous, &bootstrap.token, TokenKind::Bootstrap)
-                .await?;
-        let certs = CertStore::new(&certified.credential)?;
-        let channel = strait_sidecar::control::channel(&bootstrap, &trust, Some(&certs)).await?;
+        let credentials = WorkloadCredentials::certify(&mesh, "east", "shop", "old").await?;
+        let channel = credentials.channel().await?;
         let mut stream = WorkloadClient::new(channel)
             .watch(WatchRequest::default())
             .await?
