@@ -5,15 +5,22 @@
 #   bench/dataplane.sh                  # build strait, install what is missing, run everything
 #   BENCH_DURATION=5 bench/dataplane.sh # shorter runs
 #
+# Every proxy is up at once and each figure is the median of BENCH_RUNS rounds; a round times
+# every variant once, in an order that rotates from round to round, so that a burst of other
+# load on the machine falls on different variants in different rounds instead of on one.
+#
 # Settings (environment): BENCH_DURATION (s, default 10), BENCH_WARMUP (s, 2),
+# BENCH_RUNS (rounds of timed runs, the median is reported, 3),
 # BENCH_CONNECTIONS (64), BENCH_THREADS (wrk threads, 2), BENCH_RATE (req/s of the rate-limited
-# run that samples memory, 1000), BENCH_RATE_SECONDS (6), BENCH_BULK_BYTES (1073741824),
-# BENCH_BULK_RUNS (transfers per bulk variant, the fastest is reported, 2),
-# BENCH_PROXY_THREADS (worker threads of Envoy and HAProxy, default: number of cores, which is
-# also what strait's runtime uses), BENCH_MAX_SECONDS (hard limit after the build, 600),
-# BENCH_PORT_BASE (first loopback port tried), STRAIT_BIN (use this binary, skip the build),
-# BENCH_INSTALL_ONLY=1 (install the tools, run nothing), BENCH_NO_INSTALL=1 (never install), BENCH_KEEP=1 (keep the temporary folder and its logs),
-# BENCH_ONLY (space-separated subset of: direct strait envoy haproxy bulk).
+# run that samples memory, 1000), BENCH_RATE_SECONDS (6), BENCH_CONNS_COUNT (idle keep-alive
+# connections of the conns case, 10000), BENCH_CONNS_SETTLE (s of memory samples after they
+# close, 10), BENCH_BULK_BYTES (1073741824), BENCH_BULK_RUNS (rounds of transfers, the median is
+# reported, 3), BENCH_PROXY_THREADS (worker threads of Envoy and HAProxy, default: number of
+# cores, which is also what strait's runtime uses), BENCH_MAX_SECONDS (hard limit after the
+# build, 1200), BENCH_PORT_BASE (first loopback port tried), STRAIT_BIN (use this binary, skip
+# the build), BENCH_INSTALL_ONLY=1 (install the tools, run nothing), BENCH_NO_INSTALL=1 (never
+# install), BENCH_KEEP=1 (keep the temporary folder and its logs),
+# BENCH_ONLY (space-separated subset of: direct strait envoy haproxy conns bulk).
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -25,13 +32,31 @@ CONNS=${BENCH_CONNECTIONS:-64}
 WRK_THREADS=${BENCH_THREADS:-2}
 RATE=${BENCH_RATE:-1000}
 RATE_SECONDS=${BENCH_RATE_SECONDS:-6}
+RUNS=${BENCH_RUNS:-3}
+CONNS_COUNT=${BENCH_CONNS_COUNT:-10000}
+CONNS_SETTLE=${BENCH_CONNS_SETTLE:-10}
 BULK_BYTES=${BENCH_BULK_BYTES:-1073741824}
-BULK_RUNS=${BENCH_BULK_RUNS:-2}
+BULK_RUNS=${BENCH_BULK_RUNS:-3}
 NCPU=$(nproc 2>/dev/null || echo 2)
 PROXY_THREADS=${BENCH_PROXY_THREADS:-$NCPU}
-MAX_SECONDS=${BENCH_MAX_SECONDS:-600}
-ONLY=" ${BENCH_ONLY:-direct strait envoy haproxy bulk} "
+# A full run takes about 5 minutes on 2 cores (see bench/README.md, "Time"); the limit leaves
+# room for a busy machine and slow start-ups.
+MAX_SECONDS=${BENCH_MAX_SECONDS:-1200}
+ONLY=" ${BENCH_ONLY:-direct strait envoy haproxy conns bulk} "
 CLK_TCK=$(getconf CLK_TCK)
+for setting in RUNS BULK_RUNS CONNS_COUNT; do
+    if [[ ! ${!setting} =~ ^[1-9][0-9]*$ ]]; then
+        echo "[bench] BENCH_$setting must be a whole number above 0, not '${!setting}'" >&2
+        exit 1
+    fi
+done
+
+# The conns case holds BENCH_CONNS_COUNT connections open: one descriptor each in its client and
+# in the client-side proxy, which inherit this shell's limit. The soft limit goes up to the hard
+# one (raising that takes privileges); what that gives is printed with the results.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE=$(ulimit -n)
+[[ $NOFILE =~ ^[0-9]+$ ]] || NOFILE=1048576 # "unlimited": the kernel's own cap applies
 
 # Shared helpers (logging, process bookkeeping and the cleanup trap, the watchdog, installing
 # tools, loopback ports, templates, CPU of finished children, JSON): see common.sh.
@@ -96,8 +121,9 @@ HAVE_H2LOAD=1; need h2load nghttp2-client || HAVE_H2LOAD=0
 HAVE_HAPROXY=1; need haproxy haproxy || HAVE_HAPROXY=0
 HAVE_SOCAT=1; need socat socat || HAVE_SOCAT=0
 HAVE_ENVOY=1; need_envoy || HAVE_ENVOY=0
+HAVE_PYTHON=1; need python3 python3 || HAVE_PYTHON=0
 if [[ ${BENCH_INSTALL_ONLY:-0} == 1 ]]; then
-    log "tools ready: h2load=$HAVE_H2LOAD haproxy=$HAVE_HAPROXY socat=$HAVE_SOCAT envoy=$HAVE_ENVOY"
+    log "tools ready: h2load=$HAVE_H2LOAD haproxy=$HAVE_HAPROXY socat=$HAVE_SOCAT envoy=$HAVE_ENVOY python3=$HAVE_PYTHON"
     exit 0
 fi
 
@@ -105,7 +131,7 @@ fi
 # strait itself.
 STRAIT=""
 STRAIT_WHY=""
-if want strait || want bulk; then
+if want strait || want conns || want bulk; then
     if [[ -n ${STRAIT_BIN:-} ]]; then
         STRAIT=$STRAIT_BIN
     elif ! command -v cargo >/dev/null; then
@@ -191,14 +217,51 @@ wait_line() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Results.
+# Results. Each timed run appends its figures to lists (*_RUNS: numbers separated by spaces, one
+# per round); what is reported is their median (summarize), errors their sum.
 VARIANTS=(direct strait-pair strait-cross envoy-pair haproxy-pair)
-declare -A STATUS RPS P50 P99 ERRS REQS CPU_US PROCS RATE_GOT NOTE OTHER
-declare -A MEM_IDLE MEM_LOAD MEM_PEAK PROC_CPU_US # key: variant/process
-declare -A BULK_STATUS BULK_MBS BULK_SECS BULK_CPU BULK_GOT BULK_ALL BULK_PROCS
+declare -A STATUS RPS P50 P99 ERRS REQS CPU_US PROCS RATE_GOT NOTE OTHER FAILED NRUNS
+declare -A RPS_RUNS P50_RUNS P99_RUNS ERRS_RUNS REQS_RUNS CPU_RUNS OTHER_RUNS OFFPATH_RUNS
+declare -A MEM_IDLE MEM_LOAD MEM_PEAK PROC_CPU_US PROC_CPU_RUNS # key: variant/process
+declare -A V_URL V_HOST V_PROCS V_OFFPATH V_UP # how each variant is reached, its proxies
+declare -A BULK_STATUS BULK_MBS BULK_SECS BULK_CPU BULK_GOT BULK_ALL BULK_PROCS BULK_FAILED BULK_NRUNS
+declare -A BULK_SECS_RUNS BULK_CPU_RUNS BULK_PCPU_RUNS B_PORT B_PROCS B_UP
 BULK_VARIANTS=(plain-tcp haproxy-tls-tunnel strait-gateways)
+CONNS_PAIRS=(strait-pair haproxy-pair)
+declare -A CONNS_STATUS CONNS_OK CONNS_FAILED CONNS_DROPPED CONNS_PROCS
+declare -A CONN_BEFORE CONN_HELD CONN_PER CONN_AFTER CONN_UNDER # key: pair/process
 for v in "${VARIANTS[@]}"; do STATUS[$v]="not run"; done
 for v in "${BULK_VARIANTS[@]}"; do BULK_STATUS[$v]="not run"; done
+for c in "${CONNS_PAIRS[@]}"; do CONNS_STATUS[$c]="not run"; done
+
+# family VARIANT: the word of BENCH_ONLY that selects it.
+family() {
+    case $1 in
+        strait-*) echo strait ;;
+        envoy-pair) echo envoy ;;
+        haproxy-pair) echo haproxy ;;
+        *) echo "$1" ;;
+    esac
+}
+
+# push ARRAY KEY VALUE: appends VALUE to the list ARRAY[KEY] if it is a number (wrk can print
+# a latency that to_ms does not read; it must not become a zero in a median).
+push() {
+    local -n list=$1
+    if [[ ${3:-} =~ ^-?[0-9]+([.][0-9]+)?$ ]]; then list[$2]+="${list[$2]:+ }$3"; fi
+}
+# median "LIST" DECIMALS: the median of the numbers of LIST, the mean of the middle two when
+# their count is even; nothing for an empty list.
+median() {
+    [[ -n ${1:-} ]] || return 0
+    tr ' ' '\n' <<<"$1" | sort -g | awk -v d="$2" '{ x[NR] = $1 }
+        END { m = NR % 2 ? x[(NR + 1) / 2] : (x[NR / 2] + x[NR / 2 + 1]) / 2; printf "%." d "f", m }'
+}
+total() { # total "LIST": the sum of its numbers; nothing for an empty list
+    [[ -n ${1:-} ]] || return 0
+    tr ' ' '\n' <<<"$1" | awk '{ n += $1 } END { print n + 0 }'
+}
+count() { local a; read -ra a <<<"${1:-}"; echo "${#a[@]}"; }
 
 to_ms() { # wrk latency (701.00us, 5.50ms, 1.02s, 1.00m) to milliseconds
     awk -v x="$1" 'BEGIN {
@@ -209,100 +272,154 @@ to_ms() { # wrk latency (701.00us, 5.50ms, 1.02s, 1.00m) to milliseconds
         else printf "null" }'
 }
 
-# measure VARIANT URL HOST NAME=PID...: rate-limited run (memory), warm-up, then the timed run
-# with CPU accounting of the given processes.
-measure() {
-    local v=$1 url=$2 host=$3
-    shift 3
-    local procs=("$@") pids=() np p name out i pid_h2 rss cur
-    for np in "${procs[@]}"; do pids+=("${np#*=}"); done
-    PROCS[$v]="${procs[*]}"
+# idle_rss VARIANT: VmRSS of its proxies before any load (they have answered the one GET that
+# found them ready, so it is a first-use figure).
+idle_rss() {
+    local v=$1 np
+    for np in ${V_PROCS[$v]}; do
+        MEM_IDLE[$v/${np%%=*}]=$(rss_kb "${np#*=}")
+        MEM_LOAD[$v/${np%%=*}]=0
+    done
+}
 
-    if [[ ${#pids[@]} -gt 0 ]]; then
-        for np in "${procs[@]}"; do
-            MEM_IDLE[$v/${np%%=*}]=$(rss_kb "${np#*=}")
-            MEM_LOAD[$v/${np%%=*}]=0
+# rate_run VARIANT: BENCH_RATE req/s for BENCH_RATE_SECONDS (h2load --rps) while the highest
+# VmRSS of its proxies is sampled. Once per variant, before its first timed run.
+rate_run() {
+    local v=$1 url=${V_URL[$1]} host=${V_HOST[$1]} np name rss cur pid_h2 ndone ok
+    [[ -n ${V_PROCS[$v]} && $HAVE_H2LOAD == 1 ]] || return 0
+    local clients=10
+    local per=$(((RATE + clients - 1) / clients))
+    log "$v: ${RATE} req/s for ${RATE_SECONDS}s (h2load --rps), sampling VmRSS"
+    h2load --h1 -c "$clients" --rps "$per" -D "$RATE_SECONDS" -H ":authority: $host" "$url" \
+        >"$T/logs/$v.h2load.txt" 2>&1 &
+    pid_h2=$!
+    PIDS+=("$pid_h2")
+    sleep 1
+    while kill -0 "$pid_h2" 2>/dev/null; do
+        for np in ${V_PROCS[$v]}; do
+            name=${np%%=*}
+            rss=$(rss_kb "${np#*=}")
+            cur=${MEM_LOAD[$v/$name]}
+            if ((rss > cur)); then MEM_LOAD[$v/$name]=$rss; fi
         done
-        if [[ $HAVE_H2LOAD == 1 ]]; then
-            local clients=10
-            local per=$(((RATE + clients - 1) / clients))
-            log "$v: ${RATE} req/s for ${RATE_SECONDS}s (h2load --rps), sampling VmRSS"
-            h2load --h1 -c "$clients" --rps "$per" -D "$RATE_SECONDS" -H ":authority: $host" "$url" \
-                >"$T/logs/$v.h2load.txt" 2>&1 &
-            pid_h2=$!
-            PIDS+=("$pid_h2")
-            sleep 1
-            while kill -0 "$pid_h2" 2>/dev/null; do
-                for np in "${procs[@]}"; do
-                    name=${np%%=*}
-                    rss=$(rss_kb "${np#*=}")
-                    cur=${MEM_LOAD[$v/$name]}
-                    if ((rss > cur)); then MEM_LOAD[$v/$name]=$rss; fi
-                done
-                sleep 0.5
-            done
-            wait "$pid_h2" || true
-            stop "$pid_h2"
-            RATE_GOT[$v]=$(awk '/^finished in/ { gsub(",", ""); print $4 }' "$T/logs/$v.h2load.txt")
-            local ndone ok
-            ndone=$(awk '/^requests:/ { gsub(",", ""); print $6 }' "$T/logs/$v.h2load.txt")
-            ok=$(awk '/^status codes:/ { print $3 }' "$T/logs/$v.h2load.txt")
-            log "$v: rate-limited run: ${RATE_GOT[$v]:-?} req/s, ${ndone:-?} responses, ${ok:-?} of them 2xx"
-            if [[ ${ok:-0} != "${ndone:-0}" ]]; then
-                NOTE[$v]="h2load (rate-limited run) counted ${ok:-?} of ${ndone:-?} responses as 2xx"
-                if [[ $v == haproxy-pair ]]; then
-                    NOTE[$v]+=" (HAProxy turns HTTP/2 responses into an HTTP/1.1 status line with an empty reason phrase, which h2load rejects; wrk and curl accept it)"
-                fi
-            fi
+        sleep 0.5
+    done
+    wait "$pid_h2" || true
+    stop "$pid_h2"
+    RATE_GOT[$v]=$(awk '/^finished in/ { gsub(",", ""); print $4 }' "$T/logs/$v.h2load.txt")
+    ndone=$(awk '/^requests:/ { gsub(",", ""); print $6 }' "$T/logs/$v.h2load.txt")
+    ok=$(awk '/^status codes:/ { print $3 }' "$T/logs/$v.h2load.txt")
+    log "$v: rate-limited run: ${RATE_GOT[$v]:-?} req/s, ${ndone:-?} responses, ${ok:-?} of them 2xx"
+    if [[ ${ok:-0} != "${ndone:-0}" ]]; then
+        NOTE[$v]="h2load (rate-limited run) counted ${ok:-?} of ${ndone:-?} responses as 2xx"
+        if [[ $v == haproxy-pair ]]; then
+            NOTE[$v]+=" (HAProxy turns HTTP/2 responses into an HTTP/1.1 status line with an empty reason phrase, which h2load rejects; wrk and curl accept it)"
         fi
     fi
+}
 
-    log "$v: warm-up ${WARMUP}s"
-    timeout $((WARMUP + 30)) wrk -t "$WRK_THREADS" -c "$CONNS" -d "${WARMUP}s" -H "Host: $host" "$url" \
-        >"$T/logs/$v.warmup.txt" 2>&1 || true
-
-    log "$v: wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s"
-    local c0=0 c1=0 m0 m1 o0 o1
+# timed_run VARIANT ROUND: warm-up, then the timed wrk run with the CPU of the variant's proxies,
+# of the machine and of everything else (other %); appends the round's figures to the lists.
+# A failed run marks the variant FAILED, and it sits out the later rounds.
+timed_run() {
+    local v=$1 r=$2 url=${V_URL[$1]} host=${V_HOST[$1]}
+    local pids=() offpath=() np name out c0 c1 g0 g1 m0 m1 o0 o1 other reqs rps errs cpu=""
     declare -A t0=()
+    for np in ${V_PROCS[$v]}; do pids+=("${np#*=}"); done
+    read -ra offpath <<<"${V_OFFPATH[$v]:-}"
+
+    log "$v: round $r of $RUNS: warm-up ${WARMUP}s"
+    timeout $((WARMUP + 30)) wrk -t "$WRK_THREADS" -c "$CONNS" -d "${WARMUP}s" -H "Host: $host" "$url" \
+        >"$T/logs/$v.warmup.$r.txt" 2>&1 || true
+
+    log "$v: round $r of $RUNS: wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s"
     m0=$(machine_ticks)
     children_ticks
     o0=$(($(cpu_ticks "$NGINX_PID" "${pids[@]+"${pids[@]}"}") + CHILD_TICKS))
-    for np in "${procs[@]}"; do t0[${np%%=*}]=$(cpu_ticks "${np#*=}"); done
-    [[ ${#pids[@]} -gt 0 ]] && c0=$(cpu_ticks "${pids[@]}")
-    out="$T/logs/$v.wrk.txt"
+    for np in ${V_PROCS[$v]}; do t0[${np%%=*}]=$(cpu_ticks "${np#*=}"); done
+    c0=$(cpu_ticks "${pids[@]+"${pids[@]}"}")
+    g0=$(cpu_ticks "${offpath[@]+"${offpath[@]}"}")
+    out="$T/logs/$v.wrk.$r.txt"
     if ! timeout $((DURATION + 30)) wrk -t "$WRK_THREADS" -c "$CONNS" -d "${DURATION}s" --latency \
         -H "Host: $host" "$url" >"$out" 2>&1; then
-        STATUS[$v]="failed: wrk exited non-zero (see below)"
+        FAILED[$v]="wrk exited non-zero in round $r (its output is in the log above)"
         sed 's/^/    /' "$out" >&2
         return 0
     fi
-    [[ ${#pids[@]} -gt 0 ]] && c1=$(cpu_ticks "${pids[@]}")
+    c1=$(cpu_ticks "${pids[@]+"${pids[@]}"}")
+    g1=$(cpu_ticks "${offpath[@]+"${offpath[@]}"}")
     children_ticks
     o1=$(($(cpu_ticks "$NGINX_PID" "${pids[@]+"${pids[@]}"}") + CHILD_TICKS))
     m1=$(machine_ticks)
-    OTHER[$v]=$(awk -v a="$m0" -v b="$m1" -v ours=$((o1 - o0)) 'BEGIN { split(a, x, " "); split(b, y, " ");
+    other=$(awk -v a="$m0" -v b="$m1" -v ours=$((o1 - o0)) 'BEGIN { split(a, x, " "); split(b, y, " ");
         total = y[2] - x[2]; other = (y[1] - x[1]) - ours; if (other < 0) other = 0;
         if (total > 0) printf "%.0f", 100 * other / total; else print 0 }')
-    REQS[$v]=$(awk '/requests in/ { print $1 }' "$out")
-    for np in "${procs[@]}"; do
+    reqs=$(awk '/requests in/ { print $1 }' "$out")
+    if [[ ! ${reqs:-} =~ ^[0-9]+$ ]]; then
+        FAILED[$v]="wrk reported no request count in round $r"
+        sed 's/^/    /' "$out" >&2
+        return 0
+    fi
+    rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
+    errs=$(awk '/Non-2xx or 3xx/ { n += $NF } /Socket errors/ { gsub(",", ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' "$out")
+    push RPS_RUNS "$v" "$rps"
+    push P50_RUNS "$v" "$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")"
+    push P99_RUNS "$v" "$(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")")"
+    push REQS_RUNS "$v" "$reqs"
+    push ERRS_RUNS "$v" "$errs"
+    push OTHER_RUNS "$v" "$other"
+    for np in ${V_PROCS[$v]}; do
         name=${np%%=*}
-        MEM_PEAK[$v/$name]=$(hwm_kb "${np#*=}")
-        PROC_CPU_US[$v/$name]=$(awk -v d=$(($(cpu_ticks "${np#*=}") - t0[$name])) -v hz="$CLK_TCK" \
-            -v n="${REQS[$v]:-0}" 'BEGIN { if (n > 0) printf "%.1f", d / hz * 1e6 / n }')
+        MEM_PEAK[$v/$name]=$(hwm_kb "${np#*=}") # VmHWM only grows: after the last round, the peak of all
+        push PROC_CPU_RUNS "$v/$name" "$(awk -v d=$(($(cpu_ticks "${np#*=}") - t0[$name])) -v hz="$CLK_TCK" \
+            -v n="$reqs" 'BEGIN { if (n > 0) printf "%.1f", d / hz * 1e6 / n }')"
     done
-    RPS[$v]=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
-    P50[$v]=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")
-    P99[$v]=$(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")")
-    ERRS[$v]=$(awk '/Non-2xx or 3xx/ { n += $NF } /Socket errors/ { gsub(",", ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' "$out")
-    if [[ ${#pids[@]} -gt 0 && ${REQS[$v]:-0} -gt 0 ]]; then
-        CPU_US[$v]=$(awk -v d=$((c1 - c0)) -v hz="$CLK_TCK" -v n="${REQS[$v]}" 'BEGIN { printf "%.1f", d / hz * 1e6 / n }')
+    if [[ ${#pids[@]} -gt 0 && $reqs -gt 0 ]]; then
+        cpu=$(awk -v d=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN { printf "%.1f", d / hz * 1e6 / n }')
+        push CPU_RUNS "$v" "$cpu"
     fi
-    STATUS[$v]=ok
-    [[ ${ERRS[$v]} -gt 0 ]] && STATUS[$v]="ok, ${ERRS[$v]} errors"
-    if ((OTHER[$v] > 10)); then
-        STATUS[$v]+=", skewed: ${OTHER[$v]}% of the machine's CPU went to other processes"
+    if [[ ${#offpath[@]} -gt 0 ]]; then
+        push OFFPATH_RUNS "$v" "$(awk -v d=$((g1 - g0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", d / hz }')"
     fi
-    log "$v: ${RPS[$v]} req/s, p50 ${P50[$v]} ms, p99 ${P99[$v]} ms, errors ${ERRS[$v]}, CPU ${CPU_US[$v]:-n/a} us/req"
+    log "$v: round $r: $rps req/s, errors $errs, CPU ${cpu:-n/a} us/req, other ${other}%"
+}
+
+# summarize VARIANT: the medians of its rounds, the sum of their errors, and its status.
+summarize() {
+    local v=$1 np name x skewed=0
+    NRUNS[$v]=$(count "${RPS_RUNS[$v]:-}")
+    RPS[$v]=$(median "${RPS_RUNS[$v]:-}" 2)
+    P50[$v]=$(median "${P50_RUNS[$v]:-}" 3)
+    P99[$v]=$(median "${P99_RUNS[$v]:-}" 3)
+    REQS[$v]=$(median "${REQS_RUNS[$v]:-}" 0)
+    ERRS[$v]=$(total "${ERRS_RUNS[$v]:-}")
+    CPU_US[$v]=$(median "${CPU_RUNS[$v]:-}" 1)
+    OTHER[$v]=$(median "${OTHER_RUNS[$v]:-}" 0)
+    for np in ${V_PROCS[$v]}; do
+        name=${np%%=*}
+        PROC_CPU_US[$v/$name]=$(median "${PROC_CPU_RUNS[$v/$name]:-}" 1)
+    done
+    if [[ -n ${OFFPATH_RUNS[$v]:-} ]]; then
+        NOTE[$v]="${NOTE[$v]:+${NOTE[$v]}; }gateways (off path) used $(median "${OFFPATH_RUNS[$v]}" 2) CPU-s during a timed run (median of the rounds)"
+    fi
+    for x in ${OTHER_RUNS[$v]:-}; do
+        if ((x > 10)); then skewed=$((skewed + 1)); fi
+    done
+    if [[ -n ${FAILED[$v]:-} ]]; then
+        STATUS[$v]="failed: ${FAILED[$v]}"
+        if ((NRUNS[$v] > 0)); then STATUS[$v]+="; figures from the earlier rounds (${NRUNS[$v]})"; fi
+    elif ((NRUNS[$v] == 0)); then
+        STATUS[$v]="not run"
+    else
+        STATUS[$v]=ok
+        if ((ERRS[$v] > 0)); then STATUS[$v]="ok, ${ERRS[$v]} errors"; fi
+    fi
+    if [[ -n ${OTHER[$v]} ]] && ((OTHER[$v] > 10)); then
+        STATUS[$v]+=", skewed: in the median round ${OTHER[$v]}% of the machine's CPU went to other processes"
+    elif ((skewed > 0)); then
+        STATUS[$v]+=", $skewed of ${NRUNS[$v]} rounds skewed (other % above 10)"
+    fi
+    log "$v: median of ${NRUNS[$v]} rounds: ${RPS[$v]:-?} req/s, p50 ${P50[$v]:-?} ms, p99 ${P99[$v]:-?} ms, errors ${ERRS[$v]:-?}, CPU ${CPU_US[$v]:-n/a} us/req"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -345,15 +462,58 @@ LOCAL_HOST=api.shop.svc.cluster.local
 CROSS_HOST=west.api.shop.svc.clusterset.local
 
 # ---------------------------------------------------------------------------------------------
-# 1. direct
+# The proxies of every request variant, all started before the first round and up together
+# until the conns case is done (the pairs serve it too).
+#
+# variant VARIANT URL HOST SECONDS NAME=PID...: the variant is reached at URL with this Host, and
+# these proxies are on its path. It is up once a GET through it returns 200 within SECONDS;
+# otherwise it (and its conns case) fails, and the caller shows its proxies' logs.
+variant() {
+    local v=$1 url=$2 host=$3 secs=$4 why
+    shift 4
+    V_URL[$v]=$url
+    V_HOST[$v]=$host
+    V_PROCS[$v]="$*"
+    if wait_http "$url" "$host" "$secs"; then
+        V_UP[$v]=1
+        return 0
+    fi
+    why="failed: no 200 through $url for Host $host within $secs s (logs above)"
+    if want "$(family "$v")"; then STATUS[$v]=$why; fi
+    if [[ -n ${CONNS_STATUS[$v]:-} ]] && want conns; then CONNS_STATUS[$v]=$why; fi
+    log "$v: no 200 within $secs s; one answer and the logs of its proxies:"
+    curl -s -m 5 -i -H "Host: $host" "$url" >&2 || true
+    return 1
+}
+# Processes that only the request variants and the conns case use; stopped before bulk.
+PAIR_PIDS=()
+
+# direct: the backend itself, no proxy.
 if want direct; then
-    measure direct "$BACKEND" "$LOCAL_HOST"
+    variant direct "$BACKEND" "$LOCAL_HOST" 10 || true
 else
     STATUS[direct]="skipped (BENCH_ONLY)"
 fi
 
-# ---------------------------------------------------------------------------------------------
-# 4. Envoy pair
+# Envoy pair.
+start_envoy_pair() {
+    port; local ec=$PORT; port; local es=$PORT
+    local P=$T/pki
+    render "$SCRIPT_DIR/envoy-server.yaml.in" "$T/envoy-server.yaml" "LISTEN_PORT=$es" \
+        "BACKEND_PORT=$BACKEND_PORT" "CERT=$P/server.crt" "KEY=$P/server.key" "CA=$P/ca.crt"
+    render "$SCRIPT_DIR/envoy-client.yaml.in" "$T/envoy-client.yaml" "LISTEN_PORT=$ec" \
+        "UPSTREAM_PORT=$es" "CERT=$P/client.crt" "KEY=$P/client.key" "CA=$P/ca.crt"
+    start envoy-server "$ENVOY" -c "$T/envoy-server.yaml" --concurrency "$PROXY_THREADS" \
+        --disable-hot-restart -l warning
+    local s=$LAST_PID
+    start envoy-client "$ENVOY" -c "$T/envoy-client.yaml" --concurrency "$PROXY_THREADS" \
+        --disable-hot-restart -l warning
+    local c=$LAST_PID
+    PAIR_PIDS+=("$c" "$s")
+    if ! variant envoy-pair "http://127.0.0.1:$ec/" "$LOCAL_HOST" 30 "envoy-client=$c" "envoy-server=$s"; then
+        tail -n 20 "$T/logs/envoy-client.log" "$T/logs/envoy-server.log" >&2 || true
+    fi
+}
 if ! want envoy; then
     STATUS[envoy-pair]="skipped (BENCH_ONLY)"
 elif [[ $HAVE_ENVOY == 0 ]]; then
@@ -361,162 +521,49 @@ elif [[ $HAVE_ENVOY == 0 ]]; then
 elif [[ $PKI_OK == 0 ]]; then
     STATUS[envoy-pair]="skipped: no certificates (openssl failed)"
 else
-    port; EC=$PORT; port; ES=$PORT
-    P=$T/pki
-    render "$SCRIPT_DIR/envoy-server.yaml.in" "$T/envoy-server.yaml" "LISTEN_PORT=$ES" \
-        "BACKEND_PORT=$BACKEND_PORT" "CERT=$P/server.crt" "KEY=$P/server.key" "CA=$P/ca.crt"
-    render "$SCRIPT_DIR/envoy-client.yaml.in" "$T/envoy-client.yaml" "LISTEN_PORT=$EC" \
-        "UPSTREAM_PORT=$ES" "CERT=$P/client.crt" "KEY=$P/client.key" "CA=$P/ca.crt"
-    start envoy-server "$ENVOY" -c "$T/envoy-server.yaml" --concurrency "$PROXY_THREADS" \
-        --disable-hot-restart -l warning
-    ENVOY_S=$LAST_PID
-    start envoy-client "$ENVOY" -c "$T/envoy-client.yaml" --concurrency "$PROXY_THREADS" \
-        --disable-hot-restart -l warning
-    ENVOY_C=$LAST_PID
-    if wait_http "http://127.0.0.1:$EC/" "$LOCAL_HOST" 30; then
-        measure envoy-pair "http://127.0.0.1:$EC/" "$LOCAL_HOST" "envoy-client=$ENVOY_C" "envoy-server=$ENVOY_S"
-    else
-        STATUS[envoy-pair]="failed: no 200 through the Envoy pair within 30 s (logs below)"
-        tail -n 20 "$T/logs/envoy-client.log" "$T/logs/envoy-server.log" >&2 || true
-    fi
-    stop "$ENVOY_C" "$ENVOY_S"
+    start_envoy_pair
 fi
 
-# ---------------------------------------------------------------------------------------------
-# 5. HAProxy pair
-if ! want haproxy; then
-    STATUS[haproxy-pair]="skipped (BENCH_ONLY)"
-elif [[ $HAVE_HAPROXY == 0 ]]; then
-    STATUS[haproxy-pair]="skipped: haproxy could not be installed (apt-get install haproxy)"
-elif [[ $PKI_OK == 0 ]]; then
-    STATUS[haproxy-pair]="skipped: no certificates (openssl failed)"
-else
-    port; HC=$PORT; port; HS=$PORT
-    P=$T/pki
+# HAProxy pair (also for the conns case).
+start_haproxy_pair() {
+    port; local hc=$PORT; port; local hs=$PORT
+    local P=$T/pki
     render "$SCRIPT_DIR/haproxy-server.cfg.in" "$T/haproxy-server.cfg" "THREADS=$PROXY_THREADS" \
-        "LISTEN_PORT=$HS" "BACKEND_PORT=$BACKEND_PORT" "CERT_PEM=$P/server.pem" "CA=$P/ca.crt"
+        "LISTEN_PORT=$hs" "BACKEND_PORT=$BACKEND_PORT" "CERT_PEM=$P/server.pem" "CA=$P/ca.crt"
     render "$SCRIPT_DIR/haproxy-client.cfg.in" "$T/haproxy-client.cfg" "THREADS=$PROXY_THREADS" \
-        "LISTEN_PORT=$HC" "UPSTREAM_PORT=$HS" "CERT_PEM=$P/client.pem" "CA=$P/ca.crt"
+        "LISTEN_PORT=$hc" "UPSTREAM_PORT=$hs" "CERT_PEM=$P/client.pem" "CA=$P/ca.crt"
     start haproxy-server haproxy -db -f "$T/haproxy-server.cfg"
-    HAP_S=$LAST_PID
+    local s=$LAST_PID
     start haproxy-client haproxy -db -f "$T/haproxy-client.cfg"
-    HAP_C=$LAST_PID
-    if wait_http "http://127.0.0.1:$HC/" "$LOCAL_HOST" 20; then
-        measure haproxy-pair "http://127.0.0.1:$HC/" "$LOCAL_HOST" "haproxy-client=$HAP_C" "haproxy-server=$HAP_S"
-    else
-        STATUS[haproxy-pair]="failed: no 200 through the HAProxy pair within 20 s (logs below)"
+    local c=$LAST_PID
+    PAIR_PIDS+=("$c" "$s")
+    if ! variant haproxy-pair "http://127.0.0.1:$hc/" "$LOCAL_HOST" 20 "haproxy-client=$c" "haproxy-server=$s"; then
         tail -n 20 "$T/logs/haproxy-client.log" "$T/logs/haproxy-server.log" >&2 || true
     fi
-    stop "$HAP_C" "$HAP_S"
+}
+HAPROXY_WHY=""
+if [[ $HAVE_HAPROXY == 0 ]]; then
+    HAPROXY_WHY="skipped: haproxy could not be installed (apt-get install haproxy)"
+elif [[ $PKI_OK == 0 ]]; then
+    HAPROXY_WHY="skipped: no certificates (openssl failed)"
 fi
-
-# ---------------------------------------------------------------------------------------------
-# Bulk transfer helpers: a sink that counts bytes per connection and stamps the time of EOF.
-SINK_PID=""
-SINK_PORT=""
-start_sink() {
-    port; SINK_PORT=$PORT
-    : >"$T/sink.count"
-    start sink socat -b 262144 -u "TCP-LISTEN:$SINK_PORT,bind=127.0.0.1,reuseaddr,fork" \
-        "SYSTEM:n=\$(wc -c); echo \"\$n \$(date +%s.%N)\" >> '$T/sink.count'"
-    SINK_PID=$LAST_PID
-    sleep 0.3
-}
-# bulk VARIANT LISTEN_PORT NAME=PID...: sends BULK_BYTES to 127.0.0.1:LISTEN_PORT, BULK_RUNS
-# times; keeps the fastest complete run (and lists all).
-bulk() {
-    local v=$1 lport=$2
-    shift 2
-    local pids=() np c0 c1 t0 before line got tend secs mbs run best=""
-    for np in "$@"; do pids+=("${np#*=}"); done
-    BULK_ALL[$v]=""
-    for run in $(seq "$BULK_RUNS"); do
-        log "$v: streaming $BULK_BYTES bytes (run $run of $BULK_RUNS)"
-        before=$(wc -l <"$T/sink.count")
-        c0=$(cpu_ticks "${pids[@]+"${pids[@]}"}")
-        declare -A p0=() p1=()
-        for np in "$@"; do p0[${np%%=*}]=$(cpu_ticks "${np#*=}"); done
-        t0=$(date +%s.%N)
-        if ! timeout 120 socat -b 262144 -u "OPEN:/dev/zero,readbytes=$BULK_BYTES" "TCP:127.0.0.1:$lport" \
-            2>"$T/logs/$v.sender.log"; then
-            BULK_STATUS[$v]="failed: the sender failed: $(head -c 300 "$T/logs/$v.sender.log")"
-            return 0
-        fi
-        # Wait for the sink to see EOF on this transfer (a non-zero count after the ones before).
-        line=""
-        for i in $(seq 600); do
-            line=$(tail -n +$((before + 1)) "$T/sink.count" | awk '$1 > 0 { print; exit }')
-            [[ -n $line ]] && break
-            sleep 0.1
-        done
-        c1=$(cpu_ticks "${pids[@]+"${pids[@]}"}")
-        for np in "$@"; do p1[${np%%=*}]=$(cpu_ticks "${np#*=}"); done
-        if [[ -z $line ]]; then
-            BULK_STATUS[$v]="failed: the sink saw no end of the transfer within 60 s after the sender finished"
-            return 0
-        fi
-        got=${line%% *}
-        tend=${line#* }
-        secs=$(awk -v a="$t0" -v b="$tend" 'BEGIN { printf "%.3f", b - a }')
-        mbs=$(awk -v n="$got" -v s="$secs" 'BEGIN { printf "%.1f", n / s / 1e6 }')
-        BULK_ALL[$v]+="${BULK_ALL[$v]:+ }$mbs"
-        if [[ $got != "$BULK_BYTES" ]]; then
-            BULK_STATUS[$v]="incomplete: $got of $BULK_BYTES bytes arrived"
-            BULK_GOT[$v]=$got
-            return 0
-        fi
-        log "$v: $got bytes in $secs s = $mbs MB/s"
-        if [[ -z $best ]] || awk -v a="$mbs" -v b="$best" 'BEGIN { exit !(a > b) }'; then
-            best=$mbs
-            BULK_MBS[$v]=$mbs
-            BULK_SECS[$v]=$secs
-            BULK_GOT[$v]=$got
-            if [[ ${#pids[@]} -gt 0 ]]; then
-                BULK_CPU[$v]=$(awk -v d=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$got" 'BEGIN { printf "%.2f", d / hz / (n / 1073741824) }')
-                BULK_PROCS[$v]=""
-                for np in "$@"; do
-                    BULK_PROCS[$v]+="${BULK_PROCS[$v]:+ }${np%%=*}=$(awk -v d=$((p1[${np%%=*}] - p0[${np%%=*}])) \
-                        -v hz="$CLK_TCK" -v n="$got" 'BEGIN { printf "%.2f", d / hz / (n / 1073741824) }')"
-                done
-            fi
-        fi
-    done
-    BULK_STATUS[$v]=ok
-    log "$v: best ${BULK_MBS[$v]} MB/s (runs: ${BULK_ALL[$v]}), proxies ${BULK_CPU[$v]:-n/a} CPU-s/GiB"
-}
-
-if want bulk && [[ $HAVE_SOCAT == 1 ]]; then
-    start_sink
-    bulk plain-tcp "$SINK_PORT"
-    if [[ $HAVE_HAPROXY == 0 || $PKI_OK == 0 ]]; then
-        BULK_STATUS[haproxy-tls-tunnel]="skipped: haproxy or the certificates are missing"
+if ! want haproxy; then STATUS[haproxy-pair]="skipped (BENCH_ONLY)"; fi
+if want haproxy || want conns; then
+    if [[ -z $HAPROXY_WHY ]]; then
+        start_haproxy_pair
     else
-        port; TC=$PORT; port; TS=$PORT
-        P=$T/pki
-        render "$SCRIPT_DIR/haproxy-tunnel-server.cfg.in" "$T/tunnel-server.cfg" "THREADS=$PROXY_THREADS" \
-            "LISTEN_PORT=$TS" "BACKEND_PORT=$SINK_PORT" "CERT_PEM=$P/server.pem" "CA=$P/ca.crt"
-        render "$SCRIPT_DIR/haproxy-tunnel-client.cfg.in" "$T/tunnel-client.cfg" "THREADS=$PROXY_THREADS" \
-            "LISTEN_PORT=$TC" "UPSTREAM_PORT=$TS" "CERT_PEM=$P/client.pem" "CA=$P/ca.crt"
-        start tunnel-server haproxy -db -f "$T/tunnel-server.cfg"
-        TUN_S=$LAST_PID
-        start tunnel-client haproxy -db -f "$T/tunnel-client.cfg"
-        TUN_C=$LAST_PID
-        sleep 1
-        bulk haproxy-tls-tunnel "$TC" "tunnel-client=$TUN_C" "tunnel-server=$TUN_S"
-        stop "$TUN_C" "$TUN_S"
+        if want haproxy; then STATUS[haproxy-pair]=$HAPROXY_WHY; fi
+        if want conns; then CONNS_STATUS[haproxy-pair]=$HAPROXY_WHY; fi
     fi
-elif want bulk; then
-    for v in "${BULK_VARIANTS[@]}"; do BULK_STATUS[$v]="skipped: socat could not be installed"; done
-else
-    for v in "${BULK_VARIANTS[@]}"; do BULK_STATUS[$v]="skipped (BENCH_ONLY)"; done
 fi
 
 # ---------------------------------------------------------------------------------------------
 # strait: two clusters (east, west) with one gateway each, linked; sidecars for each variant.
 strait_skip() {
     local why=$1
-    want strait && STATUS[strait-pair]="$why" && STATUS[strait-cross]="$why"
-    want bulk && [[ $HAVE_SOCAT == 1 ]] && BULK_STATUS[strait-gateways]="$why"
+    if want strait; then STATUS[strait-pair]=$why; STATUS[strait-cross]=$why; fi
+    if want conns; then CONNS_STATUS[strait-pair]=$why; fi
+    if want bulk && [[ $HAVE_SOCAT == 1 ]]; then BULK_STATUS[strait-gateways]=$why; fi
     return 0
 }
 # sidecar NAME ARGS...: starts `strait sidecar run`, waits for its "started" line; sets LAST_PID.
@@ -581,9 +628,10 @@ strait_mesh() {
     return 0
 }
 
+STRAIT_UP=0
 STRAIT_NEEDED=0
-want strait && STRAIT_NEEDED=1
-want bulk && [[ $HAVE_SOCAT == 1 ]] && STRAIT_NEEDED=1
+if want strait || want conns; then STRAIT_NEEDED=1; fi
+if want bulk && [[ $HAVE_SOCAT == 1 ]]; then STRAIT_NEEDED=1; fi
 if ! want strait; then
     STATUS[strait-pair]="skipped (BENCH_ONLY)"
     STATUS[strait-cross]="skipped (BENCH_ONLY)"
@@ -598,57 +646,298 @@ else
     if ! strait_mesh; then
         strait_skip "failed: the strait mesh did not come up (see the log above)"
     else
-        if want strait; then
-            if wait_http "http://127.0.0.1:$PAIR_PROXY/" "$LOCAL_HOST" 30; then
-                GW_T0=$(cpu_ticks "$GW_E" "$GW_W")
-                measure strait-pair "http://127.0.0.1:$PAIR_PROXY/" "$LOCAL_HOST" \
-                    "client-sidecar=$SC_WEB_P" "server-sidecar=$SC_API_E"
-                GW_T1=$(cpu_ticks "$GW_E" "$GW_W")
-                NOTE[strait-pair]="${NOTE[strait-pair]:+${NOTE[strait-pair]}; }gateways (off path) used $(awk -v d=$((GW_T1 - GW_T0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", d / hz }') CPU-s meanwhile"
-            else
-                STATUS[strait-pair]="failed: no 200 through the client sidecar for $LOCAL_HOST within 30 s"
-                curl -s -m 5 -i -H "Host: $LOCAL_HOST" "http://127.0.0.1:$PAIR_PROXY/" >&2 || true
-            fi
-            if wait_http "http://127.0.0.1:$CROSS_PROXY/" "$CROSS_HOST" 30; then
-                measure strait-cross "http://127.0.0.1:$CROSS_PROXY/" "$CROSS_HOST" \
-                    "client-sidecar=$SC_WEB_X" "east-gateway=$GW_E" "west-gateway=$GW_W" "server-sidecar=$SC_API_W"
-            else
-                STATUS[strait-cross]="failed: no 200 through the client sidecar for $CROSS_HOST within 30 s"
-                curl -s -m 5 -i -H "Host: $CROSS_HOST" "http://127.0.0.1:$CROSS_PROXY/" >&2 || true
-            fi
+        STRAIT_UP=1
+        if want strait || want conns; then
+            variant strait-pair "http://127.0.0.1:$PAIR_PROXY/" "$LOCAL_HOST" 30 \
+                "client-sidecar=$SC_WEB_P" "server-sidecar=$SC_API_E" || true
+            # The pair must bypass the gateways: their CPU during its timed runs shows it does.
+            V_OFFPATH[strait-pair]="$GW_E $GW_W"
         fi
-        if want bulk && [[ $HAVE_SOCAT == 1 ]]; then
-            # Opaque TCP: upstream listener on an east sidecar -> gateways -> west sidecar -> sink.
-            port; UP=$PORT
-            if sidecar sc-db-west --bootstrap "$T/strait/db-west.yaml" --service db \
-                --port "5432/tcp=127.0.0.1:$SINK_PORT" --export &&
-                SC_DB_W=$LAST_PID &&
-                sidecar sc-bulk-east --bootstrap "$T/strait/bulk-east.yaml" \
-                    --upstream "west.db.shop.svc.clusterset.local:5432=127.0.0.1:$UP"; then
-                SC_BULK_E=$LAST_PID
-                # Ready when one byte sent to the upstream listener reaches the sink.
-                ready=0
-                for i in $(seq 60); do
-                    before=$(wc -l <"$T/sink.count")
-                    printf x | timeout 5 socat -u - "TCP:127.0.0.1:$UP" 2>/dev/null || true
-                    sleep 0.3
-                    if tail -n +$((before + 1)) "$T/sink.count" | awk '$1 == 1 { f = 1 } END { exit !f }'; then
-                        ready=1
-                        break
-                    fi
-                    sleep 0.2
-                done
-                if [[ $ready == 1 ]]; then
-                    bulk strait-gateways "$UP" "client-sidecar=$SC_BULK_E" "east-gateway=$GW_E" \
-                        "west-gateway=$GW_W" "server-sidecar=$SC_DB_W"
-                else
-                    BULK_STATUS[strait-gateways]="failed: one byte through the --upstream listener never reached the sink in 30 s"
-                fi
-            else
-                BULK_STATUS[strait-gateways]="failed: the bulk sidecars did not start"
-            fi
+        if want strait; then
+            variant strait-cross "http://127.0.0.1:$CROSS_PROXY/" "$CROSS_HOST" 30 \
+                "client-sidecar=$SC_WEB_X" "east-gateway=$GW_E" "west-gateway=$GW_W" "server-sidecar=$SC_API_W" || true
         fi
     fi
+fi
+
+# ---------------------------------------------------------------------------------------------
+# The request variants: idle memory of every one first, then BENCH_RUNS rounds. Round r times
+# every variant once, starting from the r-th (a b c, then b c a, then c a b), so that each one
+# meets the machine in each phase of the run; a variant's rate-limited memory run comes right
+# before its first timed run.
+MEASURED=()
+for v in "${VARIANTS[@]}"; do
+    if want "$(family "$v")" && [[ ${V_UP[$v]:-0} == 1 ]]; then MEASURED+=("$v"); fi
+done
+for v in "${MEASURED[@]}"; do
+    PROCS[$v]=${V_PROCS[$v]}
+    idle_rss "$v"
+done
+n=${#MEASURED[@]}
+if ((n > 0)); then
+    for r in $(seq "$RUNS"); do
+        log "round $r of $RUNS"
+        for i in $(seq 0 $((n - 1))); do
+            v=${MEASURED[$(((i + r - 1) % n))]}
+            [[ -z ${FAILED[$v]:-} ]] || continue
+            if [[ $r == 1 ]]; then rate_run "$v"; fi
+            timed_run "$v" "$r"
+        done
+    done
+fi
+for v in "${MEASURED[@]}"; do summarize "$v"; done
+
+# ---------------------------------------------------------------------------------------------
+# Many connections: BENCH_CONNS_COUNT idle keep-alive connections through a pair (bench/conns.py
+# opens them, one GET each, and holds them), after the request rounds so that the proxies are
+# warm; then how much memory each connection held and how fast it comes back once they close.
+UNDER_KIB=20480 # "under 20 MiB": about what a warm pair process needs without them
+# conns_case PAIR: through the client-side proxy of the pair's request variant.
+conns_case() {
+    local c=$1 np name rss line cpid t0 now i
+    local flag=$T/conns-$1.close logf=$T/logs/conns-$1.log port=${V_URL[$1]##*:}
+    port=${port%/}
+    CONNS_PROCS[$c]=${V_PROCS[$c]}
+    for np in ${V_PROCS[$c]}; do CONN_BEFORE[$c/${np%%=*}]=$(rss_kb "${np#*=}"); done
+    log "$c: opening $CONNS_COUNT keep-alive connections, one GET each, then holding them idle"
+    start "conns-$c" python3 "$SCRIPT_DIR/conns.py" --port "$port" --host "${V_HOST[$c]}" \
+        --connections "$CONNS_COUNT" --close-when "$flag"
+    cpid=$LAST_PID
+    # conns.py gives up opening after 180 s; it then reports what it holds.
+    if ! wait_line "$logf" '^held ' 200 "$cpid"; then
+        CONNS_STATUS[$c]="failed: conns.py reported no held connections: $(tail -n 3 "$logf" | tr '\n' ' ')"
+        stop "$cpid"
+        return 0
+    fi
+    line=$(grep -m 1 '^held ' "$logf")
+    CONNS_OK[$c]=$(sed -n 's/.* ok=\([0-9]*\).*/\1/p' <<<"$line")
+    CONNS_FAILED[$c]=$(sed -n 's/.* failed=\([0-9]*\).*/\1/p' <<<"$line")
+    for np in ${V_PROCS[$c]}; do
+        name=${np%%=*}
+        CONN_HELD[$c/$name]=$(rss_kb "${np#*=}")
+        CONN_PER[$c/$name]=$(awk -v a="${CONN_BEFORE[$c/$name]}" -v b="${CONN_HELD[$c/$name]}" \
+            -v n="${CONNS_OK[$c]:-0}" 'BEGIN { if (n > 0) printf "%.2f", (b - a) / n }')
+    done
+    log "$c: $line; KiB per connection: $(for np in ${V_PROCS[$c]}; do printf '%s=%s ' "${np%%=*}" "${CONN_PER[$c/${np%%=*}]:-?}"; done)"
+
+    touch "$flag"
+    if ! wait_line "$logf" '^closed' 60 "$cpid"; then
+        CONNS_STATUS[$c]="failed: conns.py did not report closing its connections within 60 s"
+        stop "$cpid"
+        return 0
+    fi
+    CONNS_DROPPED[$c]=$(sed -n 's/^closed dropped=\([0-9]*\).*/\1/p' "$logf")
+    log "$c: closed; sampling VmRSS every 0.5 s for ${CONNS_SETTLE}s"
+    t0=$(date +%s.%N)
+    for i in $(seq 0 $((CONNS_SETTLE * 2))); do
+        if ((i > 0)); then sleep 0.5; fi
+        now=$(date +%s.%N)
+        for np in ${V_PROCS[$c]}; do
+            name=${np%%=*}
+            rss=$(rss_kb "${np#*=}")
+            CONN_AFTER[$c/$name]=$rss
+            if [[ -z ${CONN_UNDER[$c/$name]:-} ]] && ((rss > 0 && rss < UNDER_KIB)); then
+                CONN_UNDER[$c/$name]=$(awk -v a="$t0" -v b="$now" 'BEGIN { printf "%.1f", b - a }')
+            fi
+        done
+    done
+    wait "$cpid" 2>/dev/null || true
+    stop "$cpid"
+    CONNS_STATUS[$c]=ok
+    if ((${CONNS_FAILED[$c]:-0} > 0)); then
+        CONNS_STATUS[$c]="${CONNS_FAILED[$c]} of $CONNS_COUNT connections failed"
+    fi
+    if ((${CONNS_DROPPED[$c]:-0} > 0)); then
+        CONNS_STATUS[$c]+=", ${CONNS_DROPPED[$c]} closed by the proxy while held"
+    fi
+    log "$c: ${CONNS_STATUS[$c]}; VmRSS after ${CONNS_SETTLE}s: $(for np in ${V_PROCS[$c]}; do printf '%s=%s KiB ' "${np%%=*}" "${CONN_AFTER[$c/${np%%=*}]}"; done)"
+}
+
+if ! want conns; then
+    for c in "${CONNS_PAIRS[@]}"; do CONNS_STATUS[$c]="skipped (BENCH_ONLY)"; done
+elif [[ $HAVE_PYTHON == 0 ]]; then
+    for c in "${CONNS_PAIRS[@]}"; do CONNS_STATUS[$c]="skipped: python3 is missing"; done
+else
+    if ((NOFILE < CONNS_COUNT + 100)); then
+        log "WARNING: the open-file limit is $NOFILE, too low for $CONNS_COUNT connections: some will fail"
+    fi
+    for c in "${CONNS_PAIRS[@]}"; do
+        if [[ ${V_UP[$c]:-0} == 1 ]]; then conns_case "$c"; fi
+    done
+fi
+
+# The Envoy and HAProxy pairs have done their part: the bulk transfers share the machine with
+# the strait mesh (which they use) and nothing else of the benchmark.
+stop "${PAIR_PIDS[@]+"${PAIR_PIDS[@]}"}"
+
+# ---------------------------------------------------------------------------------------------
+# Bulk transfers: a sink that counts bytes per connection and stamps the time of EOF, the paths
+# to it, all up at once, then BENCH_BULK_RUNS rounds that rotate as the request rounds do.
+SINK_PORT=""
+start_sink() {
+    port; SINK_PORT=$PORT
+    : >"$T/sink.count"
+    start sink socat -b 262144 -u "TCP-LISTEN:$SINK_PORT,bind=127.0.0.1,reuseaddr,fork" \
+        "SYSTEM:n=\$(wc -c); echo \"\$n \$(date +%s.%N)\" >> '$T/sink.count'"
+    sleep 0.3
+}
+# bulk_variant VARIANT LISTEN_PORT NAME=PID...: this path takes transfers at LISTEN_PORT, and
+# these proxies are on it.
+bulk_variant() {
+    B_PORT[$1]=$2
+    B_PROCS[$1]="${*:3}"
+    B_UP[$1]=1
+}
+# bulk_run VARIANT ROUND: sends BULK_BYTES to the variant's listener and waits for the sink to
+# count them; appends MB/s, seconds and CPU-s per GiB of its proxies to the lists. A failed or
+# incomplete transfer marks the variant BULK_FAILED, and it sits out the later rounds.
+bulk_run() {
+    local v=$1 r=$2 lport=${B_PORT[$1]} pids=() np name c0 c1 t0 before line got tend secs mbs i
+    declare -A p0=() p1=()
+    for np in ${B_PROCS[$v]}; do pids+=("${np#*=}"); done
+    log "$v: round $r of $BULK_RUNS: streaming $BULK_BYTES bytes"
+    before=$(wc -l <"$T/sink.count")
+    c0=$(cpu_ticks "${pids[@]+"${pids[@]}"}")
+    for np in ${B_PROCS[$v]}; do p0[${np%%=*}]=$(cpu_ticks "${np#*=}"); done
+    t0=$(date +%s.%N)
+    if ! timeout 120 socat -b 262144 -u "OPEN:/dev/zero,readbytes=$BULK_BYTES" "TCP:127.0.0.1:$lport" \
+        2>"$T/logs/$v.sender.$r.log"; then
+        BULK_FAILED[$v]="failed: the sender failed in round $r: $(head -c 300 "$T/logs/$v.sender.$r.log")"
+        return 0
+    fi
+    # Wait for the sink to see EOF on this transfer (a non-zero count after the ones before).
+    line=""
+    for i in $(seq 600); do
+        line=$(tail -n +$((before + 1)) "$T/sink.count" | awk '$1 > 0 { print; exit }')
+        [[ -n $line ]] && break
+        sleep 0.1
+    done
+    c1=$(cpu_ticks "${pids[@]+"${pids[@]}"}")
+    for np in ${B_PROCS[$v]}; do p1[${np%%=*}]=$(cpu_ticks "${np#*=}"); done
+    if [[ -z $line ]]; then
+        BULK_FAILED[$v]="failed: the sink saw no end of the transfer within 60 s after the sender finished (round $r)"
+        return 0
+    fi
+    got=${line%% *}
+    tend=${line#* }
+    secs=$(awk -v a="$t0" -v b="$tend" 'BEGIN { printf "%.3f", b - a }')
+    mbs=$(awk -v n="$got" -v s="$secs" 'BEGIN { printf "%.1f", n / s / 1e6 }')
+    if [[ $got != "$BULK_BYTES" ]]; then
+        BULK_FAILED[$v]="incomplete: $got of $BULK_BYTES bytes arrived (round $r)"
+        BULK_GOT[$v]=$got
+        return 0
+    fi
+    push BULK_ALL "$v" "$mbs"
+    push BULK_SECS_RUNS "$v" "$secs"
+    if [[ ${#pids[@]} -gt 0 ]]; then
+        push BULK_CPU_RUNS "$v" "$(awk -v d=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$got" 'BEGIN { printf "%.2f", d / hz / (n / 1073741824) }')"
+        for np in ${B_PROCS[$v]}; do
+            name=${np%%=*}
+            push BULK_PCPU_RUNS "$v/$name" "$(awk -v d=$((p1[$name] - p0[$name])) -v hz="$CLK_TCK" -v n="$got" \
+                'BEGIN { printf "%.2f", d / hz / (n / 1073741824) }')"
+        done
+    fi
+    log "$v: round $r: $got bytes in $secs s = $mbs MB/s"
+}
+# bulk_summarize VARIANT: the medians of its rounds, and its status.
+bulk_summarize() {
+    local v=$1 np name x
+    BULK_NRUNS[$v]=$(count "${BULK_ALL[$v]:-}")
+    BULK_MBS[$v]=$(median "${BULK_ALL[$v]:-}" 1)
+    BULK_SECS[$v]=$(median "${BULK_SECS_RUNS[$v]:-}" 3)
+    BULK_CPU[$v]=$(median "${BULK_CPU_RUNS[$v]:-}" 2)
+    BULK_PROCS[$v]=""
+    for np in ${B_PROCS[$v]}; do
+        name=${np%%=*}
+        x=$(median "${BULK_PCPU_RUNS[$v/$name]:-}" 2)
+        if [[ -n $x ]]; then BULK_PROCS[$v]+="${BULK_PROCS[$v]:+ }$name=$x"; fi
+    done
+    if [[ -n ${BULK_FAILED[$v]:-} ]]; then
+        BULK_STATUS[$v]=${BULK_FAILED[$v]}
+    elif ((BULK_NRUNS[$v] == 0)); then
+        BULK_STATUS[$v]="not run"
+    else
+        BULK_STATUS[$v]=ok
+        BULK_GOT[$v]=$BULK_BYTES
+    fi
+    log "$v: median ${BULK_MBS[$v]:-?} MB/s (rounds: ${BULK_ALL[$v]:-none}), proxies ${BULK_CPU[$v]:-n/a} CPU-s/GiB"
+}
+
+start_tunnel() {
+    port; local tc=$PORT; port; local ts=$PORT
+    local P=$T/pki
+    render "$SCRIPT_DIR/haproxy-tunnel-server.cfg.in" "$T/tunnel-server.cfg" "THREADS=$PROXY_THREADS" \
+        "LISTEN_PORT=$ts" "BACKEND_PORT=$SINK_PORT" "CERT_PEM=$P/server.pem" "CA=$P/ca.crt"
+    render "$SCRIPT_DIR/haproxy-tunnel-client.cfg.in" "$T/tunnel-client.cfg" "THREADS=$PROXY_THREADS" \
+        "LISTEN_PORT=$tc" "UPSTREAM_PORT=$ts" "CERT_PEM=$P/client.pem" "CA=$P/ca.crt"
+    start tunnel-server haproxy -db -f "$T/tunnel-server.cfg"
+    local s=$LAST_PID
+    start tunnel-client haproxy -db -f "$T/tunnel-client.cfg"
+    local c=$LAST_PID
+    sleep 1
+    bulk_variant haproxy-tls-tunnel "$tc" "tunnel-client=$c" "tunnel-server=$s"
+}
+# Opaque TCP: upstream listener on an east sidecar -> gateways -> west sidecar -> sink.
+start_strait_bulk() {
+    local up i before ready=0 db bulk
+    port; up=$PORT
+    if ! sidecar sc-db-west --bootstrap "$T/strait/db-west.yaml" --service db \
+        --port "5432/tcp=127.0.0.1:$SINK_PORT" --export; then
+        BULK_STATUS[strait-gateways]="failed: the bulk sidecars did not start"
+        return 0
+    fi
+    db=$LAST_PID
+    if ! sidecar sc-bulk-east --bootstrap "$T/strait/bulk-east.yaml" \
+        --upstream "west.db.shop.svc.clusterset.local:5432=127.0.0.1:$up"; then
+        BULK_STATUS[strait-gateways]="failed: the bulk sidecars did not start"
+        return 0
+    fi
+    bulk=$LAST_PID
+    # Ready when one byte sent to the upstream listener reaches the sink.
+    for i in $(seq 60); do
+        before=$(wc -l <"$T/sink.count")
+        printf x | timeout 5 socat -u - "TCP:127.0.0.1:$up" 2>/dev/null || true
+        sleep 0.3
+        if tail -n +$((before + 1)) "$T/sink.count" | awk '$1 == 1 { f = 1 } END { exit !f }'; then
+            ready=1
+            break
+        fi
+        sleep 0.2
+    done
+    if [[ $ready == 0 ]]; then
+        BULK_STATUS[strait-gateways]="failed: one byte through the --upstream listener never reached the sink in 30 s"
+        return 0
+    fi
+    bulk_variant strait-gateways "$up" "client-sidecar=$bulk" "east-gateway=$GW_E" \
+        "west-gateway=$GW_W" "server-sidecar=$db"
+}
+
+if want bulk && [[ $HAVE_SOCAT == 1 ]]; then
+    start_sink
+    bulk_variant plain-tcp "$SINK_PORT"
+    if [[ $HAVE_HAPROXY == 0 || $PKI_OK == 0 ]]; then
+        BULK_STATUS[haproxy-tls-tunnel]="skipped: haproxy or the certificates are missing"
+    else
+        start_tunnel
+    fi
+    if [[ $STRAIT_UP == 1 ]]; then start_strait_bulk; fi
+    BULK_MEASURED=()
+    for v in "${BULK_VARIANTS[@]}"; do
+        if [[ ${B_UP[$v]:-0} == 1 ]]; then BULK_MEASURED+=("$v"); fi
+    done
+    n=${#BULK_MEASURED[@]}
+    for r in $(seq "$BULK_RUNS"); do
+        for i in $(seq 0 $((n - 1))); do
+            v=${BULK_MEASURED[$(((i + r - 1) % n))]}
+            [[ -z ${BULK_FAILED[$v]:-} ]] || continue
+            bulk_run "$v" "$r"
+        done
+    done
+    for v in "${BULK_MEASURED[@]}"; do bulk_summarize "$v"; done
+elif want bulk; then
+    for v in "${BULK_VARIANTS[@]}"; do BULK_STATUS[$v]="skipped: socat could not be installed"; done
+else
+    for v in "${BULK_VARIANTS[@]}"; do BULK_STATUS[$v]="skipped (BENCH_ONLY)"; done
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -659,23 +948,36 @@ ratio() { # ratio A B
     if [[ -n ${1:-} && -n ${2:-} ]]; then awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "-" }'; else echo "-"; fi
 }
 commas() { local x=${1:-}; echo "${x// /,}"; }
+whole() { # whole "LIST": its numbers rounded, separated by commas (for the table)
+    [[ -n ${1:-} ]] || return 0
+    tr ' ' '\n' <<<"$1" | awk '{ printf "%s%.0f", (NR > 1 ? "," : ""), $1 }'
+}
 mib() { [[ -n ${1:-} && ${1:-0} != 0 ]] && awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }' || echo "-"; }
+under() { # under PAIR/PROCESS: seconds to under 20 MiB, "never", or "-" when not measured
+    if [[ -n ${CONN_UNDER[$1]:-} ]]; then echo "${CONN_UNDER[$1]} s"
+    elif [[ -n ${CONN_AFTER[$1]:-} ]]; then echo never
+    else echo "-"; fi
+}
 
 {
     echo
     echo "== strait data-plane benchmark =="
     echo "machine: $NCPU cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null), kernel $(uname -r);" \
         "${BACKGROUND_BUSY}% CPU busy before the start$( ((BACKGROUND_BUSY > 10)) && echo ' (NOT idle: figures skewed)')"
-    echo "load: wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s (after ${WARMUP}s warm-up), HTTP/1.1 GET, 2-byte body from nginx;"
-    echo "      memory under load sampled during ${RATE} req/s for ${RATE_SECONDS}s (h2load --rps); proxies use $PROXY_THREADS worker threads"
+    echo "load: $RUNS rounds, each timing every variant once in a rotating order: wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s"
+    echo "      (after ${WARMUP}s warm-up), HTTP/1.1 GET, 2-byte body from nginx; figures are the medians of the rounds,"
+    echo "      errors their sum; memory under load sampled during ${RATE} req/s for ${RATE_SECONDS}s (h2load --rps) before a"
+    echo "      variant's first round; all proxies up at once, with $PROXY_THREADS worker threads each"
     echo "strait: ${STRAIT_VERSION:-n/a} ($GIT_DESC)"
     echo
-    printf '%-14s %10s %9s %9s %8s %8s %7s %11s %8s  %s\n' variant "req/s" "vs direct" "vs envoy" "p50 ms" "p99 ms" errors "CPU us/req" "other %" status
+    printf '%-14s %10s %9s %9s %8s %8s %7s %11s %8s %-20s %-16s  %s\n' variant "req/s" "vs direct" "vs envoy" "p50 ms" "p99 ms" \
+        errors "CPU us/req" "other %" "req/s by round" "other % by round" status
     for v in "${VARIANTS[@]}"; do
-        printf '%-14s %10s %9s %9s %8s %8s %7s %11s %8s  %s\n' "$v" "$(num "${RPS[$v]:-}")" \
+        printf '%-14s %10s %9s %9s %8s %8s %7s %11s %8s %-20s %-16s  %s\n' "$v" "$(num "${RPS[$v]:-}")" \
             "$(ratio "${RPS[$v]:-}" "${RPS[direct]:-}")" "$(ratio "${RPS[$v]:-}" "${RPS[envoy-pair]:-}")" \
             "$(num "${P50[$v]:-}")" "$(num "${P99[$v]:-}")" "$(num "${ERRS[$v]:-}")" \
-            "$(num "${CPU_US[$v]:-}")" "$(num "${OTHER[$v]:-}")" "${STATUS[$v]}"
+            "$(num "${CPU_US[$v]:-}")" "$(num "${OTHER[$v]:-}")" "$(num "$(whole "${RPS_RUNS[$v]:-}")")" \
+            "$(num "$(commas "${OTHER_RUNS[$v]:-}")")" "${STATUS[$v]}"
     done
     echo "  (other % = share of the machine's CPU used by processes other than the load generator, the backend"
     echo "   and the proxies measured, during the timed run: above a few per cent the figures are disturbed)"
@@ -684,7 +986,7 @@ mib() { [[ -n ${1:-} && ${1:-0} != 0 ]] && awk -v k="$1" 'BEGIN { printf "%.1f",
     done
     echo
     echo "per proxy process: VmRSS in MiB (idle = before any load; @rate = highest while ${RATE} req/s ran;"
-    echo "peak = VmHWM after the full-load run) and CPU us per request in the full-load run"
+    echo "peak = VmHWM after the last full-load run) and CPU us per request in the full-load runs (median)"
     printf '%-14s %-16s %8s %8s %8s %11s %10s\n' variant process "idle" "@rate" "peak" "CPU us/req" "rate got"
     for v in "${VARIANTS[@]}"; do
         [[ -z ${PROCS[$v]:-} ]] && continue
@@ -696,34 +998,54 @@ mib() { [[ -n ${1:-} && ${1:-0} != 0 ]] && awk -v k="$1" 'BEGIN { printf "%.1f",
         done
     done
     echo
-    echo "bulk: one TCP stream of $BULK_BYTES bytes (socat from /dev/zero to a counting sink), best of $BULK_RUNS"
-    printf '%-20s %9s %8s %10s %15s %-15s  %s\n' variant "MB/s" "seconds" "vs tunnel" "proxy CPU-s/GiB" "all runs MB/s" status
+    echo "many connections: $CONNS_COUNT keep-alive connections through each pair, one GET each, then held idle"
+    echo "(bench/conns.py, 256 connects at a time; open-file limit $NOFILE). VmRSS in MiB before them (after the"
+    echo "request rounds, if the pair's variant ran them), while all are held, and ${CONNS_SETTLE}s after they closed;"
+    echo "the time after the close until the process was under 20 MiB (sampled every 0.5 s)"
+    printf '%-14s %-16s %8s %8s %9s %8s %13s\n' pair process before held "KiB/conn" after "to <20 MiB"
+    for c in "${CONNS_PAIRS[@]}"; do
+        for np in ${CONNS_PROCS[$c]:-}; do
+            n=${np%%=*}
+            printf '%-14s %-16s %8s %8s %9s %8s %13s\n' "$c" "$n" "$(mib "${CONN_BEFORE[$c/$n]:-}")" \
+                "$(mib "${CONN_HELD[$c/$n]:-}")" "$(num "${CONN_PER[$c/$n]:-}")" "$(mib "${CONN_AFTER[$c/$n]:-}")" \
+                "$(under "$c/$n")"
+        done
+    done
+    for c in "${CONNS_PAIRS[@]}"; do
+        echo "  $c: ok $(num "${CONNS_OK[$c]:-}"), failed $(num "${CONNS_FAILED[$c]:-}"), closed by the proxy while held $(num "${CONNS_DROPPED[$c]:-}"): ${CONNS_STATUS[$c]}"
+    done
+    echo
+    echo "bulk: one TCP stream of $BULK_BYTES bytes (socat from /dev/zero to a counting sink); $BULK_RUNS rounds in a"
+    echo "rotating order, the median of the rounds is reported (MB/s, seconds and CPU-s/GiB each its own median)"
+    printf '%-20s %9s %8s %10s %15s %-20s  %s\n' variant "MB/s" "seconds" "vs tunnel" "proxy CPU-s/GiB" "MB/s by round" status
     for v in "${BULK_VARIANTS[@]}"; do
-        printf '%-20s %9s %8s %10s %15s %-15s  %s\n' "$v" "$(num "${BULK_MBS[$v]:-}")" "$(num "${BULK_SECS[$v]:-}")" \
+        printf '%-20s %9s %8s %10s %15s %-20s  %s\n' "$v" "$(num "${BULK_MBS[$v]:-}")" "$(num "${BULK_SECS[$v]:-}")" \
             "$(ratio "${BULK_MBS[$v]:-}" "${BULK_MBS[haproxy-tls-tunnel]:-}")" "$(num "${BULK_CPU[$v]:-}")" \
             "$(num "$(commas "${BULK_ALL[$v]:-}")")" "${BULK_STATUS[$v]}"
     done
     for v in "${BULK_VARIANTS[@]}"; do
-        if [[ -n ${BULK_PROCS[$v]:-} ]]; then echo "  $v CPU-s/GiB by process: ${BULK_PROCS[$v]}"; fi
+        if [[ -n ${BULK_PROCS[$v]:-} ]]; then echo "  $v CPU-s/GiB by process (median): ${BULK_PROCS[$v]}"; fi
     done
     echo
     echo "run took ${RUN_SECS}s after the build"
 } | tee "$T/summary.txt"
 
-# JSON (one line; jstr and jnum are in common.sh).
+# JSON (one line; jstr and jnum are in common.sh). jlist "LIST": a JSON array of its numbers.
+jlist() { local x=${1:-}; printf '[%s]' "${x// /,}"; }
 {
-    printf '{"benchmark":"strait-dataplane","cores":%s,"settings":{"duration_s":%s,"warmup_s":%s,"connections":%s,"wrk_threads":%s,"rate_rps":%s,"rate_s":%s,"proxy_threads":%s,"bulk_bytes":%s,"bulk_runs":%s},"background_cpu_busy_pct":%s,' \
-        "$NCPU" "$DURATION" "$WARMUP" "$CONNS" "$WRK_THREADS" "$RATE" "$RATE_SECONDS" "$PROXY_THREADS" "$BULK_BYTES" "$BULK_RUNS" "$BACKGROUND_BUSY"
+    printf '{"benchmark":"strait-dataplane","cores":%s,"settings":{"duration_s":%s,"warmup_s":%s,"connections":%s,"wrk_threads":%s,"rate_rps":%s,"rate_s":%s,"proxy_threads":%s,"runs":%s,"bulk_bytes":%s,"bulk_runs":%s,"conns_connections":%s,"conns_settle_s":%s,"open_files_limit":%s},"background_cpu_busy_pct":%s,' \
+        "$NCPU" "$DURATION" "$WARMUP" "$CONNS" "$WRK_THREADS" "$RATE" "$RATE_SECONDS" "$PROXY_THREADS" "$RUNS" \
+        "$BULK_BYTES" "$BULK_RUNS" "$CONNS_COUNT" "$CONNS_SETTLE" "$(jnum "$NOFILE")" "$BACKGROUND_BUSY"
     printf '"strait_commit":%s,"variants":{' "$(jstr "$GIT_REV")"
     first=1
     for v in "${VARIANTS[@]}"; do
         [[ $first == 1 ]] || printf ','
         first=0
-        printf '%s:{"status":%s,"rps":%s,"rps_vs_direct":%s,"rps_vs_envoy":%s,"p50_ms":%s,"p99_ms":%s,"requests":%s,"errors":%s,"cpu_us_per_request":%s,"other_cpu_pct":%s,"rate_achieved_rps":%s,"note":%s,"processes":{' \
-            "$(jstr "$v")" "$(jstr "${STATUS[$v]}")" "$(jnum "${RPS[$v]:-}")" \
+        printf '%s:{"status":%s,"runs":%s,"rps":%s,"rps_runs":%s,"rps_vs_direct":%s,"rps_vs_envoy":%s,"p50_ms":%s,"p99_ms":%s,"requests":%s,"errors":%s,"cpu_us_per_request":%s,"other_cpu_pct":%s,"other_cpu_pct_runs":%s,"rate_achieved_rps":%s,"note":%s,"processes":{' \
+            "$(jstr "$v")" "$(jstr "${STATUS[$v]}")" "${NRUNS[$v]:-0}" "$(jnum "${RPS[$v]:-}")" "$(jlist "${RPS_RUNS[$v]:-}")" \
             "$(jnum "$(ratio "${RPS[$v]:-}" "${RPS[direct]:-}")")" "$(jnum "$(ratio "${RPS[$v]:-}" "${RPS[envoy-pair]:-}")")" \
             "$(jnum "${P50[$v]:-}")" "$(jnum "${P99[$v]:-}")" "$(jnum "${REQS[$v]:-}")" "$(jnum "${ERRS[$v]:-}")" \
-            "$(jnum "${CPU_US[$v]:-}")" "$(jnum "${OTHER[$v]:-}")" "$(jnum "${RATE_GOT[$v]:-}")" \
+            "$(jnum "${CPU_US[$v]:-}")" "$(jnum "${OTHER[$v]:-}")" "$(jlist "${OTHER_RUNS[$v]:-}")" "$(jnum "${RATE_GOT[$v]:-}")" \
             "$([[ -n ${NOTE[$v]:-} ]] && jstr "${NOTE[$v]}" || printf null)"
         pf=1
         for np in ${PROCS[$v]:-}; do
@@ -736,6 +1058,25 @@ mib() { [[ -n ${1:-} && ${1:-0} != 0 ]] && awk -v k="$1" 'BEGIN { printf "%.1f",
         done
         printf '}}'
     done
+    printf '},"conns":{'
+    first=1
+    for c in "${CONNS_PAIRS[@]}"; do
+        [[ $first == 1 ]] || printf ','
+        first=0
+        printf '%s:{"status":%s,"connections":%s,"ok":%s,"failed":%s,"dropped_while_held":%s,"processes":{' \
+            "$(jstr "$c")" "$(jstr "${CONNS_STATUS[$c]}")" "$CONNS_COUNT" "$(jnum "${CONNS_OK[$c]:-}")" \
+            "$(jnum "${CONNS_FAILED[$c]:-}")" "$(jnum "${CONNS_DROPPED[$c]:-}")"
+        pf=1
+        for np in ${CONNS_PROCS[$c]:-}; do
+            n=${np%%=*}
+            [[ $pf == 1 ]] || printf ','
+            pf=0
+            printf '%s:{"rss_before_kib":%s,"rss_held_kib":%s,"kib_per_connection":%s,"rss_after_settle_kib":%s,"seconds_to_under_20_mib":%s}' \
+                "$(jstr "$n")" "$(jnum "${CONN_BEFORE[$c/$n]:-}")" "$(jnum "${CONN_HELD[$c/$n]:-}")" \
+                "$(jnum "${CONN_PER[$c/$n]:-}")" "$(jnum "${CONN_AFTER[$c/$n]:-}")" "$(jnum "${CONN_UNDER[$c/$n]:-}")"
+        done
+        printf '}}'
+    done
     printf '},"bulk":{'
     first=1
     for v in "${BULK_VARIANTS[@]}"; do
@@ -743,10 +1084,10 @@ mib() { [[ -n ${1:-} && ${1:-0} != 0 ]] && awk -v k="$1" 'BEGIN { printf "%.1f",
         first=0
         pj=""
         for np in ${BULK_PROCS[$v]:-}; do pj+="${pj:+,}$(jstr "${np%%=*}"):${np#*=}"; done
-        printf '%s:{"status":%s,"mb_per_s":%s,"seconds":%s,"bytes":%s,"vs_tls_tunnel":%s,"proxy_cpu_s_per_gib":%s,"runs_mb_per_s":[%s],"cpu_s_per_gib_by_process":{%s}}' \
-            "$(jstr "$v")" "$(jstr "${BULK_STATUS[$v]}")" "$(jnum "${BULK_MBS[$v]:-}")" "$(jnum "${BULK_SECS[$v]:-}")" \
+        printf '%s:{"status":%s,"runs":%s,"mb_per_s":%s,"seconds":%s,"bytes":%s,"vs_tls_tunnel":%s,"proxy_cpu_s_per_gib":%s,"runs_mb_per_s":%s,"cpu_s_per_gib_by_process":{%s}}' \
+            "$(jstr "$v")" "$(jstr "${BULK_STATUS[$v]}")" "${BULK_NRUNS[$v]:-0}" "$(jnum "${BULK_MBS[$v]:-}")" "$(jnum "${BULK_SECS[$v]:-}")" \
             "$(jnum "${BULK_GOT[$v]:-}")" "$(jnum "$(ratio "${BULK_MBS[$v]:-}" "${BULK_MBS[haproxy-tls-tunnel]:-}")")" \
-            "$(jnum "${BULK_CPU[$v]:-}")" "$(commas "${BULK_ALL[$v]:-}")" "$pj"
+            "$(jnum "${BULK_CPU[$v]:-}")" "$(jlist "${BULK_ALL[$v]:-}")" "$pj"
     done
     printf '},"run_seconds":%s}\n' "$RUN_SECS"
 } | tee "$T/summary.json"
