@@ -7,7 +7,7 @@ use std::sync::Arc;
 use hyper::{Request, Response, StatusCode};
 use strait_federation::identity::{ClusterName, Namespace};
 
-use strait_federation::trace::TRACEPARENT;
+use crate::http::names;
 
 use crate::Shared;
 use crate::balance::InFlight;
@@ -87,13 +87,15 @@ pub(crate) async fn send(
             .filter(|t| t.recorded && matches!(target, Target::Remote { .. }))
             .map(|t| {
                 let (flow, header) = t.through_gateways(GATEWAY_HOPS);
-                outgoing.headers_mut().insert(TRACEPARENT, header);
+                outgoing.headers_mut().insert(&names::TRACEPARENT, header);
                 flow
             });
         if alone.is_none()
             && let Some(trace) = trace
         {
-            outgoing.headers_mut().insert(TRACEPARENT, trace.header());
+            outgoing
+                .headers_mut()
+                .insert(&names::TRACEPARENT, trace.header());
         }
         // Dropped with the request (timeout, caller gone), it leaves no load behind.
         let mut in_flight = InFlight::start(&shared.balancer, target.clone());

@@ -29,11 +29,10 @@ use crate::authorizer::{self, Verdict};
 use crate::config::AppPort;
 use crate::connect::{self, Body, HTTP_ALPN, TCP_ALPN};
 use crate::directory::Directory;
-use crate::http::{error_response, strip_hop_by_hop};
+use crate::http::{error_response, names, strip_hop_by_hop};
 use crate::metrics::{Direction, Route};
 use crate::ratelimit::Limited;
-use crate::{CALLER_READY_HEADER, CLIENT_ID_HEADER, Shared, accept_each, telemetry};
-use strait_federation::trace::TRACEPARENT;
+use crate::{Shared, accept_each, telemetry};
 
 /// How long a TLS handshake, or the port of a TCP connection, may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -343,7 +342,7 @@ async fn gate(
     let state = CallerState {
         ready: request
             .headers()
-            .get(CALLER_READY_HEADER)
+            .get(&names::CALLER_READY)
             .is_some_and(|v| v.as_bytes() == b"true"),
     };
     let facts = HttpFacts {
@@ -590,7 +589,9 @@ async fn to_app(
     // The trace goes on to the app with this sidecar's span as its parent.
     let settings = &directory.telemetry;
     let trace = shared.telemetry.begin(request.headers(), settings);
-    request.headers_mut().insert(TRACEPARENT, trace.header());
+    request
+        .headers_mut()
+        .insert(&names::TRACEPARENT, trace.header());
     let described = shared.telemetry.wanted(&trace, settings).then(|| {
         (
             request.method().to_string(),
@@ -657,10 +658,10 @@ async fn forward(
     let (mut parts, body) = request.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     // Said to this sidecar, not to the app.
-    parts.headers.remove(CALLER_READY_HEADER);
+    parts.headers.remove(&names::CALLER_READY);
     match &caller.header {
-        Some(id) => parts.headers.insert(CLIENT_ID_HEADER, id.clone()),
-        None => parts.headers.remove(CLIENT_ID_HEADER),
+        Some(id) => parts.headers.insert(&names::CLIENT_ID, id.clone()),
+        None => parts.headers.remove(&names::CLIENT_ID),
     };
     if port.port.protocol == Protocol::Http {
         parts.version = hyper::Version::HTTP_11;

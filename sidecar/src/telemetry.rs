@@ -15,9 +15,7 @@ use serde_json::{Value as Json, json};
 use strait_federation::proto::tap::{TapEvent, TapFilter};
 use strait_federation::proto::workload::TapReport;
 use strait_federation::proto::workload::workload_client::WorkloadClient;
-use strait_federation::trace::{
-    self, FlowTrace, Span, SpanId, SpanKind, TRACEPARENT, TraceContext, Value,
-};
+use strait_federation::trace::{self, FlowTrace, Span, SpanId, SpanKind, TraceContext, Value};
 use strait_io::spans::SpanExporter;
 use tokio_util::sync::CancellationToken;
 
@@ -73,7 +71,8 @@ impl Settings {
 /// The `traceparent` of a request sent from span `span` of a trace (hex only: always a valid
 /// header value).
 fn traceparent(context: &TraceContext, span: SpanId) -> HeaderValue {
-    HeaderValue::from_str(&context.header_from(span))
+    // From the string itself: no copy.
+    HeaderValue::try_from(context.header_from(span))
         .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
@@ -211,7 +210,7 @@ impl Telemetry {
     /// The trace of a request, from its `traceparent` or started here.
     pub fn begin(&self, headers: &HeaderMap, settings: &Settings) -> RequestTrace {
         let incoming = headers
-            .get(TRACEPARENT)
+            .get(&crate::http::names::TRACEPARENT)
             .and_then(|h| h.to_str().ok())
             .and_then(TraceContext::parse);
         let (context, parent) = match incoming {
@@ -489,7 +488,7 @@ mod tests {
         // No collector: nothing is recorded, but the context still travels.
         assert!(!started.recorded);
         let mut headers = HeaderMap::new();
-        headers.insert(TRACEPARENT, started.header());
+        headers.insert(trace::TRACEPARENT, started.header());
         let next = telemetry.begin(&headers, &Settings::default());
         assert_eq!(next.context.trace_id, started.context.trace_id);
         assert_eq!(next.parent, Some(started.span));

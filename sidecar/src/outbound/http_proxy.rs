@@ -21,14 +21,13 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::attempt::{self, SendError};
 use crate::connect::{self, Body, Target};
 use crate::directory::{Destination, Directory};
-use crate::http::{error_response, strip_hop_by_hop};
+use crate::http::{error_response, names, strip_hop_by_hop};
 use crate::metrics::{Direction, Metrics, Route};
 use crate::mirror;
 use crate::plan::{Plan, PlanError, Tiers, plan, plan_destination};
 use crate::retry::{self, BrokenBody, Budgets, Kept};
 use crate::routing::{self, Routed};
-use crate::{CALLER_READY_HEADER, CLIENT_ID_HEADER, Shared, accept_each, telemetry};
-use strait_federation::trace::TRACEPARENT;
+use crate::{Shared, accept_each, telemetry};
 
 /// Serves the HTTP proxy port until the sidecar stops.
 pub async fn serve_http_proxy(shared: Arc<Shared>, listener: TcpListener) {
@@ -307,12 +306,12 @@ fn rewrite_request<B>(
     strip_hop_by_hop(&mut parts.headers);
     // The next hop's parent is this sidecar's span (a try through the gateways names the last
     // gateway's instead).
-    parts.headers.insert(TRACEPARENT, trace.header());
+    parts.headers.insert(&names::TRACEPARENT, trace.header());
     // Only the destination's sidecar says who the caller is, and only this one whether it
     // is ready.
-    parts.headers.remove(CLIENT_ID_HEADER);
+    parts.headers.remove(&names::CLIENT_ID);
     parts.headers.insert(
-        CALLER_READY_HEADER,
+        &names::CALLER_READY,
         HeaderValue::from_static(if ready { "true" } else { "false" }),
     );
     parts.headers.remove(header::HOST);

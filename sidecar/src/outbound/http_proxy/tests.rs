@@ -9,6 +9,7 @@ use http_body_util::BodyExt;
 
 use super::*;
 use crate::testing::{directory, shop};
+use crate::{CALLER_READY_HEADER, CLIENT_ID_HEADER};
 
 /// `api`: `/v2` goes to `api-v2` (with timeouts, retries, header edits and a mirror), `/gone`
 /// to a service the catalog lacks, the rest to `api` itself.
