@@ -16,7 +16,8 @@
 # connections of the conns case, 10000), BENCH_CONNS_SETTLE (s of memory samples after they
 # close, 10), BENCH_BULK_BYTES (1073741824), BENCH_BULK_RUNS (rounds of transfers, the median is
 # reported, 3), BENCH_PROXY_THREADS (worker threads of Envoy and HAProxy, default: number of
-# cores, which is also what strait's runtime uses), BENCH_MAX_SECONDS (hard limit after the
+# cores, which is also what strait's gateways use), BENCH_SIDECAR_THREADS (`--threads` of the
+# strait sidecars, default: theirs, 1), BENCH_MAX_SECONDS (hard limit after the
 # build, 1200), BENCH_PORT_BASE (first loopback port tried), STRAIT_BIN (use this binary, skip
 # the build), BENCH_INSTALL_ONLY=1 (install the tools, run nothing), BENCH_NO_INSTALL=1 (never
 # install), BENCH_KEEP=1 (keep the temporary folder and its logs),
@@ -39,6 +40,7 @@ BULK_BYTES=${BENCH_BULK_BYTES:-1073741824}
 BULK_RUNS=${BENCH_BULK_RUNS:-3}
 NCPU=$(nproc 2>/dev/null || echo 2)
 PROXY_THREADS=${BENCH_PROXY_THREADS:-$NCPU}
+SIDECAR_THREADS=${BENCH_SIDECAR_THREADS:-}
 # A full run takes about 5 minutes on 2 cores (see bench/README.md, "Time"); the limit leaves
 # room for a busy machine and slow start-ups.
 MAX_SECONDS=${BENCH_MAX_SECONDS:-1200}
@@ -570,7 +572,11 @@ strait_skip() {
 sidecar() {
     local name=$1
     shift
-    start "$name" "$STRAIT" sidecar run "$@"
+    if [[ -n $SIDECAR_THREADS ]]; then
+        start "$name" env STRAIT_SIDECAR_THREADS="$SIDECAR_THREADS" "$STRAIT" sidecar run "$@"
+    else
+        start "$name" "$STRAIT" sidecar run "$@"
+    fi
     if ! wait_line "$T/logs/$name.log" '"event":"started"' 30 "$LAST_PID"; then
         log "sidecar $name did not start; its log:"
         tail -n 30 "$T/logs/$name.log" >&2 || true
@@ -967,7 +973,8 @@ under() { # under PAIR/PROCESS: seconds to under 20 MiB, "never", or "-" when no
     echo "load: $RUNS rounds, each timing every variant once in a rotating order: wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s"
     echo "      (after ${WARMUP}s warm-up), HTTP/1.1 GET, 2-byte body from nginx; figures are the medians of the rounds,"
     echo "      errors their sum; memory under load sampled during ${RATE} req/s for ${RATE_SECONDS}s (h2load --rps) before a"
-    echo "      variant's first round; all proxies up at once, with $PROXY_THREADS worker threads each"
+    echo "      variant's first round; all proxies up at once: Envoy and HAProxy with $PROXY_THREADS worker threads each,"
+    echo "      strait sidecars with ${SIDECAR_THREADS:-their default of 1} (--threads), strait gateways with $NCPU"
     echo "strait: ${STRAIT_VERSION:-n/a} ($GIT_DESC)"
     echo
     printf '%-14s %10s %9s %9s %8s %8s %7s %11s %8s %-20s %-16s  %s\n' variant "req/s" "vs direct" "vs envoy" "p50 ms" "p99 ms" \

@@ -178,6 +178,13 @@ pub struct RunArgs {
     /// The workload this sidecar belongs to (e.g. deploy/web), for `strait stat deploy`.
     #[arg(long, env = "STRAIT_WORKLOAD")]
     workload: Option<String>,
+    /// Threads that carry the sidecar's traffic. 1 (the default) serves every connection on
+    /// one thread, which costs the least CPU per request (no hand-offs between threads), as
+    /// Linkerd's proxy does by default; more spread connections over that many threads, for a
+    /// workload whose traffic needs more than one core of proxying.
+    #[arg(long, env = "STRAIT_SIDECAR_THREADS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: u16,
     /// Connections open at once on the inbound port; one more is closed when accepted.
     #[arg(long, env = "STRAIT_MAX_INBOUND_CONNECTIONS", default_value_t = 20_000,
           value_parser = clap::value_parser!(u32).range(1..), help_heading = "Limits")]
@@ -205,6 +212,14 @@ pub struct RunArgs {
     #[arg(long, env = "STRAIT_MAX_ADMIN_CONNECTIONS", default_value_t = 1_024,
           value_parser = clap::value_parser!(u32).range(1..), help_heading = "Limits")]
     max_admin_connections: u32,
+}
+
+/// The threads a command's runtime gets, when the command says (`sidecar run --threads`).
+pub fn threads(command: &SidecarCommand) -> Option<usize> {
+    match command {
+        SidecarCommand::Run(args) => Some(usize::from(args.threads)),
+        SidecarCommand::Token(_) | SidecarCommand::Init(_) => None,
+    }
 }
 
 /// Runs a `strait sidecar` command.

@@ -15,9 +15,10 @@ pub const INIT: &str = "strait-init";
 pub const INJECT: &str = "strait.dev/inject";
 /// The annotation that switches a pod's access log on (`"true"`).
 pub const ACCESS_LOG: &str = "strait.dev/access-log";
-/// The annotations that set a sidecar's limits (docs/operations.md), each the flag of the same
-/// name: `strait.dev/max-header-bytes: "16384"` gives `--max-header-bytes 16384`.
-pub const LIMIT_ANNOTATIONS: [&str; 6] = [
+/// The annotations that set a sidecar's limits and its threads (docs/operations.md), each the
+/// flag of the same name: `strait.dev/max-header-bytes: "16384"` gives `--max-header-bytes 16384`.
+pub const LIMIT_ANNOTATIONS: [&str; 7] = [
+    "strait.dev/threads",
     "strait.dev/max-inbound-connections",
     "strait.dev/max-outbound-connections",
     "strait.dev/max-admin-connections",
