@@ -416,6 +416,7 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
         tokio::spawn(telemetry::report_taps(shared.clone(), channel.clone())),
         tokio::spawn(inbound::serve(shared.clone(), inbound)),
         tokio::spawn(forget_idle(shared.clone())),
+        tokio::spawn(residence::release_freed_heap(shared.shutdown.clone())),
         tokio::spawn(jwks::refresh(shared.clone())),
     ];
     if let Some(service) = shared.config.service.clone() {

@@ -52,10 +52,12 @@ pub(super) async fn serve_http_connection(
     let service = hyper::service::service_fn(move |request| {
         let shared = shared.clone();
         let fallback = fallback.clone();
-        async move {
+        // Boxed per request: the connection keeps a place for its request's future as long as
+        // it lives, so an idle keep-alive connection would hold one of full size.
+        Box::pin(async move {
             let request = request.map(connect::boxed);
             Ok::<_, Infallible>(proxy_http(shared, request, fallback.as_deref()).await)
-        }
+        })
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().max_buf_size(header_buffer);
