@@ -120,6 +120,8 @@ pub struct Shared {
     pub directory: watch::Sender<Arc<Directory>>,
     pub(crate) balancer: Mutex<Balancer<Target>>,
     pub(crate) pool: Pool,
+    /// Plans of the names asked for, for the directory in use.
+    pub(crate) plans: plan::Plans,
     /// Retry budgets, one per route rule that retries.
     pub(crate) budgets: retry::Budgets,
     /// Clients of the external authorizers that policies name.
@@ -375,6 +377,7 @@ pub async fn start(config: SidecarConfig) -> Result<Sidecar, SidecarError> {
         directory: watch::channel(Arc::new(Directory::default())).0,
         balancer: Mutex::new(Balancer::default()),
         pool: Pool::default(),
+        plans: plan::Plans::default(),
         budgets: retry::Budgets::default(),
         authorizers: authorizer::Authorizers::default(),
         limiter: ratelimit::Limiter::default(),

@@ -3,6 +3,8 @@
 //! by closeness or by the service's FailoverPolicy); and the choice of the next target among
 //! them, by the balancer.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use strait_federation::catalog::{Port, ServiceKey};
@@ -46,6 +48,90 @@ pub(crate) fn plan(directory: &Directory, name: &str) -> Option<Result<Plan, Pla
     let dest = directory.resolve(name)?;
     directory.service(&dest.service)?;
     Some(plan_destination(directory, dest))
+}
+
+/// What plans names: a directory afresh, or [`Remembered`] plans of the directory in use.
+pub(crate) trait Planner {
+    /// The directory the plans come from.
+    fn directory(&self) -> &Directory;
+    /// The plan of a name ([`plan`]).
+    fn plan(&self, name: &str) -> Option<Result<Arc<Plan>, PlanError>>;
+}
+
+impl Planner for Directory {
+    fn directory(&self) -> &Directory {
+        self
+    }
+
+    fn plan(&self, name: &str) -> Option<Result<Arc<Plan>, PlanError>> {
+        plan(self, name).map(|planned| planned.map(Arc::new))
+    }
+}
+
+/// The most names remembered for one directory: the Host header is the caller's to write.
+const REMEMBERED: usize = 1024;
+
+/// Plans of the names asked for, kept for as long as the directory they came from is the one
+/// in use: a name is planned once per view, not once per request (planning cost a tenth of a
+/// client sidecar's instructions per request).
+#[derive(Default)]
+pub(crate) struct Plans {
+    memo: Mutex<Option<Memo>>,
+}
+
+struct Memo {
+    /// The directory the plans came from, held so that no other directory takes its address.
+    directory: Arc<Directory>,
+    plans: HashMap<String, Arc<Plan>>,
+}
+
+impl Plans {
+    /// The plan of `name` in `directory`: remembered, or planned now (and remembered, unless
+    /// it failed or [`REMEMBERED`] names are).
+    pub(crate) fn plan(
+        &self,
+        directory: &Arc<Directory>,
+        name: &str,
+    ) -> Option<Result<Arc<Plan>, PlanError>> {
+        let mut memo = self.memo.lock().unwrap_or_else(PoisonError::into_inner);
+        if !memo
+            .as_ref()
+            .is_some_and(|m| Arc::ptr_eq(&m.directory, directory))
+        {
+            *memo = None;
+        }
+        let memo = memo.get_or_insert_with(|| Memo {
+            directory: directory.clone(),
+            plans: HashMap::new(),
+        });
+        if let Some(plan) = memo.plans.get(name) {
+            return Some(Ok(plan.clone()));
+        }
+        let planned = match plan(directory, name)? {
+            Ok(planned) => Arc::new(planned),
+            Err(error) => return Some(Err(error)),
+        };
+        if memo.plans.len() < REMEMBERED {
+            memo.plans.insert(name.to_owned(), planned.clone());
+        }
+        Some(Ok(planned))
+    }
+}
+
+/// The directory in use, planned through the plans remembered for it.
+pub(crate) struct Remembered<'a> {
+    pub(crate) plans: &'a Plans,
+    pub(crate) directory: &'a Arc<Directory>,
+}
+
+impl Planner for Remembered<'_> {
+    fn directory(&self) -> &Directory {
+        self.directory
+    }
+
+    fn plan(&self, name: &str) -> Option<Result<Arc<Plan>, PlanError>> {
+        self.plans.plan(self.directory, name)
+    }
 }
 
 /// Plans the way to a destination (a route's backend, say); an error when the catalog lacks
@@ -166,6 +252,28 @@ mod tests {
     fn clusters(tier: &[Target]) -> Vec<String> {
         let here = ClusterName::new("east").unwrap();
         tier.iter().map(|t| t.cluster(&here).to_string()).collect()
+    }
+
+    #[test]
+    fn a_plan_is_remembered_for_its_directory_only() {
+        let plans = Plans::default();
+        let first = Arc::new(directory(&[]));
+        let planned = plans.plan(&first, "api.shop").unwrap().unwrap();
+        let again = plans.plan(&first, "api.shop").unwrap().unwrap();
+        assert!(Arc::ptr_eq(&planned, &again), "remembered");
+        assert!(plans.plan(&first, "example.com").is_none());
+        assert!(plans.plan(&first, "api.shop:9999").unwrap().is_err());
+        // A new view: planned again, from it.
+        let second = Arc::new(directory(&[]));
+        let fresh = plans.plan(&second, "api.shop").unwrap().unwrap();
+        assert!(!Arc::ptr_eq(&planned, &fresh));
+        assert_eq!(fresh.tiers, planned.tiers);
+        // No more than REMEMBERED names are kept.
+        for port in 0..(REMEMBERED as u16 + 10) {
+            let _ = plans.plan(&second, &format!("api.shop:{port}"));
+        }
+        let held = plans.memo.lock().unwrap().as_ref().unwrap().plans.len();
+        assert!(held <= REMEMBERED, "{held}");
     }
 
     #[test]

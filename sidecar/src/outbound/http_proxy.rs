@@ -20,11 +20,11 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::attempt::{self, SendError};
 use crate::connect::{self, Body, Target};
-use crate::directory::{Destination, Directory};
+use crate::directory::Directory;
 use crate::http::{error_response, names, strip_hop_by_hop};
 use crate::metrics::{Direction, Metrics, Route};
 use crate::mirror;
-use crate::plan::{Plan, PlanError, Tiers, plan, plan_destination};
+use crate::plan::{Plan, PlanError, Planner, Remembered, plan_destination};
 use crate::retry::{self, BrokenBody, Budgets, Kept};
 use crate::routing::{self, Routed};
 use crate::{Shared, accept_each, telemetry};
@@ -88,7 +88,11 @@ pub async fn proxy_http(
     });
     // A request refused before it is sent is answered at once, and not counted.
     let prepared = async {
-        let planned = plan_request(&directory, authority_of(&request), fallback)?;
+        let planner = Remembered {
+            plans: &shared.plans,
+            directory: &directory,
+        };
+        let planned = plan_request(&planner, authority_of(&request), fallback)?;
         let way = route_request(&directory, planned, &request, crate::balance::random())?;
         let request = rewrite_request(request, &way, shared.is_ready(), &trace)?;
         let terms = Terms::of(
@@ -105,7 +109,7 @@ pub async fn proxy_http(
         Err(refusal) => return refusal.response(),
     };
     if let Some(mirror) = terms.mirror {
-        let dest = &way.dest;
+        let dest = &way.plan.dest;
         mirror::send_copy(
             &shared,
             &directory,
@@ -116,10 +120,11 @@ pub async fn proxy_http(
             terms.overall,
         );
     }
-    let labels = labels(&shared.cluster, &way.dest.service);
+    let labels = labels(&shared.cluster, &way.plan.dest.service);
     let count_retry = |outcome: &str| shared.metrics.retry(&labels, outcome);
     let try_once = |request, avoid: Vec<Target>| {
-        let (shared, tiers, namespace) = (&shared, &way.tiers, &way.dest.service.namespace);
+        let (shared, tiers, namespace) =
+            (&shared, &way.plan.tiers, &way.plan.dest.service.namespace);
         let trace = &trace;
         async move {
             let (target, response) =
@@ -129,7 +134,8 @@ pub async fn proxy_http(
     };
     let outcome = send_request(kept, &terms, &shared.budgets, count_retry, try_once).await;
     let failure = outcome.as_ref().err().map(ToString::to_string);
-    let (response, answered_by) = respond(outcome, &way.dest.service, way.rule(), &shared.cluster);
+    let (response, answered_by) =
+        respond(outcome, &way.plan.dest.service, way.rule(), &shared.cluster);
     let status = response.status();
     let elapsed = started.elapsed();
     record(&shared.metrics, &labels, &answered_by, status, elapsed);
@@ -141,8 +147,8 @@ pub async fn proxy_http(
                 direction: "outbound",
                 protocol: "http",
                 caller: &caller,
-                namespace: way.dest.service.namespace.as_str(),
-                service: way.dest.service.name.as_str(),
+                namespace: way.plan.dest.service.namespace.as_str(),
+                service: way.plan.dest.service.name.as_str(),
                 source_cluster: shared.cluster.as_str(),
                 destination_cluster: answered_by.as_str(),
                 route: way.routed.as_ref().map(|r| r.route.name.as_str()),
@@ -218,24 +224,24 @@ impl Refusal {
 /// Where a request goes before any route: the name it was addressed by, and that name's plan.
 struct Planned {
     authority: String,
-    plan: Plan,
+    plan: Arc<Plan>,
 }
 
 /// Plans a request by the name it carries (`named`), or, when that is no mesh name, by the
 /// service a redirected connection was addressed to (`fallback`).
 fn plan_request(
-    directory: &Directory,
+    planner: &(impl Planner + ?Sized),
     named: Option<String>,
     fallback: Option<&str>,
 ) -> Result<Planned, Refusal> {
     let found = [named.as_deref(), fallback]
         .into_iter()
         .flatten()
-        .find_map(|name| Some((name.to_owned(), plan(directory, name)?)));
+        .find_map(|name| Some((name.to_owned(), planner.plan(name)?)));
     match (found, named) {
         (Some((authority, Ok(plan))), _) => Ok(Planned { authority, plan }),
         (Some((_, Err(error))), _) => Err(Refusal::Plan(error)),
-        (None, Some(named)) => Err(Refusal::NotInMesh(directory.lacks(&named))),
+        (None, Some(named)) => Err(Refusal::NotInMesh(planner.directory().lacks(&named))),
         (None, None) => Err(Refusal::NoHost),
     }
 }
@@ -244,8 +250,7 @@ fn plan_request(
 /// the route rule it matched, if any.
 struct Way<'d> {
     authority: String,
-    dest: Destination,
-    tiers: Tiers,
+    plan: Arc<Plan>,
     routed: Option<Routed<'d>>,
 }
 
@@ -265,32 +270,28 @@ fn route_request<'d, B>(
     request: &Request<B>,
     random: u64,
 ) -> Result<Way<'d>, Refusal> {
-    let Planned {
-        authority,
-        plan: Plan { dest, tiers, .. },
-    } = planned;
+    let Planned { authority, plan } = planned;
     let routed = routing::select(
         directory,
-        &dest,
+        &plan.dest,
         request.method().as_str(),
         request.uri().path(),
         request.headers(),
         random,
     );
-    let (dest, tiers) = match &routed {
-        Some(routed) => match plan_destination(directory, routed.destination(&dest)) {
-            Ok(Plan { dest, tiers, .. }) => (dest, tiers),
+    let plan = match &routed {
+        Some(routed) => match plan_destination(directory, routed.destination(&plan.dest)) {
+            Ok(backend) => Arc::new(backend),
             Err(error) => {
                 let route = routed.route.name.clone();
                 return Err(Refusal::Route { route, error });
             }
         },
-        None => (dest, tiers),
+        None => plan,
     };
     Ok(Way {
         authority,
-        dest,
-        tiers,
+        plan,
         routed,
     })
 }

@@ -148,12 +148,12 @@ fn a_route_rule_sends_its_requests_to_its_backend_under_the_name_they_were_addre
     let directory = directory(&[ROUTE]);
     let canary = way(&directory, "api.shop", &get("/v2/items"));
     assert_eq!(canary.authority, "api.shop");
-    assert_eq!(canary.dest.service, shop("api-v2"));
-    assert_eq!(canary.tiers[1], [remote("west", "api-v2")]);
+    assert_eq!(canary.plan.dest.service, shop("api-v2"));
+    assert_eq!(canary.plan.tiers[1], [remote("west", "api-v2")]);
     assert_eq!(canary.routed.as_ref().map(|r| r.index), Some(0));
     let rest = way(&directory, "api.shop", &get("/items"));
-    assert_eq!(rest.dest.service, shop("api"));
-    assert_eq!(rest.tiers[0], [local("127.0.0.1:5000")]);
+    assert_eq!(rest.plan.dest.service, shop("api"));
+    assert_eq!(rest.plan.tiers[0], [local("127.0.0.1:5000")]);
     assert_eq!(rest.routed.as_ref().map(|r| r.index), Some(2));
 }
 
@@ -165,7 +165,7 @@ fn a_name_of_one_endpoint_is_not_routed() {
         "api-7.west.api.shop.svc.clusterset.local",
         &get("/v2/items"),
     );
-    assert_eq!(pinned.dest.service, shop("api"));
+    assert_eq!(pinned.plan.dest.service, shop("api"));
     assert!(pinned.routed.is_none());
 }
 
@@ -470,7 +470,7 @@ fn the_apps_answer_loses_its_hop_by_hop_headers_and_gains_the_rules_edits() {
     headers.insert("x-private", HeaderValue::from_static("1"));
     headers.insert("x-app", HeaderValue::from_static("1"));
     let outcome = Ok((remote("west", "api-v2"), response));
-    let (response, cluster) = respond(outcome, &canary.dest.service, canary.rule(), &east());
+    let (response, cluster) = respond(outcome, &canary.plan.dest.service, canary.rule(), &east());
     assert_eq!(cluster.as_str(), "west");
     let mut names: Vec<_> = response.headers().keys().map(|k| k.as_str()).collect();
     names.sort_unstable();
