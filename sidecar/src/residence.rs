@@ -3,8 +3,8 @@
 //! Code: strait is one binary (gateway, CLI and sidecar), and the kernel maps its code in 64 KiB
 //! runs around each page touched, so a sidecar would hold most of the binary's code resident.
 //! Advising the code mapping as randomly accessed, and dropping the pages mapped so far, leaves
-//! resident only the code pages the sidecar runs. (Where the page cache holds the binary in
-//! large folios, each touch maps a whole folio, and less is saved.)
+//! resident only the code pages the sidecar runs. (Kernels that map 64 KiB around a touched
+//! page whatever the advice, as Linux 6.18 does, keep more.)
 //!
 //! Heap: the C allocator keeps what a burst freed in its heap; a sidecar that held 10,000
 //! connections kept about 280 MiB after they closed. Whenever the heap's free memory has grown
