@@ -2,6 +2,7 @@
 //! carries, the spans sidecars and gateways record for their hop, and the OTLP export request
 //! that carries spans to a collector. Sans-IO: ids and times are handed in.
 
+use crate::policy::path::hex as hex_digit;
 use crate::proto::otlp;
 
 /// The header of the W3C trace context.
@@ -30,19 +31,9 @@ fn hex_bytes<const N: usize>(text: &str) -> Option<[u8; N]> {
     }
     let mut out = [0u8; N];
     for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
-        *byte = (hex_value(pair[0])? << 4) | hex_value(pair[1])?;
+        *byte = (hex_digit(pair[0])? << 4) | hex_digit(pair[1])?;
     }
     Some(out)
-}
-
-/// The value of one hex digit (either case).
-fn hex_value(digit: u8) -> Option<u8> {
-    match digit {
-        b'0'..=b'9' => Some(digit - b'0'),
-        b'a'..=b'f' => Some(digit - b'a' + 10),
-        b'A'..=b'F' => Some(digit - b'A' + 10),
-        _ => None,
-    }
 }
 
 impl TraceContext {
