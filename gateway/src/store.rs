@@ -110,12 +110,9 @@ impl Revocations {
 fn stored_policies<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<PolicyBook, D::Error> {
-    let stored = serde_json::Value::deserialize(deserializer)?;
-    let (book, skipped) = PolicyBook::from_stored(stored);
-    for reason in skipped {
-        tracing::warn!(reason = %reason, "a stored policy was left out");
-    }
-    Ok(book)
+    Ok(policies::stored(serde_json::Value::deserialize(
+        deserializer,
+    )?))
 }
 
 fn clock_only<S: serde::Serializer>(book: &PolicyBook, serializer: S) -> Result<S::Ok, S::Error> {

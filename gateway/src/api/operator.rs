@@ -86,6 +86,36 @@ fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
 
+impl OperatorApi {
+    /// Tells peers and sidecars of an operator's change once it is on disk: services changed
+    /// (written with the state), and policies changed (`policies`: their journal line). When a
+    /// write failed they are told all the same, after it, and the operator gets the error: the
+    /// gateway retries the write meanwhile.
+    async fn publish(
+        &self,
+        services: Vec<ServiceKey>,
+        policies: Option<crate::store::journal::Written>,
+    ) -> Result<(), Status> {
+        let saved = if services.is_empty() {
+            Ok(())
+        } else {
+            self.shared.persist().await
+        };
+        let policies_changed = policies.is_some();
+        let journaled = match policies {
+            Some(written) => written.wait().await,
+            None => Ok(()),
+        };
+        if !services.is_empty() {
+            self.shared.export_changed(Touched::services(services));
+        }
+        if policies_changed {
+            self.shared.policies_changed();
+        }
+        saved.and(journaled).map_err(unsaved)
+    }
+}
+
 /// A change made in memory that could not be written: it stays in effect, and the periodic
 /// write retries it.
 fn unsaved(e: impl std::fmt::Display) -> Status {
@@ -336,23 +366,7 @@ impl OperatorApi {
             (!policies_deleted.is_empty())
                 .then(|| self.shared.journal_policies(&state, &policies_deleted))
         };
-        // Peers and sidecars hear of the changes once they are on disk.
-        let saved = match services_changed.is_empty() {
-            true => Ok(()),
-            false => self.shared.persist().await,
-        };
-        let journaled = match written {
-            Some(written) => written.wait().await,
-            None => Ok(()),
-        };
-        if !services_changed.is_empty() {
-            self.shared
-                .export_changed(Touched::services(services_changed));
-        }
-        if !policies_deleted.is_empty() {
-            self.shared.policies_changed();
-        }
-        saved.and(journaled).map_err(unsaved)?;
+        self.publish(services_changed, written).await?;
         for resource in &resources {
             if let Resource::Link(spec) = resource {
                 let deleted = peer::unlink(&self.shared, &spec.cluster)
@@ -463,23 +477,7 @@ impl Operator for OperatorApi {
             });
             policies_changed.then(|| self.shared.journal_policies(&state, keys))
         };
-        // Peers and sidecars learn of the changes only once they are on disk (or, when a
-        // write failed, after the error below: the gateway retries the write meanwhile).
-        let saved = match changed.is_empty() {
-            true => Ok(()),
-            false => self.shared.persist().await,
-        };
-        let journaled = match written {
-            Some(written) => written.wait().await,
-            None => Ok(()),
-        };
-        if policies_changed {
-            self.shared.policies_changed();
-        }
-        if !changed.is_empty() {
-            self.shared.export_changed(Touched::services(changed));
-        }
-        saved.and(journaled).map_err(unsaved)?;
+        self.publish(changed, written).await?;
         Ok(Response::new(ApplyResponse { objects }))
     }
 
@@ -527,15 +525,9 @@ impl Operator for OperatorApi {
                     policies::delete(&mut state, &self.shared.config.cluster, &key)
                         .then(|| self.shared.journal_policies(&state, [&key]))
                 };
-                match written {
-                    Some(written) => {
-                        let saved = written.wait().await;
-                        self.shared.policies_changed();
-                        saved.map_err(unsaved)?;
-                        true
-                    }
-                    None => false,
-                }
+                let deleted = written.is_some();
+                self.publish(Vec::new(), written).await?;
+                deleted
             }
         };
         Ok(Response::new(DeleteResponse {

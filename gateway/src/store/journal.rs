@@ -146,19 +146,19 @@ impl<J: Journaled> Journal<J> {
             })?);
             text.push('\n');
         }
-        if self.file.is_none() {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.journal)
-                .map_err(|e| fail(&self.journal, e))?;
-            self.file = Some(file);
-        }
-        if let Some(file) = &mut self.file {
-            file.write_all(text.as_bytes())
-                .map_err(|e| fail(&self.journal, e))?;
-            file.sync_data().map_err(|e| fail(&self.journal, e))?;
-        }
+        let file = match &mut self.file {
+            Some(file) => file,
+            None => self.file.insert(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.journal)
+                    .map_err(|e| fail(&self.journal, e))?,
+            ),
+        };
+        file.write_all(text.as_bytes())
+            .map_err(|e| fail(&self.journal, e))?;
+        file.sync_data().map_err(|e| fail(&self.journal, e))?;
         self.journal_bytes += text.len() as u64;
         Ok(())
     }
@@ -278,22 +278,13 @@ pub async fn keep<J: Journaled>(
             batch.into_iter().map(|p| (p.change, p.written)).unzip();
         let changes: Vec<J::Change> = changes.into_iter().flatten().collect();
         if !changes.is_empty() {
-            let appended = tokio::task::spawn_blocking(move || {
-                let result = journal.append(changes);
-                (journal, result)
-            })
-            .await;
-            let Ok((returned, result)) = appended else {
-                tracing::error!(journal = J::NAME, "a journal's writer stopped");
+            let Some((returned, appended)) = on_disk(journal, move |j| j.append(changes)).await
+            else {
                 return;
             };
             journal = returned;
-            match result {
-                Ok(()) => {
-                    for written in waiting.iter_mut().filter_map(Option::take) {
-                        let _ = written.send(());
-                    }
-                }
+            match appended {
+                Ok(()) => tell(&mut waiting),
                 Err(error) => {
                     tracing::error!(journal = J::NAME, %error, "cannot append to a journal; writing the whole part");
                     unwritten = true;
@@ -302,22 +293,15 @@ pub async fn keep<J: Journaled>(
         }
         if journal.wants_fold() || unwritten || whole {
             let snapshot = part();
-            let folded = tokio::task::spawn_blocking(move || {
-                let result = journal.fold(&snapshot);
-                (journal, result)
-            })
-            .await;
-            let Ok((returned, result)) = folded else {
-                tracing::error!(journal = J::NAME, "a journal's writer stopped");
+            let Some((returned, folded)) = on_disk(journal, move |j| j.fold(&snapshot)).await
+            else {
                 return;
             };
             journal = returned;
-            match result {
+            match folded {
                 Ok(()) => {
                     unwritten = false;
-                    for written in waiting.iter_mut().filter_map(Option::take) {
-                        let _ = written.send(());
-                    }
+                    tell(&mut waiting);
                 }
                 Err(error) => {
                     tracing::error!(journal = J::NAME, %error, "cannot write a journal's snapshot")
@@ -325,6 +309,30 @@ pub async fn keep<J: Journaled>(
             }
         }
         // Whoever still waits is told nothing: its change is not on disk.
+    }
+}
+
+/// Runs a write of the journal on a blocking thread, and hands the journal back with the
+/// write's result; `None` when that thread was lost (the writer then stops, and logs why).
+async fn on_disk<J: Journaled>(
+    mut journal: Journal<J>,
+    write: impl FnOnce(&mut Journal<J>) -> Result<(), GatewayError> + Send + 'static,
+) -> Option<(Journal<J>, Result<(), GatewayError>)> {
+    let done = tokio::task::spawn_blocking(move || {
+        let result = write(&mut journal);
+        (journal, result)
+    })
+    .await;
+    if done.is_err() {
+        tracing::error!(journal = J::NAME, "a journal's writer stopped");
+    }
+    done.ok()
+}
+
+/// Tells whoever waits that their changes are on disk.
+fn tell(waiting: &mut [Option<tokio::sync::oneshot::Sender<()>>]) {
+    for written in waiting.iter_mut().filter_map(Option::take) {
+        let _ = written.send(());
     }
 }
 

@@ -42,19 +42,23 @@ impl PolicyChange {
     }
 }
 
+/// Reads stored policies entry by entry: one that no longer passes its checks is left out (and
+/// logged), never the reason a gateway cannot start; peers that hold it send it again.
+pub fn stored(value: serde_json::Value) -> PolicyBook {
+    let (book, skipped) = PolicyBook::from_stored(value);
+    for reason in skipped {
+        tracing::warn!(reason = %reason, "a stored policy was left out");
+    }
+    book
+}
+
 impl Journaled for PoliciesJournal {
     const NAME: &'static str = "policies";
     type Part = PolicyBook;
     type Change = PolicyChange;
 
     fn decode(part: serde_json::Value) -> Result<PolicyBook, String> {
-        // Entry by entry: a stored policy that no longer passes its checks is left out, never
-        // the reason a gateway cannot start; peers that hold it send it again.
-        let (book, skipped) = PolicyBook::from_stored(part);
-        for reason in skipped {
-            tracing::warn!(reason = %reason, "a stored policy was left out");
-        }
-        Ok(book)
+        Ok(stored(part))
     }
 
     fn apply(part: &mut PolicyBook, change: PolicyChange) {
