@@ -50,24 +50,6 @@ pub(crate) fn plan(directory: &Directory, name: &str) -> Option<Result<Plan, Pla
     Some(plan_destination(directory, dest))
 }
 
-/// What plans names: a directory afresh, or [`Remembered`] plans of the directory in use.
-pub(crate) trait Planner {
-    /// The directory the plans come from.
-    fn directory(&self) -> &Directory;
-    /// The plan of a name ([`plan`]).
-    fn plan(&self, name: &str) -> Option<Result<Arc<Plan>, PlanError>>;
-}
-
-impl Planner for Directory {
-    fn directory(&self) -> &Directory {
-        self
-    }
-
-    fn plan(&self, name: &str) -> Option<Result<Arc<Plan>, PlanError>> {
-        plan(self, name).map(|planned| planned.map(Arc::new))
-    }
-}
-
 /// The most names remembered for one directory: the Host header is the caller's to write.
 const REMEMBERED: usize = 1024;
 
@@ -115,22 +97,6 @@ impl Plans {
             memo.plans.insert(name.to_owned(), planned.clone());
         }
         Some(Ok(planned))
-    }
-}
-
-/// The directory in use, planned through the plans remembered for it.
-pub(crate) struct Remembered<'a> {
-    pub(crate) plans: &'a Plans,
-    pub(crate) directory: &'a Arc<Directory>,
-}
-
-impl Planner for Remembered<'_> {
-    fn directory(&self) -> &Directory {
-        self.directory
-    }
-
-    fn plan(&self, name: &str) -> Option<Result<Arc<Plan>, PlanError>> {
-        self.plans.plan(self.directory, name)
     }
 }
 

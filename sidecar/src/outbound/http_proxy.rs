@@ -24,7 +24,7 @@ use crate::directory::Directory;
 use crate::http::{error_response, names, strip_hop_by_hop};
 use crate::metrics::{Direction, Metrics, Route};
 use crate::mirror;
-use crate::plan::{Plan, PlanError, Planner, Remembered, plan_destination};
+use crate::plan::{Plan, PlanError, Plans, plan_destination};
 use crate::retry::{self, BrokenBody, Budgets, Kept};
 use crate::routing::{self, Routed};
 use crate::{Shared, accept_each, telemetry};
@@ -88,11 +88,7 @@ pub async fn proxy_http(
     });
     // A request refused before it is sent is answered at once, and not counted.
     let prepared = async {
-        let planner = Remembered {
-            plans: &shared.plans,
-            directory: &directory,
-        };
-        let planned = plan_request(&planner, authority_of(&request), fallback)?;
+        let planned = plan_request(&shared.plans, &directory, authority_of(&request), fallback)?;
         let way = route_request(&directory, planned, &request, crate::balance::random())?;
         let request = rewrite_request(request, &way, shared.is_ready(), &trace)?;
         let terms = Terms::of(
@@ -228,20 +224,22 @@ struct Planned {
 }
 
 /// Plans a request by the name it carries (`named`), or, when that is no mesh name, by the
-/// service a redirected connection was addressed to (`fallback`).
+/// service a redirected connection was addressed to (`fallback`): with the plans remembered
+/// for `directory`, the one in use.
 fn plan_request(
-    planner: &(impl Planner + ?Sized),
+    plans: &Plans,
+    directory: &Arc<Directory>,
     named: Option<String>,
     fallback: Option<&str>,
 ) -> Result<Planned, Refusal> {
     let found = [named.as_deref(), fallback]
         .into_iter()
         .flatten()
-        .find_map(|name| Some((name.to_owned(), planner.plan(name)?)));
+        .find_map(|name| Some((name.to_owned(), plans.plan(directory, name)?)));
     match (found, named) {
         (Some((authority, Ok(plan))), _) => Ok(Planned { authority, plan }),
         (Some((_, Err(error))), _) => Err(Refusal::Plan(error)),
-        (None, Some(named)) => Err(Refusal::NotInMesh(planner.directory().lacks(&named))),
+        (None, Some(named)) => Err(Refusal::NotInMesh(directory.lacks(&named))),
         (None, None) => Err(Refusal::NoHost),
     }
 }

@@ -69,9 +69,20 @@ fn east() -> ClusterName {
     ClusterName::new("east").unwrap()
 }
 
+/// How a request naming `named` (or else `fallback`) is planned in `directory`, as the proxy
+/// plans it: through the plans remembered for the directory in use.
+fn planned_in(
+    directory: &Directory,
+    named: Option<String>,
+    fallback: Option<&str>,
+) -> Result<Planned, Refusal> {
+    let directory = Arc::new(directory.clone());
+    plan_request(&Plans::default(), &directory, named, fallback)
+}
+
 /// The way of a request for `name`, routed by the test route.
 fn way<'d>(directory: &'d Directory, name: &str, request: &Request<Body>) -> Way<'d> {
-    let planned = plan_request(directory, Some(name.into()), None).unwrap();
+    let planned = planned_in(directory, Some(name.into()), None).unwrap();
     route_request(directory, planned, request, 0).unwrap()
 }
 
@@ -86,7 +97,7 @@ fn refused<T>(result: Result<T, Refusal>) -> (StatusCode, String) {
 #[test]
 fn a_mesh_name_is_planned_with_this_clusters_ready_endpoints_first() {
     let directory = directory(&[]);
-    let planned = plan_request(&directory, Some("api.shop".into()), None).unwrap();
+    let planned = planned_in(&directory, Some("api.shop".into()), None).unwrap();
     assert_eq!(planned.authority, "api.shop");
     assert_eq!(planned.plan.dest.service, shop("api"));
     assert_eq!(planned.plan.tiers[0], [local("127.0.0.1:5000")]);
@@ -96,8 +107,7 @@ fn a_mesh_name_is_planned_with_this_clusters_ready_endpoints_first() {
 #[test]
 fn a_name_outside_the_mesh_goes_to_the_service_a_redirected_connection_was_addressed_to() {
     let directory = directory(&[]);
-    let planned =
-        plan_request(&directory, Some("example.com".into()), Some("db.shop:8081")).unwrap();
+    let planned = planned_in(&directory, Some("example.com".into()), Some("db.shop:8081")).unwrap();
     assert_eq!(planned.authority, "db.shop:8081");
     assert_eq!(planned.plan.dest.service, shop("db"));
     assert_eq!(planned.plan.port.port, 8081);
@@ -106,7 +116,7 @@ fn a_name_outside_the_mesh_goes_to_the_service_a_redirected_connection_was_addre
 #[test]
 fn a_mesh_name_is_taken_as_written_even_when_its_port_is_missing() {
     let directory = directory(&[]);
-    let found = plan_request(
+    let found = planned_in(
         &directory,
         Some("api.shop:9999".into()),
         Some("db.shop:8081"),
@@ -121,21 +131,21 @@ fn a_mesh_name_is_taken_as_written_even_when_its_port_is_missing() {
 fn a_name_outside_the_mesh_is_not_found_and_a_request_naming_none_is_bad() {
     let directory = directory(&[]);
     assert_eq!(
-        refused(plan_request(&directory, Some("example.com".into()), None)),
+        refused(planned_in(&directory, Some("example.com".into()), None)),
         (
             StatusCode::NOT_FOUND,
             "example.com is not a service in the mesh catalog".into()
         )
     );
     assert_eq!(
-        refused(plan_request(&directory, None, None)),
+        refused(planned_in(&directory, None, None)),
         (
             StatusCode::BAD_REQUEST,
             "the request names no host (absolute URI or Host header)".into()
         )
     );
     assert_eq!(
-        refused(plan_request(&directory, Some("cache.shop".into()), None)),
+        refused(planned_in(&directory, Some("cache.shop".into()), None)),
         (
             StatusCode::NOT_FOUND,
             "shop/cache has no HTTP port: name one".into()
@@ -172,7 +182,7 @@ fn a_name_of_one_endpoint_is_not_routed() {
 #[test]
 fn a_route_to_a_service_outside_the_catalog_is_unavailable_and_names_the_route() {
     let directory = directory(&[ROUTE]);
-    let planned = plan_request(&directory, Some("api.shop".into()), None).unwrap();
+    let planned = planned_in(&directory, Some("api.shop".into()), None).unwrap();
     assert_eq!(
         refused(route_request(&directory, planned, &get("/gone"), 0)),
         (
