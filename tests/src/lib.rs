@@ -841,6 +841,22 @@ impl Mesh {
         Process::start(self, &format!("app-{pod}"), &args)
     }
 
+    /// A bootstrap document for `namespace/account` in `cluster` (`strait sidecar token`).
+    pub fn bootstrap(&self, cluster: &str, namespace: &str, account: &str) -> Result<String> {
+        self.ctl(
+            cluster,
+            &[
+                "sidecar",
+                "token",
+                "-n",
+                namespace,
+                "--service-account",
+                account,
+            ],
+        )
+        .success()
+    }
+
     /// Mints a bootstrap document for `namespace/account` in `cluster` and runs a sidecar with
     /// it and `args`; waits until its admin port says it is ready.
     pub fn sidecar(
@@ -851,19 +867,7 @@ impl Mesh {
         name: &str,
         args: &[String],
     ) -> Result<Process> {
-        let bootstrap = self
-            .ctl(
-                cluster,
-                &[
-                    "sidecar",
-                    "token",
-                    "-n",
-                    namespace,
-                    "--service-account",
-                    account,
-                ],
-            )
-            .success()?;
+        let bootstrap = self.bootstrap(cluster, namespace, account)?;
         let path = self.file(&format!("{name}.bootstrap.yaml"), &bootstrap)?;
         let mut all: Vec<String> = vec![
             "sidecar".into(),

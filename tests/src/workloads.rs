@@ -206,19 +206,7 @@ impl WorkloadCredentials {
         namespace: &str,
         account: &str,
     ) -> Result<Self> {
-        let document = mesh
-            .ctl(
-                cluster,
-                &[
-                    "sidecar",
-                    "token",
-                    "-n",
-                    namespace,
-                    "--service-account",
-                    account,
-                ],
-            )
-            .success()?;
+        let document = mesh.bootstrap(cluster, namespace, account)?;
         let bootstrap: strait_sidecar::config::Bootstrap = serde_saphyr::from_str(&document)?;
         let bundle = strait_federation::pki::TrustBundle::from_pem(
             bootstrap.trust_domain.clone(),

@@ -473,12 +473,7 @@ fn a_sidecar_or_app_stopped_the_moment_it_says_it_started_exits_cleanly() -> Res
     // them, after its "started" line: a SIGTERM sent at once killed it (signal 15, no clean
     // deregistration).
     let (mesh, _east, _west) = linked_pair(None)?;
-    let bootstrap = mesh
-        .ctl(
-            "east",
-            &["sidecar", "token", "-n", "shop", "--service-account", "api"],
-        )
-        .success()?;
+    let bootstrap = mesh.bootstrap("east", "shop", "api")?;
     let path = mesh.file("prompt.bootstrap.yaml", &bootstrap)?;
     for round in 0..5 {
         let mut app = mesh.app("http", "east", "shop/api", &format!("prompt-app-{round}"))?;
@@ -611,12 +606,7 @@ fn the_relay_refuses_malformed_and_unroutable_flows_and_keeps_relaying() -> Resu
 #[test]
 fn a_bootstrap_token_only_works_at_the_gateway_that_issued_it() -> Result<()> {
     let (mesh, _east_gateway, west_gateway) = linked_pair(None)?;
-    let bootstrap = mesh
-        .ctl(
-            "east",
-            &["sidecar", "token", "-n", "shop", "--service-account", "web"],
-        )
-        .success()?;
+    let bootstrap = mesh.bootstrap("east", "shop", "web")?;
     // East's token presented to west's gateway.
     let stolen = bootstrap
         .lines()
