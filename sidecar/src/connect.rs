@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -284,11 +285,7 @@ impl Pool {
             return Ok(sender.clone());
         }
         *current = None;
-        let sender = http2(
-            dial(shared, target, namespace, HTTP_ALPN, None).await?,
-            target,
-        )
-        .await?;
+        let sender = dial_http2(shared, target, namespace, None).await?;
         *current = Some(sender.clone());
         Ok(sender)
     }
@@ -311,11 +308,25 @@ pub async fn alone(
     namespace: &Namespace,
     trace: FlowTrace,
 ) -> Result<SendRequest<Body>, DialError> {
-    http2(
-        dial(shared, target, namespace, HTTP_ALPN, Some(trace)).await?,
-        target,
-    )
-    .await
+    dial_http2(shared, target, namespace, Some(trace)).await
+}
+
+/// Dials `target` and starts HTTP/2 on the connection. Boxed: a TLS handshake's state is
+/// several KiB, and every request's future would otherwise keep room for it (and copy it)
+/// though few requests dial.
+fn dial_http2<'a>(
+    shared: &'a Shared,
+    target: &'a Target,
+    namespace: &'a Namespace,
+    trace: Option<FlowTrace>,
+) -> Pin<Box<dyn Future<Output = Result<SendRequest<Body>, DialError>> + Send + 'a>> {
+    Box::pin(async move {
+        http2(
+            dial(shared, target, namespace, HTTP_ALPN, trace).await?,
+            target,
+        )
+        .await
+    })
 }
 
 /// HTTP/2 over a dialled connection; the connection is driven by a task of its own.
