@@ -240,3 +240,82 @@ fn a_gateway_caps_connections_on_its_api_relay_dns_and_admin_ports_as_its_limits
     ensure!(counted >= 1.0, "the admin refusal was not counted");
     Ok(())
 }
+
+/// Sends one keep-alive GET for `host` on `stream` and reads its answer whole; the status.
+fn keep_alive_get(stream: &mut TcpStream, host: &str) -> Result<u16> {
+    write!(stream, "GET / HTTP/1.1\r\nHost: {host}\r\n\r\n")?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        ensure!(stream.read(&mut byte)? == 1, "closed in the answer's head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length: "))
+        .context("an answer without content-length")?
+        .trim()
+        .parse()?;
+    stream.read_exact(&mut vec![0; length])?;
+    Ok(head.get(9..12).unwrap_or_default().parse()?)
+}
+
+#[test]
+fn an_idle_keep_alive_connection_costs_the_sidecar_less_than_8_kib() -> Result<()> {
+    const HELD: usize = 2_000;
+    let mesh = Mesh::new()?;
+    let _east = mesh.start("east", None)?;
+    let app = mesh.app("http", "east", "shop/api", "api-0")?;
+    let _api = mesh.sidecar(
+        "east",
+        "shop",
+        "api",
+        "api-0",
+        &[
+            "--service".into(),
+            "api".into(),
+            "--port".into(),
+            format!("8080/http={}", app.addr("address")?),
+        ],
+    )?;
+    let web = mesh.sidecar(
+        "east",
+        "shop",
+        "web",
+        "web-0",
+        &["--proxy-addr".into(), "127.0.0.1:0".into()],
+    )?;
+    let proxy = web.addr("proxy")?;
+    wait_for(Duration::from_secs(20), "api.shop answered", || {
+        Ok(get_json(proxy, "api.shop").ok().map(|_| ()))
+    })?;
+    let hold_some = |count: usize| -> Result<Vec<TcpStream>> {
+        (0..count)
+            .map(|_| {
+                let mut stream = hold(proxy)?;
+                stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+                let status = keep_alive_get(&mut stream, "api.shop")?;
+                ensure!(status == 200, "status {status}");
+                Ok(stream)
+            })
+            .collect()
+    };
+    // A first few held, so that what the path touches once is in before the measure.
+    let mut held = hold_some(100)?;
+    let before = web.memory("VmRSS")?;
+    held.extend(hold_some(HELD)?);
+    let during = web.memory("VmRSS")?;
+    let each = during.saturating_sub(before) as f64 / HELD as f64 / 1024.0;
+    println!(
+        "{HELD} idle keep-alive connections: {} → {} KiB resident, {each:.2} KiB each",
+        before >> 10,
+        during >> 10
+    );
+    ensure!(each < 8.0, "{each:.2} KiB per idle connection");
+    // Parked connections still serve their next request.
+    for stream in held.iter_mut().step_by(100) {
+        ensure!(keep_alive_get(stream, "api.shop")? == 200);
+    }
+    Ok(())
+}

@@ -6,13 +6,11 @@
 //! gets) and record (the request's metrics). Each stage is a function of its inputs; only
 //! [`proxy_http`] touches the sidecar's shared state.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use strait_federation::catalog::ServiceKey;
 use strait_federation::identity::ClusterName;
 use strait_federation::policy::route::{Mirror, RouteRule};
@@ -28,6 +26,8 @@ use crate::plan::{Plan, PlanError, Plans, plan_destination};
 use crate::retry::{self, BrokenBody, Budgets, Kept};
 use crate::routing::{self, Routed};
 use crate::{Shared, accept_each, telemetry};
+
+use super::connection::{self, Buffers};
 
 /// Serves the HTTP proxy port until the sidecar stops.
 pub async fn serve_http_proxy(shared: Arc<Shared>, listener: TcpListener) {
@@ -48,21 +48,15 @@ pub(super) async fn serve_http_connection(
     fallback: Option<String>,
 ) {
     let fallback = Arc::new(fallback);
-    let (header_buffer, header_list) = (shared.limits.header_buffer(), shared.limits.header_list());
-    let service = hyper::service::service_fn(move |request| {
-        let shared = shared.clone();
-        let fallback = fallback.clone();
-        // Boxed per request: the connection keeps a place for its request's future as long as
-        // it lives, so an idle keep-alive connection would hold one of full size.
-        Box::pin(async move {
-            let request = request.map(connect::boxed);
-            Ok::<_, Infallible>(proxy_http(shared, request, fallback.as_deref()).await)
-        })
-    });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().max_buf_size(header_buffer);
-    builder.http2().max_header_list_size(header_list);
-    let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+    let buffers = Buffers {
+        header_buffer: shared.limits.header_buffer(),
+        header_list: shared.limits.header_list(),
+    };
+    let handle = move |request: Request<Body>| {
+        let (shared, fallback) = (shared.clone(), fallback.clone());
+        async move { proxy_http(shared, request, fallback.as_deref()).await }
+    };
+    connection::serve(tcp, handle, buffers).await;
 }
 
 /// One request from the app (or from the sidecar itself, fetching keys), to wherever its name

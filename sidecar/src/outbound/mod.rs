@@ -9,6 +9,7 @@
 //! [`proxy_tcp`] (in `tcp`); `transparent` tells which a redirected connection is. Planning
 //! (`crate::plan`) and one try of a request (`crate::attempt`) are shared with mirroring.
 
+mod connection;
 mod http_proxy;
 mod tcp;
 mod transparent;
