@@ -38,7 +38,10 @@ pub fn full(bytes: Bytes) -> Body {
 }
 
 /// A received body as the body type of every hop, streamed as it arrives.
-pub fn boxed(body: hyper::body::Incoming) -> Body {
+pub fn boxed<B>(body: B) -> Body
+where
+    B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Send + Sync + 'static,
+{
     body.map_err(|e| Box::new(e) as BoxError).boxed()
 }
 

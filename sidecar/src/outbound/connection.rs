@@ -17,14 +17,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
-use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::connect::{Body, BoxError};
+use crate::connect::{self, Body, BoxError};
 
 /// The HTTP/2 connection preface's first bytes: a connection starting with them (or with a
 /// part of them) is HTTP/2 with prior knowledge, or too short yet to tell.
@@ -68,7 +67,7 @@ where
         Ok(0) | Err(_) => return 0,
         Ok(seen) => seen,
     };
-    if PREFACE_START.starts_with(&first[..seen]) || first.starts_with(PREFACE_START) {
+    if PREFACE_START.starts_with(&first[..seen]) {
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder.http1().max_buf_size(buffers.header_buffer);
         builder.http2().max_header_list_size(buffers.header_list);
@@ -127,11 +126,7 @@ impl Exchanges {
         self.open
             .fetch_add(1 + usize::from(reading), Ordering::AcqRel);
         let exchanges = reading.then(|| self.clone());
-        request.map(|body| {
-            Question { body, exchanges }
-                .map_err(|e| Box::new(e) as BoxError)
-                .boxed()
-        })
+        request.map(|body| connect::boxed(Question { body, exchanges }))
     }
 
     /// Closes one open part of an exchange.
