@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use strait_tests::workloads::{get, get_json};
+use strait_tests::workloads::{api, client, get, get_json};
 use strait_tests::{Mesh, Process, http_get, metric, wait_for};
 
 const REFUSALS: &str = "strait_limit_refusals_total";
@@ -266,26 +266,8 @@ fn an_idle_keep_alive_connection_costs_the_sidecar_less_than_8_kib() -> Result<(
     const HELD: usize = 2_000;
     let mesh = Mesh::new()?;
     let _east = mesh.start("east", None)?;
-    let app = mesh.app("http", "east", "shop/api", "api-0")?;
-    let _api = mesh.sidecar(
-        "east",
-        "shop",
-        "api",
-        "api-0",
-        &[
-            "--service".into(),
-            "api".into(),
-            "--port".into(),
-            format!("8080/http={}", app.addr("address")?),
-        ],
-    )?;
-    let web = mesh.sidecar(
-        "east",
-        "shop",
-        "web",
-        "web-0",
-        &["--proxy-addr".into(), "127.0.0.1:0".into()],
-    )?;
+    let _api = api(&mesh, "east", "api-0")?;
+    let web = client(&mesh, "east", &[])?;
     let proxy = web.addr("proxy")?;
     wait_for(Duration::from_secs(20), "api.shop answered", || {
         Ok(get_json(proxy, "api.shop").ok().map(|_| ()))
