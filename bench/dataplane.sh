@@ -111,6 +111,7 @@ need_envoy() {
 need curl curl
 need awk gawk mawk
 need openssl openssl
+need ss iproute2
 if ! need wrk wrk; then
     log "FATAL: wrk (the load generator) is missing and could not be installed"
     exit 1
@@ -203,6 +204,17 @@ wait_http() {
             return 0
         fi
         sleep 0.2
+    done
+    return 1
+}
+
+# wait_listening PORT SECONDS: until a socket listens on TCP PORT (asked of the kernel, not
+# connected to: a connection would count as a transfer at the sink).
+wait_listening() {
+    local i
+    for i in $(seq $(($2 * 10))); do
+        [[ -n $(ss -Hltn "sport = :$1" 2>/dev/null) ]] && return 0
+        sleep 0.1
     done
     return 1
 }
@@ -526,20 +538,29 @@ else
     start_envoy_pair
 fi
 
+# start_haproxy_two TEMPLATE NAME BACKEND_PORT: HAProxy NAME-server (TLS in front of
+# BACKEND_PORT) and NAME-client (plain in, mutual TLS to the server), from
+# TEMPLATE-server.cfg.in and TEMPLATE-client.cfg.in; sets TWO_PORT (the client's port),
+# TWO_CLIENT and TWO_SERVER (their PIDs).
+start_haproxy_two() {
+    local template=$1 name=$2 backend=$3 P=$T/pki hs
+    port; TWO_PORT=$PORT; port; hs=$PORT
+    render "$SCRIPT_DIR/$template-server.cfg.in" "$T/$name-server.cfg" "THREADS=$PROXY_THREADS" \
+        "LISTEN_PORT=$hs" "BACKEND_PORT=$backend" "CERT_PEM=$P/server.pem" "CA=$P/ca.crt"
+    render "$SCRIPT_DIR/$template-client.cfg.in" "$T/$name-client.cfg" "THREADS=$PROXY_THREADS" \
+        "LISTEN_PORT=$TWO_PORT" "UPSTREAM_PORT=$hs" "CERT_PEM=$P/client.pem" "CA=$P/ca.crt"
+    start "$name-server" haproxy -db -f "$T/$name-server.cfg"
+    TWO_SERVER=$LAST_PID
+    start "$name-client" haproxy -db -f "$T/$name-client.cfg"
+    TWO_CLIENT=$LAST_PID
+}
+
 # HAProxy pair (also for the conns case).
 start_haproxy_pair() {
-    port; local hc=$PORT; port; local hs=$PORT
-    local P=$T/pki
-    render "$SCRIPT_DIR/haproxy-server.cfg.in" "$T/haproxy-server.cfg" "THREADS=$PROXY_THREADS" \
-        "LISTEN_PORT=$hs" "BACKEND_PORT=$BACKEND_PORT" "CERT_PEM=$P/server.pem" "CA=$P/ca.crt"
-    render "$SCRIPT_DIR/haproxy-client.cfg.in" "$T/haproxy-client.cfg" "THREADS=$PROXY_THREADS" \
-        "LISTEN_PORT=$hc" "UPSTREAM_PORT=$hs" "CERT_PEM=$P/client.pem" "CA=$P/ca.crt"
-    start haproxy-server haproxy -db -f "$T/haproxy-server.cfg"
-    local s=$LAST_PID
-    start haproxy-client haproxy -db -f "$T/haproxy-client.cfg"
-    local c=$LAST_PID
-    PAIR_PIDS+=("$c" "$s")
-    if ! variant haproxy-pair "http://127.0.0.1:$hc/" "$LOCAL_HOST" 20 "haproxy-client=$c" "haproxy-server=$s"; then
+    start_haproxy_two haproxy haproxy "$BACKEND_PORT"
+    PAIR_PIDS+=("$TWO_CLIENT" "$TWO_SERVER")
+    if ! variant haproxy-pair "http://127.0.0.1:$TWO_PORT/" "$LOCAL_HOST" 20 \
+        "haproxy-client=$TWO_CLIENT" "haproxy-server=$TWO_SERVER"; then
         tail -n 20 "$T/logs/haproxy-client.log" "$T/logs/haproxy-server.log" >&2 || true
     fi
 }
@@ -785,7 +806,7 @@ start_sink() {
     : >"$T/sink.count"
     start sink socat -b 262144 -u "TCP-LISTEN:$SINK_PORT,bind=127.0.0.1,reuseaddr,fork" \
         "SYSTEM:n=\$(wc -c); echo \"\$n \$(date +%s.%N)\" >> '$T/sink.count'"
-    sleep 0.3
+    wait_listening "$SINK_PORT" 10
 }
 # bulk_variant VARIANT LISTEN_PORT NAME=PID...: this path takes transfers at LISTEN_PORT, and
 # these proxies are on it.
@@ -870,18 +891,12 @@ bulk_summarize() {
 }
 
 start_tunnel() {
-    port; local tc=$PORT; port; local ts=$PORT
-    local P=$T/pki
-    render "$SCRIPT_DIR/haproxy-tunnel-server.cfg.in" "$T/tunnel-server.cfg" "THREADS=$PROXY_THREADS" \
-        "LISTEN_PORT=$ts" "BACKEND_PORT=$SINK_PORT" "CERT_PEM=$P/server.pem" "CA=$P/ca.crt"
-    render "$SCRIPT_DIR/haproxy-tunnel-client.cfg.in" "$T/tunnel-client.cfg" "THREADS=$PROXY_THREADS" \
-        "LISTEN_PORT=$tc" "UPSTREAM_PORT=$ts" "CERT_PEM=$P/client.pem" "CA=$P/ca.crt"
-    start tunnel-server haproxy -db -f "$T/tunnel-server.cfg"
-    local s=$LAST_PID
-    start tunnel-client haproxy -db -f "$T/tunnel-client.cfg"
-    local c=$LAST_PID
-    sleep 1
-    bulk_variant haproxy-tls-tunnel "$tc" "tunnel-client=$c" "tunnel-server=$s"
+    start_haproxy_two haproxy-tunnel tunnel "$SINK_PORT"
+    if ! wait_listening "$TWO_PORT" 10; then
+        BULK_STATUS[haproxy-tls-tunnel]="failed: the tunnel did not listen within 10 s"
+        return 0
+    fi
+    bulk_variant haproxy-tls-tunnel "$TWO_PORT" "tunnel-client=$TWO_CLIENT" "tunnel-server=$TWO_SERVER"
 }
 # Opaque TCP: upstream listener on an east sidecar -> gateways -> west sidecar -> sink.
 start_strait_bulk() {
