@@ -1,10 +1,11 @@
 //! Keeping a sidecar small in memory.
 //!
-//! Code: strait is one binary (gateway, CLI and sidecar), and the kernel maps its code in 64 KiB
-//! runs around each page touched, so a sidecar would hold most of the binary's code resident.
-//! Advising the code mapping as randomly accessed, and dropping the pages mapped so far, leaves
-//! resident only the code pages the sidecar runs. (Kernels that map 64 KiB around a touched
-//! page whatever the advice, as Linux 6.18 does, keep more.)
+//! Code and read-only data: the kernel maps a program's pages in 64 KiB runs around each page
+//! touched (Linux 6.18 does so whatever the advice), so a process keeps resident much of what
+//! it ever ran, start-up included. Once started, a sidecar drops those pages of every object it
+//! loaded (its binary and the C library): only what it runs from then on is read back, from the
+//! page cache. Its own binary, `strait-proxy`, holds the sidecar's code alone, so fewer runs of
+//! 64 KiB cover it than in `strait`, where gateway and CLI code lie between.
 //!
 //! Heap: the C allocator keeps what a burst freed in its heap; a sidecar that held 10,000
 //! connections kept about 280 MiB after they closed. Whenever the heap's free memory has grown
@@ -77,48 +78,135 @@ pub fn release_heap() {
     }
 }
 
-/// Trims the resident code of this process to the pages it touches from now on (Linux; a no-op
-/// elsewhere, or when the advice is refused).
-pub fn trim_code() {
-    #[cfg(target_os = "linux")]
+/// A loadable segment of an object in this process: where it lies and whether it is writable.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    start: usize,
+    len: usize,
+    writable: bool,
+}
+
+/// The whole pages of an object's read-only segments, outside the range relocated at load
+/// (RELRO, written once by the loader then made read-only): pages that are the file's bytes,
+/// so dropping them only makes the next touch read them back.
+fn droppable(
+    segments: &[Segment],
+    relro: Option<(usize, usize)>,
+    page: usize,
+) -> Vec<(usize, usize)> {
+    segments
+        .iter()
+        .filter(|s| !s.writable)
+        .filter(|s| {
+            relro.is_none_or(|(start, len)| s.start + s.len <= start || start + len <= s.start)
+        })
+        .filter_map(|s| {
+            let start = s.start.div_ceil(page) * page;
+            let end = (s.start + s.len) / page * page;
+            (start < end).then(|| (start, end - start))
+        })
+        .collect()
+}
+
+/// Drops the resident pages of the code and read-only data of every object this process has
+/// loaded (the executable and its shared libraries), so that only what runs from now on is read
+/// back (Linux with glibc; a no-op elsewhere, or when the advice is refused).
+pub fn trim_read_only() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
-            return;
-        };
-        let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
-            return;
-        };
-        let exe = exe.to_string_lossy().into_owned();
-        for line in maps.lines() {
-            // `start-end perms offset dev inode path`: only the executable's code. Its read-only
-            // data may hold relocated pointers (RELRO) that must never be read back from the file.
-            let mut fields = line.split_whitespace();
-            let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
-                continue;
-            };
-            if !line.ends_with(exe.as_str()) || perms != "r-xp" {
-                continue;
-            }
-            let Some((start, end)) = range.split_once('-') else {
-                continue;
-            };
-            let (Ok(start), Ok(end)) = (
-                usize::from_str_radix(start, 16),
-                usize::from_str_radix(end, 16),
-            ) else {
-                continue;
-            };
-            // SAFETY: the range is a whole, read-only, executable, file-backed mapping of this
-            // process's own position-independent code, as the kernel listed it; code has no
-            // relocations, so its pages are the file's bytes. Both advices only change which
-            // pages stay resident (they are read back from the file on the next touch), never
-            // their contents.
-            unsafe {
-                let address = start as *mut libc::c_void;
-                libc::madvise(address, end - start, libc::MADV_RANDOM);
-                libc::madvise(address, end - start, libc::MADV_DONTNEED);
-            }
+        // SAFETY: the loader calls `each_object` once per loaded object, with headers that stay
+        // valid for the call; `each_object` reads them only.
+        unsafe {
+            libc::dl_iterate_phdr(Some(each_object), std::ptr::null_mut());
         }
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+unsafe extern "C" fn each_object(
+    info: *mut libc::dl_phdr_info,
+    _size: libc::size_t,
+    _data: *mut libc::c_void,
+) -> libc::c_int {
+    // SAFETY: the loader passes a valid `dl_phdr_info` whose `dlpi_phdr` points at
+    // `dlpi_phnum` program headers of a loaded object (see `trim_read_only`).
+    let (info, headers) = unsafe {
+        let info = &*info;
+        let headers = std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum));
+        (info, headers)
+    };
+    // The vDSO is the kernel's, not a file.
+    // SAFETY: `dlpi_name` is a NUL-terminated string of the loader's, or null.
+    let name = (!info.dlpi_name.is_null())
+        .then(|| unsafe { std::ffi::CStr::from_ptr(info.dlpi_name) }.to_bytes());
+    if name.is_some_and(|name| name.starts_with(b"linux-vdso") || name.starts_with(b"linux-gate")) {
+        return 0;
+    }
+    let base = info.dlpi_addr as usize;
+    let mut segments = Vec::new();
+    let mut relro = None;
+    for header in headers {
+        let start = base + header.p_vaddr as usize;
+        let len = header.p_memsz as usize;
+        match header.p_type {
+            libc::PT_LOAD => segments.push(Segment {
+                start,
+                len,
+                writable: header.p_flags & libc::PF_W != 0,
+            }),
+            libc::PT_GNU_RELRO => relro = Some((start, len)),
+            // Relocations into read-only segments (TEXTREL): their pages are not the file's.
+            // SAFETY: the dynamic section of a loaded object, which ends with DT_NULL.
+            libc::PT_DYNAMIC if unsafe { text_relocations(start as *const DynamicEntry) } => {
+                return 0;
+            }
+            _ => {}
+        }
+    }
+    // SAFETY: sysconf only reads a constant of the system.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    for (start, len) in droppable(&segments, relro, page) {
+        // SAFETY: whole pages of a read-only, file-backed segment of a loaded object, none of
+        // them relocated (TEXTREL and RELRO are left alone): their contents are the file's.
+        // Both advices only change which pages stay resident (the next touch reads them back
+        // from the file), never what they hold.
+        unsafe {
+            let address = start as *mut libc::c_void;
+            libc::madvise(address, len, libc::MADV_RANDOM);
+            libc::madvise(address, len, libc::MADV_DONTNEED);
+        }
+    }
+    0
+}
+
+/// An entry of an object's dynamic section (`ElfW(Dyn)`: a tag, then a word).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[repr(C)]
+struct DynamicEntry {
+    tag: isize,
+    value: usize,
+}
+
+/// Whether an object's dynamic section asks for relocations in its read-only segments.
+///
+/// # Safety
+/// `dynamic` points at a loaded object's dynamic section, which ends with `DT_NULL`.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+unsafe fn text_relocations(mut dynamic: *const DynamicEntry) -> bool {
+    const DT_TEXTREL: isize = 22;
+    const DT_FLAGS: isize = 30;
+    const DF_TEXTREL: usize = 0x4;
+    loop {
+        // SAFETY: within the section, up to and including its DT_NULL (see above).
+        let entry = unsafe { &*dynamic };
+        match entry.tag {
+            0 => return false,
+            DT_TEXTREL => return true,
+            DT_FLAGS if entry.value & DF_TEXTREL != 0 => return true,
+            _ => {}
+        }
+        // SAFETY: the entry was not DT_NULL, so another follows.
+        dynamic = unsafe { dynamic.add(1) };
     }
 }
 
@@ -179,14 +267,55 @@ mod tests {
     }
 
     #[test]
-    fn trimmed_code_is_read_back_as_it_runs() {
+    fn only_whole_pages_of_read_only_segments_outside_relro_are_dropped() {
+        let segment = |start, len, writable| Segment {
+            start,
+            len,
+            writable,
+        };
+        let segments = [
+            // Headers and read-only data, ending within a page.
+            segment(0, 0x2_0800, false),
+            // Code, starting and ending within pages.
+            segment(0x2_0900, 0x5_0000, false),
+            // Less than a page.
+            segment(0x8_0010, 0x100, false),
+            // Writable data.
+            segment(0x9_0000, 0x3000, true),
+            // Read-only, but relocated at load.
+            segment(0xa_0000, 0x2000, false),
+        ];
+        assert_eq!(
+            droppable(&segments, Some((0xa_1000, 0x800)), 0x1000),
+            vec![(0, 0x2_0000), (0x2_1000, 0x4_f000)]
+        );
+        assert_eq!(droppable(&segments, None, 0x1000).len(), 3);
+    }
+
+    #[test]
+    fn trimmed_code_and_data_are_read_back_as_they_run() {
         // Dropping relocated data instead of code would crash here (it did, before the advice
-        // was limited to the executable mapping).
-        trim_code();
+        // was limited to read-only segments outside RELRO).
+        trim_read_only();
         // Code dropped from memory runs again: the pages come back from the file.
         let sum: u64 = (1..=1000u64).map(|n| n * n).sum();
         assert_eq!(sum, 333_833_500);
         let text = format!("{:?}", std::collections::BTreeMap::from([(1, "one")]));
         assert_eq!(text, r#"{1: "one"}"#);
+        // Read-only data of a shared library, and the library's code, read back too.
+        let mut out = [0u8; 16];
+        let text = std::ffi::CString::new("%s-%d").unwrap();
+        let word = std::ffi::CString::new("one").unwrap();
+        // SAFETY: a 16-byte buffer, its size, and a format that fits in it with its arguments.
+        let written = unsafe {
+            libc::snprintf(
+                out.as_mut_ptr().cast(),
+                out.len(),
+                text.as_ptr(),
+                word.as_ptr(),
+                2,
+            )
+        };
+        assert_eq!((written, &out[..5]), (5, &b"one-2"[..]));
     }
 }
