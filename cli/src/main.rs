@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
+use strait_cli::process::{self, init_logs, report, shutdown_signal};
 use strait_federation::identity::{AccountName, ClusterName, TrustDomain};
 use strait_federation::proto::operator::{
     ApplyRequest, CreateLinkRequest, DeleteRequest, UnlinkRequest,
@@ -280,69 +281,16 @@ struct OutputArg {
     output: Format,
 }
 
-pub(crate) fn init_logs(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STRAIT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-/// Resolves at SIGTERM or SIGINT. The handlers are installed when this is called, not when
-/// it is first awaited: a process that says it started and then waits is stopped cleanly by a
-/// signal that comes at once.
-pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    #[cfg(unix)]
-    let signals = {
-        use tokio::signal::unix::{SignalKind, signal};
-        (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        )
-    };
-    async move {
-        #[cfg(unix)]
-        match signals {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let threads = match &cli.command {
         Command::Sidecar(command) => sidecar::threads(command),
         _ => None,
     };
-    let runtime = match threads {
-        // One thread: no work stealing and no wake-ups across threads.
-        Some(1) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        Some(threads) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build(),
-        None => tokio::runtime::Runtime::new(),
-    };
-    let runtime = match runtime {
+    if let Command::Sidecar(sidecar::SidecarCommand::Run(_)) = &cli.command {
+        strait_cli::proxy::hand_over();
+    }
+    let runtime = match process::runtime(threads) {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -356,23 +304,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// An error and its causes on one line, as `{:#}` prints them, without a cause that a message
-/// before it already quotes: typed errors name their source and also print its text.
-fn report(error: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in error.chain() {
-        let part = cause.to_string();
-        if text.contains(&part) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&part);
-    }
-    text
 }
 
 async fn run(cli: Cli) -> Result<()> {

@@ -691,8 +691,7 @@ impl Process {
 
     /// Starts `PREFIX strait ARGS` (`ip netns exec NS`, say) like [`Process::start`].
     pub fn start_in(mesh: &Mesh, name: &str, prefix: &[&str], args: &[String]) -> Result<Self> {
-        let log = mesh.dir.path().join(format!("{name}.log"));
-        let mut command = match prefix.split_first() {
+        let command = match prefix.split_first() {
             Some((program, rest)) => {
                 let mut command = Command::new(program);
                 command.args(rest).arg(strait_bin());
@@ -700,6 +699,16 @@ impl Process {
             }
             None => Command::new(strait_bin()),
         };
+        Self::spawn(mesh, name, command, args)
+    }
+
+    /// Starts `PROGRAM ARGS` (a copy of `strait` elsewhere, say) like [`Process::start`].
+    pub fn start_program(mesh: &Mesh, name: &str, program: &Path, args: &[String]) -> Result<Self> {
+        Self::spawn(mesh, name, Command::new(program), args)
+    }
+
+    fn spawn(mesh: &Mesh, name: &str, mut command: Command, args: &[String]) -> Result<Self> {
+        let log = mesh.dir.path().join(format!("{name}.log"));
         let mut child = command
             .args(args)
             .env("STRAIT_CONFIG", &mesh.config)

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use strait_tests::workloads::{api, client, get, get_json};
-use strait_tests::{Mesh, Process, http_get, metric, wait_for};
+use strait_tests::{Mesh, Process, http_get, metric, strait_bin, wait_for};
 
 const REFUSALS: &str = "strait_limit_refusals_total";
 
@@ -298,6 +298,84 @@ fn an_idle_keep_alive_connection_costs_the_sidecar_less_than_8_kib() -> Result<(
     // Parked connections still serve their next request.
     for stream in held.iter_mut().step_by(100) {
         ensure!(keep_alive_get(stream, "api.shop")? == 200);
+    }
+    Ok(())
+}
+
+/// The binary a running process executes.
+fn executable(process: &Process) -> Result<std::path::PathBuf> {
+    let pid = process.pid().context("the process is running")?;
+    Ok(std::fs::read_link(format!("/proc/{pid}/exe"))?)
+}
+
+/// `strait` beside `program` in a folder of its own, as a hard link (a copy across file
+/// systems): a `strait` with no `strait-proxy` next to it.
+fn lone_strait(dir: &std::path::Path) -> Result<std::path::PathBuf> {
+    let lone = dir.join("strait");
+    if std::fs::hard_link(strait_bin(), &lone).is_err() {
+        std::fs::copy(strait_bin(), &lone)?;
+    }
+    Ok(lone)
+}
+
+#[test]
+fn sidecar_run_is_handed_to_strait_proxy_and_runs_in_strait_when_there_is_none() -> Result<()> {
+    if !cfg!(target_os = "linux") {
+        println!("skipped: reads /proc");
+        return Ok(());
+    }
+    let beside = strait_bin().with_file_name("strait-proxy");
+    if !beside.is_file() {
+        println!(
+            "skipped: no strait-proxy beside {} (STRAIT_BIN without it)",
+            strait_bin().display()
+        );
+        return Ok(());
+    }
+    let mesh = Mesh::new()?;
+    let _east = mesh.start("east", None)?;
+    // `strait sidecar run`, with strait-proxy beside strait: the sidecar runs from strait-proxy.
+    let api = api(&mesh, "east", "api-0")?;
+    let exe = executable(&api.sidecar)?;
+    ensure!(
+        exe.file_name() == Some("strait-proxy".as_ref()),
+        "the sidecar runs {}",
+        exe.display()
+    );
+
+    // A strait alone, and one beside a strait-proxy of another version: both run the sidecar
+    // themselves, and it serves.
+    let alone = tempfile::tempdir()?;
+    let skewed = tempfile::tempdir()?;
+    let stranger = skewed.path().join("strait-proxy");
+    std::fs::write(
+        &stranger,
+        "#!/bin/sh\necho strait-proxy 0.0.0-other\nexit 0\n",
+    )?;
+    std::fs::set_permissions(
+        &stranger,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    for (dir, name) in [(alone.path(), "web-alone"), (skewed.path(), "web-skewed")] {
+        let program = lone_strait(dir)?;
+        let bootstrap = mesh.bootstrap("east", "shop", "web")?;
+        let path = mesh.file(&format!("{name}.bootstrap.yaml"), &bootstrap)?;
+        let args: Vec<String> = ["sidecar", "run", "--bootstrap", &path.display().to_string()]
+            .into_iter()
+            .chain(["--proxy-addr", "127.0.0.1:0"])
+            .map(str::to_owned)
+            .collect();
+        let web = Process::start_program(&mesh, name, &program, &args)?;
+        ensure!(
+            executable(&web)? == program,
+            "{name} runs {}",
+            executable(&web)?.display()
+        );
+        let proxy = web.addr("proxy")?;
+        wait_for(Duration::from_secs(20), "api.shop answered", || {
+            Ok(get_json(proxy, "api.shop").ok().map(|_| ()))
+        })
+        .with_context(|| web.log_tail())?;
     }
     Ok(())
 }
