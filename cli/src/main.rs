@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
-use strait_cli::process::{self, init_logs, report, shutdown_signal};
+use strait_cli::process::{self, init_logs, shutdown_signal};
 use strait_federation::identity::{AccountName, ClusterName, TrustDomain};
 use strait_federation::proto::operator::{
     ApplyRequest, CreateLinkRequest, DeleteRequest, UnlinkRequest,
@@ -290,20 +290,7 @@ fn main() -> ExitCode {
     if let Command::Sidecar(sidecar::SidecarCommand::Run(_)) = &cli.command {
         strait_cli::proxy::hand_over();
     }
-    let runtime = match process::runtime(threads) {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {}", report(&e));
-            ExitCode::FAILURE
-        }
-    }
+    process::run_to_exit(threads, run(cli))
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -780,9 +767,9 @@ mod tests {
         let io = std::io::Error::other("connection refused");
         let typed = KeyFileError::Io(io);
         let error = anyhow::Error::new(typed).context("keys.json");
-        assert_eq!(report(&error), "keys.json: connection refused");
+        assert_eq!(process::report(&error), "keys.json: connection refused");
         let plain = anyhow::anyhow!("inner").context("outer").context("top");
-        assert_eq!(report(&plain), "top: outer: inner");
+        assert_eq!(process::report(&plain), "top: outer: inner");
     }
 
     #[test]

@@ -31,6 +31,28 @@ pub fn runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtim
     }
 }
 
+/// Runs a command to its end on a runtime of `threads` (see [`runtime`]): success, or failure
+/// with the error's report on standard error.
+pub fn run_to_exit(
+    threads: Option<usize>,
+    command: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> std::process::ExitCode {
+    let runtime = match runtime(threads) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", report(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Resolves at SIGTERM or SIGINT. The handlers are installed when this is called, not when
 /// it is first awaited: a process that says it started and then waits is stopped cleanly by a
 /// signal that comes at once.

@@ -9,7 +9,7 @@ use strait_cli::{process, proxy};
 /// strait's sidecar alone: `strait-proxy run` is `strait sidecar run` in a binary without the
 /// gateway and the operator commands, which keeps less code resident.
 #[derive(Parser)]
-#[command(name = "strait-proxy", version, about, long_about = None, propagate_version = true)]
+#[command(name = "strait-proxy", version, long_about = None, propagate_version = true)]
 struct Cli {
     /// Taken and ignored, as `strait sidecar run` takes it: a sidecar uses no context.
     #[arg(long, global = true, hide = true)]
@@ -30,20 +30,7 @@ fn main() -> ExitCode {
         context: _,
         command: Command::Run(args),
     } = Cli::parse();
-    let runtime = match process::runtime(Some(args.threads())) {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(proxy::run(*args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {}", process::report(&e));
-            ExitCode::FAILURE
-        }
-    }
+    process::run_to_exit(Some(args.threads()), proxy::run(*args))
 }
 
 #[cfg(test)]
