@@ -140,11 +140,11 @@ if want strait || want conns || want bulk; then
     elif ! command -v cargo >/dev/null; then
         STRAIT_WHY="cargo is not installed"
     else
-        log "cargo build --release --bin strait (in $ROOT)"
-        if (cd "$ROOT" && cargo build --release --bin strait >&2); then
+        log "cargo build --release --bin strait --bin strait-proxy (in $ROOT)"
+        if (cd "$ROOT" && cargo build --release --bin strait --bin strait-proxy >&2); then
             STRAIT="${CARGO_TARGET_DIR:-$ROOT/target}/release/strait"
         else
-            STRAIT_WHY="cargo build --release --bin strait failed"
+            STRAIT_WHY="cargo build --release --bin strait --bin strait-proxy failed"
         fi
     fi
     if [[ -n $STRAIT && ! -x $STRAIT ]]; then

@@ -86,9 +86,9 @@ elif ! command -v cargo >/dev/null; then
     log "FATAL: cargo is not installed (set STRAIT_BIN to use a built strait)"
     exit 1
 else
-    log "cargo build --release --bin strait (in $ROOT)"
-    if ! (cd "$ROOT" && cargo build --release --bin strait >&2); then
-        log "FATAL: cargo build --release --bin strait failed"
+    log "cargo build --release --bin strait --bin strait-proxy (in $ROOT)"
+    if ! (cd "$ROOT" && cargo build --release --bin strait --bin strait-proxy >&2); then
+        log "FATAL: cargo build --release --bin strait --bin strait-proxy failed"
         exit 1
     fi
     STRAIT="${CARGO_TARGET_DIR:-$ROOT/target}/release/strait"

@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${STRAIT_BIN:-}" ]; then
-    cargo build --release --bin strait >&2
+    cargo build --release --bin strait --bin strait-proxy >&2
     STRAIT_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/strait"
     export STRAIT_BIN
 fi

@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${STRAIT_BIN:-}" ]; then
-    cargo build --release --bin strait
+    cargo build --release --bin strait --bin strait-proxy
     STRAIT_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/strait"
     export STRAIT_BIN
 fi
