@@ -239,8 +239,8 @@ declare -A RPS_RUNS P50_RUNS P99_RUNS ERRS_RUNS REQS_RUNS CPU_RUNS OTHER_RUNS OF
 declare -A MEM_IDLE MEM_LOAD MEM_PEAK PROC_CPU_US PROC_CPU_RUNS # key: variant/process
 declare -A V_URL V_HOST V_PROCS V_OFFPATH V_UP # how each variant is reached, its proxies
 declare -A BULK_STATUS BULK_MBS BULK_SECS BULK_CPU BULK_GOT BULK_ALL BULK_PROCS BULK_FAILED BULK_NRUNS
-declare -A BULK_SECS_RUNS BULK_CPU_RUNS BULK_PCPU_RUNS B_PORT B_PROCS B_UP
-BULK_VARIANTS=(plain-tcp haproxy-tls-tunnel strait-gateways)
+declare -A BULK_SECS_RUNS BULK_CPU_RUNS BULK_PCPU_RUNS B_PORT B_PROCS B_UP B_SEND
+BULK_VARIANTS=(plain-tcp haproxy-tls-tunnel strait-gateways strait-gateway-pair)
 CONNS_PAIRS=(strait-pair haproxy-pair)
 declare -A CONNS_STATUS CONNS_OK CONNS_FAILED CONNS_DROPPED CONNS_PROCS
 declare -A CONN_BEFORE CONN_HELD CONN_PER CONN_AFTER CONN_UNDER # key: pair/process
@@ -586,7 +586,10 @@ strait_skip() {
     local why=$1
     if want strait; then STATUS[strait-pair]=$why; STATUS[strait-cross]=$why; fi
     if want conns; then CONNS_STATUS[strait-pair]=$why; fi
-    if want bulk && [[ $HAVE_SOCAT == 1 ]]; then BULK_STATUS[strait-gateways]=$why; fi
+    if want bulk && [[ $HAVE_SOCAT == 1 ]]; then
+        BULK_STATUS[strait-gateways]=$why
+        BULK_STATUS[strait-gateway-pair]=$why
+    fi
     return 0
 }
 # sidecar NAME ARGS...: starts `strait sidecar run`, waits for its "started" line; sets LAST_PID.
@@ -610,10 +613,12 @@ strait_mesh() {
     mkdir -p "$d"
     port; local EQ=$PORT; port; local EA=$PORT; port; local EM=$PORT
     port; local WQ=$PORT; port; local WA=$PORT; port; local WM=$PORT
+    port; RELAY_E=$PORT
     {
         "$S" trust init --trust-domain bench.mesh --dir "$d/trust" &&
             "$S" gateway init --cluster east --trust "$d/trust" --dir "$d/east" \
-                --quic-addr "127.0.0.1:$EQ" --api-addr "127.0.0.1:$EA" --admin-addr "127.0.0.1:$EM" &&
+                --quic-addr "127.0.0.1:$EQ" --api-addr "127.0.0.1:$EA" --admin-addr "127.0.0.1:$EM" \
+                --relay-addr "127.0.0.1:$RELAY_E" &&
             "$S" gateway init --cluster west --trust "$d/trust" --dir "$d/west" \
                 --quic-addr "127.0.0.1:$WQ" --api-addr "127.0.0.1:$WA" --admin-addr "127.0.0.1:$WM"
     } >"$T/logs/strait-init.log" 2>&1 || { log "strait init failed:"; cat "$T/logs/strait-init.log" >&2; return 1; }
@@ -827,8 +832,10 @@ bulk_run() {
     c0=$(cpu_ticks "${pids[@]+"${pids[@]}"}")
     for np in ${B_PROCS[$v]}; do p0[${np%%=*}]=$(cpu_ticks "${np#*=}"); done
     t0=$(date +%s.%N)
-    if ! timeout 120 socat -b 262144 -u "OPEN:/dev/zero,readbytes=$BULK_BYTES" "TCP:127.0.0.1:$lport" \
-        2>"$T/logs/$v.sender.$r.log"; then
+    local sender=(socat -b 262144 -u "OPEN:/dev/zero,readbytes=$BULK_BYTES" "TCP:127.0.0.1:$lport")
+    # shellcheck disable=SC2206 # B_SEND holds words without spaces
+    if [[ -n ${B_SEND[$v]:-} ]]; then sender=(${B_SEND[$v]} --bytes "$BULK_BYTES"); fi
+    if ! timeout 120 "${sender[@]}" 2>"$T/logs/$v.sender.$r.log"; then
         BULK_FAILED[$v]="failed: the sender failed in round $r: $(head -c 300 "$T/logs/$v.sender.$r.log")"
         return 0
     fi
@@ -933,6 +940,44 @@ start_strait_bulk() {
         "west-gateway=$GW_W" "server-sidecar=$db"
 }
 
+# The gateway pair alone, the path the TLS tunnel is compared with: bench/flow.py opens a flow
+# straight at east's relay (the header a sidecar would send) to shop/sink, a Service of west
+# whose endpoint is the sink itself. The bytes cross QUIC encrypted once, as through the tunnel.
+start_strait_gateway_pair() {
+    local d=$T/strait i before ready=0
+    local send="python3 $SCRIPT_DIR/flow.py --relay 127.0.0.1:$RELAY_E --cluster west --namespace shop --service sink --port 5432"
+    cat >"$d/sink.yaml" <<YAML
+kind: Service
+metadata: {name: sink, namespace: shop}
+spec:
+  export: true
+  ports: [{port: 5432, protocol: tcp}]
+  endpoints: [{address: "127.0.0.1:$SINK_PORT"}]
+YAML
+    if ! "$STRAIT" --context west apply -f "$d/sink.yaml" >"$T/logs/sink-apply.log" 2>&1; then
+        BULK_STATUS[strait-gateway-pair]="failed: applying the sink Service: $(head -c 300 "$T/logs/sink-apply.log")"
+        return 0
+    fi
+    # Ready when one byte sent through the relay reaches the sink (east learns the Service first).
+    for i in $(seq 60); do
+        before=$(wc -l <"$T/sink.count")
+        # shellcheck disable=SC2086 # $send is words without spaces
+        timeout 5 $send --bytes 1 2>/dev/null || true
+        sleep 0.3
+        if tail -n +$((before + 1)) "$T/sink.count" | awk '$1 == 1 { f = 1 } END { exit !f }'; then
+            ready=1
+            break
+        fi
+        sleep 0.2
+    done
+    if [[ $ready == 0 ]]; then
+        BULK_STATUS[strait-gateway-pair]="failed: one byte through east's relay never reached the sink in 30 s"
+        return 0
+    fi
+    bulk_variant strait-gateway-pair "$RELAY_E" "east-gateway=$GW_E" "west-gateway=$GW_W"
+    B_SEND[strait-gateway-pair]=$send
+}
+
 if want bulk && [[ $HAVE_SOCAT == 1 ]]; then
     start_sink
     bulk_variant plain-tcp "$SINK_PORT"
@@ -941,7 +986,10 @@ if want bulk && [[ $HAVE_SOCAT == 1 ]]; then
     else
         start_tunnel
     fi
-    if [[ $STRAIT_UP == 1 ]]; then start_strait_bulk; fi
+    if [[ $STRAIT_UP == 1 ]]; then
+        start_strait_bulk
+        start_strait_gateway_pair
+    fi
     BULK_MEASURED=()
     for v in "${BULK_VARIANTS[@]}"; do
         if [[ ${B_UP[$v]:-0} == 1 ]]; then BULK_MEASURED+=("$v"); fi
@@ -1039,6 +1087,8 @@ under() { # under PAIR/PROCESS: seconds to under 20 MiB, "never", or "-" when no
     echo
     echo "bulk: one TCP stream of $BULK_BYTES bytes (socat from /dev/zero to a counting sink); $BULK_RUNS rounds in a"
     echo "rotating order, the median of the rounds is reported (MB/s, seconds and CPU-s/GiB each its own median)"
+    echo "strait-gateways: client sidecar, two gateways over QUIC, server sidecar (the sidecars' mutual TLS inside"
+    echo "QUIC); strait-gateway-pair: the two gateways alone, the flow opened at east's relay by bench/flow.py"
     printf '%-20s %9s %8s %10s %15s %-20s  %s\n' variant "MB/s" "seconds" "vs tunnel" "proxy CPU-s/GiB" "MB/s by round" status
     for v in "${BULK_VARIANTS[@]}"; do
         printf '%-20s %9s %8s %10s %15s %-20s  %s\n' "$v" "$(num "${BULK_MBS[$v]:-}")" "$(num "${BULK_SECS[$v]:-}")" \
