@@ -906,8 +906,24 @@ start_tunnel() {
     bulk_variant haproxy-tls-tunnel "$TWO_PORT" "tunnel-client=$TWO_CLIENT" "tunnel-server=$TWO_SERVER"
 }
 # Opaque TCP: upstream listener on an east sidecar -> gateways -> west sidecar -> sink.
+# reaches_sink SEND...: runs SEND, which sends one byte, until the sink counts a transfer of one
+# byte (at most 60 times, about 30 s); fails when it never does.
+reaches_sink() {
+    local i before
+    for i in $(seq 60); do
+        before=$(wc -l <"$T/sink.count")
+        "$@" 2>/dev/null || true
+        sleep 0.3
+        if tail -n +$((before + 1)) "$T/sink.count" | awk '$1 == 1 { f = 1 } END { exit !f }'; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    return 1
+}
+send_byte() { printf x | timeout 5 socat -u - "TCP:127.0.0.1:$1"; }
 start_strait_bulk() {
-    local up i before ready=0 db bulk
+    local up db bulk
     port; up=$PORT
     if ! sidecar sc-db-west --bootstrap "$T/strait/db-west.yaml" --service db \
         --port "5432/tcp=127.0.0.1:$SINK_PORT" --export; then
@@ -922,17 +938,7 @@ start_strait_bulk() {
     fi
     bulk=$LAST_PID
     # Ready when one byte sent to the upstream listener reaches the sink.
-    for i in $(seq 60); do
-        before=$(wc -l <"$T/sink.count")
-        printf x | timeout 5 socat -u - "TCP:127.0.0.1:$up" 2>/dev/null || true
-        sleep 0.3
-        if tail -n +$((before + 1)) "$T/sink.count" | awk '$1 == 1 { f = 1 } END { exit !f }'; then
-            ready=1
-            break
-        fi
-        sleep 0.2
-    done
-    if [[ $ready == 0 ]]; then
+    if ! reaches_sink send_byte "$up"; then
         BULK_STATUS[strait-gateways]="failed: one byte through the --upstream listener never reached the sink in 30 s"
         return 0
     fi
@@ -944,7 +950,7 @@ start_strait_bulk() {
 # straight at east's relay (the header a sidecar would send) to shop/sink, a Service of west
 # whose endpoint is the sink itself. The bytes cross QUIC encrypted once, as through the tunnel.
 start_strait_gateway_pair() {
-    local d=$T/strait i before ready=0
+    local d=$T/strait
     local send="python3 $SCRIPT_DIR/flow.py --relay 127.0.0.1:$RELAY_E --cluster west --namespace shop --service sink --port 5432"
     cat >"$d/sink.yaml" <<YAML
 kind: Service
@@ -959,18 +965,8 @@ YAML
         return 0
     fi
     # Ready when one byte sent through the relay reaches the sink (east learns the Service first).
-    for i in $(seq 60); do
-        before=$(wc -l <"$T/sink.count")
-        # shellcheck disable=SC2086 # $send is words without spaces
-        timeout 5 $send --bytes 1 2>/dev/null || true
-        sleep 0.3
-        if tail -n +$((before + 1)) "$T/sink.count" | awk '$1 == 1 { f = 1 } END { exit !f }'; then
-            ready=1
-            break
-        fi
-        sleep 0.2
-    done
-    if [[ $ready == 0 ]]; then
+    # shellcheck disable=SC2086 # $send is words without spaces
+    if ! reaches_sink timeout 5 $send --bytes 1; then
         BULK_STATUS[strait-gateway-pair]="failed: one byte through east's relay never reached the sink in 30 s"
         return 0
     fi
