@@ -1,7 +1,7 @@
 //! `sidecar run`, the data plane: `strait sidecar run` and `strait-proxy run` take the same
 //! flags and run the same code. `strait` hands the command over to `strait-proxy` when that
-//! binary sits beside it: linked without the gateway and the operator commands, it holds a
-//! third of the code, and a sidecar keeps resident only what it runs.
+//! binary sits beside it: linked without the gateway and the operator commands, it holds
+//! two fifths of the code, and a sidecar keeps resident less of it.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -214,7 +214,7 @@ fn same_version(proxy: &Path) -> bool {
 
 /// Where a Kubernetes-mode sidecar's trust bundle comes from.
 enum Bundle<'a> {
-    File(&'a std::path::Path),
+    File(&'a Path),
     /// The PEM itself (`STRAIT_TRUST_BUNDLE`).
     Pem(&'a str),
 }
@@ -224,7 +224,7 @@ enum Bundle<'a> {
 async fn service_account_bootstrap(
     gateway: &str,
     bundle: Bundle<'_>,
-    token_path: &std::path::Path,
+    token_path: &Path,
 ) -> Result<Bootstrap> {
     let (pem, bundle_path) = match bundle {
         Bundle::File(path) => (strait_io::files::read_file(path)?, path.to_owned()),
