@@ -99,7 +99,7 @@ where
         }
         let parts = connection.into_parts();
         let socket = parts.io.into_inner();
-        (tcp, unread) = (socket.tcp, join(socket.unread, parts.read_buf));
+        (tcp, unread) = (socket.tcp, join(parts.read_buf, socket.unread));
         parked += 1;
     }
 }
@@ -303,8 +303,10 @@ impl AsyncWrite for Socket {
     }
 }
 
-/// Bytes the socket still held before those hyper had read and not used, copied: an empty
-/// or small remainder of hyper's read buffer would otherwise keep all of its 8 KiB.
+/// The bytes a parked connection has read and not used, in the order they came: those left in
+/// hyper's read buffer, then those the socket still held from an earlier park (hyper read
+/// from those first). Copied: an empty or small remainder of hyper's read buffer would
+/// otherwise keep all of its 8 KiB.
 fn join(first: Bytes, then: Bytes) -> Bytes {
     if first.is_empty() && then.is_empty() {
         return Bytes::new();
