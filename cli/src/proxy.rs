@@ -170,9 +170,12 @@ pub fn hand_over() {
     };
     let proxy = exe.with_file_name(PROXY_BINARY);
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let (Some(args), true) = (proxy_args(&args), same_version(&proxy)) else {
+    let Some(args) = proxy_args(&args) else {
         return;
     };
+    if !same_version(&proxy) {
+        return;
+    }
     #[cfg(unix)]
     {
         use std::os::unix::process::CommandExt as _;
