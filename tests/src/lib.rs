@@ -876,6 +876,19 @@ impl Mesh {
         name: &str,
         args: &[String],
     ) -> Result<Process> {
+        self.sidecar_from(strait_bin(), cluster, namespace, account, name, args)
+    }
+
+    /// [`Mesh::sidecar`], run by `program` (a copy of `strait` elsewhere, say).
+    pub fn sidecar_from(
+        &self,
+        program: &Path,
+        cluster: &str,
+        namespace: &str,
+        account: &str,
+        name: &str,
+        args: &[String],
+    ) -> Result<Process> {
         let bootstrap = self.bootstrap(cluster, namespace, account)?;
         let path = self.file(&format!("{name}.bootstrap.yaml"), &bootstrap)?;
         let mut all: Vec<String> = vec![
@@ -887,7 +900,7 @@ impl Mesh {
             "127.0.0.1:0".into(),
         ];
         all.extend_from_slice(args);
-        let sidecar = Process::start(self, name, &all)?;
+        let sidecar = Process::start_program(self, name, program, &all)?;
         let admin = sidecar.addr("admin")?;
         wait_for(
             Duration::from_secs(20),

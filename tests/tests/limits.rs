@@ -308,8 +308,8 @@ fn executable(process: &Process) -> Result<std::path::PathBuf> {
     Ok(std::fs::read_link(format!("/proc/{pid}/exe"))?)
 }
 
-/// `strait` beside `program` in a folder of its own, as a hard link (a copy across file
-/// systems): a `strait` with no `strait-proxy` next to it.
+/// `strait` in `dir`, as a hard link (a copy across file systems): a `strait` with no
+/// `strait-proxy` of this build next to it.
 fn lone_strait(dir: &std::path::Path) -> Result<std::path::PathBuf> {
     let lone = dir.join("strait");
     if std::fs::hard_link(strait_bin(), &lone).is_err() {
@@ -358,14 +358,8 @@ fn sidecar_run_is_handed_to_strait_proxy_and_runs_in_strait_when_there_is_none()
     )?;
     for (dir, name) in [(alone.path(), "web-alone"), (skewed.path(), "web-skewed")] {
         let program = lone_strait(dir)?;
-        let bootstrap = mesh.bootstrap("east", "shop", "web")?;
-        let path = mesh.file(&format!("{name}.bootstrap.yaml"), &bootstrap)?;
-        let args: Vec<String> = ["sidecar", "run", "--bootstrap", &path.display().to_string()]
-            .into_iter()
-            .chain(["--proxy-addr", "127.0.0.1:0"])
-            .map(str::to_owned)
-            .collect();
-        let web = Process::start_program(&mesh, name, &program, &args)?;
+        let args = ["--proxy-addr".to_owned(), "127.0.0.1:0".into()];
+        let web = mesh.sidecar_from(&program, "east", "shop", "web", name, &args)?;
         ensure!(
             executable(&web)? == program,
             "{name} runs {}",
