@@ -905,7 +905,6 @@ start_tunnel() {
     fi
     bulk_variant haproxy-tls-tunnel "$TWO_PORT" "tunnel-client=$TWO_CLIENT" "tunnel-server=$TWO_SERVER"
 }
-# Opaque TCP: upstream listener on an east sidecar -> gateways -> west sidecar -> sink.
 # reaches_sink SEND...: runs SEND, which sends one byte, until the sink counts a transfer of one
 # byte (at most 60 times, about 30 s); fails when it never does.
 reaches_sink() {
@@ -922,6 +921,7 @@ reaches_sink() {
     return 1
 }
 send_byte() { printf x | timeout 5 socat -u - "TCP:127.0.0.1:$1"; }
+# Opaque TCP: upstream listener on an east sidecar -> gateways -> west sidecar -> sink.
 start_strait_bulk() {
     local up db bulk
     port; up=$PORT
