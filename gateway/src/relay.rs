@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strait_federation::trace::{Span, SpanId, SpanKind, TraceId, Value};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use strait_federation::catalog::ServiceKey;
 use strait_federation::flow::{self, FlowRefused, FlowTarget};
 use strait_federation::identity::ClusterName;
@@ -28,6 +28,8 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 const ENDPOINT_ATTEMPTS: usize = 3;
 /// How much is read from TCP at a time: large enough for bulk transfers to keep QUIC busy.
 const READ_BUFFER: usize = 256 << 10;
+/// How many QUIC chunks (a packet's worth of stream data each) go into one TCP write.
+const READ_CHUNKS: usize = 64;
 
 /// Which way a flow goes through this gateway.
 #[derive(Clone, Copy)]
@@ -452,16 +454,16 @@ async fn relay(
         }
     };
     let from_peer = async {
-        // QUIC hands out packet-sized chunks: gathered into one buffer, they cost one write
-        // each instead of one per packet.
-        let mut buffer = vec![0u8; READ_BUFFER];
+        // QUIC hands out packet-sized chunks: all that have arrived go out in one vectored
+        // write, without being copied together first.
+        let mut chunks: [Bytes; READ_CHUNKS] = std::array::from_fn(|_| Bytes::new());
         while let Some(n) = recv
-            .read(&mut buffer)
+            .read_chunks(&mut chunks)
             .await
             .map_err(std::io::Error::other)?
         {
-            rx += n as u64;
-            tcp_write.write_all(&buffer[..n]).await?;
+            rx += chunks[..n].iter().map(|c| c.len() as u64).sum::<u64>();
+            write_all_chunks(&mut tcp_write, &mut chunks[..n]).await?;
         }
         tcp_write.shutdown().await
     };
@@ -473,6 +475,39 @@ async fn relay(
             let _ = send.reset(0u32.into());
             let _ = recv.stop(0u32.into());
             record.finish("error", tx, rx);
+        }
+    }
+}
+
+/// Writes every byte of `chunks`, in order, with as few writes as the socket allows; the
+/// chunks are left empty.
+async fn write_all_chunks(
+    writer: &mut (impl AsyncWrite + Unpin),
+    chunks: &mut [Bytes],
+) -> std::io::Result<()> {
+    let mut first = 0;
+    loop {
+        while chunks.get(first).is_some_and(Bytes::is_empty) {
+            first += 1;
+        }
+        if first == chunks.len() {
+            return Ok(());
+        }
+        let slices: Vec<std::io::IoSlice<'_>> = chunks[first..]
+            .iter()
+            .map(|chunk| std::io::IoSlice::new(chunk))
+            .collect();
+        let mut written = writer.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while first < chunks.len() && written > 0 {
+            let take = written.min(chunks[first].len());
+            bytes::Buf::advance(&mut chunks[first], take);
+            written -= take;
+            if chunks[first].is_empty() {
+                first += 1;
+            }
         }
     }
 }
@@ -588,4 +623,97 @@ async fn connect_endpoint(shared: &Shared, target: &FlowTarget) -> Result<TcpStr
         cluster: target.cluster.clone(),
         last,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// Takes at most `most` bytes per write, as a socket with a full buffer does.
+    struct Trickle {
+        most: usize,
+        written: Vec<u8>,
+        writes: usize,
+    }
+
+    impl Trickle {
+        fn take(&mut self, slices: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+            let mut room = self.most;
+            for slice in slices {
+                let take = room.min(slice.len());
+                self.written.extend_from_slice(&slice[..take]);
+                room -= take;
+            }
+            self.writes += 1;
+            Poll::Ready(Ok(self.most - room))
+        }
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.take(&[std::io::IoSlice::new(buf)])
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            slices: &[std::io::IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            self.take(slices)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn chunks_are_written_whole_and_in_order_across_short_writes() {
+        for most in [1, 3, 5, 7, 64] {
+            let mut writer = Trickle {
+                most,
+                written: Vec::new(),
+                writes: 0,
+            };
+            let mut chunks =
+                ["", "hello", "", " wor", "ld", ""].map(|s| Bytes::from_static(s.as_bytes()));
+            write_all_chunks(&mut writer, &mut chunks).await.unwrap();
+            assert_eq!(writer.written, b"hello world", "at most {most} a write");
+            assert!(chunks.iter().all(Bytes::is_empty));
+            assert_eq!(
+                writer.writes,
+                11_usize.div_ceil(most),
+                "at most {most} a write"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_takes_nothing_is_an_error_not_a_spin() {
+        let mut writer = Trickle {
+            most: 0,
+            written: Vec::new(),
+            writes: 0,
+        };
+        let mut chunks = [Bytes::from_static(b"x")];
+        let err = write_all_chunks(&mut writer, &mut chunks)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::WriteZero);
+        assert_eq!(writer.writes, 1);
+    }
 }
