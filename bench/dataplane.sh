@@ -17,7 +17,8 @@
 # close, 10), BENCH_BULK_BYTES (1073741824), BENCH_BULK_RUNS (rounds of transfers, the median is
 # reported, 3), BENCH_PROXY_THREADS (worker threads of Envoy and HAProxy, default: number of
 # cores, which is also what strait's gateways use), BENCH_SIDECAR_THREADS (`--threads` of the
-# strait sidecars, default: theirs, 1), BENCH_MAX_SECONDS (hard limit after the
+# strait sidecars, default: theirs, 1), BENCH_MAX_UDP_PAYLOAD (`peering.maxUdpPayload` of the
+# strait gateways, default: theirs, 8952), BENCH_MAX_SECONDS (hard limit after the
 # build, 1200), BENCH_PORT_BASE (first loopback port tried), STRAIT_BIN (use this binary, skip
 # the build), BENCH_INSTALL_ONLY=1 (install the tools, run nothing), BENCH_NO_INSTALL=1 (never
 # install), BENCH_KEEP=1 (keep the temporary folder and its logs),
@@ -38,6 +39,7 @@ CONNS_COUNT=${BENCH_CONNS_COUNT:-10000}
 CONNS_SETTLE=${BENCH_CONNS_SETTLE:-10}
 BULK_BYTES=${BENCH_BULK_BYTES:-1073741824}
 BULK_RUNS=${BENCH_BULK_RUNS:-3}
+MAX_UDP_PAYLOAD=${BENCH_MAX_UDP_PAYLOAD:-}
 NCPU=$(nproc 2>/dev/null || echo 2)
 PROXY_THREADS=${BENCH_PROXY_THREADS:-$NCPU}
 SIDECAR_THREADS=${BENCH_SIDECAR_THREADS:-}
@@ -622,6 +624,9 @@ strait_mesh() {
             "$S" gateway init --cluster west --trust "$d/trust" --dir "$d/west" \
                 --quic-addr "127.0.0.1:$WQ" --api-addr "127.0.0.1:$WA" --admin-addr "127.0.0.1:$WM"
     } >"$T/logs/strait-init.log" 2>&1 || { log "strait init failed:"; cat "$T/logs/strait-init.log" >&2; return 1; }
+    if [[ -n $MAX_UDP_PAYLOAD ]]; then
+        sed -i "s/^\( *maxUdpPayload:\).*/\1 $MAX_UDP_PAYLOAD/" "$d/east/gateway.yaml" "$d/west/gateway.yaml"
+    fi
     start gw-east "$S" gateway run --config "$d/east/gateway.yaml"
     GW_E=$LAST_PID
     start gw-west "$S" gateway run --config "$d/west/gateway.yaml"

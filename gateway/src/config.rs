@@ -527,7 +527,7 @@ impl TelemetryConfig {
     }
 }
 
-/// Timers of the peering with other gateways.
+/// Timers and packet sizes of the peering with other gateways.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PeeringConfig {
@@ -547,6 +547,11 @@ pub struct PeeringConfig {
     /// away for longer that still holds the policy brings it back when it returns.
     #[serde(default = "default_tombstone_retention")]
     pub tombstone_retention_ms: u64,
+    /// The largest UDP payload, in bytes, that path MTU discovery tries on a peer connection
+    /// and that this endpoint accepts. Packets start at 1200 bytes and grow only as far as
+    /// probes get through, so a high bound costs a few lost probes on a 1500-byte path.
+    #[serde(default = "default_max_udp_payload")]
+    pub max_udp_payload: u16,
 }
 
 fn default_keepalive() -> u64 {
@@ -565,6 +570,13 @@ fn default_backoff() -> u64 {
 fn default_tombstone_retention() -> u64 {
     7 * 24 * 3_600_000
 }
+/// A 9000-byte jumbo frame less the IPv6 and UDP headers: clouds carry jumbo frames inside a
+/// network (AWS 9001, GCP up to 8896), the internet carries 1500.
+fn default_max_udp_payload() -> u16 {
+    8952
+}
+/// The bounds QUIC sets on a UDP payload (RFC 9000, 18.2).
+const UDP_PAYLOAD_BOUNDS: std::ops::RangeInclusive<u16> = 1200..=65527;
 
 impl Default for PeeringConfig {
     fn default() -> Self {
@@ -574,6 +586,7 @@ impl Default for PeeringConfig {
             grace_period_ms: default_grace(),
             max_backoff_ms: default_backoff(),
             tombstone_retention_ms: default_tombstone_retention(),
+            max_udp_payload: default_max_udp_payload(),
         }
     }
 }
@@ -689,6 +702,17 @@ impl GatewayConfig {
                 ),
             });
         }
+        if !UDP_PAYLOAD_BOUNDS.contains(&p.max_udp_payload) {
+            return Err(GatewayError::Config {
+                path: path.to_owned(),
+                message: format!(
+                    "peering.maxUdpPayload must be {} to {} bytes, got {}",
+                    UDP_PAYLOAD_BOUNDS.start(),
+                    UDP_PAYLOAD_BOUNDS.end(),
+                    p.max_udp_payload
+                ),
+            });
+        }
         let w = &config.workloads;
         if w.cert_ttl_seconds < 2 || w.lease_seconds < 2 {
             return Err(GatewayError::Config {
@@ -773,6 +797,33 @@ mod tests {
         assert!(
             err.contains("gateway.yaml") && err.contains("peering.tombstoneRetentionMs"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_udp_payload_outside_quics_bounds_is_named_and_one_inside_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.yaml");
+        let head = "cluster: west\ntrustDomain: t\nquicAddr: 127.0.0.1:1\napiAddr: 127.0.0.1:2\nadminAddr: 127.0.0.1:3\n";
+        for bad in [1199, 65528] {
+            std::fs::write(&path, format!("{head}peering: {{maxUdpPayload: {bad}}}\n")).unwrap();
+            let err = GatewayConfig::load(&path).unwrap_err().to_string();
+            assert!(
+                err.contains("gateway.yaml")
+                    && err.contains("peering.maxUdpPayload")
+                    && err.contains(&bad.to_string()),
+                "{err}"
+            );
+        }
+        for good in [1200, 1452, 65527] {
+            std::fs::write(&path, format!("{head}peering: {{maxUdpPayload: {good}}}\n")).unwrap();
+            let config = GatewayConfig::load(&path).unwrap();
+            assert_eq!(config.peering.max_udp_payload, good);
+        }
+        std::fs::write(&path, head).unwrap();
+        assert_eq!(
+            GatewayConfig::load(&path).unwrap().peering.max_udp_payload,
+            8952
         );
     }
 

@@ -392,8 +392,13 @@ impl Shared {
                     .peer_bytes
                     .with_label_values(&[peer, "rx"])
                     .set(stats.udp_rx.bytes as i64);
+                self.metrics
+                    .peer_path_mtu
+                    .with_label_values(&[peer])
+                    .set(i64::from(stats.path.current_mtu));
             } else {
                 let _ = self.metrics.peer_rtt.remove_label_values(&[peer]);
+                let _ = self.metrics.peer_path_mtu.remove_label_values(&[peer]);
                 let _ = self.metrics.peer_bytes.remove_label_values(&[peer, "tx"]);
                 let _ = self.metrics.peer_bytes.remove_label_values(&[peer, "rx"]);
             }

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub updates_received: IntCounterVec,
     /// UDP bytes sent to and received from each peer (QUIC connection statistics).
     pub peer_bytes: IntGaugeVec,
+    /// The largest UDP payload path MTU discovery has found towards each peer.
+    pub peer_path_mtu: IntGaugeVec,
     /// Services changed by updates received.
     pub services_changed: IntCounterVec,
     /// Versions of our export a peer has not acknowledged yet.
@@ -282,6 +284,12 @@ impl Metrics {
                 "UDP bytes of the current QUIC connection with a peer, by direction (tx or rx).",
                 &["peer", "direction"],
             ),
+            peer_path_mtu: gauge(
+                "peer_path_mtu_bytes",
+                "The largest UDP payload that path MTU discovery has found towards a peer \
+                 (peering.maxUdpPayload at most).",
+                &["peer"],
+            ),
             services_changed: counter(
                 "peer_services_changed_total",
                 "Imported services changed by a peer's updates.",
@@ -360,6 +368,7 @@ impl Metrics {
             let _ = self.peer_state.remove_label_values(&[peer, candidate]);
         }
         let _ = self.peer_rtt.remove_label_values(&[peer]);
+        let _ = self.peer_path_mtu.remove_label_values(&[peer]);
         let _ = self.sync_lag.remove_label_values(&[peer]);
         let _ = self.peer_bytes.remove_label_values(&[peer, "tx"]);
         let _ = self.peer_bytes.remove_label_values(&[peer, "rx"]);

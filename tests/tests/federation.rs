@@ -93,6 +93,24 @@ fn an_exported_service_reaches_a_linked_cluster_within_two_seconds_and_follows_c
         metric(&metrics, "strait_peer_rtt_seconds", &["peer=\"west\""])
             .is_some_and(|rtt| rtt > 0.0)
     );
+    // Loopback carries any datagram: path MTU discovery grows packets past Ethernet's 1452
+    // bytes, up to the default `peering.maxUdpPayload` and no further.
+    wait_for(
+        Duration::from_secs(10),
+        "east's path MTU towards west past 1452 bytes",
+        || {
+            let mtu = metric(
+                &east.metrics()?,
+                "strait_peer_path_mtu_bytes",
+                &["peer=\"west\""],
+            );
+            ensure!(
+                mtu.is_none_or(|mtu| mtu <= 8952.0),
+                "path MTU {mtu:?} over the bound"
+            );
+            Ok(mtu.is_some_and(|mtu| mtu > 1452.0).then_some(()))
+        },
+    )?;
     ensure!(
         metric(
             &metrics,

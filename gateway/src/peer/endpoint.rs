@@ -73,6 +73,11 @@ fn transport(config: &GatewayConfig) -> Arc<quinn::TransportConfig> {
     // One stream per relayed flow, plus the control stream.
     transport.max_concurrent_bidi_streams(config.limits.peer_streams.into());
     transport.max_concurrent_uni_streams(0u32.into());
+    // Fewer, larger packets where the path carries them: the cost of a bulk flow is mostly
+    // per packet (sealing, acknowledging, one pass through the kernel).
+    let mut discovery = quinn::MtuDiscoveryConfig::default();
+    discovery.upper_bound(config.peering.max_udp_payload);
+    transport.mtu_discovery_config(Some(discovery));
     Arc::new(transport)
 }
 
@@ -88,17 +93,21 @@ pub fn endpoint(
     let crypto = QuicServerConfig::try_from(tls)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(transport(config));
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .map_err(|error| GatewayError::Bind {
+    let mut endpoint = quinn::EndpointConfig::default();
+    // Checked against QUIC's bounds when the configuration was loaded.
+    let _ = endpoint.max_udp_payload_size(config.peering.max_udp_payload);
+    let bind = |error| GatewayError::Bind {
         what: "quicAddr",
         addr: config.quic_addr,
         error,
-    })
+    };
+    quinn::Endpoint::new_with_abstract_socket(
+        endpoint,
+        Some(server),
+        super::socket::BatchedSocket::wrap(socket).map_err(bind)?,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(bind)
 }
 
 pub(super) fn client_config(

@@ -2,6 +2,7 @@
 //! decisions are federation's sans-IO [`handshake`](strait_federation::handshake) and
 //! [`session`](strait_federation::session):
 //! - [`endpoint`]: the QUIC endpoint, TLS, and the control stream's frames;
+//! - [`socket`]: its UDP socket, which cuts batches of packets to what the kernel sends;
 //! - [`dial`]: the dialer of each applied Link;
 //! - [`accept`]: the acceptor that admits join tokens;
 //! - [`drive`]: the loop that runs a session over the control stream;
@@ -18,6 +19,7 @@ mod error;
 pub mod quality;
 mod records;
 mod removal;
+mod socket;
 
 pub use accept::accept_loop;
 pub use dial::{DialOutcome, dial_when_peering, link_problem, start_dialer};

@@ -1,0 +1,179 @@
+//! The peer endpoint's UDP socket: quinn's own, with batches of packets cut to what the kernel
+//! sends in one call.
+//!
+//! quinn hands its socket up to ten packets of one size at once, for one `sendmsg` with
+//! segmentation offload (GSO). The kernel takes at most one datagram's worth (64 KiB) in such a
+//! call and refuses a larger batch with `EMSGSIZE`, which quinn's socket takes for a lost MTU
+//! probe. With packets over 6.5 KB (jumbo frames, loopback) every full batch was dropped, and
+//! a bulk flow ran slower with large packets than with small ones. Here a batch that is too
+//! large goes out in several calls.
+
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, Runtime, UdpPoller};
+
+/// The most one call sends: the largest UDP payload over IPv4 (65,535 bytes less the IP and UDP
+/// headers).
+const MOST_PER_CALL: usize = 65_507;
+
+/// A UDP socket for quinn that never hands the kernel a batch larger than it takes.
+#[derive(Debug)]
+pub struct BatchedSocket {
+    inner: Arc<dyn AsyncUdpSocket>,
+}
+
+impl BatchedSocket {
+    /// Wraps a bound socket for quinn's endpoint, on the tokio runtime.
+    pub fn wrap(socket: std::net::UdpSocket) -> io::Result<Arc<dyn AsyncUdpSocket>> {
+        let inner = quinn::TokioRuntime.wrap_udp_socket(socket)?;
+        Ok(Arc::new(Self { inner }))
+    }
+}
+
+/// The byte ranges of a batch of `len` bytes in packets of `segment` bytes that go out in one
+/// call each: whole packets, at most [`MOST_PER_CALL`] bytes, or one packet where a single one
+/// is larger.
+fn calls(len: usize, segment: usize) -> impl Iterator<Item = Range<usize>> {
+    let step = (MOST_PER_CALL / segment.max(1)).max(1) * segment.max(1);
+    (0..len)
+        .step_by(step)
+        .map(move |start| start..(start + step).min(len))
+}
+
+impl AsyncUdpSocket for BatchedSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    /// A batch the kernel takes whole goes out as it is. A larger one goes out in parts; when
+    /// the socket is full part way, quinn sends the whole batch again once it has room, and
+    /// the peer drops the packets it already has.
+    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        let Some(segment) = transmit
+            .segment_size
+            .filter(|_| transmit.contents.len() > MOST_PER_CALL)
+        else {
+            return self.inner.try_send(transmit);
+        };
+        for range in calls(transmit.contents.len(), segment) {
+            let contents = &transmit.contents[range];
+            self.inner.try_send(&Transmit {
+                destination: transmit.destination,
+                ecn: transmit.ecn,
+                contents,
+                segment_size: (contents.len() > segment).then_some(segment),
+                src_ip: transmit.src_ip,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        self.inner.poll_recv(cx, bufs, meta)
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_batch_is_cut_into_whole_packets_of_at_most_one_datagram_each() {
+        let cut = |len, segment| {
+            calls(len, segment)
+                .map(|r| (r.start, r.end))
+                .collect::<Vec<_>>()
+        };
+        // Ten packets of 1452 bytes fit one call.
+        assert_eq!(cut(14_520, 1452), [(0, 14_520)]);
+        // Ten of 8952 do not: seven fit (62,664 bytes), then the other three.
+        assert_eq!(cut(89_520, 8952), [(0, 62_664), (62_664, 89_520)]);
+        // A short last packet stays with its batch.
+        assert_eq!(cut(62_664 + 100, 8952), [(0, 62_664), (62_664, 62_764)]);
+        // A packet larger than one call's worth (IPv6 allows 65,527) goes alone.
+        assert_eq!(cut(131_054, 65_527), [(0, 65_527), (65_527, 131_054)]);
+        assert!(cut(0, 1452).is_empty());
+        for (len, segment) in [(89_520, 8952), (65_508, 1200), (10, 1)] {
+            let ranges = cut(len, segment);
+            assert_eq!(ranges.first().map(|r| r.0), Some(0));
+            assert_eq!(ranges.last().map(|r| r.1), Some(len));
+            assert!(ranges.windows(2).all(|w| w[0].1 == w[1].0));
+            assert!(
+                ranges
+                    .iter()
+                    .all(|r| r.1 - r.0 <= MOST_PER_CALL && r.0 % segment == 0)
+            );
+        }
+    }
+
+    /// Ten 8952-byte packets in one transmit, as quinn sends them with jumbo-sized packets on
+    /// loopback, all reach a plain socket.
+    #[tokio::test]
+    async fn a_batch_larger_than_the_kernel_takes_arrives_whole() {
+        let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        receiver
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let socket =
+            BatchedSocket::wrap(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
+        let segments = socket.max_transmit_segments().min(10);
+        let contents: Vec<u8> = (0..segments * 8952).map(|i| (i / 8952) as u8).collect();
+        let transmit = Transmit {
+            destination: receiver.local_addr().unwrap(),
+            ecn: None,
+            contents: &contents,
+            segment_size: (segments > 1).then_some(8952),
+            src_ip: None,
+        };
+        // As quinn does: wait until the socket is writable, try, and wait again if it was not.
+        let mut poller = socket.clone().create_io_poller();
+        loop {
+            std::future::poll_fn(|cx| poller.as_mut().poll_writable(cx))
+                .await
+                .unwrap();
+            match socket.try_send(&transmit) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                sent => break sent.unwrap(),
+            }
+        }
+        let mut buffer = vec![0u8; 65_536];
+        for packet in 0..segments {
+            let n = receiver
+                .recv(&mut buffer)
+                .unwrap_or_else(|e| panic!("packet {packet} of {segments}: {e}"));
+            assert_eq!(n, 8952, "packet {packet}");
+            assert!(
+                buffer[..n].iter().all(|&b| b == packet as u8),
+                "packet {packet}"
+            );
+        }
+    }
+}
