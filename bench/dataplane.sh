@@ -18,7 +18,9 @@
 # reported, 3), BENCH_PROXY_THREADS (worker threads of Envoy and HAProxy, default: number of
 # cores, which is also what strait's gateways use), BENCH_SIDECAR_THREADS (`--threads` of the
 # strait sidecars, default: theirs, 1), BENCH_MAX_UDP_PAYLOAD (`peering.maxUdpPayload` of the
-# strait gateways, default: theirs, 8952), BENCH_MAX_SECONDS (hard limit after the
+# strait gateways, default: theirs, 8952), BENCH_RTT_MS (a round-trip time, through
+# bench/delay.py, on the link between the two gateways and between the two ends of the TLS
+# tunnel: the bulk comparison at a distance between clusters; default none), BENCH_MAX_SECONDS (hard limit after the
 # build, 1200), BENCH_PORT_BASE (first loopback port tried), STRAIT_BIN (use this binary, skip
 # the build), BENCH_INSTALL_ONLY=1 (install the tools, run nothing), BENCH_NO_INSTALL=1 (never
 # install), BENCH_KEEP=1 (keep the temporary folder and its logs),
@@ -40,6 +42,7 @@ CONNS_SETTLE=${BENCH_CONNS_SETTLE:-10}
 BULK_BYTES=${BENCH_BULK_BYTES:-1073741824}
 BULK_RUNS=${BENCH_BULK_RUNS:-3}
 MAX_UDP_PAYLOAD=${BENCH_MAX_UDP_PAYLOAD:-}
+RTT_MS=${BENCH_RTT_MS:-}
 NCPU=$(nproc 2>/dev/null || echo 2)
 PROXY_THREADS=${BENCH_PROXY_THREADS:-$NCPU}
 SIDECAR_THREADS=${BENCH_SIDECAR_THREADS:-}
@@ -540,6 +543,15 @@ else
     start_envoy_pair
 fi
 
+# delayed PROTOCOL NAME TARGET_PORT: with BENCH_RTT_MS, starts bench/delay.py in front of
+# TARGET_PORT and sets DELAYED to its port; without, DELAYED is TARGET_PORT itself.
+delayed() {
+    DELAYED=$3
+    [[ -n $RTT_MS ]] || return 0
+    port; DELAYED=$PORT
+    start "$2" python3 "$SCRIPT_DIR/delay.py" "$1" --listen "127.0.0.1:$DELAYED" \
+        --to "127.0.0.1:$3" --delay-ms "$(awk -v r="$RTT_MS" 'BEGIN { print r / 2 }')"
+}
 # start_haproxy_two TEMPLATE NAME BACKEND_PORT: HAProxy NAME-server (TLS in front of
 # BACKEND_PORT) and NAME-client (plain in, mutual TLS to the server), from
 # TEMPLATE-server.cfg.in and TEMPLATE-client.cfg.in; sets TWO_PORT (the client's port),
@@ -549,8 +561,10 @@ start_haproxy_two() {
     port; TWO_PORT=$PORT; port; hs=$PORT
     render "$SCRIPT_DIR/$template-server.cfg.in" "$T/$name-server.cfg" "THREADS=$PROXY_THREADS" \
         "LISTEN_PORT=$hs" "BACKEND_PORT=$backend" "CERT_PEM=$P/server.pem" "CA=$P/ca.crt"
+    # Only the tunnel crosses the simulated distance: the request pairs stay on loopback.
+    if [[ $name == haproxy-tunnel ]]; then delayed tcp "$name-delay" "$hs"; else DELAYED=$hs; fi
     render "$SCRIPT_DIR/$template-client.cfg.in" "$T/$name-client.cfg" "THREADS=$PROXY_THREADS" \
-        "LISTEN_PORT=$TWO_PORT" "UPSTREAM_PORT=$hs" "CERT_PEM=$P/client.pem" "CA=$P/ca.crt"
+        "LISTEN_PORT=$TWO_PORT" "UPSTREAM_PORT=$DELAYED" "CERT_PEM=$P/client.pem" "CA=$P/ca.crt"
     start "$name-server" haproxy -db -f "$T/$name-server.cfg"
     TWO_SERVER=$LAST_PID
     start "$name-client" haproxy -db -f "$T/$name-client.cfg"
@@ -616,13 +630,16 @@ strait_mesh() {
     port; local EQ=$PORT; port; local EA=$PORT; port; local EM=$PORT
     port; local WQ=$PORT; port; local WA=$PORT; port; local WM=$PORT
     port; RELAY_E=$PORT
+    # East dials west through the simulated distance, if any (west's advertised address).
+    delayed udp gw-delay "$WQ"; local WD=$DELAYED
     {
         "$S" trust init --trust-domain bench.mesh --dir "$d/trust" &&
             "$S" gateway init --cluster east --trust "$d/trust" --dir "$d/east" \
                 --quic-addr "127.0.0.1:$EQ" --api-addr "127.0.0.1:$EA" --admin-addr "127.0.0.1:$EM" \
                 --relay-addr "127.0.0.1:$RELAY_E" &&
             "$S" gateway init --cluster west --trust "$d/trust" --dir "$d/west" \
-                --quic-addr "127.0.0.1:$WQ" --api-addr "127.0.0.1:$WA" --admin-addr "127.0.0.1:$WM"
+                --quic-addr "127.0.0.1:$WQ" --api-addr "127.0.0.1:$WA" --admin-addr "127.0.0.1:$WM" \
+                ${RTT_MS:+--advertise-addr "127.0.0.1:$WD"}
     } >"$T/logs/strait-init.log" 2>&1 || { log "strait init failed:"; cat "$T/logs/strait-init.log" >&2; return 1; }
     if [[ -n $MAX_UDP_PAYLOAD ]]; then
         sed -i "s/^\( *maxUdpPayload:\).*/\1 $MAX_UDP_PAYLOAD/" "$d/east/gateway.yaml" "$d/west/gateway.yaml"
@@ -1090,6 +1107,9 @@ under() { # under PAIR/PROCESS: seconds to under 20 MiB, "never", or "-" when no
     echo "rotating order, the median of the rounds is reported (MB/s, seconds and CPU-s/GiB each its own median)"
     echo "strait-gateways: client sidecar, two gateways over QUIC, server sidecar (the sidecars' mutual TLS inside"
     echo "QUIC); strait-gateway-pair: the two gateways alone, the flow opened at east's relay by bench/flow.py"
+    if [[ -n $RTT_MS ]]; then
+        echo "round-trip time $RTT_MS ms (bench/delay.py) between the two gateways and between the tunnel's two ends"
+    fi
     printf '%-20s %9s %8s %10s %15s %-20s  %s\n' variant "MB/s" "seconds" "vs tunnel" "proxy CPU-s/GiB" "MB/s by round" status
     for v in "${BULK_VARIANTS[@]}"; do
         printf '%-20s %9s %8s %10s %15s %-20s  %s\n' "$v" "$(num "${BULK_MBS[$v]:-}")" "$(num "${BULK_SECS[$v]:-}")" \
@@ -1106,9 +1126,9 @@ under() { # under PAIR/PROCESS: seconds to under 20 MiB, "never", or "-" when no
 # JSON (one line; jstr and jnum are in common.sh). jlist "LIST": a JSON array of its numbers.
 jlist() { local x=${1:-}; printf '[%s]' "${x// /,}"; }
 {
-    printf '{"benchmark":"strait-dataplane","cores":%s,"settings":{"duration_s":%s,"warmup_s":%s,"connections":%s,"wrk_threads":%s,"rate_rps":%s,"rate_s":%s,"proxy_threads":%s,"runs":%s,"bulk_bytes":%s,"bulk_runs":%s,"conns_connections":%s,"conns_settle_s":%s,"open_files_limit":%s},"background_cpu_busy_pct":%s,' \
+    printf '{"benchmark":"strait-dataplane","cores":%s,"settings":{"duration_s":%s,"warmup_s":%s,"connections":%s,"wrk_threads":%s,"rate_rps":%s,"rate_s":%s,"proxy_threads":%s,"runs":%s,"bulk_bytes":%s,"bulk_runs":%s,"conns_connections":%s,"conns_settle_s":%s,"open_files_limit":%s,"rtt_ms":%s},"background_cpu_busy_pct":%s,' \
         "$NCPU" "$DURATION" "$WARMUP" "$CONNS" "$WRK_THREADS" "$RATE" "$RATE_SECONDS" "$PROXY_THREADS" "$RUNS" \
-        "$BULK_BYTES" "$BULK_RUNS" "$CONNS_COUNT" "$CONNS_SETTLE" "$(jnum "$NOFILE")" "$BACKGROUND_BUSY"
+        "$BULK_BYTES" "$BULK_RUNS" "$CONNS_COUNT" "$CONNS_SETTLE" "$(jnum "$NOFILE")" "$(jnum "$RTT_MS")" "$BACKGROUND_BUSY"
     printf '"strait_commit":%s,"variants":{' "$(jstr "$GIT_REV")"
     first=1
     for v in "${VARIANTS[@]}"; do
