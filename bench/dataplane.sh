@@ -19,11 +19,12 @@
 # cores, which is also what strait's gateways use), BENCH_SIDECAR_THREADS (`--threads` of the
 # strait sidecars, default: theirs, 1), BENCH_MAX_UDP_PAYLOAD (`peering.maxUdpPayload` of the
 # strait gateways, default: theirs, 8952), BENCH_RTT_MS (a round-trip time, through
-# bench/delay.py, on the link between the two gateways and between the two ends of the TLS
-# tunnel: the bulk comparison at a distance between clusters; default none), BENCH_MAX_SECONDS (hard limit after the
-# build, 1200), BENCH_PORT_BASE (first loopback port tried), STRAIT_BIN (use this binary, skip
-# the build), BENCH_INSTALL_ONLY=1 (install the tools, run nothing), BENCH_NO_INSTALL=1 (never
-# install), BENCH_KEEP=1 (keep the temporary folder and its logs),
+# bench/delay.rs and bench/delay.py, between the two gateways and between the two ends of the
+# TLS tunnel: the bulk comparison at a distance between clusters; default none),
+# BENCH_MAX_SECONDS (hard limit after the build, 1200), BENCH_PORT_BASE (first loopback port
+# tried), STRAIT_BIN (use this binary, skip the build), BENCH_INSTALL_ONLY=1 (install the
+# tools, run nothing), BENCH_NO_INSTALL=1 (never install), BENCH_KEEP=1 (keep the temporary
+# folder and its logs),
 # BENCH_ONLY (space-separated subset of: direct strait envoy haproxy conns bulk).
 set -euo pipefail
 
@@ -543,14 +544,25 @@ else
     start_envoy_pair
 fi
 
-# delayed PROTOCOL NAME TARGET_PORT: with BENCH_RTT_MS, starts bench/delay.py in front of
-# TARGET_PORT and sets DELAYED to its port; without, DELAYED is TARGET_PORT itself.
+# delayed PROTOCOL NAME TARGET_PORT: with BENCH_RTT_MS, starts a delay in front of
+# TARGET_PORT (bench/delay.py for tcp; bench/delay.rs, built here, for udp) and sets DELAYED
+# to its port; without, DELAYED is TARGET_PORT itself.
 delayed() {
     DELAYED=$3
     [[ -n $RTT_MS ]] || return 0
     port; DELAYED=$PORT
-    start "$2" python3 "$SCRIPT_DIR/delay.py" "$1" --listen "127.0.0.1:$DELAYED" \
-        --to "127.0.0.1:$3" --delay-ms "$(awk -v r="$RTT_MS" 'BEGIN { print r / 2 }')"
+    local half
+    half=$(awk -v r="$RTT_MS" 'BEGIN { print r / 2 }')
+    if [[ $1 == udp ]]; then
+        if [[ ! -x $T/delay ]]; then
+            rustc -O --edition 2024 -o "$T/delay" "$SCRIPT_DIR/delay.rs" ||
+                { log "cannot build bench/delay.rs"; return 1; }
+        fi
+        start "$2" "$T/delay" "127.0.0.1:$DELAYED" "127.0.0.1:$3" "$half"
+    else
+        start "$2" python3 "$SCRIPT_DIR/delay.py" --listen "127.0.0.1:$DELAYED" \
+            --to "127.0.0.1:$3" --delay-ms "$half"
+    fi
 }
 # start_haproxy_two TEMPLATE NAME BACKEND_PORT: HAProxy NAME-server (TLS in front of
 # BACKEND_PORT) and NAME-client (plain in, mutual TLS to the server), from
@@ -1108,7 +1120,7 @@ under() { # under PAIR/PROCESS: seconds to under 20 MiB, "never", or "-" when no
     echo "strait-gateways: client sidecar, two gateways over QUIC, server sidecar (the sidecars' mutual TLS inside"
     echo "QUIC); strait-gateway-pair: the two gateways alone, the flow opened at east's relay by bench/flow.py"
     if [[ -n $RTT_MS ]]; then
-        echo "round-trip time $RTT_MS ms (bench/delay.py) between the two gateways and between the tunnel's two ends"
+        echo "round-trip time $RTT_MS ms (bench/delay.rs, delay.py) between the two gateways and between the tunnel's two ends"
     fi
     printf '%-20s %9s %8s %10s %15s %-20s  %s\n' variant "MB/s" "seconds" "vs tunnel" "proxy CPU-s/GiB" "MB/s by round" status
     for v in "${BULK_VARIANTS[@]}"; do
