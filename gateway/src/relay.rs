@@ -485,29 +485,38 @@ async fn write_all_chunks(
     writer: &mut (impl AsyncWrite + Unpin),
     chunks: &mut [Bytes],
 ) -> std::io::Result<()> {
-    let mut first = 0;
-    loop {
-        while chunks.get(first).is_some_and(Bytes::is_empty) {
-            first += 1;
-        }
-        if first == chunks.len() {
-            return Ok(());
-        }
-        let slices: Vec<std::io::IoSlice<'_>> = chunks[first..]
+    writer.write_all_buf(&mut Chunks(chunks)).await
+}
+
+/// QUIC's chunks read as one buffer: `write_all_buf` hands a socket up to 64 of them in one
+/// vectored write, and none is copied.
+struct Chunks<'a>(&'a mut [Bytes]);
+
+impl bytes::Buf for Chunks<'_> {
+    fn remaining(&self) -> usize {
+        self.0.iter().map(Bytes::len).sum()
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.0.iter().find(|c| !c.is_empty()).map_or(&[], |c| c)
+    }
+
+    fn chunks_vectored<'b>(&'b self, slices: &mut [std::io::IoSlice<'b>]) -> usize {
+        let filled = self
+            .0
             .iter()
-            .map(|chunk| std::io::IoSlice::new(chunk))
-            .collect();
-        let mut written = writer.write_vectored(&slices).await?;
-        if written == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        while first < chunks.len() && written > 0 {
-            let take = written.min(chunks[first].len());
-            bytes::Buf::advance(&mut chunks[first], take);
-            written -= take;
-            if chunks[first].is_empty() {
-                first += 1;
-            }
+            .filter(|c| !c.is_empty())
+            .zip(slices.iter_mut());
+        filled
+            .map(|(chunk, slice)| *slice = std::io::IoSlice::new(chunk))
+            .count()
+    }
+
+    fn advance(&mut self, mut count: usize) {
+        for chunk in self.0.iter_mut() {
+            let take = count.min(chunk.len());
+            chunk.advance(take);
+            count -= take;
         }
     }
 }
