@@ -145,12 +145,16 @@ mod tests {
         let socket =
             BatchedSocket::wrap(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
         let segments = socket.max_transmit_segments().min(10);
+        if segments * 8952 <= MOST_PER_CALL {
+            eprintln!("skipped: this socket sends {segments} packets a call (no GSO), no split");
+            return;
+        }
         let contents: Vec<u8> = (0..segments * 8952).map(|i| (i / 8952) as u8).collect();
         let transmit = Transmit {
             destination: receiver.local_addr().unwrap(),
             ecn: None,
             contents: &contents,
-            segment_size: (segments > 1).then_some(8952),
+            segment_size: Some(8952),
             src_ip: None,
         };
         // As quinn does: wait until the socket is writable, try, and wait again if it was not.
