@@ -655,6 +655,8 @@ strait_mesh() {
     } >"$T/logs/strait-init.log" 2>&1 || { log "strait init failed:"; cat "$T/logs/strait-init.log" >&2; return 1; }
     if [[ -n $MAX_UDP_PAYLOAD ]]; then
         sed -i "s/^\( *maxUdpPayload:\).*/\1 $MAX_UDP_PAYLOAD/" "$d/east/gateway.yaml" "$d/west/gateway.yaml"
+        [[ $(grep -c "maxUdpPayload: $MAX_UDP_PAYLOAD\$" "$d/east/gateway.yaml" "$d/west/gateway.yaml" |
+            grep -c ':1$') == 2 ]] || { log "BENCH_MAX_UDP_PAYLOAD: no maxUdpPayload in gateway.yaml"; return 1; }
     fi
     start gw-east "$S" gateway run --config "$d/east/gateway.yaml"
     GW_E=$LAST_PID

@@ -23,9 +23,8 @@ async def pipe(reader, writer, delay):
             if not data:
                 break
             loop.call_later(delay, writer.write, data)
-            # Hold the reader while more than 32 MiB wait for the socket.
-            while writer.transport.get_write_buffer_size() > (32 << 20):
-                await asyncio.sleep(delay / 4)
+            # Holds the reader while more than the high-water mark waits for the socket.
+            await writer.drain()
         await asyncio.sleep(delay)
         await writer.drain()
         if writer.can_write_eof():
@@ -41,6 +40,8 @@ async def tcp(listen, to, delay):
         except OSError:
             writer.close()
             return
+        for side in (writer, up_writer):
+            side.transport.set_write_buffer_limits(high=32 << 20)
         await asyncio.gather(pipe(reader, up_writer, delay), pipe(up_reader, writer, delay))
         writer.close()
         up_writer.close()
