@@ -660,6 +660,7 @@ strait_mesh() {
     fi
     start gw-east "$S" gateway run --config "$d/east/gateway.yaml"
     GW_E=$LAST_PID
+    EAST_ADMIN=$EM
     start gw-west "$S" gateway run --config "$d/west/gateway.yaml"
     GW_W=$LAST_PID
     wait_http "http://127.0.0.1:$EM/readyz" x 30 && wait_http "http://127.0.0.1:$WM/readyz" x 30 ||
@@ -867,6 +868,8 @@ bulk_run() {
     before=$(wc -l <"$T/sink.count")
     c0=$(cpu_ticks "${pids[@]+"${pids[@]}"}")
     for np in ${B_PROCS[$v]}; do p0[${np%%=*}]=$(cpu_ticks "${np#*=}"); done
+    local link0="" link1="" sent lost events
+    if [[ ${B_PROCS[$v]} == *east-gateway=* ]]; then link0=$(east_link); fi
     t0=$(date +%s.%N)
     local sender=(socat -b 262144 -u "OPEN:/dev/zero,readbytes=$BULK_BYTES" "TCP:127.0.0.1:$lport")
     # shellcheck disable=SC2206 # B_SEND holds words without spaces
@@ -908,6 +911,24 @@ bulk_run() {
         done
     fi
     log "$v: round $r: $got bytes in $secs s = $mbs MB/s"
+    if [[ -n $link0 ]] && link1=$(east_link) && [[ -n $link1 ]]; then
+        local s0 l0 e0 s1 l1 e1
+        read -r s0 l0 e0 <<<"$link0"
+        read -r s1 l1 e1 <<<"$link1"
+        sent=$((s1 - s0)) lost=$((l1 - l0)) events=$((e1 - e0))
+        log "$v: round $r: east to west $sent packets, $lost lost ($(awk -v l="$lost" -v s="$sent" \
+            'BEGIN { printf "%.2f", s > 0 ? 100 * l / s : 0 }') %), $events congestion events"
+    fi
+}
+# east_link: east's QUIC connection towards west, from its metrics: "SENT LOST EVENTS" (packets
+# sent, packets declared lost, congestion events), or nothing when it cannot be read.
+east_link() {
+    [[ -n ${EAST_ADMIN:-} ]] || return 0
+    curl -sf --max-time 5 "http://127.0.0.1:$EAST_ADMIN/metrics" | awk '
+        /^strait_peer_packets\{/ && /peer="west"/ && /outcome="sent"/ { sent = $NF }
+        /^strait_peer_packets\{/ && /peer="west"/ && /outcome="lost"/ { lost = $NF }
+        /^strait_peer_congestion_events\{/ && /peer="west"/ { events = $NF }
+        END { if (sent != "") print sent, lost + 0, events + 0 }'
 }
 # bulk_summarize VARIANT: the medians of its rounds, and its status.
 bulk_summarize() {

@@ -378,30 +378,8 @@ impl Shared {
         for (cluster, status) in lock(&self.peers).iter() {
             let peer = cluster.as_str();
             self.metrics.set_peer_state(peer, status.state.as_str());
-            if let Some(connection) = &status.connection {
-                self.metrics
-                    .peer_rtt
-                    .with_label_values(&[peer])
-                    .set(connection.rtt().as_secs_f64());
-                let stats = connection.stats();
-                self.metrics
-                    .peer_bytes
-                    .with_label_values(&[peer, "tx"])
-                    .set(stats.udp_tx.bytes as i64);
-                self.metrics
-                    .peer_bytes
-                    .with_label_values(&[peer, "rx"])
-                    .set(stats.udp_rx.bytes as i64);
-                self.metrics
-                    .peer_path_mtu
-                    .with_label_values(&[peer])
-                    .set(i64::from(stats.path.current_mtu));
-            } else {
-                let _ = self.metrics.peer_rtt.remove_label_values(&[peer]);
-                let _ = self.metrics.peer_path_mtu.remove_label_values(&[peer]);
-                let _ = self.metrics.peer_bytes.remove_label_values(&[peer, "tx"]);
-                let _ = self.metrics.peer_bytes.remove_label_values(&[peer, "rx"]);
-            }
+            let stats = status.connection.as_ref().map(quinn::Connection::stats);
+            self.metrics.set_peer_connection(peer, stats.as_ref());
             let lag = if status.acked.epoch == head.epoch {
                 head.version.saturating_sub(status.acked.version)
             } else {

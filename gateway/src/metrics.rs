@@ -28,6 +28,12 @@ pub struct Metrics {
     pub peer_bytes: IntGaugeVec,
     /// The largest UDP payload path MTU discovery has found towards each peer.
     pub peer_path_mtu: IntGaugeVec,
+    /// Packets of the current connection with each peer, sent and declared lost.
+    pub peer_packets: IntGaugeVec,
+    /// Congestion events of the current connection with each peer.
+    pub peer_congestion_events: IntGaugeVec,
+    /// The congestion window towards each peer: bytes allowed in flight.
+    pub peer_congestion_window: IntGaugeVec,
     /// Services changed by updates received.
     pub services_changed: IntCounterVec,
     /// Versions of our export a peer has not acknowledged yet.
@@ -290,6 +296,23 @@ impl Metrics {
                  (peering.maxUdpPayload at most).",
                 &["peer"],
             ),
+            peer_packets: gauge(
+                "peer_packets",
+                "QUIC packets of the current connection with a peer, by outcome: sent, or lost \
+                 (declared lost and sent again; lost over sent is the path's loss rate).",
+                &["peer", "outcome"],
+            ),
+            peer_congestion_events: gauge(
+                "peer_congestion_events",
+                "Congestion events of the current QUIC connection with a peer: each one cut \
+                 the congestion window.",
+                &["peer"],
+            ),
+            peer_congestion_window: gauge(
+                "peer_congestion_window_bytes",
+                "Bytes the congestion controller allows in flight towards a peer.",
+                &["peer"],
+            ),
             services_changed: counter(
                 "peer_services_changed_total",
                 "Imported services changed by a peer's updates.",
@@ -367,12 +390,51 @@ impl Metrics {
         for candidate in PEER_STATES {
             let _ = self.peer_state.remove_label_values(&[peer, candidate]);
         }
-        let _ = self.peer_rtt.remove_label_values(&[peer]);
-        let _ = self.peer_path_mtu.remove_label_values(&[peer]);
+        self.set_peer_connection(peer, None);
         let _ = self.sync_lag.remove_label_values(&[peer]);
-        let _ = self.peer_bytes.remove_label_values(&[peer, "tx"]);
-        let _ = self.peer_bytes.remove_label_values(&[peer, "rx"]);
         let _ = self.catalog_services.remove_label_values(&[peer]);
+    }
+
+    /// Sets the series read off a peer's QUIC connection (RTT, bytes, packets, path MTU,
+    /// congestion), or removes them while there is none.
+    pub fn set_peer_connection(&self, peer: &str, stats: Option<&quinn::ConnectionStats>) {
+        let Some(stats) = stats else {
+            let _ = self.peer_rtt.remove_label_values(&[peer]);
+            let _ = self.peer_path_mtu.remove_label_values(&[peer]);
+            let _ = self.peer_congestion_events.remove_label_values(&[peer]);
+            let _ = self.peer_congestion_window.remove_label_values(&[peer]);
+            for direction in ["tx", "rx"] {
+                let _ = self.peer_bytes.remove_label_values(&[peer, direction]);
+            }
+            for outcome in ["sent", "lost"] {
+                let _ = self.peer_packets.remove_label_values(&[peer, outcome]);
+            }
+            return;
+        };
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let path = &stats.path;
+        self.peer_rtt
+            .with_label_values(&[peer])
+            .set(path.rtt.as_secs_f64());
+        self.peer_path_mtu
+            .with_label_values(&[peer])
+            .set(i64::from(path.current_mtu));
+        self.peer_congestion_events
+            .with_label_values(&[peer])
+            .set(count(path.congestion_events));
+        self.peer_congestion_window
+            .with_label_values(&[peer])
+            .set(count(path.cwnd));
+        for (direction, bytes) in [("tx", stats.udp_tx.bytes), ("rx", stats.udp_rx.bytes)] {
+            self.peer_bytes
+                .with_label_values(&[peer, direction])
+                .set(count(bytes));
+        }
+        for (outcome, packets) in [("sent", path.sent_packets), ("lost", path.lost_packets)] {
+            self.peer_packets
+                .with_label_values(&[peer, outcome])
+                .set(count(packets));
+        }
     }
 
     /// The Prometheus text exposition.

@@ -93,6 +93,29 @@ fn an_exported_service_reaches_a_linked_cluster_within_two_seconds_and_follows_c
         metric(&metrics, "strait_peer_rtt_seconds", &["peer=\"west\""])
             .is_some_and(|rtt| rtt > 0.0)
     );
+    // The connection's packets and congestion state, as an operator reads a link's health.
+    let series = |name, labels: &[&str]| metric(&metrics, name, labels);
+    let sent = series(
+        "strait_peer_packets",
+        &["peer=\"west\"", "outcome=\"sent\""],
+    );
+    let lost = series(
+        "strait_peer_packets",
+        &["peer=\"west\"", "outcome=\"lost\""],
+    );
+    ensure!(
+        sent.is_some_and(|sent| sent > 0.0) && lost.is_some_and(|lost| lost <= sent.unwrap_or(0.0)),
+        "packets sent {sent:?}, lost {lost:?}: {metrics}"
+    );
+    ensure!(
+        series("strait_peer_congestion_window_bytes", &["peer=\"west\""])
+            .is_some_and(|window| window >= 2.0 * 1200.0),
+        "{metrics}"
+    );
+    ensure!(
+        series("strait_peer_congestion_events", &["peer=\"west\""]).is_some(),
+        "{metrics}"
+    );
     // Loopback carries any datagram: path MTU discovery grows packets past Ethernet's 1452
     // bytes, up to the default `peering.maxUdpPayload` and no further.
     wait_for(
