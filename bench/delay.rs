@@ -15,14 +15,18 @@ unsafe extern "C" {
     fn setsockopt(fd: i32, level: i32, name: i32, value: *const i32, len: u32) -> i32;
 }
 
-/// Large socket buffers (Linux: SOL_SOCKET, SO_SNDBUF, SO_RCVBUF), as the gateways ask for:
-/// a burst of packets waits in the kernel instead of being dropped.
+/// Large socket buffers, as the gateways ask for: a burst of packets waits in the kernel
+/// instead of being dropped. Linux: SOL_SOCKET with SO_SNDBUFFORCE and SO_RCVBUFFORCE (past
+/// the host's cap, with CAP_NET_ADMIN), else SO_SNDBUF and SO_RCVBUF.
 fn buffers(socket: &UdpSocket) {
     use std::os::fd::AsRawFd;
     let size: i32 = 16 << 20;
-    for option in [7, 8] {
+    for (force, plain) in [(32, 7), (33, 8)] {
         // SAFETY: a valid descriptor, a pointer to an i32 and its length.
-        unsafe { setsockopt(socket.as_raw_fd(), 1, option, &size, 4) };
+        if unsafe { setsockopt(socket.as_raw_fd(), 1, force, &size, 4) } != 0 {
+            // SAFETY: as above.
+            unsafe { setsockopt(socket.as_raw_fd(), 1, plain, &size, 4) };
+        }
     }
 }
 

@@ -426,7 +426,9 @@ fn set_flag(flag: &watch::Sender<bool>, value: bool) {
 }
 
 /// The UDP socket of the QUIC endpoint, with large buffers: with kernel defaults, bursts of
-/// catalog updates were dropped at the receive buffer.
+/// catalog updates were dropped at the receive buffer, and a bulk flow between clouds loses
+/// what a burst leaves over. A host that caps them is named in the log, with the sysctl to
+/// raise.
 fn quic_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, GatewayError> {
     let bind = |error| GatewayError::Bind {
         what: "quicAddr",
@@ -436,8 +438,20 @@ fn quic_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, GatewayError> {
     let domain = socket2::Domain::for_address(addr);
     let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
         .map_err(bind)?;
-    let _ = socket.set_recv_buffer_size(16 << 20);
-    let _ = socket.set_send_buffer_size(16 << 20);
+    let buffers = peer::socket::size_buffers(&socket, peer::socket::BUFFER_BYTES);
+    // Linux reports twice the size it was given; half of the request is the least we accept.
+    if buffers.receive < peer::socket::BUFFER_BYTES / 2
+        || buffers.send < peer::socket::BUFFER_BYTES / 2
+    {
+        tracing::warn!(
+            receive_bytes = buffers.receive,
+            send_bytes = buffers.send,
+            wanted_bytes = peer::socket::BUFFER_BYTES,
+            "the QUIC socket's buffers are capped by the host: packets of a burst beyond them \
+             are lost; raise net.core.rmem_max and net.core.wmem_max to 16777216, or give the \
+             gateway CAP_NET_ADMIN"
+        );
+    }
     socket.bind(&addr.into()).map_err(bind)?;
     Ok(socket.into())
 }

@@ -19,7 +19,7 @@ mod error;
 pub mod quality;
 mod records;
 mod removal;
-mod socket;
+pub(crate) mod socket;
 
 pub use accept::accept_loop;
 pub use dial::{DialOutcome, dial_when_peering, link_problem, start_dialer};
