@@ -13,7 +13,9 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
+
+use crate::executor::Executor;
 use rustls_pki_types::ServerName;
 use strait_federation::catalog::ServiceKey;
 use strait_federation::flow::{FlowRefused, FlowTarget};
@@ -335,7 +337,7 @@ fn dial_http2<'a>(
 /// HTTP/2 over a dialled connection; the connection is driven by a task of its own.
 async fn http2(tls: TlsStream<TcpStream>, target: &Target) -> Result<SendRequest<Body>, DialError> {
     let name = format!("{target:?}");
-    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(Executor)
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20)
         .max_concurrent_reset_streams(1024)

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
+
+use crate::executor::Executor;
 use strait_federation::catalog::{Protocol, ServiceKey};
 use strait_federation::certificate;
 use strait_federation::identity::SpiffeId;
@@ -66,7 +68,7 @@ impl AppClients {
                         Ok::<_, std::io::Error>(TokioIo::new(tcp))
                     },
                 ));
-                let mut builder = Client::builder(TokioExecutor::new());
+                let mut builder = Client::builder(Executor);
                 builder.pool_idle_timeout(Duration::from_secs(60));
                 if p.port.protocol != Protocol::Http {
                     builder.http2_only(true);
@@ -551,7 +553,7 @@ async fn serve_http(
         let caller = caller.clone();
         async move { Ok::<_, Infallible>(to_app(shared, request, &caller).await) }
     });
-    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+    let _ = hyper::server::conn::http2::Builder::new(Executor)
         .max_concurrent_streams(MAX_STREAMS)
         .max_header_list_size(header_list)
         .initial_stream_window_size(1 << 20)

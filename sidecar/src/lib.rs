@@ -16,6 +16,7 @@ pub mod config;
 pub mod connect;
 pub mod control;
 pub mod directory;
+pub mod executor;
 pub mod golden;
 pub mod http;
 

@@ -19,7 +19,9 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
+
+use crate::executor::Executor;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -68,7 +70,7 @@ where
         Ok(seen) => seen,
     };
     if PREFACE_START.starts_with(&first[..seen]) {
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let mut builder = hyper_util::server::conn::auto::Builder::new(Executor);
         builder.http1().max_buf_size(buffers.header_buffer);
         builder.http2().max_header_list_size(buffers.header_list);
         let socket = Socket::new(tcp, Bytes::new(), exchanges);
