@@ -20,7 +20,10 @@
 # strait sidecars, default: theirs, 1), BENCH_MAX_UDP_PAYLOAD (`peering.maxUdpPayload` of the
 # strait gateways, default: theirs, 8952), BENCH_RTT_MS (a round-trip time, through
 # bench/delay.rs and bench/delay.py, between the two gateways and between the two ends of the
-# TLS tunnel: the bulk comparison at a distance between clusters; default none),
+# TLS tunnel: the bulk comparison at a distance between clusters; default none), BENCH_LOSS_PCT
+# (with BENCH_RTT_MS: datagrams the gateways' UDP delay drops, in per cent each way; the TCP
+# tunnel's delay cannot drop, so compare strait's congestion controllers with it, not the
+# tunnel), BENCH_CONGESTION (`peering.congestionControl` of the gateways: cubic or bbr),
 # BENCH_MAX_SECONDS (hard limit after the build, 1200), BENCH_PORT_BASE (first loopback port
 # tried), STRAIT_BIN (use this binary, skip the build), BENCH_INSTALL_ONLY=1 (install the
 # tools, run nothing), BENCH_NO_INSTALL=1 (never install), BENCH_KEEP=1 (keep the temporary
@@ -44,6 +47,8 @@ BULK_BYTES=${BENCH_BULK_BYTES:-1073741824}
 BULK_RUNS=${BENCH_BULK_RUNS:-3}
 MAX_UDP_PAYLOAD=${BENCH_MAX_UDP_PAYLOAD:-}
 RTT_MS=${BENCH_RTT_MS:-}
+LOSS_PCT=${BENCH_LOSS_PCT:-0}
+CONGESTION=${BENCH_CONGESTION:-}
 NCPU=$(nproc 2>/dev/null || echo 2)
 PROXY_THREADS=${BENCH_PROXY_THREADS:-$NCPU}
 SIDECAR_THREADS=${BENCH_SIDECAR_THREADS:-}
@@ -558,7 +563,7 @@ delayed() {
             rustc -O --edition 2024 -o "$T/delay" "$SCRIPT_DIR/delay.rs" ||
                 { log "cannot build bench/delay.rs"; return 1; }
         fi
-        start "$2" "$T/delay" "127.0.0.1:$DELAYED" "127.0.0.1:$3" "$half"
+        start "$2" "$T/delay" "127.0.0.1:$DELAYED" "127.0.0.1:$3" "$half" "$LOSS_PCT"
     else
         start "$2" python3 "$SCRIPT_DIR/delay.py" --listen "127.0.0.1:$DELAYED" \
             --to "127.0.0.1:$3" --delay-ms "$half"
@@ -653,6 +658,11 @@ strait_mesh() {
                 --quic-addr "127.0.0.1:$WQ" --api-addr "127.0.0.1:$WA" --admin-addr "127.0.0.1:$WM" \
                 ${RTT_MS:+--advertise-addr "127.0.0.1:$WD"}
     } >"$T/logs/strait-init.log" 2>&1 || { log "strait init failed:"; cat "$T/logs/strait-init.log" >&2; return 1; }
+    if [[ -n $CONGESTION ]]; then
+        sed -i "s/^\( *congestionControl:\).*/\1 $CONGESTION/" "$d/east/gateway.yaml" "$d/west/gateway.yaml"
+        [[ $(grep -c "congestionControl: $CONGESTION\$" "$d/east/gateway.yaml" "$d/west/gateway.yaml" |
+            grep -c ':1$') == 2 ]] || { log "BENCH_CONGESTION: no congestionControl in gateway.yaml"; return 1; }
+    fi
     if [[ -n $MAX_UDP_PAYLOAD ]]; then
         sed -i "s/^\( *maxUdpPayload:\).*/\1 $MAX_UDP_PAYLOAD/" "$d/east/gateway.yaml" "$d/west/gateway.yaml"
         [[ $(grep -c "maxUdpPayload: $MAX_UDP_PAYLOAD\$" "$d/east/gateway.yaml" "$d/west/gateway.yaml" |

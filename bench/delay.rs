@@ -1,10 +1,12 @@
 //! A UDP link with a round-trip time, for bench/dataplane.sh (BENCH_RTT_MS): datagrams that
 //! arrive at LISTEN go on to TARGET, and the answers back to whoever spoke first at LISTEN,
-//! each way after DELAY_MS. bench/delay.py does the same for TCP; for QUIC it forwarded only
-//! about 13,000 datagrams a second, and its drops looked like congestion. Standard library
-//! only, built by the bench with `rustc -O`; it runs until it is stopped.
+//! each way after DELAY_MS, and drops LOSS_PCT per cent of them each way (default 0), spread
+//! evenly by a fixed pseudo-random sequence. bench/delay.py does the same for TCP, without loss;
+//! for QUIC it forwarded only about 13,000 datagrams a second, and its drops looked like
+//! congestion. Standard library only, built by the bench with `rustc -O`; it runs until it is
+//! stopped.
 //!
-//! Usage: delay LISTEN TARGET DELAY_MS
+//! Usage: delay LISTEN TARGET DELAY_MS [LOSS_PCT]
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::mpsc;
@@ -30,12 +32,13 @@ fn buffers(socket: &UdpSocket) {
     }
 }
 
-/// Takes datagrams from `from` and sends each to `to()` on `out`, `delay` after it arrived;
-/// `heard` learns each sender's address.
+/// Takes datagrams from `from` and sends each to `to()` on `out`, `delay` after it arrived,
+/// but for a share `loss` (0 to 1) of them; `heard` learns each sender's address.
 fn pump(
     from: UdpSocket,
     out: UdpSocket,
     delay: Duration,
+    loss: f64,
     heard: impl Fn(SocketAddr) + Send + 'static,
     to: impl Fn() -> Option<SocketAddr> + Send + 'static,
 ) {
@@ -53,8 +56,16 @@ fn pump(
     });
     std::thread::spawn(move || {
         let mut buffer = vec![0u8; 65_536];
+        // xorshift64: the same losses on every run.
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
         while let Ok((n, sender)) = from.recv_from(&mut buffer) {
             heard(sender);
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            if ((state >> 11) as f64 / (1u64 << 53) as f64) < loss {
+                continue;
+            }
             if queue
                 .send((Instant::now() + delay, buffer[..n].to_vec()))
                 .is_err()
@@ -67,10 +78,16 @@ fn pump(
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let [_, listen, target, delay_ms] = args.as_slice() else {
-        eprintln!("usage: delay LISTEN TARGET DELAY_MS");
-        std::process::exit(2);
+    let (listen, target, delay_ms, loss_pct) = match args.as_slice() {
+        [_, listen, target, delay_ms] => (listen, target, delay_ms, "0"),
+        [_, listen, target, delay_ms, loss_pct] => (listen, target, delay_ms, loss_pct.as_str()),
+        _ => {
+            eprintln!("usage: delay LISTEN TARGET DELAY_MS [LOSS_PCT]");
+            std::process::exit(2);
+        }
     };
+    let loss: f64 = loss_pct.parse().expect("LOSS_PCT is a number");
+    let loss = (loss / 100.0).clamp(0.0, 1.0);
     let listen: SocketAddr = listen.parse().expect("LISTEN is host:port");
     let target: SocketAddr = target.parse().expect("TARGET is host:port");
     let delay_ms: f64 = delay_ms.parse().expect("DELAY_MS is a number");
@@ -85,10 +102,11 @@ fn main() {
         front.try_clone().expect("a socket handle"),
         back.try_clone().expect("a socket handle"),
         delay,
+        loss,
         move |sender| *learned.lock().unwrap() = Some(sender),
         move || Some(target),
     );
-    pump(back, front, delay, |_| {}, move || *peer.lock().unwrap());
+    pump(back, front, delay, loss, |_| {}, move || *peer.lock().unwrap());
     loop {
         std::thread::park();
     }

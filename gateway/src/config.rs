@@ -552,6 +552,22 @@ pub struct PeeringConfig {
     /// probes get through, so a high bound costs a few lost probes on a 1500-byte path.
     #[serde(default = "default_max_udp_payload")]
     pub max_udp_payload: u16,
+    /// How the peer connection paces itself to the path: `cubic` (the default) or `bbr`.
+    #[serde(default)]
+    pub congestion_control: CongestionControl,
+}
+
+/// The congestion controller of the peer connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CongestionControl {
+    /// Cubic (RFC 9438), quinn's default and TCP's on Linux: backs off on loss, so it shares a
+    /// path fairly with other traffic, and recovers slowly on long paths.
+    #[default]
+    Cubic,
+    /// BBR, which paces to the bandwidth and round trip it measures instead of backing off on
+    /// each loss: faster on long or lossy paths. quinn marks its BBR experimental.
+    Bbr,
 }
 
 fn default_keepalive() -> u64 {
@@ -587,6 +603,7 @@ impl Default for PeeringConfig {
             max_backoff_ms: default_backoff(),
             tombstone_retention_ms: default_tombstone_retention(),
             max_udp_payload: default_max_udp_payload(),
+            congestion_control: CongestionControl::default(),
         }
     }
 }
@@ -824,6 +841,46 @@ mod tests {
         assert_eq!(
             GatewayConfig::load(&path).unwrap().peering.max_udp_payload,
             8952
+        );
+    }
+
+    #[test]
+    fn the_congestion_controller_defaults_to_cubic_and_an_unknown_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.yaml");
+        let head = "cluster: west\ntrustDomain: t\nquicAddr: 127.0.0.1:1\napiAddr: 127.0.0.1:2\nadminAddr: 127.0.0.1:3\n";
+        std::fs::write(&path, head).unwrap();
+        assert_eq!(
+            GatewayConfig::load(&path)
+                .unwrap()
+                .peering
+                .congestion_control,
+            CongestionControl::Cubic
+        );
+        for (name, expected) in [
+            ("cubic", CongestionControl::Cubic),
+            ("bbr", CongestionControl::Bbr),
+        ] {
+            std::fs::write(
+                &path,
+                format!("{head}peering: {{congestionControl: {name}}}\n"),
+            )
+            .unwrap();
+            let config = GatewayConfig::load(&path).unwrap();
+            assert_eq!(config.peering.congestion_control, expected);
+        }
+        std::fs::write(
+            &path,
+            format!("{head}peering: {{congestionControl: reno}}\n"),
+        )
+        .unwrap();
+        let err = GatewayConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("gateway.yaml")
+                && err.contains("congestionControl")
+                && err.contains("reno")
+                && err.contains("bbr"),
+            "{err}"
         );
     }
 

@@ -13,7 +13,7 @@ use strait_federation::tls::{self, CertStore, PEER_ALPN, PeerRule};
 use strait_federation::wire::{self, FrameDecoder};
 
 use super::error::{PeerError, deadline};
-use crate::config::GatewayConfig;
+use crate::config::{CongestionControl, GatewayConfig};
 use crate::{GatewayError, Shared};
 
 /// The longest wait for a QUIC handshake, a stream, or the first frame of a peer.
@@ -91,6 +91,9 @@ fn transport(config: &GatewayConfig) -> Arc<quinn::TransportConfig> {
     transport.stream_receive_window(STREAM_WINDOW.into());
     // Unacknowledged bytes of all flows together, on the sending side.
     transport.send_window(SEND_WINDOW);
+    if config.peering.congestion_control == CongestionControl::Bbr {
+        transport.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    }
     Arc::new(transport)
 }
 
