@@ -927,7 +927,7 @@ bulk_run() {
         read -r s1 l1 e1 <<<"$link1"
         sent=$((s1 - s0)) lost=$((l1 - l0)) events=$((e1 - e0))
         log "$v: round $r: east to west $sent packets, $lost lost ($(awk -v l="$lost" -v s="$sent" \
-            'BEGIN { printf "%.2f", s > 0 ? 100 * l / s : 0 }') %), $events congestion events"
+            'BEGIN { printf "%.2f", (s > 0 ? 100 * l / s : 0) }') %), $events congestion events"
     fi
 }
 # east_link: east's QUIC connection towards west, from its metrics: "SENT LOST EVENTS" (packets

@@ -1,9 +1,11 @@
 //! One connection from the app to the outbound proxy. HTTP/1.1 keep-alive connections hold only
-//! their socket between requests: hyper's connection (an 8 KiB read buffer, an 8 KiB write
-//! buffer and its state) lives for one exchange and is taken apart once the exchange is over,
-//! so that an idle connection costs its socket and a small task, as in HAProxy, not ~20 KiB. A
-//! connection that starts with HTTP/2's preface (prior knowledge) is served by hyper for its
-//! whole life: one such connection carries many requests.
+//! their socket while they are idle: hyper's connection (an 8 KiB read buffer, an 8 KiB write
+//! buffer and its state) is taken apart once its exchanges are over and no other came for a
+//! while ([`Buffers::park_after`]), so that an idle connection costs its socket and a small
+//! task, as in HAProxy, not ~20 KiB. A busy connection keeps hyper's between its requests:
+//! building it again for each one cost a sidecar more than its TLS. A connection that starts
+//! with HTTP/2's preface (prior knowledge) is served by hyper for its whole life: one such
+//! connection carries many requests.
 //!
 //! An exchange is over when the request's body has been read to its end, the response has been
 //! written, and nothing is left unflushed. A connection whose request body was dropped unread
@@ -15,6 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
@@ -38,7 +41,15 @@ pub(super) struct Buffers {
     pub header_buffer: usize,
     /// The largest HTTP/2 header list.
     pub header_list: u32,
+    /// How long an HTTP/1.1 connection with no exchange open keeps hyper's buffers before it
+    /// is parked: between this and twice this, as the timer is armed once per idle spell, not
+    /// once per request. Zero parks after every exchange.
+    pub park_after: Duration,
 }
+
+/// [`Buffers::park_after`] of the proxy: a connection that carries a request every few
+/// milliseconds keeps hyper's buffers, and ten thousand held ones each hold them for a moment.
+pub(super) const PARK_AFTER: Duration = Duration::from_millis(50);
 
 /// Serves the app's requests on `tcp` with `handle`, until the app closes it or an error ends
 /// it. Returns how many times the connection was parked (held with only its socket).
@@ -90,9 +101,13 @@ where
         // Boxed, so that a parked connection's task does not keep room for it.
         let mut connection =
             Box::new(builder.serve_connection(TokioIo::new(socket), service.clone()));
+        let mut idle = Idle::new(buffers.park_after);
         let over = std::future::poll_fn(|context| match Pin::new(&mut *connection).poll(context) {
             Poll::Ready(_) => Poll::Ready(false),
-            Poll::Pending if exchanges.may_park(answered_before) => Poll::Ready(true),
+            Poll::Pending if exchanges.may_park(answered_before) => {
+                let answered = exchanges.answered.load(Ordering::Acquire);
+                idle.poll_over(context, answered).map(|()| true)
+            }
             Poll::Pending => Poll::Pending,
         })
         .await;
@@ -103,6 +118,48 @@ where
         let socket = parts.io.into_inner();
         (tcp, unread) = (socket.tcp, join(parts.read_buf, socket.unread));
         parked += 1;
+    }
+}
+
+/// The wait of a connection with no exchange open before it is parked.
+struct Idle {
+    after: Duration,
+    /// Armed at the first idle moment; fires `after` later.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Responses answered when the timer was armed: another one since means the connection
+    /// was busy meanwhile, and the wait starts again.
+    answered_at_arming: u64,
+}
+
+impl Idle {
+    fn new(after: Duration) -> Self {
+        Self {
+            after,
+            timer: None,
+            answered_at_arming: 0,
+        }
+    }
+
+    /// Ready once the connection has been idle for `after`, with `answered` responses so far.
+    fn poll_over(&mut self, context: &mut Context<'_>, answered: u64) -> Poll<()> {
+        if self.after.is_zero() {
+            return Poll::Ready(());
+        }
+        let Some(timer) = &mut self.timer else {
+            self.answered_at_arming = answered;
+            let timer = self.timer.insert(Box::pin(tokio::time::sleep(self.after)));
+            // Registers the wake-up.
+            return timer.as_mut().poll(context);
+        };
+        ready!(timer.as_mut().poll(context));
+        if answered == self.answered_at_arming {
+            return Poll::Ready(());
+        }
+        self.answered_at_arming = answered;
+        timer
+            .as_mut()
+            .reset(tokio::time::Instant::now() + self.after);
+        timer.as_mut().poll(context)
     }
 }
 

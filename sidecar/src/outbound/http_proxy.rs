@@ -51,6 +51,7 @@ pub(super) async fn serve_http_connection(
     let buffers = Buffers {
         header_buffer: shared.limits.header_buffer(),
         header_list: shared.limits.header_list(),
+        park_after: connection::PARK_AFTER,
     };
     let handle = move |request: Request<Body>| {
         let (shared, fallback) = (shared.clone(), fallback.clone());

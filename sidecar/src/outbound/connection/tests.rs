@@ -15,6 +15,7 @@ use crate::connect::{Body, full};
 const BUFFERS: Buffers = Buffers {
     header_buffer: 16 << 10,
     header_list: 32 << 10,
+    park_after: Duration::ZERO,
 };
 
 /// Serves the first connection to a fresh port with `handle`; the task ends with the
@@ -24,11 +25,20 @@ where
     H: Fn(Request<Body>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
+    serving_with(handle, BUFFERS).await
+}
+
+/// [`serving`] with other buffers.
+async fn serving_with<H, F>(handle: H, buffers: Buffers) -> (SocketAddr, JoinHandle<u64>)
+where
+    H: Fn(Request<Body>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        serve(tcp, handle, BUFFERS).await
+        serve(tcp, handle, buffers).await
     });
     (address, task)
 }
@@ -125,6 +135,43 @@ async fn a_keep_alive_connection_is_parked_after_each_exchange_and_serves_them_a
     }
     drop(app);
     assert_eq!(within(task).await.unwrap(), 3, "parked once per exchange");
+}
+
+#[tokio::test]
+async fn a_busy_connection_keeps_hyper_between_exchanges_and_is_parked_once_idle() {
+    // Long enough that the back-to-back exchanges below never wait that long between them.
+    let park_after = Duration::from_secs(2);
+    let (address, task) = serving_with(
+        echo,
+        Buffers {
+            park_after,
+            ..BUFFERS
+        },
+    )
+    .await;
+    let mut app = connect(address).await;
+    for path in ["/a", "/b", "/c"] {
+        send(
+            &mut app,
+            format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(
+            response(&mut app).await.1,
+            format!("GET {path} ").as_bytes()
+        );
+    }
+    // Idle for longer than the wait can last (twice `park_after`): parked once, and the
+    // connection still serves.
+    tokio::time::sleep(2 * park_after + Duration::from_millis(500)).await;
+    send(&mut app, b"GET /d HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert_eq!(response(&mut app).await.1, b"GET /d ");
+    drop(app);
+    assert_eq!(
+        within(task).await.unwrap(),
+        1,
+        "parked once, after the idle spell, not after each busy exchange"
+    );
 }
 
 #[tokio::test]
