@@ -91,6 +91,7 @@ fn transport(config: &GatewayConfig) -> Arc<quinn::TransportConfig> {
     transport.stream_receive_window(STREAM_WINDOW.into());
     // Unacknowledged bytes of all flows together, on the sending side.
     transport.send_window(SEND_WINDOW);
+    // quinn's default is Cubic; CongestionControl says why the peering's is BBR.
     if config.peering.congestion_control == CongestionControl::Bbr {
         transport.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
     }
