@@ -4,7 +4,7 @@
 //! hyper spawns one task per HTTP/2 request, and the future it hands over is an enum as large
 //! as its largest variant: on the client, the whole connection's (the TLS session and h2's
 //! state). Spawned as it is, every request's task moved those bytes into a fresh allocation,
-//! and moved them again when it ended; the two moves were 4-5 % of a sidecar's CPU under
+//! and moved them again when it ended; the moves were 3-5 % of a sidecar's CPU time under
 //! load. Large futures go behind a box first: the box is sized to the future, and the task
 //! holds a pointer.
 

@@ -3,9 +3,9 @@
 //! buffer and its state) is taken apart once its exchanges are over and no other came for a
 //! while ([`Buffers::park_after`]), so that an idle connection costs its socket and a small
 //! task, as in HAProxy, not ~20 KiB. A busy connection keeps hyper's between its requests:
-//! building it again for each one cost a sidecar more than its TLS. A connection that starts
-//! with HTTP/2's preface (prior knowledge) is served by hyper for its whole life: one such
-//! connection carries many requests.
+//! building it again for each one cost a tenth of the sidecar's instructions per request. A
+//! connection that starts with HTTP/2's preface (prior knowledge) is served by hyper for its
+//! whole life: one such connection carries many requests.
 //!
 //! An exchange is over when the request's body has been read to its end, the response has been
 //! written, and nothing is left unflushed. A connection whose request body was dropped unread
