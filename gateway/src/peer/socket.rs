@@ -29,8 +29,8 @@ const MOST_PER_CALL: usize = 65_507;
 /// kernel instead of being dropped.
 pub const BUFFER_BYTES: usize = 16 << 20;
 
-/// The buffer sizes the kernel gave a socket, in bytes (Linux reports twice what was set: the
-/// other half is its own bookkeeping).
+/// The buffer sizes the kernel gave a socket, in the units they were asked for (Linux reports
+/// twice what was set, the other half being its own bookkeeping; this is what was set).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Buffers {
     /// The receive buffer.
@@ -74,9 +74,17 @@ pub fn size_buffers(socket: &socket2::Socket, bytes: usize) -> Buffers {
         let _ = socket.set_recv_buffer_size(bytes);
         let _ = socket.set_send_buffer_size(bytes);
     }
+    let reported = |size: io::Result<usize>| {
+        let size = size.unwrap_or(0);
+        if cfg!(target_os = "linux") {
+            size / 2
+        } else {
+            size
+        }
+    };
     Buffers {
-        receive: socket.recv_buffer_size().unwrap_or(0),
-        send: socket.send_buffer_size().unwrap_or(0),
+        receive: reported(socket.recv_buffer_size()),
+        send: reported(socket.send_buffer_size()),
     }
 }
 
@@ -165,6 +173,7 @@ mod tests {
 
     /// Whether this process may pass the host's caps on socket buffers (CAP_NET_ADMIN, bit 12
     /// of the effective set).
+    #[cfg(target_os = "linux")]
     fn may_force_buffers() -> bool {
         std::fs::read_to_string("/proc/self/status")
             .ok()
@@ -196,16 +205,15 @@ mod tests {
         )
         .expect("a UDP socket");
         let given = size_buffers(&socket, wanted);
-        // Linux reports twice what it was set to.
         let expected = if may_force_buffers() {
             Buffers {
-                receive: 2 * wanted,
-                send: 2 * wanted,
+                receive: wanted,
+                send: wanted,
             }
         } else {
             Buffers {
-                receive: 2 * rmem_max,
-                send: 2 * wmem_max,
+                receive: rmem_max,
+                send: wmem_max,
             }
         };
         assert_eq!(given, expected, "CAP_NET_ADMIN: {}", may_force_buffers());
