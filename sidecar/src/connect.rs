@@ -14,8 +14,6 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::TokioIo;
-
-use crate::executor::Executor;
 use rustls_pki_types::ServerName;
 use strait_federation::catalog::ServiceKey;
 use strait_federation::flow::{FlowRefused, FlowTarget};
@@ -26,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use crate::Shared;
+use crate::executor::Executor;
 
 /// Errors of bodies relayed by the sidecar.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -14,8 +14,6 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioIo;
-
-use crate::executor::Executor;
 use strait_federation::catalog::{Protocol, ServiceKey};
 use strait_federation::certificate;
 use strait_federation::identity::SpiffeId;
@@ -31,6 +29,7 @@ use crate::authorizer::{self, Verdict};
 use crate::config::AppPort;
 use crate::connect::{self, Body, HTTP_ALPN, TCP_ALPN};
 use crate::directory::Directory;
+use crate::executor::Executor;
 use crate::http::{error_response, names, strip_hop_by_hop};
 use crate::metrics::{Direction, Route};
 use crate::ratelimit::Limited;

@@ -23,12 +23,11 @@ use bytes::{Buf, Bytes};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-
-use crate::executor::Executor;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::connect::{self, Body, BoxError};
+use crate::executor::Executor;
 
 /// The HTTP/2 connection preface's first bytes: a connection starting with them (or with a
 /// part of them) is HTTP/2 with prior knowledge, or too short yet to tell.
