@@ -640,6 +640,16 @@ sidecar() {
         return 1
     fi
 }
+# peering_setting FIELD VALUE KNOB: sets FIELD of both gateways' peering block to VALUE, when
+# there is one, and stops with KNOB's name when gateway.yaml has no such field (the bench would
+# otherwise measure the default in silence).
+peering_setting() {
+    [[ -n $2 ]] || return 0
+    local d=$T/strait
+    sed -i "s/^\( *$1:\).*/\1 $2/" "$d/east/gateway.yaml" "$d/west/gateway.yaml"
+    [[ $(grep -c "^ *$1: $2\$" "$d/east/gateway.yaml" "$d/west/gateway.yaml" | grep -c ':1$') == 2 ]] ||
+        { log "$3: no $1 in gateway.yaml"; return 1; }
+}
 strait_mesh() {
     export STRAIT_CONFIG=$T/strait/config
     local S=$STRAIT d=$T/strait
@@ -658,16 +668,8 @@ strait_mesh() {
                 --quic-addr "127.0.0.1:$WQ" --api-addr "127.0.0.1:$WA" --admin-addr "127.0.0.1:$WM" \
                 ${RTT_MS:+--advertise-addr "127.0.0.1:$WD"}
     } >"$T/logs/strait-init.log" 2>&1 || { log "strait init failed:"; cat "$T/logs/strait-init.log" >&2; return 1; }
-    if [[ -n $CONGESTION ]]; then
-        sed -i "s/^\( *congestionControl:\).*/\1 $CONGESTION/" "$d/east/gateway.yaml" "$d/west/gateway.yaml"
-        [[ $(grep -c "congestionControl: $CONGESTION\$" "$d/east/gateway.yaml" "$d/west/gateway.yaml" |
-            grep -c ':1$') == 2 ]] || { log "BENCH_CONGESTION: no congestionControl in gateway.yaml"; return 1; }
-    fi
-    if [[ -n $MAX_UDP_PAYLOAD ]]; then
-        sed -i "s/^\( *maxUdpPayload:\).*/\1 $MAX_UDP_PAYLOAD/" "$d/east/gateway.yaml" "$d/west/gateway.yaml"
-        [[ $(grep -c "maxUdpPayload: $MAX_UDP_PAYLOAD\$" "$d/east/gateway.yaml" "$d/west/gateway.yaml" |
-            grep -c ':1$') == 2 ]] || { log "BENCH_MAX_UDP_PAYLOAD: no maxUdpPayload in gateway.yaml"; return 1; }
-    fi
+    peering_setting congestionControl "$CONGESTION" BENCH_CONGESTION || return 1
+    peering_setting maxUdpPayload "$MAX_UDP_PAYLOAD" BENCH_MAX_UDP_PAYLOAD || return 1
     start gw-east "$S" gateway run --config "$d/east/gateway.yaml"
     GW_E=$LAST_PID
     EAST_ADMIN=$EM
