@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode, Uri};
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioIo;
 use strait_federation::catalog::{Protocol, ServiceKey};
 use strait_federation::certificate;
@@ -26,7 +25,6 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::authorizer::{self, Verdict};
-use crate::config::AppPort;
 use crate::connect::{self, Body, HTTP_ALPN, TCP_ALPN};
 use crate::directory::Directory;
 use crate::executor::Executor;
@@ -39,64 +37,6 @@ use crate::{Shared, accept_each, telemetry};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Streams one caller may have open on one connection.
 const MAX_STREAMS: u32 = 4096;
-
-/// A connector that always reaches one app port, whatever the request's authority says (the
-/// authority stays the name the caller wrote).
-type AppConnector =
-    tower::util::BoxCloneSyncService<hyper::Uri, TokioIo<TcpStream>, std::io::Error>;
-
-/// Pooled clients to the app's ports.
-pub struct AppClients {
-    clients: HashMap<u16, (AppPort, Client<AppConnector, Body>)>,
-    /// HTTP ports in the order configured.
-    order: Vec<u16>,
-}
-
-impl AppClients {
-    /// One client per app port: HTTP/1.1 for http ports, HTTP/2 cleartext for http2 and grpc.
-    pub fn new(ports: &[AppPort]) -> Self {
-        let clients = ports
-            .iter()
-            .filter(|p| p.port.protocol != Protocol::Tcp)
-            .map(|p| {
-                let target = p.target;
-                let connector = tower::util::BoxCloneSyncService::new(tower::service_fn(
-                    move |_: hyper::Uri| async move {
-                        let tcp = TcpStream::connect(target).await?;
-                        let _ = tcp.set_nodelay(true);
-                        Ok::<_, std::io::Error>(TokioIo::new(tcp))
-                    },
-                ));
-                let mut builder = Client::builder(Executor);
-                builder.pool_idle_timeout(Duration::from_secs(60));
-                if p.port.protocol != Protocol::Http {
-                    builder.http2_only(true);
-                }
-                (p.port.port, (p.clone(), builder.build(connector)))
-            })
-            .collect();
-        let order = ports
-            .iter()
-            .filter(|p| p.port.protocol != Protocol::Tcp)
-            .map(|p| p.port.port)
-            .collect();
-        Self { clients, order }
-    }
-
-    /// The client for the port a request names; without a port (or with 80, the HTTP default
-    /// that the service lacks), the first HTTP port, as the caller's sidecar chose it.
-    fn for_port(&self, port: Option<u16>) -> Option<&(AppPort, Client<AppConnector, Body>)> {
-        if let Some(port) = port
-            && let Some(found) = self.clients.get(&port)
-        {
-            return Some(found);
-        }
-        if port.is_some_and(|p| p != 80) {
-            return None;
-        }
-        self.order.first().and_then(|p| self.clients.get(p))
-    }
-}
 
 /// Accepts mutual-TLS connections until the sidecar stops.
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
@@ -647,7 +587,7 @@ async fn forward(
     request: hyper::Request<hyper::body::Incoming>,
     caller: &CallerInfo,
 ) -> Response<Body> {
-    let Some((port, client)) = shared
+    let Some(client) = shared
         .app_clients
         .for_port(port_of(request.uri().authority()))
     else {
@@ -664,16 +604,21 @@ async fn forward(
         Some(id) => parts.headers.insert(&names::CLIENT_ID, id.clone()),
         None => parts.headers.remove(&names::CLIENT_ID),
     };
-    if port.port.protocol == Protocol::Http {
+    if client.port.port.protocol == Protocol::Http {
         parts.version = hyper::Version::HTTP_11;
         if let Some(authority) = parts.uri.authority()
             && let Ok(host) = HeaderValue::from_str(authority.as_str())
         {
             parts.headers.insert(header::HOST, host);
         }
+        // HTTP/1.1 to an origin server names the path alone.
+        parts.uri = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |path| Uri::from(path.clone()));
     }
     let request = hyper::Request::from_parts(parts, connect::boxed(body));
-    match client.request(request).await {
+    match client.send(request).await {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
@@ -681,7 +626,7 @@ async fn forward(
         }
         Err(e) => error_response(
             StatusCode::BAD_GATEWAY,
-            format!("the app at {} failed: {e}", port.target),
+            format!("the app at {} failed: {e}", client.port.target),
         ),
     }
 }

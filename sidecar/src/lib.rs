@@ -8,6 +8,7 @@
 //! `start` wires the pieces.
 
 pub mod admin;
+pub mod app;
 pub mod attempt;
 pub mod authorizer;
 pub mod balance;
@@ -53,11 +54,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::app::AppClients;
 use crate::balance::Balancer;
 use crate::config::SidecarConfig;
 use crate::connect::{HTTP_ALPN, Pool, TCP_ALPN, Target};
 use crate::directory::Directory;
-use crate::inbound::AppClients;
 use crate::metrics::Metrics;
 
 /// The header in which the inbound sidecar tells the app who called (the caller's SPIFFE
