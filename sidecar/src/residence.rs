@@ -9,9 +9,9 @@
 //!
 //! Heap: the C allocator keeps what a burst freed in its heap; a sidecar that held 10,000
 //! connections kept about 280 MiB after they closed. Whenever the heap's free memory has grown
-//! by [`GROWTH`] since it was last released, the free pages go back to the system. That is for
-//! a sidecar run by `strait`: `strait-proxy` allocates with mimalloc, which gives freed pages
-//! back by itself, and leaves the C allocator's heap nearly empty.
+//! by [`GROWTH`] since it was last released, the free pages go back to the system. A
+//! `strait-proxy` built with mimalloc (the `mimalloc` feature) leaves the C allocator's heap
+//! nearly empty, and mimalloc gives freed pages back by itself.
 
 use std::time::Duration;
 

@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use strait_cli::{process, proxy};
 
-/// A sidecar allocates and frees dozens of small buffers for every request it proxies, many
-/// more at once than the C allocator's per-thread cache holds: mimalloc takes about a fifth of
-/// the C allocator's instructions for them (docs/dataplane.md, "Memory allocator").
+/// Built with the `mimalloc` feature, the sidecar allocates with mimalloc: it allocates and
+/// frees dozens of small buffers per request, more at once than the C allocator's per-thread
+/// cache holds (docs/dataplane.md, "Memory").
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
