@@ -193,7 +193,8 @@ pub async fn run(shared: Arc<Shared>, client: Client, health: Arc<Health>) {
     let config = watcher::Config::default();
 
     let (services, writer) = reflector::store::<Service>();
-    let stream = watcher(Api::<Service>::all(client.clone()), config.clone()).default_backoff();
+    let stream = watcher(Api::<Service>::all(client.clone()), config.clone())
+        .backoff(super::watch_backoff());
     tokio::spawn(super::reflect(
         "services",
         writer,
@@ -211,7 +212,7 @@ pub async fn run(shared: Arc<Shared>, client: Client, health: Arc<Health>) {
         Api::<DynamicObject>::all_with(client.clone(), &export_resource),
         config.clone(),
     )
-    .default_backoff();
+    .backoff(super::watch_backoff());
     tokio::spawn(super::reflect(
         "serviceexports",
         writer,
@@ -226,7 +227,7 @@ pub async fn run(shared: Arc<Shared>, client: Client, health: Arc<Health>) {
         Api::<DynamicObject>::all_with(client.clone(), &slice_resource),
         config,
     )
-    .default_backoff();
+    .backoff(super::watch_backoff());
     tokio::spawn(super::reflect(
         "endpointslices",
         writer,

@@ -144,7 +144,7 @@ pub async fn run(shared: Arc<Shared>, client: Client, health: Arc<Health>) {
         Api::<Link>::namespaced(client.clone(), &namespace),
         config.clone(),
     )
-    .default_backoff();
+    .backoff(super::watch_backoff());
     tokio::spawn(super::reflect(
         "links",
         writer,
@@ -157,7 +157,7 @@ pub async fn run(shared: Arc<Shared>, client: Client, health: Arc<Health>) {
         Api::<Secret>::namespaced(client.clone(), &namespace),
         config,
     )
-    .default_backoff();
+    .backoff(super::watch_backoff());
     tokio::spawn(super::reflect(
         "secrets",
         writer,

@@ -146,8 +146,8 @@ impl Watches {
         let selector = format!("{}={MANAGER}", super::import::MANAGED_BY);
         let config = watcher::Config::default().labels(&selector);
         let (imports, writer) = reflector::store::<ServiceImport>();
-        let stream =
-            watcher(Api::<ServiceImport>::all(client.clone()), config.clone()).default_backoff();
+        let stream = watcher(Api::<ServiceImport>::all(client.clone()), config.clone())
+            .backoff(super::watch_backoff());
         let mut tasks = vec![tokio::spawn(super::reflect(
             PARTS[0],
             writer,
@@ -161,7 +161,7 @@ impl Watches {
             Api::<DynamicObject>::all_with(client.clone(), resource),
             config,
         )
-        .default_backoff();
+        .backoff(super::watch_backoff());
         tasks.push(tokio::spawn(super::reflect(
             PARTS[1],
             writer,

@@ -34,6 +34,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::utils::ResetTimerBackoff;
+use kube::runtime::watcher::ExponentialBackoff;
 use kube::runtime::{reflector, watcher};
 use tokio::sync::Notify;
 
@@ -470,7 +472,7 @@ fn watch_namespaces(
             kube::Api::<Namespace>::all(client.clone()),
             watcher::Config::default(),
         )
-        .default_backoff(),
+        .backoff(watch_backoff()),
     );
     let (shared, health) = (shared.clone(), health.clone());
     tokio::spawn(async move {
@@ -548,9 +550,40 @@ async fn follow_leadership(shared: Arc<Shared>) {
     }
 }
 
+/// The longest wait between two tries of a failed watch, before jitter (which adds up to as
+/// much again).
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(4);
+
+/// How a failed watch is tried again: after 0.8 s, doubling up to [`WATCH_BACKOFF_MAX`], and
+/// from 0.8 s again after two minutes without a failure. kube's own default goes up to 30 s
+/// (60 with jitter): after the API server restarted, a watch that had failed a few times
+/// while it was away started again up to a minute after the API answered, and the gateway
+/// stayed not ready all that time.
+pub(crate) fn watch_backoff() -> ResetTimerBackoff<ExponentialBackoff> {
+    let exponential = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(800))
+        .with_max_delay(WATCH_BACKOFF_MAX)
+        .with_factor(2.0)
+        .without_max_times()
+        .with_jitter();
+    ResetTimerBackoff::new(exponential.into(), Duration::from_secs(120))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_watch_is_tried_again_within_eight_seconds_however_often_it_failed() {
+        let delays: Vec<Duration> = watch_backoff().take(40).collect();
+        assert_eq!(delays.len(), 40, "the watch is tried for ever");
+        assert!(delays[0] >= Duration::from_millis(800), "{delays:?}");
+        assert!(
+            delays.iter().all(|delay| *delay <= Duration::from_secs(8)),
+            "{delays:?}"
+        );
+        assert!(delays[10..].iter().all(|delay| *delay >= WATCH_BACKOFF_MAX));
+    }
 
     #[test]
     fn a_condition_never_has_an_empty_message() {

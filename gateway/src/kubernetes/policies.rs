@@ -363,7 +363,7 @@ pub async fn run(
         let writer = reflector::store::Writer::new(resource.clone());
         stores.push((kind, writer.as_reader()));
         let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
-        let stream = watcher(api, watcher::Config::default()).default_backoff();
+        let stream = watcher(api, watcher::Config::default()).backoff(super::watch_backoff());
         tokio::spawn(super::reflect(
             policy_plural(kind),
             writer,
