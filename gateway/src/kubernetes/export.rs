@@ -16,7 +16,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use strait_federation::catalog::{
     ClustersetService, Endpoint, Port, Protocol, ServiceKey, ServiceSpec, clusterset,
@@ -193,8 +193,7 @@ pub async fn run(shared: Arc<Shared>, client: Client, health: Arc<Health>) {
     let config = watcher::Config::default();
 
     let (services, writer) = reflector::store::<Service>();
-    let stream = watcher(Api::<Service>::all(client.clone()), config.clone())
-        .backoff(super::watch_backoff());
+    let stream = super::watch(Api::<Service>::all(client.clone()), config.clone());
     tokio::spawn(super::reflect(
         "services",
         writer,
@@ -208,11 +207,10 @@ pub async fn run(shared: Arc<Shared>, client: Client, health: Arc<Health>) {
     let export_resource = ApiResource::erase::<ServiceExport>(&());
     let writer = reflector::store::Writer::<DynamicObject>::new(export_resource.clone());
     let exports = writer.as_reader();
-    let stream = watcher(
+    let stream = super::watch(
         Api::<DynamicObject>::all_with(client.clone(), &export_resource),
         config.clone(),
-    )
-    .backoff(super::watch_backoff());
+    );
     tokio::spawn(super::reflect(
         "serviceexports",
         writer,
@@ -223,11 +221,10 @@ pub async fn run(shared: Arc<Shared>, client: Client, health: Arc<Health>) {
 
     let writer = reflector::store::Writer::<DynamicObject>::new(slice_resource.clone());
     let slice_store = writer.as_reader();
-    let stream = watcher(
+    let stream = super::watch(
         Api::<DynamicObject>::all_with(client.clone(), &slice_resource),
         config,
-    )
-    .backoff(super::watch_backoff());
+    );
     tokio::spawn(super::reflect(
         "endpointslices",
         writer,

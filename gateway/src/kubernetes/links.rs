@@ -12,7 +12,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use strait_federation::identity::{ClusterName, TrustDomain};
 use strait_federation::link::LinkSpec as DialSpec;
@@ -140,11 +140,10 @@ pub async fn run(shared: Arc<Shared>, client: Client, health: Arc<Health>) {
     let changed = Arc::new(Notify::new());
     let config = watcher::Config::default();
     let (links, writer) = reflector::store::<Link>();
-    let stream = watcher(
+    let stream = super::watch(
         Api::<Link>::namespaced(client.clone(), &namespace),
         config.clone(),
-    )
-    .backoff(super::watch_backoff());
+    );
     tokio::spawn(super::reflect(
         "links",
         writer,
@@ -153,11 +152,10 @@ pub async fn run(shared: Arc<Shared>, client: Client, health: Arc<Health>) {
         health.clone(),
     ));
     let (secrets, writer) = reflector::store::<Secret>();
-    let stream = watcher(
+    let stream = super::watch(
         Api::<Secret>::namespaced(client.clone(), &namespace),
         config,
-    )
-    .backoff(super::watch_backoff());
+    );
     tokio::spawn(super::reflect(
         "secrets",
         writer,

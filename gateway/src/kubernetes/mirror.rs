@@ -16,7 +16,7 @@ use futures::FutureExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use strait_federation::catalog::{
     Endpoint, ImportedCatalog, Port, Position, ServiceKey, ServiceSpec,
@@ -146,8 +146,7 @@ impl Watches {
         let selector = format!("{}={MANAGER}", super::import::MANAGED_BY);
         let config = watcher::Config::default().labels(&selector);
         let (imports, writer) = reflector::store::<ServiceImport>();
-        let stream = watcher(Api::<ServiceImport>::all(client.clone()), config.clone())
-            .backoff(super::watch_backoff());
+        let stream = super::watch(Api::<ServiceImport>::all(client.clone()), config.clone());
         let mut tasks = vec![tokio::spawn(super::reflect(
             PARTS[0],
             writer,
@@ -157,11 +156,10 @@ impl Watches {
         ))];
         let writer = reflector::store::Writer::<DynamicObject>::new(resource.clone());
         let slices = writer.as_reader();
-        let stream = watcher(
+        let stream = super::watch(
             Api::<DynamicObject>::all_with(client.clone(), resource),
             config,
-        )
-        .backoff(super::watch_backoff());
+        );
         tasks.push(tokio::spawn(super::reflect(
             PARTS[1],
             writer,

@@ -463,16 +463,14 @@ fn watch_namespaces(
     tokio::sync::watch::Receiver<u64>,
 ) {
     use k8s_openapi::api::core::v1::Namespace;
-    use kube::runtime::WatchStreamExt;
     let (tx, rx) = tokio::sync::watch::channel(0u64);
     let (store, writer) = reflector::store::<Namespace>();
     let stream = reflector::reflector(
         writer,
-        watcher(
+        watch(
             kube::Api::<Namespace>::all(client.clone()),
             watcher::Config::default(),
-        )
-        .backoff(watch_backoff()),
+        ),
     );
     let (shared, health) = (shared.clone(), health.clone());
     tokio::spawn(async move {
@@ -550,6 +548,19 @@ async fn follow_leadership(shared: Arc<Shared>) {
     }
 }
 
+/// The gateway's watch of `api`: every watcher is built here, so that each one tries again
+/// after a failure as [`watch_backoff`] says.
+pub(crate) fn watch<K>(
+    api: kube::Api<K>,
+    config: watcher::Config,
+) -> impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    use kube::runtime::WatchStreamExt;
+    watcher(api, config).backoff(watch_backoff())
+}
+
 /// The longest wait between two tries of a failed watch, before jitter (which adds up to as
 /// much again).
 const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(4);
@@ -559,7 +570,7 @@ const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(4);
 /// (60 with jitter): after the API server restarted, a watch that had failed a few times
 /// while it was away started again up to a minute after the API answered, and the gateway
 /// stayed not ready all that time.
-pub(crate) fn watch_backoff() -> ResetTimerBackoff<ExponentialBackoff> {
+fn watch_backoff() -> ResetTimerBackoff<ExponentialBackoff> {
     let exponential = backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(800))
         .with_max_delay(WATCH_BACKOFF_MAX)

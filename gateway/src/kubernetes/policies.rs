@@ -23,7 +23,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Namespace as KubeNamespace;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use strait_federation::document::{DocumentError, DocumentPlace};
 use strait_federation::identity::{ClusterName, Namespace};
@@ -363,7 +363,7 @@ pub async fn run(
         let writer = reflector::store::Writer::new(resource.clone());
         stores.push((kind, writer.as_reader()));
         let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
-        let stream = watcher(api, watcher::Config::default()).backoff(super::watch_backoff());
+        let stream = super::watch(api, watcher::Config::default());
         tokio::spawn(super::reflect(
             policy_plural(kind),
             writer,
