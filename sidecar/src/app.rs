@@ -261,8 +261,8 @@ impl Pool {
             return Ok(sender);
         }
         let sender = self.handshake_http2().await?;
+        // `take` found no open connection, and dropped the closed ones on the way.
         let mut kept = self.lock();
-        kept.senders.retain(|(s, _)| !s.is_closed());
         kept.senders
             .push((Sender::Http2(sender.clone()), Instant::now()));
         Ok(Sender::Http2(sender))
