@@ -84,7 +84,7 @@ pub(crate) async fn send(
         // A recorded request to another cluster travels alone, so the gateways can record
         // their hops; any other goes on the pooled connection.
         let alone = trace
-            .filter(|t| t.recorded && matches!(target, Target::Remote { .. }))
+            .filter(|t| t.recorded && matches!(target, Target::Remote(_)))
             .map(|t| {
                 let (flow, header) = t.through_gateways(GATEWAY_HOPS);
                 outgoing.headers_mut().insert(&names::TRACEPARENT, header);

@@ -365,7 +365,7 @@ pub async fn watch(shared: Arc<Shared>, channel: Channel) {
                             // them aside while it was away is over.
                             shared
                                 .balancer()
-                                .forgive(|target| matches!(target, Target::Remote { .. }));
+                                .forgive(|target| matches!(target, Target::Remote(_)));
                         }
                     }
                     Ok(None) => return Err(StreamLost::Ended),

@@ -177,12 +177,12 @@ fn tiers(directory: &Directory, entry: &ServiceEntry, dest: &Destination, port: 
     let mut degraded = Vec::new();
     for (cluster, _, location) in remote {
         let tier = rank(cluster, location);
-        let target = Target::Remote {
-            cluster: cluster.clone(),
-            service: entry.key.clone(),
-            port: port.port,
-            hostname: dest.hostname.clone(),
-        };
+        let target = Target::remote(
+            cluster.clone(),
+            entry.key.clone(),
+            port.port,
+            dest.hostname.clone(),
+        );
         if dest.cluster.is_none() && tier.is_some() && directory.degraded.contains(cluster) {
             degraded.push(target);
         } else {
@@ -271,12 +271,12 @@ mod tests {
         let endpoint = planned(&directory, "api-7.west.api.shop.svc.clusterset.local");
         assert_eq!(
             endpoint.tiers.concat(),
-            [Target::Remote {
-                cluster: ClusterName::new("west").unwrap(),
-                service: shop("api"),
-                port: 8080,
-                hostname: Some("api-7".into()),
-            }]
+            [Target::remote(
+                ClusterName::new("west").unwrap(),
+                shop("api"),
+                8080,
+                Some("api-7".into()),
+            )]
         );
     }
 

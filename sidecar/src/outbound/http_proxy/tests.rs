@@ -57,12 +57,12 @@ fn local(address: &str) -> Target {
 }
 
 fn remote(cluster: &str, service: &str) -> Target {
-    Target::Remote {
-        cluster: ClusterName::new(cluster).unwrap(),
-        service: shop(service),
-        port: 8080,
-        hostname: None,
-    }
+    Target::remote(
+        ClusterName::new(cluster).unwrap(),
+        shop(service),
+        8080,
+        None,
+    )
 }
 
 fn east() -> ClusterName {
