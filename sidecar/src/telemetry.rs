@@ -72,8 +72,13 @@ impl Settings {
 /// header value).
 fn traceparent(context: &TraceContext, span: SpanId) -> HeaderValue {
     // From the string itself: no copy.
-    HeaderValue::try_from(context.header_from(span))
-        .unwrap_or_else(|_| HeaderValue::from_static(""))
+    let mut value = HeaderValue::try_from(context.header_from(span))
+        .unwrap_or_else(|_| HeaderValue::from_static(""));
+    // Never indexed by HTTP/2's header compression: each request's is new, so keeping it in
+    // the connection's table would only evict the caller's repeated headers (a 4 KiB table
+    // holds about forty traceparents), and the encoder compares each new one with all it holds.
+    value.set_sensitive(true);
+    value
 }
 
 /// A random id that is never all zeros (W3C forbids it).
@@ -506,6 +511,15 @@ mod tests {
         let sent = TraceContext::parse(header.to_str().unwrap()).unwrap();
         assert_eq!(sent.parent_id, flow.hops[1]);
         assert_eq!(sent.trace_id, trace.context.trace_id);
+    }
+
+    #[test]
+    fn every_traceparent_sent_is_kept_out_of_the_http2_header_table() {
+        let telemetry = Telemetry::new("east", "id", false, CancellationToken::new());
+        let trace = telemetry.begin(&HeaderMap::new(), &Settings::default());
+        // HPACK sends a sensitive value as "never indexed".
+        assert!(trace.header().is_sensitive());
+        assert!(trace.through_gateways(2).1.is_sensitive());
     }
 
     #[test]
