@@ -4,9 +4,10 @@
 //! costs no handshake per request.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -66,13 +67,35 @@ pub enum Target {
 }
 
 /// A service in another cluster, as a target of this sidecar.
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(PartialEq, Eq)]
 pub struct Remote {
+    /// The hash of the rest, taken once: a request looks its target up four times (the
+    /// balancer's choice, its start and its end, the connection pool), and hashing the names
+    /// each time was 2 % of the calling sidecar's instructions. First, so that two targets
+    /// that differ are told apart by it.
+    hash: u64,
     pub cluster: ClusterName,
     pub service: ServiceKey,
     pub port: u16,
     /// One pod of a headless service, when the name gave one.
     pub hostname: Option<String>,
+}
+
+impl Hash for Remote {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("cluster", &self.cluster)
+            .field("service", &self.service)
+            .field("port", &self.port)
+            .field("hostname", &self.hostname)
+            .finish()
+    }
 }
 
 impl Target {
@@ -83,7 +106,11 @@ impl Target {
         port: u16,
         hostname: Option<String>,
     ) -> Self {
+        // Keyed per process, as the maps' own hashers are: the names come from other clusters.
+        static KEYS: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+        let hash = KEYS.hash_one((&cluster, &service, port, &hostname));
         Target::Remote(Arc::new(Remote {
+            hash,
             cluster,
             service,
             port,
@@ -212,6 +239,7 @@ pub async fn dial(
                 service,
                 port,
                 hostname,
+                ..
             } = &**remote;
             let relay = shared
                 .directory
@@ -383,6 +411,35 @@ async fn http2(tls: TlsStream<TcpStream>, target: &Target) -> Result<SendRequest
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_remote_target_planned_again_is_the_same_key_and_one_that_differs_is_another() {
+        let west = || ClusterName::new("west").unwrap();
+        let api = || crate::testing::shop("api");
+        let target = |cluster, service, port, hostname: Option<&str>| {
+            Target::remote(cluster, service, port, hostname.map(str::to_owned))
+        };
+        // A new plan makes new targets: the pool and the balancer must still find theirs.
+        let mut keys = std::collections::HashSet::new();
+        assert!(keys.insert(target(west(), api(), 8080, None)));
+        assert!(
+            !keys.insert(target(west(), api(), 8080, None)),
+            "the same key"
+        );
+        let others = [
+            target(ClusterName::new("north").unwrap(), api(), 8080, None),
+            target(west(), crate::testing::shop("db"), 8080, None),
+            target(west(), api(), 9090, None),
+            target(west(), api(), 8080, Some("api-0")),
+        ];
+        for other in others {
+            assert!(keys.insert(other.clone()), "{other:?} is another key");
+        }
+        // Logs name the target, not its hash.
+        let logged = format!("{:?}", target(west(), api(), 8080, None));
+        assert!(logged.contains("west") && logged.contains("api") && logged.contains("8080"));
+        assert!(!logged.contains("hash"), "{logged}");
+    }
 
     #[tokio::test]
     async fn a_refused_relay_connection_is_tried_again_and_reaches_a_relay_that_came_up() {
