@@ -24,8 +24,7 @@ pub struct TraceContext {
     pub sampled: bool,
 }
 
-fn hex_bytes<const N: usize>(text: &str) -> Option<[u8; N]> {
-    let digits = text.as_bytes();
+fn hex_bytes<const N: usize>(digits: &[u8]) -> Option<[u8; N]> {
     if digits.len() != 2 * N {
         return None;
     }
@@ -40,7 +39,17 @@ impl TraceContext {
     /// Parses a `traceparent` header: `00-<32 hex>-<16 hex>-<2 hex flags>`; a later version
     /// may add fields after these. `None` for anything else (then a new trace starts).
     pub fn parse(header: &str) -> Option<Self> {
-        let mut parts = header.trim().split('-');
+        let header = header.trim().as_bytes();
+        // Version 00, as nearly every request carries it, read in place: splitting it first
+        // was half of what a serving sidecar spent on the trace.
+        if header.len() == 55
+            && header.starts_with(b"00-")
+            && header[35] == b'-'
+            && header[52] == b'-'
+        {
+            return Self::from_fields(&header[3..35], &header[36..52], &header[53..]);
+        }
+        let mut parts = header.split(|&byte| byte == b'-');
         let version = parts.next()?;
         let trace = parts.next()?;
         let parent = parts.next()?;
@@ -53,6 +62,11 @@ impl TraceContext {
         if version[0] != 0 && flags.len() != 2 {
             return None;
         }
+        Self::from_fields(trace, parent, flags)
+    }
+
+    /// The context of a `traceparent`'s trace id, parent id and flags, each in hex.
+    fn from_fields(trace: &[u8], parent: &[u8], flags: &[u8]) -> Option<Self> {
         let trace_id: TraceId = hex_bytes(trace)?;
         let parent_id: SpanId = hex_bytes(parent)?;
         let flags: [u8; 1] = hex_bytes(flags)?;
@@ -303,9 +317,17 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            // The usual length, with a dash or a two-byte letter out of place.
+            "00-4bf92f3577b34da6-3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa-ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0-",
+            "00-4bf92f3577b34da6a3ce929d0e0e47\u{e9}-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-\u{e9}",
         ] {
             assert_eq!(TraceContext::parse(bad), None, "{bad:?}");
         }
+        // Spaces around it are not part of it.
+        assert_eq!(TraceContext::parse(&format!(" {header}\t")), Some(context));
     }
 
     #[test]
