@@ -3,7 +3,6 @@
 //! end). HTTP goes over one multiplexed HTTP/2 connection per target, kept in a pool, so a hop
 //! costs no handshake per request.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -314,7 +313,8 @@ type Slot = Arc<tokio::sync::Mutex<Option<SendRequest<Body>>>>;
 /// One HTTP/2 connection per target, dialled once however many requests wait for it.
 #[derive(Default)]
 pub struct Pool {
-    slots: Mutex<HashMap<Target, Slot>>,
+    /// Looked up by every request, so hashed with foldhash (see [`crate::balance::Balancer`]).
+    slots: Mutex<foldhash::HashMap<Target, Slot>>,
 }
 
 impl Pool {

@@ -3,7 +3,6 @@
 //! by closeness or by the service's FailoverPolicy); and the choice of the next target among
 //! them, by the balancer.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -64,7 +63,8 @@ pub(crate) struct Plans {
 struct Memo {
     /// The directory the plans came from, held so that no other directory takes its address.
     directory: Arc<Directory>,
-    plans: HashMap<String, Arc<Plan>>,
+    /// Looked up by every request, so hashed with foldhash (see [`crate::balance::Balancer`]).
+    plans: foldhash::HashMap<String, Arc<Plan>>,
 }
 
 impl Plans {
@@ -84,7 +84,7 @@ impl Plans {
         }
         let memo = memo.get_or_insert_with(|| Memo {
             directory: directory.clone(),
-            plans: HashMap::new(),
+            plans: foldhash::HashMap::default(),
         });
         if let Some(plan) = memo.plans.get(name) {
             return Some(Ok(plan.clone()));
