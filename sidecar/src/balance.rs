@@ -172,21 +172,28 @@ impl<T: Clone + Eq + Hash> Balancer<T> {
     /// Picks one of `candidates` not backing off: of two chosen at random (from `random`), the
     /// one with the lower cost. `None` when every candidate is backing off.
     pub fn pick(&self, candidates: &[T], now: Instant, random: u64) -> Option<T> {
-        let usable: Vec<&T> = candidates.iter().filter(|t| self.usable(t, now)).collect();
-        match usable.len() {
+        if let [only] = candidates {
+            return self.usable(only, now).then(|| only.clone());
+        }
+        // Counted, then found again by their place among the usable: every request picks, and
+        // a list of them was an allocation each time.
+        let usable = |target: &&T| self.usable(target, now);
+        let nth = |at: usize| candidates.iter().filter(usable).nth(at);
+        match candidates.iter().filter(usable).count() {
             0 => None,
-            1 => Some(usable[0].clone()),
+            1 => nth(0).cloned(),
             n => {
                 let a = (random % n as u64) as usize;
                 let mut b = ((random >> 32) % (n as u64 - 1)) as usize;
                 if b >= a {
                     b += 1;
                 }
+                let (a, b) = (nth(a)?, nth(b)?);
                 let cost = |t: &T| self.stats.get(t).map_or(0.0, |s| s.cost(now));
-                Some(if cost(usable[b]) < cost(usable[a]) {
-                    usable[b].clone()
+                Some(if cost(b) < cost(a) {
+                    b.clone()
                 } else {
-                    usable[a].clone()
+                    a.clone()
                 })
             }
         }

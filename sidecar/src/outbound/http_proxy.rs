@@ -158,18 +158,13 @@ pub async fn proxy_http(
 }
 
 /// The authority a request is for: the proxy-form URI's, else the Host header.
-fn authority_of<B>(request: &Request<B>) -> Option<String> {
-    request
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            request
-                .headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
+fn authority_of<B>(request: &Request<B>) -> Option<&str> {
+    request.uri().authority().map(|a| a.as_str()).or_else(|| {
+        request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
 }
 
 /// Why the sidecar answers a request itself, before sending it anywhere.
@@ -224,17 +219,20 @@ struct Planned {
 fn plan_request(
     plans: &Plans,
     directory: &Arc<Directory>,
-    named: Option<String>,
+    named: Option<&str>,
     fallback: Option<&str>,
 ) -> Result<Planned, Refusal> {
-    let found = [named.as_deref(), fallback]
+    let found = [named, fallback]
         .into_iter()
         .flatten()
-        .find_map(|name| Some((name.to_owned(), plans.plan(directory, name)?)));
+        .find_map(|name| Some((name, plans.plan(directory, name)?)));
     match (found, named) {
-        (Some((authority, Ok(plan))), _) => Ok(Planned { authority, plan }),
+        (Some((authority, Ok(plan))), _) => Ok(Planned {
+            authority: authority.to_owned(),
+            plan,
+        }),
         (Some((_, Err(error))), _) => Err(Refusal::Plan(error)),
-        (None, Some(named)) => Err(Refusal::NotInMesh(directory.lacks(&named))),
+        (None, Some(named)) => Err(Refusal::NotInMesh(directory.lacks(named))),
         (None, None) => Err(Refusal::NoHost),
     }
 }

@@ -77,7 +77,7 @@ fn planned_in(
     fallback: Option<&str>,
 ) -> Result<Planned, Refusal> {
     let directory = Arc::new(directory.clone());
-    plan_request(&Plans::default(), &directory, named, fallback)
+    plan_request(&Plans::default(), &directory, named.as_deref(), fallback)
 }
 
 /// The way of a request for `name`, routed by the test route.
