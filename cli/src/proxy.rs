@@ -161,6 +161,14 @@ impl RunArgs {
     }
 }
 
+/// Where glibc reads its allocator's settings from, once, when a process starts.
+const MALLOC_SETTINGS: &str = "GLIBC_TUNABLES";
+/// What the hand-over gives `strait-proxy` when [`MALLOC_SETTINGS`] is unset: glibc keeps up to
+/// 64 freed chunks of each size per thread (7 by default) for the next allocation of that
+/// size. On the bench's load each sidecar ran 3-4 % fewer instructions per request; after
+/// 10,000 connections closed, the client sidecar held 13.8 MiB instead of 10.5 (with 256: 19.4).
+const MALLOC_CACHE: &str = "glibc.malloc.tcache_count=64";
+
 /// Replaces this process with `strait-proxy run` and the flags of `strait sidecar run`, when
 /// a `strait-proxy` of this very version sits beside this binary. Returns when there is none,
 /// or it cannot be started: the caller then runs the sidecar itself.
@@ -179,7 +187,13 @@ pub fn hand_over() {
     #[cfg(unix)]
     {
         use std::os::unix::process::CommandExt as _;
-        let error = std::process::Command::new(&proxy).args(args).exec();
+        let mut command = std::process::Command::new(&proxy);
+        command.args(args);
+        // Only when unset: an operator's own setting stands whole.
+        if std::env::var_os(MALLOC_SETTINGS).is_none() {
+            command.env(MALLOC_SETTINGS, MALLOC_CACHE);
+        }
+        let error = command.exec();
         eprintln!(
             "warning: cannot start {}: {error}; running the sidecar in this process",
             proxy.display()

@@ -342,6 +342,20 @@ fn sidecar_run_is_handed_to_strait_proxy_and_runs_in_strait_when_there_is_none()
         "the sidecar runs {}",
         exe.display()
     );
+    // With glibc's per-thread cache of freed memory raised, as the hand-over sets it (unless
+    // the caller set the variable: then the caller's).
+    let expected = format!(
+        "GLIBC_TUNABLES={}",
+        std::env::var("GLIBC_TUNABLES").unwrap_or_else(|_| "glibc.malloc.tcache_count=64".into())
+    );
+    let pid = api.sidecar.pid().context("the sidecar is running")?;
+    let environment = std::fs::read(format!("/proc/{pid}/environ"))?;
+    ensure!(
+        environment
+            .split(|byte| *byte == 0)
+            .any(|entry| entry == expected.as_bytes()),
+        "the handed-over sidecar lacks {expected}"
+    );
 
     // A strait alone, and one beside a strait-proxy of another version: both run the sidecar
     // themselves, and it serves.
