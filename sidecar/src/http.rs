@@ -23,7 +23,8 @@ pub(crate) mod names {
     pub static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 }
 
-/// Headers that belong to one hop and never cross a proxy.
+/// Headers that belong to one hop and never cross a proxy; `Connection` first (see
+/// [`strip_hop_by_hop`]).
 fn hop_by_hop() -> [&'static HeaderName; 8] {
     [
         &header::CONNECTION,
@@ -52,7 +53,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !present.contains(&true) {
         return;
     }
-    if headers.contains_key(header::CONNECTION) {
+    let [connection, ..] = present;
+    if connection {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -118,6 +120,14 @@ mod tests {
         for name in ["keep-alive", "x-a", "x-b", "te", "x-kept"] {
             headers.insert(name, HeaderValue::from_static("trailers"));
         }
+        strip_hop_by_hop(&mut headers);
+        let names: Vec<_> = headers.keys().map(|k| k.as_str().to_owned()).collect();
+        assert_eq!(names, ["x-kept"]);
+        // `connection` alone, naming another header: both go.
+        let mut headers = HeaderMap::new();
+        headers.insert("connection", HeaderValue::from_static("x-private"));
+        headers.insert("x-private", HeaderValue::from_static("1"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut headers);
         let names: Vec<_> = headers.keys().map(|k| k.as_str().to_owned()).collect();
         assert_eq!(names, ["x-kept"]);
