@@ -71,8 +71,7 @@ impl Settings {
 /// The `traceparent` of a request sent from span `span` of a trace (hex only: always a valid
 /// header value).
 fn traceparent(context: &TraceContext, span: SpanId) -> HeaderValue {
-    // From the string itself: no copy.
-    let mut value = HeaderValue::try_from(context.header_from(span))
+    let mut value = HeaderValue::from_bytes(&context.header_from(span))
         .unwrap_or_else(|_| HeaderValue::from_static(""));
     // Never indexed by HTTP/2's header compression: each request's is new, so keeping it in
     // the connection's table would only evict the caller's repeated headers (a 4 KiB table
