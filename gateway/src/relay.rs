@@ -28,6 +28,8 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 const ENDPOINT_ATTEMPTS: usize = 3;
 /// How much is read from TCP at a time: large enough for bulk transfers to keep QUIC busy.
 const READ_BUFFER: usize = 256 << 10;
+/// The least room a read from TCP is given before a fresh [`READ_BUFFER`] is taken.
+const READ_ROOM: usize = READ_BUFFER / 2;
 /// How many QUIC chunks (a packet's worth of stream data each) go into one TCP write.
 const READ_CHUNKS: usize = 64;
 
@@ -442,7 +444,7 @@ async fn relay(
     let to_peer = async {
         let mut buffer = BytesMut::new();
         loop {
-            buffer.reserve(READ_BUFFER);
+            make_room(&mut buffer);
             if tcp_read.read_buf(&mut buffer).await? == 0 {
                 let _ = send.finish();
                 return Ok::<_, std::io::Error>(());
@@ -476,6 +478,16 @@ async fn relay(
             let _ = recv.stop(0u32.into());
             record.finish("error", tx, rx);
         }
+    }
+}
+
+/// Makes room in `buffer` for the next read from TCP. What was read before went to QUIC as
+/// chunks that share the buffer's allocation until the peer acknowledges them, so asking for
+/// [`READ_BUFFER`] each time took a fresh 256 KiB for every read, however short (a request is
+/// a few hundred bytes): the rest of the buffer is read into first, down to [`READ_ROOM`].
+fn make_room(buffer: &mut BytesMut) {
+    if buffer.capacity() - buffer.len() < READ_ROOM {
+        buffer.reserve(READ_BUFFER);
     }
 }
 
@@ -688,6 +700,39 @@ mod tests {
         fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
             Poll::Ready(Ok(()))
         }
+    }
+
+    #[test]
+    fn short_reads_share_one_buffer_until_its_room_runs_low() {
+        let mut buffer = BytesMut::new();
+        make_room(&mut buffer);
+        assert!(buffer.capacity() >= READ_BUFFER);
+        // Reads of a request's size, each sent on as a chunk that stays alive (unacknowledged):
+        // each next one lands right after the last, until less than READ_ROOM is left.
+        let mut sent = Vec::new();
+        loop {
+            let next = buffer.as_ptr().wrapping_add(300);
+            buffer.extend_from_slice(&[7; 300]);
+            sent.push(buffer.split().freeze());
+            let room = buffer.capacity();
+            make_room(&mut buffer);
+            if buffer.as_ptr() != next {
+                assert!(
+                    room < READ_ROOM,
+                    "a fresh buffer with {room} bytes of room left"
+                );
+                break;
+            }
+            assert!(sent.len() < READ_BUFFER / 300, "the room never ran low");
+        }
+        assert!(
+            sent.len() > 400,
+            "{} reads shared the first buffer",
+            sent.len()
+        );
+        // The next read gets a whole buffer of its own.
+        assert!(buffer.capacity() >= READ_BUFFER);
+        assert!(sent.iter().all(|chunk| chunk[..] == [7; 300]));
     }
 
     #[tokio::test]
