@@ -175,25 +175,26 @@ impl<T: Clone + Eq + Hash> Balancer<T> {
         if let [only] = candidates {
             return self.usable(only, now).then(|| only.clone());
         }
-        // Counted, then found again by their place among the usable: every request picks, and
-        // a list of them was an allocation each time.
-        let usable = |target: &&T| self.usable(target, now);
-        let nth = |at: usize| candidates.iter().filter(usable).nth(at);
-        match candidates.iter().filter(usable).count() {
+        // One look-up per candidate, for whether it may be chosen and for its cost.
+        let usable: Vec<(&T, Option<&Stats>)> = candidates
+            .iter()
+            .map(|target| (target, self.stats.get(target)))
+            .filter(|(_, stats)| stats.is_none_or(|s| s.usable(now)))
+            .collect();
+        match usable.len() {
             0 => None,
-            1 => nth(0).cloned(),
+            1 => Some(usable[0].0.clone()),
             n => {
                 let a = (random % n as u64) as usize;
                 let mut b = ((random >> 32) % (n as u64 - 1)) as usize;
                 if b >= a {
                     b += 1;
                 }
-                let (a, b) = (nth(a)?, nth(b)?);
-                let cost = |t: &T| self.stats.get(t).map_or(0.0, |s| s.cost(now));
+                let cost = |at: usize| usable[at].1.map_or(0.0, |s| s.cost(now));
                 Some(if cost(b) < cost(a) {
-                    b.clone()
+                    usable[b].0.clone()
                 } else {
-                    a.clone()
+                    usable[a].0.clone()
                 })
             }
         }
@@ -326,6 +327,36 @@ mod tests {
             x ^= x << 17;
             x
         })
+    }
+
+    /// A target that counts how often it is hashed, that is, looked up.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Counted(u32);
+
+    thread_local! {
+        static HASHED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    impl Hash for Counted {
+        fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+            HASHED.with(|hashed| hashed.set(hashed.get() + 1));
+            self.0.hash(state);
+        }
+    }
+
+    #[test]
+    fn a_pick_looks_each_candidate_up_once() {
+        let mut balancer = Balancer::default();
+        let now = Instant::now();
+        let candidates: Vec<Counted> = (0..5).map(Counted).collect();
+        for target in &candidates {
+            balancer.start(target, now);
+        }
+        for random in randoms(7).take(50) {
+            HASHED.with(|hashed| hashed.set(0));
+            assert!(balancer.pick(&candidates, now, random).is_some());
+            assert_eq!(HASHED.with(std::cell::Cell::get), candidates.len());
+        }
     }
 
     #[test]
