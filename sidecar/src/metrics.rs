@@ -2,12 +2,15 @@
 //! bytes, labelled by direction, source and destination cluster, namespace, service and status
 //! class.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
+
+mod series;
 
 /// Label names of every request and TCP metric.
 const LABELS: [&str; 5] = [
@@ -23,7 +26,7 @@ const LABELS: [&str; 5] = [
 const BUCKETS: [f64; 16] = strait_federation::golden::BUCKETS;
 
 /// Which side of the sidecar a request or connection is on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
     Inbound,
     Outbound,
@@ -75,8 +78,8 @@ pub fn status_class(status: u16) -> &'static str {
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    pub requests: IntCounterVec,
-    pub latency: HistogramVec,
+    /// HTTP requests and their latency, by route and status class.
+    requests: Arc<series::RequestSeries>,
     pub tcp_connections: IntCounterVec,
     pub tcp_open: IntGaugeVec,
     pub tcp_bytes: IntCounterVec,
@@ -278,8 +281,7 @@ impl Metrics {
             denied,
             retries,
             registry,
-            requests,
-            latency,
+            requests: Arc::new(series::RequestSeries::new(requests, latency)),
             tcp_connections,
             tcp_open,
             tcp_bytes,
@@ -290,12 +292,8 @@ impl Metrics {
 
     /// Records one HTTP request.
     pub fn request(&self, route: &Route<'_>, status: u16, latency: Duration) {
-        let [a, b, c, d, e] = route.labels();
-        let labels = [a, b, c, d, e, status_class(status)];
-        self.requests.with_label_values(&labels).inc();
-        self.latency
-            .with_label_values(&labels)
-            .observe(latency.as_secs_f64());
+        self.requests
+            .record(route, status_class(status), latency.as_secs_f64());
     }
 
     /// Records a request or connection refused by `policy`.
