@@ -40,8 +40,9 @@ fn hex_bytes<const N: usize>(digits: &[u8]) -> Option<[u8; N]> {
 impl TraceContext {
     /// Parses a `traceparent` header: `00-<32 hex>-<16 hex>-<2 hex flags>`; a later version
     /// may add fields after these. `None` for anything else (then a new trace starts).
-    pub fn parse(header: &str) -> Option<Self> {
-        let header = header.trim().as_bytes();
+    /// Read as bytes: checking the header's value as text first cost more than the parse.
+    pub fn parse(header: impl AsRef<[u8]>) -> Option<Self> {
+        let header = header.as_ref().trim_ascii();
         // Version 00, as nearly every request carries it, read in place: splitting it first
         // was half of what a serving sidecar spent on the trace.
         if header.len() == TRACEPARENT_LEN
@@ -330,7 +331,7 @@ mod tests {
             assert_eq!(TraceContext::parse(bad), None, "{bad:?}");
         }
         // Spaces around it are not part of it.
-        assert_eq!(TraceContext::parse(&format!(" {header}\t")), Some(context));
+        assert_eq!(TraceContext::parse(format!(" {header}\t")), Some(context));
     }
 
     #[test]

@@ -215,7 +215,6 @@ impl Telemetry {
     pub fn begin(&self, headers: &HeaderMap, settings: &Settings) -> RequestTrace {
         let incoming = headers
             .get(&crate::http::names::TRACEPARENT)
-            .and_then(|h| h.to_str().ok())
             .and_then(TraceContext::parse);
         let (context, parent) = match incoming {
             Some(context) => (context, Some(context.parent_id)),

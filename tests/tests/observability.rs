@@ -325,7 +325,7 @@ fn a_cross_cluster_request_is_one_trace_of_four_spans_each_the_child_of_the_hop_
         )],
     )?;
     ensure!(answer.status == 200, "{}", answer.status);
-    let trace_id = strait_federation::trace::TraceContext::parse(&format!(
+    let trace_id = strait_federation::trace::TraceContext::parse(format!(
         "00-{caller_trace}-{caller_span}-01"
     ))
     .ok_or_else(|| anyhow!("a valid traceparent"))?
