@@ -17,7 +17,8 @@ use super::{Direction, Route};
 struct Series {
     hash: u64,
     direction: Direction,
-    /// Source cluster, destination cluster, namespace, service.
+    /// The route's labels after its direction: source cluster, destination cluster,
+    /// namespace, service.
     names: [Box<str>; 4],
     status_class: &'static str,
     requests: IntCounter,
@@ -26,19 +27,11 @@ struct Series {
 
 impl Series {
     fn is(&self, route: &Route<'_>, status_class: &str) -> bool {
+        let [_, names @ ..] = route.labels();
         self.direction == route.direction
             && self.status_class == status_class
-            && self.names.iter().map(AsRef::as_ref).eq(names(route))
+            && self.names.iter().map(AsRef::as_ref).eq(names)
     }
-}
-
-fn names<'a>(route: &Route<'a>) -> [&'a str; 4] {
-    [
-        route.source_cluster,
-        route.destination_cluster,
-        route.namespace,
-        route.service,
-    ]
 }
 
 /// The request counter and latency histogram of every route, by status class.
@@ -76,19 +69,20 @@ impl RequestSeries {
 
     fn hash(&self, route: &Route<'_>, status_class: &str) -> u64 {
         let mut hasher = self.hasher.build_hasher();
+        let [_, names @ ..] = route.labels();
         route.direction.hash(&mut hasher);
-        names(route).hash(&mut hasher);
+        names.hash(&mut hasher);
         status_class.hash(&mut hasher);
         hasher.finish()
     }
 
     fn make(&self, hash: u64, route: &Route<'_>, status_class: &'static str) -> Series {
-        let [a, b, c, d, e] = route.labels();
-        let labels = [a, b, c, d, e, status_class];
+        let [direction, b, c, d, e] = route.labels();
+        let labels = [direction, b, c, d, e, status_class];
         Series {
             hash,
             direction: route.direction,
-            names: names(route).map(Box::from),
+            names: [b, c, d, e].map(Box::from),
             status_class,
             requests: self.requests.with_label_values(&labels),
             latency: self.latency.with_label_values(&labels),
